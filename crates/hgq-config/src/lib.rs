@@ -1,0 +1,1 @@
+//! Serde for the Keras JSON that hgq2 reads and writes.

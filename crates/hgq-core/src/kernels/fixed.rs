@@ -1,0 +1,213 @@
+//! The stateless fixed-point quantizer for one element (SPEC 1-3): forward and local gradients.
+//!
+//! Modes are const generics so that each (round, overflow, training) combination compiles to a
+//! branch-free loop body that LLVM vectorizes at the SIMD width pulp dispatches to. The formulas
+//! follow the reference's operation order so that values are bit-identical and gradients agree
+//! to the last few ulps.
+use crate::modes::{OverflowMode, RoundMode};
+use crate::real::Real;
+
+/// Const ids of the rounding functions (S_ modes map to their deterministic twins; `STOCH` is
+/// `floor(v + u)` with `u` given per element).
+pub(crate) mod r {
+    pub const TRN: u8 = 0;
+    pub const RND: u8 = 1;
+    pub const RND_CONV: u8 = 2;
+    pub const TRN_ZERO: u8 = 3;
+    pub const RND_ZERO: u8 = 4;
+    pub const RND_INF: u8 = 5;
+    pub const RND_MIN_INF: u8 = 6;
+    pub const STOCH: u8 = 7;
+}
+
+/// Const ids of the overflow modes.
+pub(crate) mod o {
+    pub const WRAP: u8 = 0;
+    pub const SAT: u8 = 1;
+    pub const SAT_SYM: u8 = 2;
+    pub const WRAP_SM: u8 = 3;
+}
+
+pub(crate) fn round_id(m: RoundMode, stochastic: bool) -> u8 {
+    if stochastic && m.is_stochastic() {
+        return r::STOCH;
+    }
+    match m.deterministic() {
+        RoundMode::Trn => r::TRN,
+        RoundMode::Rnd => r::RND,
+        RoundMode::RndConv => r::RND_CONV,
+        RoundMode::TrnZero => r::TRN_ZERO,
+        RoundMode::RndZero => r::RND_ZERO,
+        RoundMode::RndInf => r::RND_INF,
+        RoundMode::RndMinInf => r::RND_MIN_INF,
+        RoundMode::SRnd | RoundMode::SRndConv => unreachable!("deterministic() maps S_ modes"),
+    }
+}
+
+pub(crate) fn overflow_id(m: OverflowMode) -> u8 {
+    match m {
+        OverflowMode::Wrap => o::WRAP,
+        OverflowMode::Sat => o::SAT,
+        OverflowMode::SatSym => o::SAT_SYM,
+        OverflowMode::WrapSm => o::WRAP_SM,
+    }
+}
+
+/// `R(v)` of SPEC 1; `u` is the uniform noise of stochastic rounding (unused otherwise).
+#[inline(always)]
+pub(crate) fn round_int<C: Real, const R: u8>(v: C, u: C) -> C {
+    match R {
+        r::TRN => v.floor(),
+        r::RND => (v + C::HALF).floor(),
+        r::RND_CONV => v.round_even(),
+        r::TRN_ZERO => v.abs().floor() * v.sign(),
+        r::RND_ZERO => -(-v.abs() + C::HALF).floor() * v.sign(),
+        r::RND_INF => (v.abs() + C::HALF).floor() * v.sign(),
+        r::RND_MIN_INF => -(-v + C::HALF).floor(),
+        _ => (v + u).floor(),
+    }
+}
+
+/// `round(x, f)` with the reference's straight-through form `R(v) + (v - v)`: it makes `-0`
+/// into `+0` and an infinite `v` into NaN exactly as the reference does.
+#[inline(always)]
+pub(crate) fn round_to<C: Real, const R: u8>(x: C, scale: C, u: C) -> C {
+    let v = x * scale;
+    (round_int::<C, R>(v, u) + (v - v)) / scale
+}
+
+/// d round(x, f) / df for upstream `g`, in the order autograd evaluates it.
+#[inline(always)]
+fn round_df<C: Real>(g: C, x: C, y: C) -> C {
+    (g * x - g * y) * C::LN2
+}
+
+/// The local result for one element: output and the gradients of `g * y` with respect to x, i, f.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct Local<C> {
+    pub y: C,
+    pub gx: C,
+    pub gi: C,
+    pub gf: C,
+}
+
+/// Forward and, when `GRAD`, the gradients for upstream `g`. One body for both so that the
+/// value computed with gradients is the same bits as the forward alone.
+#[inline(always)]
+pub(crate) fn forward_grad<
+    C: Real,
+    const R: u8,
+    const O: u8,
+    const TRAIN: bool,
+    const GRAD: bool,
+>(
+    x: C,
+    k: C,
+    i: C,
+    f: C,
+    g: C,
+    u: C,
+) -> Local<C> {
+    // i := max(i, -f) in value; the gradient reaches i unchanged (straight-through).
+    let ip = i.maximum(-f);
+    let scale = f.exp2i();
+    let eps = (-f).exp2i();
+    let p = ip.exp2i();
+    match O {
+        o::SAT | o::SAT_SYM => {
+            let hi = p - eps;
+            let lo = if O == o::SAT { -p * k } else { -hi * k };
+            let over = x > hi;
+            let under = x < lo;
+            let xs = if over {
+                hi
+            } else if under {
+                lo
+            } else {
+                x
+            };
+            let y = round_to::<C, R>(xs, scale, u);
+            if !GRAD {
+                return Local {
+                    y,
+                    ..Default::default()
+                };
+            }
+            let inside = !over && !under;
+            let gx = if inside { g } else { C::ZERO };
+            let mut gf = round_df(g, xs, y);
+            let mut gi = C::ZERO;
+            if over {
+                gi = g * (p * C::LN2);
+                gf = gf + g * (eps * C::LN2);
+            }
+            if under {
+                let gk = -(g * k);
+                gi = gk * (p * C::LN2);
+                if O == o::SAT_SYM {
+                    gf = gf + gk * (eps * C::LN2);
+                }
+            }
+            Local { y, gx, gi, gf }
+        }
+        o::WRAP => {
+            let r = round_to::<C, R>(x, scale, u);
+            if TRAIN {
+                let gf = if GRAD { round_df(g, x, r) } else { C::ZERO };
+                return Local {
+                    y: r,
+                    gx: g,
+                    gi: C::ZERO,
+                    gf,
+                };
+            }
+            let bk = ip + k;
+            let period = bk.exp2i();
+            let bias = k * (bk - C::ONE).exp2i();
+            let a = r + bias;
+            let y = a.remainder(period) - bias;
+            if !GRAD {
+                return Local {
+                    y,
+                    ..Default::default()
+                };
+            }
+            let gi = -g * (a / period).floor() * (period * C::LN2);
+            Local {
+                y,
+                gx: g,
+                gi,
+                gf: round_df(g, x, r),
+            }
+        }
+        _ => {
+            // WRAP_SM: sign-magnitude wrap, literally as the reference writes it.
+            let high = p - eps;
+            let low = -(high + eps) * k;
+            let interval = (ip + k).exp2i();
+            let two = C::ONE + C::ONE;
+            let c1 = (x / interval).remainder(two) >= C::ONE && x.abs() > eps / two;
+            let c2 = ((x + eps / two) / (interval / two)).remainder(two) >= C::ONE;
+            let qx = round_to::<C, R>(x, scale, u);
+            let a = qx - high - eps;
+            let m0 = a.remainder(interval) + low;
+            let m1 = if c2 { -m0 - eps } else { m0 };
+            let y = if c1 { -m1 - eps } else { m1 };
+            if !GRAD {
+                return Local {
+                    y,
+                    ..Default::default()
+                };
+            }
+            // Backward in the reference's order: the flips route +-g to m0, and add g * eps
+            // terms for each applied "- eps".
+            let g1 = if c1 { -g } else { g };
+            let g0 = if c2 { -g1 } else { g1 };
+            let flips = (if c1 { g } else { C::ZERO }) + (if c2 { g1 } else { C::ZERO });
+            let gf = round_df(g0, x, qx) + flips * (eps * C::LN2);
+            let gi = (-g0 - g0 * k) * (p * C::LN2)
+                + (-g0 * (a / interval).floor()) * (interval * C::LN2);
+            Local { y, gx: g0, gi, gf }
+        }
+    }
+}

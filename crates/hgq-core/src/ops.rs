@@ -1,0 +1,118 @@
+//! The [`ElemOp`](crate::kernels::ElemOp)s behind the public quantizer functions, and the
+//! runtime-to-const-generic mode dispatch.
+use crate::kernels::fixed::{self, o, r};
+use crate::kernels::{ElemOp, Out};
+use crate::real::Real;
+
+/// Counter-based uniform noise in [0, 1): the same for an element whatever the thread split.
+#[inline(always)]
+pub(crate) fn uniform<C: Real>(seed: u64, index: u64) -> C {
+    let mut z = seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    // 24 bits: exact in f32 and f64.
+    C::from_f64((z >> 40) as f64 * (1.0 / (1u64 << 24) as f64))
+}
+
+/// The fixed-point quantizer with modes as consts.
+#[derive(Clone, Copy)]
+pub(crate) struct FixedOp<const R: u8, const O: u8, const TRAIN: bool> {
+    pub seed: u64,
+    /// Zero the output where `k + i + f <= 0` (the layer quantizers' inference).
+    pub mask: bool,
+}
+
+impl<C: Real, const R: u8, const O: u8, const TRAIN: bool> ElemOp<C> for FixedOp<R, O, TRAIN> {
+    const HAS_GRAD: [bool; 3] = [false, true, true];
+    #[inline(always)]
+    fn apply<const GRAD: bool>(self, x: C, p: [C; 3], g: C, index: u64) -> Out<C> {
+        let u = if R == r::STOCH {
+            uniform::<C>(self.seed, index)
+        } else {
+            C::ZERO
+        };
+        let l = fixed::forward_grad::<C, R, O, TRAIN, GRAD>(x, p[0], p[1], p[2], g, u);
+        let zero = self.mask && !(p[0] + p[1] + p[2] > C::ZERO);
+        Out {
+            y: if zero { C::ZERO } else { l.y },
+            gx: l.gx,
+            gp: [C::ZERO, l.gi, l.gf],
+        }
+    }
+}
+
+/// The minifloat quantizer.
+#[derive(Clone, Copy)]
+pub(crate) struct FloatOp;
+
+impl<C: Real> ElemOp<C> for FloatOp {
+    const HAS_GRAD: [bool; 3] = [true, true, true];
+    #[inline(always)]
+    fn apply<const GRAD: bool>(self, x: C, p: [C; 3], g: C, _index: u64) -> Out<C> {
+        let [y, gx, gm, ge, ge0] =
+            crate::kernels::float::forward_grad::<C, GRAD>(x, p[0], p[1], p[2], g);
+        Out {
+            y,
+            gx,
+            gp: [gm, ge, ge0],
+        }
+    }
+}
+
+/// Something generic to run with a [`FixedOp`] of runtime-chosen modes.
+pub(crate) trait WithFixedOp {
+    type Output;
+    fn call<const R: u8, const O: u8, const TRAIN: bool>(
+        self,
+        op: FixedOp<R, O, TRAIN>,
+    ) -> Self::Output;
+}
+
+macro_rules! by_overflow {
+    ($v:expr, $ov:expr, $train:expr, $seed:expr, $mask:expr, $R:expr) => {
+        match ($ov, $train) {
+            (o::WRAP, false) => $v.call(FixedOp::<{ $R }, { o::WRAP }, false> {
+                seed: $seed,
+                mask: $mask,
+            }),
+            (o::WRAP, true) => $v.call(FixedOp::<{ $R }, { o::WRAP }, true> {
+                seed: $seed,
+                mask: $mask,
+            }),
+            (o::SAT, _) => $v.call(FixedOp::<{ $R }, { o::SAT }, false> {
+                seed: $seed,
+                mask: $mask,
+            }),
+            (o::SAT_SYM, _) => $v.call(FixedOp::<{ $R }, { o::SAT_SYM }, false> {
+                seed: $seed,
+                mask: $mask,
+            }),
+            (_, _) => $v.call(FixedOp::<{ $R }, { o::WRAP_SM }, false> {
+                seed: $seed,
+                mask: $mask,
+            }),
+        }
+    };
+}
+
+/// Monomorphizes on (round, overflow, training): only WRAP depends on training.
+pub(crate) fn with_fixed_op<V: WithFixedOp>(
+    v: V,
+    round: u8,
+    overflow: u8,
+    training: bool,
+    seed: u64,
+    mask: bool,
+) -> V::Output {
+    match round {
+        r::TRN => by_overflow!(v, overflow, training, seed, mask, r::TRN),
+        r::RND => by_overflow!(v, overflow, training, seed, mask, r::RND),
+        r::RND_CONV => by_overflow!(v, overflow, training, seed, mask, r::RND_CONV),
+        r::TRN_ZERO => by_overflow!(v, overflow, training, seed, mask, r::TRN_ZERO),
+        r::RND_ZERO => by_overflow!(v, overflow, training, seed, mask, r::RND_ZERO),
+        r::RND_INF => by_overflow!(v, overflow, training, seed, mask, r::RND_INF),
+        r::RND_MIN_INF => by_overflow!(v, overflow, training, seed, mask, r::RND_MIN_INF),
+        _ => by_overflow!(v, overflow, training, seed, mask, r::STOCH),
+    }
+}

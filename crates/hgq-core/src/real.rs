@@ -1,0 +1,297 @@
+//! The compute types (`f32`, `f64`) and the storage types (`f32`, `f64`, `f16`, `bf16`).
+//!
+//! Every formula is written once over [`Real`]; storage types that are narrower than `f32` are
+//! widened to `f32` for the arithmetic and narrowed on the way out ([`Element`]).
+use half::{bf16, f16};
+use std::fmt::Debug;
+use std::ops::{Add, Div, Mul, Neg, Sub};
+
+/// A floating-point type the kernels compute in. Only IEEE operations with one rounding each are
+/// used (no fused multiply-add), so a result is the same on every CPU and SIMD width.
+pub trait Real:
+    Copy
+    + Debug
+    + Default
+    + PartialOrd
+    + Send
+    + Sync
+    + 'static
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + Neg<Output = Self>
+{
+    /// 0.
+    const ZERO: Self;
+    /// 1.
+    const ONE: Self;
+    /// 0.5.
+    const HALF: Self;
+    /// ln 2 rounded to this type, as the reference multiplies by it.
+    const LN2: Self;
+    /// Keras' epsilon, 1e-7, rounded to this type.
+    const EPS_K: Self;
+    /// Converts from f64 (rounding).
+    fn from_f64(v: f64) -> Self;
+    /// Converts to f64 (exact).
+    fn to_f64(self) -> f64;
+    /// Largest integer not above.
+    fn floor(self) -> Self;
+    /// Smallest integer not below.
+    fn ceil(self) -> Self;
+    /// Round half to even (torch.round).
+    fn round_even(self) -> Self;
+    /// Absolute value.
+    fn abs(self) -> Self;
+    /// Base-2 logarithm.
+    fn log2(self) -> Self;
+    /// `2^self` for a finite integer-valued `self`, exact (including subnormal and overflowing
+    /// results), built from exponent bits rather than `powf`.
+    fn exp2i(self) -> Self;
+    /// `2^self` for any value (`powf`), used where bit widths need not be integers.
+    fn exp2(self) -> Self;
+    /// C `fmod`.
+    fn fmod(self, b: Self) -> Self;
+    /// NaN test.
+    fn is_nan(self) -> bool;
+    /// Whether the value is an integer (false for NaN and infinities).
+    fn is_integer(self) -> bool {
+        !self.is_nan() && self.floor() == self && (self - self) == Self::ZERO
+    }
+    /// torch.maximum: NaN if either is NaN.
+    #[inline(always)]
+    fn maximum(self, b: Self) -> Self {
+        if self.is_nan() || b.is_nan() {
+            self + b
+        } else if self > b {
+            self
+        } else {
+            b
+        }
+    }
+    /// torch.minimum: NaN if either is NaN.
+    #[inline(always)]
+    fn minimum(self, b: Self) -> Self {
+        if self.is_nan() || b.is_nan() {
+            self + b
+        } else if self < b {
+            self
+        } else {
+            b
+        }
+    }
+    /// torch.sign: 1, -1, or 0 (for zeros of both signs and NaN).
+    #[inline(always)]
+    fn sign(self) -> Self {
+        let p = if Self::ZERO < self {
+            Self::ONE
+        } else {
+            Self::ZERO
+        };
+        let n = if self < Self::ZERO {
+            Self::ONE
+        } else {
+            Self::ZERO
+        };
+        p - n
+    }
+    /// torch.remainder for floats: `fmod`, moved into the divisor's sign.
+    #[inline(always)]
+    fn remainder(self, b: Self) -> Self {
+        let m = self.fmod(b);
+        if m != Self::ZERO && ((b < Self::ZERO) != (m < Self::ZERO)) {
+            m + b
+        } else {
+            m
+        }
+    }
+}
+
+macro_rules! impl_real {
+    ($t:ty, $bits:ty, $mant:expr, $bias:expr, $emin:expr, $emax:expr) => {
+        impl Real for $t {
+            const ZERO: Self = 0.0;
+            const ONE: Self = 1.0;
+            const HALF: Self = 0.5;
+            const LN2: Self = std::f64::consts::LN_2 as $t;
+            const EPS_K: Self = 1e-7;
+            #[inline(always)]
+            fn from_f64(v: f64) -> Self {
+                v as $t
+            }
+            #[inline(always)]
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            #[inline(always)]
+            fn floor(self) -> Self {
+                <$t>::floor(self)
+            }
+            #[inline(always)]
+            fn ceil(self) -> Self {
+                <$t>::ceil(self)
+            }
+            #[inline(always)]
+            fn round_even(self) -> Self {
+                <$t>::round_ties_even(self)
+            }
+            #[inline(always)]
+            fn abs(self) -> Self {
+                <$t>::abs(self)
+            }
+            #[inline(always)]
+            fn log2(self) -> Self {
+                <$t>::log2(self)
+            }
+            #[inline(always)]
+            fn exp2i(self) -> Self {
+                // 2^n = 2^a * 2^(n-a) with both factors normal: the product is correctly
+                // rounded, so subnormal results are exact and overflow gives +inf.
+                let lim = ($emin as $t, $emax as $t);
+                let n = self.clamp(2.0 * lim.0, 2.0 * lim.1);
+                let a = n.clamp(lim.0, lim.1);
+                let b = (n - a).clamp(lim.0, lim.1);
+                let pow = |e: $t| <$t>::from_bits((((e as i64) + $bias) as $bits) << $mant);
+                pow(a) * pow(b)
+            }
+            #[inline(always)]
+            fn exp2(self) -> Self {
+                <$t>::powf(2.0, self)
+            }
+            #[inline(always)]
+            fn fmod(self, b: Self) -> Self {
+                self % b
+            }
+            #[inline(always)]
+            fn is_nan(self) -> bool {
+                <$t>::is_nan(self)
+            }
+        }
+    };
+}
+impl_real!(f32, u32, 23, 127, -126, 127);
+impl_real!(f64, u64, 52, 1023, -1022, 1023);
+
+/// A storage type of tensors: `f32`, `f64`, `half::f16`, `half::bf16`.
+///
+/// `f16`/`bf16` compute in `f32` and round once when stored, as the reference does under a
+/// mixed-precision policy.
+pub trait Element: Copy + Debug + Default + Send + Sync + 'static {
+    /// The type the arithmetic runs in.
+    type C: Real;
+    /// A short name (`f32`, ...).
+    const NAME: &'static str;
+    /// Widens to the compute type.
+    fn to_c(self) -> Self::C;
+    /// Narrows from the compute type (round to nearest even).
+    fn from_c(v: Self::C) -> Self;
+    /// The slice as the compute type, when the storage is the compute type (no copy).
+    fn as_c(s: &[Self]) -> Option<&[Self::C]>;
+    /// The mutable slice as the compute type, when the storage is the compute type.
+    fn as_c_mut(s: &mut [Self]) -> Option<&mut [Self::C]>;
+}
+
+impl Element for f32 {
+    type C = f32;
+    const NAME: &'static str = "f32";
+    #[inline(always)]
+    fn to_c(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    fn from_c(v: f32) -> Self {
+        v
+    }
+    fn as_c(s: &[Self]) -> Option<&[f32]> {
+        Some(s)
+    }
+    fn as_c_mut(s: &mut [Self]) -> Option<&mut [f32]> {
+        Some(s)
+    }
+}
+
+impl Element for f64 {
+    type C = f64;
+    const NAME: &'static str = "f64";
+    #[inline(always)]
+    fn to_c(self) -> f64 {
+        self
+    }
+    #[inline(always)]
+    fn from_c(v: f64) -> Self {
+        v
+    }
+    fn as_c(s: &[Self]) -> Option<&[f64]> {
+        Some(s)
+    }
+    fn as_c_mut(s: &mut [Self]) -> Option<&mut [f64]> {
+        Some(s)
+    }
+}
+
+impl Element for f16 {
+    type C = f32;
+    const NAME: &'static str = "f16";
+    #[inline(always)]
+    fn to_c(self) -> f32 {
+        self.to_f32()
+    }
+    #[inline(always)]
+    fn from_c(v: f32) -> Self {
+        f16::from_f32(v)
+    }
+    fn as_c(_: &[Self]) -> Option<&[f32]> {
+        None
+    }
+    fn as_c_mut(_: &mut [Self]) -> Option<&mut [f32]> {
+        None
+    }
+}
+
+impl Element for bf16 {
+    type C = f32;
+    const NAME: &'static str = "bf16";
+    #[inline(always)]
+    fn to_c(self) -> f32 {
+        self.to_f32()
+    }
+    #[inline(always)]
+    fn from_c(v: f32) -> Self {
+        bf16::from_f32(v)
+    }
+    fn as_c(_: &[Self]) -> Option<&[f32]> {
+        None
+    }
+    fn as_c_mut(_: &mut [Self]) -> Option<&mut [f32]> {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp2i_is_exact_everywhere() {
+        for n in -200..200 {
+            let want = 2f64.powi(n);
+            assert_eq!(f32::exp2i(n as f32), want as f32, "f32 2^{n}");
+            assert_eq!(f64::exp2i(n as f64), want, "f64 2^{n}");
+        }
+        assert_eq!(f32::exp2i(-150.0), 0.0);
+        assert_eq!(f32::exp2i(-149.0), f32::from_bits(1));
+        assert_eq!(f32::exp2i(128.0), f32::INFINITY);
+        assert_eq!(f32::exp2i(1e9), f32::INFINITY);
+        assert_eq!(f32::exp2i(-1e9), 0.0);
+        assert_eq!(f64::exp2i(-1074.0), f64::from_bits(1));
+    }
+
+    #[test]
+    fn remainder_follows_the_divisor() {
+        assert_eq!((-1.0f32).remainder(4.0), 3.0);
+        assert_eq!((5.0f32).remainder(4.0), 1.0);
+        assert_eq!((-0.0f32).remainder(4.0).to_bits(), (-0.0f32).to_bits());
+        assert!(f32::NAN.remainder(4.0).is_nan());
+    }
+}

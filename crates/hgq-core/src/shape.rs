@@ -1,0 +1,127 @@
+//! Shapes: numpy broadcasting, and the reductions that undo it.
+use crate::error::{CoreError, Result};
+use crate::real::Real;
+
+/// A borrowed tensor: row-major `data` of the given `shape`.
+///
+/// ```
+/// use hgq_core::TensorRef;
+/// let x = [1.0f32, 2.0, 3.0, 4.0];
+/// let t = TensorRef::new(&x, &[2, 2]).unwrap();
+/// assert_eq!(t.shape, &[2, 2]);
+/// assert!(TensorRef::new(&x, &[3]).is_err());
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct TensorRef<'a, T> {
+    /// Row-major elements.
+    pub data: &'a [T],
+    /// Dimensions.
+    pub shape: &'a [usize],
+}
+
+impl<'a, T> TensorRef<'a, T> {
+    /// Checks that `data` has `prod(shape)` elements.
+    pub fn new(data: &'a [T], shape: &'a [usize]) -> Result<Self> {
+        check_len("tensor", data.len(), shape)?;
+        Ok(TensorRef { data, shape })
+    }
+}
+
+pub(crate) fn check_len(what: &'static str, len: usize, shape: &[usize]) -> Result<()> {
+    let expected: usize = shape.iter().product();
+    if len != expected {
+        return Err(CoreError::Length {
+            what,
+            len,
+            shape: shape.to_vec(),
+            expected,
+        });
+    }
+    Ok(())
+}
+
+/// `shape` right-aligned to rank `ndim` (leading 1s), or an error if it has more dims.
+pub(crate) fn align(shape: &[usize], to: &[usize]) -> Result<Vec<usize>> {
+    if shape.len() > to.len() {
+        return Err(CoreError::Broadcast {
+            from: shape.to_vec(),
+            to: to.to_vec(),
+        });
+    }
+    let mut out = vec![1; to.len() - shape.len()];
+    out.extend_from_slice(shape);
+    for (&s, &t) in out.iter().zip(to) {
+        if s != 1 && s != t {
+            return Err(CoreError::Broadcast {
+                from: shape.to_vec(),
+                to: to.to_vec(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Copies `src` of shape `from` (same rank, dims 1 or equal) into the larger shape `to`.
+pub(crate) fn broadcast<C: Copy>(src: &[C], from: &[usize], to: &[usize]) -> Vec<C> {
+    let n: usize = to.iter().product();
+    let strides = bcast_strides(from, to);
+    let mut out = Vec::with_capacity(n);
+    let mut idx = vec![0usize; to.len()];
+    for _ in 0..n {
+        let off: usize = idx.iter().zip(&strides).map(|(i, s)| i * s).sum();
+        out.push(src[off]);
+        bump(&mut idx, to);
+    }
+    out
+}
+
+/// Sums `src` of shape `from` into `dst` of the smaller shape `to` (same rank), overwriting.
+pub(crate) fn reduce_sum<C: Real>(src: &[C], from: &[usize], dst: &mut [C], to: &[usize]) {
+    dst.fill(C::ZERO);
+    let strides = bcast_strides(to, from);
+    let mut idx = vec![0usize; from.len()];
+    for &v in src {
+        let off: usize = idx.iter().zip(&strides).map(|(i, s)| i * s).sum();
+        dst[off] = dst[off] + v;
+        bump(&mut idx, from);
+    }
+}
+
+/// Row-major strides of `small` read at the indices of `big` (0 on broadcast dims).
+fn bcast_strides(small: &[usize], big: &[usize]) -> Vec<usize> {
+    let mut strides = vec![0; small.len()];
+    let mut acc = 1;
+    for d in (0..small.len()).rev() {
+        strides[d] = if small[d] == 1 && big[d] != 1 { 0 } else { acc };
+        acc *= small[d];
+    }
+    strides
+}
+
+fn bump(idx: &mut [usize], shape: &[usize]) {
+    for d in (0..shape.len()).rev() {
+        idx[d] += 1;
+        if idx[d] < shape[d] {
+            return;
+        }
+        idx[d] = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broadcast_and_reduce_are_adjoint() {
+        let src = [1.0f32, 2.0, 3.0];
+        let b = broadcast(&src, &[1, 3], &[2, 3]);
+        assert_eq!(b, vec![1.0, 2.0, 3.0, 1.0, 2.0, 3.0]);
+        let mut d = [0.0f32; 3];
+        reduce_sum(&b, &[2, 3], &mut d, &[1, 3]);
+        assert_eq!(d, [2.0, 4.0, 6.0]);
+        assert_eq!(align(&[3], &[2, 3]).unwrap(), vec![1, 3]);
+        assert!(align(&[2], &[2, 3]).is_err());
+        assert!(align(&[1, 2, 3], &[2, 3]).is_err());
+    }
+}

@@ -1,0 +1,399 @@
+//! The stateless quantizers: fixed point (SPEC 1-3) and minifloat (SPEC 8), one fused pass each.
+use crate::error::{CoreError, Result};
+use crate::kernels::{self, Io, Path, Plan};
+use crate::modes::{OverflowMode, RoundMode, check_modes};
+use crate::ops::{FixedOp, FloatOp, WithFixedOp, with_fixed_op};
+use crate::real::{Element, Real};
+use crate::shape::{TensorRef, align, broadcast, check_len, reduce_sum};
+
+/// What S_RND / S_RND_CONV do in training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Stochastic {
+    /// As the reference: no noise, S_RND rounds as RND (and S_RND_CONV as RND_CONV).
+    #[default]
+    Reference,
+    /// Unbiased stochastic rounding `floor(v + u)`, `u ~ U[0, 1)` from a counter-based
+    /// generator keyed by this seed and the element index: reproducible for any thread count.
+    Seeded(u64),
+}
+
+/// The gradients one fused pass writes: `dx` in x's shape, `di` and `df` in the shapes of `i`
+/// and `f` (summed over the dims they broadcast along).
+#[derive(Debug)]
+pub struct FixedGrads<'a, T: Element> {
+    /// d/dx, x-shaped.
+    pub dx: &'a mut [T],
+    /// d/di, i-shaped.
+    pub di: &'a mut [T::C],
+    /// d/df, f-shaped.
+    pub df: &'a mut [T::C],
+}
+
+/// The stateless fixed-point quantizer `Q(x, k, i, f)` of SPEC 3 for a (round, overflow) pair.
+///
+/// In inference the result equals `ap_fixed<k+i+f, k+i, AP_<round>, AP_<overflow>>`.
+///
+/// ```
+/// use hgq_core::{FixedPoint, RoundMode, OverflowMode, TensorRef};
+/// let q = FixedPoint::new(RoundMode::Rnd, OverflowMode::Sat).unwrap();
+/// let x = [0.3f32, -5.0, 1.7];
+/// let (k, i, f) = ([1.0f32], [1.0f32], [2.0f32]); // 1 sign, 1 integer, 2 fractional bits
+/// let mut y = [0.0f32; 3];
+/// let s = [1];
+/// q.forward(TensorRef::new(&x, &[3]).unwrap(), TensorRef::new(&k, &s).unwrap(),
+///           TensorRef::new(&i, &s).unwrap(), TensorRef::new(&f, &s).unwrap(), false, &mut y).unwrap();
+/// assert_eq!(y, [0.25, -2.0, 1.75]);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FixedPoint {
+    round: RoundMode,
+    overflow: OverflowMode,
+    stochastic: Stochastic,
+    path: Path,
+    zero_mask: bool,
+}
+
+impl FixedPoint {
+    /// A quantizer for the modes; WRAP_SM needs RND-like rounding.
+    pub fn new(round: RoundMode, overflow: OverflowMode) -> Result<Self> {
+        check_modes(round, overflow)?;
+        Ok(FixedPoint {
+            round,
+            overflow,
+            stochastic: Stochastic::Reference,
+            path: Path::Simd,
+            zero_mask: false,
+        })
+    }
+
+    /// Sets what S_ modes do in training.
+    pub fn with_stochastic(mut self, s: Stochastic) -> Self {
+        self.stochastic = s;
+        self
+    }
+
+    /// Chooses the code path (the scalar path is the reference that SIMD is tested against).
+    pub fn with_path(mut self, path: Path) -> Self {
+        self.path = path;
+        self
+    }
+
+    /// Outside training, output 0 where `k + i + f <= 0` (what the layer quantizers do: a
+    /// value with no bits is absent in firmware). Fused into the same pass.
+    pub fn with_zero_mask(mut self, on: bool) -> Self {
+        self.zero_mask = on;
+        self
+    }
+
+    /// The rounding mode.
+    pub fn round_mode(&self) -> RoundMode {
+        self.round
+    }
+
+    /// The overflow mode.
+    pub fn overflow_mode(&self) -> OverflowMode {
+        self.overflow
+    }
+
+    /// `y = Q(x, k, i, f)`. `k`, `i`, `f` broadcast to x (numpy rules). `k` must be 0 or 1 and
+    /// `i`, `f` integers (the layer quantizers round them); NaN or infinite bit widths are
+    /// errors. NaN in x gives NaN; +-inf saturates in SAT modes and gives NaN with WRAP, as in
+    /// the reference.
+    pub fn forward<T: Element>(
+        &self,
+        x: TensorRef<'_, T>,
+        k: TensorRef<'_, T::C>,
+        i: TensorRef<'_, T::C>,
+        f: TensorRef<'_, T::C>,
+        training: bool,
+        y: &mut [T],
+    ) -> Result<()> {
+        self.call(x, [k, i, f], training, None, y, None)
+    }
+
+    /// The output and all gradients for upstream `dy` in one pass.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_backward<T: Element>(
+        &self,
+        x: TensorRef<'_, T>,
+        k: TensorRef<'_, T::C>,
+        i: TensorRef<'_, T::C>,
+        f: TensorRef<'_, T::C>,
+        training: bool,
+        dy: &[T],
+        y: &mut [T],
+        grads: FixedGrads<'_, T>,
+    ) -> Result<()> {
+        let FixedGrads { dx, di, df } = grads;
+        self.call(x, [k, i, f], training, Some(dy), y, Some((dx, [di, df])))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn call<T: Element>(
+        &self,
+        x: TensorRef<'_, T>,
+        p: [TensorRef<'_, T::C>; 3],
+        training: bool,
+        dy: Option<&[T]>,
+        y: &mut [T],
+        grads: Option<(&mut [T], [&mut [T::C]; 2])>,
+    ) -> Result<()> {
+        for v in p[0].data {
+            if *v != T::C::ZERO && *v != T::C::ONE {
+                return Err(CoreError::InvalidK(v.to_f64()));
+            }
+        }
+        for (name, t) in [("i", &p[1]), ("f", &p[2])] {
+            if let Some(v) = t.data.iter().find(|v| !v.is_integer()) {
+                return Err(CoreError::InvalidParameter {
+                    name,
+                    value: v.to_f64(),
+                    why: "bit widths must be finite integers",
+                });
+            }
+        }
+        let seed = match self.stochastic {
+            Stochastic::Seeded(s) if training => Some(s),
+            _ => None,
+        };
+        let round = crate::kernels::fixed::round_id(self.round, seed.is_some());
+        let overflow = crate::kernels::fixed::overflow_id(self.overflow);
+        let (grads_x, grads_p) = match grads {
+            Some((dx, [di, df])) => (Some(dx), Some([di, df])),
+            None => (None, None),
+        };
+        let run = Runner {
+            x,
+            p,
+            dy,
+            y,
+            gx: grads_x,
+            gp: grads_p.map(|[a, b]| [None, Some(a), Some(b)]),
+            path: self.path,
+        };
+        with_fixed_op(
+            run,
+            round,
+            overflow,
+            training,
+            seed.unwrap_or(0),
+            self.zero_mask && !training,
+        )
+    }
+}
+
+/// The minifloat quantizer of SPEC 8 with `m` mantissa bits (sign excluded), `e` exponent bits
+/// and exponent offset `e0`, broadcast to x.
+///
+/// ```
+/// use hgq_core::{minifloat, TensorRef};
+/// let x = [1.3f32, 100.0];
+/// let (m, e, e0) = ([2.0f32], [3.0f32], [0.0f32]);
+/// let s = [1];
+/// let mut y = [0.0f32; 2];
+/// minifloat(TensorRef::new(&x, &[2]).unwrap(), TensorRef::new(&m, &s).unwrap(),
+///           TensorRef::new(&e, &s).unwrap(), TensorRef::new(&e0, &s).unwrap(), &mut y).unwrap();
+/// assert_eq!(y, [1.25, 14.0]); // 14 = (2 - 2^-2) * 2^3, the largest value
+/// ```
+pub fn minifloat<T: Element>(
+    x: TensorRef<'_, T>,
+    m: TensorRef<'_, T::C>,
+    e: TensorRef<'_, T::C>,
+    e0: TensorRef<'_, T::C>,
+    y: &mut [T],
+) -> Result<()> {
+    minifloat_call(x, [m, e, e0], None, y, None, Path::Simd)
+}
+
+/// Gradients of the minifloat quantizer, each in its parameter's shape.
+#[derive(Debug)]
+pub struct FloatGrads<'a, T: Element> {
+    /// d/dx, x-shaped.
+    pub dx: &'a mut [T],
+    /// d/dm.
+    pub dm: &'a mut [T::C],
+    /// d/de.
+    pub de: &'a mut [T::C],
+    /// d/de0.
+    pub de0: &'a mut [T::C],
+}
+
+/// The minifloat output and its surrogate gradients for upstream `dy`, in one pass.
+pub fn minifloat_backward<T: Element>(
+    x: TensorRef<'_, T>,
+    m: TensorRef<'_, T::C>,
+    e: TensorRef<'_, T::C>,
+    e0: TensorRef<'_, T::C>,
+    dy: &[T],
+    y: &mut [T],
+    grads: FloatGrads<'_, T>,
+) -> Result<()> {
+    let FloatGrads { dx, dm, de, de0 } = grads;
+    minifloat_call(
+        x,
+        [m, e, e0],
+        Some(dy),
+        y,
+        Some((dx, [dm, de, de0])),
+        Path::Simd,
+    )
+}
+
+#[allow(clippy::type_complexity)]
+pub(crate) fn minifloat_call<T: Element>(
+    x: TensorRef<'_, T>,
+    p: [TensorRef<'_, T::C>; 3],
+    dy: Option<&[T]>,
+    y: &mut [T],
+    grads: Option<(&mut [T], [&mut [T::C]; 3])>,
+    path: Path,
+) -> Result<()> {
+    for (name, t) in [("m", &p[0]), ("e", &p[1]), ("e0", &p[2])] {
+        if let Some(v) = t.data.iter().find(|v| !v.is_integer()) {
+            return Err(CoreError::InvalidParameter {
+                name,
+                value: v.to_f64(),
+                why: "minifloat bit widths must be finite integers",
+            });
+        }
+    }
+    let (gx, gp) = match grads {
+        Some((dx, [a, b, c])) => (Some(dx), Some([Some(a), Some(b), Some(c)])),
+        None => (None, None),
+    };
+    Runner {
+        x,
+        p,
+        dy,
+        y,
+        gx,
+        gp,
+        path,
+    }
+    .call(FloatOp)
+}
+
+/// Validates shapes, broadcasts the three parameters to one bit-width shape, runs an op and
+/// reduces the parameter gradients back to each parameter's own shape.
+struct Runner<'a, 'b, T: Element> {
+    x: TensorRef<'a, T>,
+    p: [TensorRef<'a, T::C>; 3],
+    dy: Option<&'a [T]>,
+    y: &'b mut [T],
+    gx: Option<&'b mut [T]>,
+    gp: Option<[Option<&'b mut [T::C]>; 3]>,
+    path: Path,
+}
+
+impl<T: Element> WithFixedOp for Runner<'_, '_, T> {
+    type Output = Result<()>;
+    fn call<const R: u8, const O: u8, const TRAIN: bool>(
+        self,
+        op: FixedOp<R, O, TRAIN>,
+    ) -> Result<()> {
+        self.run(op)
+    }
+}
+
+impl<T: Element> Runner<'_, '_, T> {
+    fn call<Op: kernels::ElemOp<T::C>>(self, op: Op) -> Result<()> {
+        self.run(op)
+    }
+
+    fn run<Op: kernels::ElemOp<T::C>>(self, op: Op) -> Result<()> {
+        let Runner {
+            x,
+            p,
+            dy,
+            y,
+            gx,
+            gp,
+            path,
+        } = self;
+        let xs = x.shape;
+        check_len("x", x.data.len(), xs)?;
+        check_len("y", y.len(), xs)?;
+        let mut shapes = Vec::with_capacity(3);
+        for t in &p {
+            check_len("bit width", t.data.len(), t.shape)?;
+            shapes.push(align(t.shape, xs)?);
+        }
+        // The common bit-width shape: full wherever any parameter is.
+        let common: Vec<usize> = (0..xs.len())
+            .map(|d| shapes.iter().map(|s| s[d]).max().unwrap_or(1))
+            .collect();
+        let owned: Vec<Option<Vec<T::C>>> = p
+            .iter()
+            .zip(&shapes)
+            .map(|(t, s)| (*s != common).then(|| broadcast(t.data, s, &common)))
+            .collect();
+        let pv: [&[T::C]; 3] = std::array::from_fn(|q| owned[q].as_deref().unwrap_or(p[q].data));
+        let plan = Plan::new(xs, &common);
+        if let Some(d) = dy {
+            check_len("dy", d.len(), xs)?;
+        }
+        let grad = dy.is_some();
+        let gx = match gx {
+            Some(g) => {
+                check_len("dx", g.len(), xs)?;
+                Some(g)
+            }
+            None => None,
+        };
+        if grad && gx.is_none() {
+            return Err(CoreError::Unsupported(
+                "an upstream gradient needs a dx buffer",
+            ));
+        }
+        // Parameter gradients whose shape is the common one are written in place; the others
+        // go through a buffer of the common shape and are summed down afterwards.
+        let mut bufs: [Vec<T::C>; 3] = Default::default();
+        let mut later: [Option<&mut [T::C]>; 3] = [None, None, None];
+        let mut pass: Vec<&mut [T::C]> = Vec::with_capacity(3);
+        let dsts = if grad {
+            gp.unwrap_or_default()
+        } else {
+            Default::default()
+        };
+        for (q, (d, b)) in dsts.into_iter().zip(bufs.iter_mut()).enumerate() {
+            match d {
+                Some(d) => {
+                    check_len("bit-width gradient", d.len(), p[q].shape)?;
+                    if shapes[q] == common {
+                        pass.push(d);
+                    } else {
+                        *b = vec![T::C::ZERO; plan.bw_len];
+                        later[q] = Some(d);
+                        pass.push(b.as_mut_slice());
+                    }
+                }
+                None => pass.push(&mut []),
+            }
+        }
+        let gp = if grad {
+            let mut it = pass.into_iter();
+            Some(std::array::from_fn(|_| it.next().expect("three")))
+        } else {
+            None
+        };
+        kernels::run(
+            op,
+            &plan,
+            Io {
+                x: x.data,
+                p: pv,
+                dy,
+                y,
+                gx,
+                gp,
+            },
+            path,
+        );
+        for (q, dst) in later.iter_mut().enumerate() {
+            if let Some(dst) = dst {
+                reduce_sum(&bufs[q], &common, dst, &shapes[q]);
+            }
+        }
+        Ok(())
+    }
+}

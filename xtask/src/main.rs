@@ -1,0 +1,62 @@
+//! `cargo xtask <task>`: the project's tasks, in Rust so they run wherever cargo does.
+//!
+//! - `setup`: install libtorch (torch==2.11.0 from PyPI) into the project's `.venv`.
+//! - `test`: everything `cargo test --workspace` checks, after setup.
+//! - `golden DIR [--family NAME]...`: check golden vectors.
+//! - `bench [--json]`: time the kernels against a plain copy.
+//! - `demo`: the end-to-end training demo.
+mod bench;
+mod golden;
+
+use std::process::ExitCode;
+
+fn usage() -> ExitCode {
+    eprintln!(
+        "usage: cargo xtask <task>\n\
+         tasks:\n  \
+         test                         run all tests (what CI runs)\n  \
+         golden [DIR] [--family NAME]...  check golden vectors (default DIR: tests/data/golden)\n  \
+         bench [--json] [--quick]     time kernels against a plain copy of the same bytes"
+    );
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(task) = args.first() else {
+        return usage();
+    };
+    let rest = &args[1..];
+    let result = match task.as_str() {
+        "golden" => golden::run(rest),
+        "bench" => bench::run(rest),
+        "test" => run_tests(rest),
+        "-h" | "--help" | "help" => return usage(),
+        other => {
+            eprintln!("unknown task {other:?}");
+            return usage();
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask {task}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the workspace tests, passing extra arguments to `cargo test`.
+fn run_tests(rest: &[String]) -> Result<ExitCode, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args(["test", "--workspace", "--release"])
+        .args(rest)
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
