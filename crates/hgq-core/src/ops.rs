@@ -116,3 +116,10 @@ pub(crate) fn with_fixed_op<V: WithFixedOp>(
         _ => by_overflow!(v, overflow, training, seed, mask, r::STOCH),
     }
 }
+
+/// The seed of one training step, from a quantizer's seed and its step counter.
+pub(crate) fn uniform_seed(seed: u64, step: u64) -> u64 {
+    let mut z = seed.wrapping_add(step.wrapping_mul(0xD1B5_4A32_D192_ED03));
+    z = (z ^ (z >> 33)).wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+    z ^ (z >> 33)
+}

@@ -59,15 +59,16 @@ pub trait Real:
     fn is_integer(self) -> bool {
         !self.is_nan() && self.floor() == self && (self - self) == Self::ZERO
     }
-    /// torch.maximum: NaN if either is NaN.
+    /// torch.maximum: NaN if either is NaN; of equal values (+0 and -0) the first, as torch's
+    /// scalar path (`std::max`) does (its SIMD path returns the second: no caller depends on it).
     #[inline(always)]
     fn maximum(self, b: Self) -> Self {
         if self.is_nan() || b.is_nan() {
             self + b
-        } else if self > b {
-            self
-        } else {
+        } else if self < b {
             b
+        } else {
+            self
         }
     }
     /// torch.minimum: NaN if either is NaN.

@@ -54,7 +54,7 @@ impl Case {
         self.compare(what, got, want, close_grad, None)
     }
 
-    fn compare(
+    pub(crate) fn compare(
         &mut self,
         what: &str,
         got: &[f32],

@@ -1,8 +1,255 @@
 //! The `layers` family: layer-level quantizers with state carried across calls.
 use crate::families::Case;
+use crate::json::{f32s, shape};
+use hgq_core::mapper::Axes;
+use hgq_core::quantizer::{
+    AnyQuantizer, FixedPointQuantizerKBI, FixedPointQuantizerKIF, FixedSpec, FloatPointQuantizer,
+    FloatSpec, KbiSpec, KifSpec, Props, Quantizer,
+};
+use hgq_core::{CallMode, Stochastic, TensorRef};
 use serde_json::Value;
 
-pub(crate) fn layers(_c: &Value, case: &mut Case) -> Result<(), String> {
-    case.fail("layer quantizers are not implemented yet".into());
+fn num(q: &Value, key: &str) -> Result<f64, String> {
+    crate::json::float(q.get(key).ok_or_else(|| format!("missing {key:?}"))?)
+}
+
+fn axes(q: &Value) -> Result<Axes, String> {
+    let list = |key: &str| -> Result<Option<Vec<isize>>, String> {
+        match q.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| {
+                    v.as_i64()
+                        .map(|v| v as isize)
+                        .ok_or_else(|| format!("bad axis {v}"))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(v) => Err(format!("bad {key}: {v}")),
+        }
+    };
+    Axes::from_pair(list("heterogeneous_axis")?, list("homogeneous_axis")?)
+        .map_err(|e| e.to_string())
+}
+
+/// Builds the quantizer a case describes (stochastic rounding off: the reference adds none).
+fn make(q: &Value) -> Result<AnyQuantizer<f32>, String> {
+    let class = q
+        .get("class_name")
+        .and_then(Value::as_str)
+        .ok_or("missing class_name")?;
+    let fixed = || -> Result<FixedSpec, String> {
+        let rm = crate::json::str_(q, "round_mode")?
+            .parse()
+            .map_err(|e: hgq_core::CoreError| e.to_string())?;
+        let om = crate::json::str_(q, "overflow_mode")?
+            .parse()
+            .map_err(|e: hgq_core::CoreError| e.to_string())?;
+        let mut f = FixedSpec::new(rm, om);
+        f.i_decay_speed = num(q, "i_decay_speed")?;
+        f.is_weight = q.get("is_weight").and_then(Value::as_bool).unwrap_or(false);
+        f.axes = axes(q)?;
+        f.stochastic = Stochastic::Reference;
+        Ok(f)
+    };
+    let e = |e: hgq_core::CoreError| e.to_string();
+    Ok(match class {
+        "FixedPointQuantizerKBI" => {
+            let mut s = KbiSpec::new(
+                num(q, "k0")?,
+                num(q, "b0")?,
+                num(q, "i0")?,
+                hgq_core::RoundMode::Rnd,
+                hgq_core::OverflowMode::Sat,
+            );
+            s.fixed = fixed()?;
+            AnyQuantizer::Kbi(FixedPointQuantizerKBI::new(s).map_err(e)?)
+        }
+        "FixedPointQuantizerKIF" => {
+            let mut s = KifSpec::new(
+                num(q, "k0")?,
+                num(q, "i0")?,
+                num(q, "f0")?,
+                hgq_core::RoundMode::Rnd,
+                hgq_core::OverflowMode::Sat,
+            );
+            s.fixed = fixed()?;
+            AnyQuantizer::Kif(FixedPointQuantizerKIF::new(s).map_err(e)?)
+        }
+        "FloatPointQuantizer" => {
+            let mut s = FloatSpec::new(num(q, "m0")?, num(q, "e0")?, num(q, "e00")?);
+            s.axes = axes(q)?;
+            AnyQuantizer::Float(FloatPointQuantizer::new(s).map_err(e)?)
+        }
+        other => return Err(format!("unknown quantizer class {other:?}")),
+    })
+}
+
+/// Sets every variable of `state` into the quantizer, checking shape and trainability.
+fn load_state(qz: &mut AnyQuantizer<f32>, state: &Value, case: &mut Case) -> Result<(), String> {
+    let obj = state.as_object().ok_or("state is not an object")?;
+    if obj.len() != qz.variables().len() {
+        case.fail(format!(
+            "{} variables, reference has {}",
+            qz.variables().len(),
+            obj.len()
+        ));
+    }
+    for (name, v) in obj {
+        let value = f32s(v, "value")?;
+        let trainable = v.get("trainable").and_then(Value::as_bool).unwrap_or(false);
+        let shp = shape(v, "shape")?;
+        let Some(var) = qz.variables_mut().iter_mut().find(|x| x.name == name) else {
+            case.fail(format!("no variable {name:?}"));
+            continue;
+        };
+        if var.shape != shp || var.trainable != trainable {
+            let msg = format!(
+                "variable {name}: shape {:?} trainable {}, reference {:?} {}",
+                var.shape, var.trainable, shp, trainable
+            );
+            var.value = value;
+            case.fail(msg);
+            continue;
+        }
+        var.value = value;
+    }
+    Ok(())
+}
+
+fn check_state(
+    qz: &AnyQuantizer<f32>,
+    state: &Value,
+    case: &mut Case,
+    when: &str,
+) -> Result<(), String> {
+    let obj = state.as_object().ok_or("state is not an object")?;
+    for (name, v) in obj {
+        let want = f32s(v, "value")?;
+        match qz.variable(name) {
+            Some(var) => {
+                // Numbers, not bits: a raw variable's zero sign has no effect, and torch's
+                // `maximum` returns +0 or -0 for equal zeros depending on its SIMD path.
+                let got = var.value.clone();
+                case.compare(
+                    &format!("{when} state {name}"),
+                    &got,
+                    &want,
+                    |a, b| a == b || (a.is_nan() && b.is_nan()),
+                    None,
+                );
+            }
+            None => case.fail(format!("{when}: no variable {name:?}")),
+        }
+    }
+    Ok(())
+}
+
+fn check_props(
+    qz: &AnyQuantizer<f32>,
+    props: &Value,
+    case: &mut Case,
+    when: &str,
+) -> Result<(), String> {
+    let p: Props<f32> = qz.props().map_err(|e| e.to_string())?;
+    for (name, got) in [
+        ("bits", &p.bits),
+        ("fbits", &p.fbits),
+        ("min", &p.min),
+        ("max", &p.max),
+        ("epsilon", &p.epsilon),
+    ] {
+        if props.get(name).is_none_or(Value::is_null) {
+            continue;
+        }
+        let want = f32s(props, name)?;
+        case.values(&format!("{when} {name}"), got, &want);
+    }
+    Ok(())
+}
+
+pub(crate) fn layers(c: &Value, case: &mut Case) -> Result<(), String> {
+    let q = c.get("quantizer").ok_or("missing quantizer")?;
+    let mut qz = make(q)?;
+    let input: Vec<Option<usize>> = shape(c, "input_shape")?.into_iter().map(Some).collect();
+    qz.build(&input).map_err(|e| e.to_string())?;
+    load_state(
+        &mut qz,
+        c.get("initial_state").ok_or("missing initial_state")?,
+        case,
+    )?;
+    check_props(
+        &qz,
+        c.get("initial_props").ok_or("missing initial_props")?,
+        case,
+        "initial",
+    )?;
+    let calls = c
+        .get("calls")
+        .and_then(Value::as_array)
+        .ok_or("missing calls")?;
+    for (n, call) in calls.iter().enumerate() {
+        let mode = match call.get("training") {
+            Some(Value::Bool(true)) => CallMode::Training,
+            Some(Value::Bool(false)) => CallMode::Inference,
+            Some(Value::String(s)) if s == "tracing" => CallMode::Tracing,
+            other => return Err(format!("call {n}: bad training {other:?}")),
+        };
+        let x = f32s(call, "x")?;
+        let dy = f32s(call, "dy")?;
+        let xs: Vec<usize> = input.iter().map(|d| d.unwrap_or(1)).collect();
+        let xt = TensorRef::new(&x, &xs).map_err(|e| e.to_string())?;
+        let mut y = vec![0.0f32; x.len()];
+        let when = format!("call {n} ({mode:?})");
+        if mode == CallMode::Training {
+            let mut dx = vec![0.0f32; x.len()];
+            let grads = qz
+                .forward_backward(xt, &dy, &mut y, &mut dx)
+                .map_err(|e| e.to_string())?;
+            if let Some(g) = call.get("grad") {
+                for (name, want) in g.as_object().ok_or("grad is not an object")? {
+                    let want: Vec<f32> = match want {
+                        Value::Array(a) => a
+                            .iter()
+                            .map(|v| crate::json::float(v).map(|f| f as f32))
+                            .collect::<Result<_, _>>()?,
+                        _ => return Err("bad grad".into()),
+                    };
+                    let got = if name == "x" {
+                        Some(dx.as_slice())
+                    } else {
+                        grads.get(name)
+                    };
+                    match got {
+                        Some(got) => case.grads(&format!("{when} grad {name}"), got, &want),
+                        None => case.fail(format!("{when}: no gradient for {name}")),
+                    }
+                }
+                for (name, _) in &grads.vars {
+                    if g.get(name).is_none() {
+                        case.fail(format!(
+                            "{when}: gradient for {name} that the reference does not train"
+                        ));
+                    }
+                }
+            }
+        } else {
+            qz.forward(xt, mode, &mut y).map_err(|e| e.to_string())?;
+        }
+        case.values(&format!("{when} y"), &y, &f32s(call, "y")?);
+        check_state(
+            &qz,
+            call.get("state_after").ok_or("missing state_after")?,
+            case,
+            &when,
+        )?;
+        check_props(
+            &qz,
+            call.get("props_after").ok_or("missing props_after")?,
+            case,
+            &when,
+        )?;
+    }
     Ok(())
 }

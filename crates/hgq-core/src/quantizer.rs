@@ -1,1 +1,0 @@
-//! Layer-level quantizers (in progress).
