@@ -88,7 +88,12 @@ impl QuantizerLayer {
     /// Reads the JSON text of a `Quantizer` layer.
     pub fn from_json(text: &str) -> Result<Self> {
         let v = PyValue::parse(text)?;
-        Self::read(&At::root(&v))
+        Self::from_value(&v)
+    }
+
+    /// Reads a parsed `Quantizer` layer envelope.
+    pub fn from_value(v: &PyValue) -> Result<Self> {
+        Self::read(&At::root(v))
     }
 
     pub(crate) fn read(at: &At<'_>) -> Result<Self> {

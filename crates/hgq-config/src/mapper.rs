@@ -117,7 +117,12 @@ impl BitwidthMapperConfig {
     /// Reads the JSON text of a `DefaultBitwidthMapper`.
     pub fn from_json(text: &str) -> Result<Self> {
         let v = PyValue::parse(text)?;
-        Self::read(&At::root(&v))
+        Self::from_value(&v)
+    }
+
+    /// Reads a parsed `DefaultBitwidthMapper` envelope.
+    pub fn from_value(v: &PyValue) -> Result<Self> {
+        Self::read(&At::root(v))
     }
 
     pub(crate) fn read(at: &At<'_>) -> Result<Self> {
