@@ -9,7 +9,7 @@
 //! - [`QuantizerConfig`]: typed configuration, with the reference's defaults table and
 //!   override rules in [`QuantizerConfig::builder`].
 //! - [`KerasModel`] / [`extract_quantizers`]: every quantizer configuration in a whole model.
-//! - [`core`]: conversion to and from hgq-core's quantizer descriptions.
+//! - [`convert`]: conversion to and from hgq-core's quantizer descriptions.
 //!
 //! ```
 //! use hgq_config::{Place, QType, QuantizerConfig};
@@ -20,7 +20,7 @@
 //! ```
 #![warn(missing_docs)]
 
-pub mod core;
+pub mod convert;
 mod de;
 pub mod error;
 pub mod keras;
@@ -30,6 +30,7 @@ pub mod model;
 pub mod pyjson;
 pub mod quantizer;
 
+pub use convert::{CoreQuantizer, QuantizerSpec};
 pub use error::{ConfigError, Result};
 pub use keras::{Constraint, DTypePolicy, InitValue, Initializer, Num, Regularizer};
 pub use layer::QuantizerLayer;

@@ -1,1 +1,0 @@
-//! Conversion to and from hgq-core quantizer descriptions.

@@ -1,0 +1,97 @@
+//! Configurations to hgq-core quantizer descriptions and back.
+mod common;
+use hgq_config::{
+    ConfigError, CoreQuantizer, Place, PyValue, QType, QuantizerConfig, QuantizerSpec, Regularizer,
+    find_quantizers,
+};
+use hgq_core::mapper::Axes;
+use hgq_core::quantizer::{Constraint as CoreConstraint, FixedPointQuantizerKBI, Quantizer};
+use hgq_core::{OverflowMode, RoundMode};
+
+#[test]
+fn defaults_round_trip_through_core() {
+    for q in [QType::Kbi, QType::Kif, QType::Float, QType::Dummy] {
+        for p in Place::ALL {
+            let c = QuantizerConfig::builder(q, p).build().unwrap();
+            if (q, p) == (QType::Float, Place::Bias) {
+                // The reference's float/bias defaults set both axis lists; its own quantizer
+                // refuses them, and so does the conversion.
+                assert!(matches!(c.to_core(), Err(ConfigError::Convert(_))));
+                continue;
+            }
+            let core = c.to_core().unwrap();
+            let back = QuantizerConfig::from_core(&core, p).unwrap();
+            assert_eq!(back, c, "{q} {p}");
+            assert_eq!(back.to_json(), c.to_json());
+        }
+    }
+}
+
+#[test]
+fn kbi_weight_spec() {
+    let c = QuantizerConfig::builder(QType::Kbi, Place::Weight)
+        .b0(6)
+        .overflow_mode(OverflowMode::Sat)
+        .heterogeneous_axis([-1])
+        .build()
+        .unwrap();
+    let core = c.to_core().unwrap();
+    let QuantizerSpec::Kbi(s) = &core.spec else {
+        panic!("not kbi")
+    };
+    assert_eq!((s.k0, s.b0, s.i0), (1.0, 6.0, 2.0));
+    assert_eq!(s.fixed.round, RoundMode::Rnd);
+    assert_eq!(s.fixed.overflow, OverflowMode::Sat);
+    assert_eq!(s.fixed.axes, Axes::Heterogeneous(vec![-1]));
+    assert!(s.fixed.is_weight && s.fixed.trainable);
+    assert_eq!(s.fixed.i_decay_speed, f64::INFINITY);
+    assert_eq!(
+        s.bc,
+        Some(CoreConstraint::MinMax {
+            min: 0.0,
+            max: 23.0
+        })
+    );
+    // The spec builds a working hgq-core quantizer.
+    let mut qz = FixedPointQuantizerKBI::<f32>::new(s.clone()).unwrap();
+    qz.build(&[Some(4), Some(3)]).unwrap();
+}
+
+#[test]
+fn hard_sigmoid_keeps_fixed_values_and_affine() {
+    let c = QuantizerConfig::hard_sigmoid().build().unwrap();
+    let core = c.to_core().unwrap();
+    assert_eq!(core.affine, Some((0.25, 0.5)));
+    let QuantizerSpec::Kif(s) = &core.spec else {
+        panic!("not kif")
+    };
+    assert_eq!((s.k0, s.i0, s.f0), (1.0, 1.0, 6.0));
+    assert_eq!(s.ic, Some(CoreConstraint::Constant(1.0)));
+    assert_eq!(s.fixed.overflow, OverflowMode::Sat);
+}
+
+#[test]
+fn every_golden_quantizer_converts() {
+    for case in common::cases() {
+        let v = PyValue::parse(&case.json).unwrap();
+        for f in find_quantizers(&v).unwrap() {
+            let r = f.config.to_core();
+            if f.config.q_type() == QType::Float && f.config.place == Place::Bias {
+                assert!(r.is_err());
+            } else {
+                let core: CoreQuantizer = r.unwrap_or_else(|e| panic!("{}: {e}", case.name));
+                let back = QuantizerConfig::from_core(&core, f.config.place).unwrap();
+                assert_eq!(back.to_core().unwrap(), core, "{}", case.name);
+            }
+        }
+    }
+}
+
+#[test]
+fn l1l2_without_core_counterpart() {
+    let c = QuantizerConfig::builder(QType::Kif, Place::Datalane)
+        .ir(Regularizer::L1L2 { l1: 0.1, l2: 0.2 })
+        .build()
+        .unwrap();
+    assert!(matches!(c.to_core(), Err(ConfigError::Convert(_))));
+}
