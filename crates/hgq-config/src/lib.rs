@@ -11,6 +11,20 @@
 //! - [`KerasModel`] / [`extract_quantizers`]: every quantizer configuration in a whole model.
 //! - [`convert`]: conversion to and from hgq-core's quantizer descriptions.
 //!
+//! ## Fidelity notes
+//!
+//! - Reading is strict: every key the reference writes must be present, unknown keys and
+//!   classes are errors, and errors name the JSON path (`$.config.bc.config.min_value`).
+//! - Strings are normalized the way the reference parses them (`q_type`/`place` lower-case,
+//!   modes upper-case, `'default'` resolved, `SYM` read as `SAT_SYM`); a document written by
+//!   the reference is already normalized, so it is written back byte for byte.
+//! - `HardTanhConfig` does not write `symmetric` (the reference drops it too): one read from
+//!   JSON has `symmetric: false`, exactly as the reference's `from_config` gives.
+//! - The reference's float/bias defaults set both `homogeneous_axis` and
+//!   `heterogeneous_axis` to `[]`. Reading accepts that (it is what the reference writes);
+//!   the builder refuses both as overrides, and [`QuantizerConfig::to_core`] refuses it, as
+//!   the reference's own quantizer does.
+//!
 //! ```
 //! use hgq_config::{Place, QType, QuantizerConfig};
 //! let c = QuantizerConfig::builder(QType::Kif, Place::Datalane).f0(3).build().unwrap();
