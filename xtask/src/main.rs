@@ -7,6 +7,7 @@
 //! - `demo`: the end-to-end training demo.
 mod bench;
 mod golden;
+mod setup;
 
 use std::process::ExitCode;
 
@@ -14,6 +15,7 @@ fn usage() -> ExitCode {
     eprintln!(
         "usage: cargo xtask <task>\n\
          tasks:\n  \
+         setup [--force] [--check]    install libtorch (torch==2.11.0 from PyPI) into .venv\n  \
          test                         run all tests (what CI runs)\n  \
          golden [DIR] [--family NAME]...  check golden vectors (default DIR: tests/data/golden)\n  \
          bench [--json] [--quick]     time kernels against a plain copy of the same bytes"
@@ -30,6 +32,7 @@ fn main() -> ExitCode {
     let result = match task.as_str() {
         "golden" => golden::run(rest),
         "bench" => bench::run(rest),
+        "setup" => setup::run(rest),
         "test" => run_tests(rest),
         "-h" | "--help" | "help" => return usage(),
         other => {
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
 
 /// Runs the workspace tests, passing extra arguments to `cargo test`.
 fn run_tests(rest: &[String]) -> Result<ExitCode, String> {
+    setup::ensure()?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = std::process::Command::new(cargo)
         .args(["test", "--workspace", "--release"])

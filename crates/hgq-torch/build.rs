@@ -1,0 +1,53 @@
+//! Finds libtorch through torch-sys, makes it findable at run time, and compiles the C++
+//! autograd bridge.
+//!
+//! torch-sys (`links = "tch"`) hands its libtorch `lib` folder over as `DEP_TCH_LIBTORCH_LIB`;
+//! the headers are at `<lib>/../include` (torch-sys itself reads `LIBTORCH`, which
+//! `.cargo/config.toml` points at `.venv/libtorch`, made by `cargo xtask setup`).
+//!
+//! Run time: Cargo puts a build script's link-search paths on the library path of the programs
+//! that `cargo run` and `cargo test` start, but only paths inside the profile folder
+//! (`target/debug`, `target/release`, ...). `OUT_DIR` is such a path, so a symlink
+//! `$OUT_DIR/libtorch-lib -> <libtorch>/lib` plus a link-search path to it lets every test and
+//! binary that depends on this crate find libtorch, in every profile, without LD_LIBRARY_PATH.
+use std::path::PathBuf;
+
+fn main() {
+    println!("cargo:rerun-if-changed=src/bridge.cpp");
+    println!("cargo:rerun-if-changed=build.rs");
+    let lib = match std::env::var("DEP_TCH_LIBTORCH_LIB") {
+        Ok(l) => PathBuf::from(l),
+        Err(_) => panic!(
+            "torch-sys did not report libtorch's lib folder (DEP_TCH_LIBTORCH_LIB); \
+             run `cargo xtask setup`"
+        ),
+    };
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
+    let link = out.join("libtorch-lib");
+    if link.symlink_metadata().is_ok() {
+        std::fs::remove_file(&link).expect("remove old libtorch-lib link");
+    }
+    // Absolute target: the link must work from wherever the loader sees it.
+    let target = std::fs::canonicalize(&lib).unwrap_or_else(|e| {
+        panic!(
+            "libtorch lib folder {} is not there ({e}); run `cargo xtask setup`",
+            lib.display()
+        )
+    });
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(&target, &link).expect("link libtorch-lib");
+    println!("cargo:rustc-link-search=native={}", link.display());
+
+    let root = target.parent().expect("libtorch root").to_path_buf();
+    cc::Build::new()
+        .cpp(true)
+        .pic(true)
+        .warnings(false)
+        .include(root.join("include"))
+        .include(root.join("include/torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .file("src/bridge.cpp")
+        .compile("hgq_torch_bridge");
+}

@@ -1,0 +1,97 @@
+// A torch::autograd::Function whose forward and backward run hgq-core's fused CPU kernels
+// (Rust, through hgq_torch_fixed_cpu in src/bridge.rs). Exceptions never cross into Rust:
+// hgq_torch_fixed_apply catches them and returns the message.
+#include <ATen/ATen.h>
+#include <torch/autograd.h>
+
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <string>
+
+extern "C" {
+struct HgqView {
+  const float* data;
+  const int64_t* shape;
+  int64_t ndim;
+};
+
+// Defined in Rust. Returns 0 on success, else writes a NUL-terminated message into err.
+int hgq_torch_fixed_cpu(const uint8_t* cfg, size_t cfg_len, int training, const HgqView* x,
+                        const HgqView* k, const HgqView* i, const HgqView* f, const float* dy,
+                        float* y, float* dx, float* di, float* df, char* err, size_t err_len);
+}
+
+namespace {
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+HgqView view(const at::Tensor& t) {
+  return HgqView{t.data_ptr<float>(), t.sizes().data(), t.dim()};
+}
+
+void call(const std::string& cfg, bool training, const at::Tensor& x, const at::Tensor& k,
+          const at::Tensor& i, const at::Tensor& f, const float* dy, float* y, float* dx, float* di,
+          float* df) {
+  char err[1024];
+  err[0] = 0;
+  HgqView vx = view(x), vk = view(k), vi = view(i), vf = view(f);
+  int rc = hgq_torch_fixed_cpu(reinterpret_cast<const uint8_t*>(cfg.data()), cfg.size(),
+                               training ? 1 : 0, &vx, &vk, &vi, &vf, dy, y, dx, di, df, err,
+                               sizeof err);
+  if (rc != 0) {
+    err[sizeof err - 1] = 0;
+    throw std::runtime_error(err);
+  }
+}
+
+struct FixedFn : public torch::autograd::Function<FixedFn> {
+  static at::Tensor forward(AutogradContext* ctx, at::Tensor x, at::Tensor k, at::Tensor i,
+                            at::Tensor f, std::string cfg, bool training) {
+    at::Tensor y = at::empty_like(x);
+    call(cfg, training, x, k, i, f, nullptr, y.data_ptr<float>(), nullptr, nullptr, nullptr);
+    ctx->save_for_backward({x, k, i, f});
+    ctx->saved_data["cfg"] = cfg;
+    ctx->saved_data["training"] = training;
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &k = saved[1], &i = saved[2], &f = saved[3];
+    std::string cfg = ctx->saved_data["cfg"].toStringRef();
+    bool training = ctx->saved_data["training"].toBool();
+    at::Tensor dy = grads[0].to(at::kFloat).expand(x.sizes()).contiguous();
+    at::Tensor y = at::empty_like(x);
+    at::Tensor dx = at::empty_like(x);
+    at::Tensor di = at::zeros_like(i);
+    at::Tensor df = at::zeros_like(f);
+    call(cfg, training, x, k, i, f, dy.data_ptr<float>(), y.data_ptr<float>(),
+         dx.data_ptr<float>(), di.data_ptr<float>(), df.data_ptr<float>());
+    return {dx, at::Tensor(), di, df, at::Tensor(), at::Tensor()};
+  }
+};
+
+void write_err(const char* what, char* err, size_t err_len) {
+  if (err_len == 0) return;
+  std::strncpy(err, what, err_len - 1);
+  err[err_len - 1] = 0;
+}
+}  // namespace
+
+extern "C" int hgq_torch_fixed_apply(const at::Tensor* x, const at::Tensor* k, const at::Tensor* i,
+                                     const at::Tensor* f, const uint8_t* cfg, size_t cfg_len,
+                                     int training, at::Tensor** out, char* err, size_t err_len) {
+  try {
+    at::Tensor y = FixedFn::apply(*x, *k, *i, *f,
+                                  std::string(reinterpret_cast<const char*>(cfg), cfg_len),
+                                  training != 0);
+    *out = new at::Tensor(std::move(y));
+    return 0;
+  } catch (const std::exception& e) {
+    write_err(e.what(), err, err_len);
+  } catch (...) {
+    write_err("unknown C++ exception", err, err_len);
+  }
+  return 1;
+}

@@ -1,0 +1,277 @@
+//! `cargo xtask setup`: libtorch for tch, from `torch==2.11.0` on PyPI, in the project's `.venv`.
+//!
+//! How the pieces find libtorch afterwards:
+//! - Build time: `.cargo/config.toml` sets `LIBTORCH = <repo>/.venv/libtorch` (unless the
+//!   environment already sets it); this task makes `.venv/libtorch` a relative symlink to the
+//!   venv's `site-packages/torch` (which holds `lib/` and `include/`), so torch-sys finds it
+//!   with a plain `cargo build`, in any profile and with any target directory.
+//! - Run time: `crates/hgq-torch/build.rs` links `$OUT_DIR/libtorch-lib` to libtorch's `lib`
+//!   folder and adds it as a link-search path. `OUT_DIR` lies inside the profile folder, and
+//!   Cargo puts such paths on the library path of what `cargo run` / `cargo test` start, so
+//!   debug and release binaries find libtorch without any environment variable.
+//! - Outside Cargo (a binary copied to another machine) set `LD_LIBRARY_PATH` to a torch
+//!   2.11 `lib` folder, e.g. the GPU machine's `python3 -c 'import torch,os;
+//!   print(os.path.dirname(torch.__file__))'`/lib.
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+/// The PyTorch release that tch 0.24 expects.
+pub const TORCH_VERSION: &str = "2.11.0";
+
+/// The repository root (the parent of this crate's manifest folder).
+pub fn repo_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.parent().unwrap_or(here).to_path_buf()
+}
+
+/// `<repo>/.venv`.
+pub fn venv_dir() -> PathBuf {
+    repo_root().join(".venv")
+}
+
+/// `<repo>/.venv/libtorch`: the symlink that `LIBTORCH` names.
+pub fn libtorch_dir() -> PathBuf {
+    venv_dir().join("libtorch")
+}
+
+fn usage() -> String {
+    "usage: cargo xtask setup [--force] [--check]\n  \
+     (no flag)  install torch==2.11.0 into .venv if missing, link .venv/libtorch\n  \
+     --force    reinstall torch even if it looks installed\n  \
+     --check    only report whether libtorch is ready (exit 1 if not)"
+        .to_string()
+}
+
+/// `cargo xtask setup [--force] [--check]`.
+pub fn run(args: &[String]) -> Result<ExitCode, String> {
+    let (mut force, mut check) = (false, false);
+    for a in args {
+        match a.as_str() {
+            "--force" => force = true,
+            "--check" => check = true,
+            "-h" | "--help" => {
+                println!("{}", usage());
+                return Ok(ExitCode::SUCCESS);
+            }
+            other => return Err(format!("unknown argument {other:?}\n{}", usage())),
+        }
+    }
+    if check {
+        return Ok(match installed() {
+            Ok(v) => {
+                println!("libtorch {v} ready at {}", libtorch_dir().display());
+                ExitCode::SUCCESS
+            }
+            Err(why) => {
+                println!("libtorch not ready: {why}\nrun `cargo xtask setup`");
+                ExitCode::FAILURE
+            }
+        });
+    }
+    if force {
+        install(true)?;
+    } else {
+        ensure()?;
+    }
+    let v = installed()?;
+    println!("libtorch {v} ready at {}", libtorch_dir().display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Makes sure libtorch is installed and linked; fast (a few file checks) when it already is.
+pub fn ensure() -> Result<(), String> {
+    if installed().is_ok() {
+        return Ok(());
+    }
+    install(false)
+}
+
+/// The installed torch version, if `.venv/libtorch` is a usable libtorch of the right release.
+fn installed() -> Result<String, String> {
+    let dir = libtorch_dir();
+    let lib = dir.join("lib");
+    for f in ["libtorch_cpu.so", "libc10.so", "libtorch.so"] {
+        if !lib.join(f).exists() {
+            return Err(format!("{} is missing", lib.join(f).display()));
+        }
+    }
+    let version = torch_version(&dir)?;
+    if version.split('+').next() != Some(TORCH_VERSION) {
+        return Err(format!(
+            "{} holds torch {version}, this project needs {TORCH_VERSION}",
+            dir.display()
+        ));
+    }
+    Ok(version)
+}
+
+/// Reads `__version__` from `torch/version.py` (no Python start-up needed).
+fn torch_version(torch_dir: &Path) -> Result<String, String> {
+    let p = torch_dir.join("version.py");
+    let text =
+        std::fs::read_to_string(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+    text.lines()
+        .find_map(|l| {
+            let rest = l.trim().strip_prefix("__version__")?;
+            let rest = rest.trim_start().strip_prefix(':').map_or(rest, |r| {
+                // `__version__: str = '2.11.0+cu130'`
+                r.split_once('=').map_or(r, |(_, v)| v)
+            });
+            let v = rest.trim_start().trim_start_matches('=').trim();
+            Some(v.trim_matches(|c| c == '\'' || c == '"').to_string())
+        })
+        .ok_or_else(|| format!("no __version__ in {}", p.display()))
+}
+
+fn install(force: bool) -> Result<(), String> {
+    let start = Instant::now();
+    let venv = venv_dir();
+    let py = venv.join("bin").join("python");
+    if !py.exists() {
+        let python = std::env::var("HGQ_PYTHON").unwrap_or_else(|_| "python3".into());
+        let version = Command::new(&python)
+            .arg("--version")
+            .output()
+            .map_err(|e| {
+                format!(
+                    "cannot run `{python}` ({e}). libtorch comes from the PyPI package \
+                     torch=={TORCH_VERSION}, installed with pip into {}: install Python 3.10-3.13 \
+                     (Debian/Ubuntu: `apt-get install python3 python3-venv`), or name another \
+                     interpreter with HGQ_PYTHON=/path/to/python3",
+                    venv.display()
+                )
+            })?;
+        let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
+        eprintln!(
+            "setup: creating {} with {python} ({version})",
+            venv.display()
+        );
+        let out = Command::new(&python)
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .output()
+            .map_err(|e| format!("cannot run `{python} -m venv`: {e}"))?;
+        if !out.status.success() {
+            // A half-made venv would make the next run skip this step.
+            let _ = std::fs::remove_dir_all(&venv);
+            return Err(format!(
+                "`{python} -m venv {}` failed:\n{}\nOn Debian/Ubuntu install the venv module: \
+                 `apt-get install python3-venv` (or python3.X-venv), then rerun `cargo xtask setup`",
+                venv.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+    }
+    let pip_ok = Command::new(&py)
+        .args(["-m", "pip", "--version"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !pip_ok {
+        return Err(format!(
+            "{} has no pip: remove {} and install pip for your Python (Debian/Ubuntu: \
+             `apt-get install python3-pip python3-venv`), then rerun `cargo xtask setup`",
+            py.display(),
+            venv.display()
+        ));
+    }
+    eprintln!(
+        "setup: pip install torch=={TORCH_VERSION} into {} (the default PyPI wheel, with its \
+         nvidia CUDA libraries: several GB, minutes on first install)",
+        venv.display()
+    );
+    let mut cmd = Command::new(&py);
+    cmd.args(["-m", "pip", "install", "--disable-pip-version-check"]);
+    if force {
+        cmd.arg("--force-reinstall");
+    }
+    cmd.arg(format!("torch=={TORCH_VERSION}"));
+    let status = cmd.status().map_err(|e| format!("cannot run pip: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "`{} -m pip install torch=={TORCH_VERSION}` failed (see pip's message above). \
+             pip needs to reach PyPI (or a mirror set with PIP_INDEX_URL) and about 6 GB of disk",
+            py.display()
+        ));
+    }
+    link_libtorch(&venv)?;
+    let v = installed()?;
+    eprintln!(
+        "setup: libtorch {v} ready at {} ({:.0} s)",
+        libtorch_dir().display(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Points `.venv/libtorch` at `.venv/lib/pythonX.Y/site-packages/torch` (relative link).
+fn link_libtorch(venv: &Path) -> Result<(), String> {
+    let lib = venv.join("lib");
+    let mut found = None;
+    let entries =
+        std::fs::read_dir(&lib).map_err(|e| format!("cannot read {}: {e}", lib.display()))?;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("python") {
+            let rel = PathBuf::from("lib")
+                .join(&name)
+                .join("site-packages")
+                .join("torch");
+            if venv.join(&rel).join("lib").is_dir() {
+                found = Some(rel);
+            }
+        }
+    }
+    let rel = found.ok_or_else(|| {
+        format!(
+            "pip reported success but no {}/lib/python*/site-packages/torch/lib exists",
+            venv.display()
+        )
+    })?;
+    let link = venv.join("libtorch");
+    if link.symlink_metadata().is_ok() {
+        std::fs::remove_file(&link)
+            .map_err(|e| format!("cannot replace {}: {e}", link.display()))?;
+    }
+    symlink(&rel, &link)
+}
+
+#[cfg(unix)]
+fn symlink(target: &Path, link: &Path) -> Result<(), String> {
+    std::os::unix::fs::symlink(target, link).map_err(|e| {
+        format!(
+            "cannot link {} -> {}: {e}",
+            link.display(),
+            target.display()
+        )
+    })
+}
+
+#[cfg(not(unix))]
+fn symlink(_target: &Path, link: &Path) -> Result<(), String> {
+    Err(format!(
+        "linking {} is only implemented on Unix; set LIBTORCH to the venv's torch folder",
+        link.display()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_version_py() {
+        let d = std::env::temp_dir().join(format!("hgq-setup-test-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join("version.py"),
+            "from typing import Optional\n__version__ = '2.11.0+cu130'\ngit_version = 'x'\n",
+        )
+        .unwrap();
+        assert_eq!(torch_version(&d).unwrap(), "2.11.0+cu130");
+        std::fs::write(d.join("version.py"), "__version__: str = \"2.11.0\"\n").unwrap();
+        assert_eq!(torch_version(&d).unwrap(), "2.11.0");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
