@@ -167,8 +167,20 @@ fn write_float(f: f64, out: &mut String) {
     if f.is_sign_negative() {
         out.push('-');
     }
-    // Rust's `{:e}` gives the shortest round-trip digits, like Python's repr.
-    let e = format!("{:e}", f.abs());
+    // Rust's `{:e}` gives the shortest round-trip digit count; among the strings of that
+    // length Python's repr takes the one nearest the exact value, ties to even, which is
+    // Rust's exact formatting at that precision (it rounds half to even).
+    let a = f.abs();
+    let shortest = format!("{a:e}");
+    let n = shortest
+        .split_once('e')
+        .map_or(1, |(m, _)| m.chars().filter(char::is_ascii_digit).count());
+    let nearest = format!("{a:.*e}", n.saturating_sub(1));
+    let e = if nearest.parse::<f64>() == Ok(a) {
+        nearest
+    } else {
+        shortest
+    };
     let (mant, exp) = e.split_once('e').unwrap_or((&e, "0"));
     let exp: i32 = exp.parse().unwrap_or(0);
     let digits: String = mant.chars().filter(|c| *c != '.').collect();
@@ -498,6 +510,9 @@ mod tests {
             (1.5e300, "1.5e+300"),
             (5e-324, "5e-324"),
             (0.1 + 0.2, "0.30000000000000004"),
+            // A tie between two shortest strings: Python takes the even digit.
+            (-1960381212894135.25, "-1960381212894135.2"),
+            (111659285584252.125, "111659285584252.12"),
             (-23.0, "-23.0"),
             (f64::NEG_INFINITY, "-Infinity"),
             (f64::NAN, "NaN"),
