@@ -494,6 +494,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::excessive_precision)] // exact binary values on purpose
     fn floats_like_python_repr() {
         for (f, s) in [
             (0.0, "0.0"),
