@@ -92,6 +92,11 @@ impl BitwidthMapperConfig {
         }
     }
 
+    /// The hgq-core mapper for these axes (`None` when neither list is given).
+    pub fn to_core(&self) -> Option<hgq_core::DefaultBitwidthMapper> {
+        self.axes().map(hgq_core::DefaultBitwidthMapper::new)
+    }
+
     /// The Keras envelope.
     pub fn to_value(&self) -> PyValue {
         envelope(

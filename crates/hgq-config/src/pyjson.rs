@@ -134,6 +134,61 @@ impl std::fmt::Display for PyValue {
     }
 }
 
+impl From<&serde_json::Value> for PyValue {
+    /// From a `serde_json` value: integers that fit `i64` stay ints, other numbers are floats.
+    fn from(v: &serde_json::Value) -> Self {
+        use serde_json::Value as J;
+        match v {
+            J::Null => PyValue::Null,
+            J::Bool(b) => PyValue::Bool(*b),
+            J::Number(n) => match n.as_i64() {
+                Some(i) => PyValue::Int(i),
+                None => PyValue::Float(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            J::String(s) => PyValue::Str(s.clone()),
+            J::Array(a) => PyValue::List(a.iter().map(PyValue::from).collect()),
+            J::Object(o) => PyValue::Dict(o.iter().map(|(k, v)| (k.clone(), v.into())).collect()),
+        }
+    }
+}
+
+impl TryFrom<&PyValue> for serde_json::Value {
+    type Error = ConfigError;
+    /// To a `serde_json` value; non-finite floats have no JSON form there and are an error.
+    ///
+    /// ```
+    /// use hgq_config::PyValue;
+    /// let v = PyValue::parse(r#"{"b0": 8, "l1": 1e-08}"#).unwrap();
+    /// let j = serde_json::Value::try_from(&v).unwrap();
+    /// assert_eq!(j["b0"], 8);
+    /// assert_eq!(PyValue::from(&j), v);
+    /// assert!(serde_json::Value::try_from(&PyValue::Float(f64::INFINITY)).is_err());
+    /// ```
+    fn try_from(v: &PyValue) -> Result<Self> {
+        use serde_json::Value as J;
+        Ok(match v {
+            PyValue::Null => J::Null,
+            PyValue::Bool(b) => J::Bool(*b),
+            PyValue::Int(i) => J::from(*i),
+            PyValue::Float(f) => {
+                J::Number(
+                    serde_json::Number::from_f64(*f).ok_or_else(|| ConfigError::Value {
+                        path: "$".into(),
+                        msg: format!("{} has no serde_json form", float_repr(*f)),
+                    })?,
+                )
+            }
+            PyValue::Str(s) => J::String(s.clone()),
+            PyValue::List(l) => J::Array(l.iter().map(J::try_from).collect::<Result<_>>()?),
+            PyValue::Dict(d) => J::Object(
+                d.iter()
+                    .map(|(k, v)| Ok((k.clone(), J::try_from(v)?)))
+                    .collect::<Result<_>>()?,
+            ),
+        })
+    }
+}
+
 /// Python's `repr(float)`: the shortest digits that round-trip, in fixed notation when the
 /// decimal exponent is in `[-4, 16)` (always with a `.`), else as `1e-08` / `1.5e+20`.
 /// Non-finite values are written as JSON does: `Infinity`, `-Infinity`, `NaN`.

@@ -51,6 +51,21 @@ impl fmt::Display for QType {
     }
 }
 
+impl FromStr for QType {
+    type Err = String;
+    /// Case-insensitive `kbi`, `kif`, `float`, `dummy` (`default` depends on the place; see
+    /// [`QType::default_for`]).
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "kbi" => Ok(QType::Kbi),
+            "kif" => Ok(QType::Kif),
+            "float" => Ok(QType::Float),
+            "dummy" => Ok(QType::Dummy),
+            _ => Err(format!("unknown q_type {s:?} (kbi, kif, float, dummy)")),
+        }
+    }
+}
+
 /// Where the quantizer sits; it only selects the defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Place {
@@ -711,13 +726,11 @@ fn read_config(d: &mut Dict<'_>, flavor: Flavor) -> Result<QuantizerConfig> {
         .parse()
         .map_err(|m: String| place_at.value_err(m))?;
     let q_at = d.req("q_type")?;
-    let q_type = match q_at.str()?.to_ascii_lowercase().as_str() {
-        "kbi" => QType::Kbi,
-        "kif" => QType::Kif,
-        "float" => QType::Float,
-        "dummy" => QType::Dummy,
-        "default" => QType::default_for(place),
-        s => return Err(q_at.value_err(format!("unknown q_type {s:?}"))),
+    let q_str = q_at.str()?;
+    let q_type = if q_str.eq_ignore_ascii_case("default") {
+        QType::default_for(place)
+    } else {
+        q_str.parse().map_err(|m: String| q_at.value_err(m))?
     };
     let s_at = d.req("scaler")?;
     let scaler = s_at.nullable(At::float)?;
