@@ -214,3 +214,14 @@ fn errors_are_reported() {
     let e = fixed_quantize(&q, &x.to_kind(tch::Kind::Double), &one, &one, &one, false).unwrap_err();
     assert!(e.to_string().contains("Double"), "{e}");
 }
+
+/// What this machine offers (printed, never fails): CUDA checks above skip without a GPU.
+#[test]
+fn report_devices() {
+    eprintln!(
+        "libtorch_cuda loaded: {}, CUDA available: {}, devices: {}",
+        hgq_torch::load_cuda(),
+        hgq_torch::cuda_available(),
+        tch::Cuda::device_count()
+    );
+}
