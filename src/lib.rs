@@ -1,7 +1,9 @@
-//! # hgq
+#![doc = include_str!("../README.md")]
 //!
-//! High Granularity Quantization in Rust: quantization-aware training where every weight and
-//! every activation can have its own trainable bit width, bit-exact with the `ap_fixed` types of
-//! FPGA firmware. This facade re-exports the workspace crates.
-pub use hgq_config as config;
+//! This facade re-exports the workspace crates.
+
+/// The CPU core: modes, kernels, quantizers (`hgq-core`).
 pub use hgq_core as core;
+
+/// The Keras JSON of hgq2 (`hgq-config`).
+pub use hgq_config as config;

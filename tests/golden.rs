@@ -7,7 +7,10 @@ fn sets() -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(&root)
         .expect("tests/data")
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("golden")))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("golden"))
+        })
         .collect();
     v.sort();
     assert!(!v.is_empty(), "no golden sets under {}", root.display());
@@ -20,7 +23,8 @@ fn check(family: &str) {
         if !dir.join(format!("{family}.json")).exists() {
             continue;
         }
-        let r = hgq_golden::check(&dir, family).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let r =
+            hgq_golden::check(&dir, family).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         for d in r.details.iter().take(20) {
             eprintln!("{d}");
         }
@@ -71,13 +75,20 @@ fn checker_detects_a_wrong_value() {
         let text = std::fs::read_to_string(src.join(format!("{family}.json"))).unwrap();
         let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
         let case = &mut v["cases"][0];
-        let y = if family == "layers" { &mut case["calls"][0]["y"] } else { &mut case["y"] };
+        let y = if family == "layers" {
+            &mut case["calls"][0]["y"]
+        } else {
+            &mut case["y"]
+        };
         let first = y[0].as_f64().unwrap_or(0.0);
         y[0] = serde_json::json!(first + 0.125);
         std::fs::write(tmp.join(format!("{family}.json")), v.to_string()).unwrap();
         let r = hgq_golden::check(&tmp, family).unwrap();
         assert_eq!(r.mismatches, 1, "{family}: a changed output must be found");
     }
-    assert!(hgq_golden::check(&tmp, "float_fn").is_err(), "a missing file is an error");
+    assert!(
+        hgq_golden::check(&tmp, "float_fn").is_err(),
+        "a missing file is an error"
+    );
     std::fs::remove_dir_all(&tmp).ok();
 }

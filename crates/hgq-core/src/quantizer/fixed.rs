@@ -32,9 +32,10 @@ pub struct FixedSpec {
 }
 
 impl FixedSpec {
-    /// The reference's defaults: `i_decay_speed = inf`, not a weight, one bit width for the
-    /// whole tensor but per feature of the last axis is *not* assumed: `homogeneous_axis=()`
-    /// (every element its own bit width), stochastic rounding seeded with 0.
+    /// The reference's defaults: `i_decay_speed = inf`, not a weight, `homogeneous_axis=()`
+    /// (every element its own bit width, so every input dimension must be known; use
+    /// `Axes::Homogeneous(vec![0])` for inputs with a batch axis), stochastic rounding seeded
+    /// with 0.
     pub fn new(round: RoundMode, overflow: OverflowMode) -> Self {
         FixedSpec {
             round,
@@ -70,6 +71,12 @@ pub struct KbiSpec {
 }
 
 impl KbiSpec {
+    /// Sets the axes that share a bit width.
+    pub fn with_axes(mut self, axes: Axes) -> Self {
+        self.fixed.axes = axes;
+        self
+    }
+
     /// A spec with the reference's defaults for the rest.
     pub fn new(k0: f64, b0: f64, i0: f64, round: RoundMode, overflow: OverflowMode) -> Self {
         KbiSpec {
@@ -110,6 +117,18 @@ pub struct KifSpec {
 }
 
 impl KifSpec {
+    /// Sets the axes that share a bit width.
+    ///
+    /// ```
+    /// use hgq_core::{mapper::Axes, quantizer::KifSpec, OverflowMode, RoundMode};
+    /// let spec = KifSpec::new(1.0, 2.0, 4.0, RoundMode::Rnd, OverflowMode::Sat).with_axes(Axes::Homogeneous(vec![0]));
+    /// assert_eq!(spec.fixed.axes, Axes::Homogeneous(vec![0]));
+    /// ```
+    pub fn with_axes(mut self, axes: Axes) -> Self {
+        self.fixed.axes = axes;
+        self
+    }
+
     /// A spec with the reference's defaults for the rest.
     pub fn new(k0: f64, i0: f64, f0: f64, round: RoundMode, overflow: OverflowMode) -> Self {
         KifSpec {

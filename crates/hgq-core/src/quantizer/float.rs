@@ -34,6 +34,12 @@ pub struct FloatSpec {
 }
 
 impl FloatSpec {
+    /// Sets the axes that share a bit width.
+    pub fn with_axes(mut self, axes: Axes) -> Self {
+        self.axes = axes;
+        self
+    }
+
     /// A spec with the reference's defaults.
     pub fn new(m0: f64, e0: f64, e00: f64) -> Self {
         FloatSpec {

@@ -8,8 +8,9 @@
 //!
 //! ```
 //! use hgq_core::quantizer::{KifSpec, Quantizer, FixedPointQuantizerKIF};
-//! use hgq_core::{CallMode, OverflowMode, RoundMode, TensorRef};
-//! let spec = KifSpec::new(1.0, 2.0, 4.0, RoundMode::Rnd, OverflowMode::Sat);
+//! use hgq_core::{mapper::Axes, CallMode, OverflowMode, RoundMode, TensorRef};
+//! // One bit width per feature: the batch axis (0) shares.
+//! let spec = KifSpec::new(1.0, 2.0, 4.0, RoundMode::Rnd, OverflowMode::Sat).with_axes(Axes::Homogeneous(vec![0]));
 //! let mut q = FixedPointQuantizerKIF::<f32>::new(spec).unwrap();
 //! q.build(&[None, Some(3)]).unwrap();
 //! let x = [0.3f32, -9.0, 1.01, 0.5, 3.99, -4.0];

@@ -1,0 +1,420 @@
+//! Layer-level quantizers: building, bad input, state, stochastic rounding, element types.
+use half::{bf16, f16};
+use hgq_core::mapper::Axes;
+use hgq_core::quantizer::{
+    Constraint, FixedPointQuantizerKBI, FixedPointQuantizerKIF, FloatPointQuantizer, FloatSpec,
+    KbiSpec, KifSpec, Quantizer, Regularizer,
+};
+use hgq_core::{CallMode, CoreError, OverflowMode, RoundMode, Stochastic, TensorRef};
+use rstest::rstest;
+
+fn kif(k: f64, i: f64, f: f64, rm: RoundMode, om: OverflowMode) -> FixedPointQuantizerKIF<f32> {
+    FixedPointQuantizerKIF::new(KifSpec::new(k, i, f, rm, om).with_axes(Axes::Homogeneous(vec![0])))
+        .unwrap()
+}
+
+fn data(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale
+        })
+        .collect()
+}
+
+#[test]
+fn specs_the_reference_rejects_are_errors() {
+    assert!(matches!(
+        FixedPointQuantizerKBI::<f32>::new(KbiSpec::new(
+            2.0,
+            4.0,
+            1.0,
+            RoundMode::Rnd,
+            OverflowMode::Sat
+        )),
+        Err(CoreError::InvalidK(_))
+    ));
+    assert!(matches!(
+        FixedPointQuantizerKBI::<f32>::new(KbiSpec::new(
+            1.0,
+            -1.0,
+            1.0,
+            RoundMode::Rnd,
+            OverflowMode::Sat
+        )),
+        Err(CoreError::InvalidParameter { name: "b0", .. })
+    ));
+    assert!(matches!(
+        FixedPointQuantizerKIF::<f32>::new(KifSpec::new(
+            1.0,
+            -3.0,
+            1.0,
+            RoundMode::Rnd,
+            OverflowMode::Sat
+        )),
+        Err(CoreError::InvalidParameter { .. })
+    ));
+    assert!(matches!(
+        FixedPointQuantizerKIF::<f32>::new(KifSpec::new(
+            1.0,
+            1.0,
+            1.0,
+            RoundMode::Trn,
+            OverflowMode::WrapSm
+        )),
+        Err(CoreError::WrapSmRounding(_))
+    ));
+    assert!(
+        FixedPointQuantizerKBI::<f32>::new(KbiSpec::new(
+            f64::NAN,
+            4.0,
+            1.0,
+            RoundMode::Rnd,
+            OverflowMode::Sat
+        ))
+        .is_err()
+    );
+}
+
+#[test]
+fn bad_axes_and_shapes_are_errors_not_panics() {
+    let mut spec = KifSpec::new(1.0, 2.0, 4.0, RoundMode::Rnd, OverflowMode::Sat);
+    spec.fixed.axes = Axes::Heterogeneous(vec![0]);
+    let mut q = FixedPointQuantizerKIF::<f32>::new(spec.clone()).unwrap();
+    assert!(matches!(
+        q.build(&[None, Some(4)]),
+        Err(CoreError::UnknownAxisSize { axis: 0, .. })
+    ));
+    spec.fixed.axes = Axes::Homogeneous(vec![2]);
+    let mut q = FixedPointQuantizerKIF::<f32>::new(spec).unwrap();
+    assert!(matches!(
+        q.build(&[None, Some(4)]),
+        Err(CoreError::Axis { axis: 2, ndim: 2 })
+    ));
+
+    let mut q = kif(1.0, 2.0, 4.0, RoundMode::Rnd, OverflowMode::Sat);
+    let x = [0.5f32; 8];
+    let mut y = [0.0f32; 8];
+    assert!(matches!(
+        q.forward(
+            TensorRef::new(&x, &[2, 4]).unwrap(),
+            CallMode::Inference,
+            &mut y
+        ),
+        Err(CoreError::NotBuilt)
+    ));
+    q.build(&[None, Some(4)]).unwrap();
+    assert!(matches!(
+        q.forward(
+            TensorRef::new(&x, &[4, 2]).unwrap(),
+            CallMode::Inference,
+            &mut y
+        ),
+        Err(CoreError::InputShape { .. })
+    ));
+    assert!(matches!(
+        q.forward(
+            TensorRef::new(&x, &[8]).unwrap(),
+            CallMode::Inference,
+            &mut y
+        ),
+        Err(CoreError::InputShape { .. })
+    ));
+    let mut short = [0.0f32; 3];
+    assert!(
+        q.forward(
+            TensorRef::new(&x, &[2, 4]).unwrap(),
+            CallMode::Inference,
+            &mut short
+        )
+        .is_err()
+    );
+    let mut dx = [0.0f32; 8];
+    assert!(
+        q.forward_backward(
+            TensorRef::new(&x, &[2, 4]).unwrap(),
+            &[1.0; 7],
+            &mut y,
+            &mut dx
+        )
+        .is_err()
+    );
+    // The batch may change from call to call.
+    let x3 = [0.5f32; 12];
+    let mut y3 = [0.0f32; 12];
+    q.forward(
+        TensorRef::new(&x3, &[3, 4]).unwrap(),
+        CallMode::Inference,
+        &mut y3,
+    )
+    .unwrap();
+    assert_eq!(y3, [0.5; 12]);
+}
+
+#[test]
+fn wrap_tracking_rejects_non_finite_input_and_keeps_its_state() {
+    let mut spec = KifSpec::new(1.0, 2.0, 4.0, RoundMode::Rnd, OverflowMode::Wrap)
+        .with_axes(Axes::Homogeneous(vec![0]));
+    spec.fixed.i_decay_speed = 0.5;
+    let mut q = FixedPointQuantizerKIF::<f32>::new(spec).unwrap();
+    q.build(&[None, Some(2)]).unwrap();
+    let before: Vec<_> = q.variables().to_vec();
+    let mut y = [0.0f32; 4];
+    for bad in [f32::NAN, f32::INFINITY] {
+        let x = [0.5f32, bad, 1.0, -1.0];
+        let r = q.forward(
+            TensorRef::new(&x, &[2, 2]).unwrap(),
+            CallMode::Training,
+            &mut y,
+        );
+        assert!(
+            matches!(r, Err(CoreError::InvalidParameter { name: "x", .. })),
+            "{r:?}"
+        );
+        assert!(
+            q.forward(
+                TensorRef::new(&x, &[2, 2]).unwrap(),
+                CallMode::Tracing,
+                &mut y
+            )
+            .is_err()
+        );
+        assert_eq!(
+            q.variables(),
+            &before[..],
+            "state must not change on an error"
+        );
+    }
+    // Inference of NaN is NaN (the reference's result), and leaves the state alone too.
+    let x = [f32::NAN, 0.25, 1.0, -1.0];
+    q.forward(
+        TensorRef::new(&x, &[2, 2]).unwrap(),
+        CallMode::Inference,
+        &mut y,
+    )
+    .unwrap();
+    assert!(y[0].is_nan());
+    assert_eq!(y[1], 0.25);
+}
+
+#[test]
+fn tracing_records_integer_bits_and_signs() {
+    let mut spec = KifSpec::new(0.0, 0.0, 3.0, RoundMode::Rnd, OverflowMode::Wrap);
+    spec.fixed.axes = Axes::Homogeneous(vec![0]);
+    let mut q = FixedPointQuantizerKIF::<f32>::new(spec).unwrap();
+    q.build(&[None, Some(2)]).unwrap();
+    q.reset_trace();
+    assert_eq!(q.variable("i").unwrap().value, vec![-1e9, -1e9]);
+    let x = [3.0f32, 0.25, -5.5, 0.5];
+    let mut y = [0.0f32; 4];
+    q.forward(
+        TensorRef::new(&x, &[2, 2]).unwrap(),
+        CallMode::Tracing,
+        &mut y,
+    )
+    .unwrap();
+    assert_eq!(y, x);
+    assert_eq!(q.variable("k").unwrap().value, vec![1.0, 0.0]);
+    // |x| up to 5.5 needs 3 integer bits; 0.5 (+ 2^-3) needs 0.
+    assert_eq!(q.variable("i").unwrap().value, vec![3.0, 0.0]);
+}
+
+#[test]
+fn inference_zeroes_values_without_bits() {
+    // KBI with b = 0, k = 0: k + i + f = b = 0 -> output 0.
+    let mut q = FixedPointQuantizerKBI::<f32>::new(KbiSpec::new(
+        0.0,
+        0.0,
+        1.0,
+        RoundMode::Rnd,
+        OverflowMode::Sat,
+    ))
+    .unwrap();
+    q.build(&[Some(3)]).unwrap();
+    let x = [0.7f32, -2.0, 5.0];
+    let mut y = [1.0f32; 3];
+    q.forward(
+        TensorRef::new(&x, &[3]).unwrap(),
+        CallMode::Inference,
+        &mut y,
+    )
+    .unwrap();
+    assert_eq!(y, [0.0; 3]);
+}
+
+#[test]
+fn constraints_and_regularizers() {
+    let mut spec = KbiSpec::new(1.0, 4.0, 1.0, RoundMode::Rnd, OverflowMode::Sat)
+        .with_axes(Axes::Homogeneous(vec![0]));
+    spec.br = Some(Regularizer::MonoL1(0.5));
+    spec.ic = Some(Constraint::Max(3.0));
+    let mut q = FixedPointQuantizerKBI::<f32>::new(spec).unwrap();
+    q.build(&[None, Some(2)]).unwrap();
+    assert_eq!(q.regularization_loss(), 4.0);
+    for v in q.variables_mut() {
+        if v.name == "b" {
+            v.value = vec![-3.0, 40.0];
+        }
+        if v.name == "i" {
+            v.value = vec![5.0, 1.0];
+        }
+    }
+    q.apply_constraints();
+    assert_eq!(q.variable("b").unwrap().value, vec![0.0, 12.0]);
+    assert_eq!(q.variable("i").unwrap().value, vec![3.0, 1.0]);
+    let x = [0.3f32, 0.2];
+    let (mut y, mut dx) = ([0.0f32; 2], [0.0f32; 2]);
+    let mut g = q
+        .forward_backward(
+            TensorRef::new(&x, &[1, 2]).unwrap(),
+            &[1.0, 1.0],
+            &mut y,
+            &mut dx,
+        )
+        .unwrap();
+    let before = g.get("b").unwrap().to_vec();
+    q.add_regularization_grads(1.0, &mut g);
+    let after = g.get("b").unwrap();
+    assert_eq!(after[0] - before[0], 0.5);
+}
+
+fn train_once(stochastic: Stochastic, seed_calls: usize) -> Vec<f32> {
+    let mut spec = KifSpec::new(1.0, 4.0, 2.0, RoundMode::SRnd, OverflowMode::Sat);
+    spec.fixed.stochastic = stochastic;
+    spec.fixed.axes = Axes::Homogeneous(vec![0, 1]);
+    let mut q = FixedPointQuantizerKIF::<f32>::new(spec).unwrap();
+    q.build(&[None, Some(4096)]).unwrap();
+    let x = data(2 * 4096, 3, 4.0);
+    let mut y = vec![0.0f32; x.len()];
+    for _ in 0..seed_calls {
+        q.forward(
+            TensorRef::new(&x, &[2, 4096]).unwrap(),
+            CallMode::Training,
+            &mut y,
+        )
+        .unwrap();
+    }
+    y
+}
+
+#[test]
+fn stochastic_rounding_is_seeded_reproducible_and_unbiased() {
+    let a = train_once(Stochastic::Seeded(7), 1);
+    assert_eq!(
+        a,
+        train_once(Stochastic::Seeded(7), 1),
+        "same seed, same step: same noise"
+    );
+    assert_ne!(a, train_once(Stochastic::Seeded(8), 1), "another seed");
+    assert_ne!(
+        a,
+        train_once(Stochastic::Seeded(7), 2),
+        "the next step draws new noise"
+    );
+    let reference = train_once(Stochastic::Reference, 1);
+    let x = data(2 * 4096, 3, 4.0);
+    // Every output is one of the two neighbours on the 2^-2 grid.
+    for ((&y, &r), &x) in a.iter().zip(&reference).zip(&x) {
+        assert!((y - x).abs() < 0.25, "{y} from {x}");
+        assert_eq!(y * 4.0, (y * 4.0).round());
+        assert!((r - x).abs() <= 0.125);
+    }
+    // Unbiased: the mean error is far smaller than the deterministic rounding step.
+    let mean_err: f64 =
+        a.iter().zip(&x).map(|(&y, &x)| (y - x) as f64).sum::<f64>() / x.len() as f64;
+    assert!(mean_err.abs() < 0.01, "mean error {mean_err}");
+    assert!(a.iter().zip(&reference).any(|(a, b)| a != b));
+}
+
+#[rstest]
+#[case(RoundMode::Rnd, OverflowMode::Sat)]
+#[case(RoundMode::Trn, OverflowMode::Wrap)]
+#[case(RoundMode::RndConv, OverflowMode::SatSym)]
+fn narrow_and_wide_element_types_agree_with_f32(#[case] rm: RoundMode, #[case] om: OverflowMode) {
+    // Inputs exactly representable in f16 and bf16: the results must be the f32 results.
+    let x: Vec<f32> = data(64, 11, 6.0)
+        .iter()
+        .map(|v| bf16::from_f32(*v).to_f32())
+        .collect();
+    let shape = [8, 8];
+    let mut q = kif(1.0, 2.0, 3.0, rm, om);
+    q.build(&[None, Some(8)]).unwrap();
+    let mut want = vec![0.0f32; 64];
+    q.forward(
+        TensorRef::new(&x, &shape).unwrap(),
+        CallMode::Inference,
+        &mut want,
+    )
+    .unwrap();
+
+    let xh: Vec<f16> = x.iter().map(|v| f16::from_f32(*v)).collect();
+    let mut yh = vec![f16::ZERO; 64];
+    q.forward(
+        TensorRef::new(&xh, &shape).unwrap(),
+        CallMode::Inference,
+        &mut yh,
+    )
+    .unwrap();
+    assert_eq!(yh.iter().map(|v| v.to_f32()).collect::<Vec<_>>(), want);
+
+    let xb: Vec<bf16> = x.iter().map(|v| bf16::from_f32(*v)).collect();
+    let mut yb = vec![bf16::ZERO; 64];
+    q.forward(
+        TensorRef::new(&xb, &shape).unwrap(),
+        CallMode::Inference,
+        &mut yb,
+    )
+    .unwrap();
+    assert_eq!(yb.iter().map(|v| v.to_f32()).collect::<Vec<_>>(), want);
+
+    let mut q64 = FixedPointQuantizerKIF::<f64>::new(
+        KifSpec::new(1.0, 2.0, 3.0, rm, om).with_axes(Axes::Homogeneous(vec![0])),
+    )
+    .unwrap();
+    q64.build(&[None, Some(8)]).unwrap();
+    let xd: Vec<f64> = x.iter().map(|v| *v as f64).collect();
+    let mut yd = vec![0.0f64; 64];
+    q64.forward(
+        TensorRef::new(&xd, &shape).unwrap(),
+        CallMode::Inference,
+        &mut yd,
+    )
+    .unwrap();
+    assert_eq!(yd.iter().map(|v| *v as f32).collect::<Vec<_>>(), want);
+}
+
+#[test]
+fn minifloat_layer_gradients_reach_every_parameter() {
+    let mut q = FloatPointQuantizer::<f32>::new(
+        FloatSpec::new(2.0, 3.0, 0.0).with_axes(Axes::Homogeneous(vec![0])),
+    )
+    .unwrap();
+    q.build(&[None, Some(3)]).unwrap();
+    let x = [100.0f32, 0.3, -1e-4, 7.3, -2.2, 0.0];
+    let (mut y, mut dx) = ([0.0f32; 6], [0.0f32; 6]);
+    let g = q
+        .forward_backward(
+            TensorRef::new(&x, &[2, 3]).unwrap(),
+            &[1.0; 6],
+            &mut y,
+            &mut dx,
+        )
+        .unwrap();
+    assert_eq!(dx, [1.0; 6]);
+    assert_eq!(y[0], 14.0, "saturates at (2 - 2^-2) * 2^3");
+    for name in ["m", "e", "e0"] {
+        assert_eq!(
+            g.get(name).unwrap().len(),
+            3,
+            "{name} is reduced to the bit-width shape"
+        );
+    }
+    let p = q.props().unwrap();
+    assert_eq!(p.max, vec![14.0; 3]);
+    assert_eq!(p.bits, vec![6.0; 3]);
+}
