@@ -252,6 +252,7 @@ impl<C: Real> Base<C> {
         Ok(FixedPoint::new(self.spec.round, OverflowMode::Wrap)?.with_stochastic(self.noise(mode)))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn build(
         &mut self,
         input_shape: &[Option<usize>],
@@ -314,7 +315,7 @@ impl<C: Real> Base<C> {
 
     /// WRAP tracking reads max |x|; non-finite values would poison the integer bits.
     fn check_finite<T: Element<C = C>>(x: &[T]) -> Result<()> {
-        if let Some(v) = x.iter().map(|v| v.to_c()).find(|v| !(*v - *v == C::ZERO)) {
+        if let Some(v) = x.iter().map(|v| v.to_c()).find(|v| !v.to_f64().is_finite()) {
             return Err(CoreError::InvalidParameter {
                 name: "x",
                 value: v.to_f64(),
@@ -714,7 +715,7 @@ impl<C: Real> FixedPointQuantizerKBI<C> {
     /// Validates the spec (k0 in {0, 1}, b0 >= 0, modes compatible).
     pub fn new(spec: KbiSpec) -> Result<Self> {
         check_k(spec.k0)?;
-        if !(spec.b0 >= 0.0) {
+        if spec.b0.is_nan() || spec.b0 < 0.0 {
             return Err(CoreError::InvalidParameter {
                 name: "b0",
                 value: spec.b0,
@@ -743,7 +744,7 @@ impl<C: Real> FixedPointQuantizerKIF<C> {
     /// Validates the spec (k0 in {0, 1}, i0 + f0 >= 0, modes compatible).
     pub fn new(spec: KifSpec) -> Result<Self> {
         check_k(spec.k0)?;
-        if !(spec.i0 + spec.f0 >= 0.0) {
+        if (spec.i0 + spec.f0).is_nan() || spec.i0 + spec.f0 < 0.0 {
             return Err(CoreError::InvalidParameter {
                 name: "i0+f0",
                 value: spec.i0 + spec.f0,

@@ -245,6 +245,7 @@ pub(crate) fn rc<C: Real>(v: &[C]) -> Vec<C> {
 
 /// [`rc`] of one value.
 #[inline]
+#[allow(clippy::eq_op)] // x - x is 0 or NaN: the reference's straight-through term, kept.
 pub(crate) fn rc1<C: Real>(x: C) -> C {
     x.round_even() + (x - x)
 }
