@@ -33,6 +33,23 @@ pub trait BitwidthMapper {
     fn bw_shape(&mut self, input_shape: &[Option<usize>]) -> Result<Vec<usize>>;
     /// The homogeneous axes (resolved by [`BitwidthMapper::bw_shape`]).
     fn homogeneous_axes(&self) -> Result<&[usize]>;
+    /// `bw_to_x`: the bit widths broadcast to the input's shape.
+    ///
+    /// ```
+    /// use hgq_core::{mapper::Axes, BitwidthMapper, DefaultBitwidthMapper};
+    /// let m = DefaultBitwidthMapper::new(Axes::Homogeneous(vec![0]));
+    /// assert_eq!(m.broadcast(&[1.0f32, 2.0], &[1, 2], &[2, 2]).unwrap(), vec![1.0, 2.0, 1.0, 2.0]);
+    /// ```
+    fn broadcast<C: Real>(
+        &self,
+        bw: &[C],
+        bw_shape: &[usize],
+        x_shape: &[usize],
+    ) -> Result<Vec<C>> {
+        crate::shape::check_len("bit width", bw.len(), bw_shape)?;
+        let aligned = crate::shape::align(bw_shape, x_shape)?;
+        Ok(crate::shape::broadcast(bw, &aligned, x_shape))
+    }
     /// `max |x|` over the homogeneous axes, keeping dims (NaN propagates).
     fn absmax<C: Real>(&self, x: TensorRef<'_, C>) -> Result<(Vec<C>, Vec<usize>)> {
         self.reduce(x, C::ZERO, |acc, v| acc.maximum(v.abs()))
@@ -50,6 +67,7 @@ pub trait BitwidthMapper {
         f: impl Fn(C, C) -> C,
     ) -> Result<(Vec<C>, Vec<usize>)> {
         let homo = self.homogeneous_axes()?;
+        crate::shape::check_len("x", x.data.len(), x.shape)?;
         let shape: Vec<usize> = x
             .shape
             .iter()
@@ -170,5 +188,56 @@ impl BitwidthMapper for DefaultBitwidthMapper {
             .as_ref()
             .map(|r| r.1.as_slice())
             .ok_or(CoreError::NotBuilt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reductions_over_homogeneous_axes() {
+        let mut m = DefaultBitwidthMapper::new(Axes::Heterogeneous(vec![-1]));
+        assert_eq!(
+            m.bw_shape(&[None, Some(2), Some(3)]).unwrap(),
+            vec![1, 1, 3]
+        );
+        assert_eq!(m.resolved().unwrap(), (&[2usize][..], &[0usize, 1][..]));
+        let x = [
+            1.0f32, -5.0, 0.5, -2.0, 3.0, 0.25, 0.0, 1.0, -0.5, 4.0, -1.0, 0.0,
+        ];
+        let (a, s) = m.absmax(TensorRef::new(&x, &[2, 2, 3]).unwrap()).unwrap();
+        assert_eq!((a, s), (vec![4.0, 5.0, 0.5], vec![1, 1, 3]));
+        let (n, _) = m
+            .any_negative(TensorRef::new(&x, &[2, 2, 3]).unwrap())
+            .unwrap();
+        assert_eq!(n, vec![true, true, true]);
+        let nan = [f32::NAN, 1.0, 1.0, 1.0, 1.0, 1.0];
+        let (a, _) = m.absmax(TensorRef::new(&nan, &[1, 2, 3]).unwrap()).unwrap();
+        assert!(a[0].is_nan() && a[1] == 1.0);
+        assert!(m.broadcast(&[1.0f32, 2.0], &[1, 1, 2], &[2, 2, 3]).is_err());
+    }
+
+    #[test]
+    fn axis_errors() {
+        assert_eq!(check_axis(&[-1, 0], 3).unwrap(), vec![2, 0]);
+        assert!(matches!(
+            check_axis(&[3], 3),
+            Err(CoreError::Axis { axis: 3, ndim: 3 })
+        ));
+        assert!(matches!(
+            check_axis(&[-4], 3),
+            Err(CoreError::Axis { axis: -4, ndim: 3 })
+        ));
+        assert!(matches!(
+            Axes::from_pair(Some(vec![0]), Some(vec![1])),
+            Err(CoreError::AxisSpec)
+        ));
+        assert!(matches!(
+            Axes::from_pair(None, None),
+            Err(CoreError::AxisSpec)
+        ));
+        let m = DefaultBitwidthMapper::new(Axes::Homogeneous(vec![0]));
+        assert!(matches!(m.homogeneous_axes(), Err(CoreError::NotBuilt)));
     }
 }
