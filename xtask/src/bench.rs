@@ -1,6 +1,281 @@
-//! `cargo xtask bench [--json]`: kernel timings as ratios against a plain copy.
+//! `cargo xtask bench [--json] [--quick] [--reps N]`: kernel timings as ratios against a plain
+//! copy of the same bytes, measured in the same run.
+//!
+//! The work is the one of `benches/core.rs` and of the reference's `hgq2_ref.py`: x of shape
+//! 1024 x 4096 float32, a KIF quantizer with k = 1, i = 2, f = 4, RND, SAT, bit widths per
+//! column (`[1, 4096]`) or per element (`[1024, 4096]`).
+//! - `infer`: `FixedPoint::forward` with the zero mask (what the layer quantizer does).
+//! - `train`: `FixedPoint::forward_backward` in training, writing y, dx and di/df reduced to the
+//!   bit-width shape.
+//!
+//! Every case runs once on one thread and once on all threads (a rayon pool each, `install`).
+//! The time is the median of the repetitions; `copy_ms` is the median of
+//! `dst.copy_from_slice(&x)` (one thread) or the same copy split over the pool's threads.
+use hgq_core::{FixedGrads, FixedPoint, OverflowMode, RoundMode, TensorRef};
+use rayon::prelude::*;
 use std::process::ExitCode;
+use std::time::Instant;
 
-pub fn run(_args: &[String]) -> Result<ExitCode, String> {
-    Err("not implemented yet".into())
+const ROWS: usize = 1024;
+const COLS: usize = 4096;
+
+/// A tiny deterministic generator (xorshift64*), for reproducible inputs without dependencies.
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform in [0, 1).
+    fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+    /// Standard normal (Box-Muller).
+    fn normal(&mut self) -> f64 {
+        let u = 1.0 - self.uniform();
+        let v = self.uniform();
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
+}
+
+/// One benchmark case's buffers.
+struct Work {
+    x: Vec<f32>,
+    dy: Vec<f32>,
+    y: Vec<f32>,
+    dx: Vec<f32>,
+    copy: Vec<f32>,
+}
+
+impl Work {
+    fn new() -> Work {
+        let n = ROWS * COLS;
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let x = (0..n).map(|_| (rng.normal() * 4.0) as f32).collect();
+        Work {
+            x,
+            dy: vec![1.0; n],
+            y: vec![0.0; n],
+            dx: vec![0.0; n],
+            copy: vec![0.0; n],
+        }
+    }
+}
+
+/// The bit widths of one layout.
+struct Bits {
+    shape: Vec<usize>,
+    k: Vec<f32>,
+    i: Vec<f32>,
+    f: Vec<f32>,
+    di: Vec<f32>,
+    df: Vec<f32>,
+}
+
+impl Bits {
+    fn new(shape: &[usize]) -> Bits {
+        let n: usize = shape.iter().product();
+        Bits {
+            shape: shape.to_vec(),
+            k: vec![1.0; n],
+            i: vec![2.0; n],
+            f: vec![4.0; n],
+            di: vec![0.0; n],
+            df: vec![0.0; n],
+        }
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+/// Median milliseconds of `reps` runs of `f` after one warm-up run.
+fn time_ms(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut ts = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let t = Instant::now();
+        f();
+        ts.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    median(ts)
+}
+
+/// One row of the report.
+struct Row {
+    case: String,
+    threads: usize,
+    ms: f64,
+    copy_ms: f64,
+}
+
+fn infer(w: &mut Work, b: &Bits) -> Result<(), String> {
+    let q = FixedPoint::new(RoundMode::Rnd, OverflowMode::Sat)
+        .map_err(|e| e.to_string())?
+        .with_zero_mask(true);
+    let xs = [ROWS, COLS];
+    q.forward(
+        TensorRef::new(&w.x, &xs).map_err(|e| e.to_string())?,
+        TensorRef::new(&b.k, &b.shape).map_err(|e| e.to_string())?,
+        TensorRef::new(&b.i, &b.shape).map_err(|e| e.to_string())?,
+        TensorRef::new(&b.f, &b.shape).map_err(|e| e.to_string())?,
+        false,
+        &mut w.y,
+    )
+    .map_err(|e| e.to_string())
+}
+
+fn train(w: &mut Work, b: &mut Bits) -> Result<(), String> {
+    let q = FixedPoint::new(RoundMode::Rnd, OverflowMode::Sat).map_err(|e| e.to_string())?;
+    let xs = [ROWS, COLS];
+    q.forward_backward(
+        TensorRef::new(&w.x, &xs).map_err(|e| e.to_string())?,
+        TensorRef::new(&b.k, &b.shape).map_err(|e| e.to_string())?,
+        TensorRef::new(&b.i, &b.shape).map_err(|e| e.to_string())?,
+        TensorRef::new(&b.f, &b.shape).map_err(|e| e.to_string())?,
+        true,
+        &w.dy,
+        &mut w.y,
+        FixedGrads {
+            dx: &mut w.dx,
+            di: &mut b.di,
+            df: &mut b.df,
+        },
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// Runs the cases for one thread count inside a pool of that many threads.
+fn measure(threads: usize, reps: usize, w: &mut Work) -> Result<Vec<Row>, String> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| format!("cannot build a pool of {threads} threads: {e}"))?;
+    pool.install(|| {
+        let mut rows = Vec::new();
+        let copy = |w: &mut Work| {
+            if threads == 1 {
+                w.copy.copy_from_slice(&w.x);
+            } else {
+                let chunk = w.x.len().div_ceil(threads);
+                w.copy
+                    .par_chunks_mut(chunk)
+                    .zip(w.x.par_chunks(chunk))
+                    .for_each(|(d, s)| d.copy_from_slice(s));
+            }
+        };
+        let copy_ms = time_ms(reps, || copy(w));
+        rows.push(Row {
+            case: "copy".into(),
+            threads,
+            ms: copy_ms,
+            copy_ms,
+        });
+        for (layout, shape) in [
+            ("per_column", vec![1, COLS]),
+            ("per_element", vec![ROWS, COLS]),
+        ] {
+            let mut b = Bits::new(&shape);
+            let mut err = Ok(());
+            // Copy and case alternate so that both see the same machine state.
+            let mut cms = Vec::new();
+            let ms = time_ms(reps, || {
+                if err.is_ok() {
+                    err = infer(w, &b);
+                }
+            });
+            cms.push(time_ms(reps, || copy(w)));
+            err?;
+            rows.push(Row {
+                case: format!("infer/{layout}"),
+                threads,
+                ms,
+                copy_ms: cms[0],
+            });
+            let mut err = Ok(());
+            let ms = time_ms(reps, || {
+                if err.is_ok() {
+                    err = train(w, &mut b);
+                }
+            });
+            cms.push(time_ms(reps, || copy(w)));
+            err?;
+            rows.push(Row {
+                case: format!("train/{layout}"),
+                threads,
+                ms,
+                copy_ms: cms[1],
+            });
+        }
+        Ok(rows)
+    })
+}
+
+/// Entry point of `cargo xtask bench`.
+pub fn run(args: &[String]) -> Result<ExitCode, String> {
+    let mut json = false;
+    let mut reps = 15;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--json" => json = true,
+            "--quick" => reps = 5,
+            "--reps" => {
+                reps = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|&v: &usize| v > 0)
+                    .ok_or("--reps needs a positive integer")?;
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    let all = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mut w = Work::new();
+    let mut counts = vec![1];
+    if all > 1 {
+        counts.push(all);
+    }
+    if !json {
+        println!(
+            "x: {ROWS} x {COLS} f32, KIF k=1 i=2 f=4 RND SAT; median of {reps}; ratio = ms / copy_ms"
+        );
+        println!(
+            "{:<22} {:>7} {:>10} {:>10} {:>7}",
+            "case", "threads", "ms", "copy_ms", "ratio"
+        );
+    }
+    for threads in counts {
+        for r in measure(threads, reps, &mut w)? {
+            let ratio = r.ms / r.copy_ms;
+            if json {
+                let v = serde_json::json!({
+                    "case": r.case,
+                    "threads": r.threads,
+                    "ms": (r.ms * 1e4).round() / 1e4,
+                    "copy_ms": (r.copy_ms * 1e4).round() / 1e4,
+                    "ratio": (ratio * 1e3).round() / 1e3,
+                });
+                println!("{v}");
+            } else {
+                println!(
+                    "{:<22} {:>7} {:>10.3} {:>10.3} {:>7.2}",
+                    r.case, r.threads, r.ms, r.copy_ms, ratio
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,7 +1,7 @@
 //! The [`ElemOp`](crate::kernels::ElemOp)s behind the public quantizer functions, and the
 //! runtime-to-const-generic mode dispatch.
 use crate::kernels::fixed::{self, o, r};
-use crate::kernels::{ElemOp, Out};
+use crate::kernels::{ElemOp, ND, Out};
 use crate::real::Real;
 
 /// Counter-based uniform noise in [0, 1): the same for an element whatever the thread split.
@@ -25,15 +25,21 @@ pub(crate) struct FixedOp<const R: u8, const O: u8, const TRAIN: bool> {
 
 impl<C: Real, const R: u8, const O: u8, const TRAIN: bool> ElemOp<C> for FixedOp<R, O, TRAIN> {
     const HAS_GRAD: [bool; 3] = [false, true, true];
+    const NDER: usize = ND;
+    const PRECOMPUTE: bool = true;
     #[inline(always)]
-    fn apply<const GRAD: bool>(self, x: C, p: [C; 3], g: C, index: u64) -> Out<C> {
+    fn derive(self, p: [C; 3]) -> [C; ND] {
+        fixed::derive::<C, O>(p[0], p[1], p[2], self.mask)
+    }
+    #[inline(always)]
+    fn apply<const GRAD: bool>(self, x: C, d: [C; ND], g: C, index: u64) -> Out<C> {
         let u = if R == r::STOCH {
             uniform::<C>(self.seed, index)
         } else {
             C::ZERO
         };
-        let l = fixed::forward_grad::<C, R, O, TRAIN, GRAD>(x, p[0], p[1], p[2], g, u);
-        let zero = self.mask && !(p[0] + p[1] + p[2] > C::ZERO);
+        let l = fixed::forward_grad::<C, R, O, TRAIN, GRAD>(x, d, g, u);
+        let zero = self.mask && d[fixed::d::KEEP] == C::ZERO;
         Out {
             y: if zero { C::ZERO } else { l.y },
             gx: l.gx,
@@ -48,10 +54,25 @@ pub(crate) struct FloatOp;
 
 impl<C: Real> ElemOp<C> for FloatOp {
     const HAS_GRAD: [bool; 3] = [true, true, true];
+    const NDER: usize = 3;
+    const PRECOMPUTE: bool = false;
     #[inline(always)]
-    fn apply<const GRAD: bool>(self, x: C, p: [C; 3], g: C, _index: u64) -> Out<C> {
+    fn derive(self, p: [C; 3]) -> [C; ND] {
+        [
+            p[0],
+            p[1],
+            p[2],
+            C::ZERO,
+            C::ZERO,
+            C::ZERO,
+            C::ZERO,
+            C::ZERO,
+        ]
+    }
+    #[inline(always)]
+    fn apply<const GRAD: bool>(self, x: C, d: [C; ND], g: C, _index: u64) -> Out<C> {
         let [y, gx, gm, ge, ge0] =
-            crate::kernels::float::forward_grad::<C, GRAD>(x, p[0], p[1], p[2], g);
+            crate::kernels::float::forward_grad::<C, GRAD>(x, d[0], d[1], d[2], g);
         Out {
             y,
             gx,

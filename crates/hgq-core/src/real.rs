@@ -2,6 +2,10 @@
 //!
 //! Every formula is written once over [`Real`]; storage types that are narrower than `f32` are
 //! widened to `f32` for the arithmetic and narrowed on the way out ([`Element`]).
+use crate::error::Result;
+use crate::kernels::Path;
+use crate::shape::TensorRef;
+use crate::stateless::FixedPoint;
 use half::{bf16, f16};
 use std::fmt::Debug;
 use std::ops::{Add, Div, Mul, Neg, Sub};
@@ -56,6 +60,7 @@ pub trait Real:
     /// NaN test.
     fn is_nan(self) -> bool;
     /// Whether the value is an integer (false for NaN and infinities).
+    #[allow(clippy::eq_op)]
     fn is_integer(self) -> bool {
         !self.is_nan() && self.floor() == self && (self - self) == Self::ZERO
     }
@@ -150,10 +155,19 @@ macro_rules! impl_real {
                 // 2^n = 2^a * 2^(n-a) with both factors normal: the product is correctly
                 // rounded, so subnormal results are exact and overflow gives +inf.
                 let lim = ($emin as $t, $emax as $t);
-                let n = self.clamp(2.0 * lim.0, 2.0 * lim.1);
+                // NaN -> 0 (2^NaN is never asked for: bit widths are checked), so that the
+                // conversions below are defined.
+                let s = if self.is_nan() { 0.0 } else { self };
+                let n = s.clamp(2.0 * lim.0, 2.0 * lim.1);
                 let a = n.clamp(lim.0, lim.1);
                 let b = (n - a).clamp(lim.0, lim.1);
-                let pow = |e: $t| <$t>::from_bits((((e as i64) + $bias) as $bits) << $mant);
+                // `to_int_unchecked` (not `as`, whose saturation LLVM does not vectorize):
+                // the values are within the exponent range after the clamps.
+                // SAFETY: `e` is finite and within [emin, emax], so it fits in an i32.
+                let pow = |e: $t| {
+                    let n: i32 = unsafe { e.to_int_unchecked::<i32>() };
+                    <$t>::from_bits(((n + $bias) as $bits) << $mant)
+                };
                 pow(a) * pow(b)
             }
             #[inline(always)]
@@ -191,9 +205,64 @@ pub trait Element: Copy + Debug + Default + Send + Sync + 'static {
     fn as_c(s: &[Self]) -> Option<&[Self::C]>;
     /// The mutable slice as the compute type, when the storage is the compute type.
     fn as_c_mut(s: &mut [Self]) -> Option<&mut [Self::C]>;
+
+    /// The fixed-point kernels for this type (non-generic, so instantiated once in hgq-core).
+    #[doc(hidden)]
+    #[allow(clippy::type_complexity)]
+    fn fixed_entry(
+        q: &FixedPoint,
+        x: TensorRef<'_, Self>,
+        p: [TensorRef<'_, Self::C>; 3],
+        training: bool,
+        dy: Option<&[Self]>,
+        y: &mut [Self],
+        grads: Option<(&mut [Self], [&mut [Self::C]; 2])>,
+    ) -> Result<()>;
+
+    /// The minifloat kernels for this type.
+    #[doc(hidden)]
+    #[allow(clippy::type_complexity)]
+    fn float_entry(
+        x: TensorRef<'_, Self>,
+        p: [TensorRef<'_, Self::C>; 3],
+        dy: Option<&[Self]>,
+        y: &mut [Self],
+        grads: Option<(&mut [Self], [&mut [Self::C]; 3])>,
+        path: Path,
+    ) -> Result<()>;
+}
+
+/// The non-generic kernel entries of an element type.
+macro_rules! entries {
+    ($t:ty) => {
+        #[allow(clippy::type_complexity)]
+        fn fixed_entry(
+            q: &FixedPoint,
+            x: TensorRef<'_, Self>,
+            p: [TensorRef<'_, Self::C>; 3],
+            training: bool,
+            dy: Option<&[Self]>,
+            y: &mut [Self],
+            grads: Option<(&mut [Self], [&mut [Self::C]; 2])>,
+        ) -> Result<()> {
+            q.call_impl::<$t>(x, p, training, dy, y, grads)
+        }
+        #[allow(clippy::type_complexity)]
+        fn float_entry(
+            x: TensorRef<'_, Self>,
+            p: [TensorRef<'_, Self::C>; 3],
+            dy: Option<&[Self]>,
+            y: &mut [Self],
+            grads: Option<(&mut [Self], [&mut [Self::C]; 3])>,
+            path: Path,
+        ) -> Result<()> {
+            crate::stateless::minifloat_impl::<$t>(x, p, dy, y, grads, path)
+        }
+    };
 }
 
 impl Element for f32 {
+    entries!(f32);
     type C = f32;
     const NAME: &'static str = "f32";
     #[inline(always)]
@@ -213,6 +282,7 @@ impl Element for f32 {
 }
 
 impl Element for f64 {
+    entries!(f64);
     type C = f64;
     const NAME: &'static str = "f64";
     #[inline(always)]
@@ -232,6 +302,7 @@ impl Element for f64 {
 }
 
 impl Element for f16 {
+    entries!(f16);
     type C = f32;
     const NAME: &'static str = "f16";
     #[inline(always)]
@@ -251,6 +322,7 @@ impl Element for f16 {
 }
 
 impl Element for bf16 {
+    entries!(bf16);
     type C = f32;
     const NAME: &'static str = "bf16";
     #[inline(always)]

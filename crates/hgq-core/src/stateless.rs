@@ -1,6 +1,6 @@
 //! The stateless quantizers: fixed point (SPEC 1-3) and minifloat (SPEC 8), one fused pass each.
 use crate::error::{CoreError, Result};
-use crate::kernels::{self, Io, Path, Plan};
+use crate::kernels::{self, Check, Io, Path, Plan, find_bad};
 use crate::modes::{OverflowMode, RoundMode, check_modes};
 use crate::ops::{FixedOp, FloatOp, WithFixedOp, with_fixed_op};
 use crate::real::{Element, Real};
@@ -138,20 +138,22 @@ impl FixedPoint {
         y: &mut [T],
         grads: Option<(&mut [T], [&mut [T::C]; 2])>,
     ) -> Result<()> {
-        for v in p[0].data {
-            if *v != T::C::ZERO && *v != T::C::ONE {
-                return Err(CoreError::InvalidK(v.to_f64()));
-            }
-        }
-        for (name, t) in [("i", &p[1]), ("f", &p[2])] {
-            if let Some(v) = t.data.iter().find(|v| !v.is_integer()) {
-                return Err(CoreError::InvalidParameter {
-                    name,
-                    value: v.to_f64(),
-                    why: "bit widths must be finite integers",
-                });
-            }
-        }
+        // Through the element type's non-generic entry: the kernels are instantiated once, in
+        // this crate, not again in every crate that calls them.
+        T::fixed_entry(self, x, p, training, dy, y, grads)
+    }
+
+    /// The body of [`FixedPoint::call`] for one element type.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn call_impl<T: Element>(
+        &self,
+        x: TensorRef<'_, T>,
+        p: [TensorRef<'_, T::C>; 3],
+        training: bool,
+        dy: Option<&[T]>,
+        y: &mut [T],
+        grads: Option<(&mut [T], [&mut [T::C]; 2])>,
+    ) -> Result<()> {
         let seed = match self.stochastic {
             Stochastic::Seeded(s) if training => Some(s),
             _ => None,
@@ -170,6 +172,11 @@ impl FixedPoint {
             gx: grads_x,
             gp: grads_p.map(|[a, b]| [None, Some(a), Some(b)]),
             path: self.path,
+            checks: [
+                ("k", Check::ZeroOne),
+                ("i", Check::Integer),
+                ("f", Check::Integer),
+            ],
         };
         with_fixed_op(
             run,
@@ -203,6 +210,34 @@ pub fn minifloat<T: Element>(
     y: &mut [T],
 ) -> Result<()> {
     minifloat_call(x, [m, e, e0], None, y, None, Path::Simd)
+}
+
+/// [`minifloat`] on a chosen code path (the scalar path is the reference of the SIMD ones).
+pub fn minifloat_with_path<T: Element>(
+    x: TensorRef<'_, T>,
+    m: TensorRef<'_, T::C>,
+    e: TensorRef<'_, T::C>,
+    e0: TensorRef<'_, T::C>,
+    y: &mut [T],
+    path: Path,
+) -> Result<()> {
+    minifloat_call(x, [m, e, e0], None, y, None, path)
+}
+
+/// [`minifloat_backward`] on a chosen code path.
+#[allow(clippy::too_many_arguments)]
+pub fn minifloat_backward_with_path<T: Element>(
+    x: TensorRef<'_, T>,
+    m: TensorRef<'_, T::C>,
+    e: TensorRef<'_, T::C>,
+    e0: TensorRef<'_, T::C>,
+    dy: &[T],
+    y: &mut [T],
+    grads: FloatGrads<'_, T>,
+    path: Path,
+) -> Result<()> {
+    let FloatGrads { dx, dm, de, de0 } = grads;
+    minifloat_call(x, [m, e, e0], Some(dy), y, Some((dx, [dm, de, de0])), path)
 }
 
 /// Gradients of the minifloat quantizer, each in its parameter's shape.
@@ -248,15 +283,19 @@ pub(crate) fn minifloat_call<T: Element>(
     grads: Option<(&mut [T], [&mut [T::C]; 3])>,
     path: Path,
 ) -> Result<()> {
-    for (name, t) in [("m", &p[0]), ("e", &p[1]), ("e0", &p[2])] {
-        if let Some(v) = t.data.iter().find(|v| !v.is_integer()) {
-            return Err(CoreError::InvalidParameter {
-                name,
-                value: v.to_f64(),
-                why: "minifloat bit widths must be finite integers",
-            });
-        }
-    }
+    T::float_entry(x, p, dy, y, grads, path)
+}
+
+/// The body of [`minifloat_call`] for one element type.
+#[allow(clippy::type_complexity)]
+pub(crate) fn minifloat_impl<T: Element>(
+    x: TensorRef<'_, T>,
+    p: [TensorRef<'_, T::C>; 3],
+    dy: Option<&[T]>,
+    y: &mut [T],
+    grads: Option<(&mut [T], [&mut [T::C]; 3])>,
+    path: Path,
+) -> Result<()> {
     let (gx, gp) = match grads {
         Some((dx, [a, b, c])) => (Some(dx), Some([Some(a), Some(b), Some(c)])),
         None => (None, None),
@@ -269,8 +308,29 @@ pub(crate) fn minifloat_call<T: Element>(
         gx,
         gp,
         path,
+        checks: [
+            ("m", Check::Integer),
+            ("e", Check::Integer),
+            ("e0", Check::Integer),
+        ],
     }
     .call(FloatOp)
+}
+
+/// The error for a parameter value that breaks its rule.
+fn bad_param(name: &'static str, rule: Check, value: f64) -> CoreError {
+    match rule {
+        Check::ZeroOne => CoreError::InvalidK(value),
+        _ => CoreError::InvalidParameter {
+            name,
+            value,
+            why: if name.starts_with('e') || name == "m" {
+                "minifloat bit widths must be finite integers"
+            } else {
+                "bit widths must be finite integers"
+            },
+        },
+    }
 }
 
 /// Validates shapes, broadcasts the three parameters to one bit-width shape, runs an op and
@@ -283,6 +343,8 @@ struct Runner<'a, 'b, T: Element> {
     gx: Option<&'b mut [T]>,
     gp: Option<[Option<&'b mut [T::C]>; 3]>,
     path: Path,
+    /// The parameters' names and rules.
+    checks: [(&'static str, Check); 3],
 }
 
 impl<T: Element> WithFixedOp for Runner<'_, '_, T> {
@@ -309,6 +371,7 @@ impl<T: Element> Runner<'_, '_, T> {
             gx,
             gp,
             path,
+            checks,
         } = self;
         let xs = x.shape;
         check_len("x", x.data.len(), xs)?;
@@ -376,7 +439,27 @@ impl<T: Element> Runner<'_, '_, T> {
         } else {
             None
         };
-        kernels::run(
+        // Small (broadcast) parameters are checked here; parameters as large as x are checked
+        // inside the pass, segment by segment, so that they are read from memory once.
+        let upfront = plan.bw_len.saturating_mul(4) <= plan.len || plan.len == 0;
+        let check_now = |q: usize| -> Result<()> {
+            let (name, rule) = checks[q];
+            match find_bad(p[q].data, rule) {
+                None => Ok(()),
+                Some(j) => Err(bad_param(name, rule, p[q].data[j].to_f64())),
+            }
+        };
+        if upfront {
+            for q in 0..3 {
+                check_now(q)?;
+            }
+        }
+        let kinds = if upfront {
+            [Check::Any; 3]
+        } else {
+            checks.map(|c| c.1)
+        };
+        let ok = kernels::run(
             op,
             &plan,
             Io {
@@ -388,7 +471,14 @@ impl<T: Element> Runner<'_, '_, T> {
                 gp,
             },
             path,
+            kinds,
         );
+        if !ok {
+            // Report the first bad value in parameter order, whatever the thread split.
+            for q in 0..3 {
+                check_now(q)?;
+            }
+        }
         for (q, dst) in later.iter_mut().enumerate() {
             if let Some(dst) = dst {
                 reduce_sum(&bufs[q], &common, dst, &shapes[q]);

@@ -68,12 +68,21 @@ pub(crate) fn round_int<C: Real, const R: u8>(v: C, u: C) -> C {
     }
 }
 
-/// `round(x, f)` with the reference's straight-through form `R(v) + (v - v)`: it makes `-0`
-/// into `+0` and an infinite `v` into NaN exactly as the reference does.
+/// `round(x, f)` with the reference's straight-through form `R(v) + (v - v)` (it makes `-0`
+/// into `+0` and an infinite `v` into NaN exactly as the reference does), divided by
+/// `scale = 2^f`: computed as a product with `inv = 2^-f`, which is the same bits as the
+/// quotient (both are the correctly rounded `t * 2^-f`) except where `2^-f` overflows while
+/// `2^f` does not, where the quotient of a zero is that zero.
 #[inline(always)]
-pub(crate) fn round_to<C: Real, const R: u8>(x: C, scale: C, u: C) -> C {
+#[allow(clippy::eq_op)]
+pub(crate) fn round_to<C: Real, const R: u8>(x: C, scale: C, inv: C, u: C) -> C {
     let v = x * scale;
-    (round_int::<C, R>(v, u) + (v - v)) / scale
+    let t = round_int::<C, R>(v, u) + (v - v);
+    if t == C::ZERO && scale != C::ZERO {
+        t
+    } else {
+        t * inv
+    }
 }
 
 /// d round(x, f) / df for upstream `g`, in the order autograd evaluates it.
@@ -91,8 +100,66 @@ pub(crate) struct Local<C> {
     pub gf: C,
 }
 
-/// Forward and, when `GRAD`, the gradients for upstream `g`. One body for both so that the
-/// value computed with gradients is the same bits as the forward alone.
+/// Indices of the derived values of one (k, i, f) element.
+pub(crate) mod d {
+    /// k.
+    pub const K: usize = 0;
+    /// `max(i, -f)`.
+    pub const IP: usize = 1;
+    /// `2^f`.
+    pub const SCALE: usize = 2;
+    /// `2^-f` (the step, epsilon).
+    pub const INV: usize = 3;
+    /// `2^max(i, -f)`.
+    pub const P: usize = 4;
+    /// 1, or 0 where the zero mask applies (`k + i + f <= 0`).
+    pub const KEEP: usize = 5;
+    /// SAT, SAT_SYM: the upper clip bound; WRAP: the period; WRAP_SM: the largest value.
+    pub const HI: usize = 6;
+    /// SAT, SAT_SYM: the lower clip bound; WRAP: the bias; WRAP_SM: the smallest value.
+    pub const LO: usize = 7;
+}
+
+/// The per-parameter values of [`forward_grad`], from one (k, i, f) element. Bit widths are
+/// finite (checked by the caller), so no NaN handling is needed here.
+#[inline(always)]
+#[allow(clippy::neg_cmp_op_on_partial_ord)]
+pub(crate) fn derive<C: Real, const O: u8>(k: C, i: C, f: C, mask: bool) -> [C; 8] {
+    // i := max(i, -f) in value; the gradient reaches i unchanged (straight-through).
+    let nf = -f;
+    let ip = if i > nf { i } else { nf };
+    let scale = f.exp2i();
+    let eps = nf.exp2i();
+    let p = ip.exp2i();
+    let keep = if mask && !(k + i + f > C::ZERO) {
+        C::ZERO
+    } else {
+        C::ONE
+    };
+    let (hi, lo) = match O {
+        o::SAT => {
+            let hi = p - eps;
+            (hi, -p * k)
+        }
+        o::SAT_SYM => {
+            let hi = p - eps;
+            (hi, -hi * k)
+        }
+        o::WRAP => {
+            let bk = ip + k;
+            (bk.exp2i(), k * (bk - C::ONE).exp2i())
+        }
+        _ => {
+            let high = p - eps;
+            (high, -(high + eps) * k)
+        }
+    };
+    [k, ip, scale, eps, p, keep, hi, lo]
+}
+
+/// Forward and, when `GRAD`, the gradients for upstream `g`, from the derived values `dv` of
+/// the element's (k, i, f). One body for both so that the value computed with gradients is
+/// the same bits as the forward alone.
 #[inline(always)]
 pub(crate) fn forward_grad<
     C: Real,
@@ -102,21 +169,18 @@ pub(crate) fn forward_grad<
     const GRAD: bool,
 >(
     x: C,
-    k: C,
-    i: C,
-    f: C,
+    dv: [C; 8],
     g: C,
     u: C,
 ) -> Local<C> {
-    // i := max(i, -f) in value; the gradient reaches i unchanged (straight-through).
-    let ip = i.maximum(-f);
-    let scale = f.exp2i();
-    let eps = (-f).exp2i();
-    let p = ip.exp2i();
+    let k = dv[d::K];
+    let scale = dv[d::SCALE];
+    let eps = dv[d::INV];
+    let p = dv[d::P];
     match O {
         o::SAT | o::SAT_SYM => {
-            let hi = p - eps;
-            let lo = if O == o::SAT { -p * k } else { -hi * k };
+            let hi = dv[d::HI];
+            let lo = dv[d::LO];
             let over = x > hi;
             let under = x < lo;
             let xs = if over {
@@ -126,7 +190,7 @@ pub(crate) fn forward_grad<
             } else {
                 x
             };
-            let y = round_to::<C, R>(xs, scale, u);
+            let y = round_to::<C, R>(xs, scale, eps, u);
             if !GRAD {
                 return Local {
                     y,
@@ -151,7 +215,7 @@ pub(crate) fn forward_grad<
             Local { y, gx, gi, gf }
         }
         o::WRAP => {
-            let r = round_to::<C, R>(x, scale, u);
+            let r = round_to::<C, R>(x, scale, eps, u);
             if TRAIN {
                 let gf = if GRAD { round_df(g, x, r) } else { C::ZERO };
                 return Local {
@@ -161,9 +225,8 @@ pub(crate) fn forward_grad<
                     gf,
                 };
             }
-            let bk = ip + k;
-            let period = bk.exp2i();
-            let bias = k * (bk - C::ONE).exp2i();
+            let period = dv[d::HI];
+            let bias = dv[d::LO];
             let a = r + bias;
             let y = a.remainder(period) - bias;
             if !GRAD {
@@ -182,13 +245,13 @@ pub(crate) fn forward_grad<
         }
         _ => {
             // WRAP_SM: sign-magnitude wrap, literally as the reference writes it.
-            let high = p - eps;
-            let low = -(high + eps) * k;
-            let interval = (ip + k).exp2i();
+            let high = dv[d::HI];
+            let low = dv[d::LO];
+            let interval = (dv[d::IP] + k).exp2i();
             let two = C::ONE + C::ONE;
             let c1 = (x / interval).remainder(two) >= C::ONE && x.abs() > eps / two;
             let c2 = ((x + eps / two) / (interval / two)).remainder(two) >= C::ONE;
-            let qx = round_to::<C, R>(x, scale, u);
+            let qx = round_to::<C, R>(x, scale, eps, u);
             let a = qx - high - eps;
             let m0 = a.remainder(interval) + low;
             let m1 = if c2 { -m0 - eps } else { m0 };
