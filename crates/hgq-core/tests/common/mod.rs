@@ -81,6 +81,7 @@ impl<C: Real> Bw<C> {
 }
 
 /// Runs `q` on x with k, i, f; with gradients when `dy` is given.
+#[allow(clippy::too_many_arguments)]
 pub fn run_fixed<T: Element>(
     q: &FixedPoint,
     xs: &[usize],
