@@ -9,8 +9,9 @@
 //!   bit-width shape.
 //!
 //! Every case runs once on one thread and once on all threads (a rayon pool each, `install`).
-//! The time is the median of the repetitions; `copy_ms` is the median of
-//! `dst.copy_from_slice(&x)` (one thread) or the same copy split over the pool's threads.
+//! Each repetition times `dst.copy_from_slice(&x)` (one thread; split over the pool's threads
+//! otherwise) and then the case; `ms` and `copy_ms` are the medians, `ratio` the median of the
+//! per-repetition ratios (the machine's load may change between repetitions, not within one).
 use hgq_core::{FixedGrads, FixedPoint, OverflowMode, RoundMode, TensorRef};
 use rayon::prelude::*;
 use std::process::ExitCode;
@@ -99,16 +100,27 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// Median milliseconds of `reps` runs of `f` after one warm-up run.
-fn time_ms(reps: usize, mut f: impl FnMut()) -> f64 {
+/// Milliseconds of one run of `f`.
+fn once_ms(f: &mut impl FnMut()) -> f64 {
+    let t = Instant::now();
     f();
-    let mut ts = Vec::with_capacity(reps);
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// `reps` pairs of (copy, case) runs after one warm-up of each: the medians of both times and
+/// the median of the per-pair ratios (robust to load that changes between pairs).
+fn time_pair(reps: usize, mut copy: impl FnMut(), mut f: impl FnMut()) -> (f64, f64, f64) {
+    copy();
+    f();
+    let (mut cs, mut ts, mut rs) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..reps {
-        let t = Instant::now();
-        f();
-        ts.push(t.elapsed().as_secs_f64() * 1e3);
+        let c = once_ms(&mut copy);
+        let t = once_ms(&mut f);
+        cs.push(c);
+        ts.push(t);
+        rs.push(t / c);
     }
-    median(ts)
+    (median(ts), median(cs), median(rs))
 }
 
 /// One row of the report.
@@ -117,37 +129,38 @@ struct Row {
     threads: usize,
     ms: f64,
     copy_ms: f64,
+    ratio: f64,
 }
 
-fn infer(w: &mut Work, b: &Bits) -> Result<(), String> {
+fn infer(x: &[f32], y: &mut [f32], b: &Bits) -> Result<(), String> {
     let q = FixedPoint::new(RoundMode::Rnd, OverflowMode::Sat)
         .map_err(|e| e.to_string())?
         .with_zero_mask(true);
     let xs = [ROWS, COLS];
     q.forward(
-        TensorRef::new(&w.x, &xs).map_err(|e| e.to_string())?,
+        TensorRef::new(x, &xs).map_err(|e| e.to_string())?,
         TensorRef::new(&b.k, &b.shape).map_err(|e| e.to_string())?,
         TensorRef::new(&b.i, &b.shape).map_err(|e| e.to_string())?,
         TensorRef::new(&b.f, &b.shape).map_err(|e| e.to_string())?,
         false,
-        &mut w.y,
+        y,
     )
     .map_err(|e| e.to_string())
 }
 
-fn train(w: &mut Work, b: &mut Bits) -> Result<(), String> {
+fn train(x: &[f32], dy: &[f32], y: &mut [f32], dx: &mut [f32], b: &mut Bits) -> Result<(), String> {
     let q = FixedPoint::new(RoundMode::Rnd, OverflowMode::Sat).map_err(|e| e.to_string())?;
     let xs = [ROWS, COLS];
     q.forward_backward(
-        TensorRef::new(&w.x, &xs).map_err(|e| e.to_string())?,
+        TensorRef::new(x, &xs).map_err(|e| e.to_string())?,
         TensorRef::new(&b.k, &b.shape).map_err(|e| e.to_string())?,
         TensorRef::new(&b.i, &b.shape).map_err(|e| e.to_string())?,
         TensorRef::new(&b.f, &b.shape).map_err(|e| e.to_string())?,
         true,
-        &w.dy,
-        &mut w.y,
+        dy,
+        y,
         FixedGrads {
-            dx: &mut w.dx,
+            dx,
             di: &mut b.di,
             df: &mut b.df,
         },
@@ -163,23 +176,24 @@ fn measure(threads: usize, reps: usize, w: &mut Work) -> Result<Vec<Row>, String
         .map_err(|e| format!("cannot build a pool of {threads} threads: {e}"))?;
     pool.install(|| {
         let mut rows = Vec::new();
-        let copy = |w: &mut Work| {
+        let copy_into = |dst: &mut [f32], src: &[f32]| {
             if threads == 1 {
-                w.copy.copy_from_slice(&w.x);
+                dst.copy_from_slice(src);
             } else {
-                let chunk = w.x.len().div_ceil(threads);
-                w.copy
-                    .par_chunks_mut(chunk)
-                    .zip(w.x.par_chunks(chunk))
+                let chunk = src.len().div_ceil(threads);
+                dst.par_chunks_mut(chunk)
+                    .zip(src.par_chunks(chunk))
                     .for_each(|(d, s)| d.copy_from_slice(s));
             }
         };
-        let copy_ms = time_ms(reps, || copy(w));
+        let Work { x, dy, y, dx, copy } = w;
+        let (cm, _, _) = time_pair(reps, || copy_into(copy, x), || copy_into(y, x));
         rows.push(Row {
             case: "copy".into(),
             threads,
-            ms: copy_ms,
-            copy_ms,
+            ms: cm,
+            copy_ms: cm,
+            ratio: 1.0,
         });
         for (layout, shape) in [
             ("per_column", vec![1, COLS]),
@@ -187,34 +201,40 @@ fn measure(threads: usize, reps: usize, w: &mut Work) -> Result<Vec<Row>, String
         ] {
             let mut b = Bits::new(&shape);
             let mut err = Ok(());
-            // Copy and case alternate so that both see the same machine state.
-            let mut cms = Vec::new();
-            let ms = time_ms(reps, || {
-                if err.is_ok() {
-                    err = infer(w, &b);
-                }
-            });
-            cms.push(time_ms(reps, || copy(w)));
+            let (ms, copy_ms, ratio) = time_pair(
+                reps,
+                || copy_into(copy, x),
+                || {
+                    if err.is_ok() {
+                        err = infer(x, y, &b);
+                    }
+                },
+            );
             err?;
             rows.push(Row {
                 case: format!("infer/{layout}"),
                 threads,
                 ms,
-                copy_ms: cms[0],
+                copy_ms,
+                ratio,
             });
             let mut err = Ok(());
-            let ms = time_ms(reps, || {
-                if err.is_ok() {
-                    err = train(w, &mut b);
-                }
-            });
-            cms.push(time_ms(reps, || copy(w)));
+            let (ms, copy_ms, ratio) = time_pair(
+                reps,
+                || copy_into(copy, x),
+                || {
+                    if err.is_ok() {
+                        err = train(x, dy, y, dx, &mut b);
+                    }
+                },
+            );
             err?;
             rows.push(Row {
                 case: format!("train/{layout}"),
                 threads,
                 ms,
-                copy_ms: cms[1],
+                copy_ms,
+                ratio,
             });
         }
         Ok(rows)
@@ -259,7 +279,7 @@ pub fn run(args: &[String]) -> Result<ExitCode, String> {
     }
     for threads in counts {
         for r in measure(threads, reps, &mut w)? {
-            let ratio = r.ms / r.copy_ms;
+            let ratio = r.ratio;
             if json {
                 let v = serde_json::json!({
                     "case": r.case,
