@@ -152,23 +152,21 @@ macro_rules! impl_real {
             }
             #[inline(always)]
             fn exp2i(self) -> Self {
-                // 2^n = 2^a * 2^(n-a) with both factors normal: the product is correctly
-                // rounded, so subnormal results are exact and overflow gives +inf.
-                let lim = ($emin as $t, $emax as $t);
-                // NaN -> 0 (2^NaN is never asked for: bit widths are checked), so that the
-                // conversions below are defined.
-                let s = if self.is_nan() { 0.0 } else { self };
-                let n = s.clamp(2.0 * lim.0, 2.0 * lim.1);
-                let a = n.clamp(lim.0, lim.1);
-                let b = (n - a).clamp(lim.0, lim.1);
-                // `to_int_unchecked` (not `as`, whose saturation LLVM does not vectorize):
-                // the values are within the exponent range after the clamps.
-                // SAFETY: `e` is finite and within [emin, emax], so it fits in an i32.
-                let pow = |e: $t| {
-                    let n: i32 = unsafe { e.to_int_unchecked::<i32>() };
-                    <$t>::from_bits(((n + $bias) as $bits) << $mant)
-                };
-                pow(a) * pow(b)
+                // Exact 2^n from the exponent bits: normal results (and +inf just above the
+                // range) are the biased exponent in place, subnormal ones a single bit, and
+                // anything below half the smallest subnormal rounds to 0.
+                const LO: i32 = $emin - $mant - 1;
+                const HI: i32 = $emax + 1;
+                // Comparisons, not min/max: they map to single instructions, and NaN (never
+                // asked for: bit widths are checked) goes to LO so the conversion is defined.
+                let n = if self > LO as $t { self } else { LO as $t };
+                let n = if n < HI as $t { n } else { HI as $t };
+                // SAFETY: `n` is finite and within [LO, HI], so it fits in an i32 (`as` would
+                // saturate, which LLVM does not vectorize).
+                let e: i32 = unsafe { n.to_int_unchecked::<i32>() };
+                let normal = ((e + $bias) as $bits) << $mant;
+                let sub = (1 as $bits).wrapping_shl((e - LO) as u32) >> 1;
+                <$t>::from_bits(if e >= $emin { normal } else { sub })
             }
             #[inline(always)]
             fn exp2(self) -> Self {
