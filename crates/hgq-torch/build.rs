@@ -37,11 +37,20 @@ fn main() {
     #[cfg(unix)]
     std::os::unix::fs::symlink(&target, &link).expect("link libtorch-lib");
     println!("cargo:rustc-link-search=native={}", link.display());
-    // Where `load_cuda` looks for libtorch_cuda.so when the library path does not have it.
-    println!("cargo:rustc-env=HGQ_TORCH_LIB={}", target.display());
-
+    // torch-sys links torch_cuda when libtorch has it, but Rust links with `--as-needed` and
+    // nothing uses a symbol of libtorch_cuda directly, so the linker drops it and libtorch never
+    // registers its CUDA backend (no CUDA device even on a GPU machine; loading it later with
+    // dlopen is too late, libtorch caches the hooks at first use). bridge.cpp therefore refers
+    // to one libtorch_cuda symbol when HGQ_TORCH_CUDA is defined, which keeps the library in
+    // every binary that uses this crate. Its nvidia dependencies come from the same torch
+    // installation (`$ORIGIN`-relative rpaths) and load fine on a machine without a GPU.
+    let cuda = target.join("libtorch_cuda.so").exists();
     let root = target.parent().expect("libtorch root").to_path_buf();
-    cc::Build::new()
+    let mut build = cc::Build::new();
+    if cuda {
+        build.define("HGQ_TORCH_CUDA", None);
+    }
+    build
         .cpp(true)
         .pic(true)
         .warnings(false)

@@ -22,6 +22,23 @@ int hgq_torch_fixed_cpu(const uint8_t* cfg, size_t cfg_len, int training, const 
                         float* y, float* dx, float* di, float* df, char* err, size_t err_len);
 }
 
+#ifdef HGQ_TORCH_CUDA
+// A reference to libtorch_cuda (never called) so the linker keeps it: see build.rs.
+namespace at {
+namespace cuda {
+size_t getChosenWorkspaceSize();
+}
+}  // namespace at
+// Read (volatile) on every call of hgq_torch_fixed_apply, so the reference lives in a section
+// the linker keeps even with --gc-sections (rust-lld only counts live references for
+// --as-needed).
+static void* volatile hgq_torch_cuda_anchor =
+    reinterpret_cast<void*>(&at::cuda::getChosenWorkspaceSize);
+#define HGQ_TORCH_TOUCH_CUDA() ((void)hgq_torch_cuda_anchor)
+#else
+#define HGQ_TORCH_TOUCH_CUDA() ((void)0)
+#endif
+
 namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
@@ -79,9 +96,20 @@ void write_err(const char* what, char* err, size_t err_len) {
 }
 }  // namespace
 
+// 1 when this build refers to libtorch_cuda (and so links it), else 0.
+extern "C" int hgq_torch_cuda_linked() {
+  HGQ_TORCH_TOUCH_CUDA();
+#ifdef HGQ_TORCH_CUDA
+  return 1;
+#else
+  return 0;
+#endif
+}
+
 extern "C" int hgq_torch_fixed_apply(const at::Tensor* x, const at::Tensor* k, const at::Tensor* i,
                                      const at::Tensor* f, const uint8_t* cfg, size_t cfg_len,
                                      int training, at::Tensor** out, char* err, size_t err_len) {
+  HGQ_TORCH_TOUCH_CUDA();
   try {
     at::Tensor y = FixedFn::apply(*x, *k, *i, *f,
                                   std::string(reinterpret_cast<const char*>(cfg), cfg_len),

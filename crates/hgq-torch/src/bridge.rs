@@ -15,6 +15,7 @@ pub(crate) struct View {
 }
 
 unsafe extern "C" {
+    fn hgq_torch_cuda_linked() -> c_int;
     fn hgq_torch_fixed_apply(
         x: *const C_tensor,
         k: *const C_tensor,
@@ -27,6 +28,12 @@ unsafe extern "C" {
         err: *mut c_char,
         err_len: usize,
     ) -> c_int;
+}
+
+/// Whether this build links libtorch_cuda (see build.rs).
+pub(crate) fn cuda_linked() -> bool {
+    // SAFETY: no arguments, no preconditions.
+    unsafe { hgq_torch_cuda_linked() != 0 }
 }
 
 /// `FixedFn::apply(x, k, i, f)`: float32, contiguous, CPU tensors (the caller checks).

@@ -51,33 +51,16 @@ pub type Result<T, E = TorchError> = std::result::Result<T, E>;
 
 /// Is a CUDA device usable here (libtorch built with CUDA, a driver and a GPU present)?
 ///
-/// Loads libtorch's CUDA part first (see [`load_cuda`]).
+/// Binaries link `libtorch_cuda.so` whenever the libtorch they were built against has it (see
+/// `build.rs`); at run time the library path must name a CUDA build of torch 2.11's `lib`
+/// folder (`cargo run`/`cargo test` set it; elsewhere set `LD_LIBRARY_PATH`).
 pub fn cuda_available() -> bool {
-    load_cuda();
-    tch::Cuda::is_available()
+    cuda_linked() && tch::Cuda::is_available()
 }
 
-/// Loads `libtorch_cuda.so` into the process (once) so that libtorch registers its CUDA
-/// backend; returns whether it is loaded.
-///
-/// The linker drops `libtorch_cuda.so` from binaries because no symbol of it is used directly
-/// (Rust links with `--as-needed`), so without this step CUDA devices stay invisible. It is
-/// looked up on the library path first (`LD_LIBRARY_PATH`, which `cargo run`/`cargo test`
-/// set, or which names the GPU machine's torch `lib` folder), then in the libtorch this crate
-/// was built against. A CPU-only libtorch simply has no such file.
-pub fn load_cuda() -> bool {
-    static LOADED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *LOADED.get_or_init(|| {
-        let built = concat!(env!("HGQ_TORCH_LIB"), "/libtorch_cuda.so");
-        ["libtorch_cuda.so", built].iter().any(|name| {
-            let Ok(c) = std::ffi::CString::new(*name) else {
-                return false;
-            };
-            // SAFETY: a NUL-terminated path; dlopen has no other preconditions. The handle is
-            // kept open for the life of the process.
-            !unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) }.is_null()
-        })
-    })
+/// Whether this build links libtorch's CUDA part (the libtorch it was built against has one).
+pub fn cuda_linked() -> bool {
+    bridge::cuda_linked()
 }
 
 /// `y = Q(x, k, i, f)` (SPEC 3) with autograd: gradients reach `x`, `i` and `f` (when they

@@ -219,8 +219,8 @@ fn errors_are_reported() {
 #[test]
 fn report_devices() {
     eprintln!(
-        "libtorch_cuda loaded: {}, CUDA available: {}, devices: {}",
-        hgq_torch::load_cuda(),
+        "libtorch_cuda linked: {}, CUDA available: {}, devices: {}",
+        hgq_torch::cuda_linked(),
         hgq_torch::cuda_available(),
         tch::Cuda::device_count()
     );
