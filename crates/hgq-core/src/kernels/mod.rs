@@ -1,9 +1,9 @@
 //! Fused element-wise kernels over a broadcast plan.
 //!
-//! A kernel is an [`ElemOp`]: one element's forward and local gradients, written once over
-//! [`Real`], in two steps: [`ElemOp::derive`] turns one element of the three parameters
+//! A kernel is an `ElemOp`: one element's forward and local gradients, written once over
+//! [`Real`], in two steps: `ElemOp::derive` turns one element of the three parameters
 //! (k, i, f or m, e, e0) into the values the body needs (`2^f`, `2^-f`, the clip bounds, ...),
-//! and [`ElemOp::apply`] quantizes one x element with them. [`run`] walks `x` in segments, in
+//! and `ElemOp::apply` quantizes one x element with them. `run` walks `x` in segments, in
 //! parallel with rayon above [`PAR_MIN`] elements, and runs each segment inside
 //! `pulp::Arch::dispatch`, where the target features of the best SIMD level are enabled and
 //! LLVM vectorizes the branch-free element body at that width. [`Path::Scalar`] runs the same
