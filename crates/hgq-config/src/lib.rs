@@ -9,6 +9,8 @@
 //! - [`QuantizerConfig`]: typed configuration, with the reference's defaults table and
 //!   override rules in [`QuantizerConfig::builder`].
 //! - [`KerasModel`] / [`extract_quantizers`]: every quantizer configuration in a whole model.
+//! - [`model_json`]: the whole model document of a chain of `QDense` layers
+//!   ([`DenseModelSpec`]), written as `model.to_json()` writes it.
 //! - [`convert`]: conversion to and from hgq-core's quantizer descriptions.
 //!
 //! ## Fidelity notes
@@ -41,6 +43,7 @@ pub mod keras;
 pub mod layer;
 pub mod mapper;
 pub mod model;
+pub mod model_json;
 pub mod pyjson;
 pub mod quantizer;
 
@@ -50,6 +53,7 @@ pub use keras::{Constraint, DTypePolicy, InitValue, Initializer, Num, Regularize
 pub use layer::QuantizerLayer;
 pub use mapper::BitwidthMapperConfig;
 pub use model::{FoundQuantizer, KerasModel, PathSeg, extract_quantizers, find_quantizers};
+pub use model_json::{Activation, DenseModelSpec, QDenseSpec};
 pub use pyjson::PyValue;
 pub use quantizer::{
     Common, Flavor, FloatParams, KbiParams, KifParams, Params, Place, QType, QuantizerConfig,
