@@ -1,7 +1,7 @@
 //! The [`ElemOp`](crate::kernels::ElemOp)s behind the public quantizer functions, and the
 //! runtime-to-const-generic mode dispatch.
 use crate::kernels::fixed::{self, o, r};
-use crate::kernels::{ElemOp, ND, Out};
+use crate::kernels::{Check, ElemOp, ND, Out};
 use crate::real::Real;
 
 /// Counter-based uniform noise in [0, 1): the same for an element whatever the thread split.
@@ -27,6 +27,7 @@ impl<C: Real, const R: u8, const O: u8, const TRAIN: bool> ElemOp<C> for FixedOp
     const HAS_GRAD: [bool; 3] = [false, true, true];
     const NDER: usize = ND;
     const PRECOMPUTE: bool = true;
+    const CHECKS: [Check; 3] = [Check::ZeroOne, Check::Integer, Check::Integer];
     #[inline(always)]
     fn derive(self, p: [C; 3]) -> [C; ND] {
         fixed::derive::<C, O>(p[0], p[1], p[2], self.mask)
@@ -56,6 +57,7 @@ impl<C: Real> ElemOp<C> for FloatOp {
     const HAS_GRAD: [bool; 3] = [true, true, true];
     const NDER: usize = 3;
     const PRECOMPUTE: bool = false;
+    const CHECKS: [Check; 3] = [Check::Integer; 3];
     #[inline(always)]
     fn derive(self, p: [C; 3]) -> [C; ND] {
         [

@@ -96,6 +96,9 @@ pub(crate) trait ElemOp<C: Real>: Copy + Send + Sync {
     const NDER: usize;
     /// Whether precomputing the derived values of broadcast parameters pays.
     const PRECOMPUTE: bool;
+    /// The rules of the three parameters, checked inside the element loop where the parameters
+    /// are as large as x (the callers pass these rules, or `Any` for parameters they checked).
+    const CHECKS: [Check; 3];
     /// The values `apply` needs, from one element of the parameters.
     fn derive(self, p: [C; 3]) -> [C; ND];
     /// Output and local gradients times `g` (gradients only when `GRAD`). `index` is the
@@ -239,6 +242,18 @@ pub(crate) fn is_int<C: Real>(v: C) -> bool {
 #[inline(always)]
 fn zero_one<C: Real>(v: C) -> bool {
     v == C::ZERO || v == C::ONE
+}
+
+impl Check {
+    /// Whether `v` passes the rule, branch-free.
+    #[inline(always)]
+    fn passes<C: Real>(self, v: C) -> bool {
+        match self {
+            Check::Any => true,
+            Check::ZeroOne => zero_one(v),
+            Check::Integer => is_int(v),
+        }
+    }
 }
 
 /// Whether every element of `v` passes `check` (one vectorized pass).
@@ -529,7 +544,7 @@ fn precompute<C: Real, Op: ElemOp<C>>(op: Op, p: [&[C]; 3], n: usize, path: Path
 }
 
 /// Runs a pulp job on a path.
-fn with_path<J: pulp::WithSimd<Output = ()> + RunScalar>(job: J, path: Path) {
+fn with_path<J: RunScalar>(job: J, path: Path) -> J::Output {
     use pulp::Simd;
     match path {
         Path::Scalar => job.run_scalar(),
@@ -554,13 +569,13 @@ fn with_path<J: pulp::WithSimd<Output = ()> + RunScalar>(job: J, path: Path) {
 }
 
 /// A job's body without any target features.
-trait RunScalar {
-    fn run_scalar(self);
+trait RunScalar: pulp::WithSimd {
+    fn run_scalar(self) -> Self::Output;
 }
 
 impl<C: Real, Op: ElemOp<C>> RunScalar for Job<'_, C, Op> {
     #[inline(always)]
-    fn run_scalar(self) {
+    fn run_scalar(self) -> bool {
         self.run()
     }
 }
@@ -594,7 +609,9 @@ fn segment<T: Element, Op: ElemOp<T::C>>(
         let off = plan.offset(row) + if plan.vec { within } else { 0 };
         let plen = if plan.vec { n } else { 1 };
         let ps = p.slice(off, plen);
-        if !p.derived {
+        // Raw parameters: a single value per run is checked here, contiguous ones inside the
+        // element loop (one pass over them, no second read).
+        if !p.derived && !plan.vec {
             for q in 0..3 {
                 if !valid(ps.s[q], chk.kinds[q]) {
                     chk.bad.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -625,7 +642,7 @@ fn segment<T: Element, Op: ElemOp<T::C>>(
             Some(d) => (&d[gi..gi + n], &mut gx[pos..pos + n]),
             None => (&[], &mut []),
         };
-        run_piece(
+        let ok = run_piece(
             op,
             xs,
             ps,
@@ -638,11 +655,17 @@ fn segment<T: Element, Op: ElemOp<T::C>>(
             accumulate || !plan.vec,
             path,
         );
+        // The loop checks `Op::CHECKS`: the rules the caller passes for unchecked parameters.
+        debug_assert!(ok || chk.kinds == Op::CHECKS);
+        if !ok && chk.kinds != [Check::Any; 3] {
+            chk.bad.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         pos += n;
     }
 }
 
 /// Converts narrow storage to compute type in blocks, then calls the SIMD or scalar loop.
+/// Returns whether raw contiguous parameters passed `Op::CHECKS` (true for the others).
 #[allow(clippy::too_many_arguments)]
 fn run_piece<T: Element, Op: ElemOp<T::C>>(
     op: Op,
@@ -656,7 +679,7 @@ fn run_piece<T: Element, Op: ElemOp<T::C>>(
     vec: bool,
     accumulate: bool,
     path: Path,
-) {
+) -> bool {
     if let (Some(xc), Some(dyc)) = (T::as_c(x), T::as_c(dy)) {
         let yc = T::as_c_mut(y).expect("same storage");
         let gxc = T::as_c_mut(gx).expect("same storage");
@@ -685,6 +708,7 @@ fn run_piece<T: Element, Op: ElemOp<T::C>>(
     let mut bdy = [T::C::ZERO; BLOCK];
     let mut by = [T::C::ZERO; BLOCK];
     let mut bgx = [T::C::ZERO; BLOCK];
+    let mut ok = true;
     let mut s = 0;
     while s < x.len() {
         let n = BLOCK.min(x.len() - s);
@@ -716,7 +740,7 @@ fn run_piece<T: Element, Op: ElemOp<T::C>>(
             vec,
             accumulate,
         };
-        with_path(Job { op, piece }, path);
+        ok &= with_path(Job { op, piece }, path);
         for j in 0..n {
             y[s + j] = T::from_c(by[j]);
         }
@@ -727,6 +751,7 @@ fn run_piece<T: Element, Op: ElemOp<T::C>>(
         }
         s += n;
     }
+    ok
 }
 
 /// One contiguous piece in the compute type: parameters are `x.len()` long (`vec`) or one value.
@@ -750,9 +775,10 @@ struct Job<'a, C, Op> {
 }
 
 impl<C: Real, Op: ElemOp<C>> pulp::WithSimd for Job<'_, C, Op> {
-    type Output = ();
+    /// Whether raw contiguous parameters passed `Op::CHECKS`.
+    type Output = bool;
     #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+    fn with_simd<S: pulp::Simd>(self, _simd: S) -> bool {
         // The target features of S are enabled here; the loops below vectorize at its width.
         self.run()
     }
@@ -777,8 +803,10 @@ fn derived_at<C: Real, Op: ElemOp<C>, const DER: bool>(
 }
 
 impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
+    /// Returns whether raw contiguous parameters passed `Op::CHECKS` (checked in the element
+    /// loop, `!DER`; true where the parameters are derived or one value).
     #[inline(always)]
-    fn run(self) {
+    fn run(self) -> bool {
         let grad = !self.piece.dy.is_empty();
         let (vec, der, acc) = (self.piece.vec, self.piece.p.derived, self.piece.accumulate);
         match (grad, vec, der, acc) {
@@ -814,7 +842,7 @@ impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
     }
 
     #[inline(always)]
-    fn forward_const(self) {
+    fn forward_const(self) -> bool {
         let d = self.const_params();
         let Piece { x, y, index, .. } = self.piece;
         let n = x.len();
@@ -822,22 +850,37 @@ impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
         for j in 0..n {
             y[j] = self.op.apply::<false>(x[j], d, C::ZERO, index + j as u64).y;
         }
+        true
+    }
+
+    /// Whether element `j` of raw streams fails `Op::CHECKS` (as 0 or 1, for a branch-free
+    /// OR over the loop); always 0 for derived streams.
+    #[inline(always)]
+    fn fails<const DER: bool>(s: &[&[C]; ND], j: usize) -> u32 {
+        if DER {
+            return 0;
+        }
+        let [c0, c1, c2] = Op::CHECKS;
+        !(c0.passes(s[0][j]) & c1.passes(s[1][j]) & c2.passes(s[2][j])) as u32
     }
 
     #[inline(always)]
-    fn forward_vec<const DER: bool>(self) {
+    fn forward_vec<const DER: bool>(self) -> bool {
         let Piece { x, p, y, index, .. } = self.piece;
         let n = x.len();
         let (x, y) = (&x[..n], &mut y[..n]);
         let s = Self::streams::<DER>(&p.s, n);
+        let mut bad = 0u32;
         for j in 0..n {
+            bad |= Self::fails::<DER>(&s, j);
             let d = derived_at::<C, Op, DER>(self.op, &s, j);
             y[j] = self.op.apply::<false>(x[j], d, C::ZERO, index + j as u64).y;
         }
+        bad == 0
     }
 
     #[inline(always)]
-    fn grad_vec<const DER: bool, const ACC: bool>(self) {
+    fn grad_vec<const DER: bool, const ACC: bool>(self) -> bool {
         let Piece {
             x,
             p,
@@ -858,7 +901,9 @@ impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
             if has[1] { &mut a1[..n] } else { a1 },
             if has[2] { &mut a2[..n] } else { a2 },
         );
+        let mut bad = 0u32;
         for j in 0..n {
+            bad |= Self::fails::<DER>(&s, j);
             let d = derived_at::<C, Op, DER>(self.op, &s, j);
             let o = self.op.apply::<true>(x[j], d, dy[j], index + j as u64);
             y[j] = o.y;
@@ -873,11 +918,12 @@ impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
                 a2[j] = if ACC { a2[j] + o.gp[2] } else { o.gp[2] };
             }
         }
+        bad == 0
     }
 
     #[inline(always)]
     #[allow(clippy::needless_range_loop)]
-    fn grad_const(self) {
+    fn grad_const(self) -> bool {
         let d = self.const_params();
         let Piece {
             x,
@@ -922,6 +968,7 @@ impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
                 a[0] = lanes[q].iter().fold(a[0], |s, &v| s + v);
             }
         }
+        true
     }
 }
 
