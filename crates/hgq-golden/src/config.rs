@@ -12,7 +12,7 @@ use hgq_config::{
 };
 use serde_json::Value;
 
-pub(crate) fn config(c: &Value, case: &mut Case) -> Result<(), String> {
+pub(crate) fn config(c: &Value, case: &mut Case, _: &dyn crate::Backend) -> Result<(), String> {
     let json = c
         .get("json")
         .and_then(Value::as_str)

@@ -1,11 +1,15 @@
 //! One check function per family.
+use crate::backend::Backend;
 use crate::json::{bool_, f32s, shape, str_};
 use crate::{close_grad, same_value};
-use hgq_core::{FixedGrads, FixedPoint, FloatGrads, TensorRef, log2_boundary};
+use hgq_core::{FixedPoint, FloatGrads, TensorRef, log2_boundary};
 use serde_json::Value;
 
-/// A family's check: reads a case, compares, records into [`Case`].
-pub type CheckFn = fn(&Value, &mut Case) -> Result<(), String>;
+/// A family's check: reads a case, runs it on a backend, compares, records into [`Case`].
+pub type CheckFn = fn(&Value, &mut Case, &dyn Backend) -> Result<(), String>;
+
+/// The families that run on any [`Backend`] (the others are hgq-core's alone).
+pub static BACKEND_FAMILIES: &[&str] = &["fixed_fn", "layers"];
 
 /// The families this checker implements, in the default order.
 pub static FAMILIES: &[(&str, CheckFn)] = &[
@@ -101,7 +105,7 @@ fn t<'a>(d: &'a [f32], s: &'a [usize]) -> Result<TensorRef<'a, f32>, String> {
     TensorRef::new(d, s).map_err(|e| e.to_string())
 }
 
-fn fixed_fn(c: &Value, case: &mut Case) -> Result<(), String> {
+fn fixed_fn(c: &Value, case: &mut Case, backend: &dyn Backend) -> Result<(), String> {
     let rm = str_(c, "round_mode")?
         .parse()
         .map_err(|e: hgq_core::CoreError| e.to_string())?;
@@ -119,43 +123,20 @@ fn fixed_fn(c: &Value, case: &mut Case) -> Result<(), String> {
     );
     let g = c.get("grad").ok_or("missing grad")?;
     let q = FixedPoint::new(rm, om).map_err(|e| e.to_string())?;
-    let n = x.len();
-    let (mut y, mut dx, mut di, mut df) = (vec![0.0; n], vec![0.0; n], vec![0.0; n], vec![0.0; n]);
-    q.forward_backward(
-        t(&x, &s)?,
-        t(&k, &s)?,
-        t(&i, &s)?,
-        t(&f, &s)?,
-        training,
-        &dy,
-        &mut y,
-        FixedGrads {
-            dx: &mut dx,
-            di: &mut di,
-            df: &mut df,
-        },
-    )
-    .map_err(|e| e.to_string())?;
-    case.values("y", &y, &f32s(c, "y")?);
+    let o = backend.fixed_fn(q, &s, &x, &k, &i, &f, training, &dy)?;
+    let want = f32s(c, "y")?;
+    case.values("y", &o.y, &want);
     // The forward alone must give the same bits as the fused pass.
-    let mut y2 = vec![0.0; n];
-    q.forward(
-        t(&x, &s)?,
-        t(&k, &s)?,
-        t(&i, &s)?,
-        t(&f, &s)?,
-        training,
-        &mut y2,
-    )
-    .map_err(|e| e.to_string())?;
-    case.values("y (forward only)", &y2, &f32s(c, "y")?);
-    case.grads("grad.x", &dx, &f32s(g, "x")?);
-    case.grads("grad.i", &di, &f32s(g, "i")?);
-    case.grads("grad.f", &df, &f32s(g, "f")?);
+    if let Some(yf) = &o.y_forward {
+        case.values("y (forward only)", yf, &want);
+    }
+    case.grads("grad.x", &o.dx, &f32s(g, "x")?);
+    case.grads("grad.i", &o.di, &f32s(g, "i")?);
+    case.grads("grad.f", &o.df, &f32s(g, "f")?);
     Ok(())
 }
 
-fn ap_fixed(c: &Value, case: &mut Case) -> Result<(), String> {
+fn ap_fixed(c: &Value, case: &mut Case, _: &dyn Backend) -> Result<(), String> {
     let rm = str_(c, "round_mode")?
         .parse()
         .map_err(|e: hgq_core::CoreError| e.to_string())?;
@@ -182,7 +163,7 @@ fn ap_fixed(c: &Value, case: &mut Case) -> Result<(), String> {
     Ok(())
 }
 
-fn float_fn(c: &Value, case: &mut Case) -> Result<(), String> {
+fn float_fn(c: &Value, case: &mut Case, _: &dyn Backend) -> Result<(), String> {
     let s = shape(c, "shape")?;
     let (x, m, e, e0, dy) = (
         f32s(c, "x")?,
@@ -249,7 +230,7 @@ fn float_fn(c: &Value, case: &mut Case) -> Result<(), String> {
     Ok(())
 }
 
-fn minimal_i(c: &Value, case: &mut Case) -> Result<(), String> {
+fn minimal_i(c: &Value, case: &mut Case, _: &dyn Backend) -> Result<(), String> {
     let func = str_(c, "function")?;
     let sym = bool_(c, "symmetric")?;
     let x = f32s(c, "x")?;

@@ -1,12 +1,11 @@
 //! The `layers` family: layer-level quantizers with state carried across calls.
+use crate::backend::{Backend, LayerUnderTest};
 use crate::families::Case;
 use crate::json::{f32s, shape};
+use hgq_config::convert::QuantizerSpec;
 use hgq_core::mapper::Axes;
-use hgq_core::quantizer::{
-    AnyQuantizer, FixedPointQuantizerKBI, FixedPointQuantizerKIF, FixedSpec, FloatPointQuantizer,
-    FloatSpec, KbiSpec, KifSpec, Props, Quantizer,
-};
-use hgq_core::{CallMode, Stochastic, TensorRef};
+use hgq_core::quantizer::{FixedSpec, FloatSpec, KbiSpec, KifSpec, Props};
+use hgq_core::{CallMode, Stochastic};
 use serde_json::Value;
 
 fn num(q: &Value, key: &str) -> Result<f64, String> {
@@ -33,8 +32,8 @@ fn axes(q: &Value) -> Result<Axes, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Builds the quantizer a case describes (stochastic rounding off: the reference adds none).
-fn make(q: &Value) -> Result<AnyQuantizer<f32>, String> {
+/// The quantizer a case describes (stochastic rounding off: the reference adds none).
+fn make(q: &Value) -> Result<QuantizerSpec, String> {
     let class = q
         .get("class_name")
         .and_then(Value::as_str)
@@ -53,7 +52,6 @@ fn make(q: &Value) -> Result<AnyQuantizer<f32>, String> {
         f.stochastic = Stochastic::Reference;
         Ok(f)
     };
-    let e = |e: hgq_core::CoreError| e.to_string();
     Ok(match class {
         "FixedPointQuantizerKBI" => {
             let mut s = KbiSpec::new(
@@ -64,7 +62,7 @@ fn make(q: &Value) -> Result<AnyQuantizer<f32>, String> {
                 hgq_core::OverflowMode::Sat,
             );
             s.fixed = fixed()?;
-            AnyQuantizer::Kbi(FixedPointQuantizerKBI::new(s).map_err(e)?)
+            QuantizerSpec::Kbi(s)
         }
         "FixedPointQuantizerKIF" => {
             let mut s = KifSpec::new(
@@ -75,24 +73,25 @@ fn make(q: &Value) -> Result<AnyQuantizer<f32>, String> {
                 hgq_core::OverflowMode::Sat,
             );
             s.fixed = fixed()?;
-            AnyQuantizer::Kif(FixedPointQuantizerKIF::new(s).map_err(e)?)
+            QuantizerSpec::Kif(s)
         }
         "FloatPointQuantizer" => {
             let mut s = FloatSpec::new(num(q, "m0")?, num(q, "e0")?, num(q, "e00")?);
             s.axes = axes(q)?;
-            AnyQuantizer::Float(FloatPointQuantizer::new(s).map_err(e)?)
+            QuantizerSpec::Float(s)
         }
         other => return Err(format!("unknown quantizer class {other:?}")),
     })
 }
 
 /// Sets every variable of `state` into the quantizer, checking shape and trainability.
-fn load_state(qz: &mut AnyQuantizer<f32>, state: &Value, case: &mut Case) -> Result<(), String> {
+fn load_state(qz: &mut dyn LayerUnderTest, state: &Value, case: &mut Case) -> Result<(), String> {
     let obj = state.as_object().ok_or("state is not an object")?;
-    if obj.len() != qz.variables().len() {
+    let vars = qz.variables();
+    if obj.len() != vars.len() {
         case.fail(format!(
             "{} variables, reference has {}",
-            qz.variables().len(),
+            vars.len(),
             obj.len()
         ));
     }
@@ -100,26 +99,26 @@ fn load_state(qz: &mut AnyQuantizer<f32>, state: &Value, case: &mut Case) -> Res
         let value = f32s(v, "value")?;
         let trainable = v.get("trainable").and_then(Value::as_bool).unwrap_or(false);
         let shp = shape(v, "shape")?;
-        let Some(var) = qz.variables_mut().iter_mut().find(|x| x.name == name) else {
+        let Some(var) = vars.iter().find(|x| &x.name == name) else {
             case.fail(format!("no variable {name:?}"));
             continue;
         };
         if var.shape != shp || var.trainable != trainable {
-            let msg = format!(
+            case.fail(format!(
                 "variable {name}: shape {:?} trainable {}, reference {:?} {}",
                 var.shape, var.trainable, shp, trainable
-            );
-            var.value = value;
-            case.fail(msg);
-            continue;
+            ));
+            if var.shape != shp {
+                continue;
+            }
         }
-        var.value = value;
+        qz.set(name, &value)?;
     }
     Ok(())
 }
 
 fn check_state(
-    qz: &AnyQuantizer<f32>,
+    qz: &dyn LayerUnderTest,
     state: &Value,
     case: &mut Case,
     when: &str,
@@ -127,11 +126,10 @@ fn check_state(
     let obj = state.as_object().ok_or("state is not an object")?;
     for (name, v) in obj {
         let want = f32s(v, "value")?;
-        match qz.variable(name) {
-            Some(var) => {
+        match qz.get(name) {
+            Some(got) => {
                 // Numbers, not bits: a raw variable's zero sign has no effect, and torch's
                 // `maximum` returns +0 or -0 for equal zeros depending on its SIMD path.
-                let got = var.value.clone();
                 case.compare(
                     &format!("{when} state {name}"),
                     &got,
@@ -147,12 +145,12 @@ fn check_state(
 }
 
 fn check_props(
-    qz: &AnyQuantizer<f32>,
+    qz: &dyn LayerUnderTest,
     props: &Value,
     case: &mut Case,
     when: &str,
 ) -> Result<(), String> {
-    let p: Props<f32> = qz.props().map_err(|e| e.to_string())?;
+    let p: Props<f32> = qz.props()?;
     for (name, got) in [
         ("bits", &p.bits),
         ("fbits", &p.fbits),
@@ -169,18 +167,19 @@ fn check_props(
     Ok(())
 }
 
-pub(crate) fn layers(c: &Value, case: &mut Case) -> Result<(), String> {
+pub(crate) fn layers(c: &Value, case: &mut Case, backend: &dyn Backend) -> Result<(), String> {
     let q = c.get("quantizer").ok_or("missing quantizer")?;
-    let mut qz = make(q)?;
-    let input: Vec<Option<usize>> = shape(c, "input_shape")?.into_iter().map(Some).collect();
-    qz.build(&input).map_err(|e| e.to_string())?;
+    let spec = make(q)?;
+    let input = shape(c, "input_shape")?;
+    let mut qz = backend.layer(&spec, &input)?;
+    let qz = qz.as_mut();
     load_state(
-        &mut qz,
+        qz,
         c.get("initial_state").ok_or("missing initial_state")?,
         case,
     )?;
     check_props(
-        &qz,
+        qz,
         c.get("initial_props").ok_or("missing initial_props")?,
         case,
         "initial",
@@ -198,54 +197,49 @@ pub(crate) fn layers(c: &Value, case: &mut Case) -> Result<(), String> {
         };
         let x = f32s(call, "x")?;
         let dy = f32s(call, "dy")?;
-        let xs: Vec<usize> = input.iter().map(|d| d.unwrap_or(1)).collect();
-        let xt = TensorRef::new(&x, &xs).map_err(|e| e.to_string())?;
-        let mut y = vec![0.0f32; x.len()];
         let when = format!("call {n} ({mode:?})");
-        if mode == CallMode::Training {
-            let mut dx = vec![0.0f32; x.len()];
-            let grads = qz
-                .forward_backward(xt, &dy, &mut y, &mut dx)
-                .map_err(|e| e.to_string())?;
-            if let Some(g) = call.get("grad") {
-                for (name, want) in g.as_object().ok_or("grad is not an object")? {
-                    let want: Vec<f32> = match want {
-                        Value::Array(a) => a
-                            .iter()
-                            .map(|v| crate::json::float(v).map(|f| f as f32))
-                            .collect::<Result<_, _>>()?,
-                        _ => return Err("bad grad".into()),
-                    };
-                    let got = if name == "x" {
-                        Some(dx.as_slice())
-                    } else {
-                        grads.get(name)
-                    };
-                    match got {
-                        Some(got) => case.grads(&format!("{when} grad {name}"), got, &want),
-                        None => case.fail(format!("{when}: no gradient for {name}")),
-                    }
-                }
-                for (name, _) in &grads.vars {
-                    if g.get(name).is_none() {
-                        case.fail(format!(
-                            "{when}: gradient for {name} that the reference does not train"
-                        ));
-                    }
+        let out = qz.call(&x, &input, mode, &dy)?;
+        if mode == CallMode::Training
+            && let Some(g) = call.get("grad")
+        {
+            for (name, want) in g.as_object().ok_or("grad is not an object")? {
+                let want: Vec<f32> = match want {
+                    Value::Array(a) => a
+                        .iter()
+                        .map(|v| crate::json::float(v).map(|f| f as f32))
+                        .collect::<Result<_, _>>()?,
+                    _ => return Err("bad grad".into()),
+                };
+                let got = if name == "x" {
+                    out.dx.as_deref()
+                } else {
+                    out.grads
+                        .iter()
+                        .find(|(n, _)| n == name)
+                        .map(|(_, v)| v.as_slice())
+                };
+                match got {
+                    Some(got) => case.grads(&format!("{when} grad {name}"), got, &want),
+                    None => case.fail(format!("{when}: no gradient for {name}")),
                 }
             }
-        } else {
-            qz.forward(xt, mode, &mut y).map_err(|e| e.to_string())?;
+            for (name, _) in &out.grads {
+                if g.get(name).is_none() {
+                    case.fail(format!(
+                        "{when}: gradient for {name} that the reference does not train"
+                    ));
+                }
+            }
         }
-        case.values(&format!("{when} y"), &y, &f32s(call, "y")?);
+        case.values(&format!("{when} y"), &out.y, &f32s(call, "y")?);
         check_state(
-            &qz,
+            qz,
             call.get("state_after").ok_or("missing state_after")?,
             case,
             &when,
         )?;
         check_props(
-            &qz,
+            qz,
             call.get("props_after").ok_or("missing props_after")?,
             case,
             &when,

@@ -9,10 +9,13 @@ use std::fmt;
 use std::path::Path;
 use thiserror::Error;
 
+pub mod backend;
 mod families;
 pub mod json;
 
-pub use families::FAMILIES;
+pub use backend::{Backend, CoreBackend, FixedFnOut, LayerOut, LayerUnderTest, VarInfo};
+
+pub use families::{BACKEND_FAMILIES, FAMILIES};
 
 /// Why a family could not be checked at all.
 #[derive(Debug, Error)]
@@ -67,8 +70,14 @@ impl fmt::Display for Report {
     }
 }
 
-/// Checks family `family` from `dir/<family>.json`.
+/// Checks family `family` from `dir/<family>.json` on hgq-core.
 pub fn check(dir: &Path, family: &str) -> Result<Report, GoldenError> {
+    check_with(dir, family, &CoreBackend)
+}
+
+/// Checks family `family` from `dir/<family>.json`, running the quantizers on `backend`
+/// (families other than [`BACKEND_FAMILIES`] always run on hgq-core).
+pub fn check_with(dir: &Path, family: &str, backend: &dyn Backend) -> Result<Report, GoldenError> {
     let f = FAMILIES
         .iter()
         .find(|(name, _)| *name == family)
@@ -112,7 +121,7 @@ pub fn check(dir: &Path, family: &str) -> Result<Report, GoldenError> {
             .unwrap_or("?")
             .to_string();
         let mut c = families::Case::new(&name);
-        (f.1)(case, &mut c).map_err(|why| GoldenError::Format {
+        (f.1)(case, &mut c, backend).map_err(|why| GoldenError::Format {
             path: p.clone(),
             why: format!("case {n} ({name}): {why}"),
         })?;

@@ -13,11 +13,16 @@
 #![warn(missing_docs)]
 
 mod bridge;
+#[cfg(feature = "golden")]
+pub mod golden;
+pub mod layers;
 pub mod ops;
+pub mod quantizer;
 
 use hgq_core::FixedPoint;
 use tch::{Device, Kind, Tensor};
 
+pub use hgq_config;
 pub use hgq_core;
 pub use tch;
 
@@ -41,6 +46,20 @@ pub enum TorchError {
     /// The fused CPU kernel (through the C++ bridge) refused the input.
     #[error("hgq kernel: {0}")]
     Kernel(String),
+    /// A configuration (hgq-config) that is invalid or does not describe a quantizer.
+    #[error(transparent)]
+    Config(#[from] hgq_config::ConfigError),
+    /// An input whose shape does not match the shape the quantizer was built for.
+    #[error("input of shape {got:?} for a quantizer built for {built:?} (None: any size)")]
+    Shape {
+        /// The shape it was built for.
+        built: Vec<Option<usize>>,
+        /// The input's shape.
+        got: Vec<i64>,
+    },
+    /// Non-finite values where they would corrupt state.
+    #[error("non-finite input: {0}")]
+    NonFinite(&'static str),
     /// A configuration this code path does not implement yet.
     #[error("not supported: {0}")]
     Unsupported(String),
@@ -105,6 +124,30 @@ pub fn fixed_quantize(
     }
 }
 
+/// `Q(x, k, i, f)` for any float kind: float32 through [`fixed_quantize`]; float16 and
+/// bfloat16 computed in float32 and stored in their type (as hgq-core does); float64 through
+/// the torch-ops path in float64.
+pub(crate) fn quantize_any(
+    q: &FixedPoint,
+    x: &Tensor,
+    k: &Tensor,
+    i: &Tensor,
+    f: &Tensor,
+    training: bool,
+) -> Result<Tensor> {
+    match x.f_kind()? {
+        Kind::Float => fixed_quantize(q, x, k, i, f, training),
+        Kind::Double => ops::fixed_quantize_ops(q, x, k, i, f, training),
+        kind @ (Kind::Half | Kind::BFloat16) => {
+            Ok(
+                fixed_quantize(q, &x.f_to_kind(Kind::Float)?, k, i, f, training)?
+                    .f_to_kind(kind)?,
+            )
+        }
+        kind => Err(TorchError::Kind { what: "x", kind }),
+    }
+}
+
 pub(crate) fn check_float(what: &'static str, t: &Tensor) -> Result<()> {
     match t.f_kind()? {
         Kind::Float => Ok(()),
@@ -114,11 +157,16 @@ pub(crate) fn check_float(what: &'static str, t: &Tensor) -> Result<()> {
 
 /// `k`, `i`, `f` as float32 on `device` (differentiable conversions).
 pub(crate) fn params(device: Device, p: [&Tensor; 3]) -> Result<[Tensor; 3]> {
+    params_as(device, Kind::Float, p)
+}
+
+/// `k`, `i`, `f` as `kind` on `device` (differentiable conversions).
+pub(crate) fn params_as(device: Device, kind: Kind, p: [&Tensor; 3]) -> Result<[Tensor; 3]> {
     let conv = |t: &Tensor| -> Result<Tensor> {
-        let t = if t.f_kind()? == Kind::Float {
+        let t = if t.f_kind()? == kind {
             t.shallow_clone()
         } else {
-            t.f_to_kind(Kind::Float)?
+            t.f_to_kind(kind)?
         };
         Ok(if t.device() == device {
             t

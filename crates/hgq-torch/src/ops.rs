@@ -6,9 +6,9 @@
 //! values plus terms `a - a.detach()`, whose value is `+0.0` and whose gradient is the wanted
 //! one (like the reference, this turns a rounded `-0.0` into `+0.0`).
 use hgq_core::{FixedPoint, OverflowMode, RoundMode, Stochastic};
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
-use crate::{Result, TorchError, check_float, params};
+use crate::{Result, TorchError, check_float, params_as};
 
 const LN2: f64 = std::f64::consts::LN_2;
 
@@ -86,7 +86,8 @@ fn wrap_sm(x: &Tensor, k: &Tensor, i: &Tensor, f: &Tensor, mode: RoundMode) -> T
     (mapped.neg() - &eps).where_self(&c1, &mapped)
 }
 
-/// `Q(x, k, i, f)` (SPEC 3) as torch ops on `x`'s device, differentiable by autograd.
+/// `Q(x, k, i, f)` (SPEC 3) as torch ops on `x`'s device, differentiable by autograd;
+/// `x` float32 or float64 (`k`, `i`, `f` are converted to its kind).
 ///
 /// S_RND / S_RND_CONV behave as in the reference (no noise); a quantizer set to
 /// [`Stochastic::Seeded`] is refused in training (its generator lives in hgq-core's kernels).
@@ -98,8 +99,11 @@ pub fn fixed_quantize_ops(
     f: &Tensor,
     training: bool,
 ) -> Result<Tensor> {
-    check_float("x", x)?;
-    let [k, i_raw, f] = params(x.device(), [k, i, f])?;
+    let kind = x.f_kind()?;
+    if kind != Kind::Double {
+        check_float("x", x)?;
+    }
+    let [k, i_raw, f] = params_as(x.device(), kind, [k, i, f])?;
     let round = q.round_mode();
     let overflow = q.overflow_mode();
     let seeded = *q != q.with_stochastic(Stochastic::Reference);

@@ -1,0 +1,186 @@
+//! hgq-golden's [`Backend`] on tensors: the `fixed_fn` family through [`fixed_quantize`] and
+//! autograd, the `layers` family through [`Quantizer`] modules in a `VarStore` (feature
+//! `golden`; `cargo xtask golden --backend torch` runs it).
+use hgq_config::convert::{CoreQuantizer, QuantizerSpec};
+use hgq_core::quantizer::Props;
+use hgq_core::{CallMode, FixedPoint};
+use hgq_golden::{Backend, FixedFnOut, LayerOut, LayerUnderTest, VarInfo};
+use tch::{Device, Kind, Tensor, nn};
+
+use crate::fixed_quantize;
+use crate::quantizer::{Quantizer, to_f32_vec};
+
+/// The torch backend on one device (CPU: the fused kernels through the autograd bridge;
+/// CUDA: torch ops).
+#[derive(Debug, Clone, Copy)]
+pub struct TorchBackend {
+    /// Where the tensors live.
+    pub device: Device,
+}
+
+fn tensor(v: &[f32], shape: &[usize], device: Device) -> Result<Tensor, String> {
+    let s: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+    Tensor::f_from_slice(v)
+        .and_then(|t| t.f_reshape(s.as_slice()))
+        .and_then(|t| t.f_to_device(device))
+        .map_err(|e| e.to_string())
+}
+
+fn vec_of(t: &Tensor) -> Result<Vec<f32>, String> {
+    to_f32_vec(t).map_err(|e| e.to_string())
+}
+
+/// A gradient (zeros when autograd left it undefined: the input took no part).
+fn grad_of(t: &Tensor) -> Result<Vec<f32>, String> {
+    let g = t.grad();
+    if g.defined() {
+        vec_of(&g)
+    } else {
+        Ok(vec![0.0; t.numel()])
+    }
+}
+
+impl Backend for TorchBackend {
+    fn name(&self) -> &'static str {
+        "torch"
+    }
+
+    fn fixed_fn(
+        &self,
+        q: FixedPoint,
+        shape: &[usize],
+        x: &[f32],
+        k: &[f32],
+        i: &[f32],
+        f: &[f32],
+        training: bool,
+        dy: &[f32],
+    ) -> Result<FixedFnOut, String> {
+        let d = self.device;
+        let xt = tensor(x, shape, d)?.set_requires_grad(true);
+        let kt = tensor(k, shape, d)?;
+        let it = tensor(i, shape, d)?.set_requires_grad(true);
+        let ft = tensor(f, shape, d)?.set_requires_grad(true);
+        let y = fixed_quantize(&q, &xt, &kt, &it, &ft, training).map_err(|e| e.to_string())?;
+        let dyt = tensor(dy, shape, d)?;
+        (&y * &dyt).sum(Kind::Float).backward();
+        Ok(FixedFnOut {
+            y: vec_of(&y)?,
+            y_forward: None,
+            dx: grad_of(&xt)?,
+            di: grad_of(&it)?,
+            df: grad_of(&ft)?,
+        })
+    }
+
+    fn layer(
+        &self,
+        spec: &QuantizerSpec,
+        input_shape: &[usize],
+    ) -> Result<Box<dyn LayerUnderTest>, String> {
+        let vs = nn::VarStore::new(self.device);
+        let input: Vec<Option<usize>> = input_shape.iter().copied().map(Some).collect();
+        let core = CoreQuantizer {
+            spec: spec.clone(),
+            scaler: None,
+            qnoise_factor: None,
+            affine: None,
+        };
+        let q = Quantizer::new(&vs.root(), &core, &input).map_err(|e| e.to_string())?;
+        Ok(Box::new(TorchLayer {
+            _vs: vs,
+            q,
+            device: self.device,
+        }))
+    }
+}
+
+struct TorchLayer {
+    _vs: nn::VarStore,
+    q: Quantizer,
+    device: Device,
+}
+
+impl TorchLayer {
+    fn var(&self, name: &str) -> Option<&Tensor> {
+        self.q
+            .variables()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, t)| t)
+    }
+}
+
+impl LayerUnderTest for TorchLayer {
+    fn variables(&self) -> Vec<VarInfo> {
+        let trainable = self.q.trainable_names();
+        self.q
+            .variables()
+            .into_iter()
+            .map(|(name, t)| VarInfo {
+                name: name.to_string(),
+                shape: t.size().iter().map(|&d| d as usize).collect(),
+                trainable: trainable.contains(&name),
+            })
+            .collect()
+    }
+
+    fn set(&mut self, name: &str, values: &[f32]) -> Result<(), String> {
+        let t = self
+            .var(name)
+            .ok_or_else(|| format!("no variable {name:?}"))?;
+        let size: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+        let v = tensor(values, &size, self.device)?;
+        tch::no_grad(|| t.shallow_clone().f_copy_(&v)).map_err(|e| e.to_string())
+    }
+
+    fn get(&self, name: &str) -> Option<Vec<f32>> {
+        self.var(name).and_then(|t| vec_of(t).ok())
+    }
+
+    fn props(&self) -> Result<Props<f32>, String> {
+        let p = self.q.props();
+        Ok(Props {
+            bits: vec_of(&p.bits)?,
+            fbits: vec_of(&p.fbits)?,
+            min: vec_of(&p.min)?,
+            max: vec_of(&p.max)?,
+            epsilon: vec_of(&p.epsilon)?,
+        })
+    }
+
+    fn call(
+        &mut self,
+        x: &[f32],
+        shape: &[usize],
+        mode: CallMode,
+        dy: &[f32],
+    ) -> Result<LayerOut, String> {
+        let train = mode == CallMode::Training;
+        let xt = tensor(x, shape, self.device)?.set_requires_grad(train);
+        let y = self.q.forward(&xt, mode).map_err(|e| e.to_string())?;
+        if !train {
+            return Ok(LayerOut {
+                y: vec_of(&y)?,
+                dx: None,
+                grads: Vec::new(),
+            });
+        }
+        let dyt = tensor(dy, shape, self.device)?;
+        (&y * &dyt).sum(Kind::Float).backward();
+        let mut grads = Vec::new();
+        for name in self.q.trainable_names() {
+            let t = self.var(name).expect("listed");
+            grads.push((name.to_string(), grad_of(t)?));
+            let mut g = t.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        }
+        Ok(LayerOut {
+            y: vec_of(&y)?,
+            dx: Some(grad_of(&xt)?),
+            grads,
+        })
+    }
+}

@@ -1,0 +1,496 @@
+//! Layers around the quantizers: [`QDense`] (hgq2's `QDense`, with EBOPs) and a
+//! [`Sequential`] container.
+//!
+//! EBOPs (effective bit operations) are hgq2's resource estimate of a layer: for a dense
+//! layer, `sum(bits_in @ bits_kernel) + mean(bits_bias) * units` with the input's bit widths
+//! of one sample. In training they are added to the loss times the layer's `beta`, which
+//! pushes bit widths down where the task does not need them.
+//!
+//! ```no_run
+//! use hgq_torch::layers::{Activation, QDense, Sequential};
+//! use hgq_torch::hgq_core::CallMode;
+//! use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
+//!
+//! let vs = nn::VarStore::new(Device::Cpu);
+//! let mut model = Sequential::new();
+//! model.add(&vs.root(), QDense::builder(64, 32).activation(Activation::Relu).beta(1e-5))?;
+//! model.add(&vs.root(), QDense::builder(32, 10).beta(1e-5))?;
+//! let mut opt = nn::Adam::default().build(&vs, 3e-3)?;
+//! let (x, labels) = (Tensor::rand([64, 64], (Kind::Float, Device::Cpu)), Tensor::zeros([64], (Kind::Int64, Device::Cpu)));
+//! let out = model.forward(&x, CallMode::Training)?;
+//! let loss = out.y.cross_entropy_for_logits(&labels) + out.ebops_loss;
+//! opt.backward_step(&loss);
+//! model.apply_constraints();
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+use std::cell::Cell;
+use std::collections::HashMap;
+
+use hgq_config::{Place, QuantizerConfig};
+use hgq_core::CallMode;
+use tch::{Kind, Tensor, nn};
+
+use crate::quantizer::Quantizer;
+use crate::{Result, TorchError};
+
+/// The activation after a layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Activation {
+    /// None (Keras' `linear`).
+    #[default]
+    Linear,
+    /// `max(x, 0)`.
+    Relu,
+}
+
+impl Activation {
+    /// The Keras name (`"linear"`, `"relu"`).
+    pub fn keras_name(self) -> &'static str {
+        match self {
+            Activation::Linear => "linear",
+            Activation::Relu => "relu",
+        }
+    }
+
+    fn apply(self, x: Tensor) -> Tensor {
+        match self {
+            Activation::Linear => x,
+            Activation::Relu => x.relu(),
+        }
+    }
+}
+
+/// Keras-style unique names: `q_dense`, `q_dense_1`, ... per base name, in creation order.
+#[derive(Debug, Default, Clone)]
+pub struct Names {
+    counts: HashMap<String, usize>,
+}
+
+impl Names {
+    /// The next name for `base` (`base`, then `base_1`, `base_2`, ...).
+    pub fn next(&mut self, base: &str) -> String {
+        let n = self.counts.entry(base.to_string()).or_insert(0);
+        let name = if *n == 0 {
+            base.to_string()
+        } else {
+            format!("{base}_{n}")
+        };
+        *n += 1;
+        name
+    }
+}
+
+/// A quantizer with the Keras path of its variables (`q_dense/q_dense_kq/fixed_point_quantizer_kbi`).
+#[derive(Debug)]
+pub struct Named {
+    /// The quantizer.
+    pub q: Quantizer,
+    /// Its configuration (what the model JSON holds).
+    pub config: QuantizerConfig,
+    /// The Keras path of its variables.
+    pub keras_path: String,
+}
+
+/// Builder of a [`QDense`]; defaults as hgq2: `kq` `default`/weight (KBI, SAT_SYM), `iq`
+/// `default`/datalane (KIF, WRAP, one bit width per feature), `bq` `default`/bias, a bias,
+/// no activation, `beta = 1e-5` (hgq2's `beta0`).
+#[derive(Debug, Clone)]
+pub struct QDenseBuilder {
+    in_features: usize,
+    units: usize,
+    activation: Activation,
+    use_bias: bool,
+    beta: f64,
+    name: Option<String>,
+    iq: Option<QuantizerConfig>,
+    kq: Option<QuantizerConfig>,
+    bq: Option<QuantizerConfig>,
+}
+
+impl QDenseBuilder {
+    /// The activation after the layer.
+    pub fn activation(mut self, a: Activation) -> Self {
+        self.activation = a;
+        self
+    }
+    /// Whether the layer has a bias.
+    pub fn use_bias(mut self, b: bool) -> Self {
+        self.use_bias = b;
+        self
+    }
+    /// The EBOPs weight in the loss.
+    pub fn beta(mut self, beta: f64) -> Self {
+        self.beta = beta;
+        self
+    }
+    /// The layer's name (default: `q_dense`, `q_dense_1`, ...).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+    /// The input quantizer's configuration.
+    pub fn iq(mut self, c: QuantizerConfig) -> Self {
+        self.iq = Some(c);
+        self
+    }
+    /// The kernel quantizer's configuration.
+    pub fn kq(mut self, c: QuantizerConfig) -> Self {
+        self.kq = Some(c);
+        self
+    }
+    /// The bias quantizer's configuration.
+    pub fn bq(mut self, c: QuantizerConfig) -> Self {
+        self.bq = Some(c);
+        self
+    }
+
+    /// Builds the layer under `root / name` of a `VarStore`; `names` gives Keras' unique
+    /// names (share one per model).
+    pub fn build(self, root: &nn::Path, names: &mut Names) -> Result<QDense> {
+        if self.in_features == 0 || self.units == 0 {
+            return Err(TorchError::Unsupported(format!(
+                "QDense with {} inputs and {} units",
+                self.in_features, self.units
+            )));
+        }
+        if !self.beta.is_finite() || self.beta < 0.0 {
+            return Err(TorchError::Unsupported(format!(
+                "beta {} (must be finite, >= 0)",
+                self.beta
+            )));
+        }
+        let name = self.name.clone().unwrap_or_else(|| names.next("q_dense"));
+        let p = root / name.as_str();
+        let (n_in, units) = (self.in_features as i64, self.units as i64);
+        let conf = |c: Option<QuantizerConfig>, place| match c {
+            Some(c) => Ok(c),
+            None => QuantizerConfig::builder_default(place).build(),
+        };
+        let iq_conf = conf(self.iq, Place::Datalane)?;
+        let kq_conf = conf(self.kq, Place::Weight)?;
+        let bq_conf = conf(self.bq, Place::Bias)?;
+        let mut quant =
+            |suffix: &str, c: QuantizerConfig, shape: &[Option<usize>]| -> Result<Named> {
+                let qname = format!("{name}_{suffix}");
+                // Named as Keras does: one counter per class over the model.
+                let core = c.to_core()?;
+                let base = match &core.spec {
+                    hgq_config::convert::QuantizerSpec::Kbi(_) => "fixed_point_quantizer_kbi",
+                    hgq_config::convert::QuantizerSpec::Kif(_) => "fixed_point_quantizer_kif",
+                    hgq_config::convert::QuantizerSpec::Float(_) => "float_point_quantizer",
+                    hgq_config::convert::QuantizerSpec::Dummy => "dummy_quantizer",
+                };
+                let inner = names.next(base);
+                let qp = &p / qname.as_str() / inner.as_str();
+                let q = Quantizer::new(&qp, &core, shape)?;
+                Ok(Named {
+                    q,
+                    config: c,
+                    keras_path: format!("{name}/{qname}/{inner}"),
+                })
+            };
+        let iq = quant("iq", iq_conf, &[None, Some(self.in_features)])?;
+        let kq = quant("kq", kq_conf, &[Some(self.in_features), Some(self.units)])?;
+        let bq = if self.use_bias {
+            Some(quant("bq", bq_conf, &[Some(self.units)])?)
+        } else {
+            None
+        };
+        // Keras' glorot_uniform and zeros.
+        let limit = (6.0 / (n_in + units) as f64).sqrt();
+        let kernel = p.var(
+            "kernel",
+            &[n_in, units],
+            nn::Init::Uniform {
+                lo: -limit,
+                up: limit,
+            },
+        );
+        let bias = self
+            .use_bias
+            .then(|| p.var("bias", &[units], nn::Init::Const(0.0)));
+        Ok(QDense {
+            name,
+            in_features: self.in_features,
+            units: self.units,
+            activation: self.activation,
+            beta: self.beta,
+            kernel,
+            bias,
+            iq,
+            kq,
+            bq,
+            ebops: Cell::new(0),
+        })
+    }
+}
+
+/// hgq2's `QDense`: `act(iq(x) @ kq(kernel) + bq(bias))`, with EBOPs.
+#[derive(Debug)]
+pub struct QDense {
+    name: String,
+    in_features: usize,
+    units: usize,
+    activation: Activation,
+    beta: f64,
+    kernel: Tensor,
+    bias: Option<Tensor>,
+    iq: Named,
+    kq: Named,
+    bq: Option<Named>,
+    ebops: Cell<u32>,
+}
+
+/// What a layer's forward returns.
+#[derive(Debug)]
+pub struct Output {
+    /// The layer's output.
+    pub y: Tensor,
+    /// `beta * ebops` (training and tracing; zero in inference), a scalar to add to the loss.
+    pub ebops_loss: Tensor,
+}
+
+impl QDense {
+    /// A builder for a layer from `in_features` to `units`.
+    pub fn builder(in_features: usize, units: usize) -> QDenseBuilder {
+        QDenseBuilder {
+            in_features,
+            units,
+            activation: Activation::Linear,
+            use_bias: true,
+            beta: 1e-5,
+            name: None,
+            iq: None,
+            kq: None,
+            bq: None,
+        }
+    }
+
+    /// The layer's name (`q_dense`, ...).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// Input features.
+    pub fn in_features(&self) -> usize {
+        self.in_features
+    }
+    /// Output features.
+    pub fn units(&self) -> usize {
+        self.units
+    }
+    /// The activation.
+    pub fn activation(&self) -> Activation {
+        self.activation
+    }
+    /// The EBOPs weight.
+    pub fn beta(&self) -> f64 {
+        self.beta
+    }
+    /// Whether there is a bias.
+    pub fn use_bias(&self) -> bool {
+        self.bias.is_some()
+    }
+    /// The raw kernel (`[in, units]`, Keras' layout).
+    pub fn kernel(&self) -> &Tensor {
+        &self.kernel
+    }
+    /// The raw bias.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+    /// The input quantizer.
+    pub fn iq(&self) -> &Named {
+        &self.iq
+    }
+    /// The kernel quantizer.
+    pub fn kq(&self) -> &Named {
+        &self.kq
+    }
+    /// The bias quantizer.
+    pub fn bq(&self) -> Option<&Named> {
+        self.bq.as_ref()
+    }
+    /// The EBOPs of the last training or tracing call, as hgq2 stores them (uint32).
+    pub fn ebops(&self) -> u32 {
+        self.ebops.get()
+    }
+
+    fn quantizers(&self) -> impl Iterator<Item = &Named> {
+        [&self.iq, &self.kq].into_iter().chain(self.bq.as_ref())
+    }
+
+    /// EBOPs from the current bit widths (differentiable through them).
+    pub fn compute_ebops(&self) -> Result<Tensor> {
+        let n_in = self.in_features as i64;
+        let bw_inp = self.iq.q.bits_like(&[1, n_in])?;
+        let bw_ker = self.kq.q.bits_like(self.kernel.size().as_slice())?;
+        let mut e = bw_inp
+            .f_matmul(&bw_ker.to_device(bw_inp.device()))?
+            .f_sum(Kind::Float)?;
+        if let Some(bq) = &self.bq {
+            let bw_bias = bq.q.bits_like(&[self.units as i64])?;
+            let dev = e.device();
+            e = e + bw_bias.f_mean(Kind::Float)?.to_device(dev) * self.units as f64;
+        }
+        Ok(e)
+    }
+
+    /// `act(iq(x) @ kq(kernel) + bq(bias))`; in training and tracing also the EBOPs (stored,
+    /// and `beta * ebops` returned for the loss).
+    pub fn forward(&self, x: &Tensor, mode: CallMode) -> Result<Output> {
+        let xq = self.iq.q.forward(x, mode)?;
+        let k = self.kq.q.forward(&self.kernel, mode)?;
+        let mut y = xq.f_matmul(&k)?;
+        if let (Some(b), Some(bq)) = (&self.bias, &self.bq) {
+            y = y + bq.q.forward(b, mode)?;
+        }
+        let y = self.activation.apply(y);
+        let ebops_loss = if mode == CallMode::Inference {
+            Tensor::from(0.0f32)
+        } else {
+            let e = self.compute_ebops()?;
+            // hgq2 casts to uint32: truncation toward zero.
+            let v = e.double_value(&[]);
+            self.ebops.set(if v.is_finite() && v > 0.0 {
+                v.min(u32::MAX as f64) as u32
+            } else {
+                0
+            });
+            e * self.beta
+        };
+        Ok(Output { y, ebops_loss })
+    }
+
+    /// Applies every quantizer's constraints (after an optimizer step).
+    pub fn apply_constraints(&self) {
+        for q in self.quantizers() {
+            q.q.apply_constraints();
+        }
+    }
+
+    /// The regularization losses of the quantizers.
+    pub fn regularization_loss(&self) -> Tensor {
+        self.quantizers()
+            .map(|q| q.q.regularization_loss())
+            .reduce(|a, b| a + b)
+            .unwrap_or_else(|| Tensor::from(0.0f32))
+    }
+
+    /// Every variable with its Keras path (`q_dense/kernel`,
+    /// `q_dense/q_dense_kq/fixed_point_quantizer_kbi/b`, ...), as hgq2 names them.
+    pub fn keras_variables(&self) -> Vec<(String, Tensor)> {
+        let mut v = vec![(format!("{}/kernel", self.name), self.kernel.shallow_clone())];
+        if let Some(b) = &self.bias {
+            v.push((format!("{}/bias", self.name), b.shallow_clone()));
+        }
+        for q in self.quantizers() {
+            for (n, t) in q.q.variables() {
+                v.push((format!("{}/{n}", q.keras_path), t.shallow_clone()));
+            }
+        }
+        v
+    }
+
+    fn reset_trace(&self) {
+        for q in self.quantizers() {
+            q.q.reset_trace();
+        }
+    }
+}
+
+/// Layers applied in order.
+#[derive(Debug, Default)]
+pub struct Sequential {
+    layers: Vec<QDense>,
+    names: Names,
+}
+
+/// What [`Sequential::forward`] returns.
+#[derive(Debug)]
+pub struct SequentialOutput {
+    /// The last layer's output.
+    pub y: Tensor,
+    /// The sum of `beta * ebops` over the layers (zero in inference).
+    pub ebops_loss: Tensor,
+}
+
+impl Sequential {
+    /// An empty model.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Builds a layer under `root` (Keras' unique names over this model) and appends it.
+    pub fn add(&mut self, root: &nn::Path, layer: QDenseBuilder) -> Result<&QDense> {
+        let l = layer.build(root, &mut self.names)?;
+        self.layers.push(l);
+        Ok(&self.layers[self.layers.len() - 1])
+    }
+
+    /// The layers.
+    pub fn layers(&self) -> &[QDense] {
+        &self.layers
+    }
+
+    /// Runs every layer in order.
+    pub fn forward(&self, x: &Tensor, mode: CallMode) -> Result<SequentialOutput> {
+        let mut y = x.shallow_clone();
+        let mut loss: Option<Tensor> = None;
+        for l in &self.layers {
+            let o = l.forward(&y, mode)?;
+            y = o.y;
+            loss = Some(match loss {
+                Some(a) => a + o.ebops_loss,
+                None => o.ebops_loss,
+            });
+        }
+        Ok(SequentialOutput {
+            y,
+            ebops_loss: loss.unwrap_or_else(|| Tensor::from(0.0f32)),
+        })
+    }
+
+    /// The total EBOPs of the last training or tracing call (sum of the layers' uint32 values).
+    pub fn ebops(&self) -> u64 {
+        self.layers.iter().map(|l| l.ebops() as u64).sum()
+    }
+
+    /// Applies every constraint (after an optimizer step).
+    pub fn apply_constraints(&self) {
+        for l in &self.layers {
+            l.apply_constraints();
+        }
+    }
+
+    /// The regularization losses.
+    pub fn regularization_loss(&self) -> Tensor {
+        self.layers
+            .iter()
+            .map(QDense::regularization_loss)
+            .reduce(|a, b| a + b)
+            .unwrap_or_else(|| Tensor::from(0.0f32))
+    }
+
+    /// hgq2's `trace_minmax`: resets the WRAP tracking, runs `batches` in tracing mode, and
+    /// returns the EBOPs after it.
+    pub fn trace_minmax<'a>(&self, batches: impl IntoIterator<Item = &'a Tensor>) -> Result<u64> {
+        for l in &self.layers {
+            l.reset_trace();
+        }
+        tch::no_grad(|| -> Result<()> {
+            for b in batches {
+                self.forward(b, CallMode::Tracing)?;
+            }
+            Ok(())
+        })?;
+        Ok(self.ebops())
+    }
+
+    /// Every variable with its Keras path.
+    pub fn keras_variables(&self) -> Vec<(String, Tensor)> {
+        self.layers
+            .iter()
+            .flat_map(QDense::keras_variables)
+            .collect()
+    }
+}

@@ -1,0 +1,437 @@
+//! The fixed-point layer quantizers KBI and KIF on tensors (SPEC 4).
+//!
+//! The raw parameters live in a [`VarStore`](tch::nn::VarStore); the bit widths used are
+//! `rc(raw)` (round half to even, straight-through gradient), and the quantization itself is
+//! [`crate::fixed_quantize`]: hgq-core's fused kernel on CPU, torch ops elsewhere. The WRAP
+//! integer-bit tracking reduces `x` on its device and computes the minimal integer bits of
+//! the (small) bit-width tensor with hgq-core's `minimal_i`, so the state is the reference's
+//! bit for bit.
+use hgq_core::quantizer::{Constraint, FixedSpec, KbiSpec, KifSpec, Regularizer};
+use hgq_core::{CallMode, FixedPoint, OverflowMode, Real, RoundMode, Stochastic, minimal_i};
+use tch::{Kind, Tensor, nn};
+
+use super::{Props, Var, bw_layout, rc, to_f32_vec};
+use crate::{Result, TorchError};
+
+/// KBI (`b`, `i` raw) or KIF (`i`, `f` raw).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Param {
+    /// `k, b, i`: `f = b - i`.
+    Kbi,
+    /// `k, i, f`: `b = relu(i + f)`.
+    Kif,
+}
+
+/// A trainable fixed-point quantizer (KBI or KIF) whose parameters live in a `VarStore`.
+#[derive(Debug)]
+pub struct FixedQuantizer {
+    param: Param,
+    spec: FixedSpec,
+    bw_shape: Vec<i64>,
+    input_shape: Vec<Option<usize>>,
+    homogeneous: Vec<i64>,
+    k: Var,
+    /// KBI: `b`; KIF: `i`.
+    p1: Var,
+    /// KBI: `i`; KIF: `f`.
+    p2: Var,
+    i_decay_speed: Option<Var>,
+    /// `[seed, calls]` of seeded stochastic rounding (S_ modes).
+    seed_state: Option<Var>,
+}
+
+impl FixedQuantizer {
+    /// A KBI quantizer for inputs of `input_shape` (`None`: the batch or another axis of
+    /// unknown size), its variables `k`, `b`, `i` (and `i_decay_speed` for WRAP) in `path`.
+    pub fn new_kbi(path: &nn::Path, spec: &KbiSpec, input_shape: &[Option<usize>]) -> Result<Self> {
+        let check = hgq_core::quantizer::FixedPointQuantizerKBI::<f32>::new(spec.clone())?;
+        drop(check);
+        Self::build(
+            path,
+            Param::Kbi,
+            spec.fixed.clone(),
+            spec.k0,
+            [
+                ("b", spec.b0, spec.bc, spec.br),
+                ("i", spec.i0, spec.ic, spec.ir),
+            ],
+            input_shape,
+        )
+    }
+
+    /// A KIF quantizer for inputs of `input_shape`, its variables `k`, `i`, `f` (and
+    /// `i_decay_speed` for WRAP) in `path`.
+    pub fn new_kif(path: &nn::Path, spec: &KifSpec, input_shape: &[Option<usize>]) -> Result<Self> {
+        let check = hgq_core::quantizer::FixedPointQuantizerKIF::<f32>::new(spec.clone())?;
+        drop(check);
+        Self::build(
+            path,
+            Param::Kif,
+            spec.fixed.clone(),
+            spec.k0,
+            [
+                ("i", spec.i0, spec.ic, spec.ir),
+                ("f", spec.f0, spec.fc, spec.fr),
+            ],
+            input_shape,
+        )
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn build(
+        path: &nn::Path,
+        param: Param,
+        spec: FixedSpec,
+        k0: f64,
+        vars: [(&'static str, f64, Option<Constraint>, Option<Regularizer>); 2],
+        input_shape: &[Option<usize>],
+    ) -> Result<Self> {
+        let (bw_shape, homogeneous) = bw_layout(&spec.axes, input_shape)?;
+        let wrap = spec.overflow == OverflowMode::Wrap;
+        let k = Var::new(path, "k", &bw_shape, k0, false, None, None);
+        let mk =
+            |(name, v0, c, r): (&'static str, f64, Option<Constraint>, Option<Regularizer>)| {
+                // i is not trained under WRAP: the data sets it (tracking).
+                let trainable = spec.trainable && !(wrap && name == "i");
+                Var::new(path, name, &bw_shape, v0, trainable, c, r)
+            };
+        let [v1, v2] = vars;
+        let p1 = mk(v1);
+        let p2 = mk(v2);
+        let i_decay_speed = wrap.then(|| {
+            Var::new(
+                path,
+                "i_decay_speed",
+                &[],
+                spec.i_decay_speed,
+                false,
+                None,
+                None,
+            )
+        });
+        // The reference keeps a Keras SeedGenerator for S_ modes: `[seed, calls]`.
+        let seed_state = spec.round.is_stochastic().then(|| {
+            let v = Var::new(path, "seed_generator_state", &[2], 0.0, false, None, None);
+            if let Stochastic::Seeded(s) = spec.stochastic {
+                let _ = tch::no_grad(|| v.value().get(0).fill_(s as f64));
+            }
+            v
+        });
+        Ok(FixedQuantizer {
+            param,
+            spec,
+            bw_shape,
+            input_shape: input_shape.to_vec(),
+            homogeneous,
+            k,
+            p1,
+            p2,
+            i_decay_speed,
+            seed_state,
+        })
+    }
+
+    /// KBI or KIF.
+    pub fn param(&self) -> Param {
+        self.param
+    }
+
+    /// The spec it was built from.
+    pub fn spec(&self) -> &FixedSpec {
+        &self.spec
+    }
+
+    /// The bit-width shape.
+    pub fn bw_shape(&self) -> &[i64] {
+        &self.bw_shape
+    }
+
+    /// The input shape it was built for.
+    pub fn input_shape(&self) -> &[Option<usize>] {
+        &self.input_shape
+    }
+
+    pub(crate) fn vars(&self) -> Vec<&Var> {
+        let mut v = vec![&self.k, &self.p1, &self.p2];
+        v.extend(self.i_decay_speed.as_ref());
+        v.extend(self.seed_state.as_ref());
+        v
+    }
+
+    fn i_var(&self) -> &Var {
+        match self.param {
+            Param::Kbi => &self.p2,
+            Param::Kif => &self.p1,
+        }
+    }
+
+    fn wrap(&self) -> bool {
+        self.spec.overflow == OverflowMode::Wrap
+    }
+
+    /// `(k, i, f)` as used: `rc` of the raw values (differentiable).
+    pub fn kif(&self) -> (Tensor, Tensor, Tensor) {
+        let k = self.k.value().shallow_clone();
+        match self.param {
+            Param::Kbi => {
+                let b = rc(self.p1.value());
+                let i = rc(self.p2.value());
+                let f = &b - &i;
+                (k, i, f)
+            }
+            Param::Kif => (k, rc(self.p1.value()), rc(self.p2.value())),
+        }
+    }
+
+    /// `b` as used: KBI `rc(b)`, KIF `relu(i + f)`.
+    pub fn b(&self) -> Tensor {
+        match self.param {
+            Param::Kbi => rc(self.p1.value()),
+            Param::Kif => {
+                let (_, i, f) = self.kif();
+                (i + f).relu()
+            }
+        }
+    }
+
+    fn noise(&self, mode: CallMode) -> Result<Stochastic> {
+        match (self.spec.stochastic, mode, &self.seed_state) {
+            (Stochastic::Seeded(s), CallMode::Training, Some(state)) => {
+                let step = state.value().double_value(&[1]) as u64;
+                Ok(Stochastic::Seeded(uniform_seed(s, step)))
+            }
+            _ => Ok(Stochastic::Reference),
+        }
+    }
+
+    fn q(&self, mode: CallMode) -> Result<FixedPoint> {
+        Ok(FixedPoint::new(self.spec.round, self.spec.overflow)?
+            .with_stochastic(self.noise(mode)?)
+            .with_zero_mask(true))
+    }
+
+    fn round_only(&self, mode: CallMode) -> Result<FixedPoint> {
+        Ok(
+            FixedPoint::new(self.spec.round, OverflowMode::Wrap)?
+                .with_stochastic(self.noise(mode)?),
+        )
+    }
+
+    /// Quantizes `x` (its shape as built, any size on `None` axes). Training and tracing of a
+    /// trainable WRAP quantizer update the integer bits (and, tracing, `k`) from the data.
+    pub fn forward(&self, x: &Tensor, mode: CallMode) -> Result<Tensor> {
+        super::check_input(x, &self.input_shape)?;
+        let y = if self.wrap() && self.spec.trainable {
+            match (self.param, mode) {
+                (_, CallMode::Training | CallMode::Tracing) => self.wrap_track(x, mode)?,
+                (Param::Kbi, CallMode::Inference)
+                    if self.spec.is_weight && self.spec.round.deterministic() == RoundMode::Rnd =>
+                {
+                    let (k, i, f) = self.kif();
+                    crate::quantize_any(&self.round_only(mode)?, x, &k, &i, &f, true)?
+                }
+                (Param::Kif, CallMode::Inference) if self.spec.is_weight => {
+                    let (k, i, f) = self.kif();
+                    crate::quantize_any(&self.round_only(mode)?, x, &k, &i, &f, true)?
+                }
+                _ => self.generic(x, mode)?,
+            }
+        } else {
+            self.generic(x, mode)?
+        };
+        if let (CallMode::Training, Stochastic::Seeded(_), Some(state)) =
+            (mode, self.spec.stochastic, &self.seed_state)
+        {
+            tch::no_grad(|| {
+                let _ = state.value().get(1).g_add_scalar_(1.0);
+            });
+        }
+        Ok(y)
+    }
+
+    fn generic(&self, x: &Tensor, mode: CallMode) -> Result<Tensor> {
+        let (k, i, f) = self.kif();
+        crate::quantize_any(&self.q(mode)?, x, &k, &i, &f, mode == CallMode::Training)
+    }
+
+    /// `max |v|` over the homogeneous axes (keeping dims), as float32 values on the CPU.
+    fn absmax(&self, v: &Tensor) -> Result<Vec<f32>> {
+        let a = v.f_abs()?;
+        let a = if self.homogeneous.is_empty() {
+            a
+        } else {
+            a.f_amax(self.homogeneous.as_slice(), true)?
+        };
+        to_f32_vec(&a)
+    }
+
+    /// `any(v < 0)` over the homogeneous axes.
+    fn any_negative(&self, v: &Tensor) -> Result<Vec<bool>> {
+        let n = v.f_lt(0.0)?.f_to_kind(Kind::Float)?;
+        let n = if self.homogeneous.is_empty() {
+            n
+        } else {
+            n.f_amax(self.homogeneous.as_slice(), true)?
+        };
+        Ok(to_f32_vec(&n)?.into_iter().map(|v| v > 0.0).collect())
+    }
+
+    fn set(&self, var: &Var, values: &[f32]) -> Result<()> {
+        let t = Tensor::f_from_slice(values)?
+            .f_reshape(var.value().size())?
+            .f_to_device(var.value().device())?;
+        tch::no_grad(|| var.value().shallow_clone().f_copy_(&t))?;
+        Ok(())
+    }
+
+    fn wrap_track(&self, x: &Tensor, mode: CallMode) -> Result<Tensor> {
+        // Non-finite inputs would poison the integer bits for good.
+        if !bool::try_from(x.f_isfinite()?.f_all()?)? {
+            return Err(TorchError::NonFinite(
+                "a WRAP quantizer tracking its integer bits needs finite inputs",
+            ));
+        }
+        let sym = self.spec.overflow.is_symmetric();
+        let train = mode == CallMode::Training;
+        let ivar = self.i_var();
+        let i_raw = to_f32_vec(ivar.value())?;
+        let ic = ivar.constraint;
+        let decay = match &self.i_decay_speed {
+            Some(d) => d.value().double_value(&[]) as f32,
+            None => f32::INFINITY,
+        };
+        let k = self.k.value().shallow_clone();
+        let rc1 = |v: f32| v.round_ties_even() + (v - v);
+        let con = |v: f32| ic.map_or(v, |c| c.one(v));
+        match self.param {
+            Param::Kbi => {
+                let b = self.b();
+                let bv = to_f32_vec(&b)?;
+                let absmax = self.absmax(x)?;
+                let new_i: Vec<f32> = i_raw
+                    .iter()
+                    .zip(absmax.iter().zip(&bv))
+                    .map(|(&r, (&a, &b))| {
+                        let m = minimal_i::xb(a, b, sym);
+                        if train {
+                            con(Real::maximum(r - decay, m))
+                        } else {
+                            con(Real::maximum(rc1(r), m))
+                        }
+                    })
+                    .collect();
+                let i_used: Vec<f32> = new_i.iter().map(|&v| rc1(v)).collect();
+                let dev = b.device();
+                let shape = self.bw_shape.as_slice();
+                let i_used_t = Tensor::f_from_slice(&i_used)?
+                    .f_reshape(shape)?
+                    .f_to_device(dev)?;
+                // f = b - rc(i_new) in training; b - i_new when tracing (as the reference).
+                let i_for_f = if train { &i_used } else { &new_i };
+                let i_for_f = Tensor::f_from_slice(i_for_f)?
+                    .f_reshape(shape)?
+                    .f_to_device(dev)?;
+                let f = &b - i_for_f;
+                let y = crate::quantize_any(&self.round_only(mode)?, x, &k, &i_used_t, &f, true)?;
+                if !train {
+                    let neg = self.any_negative(&y)?;
+                    let mut kv = to_f32_vec(self.k.value())?;
+                    for ((kv, n), b) in kv.iter_mut().zip(neg).zip(&bv) {
+                        if n && *b > 0.0 {
+                            *kv = 1.0;
+                        }
+                    }
+                    self.set(&self.k, &kv)?;
+                }
+                self.set(ivar, &new_i)?;
+                Ok(y)
+            }
+            Param::Kif => {
+                let (_, i_now, f) = self.kif();
+                let y =
+                    crate::quantize_any(&self.round_only(mode)?, x, &k, &i_now.detach(), &f, true)?;
+                let fv = to_f32_vec(&f)?;
+                let absmax = self.absmax(&y.detach())?;
+                let mi = absmax
+                    .iter()
+                    .zip(&fv)
+                    .map(|(&a, &f)| minimal_i::xf(a, f, sym));
+                let new_i: Vec<f32> = if train {
+                    // The reference applies no constraint here.
+                    i_raw
+                        .iter()
+                        .zip(mi)
+                        .map(|(&r, m)| Real::maximum(r - decay, m))
+                        .collect()
+                } else {
+                    let neg = self.any_negative(&y.detach())?;
+                    let mut kv = to_f32_vec(self.k.value())?;
+                    for (kv, n) in kv.iter_mut().zip(neg) {
+                        if n {
+                            *kv = 1.0;
+                        }
+                    }
+                    self.set(&self.k, &kv)?;
+                    i_raw
+                        .iter()
+                        .zip(mi)
+                        .map(|(&r, m)| Real::maximum(rc1(r), con(m)))
+                        .collect()
+                };
+                self.set(ivar, &new_i)?;
+                Ok(y)
+            }
+        }
+    }
+
+    /// Bits, fbits, min, max and epsilon of the current parameters (bit-width shape).
+    pub fn props(&self) -> Props {
+        tch::no_grad(|| {
+            let (k, i, f) = self.kif();
+            let b = self.b();
+            let o = self.spec.overflow;
+            let bits = if o == OverflowMode::Sat {
+                &b + &k
+            } else {
+                b.shallow_clone()
+            };
+            let fbits = if o == OverflowMode::Wrap {
+                &b + &k * b.gt(0.0).to_kind(Kind::Float)
+            } else {
+                &b + &k
+            };
+            let (pi, pf) = (i.exp2(), f.neg().exp2());
+            let min = if o.is_symmetric() {
+                -(&k * (&pi - &pf))
+            } else {
+                -(&k * &pi)
+            };
+            Props {
+                bits,
+                fbits,
+                min,
+                max: &pi - &pf,
+                epsilon: pf,
+            }
+        })
+    }
+
+    /// Resets the WRAP tracking before a tracing pass (hgq2's `trace_minmax`: `i := -1e9`,
+    /// `k := 0`); no-op for other quantizers.
+    pub fn reset_trace(&self) {
+        if self.wrap() && self.spec.trainable {
+            tch::no_grad(|| {
+                let _ = self.i_var().value().shallow_clone().fill_(-1e9);
+                let _ = self.k.value().shallow_clone().fill_(0.0);
+            });
+        }
+    }
+}
+
+/// The seed of one training step from a quantizer's seed and its step counter: the same
+/// mixing as hgq-core's layer quantizers, so both continue the same sequence.
+fn uniform_seed(seed: u64, step: u64) -> u64 {
+    let mut z = seed.wrapping_add(step.wrapping_mul(0xD1B5_4A32_D192_ED03));
+    z = (z ^ (z >> 33)).wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+    z ^ (z >> 33)
+}
