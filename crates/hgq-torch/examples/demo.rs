@@ -1,0 +1,353 @@
+//! The main job: train a heterogeneously quantized network on the digits data set, trace its
+//! integer bits, run it in quantized inference, and hand it to hgq2.
+//!
+//! `cargo xtask demo [--epochs 200] [--beta 1e-5] [--seed 0] [--device auto|cpu|cuda]
+//! [--out out/demo]` runs this (after installing libtorch when needed).
+//!
+//! Model: Input(64) -> QDense(32, relu) -> QDense(10), hgq2's default quantizers (KIF WRAP
+//! inputs, KBI SAT_SYM kernels, KBI biases) with EBOPs in the loss times `beta`; Adam at 3e-3,
+//! batch 64. The output folder receives `model.json` (Keras JSON that hgq2 loads),
+//! `weights.safetensors` (named by Keras variable paths), `predictions.safetensors` (`x`, `y`:
+//! the test inputs and our quantized outputs), `summary.json` and one SVG heat map of kernel
+//! bit widths per layer. `python ../shared/interop/check_keras.py OUT` compares with hgq2.
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use hgq_torch::hgq_config::{self, DenseModelSpec, QDenseSpec};
+use hgq_torch::hgq_core::CallMode;
+use hgq_torch::layers::{Activation, QDense, Sequential};
+use tch::nn::OptimizerConfig;
+use tch::{Device, Kind, Tensor, nn};
+
+type Error = Box<dyn std::error::Error>;
+
+struct Args {
+    epochs: usize,
+    beta: f64,
+    seed: u64,
+    device: Device,
+    out: PathBuf,
+    data: PathBuf,
+    batch: usize,
+    lr: f64,
+}
+
+fn parse_args() -> Result<Args, Error> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut a = Args {
+        epochs: 200,
+        beta: 1e-5,
+        seed: 0,
+        device: Device::cuda_if_available(),
+        out: PathBuf::from("out/demo"),
+        data: root.join("tests/data/digits/digits.csv.gz"),
+        batch: 64,
+        lr: 3e-3,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--epochs" => a.epochs = val()?.parse()?,
+            "--beta" => a.beta = val()?.parse()?,
+            "--seed" => a.seed = val()?.parse()?,
+            "--out" => a.out = PathBuf::from(val()?),
+            "--data" => a.data = PathBuf::from(val()?),
+            "--batch" => a.batch = val()?.parse()?,
+            "--lr" => a.lr = val()?.parse()?,
+            "--device" => {
+                a.device = match val()?.as_str() {
+                    "auto" => Device::cuda_if_available(),
+                    "cpu" => Device::Cpu,
+                    "cuda" if hgq_torch::cuda_available() => Device::Cuda(0),
+                    "cuda" => return Err("--device cuda: no CUDA device here".into()),
+                    other => return Err(format!("--device {other}: auto, cpu or cuda").into()),
+                }
+            }
+            "-h" | "--help" => {
+                println!(
+                    "demo [--epochs 200] [--beta 1e-5] [--seed 0] [--device auto|cpu|cuda] \
+                     [--out out/demo] [--data digits.csv.gz] [--batch 64] [--lr 3e-3]"
+                );
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown flag {other} (see --help)").into()),
+        }
+    }
+    if a.epochs == 0 || a.batch == 0 {
+        return Err("--epochs and --batch must be positive".into());
+    }
+    Ok(a)
+}
+
+/// SplitMix64: a small, fixed generator so the split and the shuffles are the same everywhere.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = (self.next() % (i as u64 + 1)) as usize;
+            v.swap(i, j);
+        }
+    }
+}
+
+/// The digits: 64 pixel values (0..16) and the label per line.
+fn load_digits(path: &Path) -> Result<(Vec<f32>, Vec<i64>), Error> {
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(file).read_to_string(&mut text)?;
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let v: Vec<f32> = line
+            .split(',')
+            .map(|s| s.trim().parse::<f32>())
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("{}:{}: {e}", path.display(), n + 1))?;
+        if v.len() != 65 {
+            return Err(format!("{}:{}: {} columns, expected 65", path.display(), n + 1, v.len()).into());
+        }
+        x.extend(v[..64].iter().map(|p| p / 16.0));
+        y.push(v[64] as i64);
+    }
+    Ok((x, y))
+}
+
+fn rows(x: &[f32], y: &[i64], idx: &[usize], device: Device) -> (Tensor, Tensor) {
+    let xs: Vec<f32> = idx.iter().flat_map(|&i| x[i * 64..(i + 1) * 64].iter().copied()).collect();
+    let ys: Vec<i64> = idx.iter().map(|&i| y[i]).collect();
+    (
+        Tensor::from_slice(&xs).reshape([idx.len() as i64, 64]).to_device(device),
+        Tensor::from_slice(&ys).to_device(device),
+    )
+}
+
+/// Mean bits of each quantizer, by Keras path.
+fn mean_bits(model: &Sequential) -> Vec<(String, f64)> {
+    let mut v = Vec::new();
+    for l in model.layers() {
+        for q in [Some(l.iq()), Some(l.kq()), l.bq()].into_iter().flatten() {
+            let b = q.q.props().bits.detach().to_kind(Kind::Double).mean(Kind::Double);
+            v.push((q.keras_path.clone(), b.double_value(&[])));
+        }
+    }
+    v
+}
+
+fn progress(epoch: usize, epochs: usize, loss: f64, acc: f64, ebops: u64, bits: f64, tty: bool) {
+    let width = 24;
+    let done = epoch * width / epochs;
+    let bar: String = "#".repeat(done) + &"-".repeat(width - done);
+    let line = format!(
+        "[{bar}] epoch {epoch:>4}/{epochs} loss {loss:.4} acc {acc:.4} ebops {ebops:>6} mean bits {bits:.2}"
+    );
+    if tty {
+        eprint!("\r{line}");
+        if epoch == epochs {
+            eprintln!();
+        }
+    } else if epoch == 1 || epoch % 10 == 0 || epoch == epochs {
+        eprintln!("{line}");
+    }
+}
+
+fn model_json(model: &Sequential, beta: f64) -> Result<String, Error> {
+    let mut spec = DenseModelSpec::new(64);
+    for l in model.layers() {
+        let act = match l.activation() {
+            Activation::Linear => None,
+            Activation::Relu => Some(hgq_config::Activation::Relu),
+        };
+        let mut s = QDenseSpec::new(l.units())
+            .name(l.name())
+            .activation(act)
+            .beta0(beta)
+            .iq(l.iq().config.clone())
+            .kq(l.kq().config.clone());
+        if let Some(bq) = l.bq() {
+            s = s.bq(bq.config.clone());
+        }
+        spec = spec.layer(s.use_bias(l.use_bias()));
+    }
+    Ok(spec.to_json()?)
+}
+
+/// A heat map of one layer's kernel bit widths (rows: inputs, columns: units).
+fn heat_map(layer: &QDense) -> Result<String, Error> {
+    let bits = layer.kq().q.bits_like(&[layer.in_features() as i64, layer.units() as i64])?;
+    let b: Vec<f32> = Vec::<f32>::try_from(bits.detach().to_device(Device::Cpu).contiguous().view(-1))?;
+    let (rows, cols) = (layer.in_features(), layer.units());
+    let max = b.iter().cloned().fold(1.0f32, f32::max);
+    let cell = 12;
+    let (w, h) = (cols * cell + 140, rows * cell + 40);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"monospace\" font-size=\"11\">\n\
+         <text x=\"4\" y=\"14\">{} kernel bits ({rows} inputs x {cols} units)</text>\n",
+        layer.name()
+    );
+    for r in 0..rows {
+        for c in 0..cols {
+            let v = b[r * cols + c];
+            // White (0 bits) to dark blue (max bits).
+            let t = (v / max).clamp(0.0, 1.0);
+            let (red, green, blue) = (
+                (255.0 * (1.0 - t)) as u8,
+                (255.0 * (1.0 - 0.8 * t)) as u8,
+                (255.0 - 100.0 * t) as u8,
+            );
+            s += &format!(
+                "<rect x=\"{}\" y=\"{}\" width=\"{cell}\" height=\"{cell}\" fill=\"#{red:02x}{green:02x}{blue:02x}\"><title>in {r} unit {c}: {v} bits</title></rect>\n",
+                c * cell,
+                r * cell + 24
+            );
+        }
+    }
+    let lx = cols * cell + 16;
+    for k in 0..=4 {
+        let v = max * k as f32 / 4.0;
+        let t = v / max;
+        let (red, green, blue) = (
+            (255.0 * (1.0 - t)) as u8,
+            (255.0 * (1.0 - 0.8 * t)) as u8,
+            (255.0 - 100.0 * t) as u8,
+        );
+        let y = 24 + k * 20;
+        s += &format!(
+            "<rect x=\"{lx}\" y=\"{y}\" width=\"14\" height=\"14\" fill=\"#{red:02x}{green:02x}{blue:02x}\" stroke=\"#888\"/><text x=\"{}\" y=\"{}\">{v:.1} bits</text>\n",
+            lx + 20,
+            y + 11
+        );
+    }
+    s += "</svg>\n";
+    Ok(s)
+}
+
+fn main() -> Result<(), Error> {
+    let a = parse_args()?;
+    let (x, y) = load_digits(&a.data)?;
+    let n = y.len();
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = Rng(a.seed);
+    rng.shuffle(&mut order);
+    let n_train = (n as f64 * 0.8).round() as usize;
+    let (train_idx, test_idx) = order.split_at(n_train);
+    let (x_test, y_test) = rows(&x, &y, test_idx, a.device);
+    eprintln!(
+        "digits: {n} rows, {} train / {} test; device {:?}; {} epochs, beta {}, seed {}",
+        train_idx.len(),
+        test_idx.len(),
+        a.device,
+        a.epochs,
+        a.beta,
+        a.seed
+    );
+
+    tch::manual_seed(a.seed as i64);
+    let vs = nn::VarStore::new(a.device);
+    let mut model = Sequential::new();
+    model.add(&vs.root(), QDense::builder(64, 32).activation(Activation::Relu).beta(a.beta))?;
+    model.add(&vs.root(), QDense::builder(32, 10).beta(a.beta))?;
+    // Keras' Adam (epsilon 1e-7).
+    let mut opt = nn::Adam { eps: 1e-7, ..Default::default() }.build(&vs, a.lr)?;
+
+    let tty = std::io::stderr().is_terminal();
+    let mut idx = train_idx.to_vec();
+    let t0 = Instant::now();
+    for epoch in 1..=a.epochs {
+        rng.shuffle(&mut idx);
+        let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0usize);
+        for batch in idx.chunks(a.batch) {
+            let (xb, yb) = rows(&x, &y, batch, a.device);
+            let out = model.forward(&xb, CallMode::Training)?;
+            let ce = out.y.cross_entropy_for_logits(&yb);
+            let loss = &ce + &out.ebops_loss + model.regularization_loss().to_device(a.device);
+            opt.backward_step(&loss);
+            model.apply_constraints();
+            loss_sum += loss.double_value(&[]) * batch.len() as f64;
+            correct += out.y.argmax(-1, false).eq_tensor(&yb).sum(Kind::Int64).int64_value(&[]);
+            seen += batch.len();
+        }
+        let bits = mean_bits(&model);
+        let mean = bits.iter().map(|b| b.1).sum::<f64>() / bits.len() as f64;
+        progress(
+            epoch,
+            a.epochs,
+            loss_sum / seen as f64,
+            correct as f64 / seen as f64,
+            model.ebops(),
+            mean,
+            tty,
+        );
+    }
+    let train_seconds = t0.elapsed().as_secs_f64();
+
+    // hgq2's trace_minmax over the training data, batches of 1024.
+    let batches: Vec<Tensor> = train_idx.chunks(1024).map(|c| rows(&x, &y, c, a.device).0).collect();
+    let ebops = model.trace_minmax(&batches)?;
+    let logits = tch::no_grad(|| model.forward(&x_test, CallMode::Inference))?.y;
+    let acc = logits
+        .argmax(-1, false)
+        .eq_tensor(&y_test)
+        .to_kind(Kind::Double)
+        .mean(Kind::Double)
+        .double_value(&[]);
+
+    std::fs::create_dir_all(&a.out)?;
+    std::fs::write(a.out.join("model.json"), model_json(&model, a.beta)?)?;
+    let vars: Vec<(String, Tensor)> = model
+        .keras_variables()
+        .into_iter()
+        .map(|(k, t)| (k, t.detach().to_device(Device::Cpu).contiguous()))
+        .collect();
+    Tensor::write_safetensors(&vars, a.out.join("weights.safetensors"))?;
+    let preds = [
+        ("x", x_test.to_device(Device::Cpu).contiguous()),
+        ("y", logits.detach().to_device(Device::Cpu).contiguous()),
+    ];
+    Tensor::write_safetensors(&preds, a.out.join("predictions.safetensors"))?;
+    let mut maps = Vec::new();
+    for l in model.layers() {
+        let file = format!("{}_kernel_bits.svg", l.name());
+        std::fs::write(a.out.join(&file), heat_map(l)?)?;
+        maps.push(file);
+    }
+    let bits = mean_bits(&model);
+    let summary = serde_json::json!({
+        "test_accuracy": acc,
+        "ebops": ebops,
+        "ebops_per_layer": model
+            .layers()
+            .iter()
+            .map(|l| (l.name().to_string(), serde_json::json!(l.ebops())))
+            .collect::<serde_json::Map<_, _>>(),
+        "mean_bits": bits.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
+        "train_seconds": train_seconds,
+        "epochs": a.epochs,
+        "beta": a.beta,
+        "seed": a.seed,
+        "device": format!("{:?}", a.device),
+        "train_rows": train_idx.len(),
+        "test_rows": test_idx.len(),
+        "heat_maps": maps,
+    });
+    let text = serde_json::to_string_pretty(&summary)?;
+    std::fs::write(a.out.join("summary.json"), &text)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")?;
+    writeln!(
+        out,
+        "wrote {} (check with hgq2: python ../shared/interop/check_keras.py {})",
+        a.out.display(),
+        a.out.display()
+    )?;
+    Ok(())
+}
