@@ -107,14 +107,24 @@ fn load_digits(path: &Path) -> Result<(Vec<f32>, Vec<i64>), Error> {
     let mut text = String::new();
     flate2::read::GzDecoder::new(file).read_to_string(&mut text)?;
     let (mut x, mut y) = (Vec::new(), Vec::new());
-    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         let v: Vec<f32> = line
             .split(',')
             .map(|s| s.trim().parse::<f32>())
             .collect::<Result<_, _>>()
             .map_err(|e| format!("{}:{}: {e}", path.display(), n + 1))?;
         if v.len() != 65 {
-            return Err(format!("{}:{}: {} columns, expected 65", path.display(), n + 1, v.len()).into());
+            return Err(format!(
+                "{}:{}: {} columns, expected 65",
+                path.display(),
+                n + 1,
+                v.len()
+            )
+            .into());
         }
         x.extend(v[..64].iter().map(|p| p / 16.0));
         y.push(v[64] as i64);
@@ -123,10 +133,15 @@ fn load_digits(path: &Path) -> Result<(Vec<f32>, Vec<i64>), Error> {
 }
 
 fn rows(x: &[f32], y: &[i64], idx: &[usize], device: Device) -> (Tensor, Tensor) {
-    let xs: Vec<f32> = idx.iter().flat_map(|&i| x[i * 64..(i + 1) * 64].iter().copied()).collect();
+    let xs: Vec<f32> = idx
+        .iter()
+        .flat_map(|&i| x[i * 64..(i + 1) * 64].iter().copied())
+        .collect();
     let ys: Vec<i64> = idx.iter().map(|&i| y[i]).collect();
     (
-        Tensor::from_slice(&xs).reshape([idx.len() as i64, 64]).to_device(device),
+        Tensor::from_slice(&xs)
+            .reshape([idx.len() as i64, 64])
+            .to_device(device),
         Tensor::from_slice(&ys).to_device(device),
     )
 }
@@ -136,7 +151,12 @@ fn mean_bits(model: &Sequential) -> Vec<(String, f64)> {
     let mut v = Vec::new();
     for l in model.layers() {
         for q in [Some(l.iq()), Some(l.kq()), l.bq()].into_iter().flatten() {
-            let b = q.q.props().bits.detach().to_kind(Kind::Double).mean(Kind::Double);
+            let b =
+                q.q.props()
+                    .bits
+                    .detach()
+                    .to_kind(Kind::Double)
+                    .mean(Kind::Double);
             v.push((q.keras_path.clone(), b.double_value(&[])));
         }
     }
@@ -183,8 +203,12 @@ fn model_json(model: &Sequential, beta: f64) -> Result<String, Error> {
 
 /// A heat map of one layer's kernel bit widths (rows: inputs, columns: units).
 fn heat_map(layer: &QDense) -> Result<String, Error> {
-    let bits = layer.kq().q.bits_like(&[layer.in_features() as i64, layer.units() as i64])?;
-    let b: Vec<f32> = Vec::<f32>::try_from(bits.detach().to_device(Device::Cpu).contiguous().view(-1))?;
+    let bits = layer
+        .kq()
+        .q
+        .bits_like(&[layer.in_features() as i64, layer.units() as i64])?;
+    let b: Vec<f32> =
+        Vec::<f32>::try_from(bits.detach().to_device(Device::Cpu).contiguous().view(-1))?;
     let (rows, cols) = (layer.in_features(), layer.units());
     let max = b.iter().cloned().fold(1.0f32, f32::max);
     let cell = 12;
@@ -254,10 +278,19 @@ fn main() -> Result<(), Error> {
     tch::manual_seed(a.seed as i64);
     let vs = nn::VarStore::new(a.device);
     let mut model = Sequential::new();
-    model.add(&vs.root(), QDense::builder(64, 32).activation(Activation::Relu).beta(a.beta))?;
+    model.add(
+        &vs.root(),
+        QDense::builder(64, 32)
+            .activation(Activation::Relu)
+            .beta(a.beta),
+    )?;
     model.add(&vs.root(), QDense::builder(32, 10).beta(a.beta))?;
     // Keras' Adam (epsilon 1e-7).
-    let mut opt = nn::Adam { eps: 1e-7, ..Default::default() }.build(&vs, a.lr)?;
+    let mut opt = nn::Adam {
+        eps: 1e-7,
+        ..Default::default()
+    }
+    .build(&vs, a.lr)?;
 
     let tty = std::io::stderr().is_terminal();
     let mut idx = train_idx.to_vec();
@@ -273,7 +306,12 @@ fn main() -> Result<(), Error> {
             opt.backward_step(&loss);
             model.apply_constraints();
             loss_sum += loss.double_value(&[]) * batch.len() as f64;
-            correct += out.y.argmax(-1, false).eq_tensor(&yb).sum(Kind::Int64).int64_value(&[]);
+            correct += out
+                .y
+                .argmax(-1, false)
+                .eq_tensor(&yb)
+                .sum(Kind::Int64)
+                .int64_value(&[]);
             seen += batch.len();
         }
         let bits = mean_bits(&model);
@@ -291,7 +329,10 @@ fn main() -> Result<(), Error> {
     let train_seconds = t0.elapsed().as_secs_f64();
 
     // hgq2's trace_minmax over the training data, batches of 1024.
-    let batches: Vec<Tensor> = train_idx.chunks(1024).map(|c| rows(&x, &y, c, a.device).0).collect();
+    let batches: Vec<Tensor> = train_idx
+        .chunks(1024)
+        .map(|c| rows(&x, &y, c, a.device).0)
+        .collect();
     let ebops = model.trace_minmax(&batches)?;
     let logits = tch::no_grad(|| model.forward(&x_test, CallMode::Inference))?.y;
     let acc = logits
