@@ -3,7 +3,7 @@
 Usage: KERAS_BACKEND=jax python xtask/ref/hgq2_demo.py [--epochs 200] [--seed 0] [--beta 1e-5]
 Needs: pip install hgq2==0.2.0 keras jax numpy
 Prints one JSON line: test accuracy, EBOPs after the tracing pass (hgq2's trace_minmax), train
-seconds. The split: a permutation of the rows by numpy's default_rng(seed); the first 80% train.
+seconds. The split is the demo's (SplitMix64 Fisher-Yates with the seed; the first 80% train).
 """
 import argparse, gzip, json, os, time
 os.environ.setdefault('KERAS_BACKEND', 'jax')
@@ -21,7 +21,31 @@ a = ap.parse_args()
 
 rows = np.loadtxt(gzip.open(a.data, 'rt'), delimiter=',', )
 x, y = rows[:, :64].astype('float32') / 16.0, rows[:, 64].astype('int64')
-perm = np.random.default_rng(a.seed).permutation(len(x))
+
+
+class SplitMix64:
+    """The demo's generator (crates/hgq-torch/examples/demo.rs), so both see the same split."""
+    M = (1 << 64) - 1
+
+    def __init__(self, seed):
+        self.s = seed & self.M
+
+    def next(self):
+        self.s = (self.s + 0x9E3779B97F4A7C15) & self.M
+        z = self.s
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & self.M
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & self.M
+        return z ^ (z >> 31)
+
+    def shuffle(self, v):
+        for i in range(len(v) - 1, 0, -1):
+            j = self.next() % (i + 1)
+            v[i], v[j] = v[j], v[i]
+
+
+perm = list(range(len(x)))
+SplitMix64(a.seed).shuffle(perm)
+perm = np.array(perm)
 n_train = int(round(0.8 * len(x)))
 tr, te = perm[:n_train], perm[n_train:]
 keras.utils.set_random_seed(a.seed)

@@ -31,6 +31,7 @@ struct Args {
     data: PathBuf,
     batch: usize,
     lr: f64,
+    threads: i32,
 }
 
 fn parse_args() -> Result<Args, Error> {
@@ -44,6 +45,8 @@ fn parse_args() -> Result<Args, Error> {
         data: root.join("tests/data/digits/digits.csv.gz"),
         batch: 64,
         lr: 3e-3,
+        // The network is small: one thread avoids libtorch's per-operation synchronisation.
+        threads: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -56,6 +59,7 @@ fn parse_args() -> Result<Args, Error> {
             "--data" => a.data = PathBuf::from(val()?),
             "--batch" => a.batch = val()?.parse()?,
             "--lr" => a.lr = val()?.parse()?,
+            "--threads" => a.threads = val()?.parse()?,
             "--device" => {
                 a.device = match val()?.as_str() {
                     "auto" => Device::cuda_if_available(),
@@ -68,15 +72,15 @@ fn parse_args() -> Result<Args, Error> {
             "-h" | "--help" => {
                 println!(
                     "demo [--epochs 200] [--beta 1e-5] [--seed 0] [--device auto|cpu|cuda] \
-                     [--out out/demo] [--data digits.csv.gz] [--batch 64] [--lr 3e-3]"
+                     [--out out/demo] [--data digits.csv.gz] [--batch 64] [--lr 3e-3] [--threads 1]"
                 );
                 std::process::exit(0);
             }
             other => return Err(format!("unknown flag {other} (see --help)").into()),
         }
     }
-    if a.epochs == 0 || a.batch == 0 {
-        return Err("--epochs and --batch must be positive".into());
+    if a.epochs == 0 || a.batch == 0 || a.threads < 1 {
+        return Err("--epochs, --batch and --threads must be positive".into());
     }
     Ok(a)
 }
@@ -275,6 +279,7 @@ fn main() -> Result<(), Error> {
         a.seed
     );
 
+    tch::set_num_threads(a.threads);
     tch::manual_seed(a.seed as i64);
     let vs = nn::VarStore::new(a.device);
     let mut model = Sequential::new();
@@ -302,7 +307,10 @@ fn main() -> Result<(), Error> {
             let (xb, yb) = rows(&x, &y, batch, a.device);
             let out = model.forward(&xb, CallMode::Training)?;
             let ce = out.y.cross_entropy_for_logits(&yb);
-            let loss = &ce + &out.ebops_loss + model.regularization_loss().to_device(a.device);
+            let mut loss = &ce + &out.ebops_loss;
+            if model.has_regularization() {
+                loss = loss + model.regularization_loss().to_device(a.device);
+            }
             opt.backward_step(&loss);
             model.apply_constraints();
             loss_sum += loss.double_value(&[]) * batch.len() as f64;

@@ -368,6 +368,11 @@ impl QDense {
         }
     }
 
+    /// Whether any quantizer has a regularizer.
+    pub fn has_regularization(&self) -> bool {
+        self.quantizers().any(|q| q.q.has_regularization())
+    }
+
     /// The regularization losses of the quantizers.
     pub fn regularization_loss(&self) -> Tensor {
         self.quantizers()
@@ -460,6 +465,11 @@ impl Sequential {
         for l in &self.layers {
             l.apply_constraints();
         }
+    }
+
+    /// Whether any layer has a regularizer (else [`Sequential::regularization_loss`] is 0).
+    pub fn has_regularization(&self) -> bool {
+        self.layers.iter().any(QDense::has_regularization)
     }
 
     /// The regularization losses.

@@ -384,36 +384,46 @@ impl FixedQuantizer {
         }
     }
 
-    /// Bits, fbits, min, max and epsilon of the current parameters (bit-width shape).
+    /// `bits` alone (`b + k` for SAT, else `b`), differentiable: what EBOPs need, without
+    /// the other properties' operations.
+    pub fn bits(&self) -> Tensor {
+        let b = self.b();
+        if self.spec.overflow == OverflowMode::Sat {
+            b + self.k.value()
+        } else {
+            b
+        }
+    }
+
+    /// Bits, fbits, min, max and epsilon of the current parameters (bit-width shape),
+    /// differentiable.
     pub fn props(&self) -> Props {
-        tch::no_grad(|| {
-            let (k, i, f) = self.kif();
-            let b = self.b();
-            let o = self.spec.overflow;
-            let bits = if o == OverflowMode::Sat {
-                &b + &k
-            } else {
-                b.shallow_clone()
-            };
-            let fbits = if o == OverflowMode::Wrap {
-                &b + &k * b.gt(0.0).to_kind(Kind::Float)
-            } else {
-                &b + &k
-            };
-            let (pi, pf) = (i.exp2(), f.neg().exp2());
-            let min = if o.is_symmetric() {
-                -(&k * (&pi - &pf))
-            } else {
-                -(&k * &pi)
-            };
-            Props {
-                bits,
-                fbits,
-                min,
-                max: &pi - &pf,
-                epsilon: pf,
-            }
-        })
+        let (k, i, f) = self.kif();
+        let b = self.b();
+        let o = self.spec.overflow;
+        let bits = if o == OverflowMode::Sat {
+            &b + &k
+        } else {
+            b.shallow_clone()
+        };
+        let fbits = if o == OverflowMode::Wrap {
+            &b + &k * b.gt(0.0).to_kind(Kind::Float)
+        } else {
+            &b + &k
+        };
+        let (pi, pf) = (i.exp2(), f.neg().exp2());
+        let min = if o.is_symmetric() {
+            -(&k * (&pi - &pf))
+        } else {
+            -(&k * &pi)
+        };
+        Props {
+            bits,
+            fbits,
+            min,
+            max: &pi - &pf,
+            epsilon: pf,
+        }
     }
 
     /// Resets the WRAP tracking before a tracing pass (hgq2's `trace_minmax`: `i := -1e9`,

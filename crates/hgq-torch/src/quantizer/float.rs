@@ -97,21 +97,25 @@ impl FloatQuantizer {
         Ok(y - t)
     }
 
-    /// Bits, fbits, min, max and epsilon of the current parameters.
+    /// `bits = m + e + 1`, differentiable.
+    pub fn bits(&self) -> Tensor {
+        let (m, e, _) = self.mee0();
+        m + e + 1.0
+    }
+
+    /// Bits, fbits, min, max and epsilon of the current parameters, differentiable.
     pub fn props(&self) -> Props {
-        tch::no_grad(|| {
-            let (m, e, e0) = self.mee0();
-            let bits = &m + &e + 1.0;
-            let half = (&e - 1.0).exp2();
-            let max = (&half + &e0 - 1.0).exp2() * (m.neg().exp2().neg() + 2.0);
-            let epsilon = (half.neg() + &e0 + 1.0).exp2() * m.neg().exp2();
-            Props {
-                fbits: bits.shallow_clone(),
-                bits,
-                min: max.neg(),
-                max,
-                epsilon,
-            }
-        })
+        let (m, e, e0) = self.mee0();
+        let bits = &m + &e + 1.0;
+        let half = (&e - 1.0).exp2();
+        let max = (&half + &e0 - 1.0).exp2() * (m.neg().exp2().neg() + 2.0);
+        let epsilon = (half.neg() + &e0 + 1.0).exp2() * m.neg().exp2();
+        Props {
+            fbits: bits.shallow_clone(),
+            bits,
+            min: max.neg(),
+            max,
+            epsilon,
+        }
     }
 }

@@ -287,9 +287,23 @@ impl Quantizer {
         }
     }
 
+    /// `bits` (bit-width shape; a scalar for the dummy), differentiable.
+    pub fn bits(&self) -> Tensor {
+        match &self.inner {
+            Inner::Fixed(q) => q.bits(),
+            Inner::Float(q) => q.bits(),
+            Inner::Dummy(d) => d.props().bits,
+        }
+    }
+
     /// `bits` broadcast to `shape` (hgq2's `bits_(shape)`).
     pub fn bits_like(&self, shape: &[i64]) -> Result<Tensor> {
-        Ok(self.props().bits.f_broadcast_to(shape)?)
+        Ok(self.bits().f_broadcast_to(shape)?)
+    }
+
+    /// Whether any variable has a regularizer (else [`Quantizer::regularization_loss`] is 0).
+    pub fn has_regularization(&self) -> bool {
+        self.vars().iter().any(|v| v.regularizer.is_some())
     }
 
     fn vars(&self) -> Vec<&Var> {
