@@ -14,7 +14,6 @@ use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use hgq_torch::hgq_config::{self, DenseModelSpec, QDenseSpec};
 use hgq_torch::hgq_core::CallMode;
 use hgq_torch::layers::{Activation, QDense, Sequential};
 use tch::nn::OptimizerConfig;
@@ -184,27 +183,6 @@ fn progress(epoch: usize, epochs: usize, loss: f64, acc: f64, ebops: u64, bits: 
     }
 }
 
-fn model_json(model: &Sequential, beta: f64) -> Result<String, Error> {
-    let mut spec = DenseModelSpec::new(64);
-    for l in model.layers() {
-        let act = match l.activation() {
-            Activation::Linear => None,
-            Activation::Relu => Some(hgq_config::Activation::Relu),
-        };
-        let mut s = QDenseSpec::new(l.units())
-            .name(l.name())
-            .activation(act)
-            .beta0(beta)
-            .iq(l.iq().config.clone())
-            .kq(l.kq().config.clone());
-        if let Some(bq) = l.bq() {
-            s = s.bq(bq.config.clone());
-        }
-        spec = spec.layer(s.use_bias(l.use_bias()));
-    }
-    Ok(spec.to_json()?)
-}
-
 /// A heat map of one layer's kernel bit widths (rows: inputs, columns: units).
 fn heat_map(layer: &QDense) -> Result<String, Error> {
     let bits = layer
@@ -351,7 +329,7 @@ fn main() -> Result<(), Error> {
         .double_value(&[]);
 
     std::fs::create_dir_all(&a.out)?;
-    std::fs::write(a.out.join("model.json"), model_json(&model, a.beta)?)?;
+    std::fs::write(a.out.join("model.json"), model.to_keras_json()?)?;
     let vars: Vec<(String, Tensor)> = model
         .keras_variables()
         .into_iter()

@@ -503,4 +503,32 @@ impl Sequential {
             .flat_map(QDense::keras_variables)
             .collect()
     }
+
+    /// The model as hgq2's Keras JSON (`keras.models.model_from_json` loads it; the weights
+    /// go by [`Sequential::keras_variables`]): `Input(in_features)` and the layers, each with
+    /// its quantizer configurations, activation and `beta0`.
+    pub fn to_keras_json(&self) -> Result<String> {
+        let first = self.layers.first().ok_or_else(|| {
+            TorchError::Unsupported("a model without layers has no Keras JSON".into())
+        })?;
+        let mut spec = hgq_config::DenseModelSpec::new(first.in_features);
+        for l in &self.layers {
+            let act = match l.activation {
+                Activation::Linear => None,
+                Activation::Relu => Some(hgq_config::Activation::Relu),
+            };
+            let mut s = hgq_config::QDenseSpec::new(l.units)
+                .name(l.name.as_str())
+                .activation(act)
+                .beta0(l.beta)
+                .iq(l.iq.config.clone())
+                .kq(l.kq.config.clone())
+                .use_bias(l.bias.is_some());
+            if let Some(bq) = &l.bq {
+                s = s.bq(bq.config.clone());
+            }
+            spec = spec.layer(s);
+        }
+        Ok(spec.to_json()?)
+    }
 }
