@@ -1,5 +1,11 @@
-//! `cargo xtask bench [--json] [--quick] [--reps N]`: kernel timings as ratios against a plain
-//! copy of the same bytes, measured in the same run.
+//! `cargo xtask bench [--json] [--quick] [--reps N] [--no-torch]`: kernel timings as ratios
+//! against a plain copy of the same bytes, measured in the same run.
+//!
+//! After the core cases it runs hgq-torch's `hgq-bench-torch` binary (xtask does not link
+//! libtorch): the KIF quantizer module with autograd on the same work (`torch/...` through the
+//! fused kernel in the C++ autograd function, `torch-ops/...` through plain torch ops), each
+//! against a torch tensor copy measured in the same run, printed in the same format. `--no-torch`
+//! skips it.
 //!
 //! The work is the one of `benches/core.rs` and of the reference's `hgq2_ref.py`: x of shape
 //! 1024 x 4096 float32, a KIF quantizer with k = 1, i = 2, f = 4, RND, SAT, bit widths per
@@ -245,11 +251,13 @@ fn measure(threads: usize, reps: usize, w: &mut Work) -> Result<Vec<Row>, String
 pub fn run(args: &[String]) -> Result<ExitCode, String> {
     let mut json = false;
     let mut reps = 15;
+    let mut torch = true;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--json" => json = true,
             "--quick" => reps = 5,
+            "--no-torch" => torch = false,
             "--reps" => {
                 reps = it
                     .next()
@@ -297,5 +305,40 @@ pub fn run(args: &[String]) -> Result<ExitCode, String> {
             }
         }
     }
-    Ok(ExitCode::SUCCESS)
+    if !torch {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !json {
+        println!();
+    }
+    run_torch(json, reps)
+}
+
+/// `cargo run --release -q -p hgq-torch --bin hgq-bench-torch -- [--json] --reps N`, after
+/// `setup::ensure()`; its exit code passes on.
+fn run_torch(json: bool, reps: usize) -> Result<ExitCode, String> {
+    crate::setup::ensure()?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args([
+        "run",
+        "--release",
+        "-q",
+        "-p",
+        "hgq-torch",
+        "--bin",
+        "hgq-bench-torch",
+        "--",
+        "--reps",
+        &reps.to_string(),
+    ]);
+    if json {
+        cmd.arg("--json");
+    }
+    let status = cmd.status().map_err(|e| format!("cannot run cargo: {e}"))?;
+    Ok(match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(c) => ExitCode::from(u8::try_from(c).unwrap_or(1)),
+        None => ExitCode::FAILURE,
+    })
 }

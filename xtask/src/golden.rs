@@ -1,15 +1,26 @@
-//! `cargo xtask golden DIR [--family NAME]...`
+//! `cargo xtask golden [DIR] [--family NAME]... [--backend core|torch] [--device cpu|cuda]`
+//!
+//! `core` (the default) checks every family in this process with hgq-core. `torch` checks the
+//! families that run on a backend (`fixed_fn`, `layers`) through hgq-torch's modules and
+//! autograd; xtask does not link libtorch, so it makes sure libtorch is installed
+//! (`setup::ensure`) and runs hgq-torch's `hgq-golden-torch` binary, passing its exit code on.
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+use crate::setup;
 
 pub fn run(args: &[String]) -> Result<ExitCode, String> {
     let mut dir: Option<PathBuf> = None;
     let mut families: Vec<String> = Vec::new();
     let mut verbose = false;
+    let mut backend = "core".to_string();
+    let mut device: Option<String> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--family" => families.push(it.next().ok_or("--family needs a name")?.clone()),
+            "--backend" => backend = it.next().ok_or("--backend needs core or torch")?.clone(),
+            "--device" => device = Some(it.next().ok_or("--device needs cpu or cuda")?.clone()),
             "-v" | "--verbose" => verbose = true,
             s if s.starts_with("--") => return Err(format!("unknown flag {s}")),
             s => {
@@ -20,6 +31,14 @@ pub fn run(args: &[String]) -> Result<ExitCode, String> {
         }
     }
     let dir = dir.unwrap_or_else(|| PathBuf::from("tests/data/golden"));
+    match backend.as_str() {
+        "core" if device.is_some() => {
+            return Err("--device applies to --backend torch".into());
+        }
+        "core" => {}
+        "torch" => return run_torch(&dir, &families, device.as_deref(), verbose),
+        other => return Err(format!("unknown backend {other:?} (core or torch)")),
+    }
     let named = !families.is_empty();
     if !named {
         families = hgq_golden::FAMILIES
@@ -54,5 +73,47 @@ pub fn run(args: &[String]) -> Result<ExitCode, String> {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    })
+}
+
+/// `--backend torch`: `cargo run --release -q -p hgq-torch --features golden --bin
+/// hgq-golden-torch -- DIR [--family NAME]... [--device D] [-v]` after `setup::ensure()`. Without
+/// `--family` the binary checks `fixed_fn` and `layers`.
+fn run_torch(
+    dir: &std::path::Path,
+    families: &[String],
+    device: Option<&str>,
+    verbose: bool,
+) -> Result<ExitCode, String> {
+    setup::ensure()?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args([
+        "run",
+        "--release",
+        "-q",
+        "-p",
+        "hgq-torch",
+        "--features",
+        "golden",
+        "--bin",
+        "hgq-golden-torch",
+        "--",
+    ])
+    .arg(dir);
+    for f in families {
+        cmd.args(["--family", f]);
+    }
+    if let Some(d) = device {
+        cmd.args(["--device", d]);
+    }
+    if verbose {
+        cmd.arg("-v");
+    }
+    let status = cmd.status().map_err(|e| format!("cannot run cargo: {e}"))?;
+    Ok(match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(c) => ExitCode::from(u8::try_from(c).unwrap_or(1)),
+        None => ExitCode::FAILURE,
     })
 }

@@ -2,10 +2,13 @@
 //!
 //! - `setup`: install libtorch (torch==2.11.0 from PyPI) into the project's `.venv`.
 //! - `test`: everything `cargo test --workspace` checks, after setup.
-//! - `golden DIR [--family NAME]...`: check golden vectors.
-//! - `bench [--json]`: time the kernels against a plain copy.
-//! - `demo`: the end-to-end training demo.
+//! - `golden DIR [--family NAME]... [--backend core|torch]`: check golden vectors (`torch`:
+//!   through hgq-torch, by running its `hgq-golden-torch` binary).
+//! - `bench [--json] [--no-torch]`: time the kernels (and hgq-torch's quantizer with autograd)
+//!   against a plain copy.
+//! - `demo [--epochs N] ...`: the end-to-end training demo (digits, exported for hgq2).
 mod bench;
+mod demo;
 mod golden;
 mod setup;
 
@@ -17,8 +20,12 @@ fn usage() -> ExitCode {
          tasks:\n  \
          setup [--force] [--check]    install libtorch (torch==2.11.0 from PyPI) into .venv\n  \
          test                         run all tests (what CI runs)\n  \
-         golden [DIR] [--family NAME]...  check golden vectors (default DIR: tests/data/golden)\n  \
-         bench [--json] [--quick]     time kernels against a plain copy of the same bytes"
+         golden [DIR] [--family NAME]... [--backend core|torch] [--device cpu|cuda]\n  \
+                                      check golden vectors (default DIR: tests/data/golden)\n  \
+         bench [--json] [--quick] [--no-torch]\n  \
+                                      time kernels against a plain copy of the same bytes\n  \
+         demo [--epochs N] [--beta B] [--seed S] [--device auto|cpu|cuda] [--out DIR]\n  \
+                                      train the digits demo and export it for hgq2"
     );
     ExitCode::from(2)
 }
@@ -32,6 +39,7 @@ fn main() -> ExitCode {
     let result = match task.as_str() {
         "golden" => golden::run(rest),
         "bench" => bench::run(rest),
+        "demo" => demo::run(rest),
         "setup" => setup::run(rest),
         "test" => run_tests(rest),
         "-h" | "--help" | "help" => return usage(),
@@ -49,12 +57,19 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs the workspace tests, passing extra arguments to `cargo test`.
+/// Runs the workspace tests (with hgq-torch's `golden` feature, so the golden vectors also run
+/// through the torch backend), passing extra arguments to `cargo test`.
 fn run_tests(rest: &[String]) -> Result<ExitCode, String> {
     setup::ensure()?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = std::process::Command::new(cargo)
-        .args(["test", "--workspace", "--release"])
+        .args([
+            "test",
+            "--workspace",
+            "--release",
+            "--features",
+            "hgq-torch/golden",
+        ])
         .args(rest)
         .status()
         .map_err(|e| format!("cannot run cargo: {e}"))?;

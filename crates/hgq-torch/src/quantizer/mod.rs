@@ -267,7 +267,7 @@ impl Quantizer {
             }
         };
         if let Some(s) = self.scaler {
-            y = y * s;
+            y = &y * s;
         }
         if let (Some(n), CallMode::Training) = (self.qnoise_factor, mode) {
             y = &xs + (y - &xs) * n;

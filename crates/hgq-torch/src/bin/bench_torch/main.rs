@@ -1,0 +1,192 @@
+//! `hgq-bench-torch [--json] [--reps N] [--quick] [--threads N] [--breakdown]`: hgq-torch's KIF quantizer
+//! module with autograd on the work of `cargo xtask bench` (see `work.rs`), timed against a plain
+//! copy of x (`dst.copy_(x)`, a torch tensor copy) measured in the same run.
+//!
+//! Cases: `torch/{infer,train}/{per_column,per_element}` (the module: on CPU, hgq-core's fused
+//! kernel inside the C++ autograd function) and `torch-ops/...` (the same through
+//! `ops::fixed_quantize_ops`). Each runs on one thread (`tch::set_num_threads(1)` and a one-thread
+//! rayon pool for hgq-core's kernels) and then on all threads (`--threads N`: only N). Each
+//! repetition times the copy and then the case; `ms` and `copy_ms` are the medians, `ratio` the
+//! median of the per-repetition ratios. `--json` prints one JSON object per line, as
+//! `cargo xtask bench --json` does for the core cases (which runs this binary after them).
+//! `--breakdown` adds `.../train-forward/...`: the forward pass of training alone.
+mod work;
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use tch::Tensor;
+use work::{COLS, Case, Layout, Path, ROWS};
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+fn once_ms(f: &mut impl FnMut()) -> f64 {
+    let t = Instant::now();
+    f();
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// `reps` pairs of (copy, case) after one warm-up of each: medians of both and of the ratios.
+fn time_pair(reps: usize, mut copy: impl FnMut(), mut f: impl FnMut()) -> (f64, f64, f64) {
+    copy();
+    f();
+    let (mut cs, mut ts, mut rs) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..reps {
+        let c = once_ms(&mut copy);
+        let t = once_ms(&mut f);
+        cs.push(c);
+        ts.push(t);
+        rs.push(t / c);
+    }
+    (median(ts), median(cs), median(rs))
+}
+
+struct Row {
+    case: String,
+    threads: usize,
+    ms: f64,
+    copy_ms: f64,
+    ratio: f64,
+}
+
+fn measure(threads: usize, reps: usize, breakdown: bool, x: Tensor) -> Result<Vec<Row>, String> {
+    tch::set_num_threads(threads as i32);
+    let pool = hgq_torch::hgq_core::kernels::thread_pool(threads)
+        .map_err(|e| format!("cannot build a pool of {threads} threads: {e}"))?;
+    // The kernels run on the pool's threads; tensors are `Send`, not `Sync`: x moves in.
+    pool.install(move || {
+        let x = &x;
+        let mut dst = x.empty_like();
+        let mut copy = || {
+            dst.copy_(x);
+        };
+        let mut rows = Vec::new();
+        let mut dst2 = x.empty_like();
+        let (cm, _, _) = time_pair(reps, &mut copy, || {
+            dst2.copy_(x);
+        });
+        rows.push(Row {
+            case: "torch/copy".into(),
+            threads,
+            ms: cm,
+            copy_ms: cm,
+            ratio: 1.0,
+        });
+        for path in Path::ALL {
+            for layout in Layout::ALL {
+                let case = Case::new(layout, path, x).map_err(|e| e.to_string())?;
+                let mut kinds = vec![("infer", 0), ("train", 1)];
+                if breakdown {
+                    kinds.push(("train-forward", 2));
+                }
+                for (what, which) in kinds {
+                    let mut err = Ok(());
+                    let (ms, copy_ms, ratio) = time_pair(reps, &mut copy, || {
+                        if err.is_ok() {
+                            err = match which {
+                                0 => case.infer().map(drop),
+                                1 => case.train().map(drop),
+                                _ => case.train_forward().map(drop),
+                            };
+                        }
+                    });
+                    err.map_err(|e| e.to_string())?;
+                    rows.push(Row {
+                        case: format!("{}/{what}/{}", path.name(), layout.name()),
+                        threads,
+                        ms,
+                        copy_ms,
+                        ratio,
+                    });
+                }
+            }
+        }
+        Ok(rows)
+    })
+}
+
+fn main() -> ExitCode {
+    let mut json = false;
+    let mut reps = 15;
+    let mut only: Option<usize> = None;
+    let mut breakdown = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--json" => json = true,
+            "--quick" => reps = 5,
+            "--breakdown" => breakdown = true,
+            "--reps" | "--threads" => {
+                let Some(v) = args.next().and_then(|v| v.parse().ok()).filter(|&v| v > 0) else {
+                    eprintln!("hgq-bench-torch: {a} needs a positive integer");
+                    return ExitCode::from(2);
+                };
+                if a == "--reps" {
+                    reps = v;
+                } else {
+                    only = Some(v);
+                }
+            }
+            other => {
+                eprintln!(
+                    "hgq-bench-torch: unknown argument {other:?}\n\
+                     usage: hgq-bench-torch [--json] [--reps N] [--quick] [--threads N] [--breakdown]"
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let all = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let counts = match only {
+        Some(n) => vec![n],
+        None if all > 1 => vec![1, all],
+        None => vec![1],
+    };
+    let x = work::normal_x();
+    if !json {
+        println!(
+            "hgq-torch: x {ROWS} x {COLS} f32, KIF k=1 i=2 f=4 RND SAT, autograd; median of \
+             {reps}; ratio = ms / copy_ms (torch copy_)"
+        );
+        println!(
+            "{:<28} {:>7} {:>10} {:>10} {:>7}",
+            "case", "threads", "ms", "copy_ms", "ratio"
+        );
+    }
+    for threads in counts {
+        let rows = match measure(threads, reps, breakdown, x.shallow_clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("hgq-bench-torch: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        for r in rows {
+            if json {
+                // The same fields as `cargo xtask bench --json`.
+                println!(
+                    "{{\"case\":\"{}\",\"threads\":{},\"ms\":{},\"copy_ms\":{},\"ratio\":{}}}",
+                    r.case,
+                    r.threads,
+                    (r.ms * 1e4).round() / 1e4,
+                    (r.copy_ms * 1e4).round() / 1e4,
+                    (r.ratio * 1e3).round() / 1e3
+                );
+            } else {
+                println!(
+                    "{:<28} {:>7} {:>10.3} {:>10.3} {:>7.2}",
+                    r.case, r.threads, r.ms, r.copy_ms, r.ratio
+                );
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
