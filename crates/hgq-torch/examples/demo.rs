@@ -178,7 +178,7 @@ fn progress(epoch: usize, epochs: usize, loss: f64, acc: f64, ebops: u64, bits: 
         if epoch == epochs {
             eprintln!();
         }
-    } else if epoch == 1 || epoch % 10 == 0 || epoch == epochs {
+    } else if epoch == 1 || epoch.is_multiple_of(10) || epoch == epochs {
         eprintln!("{line}");
     }
 }
@@ -287,7 +287,7 @@ fn main() -> Result<(), Error> {
             let ce = out.y.cross_entropy_for_logits(&yb);
             let mut loss = &ce + &out.ebops_loss;
             if model.has_regularization() {
-                loss = loss + model.regularization_loss().to_device(a.device);
+                loss += model.regularization_loss().to_device(a.device);
             }
             opt.backward_step(&loss);
             model.apply_constraints();

@@ -330,7 +330,7 @@ impl QDense {
         if let Some(bq) = &self.bq {
             let bw_bias = bq.q.bits_like(&[self.units as i64])?;
             let dev = e.device();
-            e = e + bw_bias.f_mean(Kind::Float)?.to_device(dev) * self.units as f64;
+            e += bw_bias.f_mean(Kind::Float)?.to_device(dev) * self.units as f64;
         }
         Ok(e)
     }
@@ -342,7 +342,7 @@ impl QDense {
         let k = self.kq.q.forward(&self.kernel, mode)?;
         let mut y = xq.f_matmul(&k)?;
         if let (Some(b), Some(bq)) = (&self.bias, &self.bq) {
-            y = y + bq.q.forward(b, mode)?;
+            y += bq.q.forward(b, mode)?;
         }
         let y = self.activation.apply(y);
         let ebops_loss = if mode == CallMode::Inference {

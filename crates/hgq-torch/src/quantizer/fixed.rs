@@ -301,6 +301,9 @@ impl FixedQuantizer {
             None => f32::INFINITY,
         };
         let k = self.k.value().shallow_clone();
+        // `+ (v - v)`: the value of the reference's `round(v) + (v - stop_gradient(v))`
+        // (a rounded -0 becomes +0, inf becomes NaN).
+        #[allow(clippy::eq_op)]
         let rc1 = |v: f32| v.round_ties_even() + (v - v);
         let con = |v: f32| ic.map_or(v, |c| c.one(v));
         match self.param {
