@@ -171,9 +171,9 @@ fn main() -> ExitCode {
         };
         for r in rows {
             if json {
-                // The same fields as `cargo xtask bench --json`.
+                // The same fields as `cargo xtask bench --json` (`{:?}`: floats as `1.0`, as serde_json).
                 println!(
-                    "{{\"case\":\"{}\",\"threads\":{},\"ms\":{},\"copy_ms\":{},\"ratio\":{}}}",
+                    "{{\"case\":\"{}\",\"threads\":{},\"ms\":{:?},\"copy_ms\":{:?},\"ratio\":{:?}}}",
                     r.case,
                     r.threads,
                     (r.ms * 1e4).round() / 1e4,
