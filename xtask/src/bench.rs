@@ -317,28 +317,9 @@ pub fn run(args: &[String]) -> Result<ExitCode, String> {
 /// `cargo run --release -q -p hgq-torch --bin hgq-bench-torch -- [--json] --reps N`, after
 /// `setup::ensure()`; its exit code passes on.
 fn run_torch(json: bool, reps: usize) -> Result<ExitCode, String> {
-    crate::setup::ensure()?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = std::process::Command::new(cargo);
-    cmd.args([
-        "run",
-        "--release",
-        "-q",
-        "-p",
-        "hgq-torch",
-        "--bin",
-        "hgq-bench-torch",
-        "--",
-        "--reps",
-        &reps.to_string(),
-    ]);
+    let mut args = vec!["--reps".into(), reps.to_string().into()];
     if json {
-        cmd.arg("--json");
+        args.push("--json".into());
     }
-    let status = cmd.status().map_err(|e| format!("cannot run cargo: {e}"))?;
-    Ok(match status.code() {
-        Some(0) => ExitCode::SUCCESS,
-        Some(c) => ExitCode::from(u8::try_from(c).unwrap_or(1)),
-        None => ExitCode::FAILURE,
-    })
+    crate::torch::run(&["--bin", "hgq-bench-torch"], args)
 }

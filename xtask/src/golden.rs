@@ -7,8 +7,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::setup;
-
 pub fn run(args: &[String]) -> Result<ExitCode, String> {
     let mut dir: Option<PathBuf> = None;
     let mut families: Vec<String> = Vec::new();
@@ -85,35 +83,15 @@ fn run_torch(
     device: Option<&str>,
     verbose: bool,
 ) -> Result<ExitCode, String> {
-    setup::ensure()?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = std::process::Command::new(cargo);
-    cmd.args([
-        "run",
-        "--release",
-        "-q",
-        "-p",
-        "hgq-torch",
-        "--features",
-        "golden",
-        "--bin",
-        "hgq-golden-torch",
-        "--",
-    ])
-    .arg(dir);
+    let mut args: Vec<std::ffi::OsString> = vec![dir.into()];
     for f in families {
-        cmd.args(["--family", f]);
+        args.extend(["--family".into(), f.into()]);
     }
     if let Some(d) = device {
-        cmd.args(["--device", d]);
+        args.extend(["--device".into(), d.into()]);
     }
     if verbose {
-        cmd.arg("-v");
+        args.push("-v".into());
     }
-    let status = cmd.status().map_err(|e| format!("cannot run cargo: {e}"))?;
-    Ok(match status.code() {
-        Some(0) => ExitCode::SUCCESS,
-        Some(c) => ExitCode::from(u8::try_from(c).unwrap_or(1)),
-        None => ExitCode::FAILURE,
-    })
+    crate::torch::run(&["--features", "golden", "--bin", "hgq-golden-torch"], args)
 }

@@ -11,6 +11,7 @@ mod bench;
 mod demo;
 mod golden;
 mod setup;
+mod torch;
 
 use std::process::ExitCode;
 

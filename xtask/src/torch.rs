@@ -1,0 +1,25 @@
+//! Running hgq-torch's programs from xtask: xtask cannot link libtorch (its `setup` installs
+//! it), so the tasks that need tensors run a binary or example of hgq-torch through cargo.
+use std::ffi::OsString;
+use std::process::{Command, ExitCode};
+
+use crate::setup;
+
+/// `cargo run --release -q -p hgq-torch TARGET... -- ARGS...` after [`setup::ensure`]; the
+/// program's exit code passes through.
+pub fn run(target: &[&str], args: impl IntoIterator<Item = OsString>) -> Result<ExitCode, String> {
+    setup::ensure()?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["run", "--release", "-q", "-p", "hgq-torch"])
+        .args(target)
+        .arg("--")
+        .args(args)
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    Ok(match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(c) => ExitCode::from(u8::try_from(c).unwrap_or(1).max(1)),
+        None => ExitCode::FAILURE,
+    })
+}
