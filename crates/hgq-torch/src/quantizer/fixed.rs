@@ -44,8 +44,8 @@ impl FixedQuantizer {
     /// A KBI quantizer for inputs of `input_shape` (`None`: the batch or another axis of
     /// unknown size), its variables `k`, `b`, `i` (and `i_decay_speed` for WRAP) in `path`.
     pub fn new_kbi(path: &nn::Path, spec: &KbiSpec, input_shape: &[Option<usize>]) -> Result<Self> {
-        let check = hgq_core::quantizer::FixedPointQuantizerKBI::<f32>::new(spec.clone())?;
-        drop(check);
+        // hgq-core's constructor validates the spec (modes, k0, initial bit widths).
+        hgq_core::quantizer::FixedPointQuantizerKBI::<f32>::new(spec.clone())?;
         Self::build(
             path,
             Param::Kbi,
@@ -62,8 +62,8 @@ impl FixedQuantizer {
     /// A KIF quantizer for inputs of `input_shape`, its variables `k`, `i`, `f` (and
     /// `i_decay_speed` for WRAP) in `path`.
     pub fn new_kif(path: &nn::Path, spec: &KifSpec, input_shape: &[Option<usize>]) -> Result<Self> {
-        let check = hgq_core::quantizer::FixedPointQuantizerKIF::<f32>::new(spec.clone())?;
-        drop(check);
+        // hgq-core's constructor validates the spec (modes, k0, initial bit widths).
+        hgq_core::quantizer::FixedPointQuantizerKIF::<f32>::new(spec.clone())?;
         Self::build(
             path,
             Param::Kif,
