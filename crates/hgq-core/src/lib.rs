@@ -24,13 +24,13 @@ pub mod shape;
 pub mod stateless;
 
 pub use error::{CoreError, Result};
-pub use kernels::Path;
 pub use kernels::float::log2_boundary;
+pub use kernels::{Path, Upstream};
 pub use mapper::{BitwidthMapper, DefaultBitwidthMapper};
 pub use minimal_i::{minimal_i_given_xb, minimal_i_given_xf};
 pub use modes::{CallMode, OverflowMode, RoundMode};
 pub use real::{Element, Real};
 pub use shape::TensorRef;
 pub use stateless::{
-    FixedGrads, FixedPoint, FloatGrads, Stochastic, minifloat, minifloat_backward,
+    BitWidths, FixedGrads, FixedPoint, FloatGrads, Stochastic, minifloat, minifloat_backward,
 };

@@ -1,7 +1,7 @@
 //! The [`ElemOp`](crate::kernels::ElemOp)s behind the public quantizer functions, and the
 //! runtime-to-const-generic mode dispatch.
 use crate::kernels::fixed::{self, o, r};
-use crate::kernels::{Check, ElemOp, ND, Out};
+use crate::kernels::{ElemOp, ND, Out, finite, is_int, zero_one};
 use crate::real::Real;
 
 /// Counter-based uniform noise in [0, 1): the same for an element whatever the thread split.
@@ -21,16 +21,25 @@ pub(crate) struct FixedOp<const R: u8, const O: u8, const TRAIN: bool> {
     pub seed: u64,
     /// Zero the output where `k + i + f <= 0` (the layer quantizers' inference).
     pub mask: bool,
+    /// `i` and `f` are raw (trainable) values that the op rounds half to even itself; else
+    /// they must be integers (rounding them is then the identity).
+    pub raw: bool,
 }
 
 impl<C: Real, const R: u8, const O: u8, const TRAIN: bool> ElemOp<C> for FixedOp<R, O, TRAIN> {
     const HAS_GRAD: [bool; 3] = [false, true, true];
     const NDER: usize = ND;
     const PRECOMPUTE: bool = true;
-    const CHECKS: [Check; 3] = [Check::ZeroOne, Check::Integer, Check::Integer];
+    #[inline(always)]
+    fn passes(self, p: [C; 3]) -> bool {
+        // `|` and `&`, not `||`: no branches in the element loop.
+        zero_one(p[0]) & finite(p[1]) & finite(p[2]) & (self.raw | (is_int(p[1]) & is_int(p[2])))
+    }
     #[inline(always)]
     fn derive(self, p: [C; 3]) -> [C; ND] {
-        fixed::derive::<C, O>(p[0], p[1], p[2], self.mask)
+        // Always rounded: the identity on the integers of a non-raw call, so one body serves
+        // both (and the loop has no branch on `raw`).
+        fixed::derive::<C, O>(p[0], p[1].round_even(), p[2].round_even(), self.mask)
     }
     #[inline(always)]
     fn apply<const GRAD: bool>(self, x: C, d: [C; ND], g: C, index: u64) -> Out<C> {
@@ -57,7 +66,10 @@ impl<C: Real> ElemOp<C> for FloatOp {
     const HAS_GRAD: [bool; 3] = [true, true, true];
     const NDER: usize = 3;
     const PRECOMPUTE: bool = false;
-    const CHECKS: [Check; 3] = [Check::Integer; 3];
+    #[inline(always)]
+    fn passes(self, p: [C; 3]) -> bool {
+        is_int(p[0]) & is_int(p[1]) & is_int(p[2])
+    }
     #[inline(always)]
     fn derive(self, p: [C; 3]) -> [C; ND] {
         [
@@ -93,27 +105,32 @@ pub(crate) trait WithFixedOp {
 }
 
 macro_rules! by_overflow {
-    ($v:expr, $ov:expr, $train:expr, $seed:expr, $mask:expr, $R:expr) => {
+    ($v:expr, $ov:expr, $train:expr, $seed:expr, $mask:expr, $raw:expr, $R:expr) => {
         match ($ov, $train) {
             (o::WRAP, false) => $v.call(FixedOp::<{ $R }, { o::WRAP }, false> {
                 seed: $seed,
                 mask: $mask,
+                raw: $raw,
             }),
             (o::WRAP, true) => $v.call(FixedOp::<{ $R }, { o::WRAP }, true> {
                 seed: $seed,
                 mask: $mask,
+                raw: $raw,
             }),
             (o::SAT, _) => $v.call(FixedOp::<{ $R }, { o::SAT }, false> {
                 seed: $seed,
                 mask: $mask,
+                raw: $raw,
             }),
             (o::SAT_SYM, _) => $v.call(FixedOp::<{ $R }, { o::SAT_SYM }, false> {
                 seed: $seed,
                 mask: $mask,
+                raw: $raw,
             }),
             (_, _) => $v.call(FixedOp::<{ $R }, { o::WRAP_SM }, false> {
                 seed: $seed,
                 mask: $mask,
+                raw: $raw,
             }),
         }
     };
@@ -127,16 +144,17 @@ pub(crate) fn with_fixed_op<V: WithFixedOp>(
     training: bool,
     seed: u64,
     mask: bool,
+    raw: bool,
 ) -> V::Output {
     match round {
-        r::TRN => by_overflow!(v, overflow, training, seed, mask, r::TRN),
-        r::RND => by_overflow!(v, overflow, training, seed, mask, r::RND),
-        r::RND_CONV => by_overflow!(v, overflow, training, seed, mask, r::RND_CONV),
-        r::TRN_ZERO => by_overflow!(v, overflow, training, seed, mask, r::TRN_ZERO),
-        r::RND_ZERO => by_overflow!(v, overflow, training, seed, mask, r::RND_ZERO),
-        r::RND_INF => by_overflow!(v, overflow, training, seed, mask, r::RND_INF),
-        r::RND_MIN_INF => by_overflow!(v, overflow, training, seed, mask, r::RND_MIN_INF),
-        _ => by_overflow!(v, overflow, training, seed, mask, r::STOCH),
+        r::TRN => by_overflow!(v, overflow, training, seed, mask, raw, r::TRN),
+        r::RND => by_overflow!(v, overflow, training, seed, mask, raw, r::RND),
+        r::RND_CONV => by_overflow!(v, overflow, training, seed, mask, raw, r::RND_CONV),
+        r::TRN_ZERO => by_overflow!(v, overflow, training, seed, mask, raw, r::TRN_ZERO),
+        r::RND_ZERO => by_overflow!(v, overflow, training, seed, mask, raw, r::RND_ZERO),
+        r::RND_INF => by_overflow!(v, overflow, training, seed, mask, raw, r::RND_INF),
+        r::RND_MIN_INF => by_overflow!(v, overflow, training, seed, mask, raw, r::RND_MIN_INF),
+        _ => by_overflow!(v, overflow, training, seed, mask, raw, r::STOCH),
     }
 }
 

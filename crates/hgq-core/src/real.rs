@@ -3,7 +3,7 @@
 //! Every formula is written once over [`Real`]; storage types that are narrower than `f32` are
 //! widened to `f32` for the arithmetic and narrowed on the way out ([`Element`]).
 use crate::error::Result;
-use crate::kernels::Path;
+use crate::kernels::{Path, Upstream};
 use crate::shape::TensorRef;
 use crate::stateless::FixedPoint;
 use half::{bf16, f16};
@@ -212,8 +212,8 @@ pub trait Element: Copy + Debug + Default + Send + Sync + 'static {
         x: TensorRef<'_, Self>,
         p: [TensorRef<'_, Self::C>; 3],
         training: bool,
-        dy: Option<&[Self]>,
-        y: &mut [Self],
+        dy: Option<Upstream<'_, Self>>,
+        y: Option<&mut [Self]>,
         grads: Option<(&mut [Self], [&mut [Self::C]; 2])>,
     ) -> Result<()>;
 
@@ -223,8 +223,8 @@ pub trait Element: Copy + Debug + Default + Send + Sync + 'static {
     fn float_entry(
         x: TensorRef<'_, Self>,
         p: [TensorRef<'_, Self::C>; 3],
-        dy: Option<&[Self]>,
-        y: &mut [Self],
+        dy: Option<Upstream<'_, Self>>,
+        y: Option<&mut [Self]>,
         grads: Option<(&mut [Self], [&mut [Self::C]; 3])>,
         path: Path,
     ) -> Result<()>;
@@ -239,8 +239,8 @@ macro_rules! entries {
             x: TensorRef<'_, Self>,
             p: [TensorRef<'_, Self::C>; 3],
             training: bool,
-            dy: Option<&[Self]>,
-            y: &mut [Self],
+            dy: Option<Upstream<'_, Self>>,
+            y: Option<&mut [Self]>,
             grads: Option<(&mut [Self], [&mut [Self::C]; 2])>,
         ) -> Result<()> {
             q.call_impl::<$t>(x, p, training, dy, y, grads)
@@ -249,8 +249,8 @@ macro_rules! entries {
         fn float_entry(
             x: TensorRef<'_, Self>,
             p: [TensorRef<'_, Self::C>; 3],
-            dy: Option<&[Self]>,
-            y: &mut [Self],
+            dy: Option<Upstream<'_, Self>>,
+            y: Option<&mut [Self]>,
             grads: Option<(&mut [Self], [&mut [Self::C]; 3])>,
             path: Path,
         ) -> Result<()> {

@@ -1,6 +1,6 @@
 //! The stateless quantizers: fixed point (SPEC 1-3) and minifloat (SPEC 8), one fused pass each.
 use crate::error::{CoreError, Result};
-use crate::kernels::{self, Check, Io, Path, Plan, find_bad};
+use crate::kernels::{self, Check, Io, Path, Plan, Upstream, find_bad};
 use crate::modes::{OverflowMode, RoundMode, check_modes};
 use crate::ops::{FixedOp, FloatOp, WithFixedOp, with_fixed_op};
 use crate::real::{Element, Real};
@@ -15,6 +15,19 @@ pub enum Stochastic {
     /// Unbiased stochastic rounding `floor(v + u)`, `u ~ U[0, 1)` from a counter-based
     /// generator keyed by this seed and the element index: reproducible for any thread count.
     Seeded(u64),
+}
+
+/// What [`FixedPoint`] expects of its `i` and `f`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BitWidths {
+    /// Integers (what firmware has); anything else is an error.
+    #[default]
+    Integer,
+    /// Raw trainable values, rounded half to even inside the pass with a straight-through
+    /// gradient: the layer quantizers' `round(v) + (v - stop_gradient(v))`, fused, so a training
+    /// step does not round its bit-width variables in separate passes. Non-finite values are
+    /// errors; the gradients are those of the rounded values (straight through).
+    RoundHalfEven,
 }
 
 /// The gradients one fused pass writes: `dx` in x's shape, `di` and `df` in the shapes of `i`
@@ -51,6 +64,7 @@ pub struct FixedPoint {
     stochastic: Stochastic,
     path: Path,
     zero_mask: bool,
+    bit_widths: BitWidths,
 }
 
 impl FixedPoint {
@@ -63,7 +77,34 @@ impl FixedPoint {
             stochastic: Stochastic::Reference,
             path: Path::Simd,
             zero_mask: false,
+            bit_widths: BitWidths::Integer,
         })
+    }
+
+    /// Sets what `i` and `f` are: integers (the default) or raw values rounded in the pass.
+    ///
+    /// ```
+    /// use hgq_core::{BitWidths, FixedPoint, RoundMode, OverflowMode, TensorRef};
+    /// let q = FixedPoint::new(RoundMode::Rnd, OverflowMode::Sat).unwrap();
+    /// let s = [1];
+    /// let x = TensorRef::new(&[0.3f32, -5.0, 1.7], &[3]).unwrap();
+    /// let k = TensorRef::new(&[1.0f32], &s).unwrap();
+    /// let i = TensorRef::new(&[0.6f32], &s).unwrap(); // used as 1 (half to even)
+    /// let f = TensorRef::new(&[2.5f32], &s).unwrap(); // used as 2
+    /// let mut y = [0.0f32; 3];
+    /// assert!(q.forward(x, k, i, f, false, &mut y).is_err()); // not integers
+    /// let q = q.with_bit_widths(BitWidths::RoundHalfEven);
+    /// q.forward(x, k, i, f, false, &mut y).unwrap();
+    /// assert_eq!(y, [0.25, -2.0, 1.75]);
+    /// ```
+    pub fn with_bit_widths(mut self, b: BitWidths) -> Self {
+        self.bit_widths = b;
+        self
+    }
+
+    /// What `i` and `f` are taken to be.
+    pub fn bit_widths(&self) -> BitWidths {
+        self.bit_widths
     }
 
     /// Sets what S_ modes do in training.
@@ -108,7 +149,7 @@ impl FixedPoint {
         training: bool,
         y: &mut [T],
     ) -> Result<()> {
-        self.call(x, [k, i, f], training, None, y, None)
+        self.call(x, [k, i, f], training, None, Some(y), None)
     }
 
     /// The output and all gradients for upstream `dy` in one pass.
@@ -125,7 +166,42 @@ impl FixedPoint {
         grads: FixedGrads<'_, T>,
     ) -> Result<()> {
         let FixedGrads { dx, di, df } = grads;
-        self.call(x, [k, i, f], training, Some(dy), y, Some((dx, [di, df])))
+        let dy = Some(Upstream::Each(dy));
+        self.call(x, [k, i, f], training, dy, Some(y), Some((dx, [di, df])))
+    }
+
+    /// The gradients alone for upstream `dy` (per element, or one value for all elements: the
+    /// gradient of a sum): the same bits as [`FixedPoint::forward_backward`] without storing
+    /// the output, one pass that reads x, the bit widths and `dy` and writes only gradients
+    /// (what an autograd backward needs).
+    ///
+    /// ```
+    /// use hgq_core::{FixedGrads, FixedPoint, RoundMode, OverflowMode, TensorRef, Upstream};
+    /// let q = FixedPoint::new(RoundMode::Rnd, OverflowMode::Sat).unwrap();
+    /// let s = [1];
+    /// let x = TensorRef::new(&[0.3f32, -5.0, 1.7], &[3]).unwrap();
+    /// let k = TensorRef::new(&[1.0f32], &s).unwrap();
+    /// let i = TensorRef::new(&[1.0f32], &s).unwrap();
+    /// let f = TensorRef::new(&[2.0f32], &s).unwrap();
+    /// let (mut dx, mut di, mut df) = ([0.0f32; 3], [0.0f32], [0.0f32]);
+    /// let grads = FixedGrads { dx: &mut dx, di: &mut di, df: &mut df };
+    /// // The gradient of sum(y): one upstream value for every element.
+    /// q.backward(x, k, i, f, true, Upstream::Same(1.0), grads).unwrap();
+    /// assert_eq!(dx, [1.0, 0.0, 1.0]); // -5 is clipped: no gradient reaches x
+    /// ```
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward<T: Element>(
+        &self,
+        x: TensorRef<'_, T>,
+        k: TensorRef<'_, T::C>,
+        i: TensorRef<'_, T::C>,
+        f: TensorRef<'_, T::C>,
+        training: bool,
+        dy: Upstream<'_, T>,
+        grads: FixedGrads<'_, T>,
+    ) -> Result<()> {
+        let FixedGrads { dx, di, df } = grads;
+        self.call(x, [k, i, f], training, Some(dy), None, Some((dx, [di, df])))
     }
 
     #[allow(clippy::type_complexity)]
@@ -134,8 +210,8 @@ impl FixedPoint {
         x: TensorRef<'_, T>,
         p: [TensorRef<'_, T::C>; 3],
         training: bool,
-        dy: Option<&[T]>,
-        y: &mut [T],
+        dy: Option<Upstream<'_, T>>,
+        y: Option<&mut [T]>,
         grads: Option<(&mut [T], [&mut [T::C]; 2])>,
     ) -> Result<()> {
         // Through the element type's non-generic entry: the kernels are instantiated once, in
@@ -150,8 +226,8 @@ impl FixedPoint {
         x: TensorRef<'_, T>,
         p: [TensorRef<'_, T::C>; 3],
         training: bool,
-        dy: Option<&[T]>,
-        y: &mut [T],
+        dy: Option<Upstream<'_, T>>,
+        y: Option<&mut [T]>,
         grads: Option<(&mut [T], [&mut [T::C]; 2])>,
     ) -> Result<()> {
         let seed = match self.stochastic {
@@ -164,6 +240,8 @@ impl FixedPoint {
             Some((dx, [di, df])) => (Some(dx), Some([di, df])),
             None => (None, None),
         };
+        let raw = self.bit_widths == BitWidths::RoundHalfEven;
+        let rule = if raw { Check::Finite } else { Check::Integer };
         let run = Runner {
             x,
             p,
@@ -172,11 +250,7 @@ impl FixedPoint {
             gx: grads_x,
             gp: grads_p.map(|[a, b]| [None, Some(a), Some(b)]),
             path: self.path,
-            checks: [
-                ("k", Check::ZeroOne),
-                ("i", Check::Integer),
-                ("f", Check::Integer),
-            ],
+            checks: [("k", Check::ZeroOne), ("i", rule), ("f", rule)],
         };
         with_fixed_op(
             run,
@@ -185,6 +259,7 @@ impl FixedPoint {
             training,
             seed.unwrap_or(0),
             self.zero_mask && !training,
+            raw,
         )
     }
 }
@@ -209,7 +284,7 @@ pub fn minifloat<T: Element>(
     e0: TensorRef<'_, T::C>,
     y: &mut [T],
 ) -> Result<()> {
-    minifloat_call(x, [m, e, e0], None, y, None, Path::Simd)
+    minifloat_call(x, [m, e, e0], None, Some(y), None, Path::Simd)
 }
 
 /// [`minifloat`] on a chosen code path (the scalar path is the reference of the SIMD ones).
@@ -221,7 +296,7 @@ pub fn minifloat_with_path<T: Element>(
     y: &mut [T],
     path: Path,
 ) -> Result<()> {
-    minifloat_call(x, [m, e, e0], None, y, None, path)
+    minifloat_call(x, [m, e, e0], None, Some(y), None, path)
 }
 
 /// [`minifloat_backward`] on a chosen code path.
@@ -237,7 +312,14 @@ pub fn minifloat_backward_with_path<T: Element>(
     path: Path,
 ) -> Result<()> {
     let FloatGrads { dx, dm, de, de0 } = grads;
-    minifloat_call(x, [m, e, e0], Some(dy), y, Some((dx, [dm, de, de0])), path)
+    minifloat_call(
+        x,
+        [m, e, e0],
+        Some(Upstream::Each(dy)),
+        Some(y),
+        Some((dx, [dm, de, de0])),
+        path,
+    )
 }
 
 /// Gradients of the minifloat quantizer, each in its parameter's shape.
@@ -267,8 +349,8 @@ pub fn minifloat_backward<T: Element>(
     minifloat_call(
         x,
         [m, e, e0],
-        Some(dy),
-        y,
+        Some(Upstream::Each(dy)),
+        Some(y),
         Some((dx, [dm, de, de0])),
         Path::Simd,
     )
@@ -278,8 +360,8 @@ pub fn minifloat_backward<T: Element>(
 pub(crate) fn minifloat_call<T: Element>(
     x: TensorRef<'_, T>,
     p: [TensorRef<'_, T::C>; 3],
-    dy: Option<&[T]>,
-    y: &mut [T],
+    dy: Option<Upstream<'_, T>>,
+    y: Option<&mut [T]>,
     grads: Option<(&mut [T], [&mut [T::C]; 3])>,
     path: Path,
 ) -> Result<()> {
@@ -291,8 +373,8 @@ pub(crate) fn minifloat_call<T: Element>(
 pub(crate) fn minifloat_impl<T: Element>(
     x: TensorRef<'_, T>,
     p: [TensorRef<'_, T::C>; 3],
-    dy: Option<&[T]>,
-    y: &mut [T],
+    dy: Option<Upstream<'_, T>>,
+    y: Option<&mut [T]>,
     grads: Option<(&mut [T], [&mut [T::C]; 3])>,
     path: Path,
 ) -> Result<()> {
@@ -321,6 +403,11 @@ pub(crate) fn minifloat_impl<T: Element>(
 fn bad_param(name: &'static str, rule: Check, value: f64) -> CoreError {
     match rule {
         Check::ZeroOne => CoreError::InvalidK(value),
+        Check::Finite => CoreError::InvalidParameter {
+            name,
+            value,
+            why: "bit widths must be finite",
+        },
         _ => CoreError::InvalidParameter {
             name,
             value,
@@ -338,8 +425,8 @@ fn bad_param(name: &'static str, rule: Check, value: f64) -> CoreError {
 struct Runner<'a, 'b, T: Element> {
     x: TensorRef<'a, T>,
     p: [TensorRef<'a, T::C>; 3],
-    dy: Option<&'a [T]>,
-    y: &'b mut [T],
+    dy: Option<Upstream<'a, T>>,
+    y: Option<&'b mut [T]>,
     gx: Option<&'b mut [T]>,
     gp: Option<[Option<&'b mut [T::C]>; 3]>,
     path: Path,
@@ -375,7 +462,13 @@ impl<T: Element> Runner<'_, '_, T> {
         } = self;
         let xs = x.shape;
         check_len("x", x.data.len(), xs)?;
-        check_len("y", y.len(), xs)?;
+        match &y {
+            Some(y) => check_len("y", y.len(), xs)?,
+            None if dy.is_none() => {
+                return Err(CoreError::Unsupported("a forward pass needs a y buffer"));
+            }
+            None => {}
+        }
         let mut shapes = Vec::with_capacity(3);
         for t in &p {
             check_len("bit width", t.data.len(), t.shape)?;
@@ -392,7 +485,7 @@ impl<T: Element> Runner<'_, '_, T> {
             .collect();
         let pv: [&[T::C]; 3] = std::array::from_fn(|q| owned[q].as_deref().unwrap_or(p[q].data));
         let plan = Plan::new(xs, &common);
-        if let Some(d) = dy {
+        if let Some(Upstream::Each(d)) = dy {
             check_len("dy", d.len(), xs)?;
         }
         let grad = dy.is_some();

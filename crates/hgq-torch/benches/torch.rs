@@ -18,6 +18,10 @@ use std::time::Duration;
 use work::{COLS, Case, Layout, Path, ROWS};
 
 fn bench(c: &mut Criterion) {
+    // As hgq-bench-torch: freed tensors stay in the process (HGQ_BENCH_GLIBC_DEFAULT=1: not).
+    if std::env::var_os("HGQ_BENCH_GLIBC_DEFAULT").is_none() {
+        hgq_torch::retain_cpu_memory();
+    }
     let threads = std::env::var("HGQ_BENCH_THREADS")
         .ok()
         .and_then(|v| v.parse().ok())

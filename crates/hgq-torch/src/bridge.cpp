@@ -16,10 +16,13 @@ struct HgqView {
   int64_t ndim;
 };
 
-// Defined in Rust. Returns 0 on success, else writes a NUL-terminated message into err.
+// Defined in Rust. Forward (dy null): writes y. Backward (dy given): writes dx, di, df only;
+// dy_same: dy points at one value that holds for every element. Returns 0 on success, else
+// writes a NUL-terminated message into err.
 int hgq_torch_fixed_cpu(const uint8_t* cfg, size_t cfg_len, int training, const HgqView* x,
                         const HgqView* k, const HgqView* i, const HgqView* f, const float* dy,
-                        float* y, float* dx, float* di, float* df, char* err, size_t err_len);
+                        int dy_same, float* y, float* dx, float* di, float* df, char* err,
+                        size_t err_len);
 }
 
 #ifdef HGQ_TORCH_CUDA
@@ -48,14 +51,14 @@ HgqView view(const at::Tensor& t) {
 }
 
 void call(const std::string& cfg, bool training, const at::Tensor& x, const at::Tensor& k,
-          const at::Tensor& i, const at::Tensor& f, const float* dy, float* y, float* dx, float* di,
-          float* df) {
+          const at::Tensor& i, const at::Tensor& f, const float* dy, bool dy_same, float* y,
+          float* dx, float* di, float* df) {
   char err[1024];
   err[0] = 0;
   HgqView vx = view(x), vk = view(k), vi = view(i), vf = view(f);
   int rc = hgq_torch_fixed_cpu(reinterpret_cast<const uint8_t*>(cfg.data()), cfg.size(),
-                               training ? 1 : 0, &vx, &vk, &vi, &vf, dy, y, dx, di, df, err,
-                               sizeof err);
+                               training ? 1 : 0, &vx, &vk, &vi, &vf, dy, dy_same ? 1 : 0, y, dx,
+                               di, df, err, sizeof err);
   if (rc != 0) {
     err[sizeof err - 1] = 0;
     throw std::runtime_error(err);
@@ -66,7 +69,8 @@ struct FixedFn : public torch::autograd::Function<FixedFn> {
   static at::Tensor forward(AutogradContext* ctx, at::Tensor x, at::Tensor k, at::Tensor i,
                             at::Tensor f, std::string cfg, bool training) {
     at::Tensor y = at::empty_like(x);
-    call(cfg, training, x, k, i, f, nullptr, y.data_ptr<float>(), nullptr, nullptr, nullptr);
+    call(cfg, training, x, k, i, f, nullptr, false, y.data_ptr<float>(), nullptr, nullptr,
+         nullptr);
     ctx->save_for_backward({x, k, i, f});
     ctx->saved_data["cfg"] = cfg;
     ctx->saved_data["training"] = training;
@@ -78,13 +82,19 @@ struct FixedFn : public torch::autograd::Function<FixedFn> {
     const at::Tensor &x = saved[0], &k = saved[1], &i = saved[2], &f = saved[3];
     std::string cfg = ctx->saved_data["cfg"].toStringRef();
     bool training = ctx->saved_data["training"].toBool();
-    at::Tensor dy = grads[0].to(at::kFloat).expand(x.sizes()).contiguous();
-    at::Tensor y = at::empty_like(x);
+    at::Tensor dy = grads[0].to(at::kFloat).expand(x.sizes());
+    // One value broadcast everywhere (the gradient of a sum, a mean): passed as that value,
+    // not materialized as a tensor the size of x.
+    bool same = dy.numel() > 0;
+    for (int64_t s : dy.strides()) same = same && s == 0;
+    if (!same) dy = dy.contiguous();
     at::Tensor dx = at::empty_like(x);
-    at::Tensor di = at::zeros_like(i);
-    at::Tensor df = at::zeros_like(f);
-    call(cfg, training, x, k, i, f, dy.data_ptr<float>(), y.data_ptr<float>(),
-         dx.data_ptr<float>(), di.data_ptr<float>(), df.data_ptr<float>());
+    // The kernel writes every element of di and df (sums start from zero inside it), so no
+    // zero fill: per element that would be two more passes over memory. It does not store y.
+    at::Tensor di = at::empty_like(i);
+    at::Tensor df = at::empty_like(f);
+    call(cfg, training, x, k, i, f, dy.data_ptr<float>(), same, nullptr, dx.data_ptr<float>(),
+         di.data_ptr<float>(), df.data_ptr<float>());
     return {dx, at::Tensor(), di, df, at::Tensor(), at::Tensor()};
   }
 };

@@ -2,7 +2,7 @@
 use std::ffi::{c_char, c_int};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use hgq_core::{FixedGrads, FixedPoint, TensorRef};
+use hgq_core::{FixedGrads, FixedPoint, TensorRef, Upstream};
 use tch::Tensor;
 use torch_sys::C_tensor;
 
@@ -111,11 +111,13 @@ unsafe fn data_mut<'a>(p: *mut f32, n: usize) -> &'a mut [f32] {
     unsafe { std::slice::from_raw_parts_mut(p, n) }
 }
 
-/// Called by `FixedFn` (C++) in forward (`dy` null: y only) and backward (all outputs).
+/// Called by `FixedFn` (C++) in forward (`dy` null: y only) and backward (`dx`, `di`, `df`;
+/// `dy_same`: `dy` is one value for every element).
 ///
 /// # Safety
-/// Called only from `bridge.cpp` with views of live float32 contiguous tensors, `y`/`dx` with
-/// x's element count, `di`/`df` with i's/f's, `cfg` from [`fixed_apply`].
+/// Called only from `bridge.cpp` with views of live float32 contiguous tensors, `y`/`dx` and
+/// `dy` (unless `dy_same`) with x's element count, `di`/`df` with i's/f's, `cfg` from
+/// [`fixed_apply`].
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn hgq_torch_fixed_cpu(
     cfg: *const u8,
@@ -126,6 +128,7 @@ pub unsafe extern "C" fn hgq_torch_fixed_cpu(
     i: *const View,
     f: *const View,
     dy: *const f32,
+    dy_same: c_int,
     y: *mut f32,
     dx: *mut f32,
     di: *mut f32,
@@ -153,18 +156,33 @@ pub unsafe extern "C" fn hgq_torch_fixed_cpu(
         let t = |d, s| TensorRef::new(d, s).map_err(|e| e.to_string());
         let (tx, tk, ti, tf) = (t(dxv, &sx)?, t(dkv, &sk)?, t(div, &si)?, t(dfv, &sf)?);
         let n = numel(&sx);
-        let y = unsafe { data_mut(y, n) };
         let training = training != 0;
         if dy.is_null() {
+            let y = unsafe { data_mut(y, n) };
             q.forward(tx, tk, ti, tf, training, y)
         } else {
-            let dy = unsafe { std::slice::from_raw_parts(dy, n) };
+            let dy = if dy_same != 0 {
+                // SAFETY: one readable value (the C++ side checked numel > 0).
+                Upstream::Same(unsafe { *dy })
+            } else {
+                // SAFETY: `n` values (`data_of` maps an empty tensor's null pointer to `&[]`).
+                Upstream::Each(unsafe {
+                    data_of(
+                        &View {
+                            data: dy,
+                            shape: std::ptr::null(),
+                            ndim: 0,
+                        },
+                        &[n],
+                    )
+                })
+            };
             let grads = FixedGrads {
                 dx: unsafe { data_mut(dx, n) },
                 di: unsafe { data_mut(di, numel(&si)) },
                 df: unsafe { data_mut(df, numel(&sf)) },
             };
-            q.forward_backward(tx, tk, ti, tf, training, dy, y, grads)
+            q.backward(tx, tk, ti, tf, training, dy, grads)
         }
         .map_err(|e| e.to_string())
     };

@@ -12,6 +12,7 @@
 //! `xtask/src/setup.rs` for how builds and test runs find it.
 #![warn(missing_docs)]
 
+mod alloc;
 mod bridge;
 #[cfg(feature = "golden")]
 pub mod golden;
@@ -22,6 +23,7 @@ pub mod quantizer;
 use hgq_core::FixedPoint;
 use tch::{Device, Kind, Tensor};
 
+pub use alloc::retain_cpu_memory;
 pub use hgq_config;
 pub use hgq_core;
 pub use tch;

@@ -5,9 +5,10 @@
 //! gradients (straight-through rounding with `dq/df = ln2 (x - q)`) are built from detached
 //! values plus terms `a - a.detach()`, whose value is `+0.0` and whose gradient is the wanted
 //! one (like the reference, this turns a rounded `-0.0` into `+0.0`).
-use hgq_core::{FixedPoint, OverflowMode, RoundMode, Stochastic};
+use hgq_core::{BitWidths, FixedPoint, OverflowMode, RoundMode, Stochastic};
 use tch::{Kind, Tensor};
 
+use crate::quantizer::rc;
 use crate::{Result, TorchError, check_float, params_as};
 
 const LN2: f64 = std::f64::consts::LN_2;
@@ -104,6 +105,11 @@ pub fn fixed_quantize_ops(
         check_float("x", x)?;
     }
     let [k, i_raw, f] = params_as(x.device(), kind, [k, i, f])?;
+    // Raw bit widths: `round(v) + (v - stop_gradient(v))`, as the layer quantizers do.
+    let (i_raw, f) = match q.bit_widths() {
+        BitWidths::Integer => (i_raw, f),
+        BitWidths::RoundHalfEven => (rc(&i_raw), rc(&f)),
+    };
     let round = q.round_mode();
     let overflow = q.overflow_mode();
     let seeded = *q != q.with_stochastic(Stochastic::Reference);

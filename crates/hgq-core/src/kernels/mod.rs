@@ -96,9 +96,10 @@ pub(crate) trait ElemOp<C: Real>: Copy + Send + Sync {
     const NDER: usize;
     /// Whether precomputing the derived values of broadcast parameters pays.
     const PRECOMPUTE: bool;
-    /// The rules of the three parameters, checked inside the element loop where the parameters
-    /// are as large as x (the callers pass these rules, or `Any` for parameters they checked).
-    const CHECKS: [Check; 3];
+    /// Whether one element of the three parameters passes the op's rules, branch-free: checked
+    /// inside the element loop where the parameters are as large as x (the callers pass the
+    /// same rules as [`Check`]s, or `Any` for parameters they checked beforehand).
+    fn passes(self, p: [C; 3]) -> bool;
     /// The values `apply` needs, from one element of the parameters.
     fn derive(self, p: [C; 3]) -> [C; ND];
     /// Output and local gradients times `g` (gradients only when `GRAD`). `index` is the
@@ -191,12 +192,24 @@ impl Plan {
     }
 }
 
+/// The upstream gradient of a call: one per element, or one value for every element (the
+/// gradient of a plain sum), which the passes read from a small repeated buffer instead of a
+/// materialized x-sized one.
+#[derive(Clone, Copy, Debug)]
+pub enum Upstream<'a, T> {
+    /// One value per element of x.
+    Each(&'a [T]),
+    /// The same value for every element.
+    Same(T),
+}
+
 /// Buffers of one call. Parameters are in the compute type, x-shaped data in the storage type.
+/// `y` is `None` only with `dy` (gradients only: the output is computed, not stored).
 pub(crate) struct Io<'a, T: Element> {
     pub x: &'a [T],
     pub p: [&'a [T::C]; 3],
-    pub dy: Option<&'a [T]>,
-    pub y: &'a mut [T],
+    pub dy: Option<Upstream<'a, T>>,
+    pub y: Option<&'a mut [T]>,
     pub gx: Option<&'a mut [T]>,
     /// Parameter gradients, overwritten, in the bit-width shape.
     pub gp: Option<[&'a mut [T::C]; 3]>,
@@ -230,6 +243,8 @@ pub(crate) enum Check {
     Any,
     ZeroOne,
     Integer,
+    /// Finite (raw bit widths that the op rounds itself).
+    Finite,
 }
 
 /// Whether `v` is a finite integer, branch-free (vectorizes inside a SIMD dispatch).
@@ -239,9 +254,17 @@ pub(crate) fn is_int<C: Real>(v: C) -> bool {
     v.floor() == v && (v - v) == C::ZERO
 }
 
+/// Whether `v` is 0 or 1, branch-free.
 #[inline(always)]
-fn zero_one<C: Real>(v: C) -> bool {
+pub(crate) fn zero_one<C: Real>(v: C) -> bool {
     v == C::ZERO || v == C::ONE
+}
+
+/// Whether `v` is finite, branch-free.
+#[inline(always)]
+#[allow(clippy::eq_op)]
+pub(crate) fn finite<C: Real>(v: C) -> bool {
+    (v - v) == C::ZERO
 }
 
 impl Check {
@@ -252,6 +275,7 @@ impl Check {
             Check::Any => true,
             Check::ZeroOne => zero_one(v),
             Check::Integer => is_int(v),
+            Check::Finite => finite(v),
         }
     }
 }
@@ -262,6 +286,7 @@ fn valid<C: Real>(v: &[C], check: Check) -> bool {
         Check::Any => true,
         Check::ZeroOne => !scan(v, zero_one::<C>),
         Check::Integer => !scan(v, is_int::<C>),
+        Check::Finite => !scan(v, finite::<C>),
     }
 }
 
@@ -322,6 +347,21 @@ pub(crate) fn run<T: Element, Op: ElemOp<T::C>>(
         },
     };
     let grad = dy.is_some();
+    // A uniform upstream gradient is read from one segment's worth of copies (pieces never
+    // span more than a segment), so it costs no pass over memory.
+    let same: Vec<T> = match dy {
+        Some(Upstream::Same(v)) => vec![v; SEG.min(plan.len)],
+        _ => Vec::new(),
+    };
+    let dy = match dy {
+        Some(Upstream::Each(d)) => Some(Dy::Each(d)),
+        Some(Upstream::Same(_)) => Some(Dy::Same(&same)),
+        None => None,
+    };
+    // Without y (gradients only), the passes write it into a segment-sized scratch.
+    let keep_y = y.is_some();
+    let mut y_none: [T; 0] = [];
+    let y: &mut [T] = y.unwrap_or(&mut y_none);
     let parallel = path.parallel() && plan.len >= PAR_MIN;
     match gp {
         Some(mut gp) if grad && !plan.elementwise() => {
@@ -335,13 +375,21 @@ pub(crate) fn run<T: Element, Op: ElemOp<T::C>>(
             let mut start = 0;
             for g in 0..groups {
                 let end = ((g + 1) * segs / groups * SEG).min(plan.len);
-                let (a, b) = std::mem::take(&mut yr).split_at_mut(end - start);
+                let (a, b) = if keep_y {
+                    std::mem::take(&mut yr).split_at_mut(end - start)
+                } else {
+                    (&mut [][..], &mut [][..])
+                };
                 let (c, d) = std::mem::take(&mut gr).split_at_mut(end - start);
                 parts.push((start, a, c));
                 (yr, gr) = (b, d);
                 start = end;
             }
             let task = |(start, yc, gxc): (usize, &mut [T], &mut [T])| {
+                let mut scratch = Vec::new();
+                if !keep_y {
+                    scratch.resize(SEG.min(gxc.len()), T::default());
+                }
                 let mut acc: [Vec<T::C>; 3] = std::array::from_fn(|q| {
                     if Op::HAS_GRAD[q] {
                         vec![T::C::ZERO; n]
@@ -350,9 +398,14 @@ pub(crate) fn run<T: Element, Op: ElemOp<T::C>>(
                     }
                 });
                 let mut s = 0;
-                while s < yc.len() {
-                    let e = (s + SEG).min(yc.len());
+                while s < gxc.len() {
+                    let e = (s + SEG).min(gxc.len());
                     let [a0, a1, a2] = &mut acc;
+                    let ys = if keep_y {
+                        &mut yc[s..e]
+                    } else {
+                        &mut scratch[..e - s]
+                    };
                     segment(
                         op,
                         plan,
@@ -360,7 +413,7 @@ pub(crate) fn run<T: Element, Op: ElemOp<T::C>>(
                         params,
                         dy,
                         start + s,
-                        &mut yc[s..e],
+                        ys,
                         &mut gxc[s..e],
                         [a0, a1, a2],
                         0,
@@ -420,7 +473,18 @@ pub(crate) fn run<T: Element, Op: ElemOp<T::C>>(
                 Some(g) if grad => g,
                 _ => &mut gx_empty,
             };
-            let body = |c: usize, yc: &mut [T], gxc: &mut [T], g: [&mut [T::C]; 3]| {
+            let body = |scratch: &mut Vec<T>,
+                        c: usize,
+                        yc: &mut [T],
+                        gxc: &mut [T],
+                        g: [&mut [T::C]; 3]| {
+                let len = SEG.min(plan.len - c * SEG);
+                let yc = if keep_y {
+                    yc
+                } else {
+                    scratch.resize(len, T::default());
+                    &mut scratch[..len]
+                };
                 segment(
                     op,
                     plan,
@@ -438,30 +502,37 @@ pub(crate) fn run<T: Element, Op: ElemOp<T::C>>(
                 );
             };
             let [g0, g1, g2] = gp_ref;
+            let n = plan.len.div_ceil(SEG);
+            let chunks = chunks_or_empty(y, n)
+                .into_iter()
+                .zip(chunks_or_empty(gx, n))
+                .zip(chunks_or_empty(g0, n))
+                .zip(chunks_or_empty(g1, n))
+                .zip(chunks_or_empty(g2, n))
+                .enumerate();
             if !parallel {
-                for (c, yc) in y.chunks_mut(SEG).enumerate() {
-                    let gxc = seg_of(gx, c);
-                    body(c, yc, gxc, [seg_of(g0, c), seg_of(g1, c), seg_of(g2, c)]);
+                let mut scratch = Vec::new();
+                for (c, ((((yc, gxc), a), b), d)) in chunks {
+                    body(&mut scratch, c, yc, gxc, [a, b, d]);
                 }
             } else {
-                let n = plan.len.div_ceil(SEG);
-                let gxs = chunks_or_empty(gx, n);
-                let (c0, c1, c2) = (
-                    chunks_or_empty(g0, n),
-                    chunks_or_empty(g1, n),
-                    chunks_or_empty(g2, n),
-                );
-                y.par_chunks_mut(SEG)
-                    .zip(gxs)
-                    .zip(c0)
-                    .zip(c1)
-                    .zip(c2)
-                    .enumerate()
-                    .for_each(|(c, ((((yc, gxc), a), b), d))| body(c, yc, gxc, [a, b, d]));
+                chunks
+                    .collect::<Vec<_>>()
+                    .into_par_iter()
+                    .for_each_init(Vec::new, |scratch, (c, ((((yc, gxc), a), b), d))| {
+                        body(scratch, c, yc, gxc, [a, b, d])
+                    });
             }
         }
     }
     !bad.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The upstream gradient inside a pass: x-sized, or a segment's worth of one repeated value.
+#[derive(Clone, Copy)]
+enum Dy<'a, T> {
+    Each(&'a [T]),
+    Same(&'a [T]),
 }
 
 /// The checks of one call and where a failure is recorded.
@@ -469,15 +540,6 @@ pub(crate) fn run<T: Element, Op: ElemOp<T::C>>(
 struct Checks<'a> {
     kinds: [Check; 3],
     bad: &'a std::sync::atomic::AtomicBool,
-}
-
-/// Chunk `c` of `s` (empty stays empty).
-fn seg_of<T>(s: &mut [T], c: usize) -> &mut [T] {
-    if s.is_empty() {
-        return s;
-    }
-    let end = ((c + 1) * SEG).min(s.len());
-    &mut s[c * SEG..end]
 }
 
 /// `s` in chunks of SEG, or `n` empty slices when `s` is empty.
@@ -589,7 +651,7 @@ fn segment<T: Element, Op: ElemOp<T::C>>(
     plan: &Plan,
     x: &[T],
     p: Params<'_, T::C>,
-    dy: Option<&[T]>,
+    dy: Option<Dy<'_, T>>,
     start: usize,
     y: &mut [T],
     gx: &mut [T],
@@ -639,7 +701,8 @@ fn segment<T: Element, Op: ElemOp<T::C>>(
         let xs = &x[gi..gi + n];
         let ys = &mut y[pos..pos + n];
         let (dys, gxs): (&[T], &mut [T]) = match dy {
-            Some(d) => (&d[gi..gi + n], &mut gx[pos..pos + n]),
+            Some(Dy::Each(d)) => (&d[gi..gi + n], &mut gx[pos..pos + n]),
+            Some(Dy::Same(d)) => (&d[..n], &mut gx[pos..pos + n]),
             None => (&[], &mut []),
         };
         let ok = run_piece(
@@ -655,8 +718,7 @@ fn segment<T: Element, Op: ElemOp<T::C>>(
             accumulate || !plan.vec,
             path,
         );
-        // The loop checks `Op::CHECKS`: the rules the caller passes for unchecked parameters.
-        debug_assert!(ok || chk.kinds == Op::CHECKS);
+        // The loop checks `Op::passes`: the rules the caller passes for unchecked parameters.
         if !ok && chk.kinds != [Check::Any; 3] {
             chk.bad.store(true, std::sync::atomic::Ordering::Relaxed);
         }
@@ -665,7 +727,7 @@ fn segment<T: Element, Op: ElemOp<T::C>>(
 }
 
 /// Converts narrow storage to compute type in blocks, then calls the SIMD or scalar loop.
-/// Returns whether raw contiguous parameters passed `Op::CHECKS` (true for the others).
+/// Returns whether raw contiguous parameters passed `Op::passes` (true for the others).
 #[allow(clippy::too_many_arguments)]
 fn run_piece<T: Element, Op: ElemOp<T::C>>(
     op: Op,
@@ -775,7 +837,7 @@ struct Job<'a, C, Op> {
 }
 
 impl<C: Real, Op: ElemOp<C>> pulp::WithSimd for Job<'_, C, Op> {
-    /// Whether raw contiguous parameters passed `Op::CHECKS`.
+    /// Whether raw contiguous parameters passed `Op::passes`.
     type Output = bool;
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _simd: S) -> bool {
@@ -803,7 +865,7 @@ fn derived_at<C: Real, Op: ElemOp<C>, const DER: bool>(
 }
 
 impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
-    /// Returns whether raw contiguous parameters passed `Op::CHECKS` (checked in the element
+    /// Returns whether raw contiguous parameters passed `Op::passes` (checked in the element
     /// loop, `!DER`; true where the parameters are derived or one value).
     #[inline(always)]
     fn run(self) -> bool {
@@ -853,15 +915,14 @@ impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
         true
     }
 
-    /// Whether element `j` of raw streams fails `Op::CHECKS` (as 0 or 1, for a branch-free
+    /// Whether element `j` of raw streams fails `Op::passes` (as 0 or 1, for a branch-free
     /// OR over the loop); always 0 for derived streams.
     #[inline(always)]
-    fn fails<const DER: bool>(s: &[&[C]; ND], j: usize) -> u32 {
+    fn fails<const DER: bool>(op: Op, s: &[&[C]; ND], j: usize) -> u32 {
         if DER {
             return 0;
         }
-        let [c0, c1, c2] = Op::CHECKS;
-        !(c0.passes(s[0][j]) & c1.passes(s[1][j]) & c2.passes(s[2][j])) as u32
+        !op.passes([s[0][j], s[1][j], s[2][j]]) as u32
     }
 
     #[inline(always)]
@@ -872,7 +933,7 @@ impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
         let s = Self::streams::<DER>(&p.s, n);
         let mut bad = 0u32;
         for j in 0..n {
-            bad |= Self::fails::<DER>(&s, j);
+            bad |= Self::fails::<DER>(self.op, &s, j);
             let d = derived_at::<C, Op, DER>(self.op, &s, j);
             y[j] = self.op.apply::<false>(x[j], d, C::ZERO, index + j as u64).y;
         }
@@ -903,7 +964,7 @@ impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
         );
         let mut bad = 0u32;
         for j in 0..n {
-            bad |= Self::fails::<DER>(&s, j);
+            bad |= Self::fails::<DER>(self.op, &s, j);
             let d = derived_at::<C, Op, DER>(self.op, &s, j);
             let o = self.op.apply::<true>(x[j], d, dy[j], index + j as u64);
             y[j] = o.y;
@@ -977,12 +1038,10 @@ pub(crate) fn find_bad<C: Real>(v: &[C], check: Check) -> Option<usize> {
     const CH: usize = 1 << 12;
     for (c, chunk) in v.chunks(CH).enumerate() {
         if !valid(chunk, check) {
-            let ok = |e: C| match check {
-                Check::Any => true,
-                Check::ZeroOne => zero_one(e),
-                Check::Integer => is_int(e),
-            };
-            return chunk.iter().position(|&e| !ok(e)).map(|j| c * CH + j);
+            return chunk
+                .iter()
+                .position(|&e| !check.passes(e))
+                .map(|j| c * CH + j);
         }
     }
     None

@@ -1,7 +1,7 @@
 //! The minifloat layer quantizer (SPEC 8).
 use super::{Constraint, Grads, Props, Quantizer, Regularizer, Variable, check_input, rc};
 use crate::error::{CoreError, Result};
-use crate::kernels::Path;
+use crate::kernels::{Path, Upstream};
 use crate::mapper::{Axes, BitwidthMapper, DefaultBitwidthMapper};
 use crate::modes::CallMode;
 use crate::real::{Element, Real};
@@ -117,8 +117,8 @@ impl<C: Real> FloatPointQuantizer<C> {
                 minifloat_call(
                     x,
                     p,
-                    Some(dy),
-                    y,
+                    Some(Upstream::Each(dy)),
+                    Some(y),
                     Some((dx, [&mut gm, &mut ge, &mut ge0])),
                     Path::Simd,
                 )?;
@@ -127,7 +127,7 @@ impl<C: Real> FloatPointQuantizer<C> {
                 })
             }
             _ => {
-                minifloat_call(x, p, None, y, None, Path::Simd)?;
+                minifloat_call(x, p, None, Some(y), None, Path::Simd)?;
                 Ok(Grads::default())
             }
         }

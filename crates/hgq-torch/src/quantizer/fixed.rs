@@ -7,7 +7,9 @@
 //! the (small) bit-width tensor with hgq-core's `minimal_i`, so the state is the reference's
 //! bit for bit.
 use hgq_core::quantizer::{Constraint, FixedSpec, KbiSpec, KifSpec, Regularizer};
-use hgq_core::{CallMode, FixedPoint, OverflowMode, Real, RoundMode, Stochastic, minimal_i};
+use hgq_core::{
+    BitWidths, CallMode, FixedPoint, OverflowMode, Real, RoundMode, Stochastic, minimal_i,
+};
 use tch::{Kind, Tensor, nn};
 
 use super::{Props, Var, bw_layout, rc, to_f32_vec};
@@ -250,8 +252,20 @@ impl FixedQuantizer {
     }
 
     fn generic(&self, x: &Tensor, mode: CallMode) -> Result<Tensor> {
-        let (k, i, f) = self.kif();
-        crate::quantize_any(&self.q(mode)?, x, &k, &i, &f, mode == CallMode::Training)
+        let training = mode == CallMode::Training;
+        match self.param {
+            // The raw i, f go straight in: the pass rounds them itself (no rounding ops on
+            // tensors as large as the bit widths, no autograd nodes for them).
+            Param::Kif => {
+                let q = self.q(mode)?.with_bit_widths(BitWidths::RoundHalfEven);
+                let (k, i, f) = (self.k.value(), self.p1.value(), self.p2.value());
+                crate::quantize_any(&q, x, k, i, f, training)
+            }
+            Param::Kbi => {
+                let (k, i, f) = self.kif();
+                crate::quantize_any(&self.q(mode)?, x, &k, &i, &f, training)
+            }
+        }
     }
 
     /// `max |v|` over the homogeneous axes (keeping dims), as float32 values on the CPU.

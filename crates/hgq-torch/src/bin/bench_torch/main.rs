@@ -1,4 +1,5 @@
-//! `hgq-bench-torch [--json] [--reps N] [--quick] [--threads N] [--breakdown]`: hgq-torch's KIF quantizer
+//! `hgq-bench-torch [--json] [--reps N] [--quick] [--threads N] [--breakdown] [--filter S]
+//! [--glibc-default]`: hgq-torch's KIF quantizer
 //! module with autograd on the work of `cargo xtask bench` (see `work.rs`), timed against a plain
 //! copy of x (`dst.copy_(x)`, a torch tensor copy) measured in the same run.
 //!
@@ -9,7 +10,11 @@
 //! repetition times the copy and then the case; `ms` and `copy_ms` are the medians, `ratio` the
 //! median of the per-repetition ratios. `--json` prints one JSON object per line, as
 //! `cargo xtask bench --json` does for the core cases (which runs this binary after them).
-//! `--breakdown` adds `.../train-forward/...`: the forward pass of training alone.
+//! `--breakdown` adds `.../train-forward/...`: the forward pass of training alone. `--filter S`
+//! runs only the cases whose name contains `S` (for a profiler). Freed CPU memory is kept in the
+//! process (`hgq_torch::retain_cpu_memory`), as a caching allocator does (jax's, in the
+//! reference's timings); `--glibc-default` leaves glibc's `malloc` as it is, so that large
+//! tensors page-fault in again on every call.
 mod work;
 
 use std::process::ExitCode;
@@ -57,7 +62,13 @@ struct Row {
     ratio: f64,
 }
 
-fn measure(threads: usize, reps: usize, breakdown: bool, x: Tensor) -> Result<Vec<Row>, String> {
+fn measure(
+    threads: usize,
+    reps: usize,
+    breakdown: bool,
+    filter: &str,
+    x: Tensor,
+) -> Result<Vec<Row>, String> {
     tch::set_num_threads(threads as i32);
     let pool = hgq_torch::hgq_core::kernels::thread_pool(threads)
         .map_err(|e| format!("cannot build a pool of {threads} threads: {e}"))?;
@@ -88,6 +99,10 @@ fn measure(threads: usize, reps: usize, breakdown: bool, x: Tensor) -> Result<Ve
                     kinds.push(("train-forward", 2));
                 }
                 for (what, which) in kinds {
+                    let name = format!("{}/{what}/{}", path.name(), layout.name());
+                    if !name.contains(filter) {
+                        continue;
+                    }
                     let mut err = Ok(());
                     let (ms, copy_ms, ratio) = time_pair(reps, &mut copy, || {
                         if err.is_ok() {
@@ -100,7 +115,7 @@ fn measure(threads: usize, reps: usize, breakdown: bool, x: Tensor) -> Result<Ve
                     });
                     err.map_err(|e| e.to_string())?;
                     rows.push(Row {
-                        case: format!("{}/{what}/{}", path.name(), layout.name()),
+                        case: name,
                         threads,
                         ms,
                         copy_ms,
@@ -118,12 +133,22 @@ fn main() -> ExitCode {
     let mut reps = 15;
     let mut only: Option<usize> = None;
     let mut breakdown = false;
+    let mut filter = String::new();
+    let mut retain = true;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--json" => json = true,
             "--quick" => reps = 5,
             "--breakdown" => breakdown = true,
+            "--glibc-default" => retain = false,
+            "--filter" => match args.next() {
+                Some(v) => filter = v,
+                None => {
+                    eprintln!("hgq-bench-torch: --filter needs a case name or part of one");
+                    return ExitCode::from(2);
+                }
+            },
             "--reps" | "--threads" => {
                 let Some(v) = args.next().and_then(|v| v.parse().ok()).filter(|&v| v > 0) else {
                     eprintln!("hgq-bench-torch: {a} needs a positive integer");
@@ -138,12 +163,15 @@ fn main() -> ExitCode {
             other => {
                 eprintln!(
                     "hgq-bench-torch: unknown argument {other:?}\n\
-                     usage: hgq-bench-torch [--json] [--reps N] [--quick] [--threads N] [--breakdown]"
+                     usage: hgq-bench-torch [--json] [--reps N] [--quick] [--threads N] [--breakdown] \
+                     [--filter S] [--glibc-default]"
                 );
                 return ExitCode::from(2);
             }
         }
     }
+    // Before any thread or tensor exists: the allocator settings apply to what follows.
+    let retained = retain && hgq_torch::retain_cpu_memory();
     let all = std::thread::available_parallelism().map_or(1, |n| n.get());
     let counts = match only {
         Some(n) => vec![n],
@@ -154,7 +182,12 @@ fn main() -> ExitCode {
     if !json {
         println!(
             "hgq-torch: x {ROWS} x {COLS} f32, KIF k=1 i=2 f=4 RND SAT, autograd; median of \
-             {reps}; ratio = ms / copy_ms (torch copy_)"
+             {reps}; ratio = ms / copy_ms (torch copy_); freed memory {}",
+            if retained {
+                "kept (retain_cpu_memory)"
+            } else {
+                "returned (glibc default)"
+            }
         );
         println!(
             "{:<28} {:>7} {:>10} {:>10} {:>7}",
@@ -162,7 +195,7 @@ fn main() -> ExitCode {
         );
     }
     for threads in counts {
-        let rows = match measure(threads, reps, breakdown, x.shallow_clone()) {
+        let rows = match measure(threads, reps, breakdown, &filter, x.shallow_clone()) {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("hgq-bench-torch: {e}");

@@ -1,0 +1,117 @@
+//! `BitWidths::RoundHalfEven`: raw (trainable) `i` and `f` rounded half to even inside the pass
+//! give the same bits, forward and gradients, as the integer call on pre-rounded values, on
+//! every path and layout; non-finite raw values are errors, non-integers without it too.
+mod common;
+
+use common::*;
+use hgq_core::{BitWidths, CoreError, Element, FixedPoint, OverflowMode, Path, Real, RoundMode};
+use rstest::rstest;
+
+/// Raw values around the integers of `b`: offsets in (-0.5, 0.5) and exact ties `+-0.5`
+/// (which half-to-even rounding sends to the even neighbour).
+fn jitter<C: Real>(rng: &mut Rng, b: &Bw<C>) -> (Bw<C>, Bw<C>) {
+    let mut raw = Vec::with_capacity(b.v.len());
+    let mut rounded = Vec::with_capacity(b.v.len());
+    for &v in &b.v {
+        let base = v.to_f64();
+        let r = match rng.int(0, 3) {
+            0 => base + 0.5,
+            1 => base - 0.5,
+            _ => base + (rng.uniform() - 0.5) * 0.999,
+        };
+        raw.push(C::from_f64(r));
+        rounded.push(C::from_f64(r.round_ties_even()));
+    }
+    (Bw::new(&b.shape, raw), Bw::new(&b.shape, rounded))
+}
+
+fn same_as_rounded<T: Element>(q: FixedPoint, layout: Layout, training: bool, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let (rows, cols) = (29, 301);
+    let n = rows * cols;
+    let x: Vec<T> = elems(&(0..n).map(|_| rng.x_value()).collect::<Vec<_>>());
+    let dy: Vec<T> = elems(&(0..n).map(|_| rng.normal()).collect::<Vec<_>>());
+    let [k, i, f] = random_bw::<T::C>(&mut rng, layout, rows, cols);
+    let (i_raw, i_int) = jitter(&mut rng, &i);
+    let (f_raw, f_int) = jitter(&mut rng, &f);
+    let xs = [rows, cols];
+    let raw_q = q.with_bit_widths(BitWidths::RoundHalfEven);
+    for path in [Path::Scalar, Path::Simd] {
+        let (a, b) = (raw_q.with_path(path), q.with_path(path));
+        let ctx = format!(
+            "{}/{} {layout:?} training={training} {path:?}",
+            q.round_mode(),
+            q.overflow_mode()
+        );
+        let got = run_fixed(&a, &xs, &x, &k, &i_raw, &f_raw, training, None).unwrap();
+        let want = run_fixed(&b, &xs, &x, &k, &i_int, &f_int, training, None).unwrap();
+        assert_same(&format!("{ctx} y"), &got.y, &want.y, |v: T| {
+            v.to_c().to_f64()
+        });
+        let got = run_fixed(&a, &xs, &x, &k, &i_raw, &f_raw, training, Some(&dy)).unwrap();
+        let want = run_fixed(&b, &xs, &x, &k, &i_int, &f_int, training, Some(&dy)).unwrap();
+        assert_outs_same(&ctx, &got, &want);
+    }
+}
+
+#[rstest]
+fn raw_bit_widths_give_the_bits_of_rounded_ones(
+    #[values(
+        OverflowMode::Sat,
+        OverflowMode::SatSym,
+        OverflowMode::Wrap,
+        OverflowMode::WrapSm
+    )]
+    overflow: OverflowMode,
+    #[values(Layout::PerElement, Layout::PerColumn, Layout::Scalar, Layout::Mixed)] layout: Layout,
+    #[values(false, true)] training: bool,
+) {
+    for (s, round) in RoundMode::ALL.into_iter().enumerate() {
+        let Ok(q) = FixedPoint::new(round, overflow) else {
+            continue;
+        };
+        for mask in [false, true] {
+            let q = q.with_zero_mask(mask);
+            same_as_rounded::<f32>(q, layout, training, s as u64);
+            same_as_rounded::<f64>(q, layout, training, 50 + s as u64);
+        }
+    }
+}
+
+/// The error of one forward call with `f` set to `fv` everywhere (x as large as the bit widths
+/// or larger, so that both the up-front and the in-loop checks are exercised).
+fn error_of(q: FixedPoint, layout: Layout, fv: f32) -> Option<CoreError> {
+    let mut rng = Rng::new(7);
+    let (rows, cols) = (64, 1100);
+    let x: Vec<f32> = elems(&(0..rows * cols).map(|_| rng.x_value()).collect::<Vec<_>>());
+    let [k, i, mut f] = random_bw::<f32>(&mut rng, layout, rows, cols);
+    let last = f.v.len() - 1;
+    f.v[last] = fv;
+    run_fixed(&q, &[rows, cols], &x, &k, &i, &f, false, None).err()
+}
+
+#[rstest]
+fn bad_bit_widths_are_errors(#[values(Layout::PerElement, Layout::PerColumn)] layout: Layout) {
+    let q = FixedPoint::new(RoundMode::Rnd, OverflowMode::Sat).unwrap();
+    let raw = q.with_bit_widths(BitWidths::RoundHalfEven);
+    assert_eq!(raw.bit_widths(), BitWidths::RoundHalfEven);
+    assert_eq!(q.bit_widths(), BitWidths::Integer);
+    // Integers only: 2.5 is refused; raw: rounded to 2.
+    assert!(matches!(
+        error_of(q, layout, 2.5),
+        Some(CoreError::InvalidParameter { name: "f", .. })
+    ));
+    assert!(error_of(raw, layout, 2.5).is_none());
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        for q in [q, raw] {
+            match error_of(q, layout, bad) {
+                Some(CoreError::InvalidParameter {
+                    name: "f", value, ..
+                }) => {
+                    assert!(same_bits(value, bad as f64), "{value} for {bad}")
+                }
+                e => panic!("{:?} {layout:?} f = {bad}: {e:?}", q.bit_widths()),
+            }
+        }
+    }
+}
