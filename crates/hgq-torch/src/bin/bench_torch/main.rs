@@ -39,10 +39,13 @@ fn once_ms(f: &mut impl FnMut()) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 
-/// `reps` pairs of (copy, case) after one warm-up of each: medians of both and of the ratios.
+/// `reps` pairs of (copy, case) after three warm-ups of each (the heap grows to the case's peak
+/// during the first calls): medians of both and of the ratios.
 fn time_pair(reps: usize, mut copy: impl FnMut(), mut f: impl FnMut()) -> (f64, f64, f64) {
-    copy();
-    f();
+    for _ in 0..3 {
+        copy();
+        f();
+    }
     let (mut cs, mut ts, mut rs) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..reps {
         let c = once_ms(&mut copy);
