@@ -95,12 +95,18 @@ fn numel(shape: &[usize]) -> usize {
 /// # Safety
 /// As [`shape_of`]; the data has `numel(shape)` elements.
 unsafe fn data_of<'a>(v: &View, shape: &[usize]) -> &'a [f32] {
-    let n = numel(shape);
-    if n == 0 || v.data.is_null() {
+    // SAFETY: per the caller.
+    unsafe { data_ref(v.data, numel(shape)) }
+}
+
+/// # Safety
+/// `p` points at `n` readable values (or `n` is 0, or `p` is null: an empty slice).
+unsafe fn data_ref<'a>(p: *const f32, n: usize) -> &'a [f32] {
+    if n == 0 || p.is_null() {
         return &[];
     }
     // SAFETY: per the caller.
-    unsafe { std::slice::from_raw_parts(v.data, n) }
+    unsafe { std::slice::from_raw_parts(p, n) }
 }
 
 unsafe fn data_mut<'a>(p: *mut f32, n: usize) -> &'a mut [f32] {
@@ -165,17 +171,8 @@ pub unsafe extern "C" fn hgq_torch_fixed_cpu(
                 // SAFETY: one readable value (the C++ side checked numel > 0).
                 Upstream::Same(unsafe { *dy })
             } else {
-                // SAFETY: `n` values (`data_of` maps an empty tensor's null pointer to `&[]`).
-                Upstream::Each(unsafe {
-                    data_of(
-                        &View {
-                            data: dy,
-                            shape: std::ptr::null(),
-                            ndim: 0,
-                        },
-                        &[n],
-                    )
-                })
+                // SAFETY: `n` values (an empty tensor's null pointer gives `&[]`).
+                Upstream::Each(unsafe { data_ref(dy, n) })
             };
             let grads = FixedGrads {
                 dx: unsafe { data_mut(dx, n) },
