@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use hgq_torch::hgq_core::CallMode;
 use hgq_torch::layers::{Activation, QDense, Sequential};
-use tch::nn::OptimizerConfig;
+use hgq_torch::optim::{Adam, AdamConfig};
 use tch::{Device, Kind, Tensor, nn};
 
 type Error = Box<dyn std::error::Error>;
@@ -268,12 +268,8 @@ fn main() -> Result<(), Error> {
             .beta(a.beta),
     )?;
     model.add(&vs.root(), QDense::builder(32, 10).beta(a.beta))?;
-    // Keras' Adam (epsilon 1e-7).
-    let mut opt = nn::Adam {
-        eps: 1e-7,
-        ..Default::default()
-    }
-    .build(&vs, a.lr)?;
+    // Keras' Adam, as hgq2 trains (epsilon 1e-7, bias correction folded into the step).
+    let mut opt = Adam::new(&vs, AdamConfig::default().learning_rate(a.lr))?;
 
     let tty = std::io::stderr().is_terminal();
     let mut idx = train_idx.to_vec();
@@ -289,7 +285,7 @@ fn main() -> Result<(), Error> {
             if model.has_regularization() {
                 loss += model.regularization_loss().to_device(a.device);
             }
-            opt.backward_step(&loss);
+            opt.backward_step(&loss)?;
             model.apply_constraints();
             loss_sum += loss.double_value(&[]) * batch.len() as f64;
             correct += out

@@ -16,13 +16,14 @@ struct HgqView {
   int64_t ndim;
 };
 
-// Defined in Rust. Forward (dy null): writes y. Backward (dy given): writes dx, di, df only;
-// dy_same: dy points at one value that holds for every element. Returns 0 on success, else
-// writes a NUL-terminated message into err.
-int hgq_torch_fixed_cpu(const uint8_t* cfg, size_t cfg_len, int training, const HgqView* x,
-                        const HgqView* k, const HgqView* i, const HgqView* f, const float* dy,
-                        int dy_same, float* y, float* dx, float* di, float* df, char* err,
-                        size_t err_len);
+// Defined in Rust. Forward (dy null): writes y. Backward (dy given): writes dx, dp1, dp2 only;
+// dy_same: dy points at one value that holds for every element. `bits` says what p1, p2 are
+// (0: i, f; 1: KBI's raw b, i). Returns 0 on success, else writes a NUL-terminated message
+// into err.
+int hgq_torch_fixed_cpu(const uint8_t* cfg, size_t cfg_len, int training, int bits,
+                        const HgqView* x, const HgqView* k, const HgqView* p1, const HgqView* p2,
+                        const float* dy, int dy_same, float* y, float* dx, float* dp1, float* dp2,
+                        char* err, size_t err_len);
 }
 
 #ifdef HGQ_TORCH_CUDA
@@ -50,15 +51,15 @@ HgqView view(const at::Tensor& t) {
   return HgqView{t.data_ptr<float>(), t.sizes().data(), t.dim()};
 }
 
-void call(const std::string& cfg, bool training, const at::Tensor& x, const at::Tensor& k,
-          const at::Tensor& i, const at::Tensor& f, const float* dy, bool dy_same, float* y,
-          float* dx, float* di, float* df) {
+void call(const std::string& cfg, bool training, int64_t bits, const at::Tensor& x,
+          const at::Tensor& k, const at::Tensor& p1, const at::Tensor& p2, const float* dy,
+          bool dy_same, float* y, float* dx, float* dp1, float* dp2) {
   char err[1024];
   err[0] = 0;
-  HgqView vx = view(x), vk = view(k), vi = view(i), vf = view(f);
+  HgqView vx = view(x), vk = view(k), v1 = view(p1), v2 = view(p2);
   int rc = hgq_torch_fixed_cpu(reinterpret_cast<const uint8_t*>(cfg.data()), cfg.size(),
-                               training ? 1 : 0, &vx, &vk, &vi, &vf, dy, dy_same ? 1 : 0, y, dx,
-                               di, df, err, sizeof err);
+                               training ? 1 : 0, static_cast<int>(bits), &vx, &vk, &v1, &v2, dy,
+                               dy_same ? 1 : 0, y, dx, dp1, dp2, err, sizeof err);
   if (rc != 0) {
     err[sizeof err - 1] = 0;
     throw std::runtime_error(err);
@@ -66,22 +67,25 @@ void call(const std::string& cfg, bool training, const at::Tensor& x, const at::
 }
 
 struct FixedFn : public torch::autograd::Function<FixedFn> {
-  static at::Tensor forward(AutogradContext* ctx, at::Tensor x, at::Tensor k, at::Tensor i,
-                            at::Tensor f, std::string cfg, bool training) {
+  // p1, p2: i, f (bits 0) or KBI's raw b, i (bits 1).
+  static at::Tensor forward(AutogradContext* ctx, at::Tensor x, at::Tensor k, at::Tensor p1,
+                            at::Tensor p2, std::string cfg, bool training, int64_t bits) {
     at::Tensor y = at::empty_like(x);
-    call(cfg, training, x, k, i, f, nullptr, false, y.data_ptr<float>(), nullptr, nullptr,
-         nullptr);
-    ctx->save_for_backward({x, k, i, f});
+    call(cfg, training, bits, x, k, p1, p2, nullptr, false, y.data_ptr<float>(), nullptr,
+         nullptr, nullptr);
+    ctx->save_for_backward({x, k, p1, p2});
     ctx->saved_data["cfg"] = cfg;
     ctx->saved_data["training"] = training;
+    ctx->saved_data["bits"] = bits;
     return y;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto saved = ctx->get_saved_variables();
-    const at::Tensor &x = saved[0], &k = saved[1], &i = saved[2], &f = saved[3];
+    const at::Tensor &x = saved[0], &k = saved[1], &p1 = saved[2], &p2 = saved[3];
     std::string cfg = ctx->saved_data["cfg"].toStringRef();
     bool training = ctx->saved_data["training"].toBool();
+    int64_t bits = ctx->saved_data["bits"].toInt();
     at::Tensor dy = grads[0].to(at::kFloat).expand(x.sizes());
     // One value broadcast everywhere (the gradient of a sum, a mean): passed as that value,
     // not materialized as a tensor the size of x.
@@ -89,13 +93,13 @@ struct FixedFn : public torch::autograd::Function<FixedFn> {
     for (int64_t s : dy.strides()) same = same && s == 0;
     if (!same) dy = dy.contiguous();
     at::Tensor dx = at::empty_like(x);
-    // The kernel writes every element of di and df (sums start from zero inside it), so no
+    // The kernel writes every element of dp1 and dp2 (sums start from zero inside it), so no
     // zero fill: per element that would be two more passes over memory. It does not store y.
-    at::Tensor di = at::empty_like(i);
-    at::Tensor df = at::empty_like(f);
-    call(cfg, training, x, k, i, f, dy.data_ptr<float>(), same, nullptr, dx.data_ptr<float>(),
-         di.data_ptr<float>(), df.data_ptr<float>());
-    return {dx, at::Tensor(), di, df, at::Tensor(), at::Tensor()};
+    at::Tensor dp1 = at::empty_like(p1);
+    at::Tensor dp2 = at::empty_like(p2);
+    call(cfg, training, bits, x, k, p1, p2, dy.data_ptr<float>(), same, nullptr,
+         dx.data_ptr<float>(), dp1.data_ptr<float>(), dp2.data_ptr<float>());
+    return {dx, at::Tensor(), dp1, dp2, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -116,14 +120,23 @@ extern "C" int hgq_torch_cuda_linked() {
 #endif
 }
 
-extern "C" int hgq_torch_fixed_apply(const at::Tensor* x, const at::Tensor* k, const at::Tensor* i,
-                                     const at::Tensor* f, const uint8_t* cfg, size_t cfg_len,
-                                     int training, at::Tensor** out, char* err, size_t err_len) {
+// Drops a tensor's gradient (PyTorch's zero_grad(set_to_none=True)): the next backward then
+// hands its gradient buffer over instead of adding it into a zeroed one.
+extern "C" void hgq_torch_clear_grad(const at::Tensor* t) {
+  if (t->defined()) {
+    const_cast<at::Tensor*>(t)->mutable_grad().reset();
+  }
+}
+
+extern "C" int hgq_torch_fixed_apply(const at::Tensor* x, const at::Tensor* k,
+                                     const at::Tensor* p1, const at::Tensor* p2,
+                                     const uint8_t* cfg, size_t cfg_len, int training, int bits,
+                                     at::Tensor** out, char* err, size_t err_len) {
   HGQ_TORCH_TOUCH_CUDA();
   try {
-    at::Tensor y = FixedFn::apply(*x, *k, *i, *f,
+    at::Tensor y = FixedFn::apply(*x, *k, *p1, *p2,
                                   std::string(reinterpret_cast<const char*>(cfg), cfg_len),
-                                  training != 0);
+                                  training != 0, static_cast<int64_t>(bits));
     *out = new at::Tensor(std::move(y));
     return 0;
   } catch (const std::exception& e) {

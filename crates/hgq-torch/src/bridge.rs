@@ -16,14 +16,16 @@ pub(crate) struct View {
 
 unsafe extern "C" {
     fn hgq_torch_cuda_linked() -> c_int;
+    fn hgq_torch_clear_grad(t: *const C_tensor);
     fn hgq_torch_fixed_apply(
         x: *const C_tensor,
         k: *const C_tensor,
-        i: *const C_tensor,
-        f: *const C_tensor,
+        p1: *const C_tensor,
+        p2: *const C_tensor,
         cfg: *const u8,
         cfg_len: usize,
         training: c_int,
+        bits: c_int,
         out: *mut *mut C_tensor,
         err: *mut c_char,
         err_len: usize,
@@ -36,14 +38,32 @@ pub(crate) fn cuda_linked() -> bool {
     unsafe { hgq_torch_cuda_linked() != 0 }
 }
 
-/// `FixedFn::apply(x, k, i, f)`: float32, contiguous, CPU tensors (the caller checks).
+/// Drops `t`'s gradient (it becomes undefined), as PyTorch's `zero_grad(set_to_none=True)`.
+pub(crate) fn clear_grad(t: &Tensor) {
+    // SAFETY: `t` is a live tch tensor (a pointer to a `torch::Tensor`).
+    unsafe { hgq_torch_clear_grad(t.as_ptr()) }
+}
+
+/// What the two bit-width tensors given to the kernel are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Bits {
+    /// `i`, `f`, read as the quantizer's [`hgq_core::BitWidths`] says.
+    IntFrac = 0,
+    /// KBI's raw `b`, `i` (one shape): the pass uses `i = rc(i)`, `f = rc(b) - rc(i)` (integer
+    /// bit widths) and returns `db = df`, `di = di - df`, the gradients autograd gives
+    /// through those two operations, without running them as tensor operations.
+    KbiRaw = 1,
+}
+
+/// `FixedFn::apply(x, k, p1, p2)`: float32, contiguous, CPU tensors (the caller checks).
 pub(crate) fn fixed_apply(
     q: &FixedPoint,
     training: bool,
+    bits: Bits,
     x: &Tensor,
     k: &Tensor,
-    i: &Tensor,
-    f: &Tensor,
+    p1: &Tensor,
+    p2: &Tensor,
 ) -> Result<Tensor, String> {
     // The quantizer travels by value, as bytes, and comes back in `hgq_torch_fixed_cpu`
     // (same process, same type), also when autograd runs the backward later.
@@ -56,11 +76,12 @@ pub(crate) fn fixed_apply(
         hgq_torch_fixed_apply(
             x.as_ptr(),
             k.as_ptr(),
-            i.as_ptr(),
-            f.as_ptr(),
+            p1.as_ptr(),
+            p2.as_ptr(),
             cfg,
             size_of::<FixedPoint>(),
             c_int::from(training),
+            bits as c_int,
             &mut out,
             err.as_mut_ptr(),
             err.len(),
@@ -117,28 +138,43 @@ unsafe fn data_mut<'a>(p: *mut f32, n: usize) -> &'a mut [f32] {
     unsafe { std::slice::from_raw_parts_mut(p, n) }
 }
 
-/// Called by `FixedFn` (C++) in forward (`dy` null: y only) and backward (`dx`, `di`, `df`;
-/// `dy_same`: `dy` is one value for every element).
+/// `rc(v)` of the reference on one value: `round(v) + (v - v)` (half to even; a rounded -0
+/// becomes +0, an infinity NaN), as the tensor version `quantizer::rc` computes it.
+#[allow(clippy::eq_op)]
+fn rc1(v: f32) -> f32 {
+    v.round_ties_even() + (v - v)
+}
+
+/// KBI's `(i, f) = (rc(i), rc(b) - rc(i))` from raw `b`, `i`.
+fn kbi_int_frac(b: &[f32], i: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let iu: Vec<f32> = i.iter().map(|&v| rc1(v)).collect();
+    let fu = b.iter().zip(&iu).map(|(&b, &i)| rc1(b) - i).collect();
+    (iu, fu)
+}
+
+/// Called by `FixedFn` (C++) in forward (`dy` null: y only) and backward (`dx`, `dp1`, `dp2`;
+/// `dy_same`: `dy` is one value for every element); `bits` is a [`Bits`].
 ///
 /// # Safety
 /// Called only from `bridge.cpp` with views of live float32 contiguous tensors, `y`/`dx` and
-/// `dy` (unless `dy_same`) with x's element count, `di`/`df` with i's/f's, `cfg` from
+/// `dy` (unless `dy_same`) with x's element count, `dp1`/`dp2` with p1's/p2's, `cfg` from
 /// [`fixed_apply`].
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn hgq_torch_fixed_cpu(
     cfg: *const u8,
     cfg_len: usize,
     training: c_int,
+    bits: c_int,
     x: *const View,
     k: *const View,
-    i: *const View,
-    f: *const View,
+    p1: *const View,
+    p2: *const View,
     dy: *const f32,
     dy_same: c_int,
     y: *mut f32,
     dx: *mut f32,
-    di: *mut f32,
-    df: *mut f32,
+    dp1: *mut f32,
+    dp2: *mut f32,
     err: *mut c_char,
     err_len: usize,
 ) -> c_int {
@@ -149,39 +185,75 @@ pub unsafe extern "C" fn hgq_torch_fixed_cpu(
         // SAFETY: bytes of a valid `FixedPoint` (see `fixed_apply`).
         let q: FixedPoint = unsafe { std::ptr::read_unaligned(cfg.cast::<FixedPoint>()) };
         // SAFETY: per this function's contract.
-        let (x, k, i, f) = unsafe { (&*x, &*k, &*i, &*f) };
-        let (sx, sk, si, sf) = unsafe { (shape_of(x), shape_of(k), shape_of(i), shape_of(f)) };
-        let (dxv, dkv, div, dfv) = unsafe {
+        let (x, k, p1, p2) = unsafe { (&*x, &*k, &*p1, &*p2) };
+        let (sx, sk, s1, s2) = unsafe { (shape_of(x), shape_of(k), shape_of(p1), shape_of(p2)) };
+        let (dxv, dkv, d1, d2) = unsafe {
             (
                 data_of(x, &sx),
                 data_of(k, &sk),
-                data_of(i, &si),
-                data_of(f, &sf),
+                data_of(p1, &s1),
+                data_of(p2, &s2),
             )
         };
+        let kbi = match bits {
+            0 => None,
+            1 if s1 == s2 => Some(kbi_int_frac(d1, d2)),
+            1 => {
+                return Err(format!(
+                    "KBI bit widths b {s1:?} and i {s2:?} must have one shape"
+                ));
+            }
+            other => return Err(format!("hgq bridge: unknown bit-width layout {other}")),
+        };
+        // The kernel's i, f: the inputs, or KBI's integer values derived from them.
+        let (iv, fv): (&[f32], &[f32]) = match &kbi {
+            Some((i, f)) => (i, f),
+            None => (d1, d2),
+        };
         let t = |d, s| TensorRef::new(d, s).map_err(|e| e.to_string());
-        let (tx, tk, ti, tf) = (t(dxv, &sx)?, t(dkv, &sk)?, t(div, &si)?, t(dfv, &sf)?);
+        let (tx, tk, ti, tf) = (t(dxv, &sx)?, t(dkv, &sk)?, t(iv, &s1)?, t(fv, &s2)?);
         let n = numel(&sx);
         let training = training != 0;
         if dy.is_null() {
             let y = unsafe { data_mut(y, n) };
-            q.forward(tx, tk, ti, tf, training, y)
-        } else {
-            let dy = if dy_same != 0 {
-                // SAFETY: one readable value (the C++ side checked numel > 0).
-                Upstream::Same(unsafe { *dy })
-            } else {
-                // SAFETY: `n` values (an empty tensor's null pointer gives `&[]`).
-                Upstream::Each(unsafe { data_ref(dy, n) })
-            };
-            let grads = FixedGrads {
-                dx: unsafe { data_mut(dx, n) },
-                di: unsafe { data_mut(di, numel(&si)) },
-                df: unsafe { data_mut(df, numel(&sf)) },
-            };
-            q.backward(tx, tk, ti, tf, training, dy, grads)
+            return q
+                .forward(tx, tk, ti, tf, training, y)
+                .map_err(|e| e.to_string());
         }
-        .map_err(|e| e.to_string())
+        let dy = if dy_same != 0 {
+            // SAFETY: one readable value (the C++ side checked numel > 0).
+            Upstream::Same(unsafe { *dy })
+        } else {
+            // SAFETY: `n` values (an empty tensor's null pointer gives `&[]`).
+            Upstream::Each(unsafe { data_ref(dy, n) })
+        };
+        let (g1, g2) = unsafe { (data_mut(dp1, numel(&s1)), data_mut(dp2, numel(&s2))) };
+        match kbi {
+            None => {
+                let grads = FixedGrads {
+                    dx: unsafe { data_mut(dx, n) },
+                    di: g1,
+                    df: g2,
+                };
+                q.backward(tx, tk, ti, tf, training, dy, grads)
+                    .map_err(|e| e.to_string())
+            }
+            Some(_) => {
+                // p1 = b, p2 = i: the kernel's df is b's gradient; i's is di + (-df), the sum
+                // autograd forms for i's two uses (as i, and in f = b - i).
+                let grads = FixedGrads {
+                    dx: unsafe { data_mut(dx, n) },
+                    di: &mut *g2,
+                    df: &mut *g1,
+                };
+                q.backward(tx, tk, ti, tf, training, dy, grads)
+                    .map_err(|e| e.to_string())?;
+                for (di, &db) in g2.iter_mut().zip(g1.iter()) {
+                    *di += -db;
+                }
+                Ok(())
+            }
+        }
     };
     let res = catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|p| {
         Err(p

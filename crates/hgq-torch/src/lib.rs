@@ -18,6 +18,7 @@ mod bridge;
 pub mod golden;
 pub mod layers;
 pub mod ops;
+pub mod optim;
 pub mod quantizer;
 
 use hgq_core::FixedPoint;
@@ -120,7 +121,8 @@ pub fn fixed_quantize(
                 i.contiguous(),
                 f.contiguous(),
             );
-            bridge::fixed_apply(q, training, &x, &k, &i, &f).map_err(TorchError::Kernel)
+            bridge::fixed_apply(q, training, bridge::Bits::IntFrac, &x, &k, &i, &f)
+                .map_err(TorchError::Kernel)
         }
         _ => ops::fixed_quantize_ops(q, &x.shallow_clone(), &k, &i, &f, training),
     }
@@ -148,6 +150,43 @@ pub(crate) fn quantize_any(
         }
         kind => Err(TorchError::Kind { what: "x", kind }),
     }
+}
+
+/// `Q(x, k, i, f)` of a KBI quantizer from its raw `b` and `i` (one shape): `i = rc(i)`,
+/// `f = rc(b) - rc(i)`, with the gradients autograd gives through those operations. On CPU the
+/// pass derives them itself (one autograd node instead of nine); elsewhere they are tensor
+/// operations followed by [`quantize_any`]. `q` reads integer bit widths.
+pub(crate) fn quantize_kbi(
+    q: &FixedPoint,
+    x: &Tensor,
+    k: &Tensor,
+    b: &Tensor,
+    i: &Tensor,
+    training: bool,
+) -> Result<Tensor> {
+    let kind = x.f_kind()?;
+    let native = x.device() == Device::Cpu
+        && matches!(kind, Kind::Float | Kind::Half | Kind::BFloat16)
+        && b.size() == i.size();
+    if !native {
+        let iu = quantizer::rc(i);
+        let f = quantizer::rc(b) - &iu;
+        return quantize_any(q, x, k, &iu, &f, training);
+    }
+    let xf = if kind == Kind::Float {
+        x.contiguous()
+    } else {
+        x.f_to_kind(Kind::Float)?.contiguous()
+    };
+    let [k, b, i] = params(Device::Cpu, [k, b, i])?;
+    let (k, b, i) = (k.contiguous(), b.contiguous(), i.contiguous());
+    let y = bridge::fixed_apply(q, training, bridge::Bits::KbiRaw, &xf, &k, &b, &i)
+        .map_err(TorchError::Kernel)?;
+    Ok(if kind == Kind::Float {
+        y
+    } else {
+        y.f_to_kind(kind)?
+    })
 }
 
 pub(crate) fn check_float(what: &'static str, t: &Tensor) -> Result<()> {

@@ -8,11 +8,12 @@
 //! bit for bit.
 use hgq_core::quantizer::{Constraint, FixedSpec, KbiSpec, KifSpec, Regularizer};
 use hgq_core::{
-    BitWidths, CallMode, FixedPoint, OverflowMode, Real, RoundMode, Stochastic, minimal_i,
+    BitWidths, BitwidthMapper, CallMode, DefaultBitwidthMapper, FixedPoint, OverflowMode, Real,
+    RoundMode, Stochastic, TensorRef, minimal_i,
 };
 use tch::{Kind, Tensor, nn};
 
-use super::{Props, Var, bw_layout, rc, to_f32_vec};
+use super::{Props, Var, bw_layout, host_slice, host_values, rc, to_f32_vec};
 use crate::{Result, TorchError};
 
 /// KBI (`b`, `i` raw) or KIF (`i`, `f` raw).
@@ -32,6 +33,8 @@ pub struct FixedQuantizer {
     bw_shape: Vec<i64>,
     input_shape: Vec<Option<usize>>,
     homogeneous: Vec<i64>,
+    /// Reduces over the homogeneous axes on the host (WRAP tracking of CPU tensors).
+    mapper: DefaultBitwidthMapper,
     k: Var,
     /// KBI: `b`; KIF: `i`.
     p1: Var,
@@ -88,7 +91,7 @@ impl FixedQuantizer {
         vars: [(&'static str, f64, Option<Constraint>, Option<Regularizer>); 2],
         input_shape: &[Option<usize>],
     ) -> Result<Self> {
-        let (bw_shape, homogeneous) = bw_layout(&spec.axes, input_shape)?;
+        let (bw_shape, homogeneous, mapper) = bw_layout(&spec.axes, input_shape)?;
         let wrap = spec.overflow == OverflowMode::Wrap;
         let k = Var::new(path, "k", &bw_shape, k0, false, None, None);
         let mk =
@@ -125,6 +128,7 @@ impl FixedQuantizer {
             bw_shape,
             input_shape: input_shape.to_vec(),
             homogeneous,
+            mapper,
             k,
             p1,
             p2,
@@ -229,8 +233,8 @@ impl FixedQuantizer {
                 (Param::Kbi, CallMode::Inference)
                     if self.spec.is_weight && self.spec.round.deterministic() == RoundMode::Rnd =>
                 {
-                    let (k, i, f) = self.kif();
-                    crate::quantize_any(&self.round_only(mode)?, x, &k, &i, &f, true)?
+                    let (k, b, i) = (self.k.value(), self.p1.value(), self.p2.value());
+                    crate::quantize_kbi(&self.round_only(mode)?, x, k, b, i, true)?
                 }
                 (Param::Kif, CallMode::Inference) if self.spec.is_weight => {
                     let (k, i, f) = self.kif();
@@ -261,15 +265,21 @@ impl FixedQuantizer {
                 let (k, i, f) = (self.k.value(), self.p1.value(), self.p2.value());
                 crate::quantize_any(&q, x, k, i, f, training)
             }
+            // Likewise raw b, i: the pass forms i = rc(i), f = rc(b) - rc(i) and their
+            // gradients itself on CPU.
             Param::Kbi => {
-                let (k, i, f) = self.kif();
-                crate::quantize_any(&self.q(mode)?, x, &k, &i, &f, training)
+                let (k, b, i) = (self.k.value(), self.p1.value(), self.p2.value());
+                crate::quantize_kbi(&self.q(mode)?, x, k, b, i, training)
             }
         }
     }
 
     /// `max |v|` over the homogeneous axes (keeping dims), as float32 values on the CPU.
     fn absmax(&self, v: &Tensor) -> Result<Vec<f32>> {
+        if let Some(d) = host_slice(v) {
+            let shape: Vec<usize> = v.size().iter().map(|&n| n as usize).collect();
+            return Ok(self.mapper.absmax(TensorRef::new(d, &shape)?)?.0);
+        }
         let a = v.f_abs()?;
         let a = if self.homogeneous.is_empty() {
             a
@@ -281,6 +291,10 @@ impl FixedQuantizer {
 
     /// `any(v < 0)` over the homogeneous axes.
     fn any_negative(&self, v: &Tensor) -> Result<Vec<bool>> {
+        if let Some(d) = host_slice(v) {
+            let shape: Vec<usize> = v.size().iter().map(|&n| n as usize).collect();
+            return Ok(self.mapper.any_negative(TensorRef::new(d, &shape)?)?.0);
+        }
         let n = v.f_lt(0.0)?.f_to_kind(Kind::Float)?;
         let n = if self.homogeneous.is_empty() {
             n
@@ -288,6 +302,14 @@ impl FixedQuantizer {
             n.f_amax(self.homogeneous.as_slice(), true)?
         };
         Ok(to_f32_vec(&n)?.into_iter().map(|v| v > 0.0).collect())
+    }
+
+    /// Whether every value of `x` is finite.
+    fn all_finite(x: &Tensor) -> Result<bool> {
+        match host_slice(x) {
+            Some(d) => Ok(d.iter().all(|v| v.is_finite())),
+            None => Ok(bool::try_from(x.f_isfinite()?.f_all()?)?),
+        }
     }
 
     fn set(&self, var: &Var, values: &[f32]) -> Result<()> {
@@ -298,9 +320,32 @@ impl FixedQuantizer {
         Ok(())
     }
 
+    /// Stores the tracked integer bits of a training step. The pass read a copy of `i` (no
+    /// saved tensor aliases the variable), so a float32 CPU variable is written in place.
+    fn store_i(&self, values: &[f32]) -> Result<()> {
+        let var = self.i_var();
+        let t = var.value();
+        if host_slice(t).is_some_and(|d| d.len() == values.len()) {
+            // SAFETY: a contiguous float32 CPU tensor of `values.len()` elements (checked
+            // above); no slice of it is alive here and no autograd graph saved it.
+            unsafe { std::slice::from_raw_parts_mut(t.data_ptr().cast::<f32>(), values.len()) }
+                .copy_from_slice(values);
+            Ok(())
+        } else {
+            self.set(var, values)
+        }
+    }
+
+    /// `values` (bit-width shape) as a tensor on `device`.
+    fn bw_tensor(&self, values: &[f32], device: tch::Device) -> Result<Tensor> {
+        Ok(Tensor::f_from_slice(values)?
+            .f_reshape(self.bw_shape.as_slice())?
+            .f_to_device(device)?)
+    }
+
     fn wrap_track(&self, x: &Tensor, mode: CallMode) -> Result<Tensor> {
         // Non-finite inputs would poison the integer bits for good.
-        if !bool::try_from(x.f_isfinite()?.f_all()?)? {
+        if !Self::all_finite(x)? {
             return Err(TorchError::NonFinite(
                 "a WRAP quantizer tracking its integer bits needs finite inputs",
             ));
@@ -308,13 +353,17 @@ impl FixedQuantizer {
         let sym = self.spec.overflow.is_symmetric();
         let train = mode == CallMode::Training;
         let ivar = self.i_var();
-        let i_raw = to_f32_vec(ivar.value())?;
+        let i_raw = host_values(ivar.value())?;
         let ic = ivar.constraint;
         let decay = match &self.i_decay_speed {
-            Some(d) => d.value().double_value(&[]) as f32,
+            Some(d) => host_values(d.value())?
+                .first()
+                .copied()
+                .unwrap_or(f32::INFINITY),
             None => f32::INFINITY,
         };
-        let k = self.k.value().shallow_clone();
+        let k = self.k.value();
+        let dev = k.device();
         // `+ (v - v)`: the value of the reference's `round(v) + (v - stop_gradient(v))`
         // (a rounded -0 becomes +0, inf becomes NaN).
         #[allow(clippy::eq_op)]
@@ -322,8 +371,8 @@ impl FixedQuantizer {
         let con = |v: f32| ic.map_or(v, |c| c.one(v));
         match self.param {
             Param::Kbi => {
-                let b = self.b();
-                let bv = to_f32_vec(&b)?;
+                // b as used: rc(b).
+                let bv: Vec<f32> = host_values(self.p1.value())?.into_iter().map(rc1).collect();
                 let absmax = self.absmax(x)?;
                 let new_i: Vec<f32> = i_raw
                     .iter()
@@ -338,19 +387,20 @@ impl FixedQuantizer {
                     })
                     .collect();
                 let i_used: Vec<f32> = new_i.iter().map(|&v| rc1(v)).collect();
-                let dev = b.device();
-                let shape = self.bw_shape.as_slice();
-                let i_used_t = Tensor::f_from_slice(&i_used)?
-                    .f_reshape(shape)?
-                    .f_to_device(dev)?;
-                // f = b - rc(i_new) in training; b - i_new when tracing (as the reference).
-                let i_for_f = if train { &i_used } else { &new_i };
-                let i_for_f = Tensor::f_from_slice(i_for_f)?
-                    .f_reshape(shape)?
-                    .f_to_device(dev)?;
-                let f = &b - i_for_f;
-                let y = crate::quantize_any(&self.round_only(mode)?, x, &k, &i_used_t, &f, true)?;
-                if !train {
+                let y = if train {
+                    // f = rc(b) - rc(i_used) = rc(b) - i_used: the pass forms it from raw b.
+                    let i_used_t = self.bw_tensor(&i_used, dev)?;
+                    let b = self.p1.value();
+                    crate::quantize_kbi(&self.round_only(mode)?, x, k, b, &i_used_t, true)?
+                } else {
+                    // Tracing: f = b - i_new (unrounded), as the reference.
+                    let f = self.b() - self.bw_tensor(&new_i, dev)?;
+                    let i_used_t = self.bw_tensor(&i_used, dev)?;
+                    crate::quantize_any(&self.round_only(mode)?, x, k, &i_used_t, &f, true)?
+                };
+                if train {
+                    self.store_i(&new_i)?;
+                } else {
                     let neg = self.any_negative(&y)?;
                     let mut kv = to_f32_vec(self.k.value())?;
                     for ((kv, n), b) in kv.iter_mut().zip(neg).zip(&bv) {
@@ -359,29 +409,35 @@ impl FixedQuantizer {
                         }
                     }
                     self.set(&self.k, &kv)?;
+                    self.set(ivar, &new_i)?;
                 }
-                self.set(ivar, &new_i)?;
                 Ok(y)
             }
             Param::Kif => {
-                let (_, i_now, f) = self.kif();
-                let y =
-                    crate::quantize_any(&self.round_only(mode)?, x, &k, &i_now.detach(), &f, true)?;
-                let fv = to_f32_vec(&f)?;
-                let absmax = self.absmax(&y.detach())?;
+                // A copy of the raw i (the variable changes below) and the raw f: the pass
+                // rounds both.
+                let i_now = self.bw_tensor(&i_raw, dev)?;
+                let q = self
+                    .round_only(mode)?
+                    .with_bit_widths(BitWidths::RoundHalfEven);
+                let y = crate::quantize_any(&q, x, k, &i_now, self.p2.value(), true)?;
+                let fv: Vec<f32> = host_values(self.p2.value())?.into_iter().map(rc1).collect();
+                let yd = y.detach();
+                let absmax = self.absmax(&yd)?;
                 let mi = absmax
                     .iter()
                     .zip(&fv)
                     .map(|(&a, &f)| minimal_i::xf(a, f, sym));
-                let new_i: Vec<f32> = if train {
+                if train {
                     // The reference applies no constraint here.
-                    i_raw
+                    let new_i: Vec<f32> = i_raw
                         .iter()
                         .zip(mi)
                         .map(|(&r, m)| Real::maximum(r - decay, m))
-                        .collect()
+                        .collect();
+                    self.store_i(&new_i)?;
                 } else {
-                    let neg = self.any_negative(&y.detach())?;
+                    let neg = self.any_negative(&yd)?;
                     let mut kv = to_f32_vec(self.k.value())?;
                     for (kv, n) in kv.iter_mut().zip(neg) {
                         if n {
@@ -389,13 +445,13 @@ impl FixedQuantizer {
                         }
                     }
                     self.set(&self.k, &kv)?;
-                    i_raw
+                    let new_i: Vec<f32> = i_raw
                         .iter()
                         .zip(mi)
                         .map(|(&r, m)| Real::maximum(rc1(r), con(m)))
-                        .collect()
-                };
-                self.set(ivar, &new_i)?;
+                        .collect();
+                    self.set(ivar, &new_i)?;
+                }
                 Ok(y)
             }
         }

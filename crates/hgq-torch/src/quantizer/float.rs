@@ -25,7 +25,7 @@ pub struct FloatQuantizer {
 impl FloatQuantizer {
     /// A quantizer for inputs of `input_shape`, its variables `m`, `e`, `e0` in `path`.
     pub fn new(path: &nn::Path, spec: &FloatSpec, input_shape: &[Option<usize>]) -> Result<Self> {
-        let (bw_shape, _) = bw_layout(&spec.axes, input_shape)?;
+        let (bw_shape, _, _) = bw_layout(&spec.axes, input_shape)?;
         Ok(FloatQuantizer {
             m: Var::new(path, "m", &bw_shape, spec.m0, true, spec.mc, spec.mr),
             e: Var::new(path, "e", &bw_shape, spec.e0, true, spec.ec, spec.er),

@@ -137,15 +137,41 @@ pub(crate) fn to_f32_vec(t: &Tensor) -> Result<Vec<f32>> {
     Ok(Vec::<f32>::try_from(&t)?)
 }
 
-/// The bit-width shape and the homogeneous axes for an input shape.
+/// The bit-width shape and the homogeneous axes for an input shape, and the mapper that
+/// resolved them.
 pub(crate) fn bw_layout(
     axes: &Axes,
     input_shape: &[Option<usize>],
-) -> Result<(Vec<i64>, Vec<i64>)> {
+) -> Result<(Vec<i64>, Vec<i64>, DefaultBitwidthMapper)> {
     let mut m = DefaultBitwidthMapper::new(axes.clone());
     let bw = m.bw_shape(input_shape)?;
     let homo = m.homogeneous_axes()?.iter().map(|&a| a as i64).collect();
-    Ok((bw.iter().map(|&d| d as i64).collect(), homo))
+    Ok((bw.iter().map(|&d| d as i64).collect(), homo, m))
+}
+
+/// The values of a contiguous float32 CPU tensor, read in place; `None` for any other tensor.
+///
+/// The small tensors of quantizer state (bit widths, their reductions) are read every step;
+/// going through libtorch (detach, convert, copy out) costs more than the values themselves.
+pub(crate) fn host_slice(t: &Tensor) -> Option<&[f32]> {
+    if t.device() != Device::Cpu || t.kind() != Kind::Float || !t.is_contiguous() {
+        return None;
+    }
+    let n = t.numel();
+    if n == 0 {
+        return Some(&[]);
+    }
+    // SAFETY: a contiguous float32 CPU tensor of `n` elements, alive as long as `t`; this
+    // crate does not write it while the slice is alive.
+    Some(unsafe { std::slice::from_raw_parts(t.data_ptr().cast::<f32>(), n) })
+}
+
+/// The values of a tensor as float32 (in place when [`host_slice`] applies).
+pub(crate) fn host_values(t: &Tensor) -> Result<Vec<f32>> {
+    match host_slice(t) {
+        Some(s) => Ok(s.to_vec()),
+        None => to_f32_vec(t),
+    }
 }
 
 /// `x` must be a float tensor of the built shape (any size on `None` axes).

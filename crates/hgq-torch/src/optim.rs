@@ -1,0 +1,298 @@
+//! Keras' Adam on a [`VarStore`]: the update hgq2 trains with, in one native pass per step.
+//!
+//! tch's `nn::Adam` is libtorch's `torch::optim::Adam`: about ten tensor operations per
+//! variable and step, each a trip through libtorch's dispatcher. A quantized network has many
+//! small variables (every quantizer's bit widths), so for the small models HGQ targets that
+//! dispatch cost exceeds the arithmetic many times over. [`Adam`] updates float32 CPU
+//! variables in a plain loop over their memory (one pass per variable, no dispatch), and other
+//! variables (CUDA, other float kinds) with the same formula as tensor operations.
+//!
+//! The formula is Keras 3's `Adam` (what hgq2 uses), not torch's: `epsilon` is added to
+//! `sqrt(v)` before the bias correction, which is folded into the step size:
+//!
+//! ```text
+//! t     = iterations + 1
+//! alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t)
+//! m    += (g - m) * (1 - beta_1)
+//! v    += (g^2 - v) * (1 - beta_2)
+//! var  -= (m * alpha) / (sqrt(v) + epsilon)
+//! ```
+//!
+//! ```no_run
+//! use hgq_torch::optim::{Adam, AdamConfig};
+//! use tch::{nn, Device, Kind, Tensor};
+//!
+//! let vs = nn::VarStore::new(Device::Cpu);
+//! let w = vs.root().var("w", &[4], nn::Init::Const(1.0));
+//! let mut opt = Adam::new(&vs, AdamConfig::default().learning_rate(3e-3))?;
+//! let loss = (&w * &w).sum(Kind::Float);
+//! opt.backward_step(&loss)?;
+//! # Ok::<(), hgq_torch::TorchError>(())
+//! ```
+use std::sync::{Arc, Mutex};
+
+use tch::{Device, Kind, Tensor, nn};
+
+use crate::{Result, TorchError};
+
+/// Adam's hyper-parameters; defaults as Keras (`learning_rate` 1e-3, `beta_1` 0.9, `beta_2`
+/// 0.999, `epsilon` 1e-7).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamConfig {
+    /// The step size.
+    pub learning_rate: f64,
+    /// Decay of the first moment.
+    pub beta_1: f64,
+    /// Decay of the second moment.
+    pub beta_2: f64,
+    /// Added to `sqrt(v)`.
+    pub epsilon: f64,
+}
+
+impl Default for AdamConfig {
+    fn default() -> Self {
+        AdamConfig {
+            learning_rate: 1e-3,
+            beta_1: 0.9,
+            beta_2: 0.999,
+            epsilon: 1e-7,
+        }
+    }
+}
+
+impl AdamConfig {
+    /// With the step size `lr`.
+    pub fn learning_rate(mut self, lr: f64) -> Self {
+        self.learning_rate = lr;
+        self
+    }
+
+    fn check(&self) -> Result<()> {
+        let ok = self.learning_rate.is_finite()
+            && self.learning_rate >= 0.0
+            && (0.0..1.0).contains(&self.beta_1)
+            && (0.0..1.0).contains(&self.beta_2)
+            && self.epsilon.is_finite()
+            && self.epsilon > 0.0;
+        if ok {
+            Ok(())
+        } else {
+            Err(TorchError::Unsupported(format!(
+                "Adam with {self:?} (needs lr >= 0, betas in [0, 1), epsilon > 0, all finite)"
+            )))
+        }
+    }
+}
+
+/// One variable with its moments.
+#[derive(Debug)]
+struct Slot {
+    var: Tensor,
+    m: Tensor,
+    v: Tensor,
+}
+
+impl Slot {
+    fn new(var: &Tensor) -> Self {
+        let z = || tch::no_grad(|| var.zeros_like()).contiguous();
+        Slot {
+            var: var.shallow_clone(),
+            m: z(),
+            v: z(),
+        }
+    }
+
+    /// float32 CPU variable and moments, contiguous: the native path applies.
+    fn native(&self, g: &Tensor) -> bool {
+        let ok =
+            |t: &Tensor| t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous();
+        ok(&self.var) && ok(g) && ok(&self.m) && ok(&self.v) && g.size() == self.var.size()
+    }
+}
+
+/// The step's constants, in float32 as Keras computes them for float32 variables (also for
+/// variables of other kinds: one set per step).
+#[derive(Debug, Clone, Copy)]
+struct Coeffs {
+    alpha: f32,
+    c1: f32,
+    c2: f32,
+    eps: f32,
+}
+
+/// Keras' Adam over the trainable variables of a [`VarStore`] (see the module docs).
+///
+/// Variables added to the store after the optimizer was built join at the next step, as
+/// with tch's optimizers.
+#[derive(Debug)]
+pub struct Adam {
+    config: AdamConfig,
+    store: Arc<Mutex<nn::Variables>>,
+    slots: Vec<Slot>,
+    iterations: u64,
+}
+
+impl Adam {
+    /// Adam over `vs`'s trainable variables.
+    pub fn new(vs: &nn::VarStore, config: AdamConfig) -> Result<Self> {
+        config.check()?;
+        let mut a = Adam {
+            config,
+            store: vs.variables_.clone(),
+            slots: Vec::new(),
+            iterations: 0,
+        };
+        a.add_missing();
+        Ok(a)
+    }
+
+    /// The hyper-parameters.
+    pub fn config(&self) -> AdamConfig {
+        self.config
+    }
+
+    /// Sets the step size (a schedule calls this between steps).
+    pub fn set_learning_rate(&mut self, lr: f64) -> Result<()> {
+        let c = self.config.learning_rate(lr);
+        c.check()?;
+        self.config = c;
+        Ok(())
+    }
+
+    /// Steps taken (Keras' `iterations`).
+    pub fn iterations(&self) -> u64 {
+        self.iterations
+    }
+
+    fn add_missing(&mut self) {
+        let vars = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        for v in vars.trainable_variables.iter().skip(self.slots.len()) {
+            self.slots.push(Slot::new(&v.tensor));
+        }
+    }
+
+    /// Drops every trainable variable's gradient (PyTorch's `zero_grad(set_to_none=True)`):
+    /// the next backward pass then stores its gradients instead of adding them into zeros,
+    /// which saves one tensor operation per variable and step.
+    pub fn zero_grad(&mut self) {
+        self.add_missing();
+        for s in &self.slots {
+            crate::bridge::clear_grad(&s.var);
+        }
+    }
+
+    /// One Adam step with the current gradients (variables without one are left alone).
+    ///
+    /// A gradient that is not finite would poison the moments for good, so a step whose
+    /// gradients hold NaN or infinity changes nothing and is an error.
+    pub fn step(&mut self) -> Result<()> {
+        self.add_missing();
+        let grads: Vec<Tensor> = self.slots.iter().map(|s| s.var.grad()).collect();
+        for g in &grads {
+            if g.defined() && !all_finite(g)? {
+                return Err(TorchError::NonFinite("a gradient given to Adam"));
+            }
+        }
+        self.iterations += 1;
+        let c = self.coeffs();
+        for (s, g) in self.slots.iter().zip(&grads) {
+            if !g.defined() {
+                continue;
+            }
+            if s.native(g) {
+                // SAFETY: contiguous float32 CPU tensors of one size (checked by `native`);
+                // var, m and v are distinct allocations (m, v made here), g is read only.
+                unsafe {
+                    update(
+                        floats_mut(&s.var),
+                        floats_mut(&s.m),
+                        floats_mut(&s.v),
+                        floats(g),
+                        c,
+                    )
+                };
+            } else {
+                update_ops(s, g, c)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `zero_grad`, `loss.backward()`, `step`: one training step.
+    pub fn backward_step(&mut self, loss: &Tensor) -> Result<()> {
+        self.zero_grad();
+        loss.f_backward()?;
+        self.step()
+    }
+
+    fn coeffs(&self) -> Coeffs {
+        let c = &self.config;
+        let t = self.iterations as f32;
+        let (b1, b2) = (c.beta_1 as f32, c.beta_2 as f32);
+        let (p1, p2) = (b1.powf(t), b2.powf(t));
+        Coeffs {
+            alpha: c.learning_rate as f32 * (1.0 - p2).sqrt() / (1.0 - p1),
+            c1: (1.0 - c.beta_1) as f32,
+            c2: (1.0 - c.beta_2) as f32,
+            eps: c.epsilon as f32,
+        }
+    }
+}
+
+/// Whether every value of `g` is finite (one pass over raw memory on the native path).
+fn all_finite(g: &Tensor) -> Result<bool> {
+    if g.device() == Device::Cpu && g.kind() == Kind::Float && g.is_contiguous() {
+        // SAFETY: a contiguous float32 CPU tensor, read only.
+        Ok(unsafe { floats(g) }.iter().all(|v| v.is_finite()))
+    } else {
+        Ok(bool::try_from(g.f_isfinite()?.f_all()?)?)
+    }
+}
+
+/// Keras' update on raw memory, in Keras' order of operations.
+fn update(var: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: Coeffs) {
+    for (((p, m), v), &g) in var.iter_mut().zip(m).zip(v).zip(g) {
+        *m += (g - *m) * c.c1;
+        *v += (g * g - *v) * c.c2;
+        *p -= (*m * c.alpha) / (v.sqrt() + c.eps);
+    }
+}
+
+/// The same update as tensor operations (CUDA, other float kinds).
+fn update_ops(s: &Slot, g: &Tensor, c: Coeffs) -> Result<()> {
+    tch::no_grad(|| -> Result<()> {
+        let g = g.f_to_kind(s.m.kind())?;
+        let (mut m, mut v, mut var) = (
+            s.m.shallow_clone(),
+            s.v.shallow_clone(),
+            s.var.shallow_clone(),
+        );
+        let _ = m.f_add_(&((&g - &m) * c.c1 as f64))?;
+        let _ = v.f_add_(&((&g * &g - &v) * c.c2 as f64))?;
+        let step = (&m * c.alpha as f64) / (v.f_sqrt()? + c.eps as f64);
+        let _ = var.f_sub_(&step.f_to_kind(var.kind())?)?;
+        Ok(())
+    })
+}
+
+/// # Safety
+/// `t` is a contiguous float32 CPU tensor; nothing else reads or writes it meanwhile.
+unsafe fn floats_mut<'a>(t: &Tensor) -> &'a mut [f32] {
+    let n = t.numel();
+    if n == 0 {
+        return &mut [];
+    }
+    // SAFETY: per the caller.
+    unsafe { std::slice::from_raw_parts_mut(t.data_ptr().cast::<f32>(), n) }
+}
+
+/// # Safety
+/// `t` is a contiguous float32 CPU tensor that nothing writes meanwhile.
+unsafe fn floats<'a>(t: &Tensor) -> &'a [f32] {
+    let n = t.numel();
+    if n == 0 {
+        return &[];
+    }
+    // SAFETY: per the caller.
+    unsafe { std::slice::from_raw_parts(t.data_ptr().cast::<f32>(), n) }
+}
