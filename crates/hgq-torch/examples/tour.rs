@@ -1,7 +1,8 @@
 //! The README's training example: a quantized two-layer network on random data.
 use hgq_torch::hgq_core::CallMode;
 use hgq_torch::layers::{Activation, QDense, Sequential};
-use tch::{Device, Kind, Tensor, nn, nn::OptimizerConfig};
+use hgq_torch::optim::{Adam, AdamConfig};
+use tch::{Device, Kind, Tensor, nn};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let vs = nn::VarStore::new(Device::cuda_if_available());
@@ -13,7 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .beta(1e-5),
     )?;
     model.add(&vs.root(), QDense::builder(8, 2).beta(1e-5))?;
-    let mut opt = nn::Adam::default().build(&vs, 3e-3)?;
+    let mut opt = Adam::new(&vs, AdamConfig::default().learning_rate(3e-3))?; // Keras' Adam
     let x = Tensor::rand([256, 16], (Kind::Float, vs.device()));
     let labels = x
         .sum_dim_intlist(1, false, Kind::Float)
@@ -22,7 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for step in 0..200 {
         let out = model.forward(&x, CallMode::Training)?; // bit widths train too
         let loss = out.y.cross_entropy_for_logits(&labels) + out.ebops_loss;
-        opt.backward_step(&loss);
+        opt.backward_step(&loss)?;
         model.apply_constraints(); // keep bit widths in range after each step
         if step % 50 == 0 {
             println!(

@@ -9,17 +9,18 @@
 //! ```no_run
 //! use hgq_torch::layers::{Activation, QDense, Sequential};
 //! use hgq_torch::hgq_core::CallMode;
-//! use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
+//! use hgq_torch::optim::{Adam, AdamConfig};
+//! use tch::{nn, Device, Kind, Tensor};
 //!
 //! let vs = nn::VarStore::new(Device::Cpu);
 //! let mut model = Sequential::new();
 //! model.add(&vs.root(), QDense::builder(64, 32).activation(Activation::Relu).beta(1e-5))?;
 //! model.add(&vs.root(), QDense::builder(32, 10).beta(1e-5))?;
-//! let mut opt = nn::Adam::default().build(&vs, 3e-3)?;
+//! let mut opt = Adam::new(&vs, AdamConfig::default().learning_rate(3e-3))?;
 //! let (x, labels) = (Tensor::rand([64, 64], (Kind::Float, Device::Cpu)), Tensor::zeros([64], (Kind::Int64, Device::Cpu)));
 //! let out = model.forward(&x, CallMode::Training)?;
 //! let loss = out.y.cross_entropy_for_logits(&labels) + out.ebops_loss;
-//! opt.backward_step(&loss);
+//! opt.backward_step(&loss)?;
 //! model.apply_constraints();
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
