@@ -3,6 +3,9 @@
 //! tensor operations and differentiated by autograd: identical outputs and gradients, bit for
 //! bit, for raw values on and between the ties of half-to-even rounding, in training and
 //! inference, for SAT, SAT_SYM and WRAP (training tracks i), float32 and bfloat16 inputs.
+mod common;
+
+use common::{bits, var};
 use hgq_torch::fixed_quantize;
 use hgq_torch::hgq_config::convert::{CoreQuantizer, QuantizerSpec};
 use hgq_torch::hgq_core::mapper::Axes;
@@ -14,22 +17,6 @@ use tch::{Device, Kind, Tensor, nn};
 /// Raw b, i with ties (x.5) of both parities, negatives and a zero.
 const B: [f32; 6] = [2.5, 3.5, 4.0, 0.5, 1.5, 6.0];
 const I: [f32; 6] = [0.5, 1.5, -1.0, 2.5, -0.5, 0.0];
-
-fn bits(t: &Tensor) -> Vec<u32> {
-    Vec::<f32>::try_from(&t.detach().to_kind(Kind::Float).contiguous().view(-1))
-        .expect("f32")
-        .into_iter()
-        .map(f32::to_bits)
-        .collect()
-}
-
-fn var<'a>(q: &'a Quantizer, name: &str) -> &'a Tensor {
-    q.variables()
-        .into_iter()
-        .find(|(n, _)| *n == name)
-        .unwrap_or_else(|| panic!("no variable {name}"))
-        .1
-}
 
 fn set(t: &Tensor, v: &[f32]) {
     tch::no_grad(|| t.shallow_clone().copy_(&Tensor::from_slice(v)));

@@ -1,29 +1,12 @@
 //! `hgq_torch::optim::Adam`: Keras 3's Adam update, step by step, on the native float32 CPU
 //! path and the tensor-operation path (float64 here, CUDA where present), and its handling of
 //! gradients that are missing, dropped or not finite.
+mod common;
+
+use common::{cuda, f64s};
 use hgq_torch::TorchError;
 use hgq_torch::optim::{Adam, AdamConfig};
 use tch::{Device, Kind, Tensor, nn};
-
-fn cuda() -> Option<Device> {
-    if hgq_torch::cuda_available() {
-        Some(Device::Cuda(0))
-    } else {
-        println!("skipped: no CUDA device");
-        None
-    }
-}
-
-fn vec_of(t: &Tensor) -> Vec<f64> {
-    Vec::<f64>::try_from(
-        &t.detach()
-            .to_kind(Kind::Double)
-            .to_device(Device::Cpu)
-            .contiguous()
-            .view(-1),
-    )
-    .expect("values")
-}
 
 const W0: [f64; 5] = [1.0, -2.0, 0.5, 3.0, 0.0];
 /// The gradient of `loss = sum(C * w)`, fixed over the steps.
@@ -65,7 +48,7 @@ fn run(device: Device, kind: Kind, cfg: AdamConfig, steps: u32) -> Vec<f64> {
         opt.backward_step(&loss).expect("step");
     }
     assert_eq!(opt.iterations(), steps as u64);
-    vec_of(&w)
+    f64s(&w)
 }
 
 fn assert_close(got: &[f64], want: &[f64], tol: f64, what: &str) {
@@ -135,17 +118,13 @@ fn missing_gradients_and_late_variables() {
     let mut opt = Adam::new(&vs, cfg()).expect("Adam");
     opt.backward_step(&a.sum(Kind::Float)).expect("step");
     // No gradient: left alone.
-    assert_eq!(vec_of(&unused), [4.0, 4.0]);
-    assert!(vec_of(&a).iter().all(|&v| v < 1.0));
+    assert_eq!(f64s(&unused), [4.0, 4.0]);
+    assert!(f64s(&a).iter().all(|&v| v < 1.0));
     // A variable created after the optimizer joins at the next step.
     let late = vs.root().var("late", &[2], nn::Init::Const(1.0));
     opt.backward_step(&(late.sum(Kind::Float) + a.sum(Kind::Float)))
         .expect("step");
-    assert!(
-        vec_of(&late).iter().all(|&v| v < 1.0),
-        "{:?}",
-        vec_of(&late)
-    );
+    assert!(f64s(&late).iter().all(|&v| v < 1.0), "{:?}", f64s(&late));
 }
 
 #[test]
@@ -159,7 +138,7 @@ fn zero_grad_drops_the_gradients() {
     assert!(!a.grad().defined());
     // A step without gradients changes nothing.
     opt.step().expect("step");
-    assert_eq!(vec_of(&a), [1.0, 1.0, 1.0]);
+    assert_eq!(f64s(&a), [1.0, 1.0, 1.0]);
 }
 
 #[test]
@@ -179,7 +158,7 @@ fn non_finite_gradients_are_refused_without_a_change() {
         let err = opt.backward_step(&loss).expect_err("refused");
         assert!(matches!(err, TorchError::NonFinite(_)), "{err}");
         assert_eq!(opt.iterations(), 0);
-        assert_eq!(vec_of(&b), [1.0, 1.0], "no variable moved");
+        assert_eq!(f64s(&b), [1.0, 1.0], "no variable moved");
     }
 }
 

@@ -7,6 +7,9 @@
 //! - A wrong shape, an integer tensor, NaN into a WRAP quantizer that tracks its integer bits
 //!   (training and tracing: an error, variables unchanged), and bad configurations (k0 = 2, an
 //!   unknown mode) are `TorchError`s, not panics.
+mod common;
+
+use common::{cuda, var};
 use half::{bf16, f16};
 use hgq_torch::TorchError;
 use hgq_torch::hgq_config::convert::{CoreQuantizer, QuantizerSpec};
@@ -18,15 +21,6 @@ use hgq_torch::quantizer::Quantizer;
 use tch::{Device, Kind, Tensor, nn};
 
 const SHAPE: [usize; 2] = [4, 4];
-
-fn cuda() -> Option<Device> {
-    if hgq_torch::cuda_available() {
-        Some(Device::Cuda(0))
-    } else {
-        println!("skipped: no CUDA device");
-        None
-    }
-}
 
 /// Off-grid values, ties, values past the SAT range of i = 2 (and exact ones).
 fn x_values() -> Vec<f64> {
@@ -55,14 +49,6 @@ fn values<T: tch::kind::Element + Default + Clone>(t: &Tensor) -> Vec<T> {
     let mut v = vec![T::default(); t.numel()];
     t.copy_data(&mut v, t.numel());
     v
-}
-
-fn var<'a>(q: &'a Quantizer, name: &str) -> &'a Tensor {
-    q.variables()
-        .into_iter()
-        .find(|(n, _)| *n == name)
-        .unwrap_or_else(|| panic!("no variable {name}"))
-        .1
 }
 
 /// hgq-core's layer quantizer on the same data: (y inference, y training, dx, df, di) for

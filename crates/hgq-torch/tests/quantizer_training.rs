@@ -3,6 +3,9 @@
 //! loss) and `apply_constraints` keeps them in range; a `VarStore` saved after training and
 //! loaded into freshly built modules gives bit-identical inference outputs (a quantizer and a
 //! `Sequential` of `QDense`). Each test runs on the CPU and, where one is present, on CUDA.
+mod common;
+
+use common::{bits, cuda, f32s, var};
 use hgq_torch::hgq_config::convert::{CoreQuantizer, QuantizerSpec};
 use hgq_torch::hgq_core::CallMode;
 use hgq_torch::hgq_core::mapper::Axes;
@@ -14,38 +17,6 @@ use tch::nn::OptimizerConfig;
 use tch::{Device, Kind, Tensor, nn};
 
 const LN2: f64 = std::f64::consts::LN_2;
-
-fn cuda() -> Option<Device> {
-    if hgq_torch::cuda_available() {
-        Some(Device::Cuda(0))
-    } else {
-        println!("skipped: no CUDA device");
-        None
-    }
-}
-
-fn vec_of(t: &Tensor) -> Vec<f32> {
-    Vec::<f32>::try_from(
-        &t.detach()
-            .to_kind(Kind::Float)
-            .to_device(Device::Cpu)
-            .contiguous()
-            .view(-1),
-    )
-    .expect("f32 values")
-}
-
-fn bits_of(t: &Tensor) -> Vec<u32> {
-    vec_of(t).into_iter().map(f32::to_bits).collect()
-}
-
-fn var<'a>(q: &'a Quantizer, name: &str) -> &'a Tensor {
-    q.variables()
-        .into_iter()
-        .find(|(n, _)| *n == name)
-        .unwrap_or_else(|| panic!("no variable {name}"))
-        .1
-}
 
 /// KIF k0 = 1, i0 = 2, f0 = 6, RND, SAT, one bit width per feature (axis 0 shares), for
 /// inputs `[None, 4]`; `f` constrained to `[f_min, 7.5]`, `i` to `[-4, 4]`.
@@ -84,7 +55,7 @@ fn adam_raises_f(device: Device) {
     let mut opt = nn::Adam::default().build(&vs, 0.1).expect("Adam");
     let x = inputs(device);
     let (f, i) = (var(&q, "f"), var(&q, "i"));
-    let mut prev = vec_of(f);
+    let mut prev = f32s(f);
     for step in 0..25 {
         opt.zero_grad();
         let y = q.forward(&x, CallMode::Training).expect("forward");
@@ -95,8 +66,8 @@ fn adam_raises_f(device: Device) {
             .detach()
             .square()
             .sum_dim_intlist([0i64].as_slice(), true, Kind::Float);
-        let want = vec_of(&(err * (-2.0 * LN2 / 256.0)));
-        let got = vec_of(&f.grad());
+        let want = f32s(&(err * (-2.0 * LN2 / 256.0)));
+        let got = f32s(&f.grad());
         for (g, w) in got.iter().zip(&want) {
             assert!(*g < 0.0, "step {step}: df = {g} is not negative");
             assert!(
@@ -106,7 +77,7 @@ fn adam_raises_f(device: Device) {
         }
         opt.step();
         q.apply_constraints();
-        let now = vec_of(f);
+        let now = f32s(f);
         for (n, p) in now.iter().zip(&prev) {
             assert!(n >= p, "step {step}: f fell from {p} to {n}");
             assert!(
@@ -118,7 +89,7 @@ fn adam_raises_f(device: Device) {
     }
     assert_eq!(prev, vec![7.5; 4], "f ends at the constraint's maximum");
     assert_eq!(
-        vec_of(i),
+        f32s(i),
         vec![2.0; 4],
         "i had no gradient (no clipping) and stays"
     );
@@ -131,7 +102,7 @@ fn adam_lowers_f_monol1(device: Device) {
     let q = kif(&vs.root(), 5.0, Some(Regularizer::MonoL1(0.5)));
     let mut opt = nn::Adam::default().build(&vs, 0.1).expect("Adam");
     let f = var(&q, "f");
-    let mut prev = vec_of(f);
+    let mut prev = f32s(f);
     for step in 0..25 {
         opt.zero_grad();
         let loss = q.regularization_loss();
@@ -141,13 +112,13 @@ fn adam_lowers_f_monol1(device: Device) {
         );
         loss.backward();
         assert_eq!(
-            vec_of(&f.grad()),
+            f32s(&f.grad()),
             vec![0.5; 4],
             "step {step}: d(l sum f)/df = l"
         );
         opt.step();
         q.apply_constraints();
-        let now = vec_of(f);
+        let now = f32s(f);
         for (n, p) in now.iter().zip(&prev) {
             assert!(n <= p, "step {step}: f rose from {p} to {n}");
             assert!(
@@ -171,15 +142,15 @@ fn adam_lowers_bits(device: Device) {
     for step in 0..4 {
         opt.zero_grad();
         let bits = q.props().bits;
-        assert_eq!(vec_of(&bits), vec![(9 - 2 * step) as f32; 4], "step {step}");
+        assert_eq!(f32s(&bits), vec![(9 - 2 * step) as f32; 4], "step {step}");
         let loss = bits.sum(Kind::Float);
         loss.backward();
-        assert_eq!(vec_of(&f.grad()), vec![1.0; 4], "step {step}: d bits / d f");
-        assert_eq!(vec_of(&i.grad()), vec![1.0; 4], "step {step}: d bits / d i");
+        assert_eq!(f32s(&f.grad()), vec![1.0; 4], "step {step}: d bits / d f");
+        assert_eq!(f32s(&i.grad()), vec![1.0; 4], "step {step}: d bits / d i");
         opt.step();
         q.apply_constraints();
     }
-    let (fv, iv) = (vec_of(f), vec_of(i));
+    let (fv, iv) = (f32s(f), f32s(i));
     assert!(fv.iter().all(|&v| (v - 2.0).abs() < 1e-3), "f: {fv:?}");
     assert!(iv.iter().all(|&v| (v + 2.0).abs() < 1e-3), "i: {iv:?}");
 }
@@ -267,13 +238,13 @@ fn save_load_quantizer(device: Device) {
     let mut vs2 = nn::VarStore::new(device);
     let (wrap2, sat2) = build(&vs2);
     // Training moved the variables away from a fresh build's.
-    assert_ne!(bits_of(var(&sat, "f")), bits_of(var(&sat2, "f")));
-    assert_ne!(bits_of(var(&wrap, "i")), bits_of(var(&wrap2, "i")));
+    assert_ne!(bits(var(&sat, "f")), bits(var(&sat2, "f")));
+    assert_ne!(bits(var(&wrap, "i")), bits(var(&wrap2, "i")));
     vs2.load(&path).expect("load");
     let _ = std::fs::remove_file(&path);
     for (a, b) in [(&wrap, &wrap2), (&sat, &sat2)] {
         for ((n, t), (_, t2)) in a.variables().into_iter().zip(b.variables()) {
-            assert_eq!(bits_of(t), bits_of(t2), "variable {n}");
+            assert_eq!(bits(t), bits(t2), "variable {n}");
         }
     }
     let x2 = inputs(device) * 2.3 - 0.4;
@@ -284,7 +255,7 @@ fn save_load_quantizer(device: Device) {
                 CallMode::Inference,
             )
             .unwrap();
-        bits_of(&y)
+        bits(&y)
     };
     assert_eq!(run(&wrap, &sat), run(&wrap2, &sat2), "inference after load");
 }
@@ -324,7 +295,7 @@ fn save_load_sequential(device: Device) {
     let mut vs2 = nn::VarStore::new(device);
     let m2 = model(&vs2);
     let x2 = inputs(device) * 1.3;
-    let infer = |m: &Sequential| bits_of(&m.forward(&x2, CallMode::Inference).unwrap().y);
+    let infer = |m: &Sequential| bits(&m.forward(&x2, CallMode::Inference).unwrap().y);
     assert_ne!(
         infer(&m),
         infer(&m2),
@@ -336,7 +307,7 @@ fn save_load_sequential(device: Device) {
     assert_eq!(v1.len(), v2.len());
     for ((n1, t1), (n2, t2)) in v1.iter().zip(&v2) {
         assert_eq!(n1, n2);
-        assert_eq!(bits_of(t1), bits_of(t2), "variable {n1}");
+        assert_eq!(bits(t1), bits(t2), "variable {n1}");
     }
     assert_eq!(infer(&m), infer(&m2), "inference after load");
 }
