@@ -1,4 +1,5 @@
-//! Keras' Adam on a [`VarStore`]: the update hgq2 trains with, in one native pass per step.
+//! Keras' Adam on a [`VarStore`](tch::nn::VarStore): the update hgq2 trains with, in one
+//! native pass per step.
 //!
 //! tch's `nn::Adam` is libtorch's `torch::optim::Adam`: about ten tensor operations per
 //! variable and step, each a trip through libtorch's dispatcher. A quantized network has many
@@ -120,7 +121,8 @@ struct Coeffs {
     eps: f32,
 }
 
-/// Keras' Adam over the trainable variables of a [`VarStore`] (see the module docs).
+/// Keras' Adam over the trainable variables of a [`VarStore`](tch::nn::VarStore) (see the module
+/// docs).
 ///
 /// Variables added to the store after the optimizer was built join at the next step, as
 /// with tch's optimizers.
