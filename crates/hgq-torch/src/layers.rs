@@ -53,7 +53,8 @@ impl Activation {
         }
     }
 
-    fn apply(self, x: Tensor) -> Tensor {
+    /// Applies the activation to `x`.
+    pub fn apply(self, x: Tensor) -> Tensor {
         match self {
             Activation::Linear => x,
             Activation::Relu => x.relu(),
