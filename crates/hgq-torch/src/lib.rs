@@ -16,6 +16,7 @@ mod alloc;
 mod bridge;
 #[cfg(feature = "golden")]
 pub mod golden;
+mod host;
 pub mod layers;
 pub mod ops;
 pub mod optim;

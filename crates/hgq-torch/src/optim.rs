@@ -32,9 +32,9 @@
 //! ```
 use std::sync::{Arc, Mutex};
 
-use tch::{Device, Kind, Tensor, nn};
+use tch::{Tensor, nn};
 
-use crate::{Result, TorchError};
+use crate::{Result, TorchError, host};
 
 /// Adam's hyper-parameters; defaults as Keras (`learning_rate` 1e-3, `beta_1` 0.9, `beta_2`
 /// 0.999, `epsilon` 1e-7).
@@ -101,13 +101,6 @@ impl Slot {
             m: z(),
             v: z(),
         }
-    }
-
-    /// float32 CPU variable and moments, contiguous: the native path applies.
-    fn native(&self, g: &Tensor) -> bool {
-        let ok =
-            |t: &Tensor| t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous();
-        ok(&self.var) && ok(g) && ok(&self.m) && ok(&self.v) && g.size() == self.var.size()
     }
 }
 
@@ -201,20 +194,20 @@ impl Adam {
             if !g.defined() {
                 continue;
             }
-            if s.native(g) {
-                // SAFETY: contiguous float32 CPU tensors of one size (checked by `native`);
-                // var, m and v are distinct allocations (m, v made here), g is read only.
-                unsafe {
-                    update(
-                        floats_mut(&s.var),
-                        floats_mut(&s.m),
-                        floats_mut(&s.v),
-                        floats(g),
-                        c,
-                    )
-                };
-            } else {
-                update_ops(s, g, c)?;
+            // SAFETY: var, m and v are distinct allocations (m, v made here) that nothing else
+            // touches during the step, and no live graph saved them (an optimizer steps after
+            // the backward pass); g is only read.
+            let plain = unsafe {
+                (
+                    host::slice_mut(&s.var),
+                    host::slice_mut(&s.m),
+                    host::slice_mut(&s.v),
+                    host::slice(g),
+                )
+            };
+            match plain {
+                (Some(p), Some(m), Some(v), Some(g)) if p.len() == g.len() => update(p, m, v, g, c),
+                _ => update_ops(s, g, c)?,
             }
         }
         Ok(())
@@ -243,11 +236,9 @@ impl Adam {
 
 /// Whether every value of `g` is finite (one pass over raw memory on the native path).
 fn all_finite(g: &Tensor) -> Result<bool> {
-    if g.device() == Device::Cpu && g.kind() == Kind::Float && g.is_contiguous() {
-        // SAFETY: a contiguous float32 CPU tensor, read only.
-        Ok(unsafe { floats(g) }.iter().all(|v| v.is_finite()))
-    } else {
-        Ok(bool::try_from(g.f_isfinite()?.f_all()?)?)
+    match host::slice(g) {
+        Some(d) => Ok(d.iter().all(|v| v.is_finite())),
+        None => Ok(bool::try_from(g.f_isfinite()?.f_all()?)?),
     }
 }
 
@@ -275,26 +266,4 @@ fn update_ops(s: &Slot, g: &Tensor, c: Coeffs) -> Result<()> {
         let _ = var.f_sub_(&step.f_to_kind(var.kind())?)?;
         Ok(())
     })
-}
-
-/// # Safety
-/// `t` is a contiguous float32 CPU tensor; nothing else reads or writes it meanwhile.
-unsafe fn floats_mut<'a>(t: &Tensor) -> &'a mut [f32] {
-    let n = t.numel();
-    if n == 0 {
-        return &mut [];
-    }
-    // SAFETY: per the caller.
-    unsafe { std::slice::from_raw_parts_mut(t.data_ptr().cast::<f32>(), n) }
-}
-
-/// # Safety
-/// `t` is a contiguous float32 CPU tensor that nothing writes meanwhile.
-unsafe fn floats<'a>(t: &Tensor) -> &'a [f32] {
-    let n = t.numel();
-    if n == 0 {
-        return &[];
-    }
-    // SAFETY: per the caller.
-    unsafe { std::slice::from_raw_parts(t.data_ptr().cast::<f32>(), n) }
 }

@@ -13,7 +13,8 @@ use hgq_core::{
 };
 use tch::{Kind, Tensor, nn};
 
-use super::{Props, Var, bw_layout, host_slice, host_values, rc, to_f32_vec};
+use super::{Props, Var, bw_layout, rc, to_f32_vec};
+use crate::host;
 use crate::{Result, TorchError};
 
 /// KBI (`b`, `i` raw) or KIF (`i`, `f` raw).
@@ -276,7 +277,7 @@ impl FixedQuantizer {
 
     /// `max |v|` over the homogeneous axes (keeping dims), as float32 values on the CPU.
     fn absmax(&self, v: &Tensor) -> Result<Vec<f32>> {
-        if let Some(d) = host_slice(v) {
+        if let Some(d) = host::slice(v) {
             let shape: Vec<usize> = v.size().iter().map(|&n| n as usize).collect();
             return Ok(self.mapper.absmax(TensorRef::new(d, &shape)?)?.0);
         }
@@ -291,7 +292,7 @@ impl FixedQuantizer {
 
     /// `any(v < 0)` over the homogeneous axes.
     fn any_negative(&self, v: &Tensor) -> Result<Vec<bool>> {
-        if let Some(d) = host_slice(v) {
+        if let Some(d) = host::slice(v) {
             let shape: Vec<usize> = v.size().iter().map(|&n| n as usize).collect();
             return Ok(self.mapper.any_negative(TensorRef::new(d, &shape)?)?.0);
         }
@@ -306,7 +307,7 @@ impl FixedQuantizer {
 
     /// Whether every value of `x` is finite.
     fn all_finite(x: &Tensor) -> Result<bool> {
-        match host_slice(x) {
+        match host::slice(x) {
             Some(d) => Ok(d.iter().all(|v| v.is_finite())),
             None => Ok(bool::try_from(x.f_isfinite()?.f_all()?)?),
         }
@@ -325,14 +326,13 @@ impl FixedQuantizer {
     fn store_i(&self, values: &[f32]) -> Result<()> {
         let var = self.i_var();
         let t = var.value();
-        if host_slice(t).is_some_and(|d| d.len() == values.len()) {
-            // SAFETY: a contiguous float32 CPU tensor of `values.len()` elements (checked
-            // above); no slice of it is alive here and no autograd graph saved it.
-            unsafe { std::slice::from_raw_parts_mut(t.data_ptr().cast::<f32>(), values.len()) }
-                .copy_from_slice(values);
-            Ok(())
-        } else {
-            self.set(var, values)
+        // SAFETY: no slice of the variable is alive here and no autograd graph saved it.
+        match unsafe { host::slice_mut(t) } {
+            Some(d) if d.len() == values.len() => {
+                d.copy_from_slice(values);
+                Ok(())
+            }
+            _ => self.set(var, values),
         }
     }
 
@@ -353,10 +353,10 @@ impl FixedQuantizer {
         let sym = self.spec.overflow.is_symmetric();
         let train = mode == CallMode::Training;
         let ivar = self.i_var();
-        let i_raw = host_values(ivar.value())?;
+        let i_raw = host::values(ivar.value())?;
         let ic = ivar.constraint;
         let decay = match &self.i_decay_speed {
-            Some(d) => host_values(d.value())?
+            Some(d) => host::values(d.value())?
                 .first()
                 .copied()
                 .unwrap_or(f32::INFINITY),
@@ -372,7 +372,10 @@ impl FixedQuantizer {
         match self.param {
             Param::Kbi => {
                 // b as used: rc(b).
-                let bv: Vec<f32> = host_values(self.p1.value())?.into_iter().map(rc1).collect();
+                let bv: Vec<f32> = host::values(self.p1.value())?
+                    .into_iter()
+                    .map(rc1)
+                    .collect();
                 let absmax = self.absmax(x)?;
                 let new_i: Vec<f32> = i_raw
                     .iter()
@@ -421,7 +424,10 @@ impl FixedQuantizer {
                     .round_only(mode)?
                     .with_bit_widths(BitWidths::RoundHalfEven);
                 let y = crate::quantize_any(&q, x, k, &i_now, self.p2.value(), true)?;
-                let fv: Vec<f32> = host_values(self.p2.value())?.into_iter().map(rc1).collect();
+                let fv: Vec<f32> = host::values(self.p2.value())?
+                    .into_iter()
+                    .map(rc1)
+                    .collect();
                 let yd = y.detach();
                 let absmax = self.absmax(&yd)?;
                 let mi = absmax

@@ -149,31 +149,6 @@ pub(crate) fn bw_layout(
     Ok((bw.iter().map(|&d| d as i64).collect(), homo, m))
 }
 
-/// The values of a contiguous float32 CPU tensor, read in place; `None` for any other tensor.
-///
-/// The small tensors of quantizer state (bit widths, their reductions) are read every step;
-/// going through libtorch (detach, convert, copy out) costs more than the values themselves.
-pub(crate) fn host_slice(t: &Tensor) -> Option<&[f32]> {
-    if t.device() != Device::Cpu || t.kind() != Kind::Float || !t.is_contiguous() {
-        return None;
-    }
-    let n = t.numel();
-    if n == 0 {
-        return Some(&[]);
-    }
-    // SAFETY: a contiguous float32 CPU tensor of `n` elements, alive as long as `t`; this
-    // crate does not write it while the slice is alive.
-    Some(unsafe { std::slice::from_raw_parts(t.data_ptr().cast::<f32>(), n) })
-}
-
-/// The values of a tensor as float32 (in place when [`host_slice`] applies).
-pub(crate) fn host_values(t: &Tensor) -> Result<Vec<f32>> {
-    match host_slice(t) {
-        Some(s) => Ok(s.to_vec()),
-        None => to_f32_vec(t),
-    }
-}
-
 /// `x` must be a float tensor of the built shape (any size on `None` axes).
 pub(crate) fn check_input(x: &Tensor, built: &[Option<usize>]) -> Result<()> {
     let kind = x.f_kind()?;
