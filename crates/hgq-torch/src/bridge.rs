@@ -6,6 +6,8 @@ use hgq_core::{FixedGrads, FixedPoint, TensorRef, Upstream};
 use tch::Tensor;
 use torch_sys::C_tensor;
 
+use crate::quantizer::rc1;
+
 /// A borrowed float32 tensor as the C++ side describes it.
 #[repr(C)]
 pub(crate) struct View {
@@ -136,13 +138,6 @@ unsafe fn data_mut<'a>(p: *mut f32, n: usize) -> &'a mut [f32] {
     }
     // SAFETY: per the caller.
     unsafe { std::slice::from_raw_parts_mut(p, n) }
-}
-
-/// `rc(v)` of the reference on one value: `round(v) + (v - v)` (half to even; a rounded -0
-/// becomes +0, an infinity NaN), as the tensor version `quantizer::rc` computes it.
-#[allow(clippy::eq_op)]
-fn rc1(v: f32) -> f32 {
-    v.round_ties_even() + (v - v)
 }
 
 /// KBI's `(i, f) = (rc(i), rc(b) - rc(i))` from raw `b`, `i`.

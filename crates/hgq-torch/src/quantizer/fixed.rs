@@ -13,7 +13,7 @@ use hgq_core::{
 };
 use tch::{Kind, Tensor, nn};
 
-use super::{Props, Var, bw_layout, rc, to_f32_vec};
+use super::{Props, Var, bw_layout, rc, rc1, to_f32_vec};
 use crate::host;
 use crate::{Result, TorchError};
 
@@ -364,10 +364,6 @@ impl FixedQuantizer {
         };
         let k = self.k.value();
         let dev = k.device();
-        // `+ (v - v)`: the value of the reference's `round(v) + (v - stop_gradient(v))`
-        // (a rounded -0 becomes +0, inf becomes NaN).
-        #[allow(clippy::eq_op)]
-        let rc1 = |v: f32| v.round_ties_even() + (v - v);
         let con = |v: f32| ic.map_or(v, |c| c.one(v));
         match self.param {
             Param::Kbi => {

@@ -121,6 +121,13 @@ pub(crate) fn rc(v: &Tensor) -> Tensor {
     d.round() + (v - &d)
 }
 
+/// `rc(v)` of the reference on one value: `round(v) + (v - v)` (half to even; a rounded -0
+/// becomes +0, an infinity NaN), the value [`rc`] computes.
+#[allow(clippy::eq_op)]
+pub(crate) fn rc1(v: f32) -> f32 {
+    v.round_ties_even() + (v - v)
+}
+
 /// `+0` whose gradient with respect to `a` is `-1`.
 pub(crate) fn neg_zero_term(a: &Tensor) -> Tensor {
     a.detach() - a
