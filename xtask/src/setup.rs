@@ -177,23 +177,22 @@ fn install(force: bool) -> Result<(), String> {
         ));
     }
     eprintln!(
-        "setup: pip install torch=={TORCH_VERSION} into {} (the default PyPI wheel, with its \
-         nvidia CUDA libraries: several GB, minutes on first install)",
+        "setup: pip install torch=={TORCH_VERSION} into {} (the default PyPI wheel and the nvidia \
+         CUDA libraries it links: about 4 GB installed, minutes on first install)",
         venv.display()
     );
-    let mut cmd = Command::new(&py);
-    cmd.args(["-m", "pip", "install", "--disable-pip-version-check"]);
-    if force {
-        cmd.arg("--force-reinstall");
+    // One requirement per pip call, without pip's cache: the peak disk use is what is installed
+    // plus one requirement's downloads (~5 GB), not two copies of all of them (~10 GB), which a
+    // small CI disk does not have.
+    // The link is made last, so an install cut short is never taken for a ready one.
+    let link = libtorch_dir();
+    if link.symlink_metadata().is_ok() {
+        std::fs::remove_file(&link)
+            .map_err(|e| format!("cannot remove {}: {e}", link.display()))?;
     }
-    cmd.arg(format!("torch=={TORCH_VERSION}"));
-    let status = cmd.status().map_err(|e| format!("cannot run pip: {e}"))?;
-    if !status.success() {
-        return Err(format!(
-            "`{} -m pip install torch=={TORCH_VERSION}` failed (see pip's message above). \
-             pip needs to reach PyPI (or a mirror set with PIP_INDEX_URL) and about 6 GB of disk",
-            py.display()
-        ));
+    pip_install(&py, &[format!("torch=={TORCH_VERSION}")], true, force)?;
+    for req in runtime_requirements(&read_metadata(&venv)?) {
+        pip_install(&py, &[req], false, false)?;
     }
     link_libtorch(&venv)?;
     let v = installed()?;
@@ -203,6 +202,105 @@ fn install(force: bool) -> Result<(), String> {
         start.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Runs `python -m pip install --no-cache-dir [--no-deps] [--force-reinstall] REQS`.
+fn pip_install(py: &Path, reqs: &[String], no_deps: bool, force: bool) -> Result<(), String> {
+    let mut cmd = Command::new(py);
+    cmd.args([
+        "-m",
+        "pip",
+        "install",
+        "--disable-pip-version-check",
+        "--no-cache-dir",
+    ]);
+    if no_deps {
+        cmd.arg("--no-deps");
+    }
+    if force {
+        cmd.arg("--force-reinstall");
+    }
+    cmd.args(reqs);
+    let status = cmd.status().map_err(|e| format!("cannot run pip: {e}"))?;
+    if status.success() {
+        return Ok(());
+    }
+    Err(format!(
+        "`{} -m pip install {}` failed (see pip's message above). pip needs to reach PyPI (or a \
+         mirror set with PIP_INDEX_URL) and about 5 GB of free disk{}",
+        py.display(),
+        reqs.join(" "),
+        free_disk(py)
+            .map(|f| format!(" ({f} free now)"))
+            .unwrap_or_default()
+    ))
+}
+
+/// The installed torch's `METADATA` (its requirements), from `site-packages/torch-*.dist-info`.
+fn read_metadata(venv: &Path) -> Result<String, String> {
+    let lib = venv.join("lib");
+    let pythons =
+        std::fs::read_dir(&lib).map_err(|e| format!("cannot read {}: {e}", lib.display()))?;
+    for py in pythons.flatten() {
+        let site = py.path().join("site-packages");
+        let Ok(entries) = std::fs::read_dir(&site) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("torch-") && name.ends_with(".dist-info") {
+                let meta = e.path().join("METADATA");
+                return std::fs::read_to_string(&meta)
+                    .map_err(|e| format!("cannot read {}: {e}", meta.display()));
+            }
+        }
+    }
+    Err(format!(
+        "pip installed torch, but no torch-*.dist-info/METADATA exists under {}",
+        lib.display()
+    ))
+}
+
+/// What libtorch needs of torch's `Requires-Dist` lines on this platform: every requirement
+/// without a marker or with a `platform_system` marker that names this system, but no extras and
+/// not triton (the GPU kernel compiler behind Python's `torch.compile`, 640 MB that libtorch
+/// never loads).
+fn runtime_requirements(metadata: &str) -> Vec<String> {
+    let system = match std::env::consts::OS {
+        "linux" => "Linux",
+        "macos" => "Darwin",
+        "windows" => "Windows",
+        other => other,
+    };
+    metadata
+        .lines()
+        .filter_map(|l| l.strip_prefix("Requires-Dist:"))
+        .filter_map(|r| {
+            let (req, marker) = match r.split_once(';') {
+                Some((req, marker)) => (req.trim(), marker.trim()),
+                None => (r.trim(), ""),
+            };
+            let applies = marker.is_empty()
+                || marker.replace('\'', "\"") == format!("platform_system == \"{system}\"");
+            let name = req
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'))
+                .next()
+                .unwrap_or("");
+            (applies && !name.eq_ignore_ascii_case("triton")).then(|| req.to_string())
+        })
+        .collect()
+}
+
+/// The free space on `path`'s file system as `df -h` prints it, if `df` runs.
+fn free_disk(path: &Path) -> Option<String> {
+    let dir = path.ancestors().find(|p| p.is_dir())?;
+    let out = Command::new("df").arg("-Ph").arg(dir).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .nth(1)?
+        .split_whitespace()
+        .nth(3)
+        .map(str::to_string)
 }
 
 /// Points `.venv/libtorch` at `.venv/lib/pythonX.Y/site-packages/torch` (relative link).
@@ -273,5 +371,27 @@ mod tests {
         std::fs::write(d.join("version.py"), "__version__: str = \"2.11.0\"\n").unwrap();
         assert_eq!(torch_version(&d).unwrap(), "2.11.0");
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn runtime_requirements_of_torch_2_11() {
+        let meta = "Name: torch\n\
+Requires-Dist: filelock\n\
+Requires-Dist: sympy>=1.13.3\n\
+Requires-Dist: cuda-toolkit[cublas,cudart]==13.0.2; platform_system == \"Linux\"\n\
+Requires-Dist: nvidia-cudnn-cu13==9.19.0.56; platform_system == \"Linux\"\n\
+Requires-Dist: triton==3.6.0; platform_system == \"Linux\"\n\
+Requires-Dist: optree>=0.13.0; extra == \"optree\"\n\
+Requires-Dist: pywin; platform_system == 'Windows'\n";
+        let reqs = runtime_requirements(meta);
+        let mut want = vec!["filelock", "sympy>=1.13.3"];
+        if cfg!(target_os = "linux") {
+            want.push("cuda-toolkit[cublas,cudart]==13.0.2");
+            want.push("nvidia-cudnn-cu13==9.19.0.56");
+        }
+        if cfg!(target_os = "windows") {
+            want.push("pywin");
+        }
+        assert_eq!(reqs, want);
     }
 }
