@@ -478,17 +478,32 @@ impl<T: Element> Runner<'_, '_, T> {
         let common: Vec<usize> = (0..xs.len())
             .map(|d| shapes.iter().map(|s| s[d]).max().unwrap_or(1))
             .collect();
-        let owned: Vec<Option<Vec<T::C>>> = p
-            .iter()
-            .zip(&shapes)
-            .map(|(t, s)| (*s != common).then(|| broadcast(t.data, s, &common)))
+        let plan = Plan::new(xs, &common);
+        let grad = dy.is_some();
+        // A one-value parameter beside x-sized ones (a uniform k, say) is read from a
+        // segment's worth of copies instead of an x-sized copy: one stream less through
+        // memory. Not where it has a gradient to reduce, nor where the op derives broadcast
+        // parameters before the pass (then nothing is x-sized).
+        let wants_grad = |q: usize| grad && gp.as_ref().is_some_and(|g| g[q].is_some());
+        let same: [bool; 3] = std::array::from_fn(|q| {
+            p[q].data.len() == 1
+                && shapes[q] != common
+                && !plan.derives_upfront(Op::PRECOMPUTE)
+                && !(wants_grad(q) && Op::HAS_GRAD[q])
+        });
+        let owned: Vec<Option<Vec<T::C>>> = (0..3)
+            .map(|q| {
+                if same[q] {
+                    Some(plan.splat(p[q].data[0]))
+                } else {
+                    (shapes[q] != common).then(|| broadcast(p[q].data, &shapes[q], &common))
+                }
+            })
             .collect();
         let pv: [&[T::C]; 3] = std::array::from_fn(|q| owned[q].as_deref().unwrap_or(p[q].data));
-        let plan = Plan::new(xs, &common);
         if let Some(Upstream::Each(d)) = dy {
             check_len("dy", d.len(), xs)?;
         }
-        let grad = dy.is_some();
         let gx = match gx {
             Some(g) => {
                 check_len("dx", g.len(), xs)?;
@@ -515,7 +530,11 @@ impl<T: Element> Runner<'_, '_, T> {
             match d {
                 Some(d) => {
                     check_len("bit-width gradient", d.len(), p[q].shape)?;
-                    if shapes[q] == common {
+                    if same[q] {
+                        // No gradient (`Op::HAS_GRAD`), so none to reduce.
+                        d.fill(T::C::ZERO);
+                        pass.push(&mut []);
+                    } else if shapes[q] == common {
                         pass.push(d);
                     } else {
                         *b = vec![T::C::ZERO; plan.bw_len];
@@ -558,6 +577,7 @@ impl<T: Element> Runner<'_, '_, T> {
             Io {
                 x: x.data,
                 p: pv,
+                same,
                 dy,
                 y,
                 gx,

@@ -179,6 +179,19 @@ impl Plan {
         off
     }
 
+    /// Whether a pass derives the op's values of every parameter element before it starts
+    /// (broadcast parameters, read many times), given the op's [`ElemOp::PRECOMPUTE`].
+    pub(crate) fn derives_upfront(&self, precompute: bool) -> bool {
+        precompute && self.vec && self.bw_len.saturating_mul(4) <= self.len
+    }
+
+    /// A parameter of one value as a stream that passes read like a parameter of the plan's
+    /// shape, without a copy per element: a segment's worth of copies, marked `same` in
+    /// [`Io`] (pieces never span more than a segment, and read it from its start).
+    pub(crate) fn splat<C: Copy>(&self, v: C) -> Vec<C> {
+        vec![v; SEG.min(self.len).max(1)]
+    }
+
     /// Whether each x element has its own parameter (no reduction needed).
     fn elementwise(&self) -> bool {
         self.bw_len == self.len
@@ -208,6 +221,9 @@ pub enum Upstream<'a, T> {
 pub(crate) struct Io<'a, T: Element> {
     pub x: &'a [T],
     pub p: [&'a [T::C]; 3],
+    /// Parameters given as [`Plan::splat`] (one value for every element): read from the
+    /// stream's start, wherever the piece lies.
+    pub same: [bool; 3],
     pub dy: Option<Upstream<'a, T>>,
     pub y: Option<&'a mut [T]>,
     pub gx: Option<&'a mut [T]>,
@@ -221,6 +237,8 @@ pub(crate) struct Io<'a, T: Element> {
 struct Params<'a, C> {
     s: [&'a [C]; ND],
     derived: bool,
+    /// Raw streams of one repeated value (see [`Io::same`]).
+    same: [bool; 3],
 }
 
 impl<'a, C> Params<'a, C> {
@@ -229,9 +247,16 @@ impl<'a, C> Params<'a, C> {
         Params {
             s: std::array::from_fn(|q| {
                 let v = self.s[q];
-                if v.is_empty() { v } else { &v[off..off + n] }
+                if v.is_empty() {
+                    v
+                } else if q < 3 && self.same[q] {
+                    &v[..n]
+                } else {
+                    &v[off..off + n]
+                }
             }),
             derived: self.derived,
+            same: self.same,
         }
     }
 }
@@ -327,23 +352,29 @@ pub(crate) fn run<T: Element, Op: ElemOp<T::C>>(
     let Io {
         x,
         p,
+        same,
         dy,
         y,
         gx,
         gp,
     } = io;
     // Broadcast parameters: derive once per parameter element, not once per x element.
-    let pre: Option<[Vec<T::C>; ND]> =
-        (Op::PRECOMPUTE && plan.vec && plan.bw_len.saturating_mul(4) <= plan.len)
-            .then(|| precompute(op, p, plan.bw_len, path));
+    let upfront = plan.derives_upfront(Op::PRECOMPUTE);
+    debug_assert!(
+        !upfront || same == [false; 3],
+        "splats are for x-sized plans"
+    );
+    let pre: Option<[Vec<T::C>; ND]> = upfront.then(|| precompute(op, p, plan.bw_len, path));
     let params = match &pre {
         Some(d) => Params {
             s: std::array::from_fn(|q| d[q].as_slice()),
             derived: true,
+            same: [false; 3],
         },
         None => Params {
             s: std::array::from_fn(|q| if q < 3 { p[q] } else { &[][..] }),
             derived: false,
+            same,
         },
     };
     let grad = dy.is_some();

@@ -11,7 +11,8 @@ use hgq_core::{
     BitWidths, BitwidthMapper, CallMode, DefaultBitwidthMapper, FixedPoint, OverflowMode, Real,
     RoundMode, Stochastic, TensorRef, minimal_i,
 };
-use tch::{Kind, Tensor, nn};
+use std::sync::Mutex;
+use tch::{Device, Kind, Tensor, nn};
 
 use super::{Props, Var, bw_layout, rc, rc1, to_f32_vec};
 use crate::host;
@@ -44,6 +45,18 @@ pub struct FixedQuantizer {
     i_decay_speed: Option<Var>,
     /// `[seed, calls]` of seeded stochastic rounding (S_ modes).
     seed_state: Option<Var>,
+    /// `k` as the CPU pass reads it (see [`FixedQuantizer::k_for_pass`]).
+    k_one: Mutex<Option<KOne>>,
+}
+
+/// Whether `k` holds one value everywhere, as of one state of the variable.
+#[derive(Debug)]
+struct KOne {
+    /// The variable's memory and version counter (bumped by every in-place write through
+    /// libtorch: a `VarStore` load, a tracing pass, `fill_`, `copy_`).
+    key: (usize, i64),
+    /// `k` as a one-element tensor of `k`'s rank, when uniform.
+    one: Option<Tensor>,
 }
 
 impl FixedQuantizer {
@@ -135,6 +148,7 @@ impl FixedQuantizer {
             p2,
             i_decay_speed,
             seed_state,
+            k_one: Mutex::new(None),
         })
     }
 
@@ -256,6 +270,41 @@ impl FixedQuantizer {
         Ok(y)
     }
 
+    /// `k` for the quantization pass: on the CPU, one value of `k`'s rank when every element
+    /// holds it (k0 everywhere, the usual case), so that the fused pass does not read an
+    /// x-sized `k` through memory for per-element bit widths (one stream of five forward,
+    /// seven backward). Looked at again whenever the variable's version counter moves;
+    /// otherwise `k` itself. `k` has no gradient, so the results are the same bits.
+    fn k_for_pass(&self) -> Tensor {
+        let k = self.k.value();
+        if k.device() != Device::Cpu || k.numel() <= 1 {
+            return k.shallow_clone();
+        }
+        let Ok(version) = k.f_internal_version() else {
+            return k.shallow_clone();
+        };
+        let key = (k.data_ptr() as usize, version);
+        // A poisoned lock only means another thread panicked while holding it; the cache
+        // is rebuilt below when its key does not match.
+        let mut cache = self.k_one.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.as_ref().is_none_or(|c| c.key != key) {
+            let one = host::values(k).ok().and_then(|v| {
+                let first = *v.first()?;
+                // Bitwise: -0.0 and 0.0 (or NaNs) must not be merged.
+                v.iter().all(|x| x.to_bits() == first.to_bits()).then(|| {
+                    Tensor::from_slice(&[first])
+                        .reshape(vec![1i64; k.dim()])
+                        .to_kind(k.kind())
+                })
+            });
+            *cache = Some(KOne { key, one });
+        }
+        match cache.as_ref().and_then(|c| c.one.as_ref()) {
+            Some(one) => one.shallow_clone(),
+            None => k.shallow_clone(),
+        }
+    }
+
     fn generic(&self, x: &Tensor, mode: CallMode) -> Result<Tensor> {
         let training = mode == CallMode::Training;
         match self.param {
@@ -263,14 +312,14 @@ impl FixedQuantizer {
             // tensors as large as the bit widths, no autograd nodes for them).
             Param::Kif => {
                 let q = self.q(mode)?.with_bit_widths(BitWidths::RoundHalfEven);
-                let (k, i, f) = (self.k.value(), self.p1.value(), self.p2.value());
-                crate::quantize_any(&q, x, k, i, f, training)
+                let (k, i, f) = (self.k_for_pass(), self.p1.value(), self.p2.value());
+                crate::quantize_any(&q, x, &k, i, f, training)
             }
             // Likewise raw b, i: the pass forms i = rc(i), f = rc(b) - rc(i) and their
             // gradients itself on CPU.
             Param::Kbi => {
-                let (k, b, i) = (self.k.value(), self.p1.value(), self.p2.value());
-                crate::quantize_kbi(&self.q(mode)?, x, k, b, i, training)
+                let (k, b, i) = (self.k_for_pass(), self.p1.value(), self.p2.value());
+                crate::quantize_kbi(&self.q(mode)?, x, &k, b, i, training)
             }
         }
     }
@@ -362,7 +411,7 @@ impl FixedQuantizer {
                 .unwrap_or(f32::INFINITY),
             None => f32::INFINITY,
         };
-        let k = self.k.value();
+        let k = &self.k_for_pass();
         let dev = k.device();
         let con = |v: f32| ic.map_or(v, |c| c.one(v));
         match self.param {
