@@ -19,7 +19,6 @@
 //! is the same bits for any number of threads and on every path.
 pub(crate) mod fixed;
 pub(crate) mod float;
-mod stream;
 
 use crate::real::{Element, Real};
 use rayon::prelude::*;
@@ -395,13 +394,6 @@ pub(crate) fn run<T: Element, Op: ElemOp<T::C>>(
     let mut y_none: [T; 0] = [];
     let y: &mut [T] = y.unwrap_or(&mut y_none);
     let parallel = path.parallel() && plan.len >= PAR_MIN;
-    // x-sized outputs past the caches leave through streaming stores (y only when it is the
-    // caller's, not a segment scratch).
-    let big = plan.len >= stream::STREAM_MIN;
-    let streams = Streams {
-        y: big && keep_y,
-        g: big,
-    };
     match gp {
         Some(mut gp) if grad && !plan.elementwise() => {
             // Reduction: fixed groups of segments, each summed in order, then added in order.
@@ -457,7 +449,6 @@ pub(crate) fn run<T: Element, Op: ElemOp<T::C>>(
                         [a0, a1, a2],
                         0,
                         true,
-                        streams,
                         path,
                         chk,
                     );
@@ -537,7 +528,6 @@ pub(crate) fn run<T: Element, Op: ElemOp<T::C>>(
                     g,
                     c * SEG,
                     false,
-                    streams,
                     path,
                     chk,
                 );
@@ -699,7 +689,6 @@ fn segment<T: Element, Op: ElemOp<T::C>>(
     acc: [&mut [T::C]; 3],
     acc_base: usize,
     accumulate: bool,
-    streams: Streams,
     path: Path,
     chk: Checks<'_>,
 ) {
@@ -758,7 +747,6 @@ fn segment<T: Element, Op: ElemOp<T::C>>(
             gi as u64,
             plan.vec,
             accumulate || !plan.vec,
-            streams,
             path,
         );
         // The loop checks `Op::passes`: the rules the caller passes for unchecked parameters.
@@ -783,27 +771,28 @@ fn run_piece<T: Element, Op: ElemOp<T::C>>(
     index: u64,
     vec: bool,
     accumulate: bool,
-    streams: Streams,
     path: Path,
 ) -> bool {
     if let (Some(xc), Some(dyc)) = (T::as_c(x), T::as_c(dy)) {
         let yc = T::as_c_mut(y).expect("same storage");
         let gxc = T::as_c_mut(gx).expect("same storage");
-        let piece = Piece {
-            x: xc,
-            p,
-            dy: dyc,
-            y: yc,
-            gx: gxc,
-            acc,
-            index,
-            vec,
-            accumulate,
-        };
-        if vec && (streams.y || streams.g) {
-            return streamed(op, piece, streams, path);
-        }
-        return with_path(Job { op, piece }, path);
+        return with_path(
+            Job {
+                op,
+                piece: Piece {
+                    x: xc,
+                    p,
+                    dy: dyc,
+                    y: yc,
+                    gx: gxc,
+                    acc,
+                    index,
+                    vec,
+                    accumulate,
+                },
+            },
+            path,
+        );
     }
     // Narrow storage: widen a block, compute, narrow the results.
     let grad = !dy.is_empty();
@@ -855,104 +844,6 @@ fn run_piece<T: Element, Op: ElemOp<T::C>>(
         }
         s += n;
     }
-    ok
-}
-
-/// Which outputs of a pass leave through streaming stores ([`stream`]).
-#[derive(Clone, Copy, Debug)]
-struct Streams {
-    /// `y`.
-    y: bool,
-    /// `dx` and stored (not accumulated) parameter gradients.
-    g: bool,
-}
-
-/// A `vec` piece in blocks: each block is computed into buffers that stay in L1, and the
-/// streamed outputs are moved out with [`stream::store`]; accumulated parameter gradients are
-/// added in place. The same element bodies and order as one [`Job`] over the piece, so the
-/// same bits.
-fn streamed<C: Real, Op: ElemOp<C>>(
-    op: Op,
-    piece: Piece<'_, C>,
-    streams: Streams,
-    path: Path,
-) -> bool {
-    let Piece {
-        x,
-        p,
-        dy,
-        y,
-        gx,
-        acc,
-        index,
-        accumulate,
-        ..
-    } = piece;
-    let grad = !dy.is_empty();
-    let [a0, a1, a2] = acc;
-    let buffered = streams.g && !accumulate;
-    let mut by = [C::ZERO; BLOCK];
-    let mut bgx = [C::ZERO; BLOCK];
-    let [mut b0, mut b1, mut b2] = [[C::ZERO; BLOCK]; 3];
-    let mut ok = true;
-    let mut s = 0;
-    while s < x.len() {
-        let n = BLOCK.min(x.len() - s);
-        let ys: &mut [C] = if streams.y {
-            &mut by[..n]
-        } else {
-            &mut y[s..s + n]
-        };
-        let gxs: &mut [C] = match (grad, streams.g) {
-            (false, _) => &mut [],
-            (true, true) => &mut bgx[..n],
-            (true, false) => &mut gx[s..s + n],
-        };
-        let pick = |a: &mut [C], b: &mut [C; BLOCK]| -> *mut [C] {
-            if a.is_empty() {
-                a as *mut [C]
-            } else if buffered {
-                &mut b[..n] as *mut [C]
-            } else {
-                &mut a[s..s + n] as *mut [C]
-            }
-        };
-        // SAFETY: six distinct buffers (or empty slices); the pointers live for this block.
-        let accs = unsafe {
-            [
-                &mut *pick(a0, &mut b0),
-                &mut *pick(a1, &mut b1),
-                &mut *pick(a2, &mut b2),
-            ]
-        };
-        let block = Piece {
-            x: &x[s..s + n],
-            p: p.slice(s, n),
-            dy: if grad { &dy[s..s + n] } else { &[] },
-            y: ys,
-            gx: gxs,
-            acc: accs,
-            index: index + s as u64,
-            vec: true,
-            accumulate,
-        };
-        ok &= with_path(Job { op, piece: block }, path);
-        if streams.y {
-            stream::store(&mut y[s..s + n], &by[..n]);
-        }
-        if grad && streams.g {
-            stream::store(&mut gx[s..s + n], &bgx[..n]);
-        }
-        if buffered {
-            for (a, b) in [(&mut *a0, &b0), (&mut *a1, &b1), (&mut *a2, &b2)] {
-                if !a.is_empty() {
-                    stream::store(&mut a[s..s + n], &b[..n]);
-                }
-            }
-        }
-        s += n;
-    }
-    stream::fence();
     ok
 }
 
