@@ -10,45 +10,6 @@ use hgq_core::{
 };
 use rstest::rstest;
 
-/// dx, di, df of `backward`.
-#[allow(clippy::too_many_arguments)]
-fn backward<T: Element>(
-    q: &FixedPoint,
-    xs: &[usize],
-    x: &[T],
-    [k, i, f]: [&Bw<T::C>; 3],
-    training: bool,
-    dy: Upstream<'_, T>,
-) -> Outs<T> {
-    let n = x.len();
-    let mut dx = vec![T::default(); n];
-    let mut di = vec![T::C::ZERO; i.v.len()];
-    let mut df = vec![T::C::ZERO; f.v.len()];
-    fn t<C: Real>(b: &Bw<C>) -> TensorRef<'_, C> {
-        TensorRef::new(&b.v, &b.shape).unwrap()
-    }
-    q.backward(
-        TensorRef::new(x, xs).unwrap(),
-        t(k),
-        t(i),
-        t(f),
-        training,
-        dy,
-        FixedGrads {
-            dx: &mut dx,
-            di: &mut di,
-            df: &mut df,
-        },
-    )
-    .unwrap();
-    Outs {
-        y: Vec::new(),
-        dx,
-        di,
-        df,
-    }
-}
-
 fn same_as_forward_backward<T: Element>(
     q: FixedPoint,
     layout: Layout,
@@ -74,11 +35,11 @@ fn same_as_forward_backward<T: Element>(
             let bw = [&k, &i, &f];
             let mut want = run_fixed(&q, &xs, &x, &k, &i, &f, training, Some(&dy)).unwrap();
             want.y.clear();
-            let got = backward(&q, &xs, &x, bw, training, Upstream::Each(&dy));
+            let got = run_backward(&q, &xs, &x, bw, training, Upstream::Each(&dy));
             assert_outs_same(&format!("{ctx} each"), &got, &want);
             let mut want = run_fixed(&q, &xs, &x, &k, &i, &f, training, Some(&dy_same)).unwrap();
             want.y.clear();
-            let got = backward(&q, &xs, &x, bw, training, Upstream::Same(g));
+            let got = run_backward(&q, &xs, &x, bw, training, Upstream::Same(g));
             assert_outs_same(&format!("{ctx} same"), &got, &want);
         }
     }

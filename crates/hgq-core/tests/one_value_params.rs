@@ -8,48 +8,14 @@ mod common;
 use common::*;
 use half::bf16;
 use hgq_core::{
-    CoreError, Element, FixedGrads, FixedPoint, FloatGrads, OverflowMode, Path, Real, RoundMode,
-    TensorRef, Upstream,
+    CoreError, Element, FixedPoint, FloatGrads, OverflowMode, Path, Real, RoundMode, TensorRef,
+    Upstream,
     stateless::{minifloat_backward_with_path, minifloat_with_path},
 };
 
 /// `v` repeated to `shape`.
 fn full<C: Real>(v: C, shape: &[usize]) -> Bw<C> {
     Bw::new(shape, vec![v; shape.iter().product()])
-}
-
-/// dx, di, df of `backward` with one upstream value for every element.
-fn backward_same<T: Element>(
-    q: &FixedPoint,
-    xs: &[usize],
-    x: &[T],
-    [k, i, f]: [&Bw<T::C>; 3],
-    training: bool,
-    g: T,
-) -> Outs<T> {
-    let mut dx = vec![T::default(); x.len()];
-    let mut di = vec![T::C::ZERO; i.v.len()];
-    let mut df = vec![T::C::ZERO; f.v.len()];
-    q.backward(
-        TensorRef::new(x, xs).unwrap(),
-        TensorRef::new(&k.v, &k.shape).unwrap(),
-        TensorRef::new(&i.v, &i.shape).unwrap(),
-        TensorRef::new(&f.v, &f.shape).unwrap(),
-        training,
-        Upstream::Same(g),
-        FixedGrads {
-            dx: &mut dx,
-            di: &mut di,
-            df: &mut df,
-        },
-    )
-    .unwrap();
-    Outs {
-        y: Vec::new(),
-        dx,
-        di,
-        df,
-    }
 }
 
 fn fixed_one_value_k<T: Element>((rows, cols): (usize, usize), seed: u64) {
@@ -89,8 +55,22 @@ fn fixed_one_value_k<T: Element>((rows, cols): (usize, usize), seed: u64) {
                                 let ctx_b = format!("{ctx} forward_backward");
                                 let (a, b) = (run(&one, Some(&dy)), run(&wide, Some(&dy)));
                                 assert_outs_same(&ctx_b, &a, &b);
-                                let a = backward_same(&q, &xs, &x, [&one, ib, &f], training, g);
-                                let b = backward_same(&q, &xs, &x, [&wide, ib, &f], training, g);
+                                let a = run_backward(
+                                    &q,
+                                    &xs,
+                                    &x,
+                                    [&one, ib, &f],
+                                    training,
+                                    Upstream::Same(g),
+                                );
+                                let b = run_backward(
+                                    &q,
+                                    &xs,
+                                    &x,
+                                    [&wide, ib, &f],
+                                    training,
+                                    Upstream::Same(g),
+                                );
                                 assert_outs_same(&format!("{ctx} backward same"), &a, &b);
                             }
                         }

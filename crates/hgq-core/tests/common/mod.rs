@@ -2,7 +2,7 @@
 //! that returns every output of one call.
 #![allow(dead_code)]
 
-use hgq_core::{Element, FixedGrads, FixedPoint, Real, Result, TensorRef};
+use hgq_core::{Element, FixedGrads, FixedPoint, Real, Result, TensorRef, Upstream};
 
 /// xorshift64*: deterministic, no dependencies.
 pub struct Rng(pub u64);
@@ -128,6 +128,45 @@ pub fn run_fixed<T: Element>(
             )?;
             Ok(Outs { y, dx, di, df })
         }
+    }
+}
+
+/// dx, di, df of `FixedPoint::backward` (y left empty).
+#[allow(clippy::too_many_arguments)]
+pub fn run_backward<T: Element>(
+    q: &FixedPoint,
+    xs: &[usize],
+    x: &[T],
+    [k, i, f]: [&Bw<T::C>; 3],
+    training: bool,
+    dy: Upstream<'_, T>,
+) -> Outs<T> {
+    let n = x.len();
+    let mut dx = vec![T::default(); n];
+    let mut di = vec![T::C::ZERO; i.v.len()];
+    let mut df = vec![T::C::ZERO; f.v.len()];
+    fn t<C: Real>(b: &Bw<C>) -> TensorRef<'_, C> {
+        TensorRef::new(&b.v, &b.shape).unwrap()
+    }
+    q.backward(
+        TensorRef::new(x, xs).unwrap(),
+        t(k),
+        t(i),
+        t(f),
+        training,
+        dy,
+        FixedGrads {
+            dx: &mut dx,
+            di: &mut di,
+            df: &mut df,
+        },
+    )
+    .unwrap();
+    Outs {
+        y: Vec::new(),
+        dx,
+        di,
+        df,
     }
 }
 
