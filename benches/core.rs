@@ -6,11 +6,13 @@
 //! - `core/infer/*`: `FixedPoint::forward` with the zero mask (the layer quantizer's inference).
 //! - `core/train/*`: `FixedPoint::forward_backward` in training: y, dx, and di/df reduced to the
 //!   bit-width shape.
+//! - `core/backward/*`: `FixedPoint::backward` in training for the gradient of a sum (one
+//!   upstream value): dx, di, df, no y (the backward of the torch module's autograd node).
 //!
 //! Runs on one thread by default (the targets are per thread); `HGQ_BENCH_THREADS=N` sets
 //! another count (0: all). `cargo xtask bench` prints the ratios against the copy.
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use hgq::core::{FixedGrads, FixedPoint, OverflowMode, RoundMode, TensorRef};
+use hgq::core::{FixedGrads, FixedPoint, OverflowMode, RoundMode, TensorRef, Upstream};
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -86,6 +88,26 @@ fn bench(c: &mut Criterion) {
                         true,
                         &dy,
                         &mut y,
+                        FixedGrads {
+                            dx: &mut dx,
+                            di: &mut di,
+                            df: &mut df,
+                        },
+                    )
+                })
+                .unwrap()
+            })
+        });
+        g.bench_function(format!("backward/{layout}"), |b| {
+            b.iter(|| {
+                pool.install(|| {
+                    train.backward(
+                        xt,
+                        t(&k),
+                        t(&i),
+                        t(&f),
+                        true,
+                        Upstream::Same(1.0),
                         FixedGrads {
                             dx: &mut dx,
                             di: &mut di,

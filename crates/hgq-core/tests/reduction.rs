@@ -1,0 +1,131 @@
+//! The gradients of broadcast bit widths (per column, per channel, ...) are summed over x in
+//! blocked accumulators, a block of parameter elements at a time, from partial blocks where a
+//! run of x does not start on a block boundary. Below one segment of x that sum has one order:
+//! x's flat order. So the reduced gradients must be the bits of the per-element gradients (the
+//! same bit widths broadcast to x's shape by the caller) summed in that order, and y and dx
+//! the bits of the per-element call: for runs of every alignment, with the derived values
+//! precomputed or not, for every storage type (f16 and bf16 go through conversion blocks), on
+//! both paths, with one upstream gradient per element and with one for all.
+mod common;
+
+use common::*;
+use half::{bf16, f16};
+use hgq_core::{Element, FixedPoint, OverflowMode, Path, Real, RoundMode, Upstream};
+
+/// Strides of a row-major shape.
+fn strides(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; shape.len()];
+    for d in (0..shape.len().saturating_sub(1)).rev() {
+        s[d] = s[d + 1] * shape[d + 1];
+    }
+    s
+}
+
+/// For each flat index of x, the flat index of the bit-width element it reads.
+fn source(xs: &[usize], bs: &[usize]) -> Vec<usize> {
+    let (sx, sb) = (strides(xs), strides(bs));
+    let n: usize = xs.iter().product();
+    (0..n)
+        .map(|j| {
+            (0..xs.len())
+                .map(|d| {
+                    if bs[d] == 1 {
+                        0
+                    } else {
+                        (j / sx[d]) % xs[d] * sb[d]
+                    }
+                })
+                .sum()
+        })
+        .collect()
+}
+
+/// `b` broadcast to x's shape.
+fn expand<C: Real>(b: &Bw<C>, xs: &[usize]) -> Bw<C> {
+    Bw::new(xs, source(xs, &b.shape).iter().map(|&s| b.v[s]).collect())
+}
+
+/// Per-element gradients summed into the bit-width shape, in x's flat order, from zero.
+fn reduce<C: Real>(g: &[C], xs: &[usize], bs: &[usize]) -> Vec<C> {
+    let mut out = vec![C::ZERO; bs.iter().product()];
+    for (&s, &v) in source(xs, bs).iter().zip(g) {
+        out[s] = out[s] + v;
+    }
+    out
+}
+
+fn check<T: Element>(xs: &[usize], bs: &[usize], seed: u64) {
+    let mut rng = Rng::new(seed);
+    let n: usize = xs.iter().product();
+    assert!(n < 1 << 14, "one segment: one summation order");
+    let x: Vec<T> = elems(&(0..n).map(|_| rng.x_value()).collect::<Vec<_>>());
+    let dy: Vec<T> = elems(&(0..n).map(|_| rng.normal()).collect::<Vec<_>>());
+    let m: usize = bs.iter().product();
+    let bw = |rng: &mut Rng, lo: i64, hi: i64| -> Bw<T::C> {
+        let v: Vec<f64> = (0..m).map(|_| rng.int(lo, hi) as f64).collect();
+        Bw::new(bs, reals(&v))
+    };
+    let (k, i, f) = (bw(&mut rng, 0, 1), bw(&mut rng, -3, 6), bw(&mut rng, -2, 8));
+    let (kf, i_f, ff) = (expand(&k, xs), expand(&i, xs), expand(&f, xs));
+    let g = T::from_c(T::C::from_f64(-1.25));
+    for overflow in [OverflowMode::Sat, OverflowMode::SatSym, OverflowMode::Wrap] {
+        for round in [RoundMode::Rnd, RoundMode::RndConv, RoundMode::Trn] {
+            for path in [Path::Scalar, Path::Simd] {
+                let q = FixedPoint::new(round, overflow).unwrap().with_path(path);
+                for training in [false, true] {
+                    let ctx = format!(
+                        "{} x{xs:?} bw{bs:?} {round}/{overflow} training={training} {path:?}",
+                        T::NAME
+                    );
+                    let check = |what: &str, a: &Outs<T>, full: &Outs<T>| {
+                        let ctx = format!("{ctx} {what}");
+                        assert_eq!(a.di.len(), m, "{ctx}: di length");
+                        let want = Outs::<T> {
+                            y: full.y.clone(),
+                            dx: full.dx.clone(),
+                            di: reduce(&full.di, xs, bs),
+                            df: reduce(&full.df, xs, bs),
+                        };
+                        assert_outs_same(&ctx, a, &want);
+                    };
+                    let run = |k: &Bw<T::C>, i: &Bw<T::C>, f: &Bw<T::C>| {
+                        run_fixed(&q, xs, &x, k, i, f, training, Some(&dy)).unwrap()
+                    };
+                    check("forward_backward", &run(&k, &i, &f), &run(&kf, &i_f, &ff));
+                    for (name, up) in [
+                        ("each", Upstream::Each(&dy[..])),
+                        ("same", Upstream::Same(g)),
+                    ] {
+                        let a = run_backward(&q, xs, &x, [&k, &i, &f], training, up);
+                        let b = run_backward(&q, xs, &x, [&kf, &i_f, &ff], training, up);
+                        check(&format!("backward {name}"), &a, &b);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// (x shape, bit-width shape): runs of 37 (never on a block boundary after the first), of a
+/// block, of 150 over two dims, and runs whose parameter offsets step by 37 (an outer dim
+/// between broadcast ones). The first four derive their parameters up front (x holds at least
+/// four copies of them), the last two read them raw.
+const CASES: [(&[usize], &[usize]); 6] = [
+    (&[5, 37], &[1, 37]),
+    (&[7, 16], &[1, 16]),
+    (&[3, 4, 37], &[3, 1, 37]),
+    (&[9, 2, 75], &[1, 2, 75]),
+    (&[3, 37], &[1, 37]),
+    (&[2, 3, 50], &[1, 3, 50]),
+];
+
+#[test]
+fn reduced_gradients_are_per_element_gradients_summed_in_order() {
+    for (c, (xs, bs)) in CASES.iter().enumerate() {
+        let seed = 100 + c as u64;
+        check::<f32>(xs, bs, seed);
+        check::<f64>(xs, bs, seed);
+        check::<f16>(xs, bs, seed);
+        check::<bf16>(xs, bs, seed);
+    }
+}
