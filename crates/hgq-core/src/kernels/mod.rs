@@ -16,7 +16,9 @@
 //! Reductions of the parameter gradients (bit widths broadcast along x) are summed in a fixed
 //! order that depends only on the shapes: x is split into at most [`MAX_GROUPS`] groups of
 //! segments, each summed sequentially, and the group sums are added in group order. The result
-//! is the same bits for any number of threads and on every path.
+//! is the same bits for any number of threads and on every path. The sums live in blocked
+//! accumulators (blocks of 16 parameter elements, their gradients interleaved), and a pass
+//! that computes gradients only stores no y.
 pub(crate) mod fixed;
 pub(crate) mod float;
 
@@ -969,12 +971,6 @@ fn cut_streams<C, const N: usize>(s: [&[C]; N], j: usize, m: usize) -> [&[C]; N]
     out
 }
 
-/// The three raw streams cut to `n` elements (bounds checks vanish in the loops).
-#[inline(always)]
-fn raw_streams<C>(s: [&[C]; 3], n: usize) -> [&[C]; 3] {
-    cut_streams(s, 0, n)
-}
-
 /// Element `j` of raw streams: its derived values, and whether it fails `Op::passes` (as 0
 /// or 1, for a branch-free OR over the loop).
 #[inline(always)]
@@ -1173,7 +1169,7 @@ impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
         let (x, y) = (&x[..n], &mut y[..n]);
         match p {
             Params::Raw { s, .. } => {
-                let s = raw_streams(s, n);
+                let s = cut_streams(s, 0, n);
                 let mut bad = 0u32;
                 for j in 0..n {
                     let (d, fails) = raw_at(op, &s, j);
@@ -1214,7 +1210,7 @@ impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
         let has = Op::HAS_GRAD;
         match (p, acc) {
             (Params::Raw { s, .. }, Acc::Store([a0, a1, a2])) => {
-                let s = raw_streams(s, n);
+                let s = cut_streams(s, 0, n);
                 let (a0, a1, a2) = (
                     if has[0] { &mut a0[..n] } else { a0 },
                     if has[1] { &mut a1[..n] } else { a1 },
