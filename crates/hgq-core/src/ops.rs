@@ -39,7 +39,21 @@ impl<C: Real, const R: u8, const O: u8, const TRAIN: bool> ElemOp<C> for FixedOp
     fn derive(self, p: [C; 3]) -> [C; ND] {
         // Always rounded: the identity on the integers of a non-raw call, so one body serves
         // both (and the loop has no branch on `raw`).
-        fixed::derive::<C, O>(p[0], p[1].round_even(), p[2].round_even(), self.mask)
+        fixed::derive::<C, O, false>(p[0], p[1].round_even(), p[2].round_even(), self.mask)
+    }
+    const HAS_NORMAL: bool = true;
+    #[inline(always)]
+    fn normal(self, p: [C; 3]) -> bool {
+        // |v| <= 100 is false for NaN and implies finite; the rounded raw values stay within
+        // [-100, 100], so every exponent `derive` forms (f, -f, max(i, -f), and with k <= 1
+        // the WRAP ones) lies in [-101, 101].
+        let hundred = C::from_f64(100.0);
+        let small = |v: C| v.abs() <= hundred;
+        zero_one(p[0]) & small(p[1]) & small(p[2]) & (self.raw | (is_int(p[1]) & is_int(p[2])))
+    }
+    #[inline(always)]
+    fn derive_normal(self, p: [C; 3]) -> [C; ND] {
+        fixed::derive::<C, O, true>(p[0], p[1].round_even(), p[2].round_even(), self.mask)
     }
     #[inline(always)]
     fn apply<const GRAD: bool>(self, x: C, d: [C; ND], g: C, index: u64) -> Out<C> {

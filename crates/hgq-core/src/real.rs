@@ -53,6 +53,10 @@ pub trait Real:
     /// `2^self` for a finite integer-valued `self`, exact (including subnormal and overflowing
     /// results), built from exponent bits rather than `powf`.
     fn exp2i(self) -> Self;
+    /// [`Real::exp2i`] for an integer-valued `self` in `[-100, 100]` (the caller checks), where
+    /// `2^self` is a normal number in both compute types: the exponent bits alone, without the
+    /// clamps and the subnormal branch.
+    fn exp2i_normal(self) -> Self;
     /// `2^self` for any value (`powf`), used where bit widths need not be integers.
     fn exp2(self) -> Self;
     /// C `fmod`.
@@ -167,6 +171,13 @@ macro_rules! impl_real {
                 let normal = ((e + $bias) as $bits) << $mant;
                 let sub = (1 as $bits).wrapping_shl((e - LO) as u32) >> 1;
                 <$t>::from_bits(if e >= $emin { normal } else { sub })
+            }
+            #[inline(always)]
+            fn exp2i_normal(self) -> Self {
+                debug_assert!(self.abs() <= 100.0 && self.floor() == self);
+                // SAFETY: the caller passes an integer in [-100, 100], which fits in an i32.
+                let e: i32 = unsafe { self.to_int_unchecked::<i32>() };
+                <$t>::from_bits(((e + $bias) as $bits) << $mant)
             }
             #[inline(always)]
             fn exp2(self) -> Self {
@@ -349,6 +360,20 @@ mod tests {
             let want = 2f64.powi(n);
             assert_eq!(f32::exp2i(n as f32), want as f32, "f32 2^{n}");
             assert_eq!(f64::exp2i(n as f64), want, "f64 2^{n}");
+        }
+        for n in -100..=100 {
+            let v = n as f32;
+            assert_eq!(
+                f32::exp2i_normal(v).to_bits(),
+                f32::exp2i(v).to_bits(),
+                "f32 2^{n}"
+            );
+            let v = n as f64;
+            assert_eq!(
+                f64::exp2i_normal(v).to_bits(),
+                f64::exp2i(v).to_bits(),
+                "f64 2^{n}"
+            );
         }
         assert_eq!(f32::exp2i(-150.0), 0.0);
         assert_eq!(f32::exp2i(-149.0), f32::from_bits(1));

@@ -120,17 +120,31 @@ pub(crate) mod d {
     pub const LO: usize = 7;
 }
 
+/// `2^n` for an integer `n`: [`Real::exp2i_normal`] where the caller has checked that every
+/// power an element forms is normal (`NORMAL`), else the exact [`Real::exp2i`].
+#[inline(always)]
+fn pow2<C: Real, const NORMAL: bool>(n: C) -> C {
+    if NORMAL { n.exp2i_normal() } else { n.exp2i() }
+}
+
 /// The per-parameter values of [`forward_grad`], from one (k, i, f) element. Bit widths are
-/// finite (checked by the caller), so no NaN handling is needed here.
+/// finite (checked by the caller), so no NaN handling is needed here. `NORMAL`: k is 0 or 1
+/// and i, f are integers in `[-100, 100]` (checked by the caller), so every power of two here
+/// is a normal number and comes from the exponent bits alone; the values are the same bits.
 #[inline(always)]
 #[allow(clippy::neg_cmp_op_on_partial_ord)]
-pub(crate) fn derive<C: Real, const O: u8>(k: C, i: C, f: C, mask: bool) -> [C; 8] {
+pub(crate) fn derive<C: Real, const O: u8, const NORMAL: bool>(
+    k: C,
+    i: C,
+    f: C,
+    mask: bool,
+) -> [C; 8] {
     // i := max(i, -f) in value; the gradient reaches i unchanged (straight-through).
     let nf = -f;
     let ip = if i > nf { i } else { nf };
-    let scale = f.exp2i();
-    let eps = nf.exp2i();
-    let p = ip.exp2i();
+    let scale = pow2::<C, NORMAL>(f);
+    let eps = pow2::<C, NORMAL>(nf);
+    let p = pow2::<C, NORMAL>(ip);
     let keep = if mask && !(k + i + f > C::ZERO) {
         C::ZERO
     } else {
@@ -147,7 +161,7 @@ pub(crate) fn derive<C: Real, const O: u8>(k: C, i: C, f: C, mask: bool) -> [C; 
         }
         o::WRAP => {
             let bk = ip + k;
-            (bk.exp2i(), k * (bk - C::ONE).exp2i())
+            (pow2::<C, NORMAL>(bk), k * pow2::<C, NORMAL>(bk - C::ONE))
         }
         _ => {
             let high = p - eps;

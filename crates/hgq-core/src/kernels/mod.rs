@@ -104,6 +104,19 @@ pub(crate) trait ElemOp<C: Real>: Copy + Send + Sync {
     fn passes(self, p: [C; 3]) -> bool;
     /// The values `apply` needs, from one element of the parameters.
     fn derive(self, p: [C; 3]) -> [C; ND];
+    /// Whether the op has a cheaper [`ElemOp::derive_normal`] for elements that pass
+    /// [`ElemOp::normal`] (the per-element loops then check runs of elements first).
+    const HAS_NORMAL: bool = false;
+    /// Whether one element passes [`ElemOp::passes`] and lies where
+    /// [`ElemOp::derive_normal`] applies, branch-free.
+    fn normal(self, _p: [C; 3]) -> bool {
+        false
+    }
+    /// [`ElemOp::derive`] for an element that passes [`ElemOp::normal`]: the same values,
+    /// computed more cheaply.
+    fn derive_normal(self, p: [C; 3]) -> [C; ND] {
+        self.derive(p)
+    }
     /// Output and local gradients times `g` (gradients only when `GRAD`). `index` is the
     /// element's flat index in `x`, for counter-based noise.
     fn apply<const GRAD: bool>(self, x: C, d: [C; ND], g: C, index: u64) -> Out<C>;
@@ -972,11 +985,112 @@ fn cut_streams<C, const N: usize>(s: [&[C]; N], j: usize, m: usize) -> [&[C]; N]
 }
 
 /// Element `j` of raw streams: its derived values, and whether it fails `Op::passes` (as 0
-/// or 1, for a branch-free OR over the loop).
+/// or 1, for a branch-free OR over the loop). `NORMAL`: the run passed `Op::normal` (checked
+/// by [`all_normal`]), so the element passes and `Op::derive_normal` gives its values.
 #[inline(always)]
-fn raw_at<C: Real, Op: ElemOp<C>>(op: Op, s: &[&[C]; 3], j: usize) -> ([C; ND], u32) {
+fn raw_at<C: Real, Op: ElemOp<C>, const NORMAL: bool>(
+    op: Op,
+    s: &[&[C]; 3],
+    j: usize,
+) -> ([C; ND], u32) {
     let p = [s[0][j], s[1][j], s[2][j]];
-    (op.derive(p), !op.passes(p) as u32)
+    if NORMAL {
+        (op.derive_normal(p), 0)
+    } else {
+        (op.derive(p), !op.passes(p) as u32)
+    }
+}
+
+/// Elements `[j, j + m)` of a per-element gradient the op has; empty for one it has not (its
+/// destination may be empty).
+#[inline(always)]
+fn run_part<C>(a: &mut [C], has: bool, j: usize, m: usize) -> &mut [C] {
+    if has { &mut a[j..j + m] } else { &mut [] }
+}
+
+/// Elements per run of the per-element loops that are checked with [`all_normal`] as one:
+/// the check reads the run's parameters into L1, where the loop then finds them.
+const NORMAL_RUN: usize = 512;
+
+/// Whether every element of the raw streams (cut to one run) passes `Op::normal`.
+#[inline(always)]
+fn all_normal<C: Real, Op: ElemOp<C>>(op: Op, s: &[&[C]; 3], m: usize) -> bool {
+    if !Op::HAS_NORMAL {
+        return false;
+    }
+    let mut bad = 0u32;
+    for ((&k, &i), &f) in s[0][..m].iter().zip(&s[1][..m]).zip(&s[2][..m]) {
+        bad |= !op.normal([k, i, f]) as u32;
+    }
+    bad == 0
+}
+
+/// The forward of one run of raw per-element parameters: y, and whether an element failed
+/// `Op::passes` (as 0 or 1).
+#[inline(always)]
+fn forward_raw<C: Real, Op: ElemOp<C>, const NORMAL: bool>(
+    op: Op,
+    s: [&[C]; 3],
+    x: &[C],
+    y: &mut [C],
+    index: u64,
+) -> u32 {
+    let n = x.len();
+    let (s, y) = (cut_streams(s, 0, n), &mut y[..n]);
+    let mut bad = 0u32;
+    for j in 0..n {
+        let (d, fails) = raw_at::<C, Op, NORMAL>(op, &s, j);
+        bad |= fails;
+        y[j] = op.apply::<false>(x[j], d, C::ZERO, index + j as u64).y;
+    }
+    bad
+}
+
+/// The gradients (and y when `Y`) of one run of raw per-element parameters, stored per
+/// element (`a` as long as the run where the op has that gradient, else empty), and whether an
+/// element failed `Op::passes` (as 0 or 1).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn grad_raw<C: Real, Op: ElemOp<C>, const Y: bool, const NORMAL: bool>(
+    op: Op,
+    s: [&[C]; 3],
+    x: &[C],
+    dy: &[C],
+    y: &mut [C],
+    gx: &mut [C],
+    a: [&mut [C]; 3],
+    index: u64,
+) -> u32 {
+    let n = x.len();
+    let has = Op::HAS_GRAD;
+    let (s, dy, gx) = (cut_streams(s, 0, n), &dy[..n], &mut gx[..n]);
+    let y: &mut [C] = if Y { &mut y[..n] } else { &mut [] };
+    let [a0, a1, a2] = a;
+    let (a0, a1, a2) = (
+        if has[0] { &mut a0[..n] } else { a0 },
+        if has[1] { &mut a1[..n] } else { a1 },
+        if has[2] { &mut a2[..n] } else { a2 },
+    );
+    let mut bad = 0u32;
+    for j in 0..n {
+        let (d, fails) = raw_at::<C, Op, NORMAL>(op, &s, j);
+        bad |= fails;
+        let o = op.apply::<true>(x[j], d, dy[j], index + j as u64);
+        if Y {
+            y[j] = o.y;
+        }
+        gx[j] = o.gx;
+        if has[0] {
+            a0[j] = o.gp[0];
+        }
+        if has[1] {
+            a1[j] = o.gp[1];
+        }
+        if has[2] {
+            a2[j] = o.gp[2];
+        }
+    }
+    bad
 }
 
 /// Where the elements of a run get their derived values.
@@ -1011,7 +1125,7 @@ struct RawLanes<'a, C>([&'a [C]; 3]);
 impl<C: Real> Lanes<C> for RawLanes<'_, C> {
     #[inline(always)]
     fn at<Op: ElemOp<C>>(self, op: Op, t: usize) -> ([C; ND], u32) {
-        raw_at(op, &self.0, t)
+        raw_at::<C, Op, false>(op, &self.0, t)
     }
     #[inline(always)]
     fn cut(self, j: usize, m: usize) -> Self {
@@ -1169,12 +1283,16 @@ impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
         let (x, y) = (&x[..n], &mut y[..n]);
         match p {
             Params::Raw { s, .. } => {
-                let s = cut_streams(s, 0, n);
                 let mut bad = 0u32;
-                for j in 0..n {
-                    let (d, fails) = raw_at(op, &s, j);
-                    bad |= fails;
-                    y[j] = op.apply::<false>(x[j], d, C::ZERO, index + j as u64).y;
+                for j in (0..n).step_by(NORMAL_RUN) {
+                    let m = NORMAL_RUN.min(n - j);
+                    let (s, x, y) = (cut_streams(s, j, m), &x[j..j + m], &mut y[j..j + m]);
+                    let i = index + j as u64;
+                    bad |= if all_normal(op, &s, m) {
+                        forward_raw::<C, Op, true>(op, s, x, y, i)
+                    } else {
+                        forward_raw::<C, Op, false>(op, s, x, y, i)
+                    };
                 }
                 bad == 0
             }
@@ -1210,30 +1328,23 @@ impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
         let has = Op::HAS_GRAD;
         match (p, acc) {
             (Params::Raw { s, .. }, Acc::Store([a0, a1, a2])) => {
-                let s = cut_streams(s, 0, n);
-                let (a0, a1, a2) = (
-                    if has[0] { &mut a0[..n] } else { a0 },
-                    if has[1] { &mut a1[..n] } else { a1 },
-                    if has[2] { &mut a2[..n] } else { a2 },
-                );
                 let mut bad = 0u32;
-                for j in 0..n {
-                    let (d, fails) = raw_at(op, &s, j);
-                    bad |= fails;
-                    let o = op.apply::<true>(x[j], d, dy[j], index + j as u64);
-                    if Y {
-                        y[j] = o.y;
-                    }
-                    gx[j] = o.gx;
-                    if has[0] {
-                        a0[j] = o.gp[0];
-                    }
-                    if has[1] {
-                        a1[j] = o.gp[1];
-                    }
-                    if has[2] {
-                        a2[j] = o.gp[2];
-                    }
+                for j in (0..n).step_by(NORMAL_RUN) {
+                    let m = NORMAL_RUN.min(n - j);
+                    let s = cut_streams(s, j, m);
+                    let (x, dy, gx) = (&x[j..j + m], &dy[j..j + m], &mut gx[j..j + m]);
+                    let y: &mut [C] = if Y { &mut y[j..j + m] } else { &mut [] };
+                    let a = [
+                        run_part(a0, has[0], j, m),
+                        run_part(a1, has[1], j, m),
+                        run_part(a2, has[2], j, m),
+                    ];
+                    let i = index + j as u64;
+                    bad |= if all_normal(op, &s, m) {
+                        grad_raw::<C, Op, Y, true>(op, s, x, dy, y, gx, a, i)
+                    } else {
+                        grad_raw::<C, Op, Y, false>(op, s, x, dy, y, gx, a, i)
+                    };
                 }
                 bad == 0
             }
