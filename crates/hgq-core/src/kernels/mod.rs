@@ -984,16 +984,11 @@ fn cut_streams<C, const N: usize>(s: [&[C]; N], j: usize, m: usize) -> [&[C]; N]
     out
 }
 
-/// Element `j` of raw streams: its derived values, and whether it fails `Op::passes` (as 0
-/// or 1, for a branch-free OR over the loop). `NORMAL`: the run passed `Op::normal` (checked
-/// by [`all_normal`]), so the element passes and `Op::derive_normal` gives its values.
+/// One element `p` of raw parameters: its derived values, and whether it fails `Op::passes`
+/// (as 0 or 1, for a branch-free OR over the loop). `NORMAL`: the run passed `Op::normal`
+/// (checked by [`all_normal`]), so the element passes and `Op::derive_normal` gives its values.
 #[inline(always)]
-fn raw_at<C: Real, Op: ElemOp<C>, const NORMAL: bool>(
-    op: Op,
-    s: &[&[C]; 3],
-    j: usize,
-) -> ([C; ND], u32) {
-    let p = [s[0][j], s[1][j], s[2][j]];
+fn raw_at<C: Real, Op: ElemOp<C>, const NORMAL: bool>(op: Op, p: [C; 3]) -> ([C; ND], u32) {
     if NORMAL {
         (op.derive_normal(p), 0)
     } else {
@@ -1036,10 +1031,14 @@ fn forward_raw<C: Real, Op: ElemOp<C>, const NORMAL: bool>(
     index: u64,
 ) -> u32 {
     let n = x.len();
-    let (s, y) = (cut_streams(s, 0, n), &mut y[..n]);
+    // Each stream its own slice of length n, so that no index below needs a bounds check
+    // (indexed through the array, one was left on k, and with it a scalar copy of the loop
+    // for the last elements of every run).
+    let [k, i, f] = s;
+    let (k, i, f, y) = (&k[..n], &i[..n], &f[..n], &mut y[..n]);
     let mut bad = 0u32;
     for j in 0..n {
-        let (d, fails) = raw_at::<C, Op, NORMAL>(op, &s, j);
+        let (d, fails) = raw_at::<C, Op, NORMAL>(op, [k[j], i[j], f[j]]);
         bad |= fails;
         y[j] = op.apply::<false>(x[j], d, C::ZERO, index + j as u64).y;
     }
@@ -1063,7 +1062,9 @@ fn grad_raw<C: Real, Op: ElemOp<C>, const Y: bool, const NORMAL: bool>(
 ) -> u32 {
     let n = x.len();
     let has = Op::HAS_GRAD;
-    let (s, dy, gx) = (cut_streams(s, 0, n), &dy[..n], &mut gx[..n]);
+    // As in `forward_raw`: a slice of length n per stream.
+    let [k, i, f] = s;
+    let (k, i, f, dy, gx) = (&k[..n], &i[..n], &f[..n], &dy[..n], &mut gx[..n]);
     let y: &mut [C] = if Y { &mut y[..n] } else { &mut [] };
     let [a0, a1, a2] = a;
     let (a0, a1, a2) = (
@@ -1073,7 +1074,7 @@ fn grad_raw<C: Real, Op: ElemOp<C>, const Y: bool, const NORMAL: bool>(
     );
     let mut bad = 0u32;
     for j in 0..n {
-        let (d, fails) = raw_at::<C, Op, NORMAL>(op, &s, j);
+        let (d, fails) = raw_at::<C, Op, NORMAL>(op, [k[j], i[j], f[j]]);
         bad |= fails;
         let o = op.apply::<true>(x[j], d, dy[j], index + j as u64);
         if Y {
@@ -1125,7 +1126,8 @@ struct RawLanes<'a, C>([&'a [C]; 3]);
 impl<C: Real> Lanes<C> for RawLanes<'_, C> {
     #[inline(always)]
     fn at<Op: ElemOp<C>>(self, op: Op, t: usize) -> ([C; ND], u32) {
-        raw_at::<C, Op, false>(op, &self.0, t)
+        let s = self.0;
+        raw_at::<C, Op, false>(op, [s[0][t], s[1][t], s[2][t]])
     }
     #[inline(always)]
     fn cut(self, j: usize, m: usize) -> Self {
