@@ -151,6 +151,7 @@ fn infer(x: &[f32], y: &mut [f32], b: &Bits) -> Result<(), String> {
         false,
         y,
     )
+    .map(|_| ())
     .map_err(|e| e.to_string())
 }
 
@@ -171,6 +172,7 @@ fn train(x: &[f32], dy: &[f32], y: &mut [f32], dx: &mut [f32], b: &mut Bits) -> 
             df: &mut b.df,
         },
     )
+    .map(|_| ())
     .map_err(|e| e.to_string())
 }
 

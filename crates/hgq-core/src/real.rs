@@ -55,7 +55,8 @@ pub trait Real:
     fn exp2i(self) -> Self;
     /// [`Real::exp2i`] for an integer-valued `self` in `[-100, 100]` (the caller checks), where
     /// `2^self` is a normal number in both compute types: the exponent bits alone, without the
-    /// clamps and the subnormal branch.
+    /// clamps and the subnormal branch. Any other input gives an unspecified value (no panic,
+    /// no undefined behaviour).
     fn exp2i_normal(self) -> Self;
     /// `2^self` for any value (`powf`), used where bit widths need not be integers.
     fn exp2(self) -> Self;
@@ -174,10 +175,14 @@ macro_rules! impl_real {
             }
             #[inline(always)]
             fn exp2i_normal(self) -> Self {
-                debug_assert!(self.abs() <= 100.0 && self.floor() == self);
-                // SAFETY: the caller passes an integer in [-100, 100], which fits in an i32.
-                let e: i32 = unsafe { self.to_int_unchecked::<i32>() };
-                <$t>::from_bits(((e + $bias) as $bits) << $mant)
+                // 2^mant + bias + n is an integer in [2^mant, 2^(mant+1)), exact, with ulp 1:
+                // its mantissa field holds n + bias, which the shift moves into the exponent
+                // field (the old exponent and sign bits shift out, and bit `mant` of the
+                // mantissa, the new sign bit, is 0 for n + bias < 2^(exponent bits)). Two
+                // instructions, no conversion, and defined for any input: a value outside the
+                // range (NaN, inf, non-integers) gives some float, never undefined behaviour.
+                const MAGIC: $t = (1u64 << $mant) as $t + $bias as $t;
+                <$t>::from_bits((self + MAGIC).to_bits() << $mant)
             }
             #[inline(always)]
             fn exp2(self) -> Self {
@@ -226,7 +231,7 @@ pub trait Element: Copy + Debug + Default + Send + Sync + 'static {
         dy: Option<Upstream<'_, Self>>,
         y: Option<&mut [Self]>,
         grads: Option<(&mut [Self], [&mut [Self::C]; 2])>,
-    ) -> Result<()>;
+    ) -> Result<crate::Screen>;
 
     /// The minifloat kernels for this type.
     #[doc(hidden)]
@@ -253,7 +258,7 @@ macro_rules! entries {
             dy: Option<Upstream<'_, Self>>,
             y: Option<&mut [Self]>,
             grads: Option<(&mut [Self], [&mut [Self::C]; 2])>,
-        ) -> Result<()> {
+        ) -> Result<crate::Screen> {
             q.call_impl::<$t>(x, p, training, dy, y, grads)
         }
         #[allow(clippy::type_complexity)]
@@ -375,12 +380,46 @@ mod tests {
                 "f64 2^{n}"
             );
         }
+        // Exact over the whole normal range of each type.
+        for n in -126..=127 {
+            assert_eq!(
+                f32::exp2i_normal(n as f32),
+                f32::exp2i(n as f32),
+                "f32 2^{n}"
+            );
+        }
+        for n in -1022..=1023 {
+            assert_eq!(
+                f64::exp2i_normal(n as f64),
+                f64::exp2i(n as f64),
+                "f64 2^{n}"
+            );
+        }
         assert_eq!(f32::exp2i(-150.0), 0.0);
         assert_eq!(f32::exp2i(-149.0), f32::from_bits(1));
         assert_eq!(f32::exp2i(128.0), f32::INFINITY);
         assert_eq!(f32::exp2i(1e9), f32::INFINITY);
         assert_eq!(f32::exp2i(-1e9), 0.0);
         assert_eq!(f64::exp2i(-1074.0), f64::from_bits(1));
+    }
+
+    /// Out of its range `exp2i_normal` owes no particular value, but it must return one (the
+    /// kernels may call it on bit widths that changed after they were screened).
+    #[test]
+    fn exp2i_normal_is_defined_for_any_input() {
+        for v in [
+            f32::NAN,
+            f32::INFINITY,
+            -f32::INFINITY,
+            1e30,
+            -1e30,
+            0.5,
+            300.0,
+            -300.0,
+        ] {
+            let _ = std::hint::black_box(f32::exp2i_normal(std::hint::black_box(v)));
+            let _ = std::hint::black_box(f64::exp2i_normal(std::hint::black_box(v as f64)));
+        }
     }
 
     #[test]

@@ -30,6 +30,42 @@ pub enum BitWidths {
     RoundHalfEven,
 }
 
+/// What a [`FixedPoint`] pass learned about its bit widths, for a later pass over the same
+/// ones: what the forward of an autograd node hands its backward.
+///
+/// A pass over bit widths as large as x checks every element (k is 0 or 1, i and f pass their
+/// rule). Where every k, i, f also lies in a small range, it takes a shorter path that forms
+/// the powers of two from exponent bits alone, and returns [`Screen::InRange`]. A backward
+/// given that (by [`FixedPoint::with_screen`]) neither checks again nor looks at the range.
+///
+/// ```
+/// use hgq_core::{BitWidths, FixedGrads, FixedPoint, RoundMode, OverflowMode, Screen, TensorRef, Upstream};
+/// let q = FixedPoint::new(RoundMode::Rnd, OverflowMode::Sat)
+///     .unwrap()
+///     .with_bit_widths(BitWidths::RoundHalfEven);
+/// let s = [2];
+/// let x = TensorRef::new(&[0.3f32, -5.0], &s).unwrap();
+/// let (k, i, f) = ([1.0f32; 2], [1.2f32, 0.0], [2.0f32, 3.4]);
+/// let (k, i, f) = (TensorRef::new(&k, &s).unwrap(), TensorRef::new(&i, &s).unwrap(), TensorRef::new(&f, &s).unwrap());
+/// let mut y = [0.0f32; 2];
+/// let screen = q.forward(x, k, i, f, true, &mut y).unwrap();
+/// assert_eq!(screen, Screen::InRange);
+/// let (mut dx, mut di, mut df) = ([0.0f32; 2], [0.0f32; 2], [0.0f32; 2]);
+/// let grads = FixedGrads { dx: &mut dx, di: &mut di, df: &mut df };
+/// q.with_screen(screen).backward(x, k, i, f, true, Upstream::Same(1.0), grads).unwrap();
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Screen {
+    /// Nothing is known: a pass checks every bit width (bad ones are errors).
+    #[default]
+    Unknown,
+    /// Every k is 0 or 1 and every i, f passes the quantizer's [`BitWidths`] rule and lies in
+    /// `[-100, 100]`. Given to a pass, it takes this as known for bit widths as large as x:
+    /// no check, no error. If it is not true (the bit widths changed since), that pass's
+    /// outputs are unspecified values; nothing else goes wrong.
+    InRange,
+}
+
 /// The gradients one fused pass writes: `dx` in x's shape, `di` and `df` in the shapes of `i`
 /// and `f` (summed over the dims they broadcast along).
 #[derive(Debug)]
@@ -65,6 +101,7 @@ pub struct FixedPoint {
     path: Path,
     zero_mask: bool,
     bit_widths: BitWidths,
+    screen: Screen,
 }
 
 impl FixedPoint {
@@ -78,6 +115,7 @@ impl FixedPoint {
             path: Path::Simd,
             zero_mask: false,
             bit_widths: BitWidths::Integer,
+            screen: Screen::Unknown,
         })
     }
 
@@ -105,6 +143,14 @@ impl FixedPoint {
     /// What `i` and `f` are taken to be.
     pub fn bit_widths(&self) -> BitWidths {
         self.bit_widths
+    }
+
+    /// Sets what is known of the bit widths of the next passes: the [`Screen`] that a forward
+    /// over the same bit widths returned (meant for one backward: a quantizer whose bit widths
+    /// train should not keep [`Screen::InRange`]).
+    pub fn with_screen(mut self, s: Screen) -> Self {
+        self.screen = s;
+        self
     }
 
     /// Sets what S_ modes do in training.
@@ -139,7 +185,7 @@ impl FixedPoint {
     /// `y = Q(x, k, i, f)`. `k`, `i`, `f` broadcast to x (numpy rules). `k` must be 0 or 1 and
     /// `i`, `f` integers (the layer quantizers round them); NaN or infinite bit widths are
     /// errors. NaN in x gives NaN; +-inf saturates in SAT modes and gives NaN with WRAP, as in
-    /// the reference.
+    /// the reference. Returns what the pass learned of the bit widths ([`Screen`]).
     pub fn forward<T: Element>(
         &self,
         x: TensorRef<'_, T>,
@@ -148,11 +194,11 @@ impl FixedPoint {
         f: TensorRef<'_, T::C>,
         training: bool,
         y: &mut [T],
-    ) -> Result<()> {
+    ) -> Result<Screen> {
         self.call(x, [k, i, f], training, None, Some(y), None)
     }
 
-    /// The output and all gradients for upstream `dy` in one pass.
+    /// The output and all gradients for upstream `dy` in one pass (and the [`Screen`]).
     #[allow(clippy::too_many_arguments)]
     pub fn forward_backward<T: Element>(
         &self,
@@ -164,7 +210,7 @@ impl FixedPoint {
         dy: &[T],
         y: &mut [T],
         grads: FixedGrads<'_, T>,
-    ) -> Result<()> {
+    ) -> Result<Screen> {
         let FixedGrads { dx, di, df } = grads;
         let dy = Some(Upstream::Each(dy));
         self.call(x, [k, i, f], training, dy, Some(y), Some((dx, [di, df])))
@@ -173,7 +219,7 @@ impl FixedPoint {
     /// The gradients alone for upstream `dy` (per element, or one value for all elements: the
     /// gradient of a sum): the same bits as [`FixedPoint::forward_backward`] without storing
     /// the output, one pass that reads x, the bit widths and `dy` and writes only gradients
-    /// (what an autograd backward needs).
+    /// (what an autograd backward needs). Returns the [`Screen`] as [`FixedPoint::forward`].
     ///
     /// ```
     /// use hgq_core::{FixedGrads, FixedPoint, RoundMode, OverflowMode, TensorRef, Upstream};
@@ -199,7 +245,7 @@ impl FixedPoint {
         training: bool,
         dy: Upstream<'_, T>,
         grads: FixedGrads<'_, T>,
-    ) -> Result<()> {
+    ) -> Result<Screen> {
         let FixedGrads { dx, di, df } = grads;
         self.call(x, [k, i, f], training, Some(dy), None, Some((dx, [di, df])))
     }
@@ -213,7 +259,7 @@ impl FixedPoint {
         dy: Option<Upstream<'_, T>>,
         y: Option<&mut [T]>,
         grads: Option<(&mut [T], [&mut [T::C]; 2])>,
-    ) -> Result<()> {
+    ) -> Result<Screen> {
         // Through the element type's non-generic entry: the kernels are instantiated once, in
         // this crate, not again in every crate that calls them.
         T::fixed_entry(self, x, p, training, dy, y, grads)
@@ -229,7 +275,7 @@ impl FixedPoint {
         dy: Option<Upstream<'_, T>>,
         y: Option<&mut [T]>,
         grads: Option<(&mut [T], [&mut [T::C]; 2])>,
-    ) -> Result<()> {
+    ) -> Result<Screen> {
         let seed = match self.stochastic {
             Stochastic::Seeded(s) if training => Some(s),
             _ => None,
@@ -251,6 +297,7 @@ impl FixedPoint {
             gp: grads_p.map(|[a, b]| [None, Some(a), Some(b)]),
             path: self.path,
             checks: [("k", Check::ZeroOne), ("i", rule), ("f", rule)],
+            known_normal: self.screen == Screen::InRange,
         };
         with_fixed_op(
             run,
@@ -261,6 +308,13 @@ impl FixedPoint {
             self.zero_mask && !training,
             raw,
         )
+        .map(|normal| {
+            if normal {
+                Screen::InRange
+            } else {
+                Screen::Unknown
+            }
+        })
     }
 }
 
@@ -395,8 +449,10 @@ pub(crate) fn minifloat_impl<T: Element>(
             ("e", Check::Integer),
             ("e0", Check::Integer),
         ],
+        known_normal: false,
     }
     .call(FloatOp)
+    .map(|_| ())
 }
 
 /// The error for a parameter value that breaks its rule.
@@ -432,24 +488,29 @@ struct Runner<'a, 'b, T: Element> {
     path: Path,
     /// The parameters' names and rules.
     checks: [(&'static str, Check); 3],
+    /// Per-element parameters are known to be normal (`Screen::InRange`).
+    known_normal: bool,
 }
 
+/// A [`Runner`]'s result: whether the per-element parameters were all normal.
+type Normal = bool;
+
 impl<T: Element> WithFixedOp for Runner<'_, '_, T> {
-    type Output = Result<()>;
+    type Output = Result<Normal>;
     fn call<const R: u8, const O: u8, const TRAIN: bool>(
         self,
         op: FixedOp<R, O, TRAIN>,
-    ) -> Result<()> {
+    ) -> Result<Normal> {
         self.run(op)
     }
 }
 
 impl<T: Element> Runner<'_, '_, T> {
-    fn call<Op: kernels::ElemOp<T::C>>(self, op: Op) -> Result<()> {
+    fn call<Op: kernels::ElemOp<T::C>>(self, op: Op) -> Result<Normal> {
         self.run(op)
     }
 
-    fn run<Op: kernels::ElemOp<T::C>>(self, op: Op) -> Result<()> {
+    fn run<Op: kernels::ElemOp<T::C>>(self, op: Op) -> Result<Normal> {
         let Runner {
             x,
             p,
@@ -459,6 +520,7 @@ impl<T: Element> Runner<'_, '_, T> {
             gp,
             path,
             checks,
+            known_normal,
         } = self;
         let xs = x.shape;
         check_len("x", x.data.len(), xs)?;
@@ -571,7 +633,7 @@ impl<T: Element> Runner<'_, '_, T> {
         } else {
             checks.map(|c| c.1)
         };
-        let ok = kernels::run(
+        let verdict = kernels::run(
             op,
             &plan,
             Io {
@@ -585,8 +647,9 @@ impl<T: Element> Runner<'_, '_, T> {
             },
             path,
             kinds,
+            known_normal,
         );
-        if !ok {
+        if !verdict.passed {
             // Report the first bad value in parameter order, whatever the thread split.
             for q in 0..3 {
                 check_now(q)?;
@@ -597,6 +660,7 @@ impl<T: Element> Runner<'_, '_, T> {
                 reduce_sum(&bufs[q], &common, dst, &shapes[q]);
             }
         }
-        Ok(())
+        // An empty x looks at no bit width (beyond the up-front checks): nothing to vouch for.
+        Ok(verdict.normal && plan.len > 0)
     }
 }

@@ -16,14 +16,15 @@ struct HgqView {
   int64_t ndim;
 };
 
-// Defined in Rust. Forward (dy null): writes y. Backward (dy given): writes dx, dp1, dp2 only;
-// dy_same: dy points at one value that holds for every element. `bits` says what p1, p2 are
-// (0: i, f; 1: KBI's raw b, i). Returns 0 on success, else writes a NUL-terminated message
-// into err.
-int hgq_torch_fixed_cpu(const uint8_t* cfg, size_t cfg_len, int training, int bits,
-                        const HgqView* x, const HgqView* k, const HgqView* p1, const HgqView* p2,
-                        const float* dy, int dy_same, float* y, float* dx, float* dp1, float* dp2,
-                        char* err, size_t err_len);
+// Defined in Rust. Forward (dy null): writes y, and into *screen_out what it found of the bit
+// widths (hgq_core::Screen: 0 unknown, 1 in range). Backward (dy given): writes dx, dp1, dp2
+// only, taking `screen` (what the forward found) as known; dy_same: dy points at one value
+// that holds for every element. `bits` says what p1, p2 are (0: i, f; 1: KBI's raw b, i).
+// Returns 0 on success, else writes a NUL-terminated message into err.
+int hgq_torch_fixed_cpu(const uint8_t* cfg, size_t cfg_len, int training, int bits, int screen,
+                        int* screen_out, const HgqView* x, const HgqView* k, const HgqView* p1,
+                        const HgqView* p2, const float* dy, int dy_same, float* y, float* dx,
+                        float* dp1, float* dp2, char* err, size_t err_len);
 }
 
 #ifdef HGQ_TORCH_CUDA
@@ -51,19 +52,23 @@ HgqView view(const at::Tensor& t) {
   return HgqView{t.data_ptr<float>(), t.sizes().data(), t.dim()};
 }
 
-void call(const std::string& cfg, bool training, int64_t bits, const at::Tensor& x,
-          const at::Tensor& k, const at::Tensor& p1, const at::Tensor& p2, const float* dy,
-          bool dy_same, float* y, float* dx, float* dp1, float* dp2) {
+// Runs the kernel; returns the screen it found (see hgq_torch_fixed_cpu).
+int64_t call(const std::string& cfg, bool training, int64_t bits, int64_t screen,
+             const at::Tensor& x, const at::Tensor& k, const at::Tensor& p1, const at::Tensor& p2,
+             const float* dy, bool dy_same, float* y, float* dx, float* dp1, float* dp2) {
   char err[1024];
   err[0] = 0;
+  int found = 0;
   HgqView vx = view(x), vk = view(k), v1 = view(p1), v2 = view(p2);
   int rc = hgq_torch_fixed_cpu(reinterpret_cast<const uint8_t*>(cfg.data()), cfg.size(),
-                               training ? 1 : 0, static_cast<int>(bits), &vx, &vk, &v1, &v2, dy,
-                               dy_same ? 1 : 0, y, dx, dp1, dp2, err, sizeof err);
+                               training ? 1 : 0, static_cast<int>(bits), static_cast<int>(screen),
+                               &found, &vx, &vk, &v1, &v2, dy, dy_same ? 1 : 0, y, dx, dp1, dp2,
+                               err, sizeof err);
   if (rc != 0) {
     err[sizeof err - 1] = 0;
     throw std::runtime_error(err);
   }
+  return found;
 }
 
 struct FixedFn : public torch::autograd::Function<FixedFn> {
@@ -71,12 +76,15 @@ struct FixedFn : public torch::autograd::Function<FixedFn> {
   static at::Tensor forward(AutogradContext* ctx, at::Tensor x, at::Tensor k, at::Tensor p1,
                             at::Tensor p2, std::string cfg, bool training, int64_t bits) {
     at::Tensor y = at::empty_like(x);
-    call(cfg, training, bits, x, k, p1, p2, nullptr, false, y.data_ptr<float>(), nullptr,
-         nullptr, nullptr);
+    int64_t screen = call(cfg, training, bits, 0, x, k, p1, p2, nullptr, false,
+                          y.data_ptr<float>(), nullptr, nullptr, nullptr);
     ctx->save_for_backward({x, k, p1, p2});
     ctx->saved_data["cfg"] = cfg;
     ctx->saved_data["training"] = training;
     ctx->saved_data["bits"] = bits;
+    // What the forward found of k, p1, p2 holds in the backward: autograd refuses to run it
+    // (get_saved_variables throws) if any of them was modified in place since.
+    ctx->saved_data["screen"] = screen;
     return y;
   }
 
@@ -86,6 +94,7 @@ struct FixedFn : public torch::autograd::Function<FixedFn> {
     std::string cfg = ctx->saved_data["cfg"].toStringRef();
     bool training = ctx->saved_data["training"].toBool();
     int64_t bits = ctx->saved_data["bits"].toInt();
+    int64_t screen = ctx->saved_data["screen"].toInt();
     at::Tensor dy = grads[0].to(at::kFloat).expand(x.sizes());
     // One value broadcast everywhere (the gradient of a sum, a mean): passed as that value,
     // not materialized as a tensor the size of x.
@@ -97,7 +106,7 @@ struct FixedFn : public torch::autograd::Function<FixedFn> {
     // zero fill: per element that would be two more passes over memory. It does not store y.
     at::Tensor dp1 = at::empty_like(p1);
     at::Tensor dp2 = at::empty_like(p2);
-    call(cfg, training, bits, x, k, p1, p2, dy.data_ptr<float>(), same, nullptr,
+    call(cfg, training, bits, screen, x, k, p1, p2, dy.data_ptr<float>(), same, nullptr,
          dx.data_ptr<float>(), dp1.data_ptr<float>(), dp2.data_ptr<float>());
     return {dx, at::Tensor(), dp1, dp2, at::Tensor(), at::Tensor(), at::Tensor()};
   }

@@ -2,7 +2,7 @@
 use std::ffi::{c_char, c_int};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use hgq_core::{FixedGrads, FixedPoint, TensorRef, Upstream};
+use hgq_core::{FixedGrads, FixedPoint, Screen, TensorRef, Upstream};
 use tch::Tensor;
 use torch_sys::C_tensor;
 
@@ -55,6 +55,23 @@ pub(crate) enum Bits {
     /// bit widths) and returns `db = df`, `di = di - df`, the gradients autograd gives
     /// through those two operations, without running them as tensor operations.
     KbiRaw = 1,
+}
+
+/// A [`Screen`] as the C++ side keeps it (in the autograd node's saved data).
+fn screen_code(s: Screen) -> c_int {
+    match s {
+        Screen::Unknown => 0,
+        Screen::InRange => 1,
+    }
+}
+
+/// The [`Screen`] of a code from [`screen_code`] (anything else: nothing known).
+fn screen_of(code: c_int) -> Screen {
+    if code == 1 {
+        Screen::InRange
+    } else {
+        Screen::Unknown
+    }
 }
 
 /// `FixedFn::apply(x, k, p1, p2)`: float32, contiguous, CPU tensors (the caller checks).
@@ -147,19 +164,22 @@ fn kbi_int_frac(b: &[f32], i: &[f32]) -> (Vec<f32>, Vec<f32>) {
     (iu, fu)
 }
 
-/// Called by `FixedFn` (C++) in forward (`dy` null: y only) and backward (`dx`, `dp1`, `dp2`;
+/// Called by `FixedFn` (C++) in forward (`dy` null: y only, and the [`Screen`] it found into
+/// `screen_out`) and backward (`dx`, `dp1`, `dp2`, taking `screen`, the forward's, as known;
 /// `dy_same`: `dy` is one value for every element); `bits` is a [`Bits`].
 ///
 /// # Safety
 /// Called only from `bridge.cpp` with views of live float32 contiguous tensors, `y`/`dx` and
 /// `dy` (unless `dy_same`) with x's element count, `dp1`/`dp2` with p1's/p2's, `cfg` from
-/// [`fixed_apply`].
+/// [`fixed_apply`], `screen_out` null or writable.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn hgq_torch_fixed_cpu(
     cfg: *const u8,
     cfg_len: usize,
     training: c_int,
     bits: c_int,
+    screen: c_int,
+    screen_out: *mut c_int,
     x: *const View,
     k: *const View,
     p1: *const View,
@@ -179,6 +199,7 @@ pub unsafe extern "C" fn hgq_torch_fixed_cpu(
         }
         // SAFETY: bytes of a valid `FixedPoint` (see `fixed_apply`).
         let q: FixedPoint = unsafe { std::ptr::read_unaligned(cfg.cast::<FixedPoint>()) };
+        let q = q.with_screen(screen_of(screen));
         // SAFETY: per this function's contract.
         let (x, k, p1, p2) = unsafe { (&*x, &*k, &*p1, &*p2) };
         let (sx, sk, s1, s2) = unsafe { (shape_of(x), shape_of(k), shape_of(p1), shape_of(p2)) };
@@ -211,9 +232,14 @@ pub unsafe extern "C" fn hgq_torch_fixed_cpu(
         let training = training != 0;
         if dy.is_null() {
             let y = unsafe { data_mut(y, n) };
-            return q
+            let found = q
                 .forward(tx, tk, ti, tf, training, y)
-                .map_err(|e| e.to_string());
+                .map_err(|e| e.to_string())?;
+            if !screen_out.is_null() {
+                // SAFETY: per this function's contract.
+                unsafe { *screen_out = screen_code(found) };
+            }
+            return Ok(());
         }
         let dy = if dy_same != 0 {
             // SAFETY: one readable value (the C++ side checked numel > 0).
@@ -231,6 +257,7 @@ pub unsafe extern "C" fn hgq_torch_fixed_cpu(
                     df: g2,
                 };
                 q.backward(tx, tk, ti, tf, training, dy, grads)
+                    .map(|_| ())
                     .map_err(|e| e.to_string())
             }
             Some(_) => {

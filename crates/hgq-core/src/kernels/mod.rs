@@ -435,19 +435,46 @@ fn scan<C: Real, F: Fn(C) -> bool + Copy>(v: &[C], ok: F) -> bool {
     pulp::Arch::new().dispatch(Scan { v, ok })
 }
 
+/// What a pass found out about its parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Verdict {
+    /// Every raw parameter passed its rules (the outputs are unspecified where not).
+    pub passed: bool,
+    /// The parameters were raw and as large as x, and every run of them passed `Op::normal`
+    /// (or was known to): a later pass over the same parameters may take it as known.
+    pub normal: bool,
+}
+
+impl Verdict {
+    /// Both verdicts at once (of two parts of one pass).
+    fn and(self, o: Verdict) -> Verdict {
+        Verdict {
+            passed: self.passed && o.passed,
+            normal: self.normal && o.normal,
+        }
+    }
+}
+
 /// Runs `op` over all of `x` following `plan`; checks the raw parameters on the way (`checks`)
-/// and returns whether they all passed (the outputs are unspecified where not).
+/// and says whether they all passed and whether all were normal. `known_normal`: the raw
+/// per-element parameters are known to pass `Op::normal` (an earlier pass found it), so they
+/// are neither checked nor derived the general way; claimed wrongly, the outputs are
+/// unspecified (but defined: `Op::derive_normal` is safe for any input).
 pub(crate) fn run<T: Element, Op: ElemOp<T::C>>(
     op: Op,
     plan: &Plan,
     io: Io<'_, T>,
     path: Path,
     checks: [Check; 3],
-) -> bool {
+    known_normal: bool,
+) -> Verdict {
     let bad = std::sync::atomic::AtomicBool::new(false);
+    let general = std::sync::atomic::AtomicBool::new(false);
     let chk = Checks {
         kinds: checks,
         bad: &bad,
+        known_normal,
+        general: &general,
     };
     let Io {
         x,
@@ -507,7 +534,11 @@ pub(crate) fn run<T: Element, Op: ElemOp<T::C>>(
         }
         _ => pass.store(y, &mut [], [&mut [], &mut [], &mut []]),
     }
-    !bad.load(std::sync::atomic::Ordering::Relaxed)
+    let load = |b: &std::sync::atomic::AtomicBool| b.load(std::sync::atomic::Ordering::Relaxed);
+    Verdict {
+        passed: !load(&bad),
+        normal: !load(&general),
+    }
 }
 
 /// What every piece of one call shares.
@@ -701,6 +732,10 @@ enum Dy<'a, T> {
 struct Checks<'a> {
     kinds: [Check; 3],
     bad: &'a std::sync::atomic::AtomicBool,
+    /// Raw per-element parameters are known to be normal (see [`run`]).
+    known_normal: bool,
+    /// Set by a piece that was not all normal (or not raw per-element parameters).
+    general: &'a std::sync::atomic::AtomicBool,
 }
 
 /// `s` in chunks of SEG, or `n` empty slices when `s` is empty.
@@ -793,7 +828,7 @@ trait RunScalar: pulp::WithSimd {
 
 impl<C: Real, Op: ElemOp<C>> RunScalar for Job<'_, C, Op> {
     #[inline(always)]
-    fn run_scalar(self) -> bool {
+    fn run_scalar(self) -> Verdict {
         self.run()
     }
 }
@@ -855,17 +890,24 @@ fn segment<T: Element, Op: ElemOp<T::C>>(
             Some(Dy::Same(d)) => (&d[..n], &mut gx[pos..pos + n]),
             None => (&[], &mut []),
         };
-        let ok = run_piece(op, xs, ps, dys, ys, gxs, acc, gi as u64, plan.vec, path);
+        let known = chk.known_normal;
+        let v = run_piece(
+            op, xs, ps, dys, ys, gxs, acc, gi as u64, plan.vec, known, path,
+        );
         // The loop checks `Op::passes`: the rules the caller passes for unchecked parameters.
-        if !ok && chk.kinds != [Check::Any; 3] {
+        if !v.passed && chk.kinds != [Check::Any; 3] {
             chk.bad.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        if !v.normal {
+            chk.general
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         pos += n;
     }
 }
 
 /// Converts narrow storage to compute type in blocks, then calls the SIMD or scalar loop.
-/// Returns whether raw contiguous parameters passed `Op::passes` (true for the others).
+/// Returns the piece's [`Verdict`] (see [`Job::run`]).
 #[allow(clippy::too_many_arguments)]
 fn run_piece<T: Element, Op: ElemOp<T::C>>(
     op: Op,
@@ -877,8 +919,9 @@ fn run_piece<T: Element, Op: ElemOp<T::C>>(
     mut acc: Acc<'_, T::C>,
     index: u64,
     vec: bool,
+    known_normal: bool,
     path: Path,
-) -> bool {
+) -> Verdict {
     if let (Some(xc), Some(dyc), Some(yc), Some(gxc)) =
         (T::as_c(x), T::as_c(dy), T::as_c_mut(y), T::as_c_mut(gx))
     {
@@ -892,7 +935,12 @@ fn run_piece<T: Element, Op: ElemOp<T::C>>(
             index,
             vec,
         };
-        return with_path(Job { op, piece }, path);
+        let job = Job {
+            op,
+            piece,
+            known_normal,
+        };
+        return with_path(job, path);
     }
     // Narrow storage: widen a block, compute, narrow the results.
     let grad = !dy.is_empty();
@@ -901,7 +949,10 @@ fn run_piece<T: Element, Op: ElemOp<T::C>>(
     let mut bdy = [T::C::ZERO; BLOCK];
     let mut by = [T::C::ZERO; BLOCK];
     let mut bgx = [T::C::ZERO; BLOCK];
-    let mut ok = true;
+    let mut verdict = Verdict {
+        passed: true,
+        normal: true,
+    };
     let mut s = 0;
     while s < x.len() {
         let n = BLOCK.min(x.len() - s);
@@ -923,7 +974,12 @@ fn run_piece<T: Element, Op: ElemOp<T::C>>(
             index: index + s as u64,
             vec,
         };
-        ok &= with_path(Job { op, piece }, path);
+        let job = Job {
+            op,
+            piece,
+            known_normal,
+        };
+        verdict = verdict.and(with_path(job, path));
         if keep_y {
             for j in 0..n {
                 y[s + j] = T::from_c(by[j]);
@@ -936,7 +992,7 @@ fn run_piece<T: Element, Op: ElemOp<T::C>>(
         }
         s += n;
     }
-    ok
+    verdict
 }
 
 /// One contiguous piece in the compute type: parameters for `x.len()` elements (`vec`) or
@@ -956,13 +1012,14 @@ struct Piece<'a, C> {
 struct Job<'a, C, Op> {
     op: Op,
     piece: Piece<'a, C>,
+    /// Raw per-element parameters are known to pass `Op::normal` (see [`run`]).
+    known_normal: bool,
 }
 
 impl<C: Real, Op: ElemOp<C>> pulp::WithSimd for Job<'_, C, Op> {
-    /// Whether raw contiguous parameters passed `Op::passes`.
-    type Output = bool;
+    type Output = Verdict;
     #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, _simd: S) -> bool {
+    fn with_simd<S: pulp::Simd>(self, _simd: S) -> Verdict {
         // The target features of S are enabled here; the loops below vectorize at its width.
         self.run()
     }
@@ -1006,6 +1063,20 @@ fn run_part<C>(a: &mut [C], has: bool, j: usize, m: usize) -> &mut [C] {
 /// Elements per run of the per-element loops that are checked with [`all_normal`] as one:
 /// the check reads the run's parameters into L1, where the loop then finds them.
 const NORMAL_RUN: usize = 512;
+
+/// Whether a run of raw per-element parameters takes the normal path: known (`known`, from
+/// an earlier pass), or checked now.
+#[inline(always)]
+fn normal_run<C: Real, Op: ElemOp<C>>(op: Op, known: bool, s: &[&[C]; 3], m: usize) -> bool {
+    Op::HAS_NORMAL && (known || all_normal(op, s, m))
+}
+
+/// The verdict of a piece whose parameters passed (they were derived, checked beforehand or
+/// checked by the caller) and took no per-element normal path.
+const GENERAL: Verdict = Verdict {
+    passed: true,
+    normal: false,
+};
 
 /// Whether every element of the raw streams (cut to one run) passes `Op::normal`.
 #[inline(always)]
@@ -1241,9 +1312,10 @@ fn add_blocks<C: Real, Op: ElemOp<C>, L: Lanes<C>, const Y: bool>(
 
 impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
     /// Returns whether raw contiguous parameters passed `Op::passes` (checked in the element
-    /// loop; true where the parameters are derived or one value).
+    /// loop; passed where the parameters are derived or one value) and whether they were all
+    /// normal (never where they are derived or one value: those take no per-element path).
     #[inline(always)]
-    fn run(self) -> bool {
+    fn run(self) -> Verdict {
         let grad = !self.piece.dy.is_empty();
         let keep_y = !self.piece.y.is_empty();
         match (grad, self.piece.vec, keep_y) {
@@ -1266,7 +1338,7 @@ impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
     }
 
     #[inline(always)]
-    fn forward_const(self) -> bool {
+    fn forward_const(self) -> Verdict {
         let d = self.const_params();
         let Piece { x, y, index, .. } = self.piece;
         let n = x.len();
@@ -1274,29 +1346,34 @@ impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
         for j in 0..n {
             y[j] = self.op.apply::<false>(x[j], d, C::ZERO, index + j as u64).y;
         }
-        true
+        GENERAL
     }
 
     #[inline(always)]
-    fn forward_vec(self) -> bool {
-        let op = self.op;
+    fn forward_vec(self) -> Verdict {
+        let (op, known) = (self.op, self.known_normal);
         let Piece { x, p, y, index, .. } = self.piece;
         let n = x.len();
         let (x, y) = (&x[..n], &mut y[..n]);
         match p {
             Params::Raw { s, .. } => {
-                let mut bad = 0u32;
+                let (mut bad, mut general) = (0u32, 0u32);
                 for j in (0..n).step_by(NORMAL_RUN) {
                     let m = NORMAL_RUN.min(n - j);
                     let (s, x, y) = (cut_streams(s, j, m), &x[j..j + m], &mut y[j..j + m]);
                     let i = index + j as u64;
-                    bad |= if all_normal(op, &s, m) {
+                    let normal = normal_run(op, known, &s, m);
+                    general |= !normal as u32;
+                    bad |= if normal {
                         forward_raw::<C, Op, true>(op, s, x, y, i)
                     } else {
                         forward_raw::<C, Op, false>(op, s, x, y, i)
                     };
                 }
-                bad == 0
+                Verdict {
+                    passed: bad == 0,
+                    normal: general == 0,
+                }
             }
             Params::Derived { s } => {
                 let s = DerivedLanes(s).cut(0, n);
@@ -1304,7 +1381,7 @@ impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
                     let d = s.at(op, j).0;
                     y[j] = op.apply::<false>(x[j], d, C::ZERO, index + j as u64).y;
                 }
-                true
+                GENERAL
             }
         }
     }
@@ -1312,8 +1389,8 @@ impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
     /// Gradients (and y when `Y`) of a piece with contiguous parameters: stored per element
     /// (raw parameters of an element-wise plan) or added into blocked accumulators.
     #[inline(always)]
-    fn grad_vec<const Y: bool>(self) -> bool {
-        let op = self.op;
+    fn grad_vec<const Y: bool>(self) -> Verdict {
+        let (op, known) = (self.op, self.known_normal);
         let Piece {
             x,
             p,
@@ -1330,7 +1407,7 @@ impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
         let has = Op::HAS_GRAD;
         match (p, acc) {
             (Params::Raw { s, .. }, Acc::Store([a0, a1, a2])) => {
-                let mut bad = 0u32;
+                let (mut bad, mut general) = (0u32, 0u32);
                 for j in (0..n).step_by(NORMAL_RUN) {
                     let m = NORMAL_RUN.min(n - j);
                     let s = cut_streams(s, j, m);
@@ -1342,19 +1419,27 @@ impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
                         run_part(a2, has[2], j, m),
                     ];
                     let i = index + j as u64;
-                    bad |= if all_normal(op, &s, m) {
+                    let normal = normal_run(op, known, &s, m);
+                    general |= !normal as u32;
+                    bad |= if normal {
                         grad_raw::<C, Op, Y, true>(op, s, x, dy, y, gx, a, i)
                     } else {
                         grad_raw::<C, Op, Y, false>(op, s, x, dy, y, gx, a, i)
                     };
                 }
-                bad == 0
+                Verdict {
+                    passed: bad == 0,
+                    normal: general == 0,
+                }
             }
-            (Params::Raw { s, .. }, Acc::Add { a, off }) => {
-                add_blocks::<C, Op, _, Y>(op, RawLanes(s), x, dy, y, gx, a, off, index) == 0
-            }
+            (Params::Raw { s, .. }, Acc::Add { a, off }) => Verdict {
+                passed: add_blocks::<C, Op, _, Y>(op, RawLanes(s), x, dy, y, gx, a, off, index)
+                    == 0,
+                normal: false,
+            },
             (Params::Derived { s }, Acc::Add { a, off }) => {
-                add_blocks::<C, Op, _, Y>(op, DerivedLanes(s), x, dy, y, gx, a, off, index) == 0
+                add_blocks::<C, Op, _, Y>(op, DerivedLanes(s), x, dy, y, gx, a, off, index);
+                GENERAL
             }
             // Derived parameters only come with a reduction, gradients only with a
             // destination (`run`).
@@ -1364,7 +1449,7 @@ impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
 
     #[inline(always)]
     #[allow(clippy::needless_range_loop)]
-    fn grad_const<const Y: bool>(self) -> bool {
+    fn grad_const<const Y: bool>(self) -> Verdict {
         let d = self.const_params();
         let Piece {
             x,
@@ -1425,7 +1510,7 @@ impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
                 a[i] = lanes[q].iter().fold(a[i], |s, &v| s + v);
             }
         }
-        true
+        GENERAL
     }
 }
 
