@@ -7,7 +7,8 @@
 //! - `core/train/*`: `FixedPoint::forward_backward` in training: y, dx, and di/df reduced to the
 //!   bit-width shape.
 //! - `core/backward/*`: `FixedPoint::backward` in training for the gradient of a sum (one
-//!   upstream value): dx, di, df, no y (the backward of the torch module's autograd node).
+//!   upstream value): dx, di, df, no y (the backward of the torch module's autograd node,
+//!   which is given the `Screen` its forward returned).
 //!
 //! Runs on one thread by default (the targets are per thread); `HGQ_BENCH_THREADS=N` sets
 //! another count (0: all). `cargo xtask bench` prints the ratios against the copy.
@@ -98,10 +99,15 @@ fn bench(c: &mut Criterion) {
                 .unwrap()
             })
         });
+        // What the autograd node's forward hands its backward.
+        let screen = train
+            .forward(xt, t(&k), t(&i), t(&f), true, &mut y)
+            .unwrap();
+        let node = train.with_screen(screen);
         g.bench_function(format!("backward/{layout}"), |b| {
             b.iter(|| {
                 pool.install(|| {
-                    train.backward(
+                    node.backward(
                         xt,
                         t(&k),
                         t(&i),

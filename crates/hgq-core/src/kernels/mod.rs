@@ -105,15 +105,16 @@ pub(crate) trait ElemOp<C: Real>: Copy + Send + Sync {
     /// The values `apply` needs, from one element of the parameters.
     fn derive(self, p: [C; 3]) -> [C; ND];
     /// Whether the op has a cheaper [`ElemOp::derive_normal`] for elements that pass
-    /// [`ElemOp::normal`] (the per-element loops then check runs of elements first).
+    /// [`ElemOp::all_normal`] (the per-element loops then check runs of elements first).
     const HAS_NORMAL: bool = false;
-    /// Whether one element passes [`ElemOp::passes`] and lies where
-    /// [`ElemOp::derive_normal`] applies, branch-free.
-    fn normal(self, _p: [C; 3]) -> bool {
+    /// Whether every element of a run of raw parameters (three streams of one length) passes
+    /// [`ElemOp::passes`] and lies where [`ElemOp::derive_normal`] applies: one branch-free
+    /// loop over the run.
+    fn all_normal(self, _s: [&[C]; 3]) -> bool {
         false
     }
-    /// [`ElemOp::derive`] for an element that passes [`ElemOp::normal`]: the same values,
-    /// computed more cheaply.
+    /// [`ElemOp::derive`] for an element of a run that passes [`ElemOp::all_normal`]: the
+    /// same values, computed more cheaply, and defined (if unspecified) for any input.
     fn derive_normal(self, p: [C; 3]) -> [C; ND] {
         self.derive(p)
     }
@@ -1078,17 +1079,10 @@ const GENERAL: Verdict = Verdict {
     normal: false,
 };
 
-/// Whether every element of the raw streams (cut to one run) passes `Op::normal`.
+/// Whether every element of the raw streams (cut to one run) passes `Op::all_normal`.
 #[inline(always)]
 fn all_normal<C: Real, Op: ElemOp<C>>(op: Op, s: &[&[C]; 3], m: usize) -> bool {
-    if !Op::HAS_NORMAL {
-        return false;
-    }
-    let mut bad = 0u32;
-    for ((&k, &i), &f) in s[0][..m].iter().zip(&s[1][..m]).zip(&s[2][..m]) {
-        bad |= !op.normal([k, i, f]) as u32;
-    }
-    bad == 0
+    Op::HAS_NORMAL && op.all_normal(cut_streams(*s, 0, m))
 }
 
 /// The forward of one run of raw per-element parameters: y, and whether an element failed
