@@ -67,7 +67,7 @@ fn backward_gives_the_gradients_of_forward_backward(
         .into_iter()
         .enumerate()
     {
-        let Ok(q) = FixedPoint::new(round, overflow) else {
+        let Some(q) = fixed_or_refused(round, overflow) else {
             continue;
         };
         // Small (one thread) and above the parallel threshold (several segments, groups).

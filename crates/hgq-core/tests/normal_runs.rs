@@ -155,9 +155,7 @@ fn runs_in_range_give_the_bits_of_the_general_path(
     #[values(BitWidths::Integer, BitWidths::RoundHalfEven)] bits: BitWidths,
     #[values(false, true)] training: bool,
 ) {
-    // WRAP_SM takes the RND modes only (an error otherwise, tested in bad_input.rs).
-    let Ok(q) = FixedPoint::new(round, overflow) else {
-        assert_eq!(overflow, OverflowMode::WrapSm, "{round}");
+    let Some(q) = fixed_or_refused(round, overflow) else {
         return;
     };
     let q = q

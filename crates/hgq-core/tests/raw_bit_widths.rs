@@ -67,7 +67,7 @@ fn raw_bit_widths_give_the_bits_of_rounded_ones(
     #[values(false, true)] training: bool,
 ) {
     for (s, round) in RoundMode::ALL.into_iter().enumerate() {
-        let Ok(q) = FixedPoint::new(round, overflow) else {
+        let Some(q) = fixed_or_refused(round, overflow) else {
             continue;
         };
         for mask in [false, true] {

@@ -10,8 +10,8 @@ mod common;
 use common::*;
 use half::{bf16, f16};
 use hgq_core::{
-    BitWidths, Element, FixedGrads, FixedPoint, OverflowMode, Path, Real, RoundMode, Screen,
-    Stochastic, TensorRef, Upstream,
+    BitWidths, Element, FixedPoint, OverflowMode, Path, Real, RoundMode, Screen, Stochastic,
+    TensorRef, Upstream,
 };
 use rstest::rstest;
 
@@ -45,47 +45,9 @@ fn screens<T: Element>(
     dy: &[T],
     [k, i, f]: &[Bw<T::C>; 3],
 ) -> [Screen; 3] {
-    let n = x.len();
-    let xt = TensorRef::new(x, xs).unwrap();
-    let mut y = vec![T::default(); n];
-    let fwd = q.forward(xt, t(k), t(i), t(f), true, &mut y).unwrap();
-    let (mut dx, mut di, mut df) = (
-        vec![T::default(); n],
-        vec![T::C::ZERO; i.v.len()],
-        vec![T::C::ZERO; f.v.len()],
-    );
-    let both = q
-        .forward_backward(
-            xt,
-            t(k),
-            t(i),
-            t(f),
-            true,
-            dy,
-            &mut y,
-            FixedGrads {
-                dx: &mut dx,
-                di: &mut di,
-                df: &mut df,
-            },
-        )
-        .unwrap();
-    let back = q
-        .backward(
-            xt,
-            t(k),
-            t(i),
-            t(f),
-            true,
-            Upstream::Each(dy),
-            FixedGrads {
-                dx: &mut dx,
-                di: &mut di,
-                df: &mut df,
-            },
-        )
-        .unwrap();
-    [fwd, both, back]
+    let run = |dy| run_fixed_screened(q, xs, x, k, i, f, true, dy).unwrap().1;
+    let back = run_backward_screened(q, xs, x, [k, i, f], true, Upstream::Each(dy)).1;
+    [run(None), run(Some(dy)), back]
 }
 
 fn check_screens<T: Element>(q: FixedPoint, seed: u64) {
@@ -195,9 +157,7 @@ fn a_pass_given_the_screen_gives_the_same_bits(
     #[values(BitWidths::Integer, BitWidths::RoundHalfEven)] bits: BitWidths,
     #[values(false, true)] training: bool,
 ) {
-    // WRAP_SM takes the RND modes only (an error otherwise, tested in bad_input.rs).
-    let Ok(q) = FixedPoint::new(round, overflow) else {
-        assert_eq!(overflow, OverflowMode::WrapSm, "{round}");
+    let Some(q) = fixed_or_refused(round, overflow) else {
         return;
     };
     let q = q

@@ -2,7 +2,20 @@
 //! that returns every output of one call.
 #![allow(dead_code)]
 
-use hgq_core::{Element, FixedGrads, FixedPoint, Real, Result, TensorRef, Upstream};
+use hgq_core::{
+    Element, FixedGrads, FixedPoint, OverflowMode, Real, Result, RoundMode, Screen, TensorRef,
+    Upstream,
+};
+
+/// The quantizer of a mode pair, or `None` for a pair the constructor refuses: only WRAP_SM
+/// with a round mode it does not take (that error is tested in bad_input.rs).
+pub fn fixed_or_refused(round: RoundMode, overflow: OverflowMode) -> Option<FixedPoint> {
+    let q = FixedPoint::new(round, overflow);
+    if q.is_err() {
+        assert_eq!(overflow, OverflowMode::WrapSm, "{round} refused");
+    }
+    q.ok()
+}
 
 /// xorshift64*: deterministic, no dependencies.
 pub struct Rng(pub u64);
@@ -92,6 +105,21 @@ pub fn run_fixed<T: Element>(
     training: bool,
     dy: Option<&[T]>,
 ) -> Result<Outs<T>> {
+    run_fixed_screened(q, xs, x, k, i, f, training, dy).map(|o| o.0)
+}
+
+/// [`run_fixed`] and the [`Screen`] the pass returned.
+#[allow(clippy::too_many_arguments)]
+pub fn run_fixed_screened<T: Element>(
+    q: &FixedPoint,
+    xs: &[usize],
+    x: &[T],
+    k: &Bw<T::C>,
+    i: &Bw<T::C>,
+    f: &Bw<T::C>,
+    training: bool,
+    dy: Option<&[T]>,
+) -> Result<(Outs<T>, Screen)> {
     let n = x.len();
     let mut y = vec![T::default(); n];
     let xt = TensorRef::new(x, xs)?;
@@ -100,19 +128,20 @@ pub fn run_fixed<T: Element>(
     let ft = TensorRef::new(&f.v, &f.shape)?;
     match dy {
         None => {
-            q.forward(xt, kt, it, ft, training, &mut y)?;
-            Ok(Outs {
+            let screen = q.forward(xt, kt, it, ft, training, &mut y)?;
+            let outs = Outs {
                 y,
                 dx: vec![],
                 di: vec![],
                 df: vec![],
-            })
+            };
+            Ok((outs, screen))
         }
         Some(dy) => {
             let mut dx = vec![T::default(); n];
             let mut di = vec![T::C::ZERO; i.v.len()];
             let mut df = vec![T::C::ZERO; f.v.len()];
-            q.forward_backward(
+            let screen = q.forward_backward(
                 xt,
                 kt,
                 it,
@@ -126,21 +155,32 @@ pub fn run_fixed<T: Element>(
                     df: &mut df,
                 },
             )?;
-            Ok(Outs { y, dx, di, df })
+            Ok((Outs { y, dx, di, df }, screen))
         }
     }
 }
 
 /// dx, di, df of `FixedPoint::backward` (y left empty).
-#[allow(clippy::too_many_arguments)]
 pub fn run_backward<T: Element>(
+    q: &FixedPoint,
+    xs: &[usize],
+    x: &[T],
+    p: [&Bw<T::C>; 3],
+    training: bool,
+    dy: Upstream<'_, T>,
+) -> Outs<T> {
+    run_backward_screened(q, xs, x, p, training, dy).0
+}
+
+/// [`run_backward`] and the [`Screen`] the pass returned.
+pub fn run_backward_screened<T: Element>(
     q: &FixedPoint,
     xs: &[usize],
     x: &[T],
     [k, i, f]: [&Bw<T::C>; 3],
     training: bool,
     dy: Upstream<'_, T>,
-) -> Outs<T> {
+) -> (Outs<T>, Screen) {
     let n = x.len();
     let mut dx = vec![T::default(); n];
     let mut di = vec![T::C::ZERO; i.v.len()];
@@ -148,26 +188,28 @@ pub fn run_backward<T: Element>(
     fn t<C: Real>(b: &Bw<C>) -> TensorRef<'_, C> {
         TensorRef::new(&b.v, &b.shape).unwrap()
     }
-    q.backward(
-        TensorRef::new(x, xs).unwrap(),
-        t(k),
-        t(i),
-        t(f),
-        training,
-        dy,
-        FixedGrads {
-            dx: &mut dx,
-            di: &mut di,
-            df: &mut df,
-        },
-    )
-    .unwrap();
-    Outs {
+    let screen = q
+        .backward(
+            TensorRef::new(x, xs).unwrap(),
+            t(k),
+            t(i),
+            t(f),
+            training,
+            dy,
+            FixedGrads {
+                dx: &mut dx,
+                di: &mut di,
+                df: &mut df,
+            },
+        )
+        .unwrap();
+    let outs = Outs {
         y: Vec::new(),
         dx,
         di,
         df,
-    }
+    };
+    (outs, screen)
 }
 
 /// The same bits (any two NaNs count as equal: payloads are not part of the contract).
