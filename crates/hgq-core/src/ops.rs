@@ -19,11 +19,21 @@ pub(crate) fn uniform<C: Real>(seed: u64, index: u64) -> C {
 #[derive(Clone, Copy)]
 pub(crate) struct FixedOp<const R: u8, const O: u8, const TRAIN: bool> {
     pub seed: u64,
-    /// Zero the output where `k + i + f <= 0` (the layer quantizers' inference).
+    /// Zero the output where `k + i + f <= 0` (the layer quantizers' inference; never with
+    /// `TRAIN`, see [`FixedOp::masks`]).
     pub mask: bool,
     /// `i` and `f` are raw (trainable) values that the op rounds half to even itself; else
     /// they must be integers (rounding them is then the identity).
     pub raw: bool,
+}
+
+impl<const R: u8, const O: u8, const TRAIN: bool> FixedOp<R, O, TRAIN> {
+    /// Whether the zero mask applies: only outside training (the mask is an inference rule),
+    /// so that in training it is a constant and the loops carry no compare and select for it.
+    #[inline(always)]
+    fn masks(self) -> bool {
+        !TRAIN && self.mask
+    }
 }
 
 impl<C: Real, const R: u8, const O: u8, const TRAIN: bool> ElemOp<C> for FixedOp<R, O, TRAIN> {
@@ -39,7 +49,7 @@ impl<C: Real, const R: u8, const O: u8, const TRAIN: bool> ElemOp<C> for FixedOp
     fn derive(self, p: [C; 3]) -> [C; ND] {
         // Always rounded: the identity on the integers of a non-raw call, so one body serves
         // both (and the loop has no branch on `raw`).
-        fixed::derive::<C, O, false>(p[0], p[1].round_even(), p[2].round_even(), self.mask)
+        fixed::derive::<C, O, false>(p[0], p[1].round_even(), p[2].round_even(), self.masks())
     }
     const HAS_NORMAL: bool = true;
     #[inline(always)]
@@ -53,7 +63,7 @@ impl<C: Real, const R: u8, const O: u8, const TRAIN: bool> ElemOp<C> for FixedOp
     }
     #[inline(always)]
     fn derive_normal(self, p: [C; 3]) -> [C; ND] {
-        fixed::derive::<C, O, true>(p[0], p[1].round_even(), p[2].round_even(), self.mask)
+        fixed::derive::<C, O, true>(p[0], p[1].round_even(), p[2].round_even(), self.masks())
     }
     #[inline(always)]
     fn apply<const GRAD: bool>(self, x: C, d: [C; ND], g: C, index: u64) -> Out<C> {
@@ -63,7 +73,7 @@ impl<C: Real, const R: u8, const O: u8, const TRAIN: bool> ElemOp<C> for FixedOp
             C::ZERO
         };
         let l = fixed::forward_grad::<C, R, O, TRAIN, GRAD>(x, d, g, u);
-        let zero = self.mask && d[fixed::d::KEEP] == C::ZERO;
+        let zero = self.masks() && d[fixed::d::KEEP] == C::ZERO;
         Out {
             y: if zero { C::ZERO } else { l.y },
             gx: l.gx,
