@@ -441,7 +441,7 @@ fn scan<C: Real, F: Fn(C) -> bool + Copy>(v: &[C], ok: F) -> bool {
 pub(crate) struct Verdict {
     /// Every raw parameter passed its rules (the outputs are unspecified where not).
     pub passed: bool,
-    /// The parameters were raw and as large as x, and every run of them passed `Op::normal`
+    /// The parameters were raw and as large as x, and every run of them passed `Op::all_normal`
     /// (or was known to): a later pass over the same parameters may take it as known.
     pub normal: bool,
 }
@@ -458,7 +458,7 @@ impl Verdict {
 
 /// Runs `op` over all of `x` following `plan`; checks the raw parameters on the way (`checks`)
 /// and says whether they all passed and whether all were normal. `known_normal`: the raw
-/// per-element parameters are known to pass `Op::normal` (an earlier pass found it), so they
+/// per-element parameters are known to pass `Op::all_normal` (an earlier pass found it), so they
 /// are neither checked nor derived the general way; claimed wrongly, the outputs are
 /// unspecified (but defined: `Op::derive_normal` is safe for any input).
 pub(crate) fn run<T: Element, Op: ElemOp<T::C>>(
@@ -1013,7 +1013,7 @@ struct Piece<'a, C> {
 struct Job<'a, C, Op> {
     op: Op,
     piece: Piece<'a, C>,
-    /// Raw per-element parameters are known to pass `Op::normal` (see [`run`]).
+    /// Raw per-element parameters are known to pass `Op::all_normal` (see [`run`]).
     known_normal: bool,
 }
 
@@ -1043,7 +1043,7 @@ fn cut_streams<C, const N: usize>(s: [&[C]; N], j: usize, m: usize) -> [&[C]; N]
 }
 
 /// One element `p` of raw parameters: its derived values, and whether it fails `Op::passes`
-/// (as 0 or 1, for a branch-free OR over the loop). `NORMAL`: the run passed `Op::normal`
+/// (as 0 or 1, for a branch-free OR over the loop). `NORMAL`: the run passed `Op::all_normal`
 /// (checked by [`all_normal`]), so the element passes and `Op::derive_normal` gives its values.
 #[inline(always)]
 fn raw_at<C: Real, Op: ElemOp<C>, const NORMAL: bool>(op: Op, p: [C; 3]) -> ([C; ND], u32) {
