@@ -852,6 +852,9 @@ fn segment<T: Element, Op: ElemOp<T::C>>(
     chk: Checks<'_>,
 ) {
     let mut pos = 0;
+    // Gathered over the segment and recorded once: every piece of a broadcast pass is not
+    // normal, and a store per piece would be a write to a line all threads share.
+    let mut general = false;
     while pos < len {
         let gi = start + pos;
         let row = gi / plan.inner;
@@ -899,11 +902,12 @@ fn segment<T: Element, Op: ElemOp<T::C>>(
         if !v.passed && chk.kinds != [Check::Any; 3] {
             chk.bad.store(true, std::sync::atomic::Ordering::Relaxed);
         }
-        if !v.normal {
-            chk.general
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-        }
+        general |= !v.normal;
         pos += n;
+    }
+    if general {
+        chk.general
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
