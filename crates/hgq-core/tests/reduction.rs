@@ -129,3 +129,86 @@ fn reduced_gradients_are_per_element_gradients_summed_in_order() {
         check::<bf16>(xs, bs, seed);
     }
 }
+
+/// Elements per segment of the kernels (`SEG` in src/kernels/mod.rs): the unit the groups of
+/// a reduction are made of.
+const SEG: usize = 1 << 14;
+
+/// Per-element gradients summed into the bit-width shape the way the module documentation of
+/// the kernels gives the order for any length: x in `min(segments, MAX_GROUPS, repeats)`
+/// groups of whole segments, each summed from zero in x's flat order, the group sums added in
+/// group order (the first one taken as it is).
+fn reduce_in_groups<C: Real>(g: &[C], xs: &[usize], bs: &[usize]) -> Vec<C> {
+    let (n, m) = (g.len(), bs.iter().product::<usize>());
+    let segs = n.div_ceil(SEG).max(1);
+    let groups = segs.min(hgq_core::kernels::MAX_GROUPS).min((n / m).max(1));
+    let src = source(xs, bs);
+    let mut total: Option<Vec<C>> = None;
+    let mut start = 0;
+    for grp in 0..groups {
+        let end = ((grp + 1) * segs / groups * SEG).min(n);
+        let mut s = vec![C::ZERO; m];
+        for j in start..end {
+            s[src[j]] = s[src[j]] + g[j];
+        }
+        total = Some(match total {
+            None => s,
+            Some(t) => t.iter().zip(&s).map(|(&a, &b)| a + b).collect(),
+        });
+        start = end;
+    }
+    total.expect("at least one group")
+}
+
+/// Beyond one segment: the reduced gradients must be the per-element ones summed in each
+/// group's flat order and the group sums added in order, bit for bit, across several segments
+/// and groups whose boundaries fall inside runs, with one upstream gradient per element and one
+/// for all, on both paths.
+fn check_groups<T: Element>(xs: &[usize], bs: &[usize], seed: u64) {
+    let mut rng = Rng::new(seed);
+    let n: usize = xs.iter().product();
+    assert!(n > 2 * SEG, "several segments, so several groups");
+    let x: Vec<T> = elems(&(0..n).map(|_| rng.x_value()).collect::<Vec<_>>());
+    let dy: Vec<T> = elems(&(0..n).map(|_| rng.normal()).collect::<Vec<_>>());
+    let m: usize = bs.iter().product();
+    let bw = |rng: &mut Rng, lo: i64, hi: i64| -> Bw<T::C> {
+        let v: Vec<f64> = (0..m).map(|_| rng.int(lo, hi) as f64).collect();
+        Bw::new(bs, reals(&v))
+    };
+    let (k, i, f) = (bw(&mut rng, 0, 1), bw(&mut rng, -3, 6), bw(&mut rng, -2, 8));
+    let (kf, i_f, ff) = (expand(&k, xs), expand(&i, xs), expand(&f, xs));
+    let g = T::from_c(T::C::from_f64(0.75));
+    for overflow in [OverflowMode::Sat, OverflowMode::Wrap] {
+        for path in [Path::Scalar, Path::Simd] {
+            let q = FixedPoint::new(RoundMode::Rnd, overflow)
+                .unwrap()
+                .with_path(path);
+            for (name, up) in [
+                ("each", Upstream::Each(&dy[..])),
+                ("same", Upstream::Same(g)),
+            ] {
+                let ctx = format!("{} x{xs:?} bw{bs:?} {overflow} {path:?} {name}", T::NAME);
+                let a = run_backward(&q, xs, &x, [&k, &i, &f], true, up);
+                let full = run_backward(&q, xs, &x, [&kf, &i_f, &ff], true, up);
+                let want = Outs::<T> {
+                    y: full.y.clone(),
+                    dx: full.dx.clone(),
+                    di: reduce_in_groups(&full.di, xs, bs),
+                    df: reduce_in_groups(&full.df, xs, bs),
+                };
+                assert_outs_same(&ctx, &a, &want);
+            }
+        }
+    }
+}
+
+#[test]
+fn reductions_over_several_groups_keep_the_group_order() {
+    // Runs of 1000, three segments: group boundaries inside runs.
+    check_groups::<f32>(&[40, 1000], &[1, 1000], 300);
+    // Runs of 6000 over two dims, bf16 through conversion blocks.
+    check_groups::<bf16>(&[6, 2, 3000], &[1, 2, 3000], 301);
+    // An outer dim with its own parameters between broadcast ones: parameter offsets step by
+    // 600 from run to run.
+    check_groups::<f64>(&[2, 30, 600], &[2, 1, 600], 302);
+}

@@ -162,7 +162,8 @@ fn fixed_every_simd_level_equals_scalar(
         SimdLevel::Scalar256b,
         SimdLevel::Scalar512b,
         SimdLevel::V2,
-        SimdLevel::V3
+        SimdLevel::V3,
+        SimdLevel::V4
     )]
     level: SimdLevel,
     #[values(RoundMode::Rnd, RoundMode::RndZero)] round: RoundMode,

@@ -39,7 +39,9 @@ pub(crate) const ND: usize = 8;
 /// Which code path runs the element bodies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Path {
-    /// The best SIMD level of this CPU (pulp's runtime dispatch), in parallel.
+    /// The best SIMD level of this CPU (pulp's runtime dispatch), in parallel. On a CPU with
+    /// AVX-512, forward passes run at x86-64-v4 and gradient passes at v3 (see
+    /// [`SimdLevel::V4`]).
     #[default]
     Simd,
     /// Plain scalar code, single-threaded: the reference path.
@@ -62,19 +64,24 @@ pub enum SimdLevel {
     Scalar512b,
     /// x86-64-v2 (SSE4.2, 128-bit vectors).
     V2,
-    /// x86-64-v3 (AVX2 and FMA, 256-bit vectors): what [`Path::Simd`] runs on such a CPU.
+    /// x86-64-v3 (AVX2 and FMA, 256-bit vectors): what [`Path::Simd`] runs on a CPU with
+    /// AVX2 but not AVX-512, and for gradient passes on one with AVX-512.
     V3,
+    /// x86-64-v4 (AVX-512 F/BW/CD/DQ/VL, 512-bit vectors): what [`Path::Simd`] runs for
+    /// forward passes on a CPU that has it.
+    V4,
 }
 
 impl SimdLevel {
     /// Every level.
-    pub const ALL: [SimdLevel; 6] = [
+    pub const ALL: [SimdLevel; 7] = [
         SimdLevel::Scalar,
         SimdLevel::Scalar128b,
         SimdLevel::Scalar256b,
         SimdLevel::Scalar512b,
         SimdLevel::V2,
         SimdLevel::V3,
+        SimdLevel::V4,
     ];
 }
 
@@ -802,7 +809,15 @@ fn with_path<J: RunScalar>(job: J, path: Path) -> J::Output {
     use pulp::Simd;
     match path {
         Path::Scalar => job.run_scalar(),
-        Path::Simd => pulp::Arch::new().dispatch(job),
+        Path::Simd => match pulp::Arch::new() {
+            // A job that does not take the widest level runs at x86-64-v3 on a v4 CPU.
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            pulp::Arch::V4(_) if !job.widest() => match pulp::x86::V3::try_new() {
+                Some(s) => Simd::vectorize(s, job),
+                None => pulp::Arch::new().dispatch(job),
+            },
+            arch => arch.dispatch(job),
+        },
         Path::Level(l) => match l {
             // The element bodies do not use the SIMD token, only the target features its level
             // enables: pulp's portable levels enable none, so they are the scalar code (one
@@ -816,7 +831,18 @@ fn with_path<J: RunScalar>(job: J, path: Path) -> J::Output {
                 Some(s) => Simd::vectorize(s, job),
                 None => pulp::Arch::new().dispatch(job),
             },
-            // x86-64-v3 is what pulp's dispatch picks on a CPU with AVX2 (x86-v4 is off).
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            SimdLevel::V3 => match pulp::x86::V3::try_new() {
+                Some(s) => Simd::vectorize(s, job),
+                None => pulp::Arch::new().dispatch(job),
+            },
+            // pulp's dispatch picks x86-64-v4 where the CPU has AVX-512, else v3 (AVX2).
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            SimdLevel::V4 => match pulp::x86::V4::try_new() {
+                Some(s) => Simd::vectorize(s, job),
+                None => pulp::Arch::new().dispatch(job),
+            },
+            #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
             _ => pulp::Arch::new().dispatch(job),
         },
     }
@@ -825,12 +851,26 @@ fn with_path<J: RunScalar>(job: J, path: Path) -> J::Output {
 /// A job's body without any target features.
 trait RunScalar: pulp::WithSimd {
     fn run_scalar(self) -> Self::Output;
+    /// Whether [`Path::Simd`] runs the job at the widest level the CPU has (x86-64-v4's
+    /// 512-bit vectors where it has AVX-512), rather than at most at x86-64-v3 (256 bits).
+    fn widest(&self) -> bool {
+        true
+    }
 }
 
 impl<C: Real, Op: ElemOp<C>> RunScalar for Job<'_, C, Op> {
     #[inline(always)]
     fn run_scalar(self) -> Verdict {
         self.run()
+    }
+
+    /// Forward passes only. Measured on a Sapphire Rapids VM (benches/RESULTS.md,
+    /// 2026-11-29): 512-bit vectors take a third off the per-element forward, whose raw
+    /// bit widths need arithmetic per element, and some 10% off the per-column one; gradient
+    /// passes, bound by their five to seven streams, gained nothing, and the fused forward and
+    /// backward lost 10 to 15%.
+    fn widest(&self) -> bool {
+        self.piece.dy.is_empty()
     }
 }
 
