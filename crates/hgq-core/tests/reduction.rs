@@ -54,10 +54,22 @@ fn reduce<C: Real>(g: &[C], xs: &[usize], bs: &[usize]) -> Vec<C> {
     out
 }
 
-fn check<T: Element>(xs: &[usize], bs: &[usize], seed: u64) {
+/// x, an upstream gradient, and random k, i, f of the bit-width shape with their copies
+/// broadcast to x's shape (`kf`, `i_f`, `ff`).
+struct Inputs<T: Element> {
+    x: Vec<T>,
+    dy: Vec<T>,
+    k: Bw<T::C>,
+    i: Bw<T::C>,
+    f: Bw<T::C>,
+    kf: Bw<T::C>,
+    i_f: Bw<T::C>,
+    ff: Bw<T::C>,
+}
+
+fn inputs<T: Element>(xs: &[usize], bs: &[usize], seed: u64) -> Inputs<T> {
     let mut rng = Rng::new(seed);
     let n: usize = xs.iter().product();
-    assert!(n < 1 << 14, "one segment: one summation order");
     let x: Vec<T> = elems(&(0..n).map(|_| rng.x_value()).collect::<Vec<_>>());
     let dy: Vec<T> = elems(&(0..n).map(|_| rng.normal()).collect::<Vec<_>>());
     let m: usize = bs.iter().product();
@@ -67,6 +79,32 @@ fn check<T: Element>(xs: &[usize], bs: &[usize], seed: u64) {
     };
     let (k, i, f) = (bw(&mut rng, 0, 1), bw(&mut rng, -3, 6), bw(&mut rng, -2, 8));
     let (kf, i_f, ff) = (expand(&k, xs), expand(&i, xs), expand(&f, xs));
+    Inputs {
+        x,
+        dy,
+        k,
+        i,
+        f,
+        kf,
+        i_f,
+        ff,
+    }
+}
+
+fn check<T: Element>(xs: &[usize], bs: &[usize], seed: u64) {
+    let n: usize = xs.iter().product();
+    assert!(n < 1 << 14, "one segment: one summation order");
+    let Inputs {
+        x,
+        dy,
+        k,
+        i,
+        f,
+        kf,
+        i_f,
+        ff,
+    } = inputs::<T>(xs, bs, seed);
+    let m: usize = bs.iter().product();
     let g = T::from_c(T::C::from_f64(-1.25));
     for overflow in [OverflowMode::Sat, OverflowMode::SatSym, OverflowMode::Wrap] {
         for round in [RoundMode::Rnd, RoundMode::RndConv, RoundMode::Trn] {
@@ -165,18 +203,18 @@ fn reduce_in_groups<C: Real>(g: &[C], xs: &[usize], bs: &[usize]) -> Vec<C> {
 /// and groups whose boundaries fall inside runs, with one upstream gradient per element and one
 /// for all, on both paths.
 fn check_groups<T: Element>(xs: &[usize], bs: &[usize], seed: u64) {
-    let mut rng = Rng::new(seed);
     let n: usize = xs.iter().product();
     assert!(n > 2 * SEG, "several segments, so several groups");
-    let x: Vec<T> = elems(&(0..n).map(|_| rng.x_value()).collect::<Vec<_>>());
-    let dy: Vec<T> = elems(&(0..n).map(|_| rng.normal()).collect::<Vec<_>>());
-    let m: usize = bs.iter().product();
-    let bw = |rng: &mut Rng, lo: i64, hi: i64| -> Bw<T::C> {
-        let v: Vec<f64> = (0..m).map(|_| rng.int(lo, hi) as f64).collect();
-        Bw::new(bs, reals(&v))
-    };
-    let (k, i, f) = (bw(&mut rng, 0, 1), bw(&mut rng, -3, 6), bw(&mut rng, -2, 8));
-    let (kf, i_f, ff) = (expand(&k, xs), expand(&i, xs), expand(&f, xs));
+    let Inputs {
+        x,
+        dy,
+        k,
+        i,
+        f,
+        kf,
+        i_f,
+        ff,
+    } = inputs::<T>(xs, bs, seed);
     let g = T::from_c(T::C::from_f64(0.75));
     for overflow in [OverflowMode::Sat, OverflowMode::Wrap] {
         for path in [Path::Scalar, Path::Simd] {
