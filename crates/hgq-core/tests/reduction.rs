@@ -54,19 +54,19 @@ fn reduce<C: Real>(g: &[C], xs: &[usize], bs: &[usize]) -> Vec<C> {
     out
 }
 
-/// x, an upstream gradient, and random k, i, f of the bit-width shape with their copies
-/// broadcast to x's shape (`kf`, `i_f`, `ff`).
-struct Inputs<T: Element> {
-    x: Vec<T>,
-    dy: Vec<T>,
-    k: Bw<T::C>,
-    i: Bw<T::C>,
-    f: Bw<T::C>,
-    kf: Bw<T::C>,
-    i_f: Bw<T::C>,
-    ff: Bw<T::C>,
-}
+/// Bit widths k, i, f of one shape, as three [`Bw`]s.
+type Kif<C> = [Bw<C>; 3];
 
+/// What [`inputs`] makes: x, dy, k/i/f of the bit-width shape, k/i/f broadcast to x's shape.
+type Inputs<T> = (
+    Vec<T>,
+    Vec<T>,
+    Kif<<T as Element>::C>,
+    Kif<<T as Element>::C>,
+);
+
+/// x, an upstream gradient, random k, i, f of the bit-width shape, and their copies broadcast
+/// to x's shape.
 fn inputs<T: Element>(xs: &[usize], bs: &[usize], seed: u64) -> Inputs<T> {
     let mut rng = Rng::new(seed);
     let n: usize = xs.iter().product();
@@ -79,31 +79,13 @@ fn inputs<T: Element>(xs: &[usize], bs: &[usize], seed: u64) -> Inputs<T> {
     };
     let (k, i, f) = (bw(&mut rng, 0, 1), bw(&mut rng, -3, 6), bw(&mut rng, -2, 8));
     let (kf, i_f, ff) = (expand(&k, xs), expand(&i, xs), expand(&f, xs));
-    Inputs {
-        x,
-        dy,
-        k,
-        i,
-        f,
-        kf,
-        i_f,
-        ff,
-    }
+    (x, dy, [k, i, f], [kf, i_f, ff])
 }
 
 fn check<T: Element>(xs: &[usize], bs: &[usize], seed: u64) {
     let n: usize = xs.iter().product();
     assert!(n < 1 << 14, "one segment: one summation order");
-    let Inputs {
-        x,
-        dy,
-        k,
-        i,
-        f,
-        kf,
-        i_f,
-        ff,
-    } = inputs::<T>(xs, bs, seed);
+    let (x, dy, [k, i, f], [kf, i_f, ff]) = inputs::<T>(xs, bs, seed);
     let m: usize = bs.iter().product();
     let g = T::from_c(T::C::from_f64(-1.25));
     for overflow in [OverflowMode::Sat, OverflowMode::SatSym, OverflowMode::Wrap] {
@@ -205,16 +187,7 @@ fn reduce_in_groups<C: Real>(g: &[C], xs: &[usize], bs: &[usize]) -> Vec<C> {
 fn check_groups<T: Element>(xs: &[usize], bs: &[usize], seed: u64) {
     let n: usize = xs.iter().product();
     assert!(n > 2 * SEG, "several segments, so several groups");
-    let Inputs {
-        x,
-        dy,
-        k,
-        i,
-        f,
-        kf,
-        i_f,
-        ff,
-    } = inputs::<T>(xs, bs, seed);
+    let (x, dy, [k, i, f], [kf, i_f, ff]) = inputs::<T>(xs, bs, seed);
     let g = T::from_c(T::C::from_f64(0.75));
     for overflow in [OverflowMode::Sat, OverflowMode::Wrap] {
         for path in [Path::Scalar, Path::Simd] {
