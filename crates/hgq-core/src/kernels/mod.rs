@@ -39,9 +39,9 @@ pub(crate) const ND: usize = 8;
 /// Which code path runs the element bodies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Path {
-    /// The best SIMD level of this CPU (pulp's runtime dispatch), in parallel. On a CPU with
-    /// AVX-512, forward passes run at x86-64-v4 and gradient passes at v3 (see
-    /// [`SimdLevel::V4`]).
+    /// The best SIMD level of this CPU (pulp's runtime dispatch), in parallel. With the
+    /// `avx512` feature, on a CPU with AVX-512, forward passes run at x86-64-v4 and gradient
+    /// passes at v3 (see [`SimdLevel::V4`]).
     #[default]
     Simd,
     /// Plain scalar code, single-threaded: the reference path.
@@ -65,10 +65,11 @@ pub enum SimdLevel {
     /// x86-64-v2 (SSE4.2, 128-bit vectors).
     V2,
     /// x86-64-v3 (AVX2 and FMA, 256-bit vectors): what [`Path::Simd`] runs on a CPU with
-    /// AVX2 but not AVX-512, and for gradient passes on one with AVX-512.
+    /// AVX2 (with the `avx512` feature on one with AVX-512: for gradient passes).
     V3,
     /// x86-64-v4 (AVX-512 F/BW/CD/DQ/VL, 512-bit vectors): what [`Path::Simd`] runs for
-    /// forward passes on a CPU that has it.
+    /// forward passes on a CPU that has it, with the `avx512` feature. Without the feature
+    /// this level runs as [`Path::Simd`].
     V4,
 }
 
@@ -809,15 +810,17 @@ fn with_path<J: RunScalar>(job: J, path: Path) -> J::Output {
     use pulp::Simd;
     match path {
         Path::Scalar => job.run_scalar(),
+        #[cfg(all(feature = "avx512", any(target_arch = "x86", target_arch = "x86_64")))]
         Path::Simd => match pulp::Arch::new() {
             // A job that does not take the widest level runs at x86-64-v3 on a v4 CPU.
-            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
             pulp::Arch::V4(_) if !job.widest() => match pulp::x86::V3::try_new() {
                 Some(s) => Simd::vectorize(s, job),
                 None => pulp::Arch::new().dispatch(job),
             },
             arch => arch.dispatch(job),
         },
+        #[cfg(not(all(feature = "avx512", any(target_arch = "x86", target_arch = "x86_64"))))]
+        Path::Simd => pulp::Arch::new().dispatch(job),
         Path::Level(l) => match l {
             // The element bodies do not use the SIMD token, only the target features its level
             // enables: pulp's portable levels enable none, so they are the scalar code (one
@@ -836,14 +839,15 @@ fn with_path<J: RunScalar>(job: J, path: Path) -> J::Output {
                 Some(s) => Simd::vectorize(s, job),
                 None => pulp::Arch::new().dispatch(job),
             },
-            // pulp's dispatch picks x86-64-v4 where the CPU has AVX-512, else v3 (AVX2).
-            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            #[cfg(all(feature = "avx512", any(target_arch = "x86", target_arch = "x86_64")))]
             SimdLevel::V4 => match pulp::x86::V4::try_new() {
                 Some(s) => Simd::vectorize(s, job),
                 None => pulp::Arch::new().dispatch(job),
             },
+            #[cfg(not(all(feature = "avx512", any(target_arch = "x86", target_arch = "x86_64"))))]
+            SimdLevel::V4 => pulp::Arch::new().dispatch(job),
             #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
-            _ => pulp::Arch::new().dispatch(job),
+            SimdLevel::V2 | SimdLevel::V3 => pulp::Arch::new().dispatch(job),
         },
     }
 }
@@ -853,6 +857,7 @@ trait RunScalar: pulp::WithSimd {
     fn run_scalar(self) -> Self::Output;
     /// Whether [`Path::Simd`] runs the job at the widest level the CPU has (x86-64-v4's
     /// 512-bit vectors where it has AVX-512), rather than at most at x86-64-v3 (256 bits).
+    #[cfg(feature = "avx512")]
     fn widest(&self) -> bool {
         true
     }
@@ -869,6 +874,7 @@ impl<C: Real, Op: ElemOp<C>> RunScalar for Job<'_, C, Op> {
     /// bit widths need arithmetic per element, and some 10% off the per-column one; gradient
     /// passes, bound by their five to seven streams, gained nothing, and the fused forward and
     /// backward lost 10 to 15%.
+    #[cfg(feature = "avx512")]
     fn widest(&self) -> bool {
         self.piece.dy.is_empty()
     }
