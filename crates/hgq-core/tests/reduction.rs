@@ -45,15 +45,6 @@ fn expand<C: Real>(b: &Bw<C>, xs: &[usize]) -> Bw<C> {
     Bw::new(xs, source(xs, &b.shape).iter().map(|&s| b.v[s]).collect())
 }
 
-/// Per-element gradients summed into the bit-width shape, in x's flat order, from zero.
-fn reduce<C: Real>(g: &[C], xs: &[usize], bs: &[usize]) -> Vec<C> {
-    let mut out = vec![C::ZERO; bs.iter().product()];
-    for (&s, &v) in source(xs, bs).iter().zip(g) {
-        out[s] = out[s] + v;
-    }
-    out
-}
-
 /// Bit widths k, i, f of one shape, as three [`Bw`]s.
 type Kif<C> = [Bw<C>; 3];
 
@@ -84,7 +75,7 @@ fn inputs<T: Element>(xs: &[usize], bs: &[usize], seed: u64) -> Inputs<T> {
 
 fn check<T: Element>(xs: &[usize], bs: &[usize], seed: u64) {
     let n: usize = xs.iter().product();
-    assert!(n < 1 << 14, "one segment: one summation order");
+    assert!(n < SEG, "one segment: one group, x's flat order");
     let (x, dy, [k, i, f], [kf, i_f, ff]) = inputs::<T>(xs, bs, seed);
     let m: usize = bs.iter().product();
     let g = T::from_c(T::C::from_f64(-1.25));
@@ -103,8 +94,8 @@ fn check<T: Element>(xs: &[usize], bs: &[usize], seed: u64) {
                         let want = Outs::<T> {
                             y: full.y.clone(),
                             dx: full.dx.clone(),
-                            di: reduce(&full.di, xs, bs),
-                            df: reduce(&full.df, xs, bs),
+                            di: reduce_in_groups(&full.di, xs, bs),
+                            df: reduce_in_groups(&full.df, xs, bs),
                         };
                         assert_outs_same(&ctx, a, &want);
                     };
