@@ -31,6 +31,11 @@ pub const PAR_MIN: usize = 1 << 16;
 const SEG: usize = 1 << 14;
 /// Elements per conversion block for storage types narrower than the compute type.
 const BLOCK: usize = 512;
+/// Runs that share their parameters (a broadcast over an outer dim) and go as one piece: the
+/// loops read each derived value and accumulator once for all of them, which halves the
+/// traffic they add to x's and y's (six derived streams and two accumulators per element, in
+/// L2 when a run is longer than L1 holds).
+const ROWS: usize = 2;
 /// At most this many partial sums of a reduced parameter gradient.
 pub const MAX_GROUPS: usize = 64;
 /// Number of derived values per parameter element.
@@ -67,9 +72,9 @@ pub enum SimdLevel {
     /// x86-64-v3 (AVX2 and FMA, 256-bit vectors): what [`Path::Simd`] runs on a CPU with
     /// AVX2 (with the `avx512` feature on one with AVX-512: for gradient passes).
     V3,
-    /// x86-64-v4 (AVX-512 F/BW/CD/DQ/VL, 512-bit vectors): what [`Path::Simd`] runs for
-    /// forward passes on a CPU that has it, with the `avx512` feature. Without the feature
-    /// this level runs as [`Path::Simd`].
+    /// x86-64-v4 (AVX-512 F/BW/CD/DQ/VL, 512-bit vectors) for forward passes, x86-64-v3 for
+    /// gradient passes: what [`Path::Simd`] runs on a CPU with AVX-512, with the `avx512`
+    /// feature. Without the feature this level runs as [`Path::Simd`].
     V4,
 }
 
@@ -807,20 +812,9 @@ fn precompute<C: Real, Op: ElemOp<C>>(op: Op, p: [&[C]; 3], n: usize, path: Path
 
 /// Runs a pulp job on a path.
 fn with_path<J: RunScalar>(job: J, path: Path) -> J::Output {
-    use pulp::Simd;
     match path {
         Path::Scalar => job.run_scalar(),
-        #[cfg(all(feature = "avx512", any(target_arch = "x86", target_arch = "x86_64")))]
-        Path::Simd => match pulp::Arch::new() {
-            // A job that does not take the widest level runs at x86-64-v3 on a v4 CPU.
-            pulp::Arch::V4(_) if !job.widest() => match pulp::x86::V3::try_new() {
-                Some(s) => Simd::vectorize(s, job),
-                None => pulp::Arch::new().dispatch(job),
-            },
-            arch => arch.dispatch(job),
-        },
-        #[cfg(not(all(feature = "avx512", any(target_arch = "x86", target_arch = "x86_64"))))]
-        Path::Simd => pulp::Arch::new().dispatch(job),
+        Path::Simd => job.run_simd(),
         Path::Level(l) => match l {
             // The element bodies do not use the SIMD token, only the target features its level
             // enables: pulp's portable levels enable none, so they are the scalar code (one
@@ -831,52 +825,109 @@ fn with_path<J: RunScalar>(job: J, path: Path) -> J::Output {
             | SimdLevel::Scalar512b => job.run_scalar(),
             #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
             SimdLevel::V2 => match pulp::x86::V2::try_new() {
-                Some(s) => Simd::vectorize(s, job),
-                None => pulp::Arch::new().dispatch(job),
+                Some(s) => pulp::Simd::vectorize(s, job),
+                None => job.run_simd(),
             },
             #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
             SimdLevel::V3 => match pulp::x86::V3::try_new() {
-                Some(s) => Simd::vectorize(s, job),
-                None => pulp::Arch::new().dispatch(job),
+                Some(s) => pulp::Simd::vectorize(s, job),
+                None => job.run_simd(),
             },
-            #[cfg(all(feature = "avx512", any(target_arch = "x86", target_arch = "x86_64")))]
-            SimdLevel::V4 => match pulp::x86::V4::try_new() {
-                Some(s) => Simd::vectorize(s, job),
-                None => pulp::Arch::new().dispatch(job),
-            },
-            #[cfg(not(all(feature = "avx512", any(target_arch = "x86", target_arch = "x86_64"))))]
-            SimdLevel::V4 => pulp::Arch::new().dispatch(job),
             #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
-            SimdLevel::V2 | SimdLevel::V3 => pulp::Arch::new().dispatch(job),
+            SimdLevel::V2 | SimdLevel::V3 => job.run_simd(),
+            SimdLevel::V4 => job.run_v4(),
         },
     }
 }
 
-/// A job's body without any target features.
-trait RunScalar: pulp::WithSimd {
+/// A job's body without any target features, and the levels it runs at.
+trait RunScalar: pulp::WithSimd + Sized {
     fn run_scalar(self) -> Self::Output;
-    /// Whether [`Path::Simd`] runs the job at the widest level the CPU has (x86-64-v4's
-    /// 512-bit vectors where it has AVX-512), rather than at most at x86-64-v3 (256 bits).
-    #[cfg(feature = "avx512")]
-    fn widest(&self) -> bool {
-        true
+
+    /// [`Path::Simd`]: pulp's dispatch, the widest level the CPU has (x86-64-v4 where it has
+    /// AVX-512 and the `avx512` feature is on).
+    #[inline(always)]
+    fn run_simd(self) -> Self::Output {
+        pulp::Arch::new().dispatch(self)
+    }
+
+    /// [`SimdLevel::V4`]: x86-64-v4 where the CPU has it and the `avx512` feature is on, else
+    /// as [`RunScalar::run_simd`].
+    #[inline(always)]
+    fn run_v4(self) -> Self::Output {
+        #[cfg(all(feature = "avx512", any(target_arch = "x86", target_arch = "x86_64")))]
+        if let Some(s) = pulp::x86::V4::try_new() {
+            return pulp::Simd::vectorize(s, self);
+        }
+        self.run_simd()
     }
 }
 
-impl<C: Real, Op: ElemOp<C>> RunScalar for Job<'_, C, Op> {
+/// At most x86-64-v3: for jobs that 512-bit vectors do not pay for. It never names
+/// `pulp::x86::V4`, so the job's body is not compiled for it (`pulp::Arch::dispatch` would).
+#[cfg(all(feature = "avx512", any(target_arch = "x86", target_arch = "x86_64")))]
+#[inline(always)]
+fn at_most_v3<J: RunScalar>(job: J) -> J::Output {
+    if let Some(s) = pulp::x86::V3::try_new() {
+        pulp::Simd::vectorize(s, job)
+    } else if let Some(s) = pulp::x86::V2::try_new() {
+        pulp::Simd::vectorize(s, job)
+    } else {
+        job.run_scalar()
+    }
+}
+
+/// A piece's pass without gradients: [`Path::Simd`] runs it at the widest level.
+struct Forward<'a, C, Op>(Job<'a, C, Op>);
+
+/// A piece's pass with gradients: at most x86-64-v3, also for [`SimdLevel::V4`]. Measured
+/// on a Sapphire Rapids VM (benches/RESULTS.md, 2026-11-29): 512-bit vectors take a third off
+/// the per-element forward, whose raw bit widths need arithmetic per element, and some 10% off
+/// the per-column one; gradient passes, bound by their five to seven streams, gained nothing,
+/// and the fused forward and backward lost 10 to 15%. Kept off v4, the gradient bodies are not
+/// compiled for it either (most of the build time the `avx512` feature adds).
+struct Gradient<'a, C, Op>(Job<'a, C, Op>);
+
+impl<C: Real, Op: ElemOp<C>> pulp::WithSimd for Forward<'_, C, Op> {
+    type Output = Verdict;
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) -> Verdict {
+        // The target features of S are enabled here; the loops below vectorize at its width.
+        self.0.forward()
+    }
+}
+
+impl<C: Real, Op: ElemOp<C>> RunScalar for Forward<'_, C, Op> {
     #[inline(always)]
     fn run_scalar(self) -> Verdict {
-        self.run()
+        self.0.forward()
+    }
+}
+
+impl<C: Real, Op: ElemOp<C>> pulp::WithSimd for Gradient<'_, C, Op> {
+    type Output = Verdict;
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) -> Verdict {
+        self.0.gradient()
+    }
+}
+
+impl<C: Real, Op: ElemOp<C>> RunScalar for Gradient<'_, C, Op> {
+    #[inline(always)]
+    fn run_scalar(self) -> Verdict {
+        self.0.gradient()
     }
 
-    /// Forward passes only. Measured on a Sapphire Rapids VM (benches/RESULTS.md,
-    /// 2026-11-29): 512-bit vectors take a third off the per-element forward, whose raw
-    /// bit widths need arithmetic per element, and some 10% off the per-column one; gradient
-    /// passes, bound by their five to seven streams, gained nothing, and the fused forward and
-    /// backward lost 10 to 15%.
-    #[cfg(feature = "avx512")]
-    fn widest(&self) -> bool {
-        self.piece.dy.is_empty()
+    #[cfg(all(feature = "avx512", any(target_arch = "x86", target_arch = "x86_64")))]
+    #[inline(always)]
+    fn run_simd(self) -> Verdict {
+        at_most_v3(self)
+    }
+
+    #[cfg(all(feature = "avx512", any(target_arch = "x86", target_arch = "x86_64")))]
+    #[inline(always)]
+    fn run_v4(self) -> Verdict {
+        at_most_v3(self)
     }
 }
 
@@ -909,6 +960,8 @@ fn segment<T: Element, Op: ElemOp<T::C>>(
         let off = plan.offset(row) + if plan.vec { within } else { 0 };
         let plen = if plan.vec { n } else { 1 };
         let ps = p.slice(off, plen);
+        let rows = shared_runs::<T>(plan, ps, row, within, len - pos);
+        let n = n * rows;
         // Raw parameters: a single value per run is checked here, contiguous ones inside the
         // element loop (one pass over them, no second read).
         if let Params::Raw { s, .. } = ps
@@ -942,7 +995,7 @@ fn segment<T: Element, Op: ElemOp<T::C>>(
         };
         let known = chk.known_normal;
         let v = run_piece(
-            op, xs, ps, dys, ys, gxs, acc, gi as u64, plan.vec, known, path,
+            op, xs, ps, dys, ys, gxs, acc, gi as u64, plan.vec, rows, known, path,
         );
         // The loop checks `Op::passes`: the rules the caller passes for unchecked parameters.
         if !v.passed && chk.kinds != [Check::Any; 3] {
@@ -957,8 +1010,27 @@ fn segment<T: Element, Op: ElemOp<T::C>>(
     }
 }
 
+/// How many runs from `row` on go as one piece: [`ROWS`] where the next runs are whole, lie in
+/// the rest of the segment (`left` elements) and have the parameters of this one (derived,
+/// contiguous), else 1. Narrow storage converts in blocks of one run's parameters: 1.
+fn shared_runs<T: Element>(
+    plan: &Plan,
+    p: Params<'_, T::C>,
+    row: usize,
+    within: usize,
+    left: usize,
+) -> usize {
+    let whole = within == 0 && plan.vec && T::as_c(&[]).is_some();
+    let shared = |r: usize| r * plan.inner <= left && plan.offset(row + r - 1) == plan.offset(row);
+    if whole && matches!(p, Params::Derived { .. }) && (2..=ROWS).all(shared) {
+        ROWS
+    } else {
+        1
+    }
+}
+
 /// Converts narrow storage to compute type in blocks, then calls the SIMD or scalar loop.
-/// Returns the piece's [`Verdict`] (see [`Job::run`]).
+/// Returns the piece's [`Verdict`] (see [`Job::forward`]).
 #[allow(clippy::too_many_arguments)]
 fn run_piece<T: Element, Op: ElemOp<T::C>>(
     op: Op,
@@ -970,6 +1042,7 @@ fn run_piece<T: Element, Op: ElemOp<T::C>>(
     mut acc: Acc<'_, T::C>,
     index: u64,
     vec: bool,
+    rows: usize,
     known_normal: bool,
     path: Path,
 ) -> Verdict {
@@ -985,13 +1058,14 @@ fn run_piece<T: Element, Op: ElemOp<T::C>>(
             acc,
             index,
             vec,
+            rows,
         };
         let job = Job {
             op,
             piece,
             known_normal,
         };
-        return with_path(job, path);
+        return job.run_on(path);
     }
     // Narrow storage: widen a block, compute, narrow the results.
     let grad = !dy.is_empty();
@@ -1024,13 +1098,14 @@ fn run_piece<T: Element, Op: ElemOp<T::C>>(
             acc: if vec { acc.slice(s, n) } else { acc.reborrow() },
             index: index + s as u64,
             vec,
+            rows: 1,
         };
         let job = Job {
             op,
             piece,
             known_normal,
         };
-        verdict = verdict.and(with_path(job, path));
+        verdict = verdict.and(job.run_on(path));
         if keep_y {
             for j in 0..n {
                 y[s + j] = T::from_c(by[j]);
@@ -1046,8 +1121,9 @@ fn run_piece<T: Element, Op: ElemOp<T::C>>(
     verdict
 }
 
-/// One contiguous piece in the compute type: parameters for `x.len()` elements (`vec`) or
-/// one value. `y` is empty when not stored; `dy` and `gx` are empty in a forward pass.
+/// One contiguous piece in the compute type: `rows` runs that share parameters for
+/// `x.len() / rows` elements (`vec`; derived where `rows > 1`), or one value. `y` is empty when
+/// not stored; `dy` and `gx` are empty in a forward pass.
 struct Piece<'a, C> {
     x: &'a [C],
     p: Params<'a, C>,
@@ -1057,6 +1133,7 @@ struct Piece<'a, C> {
     acc: Acc<'a, C>,
     index: u64,
     vec: bool,
+    rows: usize,
 }
 
 /// A piece and its op, runnable under any SIMD level.
@@ -1067,12 +1144,15 @@ struct Job<'a, C, Op> {
     known_normal: bool,
 }
 
-impl<C: Real, Op: ElemOp<C>> pulp::WithSimd for Job<'_, C, Op> {
-    type Output = Verdict;
+impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
+    /// Runs the piece on `path`: a [`Forward`] or a [`Gradient`] job.
     #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, _simd: S) -> Verdict {
-        // The target features of S are enabled here; the loops below vectorize at its width.
-        self.run()
+    fn run_on(self, path: Path) -> Verdict {
+        if self.piece.dy.is_empty() {
+            with_path(Forward(self), path)
+        } else {
+            with_path(Gradient(self), path)
+        }
     }
 }
 
@@ -1259,52 +1339,130 @@ fn split_blocks(c0: usize, n: usize) -> (usize, usize) {
     (h, (n - h) / B)
 }
 
-/// Gradients (and `y` when `Y`) of `m` elements that are lanes `l0 .. l0 + m` of one block,
-/// added into the block's accumulators `a` (`grad_slots` values per lane). `src` starts at
-/// the first of them.
+/// Slice `v` as `R` runs of `n` elements (an empty `v` as empty runs).
 #[inline(always)]
-#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
-fn add_lanes<C: Real, Op: ElemOp<C>, L: Lanes<C>, const Y: bool>(
+fn runs<C, const R: usize>(v: &[C], n: usize) -> [&[C]; R] {
+    std::array::from_fn(|r| if v.is_empty() { v } else { &v[r * n..][..n] })
+}
+
+/// [`runs`] for a mutable slice.
+#[inline(always)]
+fn runs_mut<C, const R: usize>(v: &mut [C], n: usize) -> [&mut [C]; R] {
+    let mut rest = v;
+    std::array::from_fn(|_| {
+        let k = n.min(rest.len());
+        let (a, b) = std::mem::take(&mut rest).split_at_mut(k);
+        rest = b;
+        a
+    })
+}
+
+/// Runs cut to elements `[j, j + m)`, every one (empty ones stay empty).
+#[inline(always)]
+fn cut_runs<'a, C, const R: usize>(v: &'a [&[C]; R], j: usize, m: usize) -> [&'a [C]; R] {
+    std::array::from_fn(|r| {
+        if v[r].is_empty() {
+            v[r]
+        } else {
+            &v[r][j..j + m]
+        }
+    })
+}
+
+/// [`cut_runs`] for mutable runs.
+#[inline(always)]
+fn cut_runs_mut<'a, C, const R: usize>(
+    v: &'a mut [&mut [C]; R],
+    j: usize,
+    m: usize,
+) -> [&'a mut [C]; R] {
+    let mut it = v.iter_mut();
+    std::array::from_fn(|_| {
+        let r = it.next().expect("R runs");
+        if r.is_empty() {
+            &mut r[..]
+        } else {
+            &mut r[j..j + m]
+        }
+    })
+}
+
+/// The forward of `R` runs that share the derived values `src` (y of each).
+#[inline(always)]
+fn forward_runs<C: Real, Op: ElemOp<C>, L: Lanes<C>, const R: usize>(
     op: Op,
     src: L,
-    x: &[C],
-    dy: &[C],
-    y: &mut [C],
-    gx: &mut [C],
+    x: [&[C]; R],
+    y: [&mut [C]; R],
+    index: [u64; R],
+) {
+    let n = x[0].len();
+    let src = src.cut(0, n);
+    let x: [&[C]; R] = cut_runs(&x, 0, n);
+    let mut y = y;
+    let y = cut_runs_mut(&mut y, 0, n);
+    for j in 0..n {
+        let d = src.at(op, j).0;
+        // Run by run for each element: an element's derived values are loaded once for all.
+        for r in 0..R {
+            y[r][j] = op
+                .apply::<false>(x[r][j], d, C::ZERO, index[r] + j as u64)
+                .y;
+        }
+    }
+}
+
+/// Gradients (and `y` when `Y`) of `m` elements of each of `R` runs that share parameters,
+/// lanes `l0 .. l0 + m` of one block, added into the block's accumulators `a`
+/// (`grad_slots` values per lane). `src` and the runs start at the first of them. Each
+/// accumulator gets its runs' terms in run order, as if the runs came one after the other.
+#[inline(always)]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+fn add_lanes<C: Real, Op: ElemOp<C>, L: Lanes<C>, const Y: bool, const R: usize>(
+    op: Op,
+    src: L,
+    x: [&[C]; R],
+    dy: [&[C]; R],
+    y: [&mut [C]; R],
+    gx: [&mut [C]; R],
     a: &mut [C],
     l0: usize,
     m: usize,
-    index: u64,
+    index: [u64; R],
 ) -> u32 {
     let (slot, ng) = grad_slots(Op::HAS_GRAD);
-    let (x, dy, gx, a) = (&x[..m], &dy[..m], &mut gx[..m], &mut a[..ng * B]);
-    let y: &mut [C] = if Y { &mut y[..m] } else { y };
+    let (x, dy, a) = (cut_runs(&x, 0, m), cut_runs(&dy, 0, m), &mut a[..ng * B]);
+    let (mut y, mut gx) = (y, gx);
+    let (y, gx) = (cut_runs_mut(&mut y, 0, m), cut_runs_mut(&mut gx, 0, m));
     let mut bad = 0;
     for t in 0..m {
         let l = l0 + t;
         let (d, fails) = src.at(op, t);
         bad |= fails;
-        let o = op.apply::<true>(x[t], d, dy[t], index + t as u64);
-        if Y {
-            y[t] = o.y;
-        }
-        gx[t] = o.gx;
-        for q in 0..3 {
-            if Op::HAS_GRAD[q] {
-                let i = slot[q] * B + l;
-                a[i] = a[i] + o.gp[q];
+        for r in 0..R {
+            let o = op.apply::<true>(x[r][t], d, dy[r][t], index[r] + t as u64);
+            if Y {
+                y[r][t] = o.y;
+            }
+            gx[r][t] = o.gx;
+            for q in 0..3 {
+                if Op::HAS_GRAD[q] {
+                    let i = slot[q] * B + l;
+                    a[i] = a[i] + o.gp[q];
+                }
             }
         }
     }
     bad
 }
 
-/// Gradients (and `y` when `Y`) of a piece whose element 0 is parameter element `off`,
-/// added into the blocked accumulators `a`: the partial blocks at both ends, then the whole
-/// blocks with literal lane bounds (a constant trip count, no remainder loop).
+/// Gradients (and `y` when `Y`) of `R` runs of `n` elements that share parameters, the
+/// first element parameter element `off`, added into the blocked accumulators `a`: the
+/// partial blocks at both ends, then the whole blocks with literal lane bounds (a constant
+/// trip count, no remainder loop). `x` and the others hold the runs one after the other.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn add_blocks<C: Real, Op: ElemOp<C>, L: Lanes<C>, const Y: bool>(
+fn add_blocks<C: Real, Op: ElemOp<C>, L: Lanes<C>, const Y: bool, const R: usize>(
     op: Op,
     src: L,
     x: &[C],
@@ -1315,7 +1473,11 @@ fn add_blocks<C: Real, Op: ElemOp<C>, L: Lanes<C>, const Y: bool>(
     off: usize,
     index: u64,
 ) -> u32 {
-    let n = x.len();
+    let n = x.len() / R;
+    let (x, dy) = (runs::<C, R>(x, n), runs::<C, R>(dy, n));
+    let (mut y, mut gx) = (runs_mut::<C, R>(y, n), runs_mut::<C, R>(gx, n));
+    let index: [u64; R] = std::array::from_fn(|r| index + (r * n) as u64);
+    let at = |j: usize| -> [u64; R] { std::array::from_fn(|r| index[r] + j as u64) };
     let wa = grad_slots(Op::HAS_GRAD).1 * B;
     let (h, nb) = split_blocks(off, n);
     let e = h + nb * B;
@@ -1324,51 +1486,48 @@ fn add_blocks<C: Real, Op: ElemOp<C>, L: Lanes<C>, const Y: bool>(
         if m > 0 {
             let c = off + j;
             let ab = &mut a[c / B * wa..][..wa];
-            let yb: &mut [C] = if Y { &mut y[j..] } else { &mut [] };
-            let (s, i) = (src.cut(j, m), index + j as u64);
-            bad |= add_lanes::<C, Op, L, Y>(
-                op,
-                s,
-                &x[j..],
-                &dy[j..],
-                yb,
-                &mut gx[j..],
-                ab,
-                c % B,
-                m,
-                i,
-            );
+            let (xr, dyr) = (cut_runs(&x, j, m), cut_runs(&dy, j, m));
+            let (yr, gxr) = (cut_runs_mut(&mut y, j, m), cut_runs_mut(&mut gx, j, m));
+            let s = src.cut(j, m);
+            bad |= add_lanes::<C, Op, L, Y, R>(op, s, xr, dyr, yr, gxr, ab, c % B, m, at(j));
         }
     }
-    let whole = x[h..e]
-        .chunks_exact(B)
-        .zip(gx[h..e].chunks_exact_mut(B))
-        .zip(a[(off + h) / B * wa..][..nb * wa].chunks_exact_mut(wa))
+    let whole = a[(off + h) / B * wa..][..nb * wa]
+        .chunks_exact_mut(wa)
         .enumerate();
-    for (b, ((xb, gxb), ab)) in whole {
+    for (b, ab) in whole {
         let j = h + b * B;
-        let yb: &mut [C] = if Y { &mut y[j..j + B] } else { &mut [] };
-        let (s, dyb, i) = (src.cut(j, B), &dy[j..j + B], index + j as u64);
-        bad |= add_lanes::<C, Op, L, Y>(op, s, xb, dyb, yb, gxb, ab, 0, B, i);
+        let (xr, dyr) = (cut_runs(&x, j, B), cut_runs(&dy, j, B));
+        let (yr, gxr) = (cut_runs_mut(&mut y, j, B), cut_runs_mut(&mut gx, j, B));
+        let s = src.cut(j, B);
+        bad |= add_lanes::<C, Op, L, Y, R>(op, s, xr, dyr, yr, gxr, ab, 0, B, at(j));
     }
     bad
 }
 
 impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
-    /// Returns whether raw contiguous parameters passed `Op::passes` (checked in the element
-    /// loop; passed where the parameters are derived or one value) and whether they were all
-    /// normal (never where they are derived or one value: those take no per-element path).
+    /// The forward pass of the piece. Returns whether raw contiguous parameters passed
+    /// `Op::passes` (checked in the element loop; passed where the parameters are derived or
+    /// one value) and whether they were all normal (never where they are derived or one
+    /// value: those take no per-element path).
     #[inline(always)]
-    fn run(self) -> Verdict {
-        let grad = !self.piece.dy.is_empty();
-        let keep_y = !self.piece.y.is_empty();
-        match (grad, self.piece.vec, keep_y) {
-            (false, false, _) => self.forward_const(),
-            (false, true, _) => self.forward_vec(),
-            (true, false, true) => self.grad_const::<true>(),
-            (true, false, false) => self.grad_const::<false>(),
-            (true, true, true) => self.grad_vec::<true>(),
-            (true, true, false) => self.grad_vec::<false>(),
+    fn forward(self) -> Verdict {
+        if self.piece.vec {
+            self.forward_vec()
+        } else {
+            self.forward_const()
+        }
+    }
+
+    /// The gradient pass of the piece (and y where it is stored); the [`Verdict`] as for
+    /// [`Job::forward`].
+    #[inline(always)]
+    fn gradient(self) -> Verdict {
+        match (self.piece.vec, !self.piece.y.is_empty()) {
+            (false, true) => self.grad_const::<true>(),
+            (false, false) => self.grad_const::<false>(),
+            (true, true) => self.grad_vec::<true>(),
+            (true, false) => self.grad_vec::<false>(),
         }
     }
 
@@ -1396,7 +1555,14 @@ impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
     #[inline(always)]
     fn forward_vec(self) -> Verdict {
         let (op, known) = (self.op, self.known_normal);
-        let Piece { x, p, y, index, .. } = self.piece;
+        let Piece {
+            x,
+            p,
+            y,
+            index,
+            rows,
+            ..
+        } = self.piece;
         let n = x.len();
         let (x, y) = (&x[..n], &mut y[..n]);
         match p {
@@ -1420,10 +1586,13 @@ impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
                 }
             }
             Params::Derived { s } => {
-                let s = DerivedLanes(s).cut(0, n);
-                for j in 0..n {
-                    let d = s.at(op, j).0;
-                    y[j] = op.apply::<false>(x[j], d, C::ZERO, index + j as u64).y;
+                let s = DerivedLanes(s);
+                if rows == ROWS {
+                    let m = n / ROWS;
+                    let at = std::array::from_fn(|r| index + (r * m) as u64);
+                    forward_runs::<C, Op, _, ROWS>(op, s, runs(x, m), runs_mut(y, m), at);
+                } else {
+                    forward_runs::<C, Op, _, 1>(op, s, [x], [y], [index]);
                 }
                 GENERAL
             }
@@ -1443,6 +1612,7 @@ impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
             gx,
             acc,
             index,
+            rows,
             ..
         } = self.piece;
         let n = x.len();
@@ -1477,12 +1647,17 @@ impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
                 }
             }
             (Params::Raw { s, .. }, Acc::Add { a, off }) => Verdict {
-                passed: add_blocks::<C, Op, _, Y>(op, RawLanes(s), x, dy, y, gx, a, off, index)
+                passed: add_blocks::<C, Op, _, Y, 1>(op, RawLanes(s), x, dy, y, gx, a, off, index)
                     == 0,
                 normal: false,
             },
             (Params::Derived { s }, Acc::Add { a, off }) => {
-                add_blocks::<C, Op, _, Y>(op, DerivedLanes(s), x, dy, y, gx, a, off, index);
+                let s = DerivedLanes(s);
+                if rows == ROWS {
+                    add_blocks::<C, Op, _, Y, ROWS>(op, s, x, dy, y, gx, a, off, index);
+                } else {
+                    add_blocks::<C, Op, _, Y, 1>(op, s, x, dy, y, gx, a, off, index);
+                }
                 GENERAL
             }
             // Derived parameters only come with a reduction, gradients only with a
