@@ -31,11 +31,6 @@ pub const PAR_MIN: usize = 1 << 16;
 const SEG: usize = 1 << 14;
 /// Elements per conversion block for storage types narrower than the compute type.
 const BLOCK: usize = 512;
-/// Runs that share their parameters (a broadcast over an outer dim) and go as one piece: the
-/// loops read each derived value and accumulator once for all of them, which halves the
-/// traffic they add to x's and y's (six derived streams and two accumulators per element, in
-/// L2 when a run is longer than L1 holds).
-const ROWS: usize = 2;
 /// At most this many partial sums of a reduced parameter gradient.
 pub const MAX_GROUPS: usize = 64;
 /// Number of derived values per parameter element.
@@ -960,8 +955,6 @@ fn segment<T: Element, Op: ElemOp<T::C>>(
         let off = plan.offset(row) + if plan.vec { within } else { 0 };
         let plen = if plan.vec { n } else { 1 };
         let ps = p.slice(off, plen);
-        let rows = shared_runs::<T>(plan, ps, row, within, len - pos);
-        let n = n * rows;
         // Raw parameters: a single value per run is checked here, contiguous ones inside the
         // element loop (one pass over them, no second read).
         if let Params::Raw { s, .. } = ps
@@ -995,7 +988,7 @@ fn segment<T: Element, Op: ElemOp<T::C>>(
         };
         let known = chk.known_normal;
         let v = run_piece(
-            op, xs, ps, dys, ys, gxs, acc, gi as u64, plan.vec, rows, known, path,
+            op, xs, ps, dys, ys, gxs, acc, gi as u64, plan.vec, known, path,
         );
         // The loop checks `Op::passes`: the rules the caller passes for unchecked parameters.
         if !v.passed && chk.kinds != [Check::Any; 3] {
@@ -1007,25 +1000,6 @@ fn segment<T: Element, Op: ElemOp<T::C>>(
     if general {
         chk.general
             .store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-/// How many runs from `row` on go as one piece: [`ROWS`] where the next runs are whole, lie in
-/// the rest of the segment (`left` elements) and have the parameters of this one (derived,
-/// contiguous), else 1. Narrow storage converts in blocks of one run's parameters: 1.
-fn shared_runs<T: Element>(
-    plan: &Plan,
-    p: Params<'_, T::C>,
-    row: usize,
-    within: usize,
-    left: usize,
-) -> usize {
-    let whole = within == 0 && plan.vec && T::as_c(&[]).is_some();
-    let shared = |r: usize| r * plan.inner <= left && plan.offset(row + r - 1) == plan.offset(row);
-    if whole && matches!(p, Params::Derived { .. }) && (2..=ROWS).all(shared) {
-        ROWS
-    } else {
-        1
     }
 }
 
@@ -1042,7 +1016,6 @@ fn run_piece<T: Element, Op: ElemOp<T::C>>(
     mut acc: Acc<'_, T::C>,
     index: u64,
     vec: bool,
-    rows: usize,
     known_normal: bool,
     path: Path,
 ) -> Verdict {
@@ -1058,7 +1031,6 @@ fn run_piece<T: Element, Op: ElemOp<T::C>>(
             acc,
             index,
             vec,
-            rows,
         };
         let job = Job {
             op,
@@ -1098,7 +1070,6 @@ fn run_piece<T: Element, Op: ElemOp<T::C>>(
             acc: if vec { acc.slice(s, n) } else { acc.reborrow() },
             index: index + s as u64,
             vec,
-            rows: 1,
         };
         let job = Job {
             op,
@@ -1121,9 +1092,8 @@ fn run_piece<T: Element, Op: ElemOp<T::C>>(
     verdict
 }
 
-/// One contiguous piece in the compute type: `rows` runs that share parameters for
-/// `x.len() / rows` elements (`vec`; derived where `rows > 1`), or one value. `y` is empty when
-/// not stored; `dy` and `gx` are empty in a forward pass.
+/// One contiguous piece in the compute type: parameters for `x.len()` elements (`vec`) or
+/// one value. `y` is empty when not stored; `dy` and `gx` are empty in a forward pass.
 struct Piece<'a, C> {
     x: &'a [C],
     p: Params<'a, C>,
@@ -1133,7 +1103,6 @@ struct Piece<'a, C> {
     acc: Acc<'a, C>,
     index: u64,
     vec: bool,
-    rows: usize,
 }
 
 /// A piece and its op, runnable under any SIMD level.
@@ -1339,130 +1308,52 @@ fn split_blocks(c0: usize, n: usize) -> (usize, usize) {
     (h, (n - h) / B)
 }
 
-/// Slice `v` as `R` runs of `n` elements (an empty `v` as empty runs).
-#[inline(always)]
-fn runs<C, const R: usize>(v: &[C], n: usize) -> [&[C]; R] {
-    std::array::from_fn(|r| if v.is_empty() { v } else { &v[r * n..][..n] })
-}
-
-/// [`runs`] for a mutable slice.
-#[inline(always)]
-fn runs_mut<C, const R: usize>(v: &mut [C], n: usize) -> [&mut [C]; R] {
-    let mut rest = v;
-    std::array::from_fn(|_| {
-        let k = n.min(rest.len());
-        let (a, b) = std::mem::take(&mut rest).split_at_mut(k);
-        rest = b;
-        a
-    })
-}
-
-/// Runs cut to elements `[j, j + m)`, every one (empty ones stay empty).
-#[inline(always)]
-fn cut_runs<'a, C, const R: usize>(v: &'a [&[C]; R], j: usize, m: usize) -> [&'a [C]; R] {
-    std::array::from_fn(|r| {
-        if v[r].is_empty() {
-            v[r]
-        } else {
-            &v[r][j..j + m]
-        }
-    })
-}
-
-/// [`cut_runs`] for mutable runs.
-#[inline(always)]
-fn cut_runs_mut<'a, C, const R: usize>(
-    v: &'a mut [&mut [C]; R],
-    j: usize,
-    m: usize,
-) -> [&'a mut [C]; R] {
-    let mut it = v.iter_mut();
-    std::array::from_fn(|_| {
-        let r = it.next().expect("R runs");
-        if r.is_empty() {
-            &mut r[..]
-        } else {
-            &mut r[j..j + m]
-        }
-    })
-}
-
-/// The forward of `R` runs that share the derived values `src` (y of each).
-#[inline(always)]
-fn forward_runs<C: Real, Op: ElemOp<C>, L: Lanes<C>, const R: usize>(
-    op: Op,
-    src: L,
-    x: [&[C]; R],
-    y: [&mut [C]; R],
-    index: [u64; R],
-) {
-    let n = x[0].len();
-    let src = src.cut(0, n);
-    let x: [&[C]; R] = cut_runs(&x, 0, n);
-    let mut y = y;
-    let y = cut_runs_mut(&mut y, 0, n);
-    for j in 0..n {
-        let d = src.at(op, j).0;
-        // Run by run for each element: an element's derived values are loaded once for all.
-        for r in 0..R {
-            y[r][j] = op
-                .apply::<false>(x[r][j], d, C::ZERO, index[r] + j as u64)
-                .y;
-        }
-    }
-}
-
-/// Gradients (and `y` when `Y`) of `m` elements of each of `R` runs that share parameters,
-/// lanes `l0 .. l0 + m` of one block, added into the block's accumulators `a`
-/// (`grad_slots` values per lane). `src` and the runs start at the first of them. Each
-/// accumulator gets its runs' terms in run order, as if the runs came one after the other.
+/// Gradients (and `y` when `Y`) of `m` elements that are lanes `l0 .. l0 + m` of one block,
+/// added into the block's accumulators `a` (`grad_slots` values per lane). `src` starts at
+/// the first of them.
 #[inline(always)]
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
-fn add_lanes<C: Real, Op: ElemOp<C>, L: Lanes<C>, const Y: bool, const R: usize>(
+fn add_lanes<C: Real, Op: ElemOp<C>, L: Lanes<C>, const Y: bool>(
     op: Op,
     src: L,
-    x: [&[C]; R],
-    dy: [&[C]; R],
-    y: [&mut [C]; R],
-    gx: [&mut [C]; R],
+    x: &[C],
+    dy: &[C],
+    y: &mut [C],
+    gx: &mut [C],
     a: &mut [C],
     l0: usize,
     m: usize,
-    index: [u64; R],
+    index: u64,
 ) -> u32 {
     let (slot, ng) = grad_slots(Op::HAS_GRAD);
-    let (x, dy, a) = (cut_runs(&x, 0, m), cut_runs(&dy, 0, m), &mut a[..ng * B]);
-    let (mut y, mut gx) = (y, gx);
-    let (y, gx) = (cut_runs_mut(&mut y, 0, m), cut_runs_mut(&mut gx, 0, m));
+    let (x, dy, gx, a) = (&x[..m], &dy[..m], &mut gx[..m], &mut a[..ng * B]);
+    let y: &mut [C] = if Y { &mut y[..m] } else { y };
     let mut bad = 0;
     for t in 0..m {
         let l = l0 + t;
         let (d, fails) = src.at(op, t);
         bad |= fails;
-        for r in 0..R {
-            let o = op.apply::<true>(x[r][t], d, dy[r][t], index[r] + t as u64);
-            if Y {
-                y[r][t] = o.y;
-            }
-            gx[r][t] = o.gx;
-            for q in 0..3 {
-                if Op::HAS_GRAD[q] {
-                    let i = slot[q] * B + l;
-                    a[i] = a[i] + o.gp[q];
-                }
+        let o = op.apply::<true>(x[t], d, dy[t], index + t as u64);
+        if Y {
+            y[t] = o.y;
+        }
+        gx[t] = o.gx;
+        for q in 0..3 {
+            if Op::HAS_GRAD[q] {
+                let i = slot[q] * B + l;
+                a[i] = a[i] + o.gp[q];
             }
         }
     }
     bad
 }
 
-/// Gradients (and `y` when `Y`) of `R` runs of `n` elements that share parameters, the
-/// first element parameter element `off`, added into the blocked accumulators `a`: the
-/// partial blocks at both ends, then the whole blocks with literal lane bounds (a constant
-/// trip count, no remainder loop). `x` and the others hold the runs one after the other.
+/// Gradients (and `y` when `Y`) of a piece whose element 0 is parameter element `off`,
+/// added into the blocked accumulators `a`: the partial blocks at both ends, then the whole
+/// blocks with literal lane bounds (a constant trip count, no remainder loop).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn add_blocks<C: Real, Op: ElemOp<C>, L: Lanes<C>, const Y: bool, const R: usize>(
+fn add_blocks<C: Real, Op: ElemOp<C>, L: Lanes<C>, const Y: bool>(
     op: Op,
     src: L,
     x: &[C],
@@ -1473,11 +1364,7 @@ fn add_blocks<C: Real, Op: ElemOp<C>, L: Lanes<C>, const Y: bool, const R: usize
     off: usize,
     index: u64,
 ) -> u32 {
-    let n = x.len() / R;
-    let (x, dy) = (runs::<C, R>(x, n), runs::<C, R>(dy, n));
-    let (mut y, mut gx) = (runs_mut::<C, R>(y, n), runs_mut::<C, R>(gx, n));
-    let index: [u64; R] = std::array::from_fn(|r| index + (r * n) as u64);
-    let at = |j: usize| -> [u64; R] { std::array::from_fn(|r| index[r] + j as u64) };
+    let n = x.len();
     let wa = grad_slots(Op::HAS_GRAD).1 * B;
     let (h, nb) = split_blocks(off, n);
     let e = h + nb * B;
@@ -1486,21 +1373,32 @@ fn add_blocks<C: Real, Op: ElemOp<C>, L: Lanes<C>, const Y: bool, const R: usize
         if m > 0 {
             let c = off + j;
             let ab = &mut a[c / B * wa..][..wa];
-            let (xr, dyr) = (cut_runs(&x, j, m), cut_runs(&dy, j, m));
-            let (yr, gxr) = (cut_runs_mut(&mut y, j, m), cut_runs_mut(&mut gx, j, m));
-            let s = src.cut(j, m);
-            bad |= add_lanes::<C, Op, L, Y, R>(op, s, xr, dyr, yr, gxr, ab, c % B, m, at(j));
+            let yb: &mut [C] = if Y { &mut y[j..] } else { &mut [] };
+            let (s, i) = (src.cut(j, m), index + j as u64);
+            bad |= add_lanes::<C, Op, L, Y>(
+                op,
+                s,
+                &x[j..],
+                &dy[j..],
+                yb,
+                &mut gx[j..],
+                ab,
+                c % B,
+                m,
+                i,
+            );
         }
     }
-    let whole = a[(off + h) / B * wa..][..nb * wa]
-        .chunks_exact_mut(wa)
+    let whole = x[h..e]
+        .chunks_exact(B)
+        .zip(gx[h..e].chunks_exact_mut(B))
+        .zip(a[(off + h) / B * wa..][..nb * wa].chunks_exact_mut(wa))
         .enumerate();
-    for (b, ab) in whole {
+    for (b, ((xb, gxb), ab)) in whole {
         let j = h + b * B;
-        let (xr, dyr) = (cut_runs(&x, j, B), cut_runs(&dy, j, B));
-        let (yr, gxr) = (cut_runs_mut(&mut y, j, B), cut_runs_mut(&mut gx, j, B));
-        let s = src.cut(j, B);
-        bad |= add_lanes::<C, Op, L, Y, R>(op, s, xr, dyr, yr, gxr, ab, 0, B, at(j));
+        let yb: &mut [C] = if Y { &mut y[j..j + B] } else { &mut [] };
+        let (s, dyb, i) = (src.cut(j, B), &dy[j..j + B], index + j as u64);
+        bad |= add_lanes::<C, Op, L, Y>(op, s, xb, dyb, yb, gxb, ab, 0, B, i);
     }
     bad
 }
@@ -1555,14 +1453,7 @@ impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
     #[inline(always)]
     fn forward_vec(self) -> Verdict {
         let (op, known) = (self.op, self.known_normal);
-        let Piece {
-            x,
-            p,
-            y,
-            index,
-            rows,
-            ..
-        } = self.piece;
+        let Piece { x, p, y, index, .. } = self.piece;
         let n = x.len();
         let (x, y) = (&x[..n], &mut y[..n]);
         match p {
@@ -1586,13 +1477,10 @@ impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
                 }
             }
             Params::Derived { s } => {
-                let s = DerivedLanes(s);
-                if rows == ROWS {
-                    let m = n / ROWS;
-                    let at = std::array::from_fn(|r| index + (r * m) as u64);
-                    forward_runs::<C, Op, _, ROWS>(op, s, runs(x, m), runs_mut(y, m), at);
-                } else {
-                    forward_runs::<C, Op, _, 1>(op, s, [x], [y], [index]);
+                let s = DerivedLanes(s).cut(0, n);
+                for j in 0..n {
+                    let d = s.at(op, j).0;
+                    y[j] = op.apply::<false>(x[j], d, C::ZERO, index + j as u64).y;
                 }
                 GENERAL
             }
@@ -1612,7 +1500,6 @@ impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
             gx,
             acc,
             index,
-            rows,
             ..
         } = self.piece;
         let n = x.len();
@@ -1647,17 +1534,12 @@ impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
                 }
             }
             (Params::Raw { s, .. }, Acc::Add { a, off }) => Verdict {
-                passed: add_blocks::<C, Op, _, Y, 1>(op, RawLanes(s), x, dy, y, gx, a, off, index)
+                passed: add_blocks::<C, Op, _, Y>(op, RawLanes(s), x, dy, y, gx, a, off, index)
                     == 0,
                 normal: false,
             },
             (Params::Derived { s }, Acc::Add { a, off }) => {
-                let s = DerivedLanes(s);
-                if rows == ROWS {
-                    add_blocks::<C, Op, _, Y, ROWS>(op, s, x, dy, y, gx, a, off, index);
-                } else {
-                    add_blocks::<C, Op, _, Y, 1>(op, s, x, dy, y, gx, a, off, index);
-                }
+                add_blocks::<C, Op, _, Y>(op, DerivedLanes(s), x, dy, y, gx, a, off, index);
                 GENERAL
             }
             // Derived parameters only come with a reduction, gradients only with a
