@@ -67,9 +67,9 @@ pub enum SimdLevel {
     /// x86-64-v3 (AVX2 and FMA, 256-bit vectors): what [`Path::Simd`] runs on a CPU with
     /// AVX2 (with the `avx512` feature on one with AVX-512: for gradient passes).
     V3,
-    /// x86-64-v4 (AVX-512 F/BW/CD/DQ/VL, 512-bit vectors): what [`Path::Simd`] runs for
-    /// forward passes on a CPU that has it, with the `avx512` feature. Without the feature
-    /// this level runs as [`Path::Simd`].
+    /// x86-64-v4 (AVX-512 F/BW/CD/DQ/VL, 512-bit vectors) for forward passes, x86-64-v3 for
+    /// gradient passes: what [`Path::Simd`] runs on a CPU with AVX-512, with the `avx512`
+    /// feature. Without the feature this level runs as [`Path::Simd`].
     V4,
 }
 
@@ -805,22 +805,13 @@ fn precompute<C: Real, Op: ElemOp<C>>(op: Op, p: [&[C]; 3], n: usize, path: Path
     out
 }
 
-/// Runs a pulp job on a path.
+/// Runs a pulp job on a path. Never inlined: one copy per job type, called per piece, keeps
+/// the functions LLVM optimizes small.
+#[inline(never)]
 fn with_path<J: RunScalar>(job: J, path: Path) -> J::Output {
-    use pulp::Simd;
     match path {
         Path::Scalar => job.run_scalar(),
-        #[cfg(all(feature = "avx512", any(target_arch = "x86", target_arch = "x86_64")))]
-        Path::Simd => match pulp::Arch::new() {
-            // A job that does not take the widest level runs at x86-64-v3 on a v4 CPU.
-            pulp::Arch::V4(_) if !job.widest() => match pulp::x86::V3::try_new() {
-                Some(s) => Simd::vectorize(s, job),
-                None => pulp::Arch::new().dispatch(job),
-            },
-            arch => arch.dispatch(job),
-        },
-        #[cfg(not(all(feature = "avx512", any(target_arch = "x86", target_arch = "x86_64"))))]
-        Path::Simd => pulp::Arch::new().dispatch(job),
+        Path::Simd => job.run_simd(),
         Path::Level(l) => match l {
             // The element bodies do not use the SIMD token, only the target features its level
             // enables: pulp's portable levels enable none, so they are the scalar code (one
@@ -831,52 +822,109 @@ fn with_path<J: RunScalar>(job: J, path: Path) -> J::Output {
             | SimdLevel::Scalar512b => job.run_scalar(),
             #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
             SimdLevel::V2 => match pulp::x86::V2::try_new() {
-                Some(s) => Simd::vectorize(s, job),
-                None => pulp::Arch::new().dispatch(job),
+                Some(s) => pulp::Simd::vectorize(s, job),
+                None => job.run_simd(),
             },
             #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
             SimdLevel::V3 => match pulp::x86::V3::try_new() {
-                Some(s) => Simd::vectorize(s, job),
-                None => pulp::Arch::new().dispatch(job),
+                Some(s) => pulp::Simd::vectorize(s, job),
+                None => job.run_simd(),
             },
-            #[cfg(all(feature = "avx512", any(target_arch = "x86", target_arch = "x86_64")))]
-            SimdLevel::V4 => match pulp::x86::V4::try_new() {
-                Some(s) => Simd::vectorize(s, job),
-                None => pulp::Arch::new().dispatch(job),
-            },
-            #[cfg(not(all(feature = "avx512", any(target_arch = "x86", target_arch = "x86_64"))))]
-            SimdLevel::V4 => pulp::Arch::new().dispatch(job),
             #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
-            SimdLevel::V2 | SimdLevel::V3 => pulp::Arch::new().dispatch(job),
+            SimdLevel::V2 | SimdLevel::V3 => job.run_simd(),
+            SimdLevel::V4 => job.run_v4(),
         },
     }
 }
 
-/// A job's body without any target features.
-trait RunScalar: pulp::WithSimd {
+/// A job's body without any target features, and the levels it runs at.
+trait RunScalar: pulp::WithSimd + Sized {
     fn run_scalar(self) -> Self::Output;
-    /// Whether [`Path::Simd`] runs the job at the widest level the CPU has (x86-64-v4's
-    /// 512-bit vectors where it has AVX-512), rather than at most at x86-64-v3 (256 bits).
-    #[cfg(feature = "avx512")]
-    fn widest(&self) -> bool {
-        true
+
+    /// [`Path::Simd`]: pulp's dispatch, the widest level the CPU has (x86-64-v4 where it has
+    /// AVX-512 and the `avx512` feature is on).
+    #[inline(always)]
+    fn run_simd(self) -> Self::Output {
+        pulp::Arch::new().dispatch(self)
+    }
+
+    /// [`SimdLevel::V4`]: x86-64-v4 where the CPU has it and the `avx512` feature is on, else
+    /// as [`RunScalar::run_simd`].
+    #[inline(always)]
+    fn run_v4(self) -> Self::Output {
+        #[cfg(all(feature = "avx512", any(target_arch = "x86", target_arch = "x86_64")))]
+        if let Some(s) = pulp::x86::V4::try_new() {
+            return pulp::Simd::vectorize(s, self);
+        }
+        self.run_simd()
     }
 }
 
-impl<C: Real, Op: ElemOp<C>> RunScalar for Job<'_, C, Op> {
+/// At most x86-64-v3: for jobs that 512-bit vectors do not pay for. It never names
+/// `pulp::x86::V4`, so the job's body is not compiled for it (`pulp::Arch::dispatch` would).
+#[cfg(all(feature = "avx512", any(target_arch = "x86", target_arch = "x86_64")))]
+#[inline(always)]
+fn at_most_v3<J: RunScalar>(job: J) -> J::Output {
+    if let Some(s) = pulp::x86::V3::try_new() {
+        pulp::Simd::vectorize(s, job)
+    } else if let Some(s) = pulp::x86::V2::try_new() {
+        pulp::Simd::vectorize(s, job)
+    } else {
+        job.run_scalar()
+    }
+}
+
+/// A piece's pass without gradients: [`Path::Simd`] runs it at the widest level.
+struct Forward<'a, C, Op>(Job<'a, C, Op>);
+
+/// A piece's pass with gradients: at most x86-64-v3, also for [`SimdLevel::V4`]. Measured
+/// on a Sapphire Rapids VM (benches/RESULTS.md, 2026-11-29): 512-bit vectors take a third off
+/// the per-element forward, whose raw bit widths need arithmetic per element, and some 10% off
+/// the per-column one; gradient passes, bound by their five to seven streams, gained nothing,
+/// and the fused forward and backward lost 10 to 15%. Kept off v4, the gradient bodies are not
+/// compiled for it either (most of the build time the `avx512` feature adds).
+struct Gradient<'a, C, Op>(Job<'a, C, Op>);
+
+impl<C: Real, Op: ElemOp<C>> pulp::WithSimd for Forward<'_, C, Op> {
+    type Output = Verdict;
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) -> Verdict {
+        // The target features of S are enabled here; the loops below vectorize at its width.
+        self.0.forward()
+    }
+}
+
+impl<C: Real, Op: ElemOp<C>> RunScalar for Forward<'_, C, Op> {
     #[inline(always)]
     fn run_scalar(self) -> Verdict {
-        self.run()
+        self.0.forward()
+    }
+}
+
+impl<C: Real, Op: ElemOp<C>> pulp::WithSimd for Gradient<'_, C, Op> {
+    type Output = Verdict;
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) -> Verdict {
+        self.0.gradient()
+    }
+}
+
+impl<C: Real, Op: ElemOp<C>> RunScalar for Gradient<'_, C, Op> {
+    #[inline(always)]
+    fn run_scalar(self) -> Verdict {
+        self.0.gradient()
     }
 
-    /// Forward passes only. Measured on a Sapphire Rapids VM (benches/RESULTS.md,
-    /// 2026-11-29): 512-bit vectors take a third off the per-element forward, whose raw
-    /// bit widths need arithmetic per element, and some 10% off the per-column one; gradient
-    /// passes, bound by their five to seven streams, gained nothing, and the fused forward and
-    /// backward lost 10 to 15%.
-    #[cfg(feature = "avx512")]
-    fn widest(&self) -> bool {
-        self.piece.dy.is_empty()
+    #[cfg(all(feature = "avx512", any(target_arch = "x86", target_arch = "x86_64")))]
+    #[inline(always)]
+    fn run_simd(self) -> Verdict {
+        at_most_v3(self)
+    }
+
+    #[cfg(all(feature = "avx512", any(target_arch = "x86", target_arch = "x86_64")))]
+    #[inline(always)]
+    fn run_v4(self) -> Verdict {
+        at_most_v3(self)
     }
 }
 
@@ -958,7 +1006,7 @@ fn segment<T: Element, Op: ElemOp<T::C>>(
 }
 
 /// Converts narrow storage to compute type in blocks, then calls the SIMD or scalar loop.
-/// Returns the piece's [`Verdict`] (see [`Job::run`]).
+/// Returns the piece's [`Verdict`] (see [`Job::forward`]).
 #[allow(clippy::too_many_arguments)]
 fn run_piece<T: Element, Op: ElemOp<T::C>>(
     op: Op,
@@ -991,7 +1039,7 @@ fn run_piece<T: Element, Op: ElemOp<T::C>>(
             piece,
             known_normal,
         };
-        return with_path(job, path);
+        return job.run_on(path);
     }
     // Narrow storage: widen a block, compute, narrow the results.
     let grad = !dy.is_empty();
@@ -1030,7 +1078,7 @@ fn run_piece<T: Element, Op: ElemOp<T::C>>(
             piece,
             known_normal,
         };
-        verdict = verdict.and(with_path(job, path));
+        verdict = verdict.and(job.run_on(path));
         if keep_y {
             for j in 0..n {
                 y[s + j] = T::from_c(by[j]);
@@ -1067,12 +1115,15 @@ struct Job<'a, C, Op> {
     known_normal: bool,
 }
 
-impl<C: Real, Op: ElemOp<C>> pulp::WithSimd for Job<'_, C, Op> {
-    type Output = Verdict;
+impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
+    /// Runs the piece on `path`: a [`Forward`] or a [`Gradient`] job.
     #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, _simd: S) -> Verdict {
-        // The target features of S are enabled here; the loops below vectorize at its width.
-        self.run()
+    fn run_on(self, path: Path) -> Verdict {
+        if self.piece.dy.is_empty() {
+            with_path(Forward(self), path)
+        } else {
+            with_path(Gradient(self), path)
+        }
     }
 }
 
@@ -1355,20 +1406,28 @@ fn add_blocks<C: Real, Op: ElemOp<C>, L: Lanes<C>, const Y: bool>(
 }
 
 impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
-    /// Returns whether raw contiguous parameters passed `Op::passes` (checked in the element
-    /// loop; passed where the parameters are derived or one value) and whether they were all
-    /// normal (never where they are derived or one value: those take no per-element path).
+    /// The forward pass of the piece. Returns whether raw contiguous parameters passed
+    /// `Op::passes` (checked in the element loop; passed where the parameters are derived or
+    /// one value) and whether they were all normal (never where they are derived or one
+    /// value: those take no per-element path).
     #[inline(always)]
-    fn run(self) -> Verdict {
-        let grad = !self.piece.dy.is_empty();
-        let keep_y = !self.piece.y.is_empty();
-        match (grad, self.piece.vec, keep_y) {
-            (false, false, _) => self.forward_const(),
-            (false, true, _) => self.forward_vec(),
-            (true, false, true) => self.grad_const::<true>(),
-            (true, false, false) => self.grad_const::<false>(),
-            (true, true, true) => self.grad_vec::<true>(),
-            (true, true, false) => self.grad_vec::<false>(),
+    fn forward(self) -> Verdict {
+        if self.piece.vec {
+            self.forward_vec()
+        } else {
+            self.forward_const()
+        }
+    }
+
+    /// The gradient pass of the piece (and y where it is stored); the [`Verdict`] as for
+    /// [`Job::forward`].
+    #[inline(always)]
+    fn gradient(self) -> Verdict {
+        match (self.piece.vec, !self.piece.y.is_empty()) {
+            (false, true) => self.grad_const::<true>(),
+            (false, false) => self.grad_const::<false>(),
+            (true, true) => self.grad_vec::<true>(),
+            (true, false) => self.grad_vec::<false>(),
         }
     }
 
