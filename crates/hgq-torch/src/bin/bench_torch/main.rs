@@ -10,7 +10,9 @@
 //! repetition times the copy and then the case; `ms` and `copy_ms` are the medians, `ratio` the
 //! median of the per-repetition ratios. `--json` prints one JSON object per line, as
 //! `cargo xtask bench --json` does for the core cases (which runs this binary after them).
-//! `--breakdown` adds `.../train-forward/...`: the forward pass of training alone. `--filter S`
+//! `--breakdown` adds `.../train-forward/...`, the forward pass of training alone, and
+//! `.../train-forward-sum/...`, that and `sum(y)` (what `train` adds on top of it is the
+//! backward pass through autograd). `--filter S`
 //! runs only the cases whose name contains `S` (for a profiler). Freed CPU memory is kept in the
 //! process (`hgq_torch::retain_cpu_memory`), as a caching allocator does (jax's, in the
 //! reference's timings); `--glibc-default` leaves glibc's `malloc` as it is, so that large
@@ -57,6 +59,30 @@ fn time_pair(reps: usize, mut copy: impl FnMut(), mut f: impl FnMut()) -> (f64, 
     (median(ts), median(cs), median(rs))
 }
 
+/// What one case times (the middle part of its name).
+#[derive(Clone, Copy)]
+enum Work {
+    /// `infer`: the forward pass under `no_grad`.
+    Infer,
+    /// `train`: forward, `sum(y)`, backward through autograd.
+    Train,
+    /// `train-forward` (`--breakdown`): the forward pass of training alone.
+    TrainForward,
+    /// `train-forward-sum` (`--breakdown`): the forward pass of training and `sum(y)`.
+    TrainForwardSum,
+}
+
+impl Work {
+    fn name(self) -> &'static str {
+        match self {
+            Work::Infer => "infer",
+            Work::Train => "train",
+            Work::TrainForward => "train-forward",
+            Work::TrainForwardSum => "train-forward-sum",
+        }
+    }
+}
+
 struct Row {
     case: String,
     threads: usize,
@@ -97,22 +123,23 @@ fn measure(
         for path in Path::ALL {
             for layout in Layout::ALL {
                 let case = Case::new(layout, path, x).map_err(|e| e.to_string())?;
-                let mut kinds = vec![("infer", 0), ("train", 1)];
+                let mut works = vec![Work::Infer, Work::Train];
                 if breakdown {
-                    kinds.push(("train-forward", 2));
+                    works.extend([Work::TrainForward, Work::TrainForwardSum]);
                 }
-                for (what, which) in kinds {
-                    let name = format!("{}/{what}/{}", path.name(), layout.name());
+                for work in works {
+                    let name = format!("{}/{}/{}", path.name(), work.name(), layout.name());
                     if !name.contains(filter) {
                         continue;
                     }
                     let mut err = Ok(());
                     let (ms, copy_ms, ratio) = time_pair(reps, &mut copy, || {
                         if err.is_ok() {
-                            err = match which {
-                                0 => case.infer().map(drop),
-                                1 => case.train().map(drop),
-                                _ => case.train_forward().map(drop),
+                            err = match work {
+                                Work::Infer => case.infer().map(drop),
+                                Work::Train => case.train().map(drop),
+                                Work::TrainForward => case.train_forward().map(drop),
+                                Work::TrainForwardSum => case.train_forward_sum().map(drop),
                             };
                         }
                     });

@@ -187,6 +187,15 @@ impl Case {
         self.forward(&self.xg, CallMode::Training)
     }
 
+    /// The forward pass of training and the sum of y (the graph dropped): what `train` adds on
+    /// top of it is the backward pass through autograd (`hgq-bench-torch --breakdown`).
+    #[allow(dead_code)] // the criterion bench has no breakdown
+    pub fn train_forward_sum(&self) -> hgq_torch::Result<Tensor> {
+        Ok(self
+            .forward(&self.xg, CallMode::Training)?
+            .f_sum(Kind::Float)?)
+    }
+
     /// Training: y, then the gradients of `sum(y)` with respect to x and the raw `i`, `f`
     /// (returned in that order after y).
     pub fn train(&self) -> hgq_torch::Result<Vec<Tensor>> {
