@@ -1,11 +1,18 @@
-//! `cargo xtask bench [--json] [--quick] [--reps N] [--no-torch]`: kernel timings as ratios
-//! against a plain copy of the same bytes, measured in the same run.
+//! `cargo xtask bench [--json] [--quick] [--reps N] [--no-torch] [--reference]
+//! [--reference-python PATH]`: kernel timings as ratios against a plain copy of the same bytes,
+//! measured in the same run.
 //!
 //! After the core cases it runs hgq-torch's `hgq-bench-torch` binary (xtask does not link
 //! libtorch): the KIF quantizer module with autograd on the same work (`torch/...` through the
 //! fused kernel in the C++ autograd function, `torch-ops/...` through plain torch ops), each
 //! against a torch tensor copy measured in the same run, printed in the same format. `--no-torch`
 //! skips it.
+//!
+//! `--reference` then times the Python reference on the same work in the same run:
+//! `benches/hgq2_ref.py` (hgq2 on Keras 3, jax backend, one thread; see `reference.rs` for where
+//! its Python comes from) and prints `vs-jax/...` rows: the reference's time, ours, and how many
+//! times faster ours is. Both sides use the reference's statistic, the fastest of `reps` calls
+//! back to back after a warm-up (hgq-bench-torch's `min_ms`, one thread).
 //!
 //! The work is the one of `benches/core.rs` and of the reference's `hgq2_ref.py`: x of shape
 //! 1024 x 4096 float32, a KIF quantizer with k = 1, i = 2, f = 4, RND, SAT, bit widths per
@@ -18,10 +25,14 @@
 //! Each repetition times `dst.copy_from_slice(&x)` (one thread; split over the pool's threads
 //! otherwise) and then the case; `ms` and `copy_ms` are the medians, `ratio` the median of the
 //! per-repetition ratios (the machine's load may change between repetitions, not within one).
-use hgq_core::{FixedGrads, FixedPoint, OverflowMode, RoundMode, TensorRef};
-use rayon::prelude::*;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
+
+use hgq_core::{FixedGrads, FixedPoint, OverflowMode, RoundMode, TensorRef};
+use rayon::prelude::*;
+
+use crate::reference::{Cpus, Run};
 
 const ROWS: usize = 1024;
 const COLS: usize = 4096;
@@ -254,12 +265,23 @@ pub fn run(args: &[String]) -> Result<ExitCode, String> {
     let mut json = false;
     let mut reps = 15;
     let mut torch = true;
+    let mut reference = false;
+    let mut ref_python: Option<PathBuf> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--json" => json = true,
             "--quick" => reps = 5,
             "--no-torch" => torch = false,
+            "--reference" => reference = true,
+            "--reference-python" => {
+                reference = true;
+                ref_python = Some(
+                    it.next()
+                        .ok_or("--reference-python needs the path of a Python interpreter")?
+                        .into(),
+                );
+            }
             "--reps" => {
                 reps = it
                     .next()
@@ -270,6 +292,17 @@ pub fn run(args: &[String]) -> Result<ExitCode, String> {
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
+    if reference && !torch {
+        return Err(
+            "--reference compares hgq-torch's timings with the reference: drop --no-torch".into(),
+        );
+    }
+    // Before anything is timed: a missing reference is found (or installed) first.
+    let ref_python = if reference {
+        Some(crate::reference::python(ref_python.as_deref())?)
+    } else {
+        None
+    };
     let all = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -313,7 +346,147 @@ pub fn run(args: &[String]) -> Result<ExitCode, String> {
     if !json {
         println!();
     }
-    run_torch(json, reps)
+    match ref_python {
+        None => run_torch(json, reps),
+        Some(py) => {
+            let ours = torch_rows(reps)?;
+            print_torch(&ours, json, reps);
+            for cpus in [Cpus::One, Cpus::All] {
+                let theirs = crate::reference::time(&py, reps, cpus)?;
+                compare(&ours, &theirs, cpus, json, reps)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// One row of `hgq-bench-torch --json`.
+struct TorchRow {
+    case: String,
+    threads: u64,
+    ms: f64,
+    copy_ms: f64,
+    ratio: f64,
+    min_ms: f64,
+}
+
+/// hgq-bench-torch's rows (`--json`, captured).
+fn torch_rows(reps: usize) -> Result<Vec<TorchRow>, String> {
+    let out = crate::torch::output(
+        &["--bin", "hgq-bench-torch"],
+        ["--reps".into(), reps.to_string().into(), "--json".into()],
+    )?;
+    out.lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l)
+                .map_err(|e| format!("hgq-bench-torch printed {l:?}, not JSON: {e}"))?;
+            let num = |k: &str| {
+                v[k].as_f64()
+                    .ok_or_else(|| format!("hgq-bench-torch printed {l:?}: no {k}"))
+            };
+            Ok(TorchRow {
+                case: v["case"].as_str().unwrap_or_default().to_string(),
+                threads: v["threads"].as_u64().unwrap_or(0),
+                ms: num("ms")?,
+                copy_ms: num("copy_ms")?,
+                ratio: num("ratio")?,
+                min_ms: num("min_ms")?,
+            })
+        })
+        .collect()
+}
+
+/// Prints hgq-bench-torch's rows as it prints them itself.
+fn print_torch(rows: &[TorchRow], json: bool, reps: usize) {
+    if !json {
+        println!(
+            "hgq-torch: median of {reps}; ratio = ms / copy_ms (torch copy_); min_ms = fastest of \
+             {reps} calls back to back"
+        );
+        println!(
+            "{:<28} {:>7} {:>10} {:>10} {:>7} {:>10}",
+            "case", "threads", "ms", "copy_ms", "ratio", "min_ms"
+        );
+    }
+    for r in rows {
+        if json {
+            let v = serde_json::json!({
+                "case": r.case,
+                "threads": r.threads,
+                "ms": r.ms,
+                "copy_ms": r.copy_ms,
+                "ratio": r.ratio,
+                "min_ms": r.min_ms,
+            });
+            println!("{v}");
+        } else {
+            println!(
+                "{:<28} {:>7} {:>10.3} {:>10.3} {:>7.2} {:>10.3}",
+                r.case, r.threads, r.ms, r.copy_ms, r.ratio, r.min_ms
+            );
+        }
+    }
+}
+
+/// The `vs-jax/...` rows of one run of the reference: for each case it timed, its time
+/// against ours (`torch/<case>`, or `torch/copy` for its copy), both the fastest of `reps`
+/// calls. [`Cpus::One`]: the reference on one CPU against our one-thread rows; [`Cpus::All`]:
+/// the reference on every CPU against our rows with the most threads.
+fn compare(
+    ours: &[TorchRow],
+    theirs: &Run,
+    cpus: Cpus,
+    json: bool,
+    reps: usize,
+) -> Result<(), String> {
+    let threads = match cpus {
+        Cpus::One => 1,
+        Cpus::All => ours.iter().map(|r| r.threads).max().unwrap_or(1),
+    };
+    if !json {
+        println!();
+        println!(
+            "against the reference (benches/hgq2_ref.py, hgq2 on jax) on {} CPU(s), ours on {threads} \
+             thread(s): fastest of {reps} on both sides; speedup = jax_ms / ms; the reference's \
+             process used {:.2} CPU s per wall s",
+            theirs.cpus, theirs.cpu_per_wall
+        );
+        println!(
+            "{:<28} {:>7} {:>10} {:>10} {:>8}",
+            "case", "threads", "jax_ms", "ms", "speedup"
+        );
+    }
+    for t in &theirs.timings {
+        let name = format!("torch/{}", t.case);
+        let Some(o) = ours.iter().find(|r| r.threads == threads && r.case == name) else {
+            return Err(format!(
+                "hgq-bench-torch has no {threads}-thread case {name} to compare with the \
+                 reference's {}",
+                t.case
+            ));
+        };
+        let speedup = t.ms / o.min_ms;
+        let case = format!("vs-jax/{}", t.case);
+        if json {
+            let v = serde_json::json!({
+                "case": case,
+                "threads": threads,
+                "jax_ms": t.ms,
+                "jax_cpus": theirs.cpus,
+                "jax_cpu_per_wall": (theirs.cpu_per_wall * 1e3).round() / 1e3,
+                "ms": o.min_ms,
+                "speedup": (speedup * 1e3).round() / 1e3,
+            });
+            println!("{v}");
+        } else {
+            println!(
+                "{case:<28} {threads:>7} {:>10.3} {:>10.3} {speedup:>8.2}",
+                t.ms, o.min_ms
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `cargo run --release -q -p hgq-torch --bin hgq-bench-torch -- [--json] --reps N`, after

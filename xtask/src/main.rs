@@ -4,12 +4,13 @@
 //! - `test`: everything `cargo test --workspace` checks, after setup.
 //! - `golden DIR [--family NAME]... [--backend core|torch]`: check golden vectors (`torch`:
 //!   through hgq-torch, by running its `hgq-golden-torch` binary).
-//! - `bench [--json] [--no-torch]`: time the kernels (and hgq-torch's quantizer with autograd)
-//!   against a plain copy.
+//! - `bench [--json] [--no-torch] [--reference]`: time the kernels (and hgq-torch's quantizer
+//!   with autograd) against a plain copy; `--reference`: and against hgq2 on jax, in the same run.
 //! - `demo [--epochs N] ...`: the end-to-end training demo (digits, exported for hgq2).
 mod bench;
 mod demo;
 mod golden;
+mod reference;
 mod setup;
 mod torch;
 
@@ -23,8 +24,9 @@ fn usage() -> ExitCode {
          test                         run all tests (what CI runs)\n  \
          golden [DIR] [--family NAME]... [--backend core|torch] [--device cpu|cuda]\n  \
                                       check golden vectors (default DIR: tests/data/golden)\n  \
-         bench [--json] [--quick] [--no-torch]\n  \
+         bench [--json] [--quick] [--reps N] [--no-torch] [--reference] [--reference-python PATH]\n  \
                                       time kernels against a plain copy of the same bytes\n  \
+                                      (--reference: and hgq2 on jax, installed into .venv-ref)\n  \
          demo [--epochs N] [--beta B] [--seed S] [--device auto|cpu|cuda] [--out DIR]\n  \
                                       train the digits demo and export it for hgq2"
     );

@@ -128,54 +128,7 @@ fn install(force: bool) -> Result<(), String> {
     let start = Instant::now();
     let venv = venv_dir();
     let py = venv.join("bin").join("python");
-    if !py.exists() {
-        let python = std::env::var("HGQ_PYTHON").unwrap_or_else(|_| "python3".into());
-        let version = Command::new(&python)
-            .arg("--version")
-            .output()
-            .map_err(|e| {
-                format!(
-                    "cannot run `{python}` ({e}). libtorch comes from the PyPI package \
-                     torch=={TORCH_VERSION}, installed with pip into {}: install Python 3.10-3.13 \
-                     (Debian/Ubuntu: `apt-get install python3 python3-venv`), or name another \
-                     interpreter with HGQ_PYTHON=/path/to/python3",
-                    venv.display()
-                )
-            })?;
-        let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
-        eprintln!(
-            "setup: creating {} with {python} ({version})",
-            venv.display()
-        );
-        let out = Command::new(&python)
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .output()
-            .map_err(|e| format!("cannot run `{python} -m venv`: {e}"))?;
-        if !out.status.success() {
-            // A half-made venv would make the next run skip this step.
-            let _ = std::fs::remove_dir_all(&venv);
-            return Err(format!(
-                "`{python} -m venv {}` failed:\n{}\nOn Debian/Ubuntu install the venv module: \
-                 `apt-get install python3-venv` (or python3.X-venv), then rerun `cargo xtask setup`",
-                venv.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-    }
-    let pip_ok = Command::new(&py)
-        .args(["-m", "pip", "--version"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !pip_ok {
-        return Err(format!(
-            "{} has no pip: remove {} and install pip for your Python (Debian/Ubuntu: \
-             `apt-get install python3-pip python3-venv`), then rerun `cargo xtask setup`",
-            py.display(),
-            venv.display()
-        ));
-    }
+    make_venv(&venv)?;
     eprintln!(
         "setup: pip install torch=={TORCH_VERSION} into {} (the default PyPI wheel and the nvidia \
          CUDA libraries it links: about 4 GB installed, minutes on first install)",
@@ -204,8 +157,63 @@ fn install(force: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// Creates a virtual environment with pip at `venv` (with `HGQ_PYTHON`, default `python3`)
+/// unless it already has a Python; an error that says what to install where that fails.
+pub fn make_venv(venv: &Path) -> Result<(), String> {
+    let py = venv.join("bin").join("python");
+    if !py.exists() {
+        let python = std::env::var("HGQ_PYTHON").unwrap_or_else(|_| "python3".into());
+        let version = Command::new(&python)
+            .arg("--version")
+            .output()
+            .map_err(|e| {
+                format!(
+                    "cannot run `{python}` ({e}). {} is a virtual environment made with it, \
+                     into which pip installs from PyPI (libtorch comes from torch=={TORCH_VERSION}): \
+                     install Python 3.10-3.13 (Debian/Ubuntu: `apt-get install python3 \
+                     python3-venv`), or name another interpreter with HGQ_PYTHON=/path/to/python3",
+                    venv.display()
+                )
+            })?;
+        let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
+        eprintln!(
+            "setup: creating {} with {python} ({version})",
+            venv.display()
+        );
+        let out = Command::new(&python)
+            .args(["-m", "venv"])
+            .arg(venv)
+            .output()
+            .map_err(|e| format!("cannot run `{python} -m venv`: {e}"))?;
+        if !out.status.success() {
+            // A half-made venv would make the next run skip this step.
+            let _ = std::fs::remove_dir_all(venv);
+            return Err(format!(
+                "`{python} -m venv {}` failed:\n{}\nOn Debian/Ubuntu install the venv module: \
+                 `apt-get install python3-venv` (or python3.X-venv), then rerun",
+                venv.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+    }
+    let pip_ok = Command::new(&py)
+        .args(["-m", "pip", "--version"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !pip_ok {
+        return Err(format!(
+            "{} has no pip: remove {} and install pip for your Python (Debian/Ubuntu: \
+             `apt-get install python3-pip python3-venv`), then rerun",
+            py.display(),
+            venv.display()
+        ));
+    }
+    Ok(())
+}
+
 /// Runs `python -m pip install --no-cache-dir [--no-deps] [--force-reinstall] REQS`.
-fn pip_install(py: &Path, reqs: &[String], no_deps: bool, force: bool) -> Result<(), String> {
+pub fn pip_install(py: &Path, reqs: &[String], no_deps: bool, force: bool) -> Result<(), String> {
     let mut cmd = Command::new(py);
     cmd.args([
         "-m",

@@ -23,3 +23,27 @@ pub fn run(target: &[&str], args: impl IntoIterator<Item = OsString>) -> Result<
         None => ExitCode::FAILURE,
     })
 }
+
+/// Like [`run`], but returns what the program printed on standard output (its standard error
+/// passes through); an error if it failed.
+pub fn output(target: &[&str], args: impl IntoIterator<Item = OsString>) -> Result<String, String> {
+    setup::ensure()?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["run", "--release", "-q", "-p", "hgq-torch"])
+        .args(target)
+        .arg("--")
+        .args(args)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() {
+        Ok(stdout)
+    } else {
+        Err(format!(
+            "`cargo run -p hgq-torch {}` failed:\n{stdout}",
+            target.join(" ")
+        ))
+    }
+}

@@ -1,0 +1,236 @@
+//! The Python reference for `cargo xtask bench --reference`: hgq2 on Keras 3 with the jax
+//! backend, timed by `benches/hgq2_ref.py` (the reference's own timing script, kept unchanged in
+//! the repository) on the same work as hgq-torch's benchmark.
+//!
+//! The reference lives in its own virtual environment, `<repo>/.venv-ref`, apart from the
+//! libtorch one: it is only needed for this comparison, and jax and torch need not share a
+//! Python. It is created on first use (pip needs to reach PyPI); `--reference-python PATH` uses
+//! an interpreter that already has `hgq2`, `keras` and `jax` instead.
+//!
+//! `hgq2_ref.py --threads 1` sets XLA's flags for one thread, but jax 0.10's CPU runtime still
+//! runs the timed calls on every core (on a 2-core machine the process used 1.7 to 1.8 CPU
+//! seconds per second of those calls, and its copy ran at twice one core's speed). So "one
+//! thread" here is one CPU: the script runs with its CPU affinity set to one CPU before jax is
+//! imported (every thread it starts inherits it). The all-core comparison runs it unpinned.
+//! Each run also reports the CPU time the process used per second of wall time, so that the
+//! pinning can be seen to hold.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::setup;
+
+/// What `.venv-ref` gets: the reference release and the versions it was measured with.
+const REQUIREMENTS: [&str; 5] = [
+    "hgq2==0.2.0",
+    "keras==3.15.1",
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "numpy",
+];
+
+/// `<repo>/.venv-ref`.
+fn venv_dir() -> PathBuf {
+    setup::repo_root().join(".venv-ref")
+}
+
+/// `<repo>/benches/hgq2_ref.py`.
+fn script() -> PathBuf {
+    setup::repo_root().join("benches").join("hgq2_ref.py")
+}
+
+/// Whether `python` can import the reference on the jax backend.
+fn usable(python: &Path) -> bool {
+    Command::new(python)
+        .args(["-c", "import hgq, keras, jax"])
+        .env("KERAS_BACKEND", "jax")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The interpreter to time the reference with: `given` if it has the reference, else
+/// `.venv-ref`'s, installed first when missing.
+pub fn python(given: Option<&Path>) -> Result<PathBuf, String> {
+    if let Some(p) = given {
+        return if usable(p) {
+            Ok(p.to_path_buf())
+        } else {
+            Err(format!(
+                "{} cannot `import hgq, keras, jax` with KERAS_BACKEND=jax: install {} into it, \
+                 or leave out --reference-python to use the project's .venv-ref",
+                p.display(),
+                REQUIREMENTS.join(" ")
+            ))
+        };
+    }
+    let venv = venv_dir();
+    let py = venv.join("bin").join("python");
+    if py.exists() && usable(&py) {
+        return Ok(py);
+    }
+    eprintln!(
+        "bench: installing the reference ({}) into {}",
+        REQUIREMENTS.join(" "),
+        venv.display()
+    );
+    setup::make_venv(&venv)?;
+    let reqs: Vec<String> = REQUIREMENTS.iter().map(|r| r.to_string()).collect();
+    setup::pip_install(&py, &reqs, false, false)?;
+    if usable(&py) {
+        Ok(py)
+    } else {
+        Err(format!(
+            "{} still cannot `import hgq, keras, jax` after pip install; remove {} and retry",
+            py.display(),
+            venv.display()
+        ))
+    }
+}
+
+/// Which CPUs the reference may run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cpus {
+    /// The first CPU of the current affinity set only.
+    One,
+    /// Every CPU it is allowed (its own choice of threads).
+    All,
+}
+
+/// Runs the script (`argv[2:]`) under `runpy` with the affinity `argv[1]` asks for, then prints the
+/// process's CPU time per wall second as one more JSON line.
+const WRAPPER: &str = "\
+import json, os, runpy, sys, time
+if sys.argv[1] == 'one':
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+sys.argv = sys.argv[2:]
+w, c = time.perf_counter(), time.process_time()
+runpy.run_path(sys.argv[0], run_name='__main__')
+w, c = time.perf_counter() - w, time.process_time() - c
+print(json.dumps(dict(backend='jax', case='_process', cpu_per_wall=c / w, cpus=len(os.sched_getaffinity(0)))))
+";
+
+/// What one run of the reference printed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Run {
+    /// Its timings, in the order printed.
+    pub timings: Vec<Timing>,
+    /// CPU time per wall second of the whole process (imports and compilation included).
+    pub cpu_per_wall: f64,
+    /// How many CPUs it was allowed.
+    pub cpus: u64,
+}
+
+/// One line of `hgq2_ref.py`'s output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timing {
+    /// `copy`, `infer/per_column`, `train/per_element`, ...
+    pub case: String,
+    /// The fastest of the repeats, in ms.
+    pub ms: f64,
+}
+
+/// Runs `hgq2_ref.py --threads N --repeats REPEATS` on jax (N = 1 on one CPU, else the
+/// number of CPUs allowed) and returns what it printed.
+pub fn time(python: &Path, repeats: usize, cpus: Cpus) -> Result<Run, String> {
+    let script = script();
+    let threads = match cpus {
+        Cpus::One => 1,
+        Cpus::All => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let out = Command::new(python)
+        .args(["-c", WRAPPER])
+        .arg(match cpus {
+            Cpus::One => "one",
+            Cpus::All => "all",
+        })
+        .arg(&script)
+        .args(["--threads", &threads.to_string()])
+        .args(["--repeats", &repeats.to_string()])
+        .env("KERAS_BACKEND", "jax")
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!(
+            "`{} {}` failed:\n{}{}",
+            python.display(),
+            script.display(),
+            stdout,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    parse(&stdout)
+}
+
+/// The JSON lines of `hgq2_ref.py` and of the wrapper (other lines, e.g. from Keras, are
+/// skipped); an error if there are none, one names the wrong backend, or the wrapper's is
+/// missing.
+fn parse(stdout: &str) -> Result<Run, String> {
+    let mut rows = Vec::new();
+    let mut process = None;
+    for line in stdout.lines().filter(|l| l.trim_start().starts_with('{')) {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| format!("hgq2_ref.py printed {line:?}, not JSON: {e}"))?;
+        if v["backend"] != "jax" {
+            return Err(format!("hgq2_ref.py ran on {}, not jax", v["backend"]));
+        }
+        if v["case"] == "_process" {
+            process = v["cpu_per_wall"].as_f64().zip(v["cpus"].as_u64());
+            continue;
+        }
+        let (Some(case), Some(ms)) = (v["case"].as_str(), v["ms"].as_f64()) else {
+            return Err(format!("hgq2_ref.py printed {line:?}: no case or ms"));
+        };
+        rows.push(Timing {
+            case: case.to_string(),
+            ms,
+        });
+    }
+    if rows.is_empty() {
+        return Err(format!("hgq2_ref.py printed no timings:\n{stdout}"));
+    }
+    let (cpu_per_wall, cpus) =
+        process.ok_or_else(|| format!("no CPU use of the reference's process in:\n{stdout}"))?;
+    Ok(Run {
+        timings: rows,
+        cpu_per_wall,
+        cpus,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_reference_lines_and_skips_the_rest() {
+        let out = "Using jax backend\n\
+            {\"backend\": \"jax\", \"case\": \"copy\", \"elements\": 4194304, \"threads\": 1, \"ms\": 0.7925}\n\
+            {\"backend\": \"jax\", \"case\": \"train/per_column\", \"elements\": 4194304, \"threads\": 1, \"ms\": 17.6302}\n\
+            {\"backend\": \"jax\", \"case\": \"_process\", \"cpu_per_wall\": 1.01, \"cpus\": 1}\n";
+        let run = parse(out).unwrap();
+        assert_eq!((run.cpu_per_wall, run.cpus), (1.01, 1));
+        assert_eq!(
+            run.timings,
+            vec![
+                Timing {
+                    case: "copy".into(),
+                    ms: 0.7925
+                },
+                Timing {
+                    case: "train/per_column".into(),
+                    ms: 17.6302
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn rejects_another_backend_and_empty_output() {
+        let torch = "{\"backend\": \"torch\", \"case\": \"copy\", \"ms\": 1.0}\n";
+        assert!(parse(torch).unwrap_err().contains("not jax"));
+        let unwrapped = "{\"backend\": \"jax\", \"case\": \"copy\", \"ms\": 1.0}\n";
+        assert!(parse(unwrapped).unwrap_err().contains("CPU use"));
+        assert!(parse("nothing\n").unwrap_err().contains("no timings"));
+        assert!(parse("{oops\n").unwrap_err().contains("not JSON"));
+    }
+}
