@@ -20,8 +20,9 @@ use std::process::Command;
 use crate::setup;
 
 /// What `.venv-ref` gets: the reference release and the versions it was measured with.
-const REQUIREMENTS: [&str; 5] = [
+const REQUIREMENTS: [&str; 6] = [
     "hgq2==0.2.0",
+    "quantizers==1.2.2",
     "keras==3.15.1",
     "jax==0.10.2",
     "jaxlib==0.10.2",
