@@ -132,7 +132,11 @@ pub struct Timing {
 /// Runs `hgq2_ref.py --threads N --repeats REPEATS` on jax (N = 1 on one CPU, else the
 /// number of CPUs allowed) and returns what it printed.
 pub fn time(python: &Path, repeats: usize, cpus: Cpus) -> Result<Run, String> {
-    let script = script();
+    run_script(python, &script(), repeats, cpus)
+}
+
+/// [`time`] with another script (the tests' stand-in for the reference).
+fn run_script(python: &Path, script: &Path, repeats: usize, cpus: Cpus) -> Result<Run, String> {
     let threads = match cpus {
         Cpus::One => 1,
         Cpus::All => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -143,7 +147,7 @@ pub fn time(python: &Path, repeats: usize, cpus: Cpus) -> Result<Run, String> {
             Cpus::One => "one",
             Cpus::All => "all",
         })
-        .arg(&script)
+        .arg(script)
         .args(["--threads", &threads.to_string()])
         .args(["--repeats", &repeats.to_string()])
         .env("KERAS_BACKEND", "jax")
@@ -223,6 +227,38 @@ mod tests {
                 }
             ]
         );
+    }
+
+    /// The wrapper pins the script to one CPU (or not) before it runs, passes its arguments
+    /// on, and adds the process line: run with a stand-in script that reports what it saw.
+    #[test]
+    fn wrapper_pins_and_passes_arguments() {
+        let dir = std::env::temp_dir().join(format!("hgq-xtask-ref-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = dir.join("stand_in.py");
+        std::fs::write(
+            &script,
+            "import json, os, sys\n\
+             print(json.dumps(dict(backend=os.environ['KERAS_BACKEND'], case=' '.join(sys.argv[1:]), \
+             ms=float(len(os.sched_getaffinity(0))))))\n",
+        )
+        .unwrap();
+        let python = std::env::var("HGQ_PYTHON").unwrap_or_else(|_| "python3".into());
+        let allowed = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let one = run_script(Path::new(&python), &script, 3, Cpus::One).unwrap();
+        let all = run_script(Path::new(&python), &script, 3, Cpus::All).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        // The stand-in's "ms" is the number of CPUs it was allowed.
+        assert_eq!(one.timings[0].case, "--threads 1 --repeats 3");
+        assert_eq!((one.timings[0].ms, one.cpus), (1.0, 1));
+        assert_eq!(
+            all.timings[0].case,
+            format!("--threads {allowed} --repeats 3")
+        );
+        // Unpinned: all the CPUs of the affinity set (which a cgroup quota may make larger
+        // than `available_parallelism`).
+        assert_eq!(all.timings[0].ms, all.cpus as f64);
+        assert!(one.cpu_per_wall >= 0.0 && one.cpu_per_wall.is_finite());
     }
 
     #[test]
