@@ -50,9 +50,11 @@ fn bench(c: &mut Criterion) {
             .throughput(Throughput::Bytes((ROWS * COLS * 4) as u64));
         for layout in Layout::ALL {
             let case = Case::new(layout, path, &x).expect("a quantizer");
-            g.bench_function(format!("infer/{}", layout.name()), |b| {
-                b.iter(|| case.infer().expect("inference"))
-            });
+            if path.infers() {
+                g.bench_function(format!("infer/{}", layout.name()), |b| {
+                    b.iter(|| case.infer().expect("inference"))
+                });
+            }
             g.bench_function(format!("train/{}", layout.name()), |b| {
                 b.iter(|| case.train().expect("training"))
             });

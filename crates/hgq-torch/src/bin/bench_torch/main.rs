@@ -5,7 +5,10 @@
 //!
 //! Cases: `torch/{infer,train}/{per_column,per_element}` (the module: on CPU, hgq-core's fused
 //! kernel inside the C++ autograd function) and `torch-ops/...` (the same through
-//! `ops::fixed_quantize_ops`). Each runs on one thread (`tch::set_num_threads(1)` and a one-thread
+//! `ops::fixed_quantize_ops`), `torch-fn/...` and `torch-coef/train/...` (the kernel under
+//! autograd through the C++ function, and through zero-valued terms with the kernel's
+//! coefficients; see `work.rs`: the issue's two ways, measured side by side, after a check that
+//! they compute the same). Each runs on one thread (`tch::set_num_threads(1)` and a one-thread
 //! rayon pool for hgq-core's kernels) and then on all threads (`--threads N`: only N). Each
 //! repetition times the copy and then the case; `ms` and `copy_ms` are the medians, `ratio` the
 //! median of the per-repetition ratios. Then the case runs alone, `reps` calls back to back:
@@ -105,6 +108,40 @@ fn time_alone(reps: usize, mut f: impl FnMut()) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
+/// `torch-coef` computes what `torch-fn` does: for both layouts, the same y (by value: the added
+/// `+0.0` terms turn a `-0.0` into `+0.0`), dx bit for bit (a unit upstream times dy/dx), and
+/// the same di, df up to the order of the sums (autograd's against the kernel's blocked one).
+/// Exits with an error where they differ: the comparison of the two ways is only worth
+/// reading if they do the same work.
+fn check_coef(x: &Tensor) -> Result<(), String> {
+    for layout in Layout::ALL {
+        let run = |path| {
+            Case::new(layout, path, x)
+                .and_then(|c| c.train())
+                .map_err(|e| e.to_string())
+        };
+        let (coef, fused) = (run(Path::TorchCoef)?, run(Path::TorchFn)?);
+        let same = |a: &Tensor, b: &Tensor| a.equal(b);
+        // Sums of 1024 (per column) float32 terms in another order: within 1e-5 of the
+        // largest sum (measured: 3e-7 of it).
+        let close = |a: &Tensor, b: &Tensor| {
+            let max = |t: Tensor| t.abs().max().double_value(&[]);
+            max(a - b) <= 1e-5 * max(b.shallow_clone())
+        };
+        let ok = same(&coef[0], &fused[0])
+            && same(&coef[1], &fused[1])
+            && close(&coef[2], &fused[2])
+            && close(&coef[3], &fused[3]);
+        if !ok {
+            return Err(format!(
+                "torch-coef and torch-fn differ on {} (y, dx, di, df)",
+                layout.name()
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn measure(
     threads: usize,
     reps: usize,
@@ -140,7 +177,11 @@ fn measure(
         for path in Path::ALL {
             for layout in Layout::ALL {
                 let case = Case::new(layout, path, x).map_err(|e| e.to_string())?;
-                let mut works = vec![Work::Infer, Work::Train];
+                let mut works = if path.infers() {
+                    vec![Work::Infer, Work::Train]
+                } else {
+                    vec![Work::Train]
+                };
                 if breakdown {
                     works.extend([Work::TrainForward, Work::TrainForwardSum]);
                 }
@@ -229,6 +270,10 @@ fn main() -> ExitCode {
         None => vec![1],
     };
     let x = work::normal_x();
+    if let Err(e) = check_coef(&x) {
+        eprintln!("hgq-bench-torch: {e}");
+        return ExitCode::FAILURE;
+    }
     if !json {
         println!(
             "hgq-torch: x {ROWS} x {COLS} f32, KIF k=1 i=2 f=4 RND SAT, autograd; median of \

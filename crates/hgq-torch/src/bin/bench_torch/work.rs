@@ -14,12 +14,18 @@
 //! function). Path `torch-ops`: the same bit widths (`FixedQuantizer::kif`) through
 //! `ops::fixed_quantize_ops`, the plain torch-ops version that runs on CUDA. Path `torch-fn`:
 //! the stateless `fixed_quantize` on k, i, f tensors (i, f leaves requiring gradients) without
-//! the module's `rc` rounding of raw variables: the kernel plus autograd alone.
+//! the module's `rc` rounding of raw variables: the kernel plus autograd alone. Path
+//! `torch-coef`: the other way the issue names for putting the kernel under autograd, measured
+//! against `torch-fn` on the same tensors: the kernel's output as a detached value plus
+//! zero-valued terms `(v - v.detach()) * c` whose gradients are the kernel's coefficients `c`
+//! (dy/dx, dy/di, dy/df per element, from a pass with unit upstream), so that autograd's own
+//! multiplications and reductions form the backward.
 use hgq_torch::fixed_quantize;
 use hgq_torch::hgq_config::convert::{CoreQuantizer, QuantizerSpec};
 use hgq_torch::hgq_core::mapper::Axes;
 use hgq_torch::hgq_core::quantizer::KifSpec;
 use hgq_torch::hgq_core::{CallMode, FixedPoint, OverflowMode, RoundMode};
+use hgq_torch::hgq_core::{FixedGrads, TensorRef};
 use hgq_torch::ops::fixed_quantize_ops;
 use hgq_torch::quantizer::{Inner, Quantizer};
 use tch::{Device, Kind, Tensor, nn};
@@ -85,11 +91,13 @@ pub enum Path {
     TorchOps,
     /// `fixed_quantize` on k, i, f tensors (no module).
     TorchFn,
+    /// The kernel's output and coefficients with zero-valued terms (no module).
+    TorchCoef,
 }
 
 impl Path {
     /// Every path.
-    pub const ALL: [Path; 3] = [Path::Torch, Path::TorchFn, Path::TorchOps];
+    pub const ALL: [Path; 4] = [Path::Torch, Path::TorchFn, Path::TorchCoef, Path::TorchOps];
 
     /// The case prefix: `torch` or `torch-ops`.
     pub fn name(self) -> &'static str {
@@ -97,7 +105,14 @@ impl Path {
             Path::Torch => "torch",
             Path::TorchOps => "torch-ops",
             Path::TorchFn => "torch-fn",
+            Path::TorchCoef => "torch-coef",
         }
+    }
+
+    /// Whether the path has an inference case of its own (`torch-coef` only differs from
+    /// `torch-fn` in training).
+    pub fn infers(self) -> bool {
+        self != Path::TorchCoef
     }
 }
 
@@ -112,8 +127,11 @@ pub struct Case {
     xg: Tensor,
     /// The raw trainable variables (`i`, `f`).
     params: Vec<Tensor>,
-    /// For `torch-fn`: k, i, f as plain tensors (i, f requiring gradients).
+    /// For `torch-fn` and `torch-coef`: k, i, f as plain tensors (i, f requiring gradients).
     kif: Option<[Tensor; 3]>,
+    /// For `torch-coef`: ones of x's shape, the unit upstream of the coefficient pass (made
+    /// once, as a user of this way would keep it).
+    ones: Tensor,
 }
 
 impl Case {
@@ -136,7 +154,7 @@ impl Case {
             .filter(|(n, _)| trainable.contains(n))
             .map(|(_, t)| t.shallow_clone())
             .collect();
-        let kif = (path == Path::TorchFn).then(|| {
+        let kif = matches!(path, Path::TorchFn | Path::TorchCoef).then(|| {
             let bw = match layout {
                 Layout::PerColumn => [1, COLS as i64],
                 Layout::PerElement => [ROWS as i64, COLS as i64],
@@ -157,12 +175,16 @@ impl Case {
             xg: x.detach().copy().set_requires_grad(true),
             params,
             kif,
+            ones: x.ones_like(),
         })
     }
 
     fn forward(&self, x: &Tensor, mode: CallMode) -> hgq_torch::Result<Tensor> {
         if let Some([k, i, f]) = &self.kif {
             let q = FixedPoint::new(RoundMode::Rnd, OverflowMode::Sat)?.with_zero_mask(true);
+            if self.path == Path::TorchCoef && x.requires_grad() {
+                return coefficients(&q, x, [k, i, f], &self.ones);
+            }
             return fixed_quantize(&q, x, k, i, f, mode == CallMode::Training);
         }
         match (self.path, self.q.inner()) {
@@ -206,4 +228,66 @@ impl Case {
         out.insert(0, y);
         Ok(out)
     }
+}
+
+/// A contiguous CPU float32 tensor's elements.
+fn values(t: &Tensor) -> &[f32] {
+    assert!(t.is_contiguous() && t.kind() == Kind::Float && t.device() == Device::Cpu);
+    // SAFETY: checked just above: contiguous float32 on the CPU, `numel` elements at
+    // `data_ptr`, alive as long as the borrow of `t`.
+    unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f32, t.numel()) }
+}
+
+/// [`values`], writable; `t` must be a tensor of its own (fresh from `empty_like`).
+#[allow(clippy::mut_from_ref)]
+fn values_mut(t: &Tensor) -> &mut [f32] {
+    assert!(t.is_contiguous() && t.kind() == Kind::Float && t.device() == Device::Cpu);
+    // SAFETY: as in `values`; the callers pass tensors they just allocated and share with
+    // nothing else while the slice lives.
+    unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, t.numel()) }
+}
+
+/// `torch-coef`'s training forward: one kernel pass with unit upstream gives y and the
+/// coefficients dy/dx, dy/di, dy/df per element (k, i, f expanded to x's shape, so that they
+/// are not summed); the result is `y + (x - x.detach()) * cx + (i - i.detach()) * ci + (f -
+/// f.detach()) * cf`, whose value is y and whose gradients autograd forms from the
+/// coefficients (for a sum's unit upstream, the same values as the fused backward; for
+/// another upstream, `g * c` rounds once more than the kernel's own products).
+fn coefficients(
+    q: &FixedPoint,
+    x: &Tensor,
+    [k, i, f]: [&Tensor; 3],
+    ones: &Tensor,
+) -> hgq_torch::Result<Tensor> {
+    let shape = x.size();
+    let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+    let xd = x.detach().contiguous();
+    let full = |t: &Tensor| t.detach().expand(&shape, false).contiguous();
+    let (ke, ie, fe) = (full(k), full(i), full(f));
+    let (y, cx, ci, cf) = (
+        xd.empty_like(),
+        xd.empty_like(),
+        xd.empty_like(),
+        xd.empty_like(),
+    );
+    let t = |v| TensorRef::new(v, &dims);
+    q.forward_backward(
+        t(values(&xd))?,
+        t(values(&ke))?,
+        t(values(&ie))?,
+        t(values(&fe))?,
+        true,
+        values(ones),
+        values_mut(&y),
+        FixedGrads {
+            dx: values_mut(&cx),
+            di: values_mut(&ci),
+            df: values_mut(&cf),
+        },
+    )?;
+    let zero = |v: &Tensor| {
+        let e = v.expand(&shape, false);
+        &e - e.detach()
+    };
+    Ok(y + (x - &xd) * cx + zero(i) * ci + zero(f) * cf)
 }
