@@ -9,10 +9,11 @@
 //! skips it.
 //!
 //! `--reference` then times the Python reference on the same work in the same run:
-//! `benches/hgq2_ref.py` (hgq2 on Keras 3, jax backend, one thread; see `reference.rs` for where
-//! its Python comes from) and prints `vs-jax/...` rows: the reference's time, ours, and how many
-//! times faster ours is. Both sides use the reference's statistic, the fastest of `reps` calls
-//! back to back after a warm-up (hgq-bench-torch's `min_ms`, one thread).
+//! `benches/hgq2_ref.py` (hgq2 on Keras 3, jax backend; see `reference.rs` for where its Python
+//! comes from) and prints `vs-jax/...` rows: the reference's time, ours, and how many times
+//! faster ours is; once with the reference pinned to one CPU against our one-thread rows, once
+//! unpinned against our rows on all threads. Both sides use the reference's statistic, the
+//! fastest of `reps` calls back to back after a warm-up (hgq-bench-torch's `min_ms`).
 //!
 //! The work is the one of `benches/core.rs` and of the reference's `hgq2_ref.py`: x of shape
 //! 1024 x 4096 float32, a KIF quantizer with k = 1, i = 2, f = 4, RND, SAT, bit widths per
