@@ -382,13 +382,14 @@ fn torch_rows(reps: usize) -> Result<Vec<TorchRow>, String> {
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l)
                 .map_err(|e| format!("hgq-bench-torch printed {l:?}, not JSON: {e}"))?;
-            let num = |k: &str| {
-                v[k].as_f64()
-                    .ok_or_else(|| format!("hgq-bench-torch printed {l:?}: no {k}"))
-            };
+            let missing = |k: &str| format!("hgq-bench-torch printed {l:?}: no {k}");
+            let num = |k: &str| v[k].as_f64().ok_or_else(|| missing(k));
             Ok(TorchRow {
-                case: v["case"].as_str().unwrap_or_default().to_string(),
-                threads: v["threads"].as_u64().unwrap_or(0),
+                case: v["case"]
+                    .as_str()
+                    .ok_or_else(|| missing("case"))?
+                    .to_string(),
+                threads: v["threads"].as_u64().ok_or_else(|| missing("threads"))?,
                 ms: num("ms")?,
                 copy_ms: num("copy_ms")?,
                 ratio: num("ratio")?,

@@ -130,8 +130,8 @@ pub struct Case {
     /// For `torch-fn` and `torch-coef`: k, i, f as plain tensors (i, f requiring gradients).
     kif: Option<[Tensor; 3]>,
     /// For `torch-coef`: ones of x's shape, the unit upstream of the coefficient pass (made
-    /// once, as a user of this way would keep it).
-    ones: Tensor,
+    /// once, as a user of this way would keep it); `None` on the other paths.
+    ones: Option<Tensor>,
 }
 
 impl Case {
@@ -175,15 +175,15 @@ impl Case {
             xg: x.detach().copy().set_requires_grad(true),
             params,
             kif,
-            ones: x.ones_like(),
+            ones: (path == Path::TorchCoef).then(|| x.ones_like()),
         })
     }
 
     fn forward(&self, x: &Tensor, mode: CallMode) -> hgq_torch::Result<Tensor> {
         if let Some([k, i, f]) = &self.kif {
             let q = FixedPoint::new(RoundMode::Rnd, OverflowMode::Sat)?.with_zero_mask(true);
-            if self.path == Path::TorchCoef && x.requires_grad() {
-                return coefficients(&q, x, [k, i, f], &self.ones);
+            if let (Some(ones), true) = (&self.ones, x.requires_grad()) {
+                return coefficients(&q, x, [k, i, f], ones);
             }
             return fixed_quantize(&q, x, k, i, f, mode == CallMode::Training);
         }
