@@ -212,7 +212,8 @@ pub fn make_venv(venv: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs `python -m pip install --no-cache-dir [--no-deps] [--force-reinstall] REQS`.
+/// Runs `python -m pip install --no-cache-dir --no-warn-conflicts [--no-deps] [--force-reinstall]
+/// REQS`.
 pub fn pip_install(py: &Path, reqs: &[String], no_deps: bool, force: bool) -> Result<(), String> {
     let mut cmd = Command::new(py);
     cmd.args([
@@ -221,6 +222,11 @@ pub fn pip_install(py: &Path, reqs: &[String], no_deps: bool, force: bool) -> Re
         "install",
         "--disable-pip-version-check",
         "--no-cache-dir",
+        // Requirements go in one at a time (see `install`), so until the last one is in, pip's
+        // check after each call finds torch's other requirements missing and prints a page of
+        // `ERROR:` lines about a state that is on its way to complete; `installed()` checks
+        // the result instead.
+        "--no-warn-conflicts",
     ]);
     if no_deps {
         cmd.arg("--no-deps");

@@ -25,18 +25,7 @@ use crate::quantizer::{
 use hgq_core::mapper::Axes;
 use hgq_core::quantizer as q;
 
-/// The hgq-core description of a quantizer's type and parameters.
-#[derive(Debug, Clone, PartialEq)]
-pub enum QuantizerSpec {
-    /// A KBI fixed-point quantizer.
-    Kbi(q::KbiSpec),
-    /// A KIF fixed-point quantizer.
-    Kif(q::KifSpec),
-    /// A minifloat quantizer.
-    Float(q::FloatSpec),
-    /// The identity.
-    Dummy,
-}
+pub use hgq_core::quantizer::QuantizerSpec;
 
 /// A quantizer as hgq-core describes it, with the `Quantizer` layer's extras.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,6 +38,36 @@ pub struct CoreQuantizer {
     pub qnoise_factor: Option<f64>,
     /// Post-quantization `(scale, shift)`.
     pub affine: Option<(f64, f64)>,
+}
+
+impl CoreQuantizer {
+    /// Checks the `Quantizer` layer's extras: `scaler` finite and not 0, `qnoise_factor` in
+    /// `[0, 1]`, `affine` finite with a scale that is not 0 (the quantizer's own values are
+    /// checked where it is made).
+    pub fn validate(&self) -> Result<()> {
+        if let Some(s) = self.scaler
+            && (!s.is_finite() || s == 0.0)
+        {
+            return Err(ConfigError::Convert(format!(
+                "scaler = {s}: must be finite and not 0"
+            )));
+        }
+        if let Some(n) = self.qnoise_factor
+            && !(0.0..=1.0).contains(&n)
+        {
+            return Err(ConfigError::Convert(format!(
+                "qnoise_factor = {n}: must be between 0 and 1"
+            )));
+        }
+        if let Some((a, b)) = self.affine
+            && (!a.is_finite() || !b.is_finite() || a == 0.0)
+        {
+            return Err(ConfigError::Convert(format!(
+                "affine = ({a}, {b}): must be finite, with a scale that is not 0"
+            )));
+        }
+        Ok(())
+    }
 }
 
 fn con_to(c: &Option<Constraint>) -> Option<q::Constraint> {
@@ -203,37 +222,28 @@ impl QuantizerConfig {
                 s.er = reg_to(&p.er)?;
                 s.e0r = reg_to(&p.e0r)?;
                 s.axes = axes(&p.common)?;
+                s.trainable = p.common.trainable;
                 QuantizerSpec::Float(s)
             }
             Params::Dummy => QuantizerSpec::Dummy,
         };
-        Ok(CoreQuantizer {
+        let core = CoreQuantizer {
             spec,
             scaler: self.scaler,
             qnoise_factor: self.qnoise_factor,
             affine: self.affine,
-        })
+        };
+        core.validate()?;
+        Ok(core)
     }
 
     /// A plain `QuantizerConfig` for an hgq-core description, at `place`.
     ///
     /// Integral initial values are written as ints and `k0` as a bool, as the reference's
-    /// defaults are; a minifloat spec has no `trainable`/`is_weight`, which are taken from the
-    /// defaults of `place`. Stochastic-rounding settings have no JSON form and are dropped.
+    /// defaults are; a minifloat spec has no `is_weight`, which is taken from the defaults of
+    /// `place`. Stochastic-rounding settings have no JSON form and are dropped.
     pub fn from_core(c: &CoreQuantizer, place: Place) -> Result<QuantizerConfig> {
-        if c.scaler == Some(0.0) {
-            return Err(ConfigError::Convert("scaler must not be 0".into()));
-        }
-        if let Some(qn) = c.qnoise_factor
-            && !(0.0..=1.0).contains(&qn)
-        {
-            return Err(ConfigError::Convert(
-                "qnoise_factor must be between 0 and 1".into(),
-            ));
-        }
-        if let Some((0.0, _)) = c.affine {
-            return Err(ConfigError::Convert("affine scale must not be 0".into()));
-        }
+        c.validate()?;
         let k0 = |k: f64| {
             if k == 0.0 || k == 1.0 {
                 Ok(InitValue::Bool(k == 1.0))
@@ -296,6 +306,7 @@ impl QuantizerConfig {
                     common: Common {
                         homogeneous_axis: hom,
                         heterogeneous_axis: het,
+                        trainable: s.trainable,
                         ..d
                     },
                 })

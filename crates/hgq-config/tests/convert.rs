@@ -5,7 +5,7 @@ use hgq_config::{
     find_quantizers,
 };
 use hgq_core::mapper::Axes;
-use hgq_core::quantizer::{Constraint as CoreConstraint, FixedPointQuantizerKBI, Quantizer};
+use hgq_core::quantizer::{Constraint as CoreConstraint, CpuQuantizer};
 use hgq_core::{OverflowMode, RoundMode};
 
 #[test]
@@ -53,8 +53,7 @@ fn kbi_weight_spec() {
         })
     );
     // The spec builds a working hgq-core quantizer.
-    let mut qz = FixedPointQuantizerKBI::<f32>::new(s.clone()).unwrap();
-    qz.build(&[Some(4), Some(3)]).unwrap();
+    CpuQuantizer::<f32>::new(QuantizerSpec::Kbi(s.clone()), &[Some(4), Some(3)]).unwrap();
 }
 
 #[test]
@@ -94,4 +93,30 @@ fn l1l2_without_core_counterpart() {
         .build()
         .unwrap();
     assert!(matches!(c.to_core(), Err(ConfigError::Convert(_))));
+}
+
+#[test]
+fn a_minifloat_that_does_not_train_gets_no_gradients() {
+    let c = QuantizerConfig::builder(QType::Float, Place::Datalane)
+        .trainable(false)
+        .build()
+        .unwrap();
+    let core = c.to_core().unwrap();
+    let QuantizerSpec::Float(s) = &core.spec else {
+        panic!("not a minifloat")
+    };
+    assert!(!s.trainable);
+    assert_eq!(QuantizerConfig::from_core(&core, Place::Datalane).unwrap(), c);
+    let mut q = CpuQuantizer::<f32>::new(core.spec.clone(), &[None, Some(2)]).unwrap();
+    let x = hgq_core::TensorRef::new(&[0.3f32, 1.7], &[1, 2]).unwrap();
+    let (mut y, mut dx) = ([0.0f32; 2], [0.0f32; 2]);
+    let g = q.forward_backward(x, &[1.0; 2], &mut y, &mut dx).unwrap();
+    assert_eq!(g, hgq_core::quantizer::Grads::default());
+    assert!(q.variables().iter().all(|v| !v.trainable));
+    // The same spec that trains has gradients for m, e and e0.
+    let mut trains = s.clone();
+    trains.trainable = true;
+    let mut q = CpuQuantizer::<f32>::new(QuantizerSpec::Float(trains), &[None, Some(2)]).unwrap();
+    let g = q.forward_backward(x, &[1.0; 2], &mut y, &mut dx).unwrap();
+    assert!(g.m.is_some() && g.e.is_some() && g.e0.is_some());
 }

@@ -82,6 +82,28 @@ pub enum CoreError {
         /// The shape the quantizer was built with (None: any size).
         built: Vec<Option<usize>>,
     },
+    /// A tensor whose size is too large to hold (or whose element count overflows).
+    #[error("{what} of shape {shape:?} is too large (at most {max} elements)")]
+    TooLarge {
+        /// What it is.
+        what: &'static str,
+        /// Its shape.
+        shape: Vec<usize>,
+        /// The most elements allowed.
+        max: usize,
+    },
+    /// A constraint or regularizer whose values mean nothing (NaN bounds, infinite factors).
+    #[error("invalid {what} of {var}: {value}: {why}")]
+    InvalidRule {
+        /// The variable it applies to.
+        var: &'static str,
+        /// `constraint` or `regularizer`.
+        what: &'static str,
+        /// The offending value.
+        value: f64,
+        /// What is required.
+        why: &'static str,
+    },
     /// A gradient asked for where none exists (an inference call).
     #[error("{0}")]
     Unsupported(&'static str),

@@ -32,6 +32,6 @@ pub use modes::{CallMode, OverflowMode, RoundMode};
 pub use real::{Element, Real};
 pub use shape::TensorRef;
 pub use stateless::{
-    BitWidths, FixedGrads, FixedPoint, FloatGrads, Screen, Stochastic, minifloat,
-    minifloat_backward,
+    BitWidths, FixedGrads, FixedPoint, FloatGrads, Screen, Stochastic, check_minifloat_bit_widths,
+    minifloat, minifloat_backward,
 };

@@ -25,6 +25,8 @@ pub(crate) struct FixedOp<const R: u8, const O: u8, const TRAIN: bool> {
     /// `i` and `f` are raw (trainable) values that the op rounds half to even itself; else
     /// they must be integers (rounding them is then the identity).
     pub raw: bool,
+    /// The rounding mode's id when `R` is [`r::RARE`] (modes that share one instantiation).
+    pub rare: u8,
 }
 
 impl<const R: u8, const O: u8, const TRAIN: bool> FixedOp<R, O, TRAIN> {
@@ -67,12 +69,12 @@ impl<C: Real, const R: u8, const O: u8, const TRAIN: bool> ElemOp<C> for FixedOp
     }
     #[inline(always)]
     fn apply<const GRAD: bool>(self, x: C, d: [C; ND], g: C, index: u64) -> Out<C> {
-        let u = if R == r::STOCH {
+        let u = if R == r::STOCH || (R == r::RARE && self.rare == r::STOCH) {
             uniform::<C>(self.seed, index)
         } else {
             C::ZERO
         };
-        let l = fixed::forward_grad::<C, R, O, TRAIN, GRAD>(x, d, g, u);
+        let l = fixed::forward_grad::<C, R, O, TRAIN, GRAD>(x, d, g, u, self.rare);
         let zero = self.masks() && d[fixed::d::KEEP] == C::ZERO;
         Out {
             y: if zero { C::ZERO } else { l.y },
@@ -148,39 +150,42 @@ pub(crate) trait WithFixedOp {
     ) -> Self::Output;
 }
 
+macro_rules! op {
+    ($v:expr, $R:expr, $O:expr, $train:expr, $a:expr) => {
+        $v.call(FixedOp::<{ $R }, { $O }, $train> {
+            seed: $a.seed,
+            mask: $a.mask,
+            raw: $a.raw,
+            rare: $a.rare,
+        })
+    };
+}
+
 macro_rules! by_overflow {
-    ($v:expr, $ov:expr, $train:expr, $seed:expr, $mask:expr, $raw:expr, $R:expr) => {
+    ($v:expr, $ov:expr, $train:expr, $a:expr, $R:expr) => {
         match ($ov, $train) {
-            (o::WRAP, false) => $v.call(FixedOp::<{ $R }, { o::WRAP }, false> {
-                seed: $seed,
-                mask: $mask,
-                raw: $raw,
-            }),
-            (o::WRAP, true) => $v.call(FixedOp::<{ $R }, { o::WRAP }, true> {
-                seed: $seed,
-                mask: $mask,
-                raw: $raw,
-            }),
-            (o::SAT, _) => $v.call(FixedOp::<{ $R }, { o::SAT }, false> {
-                seed: $seed,
-                mask: $mask,
-                raw: $raw,
-            }),
-            (o::SAT_SYM, _) => $v.call(FixedOp::<{ $R }, { o::SAT_SYM }, false> {
-                seed: $seed,
-                mask: $mask,
-                raw: $raw,
-            }),
-            (_, _) => $v.call(FixedOp::<{ $R }, { o::WRAP_SM }, false> {
-                seed: $seed,
-                mask: $mask,
-                raw: $raw,
-            }),
+            (o::WRAP, false) => op!($v, $R, o::WRAP, false, $a),
+            (o::WRAP, true) => op!($v, $R, o::WRAP, true, $a),
+            (o::SAT, _) => op!($v, $R, o::SAT, false, $a),
+            (o::SAT_SYM, _) => op!($v, $R, o::SAT_SYM, false, $a),
+            (_, _) => op!($v, r::RARE, o::WRAP_SM, false, $a),
         }
     };
 }
 
-/// Monomorphizes on (round, overflow, training): only WRAP depends on training.
+/// The runtime values of a [`FixedOp`].
+#[derive(Clone, Copy)]
+struct Args {
+    seed: u64,
+    mask: bool,
+    raw: bool,
+    rare: u8,
+}
+
+/// Monomorphizes on (round, overflow, training): only WRAP depends on training. The rare
+/// rounding modes share the [`r::RARE`] instantiation, and so does the rare overflow mode
+/// WRAP_SM (its rounding a runtime value): each instantiation is every kernel again for every
+/// element type and SIMD level, most of hgq-core's build time.
 pub(crate) fn with_fixed_op<V: WithFixedOp>(
     v: V,
     round: u8,
@@ -190,15 +195,18 @@ pub(crate) fn with_fixed_op<V: WithFixedOp>(
     mask: bool,
     raw: bool,
 ) -> V::Output {
+    let a = Args {
+        seed,
+        mask,
+        raw,
+        rare: round,
+    };
     match round {
-        r::TRN => by_overflow!(v, overflow, training, seed, mask, raw, r::TRN),
-        r::RND => by_overflow!(v, overflow, training, seed, mask, raw, r::RND),
-        r::RND_CONV => by_overflow!(v, overflow, training, seed, mask, raw, r::RND_CONV),
-        r::TRN_ZERO => by_overflow!(v, overflow, training, seed, mask, raw, r::TRN_ZERO),
-        r::RND_ZERO => by_overflow!(v, overflow, training, seed, mask, raw, r::RND_ZERO),
-        r::RND_INF => by_overflow!(v, overflow, training, seed, mask, raw, r::RND_INF),
-        r::RND_MIN_INF => by_overflow!(v, overflow, training, seed, mask, raw, r::RND_MIN_INF),
-        _ => by_overflow!(v, overflow, training, seed, mask, raw, r::STOCH),
+        r::TRN => by_overflow!(v, overflow, training, a, r::TRN),
+        r::RND => by_overflow!(v, overflow, training, a, r::RND),
+        r::RND_CONV => by_overflow!(v, overflow, training, a, r::RND_CONV),
+        r::STOCH => by_overflow!(v, overflow, training, a, r::STOCH),
+        _ => by_overflow!(v, overflow, training, a, r::RARE),
     }
 }
 

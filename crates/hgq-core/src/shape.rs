@@ -27,8 +27,20 @@ impl<'a, T> TensorRef<'a, T> {
     }
 }
 
+/// The number of elements of `shape`, or an error where it does not fit in a `usize`.
+pub(crate) fn numel(shape: &[usize]) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| CoreError::TooLarge {
+            what: "tensor",
+            shape: shape.to_vec(),
+            max: usize::MAX,
+        })
+}
+
 pub(crate) fn check_len(what: &'static str, len: usize, shape: &[usize]) -> Result<()> {
-    let expected: usize = shape.iter().product();
+    let expected = numel(shape)?;
     if len != expected {
         return Err(CoreError::Length {
             what,
@@ -38,6 +50,18 @@ pub(crate) fn check_len(what: &'static str, len: usize, shape: &[usize]) -> Resu
         });
     }
     Ok(())
+}
+
+/// Whether `shape` broadcasts to `to` (numpy rules, `to` unchanged): an error naming both if
+/// not.
+///
+/// ```
+/// use hgq_core::shape::check_broadcast;
+/// assert!(check_broadcast(&[1, 3], &[4, 3]).is_ok());
+/// assert!(check_broadcast(&[2], &[4, 3]).is_err());
+/// ```
+pub fn check_broadcast(shape: &[usize], to: &[usize]) -> Result<()> {
+    align(shape, to).map(|_| ())
 }
 
 /// `shape` right-aligned to rank `ndim` (leading 1s), or an error if it has more dims.

@@ -28,6 +28,11 @@ pub enum BitWidths {
     /// step does not round its bit-width variables in separate passes. Non-finite values are
     /// errors; the gradients are those of the rounded values (straight through).
     RoundHalfEven,
+    /// KBI's raw trainable `b` and `i` in place of `i` and `f` (one shape): the pass uses
+    /// `i = rc(i)` and `f = rc(b) - rc(i)` (integers; non-finite raw values are errors) and
+    /// returns the gradients autograd forms through those operations: `db = df` and
+    /// `di = di - df` (i's two uses). The KBI chain rule, here once for every backend.
+    KbiRaw,
 }
 
 /// What a [`FixedPoint`] pass learned about its bit widths, for a later pass over the same
@@ -172,6 +177,39 @@ impl FixedPoint {
         self
     }
 
+    /// What S_ modes do in training.
+    pub fn stochastic(&self) -> Stochastic {
+        self.stochastic
+    }
+
+    /// Whether outputs without bits are zeroed outside training ([`FixedPoint::with_zero_mask`]).
+    pub fn zero_mask(&self) -> bool {
+        self.zero_mask
+    }
+
+    /// Checks bit widths as a pass over them does (`k` 0 or 1, `i` and `f` by the
+    /// [`BitWidths`] rule, KBI's raw values after forming `i` and `f`), with the error such a
+    /// pass returns: for backends that run the pass another way and must refuse the same
+    /// values in the same words.
+    pub fn check_bit_widths<C: Real>(&self, k: &[C], i: &[C], f: &[C]) -> Result<()> {
+        let (iu, fu);
+        let (i, f, rule) = match self.bit_widths {
+            BitWidths::Integer => (i, f, Check::Integer),
+            BitWidths::RoundHalfEven => (i, f, Check::Finite),
+            BitWidths::KbiRaw => {
+                let rc = crate::quantizer::rc1::<C>;
+                iu = f.iter().map(|&v| rc(v)).collect::<Vec<C>>();
+                fu = i
+                    .iter()
+                    .zip(&iu)
+                    .map(|(&b, &i)| rc(b) - i)
+                    .collect::<Vec<C>>();
+                (&iu[..], &fu[..], Check::Integer)
+            }
+        };
+        first_bad([("k", k, Check::ZeroOne), ("i", i, rule), ("f", f, rule)])
+    }
+
     /// The rounding mode.
     pub fn round_mode(&self) -> RoundMode {
         self.round
@@ -260,9 +298,50 @@ impl FixedPoint {
         y: Option<&mut [T]>,
         grads: Option<(&mut [T], [&mut [T::C]; 2])>,
     ) -> Result<Screen> {
+        if self.bit_widths == BitWidths::KbiRaw {
+            return self.call_kbi(x, p, training, dy, y, grads);
+        }
         // Through the element type's non-generic entry: the kernels are instantiated once, in
         // this crate, not again in every crate that calls them.
         T::fixed_entry(self, x, p, training, dy, y, grads)
+    }
+
+    /// [`BitWidths::KbiRaw`]: `p` is `[k, b, i]`.
+    #[allow(clippy::type_complexity)]
+    fn call_kbi<T: Element>(
+        &self,
+        x: TensorRef<'_, T>,
+        p: [TensorRef<'_, T::C>; 3],
+        training: bool,
+        dy: Option<Upstream<'_, T>>,
+        y: Option<&mut [T]>,
+        grads: Option<(&mut [T], [&mut [T::C]; 2])>,
+    ) -> Result<Screen> {
+        let [k, b, i] = p;
+        check_len("b", b.data.len(), b.shape)?;
+        check_len("i", i.data.len(), i.shape)?;
+        if b.shape != i.shape {
+            return Err(CoreError::Broadcast {
+                from: i.shape.to_vec(),
+                to: b.shape.to_vec(),
+            });
+        }
+        let rc = crate::quantizer::rc1::<T::C>;
+        let iu: Vec<T::C> = i.data.iter().map(|&v| rc(v)).collect();
+        let fu: Vec<T::C> = b.data.iter().zip(&iu).map(|(&b, &i)| rc(b) - i).collect();
+        let q = self.with_bit_widths(BitWidths::Integer);
+        let pi = [k, TensorRef::new(&iu, i.shape)?, TensorRef::new(&fu, b.shape)?];
+        match grads {
+            None => T::fixed_entry(&q, x, pi, training, dy, y, None),
+            Some((dx, [db, di])) => {
+                // The kernel's df is b's gradient; i's is di + (-df).
+                let s = T::fixed_entry(&q, x, pi, training, dy, y, Some((dx, [&mut *di, &mut *db])))?;
+                for (di, &db) in di.iter_mut().zip(db.iter()) {
+                    *di = *di + -db;
+                }
+                Ok(s)
+            }
+        }
     }
 
     /// The body of [`FixedPoint::call`] for one element type.
@@ -453,6 +532,26 @@ pub(crate) fn minifloat_impl<T: Element>(
     }
     .call(FloatOp)
     .map(|_| ())
+}
+
+/// The first value, in parameter order, that breaks its parameter's rule.
+fn first_bad<C: Real>(params: [(&'static str, &[C], Check); 3]) -> Result<()> {
+    for (name, data, rule) in params {
+        if let Some(j) = find_bad(data, rule) {
+            return Err(bad_param(name, rule, data[j].to_f64()));
+        }
+    }
+    Ok(())
+}
+
+/// Checks minifloat bit widths as the minifloat pass does (`m`, `e`, `e0`: the values it reads,
+/// finite integers), with its error.
+pub fn check_minifloat_bit_widths<C: Real>(m: &[C], e: &[C], e0: &[C]) -> Result<()> {
+    first_bad([
+        ("m", m, Check::Integer),
+        ("e", e, Check::Integer),
+        ("e0", e0, Check::Integer),
+    ])
 }
 
 /// The error for a parameter value that breaks its rule.

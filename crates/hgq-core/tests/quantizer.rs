@@ -2,15 +2,22 @@
 use half::{bf16, f16};
 use hgq_core::mapper::Axes;
 use hgq_core::quantizer::{
-    Constraint, FixedPointQuantizerKBI, FixedPointQuantizerKIF, FloatPointQuantizer, FloatSpec,
-    KbiSpec, KifSpec, Quantizer, Regularizer,
+    Constraint, CpuQuantizer, FloatSpec, KbiSpec, KifSpec, QuantizerSpec, Regularizer, VarName,
 };
 use hgq_core::{CallMode, CoreError, OverflowMode, RoundMode, Stochastic, TensorRef};
 use rstest::rstest;
 
-fn kif(k: f64, i: f64, f: f64, rm: RoundMode, om: OverflowMode) -> FixedPointQuantizerKIF<f32> {
-    FixedPointQuantizerKIF::new(KifSpec::new(k, i, f, rm, om).with_axes(Axes::Homogeneous(vec![0])))
-        .unwrap()
+/// A KIF quantizer with one bit width per feature for inputs `[batch, features]`.
+fn kif(
+    k: f64,
+    i: f64,
+    f: f64,
+    rm: RoundMode,
+    om: OverflowMode,
+    features: usize,
+) -> CpuQuantizer<f32> {
+    let spec = KifSpec::new(k, i, f, rm, om).with_axes(Axes::Homogeneous(vec![0]));
+    CpuQuantizer::new(QuantizerSpec::Kif(spec), &[None, Some(features)]).unwrap()
 }
 
 fn data(n: usize, seed: u64, scale: f32) -> Vec<f32> {
@@ -30,53 +37,53 @@ fn data(n: usize, seed: u64, scale: f32) -> Vec<f32> {
 #[test]
 fn specs_the_reference_rejects_are_errors() {
     assert!(matches!(
-        FixedPointQuantizerKBI::<f32>::new(KbiSpec::new(
+        CpuQuantizer::<f32>::new(QuantizerSpec::Kbi(KbiSpec::new(
             2.0,
             4.0,
             1.0,
             RoundMode::Rnd,
             OverflowMode::Sat
-        )),
+        )), &[Some(2)]),
         Err(CoreError::InvalidK(_))
     ));
     assert!(matches!(
-        FixedPointQuantizerKBI::<f32>::new(KbiSpec::new(
+        CpuQuantizer::<f32>::new(QuantizerSpec::Kbi(KbiSpec::new(
             1.0,
             -1.0,
             1.0,
             RoundMode::Rnd,
             OverflowMode::Sat
-        )),
+        )), &[Some(2)]),
         Err(CoreError::InvalidParameter { name: "b0", .. })
     ));
     assert!(matches!(
-        FixedPointQuantizerKIF::<f32>::new(KifSpec::new(
+        CpuQuantizer::<f32>::new(QuantizerSpec::Kif(KifSpec::new(
             1.0,
             -3.0,
             1.0,
             RoundMode::Rnd,
             OverflowMode::Sat
-        )),
+        )), &[Some(2)]),
         Err(CoreError::InvalidParameter { .. })
     ));
     assert!(matches!(
-        FixedPointQuantizerKIF::<f32>::new(KifSpec::new(
+        CpuQuantizer::<f32>::new(QuantizerSpec::Kif(KifSpec::new(
             1.0,
             1.0,
             1.0,
             RoundMode::Trn,
             OverflowMode::WrapSm
-        )),
+        )), &[Some(2)]),
         Err(CoreError::WrapSmRounding(_))
     ));
     assert!(
-        FixedPointQuantizerKBI::<f32>::new(KbiSpec::new(
+        CpuQuantizer::<f32>::new(QuantizerSpec::Kbi(KbiSpec::new(
             f64::NAN,
             4.0,
             1.0,
             RoundMode::Rnd,
             OverflowMode::Sat
-        ))
+        )), &[Some(2)])
         .is_err()
     );
 }
@@ -85,30 +92,33 @@ fn specs_the_reference_rejects_are_errors() {
 fn bad_axes_and_shapes_are_errors_not_panics() {
     let mut spec = KifSpec::new(1.0, 2.0, 4.0, RoundMode::Rnd, OverflowMode::Sat);
     spec.fixed.axes = Axes::Heterogeneous(vec![0]);
-    let mut q = FixedPointQuantizerKIF::<f32>::new(spec.clone()).unwrap();
     assert!(matches!(
-        q.build(&[None, Some(4)]),
+        CpuQuantizer::<f32>::new(QuantizerSpec::Kif(spec.clone()), &[None, Some(4)]),
         Err(CoreError::UnknownAxisSize { axis: 0, .. })
     ));
     spec.fixed.axes = Axes::Homogeneous(vec![2]);
-    let mut q = FixedPointQuantizerKIF::<f32>::new(spec).unwrap();
     assert!(matches!(
-        q.build(&[None, Some(4)]),
+        CpuQuantizer::<f32>::new(QuantizerSpec::Kif(spec), &[None, Some(4)]),
         Err(CoreError::Axis { axis: 2, ndim: 2 })
     ));
+    // A bit-width shape too large to hold, or whose size overflows, is an error.
+    let big = KifSpec::new(1.0, 2.0, 4.0, RoundMode::Rnd, OverflowMode::Sat);
+    assert!(matches!(
+        CpuQuantizer::<f32>::new(QuantizerSpec::Kif(big.clone()), &[Some(1 << 40), Some(2)]),
+        Err(CoreError::TooLarge { .. })
+    ));
+    assert!(matches!(
+        CpuQuantizer::<f32>::new(QuantizerSpec::Kif(big), &[Some(1 << 40), Some(1 << 40)]),
+        Err(CoreError::TooLarge { .. })
+    ));
+    assert!(matches!(
+        TensorRef::new(&[] as &[f32], &[1 << 32, 1 << 32]),
+        Err(CoreError::TooLarge { .. })
+    ));
 
-    let mut q = kif(1.0, 2.0, 4.0, RoundMode::Rnd, OverflowMode::Sat);
+    let mut q = kif(1.0, 2.0, 4.0, RoundMode::Rnd, OverflowMode::Sat, 4);
     let x = [0.5f32; 8];
     let mut y = [0.0f32; 8];
-    assert!(matches!(
-        q.forward(
-            TensorRef::new(&x, &[2, 4]).unwrap(),
-            CallMode::Inference,
-            &mut y
-        ),
-        Err(CoreError::NotBuilt)
-    ));
-    q.build(&[None, Some(4)]).unwrap();
     assert!(matches!(
         q.forward(
             TensorRef::new(&x, &[4, 2]).unwrap(),
@@ -161,8 +171,8 @@ fn wrap_tracking_rejects_non_finite_input_and_keeps_its_state() {
     let mut spec = KifSpec::new(1.0, 2.0, 4.0, RoundMode::Rnd, OverflowMode::Wrap)
         .with_axes(Axes::Homogeneous(vec![0]));
     spec.fixed.i_decay_speed = 0.5;
-    let mut q = FixedPointQuantizerKIF::<f32>::new(spec).unwrap();
-    q.build(&[None, Some(2)]).unwrap();
+    let mut q = CpuQuantizer::<f32>::new(QuantizerSpec::Kif(spec), &[None, Some(2)])
+        .unwrap();
     let before: Vec<_> = q.variables().to_vec();
     let mut y = [0.0f32; 4];
     for bad in [f32::NAN, f32::INFINITY] {
@@ -206,10 +216,10 @@ fn wrap_tracking_rejects_non_finite_input_and_keeps_its_state() {
 fn tracing_records_integer_bits_and_signs() {
     let mut spec = KifSpec::new(0.0, 0.0, 3.0, RoundMode::Rnd, OverflowMode::Wrap);
     spec.fixed.axes = Axes::Homogeneous(vec![0]);
-    let mut q = FixedPointQuantizerKIF::<f32>::new(spec).unwrap();
-    q.build(&[None, Some(2)]).unwrap();
-    q.reset_trace();
-    assert_eq!(q.variable("i").unwrap().value, vec![-1e9, -1e9]);
+    let mut q = CpuQuantizer::<f32>::new(QuantizerSpec::Kif(spec), &[None, Some(2)])
+        .unwrap();
+    q.reset_trace().unwrap();
+    assert_eq!(q.variable(VarName::I).unwrap().value, vec![-1e9, -1e9]);
     let x = [3.0f32, 0.25, -5.5, 0.5];
     let mut y = [0.0f32; 4];
     q.forward(
@@ -219,23 +229,22 @@ fn tracing_records_integer_bits_and_signs() {
     )
     .unwrap();
     assert_eq!(y, x);
-    assert_eq!(q.variable("k").unwrap().value, vec![1.0, 0.0]);
+    assert_eq!(q.variable(VarName::K).unwrap().value, vec![1.0, 0.0]);
     // |x| up to 5.5 needs 3 integer bits; 0.5 (+ 2^-3) needs 0.
-    assert_eq!(q.variable("i").unwrap().value, vec![3.0, 0.0]);
+    assert_eq!(q.variable(VarName::I).unwrap().value, vec![3.0, 0.0]);
 }
 
 #[test]
 fn inference_zeroes_values_without_bits() {
     // KBI with b = 0, k = 0: k + i + f = b = 0 -> output 0.
-    let mut q = FixedPointQuantizerKBI::<f32>::new(KbiSpec::new(
+    let mut q = CpuQuantizer::<f32>::new(QuantizerSpec::Kbi(KbiSpec::new(
         0.0,
         0.0,
         1.0,
         RoundMode::Rnd,
         OverflowMode::Sat,
-    ))
-    .unwrap();
-    q.build(&[Some(3)]).unwrap();
+    )), &[Some(3)])
+        .unwrap();
     let x = [0.7f32, -2.0, 5.0];
     let mut y = [1.0f32; 3];
     q.forward(
@@ -253,20 +262,20 @@ fn constraints_and_regularizers() {
         .with_axes(Axes::Homogeneous(vec![0]));
     spec.br = Some(Regularizer::MonoL1(0.5));
     spec.ic = Some(Constraint::Max(3.0));
-    let mut q = FixedPointQuantizerKBI::<f32>::new(spec).unwrap();
-    q.build(&[None, Some(2)]).unwrap();
+    let mut q = CpuQuantizer::<f32>::new(QuantizerSpec::Kbi(spec), &[None, Some(2)])
+        .unwrap();
     assert_eq!(q.regularization_loss(), 4.0);
     for v in q.variables_mut() {
-        if v.name == "b" {
+        if v.name == VarName::B {
             v.value = vec![-3.0, 40.0];
         }
-        if v.name == "i" {
+        if v.name == VarName::I {
             v.value = vec![5.0, 1.0];
         }
     }
-    q.apply_constraints();
-    assert_eq!(q.variable("b").unwrap().value, vec![0.0, 12.0]);
-    assert_eq!(q.variable("i").unwrap().value, vec![3.0, 1.0]);
+    q.apply_constraints().unwrap();
+    assert_eq!(q.variable(VarName::B).unwrap().value, vec![0.0, 12.0]);
+    assert_eq!(q.variable(VarName::I).unwrap().value, vec![3.0, 1.0]);
     let x = [0.3f32, 0.2];
     let (mut y, mut dx) = ([0.0f32; 2], [0.0f32; 2]);
     let mut g = q
@@ -277,9 +286,9 @@ fn constraints_and_regularizers() {
             &mut dx,
         )
         .unwrap();
-    let before = g.get("b").unwrap().to_vec();
+    let before = g.b.clone().unwrap();
     q.add_regularization_grads(1.0, &mut g);
-    let after = g.get("b").unwrap();
+    let after = g.b.unwrap();
     assert_eq!(after[0] - before[0], 0.5);
 }
 
@@ -287,8 +296,8 @@ fn train_once(stochastic: Stochastic, seed_calls: usize) -> Vec<f32> {
     let mut spec = KifSpec::new(1.0, 4.0, 2.0, RoundMode::SRnd, OverflowMode::Sat);
     spec.fixed.stochastic = stochastic;
     spec.fixed.axes = Axes::Homogeneous(vec![0, 1]);
-    let mut q = FixedPointQuantizerKIF::<f32>::new(spec).unwrap();
-    q.build(&[None, Some(4096)]).unwrap();
+    let mut q = CpuQuantizer::<f32>::new(QuantizerSpec::Kif(spec), &[None, Some(4096)])
+        .unwrap();
     let x = data(2 * 4096, 3, 4.0);
     let mut y = vec![0.0f32; x.len()];
     for _ in 0..seed_calls {
@@ -342,8 +351,7 @@ fn narrow_and_wide_element_types_agree_with_f32(#[case] rm: RoundMode, #[case] o
         .map(|v| bf16::from_f32(*v).to_f32())
         .collect();
     let shape = [8, 8];
-    let mut q = kif(1.0, 2.0, 3.0, rm, om);
-    q.build(&[None, Some(8)]).unwrap();
+    let mut q = kif(1.0, 2.0, 3.0, rm, om, 8);
     let mut want = vec![0.0f32; 64];
     q.forward(
         TensorRef::new(&x, &shape).unwrap(),
@@ -372,11 +380,8 @@ fn narrow_and_wide_element_types_agree_with_f32(#[case] rm: RoundMode, #[case] o
     .unwrap();
     assert_eq!(yb.iter().map(|v| v.to_f32()).collect::<Vec<_>>(), want);
 
-    let mut q64 = FixedPointQuantizerKIF::<f64>::new(
-        KifSpec::new(1.0, 2.0, 3.0, rm, om).with_axes(Axes::Homogeneous(vec![0])),
-    )
-    .unwrap();
-    q64.build(&[None, Some(8)]).unwrap();
+    let mut q64 = CpuQuantizer::<f64>::new(QuantizerSpec::Kif(KifSpec::new(1.0, 2.0, 3.0, rm, om).with_axes(Axes::Homogeneous(vec![0]))), &[None, Some(8)])
+        .unwrap();
     let xd: Vec<f64> = x.iter().map(|v| *v as f64).collect();
     let mut yd = vec![0.0f64; 64];
     q64.forward(
@@ -390,11 +395,8 @@ fn narrow_and_wide_element_types_agree_with_f32(#[case] rm: RoundMode, #[case] o
 
 #[test]
 fn minifloat_layer_gradients_reach_every_parameter() {
-    let mut q = FloatPointQuantizer::<f32>::new(
-        FloatSpec::new(2.0, 3.0, 0.0).with_axes(Axes::Homogeneous(vec![0])),
-    )
-    .unwrap();
-    q.build(&[None, Some(3)]).unwrap();
+    let mut q = CpuQuantizer::<f32>::new(QuantizerSpec::Float(FloatSpec::new(2.0, 3.0, 0.0).with_axes(Axes::Homogeneous(vec![0]))), &[None, Some(3)])
+        .unwrap();
     let x = [100.0f32, 0.3, -1e-4, 7.3, -2.2, 0.0];
     let (mut y, mut dx) = ([0.0f32; 6], [0.0f32; 6]);
     let g = q
@@ -407,7 +409,7 @@ fn minifloat_layer_gradients_reach_every_parameter() {
         .unwrap();
     assert_eq!(dx, [1.0; 6]);
     assert_eq!(y[0], 14.0, "saturates at (2 - 2^-2) * 2^3");
-    for name in ["m", "e", "e0"] {
+    for name in [VarName::M, VarName::E, VarName::E0] {
         assert_eq!(
             g.get(name).unwrap().len(),
             3,

@@ -152,23 +152,20 @@ fn fixed_simd_equals_scalar_above_par_min(
     big::<bf16>(q, &[Layout::PerRow], 13);
 }
 
-/// Every pulp level (the portable `Scalar*` ones and the x86 ones this CPU has) gives the
-/// scalar bits.
+/// Every SIMD level this build has and this CPU runs gives the scalar bits.
 #[rstest]
 fn fixed_every_simd_level_equals_scalar(
-    #[values(
-        SimdLevel::Scalar,
-        SimdLevel::Scalar128b,
-        SimdLevel::Scalar256b,
-        SimdLevel::Scalar512b,
-        SimdLevel::V2,
-        SimdLevel::V3,
-        SimdLevel::V4
-    )]
-    level: SimdLevel,
     #[values(RoundMode::Rnd, RoundMode::RndZero)] round: RoundMode,
     #[values(OverflowMode::SatSym, OverflowMode::Wrap)] overflow: OverflowMode,
 ) {
+    let levels = SimdLevel::available();
+    assert!(levels.contains(&SimdLevel::Scalar));
+    for level in levels {
+        every_layout_at(level, round, overflow);
+    }
+}
+
+fn every_layout_at(level: SimdLevel, round: RoundMode, overflow: OverflowMode) {
     let q = FixedPoint::new(round, overflow).unwrap();
     let path = Path::Level(level);
     for layout in [Layout::PerElement, Layout::PerColumn, Layout::Scalar] {
@@ -332,8 +329,8 @@ fn minifloat_case<T: Element>(path: Path, layout: Layout, (rows, cols): (usize, 
 fn minifloat_simd_equals_scalar(
     #[values(
         Path::Simd,
-        Path::Level(SimdLevel::V2),
-        Path::Level(SimdLevel::Scalar256b)
+        Path::Level(SimdLevel::V3),
+        Path::Level(SimdLevel::Scalar)
     )]
     path: Path,
     #[values(Layout::PerElement, Layout::PerColumn, Layout::PerRow, Layout::Mixed)] layout: Layout,

@@ -2,10 +2,7 @@
 //! the same traits for its tensors and autograd (`hgq-torch`'s `golden` feature), so one
 //! checker proves both.
 use hgq_config::convert::QuantizerSpec;
-use hgq_core::quantizer::{
-    AnyQuantizer, FixedPointQuantizerKBI, FixedPointQuantizerKIF, FloatPointQuantizer, Props,
-    Quantizer,
-};
+use hgq_core::quantizer::{CpuQuantizer, Props};
 use hgq_core::{CallMode, FixedGrads, FixedPoint, TensorRef};
 
 /// The outputs of one `fixed_fn` case.
@@ -54,7 +51,7 @@ pub trait LayerUnderTest {
     /// A variable's values.
     fn get(&self, name: &str) -> Option<Vec<f32>>;
     /// bits, fbits, min, max, epsilon (bit-width shape).
-    fn props(&self) -> Result<Props<f32>, String>;
+    fn props(&self) -> Result<Props<Vec<f32>>, String>;
     /// One call with input `x` of `shape`; in training also the gradients for upstream `dy`.
     fn call(
         &mut self,
@@ -148,31 +145,21 @@ impl Backend for CoreBackend {
         spec: &QuantizerSpec,
         input_shape: &[usize],
     ) -> Result<Box<dyn LayerUnderTest>, String> {
-        let e = |e: hgq_core::CoreError| e.to_string();
-        let mut q = match spec {
-            QuantizerSpec::Kbi(s) => {
-                AnyQuantizer::Kbi(FixedPointQuantizerKBI::new(s.clone()).map_err(e)?)
-            }
-            QuantizerSpec::Kif(s) => {
-                AnyQuantizer::Kif(FixedPointQuantizerKIF::new(s.clone()).map_err(e)?)
-            }
-            QuantizerSpec::Float(s) => {
-                AnyQuantizer::Float(FloatPointQuantizer::new(s.clone()).map_err(e)?)
-            }
-            QuantizerSpec::Dummy => return Err("the layers family has no dummy quantizer".into()),
-        };
+        if *spec == QuantizerSpec::Dummy {
+            return Err("the layers family has no dummy quantizer".into());
+        }
         let input: Vec<Option<usize>> = input_shape.iter().copied().map(Some).collect();
-        q.build(&input).map_err(e)?;
+        let q = CpuQuantizer::<f32>::new(spec.clone(), &input).map_err(|e| e.to_string())?;
         Ok(Box::new(q))
     }
 }
 
-impl LayerUnderTest for AnyQuantizer<f32> {
+impl LayerUnderTest for CpuQuantizer<f32> {
     fn variables(&self) -> Vec<VarInfo> {
-        Quantizer::variables(self)
+        CpuQuantizer::variables(self)
             .iter()
             .map(|v| VarInfo {
-                name: v.name.to_string(),
+                name: v.name.as_str().to_string(),
                 shape: v.shape.clone(),
                 trainable: v.trainable,
             })
@@ -183,7 +170,7 @@ impl LayerUnderTest for AnyQuantizer<f32> {
         let v = self
             .variables_mut()
             .iter_mut()
-            .find(|v| v.name == name)
+            .find(|v| v.name.as_str() == name)
             .ok_or_else(|| format!("no variable {name:?}"))?;
         if v.value.len() != values.len() {
             return Err(format!(
@@ -197,11 +184,14 @@ impl LayerUnderTest for AnyQuantizer<f32> {
     }
 
     fn get(&self, name: &str) -> Option<Vec<f32>> {
-        self.variable(name).map(|v| v.value.clone())
+        CpuQuantizer::variables(self)
+            .iter()
+            .find(|v| v.name.as_str() == name)
+            .map(|v| v.value.clone())
     }
 
-    fn props(&self) -> Result<Props<f32>, String> {
-        Quantizer::props(self).map_err(|e| e.to_string())
+    fn props(&self) -> Result<Props<Vec<f32>>, String> {
+        CpuQuantizer::props(self).map_err(|e| e.to_string())
     }
 
     fn call(
@@ -222,9 +212,8 @@ impl LayerUnderTest for AnyQuantizer<f32> {
                 y,
                 dx: Some(dx),
                 grads: g
-                    .vars
-                    .into_iter()
-                    .map(|(n, v)| (n.to_string(), v))
+                    .iter()
+                    .map(|(n, v)| (n.as_str().to_string(), v.to_vec()))
                     .collect(),
             })
         } else {

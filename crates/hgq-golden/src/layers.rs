@@ -150,7 +150,7 @@ fn check_props(
     case: &mut Case,
     when: &str,
 ) -> Result<(), String> {
-    let p: Props<f32> = qz.props()?;
+    let p: Props<Vec<f32>> = qz.props()?;
     for (name, got) in [
         ("bits", &p.bits),
         ("fbits", &p.fbits),

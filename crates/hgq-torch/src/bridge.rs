@@ -2,11 +2,19 @@
 use std::ffi::{c_char, c_int};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use hgq_core::{FixedGrads, FixedPoint, Screen, TensorRef, Upstream};
+use std::cell::RefCell;
+
+use hgq_core::{CoreError, FixedGrads, FixedPoint, Screen, TensorRef, Upstream};
 use tch::Tensor;
 use torch_sys::C_tensor;
 
-use crate::quantizer::rc1;
+use crate::TorchError;
+
+thread_local! {
+    /// hgq-core's error of the last failed kernel call on this thread: the C side carries a
+    /// message only, and [`fixed_apply`] (same thread, same call) hands on the typed error.
+    static LAST_ERROR: RefCell<Option<CoreError>> = const { RefCell::new(None) };
+}
 
 /// A borrowed float32 tensor as the C++ side describes it.
 #[repr(C)]
@@ -46,17 +54,6 @@ pub(crate) fn clear_grad(t: &Tensor) {
     unsafe { hgq_torch_clear_grad(t.as_ptr()) }
 }
 
-/// What the two bit-width tensors given to the kernel are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Bits {
-    /// `i`, `f`, read as the quantizer's [`hgq_core::BitWidths`] says.
-    IntFrac = 0,
-    /// KBI's raw `b`, `i` (one shape): the pass uses `i = rc(i)`, `f = rc(b) - rc(i)` (integer
-    /// bit widths) and returns `db = df`, `di = di - df`, the gradients autograd gives
-    /// through those two operations, without running them as tensor operations.
-    KbiRaw = 1,
-}
-
 /// A [`Screen`] as the C++ side keeps it (in the autograd node's saved data).
 fn screen_code(s: Screen) -> c_int {
     match s {
@@ -74,16 +71,17 @@ fn screen_of(code: c_int) -> Screen {
     }
 }
 
-/// `FixedFn::apply(x, k, p1, p2)`: float32, contiguous, CPU tensors (the caller checks).
+/// `FixedFn::apply(x, k, p1, p2)`: float32, contiguous, CPU tensors (the caller checks);
+/// `p1`, `p2` are what `q.bit_widths()` says.
 pub(crate) fn fixed_apply(
     q: &FixedPoint,
     training: bool,
-    bits: Bits,
     x: &Tensor,
     k: &Tensor,
     p1: &Tensor,
     p2: &Tensor,
-) -> Result<Tensor, String> {
+) -> Result<Tensor, TorchError> {
+    LAST_ERROR.with(|e| e.borrow_mut().take());
     // The quantizer travels by value, as bytes, and comes back in `hgq_torch_fixed_cpu`
     // (same process, same type), also when autograd runs the backward later.
     let cfg = (q as *const FixedPoint).cast::<u8>();
@@ -100,19 +98,28 @@ pub(crate) fn fixed_apply(
             cfg,
             size_of::<FixedPoint>(),
             c_int::from(training),
-            bits as c_int,
+            0,
             &mut out,
             err.as_mut_ptr(),
             err.len(),
         )
     };
     if rc != 0 || out.is_null() {
+        if let Some(e) = LAST_ERROR.with(|e| e.borrow_mut().take()) {
+            return Err(TorchError::Core(e));
+        }
         // SAFETY: the C++ side NUL-terminates within the buffer.
         let msg = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) };
-        return Err(msg.to_string_lossy().into_owned());
+        return Err(TorchError::Kernel(msg.to_string_lossy().into_owned()));
     }
     // SAFETY: `out` is a `new torch::Tensor` that we now own.
     Ok(unsafe { Tensor::from_ptr(out) })
+}
+
+/// Why a kernel call failed: hgq-core refused it, or the bridge itself.
+enum Failure {
+    Core(CoreError),
+    Other(String),
 }
 
 /// # Safety
@@ -157,16 +164,10 @@ unsafe fn data_mut<'a>(p: *mut f32, n: usize) -> &'a mut [f32] {
     unsafe { std::slice::from_raw_parts_mut(p, n) }
 }
 
-/// KBI's `(i, f) = (rc(i), rc(b) - rc(i))` from raw `b`, `i`.
-fn kbi_int_frac(b: &[f32], i: &[f32]) -> (Vec<f32>, Vec<f32>) {
-    let iu: Vec<f32> = i.iter().map(|&v| rc1(v)).collect();
-    let fu = b.iter().zip(&iu).map(|(&b, &i)| rc1(b) - i).collect();
-    (iu, fu)
-}
-
 /// Called by `FixedFn` (C++) in forward (`dy` null: y only, and the [`Screen`] it found into
 /// `screen_out`) and backward (`dx`, `dp1`, `dp2`, taking `screen`, the forward's, as known;
-/// `dy_same`: `dy` is one value for every element); `bits` is a [`Bits`].
+/// `dy_same`: `dy` is one value for every element); `bits` is 0 (the quantizer says what the
+/// bit widths are).
 ///
 /// # Safety
 /// Called only from `bridge.cpp` with views of live float32 contiguous tensors, `y`/`dx` and
@@ -193,9 +194,11 @@ pub unsafe extern "C" fn hgq_torch_fixed_cpu(
     err: *mut c_char,
     err_len: usize,
 ) -> c_int {
-    let run = || -> Result<(), String> {
+    let run = || -> Result<(), Failure> {
         if cfg_len != size_of::<FixedPoint>() || cfg.is_null() {
-            return Err("hgq bridge: quantizer bytes of the wrong size".into());
+            return Err(Failure::Other(
+                "hgq bridge: quantizer bytes of the wrong size".into(),
+            ));
         }
         // SAFETY: bytes of a valid `FixedPoint` (see `fixed_apply`).
         let q: FixedPoint = unsafe { std::ptr::read_unaligned(cfg.cast::<FixedPoint>()) };
@@ -211,30 +214,18 @@ pub unsafe extern "C" fn hgq_torch_fixed_cpu(
                 data_of(p2, &s2),
             )
         };
-        let kbi = match bits {
-            0 => None,
-            1 if s1 == s2 => Some(kbi_int_frac(d1, d2)),
-            1 => {
-                return Err(format!(
-                    "KBI bit widths b {s1:?} and i {s2:?} must have one shape"
-                ));
-            }
-            other => return Err(format!("hgq bridge: unknown bit-width layout {other}")),
-        };
-        // The kernel's i, f: the inputs, or KBI's integer values derived from them.
-        let (iv, fv): (&[f32], &[f32]) = match &kbi {
-            Some((i, f)) => (i, f),
-            None => (d1, d2),
-        };
-        let t = |d, s| TensorRef::new(d, s).map_err(|e| e.to_string());
-        let (tx, tk, ti, tf) = (t(dxv, &sx)?, t(dkv, &sk)?, t(iv, &s1)?, t(fv, &s2)?);
+        if bits != 0 {
+            return Err(Failure::Other(format!("hgq bridge: unknown bit-width layout {bits}")));
+        }
+        let t = |d, s| TensorRef::new(d, s).map_err(Failure::Core);
+        let (tx, tk, ti, tf) = (t(dxv, &sx)?, t(dkv, &sk)?, t(d1, &s1)?, t(d2, &s2)?);
         let n = numel(&sx);
         let training = training != 0;
         if dy.is_null() {
             let y = unsafe { data_mut(y, n) };
             let found = q
                 .forward(tx, tk, ti, tf, training, y)
-                .map_err(|e| e.to_string())?;
+                .map_err(Failure::Core)?;
             if !screen_out.is_null() {
                 // SAFETY: per this function's contract.
                 unsafe { *screen_out = screen_code(found) };
@@ -249,44 +240,34 @@ pub unsafe extern "C" fn hgq_torch_fixed_cpu(
             Upstream::Each(unsafe { data_ref(dy, n) })
         };
         let (g1, g2) = unsafe { (data_mut(dp1, numel(&s1)), data_mut(dp2, numel(&s2))) };
-        match kbi {
-            None => {
-                let grads = FixedGrads {
-                    dx: unsafe { data_mut(dx, n) },
-                    di: g1,
-                    df: g2,
-                };
-                q.backward(tx, tk, ti, tf, training, dy, grads)
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            }
-            Some(_) => {
-                // p1 = b, p2 = i: the kernel's df is b's gradient; i's is di + (-df), the sum
-                // autograd forms for i's two uses (as i, and in f = b - i).
-                let grads = FixedGrads {
-                    dx: unsafe { data_mut(dx, n) },
-                    di: &mut *g2,
-                    df: &mut *g1,
-                };
-                q.backward(tx, tk, ti, tf, training, dy, grads)
-                    .map_err(|e| e.to_string())?;
-                for (di, &db) in g2.iter_mut().zip(g1.iter()) {
-                    *di += -db;
-                }
-                Ok(())
-            }
-        }
+        let grads = FixedGrads {
+            dx: unsafe { data_mut(dx, n) },
+            di: g1,
+            df: g2,
+        };
+        q.backward(tx, tk, ti, tf, training, dy, grads)
+            .map(|_| ())
+            .map_err(Failure::Core)
     };
     let res = catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|p| {
-        Err(p
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "panic in hgq kernel".into()))
+        Err(Failure::Other(
+            p.downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "panic in hgq kernel".into()),
+        ))
     });
     match res {
         Ok(()) => 0,
-        Err(msg) => {
+        Err(failure) => {
+            let msg = match failure {
+                Failure::Core(e) => {
+                    let msg = e.to_string();
+                    LAST_ERROR.with(|l| *l.borrow_mut() = Some(e));
+                    msg
+                }
+                Failure::Other(msg) => msg,
+            };
             if !err.is_null() && err_len > 0 {
                 let bytes = msg.as_bytes();
                 let n = bytes.len().min(err_len - 1);

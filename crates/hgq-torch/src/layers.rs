@@ -340,6 +340,7 @@ impl QDense {
     /// `act(iq(x) @ kq(kernel) + bq(bias))`; in training and tracing also the EBOPs (stored,
     /// and `beta * ebops` returned for the loss).
     pub fn forward(&self, x: &Tensor, mode: CallMode) -> Result<Output> {
+        self.check_input(x)?;
         let xq = self.iq.q.forward(x, mode)?;
         let k = self.kq.q.forward(&self.kernel, mode)?;
         let mut y = xq.f_matmul(&k)?;
@@ -363,11 +364,36 @@ impl QDense {
         Ok(Output { y, ebops_loss })
     }
 
-    /// Applies every quantizer's constraints (after an optimizer step).
-    pub fn apply_constraints(&self) {
-        for q in self.quantizers() {
-            q.q.apply_constraints();
+    /// The input must fit the layer before any quantizer sees it (a quantizer tracking its
+    /// integer bits would otherwise store them for a call that fails later).
+    fn check_input(&self, x: &Tensor) -> Result<()> {
+        let kind = x.f_kind()?;
+        if kind != self.kernel.kind() {
+            return Err(TorchError::Kind { what: "QDense input", kind });
         }
+        if x.device() != self.kernel.device() {
+            return Err(TorchError::Device {
+                what: "QDense kernel",
+                expected: x.device(),
+                got: self.kernel.device(),
+            });
+        }
+        let size = x.size();
+        if size.len() != 2 || size[1] != self.in_features as i64 {
+            return Err(TorchError::Shape {
+                built: vec![None, Some(self.in_features)],
+                got: size,
+            });
+        }
+        Ok(())
+    }
+
+    /// Applies every quantizer's constraints (after an optimizer step).
+    pub fn apply_constraints(&self) -> Result<()> {
+        for q in self.quantizers() {
+            q.q.apply_constraints()?;
+        }
+        Ok(())
     }
 
     /// Whether any quantizer has a regularizer.
@@ -376,11 +402,14 @@ impl QDense {
     }
 
     /// The regularization losses of the quantizers.
-    pub fn regularization_loss(&self) -> Tensor {
-        self.quantizers()
-            .map(|q| q.q.regularization_loss())
-            .reduce(|a, b| a + b)
-            .unwrap_or_else(|| Tensor::from(0.0f32))
+    pub fn regularization_loss(&self) -> Result<Tensor> {
+        let mut total = Tensor::from(0.0f32);
+        for q in self.quantizers() {
+            if q.q.has_regularization() {
+                total = total.f_add(&q.q.regularization_loss()?)?;
+            }
+        }
+        Ok(total)
     }
 
     /// Every variable with its Keras path (`q_dense/kernel`,
@@ -392,16 +421,17 @@ impl QDense {
         }
         for q in self.quantizers() {
             for (n, t) in q.q.variables() {
-                v.push((format!("{}/{n}", q.keras_path), t.shallow_clone()));
+                v.push((format!("{}/{n}", q.keras_path), t));
             }
         }
         v
     }
 
-    fn reset_trace(&self) {
+    fn reset_trace(&self) -> Result<()> {
         for q in self.quantizers() {
-            q.q.reset_trace();
+            q.q.reset_trace()?;
         }
+        Ok(())
     }
 }
 
@@ -463,10 +493,11 @@ impl Sequential {
     }
 
     /// Applies every constraint (after an optimizer step).
-    pub fn apply_constraints(&self) {
+    pub fn apply_constraints(&self) -> Result<()> {
         for l in &self.layers {
-            l.apply_constraints();
+            l.apply_constraints()?;
         }
+        Ok(())
     }
 
     /// Whether any layer has a regularizer (else [`Sequential::regularization_loss`] is 0).
@@ -475,26 +506,54 @@ impl Sequential {
     }
 
     /// The regularization losses.
-    pub fn regularization_loss(&self) -> Tensor {
-        self.layers
-            .iter()
-            .map(QDense::regularization_loss)
-            .reduce(|a, b| a + b)
-            .unwrap_or_else(|| Tensor::from(0.0f32))
+    pub fn regularization_loss(&self) -> Result<Tensor> {
+        let mut total = Tensor::from(0.0f32);
+        for l in &self.layers {
+            if l.has_regularization() {
+                total = total.f_add(&l.regularization_loss()?)?;
+            }
+        }
+        Ok(total)
     }
 
     /// hgq2's `trace_minmax`: resets the WRAP tracking, runs `batches` in tracing mode, and
-    /// returns the EBOPs after it.
+    /// returns the EBOPs after it. No batch is an error (tracing nothing would leave every
+    /// WRAP quantizer without integer bits); on an error every variable is as before the call.
     pub fn trace_minmax<'a>(&self, batches: impl IntoIterator<Item = &'a Tensor>) -> Result<u64> {
-        for l in &self.layers {
-            l.reset_trace();
+        let batches: Vec<&Tensor> = batches.into_iter().collect();
+        if batches.is_empty() {
+            return Err(TorchError::Unsupported(
+                "trace_minmax over no batch: give it the data whose ranges to record".into(),
+            ));
         }
-        tch::no_grad(|| -> Result<()> {
-            for b in batches {
+        let saved: Vec<(Tensor, Tensor)> = self
+            .layers
+            .iter()
+            .flat_map(|l| l.keras_variables())
+            .map(|(_, t)| (t.detach().copy(), t))
+            .collect();
+        let ebops: Vec<u32> = self.layers.iter().map(QDense::ebops).collect();
+        let traced = tch::no_grad(|| -> Result<()> {
+            for l in &self.layers {
+                l.reset_trace()?;
+            }
+            for b in &batches {
                 self.forward(b, CallMode::Tracing)?;
             }
             Ok(())
-        })?;
+        });
+        if let Err(e) = traced {
+            tch::no_grad(|| -> Result<()> {
+                for (copy, var) in &saved {
+                    var.shallow_clone().f_copy_(copy)?;
+                }
+                Ok(())
+            })?;
+            for (l, e) in self.layers.iter().zip(ebops) {
+                l.ebops.set(e);
+            }
+            return Err(e);
+        }
         Ok(self.ebops())
     }
 

@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 mod alloc;
+pub mod backend;
 mod bridge;
 #[cfg(feature = "golden")]
 pub mod golden;
@@ -40,16 +41,27 @@ pub enum TorchError {
     #[error("libtorch: {0}")]
     Tch(#[from] tch::TchError),
     /// A tensor of an unsupported element type.
-    #[error("{what} must be float32, got {kind:?}")]
+    #[error("{what}: element type {kind:?} is not taken here")]
     Kind {
         /// Which argument.
         what: &'static str,
         /// Its element type.
         kind: Kind,
     },
-    /// The fused CPU kernel (through the C++ bridge) refused the input.
-    #[error("hgq kernel: {0}")]
+    /// The C++ autograd bridge failed outside hgq-core (its errors arrive as
+    /// [`TorchError::Core`]).
+    #[error("hgq bridge: {0}")]
     Kernel(String),
+    /// A tensor on another device than the one it is used with.
+    #[error("{what} on {got:?}, used with an input on {expected:?}")]
+    Device {
+        /// Which tensor.
+        what: &'static str,
+        /// The device of the input.
+        expected: Device,
+        /// Its device.
+        got: Device,
+    },
     /// A configuration (hgq-config) that is invalid or does not describe a quantizer.
     #[error(transparent)]
     Config(#[from] hgq_config::ConfigError),
@@ -92,7 +104,7 @@ pub fn cuda_linked() -> bool {
 /// are converted to float32 on `x`'s device; `x` must be float32.
 ///
 /// On CPU the fused hgq-core kernel runs (bit-identical to `FixedPoint::forward`); elsewhere the
-/// torch-ops version [`ops::fixed_quantize_ops`].
+/// torch-ops version [`ops::fixed_quantize_ops`]. Both check the bit widths as hgq-core does.
 ///
 /// ```no_run
 /// use hgq_torch::{fixed_quantize, hgq_core::{FixedPoint, OverflowMode, RoundMode}};
@@ -112,82 +124,65 @@ pub fn fixed_quantize(
     training: bool,
 ) -> Result<Tensor> {
     check_float("x", x)?;
+    let [k, i, f] = params(x.device(), [k, i, f])?;
+    let dims = |t: &Tensor| t.size().iter().map(|&d| d as usize).collect::<Vec<_>>();
+    for t in [&k, &i, &f] {
+        hgq_core::shape::check_broadcast(&dims(t), &dims(x))?;
+    }
+    quantize(q, x, Kind::Float, [&k, &i, &f], training)
+}
+
+/// `Q(x, k, p1, p2)` for any float kind (`p1`, `p2` as `q.bit_widths()` says; the caller has
+/// checked that they broadcast to x): on the CPU, float32 through hgq-core's fused kernel in
+/// the autograd bridge, float16 and bfloat16 computed in float32 and stored in their type (as
+/// hgq-core does); float64 and every other device through the torch-ops path.
+pub(crate) fn quantize(
+    q: &FixedPoint,
+    x: &Tensor,
+    kind: Kind,
+    [k, p1, p2]: [&Tensor; 3],
+    training: bool,
+) -> Result<Tensor> {
     let device = x.device();
-    let [k, i, f] = params(device, [k, i, f])?;
-    match device {
-        Device::Cpu => {
-            let (x, k, i, f) = (
-                x.contiguous(),
-                k.contiguous(),
-                i.contiguous(),
-                f.contiguous(),
-            );
-            bridge::fixed_apply(q, training, bridge::Bits::IntFrac, &x, &k, &i, &f)
-                .map_err(TorchError::Kernel)
+    for t in [k, p1, p2] {
+        if t.device() != device {
+            return Err(TorchError::Device {
+                what: "bit widths",
+                expected: device,
+                got: t.device(),
+            });
         }
-        _ => ops::fixed_quantize_ops(q, &x.shallow_clone(), &k, &i, &f, training),
     }
-}
-
-/// `Q(x, k, i, f)` for any float kind: float32 through [`fixed_quantize`]; float16 and
-/// bfloat16 computed in float32 and stored in their type (as hgq-core does); float64 through
-/// the torch-ops path in float64.
-pub(crate) fn quantize_any(
-    q: &FixedPoint,
-    x: &Tensor,
-    k: &Tensor,
-    i: &Tensor,
-    f: &Tensor,
-    training: bool,
-) -> Result<Tensor> {
-    match x.f_kind()? {
-        Kind::Float => fixed_quantize(q, x, k, i, f, training),
-        Kind::Double => ops::fixed_quantize_ops(q, x, k, i, f, training),
-        kind @ (Kind::Half | Kind::BFloat16) => {
-            Ok(
-                fixed_quantize(q, &x.f_to_kind(Kind::Float)?, k, i, f, training)?
-                    .f_to_kind(kind)?,
-            )
+    let narrow = matches!(kind, Kind::Half | Kind::BFloat16);
+    match (device, kind) {
+        (Device::Cpu, Kind::Float | Kind::Half | Kind::BFloat16) => {
+            let xf = if narrow {
+                x.f_to_kind(Kind::Float)?
+            } else {
+                x.shallow_clone()
+            };
+            let [k, p1, p2] = params(Device::Cpu, [k, p1, p2])?;
+            let y = bridge::fixed_apply(
+                q,
+                training,
+                &xf.f_contiguous()?,
+                &k.f_contiguous()?,
+                &p1.f_contiguous()?,
+                &p2.f_contiguous()?,
+            )?;
+            Ok(if narrow { y.f_to_kind(kind)? } else { y })
         }
-        kind => Err(TorchError::Kind { what: "x", kind }),
+        (_, Kind::Half | Kind::BFloat16) => Ok(ops::fixed_quantize_ops(
+            q,
+            &x.f_to_kind(Kind::Float)?,
+            k,
+            p1,
+            p2,
+            training,
+        )?
+        .f_to_kind(kind)?),
+        _ => ops::fixed_quantize_ops(q, x, k, p1, p2, training),
     }
-}
-
-/// `Q(x, k, i, f)` of a KBI quantizer from its raw `b` and `i` (one shape): `i = rc(i)`,
-/// `f = rc(b) - rc(i)`, with the gradients autograd gives through those operations. On CPU the
-/// pass derives them itself (one autograd node instead of nine); elsewhere they are tensor
-/// operations followed by [`quantize_any`]. `q` reads integer bit widths.
-pub(crate) fn quantize_kbi(
-    q: &FixedPoint,
-    x: &Tensor,
-    k: &Tensor,
-    b: &Tensor,
-    i: &Tensor,
-    training: bool,
-) -> Result<Tensor> {
-    let kind = x.f_kind()?;
-    let native = x.device() == Device::Cpu
-        && matches!(kind, Kind::Float | Kind::Half | Kind::BFloat16)
-        && b.size() == i.size();
-    if !native {
-        let iu = quantizer::rc(i);
-        let f = quantizer::rc(b) - &iu;
-        return quantize_any(q, x, k, &iu, &f, training);
-    }
-    let xf = if kind == Kind::Float {
-        x.contiguous()
-    } else {
-        x.f_to_kind(Kind::Float)?.contiguous()
-    };
-    let [k, b, i] = params(Device::Cpu, [k, b, i])?;
-    let (k, b, i) = (k.contiguous(), b.contiguous(), i.contiguous());
-    let y = bridge::fixed_apply(q, training, bridge::Bits::KbiRaw, &xf, &k, &b, &i)
-        .map_err(TorchError::Kernel)?;
-    Ok(if kind == Kind::Float {
-        y
-    } else {
-        y.f_to_kind(kind)?
-    })
 }
 
 pub(crate) fn check_float(what: &'static str, t: &Tensor) -> Result<()> {

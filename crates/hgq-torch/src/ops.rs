@@ -1,15 +1,18 @@
-//! The fixed-point quantizer as plain torch ops, for any device (CUDA).
+//! The fixed-point and minifloat quantizers as plain torch ops, for any device (CUDA) and
+//! float64.
 //!
-//! The formulas are SPEC 1-3 written with the same torch operations the reference runs on its
-//! torch backend, so autograd gives the reference's gradients; the reference's custom
+//! The formulas are SPEC 1-3 and 8 written with the same torch operations the reference runs
+//! on its torch backend, so autograd gives the reference's gradients; the reference's custom
 //! gradients (straight-through rounding with `dq/df = ln2 (x - q)`) are built from detached
 //! values plus terms `a - a.detach()`, whose value is `+0.0` and whose gradient is the wanted
-//! one (like the reference, this turns a rounded `-0.0` into `+0.0`).
+//! one (like the reference, this turns a rounded `-0.0` into `+0.0`). Bit widths are checked
+//! as hgq-core's passes check them, with hgq-core's errors; seeded stochastic rounding draws
+//! hgq-core's noise (the same counter-based generator, element by element).
 use hgq_core::{BitWidths, FixedPoint, OverflowMode, RoundMode, Stochastic};
 use tch::{Kind, Tensor};
 
 use crate::quantizer::rc;
-use crate::{Result, TorchError, check_float, params_as};
+use crate::{Result, TorchError, params_as};
 
 const LN2: f64 = std::f64::consts::LN_2;
 
@@ -18,8 +21,12 @@ fn zero_term(a: &Tensor) -> Tensor {
     a - a.detach()
 }
 
-/// The integer rounding `R(v)` of SPEC 1 (values only).
-fn round_int(v: &Tensor, mode: RoundMode) -> Tensor {
+/// The integer rounding `R(v)` of SPEC 1 (values only); `u` is the noise of seeded stochastic
+/// rounding (training with S_ modes), `floor(v + u)`.
+fn round_int(v: &Tensor, mode: RoundMode, u: Option<&Tensor>) -> Tensor {
+    if let Some(u) = u {
+        return (v + u).floor();
+    }
     match mode {
         RoundMode::Trn => v.floor(),
         RoundMode::Rnd | RoundMode::SRnd => (v + 0.5).floor(),
@@ -34,10 +41,10 @@ fn round_int(v: &Tensor, mode: RoundMode) -> Tensor {
 /// `round(x, f)` with the straight-through gradient: `dq/dx = 1`, `dq/df = ln2 (x - q)`,
 /// the latter evaluated as the reference's autograd does, `(g x - g q) ln2` (this order
 /// matters to the last bits where x and q are large and close).
-fn round_scaled(x: &Tensor, f: &Tensor, mode: RoundMode) -> Tensor {
+fn round_scaled(x: &Tensor, f: &Tensor, mode: RoundMode, u: Option<&Tensor>) -> Tensor {
     let xd = x.detach();
     let scale = f.detach().exp2();
-    let xq = round_int(&(&xd * &scale), mode) / &scale;
+    let xq = round_int(&(&xd * &scale), mode, u) / &scale;
     // t = v x - v q with v = f ln2: autograd gives dt/dv = g x - g q, then dv/df multiplies
     // by ln2.
     let v = f * LN2;
@@ -69,7 +76,14 @@ fn wrap(x: &Tensor, k: &Tensor, i: &Tensor) -> Tensor {
 }
 
 /// Sign-magnitude wrap (SPEC 2, WRAP_SM), rounding inside.
-fn wrap_sm(x: &Tensor, k: &Tensor, i: &Tensor, f: &Tensor, mode: RoundMode) -> Tensor {
+fn wrap_sm(
+    x: &Tensor,
+    k: &Tensor,
+    i: &Tensor,
+    f: &Tensor,
+    mode: RoundMode,
+    u: Option<&Tensor>,
+) -> Tensor {
     let eps = f.neg().exp2();
     let high = i.exp2() - &eps;
     let low = (&high + &eps).neg() * k;
@@ -81,17 +95,76 @@ fn wrap_sm(x: &Tensor, k: &Tensor, i: &Tensor, f: &Tensor, mode: RoundMode) -> T
     let c2 = ((x + &eps / 2.0) / (&interval / 2.0))
         .remainder(2.0)
         .ge(1.0);
-    let qx = round_scaled(x, f, mode);
+    let qx = round_scaled(x, f, mode, u);
     let mapped = (qx - &high - &eps).remainder_tensor(&interval) + low;
     let mapped = (mapped.neg() - &eps).where_self(&c2, &mapped);
     (mapped.neg() - &eps).where_self(&c1, &mapped)
 }
 
+/// hgq-core's counter-based noise for the elements of a tensor of `n` elements, on `device`
+/// in `kind`: element `j` gets `uniform(seed, j)`, the value hgq-core's kernels draw for it.
+fn uniform_noise(seed: u64, n: i64, like: &Tensor) -> Result<Tensor> {
+    // Wrapping 64-bit arithmetic on int64 tensors; logical right shifts as arithmetic ones
+    // masked to the bits that shift in.
+    let shr = |z: &Tensor, s: i64| -> Result<Tensor> {
+        let mask = ((1u64 << (64 - s)) - 1) as i64;
+        Ok(z.f_bitwise_right_shift_tensor_scalar(s)?
+            .f_bitwise_and(mask)?)
+    };
+    let mix = |z: &Tensor, s: i64, m: u64| -> Result<Tensor> {
+        Ok(z.f_bitwise_xor_tensor(&shr(z, s)?)?.f_mul_scalar(m as i64)?)
+    };
+    let idx = Tensor::f_arange(n, (Kind::Int64, like.device()))?;
+    let z = idx
+        .f_mul_scalar(0x9E37_79B9_7F4A_7C15u64 as i64)?
+        .f_bitwise_xor(seed as i64)?;
+    let z = mix(&z, 30, 0xBF58_476D_1CE4_E5B9)?;
+    let z = mix(&z, 27, 0x94D0_49BB_1331_11EB)?;
+    let z = z.f_bitwise_xor_tensor(&shr(&z, 31)?)?;
+    // 24 bits: exact in float32 and float64.
+    let u = shr(&z, 40)?
+        .f_to_kind(Kind::Double)?
+        .f_mul_scalar(1.0 / (1u64 << 24) as f64)?;
+    Ok(u.f_to_kind(like.kind())?.f_reshape(like.size())?)
+}
+
+/// Checks `k`, `i`, `f` as hgq-core's pass would (one read of a flag from the device; the
+/// values themselves only when one is bad, to name it in hgq-core's words).
+fn check_bit_widths(q: &FixedPoint, k: &Tensor, i: &Tensor, f: &Tensor) -> Result<()> {
+    let bad_int = |t: &Tensor| -> Result<Tensor> {
+        let finite = t.f_isfinite()?;
+        Ok(finite
+            .f_logical_and(&t.f_eq_tensor(&t.f_round()?)?)?
+            .f_logical_not()?
+            .f_any()?)
+    };
+    let bad_k = k.f_ne(0.0)?.f_logical_and(&k.f_ne(1.0)?)?.f_any()?;
+    let bad = match q.bit_widths() {
+        BitWidths::Integer => bad_int(i)?.f_logical_or(&bad_int(f)?)?,
+        BitWidths::RoundHalfEven => i
+            .f_isfinite()?
+            .f_logical_and(&f.f_isfinite()?)?
+            .f_all()?
+            .f_logical_not()?,
+        // i and f are raw b and i: the i and f they make must be integers.
+        BitWidths::KbiRaw => {
+            let iu = rc(&f.f_detach()?);
+            let fu = rc(&i.f_detach()?).f_sub(&iu)?;
+            bad_int(&iu)?.f_logical_or(&bad_int(&fu)?)?
+        }
+    };
+    if !bool::try_from(bad_k.f_logical_or(&bad)?)? {
+        return Ok(());
+    }
+    let host = |t: &Tensor| crate::quantizer::to_f64_vec(t);
+    q.check_bit_widths(&host(k)?, &host(i)?, &host(f)?)?;
+    Ok(())
+}
+
 /// `Q(x, k, i, f)` (SPEC 3) as torch ops on `x`'s device, differentiable by autograd;
-/// `x` float32 or float64 (`k`, `i`, `f` are converted to its kind).
-///
-/// S_RND / S_RND_CONV behave as in the reference (no noise); a quantizer set to
-/// [`Stochastic::Seeded`] is refused in training (its generator lives in hgq-core's kernels).
+/// `x` float32 or float64 (`k`, `i`, `f` are converted to its kind). `i`, `f` are what
+/// `q.bit_widths()` says (KBI's raw `b`, `i` included), checked as hgq-core checks them.
+/// Seeded stochastic rounding (S_ modes in training) draws hgq-core's noise.
 pub fn fixed_quantize_ops(
     q: &FixedPoint,
     x: &Tensor,
@@ -101,40 +174,107 @@ pub fn fixed_quantize_ops(
     training: bool,
 ) -> Result<Tensor> {
     let kind = x.f_kind()?;
-    if kind != Kind::Double {
-        check_float("x", x)?;
+    if !matches!(kind, Kind::Float | Kind::Double) {
+        return Err(TorchError::Kind { what: "x", kind });
     }
-    let [k, i_raw, f] = params_as(x.device(), kind, [k, i, f])?;
-    // Raw bit widths: `round(v) + (v - stop_gradient(v))`, as the layer quantizers do.
+    let dims = |t: &Tensor| t.size().iter().map(|&d| d as usize).collect::<Vec<_>>();
+    for t in [k, i, f] {
+        hgq_core::shape::check_broadcast(&dims(t), &dims(x))?;
+    }
+    let [k, p1, p2] = params_as(x.device(), kind, [k, i, f])?;
+    check_bit_widths(q, &k, &p1, &p2)?;
     let (i_raw, f) = match q.bit_widths() {
-        BitWidths::Integer => (i_raw, f),
-        BitWidths::RoundHalfEven => (rc(&i_raw), rc(&f)),
+        BitWidths::Integer => (p1, p2),
+        BitWidths::RoundHalfEven => (rc(&p1), rc(&p2)),
+        // KBI: i = rc(i), f = rc(b) - rc(i); autograd forms db = df, di = di - df.
+        BitWidths::KbiRaw => {
+            let iu = rc(&p2);
+            let fu = rc(&p1) - &iu;
+            (iu, fu)
+        }
     };
     let round = q.round_mode();
     let overflow = q.overflow_mode();
-    let seeded = *q != q.with_stochastic(Stochastic::Reference);
-    if training && seeded && matches!(round, RoundMode::SRnd | RoundMode::SRndConv) {
-        return Err(TorchError::Unsupported(format!(
-            "seeded stochastic rounding ({round}) on the torch-ops path"
-        )));
-    }
+    let noise = match q.stochastic() {
+        Stochastic::Seeded(seed) if training && round.is_stochastic() => {
+            Some(uniform_noise(seed, x.numel() as i64, x)?)
+        }
+        _ => None,
+    };
+    let u = noise.as_ref();
+    let round = round.deterministic();
     // i := max(i, -f) in value; the gradient reaches i unchanged.
     let i = i_raw.detach().maximum(&f.detach().neg()) + zero_term(&i_raw);
     let y = match overflow {
-        OverflowMode::WrapSm => wrap_sm(x, &k, &i, &f, round),
+        OverflowMode::WrapSm => wrap_sm(x, &k, &i, &f, round, u),
         OverflowMode::Wrap => {
-            let r = round_scaled(x, &f, round);
+            let r = round_scaled(x, &f, round, u);
             if training { r } else { wrap(&r, &k, &i) }
         }
         OverflowMode::Sat | OverflowMode::SatSym => {
-            round_scaled(&sat(x, &k, &i, &f, overflow), &f, round)
+            round_scaled(&sat(x, &k, &i, &f, overflow), &f, round, u)
         }
     };
-    let zero_mask = *q != q.with_zero_mask(false);
-    Ok(if zero_mask && !training {
+    Ok(if q.zero_mask() && !training {
         let bits = &k + &i_raw + &f;
         Tensor::where_scalarself(&bits.le(0.0), 0.0, &y)
     } else {
         y
     })
+}
+
+const EPS_K: f64 = 1e-7;
+
+/// The minifloat quantizer (SPEC 8) as torch ops with the reference's surrogate gradients,
+/// from raw `m`, `e`, `e0` (used rounded half to even, straight through). float16 and
+/// bfloat16 are computed in float32 and stored in their type, as hgq-core does. The rounded
+/// bit widths must be finite (hgq-core's check and error).
+pub fn minifloat_ops(x: &Tensor, p: [&Tensor; 3]) -> Result<Tensor> {
+    let kind = x.f_kind()?;
+    if matches!(kind, Kind::Half | Kind::BFloat16) {
+        return Ok(minifloat_ops(&x.f_to_kind(Kind::Float)?, p)?.f_to_kind(kind)?);
+    }
+    if !matches!(kind, Kind::Float | Kind::Double) {
+        return Err(TorchError::Kind { what: "x", kind });
+    }
+    let [m, e, e0] = p.map(|t| rc(t));
+    let bad = [&m, &e, &e0]
+        .iter()
+        .try_fold(Tensor::from(false), |acc, t| -> Result<Tensor> {
+            Ok(acc.f_logical_or(&t.f_isfinite()?.f_all()?.f_logical_not()?)?)
+        })?;
+    if bool::try_from(bad)? {
+        let host = |t: &Tensor| crate::quantizer::to_f64_vec(t);
+        hgq_core::check_minifloat_bit_widths(&host(&m)?, &host(&e)?, &host(&e0)?)?;
+    }
+    let (m, e, e0) = (m.to_kind(kind), e.to_kind(kind), e0.to_kind(kind));
+    let xd = x.detach();
+    let (md, ed, e0d) = (m.detach(), e.detach(), e0.detach());
+    let big_m = &md + 1.0;
+    let e_req = (xd.abs() + EPS_K).log2().floor();
+    let h = (&ed - 1.0).exp2().clamp_min(1.0);
+    let e_lo = -&h + &e0d + 1.0;
+    let e_hi = &h + &e0d - 1.0;
+    let e_act = e_req.maximum(&e_lo).minimum(&e_hi);
+    let s = (&e_act - &big_m + 1.0).exp2();
+    let sig = &xd / &s;
+    let qs = sig.round();
+    let top = big_m.exp2() - e_act.eq_tensor(&e_hi).to_kind(kind);
+    let y = qs.maximum(&top.neg()).minimum(&top) * &s;
+    // Surrogate coefficients (d y / d m, d y / d e, d y / d e0 per element).
+    let finite = |t: Tensor| t.nan_to_num(0.0, 0.0, 0.0);
+    let dm = finite(e_req.le_tensor(&e_hi).to_kind(kind) * &s * (&sig - &qs) * LN2);
+    let g = finite(e_req.ne_tensor(&e_act).to_kind(kind) * (&xd - &y) * LN2);
+    let de = &g * LN2 * &h;
+    let de0 = g.where_self(&e_req.gt_tensor(&e_hi), &g.neg());
+    // y - t with t = +0 whose gradients are minus the wanted ones: subtracting +0 keeps a
+    // rounded -0 (adding would turn it into +0, unlike the reference's custom gradient).
+    let nz_x = (&xd - x).where_self(&xd.isfinite(), &xd.zeros_like());
+    let t = nz_x + dm * neg_zero_term(&m) + de * neg_zero_term(&e) + de0 * neg_zero_term(&e0);
+    Ok(y - t)
+}
+
+/// `+0` whose gradient with respect to `a` is `-1`.
+fn neg_zero_term(a: &Tensor) -> Tensor {
+    a.detach() - a
 }

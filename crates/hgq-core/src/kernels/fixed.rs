@@ -18,6 +18,12 @@ pub(crate) mod r {
     pub const RND_INF: u8 = 5;
     pub const RND_MIN_INF: u8 = 6;
     pub const STOCH: u8 = 7;
+    /// The const id under which the rarely used modes (TRN_ZERO, RND_ZERO, RND_INF,
+    /// RND_MIN_INF, and every rounding with WRAP_SM) share one instantiation: the mode is then
+    /// a runtime value (any id above), matched per element. Each const id is a copy of every kernel
+    /// for every element type and SIMD level, so only the modes that hgq2's defaults and
+    /// firmware use (TRN, RND, RND_CONV, stochastic) get their own.
+    pub const RARE: u8 = 8;
 }
 
 /// Const ids of the overflow modes.
@@ -53,18 +59,29 @@ pub(crate) fn overflow_id(m: OverflowMode) -> u8 {
     }
 }
 
-/// `R(v)` of SPEC 1; `u` is the uniform noise of stochastic rounding (unused otherwise).
+/// `R(v)` of SPEC 1; `u` is the uniform noise of stochastic rounding (unused otherwise),
+/// `rare` the runtime mode of [`r::RARE`] (unused otherwise).
 #[inline(always)]
-pub(crate) fn round_int<C: Real, const R: u8>(v: C, u: C) -> C {
+pub(crate) fn round_int<C: Real, const R: u8>(v: C, u: C, rare: u8) -> C {
     match R {
+        r::STOCH => (v + u).floor(),
+        r::RARE if rare == r::STOCH => (v + u).floor(),
+        r::RARE => round_by_id(v, rare),
+        _ => round_by_id(v, R),
+    }
+}
+
+/// The deterministic rounding of id `id` (`r::TRN` to `r::RND_MIN_INF`).
+#[inline(always)]
+fn round_by_id<C: Real>(v: C, id: u8) -> C {
+    match id {
         r::TRN => v.floor(),
         r::RND => (v + C::HALF).floor(),
         r::RND_CONV => v.round_even(),
         r::TRN_ZERO => v.abs().floor() * v.sign(),
         r::RND_ZERO => -(-v.abs() + C::HALF).floor() * v.sign(),
         r::RND_INF => (v.abs() + C::HALF).floor() * v.sign(),
-        r::RND_MIN_INF => -(-v + C::HALF).floor(),
-        _ => (v + u).floor(),
+        _ => -(-v + C::HALF).floor(),
     }
 }
 
@@ -75,9 +92,9 @@ pub(crate) fn round_int<C: Real, const R: u8>(v: C, u: C) -> C {
 /// `2^f` does not, where the quotient of a zero is that zero.
 #[inline(always)]
 #[allow(clippy::eq_op)]
-pub(crate) fn round_to<C: Real, const R: u8>(x: C, scale: C, inv: C, u: C) -> C {
+pub(crate) fn round_to<C: Real, const R: u8>(x: C, scale: C, inv: C, u: C, rare: u8) -> C {
     let v = x * scale;
-    let t = round_int::<C, R>(v, u) + (v - v);
+    let t = round_int::<C, R>(v, u, rare) + (v - v);
     if t == C::ZERO && scale != C::ZERO {
         t
     } else {
@@ -186,6 +203,7 @@ pub(crate) fn forward_grad<
     dv: [C; 8],
     g: C,
     u: C,
+    rare: u8,
 ) -> Local<C> {
     let k = dv[d::K];
     let scale = dv[d::SCALE];
@@ -204,7 +222,7 @@ pub(crate) fn forward_grad<
             } else {
                 x
             };
-            let y = round_to::<C, R>(xs, scale, eps, u);
+            let y = round_to::<C, R>(xs, scale, eps, u, rare);
             if !GRAD {
                 return Local {
                     y,
@@ -229,7 +247,7 @@ pub(crate) fn forward_grad<
             Local { y, gx, gi, gf }
         }
         o::WRAP => {
-            let r = round_to::<C, R>(x, scale, eps, u);
+            let r = round_to::<C, R>(x, scale, eps, u, rare);
             if TRAIN {
                 let gf = if GRAD { round_df(g, x, r) } else { C::ZERO };
                 return Local {
@@ -265,7 +283,7 @@ pub(crate) fn forward_grad<
             let two = C::ONE + C::ONE;
             let c1 = (x / interval).remainder(two) >= C::ONE && x.abs() > eps / two;
             let c2 = ((x + eps / two) / (interval / two)).remainder(two) >= C::ONE;
-            let qx = round_to::<C, R>(x, scale, eps, u);
+            let qx = round_to::<C, R>(x, scale, eps, u, rare);
             let a = qx - high - eps;
             let m0 = a.remainder(interval) + low;
             let m1 = if c2 { -m0 - eps } else { m0 };

@@ -51,39 +51,49 @@ pub enum Path {
     Level(SimdLevel),
 }
 
-/// The pulp SIMD levels a [`Path::Level`] can force.
+/// The SIMD levels the kernels are compiled for, which a [`Path::Level`] can force.
+///
+/// Each level is a copy of every kernel in the build, so there are only the ones that
+/// [`Path::Simd`] dispatches to: the scalar code (CPUs without AVX2, and other architectures
+/// where pulp has no level), x86-64-v3 and, with the `avx512` feature, x86-64-v4.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SimdLevel {
-    /// `pulp::Scalar`.
+    /// Plain scalar code (what LLVM makes of the loops without target features).
     Scalar,
-    /// `pulp::Scalar128b`.
-    Scalar128b,
-    /// `pulp::Scalar256b`.
-    Scalar256b,
-    /// `pulp::Scalar512b`.
-    Scalar512b,
-    /// x86-64-v2 (SSE4.2, 128-bit vectors).
-    V2,
     /// x86-64-v3 (AVX2 and FMA, 256-bit vectors): what [`Path::Simd`] runs on a CPU with
     /// AVX2 (with the `avx512` feature on one with AVX-512: for gradient passes).
     V3,
     /// x86-64-v4 (AVX-512 F/BW/CD/DQ/VL, 512-bit vectors) for forward passes, x86-64-v3 for
     /// gradient passes: what [`Path::Simd`] runs on a CPU with AVX-512, with the `avx512`
-    /// feature. Without the feature this level runs as [`Path::Simd`].
+    /// feature.
     V4,
 }
 
 impl SimdLevel {
     /// Every level.
-    pub const ALL: [SimdLevel; 7] = [
-        SimdLevel::Scalar,
-        SimdLevel::Scalar128b,
-        SimdLevel::Scalar256b,
-        SimdLevel::Scalar512b,
-        SimdLevel::V2,
-        SimdLevel::V3,
-        SimdLevel::V4,
-    ];
+    pub const ALL: [SimdLevel; 3] = [SimdLevel::Scalar, SimdLevel::V3, SimdLevel::V4];
+
+    /// Whether this build has the level's code and this CPU runs it (a [`Path::Level`] of a
+    /// level that is not available runs as [`Path::Simd`]).
+    pub fn is_available(self) -> bool {
+        match self {
+            SimdLevel::Scalar => true,
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            SimdLevel::V3 => pulp::x86::V3::try_new().is_some(),
+            #[cfg(all(feature = "avx512", any(target_arch = "x86", target_arch = "x86_64")))]
+            SimdLevel::V4 => pulp::x86::V4::try_new().is_some(),
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    /// The levels [`SimdLevel::is_available`] finds.
+    pub fn available() -> Vec<SimdLevel> {
+        SimdLevel::ALL
+            .into_iter()
+            .filter(|l| l.is_available())
+            .collect()
+    }
 }
 
 impl Path {
@@ -810,67 +820,62 @@ fn precompute<C: Real, Op: ElemOp<C>>(op: Op, p: [&[C]; 3], n: usize, path: Path
 #[inline(never)]
 fn with_path<J: RunScalar>(job: J, path: Path) -> J::Output {
     match path {
-        Path::Scalar => job.run_scalar(),
+        Path::Scalar | Path::Level(SimdLevel::Scalar) => job.run_scalar(),
         Path::Simd => job.run_simd(),
-        Path::Level(l) => match l {
-            // The element bodies do not use the SIMD token, only the target features its level
-            // enables: pulp's portable levels enable none, so they are the scalar code (one
-            // instantiation for all four keeps compile times down).
-            SimdLevel::Scalar
-            | SimdLevel::Scalar128b
-            | SimdLevel::Scalar256b
-            | SimdLevel::Scalar512b => job.run_scalar(),
-            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-            SimdLevel::V2 => match pulp::x86::V2::try_new() {
-                Some(s) => pulp::Simd::vectorize(s, job),
-                None => job.run_simd(),
-            },
-            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-            SimdLevel::V3 => match pulp::x86::V3::try_new() {
-                Some(s) => pulp::Simd::vectorize(s, job),
-                None => job.run_simd(),
-            },
-            #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
-            SimdLevel::V2 | SimdLevel::V3 => job.run_simd(),
-            SimdLevel::V4 => job.run_v4(),
-        },
+        Path::Level(SimdLevel::V3) => job.run_v3(),
+        Path::Level(SimdLevel::V4) => job.run_v4(),
     }
 }
 
-/// A job's body without any target features, and the levels it runs at.
+/// A job's body without any target features, and the levels it runs at. The element bodies do
+/// not use the SIMD token, only the target features its level enables, so the scalar level is
+/// the plain body: pulp's own `Scalar` dispatch would be a second copy of the same code.
 trait RunScalar: pulp::WithSimd + Sized {
     fn run_scalar(self) -> Self::Output;
 
-    /// [`Path::Simd`]: pulp's dispatch, the widest level the CPU has (x86-64-v4 where it has
-    /// AVX-512 and the `avx512` feature is on).
+    /// x86-64-v3 where the CPU has it, else [`RunScalar::run_simd`].
+    #[inline(always)]
+    fn run_v3(self) -> Self::Output {
+        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+        if let Some(s) = pulp::x86::V3::try_new() {
+            return pulp::Simd::vectorize(s, self);
+        }
+        self.run_simd()
+    }
+
+    /// [`Path::Simd`]: the widest level the CPU has (x86-64-v4 where it has AVX-512 and the
+    /// `avx512` feature is on, else v3, else the scalar body; elsewhere pulp's dispatch).
     #[inline(always)]
     fn run_simd(self) -> Self::Output {
-        pulp::Arch::new().dispatch(self)
+        #[cfg(all(feature = "avx512", any(target_arch = "x86", target_arch = "x86_64")))]
+        if let Some(s) = pulp::x86::V4::try_new() {
+            return pulp::Simd::vectorize(s, self);
+        }
+        at_most_v3(self)
     }
 
     /// [`SimdLevel::V4`]: x86-64-v4 where the CPU has it and the `avx512` feature is on, else
     /// as [`RunScalar::run_simd`].
     #[inline(always)]
     fn run_v4(self) -> Self::Output {
-        #[cfg(all(feature = "avx512", any(target_arch = "x86", target_arch = "x86_64")))]
-        if let Some(s) = pulp::x86::V4::try_new() {
-            return pulp::Simd::vectorize(s, self);
-        }
         self.run_simd()
     }
 }
 
 /// At most x86-64-v3: for jobs that 512-bit vectors do not pay for. It never names
-/// `pulp::x86::V4`, so the job's body is not compiled for it (`pulp::Arch::dispatch` would).
-#[cfg(all(feature = "avx512", any(target_arch = "x86", target_arch = "x86_64")))]
+/// `pulp::x86::V4`, so the job's body is not compiled for it.
 #[inline(always)]
 fn at_most_v3<J: RunScalar>(job: J) -> J::Output {
-    if let Some(s) = pulp::x86::V3::try_new() {
-        pulp::Simd::vectorize(s, job)
-    } else if let Some(s) = pulp::x86::V2::try_new() {
-        pulp::Simd::vectorize(s, job)
-    } else {
-        job.run_scalar()
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    {
+        match pulp::x86::V3::try_new() {
+            Some(s) => pulp::Simd::vectorize(s, job),
+            None => job.run_scalar(),
+        }
+    }
+    #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
+    {
+        pulp::Arch::new().dispatch(job)
     }
 }
 
@@ -915,15 +920,8 @@ impl<C: Real, Op: ElemOp<C>> RunScalar for Gradient<'_, C, Op> {
         self.0.gradient()
     }
 
-    #[cfg(all(feature = "avx512", any(target_arch = "x86", target_arch = "x86_64")))]
     #[inline(always)]
     fn run_simd(self) -> Verdict {
-        at_most_v3(self)
-    }
-
-    #[cfg(all(feature = "avx512", any(target_arch = "x86", target_arch = "x86_64")))]
-    #[inline(always)]
-    fn run_v4(self) -> Verdict {
         at_most_v3(self)
     }
 }

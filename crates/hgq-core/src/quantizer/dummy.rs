@@ -1,77 +1,69 @@
 //! The identity quantizer (SPEC 9).
-use super::{Grads, Props, Quantizer, Variable};
-use crate::error::{CoreError, Result};
+use super::backend::Backend;
+use super::{Props, check_input};
 use crate::modes::CallMode;
-use crate::real::{Element, Real};
-use crate::shape::{TensorRef, check_len};
+use crate::real::Real;
 
-/// Passes values through: `bits = 0`, `min/max = -/+1e9`, `epsilon = 1e-7`.
-#[derive(Debug, Clone, Default)]
-pub struct DummyQuantizer<C> {
-    vars: Vec<Variable<C>>,
+/// Passes values through: `bits = 0`, `min/max = -/+1e9`, `epsilon = 1e-7` (Keras' epsilon), as
+/// scalars.
+///
+/// ```
+/// use hgq_core::quantizer::{CpuQuantizer, DummyQuantizer, QuantizerSpec};
+/// use hgq_core::{CallMode, TensorRef};
+/// let mut q = CpuQuantizer::<f32>::new(QuantizerSpec::Dummy, &[None, Some(2)])?;
+/// let x = [0.3f32, -7.25];
+/// let mut y = [0.0f32; 2];
+/// q.forward(TensorRef::new(&x, &[1, 2])?, CallMode::Inference, &mut y)?;
+/// assert_eq!(y, x);
+/// assert_eq!(q.props()?.max, [1e9]);
+/// # Ok::<(), hgq_core::CoreError>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DummyQuantizer {
+    input_shape: Vec<Option<usize>>,
     /// Report the float16 range (+-3e4) as the reference does for a float16 dtype policy.
     pub float16: bool,
 }
 
-impl<C: Real> DummyQuantizer<C> {
-    /// A dummy quantizer.
-    pub fn new() -> Self {
+impl DummyQuantizer {
+    /// A dummy quantizer for inputs of `input_shape`.
+    pub fn new(input_shape: &[Option<usize>]) -> Self {
         DummyQuantizer {
-            vars: Vec::new(),
+            input_shape: input_shape.to_vec(),
             float16: false,
         }
     }
-}
 
-impl<C: Real> Quantizer<C> for DummyQuantizer<C> {
-    fn build(&mut self, _input_shape: &[Option<usize>]) -> Result<()> {
-        Ok(())
+    /// The input shape it was built for.
+    pub fn input_shape(&self) -> &[Option<usize>] {
+        &self.input_shape
     }
-    fn variables(&self) -> &[Variable<C>] {
-        &self.vars
-    }
-    fn variables_mut(&mut self) -> &mut [Variable<C>] {
-        &mut self.vars
-    }
-    fn forward<T: Element<C = C>>(
-        &mut self,
-        x: TensorRef<'_, T>,
+
+    /// `x` itself, in every mode (the gradient passes straight through).
+    pub fn forward<B: Backend>(
+        &self,
+        b: &B,
+        x: &B::Tensor,
         _mode: CallMode,
-        y: &mut [T],
-    ) -> Result<()> {
-        check_len("y", y.len(), x.shape)?;
-        y.copy_from_slice(x.data);
-        Ok(())
+    ) -> Result<B::Tensor, B::Error> {
+        check_input(&self.input_shape, &b.shape(x)?)?;
+        b.identity(x)
     }
-    fn forward_backward<T: Element<C = C>>(
-        &mut self,
-        x: TensorRef<'_, T>,
-        dy: &[T],
-        y: &mut [T],
-        dx: &mut [T],
-    ) -> Result<Grads<C>> {
-        check_len("dy", dy.len(), x.shape)?;
-        check_len("dx", dx.len(), x.shape)?;
-        if y.len() != x.data.len() {
-            return Err(CoreError::Length {
-                what: "y",
-                len: y.len(),
-                shape: x.shape.to_vec(),
-                expected: x.data.len(),
-            });
-        }
-        y.copy_from_slice(x.data);
-        dx.copy_from_slice(dy);
-        Ok(Grads::default())
+
+    /// `bits = 0`.
+    pub fn bits<B: Backend>(&self, b: &B) -> Result<B::Bw, B::Error> {
+        b.bw_const(0.0, &[])
     }
-    fn props(&self) -> Result<Props<C>> {
-        let big = C::from_f64(if self.float16 { 3e4 } else { 1e9 });
+
+    /// The reference's properties, as scalars.
+    pub fn props<B: Backend>(&self, b: &B) -> Result<Props<B::Bw>, B::Error> {
+        let big = if self.float16 { 3e4 } else { 1e9 };
         Ok(Props {
-            bits: vec![C::ZERO],
-            fbits: vec![C::ZERO],
-            min: vec![-big],
-            max: vec![big],
-            epsilon: vec![C::EPS_K],
+            bits: b.bw_const(0.0, &[])?,
+            fbits: b.bw_const(0.0, &[])?,
+            min: b.bw_const(-big, &[])?,
+            max: b.bw_const(big, &[])?,
+            epsilon: b.bw_const(<B::C as Real>::EPS_K.to_f64(), &[])?,
         })
     }
 }

@@ -1,15 +1,26 @@
-//! The fixed-point layer quantizers KBI and KIF (SPEC 4).
+//! The fixed-point layer quantizers KBI and KIF (SPEC 4), written once over a [`Backend`].
+//!
+//! Where each piece of the logic stands:
+//! - the pass a call runs (mode dispatch): [`FixedQuantizer::forward`];
+//! - WRAP integer-bit tracking and `i_decay_speed`, and tracing: `FixedQuantizer::track` (the
+//!   new state) and `commit` (written after the pass succeeded);
+//! - `props`: [`FixedQuantizer::props`];
+//! - noise and seeds: `FixedQuantizer::noise` (the seed of a call from the quantizer's seed and
+//!   its call counter);
+//! - the KBI chain rule (`f = rc(b) - rc(i)`): [`BitWidths::KbiRaw`] in the fused pass;
+//! - constraints and regularizers: [`super::Quantizer`], over every quantizer's variables.
+use super::backend::{Arith, Backend, Operand};
+use super::constraint::{Constraint, Regularizer};
 use super::{
-    Constraint, Grads, Props, Quantizer, Regularizer, VarDtype, Variable, check_input, check_k, rc,
-    rc1, widen,
+    Layout, Props, Store, VarDtype, VarInit, VarName, Variable, check_input, check_k,
+    check_real, rc1,
 };
 use crate::error::{CoreError, Result};
-use crate::mapper::{Axes, BitwidthMapper, DefaultBitwidthMapper};
+use crate::mapper::Axes;
 use crate::minimal_i;
 use crate::modes::{CallMode, OverflowMode, RoundMode, check_modes};
-use crate::real::{Element, Real};
-use crate::shape::{TensorRef, check_len};
-use crate::stateless::{FixedGrads, FixedPoint, Stochastic};
+use crate::real::Real;
+use crate::stateless::{BitWidths, FixedPoint, Stochastic};
 
 /// What KBI and KIF share: modes, WRAP tracking, mapping.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,7 +30,7 @@ pub struct FixedSpec {
     /// Overflow mode.
     pub overflow: OverflowMode,
     /// How fast the integer bits of a WRAP quantizer decay per training step (`inf`: they
-    /// follow each batch; the reference's default for weights).
+    /// follow each batch; the reference's default for weights). Not NaN, not negative.
     pub i_decay_speed: f64,
     /// Whether the quantizer holds weights (changes the inference of WRAP quantizers).
     pub is_weight: bool,
@@ -46,6 +57,18 @@ impl FixedSpec {
             stochastic: Stochastic::Seeded(0),
             trainable: true,
         }
+    }
+
+    fn validate(&self) -> Result<()> {
+        check_modes(self.round, self.overflow)?;
+        if self.i_decay_speed.is_nan() || self.i_decay_speed < 0.0 {
+            return Err(CoreError::InvalidParameter {
+                name: "i_decay_speed",
+                value: self.i_decay_speed,
+                why: "must be a number >= 0 (inf: the integer bits follow each batch)",
+            });
+        }
+        Ok(())
     }
 }
 
@@ -144,627 +167,537 @@ impl KifSpec {
     }
 }
 
-/// Which parametrization.
+/// Which parametrization a [`FixedQuantizer`] has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Param {
+pub enum Param {
+    /// `k, b, i`: `f = b - i`.
     Kbi,
+    /// `k, i, f`: `b = relu(i + f)`.
     Kif,
 }
 
-/// The state both parametrizations share.
-#[derive(Debug, Clone)]
-struct Base<C> {
-    param: Param,
-    spec: FixedSpec,
-    mapper: DefaultBitwidthMapper,
-    built: Option<Vec<Option<usize>>>,
-    bw_shape: Vec<usize>,
-    vars: Vec<Variable<C>>,
+/// The spec of a [`FixedQuantizer`]: KBI or KIF.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FixedKind {
+    /// KBI.
+    Kbi(KbiSpec),
+    /// KIF.
+    Kif(KifSpec),
 }
 
-// Variable slots: k, then (b, i) for KBI or (i, f) for KIF, then i_decay_speed for WRAP.
-const K: usize = 0;
-
-impl<C: Real> Base<C> {
-    fn new(param: Param, spec: FixedSpec) -> Result<Self> {
-        check_modes(spec.round, spec.overflow)?;
-        Ok(Base {
-            param,
-            mapper: DefaultBitwidthMapper::new(spec.axes.clone()),
-            spec,
-            built: None,
-            bw_shape: Vec::new(),
-            vars: Vec::new(),
-        })
-    }
-
-    fn wrap(&self) -> bool {
-        self.spec.overflow == OverflowMode::Wrap
-    }
-
-    fn slot(&self, name: &str) -> usize {
-        self.vars
-            .iter()
-            .position(|v| v.name == name)
-            .expect("built variable")
-    }
-
-    fn var(&self, name: &str) -> &[C] {
-        &self.vars[self.slot(name)].value
-    }
-
-    /// (k, i, f) as used: rounded raw values.
-    fn kif(&self) -> (Vec<C>, Vec<C>, Vec<C>) {
-        let k = self.vars[K].value.clone();
-        match self.param {
-            Param::Kbi => {
-                let b = rc(self.var("b"));
-                let i = rc(self.var("i"));
-                let f = b.iter().zip(&i).map(|(&b, &i)| b - i).collect();
-                (k, i, f)
-            }
-            Param::Kif => (k, rc(self.var("i")), rc(self.var("f"))),
+impl FixedKind {
+    /// The modes and the rest.
+    pub fn fixed(&self) -> &FixedSpec {
+        match self {
+            FixedKind::Kbi(s) => &s.fixed,
+            FixedKind::Kif(s) => &s.fixed,
         }
     }
 
-    /// b as used: KBI `rc(b)`, KIF `relu(i + f)`.
-    fn b(&self) -> Vec<C> {
-        match self.param {
-            Param::Kbi => rc(self.var("b")),
-            Param::Kif => {
-                let (_, i, f) = self.kif();
-                i.iter()
-                    .zip(&f)
-                    .map(|(&i, &f)| (i + f).maximum(C::ZERO))
-                    .collect()
+    /// KBI or KIF.
+    pub fn param(&self) -> Param {
+        match self {
+            FixedKind::Kbi(_) => Param::Kbi,
+            FixedKind::Kif(_) => Param::Kif,
+        }
+    }
+}
+
+/// A fixed-point layer quantizer (KBI or KIF), its variables in a backend's storage `V`.
+///
+/// Variables, in order: `k` (not trainable), then `b`, `i` (KBI) or `i`, `f` (KIF), then
+/// `i_decay_speed` (WRAP) and `seed_generator_state` (S_ modes). Under WRAP `i` is not
+/// trained: the data sets it.
+#[derive(Debug)]
+pub struct FixedQuantizer<V> {
+    kind: FixedKind,
+    layout: Layout,
+    vars: Vec<Variable<V>>,
+}
+
+/// What a pass reads: `q`, its operands, whether it runs as in training.
+struct Pass<'a, V, C> {
+    q: FixedPoint,
+    k: Operand<'a, V, C>,
+    p: [Operand<'a, V, C>; 2],
+    training: bool,
+}
+
+/// State a call changes, written only after everything else succeeded.
+struct Commit<C> {
+    i: Option<Vec<C>>,
+    k: Option<Vec<C>>,
+}
+
+impl<V> FixedQuantizer<V> {
+    /// Validates `kind` (modes, k0 in {0, 1}, initial bit widths, `i_decay_speed`, constraint
+    /// and regularizer values) and creates the variables for inputs of `input_shape` (`None`:
+    /// any size, e.g. the batch) in `store`.
+    pub fn new<S: Store<Var = V>>(
+        store: &mut S,
+        kind: FixedKind,
+        input_shape: &[Option<usize>],
+    ) -> std::result::Result<Self, S::Error> {
+        let fixed = kind.fixed().clone();
+        fixed.validate()?;
+        let (k0, p1, p2) = match &kind {
+            FixedKind::Kbi(s) => {
+                check_real("b0", s.b0, |v| v >= 0.0, "must be a number >= 0")?;
+                check_real("i0", s.i0, |v| !v.is_nan(), "must be a number")?;
+                (
+                    s.k0,
+                    (VarName::B, s.b0, s.bc, s.br),
+                    (VarName::I, s.i0, s.ic, s.ir),
+                )
             }
+            FixedKind::Kif(s) => {
+                let b0 = s.i0 + s.f0;
+                check_real("i0+f0", b0, |v| v >= 0.0, "must be a number >= 0")?;
+                (
+                    s.k0,
+                    (VarName::I, s.i0, s.ic, s.ir),
+                    (VarName::F, s.f0, s.fc, s.fr),
+                )
+            }
+        };
+        check_k(k0)?;
+        let layout = Layout::new(&fixed.axes, input_shape)?;
+        let wrap = fixed.overflow == OverflowMode::Wrap;
+        let shape = layout.bw_shape.clone();
+        let mut inits = vec![VarInit::new(VarName::K, &shape, k0, false).dtype(VarDtype::U8)];
+        for (name, v0, c, r) in [p1, p2] {
+            super::check_constraint(name, c)?;
+            super::check_regularizer(name, r)?;
+            // i is not trained under WRAP: the data sets it (tracking).
+            let trainable = fixed.trainable && !(wrap && name == VarName::I);
+            inits.push(VarInit::new(name, &shape, v0, trainable).rules(c, r));
+        }
+        if wrap {
+            let d = fixed.i_decay_speed;
+            inits.push(VarInit::new(VarName::IDecaySpeed, &[], d, false));
+        }
+        if fixed.round.is_stochastic() {
+            // The reference keeps a Keras SeedGenerator here: [seed, calls].
+            let seed = match fixed.stochastic {
+                Stochastic::Seeded(s) => s as f64,
+                Stochastic::Reference => 0.0,
+            };
+            let init = VarInit::new(VarName::SeedState, &[2], 0.0, false).dtype(VarDtype::I32);
+            inits.push(init.values(vec![seed, 0.0]));
+        }
+        let vars = super::make_vars(store, inits)?;
+        Ok(FixedQuantizer { kind, layout, vars })
+    }
+
+    /// The spec.
+    pub fn kind(&self) -> &FixedKind {
+        &self.kind
+    }
+
+    /// KBI or KIF.
+    pub fn param(&self) -> Param {
+        self.kind.param()
+    }
+
+    /// The modes and the rest.
+    pub fn spec(&self) -> &FixedSpec {
+        self.kind.fixed()
+    }
+
+    /// The input shape it was built for and the bit-width shape.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The variables (see the type's documentation for the order).
+    pub fn variables(&self) -> &[Variable<V>] {
+        &self.vars
+    }
+
+    /// The variables, to set values (loading weights).
+    pub fn variables_mut(&mut self) -> &mut [Variable<V>] {
+        &mut self.vars
+    }
+
+    /// A variable by name.
+    pub fn variable(&self, name: VarName) -> Option<&Variable<V>> {
+        self.vars.iter().find(|v| v.name == name)
+    }
+
+    fn var(&self, name: VarName) -> &Variable<V> {
+        // Every name asked for below is created by `new` for this kind and modes.
+        match self.vars.iter().find(|v| v.name == name) {
+            Some(v) => v,
+            None => unreachable!("variable {name:?} is created by FixedQuantizer::new"),
+        }
+    }
+
+    fn var_mut(&mut self, name: VarName) -> &mut Variable<V> {
+        match self.vars.iter_mut().find(|v| v.name == name) {
+            Some(v) => v,
+            None => unreachable!("variable {name:?} is created by FixedQuantizer::new"),
+        }
+    }
+
+    fn wraps(&self) -> bool {
+        self.spec().overflow == OverflowMode::Wrap
+    }
+
+    /// The first raw variable (KBI: `b`; KIF: `i`) and the second (KBI: `i`; KIF: `f`).
+    fn raw(&self) -> [&Variable<V>; 2] {
+        match self.param() {
+            Param::Kbi => [self.var(VarName::B), self.var(VarName::I)],
+            Param::Kif => [self.var(VarName::I), self.var(VarName::F)],
+        }
+    }
+
+    /// How the fused pass reads the raw variables: KBI's `b`, `i` (it forms `i = rc(i)`,
+    /// `f = rc(b) - rc(i)` and their gradients itself) or KIF's `i`, `f` (rounded half to
+    /// even, straight through).
+    fn raw_form(&self) -> BitWidths {
+        match self.param() {
+            Param::Kbi => BitWidths::KbiRaw,
+            Param::Kif => BitWidths::RoundHalfEven,
         }
     }
 
     /// The noise of a call: S_ modes in training with seeded stochastic rounding, keyed by the
-    /// seed and the step counter kept in `seed_generator_state` (so a saved and reloaded
+    /// seed and the call counter kept in `seed_generator_state` (so a saved and reloaded
     /// quantizer continues the same sequence).
-    fn noise(&self, mode: CallMode) -> Stochastic {
-        match (self.spec.stochastic, mode, self.seed_slot()) {
-            (Stochastic::Seeded(s), CallMode::Training, Some(slot)) => {
-                let step = self.vars[slot].value[1].to_f64() as u64;
-                Stochastic::Seeded(crate::ops::uniform_seed(s, step))
-            }
-            _ => Stochastic::Reference,
-        }
-    }
-
-    fn seed_slot(&self) -> Option<usize> {
-        self.vars
-            .iter()
-            .position(|v| v.name == "seed_generator_state")
-    }
-
-    /// The full quantizer `Q` (zeroing where `k + i + f <= 0` outside training).
-    fn q(&self, mode: CallMode) -> Result<FixedPoint> {
-        Ok(FixedPoint::new(self.spec.round, self.spec.overflow)?
-            .with_stochastic(self.noise(mode))
-            .with_zero_mask(true))
-    }
-
-    /// Rounding only (WRAP without saturation).
-    fn round_only(&self, mode: CallMode) -> Result<FixedPoint> {
-        Ok(FixedPoint::new(self.spec.round, OverflowMode::Wrap)?.with_stochastic(self.noise(mode)))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn build(
-        &mut self,
-        input_shape: &[Option<usize>],
-        kbi_b0: f64,
-        i0: f64,
-        f0: f64,
-        spec_c: [Option<Constraint>; 2],
-        spec_r: [Option<Regularizer>; 2],
-        k0: f64,
-    ) -> Result<()> {
-        let bw = self.mapper.bw_shape(input_shape)?;
-        let mut k = Variable::new("k", &bw, k0, false);
-        k.dtype = VarDtype::U8;
-        let i_trainable = !self.wrap();
-        let mut vars = vec![k];
-        match self.param {
-            Param::Kbi => {
-                let mut b = Variable::new("b", &bw, kbi_b0, true);
-                b.constraint = spec_c[0];
-                b.regularizer = spec_r[0];
-                let mut i = Variable::new("i", &bw, i0, i_trainable);
-                i.constraint = spec_c[1];
-                i.regularizer = spec_r[1];
-                vars.push(b);
-                vars.push(i);
-            }
-            Param::Kif => {
-                let mut i = Variable::new("i", &bw, i0, i_trainable);
-                i.constraint = spec_c[0];
-                i.regularizer = spec_r[0];
-                let mut f = Variable::new("f", &bw, f0, true);
-                f.constraint = spec_c[1];
-                f.regularizer = spec_r[1];
-                vars.push(i);
-                vars.push(f);
-            }
-        }
-        if self.wrap() {
-            vars.push(Variable::new(
-                "i_decay_speed",
-                &[],
-                self.spec.i_decay_speed,
-                false,
-            ));
-        }
-        if self.spec.round.is_stochastic() {
-            // The reference keeps a Keras SeedGenerator here: [seed, counter].
-            let mut g = Variable::new("seed_generator_state", &[2], 0.0, false);
-            g.dtype = VarDtype::I32;
-            if let Stochastic::Seeded(s) = self.spec.stochastic {
-                g.value[0] = C::from_f64(s as f64);
-            }
-            vars.push(g);
-        }
-        self.vars = vars;
-        self.bw_shape = bw;
-        self.built = Some(input_shape.to_vec());
-        Ok(())
-    }
-
-    /// WRAP tracking reads max |x|; non-finite values would poison the integer bits.
-    fn check_finite<T: Element<C = C>>(x: &[T]) -> Result<()> {
-        if let Some(v) = x.iter().map(|v| v.to_c()).find(|v| !v.to_f64().is_finite()) {
-            return Err(CoreError::InvalidParameter {
-                name: "x",
-                value: v.to_f64(),
-                why: "a WRAP quantizer tracking its integer bits needs finite inputs",
-            });
-        }
-        Ok(())
-    }
-
-    fn i_constraint(&self) -> Option<Constraint> {
-        self.vars[self.slot("i")].constraint
-    }
-
-    fn decay(&self) -> C {
-        self.var("i_decay_speed")[0]
-    }
-
-    fn call<T: Element<C = C>>(
-        &mut self,
-        x: TensorRef<'_, T>,
-        mode: CallMode,
-        dy: Option<&[T]>,
-        y: &mut [T],
-        dx: Option<&mut [T]>,
-    ) -> Result<Grads<C>> {
-        check_input(&self.built, x.shape)?;
-        check_len("y", y.len(), x.shape)?;
-        let train = mode == CallMode::Training;
-        let result = if self.wrap() && self.spec.trainable {
-            match (self.param, mode) {
-                (_, CallMode::Training) | (_, CallMode::Tracing) => {
-                    Self::check_finite(x.data)?;
-                    self.wrap_track(x, mode, dy, y, dx)
-                }
-                (Param::Kbi, CallMode::Inference)
-                    if self.spec.is_weight && self.spec.round.deterministic() == RoundMode::Rnd =>
-                {
-                    let (k, i, f) = self.kif();
-                    self.run(self.round_only(mode)?, x, (&k, &i, &f), true, None, y, None)
-                }
-                (Param::Kif, CallMode::Inference) if self.spec.is_weight => {
-                    let (k, i, f) = self.kif();
-                    self.run(self.round_only(mode)?, x, (&k, &i, &f), true, None, y, None)
-                }
-                _ => self.generic(x, mode, dy, y, dx),
-            }
-        } else {
-            self.generic(x, mode, dy, y, dx)
-        };
-        if let (true, Stochastic::Seeded(_), Some(slot)) =
-            (train, self.spec.stochastic, self.seed_slot())
-        {
-            let v = &mut self.vars[slot].value[1];
-            *v = *v + C::ONE;
-        }
-        result
-    }
-
-    /// `Q(x, k, i, f)` with the gradients mapped to the raw variables.
-    fn generic<T: Element<C = C>>(
-        &mut self,
-        x: TensorRef<'_, T>,
-        mode: CallMode,
-        dy: Option<&[T]>,
-        y: &mut [T],
-        dx: Option<&mut [T]>,
-    ) -> Result<Grads<C>> {
-        let (k, i, f) = self.kif();
-        let train = mode == CallMode::Training;
-        let (gi, gf) = self.run_grads(self.q(mode)?, x, (&k, &i, &f), train, dy, y, dx)?;
-        Ok(self.map_grads(gi, gf))
-    }
-
-    /// Maps d/di and d/df of `Q` to the trainable raw variables.
-    fn map_grads(&self, gi: Option<Vec<C>>, gf: Option<Vec<C>>) -> Grads<C> {
-        let (Some(gi), Some(gf)) = (gi, gf) else {
-            return Grads::default();
-        };
-        if !self.spec.trainable {
-            return Grads::default();
-        }
-        let i_trainable = self.vars[self.slot("i")].trainable;
-        let mut vars = Vec::new();
-        match self.param {
-            Param::Kbi => {
-                // f = b - i: b gets d/df, i gets d/di - d/df.
-                vars.push(("b", gf.clone()));
-                if i_trainable {
-                    vars.push(("i", gi.iter().zip(&gf).map(|(&a, &b)| a - b).collect()));
-                }
-            }
-            Param::Kif => {
-                if i_trainable {
-                    vars.push(("i", gi));
-                }
-                vars.push(("f", gf));
-            }
-        }
-        Grads { vars }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn run<T: Element<C = C>>(
+    fn noise<B: Backend<Var = V>>(
         &self,
-        q: FixedPoint,
-        x: TensorRef<'_, T>,
-        kif: (&[C], &[C], &[C]),
-        training: bool,
-        dy: Option<&[T]>,
-        y: &mut [T],
-        dx: Option<&mut [T]>,
-    ) -> Result<Grads<C>> {
-        let (gi, gf) = self.run_grads(q, x, kif, training, dy, y, dx)?;
-        Ok(self.map_grads(gi, gf))
+        b: &B,
+        mode: CallMode,
+    ) -> std::result::Result<Stochastic, B::Error> {
+        let state = self.vars.iter().find(|v| v.name == VarName::SeedState);
+        match (self.spec().stochastic, mode, state) {
+            (Stochastic::Seeded(s), CallMode::Training, Some(v)) => {
+                let calls = b.read(&v.value)?.get(1).map_or(0.0, |c| c.to_f64());
+                Ok(Stochastic::Seeded(crate::ops::uniform_seed(s, calls as u64)))
+            }
+            _ => Ok(Stochastic::Reference),
+        }
     }
 
-    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
-    fn run_grads<T: Element<C = C>>(
-        &self,
-        q: FixedPoint,
-        x: TensorRef<'_, T>,
-        (k, i, f): (&[C], &[C], &[C]),
-        training: bool,
-        dy: Option<&[T]>,
-        y: &mut [T],
-        dx: Option<&mut [T]>,
-    ) -> Result<(Option<Vec<C>>, Option<Vec<C>>)> {
-        let s = &self.bw_shape;
-        let (k, i, f) = (
-            TensorRef::new(k, s)?,
-            TensorRef::new(i, s)?,
-            TensorRef::new(f, s)?,
-        );
-        match (dy, dx) {
-            (Some(dy), Some(dx)) => {
-                let n = self.bw_shape.iter().product();
-                let (mut gi, mut gf) = (vec![C::ZERO; n], vec![C::ZERO; n]);
-                q.forward_backward(
-                    x,
+    /// Quantizes `x` (its shape as built, any size on `None` axes) in `mode`. Training and
+    /// tracing of a trainable WRAP quantizer update the integer bits (and, tracing, `k`) from
+    /// the data; a training call of a seeded S_ mode advances the call counter. On an error
+    /// nothing changes.
+    pub fn forward<B: Backend<Var = V>>(
+        &mut self,
+        b: &B,
+        x: &B::Tensor,
+        mode: CallMode,
+    ) -> std::result::Result<B::Tensor, B::Error> {
+        let shape = b.shape(x)?;
+        check_input(&self.layout.input_shape, &shape)?;
+        let spec = self.spec().clone();
+        let noise = self.noise(b, mode)?;
+        let q = FixedPoint::new(spec.round, spec.overflow)?.with_stochastic(noise);
+        // Rounding alone: WRAP in training, where it does not wrap.
+        let round_only =
+            FixedPoint::new(spec.round, OverflowMode::Wrap)?.with_stochastic(noise);
+        let [p1, p2] = self.raw();
+        let k = Operand::Var(self.var(VarName::K));
+        let weight_inference = match self.param() {
+            Param::Kbi => spec.is_weight && spec.round.deterministic() == RoundMode::Rnd,
+            Param::Kif => spec.is_weight,
+        };
+        let tracks = self.wraps() && spec.trainable;
+        let empty = shape.contains(&0);
+        let (y, commit) = match mode {
+            CallMode::Training | CallMode::Tracing if tracks && !empty => self.track(b, x, mode)?,
+            CallMode::Inference if tracks && weight_inference => {
+                let pass = Pass {
+                    q: round_only.with_bit_widths(self.raw_form()),
                     k,
-                    i,
-                    f,
-                    training,
-                    dy,
-                    y,
-                    FixedGrads {
-                        dx,
-                        di: &mut gi,
-                        df: &mut gf,
-                    },
-                )?;
-                Ok((Some(gi), Some(gf)))
+                    p: [Operand::Var(p1), Operand::Var(p2)],
+                    training: true,
+                };
+                (run(b, x, pass)?, None)
             }
             _ => {
-                q.forward(x, k, i, f, training, y)?;
-                Ok((None, None))
+                let pass = Pass {
+                    q: q.with_bit_widths(self.raw_form()).with_zero_mask(true),
+                    k,
+                    p: [Operand::Var(p1), Operand::Var(p2)],
+                    training: mode == CallMode::Training,
+                };
+                (run(b, x, pass)?, None)
             }
+        };
+        if let Some(c) = commit {
+            self.commit(b, c)?;
         }
+        if let (CallMode::Training, Stochastic::Seeded(_)) = (mode, spec.stochastic)
+            && let Some(v) = self.vars.iter_mut().find(|v| v.name == VarName::SeedState)
+        {
+            let mut s = b.read(&v.value)?;
+            if let Some(c) = s.get_mut(1) {
+                *c = *c + B::C::ONE;
+            }
+            b.write(&mut v.value, &s)?;
+        }
+        Ok(y)
     }
 
-    /// Training and tracing of a trainable WRAP quantizer: update `i` (and `k` when tracing)
-    /// from the data, return the rounded input.
-    fn wrap_track<T: Element<C = C>>(
-        &mut self,
-        x: TensorRef<'_, T>,
+    /// Training and tracing of a trainable WRAP quantizer: the rounded input, and the integer
+    /// bits (and, tracing, `k`) the data asks for.
+    #[allow(clippy::type_complexity)]
+    fn track<B: Backend<Var = V>>(
+        &self,
+        b: &B,
+        x: &B::Tensor,
         mode: CallMode,
-        dy: Option<&[T]>,
-        y: &mut [T],
-        dx: Option<&mut [T]>,
-    ) -> Result<Grads<C>> {
-        let sym = self.spec.overflow.is_symmetric();
+    ) -> std::result::Result<(B::Tensor, Option<Commit<B::C>>), B::Error> {
+        // Non-finite inputs would poison the integer bits for good.
+        if !b.all_finite(x)? {
+            return Err(CoreError::InvalidParameter {
+                name: "x",
+                value: f64::NAN,
+                why: "a WRAP quantizer tracking its integer bits needs finite inputs",
+            }
+            .into());
+        }
+        let spec = self.spec();
+        let sym = spec.overflow.is_symmetric();
         let train = mode == CallMode::Training;
-        let islot = self.slot("i");
-        let i_raw = self.vars[islot].value.clone();
-        let ic = self.i_constraint();
-        let (k, _, _) = self.kif();
-        match self.param {
+        let round_only = FixedPoint::new(spec.round, OverflowMode::Wrap)?
+            .with_stochastic(self.noise(b, mode)?);
+        let ivar = self.var(VarName::I);
+        let ic = ivar.constraint;
+        let con = |v: B::C| ic.map_or(v, |c| c.one(v));
+        let i_raw = b.read(&ivar.value)?;
+        let decay = match self.vars.iter().find(|v| v.name == VarName::IDecaySpeed) {
+            Some(d) => b.read(&d.value)?.first().copied().unwrap_or(B::C::from_f64(f64::INFINITY)),
+            None => B::C::from_f64(f64::INFINITY),
+        };
+        let reduce = &self.layout.homogeneous;
+        let bw = self.layout.bw_shape.as_slice();
+        let k = Operand::Var(self.var(VarName::K));
+        match self.param() {
             Param::Kbi => {
-                let b = self.b();
-                let xc = widen(x.data);
-                let (absmax, _) = self.mapper.absmax(TensorRef::new(&xc, x.shape)?)?;
-                let mi: Vec<C> = absmax
+                let bvar = self.var(VarName::B);
+                let b_used: Vec<B::C> = b.read(&bvar.value)?.into_iter().map(rc1).collect();
+                let absmax = b.absmax(x, reduce)?;
+                let new_i: Vec<B::C> = i_raw
                     .iter()
-                    .zip(&b)
-                    .map(|(&a, &b)| minimal_i::xb(a, b, sym))
+                    .zip(absmax.iter().zip(&b_used))
+                    .map(|(&r, (&a, &bu))| {
+                        let m = minimal_i::xb(a, bu, sym);
+                        if train {
+                            con((r - decay).maximum(m))
+                        } else {
+                            con(rc1(r).maximum(m))
+                        }
+                    })
                     .collect();
-                let new_i: Vec<C> = if train {
-                    let d = self.decay();
-                    i_raw
-                        .iter()
-                        .zip(&mi)
-                        .map(|(&r, &m)| {
-                            ic.map_or((r - d).maximum(m), |c| c.one((r - d).maximum(m)))
-                        })
-                        .collect()
+                let i_used: Vec<B::C> = new_i.iter().map(|&v| rc1(v)).collect();
+                let y = if train {
+                    // f = rc(b) - i_used: the pass forms it from raw b (its gradient reaches b).
+                    let pass = Pass {
+                        q: round_only.with_bit_widths(BitWidths::KbiRaw),
+                        k,
+                        p: [Operand::Var(bvar), Operand::Values(&i_used, bw)],
+                        training: true,
+                    };
+                    run(b, x, pass)?
                 } else {
-                    i_raw
-                        .iter()
-                        .zip(&mi)
-                        .map(|(&r, &m)| {
-                            let v = rc1(r).maximum(m);
-                            ic.map_or(v, |c| c.one(v))
-                        })
-                        .collect()
+                    // Tracing: f = b - i_new (unrounded), as the reference.
+                    let f: Vec<B::C> = b_used.iter().zip(&new_i).map(|(&b, &i)| b - i).collect();
+                    let pass = Pass {
+                        q: round_only,
+                        k,
+                        p: [Operand::Values(&i_used, bw), Operand::Values(&f, bw)],
+                        training: true,
+                    };
+                    run(b, x, pass)?
                 };
-                // f = b - rc(i_new) in training; b - i_new when tracing (as the reference).
-                let f: Vec<C> = if train {
-                    b.iter().zip(&new_i).map(|(&b, &i)| b - rc1(i)).collect()
+                let k_new = if train {
+                    None
                 } else {
-                    b.iter().zip(&new_i).map(|(&b, &i)| b - i).collect()
-                };
-                let i_used: Vec<C> = new_i.iter().map(|v| rc1(*v)).collect();
-                let out = self.run_grads(
-                    self.round_only(mode)?,
-                    x,
-                    (&k, &i_used, &f),
-                    true,
-                    dy,
-                    y,
-                    dx,
-                )?;
-                if !train {
-                    let b = self.b();
-                    let yc = widen(y);
-                    let (neg, _) = self.mapper.any_negative(TensorRef::new(&yc, x.shape)?)?;
-                    let kv = &mut self.vars[K].value;
-                    for ((kv, n), b) in kv.iter_mut().zip(neg).zip(&b) {
-                        if n && *b > C::ZERO {
-                            *kv = C::ONE;
+                    let neg = b.any_negative(&y, reduce)?;
+                    let mut kv = b.read(&self.var(VarName::K).value)?;
+                    for ((kv, n), bu) in kv.iter_mut().zip(neg).zip(&b_used) {
+                        if n && *bu > B::C::ZERO {
+                            *kv = B::C::ONE;
                         }
                     }
-                }
-                self.vars[islot].value = new_i;
-                Ok(self.map_grads(out.0, out.1))
+                    Some(kv)
+                };
+                Ok((
+                    y,
+                    Some(Commit {
+                        i: Some(new_i),
+                        k: k_new,
+                    }),
+                ))
             }
             Param::Kif => {
-                let f = rc(self.var("f"));
-                let i_now = rc(&i_raw);
-                let out =
-                    self.run_grads(self.round_only(mode)?, x, (&k, &i_now, &f), true, dy, y, dx)?;
-                let yc = widen(y);
-                let (absmax, _) = self.mapper.absmax(TensorRef::new(&yc, x.shape)?)?;
-                let mi: Vec<C> = absmax
+                let fvar = self.var(VarName::F);
+                // A copy of the raw i (the variable changes afterwards); the pass rounds it.
+                let pass = Pass {
+                    q: round_only.with_bit_widths(BitWidths::RoundHalfEven),
+                    k,
+                    p: [Operand::Values(&i_raw, bw), Operand::Var(fvar)],
+                    training: true,
+                };
+                let y = run(b, x, pass)?;
+                let f_used: Vec<B::C> = b.read(&fvar.value)?.into_iter().map(rc1).collect();
+                let absmax = b.absmax(&y, reduce)?;
+                let mi = absmax
                     .iter()
-                    .zip(&f)
-                    .map(|(&a, &f)| minimal_i::xf(a, f, sym))
-                    .collect();
-                let new_i: Vec<C> = if train {
+                    .zip(&f_used)
+                    .map(|(&a, &f)| minimal_i::xf(a, f, sym));
+                if train {
                     // The reference applies no constraint here.
-                    let d = self.decay();
-                    i_raw
+                    let new_i = i_raw
                         .iter()
-                        .zip(&mi)
-                        .map(|(&r, &m)| (r - d).maximum(m))
-                        .collect()
+                        .zip(mi)
+                        .map(|(&r, m)| (r - decay).maximum(m))
+                        .collect();
+                    Ok((
+                        y,
+                        Some(Commit {
+                            i: Some(new_i),
+                            k: None,
+                        }),
+                    ))
                 } else {
-                    let (neg, _) = self.mapper.any_negative(TensorRef::new(&yc, x.shape)?)?;
-                    for (kv, n) in self.vars[K].value.iter_mut().zip(neg) {
+                    let neg = b.any_negative(&y, reduce)?;
+                    let mut kv = b.read(&self.var(VarName::K).value)?;
+                    for (kv, n) in kv.iter_mut().zip(neg) {
                         if n {
-                            *kv = C::ONE;
+                            *kv = B::C::ONE;
                         }
                     }
-                    i_raw
+                    let new_i = i_raw
                         .iter()
-                        .zip(&mi)
-                        .map(|(&r, &m)| rc1(r).maximum(ic.map_or(m, |c| c.one(m))))
-                        .collect()
-                };
-                self.vars[islot].value = new_i;
-                Ok(self.map_grads(out.0, out.1))
-            }
-        }
-    }
-
-    fn props(&self) -> Result<Props<C>> {
-        if self.built.is_none() {
-            return Err(CoreError::NotBuilt);
-        }
-        let (k, i, f) = self.kif();
-        let b = self.b();
-        let o = self.spec.overflow;
-        let n = k.len();
-        let mut p = Props {
-            bits: vec![],
-            fbits: vec![],
-            min: vec![],
-            max: vec![],
-            epsilon: vec![],
-        };
-        for j in 0..n {
-            let (k, i, f, b) = (k[j], i[j], f[j], b[j]);
-            p.bits.push(if o == OverflowMode::Sat { b + k } else { b });
-            p.fbits.push(if o == OverflowMode::Wrap {
-                b + k * if b > C::ZERO { C::ONE } else { C::ZERO }
-            } else {
-                b + k
-            });
-            let (pi, pf) = (i.exp2(), (-f).exp2());
-            p.min.push(if o.is_symmetric() {
-                -k * (pi - pf)
-            } else {
-                -k * pi
-            });
-            p.max.push(pi - pf);
-            p.epsilon.push(pf);
-        }
-        Ok(p)
-    }
-}
-
-macro_rules! fixed_quantizer {
-    ($name:ident, $spec:ident, $param:expr, $doc:literal) => {
-        #[doc = $doc]
-        #[derive(Debug, Clone)]
-        pub struct $name<C> {
-            spec: $spec,
-            base: Base<C>,
-        }
-
-        impl<C: Real> $name<C> {
-            /// The spec (initial values, constraints, modes).
-            pub fn spec(&self) -> &$spec {
-                &self.spec
-            }
-
-            /// The bit-width shape (after `build`).
-            pub fn bw_shape(&self) -> &[usize] {
-                &self.base.bw_shape
-            }
-
-            /// `(k, i, f)` as used, each in the bit-width shape.
-            pub fn kif(&self) -> (Vec<C>, Vec<C>, Vec<C>) {
-                self.base.kif()
-            }
-
-            /// Resets a WRAP quantizer before tracing (`i := -1e9`, `k := 0`), as hgq2's
-            /// `trace_minmax` does.
-            pub fn reset_trace(&mut self) {
-                if self.base.wrap() && self.base.spec.trainable && self.base.built.is_some() {
-                    let is = self.base.slot("i");
-                    self.base.vars[is].value.fill(C::from_f64(-1e9));
-                    self.base.vars[K].value.fill(C::ZERO);
+                        .zip(mi)
+                        .map(|(&r, m)| rc1(r).maximum(con(m)))
+                        .collect();
+                    Ok((
+                        y,
+                        Some(Commit {
+                            i: Some(new_i),
+                            k: Some(kv),
+                        }),
+                    ))
                 }
             }
         }
+    }
 
-        impl<C: Real> Quantizer<C> for $name<C> {
-            fn build(&mut self, input_shape: &[Option<usize>]) -> Result<()> {
-                self.build_vars(input_shape)
+    fn commit<B: Backend<Var = V>>(
+        &mut self,
+        b: &B,
+        c: Commit<B::C>,
+    ) -> std::result::Result<(), B::Error> {
+        if let Some(i) = c.i {
+            b.write(&mut self.var_mut(VarName::I).value, &i)?;
+        }
+        if let Some(k) = c.k {
+            b.write(&mut self.var_mut(VarName::K).value, &k)?;
+        }
+        Ok(())
+    }
+
+    /// Resets a WRAP quantizer before tracing (`i := -1e9`, `k := 0`), as hgq2's
+    /// `trace_minmax` does; no-op for other quantizers.
+    pub fn reset_trace<B: Backend<Var = V>>(
+        &mut self,
+        b: &B,
+    ) -> std::result::Result<(), B::Error> {
+        if !(self.wraps() && self.spec().trainable) {
+            return Ok(());
+        }
+        let n = self.layout.bw_len();
+        b.write(&mut self.var_mut(VarName::I).value, &vec![B::C::from_f64(-1e9); n])?;
+        b.write(&mut self.var_mut(VarName::K).value, &vec![B::C::ZERO; n])
+    }
+
+    /// `(k, i, f)` as used: `i = rc(i)`, `f = rc(f)` (KIF) or `rc(b) - rc(i)` (KBI).
+    #[allow(clippy::type_complexity)]
+    pub fn kif<B: Backend<Var = V>>(
+        &self,
+        b: &B,
+    ) -> std::result::Result<(B::Bw, B::Bw, B::Bw), B::Error> {
+        let a = Arith(b);
+        let k = b.bw(self.var(VarName::K))?;
+        let [p1, p2] = self.raw();
+        let (r1, r2) = (a.rc(&b.bw(p1)?)?, a.rc(&b.bw(p2)?)?);
+        Ok(match self.param() {
+            Param::Kbi => {
+                let f = a.sub(&r1, &r2)?;
+                (k, r2, f)
             }
-            fn variables(&self) -> &[Variable<C>] {
-                &self.base.vars
-            }
-            fn variables_mut(&mut self) -> &mut [Variable<C>] {
-                &mut self.base.vars
-            }
-            fn forward<T: Element<C = C>>(
-                &mut self,
-                x: TensorRef<'_, T>,
-                mode: CallMode,
-                y: &mut [T],
-            ) -> Result<()> {
-                self.base.call(x, mode, None, y, None).map(|_| ())
-            }
-            fn forward_backward<T: Element<C = C>>(
-                &mut self,
-                x: TensorRef<'_, T>,
-                dy: &[T],
-                y: &mut [T],
-                dx: &mut [T],
-            ) -> Result<Grads<C>> {
-                check_len("dy", dy.len(), x.shape)?;
-                check_len("dx", dx.len(), x.shape)?;
-                self.base.call(x, CallMode::Training, Some(dy), y, Some(dx))
-            }
-            fn props(&self) -> Result<Props<C>> {
-                self.base.props()
+            Param::Kif => (k, r1, r2),
+        })
+    }
+
+    /// `b` as used: KBI `rc(b)`, KIF `relu(i + f)`.
+    pub fn b<B: Backend<Var = V>>(&self, b: &B) -> std::result::Result<B::Bw, B::Error> {
+        let a = Arith(b);
+        match self.param() {
+            Param::Kbi => a.rc(&b.bw(self.var(VarName::B))?),
+            Param::Kif => {
+                let (_, i, f) = self.kif(b)?;
+                a.relu(&a.add(&i, &f)?)
             }
         }
-    };
+    }
+
+    /// `bits`: `b + k` for SAT, else `b` (what EBOPs use), without the other properties.
+    pub fn bits<B: Backend<Var = V>>(&self, b: &B) -> std::result::Result<B::Bw, B::Error> {
+        let bb = self.b(b)?;
+        if self.spec().overflow == OverflowMode::Sat {
+            Arith(b).add(&bb, &b.bw(self.var(VarName::K))?)
+        } else {
+            Ok(bb)
+        }
+    }
+
+    /// bits, fbits, min, max and epsilon of the current bit widths (bit-width shape).
+    pub fn props<B: Backend<Var = V>>(
+        &self,
+        b: &B,
+    ) -> std::result::Result<Props<B::Bw>, B::Error> {
+        let a = Arith(b);
+        let (k, i, f) = self.kif(b)?;
+        let bb = self.b(b)?;
+        let o = self.spec().overflow;
+        let fbits = if o == OverflowMode::Wrap {
+            a.add(&bb, &a.mul(&k, &a.positive(&bb)?)?)?
+        } else {
+            a.add(&bb, &k)?
+        };
+        let bits = if o == OverflowMode::Sat {
+            a.add(&bb, &k)?
+        } else {
+            bb
+        };
+        let pi = a.exp2(&i)?;
+        let pf = a.exp2(&a.mul_c(&f, -1.0)?)?;
+        let max = a.sub(&pi, &pf)?;
+        let min = if o.is_symmetric() {
+            a.mul_c(&a.mul(&k, &max)?, -1.0)?
+        } else {
+            a.mul_c(&a.mul(&k, &pi)?, -1.0)?
+        };
+        Ok(Props {
+            bits,
+            fbits,
+            min,
+            max,
+            epsilon: pf,
+        })
+    }
 }
 
-fixed_quantizer!(
-    FixedPointQuantizerKBI,
-    KbiSpec,
-    Param::Kbi,
-    "Fixed point parametrized by keep-negative, bits and integer bits (`f = b - i`)."
-);
-fixed_quantizer!(
-    FixedPointQuantizerKIF,
-    KifSpec,
-    Param::Kif,
-    "Fixed point parametrized by keep-negative, integer and fractional bits (`b = relu(i + f)`)."
-);
-
-impl<C: Real> FixedPointQuantizerKBI<C> {
-    /// Validates the spec (k0 in {0, 1}, b0 >= 0, modes compatible).
-    pub fn new(spec: KbiSpec) -> Result<Self> {
-        check_k(spec.k0)?;
-        if spec.b0.is_nan() || spec.b0 < 0.0 {
-            return Err(CoreError::InvalidParameter {
-                name: "b0",
-                value: spec.b0,
-                why: "must be non-negative",
-            });
-        }
-        let base = Base::new(Param::Kbi, spec.fixed.clone())?;
-        Ok(FixedPointQuantizerKBI { spec, base })
-    }
-
-    fn build_vars(&mut self, input_shape: &[Option<usize>]) -> Result<()> {
-        let s = &self.spec;
-        self.base.build(
-            input_shape,
-            s.b0,
-            s.i0,
-            0.0,
-            [s.bc, s.ic],
-            [s.br, s.ir],
-            s.k0,
-        )
-    }
-}
-
-impl<C: Real> FixedPointQuantizerKIF<C> {
-    /// Validates the spec (k0 in {0, 1}, i0 + f0 >= 0, modes compatible).
-    pub fn new(spec: KifSpec) -> Result<Self> {
-        check_k(spec.k0)?;
-        if (spec.i0 + spec.f0).is_nan() || spec.i0 + spec.f0 < 0.0 {
-            return Err(CoreError::InvalidParameter {
-                name: "i0+f0",
-                value: spec.i0 + spec.f0,
-                why: "must be non-negative",
-            });
-        }
-        let base = Base::new(Param::Kif, spec.fixed.clone())?;
-        Ok(FixedPointQuantizerKIF { spec, base })
-    }
-
-    fn build_vars(&mut self, input_shape: &[Option<usize>]) -> Result<()> {
-        let s = &self.spec;
-        self.base.build(
-            input_shape,
-            0.0,
-            s.i0,
-            s.f0,
-            [s.ic, s.fc],
-            [s.ir, s.fr],
-            s.k0,
-        )
-    }
+fn run<'a, B: Backend>(
+    b: &B,
+    x: &B::Tensor,
+    pass: Pass<'a, B::Var, B::C>,
+) -> std::result::Result<B::Tensor, B::Error> {
+    b.fixed(&pass.q, x, pass.k, pass.p, pass.training)
 }

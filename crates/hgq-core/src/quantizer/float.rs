@@ -1,12 +1,9 @@
-//! The minifloat layer quantizer (SPEC 8).
-use super::{Constraint, Grads, Props, Quantizer, Regularizer, Variable, check_input, rc};
-use crate::error::{CoreError, Result};
-use crate::kernels::{Path, Upstream};
-use crate::mapper::{Axes, BitwidthMapper, DefaultBitwidthMapper};
+//! The minifloat layer quantizer (SPEC 8), written once over a [`Backend`].
+use super::backend::{Arith, Backend, Operand};
+use super::constraint::{Constraint, Regularizer};
+use super::{Layout, Props, Store, VarInit, VarName, Variable, check_input, check_real};
+use crate::mapper::Axes;
 use crate::modes::CallMode;
-use crate::real::{Element, Real};
-use crate::shape::{TensorRef, check_len};
-use crate::stateless::minifloat_call;
 
 /// `FloatPointQuantizer(m0, e0, e00, mc, ec, e0c, mr, er, e0r)`.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,6 +28,8 @@ pub struct FloatSpec {
     pub e0r: Option<Regularizer>,
     /// Which axes share a bit width.
     pub axes: Axes,
+    /// Whether the layer trains (Keras' `trainable`): if not, `m`, `e`, `e0` get no gradient.
+    pub trainable: bool,
 }
 
 impl FloatSpec {
@@ -53,30 +52,42 @@ impl FloatSpec {
             er: None,
             e0r: None,
             axes: Axes::Homogeneous(vec![]),
+            trainable: true,
         }
     }
 }
 
 /// The minifloat quantizer: `m`, `e`, `e0` trainable, used rounded half to even.
-#[derive(Debug, Clone)]
-pub struct FloatPointQuantizer<C> {
+#[derive(Debug)]
+pub struct FloatQuantizer<V> {
     spec: FloatSpec,
-    mapper: DefaultBitwidthMapper,
-    built: Option<Vec<Option<usize>>>,
-    bw_shape: Vec<usize>,
-    vars: Vec<Variable<C>>,
+    layout: Layout,
+    vars: Vec<Variable<V>>,
 }
 
-impl<C: Real> FloatPointQuantizer<C> {
-    /// A quantizer for the spec.
-    pub fn new(spec: FloatSpec) -> Result<Self> {
-        Ok(FloatPointQuantizer {
-            mapper: DefaultBitwidthMapper::new(spec.axes.clone()),
-            spec,
-            built: None,
-            bw_shape: Vec::new(),
-            vars: Vec::new(),
-        })
+impl<V> FloatQuantizer<V> {
+    /// Validates `spec` and creates the variables `m`, `e`, `e0` for inputs of `input_shape`
+    /// in `store`.
+    pub fn new<S: Store<Var = V>>(
+        store: &mut S,
+        spec: FloatSpec,
+        input_shape: &[Option<usize>],
+    ) -> Result<Self, S::Error> {
+        let layout = Layout::new(&spec.axes, input_shape)?;
+        let s = &spec;
+        let mut inits = Vec::new();
+        for (name, v0, c, r) in [
+            (VarName::M, s.m0, s.mc, s.mr),
+            (VarName::E, s.e0, s.ec, s.er),
+            (VarName::E0, s.e00, s.e0c, s.e0r),
+        ] {
+            check_real(name.as_str(), v0, |v| !v.is_nan(), "must be a number")?;
+            super::check_constraint(name, c)?;
+            super::check_regularizer(name, r)?;
+            inits.push(VarInit::new(name, &layout.bw_shape, v0, s.trainable).rules(c, r));
+        }
+        let vars = super::make_vars(store, inits)?;
+        Ok(FloatQuantizer { spec, layout, vars })
     }
 
     /// The spec.
@@ -84,124 +95,72 @@ impl<C: Real> FloatPointQuantizer<C> {
         &self.spec
     }
 
-    /// `(m, e, e0)` as used.
-    pub fn mee0(&self) -> (Vec<C>, Vec<C>, Vec<C>) {
-        (
-            rc(&self.vars[0].value),
-            rc(&self.vars[1].value),
-            rc(&self.vars[2].value),
-        )
+    /// The input shape it was built for and the bit-width shape.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
     }
 
-    #[allow(clippy::type_complexity)]
-    fn call<T: Element<C = C>>(
-        &self,
-        x: TensorRef<'_, T>,
-        dy: Option<&[T]>,
-        y: &mut [T],
-        dx: Option<&mut [T]>,
-    ) -> Result<Grads<C>> {
-        check_input(&self.built, x.shape)?;
-        let (m, e, e0) = self.mee0();
-        let s = &self.bw_shape;
-        let p = [
-            TensorRef::new(&m, s)?,
-            TensorRef::new(&e, s)?,
-            TensorRef::new(&e0, s)?,
-        ];
-        match (dy, dx) {
-            (Some(dy), Some(dx)) => {
-                let n = m.len();
-                let (mut gm, mut ge, mut ge0) =
-                    (vec![C::ZERO; n], vec![C::ZERO; n], vec![C::ZERO; n]);
-                minifloat_call(
-                    x,
-                    p,
-                    Some(Upstream::Each(dy)),
-                    Some(y),
-                    Some((dx, [&mut gm, &mut ge, &mut ge0])),
-                    Path::Simd,
-                )?;
-                Ok(Grads {
-                    vars: vec![("m", gm), ("e", ge), ("e0", ge0)],
-                })
-            }
-            _ => {
-                minifloat_call(x, p, None, Some(y), None, Path::Simd)?;
-                Ok(Grads::default())
-            }
-        }
-    }
-}
-
-impl<C: Real> Quantizer<C> for FloatPointQuantizer<C> {
-    fn build(&mut self, input_shape: &[Option<usize>]) -> Result<()> {
-        let bw = self.mapper.bw_shape(input_shape)?;
-        let s = &self.spec;
-        let mk = |name, init, c, r| {
-            let mut v = Variable::new(name, &bw, init, true);
-            v.constraint = c;
-            v.regularizer = r;
-            v
-        };
-        self.vars = vec![
-            mk("m", s.m0, s.mc, s.mr),
-            mk("e", s.e0, s.ec, s.er),
-            mk("e0", s.e00, s.e0c, s.e0r),
-        ];
-        self.bw_shape = bw;
-        self.built = Some(input_shape.to_vec());
-        Ok(())
-    }
-    fn variables(&self) -> &[Variable<C>] {
+    /// The variables `m`, `e`, `e0`.
+    pub fn variables(&self) -> &[Variable<V>] {
         &self.vars
     }
-    fn variables_mut(&mut self) -> &mut [Variable<C>] {
+
+    /// The variables, to set values.
+    pub fn variables_mut(&mut self) -> &mut [Variable<V>] {
         &mut self.vars
     }
-    fn forward<T: Element<C = C>>(
-        &mut self,
-        x: TensorRef<'_, T>,
+
+    /// Quantizes `x`; the same in every mode. Gradients: `dx = dy` and SPEC 8's surrogates for
+    /// `m`, `e`, `e0` (zero where they are not finite, e.g. for infinite inputs).
+    pub fn forward<B: Backend<Var = V>>(
+        &self,
+        b: &B,
+        x: &B::Tensor,
         _mode: CallMode,
-        y: &mut [T],
-    ) -> Result<()> {
-        self.call(x, None, y, None).map(|_| ())
+    ) -> Result<B::Tensor, B::Error> {
+        check_input(&self.layout.input_shape, &b.shape(x)?)?;
+        let [m, e, e0] = [&self.vars[0], &self.vars[1], &self.vars[2]];
+        b.minifloat(x, [Operand::Var(m), Operand::Var(e), Operand::Var(e0)])
     }
-    fn forward_backward<T: Element<C = C>>(
-        &mut self,
-        x: TensorRef<'_, T>,
-        dy: &[T],
-        y: &mut [T],
-        dx: &mut [T],
-    ) -> Result<Grads<C>> {
-        check_len("dy", dy.len(), x.shape)?;
-        check_len("dx", dx.len(), x.shape)?;
-        self.call(x, Some(dy), y, Some(dx))
+
+    /// `(m, e, e0)` as used: `rc` of the raw values.
+    #[allow(clippy::type_complexity)]
+    pub fn mee0<B: Backend<Var = V>>(&self, b: &B) -> Result<(B::Bw, B::Bw, B::Bw), B::Error> {
+        let a = Arith(b);
+        Ok((
+            a.rc(&b.bw(&self.vars[0])?)?,
+            a.rc(&b.bw(&self.vars[1])?)?,
+            a.rc(&b.bw(&self.vars[2])?)?,
+        ))
     }
-    fn props(&self) -> Result<Props<C>> {
-        if self.built.is_none() {
-            return Err(CoreError::NotBuilt);
-        }
-        let (m, e, e0) = self.mee0();
-        let two = C::ONE + C::ONE;
-        let mut p = Props {
-            bits: vec![],
-            fbits: vec![],
-            min: vec![],
-            max: vec![],
-            epsilon: vec![],
-        };
-        for j in 0..m.len() {
-            let (m, e, e0) = (m[j], e[j], e0[j]);
-            let bits = m + e + C::ONE;
-            let h = (e - C::ONE).exp2();
-            let max = (h + e0 - C::ONE).exp2() * (two - (-m).exp2());
-            p.bits.push(bits);
-            p.fbits.push(bits);
-            p.max.push(max);
-            p.min.push(-max);
-            p.epsilon.push((-h + e0 + C::ONE).exp2() * (-m).exp2());
-        }
-        Ok(p)
+
+    /// `bits = m + e + 1`.
+    pub fn bits<B: Backend<Var = V>>(&self, b: &B) -> Result<B::Bw, B::Error> {
+        let a = Arith(b);
+        let (m, e, _) = self.mee0(b)?;
+        a.add_c(&a.add(&m, &e)?, 1.0)
+    }
+
+    /// bits, fbits, min, max and epsilon of the current bit widths.
+    pub fn props<B: Backend<Var = V>>(&self, b: &B) -> Result<Props<B::Bw>, B::Error> {
+        let a = Arith(b);
+        let (m, e, e0) = self.mee0(b)?;
+        let bits = a.add_c(&a.add(&m, &e)?, 1.0)?;
+        let half = a.exp2(&a.add_c(&e, -1.0)?)?;
+        let neg_m = a.mul_c(&m, -1.0)?;
+        let p_neg_m = a.exp2(&neg_m)?;
+        // 2^(half + e0 - 1) * (2 - 2^-m)
+        let top = a.exp2(&a.add_c(&a.add(&half, &e0)?, -1.0)?)?;
+        let max = a.mul(&top, &a.add_c(&a.mul_c(&p_neg_m, -1.0)?, 2.0)?)?;
+        // 2^(-half + e0 + 1) * 2^-m
+        let low = a.add_c(&a.add(&a.mul_c(&half, -1.0)?, &e0)?, 1.0)?;
+        let epsilon = a.mul(&a.exp2(&low)?, &p_neg_m)?;
+        Ok(Props {
+            fbits: a.mul_c(&bits, 1.0)?,
+            bits,
+            min: a.mul_c(&max, -1.0)?,
+            max,
+            epsilon,
+        })
     }
 }

@@ -13,124 +13,29 @@
 //! let q = Quantizer::from_config(&(vs.root() / "iq"), &conf, &[None, Some(16)])?;
 //! let x = Tensor::randn([8, 16], (Kind::Float, Device::Cpu));
 //! let y = q.forward(&x, CallMode::Training)?;   // gradients reach vs's trainable variables
-//! let loss = y.square().sum(Kind::Float) + q.regularization_loss();
+//! let loss = y.square().sum(Kind::Float) + q.regularization_loss()?;
 //! loss.backward();
-//! q.apply_constraints();                          // after the optimizer step
+//! q.apply_constraints()?;                         // after the optimizer step
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
-mod fixed;
-mod float;
-
-pub use fixed::{FixedQuantizer, Param};
-pub use float::FloatQuantizer;
+use std::sync::{Mutex, MutexGuard};
 
 use hgq_config::QuantizerConfig;
 use hgq_config::convert::{CoreQuantizer, QuantizerSpec};
-use hgq_core::mapper::Axes;
-use hgq_core::quantizer::{Constraint, Regularizer};
-use hgq_core::{BitwidthMapper, CallMode, DefaultBitwidthMapper};
+use hgq_core::CallMode;
+use hgq_core::quantizer::{self as core, VarName};
 use tch::{Device, Kind, Tensor, nn};
 
+use crate::backend::{Tch, TchStore, TchVar};
 use crate::{Result, TorchError};
 
-/// The derived properties of a quantizer's bit widths (bit-width shape).
-#[derive(Debug)]
-pub struct Props {
-    /// Bits including the sign bit as the reference counts them (EBOPs use these).
-    pub bits: Tensor,
-    /// Bits including the sign bit for the fractional grid.
-    pub fbits: Tensor,
-    /// The smallest representable value.
-    pub min: Tensor,
-    /// The largest representable value.
-    pub max: Tensor,
-    /// The step of the grid.
-    pub epsilon: Tensor,
-}
-
-/// One raw parameter in the `VarStore`, with its constraint and regularizer.
-#[derive(Debug)]
-pub(crate) struct Var {
-    pub(crate) name: &'static str,
-    tensor: Tensor,
-    pub(crate) trainable: bool,
-    pub(crate) constraint: Option<Constraint>,
-    pub(crate) regularizer: Option<Regularizer>,
-}
-
-impl Var {
-    pub(crate) fn new(
-        path: &nn::Path,
-        name: &'static str,
-        shape: &[i64],
-        init: f64,
-        trainable: bool,
-        constraint: Option<Constraint>,
-        regularizer: Option<Regularizer>,
-    ) -> Var {
-        let tensor = if trainable {
-            path.var(name, shape, nn::Init::Const(init))
-        } else {
-            let t = path.zeros_no_train(name, shape);
-            let _ = tch::no_grad(|| t.shallow_clone().fill_(init));
-            t
-        };
-        Var {
-            name,
-            tensor,
-            trainable,
-            constraint,
-            regularizer,
-        }
-    }
-
-    pub(crate) fn value(&self) -> &Tensor {
-        &self.tensor
-    }
-
-    fn constrain(&self) {
-        let Some(c) = self.constraint else { return };
-        tch::no_grad(|| {
-            let mut t = self.tensor.shallow_clone();
-            let _ = match c {
-                Constraint::MinMax { min, max } => t.clamp_(min, max),
-                Constraint::Min(m) => t.clamp_min_(m),
-                Constraint::Max(m) => t.clamp_max_(m),
-                Constraint::Constant(v) => t.fill_(v),
-                Constraint::NonNeg => {
-                    let keep = t.ge(0.0).to_kind(t.kind());
-                    t.g_mul_(&keep)
-                }
-            };
-        });
-    }
-
-    fn loss(&self) -> Option<Tensor> {
-        let t = &self.tensor;
-        self.regularizer.map(|r| match r {
-            Regularizer::MonoL1(l) => t.sum(Kind::Float) * l,
-            Regularizer::L1(l) => t.abs().sum(Kind::Float) * l,
-            Regularizer::L2(l) => t.square().sum(Kind::Float) * l,
-        })
-    }
-}
+/// The derived properties of a quantizer's bit widths (bit-width shape), differentiable.
+pub type Props = core::Props<Tensor>;
 
 /// `rc(v)`: round half to even with a straight-through gradient.
 pub(crate) fn rc(v: &Tensor) -> Tensor {
     let d = v.detach();
     d.round() + (v - &d)
-}
-
-/// `rc(v)` of the reference on one value: `round(v) + (v - v)` (half to even; a rounded -0
-/// becomes +0, an infinity NaN), the value [`rc`] computes.
-#[allow(clippy::eq_op)]
-pub(crate) fn rc1(v: f32) -> f32 {
-    v.round_ties_even() + (v - v)
-}
-
-/// `+0` whose gradient with respect to `a` is `-1`.
-pub(crate) fn neg_zero_term(a: &Tensor) -> Tensor {
-    a.detach() - a
 }
 
 /// The values of a tensor as float32 on the CPU.
@@ -144,79 +49,25 @@ pub(crate) fn to_f32_vec(t: &Tensor) -> Result<Vec<f32>> {
     Ok(Vec::<f32>::try_from(&t)?)
 }
 
-/// The bit-width shape and the homogeneous axes for an input shape, and the mapper that
-/// resolved them.
-pub(crate) fn bw_layout(
-    axes: &Axes,
-    input_shape: &[Option<usize>],
-) -> Result<(Vec<i64>, Vec<i64>, DefaultBitwidthMapper)> {
-    let mut m = DefaultBitwidthMapper::new(axes.clone());
-    let bw = m.bw_shape(input_shape)?;
-    let homo = m.homogeneous_axes()?.iter().map(|&a| a as i64).collect();
-    Ok((bw.iter().map(|&d| d as i64).collect(), homo, m))
+/// The values of a tensor as float64 on the CPU.
+pub(crate) fn to_f64_vec(t: &Tensor) -> Result<Vec<f64>> {
+    let t = t
+        .f_detach()?
+        .f_to_kind(Kind::Double)?
+        .f_to_device(Device::Cpu)?
+        .f_contiguous()?
+        .f_view([-1])?;
+    Ok(Vec::<f64>::try_from(&t)?)
 }
 
-/// `x` must be a float tensor of the built shape (any size on `None` axes).
-pub(crate) fn check_input(x: &Tensor, built: &[Option<usize>]) -> Result<()> {
-    let kind = x.f_kind()?;
-    if !matches!(
-        kind,
-        Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
-    ) {
-        return Err(TorchError::Kind { what: "x", kind });
-    }
-    let got = x.size();
-    let fits = got.len() == built.len()
-        && got
-            .iter()
-            .zip(built)
-            .all(|(&g, b)| b.is_none_or(|b| b as i64 == g));
-    if !fits {
-        return Err(TorchError::Shape {
-            built: built.to_vec(),
-            got,
-        });
-    }
-    Ok(())
-}
-
-/// The identity, with the reference's properties (`bits = 0`, `min/max = -/+1e9`).
-#[derive(Debug, Default)]
-pub struct DummyQuantizer {
-    input_shape: Vec<Option<usize>>,
-}
-
-impl DummyQuantizer {
-    /// `Props` as the reference's `DummyQuantizer` has them (scalars).
-    pub fn props(&self) -> Props {
-        let s = |v: f64| Tensor::from(v as f32);
-        Props {
-            bits: s(0.0),
-            fbits: s(0.0),
-            min: s(-1e9),
-            max: s(1e9),
-            epsilon: s(1e-7),
-        }
-    }
-}
-
-/// The quantizer inside a [`Quantizer`].
-#[derive(Debug)]
-pub enum Inner {
-    /// KBI or KIF fixed point.
-    Fixed(FixedQuantizer),
-    /// Minifloat.
-    Float(FloatQuantizer),
-    /// The identity.
-    Dummy(DummyQuantizer),
-}
-
-/// The reference's `Quantizer` layer: a quantizer with `scaler` (divide before, multiply
-/// after), `qnoise_factor` (in training, only this fraction of the quantization noise) and
-/// `affine` (`y * scale + shift` after).
+/// The reference's `Quantizer` layer: a quantizer (KBI, KIF, minifloat or dummy: hgq-core's
+/// logic on [`Tch`] tensors, its variables in a `VarStore`) with `scaler` (divide before,
+/// multiply after), `qnoise_factor` (in training, only this fraction of the quantization
+/// noise) and `affine` (`y * scale + shift` after).
 #[derive(Debug)]
 pub struct Quantizer {
-    inner: Inner,
+    inner: Mutex<core::Quantizer<TchVar>>,
+    spec: QuantizerSpec,
     scaler: Option<f64>,
     qnoise_factor: Option<f64>,
     affine: Option<(f64, f64)>,
@@ -230,16 +81,11 @@ impl Quantizer {
         spec: &CoreQuantizer,
         input_shape: &[Option<usize>],
     ) -> Result<Self> {
-        let inner = match &spec.spec {
-            QuantizerSpec::Kbi(s) => Inner::Fixed(FixedQuantizer::new_kbi(path, s, input_shape)?),
-            QuantizerSpec::Kif(s) => Inner::Fixed(FixedQuantizer::new_kif(path, s, input_shape)?),
-            QuantizerSpec::Float(s) => Inner::Float(FloatQuantizer::new(path, s, input_shape)?),
-            QuantizerSpec::Dummy => Inner::Dummy(DummyQuantizer {
-                input_shape: input_shape.to_vec(),
-            }),
-        };
+        spec.validate()?;
+        let inner = core::Quantizer::new(&mut TchStore::new(path), &spec.spec, input_shape)?;
         Ok(Quantizer {
-            inner,
+            inner: Mutex::new(inner),
+            spec: spec.spec.clone(),
             scaler: spec.scaler,
             qnoise_factor: spec.qnoise_factor,
             affine: spec.affine,
@@ -255,110 +101,114 @@ impl Quantizer {
         Self::new(path, &config.to_core()?, input_shape)
     }
 
-    /// The quantizer inside.
-    pub fn inner(&self) -> &Inner {
-        &self.inner
+    /// The logic (a poisoned lock only means a panic elsewhere while it was held: the state
+    /// is never half-written, so it is used as it is).
+    fn lock(&self) -> MutexGuard<'_, core::Quantizer<TchVar>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Quantizes `x` in `mode` (training, inference, or tracing of the WRAP integer bits).
+    /// The spec it was built from.
+    pub fn spec(&self) -> &QuantizerSpec {
+        &self.spec
+    }
+
+    /// The input shape it was built for.
+    pub fn input_shape(&self) -> Vec<Option<usize>> {
+        self.lock().input_shape().to_vec()
+    }
+
+    /// Quantizes `x` in `mode` (training, inference, or tracing of the WRAP integer bits). On
+    /// an error no state changes.
     pub fn forward(&self, x: &Tensor, mode: CallMode) -> Result<Tensor> {
         let xs = match self.scaler {
-            Some(s) => x / s,
+            Some(s) => x.f_div_scalar(s)?,
             None => x.shallow_clone(),
         };
-        let mut y = match &self.inner {
-            Inner::Fixed(q) => q.forward(&xs, mode)?,
-            Inner::Float(q) => q.forward(&xs, mode)?,
-            Inner::Dummy(d) => {
-                check_input(&xs, &d.input_shape)?;
-                xs.shallow_clone()
-            }
-        };
+        let mut y = self.lock().forward(&Tch, &xs, mode)?;
         if let Some(s) = self.scaler {
-            y = &y * s;
+            y = y.f_mul_scalar(s)?;
         }
         if let (Some(n), CallMode::Training) = (self.qnoise_factor, mode) {
-            y = &xs + (y - &xs) * n;
+            y = xs.f_add(&y.f_sub(&xs)?.f_mul_scalar(n)?)?;
         }
         if let Some((a, b)) = self.affine {
-            y = y * a + b;
+            y = y.f_mul_scalar(a)?.f_add_scalar(b)?;
         }
         Ok(y)
     }
 
     /// The properties of the current bit widths (differentiable: EBOPs train through `bits`).
-    pub fn props(&self) -> Props {
-        match &self.inner {
-            Inner::Fixed(q) => q.props(),
-            Inner::Float(q) => q.props(),
-            Inner::Dummy(d) => d.props(),
-        }
+    pub fn props(&self) -> Result<Props> {
+        self.lock().props(&Tch)
     }
 
     /// `bits` (bit-width shape; a scalar for the dummy), differentiable.
-    pub fn bits(&self) -> Tensor {
-        match &self.inner {
-            Inner::Fixed(q) => q.bits(),
-            Inner::Float(q) => q.bits(),
-            Inner::Dummy(d) => d.props().bits,
-        }
+    pub fn bits(&self) -> Result<Tensor> {
+        self.lock().bits(&Tch)
     }
 
     /// `bits` broadcast to `shape` (hgq2's `bits_(shape)`).
     pub fn bits_like(&self, shape: &[i64]) -> Result<Tensor> {
-        Ok(self.bits().f_broadcast_to(shape)?)
+        Ok(self.bits()?.f_broadcast_to(shape)?)
     }
 
     /// Whether any variable has a regularizer (else [`Quantizer::regularization_loss`] is 0).
     pub fn has_regularization(&self) -> bool {
-        self.vars().iter().any(|v| v.regularizer.is_some())
+        self.lock().variables().iter().any(|v| v.regularizer.is_some())
     }
 
-    fn vars(&self) -> Vec<&Var> {
-        match &self.inner {
-            Inner::Fixed(q) => q.vars(),
-            Inner::Float(q) => q.vars(),
-            Inner::Dummy(_) => Vec::new(),
-        }
-    }
-
-    /// The raw variables by name (`k`, `b`, `i`, `f`, `i_decay_speed`, `m`, `e`, `e0`, ...).
-    pub fn variables(&self) -> Vec<(&'static str, &Tensor)> {
-        self.vars()
-            .into_iter()
-            .map(|v| (v.name, v.value()))
+    /// The variables (`k`, `b`, `i`, `f`, `i_decay_speed`, `m`, `e`, `e0`, ...), as handles to
+    /// the `VarStore`'s tensors.
+    pub fn variables(&self) -> Vec<(VarName, Tensor)> {
+        self.lock()
+            .variables()
+            .iter()
+            .map(|v| (v.name, v.value.tensor().shallow_clone()))
             .collect()
     }
 
-    /// The names of the trainable raw variables.
-    pub fn trainable_names(&self) -> Vec<&'static str> {
-        self.vars()
-            .into_iter()
+    /// A variable by name.
+    pub fn variable(&self, name: VarName) -> Option<Tensor> {
+        self.lock()
+            .variable(name)
+            .map(|v| v.value.tensor().shallow_clone())
+    }
+
+    /// The trainable variables' names.
+    pub fn trainable_names(&self) -> Vec<VarName> {
+        self.lock()
+            .variables()
+            .iter()
             .filter(|v| v.trainable)
             .map(|v| v.name)
             .collect()
     }
 
     /// Applies every variable's constraint in place (call after an optimizer step).
-    pub fn apply_constraints(&self) {
-        for v in self.vars() {
-            v.constrain();
-        }
+    pub fn apply_constraints(&self) -> Result<()> {
+        self.lock().apply_constraints(&Tch)
     }
 
     /// The sum of the regularization losses (MonoL1, L1, L2), a scalar to add to the loss.
-    pub fn regularization_loss(&self) -> Tensor {
-        self.vars()
-            .into_iter()
-            .filter_map(Var::loss)
-            .reduce(|a, b| a + b)
-            .unwrap_or_else(|| Tensor::from(0.0f32))
+    pub fn regularization_loss(&self) -> Result<Tensor> {
+        match self.lock().regularization_loss(&Tch)? {
+            Some(l) => Ok(l),
+            None => Ok(Tensor::from(0.0f32)),
+        }
     }
 
     /// Resets WRAP tracking before a tracing pass (`i := -1e9`, `k := 0`).
-    pub fn reset_trace(&self) {
-        if let Inner::Fixed(q) = &self.inner {
-            q.reset_trace();
+    pub fn reset_trace(&self) -> Result<()> {
+        self.lock().reset_trace(&Tch)
+    }
+
+    /// `(k, i, f)` as used (differentiable), for a fixed-point quantizer.
+    pub fn kif(&self) -> Result<(Tensor, Tensor, Tensor)> {
+        match &*self.lock() {
+            core::Quantizer::Fixed(q) => q.kif(&Tch),
+            _ => Err(TorchError::Unsupported(
+                "kif of a quantizer that is not fixed point".into(),
+            )),
         }
     }
 }

@@ -1,0 +1,171 @@
+//! What a layer quantizer needs of the numbers it works on: the [`Backend`] trait.
+//!
+//! The quantizers' logic (which pass a mode runs, how WRAP tracks its integer bits, tracing,
+//! `props`, seeds, constraints, regularizers) is written once in this module's siblings,
+//! generic over a backend. A backend brings the arithmetic: hgq-core's CPU buffers
+//! ([`Cpu`](super::Cpu), gradients returned explicitly) or hgq-torch's tensors (gradients
+//! through autograd, CPU and CUDA). The fused passes themselves ([`FixedPoint`] and the
+//! minifloat pass) are defined in hgq-core, so every backend computes the same thing: the CPU
+//! backends run hgq-core's kernels, others may run the same formulas their own way.
+use super::constraint::{Constraint, Regularizer};
+use super::{VarName, Variable};
+use crate::error::CoreError;
+use crate::real::Real;
+use crate::stateless::FixedPoint;
+
+/// A bit-width operand of a pass: a variable (its gradient, where the backend tracks one,
+/// reaches it) or constant values in the variable's shape (no gradient).
+#[derive(Debug)]
+pub enum Operand<'a, V, C> {
+    /// A quantizer's variable.
+    Var(&'a Variable<V>),
+    /// Constant values (row-major) and their shape.
+    Values(&'a [C], &'a [usize]),
+}
+
+impl<V, C> Clone for Operand<'_, V, C> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<V, C> Copy for Operand<'_, V, C> {}
+
+impl<V, C> Operand<'_, V, C> {
+    /// The variable's name, for a variable operand.
+    pub fn name(&self) -> Option<VarName> {
+        match self {
+            Operand::Var(v) => Some(v.name),
+            Operand::Values(..) => None,
+        }
+    }
+}
+
+/// The operand type of a backend.
+pub type OperandOf<'a, B> = Operand<'a, <B as Backend>::Var, <B as Backend>::C>;
+
+/// The few tensor operations a layer quantizer needs.
+///
+/// Shapes are row-major dimension lists; reductions keep the reduced dimensions (size 1), so
+/// their results have the bit-width shape. Errors are the backend's, which every backend makes
+/// able to carry a [`CoreError`]: the logic's own checks give the same error on every backend.
+pub trait Backend {
+    /// The type in which the logic computes bit widths on the host (`f32` for float32 state).
+    type C: Real;
+    /// An input or output tensor.
+    type Tensor;
+    /// The storage of one variable.
+    type Var;
+    /// Bit-width-shaped values computed from variables (differentiable where the backend has
+    /// autograd): what `props` and the regularization losses return.
+    type Bw;
+    /// The backend's error.
+    type Error: From<CoreError>;
+
+    /// The shape of `x`, or an error if its element type is not a float type this backend
+    /// quantizes.
+    fn shape(&self, x: &Self::Tensor) -> Result<Vec<usize>, Self::Error>;
+    /// Whether every element of `x` is finite.
+    fn all_finite(&self, x: &Self::Tensor) -> Result<bool, Self::Error>;
+    /// `max |x|` over the dimensions `reduce` (kept as size 1), row-major. Only called for an
+    /// `x` without NaN.
+    fn absmax(&self, x: &Self::Tensor, reduce: &[usize]) -> Result<Vec<Self::C>, Self::Error>;
+    /// `any(x < 0)` over the dimensions `reduce` (kept as size 1), row-major.
+    fn any_negative(&self, x: &Self::Tensor, reduce: &[usize]) -> Result<Vec<bool>, Self::Error>;
+    /// `x` unchanged (the dummy quantizer): the same values, the gradient straight through.
+    fn identity(&self, x: &Self::Tensor) -> Result<Self::Tensor, Self::Error>;
+
+    /// A variable's values.
+    fn read(&self, v: &Self::Var) -> Result<Vec<Self::C>, Self::Error>;
+    /// Sets a variable's values (no gradient); `values` has the variable's element count.
+    fn write(&self, v: &mut Self::Var, values: &[Self::C]) -> Result<(), Self::Error>;
+    /// Applies a constraint to a variable in place (after an optimizer step).
+    fn constrain(&self, v: &mut Self::Var, c: Constraint) -> Result<(), Self::Error>;
+
+    /// The fixed-point pass `q` on `x` with bit widths `k` and `p` (what `p` holds is
+    /// `q.bit_widths()`), broadcast to x. In training, gradients reach `x` and the variable
+    /// operands `p` (never `k`) as [`FixedPoint::forward_backward`] computes them.
+    fn fixed(
+        &self,
+        q: &FixedPoint,
+        x: &Self::Tensor,
+        k: OperandOf<'_, Self>,
+        p: [OperandOf<'_, Self>; 2],
+        training: bool,
+    ) -> Result<Self::Tensor, Self::Error>;
+    /// The minifloat pass on `x` with raw `m`, `e`, `e0` (rounded half to even with a
+    /// straight-through gradient), gradients as [`crate::minifloat_backward`] computes them.
+    fn minifloat(
+        &self,
+        x: &Self::Tensor,
+        p: [OperandOf<'_, Self>; 3],
+    ) -> Result<Self::Tensor, Self::Error>;
+
+    /// A variable's values as bit-width arithmetic.
+    fn bw(&self, v: &Variable<Self::Var>) -> Result<Self::Bw, Self::Error>;
+    /// `value` everywhere in `shape` (no gradient).
+    fn bw_const(&self, value: f64, shape: &[usize]) -> Result<Self::Bw, Self::Error>;
+    /// The elementwise arithmetic of bit widths.
+    fn bw_op(&self, op: BwOp<'_, Self::Bw>) -> Result<Self::Bw, Self::Error>;
+    /// A regularizer's loss on a variable: a scalar.
+    fn regularize(
+        &self,
+        r: Regularizer,
+        v: &Variable<Self::Var>,
+    ) -> Result<Self::Bw, Self::Error>;
+}
+
+/// One elementwise operation of bit-width arithmetic, with numpy broadcasting.
+#[derive(Debug, Clone, Copy)]
+pub enum BwOp<'a, T> {
+    /// `round(a) + (a - stop_gradient(a))`: round half to even, gradient straight through.
+    RoundSte(&'a T),
+    /// `a + b`.
+    Add(&'a T, &'a T),
+    /// `a - b`.
+    Sub(&'a T, &'a T),
+    /// `a * b`.
+    Mul(&'a T, &'a T),
+    /// `a + c`.
+    AddScalar(&'a T, f64),
+    /// `a * c`.
+    MulScalar(&'a T, f64),
+    /// `2^a`.
+    Exp2(&'a T),
+    /// `max(a, 0)`.
+    Relu(&'a T),
+    /// 1 where `a > 0`, else 0 (no gradient).
+    Positive(&'a T),
+}
+
+/// Applies `f` to a backend's bit-width operation (a short way to write `b.bw_op(...)`).
+pub(crate) struct Arith<'b, B: ?Sized>(pub &'b B);
+
+impl<B: Backend + ?Sized> Arith<'_, B> {
+    pub(crate) fn rc(&self, a: &B::Bw) -> Result<B::Bw, B::Error> {
+        self.0.bw_op(BwOp::RoundSte(a))
+    }
+    pub(crate) fn add(&self, a: &B::Bw, b: &B::Bw) -> Result<B::Bw, B::Error> {
+        self.0.bw_op(BwOp::Add(a, b))
+    }
+    pub(crate) fn sub(&self, a: &B::Bw, b: &B::Bw) -> Result<B::Bw, B::Error> {
+        self.0.bw_op(BwOp::Sub(a, b))
+    }
+    pub(crate) fn mul(&self, a: &B::Bw, b: &B::Bw) -> Result<B::Bw, B::Error> {
+        self.0.bw_op(BwOp::Mul(a, b))
+    }
+    pub(crate) fn add_c(&self, a: &B::Bw, c: f64) -> Result<B::Bw, B::Error> {
+        self.0.bw_op(BwOp::AddScalar(a, c))
+    }
+    pub(crate) fn mul_c(&self, a: &B::Bw, c: f64) -> Result<B::Bw, B::Error> {
+        self.0.bw_op(BwOp::MulScalar(a, c))
+    }
+    pub(crate) fn exp2(&self, a: &B::Bw) -> Result<B::Bw, B::Error> {
+        self.0.bw_op(BwOp::Exp2(a))
+    }
+    pub(crate) fn relu(&self, a: &B::Bw) -> Result<B::Bw, B::Error> {
+        self.0.bw_op(BwOp::Relu(a))
+    }
+    pub(crate) fn positive(&self, a: &B::Bw) -> Result<B::Bw, B::Error> {
+        self.0.bw_op(BwOp::Positive(a))
+    }
+}

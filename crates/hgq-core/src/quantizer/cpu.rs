@@ -1,0 +1,582 @@
+//! hgq-core's CPU buffers as a [`Backend`], and [`CpuQuantizer`], the layer quantizers on it.
+//!
+//! There is no autograd here: a training call is given its upstream gradient `dy` up front,
+//! and the fused pass that computes the output also computes `dx` and the gradients of the
+//! variable operands ([`FixedPoint::forward_backward`]); the backend collects them by variable.
+use std::borrow::Cow;
+use std::cell::RefCell;
+
+use super::backend::{Backend, BwOp, Operand, OperandOf};
+use super::constraint::{Constraint, Regularizer};
+use super::{Props, Quantizer, QuantizerSpec, Store, VarInit, VarName, Variable};
+use crate::error::{CoreError, Result};
+use crate::kernels::{Path, Upstream};
+use crate::mapper::{Axes, BitwidthMapper, DefaultBitwidthMapper};
+use crate::modes::CallMode;
+use crate::real::{Element, Real};
+use crate::shape::{TensorRef, check_len};
+use crate::stateless::{FixedGrads, FixedPoint, minifloat_call};
+
+/// A tensor of the CPU backend: row-major data (borrowed or owned) and its shape.
+#[derive(Debug, Clone)]
+pub struct CpuTensor<'a, T: Clone> {
+    /// Row-major elements.
+    pub data: Cow<'a, [T]>,
+    /// Dimensions.
+    pub shape: Vec<usize>,
+}
+
+impl<'a, T: Clone> CpuTensor<'a, T> {
+    /// A tensor that borrows `x`.
+    pub fn borrowed(x: TensorRef<'a, T>) -> Self {
+        CpuTensor {
+            data: Cow::Borrowed(x.data),
+            shape: x.shape.to_vec(),
+        }
+    }
+
+    fn as_ref(&self) -> TensorRef<'_, T> {
+        TensorRef {
+            data: &self.data,
+            shape: &self.shape,
+        }
+    }
+}
+
+/// Gradients a training call gives the trainable variables, each in its variable's shape;
+/// `None` for variables the quantizer does not have or does not train.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grads<C> {
+    /// d/db (KBI).
+    pub b: Option<Vec<C>>,
+    /// d/di (KBI, KIF; not under WRAP, where the data sets `i`).
+    pub i: Option<Vec<C>>,
+    /// d/df (KIF).
+    pub f: Option<Vec<C>>,
+    /// d/dm (minifloat).
+    pub m: Option<Vec<C>>,
+    /// d/de (minifloat).
+    pub e: Option<Vec<C>>,
+    /// d/de0 (minifloat).
+    pub e0: Option<Vec<C>>,
+}
+
+impl<C> Default for Grads<C> {
+    fn default() -> Self {
+        Grads {
+            b: None,
+            i: None,
+            f: None,
+            m: None,
+            e: None,
+            e0: None,
+        }
+    }
+}
+
+impl<C> Grads<C> {
+    fn slot(&mut self, name: VarName) -> Option<&mut Option<Vec<C>>> {
+        match name {
+            VarName::B => Some(&mut self.b),
+            VarName::I => Some(&mut self.i),
+            VarName::F => Some(&mut self.f),
+            VarName::M => Some(&mut self.m),
+            VarName::E => Some(&mut self.e),
+            VarName::E0 => Some(&mut self.e0),
+            _ => None,
+        }
+    }
+
+    /// The gradient of a variable, if it has one.
+    pub fn get(&self, name: VarName) -> Option<&[C]> {
+        self.iter().find(|(n, _)| *n == name).map(|(_, g)| g)
+    }
+
+    /// The gradients there are, by variable.
+    pub fn iter(&self) -> impl Iterator<Item = (VarName, &[C])> {
+        [
+            (VarName::B, &self.b),
+            (VarName::I, &self.i),
+            (VarName::F, &self.f),
+            (VarName::M, &self.m),
+            (VarName::E, &self.e),
+            (VarName::E0, &self.e0),
+        ]
+        .into_iter()
+        .filter_map(|(n, g)| g.as_deref().map(|g| (n, g)))
+    }
+}
+
+/// Creates CPU variables: row-major `Vec`s of the compute type.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuStore<C>(std::marker::PhantomData<C>);
+
+impl<C: Real> Store for CpuStore<C> {
+    type Var = Vec<C>;
+    type Error = CoreError;
+    fn var(&mut self, init: &VarInit) -> Result<Vec<C>> {
+        let n = init.len();
+        let mut v = Vec::new();
+        v.try_reserve_exact(n).map_err(|_| CoreError::TooLarge {
+            what: "variable",
+            shape: init.shape.clone(),
+            max: super::MAX_BW_ELEMENTS,
+        })?;
+        v.extend((0..n).map(|j| C::from_f64(init.value_at(j))));
+        Ok(v)
+    }
+}
+
+/// What a training call collects.
+#[derive(Debug)]
+struct Collected<T: Element> {
+    dx: Option<Vec<T>>,
+    grads: Grads<T::C>,
+}
+
+/// hgq-core's CPU buffers as a backend, for one call: inputs of element type `T`, variables of
+/// `T::C`. With an upstream gradient (a training call) every pass also computes `dx` and the
+/// gradients of the trainable variables it reads.
+#[derive(Debug)]
+pub struct Cpu<'a, T: Element> {
+    dy: Option<&'a [T]>,
+    path: Path,
+    collected: RefCell<Collected<T>>,
+}
+
+impl<'a, T: Element> Cpu<'a, T> {
+    /// A backend without gradients.
+    pub fn new() -> Self {
+        Cpu {
+            dy: None,
+            path: Path::Simd,
+            collected: RefCell::new(Collected {
+                dx: None,
+                grads: Grads::default(),
+            }),
+        }
+    }
+
+    /// A backend whose passes also compute the gradients for upstream `dy` (x's shape).
+    pub fn with_upstream(dy: &'a [T]) -> Self {
+        Cpu {
+            dy: Some(dy),
+            ..Cpu::new()
+        }
+    }
+
+    /// Runs the passes on `path` (the scalar path is the reference of the SIMD ones).
+    pub fn with_path(mut self, path: Path) -> Self {
+        self.path = path;
+        self
+    }
+
+    /// `dx` and the variables' gradients of the passes so far.
+    pub fn take_grads(&self) -> (Option<Vec<T>>, Grads<T::C>) {
+        let mut c = self.collected.borrow_mut();
+        (c.dx.take(), std::mem::take(&mut c.grads))
+    }
+
+    fn operand<'o>(
+        &self,
+        o: &'o Operand<'o, Vec<T::C>, T::C>,
+    ) -> Result<TensorRef<'o, T::C>> {
+        match o {
+            Operand::Var(v) => TensorRef::new(&v.value, &v.shape),
+            Operand::Values(d, s) => TensorRef::new(d, s),
+        }
+    }
+
+    /// Stores a pass's gradients: `dx`, and each trainable variable operand's.
+    fn collect(&self, dx: Vec<T>, ops: &[&Operand<'_, Vec<T::C>, T::C>], grads: Vec<Vec<T::C>>) {
+        let mut c = self.collected.borrow_mut();
+        c.dx = Some(dx);
+        for (o, g) in ops.iter().zip(grads) {
+            if let Operand::Var(v) = o
+                && v.trainable
+                && let Some(slot) = c.grads.slot(v.name)
+            {
+                match slot {
+                    Some(acc) => acc.iter_mut().zip(&g).for_each(|(a, &b)| *a = *a + b),
+                    None => *slot = Some(g),
+                }
+            }
+        }
+    }
+
+    fn upstream(&self, n: usize) -> Result<Option<&'a [T]>> {
+        match self.dy {
+            Some(dy) if dy.len() != n => Err(CoreError::Length {
+                what: "dy",
+                len: dy.len(),
+                shape: vec![n],
+                expected: n,
+            }),
+            other => Ok(other),
+        }
+    }
+}
+
+impl<T: Element> Default for Cpu<'_, T> {
+    fn default() -> Self {
+        Cpu::new()
+    }
+}
+
+/// A reduction over the dimensions `reduce` of `x`, keeping them.
+fn reduce_mapper(reduce: &[usize], shape: &[usize]) -> Result<DefaultBitwidthMapper> {
+    let mut m = DefaultBitwidthMapper::new(Axes::Homogeneous(
+        reduce.iter().map(|&d| d as isize).collect(),
+    ));
+    let known: Vec<Option<usize>> = shape.iter().map(|&d| Some(d)).collect();
+    m.bw_shape(&known)?;
+    Ok(m)
+}
+
+fn widen<T: Element>(x: &[T]) -> Cow<'_, [T::C]> {
+    match T::as_c(x) {
+        Some(c) => Cow::Borrowed(c),
+        None => Cow::Owned(x.iter().map(|v| v.to_c()).collect()),
+    }
+}
+
+/// `a op b` with a length-1 operand broadcast.
+fn zip<C: Copy>(a: &[C], b: &[C], f: impl Fn(C, C) -> C) -> Result<Vec<C>> {
+    match (a.len(), b.len()) {
+        (n, m) if n == m => Ok(a.iter().zip(b).map(|(&a, &b)| f(a, b)).collect()),
+        (1, _) => Ok(b.iter().map(|&b| f(a[0], b)).collect()),
+        (_, 1) => Ok(a.iter().map(|&a| f(a, b[0])).collect()),
+        (n, m) => Err(CoreError::Broadcast {
+            from: vec![m],
+            to: vec![n],
+        }),
+    }
+}
+
+impl<'a, T: Element> Backend for Cpu<'a, T> {
+    type C = T::C;
+    type Tensor = CpuTensor<'a, T>;
+    type Var = Vec<T::C>;
+    type Bw = Vec<T::C>;
+    type Error = CoreError;
+
+    fn shape(&self, x: &Self::Tensor) -> Result<Vec<usize>> {
+        check_len("x", x.data.len(), &x.shape)?;
+        Ok(x.shape.clone())
+    }
+
+    fn all_finite(&self, x: &Self::Tensor) -> Result<bool> {
+        Ok(x.data.iter().all(|v| v.to_c().to_f64().is_finite()))
+    }
+
+    fn absmax(&self, x: &Self::Tensor, reduce: &[usize]) -> Result<Vec<T::C>> {
+        let m = reduce_mapper(reduce, &x.shape)?;
+        let c = widen(&x.data);
+        Ok(m.absmax(TensorRef::new(&c, &x.shape)?)?.0)
+    }
+
+    fn any_negative(&self, x: &Self::Tensor, reduce: &[usize]) -> Result<Vec<bool>> {
+        let m = reduce_mapper(reduce, &x.shape)?;
+        let c = widen(&x.data);
+        Ok(m.any_negative(TensorRef::new(&c, &x.shape)?)?.0)
+    }
+
+    fn identity(&self, x: &Self::Tensor) -> Result<Self::Tensor> {
+        if let Some(dy) = self.upstream(x.data.len())? {
+            self.collect(dy.to_vec(), &[], Vec::new());
+        }
+        Ok(CpuTensor {
+            data: Cow::Owned(x.data.to_vec()),
+            shape: x.shape.clone(),
+        })
+    }
+
+    fn read(&self, v: &Vec<T::C>) -> Result<Vec<T::C>> {
+        Ok(v.clone())
+    }
+
+    fn write(&self, v: &mut Vec<T::C>, values: &[T::C]) -> Result<()> {
+        if v.len() != values.len() {
+            return Err(CoreError::Length {
+                what: "variable values",
+                len: values.len(),
+                shape: vec![v.len()],
+                expected: v.len(),
+            });
+        }
+        v.copy_from_slice(values);
+        Ok(())
+    }
+
+    fn constrain(&self, v: &mut Vec<T::C>, c: Constraint) -> Result<()> {
+        c.apply(v);
+        Ok(())
+    }
+
+    fn fixed(
+        &self,
+        q: &FixedPoint,
+        x: &Self::Tensor,
+        k: OperandOf<'_, Self>,
+        p: [OperandOf<'_, Self>; 2],
+        training: bool,
+    ) -> Result<Self::Tensor> {
+        let q = q.with_path(self.path);
+        let xr = x.as_ref();
+        let (kt, it, ft) = (self.operand(&k)?, self.operand(&p[0])?, self.operand(&p[1])?);
+        let n = x.data.len();
+        let mut y = vec![T::default(); n];
+        match self.upstream(n)? {
+            None => {
+                q.forward(xr, kt, it, ft, training, &mut y)?;
+            }
+            Some(dy) => {
+                let mut dx = vec![T::default(); n];
+                let (mut di, mut df) = (vec![T::C::ZERO; it.data.len()], vec![
+                    T::C::ZERO;
+                    ft.data.len()
+                ]);
+                let grads = FixedGrads {
+                    dx: &mut dx,
+                    di: &mut di,
+                    df: &mut df,
+                };
+                q.forward_backward(xr, kt, it, ft, training, dy, &mut y, grads)?;
+                self.collect(dx, &[&p[0], &p[1]], vec![di, df]);
+            }
+        }
+        Ok(CpuTensor {
+            data: Cow::Owned(y),
+            shape: x.shape.clone(),
+        })
+    }
+
+    fn minifloat(
+        &self,
+        x: &Self::Tensor,
+        p: [OperandOf<'_, Self>; 3],
+    ) -> Result<Self::Tensor> {
+        // The pass reads integer bit widths: the variables as used, `rc(raw)`.
+        let used: Vec<Vec<T::C>> = p
+            .iter()
+            .map(|o| Ok(self.operand(o)?.data.iter().map(|&v| super::rc1(v)).collect()))
+            .collect::<Result<_>>()?;
+        let shapes: Vec<&[usize]> = p
+            .iter()
+            .map(|o| match o {
+                Operand::Var(v) => v.shape.as_slice(),
+                Operand::Values(_, s) => s,
+            })
+            .collect();
+        let pt = [
+            TensorRef::new(&used[0], shapes[0])?,
+            TensorRef::new(&used[1], shapes[1])?,
+            TensorRef::new(&used[2], shapes[2])?,
+        ];
+        let n = x.data.len();
+        let mut y = vec![T::default(); n];
+        match self.upstream(n)? {
+            None => minifloat_call(x.as_ref(), pt, None, Some(&mut y), None, self.path)?,
+            Some(dy) => {
+                let mut dx = vec![T::default(); n];
+                let mut g: [Vec<T::C>; 3] =
+                    std::array::from_fn(|j| vec![T::C::ZERO; used[j].len()]);
+                let [g0, g1, g2] = &mut g;
+                minifloat_call(
+                    x.as_ref(),
+                    pt,
+                    Some(Upstream::Each(dy)),
+                    Some(&mut y),
+                    Some((&mut dx, [g0, g1, g2])),
+                    self.path,
+                )?;
+                let [g0, g1, g2] = g;
+                self.collect(dx, &[&p[0], &p[1], &p[2]], vec![g0, g1, g2]);
+            }
+        }
+        Ok(CpuTensor {
+            data: Cow::Owned(y),
+            shape: x.shape.clone(),
+        })
+    }
+
+    fn bw(&self, v: &Variable<Vec<T::C>>) -> Result<Vec<T::C>> {
+        Ok(v.value.clone())
+    }
+
+    fn bw_const(&self, value: f64, shape: &[usize]) -> Result<Vec<T::C>> {
+        Ok(vec![T::C::from_f64(value); crate::shape::numel(shape)?])
+    }
+
+    fn bw_op(&self, op: BwOp<'_, Vec<T::C>>) -> Result<Vec<T::C>> {
+        let map = |a: &[T::C], f: &dyn Fn(T::C) -> T::C| a.iter().map(|&v| f(v)).collect();
+        Ok(match op {
+            BwOp::RoundSte(a) => map(a, &super::rc1),
+            BwOp::Add(a, b) => zip(a, b, |a, b| a + b)?,
+            BwOp::Sub(a, b) => zip(a, b, |a, b| a - b)?,
+            BwOp::Mul(a, b) => zip(a, b, |a, b| a * b)?,
+            BwOp::AddScalar(a, c) => map(a, &|v| v + T::C::from_f64(c)),
+            BwOp::MulScalar(a, c) => map(a, &|v| v * T::C::from_f64(c)),
+            BwOp::Exp2(a) => map(a, &|v| v.exp2()),
+            BwOp::Relu(a) => map(a, &|v| v.maximum(T::C::ZERO)),
+            BwOp::Positive(a) => map(a, &|v| {
+                if v > T::C::ZERO {
+                    T::C::ONE
+                } else {
+                    T::C::ZERO
+                }
+            }),
+        })
+    }
+
+    fn regularize(&self, r: Regularizer, v: &Variable<Vec<T::C>>) -> Result<Vec<T::C>> {
+        Ok(vec![T::C::from_f64(r.loss(&v.value))])
+    }
+}
+
+/// A layer quantizer on hgq-core's CPU buffers: [`Quantizer`]'s logic with [`Cpu`], variables
+/// as `Vec<C>`.
+///
+/// ```
+/// use hgq_core::quantizer::{CpuQuantizer, KbiSpec, QuantizerSpec};
+/// use hgq_core::{CallMode, OverflowMode, RoundMode, TensorRef};
+/// // One bit width per element of a 2-vector: 1 sign bit, 3 bits, 1 integer bit.
+/// let spec = KbiSpec::new(1.0, 3.0, 1.0, RoundMode::Rnd, OverflowMode::Sat);
+/// let mut q = CpuQuantizer::<f32>::new(QuantizerSpec::Kbi(spec), &[Some(2)])?;
+/// let x = TensorRef::new(&[0.3f32, -7.0], &[2])?;
+/// let (mut y, mut dx) = ([0.0f32; 2], [0.0f32; 2]);
+/// let grads = q.forward_backward(x, &[1.0, 1.0], &mut y, &mut dx)?;
+/// assert_eq!(y, [0.25, -2.0]);
+/// assert_eq!(dx, [1.0, 0.0]); // -7 saturates: no gradient reaches x
+/// assert_eq!(grads.b.map(|g| g.len()), Some(2));
+/// # Ok::<(), hgq_core::CoreError>(())
+/// ```
+#[derive(Debug)]
+pub struct CpuQuantizer<C: Real> {
+    q: Quantizer<Vec<C>>,
+    path: Path,
+}
+
+impl<C: Real + Element<C = C>> CpuQuantizer<C> {
+    /// Validates `spec` and makes the quantizer for inputs of `input_shape` (`None`: any
+    /// size, e.g. the batch).
+    pub fn new(spec: QuantizerSpec, input_shape: &[Option<usize>]) -> Result<Self> {
+        Ok(CpuQuantizer {
+            q: Quantizer::new(&mut CpuStore::<C>::default(), &spec, input_shape)?,
+            path: Path::Simd,
+        })
+    }
+
+    /// Runs the passes on `path` (the scalar path is the reference of the SIMD ones).
+    pub fn with_path(mut self, path: Path) -> Self {
+        self.path = path;
+        self
+    }
+
+    /// The logic, generic over backends.
+    pub fn inner(&self) -> &Quantizer<Vec<C>> {
+        &self.q
+    }
+
+    /// The logic, generic over backends.
+    pub fn inner_mut(&mut self) -> &mut Quantizer<Vec<C>> {
+        &mut self.q
+    }
+
+    /// The variables.
+    pub fn variables(&self) -> &[Variable<Vec<C>>] {
+        self.q.variables()
+    }
+
+    /// The variables, to set values (an optimizer step, loading weights).
+    pub fn variables_mut(&mut self) -> &mut [Variable<Vec<C>>] {
+        self.q.variables_mut()
+    }
+
+    /// A variable by name.
+    pub fn variable(&self, name: VarName) -> Option<&Variable<Vec<C>>> {
+        self.q.variable(name)
+    }
+
+    fn backend<'a, T: Element<C = C>>(&self, dy: Option<&'a [T]>) -> Cpu<'a, T> {
+        let b = match dy {
+            Some(dy) => Cpu::with_upstream(dy),
+            None => Cpu::new(),
+        };
+        b.with_path(self.path)
+    }
+
+    /// Quantizes `x` in `mode` into `y`; training and tracing may update WRAP state (never
+    /// on an error).
+    pub fn forward<T: Element<C = C>>(
+        &mut self,
+        x: TensorRef<'_, T>,
+        mode: CallMode,
+        y: &mut [T],
+    ) -> Result<()> {
+        check_len("y", y.len(), x.shape)?;
+        let b = self.backend::<T>(None);
+        let out = self.q.forward(&b, &CpuTensor::borrowed(x), mode)?;
+        y.copy_from_slice(&out.data);
+        Ok(())
+    }
+
+    /// A training call with gradients for upstream `dy`: the output into `y`, `dx`, and the
+    /// gradients of every trainable variable.
+    pub fn forward_backward<T: Element<C = C>>(
+        &mut self,
+        x: TensorRef<'_, T>,
+        dy: &[T],
+        y: &mut [T],
+        dx: &mut [T],
+    ) -> Result<Grads<C>> {
+        check_len("y", y.len(), x.shape)?;
+        check_len("dy", dy.len(), x.shape)?;
+        check_len("dx", dx.len(), x.shape)?;
+        let b = self.backend(Some(dy));
+        let out = self
+            .q
+            .forward(&b, &CpuTensor::borrowed(x), CallMode::Training)?;
+        let (dxv, grads) = b.take_grads();
+        y.copy_from_slice(&out.data);
+        match dxv {
+            Some(d) => dx.copy_from_slice(&d),
+            None => dx.copy_from_slice(dy),
+        }
+        Ok(grads)
+    }
+
+    /// bits, fbits, min, max, epsilon (bit-width shape; scalars for the dummy).
+    pub fn props(&self) -> Result<Props<Vec<C>>> {
+        self.q.props(&self.backend::<C>(None))
+    }
+
+    /// Applies each variable's constraint (call after an optimizer step).
+    pub fn apply_constraints(&mut self) -> Result<()> {
+        let b = self.backend::<C>(None);
+        self.q.apply_constraints(&b)
+    }
+
+    /// The sum of the regularizers' losses.
+    pub fn regularization_loss(&self) -> f64 {
+        self.variables()
+            .iter()
+            .filter_map(|v| v.regularizer.map(|r| r.loss(&v.value)))
+            .sum()
+    }
+
+    /// Adds `scale * d(regularization loss)` to the matching gradients.
+    pub fn add_regularization_grads(&self, scale: f64, grads: &mut Grads<C>) {
+        for v in self.variables() {
+            if let (Some(r), Some(Some(g))) = (v.regularizer, grads.slot(v.name)) {
+                r.add_grad(&v.value, scale, g);
+            }
+        }
+    }
+
+    /// Resets WRAP tracking before a tracing pass (`i := -1e9`, `k := 0`).
+    pub fn reset_trace(&mut self) -> Result<()> {
+        let b = self.backend::<C>(None);
+        self.q.reset_trace(&b)
+    }
+}
