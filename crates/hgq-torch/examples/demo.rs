@@ -150,20 +150,15 @@ fn rows(x: &[f32], y: &[i64], idx: &[usize], device: Device) -> (Tensor, Tensor)
 }
 
 /// Mean bits of each quantizer, by Keras path.
-fn mean_bits(model: &Sequential) -> Vec<(String, f64)> {
+fn mean_bits(model: &Sequential) -> Result<Vec<(String, f64)>, Error> {
     let mut v = Vec::new();
     for l in model.layers() {
         for q in [Some(l.iq()), Some(l.kq()), l.bq()].into_iter().flatten() {
-            let b =
-                q.q.props()
-                    .bits
-                    .detach()
-                    .to_kind(Kind::Double)
-                    .mean(Kind::Double);
+            let b = q.q.bits()?.detach().to_kind(Kind::Double).mean(Kind::Double);
             v.push((q.keras_path.clone(), b.double_value(&[])));
         }
     }
-    v
+    Ok(v)
 }
 
 fn progress(epoch: usize, epochs: usize, loss: f64, acc: f64, ebops: u64, bits: f64, tty: bool) {
@@ -283,10 +278,10 @@ fn main() -> Result<(), Error> {
             let ce = out.y.cross_entropy_for_logits(&yb);
             let mut loss = &ce + &out.ebops_loss;
             if model.has_regularization() {
-                loss += model.regularization_loss().to_device(a.device);
+                loss += model.regularization_loss()?.to_device(a.device);
             }
             opt.backward_step(&loss)?;
-            model.apply_constraints();
+            model.apply_constraints()?;
             loss_sum += loss.double_value(&[]) * batch.len() as f64;
             correct += out
                 .y
@@ -296,7 +291,7 @@ fn main() -> Result<(), Error> {
                 .int64_value(&[]);
             seen += batch.len();
         }
-        let bits = mean_bits(&model);
+        let bits = mean_bits(&model)?;
         let mean = bits.iter().map(|b| b.1).sum::<f64>() / bits.len() as f64;
         progress(
             epoch,
@@ -343,7 +338,7 @@ fn main() -> Result<(), Error> {
         std::fs::write(a.out.join(&file), heat_map(l)?)?;
         maps.push(file);
     }
-    let bits = mean_bits(&model);
+    let bits = mean_bits(&model)?;
     let summary = serde_json::json!({
         "test_accuracy": acc,
         "ebops": ebops,

@@ -89,7 +89,7 @@ fn main() -> Result<(), Error> {
         let t3 = Instant::now();
         opt.step()?;
         let t4 = Instant::now();
-        model.apply_constraints();
+        model.apply_constraints()?;
         let t5 = Instant::now();
         let _ = loss.double_value(&[]);
         let _ = out.y.argmax(-1, false).eq_tensor(&labels).sum(Kind::Int64);

@@ -24,7 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let out = model.forward(&x, CallMode::Training)?; // bit widths train too
         let loss = out.y.cross_entropy_for_logits(&labels) + out.ebops_loss;
         opt.backward_step(&loss)?;
-        model.apply_constraints(); // keep bit widths in range after each step
+        model.apply_constraints()?; // keep bit widths in range after each step
         if step % 50 == 0 {
             println!(
                 "step {step}: loss {:.4}, EBOPs {}",

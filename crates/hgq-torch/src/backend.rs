@@ -258,20 +258,20 @@ impl Backend for Tch {
             let mut t = v.tensor.shallow_clone();
             match c {
                 Constraint::MinMax { min, max } => {
-                    t.f_clamp_(min, max)?;
+                    let _ = t.f_clamp_(min, max)?;
                 }
                 Constraint::Min(m) => {
-                    t.f_clamp_min_(m)?;
+                    let _ = t.f_clamp_min_(m)?;
                 }
                 Constraint::Max(m) => {
-                    t.f_clamp_max_(m)?;
+                    let _ = t.f_clamp_max_(m)?;
                 }
                 Constraint::Constant(value) => {
-                    t.f_fill_(value)?;
+                    let _ = t.f_fill_(value)?;
                 }
                 Constraint::NonNeg => {
                     let keep = t.f_ge(0.0)?.f_to_kind(t.kind())?;
-                    t.f_mul_(&keep)?;
+                    let _ = t.f_mul_(&keep)?;
                 }
             }
             Ok(())

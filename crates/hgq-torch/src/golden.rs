@@ -102,11 +102,11 @@ struct TorchLayer {
 }
 
 impl TorchLayer {
-    fn var(&self, name: &str) -> Option<&Tensor> {
+    fn var(&self, name: &str) -> Option<Tensor> {
         self.q
             .variables()
             .into_iter()
-            .find(|(n, _)| *n == name)
+            .find(|(n, _)| n.as_str() == name)
             .map(|(_, t)| t)
     }
 }
@@ -118,7 +118,7 @@ impl LayerUnderTest for TorchLayer {
             .variables()
             .into_iter()
             .map(|(name, t)| VarInfo {
-                name: name.to_string(),
+                name: name.as_str().to_string(),
                 shape: t.size().iter().map(|&d| d as usize).collect(),
                 trainable: trainable.contains(&name),
             })
@@ -135,11 +135,11 @@ impl LayerUnderTest for TorchLayer {
     }
 
     fn get(&self, name: &str) -> Option<Vec<f32>> {
-        self.var(name).and_then(|t| vec_of(t).ok())
+        self.var(name).and_then(|t| vec_of(&t).ok())
     }
 
-    fn props(&self) -> Result<Props<f32>, String> {
-        let p = self.q.props();
+    fn props(&self) -> Result<Props<Vec<f32>>, String> {
+        let p = self.q.props().map_err(|e| e.to_string())?;
         Ok(Props {
             bits: vec_of(&p.bits)?,
             fbits: vec_of(&p.fbits)?,
@@ -170,8 +170,11 @@ impl LayerUnderTest for TorchLayer {
         (&y * &dyt).sum(Kind::Float).backward();
         let mut grads = Vec::new();
         for name in self.q.trainable_names() {
-            let t = self.var(name).expect("listed");
-            grads.push((name.to_string(), grad_of(t)?));
+            let t = self
+                .q
+                .variable(name)
+                .ok_or_else(|| format!("no variable {name}"))?;
+            grads.push((name.as_str().to_string(), grad_of(&t)?));
             let mut g = t.grad();
             if g.defined() {
                 let _ = g.zero_();

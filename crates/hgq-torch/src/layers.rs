@@ -21,7 +21,7 @@
 //! let out = model.forward(&x, CallMode::Training)?;
 //! let loss = out.y.cross_entropy_for_logits(&labels) + out.ebops_loss;
 //! opt.backward_step(&loss)?;
-//! model.apply_constraints();
+//! model.apply_constraints()?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 use std::cell::Cell;

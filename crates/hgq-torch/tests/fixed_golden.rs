@@ -1,6 +1,8 @@
 //! `fixed_quantize` against the reference's golden vectors (tests/data/golden/fixed_fn.json):
 //! values bit-identical, gradients within 1e-5 relative / 1e-6 absolute, on the CPU bridge, on
 //! the torch-ops path on CPU and, when a GPU is present, on the torch-ops path on CUDA.
+mod common;
+
 use std::path::PathBuf;
 
 use hgq_golden::{close_grad, same_value};
@@ -129,11 +131,9 @@ fn torch_ops_cpu_matches_golden() {
 }
 
 #[test]
+#[ignore = "needs CUDA: run with --ignored on a machine with a GPU"]
 fn torch_ops_cuda_matches_golden() {
-    if !hgq_torch::cuda_available() {
-        eprintln!("skipped: no CUDA device (torch_ops_cuda_matches_golden)");
-        return;
-    }
+    common::cuda();
     let d = Device::Cuda(0);
     assert_clean("fixed_quantize (CUDA)", check_all(fixed_quantize, d));
 }

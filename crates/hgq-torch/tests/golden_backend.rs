@@ -10,6 +10,8 @@
 //! 10 of the 100 layer cases of the seed-7 set): those, and only those, may differ by up to
 //! 1e-5 absolute.
 #![cfg(feature = "golden")]
+mod common;
+
 use std::path::PathBuf;
 
 use hgq_golden::{BACKEND_FAMILIES, check_with};
@@ -106,19 +108,15 @@ fn golden_seed7_cpu() {
 }
 
 #[test]
+#[ignore = "needs CUDA: run with --ignored on a machine with a GPU"]
 fn golden_seed0_cuda() {
-    if !hgq_torch::cuda_available() {
-        println!("skipped: no CUDA device");
-        return;
-    }
+    common::cuda();
     check_all("golden", Device::Cuda(0), Some(1e-5));
 }
 
 #[test]
+#[ignore = "needs CUDA: run with --ignored on a machine with a GPU"]
 fn golden_seed7_cuda() {
-    if !hgq_torch::cuda_available() {
-        println!("skipped: no CUDA device");
-        return;
-    }
+    common::cuda();
     check_all("golden-seed7", Device::Cuda(0), Some(1e-5));
 }

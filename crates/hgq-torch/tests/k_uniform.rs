@@ -46,8 +46,8 @@ fn spread_bits(q: &Quantizer) {
     let n = (ROWS * COLS) as usize;
     let i: Vec<f32> = (0..n).map(|j| (j % 7) as f32 * 0.5 - 1.0).collect();
     let f: Vec<f32> = (0..n).map(|j| (j % 9) as f32 * 0.5 - 0.5).collect();
-    set(var(q, "i"), &i);
-    set(var(q, "f"), &f);
+    set(&var(q, "i"), &i);
+    set(&var(q, "f"), &f);
 }
 
 fn set(t: &Tensor, v: &[f32]) {
@@ -101,7 +101,7 @@ fn uniform_k_gives_the_bits_of_the_whole_k() {
         let q = kif(&vs, overflow);
         spread_bits(&q);
         for kv in [1.0, 0.0] {
-            let k = var(&q, "k");
+            let k = &var(&q, "k");
             tch::no_grad(|| {
                 let _ = k.shallow_clone().fill_(kv);
             });
@@ -121,7 +121,7 @@ fn changes_to_k_are_seen() {
     let vs = nn::VarStore::new(Device::Cpu);
     let q = kif(&vs, overflow);
     spread_bits(&q);
-    let k = var(&q, "k");
+    let k = &var(&q, "k");
     let uniform = module_call(&vs, &q, &x, &w);
     // One element of k changed in place: no longer uniform.
     tch::no_grad(|| {
@@ -176,7 +176,7 @@ fn tracing_that_sets_k_is_seen() {
     let xt = x.abs() * (mask.to_kind(Kind::Float) * -2.0 + 1.0);
     let before = bits(&q.forward(&xt, CallMode::Inference).unwrap());
     let _ = q.forward(&xt, CallMode::Tracing).unwrap();
-    let k = common::f32s(var(&q, "k"));
+    let k = common::f32s(&var(&q, "k"));
     assert!(
         k.contains(&1.0) && k.contains(&0.0),
         "tracing set k per element"

@@ -47,7 +47,7 @@ fn check(overflow: OverflowMode, mode: CallMode, kind: Kind) {
         affine: None,
     };
     let q = Quantizer::new(&vs.root(), &core, &[None, Some(6)]).expect("KBI");
-    let (b, i) = (var(&q, "b"), var(&q, "i"));
+    let (b, i) = (&var(&q, "b"), &var(&q, "i"));
     set(b, &B);
     set(i, &I);
     let (x, w) = inputs(kind);

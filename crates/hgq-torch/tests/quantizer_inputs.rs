@@ -15,8 +15,8 @@ use hgq_torch::TorchError;
 use hgq_torch::hgq_config::convert::{CoreQuantizer, QuantizerSpec};
 use hgq_torch::hgq_config::{Place, QType, QuantizerConfig};
 use hgq_torch::hgq_core::mapper::Axes;
-use hgq_torch::hgq_core::quantizer::{FixedPointQuantizerKIF, KifSpec, Quantizer as _};
-use hgq_torch::hgq_core::{CallMode, Element, OverflowMode, RoundMode, TensorRef};
+use hgq_torch::hgq_core::quantizer::{CpuQuantizer, KifSpec, VarName};
+use hgq_torch::hgq_core::{CallMode, CoreError, Element, OverflowMode, RoundMode, TensorRef};
 use hgq_torch::quantizer::Quantizer;
 use tch::{Device, Kind, Tensor, nn};
 
@@ -54,11 +54,11 @@ fn values<T: tch::kind::Element + Default + Clone>(t: &Tensor) -> Vec<T> {
 /// hgq-core's layer quantizer on the same data: (y inference, y training, dx, df, di) for
 /// dy = 1.
 #[allow(clippy::type_complexity)]
-fn core_run<T: Element<C = C>, C: hgq_torch::hgq_core::Real>(
+fn core_run<T: Element<C = C>, C: hgq_torch::hgq_core::Real + Element<C = C>>(
     x: &[T],
 ) -> (Vec<T>, Vec<T>, Vec<T>, Vec<C>, Vec<C>) {
-    let mut q = FixedPointQuantizerKIF::<C>::new(spec(OverflowMode::Sat)).unwrap();
-    q.build(&[None, Some(4)]).unwrap();
+    let mut q =
+        CpuQuantizer::<C>::new(QuantizerSpec::Kif(spec(OverflowMode::Sat)), &[None, Some(4)]).unwrap();
     let xt = TensorRef::new(x, &SHAPE).unwrap();
     let mut y_inf = vec![T::default(); x.len()];
     q.forward(xt, CallMode::Inference, &mut y_inf).unwrap();
@@ -67,8 +67,8 @@ fn core_run<T: Element<C = C>, C: hgq_torch::hgq_core::Real>(
     let grads = q
         .forward_backward(xt, &vec![one; x.len()], &mut y, &mut dx)
         .unwrap();
-    let df = grads.get("f").unwrap().to_vec();
-    let di = grads.get("i").unwrap().to_vec();
+    let df = grads.f.unwrap();
+    let di = grads.i.unwrap();
     (y_inf, y, dx, df, di)
 }
 
@@ -168,10 +168,10 @@ fn float64_cpu() {
 }
 
 #[test]
+#[ignore = "needs CUDA: run with --ignored on a machine with a GPU"]
 fn float64_cuda() {
-    if let Some(d) = cuda() {
-        float64(d);
-    }
+    let d = cuda();
+    float64(d);
 }
 
 #[test]
@@ -180,10 +180,10 @@ fn float16_cpu() {
 }
 
 #[test]
+#[ignore = "needs CUDA: run with --ignored on a machine with a GPU"]
 fn float16_cuda() {
-    if let Some(d) = cuda() {
-        half_type::<f16>(d, Kind::Half, f16::to_bits);
-    }
+    let d = cuda();
+    half_type::<f16>(d, Kind::Half, f16::to_bits);
 }
 
 #[test]
@@ -192,10 +192,10 @@ fn bfloat16_cpu() {
 }
 
 #[test]
+#[ignore = "needs CUDA: run with --ignored on a machine with a GPU"]
 fn bfloat16_cuda() {
-    if let Some(d) = cuda() {
-        half_type::<bf16>(d, Kind::BFloat16, bf16::to_bits);
-    }
+    let d = cuda();
+    half_type::<bf16>(d, Kind::BFloat16, bf16::to_bits);
 }
 
 fn bad_shape_and_kind(device: Device) {
@@ -204,7 +204,7 @@ fn bad_shape_and_kind(device: Device) {
     for mode in [CallMode::Training, CallMode::Inference, CallMode::Tracing] {
         let x = Tensor::zeros([2, 5], (Kind::Float, device));
         match q.forward(&x, mode) {
-            Err(e @ TorchError::Shape { .. }) => {
+            Err(e @ TorchError::Core(CoreError::InputShape { .. })) => {
                 let msg = e.to_string();
                 assert!(
                     msg.contains("[2, 5]") && msg.contains("[None, Some(4)]"),
@@ -214,7 +214,10 @@ fn bad_shape_and_kind(device: Device) {
             other => panic!("{mode:?}: want a shape error, got {other:?}"),
         }
         let x = Tensor::zeros([4], (Kind::Float, device));
-        assert!(matches!(q.forward(&x, mode), Err(TorchError::Shape { .. })));
+        assert!(matches!(
+            q.forward(&x, mode),
+            Err(TorchError::Core(CoreError::InputShape { .. }))
+        ));
         for kind in [Kind::Int64, Kind::Int, Kind::Bool, Kind::Uint8] {
             let x = Tensor::zeros([2, 4], (kind, device));
             match q.forward(&x, mode) {
@@ -233,10 +236,10 @@ fn bad_shape_and_kind_cpu() {
 }
 
 #[test]
+#[ignore = "needs CUDA: run with --ignored on a machine with a GPU"]
 fn bad_shape_and_kind_cuda() {
-    if let Some(d) = cuda() {
-        bad_shape_and_kind(d);
-    }
+    let d = cuda();
+    bad_shape_and_kind(d);
 }
 
 /// A WRAP quantizer tracking its integer bits refuses NaN and inf in training and tracing
@@ -248,10 +251,10 @@ fn nan_wrap(device: Device) {
         .view([2, 4])
         .to_device(device);
     let _ = q.forward(&good, CallMode::Training).expect("finite input");
-    let before: Vec<(&str, Vec<u32>)> = q
+    let before: Vec<(VarName, Vec<u32>)> = q
         .variables()
         .into_iter()
-        .map(|(n, t)| (n, values::<f32>(t).into_iter().map(f32::to_bits).collect()))
+        .map(|(n, t)| (n, values::<f32>(&t).into_iter().map(f32::to_bits).collect()))
         .collect();
     for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
         let x = Tensor::from_slice(&[0.5f32, bad, 3.0, 0.1, 2.0, 0.0, -0.7, 1.5])
@@ -259,15 +262,15 @@ fn nan_wrap(device: Device) {
             .to_device(device);
         for mode in [CallMode::Training, CallMode::Tracing] {
             match q.forward(&x, mode) {
-                Err(e @ TorchError::NonFinite(_)) => {
+                Err(e @ TorchError::Core(CoreError::InvalidParameter { name: "x", .. })) => {
                     assert!(e.to_string().contains("finite"), "{e}")
                 }
-                other => panic!("{bad} in {mode:?}: want NonFinite, got {other:?}"),
+                other => panic!("{bad} in {mode:?}: want hgq-core's error, got {other:?}"),
             }
-            let after: Vec<(&str, Vec<u32>)> = q
+            let after: Vec<(VarName, Vec<u32>)> = q
                 .variables()
                 .into_iter()
-                .map(|(n, t)| (n, values::<f32>(t).into_iter().map(f32::to_bits).collect()))
+                .map(|(n, t)| (n, values::<f32>(&t).into_iter().map(f32::to_bits).collect()))
                 .collect();
             assert_eq!(before, after, "{bad} in {mode:?} changed the state");
         }
@@ -288,10 +291,10 @@ fn nan_wrap_cpu() {
 }
 
 #[test]
+#[ignore = "needs CUDA: run with --ignored on a machine with a GPU"]
 fn nan_wrap_cuda() {
-    if let Some(d) = cuda() {
-        nan_wrap(d);
-    }
+    let d = cuda();
+    nan_wrap(d);
 }
 
 #[test]

@@ -54,7 +54,7 @@ fn adam_raises_f(device: Device) {
     let q = kif(&vs.root(), 0.0, None);
     let mut opt = nn::Adam::default().build(&vs, 0.1).expect("Adam");
     let x = inputs(device);
-    let (f, i) = (var(&q, "f"), var(&q, "i"));
+    let (f, i) = (&var(&q, "f"), &var(&q, "i"));
     let mut prev = f32s(f);
     for step in 0..25 {
         opt.zero_grad();
@@ -76,7 +76,7 @@ fn adam_raises_f(device: Device) {
             );
         }
         opt.step();
-        q.apply_constraints();
+        q.apply_constraints().unwrap();
         let now = f32s(f);
         for (n, p) in now.iter().zip(&prev) {
             assert!(n >= p, "step {step}: f fell from {p} to {n}");
@@ -101,11 +101,11 @@ fn adam_lowers_f_monol1(device: Device) {
     let vs = nn::VarStore::new(device);
     let q = kif(&vs.root(), 5.0, Some(Regularizer::MonoL1(0.5)));
     let mut opt = nn::Adam::default().build(&vs, 0.1).expect("Adam");
-    let f = var(&q, "f");
+    let f = &var(&q, "f");
     let mut prev = f32s(f);
     for step in 0..25 {
         opt.zero_grad();
-        let loss = q.regularization_loss();
+        let loss = q.regularization_loss().unwrap();
         assert!(
             (loss.double_value(&[]) - 0.5 * prev.iter().map(|&v| v as f64).sum::<f64>()).abs()
                 < 1e-5
@@ -117,7 +117,7 @@ fn adam_lowers_f_monol1(device: Device) {
             "step {step}: d(l sum f)/df = l"
         );
         opt.step();
-        q.apply_constraints();
+        q.apply_constraints().unwrap();
         let now = f32s(f);
         for (n, p) in now.iter().zip(&prev) {
             assert!(n <= p, "step {step}: f rose from {p} to {n}");
@@ -138,17 +138,17 @@ fn adam_lowers_bits(device: Device) {
     let vs = nn::VarStore::new(device);
     let q = kif(&vs.root(), 0.0, None);
     let mut opt = nn::Adam::default().build(&vs, 1.0).expect("Adam");
-    let (f, i) = (var(&q, "f"), var(&q, "i"));
+    let (f, i) = (&var(&q, "f"), &var(&q, "i"));
     for step in 0..4 {
         opt.zero_grad();
-        let bits = q.props().bits;
+        let bits = q.props().unwrap().bits;
         assert_eq!(f32s(&bits), vec![(9 - 2 * step) as f32; 4], "step {step}");
         let loss = bits.sum(Kind::Float);
         loss.backward();
         assert_eq!(f32s(&f.grad()), vec![1.0; 4], "step {step}: d bits / d f");
         assert_eq!(f32s(&i.grad()), vec![1.0; 4], "step {step}: d bits / d i");
         opt.step();
-        q.apply_constraints();
+        q.apply_constraints().unwrap();
     }
     let (fv, iv) = (f32s(f), f32s(i));
     assert!(fv.iter().all(|&v| (v - 2.0).abs() < 1e-3), "f: {fv:?}");
@@ -161,10 +161,10 @@ fn adam_raises_f_cpu() {
 }
 
 #[test]
+#[ignore = "needs CUDA: run with --ignored on a machine with a GPU"]
 fn adam_raises_f_cuda() {
-    if let Some(d) = cuda() {
-        adam_raises_f(d);
-    }
+    let d = cuda();
+    adam_raises_f(d);
 }
 
 #[test]
@@ -173,10 +173,10 @@ fn adam_lowers_f_monol1_cpu() {
 }
 
 #[test]
+#[ignore = "needs CUDA: run with --ignored on a machine with a GPU"]
 fn adam_lowers_f_monol1_cuda() {
-    if let Some(d) = cuda() {
-        adam_lowers_f_monol1(d);
-    }
+    let d = cuda();
+    adam_lowers_f_monol1(d);
 }
 
 #[test]
@@ -185,10 +185,10 @@ fn adam_lowers_bits_cpu() {
 }
 
 #[test]
+#[ignore = "needs CUDA: run with --ignored on a machine with a GPU"]
 fn adam_lowers_bits_cuda() {
-    if let Some(d) = cuda() {
-        adam_lowers_bits(d);
-    }
+    let d = cuda();
+    adam_lowers_bits(d);
 }
 
 fn temp_path(what: &str, device: Device) -> std::path::PathBuf {
@@ -227,10 +227,10 @@ fn save_load_quantizer(device: Device) {
             &wrap.forward(&x, CallMode::Training).unwrap(),
             CallMode::Training,
         );
-        let loss = (y.unwrap() - &x).square().mean(Kind::Float) + sat.regularization_loss();
+        let loss = (y.unwrap() - &x).square().mean(Kind::Float) + sat.regularization_loss().unwrap();
         opt.backward_step(&loss);
-        wrap.apply_constraints();
-        sat.apply_constraints();
+        wrap.apply_constraints().unwrap();
+        sat.apply_constraints().unwrap();
     }
     let path = temp_path("quantizer", device);
     vs.save(&path).expect("save");
@@ -238,13 +238,13 @@ fn save_load_quantizer(device: Device) {
     let mut vs2 = nn::VarStore::new(device);
     let (wrap2, sat2) = build(&vs2);
     // Training moved the variables away from a fresh build's.
-    assert_ne!(bits(var(&sat, "f")), bits(var(&sat2, "f")));
-    assert_ne!(bits(var(&wrap, "i")), bits(var(&wrap2, "i")));
+    assert_ne!(bits(&var(&sat, "f")), bits(&var(&sat2, "f")));
+    assert_ne!(bits(&var(&wrap, "i")), bits(&var(&wrap2, "i")));
     vs2.load(&path).expect("load");
     let _ = std::fs::remove_file(&path);
     for (a, b) in [(&wrap, &wrap2), (&sat, &sat2)] {
         for ((n, t), (_, t2)) in a.variables().into_iter().zip(b.variables()) {
-            assert_eq!(bits(t), bits(t2), "variable {n}");
+            assert_eq!(bits(&t), bits(&t2), "variable {n}");
         }
     }
     let x2 = inputs(device) * 2.3 - 0.4;
@@ -287,7 +287,7 @@ fn save_load_sequential(device: Device) {
         let out = m.forward(&x, CallMode::Training).expect("forward");
         let loss = (out.y - &target).square().mean(Kind::Float) + out.ebops_loss;
         opt.backward_step(&loss);
-        m.apply_constraints();
+        m.apply_constraints().unwrap();
     }
     let path = temp_path("sequential", device);
     vs.save(&path).expect("save");
@@ -318,10 +318,10 @@ fn save_load_quantizer_cpu() {
 }
 
 #[test]
+#[ignore = "needs CUDA: run with --ignored on a machine with a GPU"]
 fn save_load_quantizer_cuda() {
-    if let Some(d) = cuda() {
-        save_load_quantizer(d);
-    }
+    let d = cuda();
+    save_load_quantizer(d);
 }
 
 #[test]
@@ -330,8 +330,8 @@ fn save_load_sequential_cpu() {
 }
 
 #[test]
+#[ignore = "needs CUDA: run with --ignored on a machine with a GPU"]
 fn save_load_sequential_cuda() {
-    if let Some(d) = cuda() {
-        save_load_sequential(d);
-    }
+    let d = cuda();
+    save_load_sequential(d);
 }

@@ -30,7 +30,7 @@ pub struct FixedSpec {
     /// Overflow mode.
     pub overflow: OverflowMode,
     /// How fast the integer bits of a WRAP quantizer decay per training step (`inf`: they
-    /// follow each batch; the reference's default for weights). Not NaN, not negative.
+    /// follow each batch; the reference's default for weights). Not NaN.
     pub i_decay_speed: f64,
     /// Whether the quantizer holds weights (changes the inference of WRAP quantizers).
     pub is_weight: bool,
@@ -61,11 +61,11 @@ impl FixedSpec {
 
     fn validate(&self) -> Result<()> {
         check_modes(self.round, self.overflow)?;
-        if self.i_decay_speed.is_nan() || self.i_decay_speed < 0.0 {
+        if self.i_decay_speed.is_nan() {
             return Err(CoreError::InvalidParameter {
                 name: "i_decay_speed",
                 value: self.i_decay_speed,
-                why: "must be a number >= 0 (inf: the integer bits follow each batch)",
+                why: "must be a number (inf: the integer bits follow each batch)",
             });
         }
         Ok(())

@@ -4,21 +4,22 @@
 use hgq_torch::quantizer::Quantizer;
 use tch::{Device, Kind, Tensor};
 
-/// The CUDA device when one is usable, else `None` after saying the test is skipped.
-pub fn cuda() -> Option<Device> {
-    if hgq_torch::cuda_available() {
-        Some(Device::Cuda(0))
-    } else {
-        println!("skipped: no CUDA device");
-        None
-    }
+/// The CUDA device. Tests that use it are `#[ignore = "needs CUDA ..."]`, run with `--ignored`
+/// on a machine with a GPU, where a missing device fails the test instead of skipping it.
+pub fn cuda() -> Device {
+    assert!(
+        hgq_torch::cuda_available(),
+        "needs CUDA: no usable CUDA device (libtorch with CUDA, a driver and a GPU)"
+    );
+    Device::Cuda(0)
 }
 
-/// A quantizer's raw variable by name (`k`, `b`, `i`, `f`, ...).
-pub fn var<'a>(q: &'a Quantizer, name: &str) -> &'a Tensor {
+/// A quantizer's raw variable by name (`k`, `b`, `i`, `f`, ...): a handle to the `VarStore`'s
+/// tensor.
+pub fn var(q: &Quantizer, name: &str) -> Tensor {
     q.variables()
         .into_iter()
-        .find(|(n, _)| *n == name)
+        .find(|(n, _)| n.as_str() == name)
         .unwrap_or_else(|| panic!("no variable {name}"))
         .1
 }

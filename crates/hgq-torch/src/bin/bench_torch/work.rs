@@ -27,7 +27,7 @@ use hgq_torch::hgq_core::quantizer::KifSpec;
 use hgq_torch::hgq_core::{CallMode, FixedPoint, OverflowMode, RoundMode};
 use hgq_torch::hgq_core::{FixedGrads, TensorRef};
 use hgq_torch::ops::fixed_quantize_ops;
-use hgq_torch::quantizer::{Inner, Quantizer};
+use hgq_torch::quantizer::Quantizer;
 use tch::{Device, Kind, Tensor, nn};
 
 /// Rows of x.
@@ -187,10 +187,10 @@ impl Case {
             }
             return fixed_quantize(&q, x, k, i, f, mode == CallMode::Training);
         }
-        match (self.path, self.q.inner()) {
-            (Path::TorchOps, Inner::Fixed(fq)) => {
+        match self.path {
+            Path::TorchOps => {
                 let q = FixedPoint::new(RoundMode::Rnd, OverflowMode::Sat)?.with_zero_mask(true);
-                let (k, i, f) = fq.kif();
+                let (k, i, f) = self.q.kif()?;
                 fixed_quantize_ops(&q, x, &k, &i, &f, mode == CallMode::Training)
             }
             _ => self.q.forward(x, mode),
