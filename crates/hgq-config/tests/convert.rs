@@ -106,7 +106,10 @@ fn a_minifloat_that_does_not_train_gets_no_gradients() {
         panic!("not a minifloat")
     };
     assert!(!s.trainable);
-    assert_eq!(QuantizerConfig::from_core(&core, Place::Datalane).unwrap(), c);
+    assert_eq!(
+        QuantizerConfig::from_core(&core, Place::Datalane).unwrap(),
+        c
+    );
     let mut q = CpuQuantizer::<f32>::new(core.spec.clone(), &[None, Some(2)]).unwrap();
     let x = hgq_core::TensorRef::new(&[0.3f32, 1.7], &[1, 2]).unwrap();
     let (mut y, mut dx) = ([0.0f32; 2], [0.0f32; 2]);

@@ -374,10 +374,7 @@ struct WidenedOut {
 }
 
 impl Widened {
-    fn new<T: Element<C = f32>>(
-        x: TensorRef<'_, T>,
-        dy: Option<Upstream<'_, T>>,
-    ) -> Widened {
+    fn new<T: Element<C = f32>>(x: TensorRef<'_, T>, dy: Option<Upstream<'_, T>>) -> Widened {
         let widen = |s: &[T]| s.iter().map(|v| v.to_c()).collect::<Vec<f32>>();
         Widened {
             x: widen(x.data),
@@ -401,7 +398,6 @@ impl Widened {
             dy,
         )
     }
-
 }
 
 impl WidenedOut {

@@ -330,12 +330,17 @@ impl FixedPoint {
         let iu: Vec<T::C> = i.data.iter().map(|&v| rc(v)).collect();
         let fu: Vec<T::C> = b.data.iter().zip(&iu).map(|(&b, &i)| rc(b) - i).collect();
         let q = self.with_bit_widths(BitWidths::Integer);
-        let pi = [k, TensorRef::new(&iu, i.shape)?, TensorRef::new(&fu, b.shape)?];
+        let pi = [
+            k,
+            TensorRef::new(&iu, i.shape)?,
+            TensorRef::new(&fu, b.shape)?,
+        ];
         match grads {
             None => T::fixed_entry(&q, x, pi, training, dy, y, None),
             Some((dx, [db, di])) => {
                 // The kernel's df is b's gradient; i's is di + (-df).
-                let s = T::fixed_entry(&q, x, pi, training, dy, y, Some((dx, [&mut *di, &mut *db])))?;
+                let s =
+                    T::fixed_entry(&q, x, pi, training, dy, y, Some((dx, [&mut *di, &mut *db])))?;
                 for (di, &db) in di.iter_mut().zip(db.iter()) {
                     *di = *di + -db;
                 }

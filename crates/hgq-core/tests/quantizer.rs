@@ -37,53 +37,68 @@ fn data(n: usize, seed: u64, scale: f32) -> Vec<f32> {
 #[test]
 fn specs_the_reference_rejects_are_errors() {
     assert!(matches!(
-        CpuQuantizer::<f32>::new(QuantizerSpec::Kbi(KbiSpec::new(
-            2.0,
-            4.0,
-            1.0,
-            RoundMode::Rnd,
-            OverflowMode::Sat
-        )), &[Some(2)]),
+        CpuQuantizer::<f32>::new(
+            QuantizerSpec::Kbi(KbiSpec::new(
+                2.0,
+                4.0,
+                1.0,
+                RoundMode::Rnd,
+                OverflowMode::Sat
+            )),
+            &[Some(2)]
+        ),
         Err(CoreError::InvalidK(_))
     ));
     assert!(matches!(
-        CpuQuantizer::<f32>::new(QuantizerSpec::Kbi(KbiSpec::new(
-            1.0,
-            -1.0,
-            1.0,
-            RoundMode::Rnd,
-            OverflowMode::Sat
-        )), &[Some(2)]),
+        CpuQuantizer::<f32>::new(
+            QuantizerSpec::Kbi(KbiSpec::new(
+                1.0,
+                -1.0,
+                1.0,
+                RoundMode::Rnd,
+                OverflowMode::Sat
+            )),
+            &[Some(2)]
+        ),
         Err(CoreError::InvalidParameter { name: "b0", .. })
     ));
     assert!(matches!(
-        CpuQuantizer::<f32>::new(QuantizerSpec::Kif(KifSpec::new(
-            1.0,
-            -3.0,
-            1.0,
-            RoundMode::Rnd,
-            OverflowMode::Sat
-        )), &[Some(2)]),
+        CpuQuantizer::<f32>::new(
+            QuantizerSpec::Kif(KifSpec::new(
+                1.0,
+                -3.0,
+                1.0,
+                RoundMode::Rnd,
+                OverflowMode::Sat
+            )),
+            &[Some(2)]
+        ),
         Err(CoreError::InvalidParameter { .. })
     ));
     assert!(matches!(
-        CpuQuantizer::<f32>::new(QuantizerSpec::Kif(KifSpec::new(
-            1.0,
-            1.0,
-            1.0,
-            RoundMode::Trn,
-            OverflowMode::WrapSm
-        )), &[Some(2)]),
+        CpuQuantizer::<f32>::new(
+            QuantizerSpec::Kif(KifSpec::new(
+                1.0,
+                1.0,
+                1.0,
+                RoundMode::Trn,
+                OverflowMode::WrapSm
+            )),
+            &[Some(2)]
+        ),
         Err(CoreError::WrapSmRounding(_))
     ));
     assert!(
-        CpuQuantizer::<f32>::new(QuantizerSpec::Kbi(KbiSpec::new(
-            f64::NAN,
-            4.0,
-            1.0,
-            RoundMode::Rnd,
-            OverflowMode::Sat
-        )), &[Some(2)])
+        CpuQuantizer::<f32>::new(
+            QuantizerSpec::Kbi(KbiSpec::new(
+                f64::NAN,
+                4.0,
+                1.0,
+                RoundMode::Rnd,
+                OverflowMode::Sat
+            )),
+            &[Some(2)]
+        )
         .is_err()
     );
 }
@@ -171,8 +186,7 @@ fn wrap_tracking_rejects_non_finite_input_and_keeps_its_state() {
     let mut spec = KifSpec::new(1.0, 2.0, 4.0, RoundMode::Rnd, OverflowMode::Wrap)
         .with_axes(Axes::Homogeneous(vec![0]));
     spec.fixed.i_decay_speed = 0.5;
-    let mut q = CpuQuantizer::<f32>::new(QuantizerSpec::Kif(spec), &[None, Some(2)])
-        .unwrap();
+    let mut q = CpuQuantizer::<f32>::new(QuantizerSpec::Kif(spec), &[None, Some(2)]).unwrap();
     let before: Vec<_> = q.variables().to_vec();
     let mut y = [0.0f32; 4];
     for bad in [f32::NAN, f32::INFINITY] {
@@ -216,8 +230,7 @@ fn wrap_tracking_rejects_non_finite_input_and_keeps_its_state() {
 fn tracing_records_integer_bits_and_signs() {
     let mut spec = KifSpec::new(0.0, 0.0, 3.0, RoundMode::Rnd, OverflowMode::Wrap);
     spec.fixed.axes = Axes::Homogeneous(vec![0]);
-    let mut q = CpuQuantizer::<f32>::new(QuantizerSpec::Kif(spec), &[None, Some(2)])
-        .unwrap();
+    let mut q = CpuQuantizer::<f32>::new(QuantizerSpec::Kif(spec), &[None, Some(2)]).unwrap();
     q.reset_trace().unwrap();
     assert_eq!(q.variable(VarName::I).unwrap().value, vec![-1e9, -1e9]);
     let x = [3.0f32, 0.25, -5.5, 0.5];
@@ -237,14 +250,17 @@ fn tracing_records_integer_bits_and_signs() {
 #[test]
 fn inference_zeroes_values_without_bits() {
     // KBI with b = 0, k = 0: k + i + f = b = 0 -> output 0.
-    let mut q = CpuQuantizer::<f32>::new(QuantizerSpec::Kbi(KbiSpec::new(
-        0.0,
-        0.0,
-        1.0,
-        RoundMode::Rnd,
-        OverflowMode::Sat,
-    )), &[Some(3)])
-        .unwrap();
+    let mut q = CpuQuantizer::<f32>::new(
+        QuantizerSpec::Kbi(KbiSpec::new(
+            0.0,
+            0.0,
+            1.0,
+            RoundMode::Rnd,
+            OverflowMode::Sat,
+        )),
+        &[Some(3)],
+    )
+    .unwrap();
     let x = [0.7f32, -2.0, 5.0];
     let mut y = [1.0f32; 3];
     q.forward(
@@ -262,8 +278,7 @@ fn constraints_and_regularizers() {
         .with_axes(Axes::Homogeneous(vec![0]));
     spec.br = Some(Regularizer::MonoL1(0.5));
     spec.ic = Some(Constraint::Max(3.0));
-    let mut q = CpuQuantizer::<f32>::new(QuantizerSpec::Kbi(spec), &[None, Some(2)])
-        .unwrap();
+    let mut q = CpuQuantizer::<f32>::new(QuantizerSpec::Kbi(spec), &[None, Some(2)]).unwrap();
     assert_eq!(q.regularization_loss(), 4.0);
     for v in q.variables_mut() {
         if v.name == VarName::B {
@@ -296,8 +311,7 @@ fn train_once(stochastic: Stochastic, seed_calls: usize) -> Vec<f32> {
     let mut spec = KifSpec::new(1.0, 4.0, 2.0, RoundMode::SRnd, OverflowMode::Sat);
     spec.fixed.stochastic = stochastic;
     spec.fixed.axes = Axes::Homogeneous(vec![0, 1]);
-    let mut q = CpuQuantizer::<f32>::new(QuantizerSpec::Kif(spec), &[None, Some(4096)])
-        .unwrap();
+    let mut q = CpuQuantizer::<f32>::new(QuantizerSpec::Kif(spec), &[None, Some(4096)]).unwrap();
     let x = data(2 * 4096, 3, 4.0);
     let mut y = vec![0.0f32; x.len()];
     for _ in 0..seed_calls {
@@ -380,8 +394,13 @@ fn narrow_and_wide_element_types_agree_with_f32(#[case] rm: RoundMode, #[case] o
     .unwrap();
     assert_eq!(yb.iter().map(|v| v.to_f32()).collect::<Vec<_>>(), want);
 
-    let mut q64 = CpuQuantizer::<f64>::new(QuantizerSpec::Kif(KifSpec::new(1.0, 2.0, 3.0, rm, om).with_axes(Axes::Homogeneous(vec![0]))), &[None, Some(8)])
-        .unwrap();
+    let mut q64 = CpuQuantizer::<f64>::new(
+        QuantizerSpec::Kif(
+            KifSpec::new(1.0, 2.0, 3.0, rm, om).with_axes(Axes::Homogeneous(vec![0])),
+        ),
+        &[None, Some(8)],
+    )
+    .unwrap();
     let xd: Vec<f64> = x.iter().map(|v| *v as f64).collect();
     let mut yd = vec![0.0f64; 64];
     q64.forward(
@@ -395,8 +414,11 @@ fn narrow_and_wide_element_types_agree_with_f32(#[case] rm: RoundMode, #[case] o
 
 #[test]
 fn minifloat_layer_gradients_reach_every_parameter() {
-    let mut q = CpuQuantizer::<f32>::new(QuantizerSpec::Float(FloatSpec::new(2.0, 3.0, 0.0).with_axes(Axes::Homogeneous(vec![0]))), &[None, Some(3)])
-        .unwrap();
+    let mut q = CpuQuantizer::<f32>::new(
+        QuantizerSpec::Float(FloatSpec::new(2.0, 3.0, 0.0).with_axes(Axes::Homogeneous(vec![0]))),
+        &[None, Some(3)],
+    )
+    .unwrap();
     let x = [100.0f32, 0.3, -1e-4, 7.3, -2.2, 0.0];
     let (mut y, mut dx) = ([0.0f32; 6], [0.0f32; 6]);
     let g = q

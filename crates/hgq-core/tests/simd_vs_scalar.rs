@@ -327,12 +327,7 @@ fn minifloat_case<T: Element>(path: Path, layout: Layout, (rows, cols): (usize, 
 
 #[rstest]
 fn minifloat_simd_equals_scalar(
-    #[values(
-        Path::Simd,
-        Path::Level(SimdLevel::V3),
-        Path::Level(SimdLevel::Scalar)
-    )]
-    path: Path,
+    #[values(Path::Simd, Path::Level(SimdLevel::V3), Path::Level(SimdLevel::Scalar))] path: Path,
     #[values(Layout::PerElement, Layout::PerColumn, Layout::PerRow, Layout::Mixed)] layout: Layout,
 ) {
     for (s, size) in [(1, 1), (3, 5), (7, 33), BIG].into_iter().enumerate() {

@@ -154,7 +154,11 @@ fn mean_bits(model: &Sequential) -> Result<Vec<(String, f64)>, Error> {
     let mut v = Vec::new();
     for l in model.layers() {
         for q in [Some(l.iq()), Some(l.kq()), l.bq()].into_iter().flatten() {
-            let b = q.q.bits()?.detach().to_kind(Kind::Double).mean(Kind::Double);
+            let b =
+                q.q.bits()?
+                    .detach()
+                    .to_kind(Kind::Double)
+                    .mean(Kind::Double);
             v.push((q.keras_path.clone(), b.double_value(&[])));
         }
     }

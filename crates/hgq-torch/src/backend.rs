@@ -7,12 +7,12 @@
 //! return the same errors. Variables live in a [`VarStore`](tch::nn::VarStore) as float32.
 use std::sync::Mutex;
 
+use hgq_core::mapper::Axes;
 use hgq_core::quantizer::{
     Backend, BwOp, Constraint, OperandOf, Regularizer, Store, VarInit, Variable,
 };
 use hgq_core::shape::check_broadcast;
 use hgq_core::{BitwidthMapper, CoreError, DefaultBitwidthMapper, FixedPoint, TensorRef};
-use hgq_core::mapper::Axes;
 use tch::{Device, Kind, Tensor, nn};
 
 use crate::{Result, TorchError, host};
@@ -149,8 +149,9 @@ fn reduce_on_host(
 ) -> Result<Vec<f32>> {
     if let Some(d) = host::slice(x) {
         let shape = usize_shape(x);
-        let mut m =
-            DefaultBitwidthMapper::new(Axes::Homogeneous(reduce.iter().map(|&a| a as isize).collect()));
+        let mut m = DefaultBitwidthMapper::new(Axes::Homogeneous(
+            reduce.iter().map(|&a| a as isize).collect(),
+        ));
         let known: Vec<Option<usize>> = shape.iter().map(|&d| Some(d)).collect();
         m.bw_shape(&known)?;
         return Ok(on_host(&m, TensorRef::new(d, &shape)?)?);

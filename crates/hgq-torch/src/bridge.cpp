@@ -137,6 +137,15 @@ extern "C" void hgq_torch_clear_grad(const at::Tensor* t) {
   }
 }
 
+// Moves a tensor's version counter, as every in-place operation through libtorch does: a graph
+// that saved the tensor before a write through its raw memory then refuses its backward
+// ("modified by an inplace operation") instead of reading the new values.
+extern "C" void hgq_torch_bump_version(const at::Tensor* t) {
+  if (t->defined()) {
+    t->unsafeGetTensorImpl()->bump_version();
+  }
+}
+
 extern "C" int hgq_torch_fixed_apply(const at::Tensor* x, const at::Tensor* k,
                                      const at::Tensor* p1, const at::Tensor* p2,
                                      const uint8_t* cfg, size_t cfg_len, int training, int bits,

@@ -27,6 +27,7 @@ pub(crate) struct View {
 unsafe extern "C" {
     fn hgq_torch_cuda_linked() -> c_int;
     fn hgq_torch_clear_grad(t: *const C_tensor);
+    fn hgq_torch_bump_version(t: *const C_tensor);
     fn hgq_torch_fixed_apply(
         x: *const C_tensor,
         k: *const C_tensor,
@@ -52,6 +53,13 @@ pub(crate) fn cuda_linked() -> bool {
 pub(crate) fn clear_grad(t: &Tensor) {
     // SAFETY: `t` is a live tch tensor (a pointer to a `torch::Tensor`).
     unsafe { hgq_torch_clear_grad(t.as_ptr()) }
+}
+
+/// Moves `t`'s version counter, as an in-place operation through libtorch would (after a write
+/// through its raw memory).
+pub(crate) fn bump_version(t: &Tensor) {
+    // SAFETY: `t` is a live tch tensor (a pointer to a `torch::Tensor`).
+    unsafe { hgq_torch_bump_version(t.as_ptr()) }
 }
 
 /// A [`Screen`] as the C++ side keeps it (in the autograd node's saved data).
@@ -215,7 +223,9 @@ pub unsafe extern "C" fn hgq_torch_fixed_cpu(
             )
         };
         if bits != 0 {
-            return Err(Failure::Other(format!("hgq bridge: unknown bit-width layout {bits}")));
+            return Err(Failure::Other(format!(
+                "hgq bridge: unknown bit-width layout {bits}"
+            )));
         }
         let t = |d, s| TensorRef::new(d, s).map_err(Failure::Core);
         let (tx, tk, ti, tf) = (t(dxv, &sx)?, t(dkv, &sk)?, t(d1, &s1)?, t(d2, &s2)?);

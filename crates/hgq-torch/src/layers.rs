@@ -369,7 +369,10 @@ impl QDense {
     fn check_input(&self, x: &Tensor) -> Result<()> {
         let kind = x.f_kind()?;
         if kind != self.kernel.kind() {
-            return Err(TorchError::Kind { what: "QDense input", kind });
+            return Err(TorchError::Kind {
+                what: "QDense input",
+                kind,
+            });
         }
         if x.device() != self.kernel.device() {
             return Err(TorchError::Device {

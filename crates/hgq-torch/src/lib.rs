@@ -172,15 +172,12 @@ pub(crate) fn quantize(
             )?;
             Ok(if narrow { y.f_to_kind(kind)? } else { y })
         }
-        (_, Kind::Half | Kind::BFloat16) => Ok(ops::fixed_quantize_ops(
-            q,
-            &x.f_to_kind(Kind::Float)?,
-            k,
-            p1,
-            p2,
-            training,
-        )?
-        .f_to_kind(kind)?),
+        (_, Kind::Half | Kind::BFloat16) => {
+            Ok(
+                ops::fixed_quantize_ops(q, &x.f_to_kind(Kind::Float)?, k, p1, p2, training)?
+                    .f_to_kind(kind)?,
+            )
+        }
         _ => ops::fixed_quantize_ops(q, x, k, p1, p2, training),
     }
 }

@@ -112,7 +112,8 @@ fn uniform_noise(seed: u64, n: i64, like: &Tensor) -> Result<Tensor> {
             .f_bitwise_and(mask)?)
     };
     let mix = |z: &Tensor, s: i64, m: u64| -> Result<Tensor> {
-        Ok(z.f_bitwise_xor_tensor(&shr(z, s)?)?.f_mul_scalar(m as i64)?)
+        Ok(z.f_bitwise_xor_tensor(&shr(z, s)?)?
+            .f_mul_scalar(m as i64)?)
     };
     let idx = Tensor::f_arange(n, (Kind::Int64, like.device()))?;
     let z = idx
@@ -237,7 +238,7 @@ pub fn minifloat_ops(x: &Tensor, p: [&Tensor; 3]) -> Result<Tensor> {
     if !matches!(kind, Kind::Float | Kind::Double) {
         return Err(TorchError::Kind { what: "x", kind });
     }
-    let [m, e, e0] = p.map(|t| rc(t));
+    let [m, e, e0] = p.map(rc);
     let bad = [&m, &e, &e0]
         .iter()
         .try_fold(Tensor::from(false), |acc, t| -> Result<Tensor> {

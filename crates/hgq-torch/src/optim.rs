@@ -178,25 +178,46 @@ impl Adam {
 
     /// One Adam step with the current gradients (variables without one are left alone).
     ///
-    /// A gradient that is not finite would poison the moments for good, so a step whose
-    /// gradients hold NaN or infinity changes nothing and is an error.
+    /// All or nothing: a gradient that is not finite (it would poison the moments for good),
+    /// or one whose shape or device is not its variable's, is an error before anything
+    /// changes, and the step is counted only once every variable is updated. Moments follow
+    /// their variable to its device (a `VarStore` moved between steps). Every variable written
+    /// has its version counter moved, as torch's optimizers do, so a graph built on the old
+    /// values refuses its backward instead of running on the new ones.
     pub fn step(&mut self) -> Result<()> {
         self.add_missing();
         let grads: Vec<Tensor> = self.slots.iter().map(|s| s.var.grad()).collect();
-        for g in &grads {
-            if g.defined() && !all_finite(g)? {
+        for (s, g) in self.slots.iter().zip(&grads) {
+            if !g.defined() {
+                continue;
+            }
+            if g.size() != s.var.size() || g.device() != s.var.device() {
+                return Err(TorchError::Unsupported(format!(
+                    "a gradient of shape {:?} on {:?} for a variable of shape {:?} on {:?}",
+                    g.size(),
+                    g.device(),
+                    s.var.size(),
+                    s.var.device()
+                )));
+            }
+            if !all_finite(g)? {
                 return Err(TorchError::NonFinite("a gradient given to Adam"));
             }
         }
-        self.iterations += 1;
-        let c = self.coeffs();
+        for s in &mut self.slots {
+            if s.m.device() != s.var.device() {
+                s.m = s.m.f_to_device(s.var.device())?;
+                s.v = s.v.f_to_device(s.var.device())?;
+            }
+        }
+        let c = self.coeffs(self.iterations + 1);
         for (s, g) in self.slots.iter().zip(&grads) {
             if !g.defined() {
                 continue;
             }
             // SAFETY: var, m and v are distinct allocations (m, v made here) that nothing else
-            // touches during the step, and no live graph saved them (an optimizer steps after
-            // the backward pass); g is only read.
+            // touches during the step; g is only read. A graph that saved var sees the write
+            // through the version counter moved below.
             let plain = unsafe {
                 (
                     host::slice_mut(&s.var),
@@ -206,10 +227,14 @@ impl Adam {
                 )
             };
             match plain {
-                (Some(p), Some(m), Some(v), Some(g)) if p.len() == g.len() => update(p, m, v, g, c),
+                (Some(p), Some(m), Some(v), Some(g)) if p.len() == g.len() => {
+                    update(p, m, v, g, c);
+                    crate::bridge::bump_version(&s.var);
+                }
                 _ => update_ops(s, g, c)?,
             }
         }
+        self.iterations += 1;
         Ok(())
     }
 
@@ -220,9 +245,10 @@ impl Adam {
         self.step()
     }
 
-    fn coeffs(&self) -> Coeffs {
+    /// The constants of step `t` (1 for the first).
+    fn coeffs(&self, t: u64) -> Coeffs {
         let c = &self.config;
-        let t = self.iterations as f32;
+        let t = t as f32;
         let (b1, b2) = (c.beta_1 as f32, c.beta_2 as f32);
         let (p1, p2) = (b1.powf(t), b2.powf(t));
         Coeffs {

@@ -194,3 +194,38 @@ fn bad_hyper_parameters_are_errors() {
     opt.set_learning_rate(0.5).expect("valid");
     assert_eq!(opt.config().learning_rate, 0.5);
 }
+
+/// A graph built on the values before a step refuses its backward after it, as with torch's
+/// own optimizers: the step moves each variable's version counter, also where it writes the
+/// variable's memory directly.
+#[test]
+fn a_graph_from_before_a_step_refuses_its_backward() {
+    for kind in [Kind::Float, Kind::Double] {
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let w = vs.root().var("w", &[3], nn::Init::Const(0.5));
+        vs.set_kind(kind);
+        let mut opt = Adam::new(&vs, cfg()).expect("Adam");
+        let first = (&w * &w).sum(Kind::Double);
+        let second = (&w * &w).sum(Kind::Double);
+        opt.backward_step(&first).expect("step");
+        let err = second.f_backward().expect_err("stale graph");
+        assert!(err.to_string().contains("inplace"), "{kind:?}: {err}");
+    }
+}
+
+/// A step that fails is not counted and moves no variable: a gradient whose shape is not its
+/// variable's (set by hand) is refused before any update.
+#[test]
+fn a_refused_step_is_not_counted() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let a = vs.root().var("a", &[2], nn::Init::Const(1.0));
+    let b = vs.root().var("b", &[3], nn::Init::Const(1.0));
+    let mut opt = Adam::new(&vs, cfg()).expect("Adam");
+    (a.sum(Kind::Float) + b.sum(Kind::Float)).backward();
+    let mut g = b.grad();
+    let _ = g.set_source_tensor_(&Tensor::ones([5], (Kind::Float, Device::Cpu)));
+    assert!(opt.step().is_err());
+    assert_eq!(opt.iterations(), 0);
+    assert_eq!(f64s(&a), [1.0, 1.0], "no variable moved");
+    assert_eq!(f64s(&b), [1.0, 1.0, 1.0]);
+}

@@ -57,8 +57,11 @@ fn values<T: tch::kind::Element + Default + Clone>(t: &Tensor) -> Vec<T> {
 fn core_run<T: Element<C = C>, C: hgq_torch::hgq_core::Real + Element<C = C>>(
     x: &[T],
 ) -> (Vec<T>, Vec<T>, Vec<T>, Vec<C>, Vec<C>) {
-    let mut q =
-        CpuQuantizer::<C>::new(QuantizerSpec::Kif(spec(OverflowMode::Sat)), &[None, Some(4)]).unwrap();
+    let mut q = CpuQuantizer::<C>::new(
+        QuantizerSpec::Kif(spec(OverflowMode::Sat)),
+        &[None, Some(4)],
+    )
+    .unwrap();
     let xt = TensorRef::new(x, &SHAPE).unwrap();
     let mut y_inf = vec![T::default(); x.len()];
     q.forward(xt, CallMode::Inference, &mut y_inf).unwrap();

@@ -227,7 +227,8 @@ fn save_load_quantizer(device: Device) {
             &wrap.forward(&x, CallMode::Training).unwrap(),
             CallMode::Training,
         );
-        let loss = (y.unwrap() - &x).square().mean(Kind::Float) + sat.regularization_loss().unwrap();
+        let loss =
+            (y.unwrap() - &x).square().mean(Kind::Float) + sat.regularization_loss().unwrap();
         opt.backward_step(&loss);
         wrap.apply_constraints().unwrap();
         sat.apply_constraints().unwrap();

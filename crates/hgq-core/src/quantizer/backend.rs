@@ -107,11 +107,7 @@ pub trait Backend {
     /// The elementwise arithmetic of bit widths.
     fn bw_op(&self, op: BwOp<'_, Self::Bw>) -> Result<Self::Bw, Self::Error>;
     /// A regularizer's loss on a variable: a scalar.
-    fn regularize(
-        &self,
-        r: Regularizer,
-        v: &Variable<Self::Var>,
-    ) -> Result<Self::Bw, Self::Error>;
+    fn regularize(&self, r: Regularizer, v: &Variable<Self::Var>) -> Result<Self::Bw, Self::Error>;
 }
 
 /// One elementwise operation of bit-width arithmetic, with numpy broadcasting.

@@ -177,10 +177,7 @@ impl<'a, T: Element> Cpu<'a, T> {
         (c.dx.take(), std::mem::take(&mut c.grads))
     }
 
-    fn operand<'o>(
-        &self,
-        o: &'o Operand<'o, Vec<T::C>, T::C>,
-    ) -> Result<TensorRef<'o, T::C>> {
+    fn operand<'o>(&self, o: &'o Operand<'o, Vec<T::C>, T::C>) -> Result<TensorRef<'o, T::C>> {
         match o {
             Operand::Var(v) => TensorRef::new(&v.value, &v.shape),
             Operand::Values(d, s) => TensorRef::new(d, s),
@@ -323,7 +320,11 @@ impl<'a, T: Element> Backend for Cpu<'a, T> {
     ) -> Result<Self::Tensor> {
         let q = q.with_path(self.path);
         let xr = x.as_ref();
-        let (kt, it, ft) = (self.operand(&k)?, self.operand(&p[0])?, self.operand(&p[1])?);
+        let (kt, it, ft) = (
+            self.operand(&k)?,
+            self.operand(&p[0])?,
+            self.operand(&p[1])?,
+        );
         let n = x.data.len();
         let mut y = vec![T::default(); n];
         match self.upstream(n)? {
@@ -332,10 +333,10 @@ impl<'a, T: Element> Backend for Cpu<'a, T> {
             }
             Some(dy) => {
                 let mut dx = vec![T::default(); n];
-                let (mut di, mut df) = (vec![T::C::ZERO; it.data.len()], vec![
-                    T::C::ZERO;
-                    ft.data.len()
-                ]);
+                let (mut di, mut df) = (
+                    vec![T::C::ZERO; it.data.len()],
+                    vec![T::C::ZERO; ft.data.len()],
+                );
                 let grads = FixedGrads {
                     dx: &mut dx,
                     di: &mut di,
@@ -351,15 +352,18 @@ impl<'a, T: Element> Backend for Cpu<'a, T> {
         })
     }
 
-    fn minifloat(
-        &self,
-        x: &Self::Tensor,
-        p: [OperandOf<'_, Self>; 3],
-    ) -> Result<Self::Tensor> {
+    fn minifloat(&self, x: &Self::Tensor, p: [OperandOf<'_, Self>; 3]) -> Result<Self::Tensor> {
         // The pass reads integer bit widths: the variables as used, `rc(raw)`.
         let used: Vec<Vec<T::C>> = p
             .iter()
-            .map(|o| Ok(self.operand(o)?.data.iter().map(|&v| super::rc1(v)).collect()))
+            .map(|o| {
+                Ok(self
+                    .operand(o)?
+                    .data
+                    .iter()
+                    .map(|&v| super::rc1(v))
+                    .collect())
+            })
             .collect::<Result<_>>()?;
         let shapes: Vec<&[usize]> = p
             .iter()

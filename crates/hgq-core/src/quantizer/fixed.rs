@@ -12,8 +12,8 @@
 use super::backend::{Arith, Backend, Operand};
 use super::constraint::{Constraint, Regularizer};
 use super::{
-    Layout, Props, Store, VarDtype, VarInit, VarName, Variable, check_input, check_k,
-    check_real, rc1,
+    Layout, Props, Store, VarDtype, VarInit, VarName, Variable, check_input, check_k, check_real,
+    rc1,
 };
 use crate::error::{CoreError, Result};
 use crate::mapper::Axes;
@@ -373,7 +373,10 @@ impl<V> FixedQuantizer<V> {
         match (self.spec().stochastic, mode, state) {
             (Stochastic::Seeded(s), CallMode::Training, Some(v)) => {
                 let calls = b.read(&v.value)?.get(1).map_or(0.0, |c| c.to_f64());
-                Ok(Stochastic::Seeded(crate::ops::uniform_seed(s, calls as u64)))
+                Ok(Stochastic::Seeded(crate::ops::uniform_seed(
+                    s,
+                    calls as u64,
+                )))
             }
             _ => Ok(Stochastic::Reference),
         }
@@ -395,8 +398,7 @@ impl<V> FixedQuantizer<V> {
         let noise = self.noise(b, mode)?;
         let q = FixedPoint::new(spec.round, spec.overflow)?.with_stochastic(noise);
         // Rounding alone: WRAP in training, where it does not wrap.
-        let round_only =
-            FixedPoint::new(spec.round, OverflowMode::Wrap)?.with_stochastic(noise);
+        let round_only = FixedPoint::new(spec.round, OverflowMode::Wrap)?.with_stochastic(noise);
         let [p1, p2] = self.raw();
         let k = Operand::Var(self.var(VarName::K));
         let weight_inference = match self.param() {
@@ -462,14 +464,18 @@ impl<V> FixedQuantizer<V> {
         let spec = self.spec();
         let sym = spec.overflow.is_symmetric();
         let train = mode == CallMode::Training;
-        let round_only = FixedPoint::new(spec.round, OverflowMode::Wrap)?
-            .with_stochastic(self.noise(b, mode)?);
+        let round_only =
+            FixedPoint::new(spec.round, OverflowMode::Wrap)?.with_stochastic(self.noise(b, mode)?);
         let ivar = self.var(VarName::I);
         let ic = ivar.constraint;
         let con = |v: B::C| ic.map_or(v, |c| c.one(v));
         let i_raw = b.read(&ivar.value)?;
         let decay = match self.vars.iter().find(|v| v.name == VarName::IDecaySpeed) {
-            Some(d) => b.read(&d.value)?.first().copied().unwrap_or(B::C::from_f64(f64::INFINITY)),
+            Some(d) => b
+                .read(&d.value)?
+                .first()
+                .copied()
+                .unwrap_or(B::C::from_f64(f64::INFINITY)),
             None => B::C::from_f64(f64::INFINITY),
         };
         let reduce = &self.layout.homogeneous;
@@ -604,15 +610,15 @@ impl<V> FixedQuantizer<V> {
 
     /// Resets a WRAP quantizer before tracing (`i := -1e9`, `k := 0`), as hgq2's
     /// `trace_minmax` does; no-op for other quantizers.
-    pub fn reset_trace<B: Backend<Var = V>>(
-        &mut self,
-        b: &B,
-    ) -> std::result::Result<(), B::Error> {
+    pub fn reset_trace<B: Backend<Var = V>>(&mut self, b: &B) -> std::result::Result<(), B::Error> {
         if !(self.wraps() && self.spec().trainable) {
             return Ok(());
         }
         let n = self.layout.bw_len();
-        b.write(&mut self.var_mut(VarName::I).value, &vec![B::C::from_f64(-1e9); n])?;
+        b.write(
+            &mut self.var_mut(VarName::I).value,
+            &vec![B::C::from_f64(-1e9); n],
+        )?;
         b.write(&mut self.var_mut(VarName::K).value, &vec![B::C::ZERO; n])
     }
 
@@ -658,10 +664,7 @@ impl<V> FixedQuantizer<V> {
     }
 
     /// bits, fbits, min, max and epsilon of the current bit widths (bit-width shape).
-    pub fn props<B: Backend<Var = V>>(
-        &self,
-        b: &B,
-    ) -> std::result::Result<Props<B::Bw>, B::Error> {
+    pub fn props<B: Backend<Var = V>>(&self, b: &B) -> std::result::Result<Props<B::Bw>, B::Error> {
         let a = Arith(b);
         let (k, i, f) = self.kif(b)?;
         let bb = self.b(b)?;

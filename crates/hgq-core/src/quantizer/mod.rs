@@ -390,10 +390,7 @@ impl<V> Quantizer<V> {
     }
 
     /// bits, fbits, min, max and epsilon.
-    pub fn props<B: Backend<Var = V>>(
-        &self,
-        b: &B,
-    ) -> std::result::Result<Props<B::Bw>, B::Error> {
+    pub fn props<B: Backend<Var = V>>(&self, b: &B) -> std::result::Result<Props<B::Bw>, B::Error> {
         match self {
             Quantizer::Fixed(q) => q.props(b),
             Quantizer::Float(q) => q.props(b),
@@ -435,10 +432,7 @@ impl<V> Quantizer<V> {
 
     /// Resets WRAP tracking before a tracing pass (`i := -1e9`, `k := 0`), as hgq2's
     /// `trace_minmax` does; no-op for other quantizers.
-    pub fn reset_trace<B: Backend<Var = V>>(
-        &mut self,
-        b: &B,
-    ) -> std::result::Result<(), B::Error> {
+    pub fn reset_trace<B: Backend<Var = V>>(&mut self, b: &B) -> std::result::Result<(), B::Error> {
         match self {
             Quantizer::Fixed(q) => q.reset_trace(b),
             _ => Ok(()),

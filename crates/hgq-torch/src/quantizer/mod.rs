@@ -154,7 +154,10 @@ impl Quantizer {
 
     /// Whether any variable has a regularizer (else [`Quantizer::regularization_loss`] is 0).
     pub fn has_regularization(&self) -> bool {
-        self.lock().variables().iter().any(|v| v.regularizer.is_some())
+        self.lock()
+            .variables()
+            .iter()
+            .any(|v| v.regularizer.is_some())
     }
 
     /// The variables (`k`, `b`, `i`, `f`, `i_decay_speed`, `m`, `e`, `e0`, ...), as handles to
