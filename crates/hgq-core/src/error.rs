@@ -92,6 +92,19 @@ pub enum CoreError {
         /// The most elements allowed.
         max: usize,
     },
+    /// A fixed-point type that no compute type holds exactly.
+    #[error(
+        "a fixed-point type of {bits} bits (k + max(i, -f) + f) with exponents up to {exponent}: \
+         at most {max_bits} bits and exponents within [-1000, 1000] are computed exactly"
+    )]
+    TooWide {
+        /// Its bits.
+        bits: f64,
+        /// The most bits computed exactly.
+        max_bits: u32,
+        /// The largest exponent it forms (|f| or |max(i, -f) + k|).
+        exponent: f64,
+    },
     /// A constraint or regularizer whose values mean nothing (NaN bounds, infinite factors).
     #[error("invalid {what} of {var}: {value}: {why}")]
     InvalidRule {

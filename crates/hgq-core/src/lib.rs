@@ -22,6 +22,7 @@ pub mod quantizer;
 pub mod real;
 pub mod shape;
 pub mod stateless;
+mod wide;
 
 pub use error::{CoreError, Result};
 pub use kernels::float::log2_boundary;

@@ -88,18 +88,27 @@ impl<C: Real, const R: u8, const O: u8, const TRAIN: bool> ElemOp<C> for FixedOp
 /// `RAW`) are integers. `|v| <= 100` is false for NaN and implies finite; the rounded raw
 /// values stay within [-100, 100], so every exponent `derive` forms (f, -f, max(i, -f), and
 /// with k <= 1 the WRAP ones) lies in [-101, 101].
+///
+/// Normal elements also have at most `C::DIGITS` bits (`k + max(i, -f) + f`, one less for raw
+/// values, which round by at most a half each), so that every bound and sum the pass forms is
+/// exact in `C`: wider elements take the general path, after which the caller looks for them
+/// (and computes in f64 where there are; see `crate::wide`).
 #[inline(always)]
 fn fixed_all_normal<C: Real, const RAW: bool>(s: [&[C]; 3]) -> bool {
     let n = s[0].len();
     let (k, i, f) = (&s[0][..n], &s[1][..n], &s[2][..n]);
     let hundred = C::from_f64(100.0);
+    let digits = C::from_f64(C::DIGITS as f64 - if RAW { 1.0 } else { 0.0 });
     // An OR of 0/1 flags (LLVM vectorizes it; a select of a float flag it leaves scalar).
     let mut bad = 0u32;
     for j in 0..n {
         let (kv, iv, fv) = (k[j], i[j], f[j]);
         let small = (iv.abs() <= hundred) & (fv.abs() <= hundred);
+        let nf = -fv;
+        let ip = if iv > nf { iv } else { nf };
+        let narrow = kv + ip + fv <= digits;
         let ints = RAW | (is_int(iv) & is_int(fv));
-        bad |= !(zero_one(kv) & small & ints) as u32;
+        bad |= !(zero_one(kv) & small & narrow & ints) as u32;
     }
     bad == 0
 }

@@ -36,6 +36,9 @@ pub trait Real:
     const LN2: Self;
     /// Keras' epsilon, 1e-7, rounded to this type.
     const EPS_K: Self;
+    /// Significant bits (24 for f32, 53 for f64): a fixed-point value of at most this many
+    /// bits is exact in this type.
+    const DIGITS: u32;
     /// Converts from f64 (rounding).
     fn from_f64(v: f64) -> Self;
     /// Converts to f64 (exact).
@@ -127,6 +130,7 @@ macro_rules! impl_real {
             const HALF: Self = 0.5;
             const LN2: Self = std::f64::consts::LN_2 as $t;
             const EPS_K: Self = 1e-7;
+            const DIGITS: u32 = $mant + 1;
             #[inline(always)]
             fn from_f64(v: f64) -> Self {
                 v as $t

@@ -5,6 +5,7 @@ use crate::modes::{OverflowMode, RoundMode, check_modes};
 use crate::ops::{FixedOp, FloatOp, WithFixedOp, with_fixed_op};
 use crate::real::{Element, Real};
 use crate::shape::{TensorRef, align, broadcast, check_len, reduce_sum};
+use crate::wide::{self, Width};
 
 /// What S_RND / S_RND_CONV do in training.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -188,9 +189,10 @@ impl FixedPoint {
     }
 
     /// Checks bit widths as a pass over them does (`k` 0 or 1, `i` and `f` by the
-    /// [`BitWidths`] rule, KBI's raw values after forming `i` and `f`), with the error such a
-    /// pass returns: for backends that run the pass another way and must refuse the same
-    /// values in the same words.
+    /// [`BitWidths`] rule, KBI's raw values after forming `i` and `f`; given one length each,
+    /// also that float64 holds the type, [`CoreError::TooWide`]), with the error such a pass
+    /// returns: for backends that run the pass another way and must refuse the same values in
+    /// the same words.
     pub fn check_bit_widths<C: Real>(&self, k: &[C], i: &[C], f: &[C]) -> Result<()> {
         let (iu, fu);
         let (i, f, rule) = match self.bit_widths {
@@ -207,7 +209,24 @@ impl FixedPoint {
                 (&iu[..], &fu[..], Check::Integer)
             }
         };
-        first_bad([("k", k, Check::ZeroOne), ("i", i, rule), ("f", f, rule)])
+        first_bad([("k", k, Check::ZeroOne), ("i", i, rule), ("f", f, rule)])?;
+        if k.len() == i.len() && i.len() == f.len() {
+            let rule = match self.bit_widths {
+                BitWidths::RoundHalfEven => BitWidths::RoundHalfEven,
+                _ => BitWidths::Integer,
+            };
+            let s = [k.len()];
+            wide::width(
+                [
+                    TensorRef { data: k, shape: &s },
+                    TensorRef { data: i, shape: &s },
+                    TensorRef { data: f, shape: &s },
+                ],
+                &s,
+                rule,
+            )?;
+        }
+        Ok(())
     }
 
     /// The rounding mode.
@@ -301,9 +320,99 @@ impl FixedPoint {
         if self.bit_widths == BitWidths::KbiRaw {
             return self.call_kbi(x, p, training, dy, y, grads);
         }
+        // Bit widths smaller than x are looked at before the pass (cheap); ones as large as x
+        // after it, only where the pass did not find them all normal (its screen includes the
+        // width), so that the per-element hot path reads them once.
+        let small = p
+            .iter()
+            .all(|t| t.data.len().saturating_mul(4) <= x.data.len());
+        let known = self.screen == Screen::InRange;
+        if small && !known && wide::width(p, x.shape, self.bit_widths)? == Width::Wide {
+            return self.call_wide(x, p, training, dy, y, grads);
+        }
+        let mut y = y;
+        let mut grads = grads;
         // Through the element type's non-generic entry: the kernels are instantiated once, in
         // this crate, not again in every crate that calls them.
-        T::fixed_entry(self, x, p, training, dy, y, grads)
+        let screen = T::fixed_entry(
+            self,
+            x,
+            p,
+            training,
+            dy,
+            y.as_deref_mut(),
+            reborrow(&mut grads),
+        )?;
+        if small || known || screen == Screen::InRange {
+            return Ok(screen);
+        }
+        match wide::width(p, x.shape, self.bit_widths)? {
+            Width::Narrow => Ok(screen),
+            Width::Wide => self.call_wide(x, p, training, dy, y, grads),
+        }
+    }
+
+    /// The pass in float64, its results rounded to `T` once: for types wider than `T::C`
+    /// holds (see [`crate::wide`]).
+    #[allow(clippy::type_complexity)]
+    fn call_wide<T: Element>(
+        &self,
+        x: TensorRef<'_, T>,
+        p: [TensorRef<'_, T::C>; 3],
+        training: bool,
+        dy: Option<Upstream<'_, T>>,
+        y: Option<&mut [T]>,
+        grads: Option<(&mut [T], [&mut [T::C]; 2])>,
+    ) -> Result<Screen> {
+        let up = |v: T| v.to_c().to_f64();
+        let down = |v: f64| T::from_c(T::C::from_f64(v));
+        let x64: Vec<f64> = x.data.iter().map(|&v| up(v)).collect();
+        let p64: [Vec<f64>; 3] =
+            std::array::from_fn(|q| p[q].data.iter().map(|v| v.to_f64()).collect());
+        let dy64 = dy.map(|d| match d {
+            Upstream::Each(d) => Ok(d.iter().map(|&v| up(v)).collect::<Vec<f64>>()),
+            Upstream::Same(v) => Err(up(v)),
+        });
+        let mut y64 = y.as_ref().map(|y| vec![0.0f64; y.len()]);
+        let mut g64 = grads.as_ref().map(|(dx, [a, b])| {
+            (
+                vec![0.0f64; dx.len()],
+                [vec![0.0f64; a.len()], vec![0.0f64; b.len()]],
+            )
+        });
+        let t = |q: usize| TensorRef {
+            data: &p64[q][..],
+            shape: p[q].shape,
+        };
+        self.with_screen(Screen::Unknown).call_impl::<f64>(
+            TensorRef {
+                data: &x64,
+                shape: x.shape,
+            },
+            [t(0), t(1), t(2)],
+            training,
+            dy64.as_ref().map(|d| match d {
+                Ok(d) => Upstream::Each(d.as_slice()),
+                Err(v) => Upstream::Same(*v),
+            }),
+            y64.as_deref_mut(),
+            g64.as_mut()
+                .map(|(dx, [a, b])| (dx.as_mut_slice(), [a.as_mut_slice(), b.as_mut_slice()])),
+        )?;
+        if let (Some(y), Some(y64)) = (y, &y64) {
+            y.iter_mut().zip(y64).for_each(|(d, &s)| *d = down(s));
+        }
+        if let (Some((dx, [a, b])), Some((dx64, [a64, b64]))) = (grads, &g64) {
+            dx.iter_mut().zip(dx64).for_each(|(d, &s)| *d = down(s));
+            a.iter_mut()
+                .zip(a64)
+                .for_each(|(d, &s)| *d = T::C::from_f64(s));
+            b.iter_mut()
+                .zip(b64)
+                .for_each(|(d, &s)| *d = T::C::from_f64(s));
+        }
+        // A wide pass vouches for nothing: a later pass over the same bit widths checks them.
+        Ok(Screen::Unknown)
     }
 
     /// [`BitWidths::KbiRaw`]: `p` is `[k, b, i]`.
@@ -537,6 +646,15 @@ pub(crate) fn minifloat_impl<T: Element>(
     }
     .call(FloatOp)
     .map(|_| ())
+}
+
+/// `grads` lent for one call.
+#[allow(clippy::type_complexity)]
+fn reborrow<'a, T, C>(
+    g: &'a mut Option<(&mut [T], [&mut [C]; 2])>,
+) -> Option<(&'a mut [T], [&'a mut [C]; 2])> {
+    g.as_mut()
+        .map(|(dx, [a, b])| (&mut **dx, [&mut **a, &mut **b]))
 }
 
 /// The first value, in parameter order, that breaks its parameter's rule.

@@ -129,9 +129,10 @@ fn uniform_noise(seed: u64, n: i64, like: &Tensor) -> Result<Tensor> {
     Ok(u.f_to_kind(like.kind())?.f_reshape(like.size())?)
 }
 
-/// Checks `k`, `i`, `f` as hgq-core's pass would (one read of a flag from the device; the
-/// values themselves only when one is bad, to name it in hgq-core's words).
-fn check_bit_widths(q: &FixedPoint, k: &Tensor, i: &Tensor, f: &Tensor) -> Result<()> {
+/// Checks `k`, `i`, `f` as hgq-core's pass would (one read of two flags from the device; the
+/// values themselves only when one is bad, to name it in hgq-core's words), and says whether
+/// the type is wider than float32 holds (then the pass runs in float64, as hgq-core's does).
+fn check_bit_widths(q: &FixedPoint, k: &Tensor, i: &Tensor, f: &Tensor) -> Result<bool> {
     let bad_int = |t: &Tensor| -> Result<Tensor> {
         let finite = t.f_isfinite()?;
         Ok(finite
@@ -140,26 +141,54 @@ fn check_bit_widths(q: &FixedPoint, k: &Tensor, i: &Tensor, f: &Tensor) -> Resul
             .f_any()?)
     };
     let bad_k = k.f_ne(0.0)?.f_logical_and(&k.f_ne(1.0)?)?.f_any()?;
+    // The integer bit widths the pass uses.
+    let (iu, fu) = match q.bit_widths() {
+        BitWidths::Integer => (i.f_detach()?, f.f_detach()?),
+        BitWidths::RoundHalfEven => (rc(&i.f_detach()?), rc(&f.f_detach()?)),
+        BitWidths::KbiRaw => {
+            let iu = rc(&f.f_detach()?);
+            (iu.shallow_clone(), rc(&i.f_detach()?).f_sub(&iu)?)
+        }
+    };
     let bad = match q.bit_widths() {
-        BitWidths::Integer => bad_int(i)?.f_logical_or(&bad_int(f)?)?,
         BitWidths::RoundHalfEven => i
             .f_isfinite()?
             .f_logical_and(&f.f_isfinite()?)?
             .f_all()?
             .f_logical_not()?,
-        // i and f are raw b and i: the i and f they make must be integers.
-        BitWidths::KbiRaw => {
-            let iu = rc(&f.f_detach()?);
-            let fu = rc(&i.f_detach()?).f_sub(&iu)?;
-            bad_int(&iu)?.f_logical_or(&bad_int(&fu)?)?
-        }
+        _ => bad_int(&iu)?.f_logical_or(&bad_int(&fu)?)?,
     };
-    if !bool::try_from(bad_k.f_logical_or(&bad)?)? {
-        return Ok(());
+    // k + max(i, -f) + f bits, exponents |f| and |max(i, -f) + k|.
+    let kd = k.f_detach()?.f_to_kind(iu.kind())?;
+    let ip = iu.f_maximum(&fu.f_neg()?)?;
+    let bits = kd.f_add(&ip)?.f_add(&fu)?.f_nan_to_num(0.0, 0.0, 0.0)?;
+    let exps = fu
+        .f_abs()?
+        .f_maximum(&ip.f_add(&kd)?.f_abs()?)?
+        .f_nan_to_num(0.0, 0.0, 0.0)?;
+    let over = |bits_max: f64, exp_max: f64| -> Result<Tensor> {
+        Ok(bits
+            .f_gt(bits_max)?
+            .f_logical_or(&exps.f_gt(exp_max)?)?
+            .f_any()?)
+    };
+    let flags = Tensor::f_stack(
+        &[
+            bad_k
+                .f_logical_or(&bad)?
+                .f_logical_or(&over(53.0, 1000.0)?)?,
+            over(24.0, 100.0)?,
+        ],
+        0,
+    )?
+    .f_to_device(tch::Device::Cpu)?;
+    let flags = Vec::<bool>::try_from(&flags)?;
+    if flags[0] {
+        let all = Tensor::f_broadcast_tensors(&[k, i, f])?;
+        let host = |t: &Tensor| crate::quantizer::to_f64_vec(t);
+        q.check_bit_widths(&host(&all[0])?, &host(&all[1])?, &host(&all[2])?)?;
     }
-    let host = |t: &Tensor| crate::quantizer::to_f64_vec(t);
-    q.check_bit_widths(&host(k)?, &host(i)?, &host(f)?)?;
-    Ok(())
+    Ok(flags[1])
 }
 
 /// `Q(x, k, i, f)` (SPEC 3) as torch ops on `x`'s device, differentiable by autograd;
@@ -183,7 +212,13 @@ pub fn fixed_quantize_ops(
         hgq_core::shape::check_broadcast(&dims(t), &dims(x))?;
     }
     let [k, p1, p2] = params_as(x.device(), kind, [k, i, f])?;
-    check_bit_widths(q, &k, &p1, &p2)?;
+    let wide = check_bit_widths(q, &k, &p1, &p2)?;
+    if wide && kind == Kind::Float {
+        // A type float32 does not hold: computed in float64, rounded to float32 once.
+        let x64 = x.f_to_kind(Kind::Double)?;
+        let y = fixed_quantize_ops(q, &x64, &k, &p1, &p2, training)?;
+        return Ok(y.f_to_kind(Kind::Float)?);
+    }
     let (i_raw, f) = match q.bit_widths() {
         BitWidths::Integer => (p1, p2),
         BitWidths::RoundHalfEven => (rc(&p1), rc(&p2)),

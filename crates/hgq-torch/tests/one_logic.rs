@@ -320,3 +320,34 @@ fn trace_minmax_is_all_or_nothing() {
     m.trace_minmax([&good, &bad]).unwrap();
     assert_ne!(snapshot(&m), before, "a good trace records integer bits");
 }
+
+/// Types wider than float32 holds: the fused kernel and the torch-ops path both compute them
+/// in float64 and give `ap_fixed`'s values (here `ap_fixed<28, 20, AP_RND, AP_WRAP>`, which
+/// keeps every input below 2^19 on its 2^-8 grid); wider than float64 holds is an error.
+#[test]
+fn wide_types_are_exact_on_every_path() {
+    let xv: Vec<f32> = (0..512)
+        .map(|j| ((j * 7919) % 65536 - 32768) as f32 / 256.0)
+        .collect();
+    let x = Tensor::from_slice(&xv);
+    let one = |v: f32| Tensor::from_slice(&[v]);
+    for overflow in [OverflowMode::Wrap, OverflowMode::Sat] {
+        let q = FixedPoint::new(RoundMode::Rnd, overflow).unwrap();
+        let (k, i, f) = (one(1.0), one(19.0), one(8.0));
+        let kernel = fixed_quantize(&q, &x, &k, &i, &f, false).unwrap();
+        let ops = fixed_quantize_ops(&q, &x, &k, &i, &f, false).unwrap();
+        assert_eq!(bits(&kernel), bits(&ops), "{overflow}");
+        assert_eq!(f32s(&kernel), xv, "{overflow}");
+    }
+    let q = FixedPoint::new(RoundMode::Rnd, OverflowMode::Sat).unwrap();
+    let (k, i, f) = (one(1.0), one(29.0), one(30.0));
+    for r in [
+        fixed_quantize(&q, &x, &k, &i, &f, false),
+        fixed_quantize_ops(&q, &x, &k, &i, &f, false),
+    ] {
+        assert!(
+            matches!(r, Err(TorchError::Core(CoreError::TooWide { .. }))),
+            "{r:?}"
+        );
+    }
+}
