@@ -2,6 +2,12 @@
 //! [--reference-python PATH]`: kernel timings as ratios against a plain copy of the same bytes,
 //! measured in the same run.
 //!
+//! xtask measures nothing itself (it links no crate of the project). The core cases are measured
+//! by hgq-golden's `hgq-bench-core` binary (`crates/hgq-golden/src/bin/hgq-bench-core.rs`, which
+//! describes the work and the statistic), run through cargo; it prints its rows as JSON lines,
+//! which this module prints as a table (or, with `--json`, as JSON rounded to 0.1 µs and a
+//! ratio of 0.001) as they come.
+//!
 //! After the core cases it runs hgq-torch's `hgq-bench-torch` binary (xtask does not link
 //! libtorch): the KIF quantizer module with autograd on the same work (`torch/...` through the
 //! fused kernel in the C++ autograd function, `torch-ops/...` through plain torch ops), each
@@ -14,251 +20,88 @@
 //! faster ours is; once with the reference pinned to one CPU against our one-thread rows, once
 //! unpinned against our rows on all threads. Both sides use the reference's statistic, the
 //! fastest of `reps` calls back to back after a warm-up (hgq-bench-torch's `min_ms`).
-//!
-//! The work is the one of `benches/core.rs` and of the reference's `hgq2_ref.py`: x of shape
-//! 1024 x 4096 float32, a KIF quantizer with k = 1, i = 2, f = 4, RND, SAT, bit widths per
-//! column (`[1, 4096]`) or per element (`[1024, 4096]`).
-//! - `infer`: `FixedPoint::forward` with the zero mask (what the layer quantizer does).
-//! - `train`: `FixedPoint::forward_backward` in training, writing y, dx and di/df reduced to the
-//!   bit-width shape.
-//!
-//! Every case runs once on one thread and once on all threads (a rayon pool each, `install`).
-//! Each repetition times `dst.copy_from_slice(&x)` (one thread; split over the pool's threads
-//! otherwise) and then the case; `ms` and `copy_ms` are the medians, `ratio` the median of the
-//! per-repetition ratios (the machine's load may change between repetitions, not within one).
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
 
-use hgq_core::{FixedGrads, FixedPoint, OverflowMode, RoundMode, TensorRef};
-use rayon::prelude::*;
-
+use crate::json::{self, Value};
 use crate::reference::{Cpus, Run};
 
+/// The shape of x in hgq-bench-core's work (for the table's heading).
 const ROWS: usize = 1024;
+/// See [`ROWS`].
 const COLS: usize = 4096;
 
-/// A tiny deterministic generator (xorshift64*), for reproducible inputs without dependencies.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    /// Uniform in [0, 1).
-    fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-    /// Standard normal (Box-Muller).
-    fn normal(&mut self) -> f64 {
-        let u = 1.0 - self.uniform();
-        let v = self.uniform();
-        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
-    }
-}
-
-/// One benchmark case's buffers.
-struct Work {
-    x: Vec<f32>,
-    dy: Vec<f32>,
-    y: Vec<f32>,
-    dx: Vec<f32>,
-    copy: Vec<f32>,
-}
-
-impl Work {
-    fn new() -> Work {
-        let n = ROWS * COLS;
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-        let x = (0..n).map(|_| (rng.normal() * 4.0) as f32).collect();
-        Work {
-            x,
-            dy: vec![1.0; n],
-            y: vec![0.0; n],
-            dx: vec![0.0; n],
-            copy: vec![0.0; n],
-        }
-    }
-}
-
-/// The bit widths of one layout.
-struct Bits {
-    shape: Vec<usize>,
-    k: Vec<f32>,
-    i: Vec<f32>,
-    f: Vec<f32>,
-    di: Vec<f32>,
-    df: Vec<f32>,
-}
-
-impl Bits {
-    fn new(shape: &[usize]) -> Bits {
-        let n: usize = shape.iter().product();
-        Bits {
-            shape: shape.to_vec(),
-            k: vec![1.0; n],
-            i: vec![2.0; n],
-            f: vec![4.0; n],
-            di: vec![0.0; n],
-            df: vec![0.0; n],
-        }
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        0.5 * (v[n / 2 - 1] + v[n / 2])
-    }
-}
-
-/// Milliseconds of one run of `f`.
-fn once_ms(f: &mut impl FnMut()) -> f64 {
-    let t = Instant::now();
-    f();
-    t.elapsed().as_secs_f64() * 1e3
-}
-
-/// `reps` pairs of (copy, case) runs after one warm-up of each: the medians of both times and
-/// the median of the per-pair ratios (robust to load that changes between pairs).
-fn time_pair(reps: usize, mut copy: impl FnMut(), mut f: impl FnMut()) -> (f64, f64, f64) {
-    copy();
-    f();
-    let (mut cs, mut ts, mut rs) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..reps {
-        let c = once_ms(&mut copy);
-        let t = once_ms(&mut f);
-        cs.push(c);
-        ts.push(t);
-        rs.push(t / c);
-    }
-    (median(ts), median(cs), median(rs))
-}
-
-/// One row of the report.
-struct Row {
+/// One row of `hgq-bench-core`.
+#[derive(Debug)]
+struct CoreRow {
     case: String,
-    threads: usize,
+    threads: u64,
     ms: f64,
     copy_ms: f64,
     ratio: f64,
 }
 
-fn infer(x: &[f32], y: &mut [f32], b: &Bits) -> Result<(), String> {
-    let q = FixedPoint::new(RoundMode::Rnd, OverflowMode::Sat)
-        .map_err(|e| e.to_string())?
-        .with_zero_mask(true);
-    let xs = [ROWS, COLS];
-    q.forward(
-        TensorRef::new(x, &xs).map_err(|e| e.to_string())?,
-        TensorRef::new(&b.k, &b.shape).map_err(|e| e.to_string())?,
-        TensorRef::new(&b.i, &b.shape).map_err(|e| e.to_string())?,
-        TensorRef::new(&b.f, &b.shape).map_err(|e| e.to_string())?,
-        false,
-        y,
-    )
-    .map(|_| ())
-    .map_err(|e| e.to_string())
+/// Reads one line of `hgq-bench-core`'s output; `None` for a line that is no JSON object.
+fn core_row(line: &str) -> Result<Option<CoreRow>, String> {
+    if !line.starts_with('{') {
+        return Ok(None);
+    }
+    let v =
+        json::parse(line).map_err(|e| format!("hgq-bench-core printed {line:?}, not JSON: {e}"))?;
+    let missing = |k: &str| format!("hgq-bench-core printed {line:?}: no {k}");
+    let num = |k: &str| v[k].as_f64().ok_or_else(|| missing(k));
+    Ok(Some(CoreRow {
+        case: v["case"]
+            .as_str()
+            .ok_or_else(|| missing("case"))?
+            .to_string(),
+        threads: v["threads"].as_u64().ok_or_else(|| missing("threads"))?,
+        ms: num("ms")?,
+        copy_ms: num("copy_ms")?,
+        ratio: num("ratio")?,
+    }))
 }
 
-fn train(x: &[f32], dy: &[f32], y: &mut [f32], dx: &mut [f32], b: &mut Bits) -> Result<(), String> {
-    let q = FixedPoint::new(RoundMode::Rnd, OverflowMode::Sat).map_err(|e| e.to_string())?;
-    let xs = [ROWS, COLS];
-    q.forward_backward(
-        TensorRef::new(x, &xs).map_err(|e| e.to_string())?,
-        TensorRef::new(&b.k, &b.shape).map_err(|e| e.to_string())?,
-        TensorRef::new(&b.i, &b.shape).map_err(|e| e.to_string())?,
-        TensorRef::new(&b.f, &b.shape).map_err(|e| e.to_string())?,
-        true,
-        dy,
-        y,
-        FixedGrads {
-            dx,
-            di: &mut b.di,
-            df: &mut b.df,
-        },
-    )
-    .map(|_| ())
-    .map_err(|e| e.to_string())
+/// One core row as printed: a table line, or with `json` a JSON line rounded to 0.1 µs and a
+/// ratio of 0.001.
+fn core_line(r: &CoreRow, json: bool) -> String {
+    if json {
+        json::object([
+            ("case", r.case.as_str().into()),
+            ("threads", r.threads.into()),
+            ("ms", ((r.ms * 1e4).round() / 1e4).into()),
+            ("copy_ms", ((r.copy_ms * 1e4).round() / 1e4).into()),
+            ("ratio", ((r.ratio * 1e3).round() / 1e3).into()),
+        ])
+        .to_string()
+    } else {
+        format!(
+            "{:<22} {:>7} {:>10.3} {:>10.3} {:>7.2}",
+            r.case, r.threads, r.ms, r.copy_ms, r.ratio
+        )
+    }
 }
 
-/// Runs the cases for one thread count inside a pool of that many threads.
-fn measure(threads: usize, reps: usize, w: &mut Work) -> Result<Vec<Row>, String> {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .map_err(|e| format!("cannot build a pool of {threads} threads: {e}"))?;
-    pool.install(|| {
-        let mut rows = Vec::new();
-        let copy_into = |dst: &mut [f32], src: &[f32]| {
-            if threads == 1 {
-                dst.copy_from_slice(src);
-            } else {
-                let chunk = src.len().div_ceil(threads);
-                dst.par_chunks_mut(chunk)
-                    .zip(src.par_chunks(chunk))
-                    .for_each(|(d, s)| d.copy_from_slice(s));
+/// `cargo run --release -q -p hgq-golden --bin hgq-bench-core -- --reps N`, printing each row
+/// (see [`core_line`]) as it comes; an error if it fails or prints no row.
+fn run_core(reps: usize, json: bool) -> Result<(), String> {
+    let mut rows = 0;
+    crate::cargo::each_line(
+        "hgq-golden",
+        &["--bin", "hgq-bench-core"],
+        ["--reps".into(), reps.to_string().into()],
+        |line| {
+            if let Some(r) = core_row(line)? {
+                println!("{}", core_line(&r, json));
+                rows += 1;
             }
-        };
-        let Work { x, dy, y, dx, copy } = w;
-        let (cm, _, _) = time_pair(reps, || copy_into(copy, x), || copy_into(y, x));
-        rows.push(Row {
-            case: "copy".into(),
-            threads,
-            ms: cm,
-            copy_ms: cm,
-            ratio: 1.0,
-        });
-        for (layout, shape) in [
-            ("per_column", vec![1, COLS]),
-            ("per_element", vec![ROWS, COLS]),
-        ] {
-            let mut b = Bits::new(&shape);
-            let mut err = Ok(());
-            let (ms, copy_ms, ratio) = time_pair(
-                reps,
-                || copy_into(copy, x),
-                || {
-                    if err.is_ok() {
-                        err = infer(x, y, &b);
-                    }
-                },
-            );
-            err?;
-            rows.push(Row {
-                case: format!("infer/{layout}"),
-                threads,
-                ms,
-                copy_ms,
-                ratio,
-            });
-            let mut err = Ok(());
-            let (ms, copy_ms, ratio) = time_pair(
-                reps,
-                || copy_into(copy, x),
-                || {
-                    if err.is_ok() {
-                        err = train(x, dy, y, dx, &mut b);
-                    }
-                },
-            );
-            err?;
-            rows.push(Row {
-                case: format!("train/{layout}"),
-                threads,
-                ms,
-                copy_ms,
-                ratio,
-            });
-        }
-        Ok(rows)
-    })
+            Ok(())
+        },
+    )?;
+    if rows == 0 {
+        return Err("hgq-bench-core printed no rows".into());
+    }
+    Ok(())
 }
 
 /// Entry point of `cargo xtask bench`.
@@ -304,14 +147,6 @@ pub fn run(args: &[String]) -> Result<ExitCode, String> {
     } else {
         None
     };
-    let all = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let mut w = Work::new();
-    let mut counts = vec![1];
-    if all > 1 {
-        counts.push(all);
-    }
     if !json {
         println!(
             "x: {ROWS} x {COLS} f32, KIF k=1 i=2 f=4 RND SAT; median of {reps}; ratio = ms / copy_ms"
@@ -321,26 +156,7 @@ pub fn run(args: &[String]) -> Result<ExitCode, String> {
             "case", "threads", "ms", "copy_ms", "ratio"
         );
     }
-    for threads in counts {
-        for r in measure(threads, reps, &mut w)? {
-            let ratio = r.ratio;
-            if json {
-                let v = serde_json::json!({
-                    "case": r.case,
-                    "threads": r.threads,
-                    "ms": (r.ms * 1e4).round() / 1e4,
-                    "copy_ms": (r.copy_ms * 1e4).round() / 1e4,
-                    "ratio": (ratio * 1e3).round() / 1e3,
-                });
-                println!("{v}");
-            } else {
-                println!(
-                    "{:<22} {:>7} {:>10.3} {:>10.3} {:>7.2}",
-                    r.case, r.threads, r.ms, r.copy_ms, ratio
-                );
-            }
-        }
-    }
+    run_core(reps, json)?;
     if !torch {
         return Ok(ExitCode::SUCCESS);
     }
@@ -380,7 +196,7 @@ fn torch_rows(reps: usize) -> Result<Vec<TorchRow>, String> {
     out.lines()
         .filter(|l| l.starts_with('{'))
         .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l)
+            let v: Value = json::parse(l)
                 .map_err(|e| format!("hgq-bench-torch printed {l:?}, not JSON: {e}"))?;
             let missing = |k: &str| format!("hgq-bench-torch printed {l:?}: no {k}");
             let num = |k: &str| v[k].as_f64().ok_or_else(|| missing(k));
@@ -413,14 +229,14 @@ fn print_torch(rows: &[TorchRow], json: bool, reps: usize) {
     }
     for r in rows {
         if json {
-            let v = serde_json::json!({
-                "case": r.case,
-                "threads": r.threads,
-                "ms": r.ms,
-                "copy_ms": r.copy_ms,
-                "ratio": r.ratio,
-                "min_ms": r.min_ms,
-            });
+            let v = json::object([
+                ("case", r.case.as_str().into()),
+                ("threads", r.threads.into()),
+                ("ms", r.ms.into()),
+                ("copy_ms", r.copy_ms.into()),
+                ("ratio", r.ratio.into()),
+                ("min_ms", r.min_ms.into()),
+            ]);
             println!("{v}");
         } else {
             println!(
@@ -471,15 +287,18 @@ fn compare(
         let speedup = t.ms / o.min_ms;
         let case = format!("vs-jax/{}", t.case);
         if json {
-            let v = serde_json::json!({
-                "case": case,
-                "threads": threads,
-                "jax_ms": t.ms,
-                "jax_cpus": theirs.cpus,
-                "jax_cpu_per_wall": (theirs.cpu_per_wall * 1e3).round() / 1e3,
-                "ms": o.min_ms,
-                "speedup": (speedup * 1e3).round() / 1e3,
-            });
+            let v = json::object([
+                ("case", case.as_str().into()),
+                ("threads", threads.into()),
+                ("jax_ms", t.ms.into()),
+                ("jax_cpus", theirs.cpus.into()),
+                (
+                    "jax_cpu_per_wall",
+                    ((theirs.cpu_per_wall * 1e3).round() / 1e3).into(),
+                ),
+                ("ms", o.min_ms.into()),
+                ("speedup", ((speedup * 1e3).round() / 1e3).into()),
+            ]);
             println!("{v}");
         } else {
             println!(
@@ -499,4 +318,43 @@ fn run_torch(json: bool, reps: usize) -> Result<ExitCode, String> {
         args.push("--json".into());
     }
     crate::torch::run(&["--bin", "hgq-bench-torch"], args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// hgq-bench-core's lines read back and print as `cargo xtask bench` printed the rows when
+    /// it measured them itself (serde_json's format for `--json`).
+    #[test]
+    fn core_rows_print_as_before() {
+        let line = "{\"case\":\"train/per_element\",\"threads\":1,\"ms\":10.334137,\
+                    \"copy_ms\":1.5886310000000001,\"ratio\":6.505058128665499}";
+        let r = core_row(line).unwrap().unwrap();
+        assert_eq!(
+            core_line(&r, false),
+            "train/per_element            1     10.334      1.589    6.51"
+        );
+        assert_eq!(
+            core_line(&r, true),
+            "{\"case\":\"train/per_element\",\"threads\":1,\"ms\":10.3341,\"copy_ms\":1.5886,\
+             \"ratio\":6.505}"
+        );
+        let copy = "{\"case\":\"copy\",\"threads\":2,\"ms\":1.5,\"copy_ms\":1.5,\"ratio\":1.0}";
+        assert_eq!(
+            core_line(&core_row(copy).unwrap().unwrap(), true),
+            "{\"case\":\"copy\",\"threads\":2,\"ms\":1.5,\"copy_ms\":1.5,\"ratio\":1.0}"
+        );
+    }
+
+    #[test]
+    fn core_rows_skip_other_lines_and_reject_bad_ones() {
+        assert!(core_row("warming up").unwrap().is_none());
+        assert!(core_row("{oops").unwrap_err().contains("not JSON"));
+        let no_ratio = "{\"case\":\"copy\",\"threads\":1,\"ms\":1.0,\"copy_ms\":1.0}";
+        assert!(core_row(no_ratio).unwrap_err().contains("no ratio"));
+        let float_threads =
+            "{\"case\":\"copy\",\"threads\":1.0,\"ms\":1,\"copy_ms\":1,\"ratio\":1}";
+        assert!(core_row(float_threads).unwrap_err().contains("no threads"));
+    }
 }

@@ -1,12 +1,17 @@
-//! `cargo xtask golden [DIR] [--family NAME]... [--backend core|torch] [--device cpu|cuda]`
+//! `cargo xtask golden [DIR] [--family NAME]... [--backend core|torch] [--device cpu|cuda] [-v]`
 //!
-//! `core` (the default) checks every family in this process with hgq-core. `torch` checks the
-//! families that run on a backend (`fixed_fn`, `layers`) through hgq-torch's modules and
-//! autograd; xtask does not link libtorch, so it makes sure libtorch is installed
-//! (`setup::ensure`) and runs hgq-torch's `hgq-golden-torch` binary, passing its exit code on.
+//! xtask checks nothing itself (it links no crate of the project); it checks the arguments and
+//! runs a program of the workspace, passing its exit code on:
+//! - `core` (the default): every family, on hgq-core, by hgq-golden's `hgq-golden` binary
+//!   (`crates/hgq-golden/src/bin/hgq-golden.rs`; no libtorch needed).
+//! - `torch`: the families that run on a backend (`fixed_fn`, `layers`) through hgq-torch's
+//!   modules and autograd, by hgq-torch's `hgq-golden-torch` binary, after making sure libtorch
+//!   is installed (`setup::ensure`).
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// Entry point of `cargo xtask golden`.
 pub fn run(args: &[String]) -> Result<ExitCode, String> {
     let mut dir: Option<PathBuf> = None;
     let mut families: Vec<String> = Vec::new();
@@ -30,48 +35,33 @@ pub fn run(args: &[String]) -> Result<ExitCode, String> {
     }
     let dir = dir.unwrap_or_else(|| PathBuf::from("tests/data/golden"));
     match backend.as_str() {
-        "core" if device.is_some() => {
-            return Err("--device applies to --backend torch".into());
-        }
-        "core" => {}
-        "torch" => return run_torch(&dir, &families, device.as_deref(), verbose),
-        other => return Err(format!("unknown backend {other:?} (core or torch)")),
+        "core" if device.is_some() => Err("--device applies to --backend torch".into()),
+        "core" => run_core(&dir, &families, verbose),
+        "torch" => run_torch(&dir, &families, device.as_deref(), verbose),
+        other => Err(format!("unknown backend {other:?} (core or torch)")),
     }
-    let named = !families.is_empty();
-    if !named {
-        families = hgq_golden::FAMILIES
-            .iter()
-            .map(|f| f.0.to_string())
-            .collect();
+}
+
+/// The arguments both checkers take: `DIR [--family NAME]... [-v]`.
+fn checker_args(dir: &std::path::Path, families: &[String], verbose: bool) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec![dir.into()];
+    for f in families {
+        args.extend(["--family".into(), f.into()]);
     }
-    let (mut cases, mut mismatches, mut failed) = (0, 0, false);
-    for fam in &families {
-        let path = dir.join(format!("{fam}.json"));
-        if !named && !path.exists() {
-            // A default run checks the families the directory has.
-            continue;
-        }
-        match hgq_golden::check(&dir, fam) {
-            Ok(r) => {
-                for d in r.details.iter().take(if verbose { usize::MAX } else { 20 }) {
-                    eprintln!("  {d}");
-                }
-                println!("{r}");
-                cases += r.cases;
-                mismatches += r.mismatches;
-            }
-            Err(e) => {
-                println!("{fam}: error: {e}");
-                failed = true;
-            }
-        }
+    if verbose {
+        args.push("-v".into());
     }
-    println!("golden: cases={cases} mismatches={mismatches}");
-    Ok(if failed || mismatches > 0 || cases == 0 {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    args
+}
+
+/// `--backend core`: `cargo run --release -q -p hgq-golden --bin hgq-golden -- DIR
+/// [--family NAME]... [-v]`. Without `--family` the binary checks every family DIR has.
+fn run_core(dir: &std::path::Path, families: &[String], verbose: bool) -> Result<ExitCode, String> {
+    crate::cargo::run(
+        "hgq-golden",
+        &["--bin", "hgq-golden"],
+        checker_args(dir, families, verbose),
+    )
 }
 
 /// `--backend torch`: `cargo run --release -q -p hgq-torch --features golden --bin
@@ -83,15 +73,9 @@ fn run_torch(
     device: Option<&str>,
     verbose: bool,
 ) -> Result<ExitCode, String> {
-    let mut args: Vec<std::ffi::OsString> = vec![dir.into()];
-    for f in families {
-        args.extend(["--family".into(), f.into()]);
-    }
+    let mut args = checker_args(dir, families, verbose);
     if let Some(d) = device {
         args.extend(["--device".into(), d.into()]);
-    }
-    if verbose {
-        args.push("-v".into());
     }
     crate::torch::run(&["--features", "golden", "--bin", "hgq-golden-torch"], args)
 }

@@ -1,15 +1,24 @@
 //! `cargo xtask <task>`: the project's tasks, in Rust so they run wherever cargo does.
 //!
+//! xtask itself depends on std alone and links no crate of the project, so that it builds in
+//! seconds on a fresh machine; the work that needs the project's crates happens in their
+//! programs, which xtask runs through cargo (`cargo run --release -q -p PACKAGE ...`, see
+//! `cargo.rs`) and whose exit codes it passes on:
+//!
 //! - `setup`: install libtorch (torch==2.11.0 from PyPI) into the project's `.venv`.
 //! - `test`: everything `cargo test --workspace` checks, after setup.
-//! - `golden DIR [--family NAME]... [--backend core|torch]`: check golden vectors (`torch`:
-//!   through hgq-torch, by running its `hgq-golden-torch` binary).
-//! - `bench [--json] [--no-torch] [--reference]`: time the kernels (and hgq-torch's quantizer
-//!   with autograd) against a plain copy; `--reference`: and against hgq2 on jax, in the same run.
-//! - `demo [--epochs N] ...`: the end-to-end training demo (digits, exported for hgq2).
+//! - `golden DIR [--family NAME]... [--backend core|torch]`: check golden vectors (`core`:
+//!   hgq-golden's `hgq-golden` binary; `torch`: hgq-torch's `hgq-golden-torch` binary).
+//! - `bench [--json] [--no-torch] [--reference]`: time the kernels (hgq-golden's
+//!   `hgq-bench-core` binary) and hgq-torch's quantizer with autograd (its `hgq-bench-torch`)
+//!   against a plain copy; `--reference`: and against hgq2 on jax, in the same run.
+//! - `demo [--epochs N] ...`: the end-to-end training demo (digits, exported for hgq2; an
+//!   example of hgq-torch).
 mod bench;
+mod cargo;
 mod demo;
 mod golden;
+mod json;
 mod reference;
 mod setup;
 mod torch;

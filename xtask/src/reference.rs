@@ -173,7 +173,7 @@ fn parse(stdout: &str) -> Result<Run, String> {
     let mut rows = Vec::new();
     let mut process = None;
     for line in stdout.lines().filter(|l| l.trim_start().starts_with('{')) {
-        let v: serde_json::Value = serde_json::from_str(line)
+        let v = crate::json::parse(line)
             .map_err(|e| format!("hgq2_ref.py printed {line:?}, not JSON: {e}"))?;
         if v["backend"] != "jax" {
             return Err(format!("hgq2_ref.py ran on {}, not jax", v["backend"]));

@@ -1,6 +1,6 @@
 //! Per-element bit widths are derived from the exponent bits alone in runs where every element
-//! has k in {0, 1} and i, f within [-100, 100] (every power of two is then a normal number),
-//! and by the exact `2^n` with its clamps elsewhere. Both must give the same bits: a call whose
+//! has k in {0, 1}, i, f within [-100, 100] (every power of two is then a normal number) and a
+//! type the compute type holds, and by the exact `2^n` with its clamps elsewhere. Both must give the same bits: a call whose
 //! runs are all in range is compared with the same call after one element in some runs was
 //! moved out of range (those runs then take the general path), on every element that was not
 //! moved, forward and gradients, for every overflow mode, round modes, integer and raw bit
@@ -25,15 +25,19 @@ fn moved() -> Vec<usize> {
         .collect()
 }
 
-/// Out-of-range bit widths for the `t`-th moved element: large f, very negative i, or both,
-/// and a value just past the bound; raw values off the integers where `raw`.
-fn outlier(t: usize, raw: bool) -> (f64, f64) {
+/// Out-of-range bit widths for the `t`-th moved element: very negative i with small f, and in
+/// float64 (`wide`) also large f, beyond the normal runs' [-100, 100] but within the types the
+/// compute type holds (a type float32 does not hold sends the whole call to float64, see
+/// tests/wide.rs); raw values off the integers where `raw`.
+fn outlier(t: usize, raw: bool, wide: bool) -> (f64, f64) {
     let off = if raw { 0.25 } else { 0.0 };
-    match t % 4 {
-        0 => (2.0, 120.0 + off),
-        1 => (-110.0 - off, 4.0),
-        2 => (-130.0, 140.0),
-        _ => (3.0, 101.0 + off),
+    match (t % 4, wide) {
+        (0, _) => (-110.0 - off, 4.0),
+        (1, _) => (-130.0, 20.0 + off),
+        (2, true) => (-118.0 - off, 120.0),
+        (3, true) => (-130.0, 140.0 + off),
+        (2, false) => (-101.0 - off, 3.0),
+        _ => (-140.0, 30.0 + off),
     }
 }
 
@@ -54,7 +58,7 @@ fn check<T: Element>(q: FixedPoint, noisy: bool, training: bool, seed: u64) {
     let moved = moved();
     let (mut i2, mut f2) = (i.clone(), f.clone());
     for (t, &j) in moved.iter().enumerate() {
-        let (iv, fv) = outlier(t, raw);
+        let (iv, fv) = outlier(t, raw, T::C::DIGITS > 24);
         i2.v[j] = T::C::from_f64(iv);
         f2.v[j] = T::C::from_f64(fv);
     }
