@@ -35,10 +35,11 @@ fn kif(vs: &nn::VarStore, overflow: OverflowMode) -> Quantizer {
 }
 
 fn inputs() -> (Tensor, Tensor) {
-    tch::manual_seed(11);
-    let x = Tensor::randn([ROWS, COLS], (Kind::Float, Device::Cpu)) * 6.0;
-    let w = Tensor::randn([ROWS, COLS], (Kind::Float, Device::Cpu));
-    (x, w)
+    common::seeded(11, || {
+        let x = Tensor::randn([ROWS, COLS], (Kind::Float, Device::Cpu)) * 6.0;
+        let w = Tensor::randn([ROWS, COLS], (Kind::Float, Device::Cpu));
+        (x, w)
+    })
 }
 
 /// Per-element raw i, f with ties and spread, so that every element differs.

@@ -29,10 +29,11 @@ fn rc(v: &Tensor) -> Tensor {
 }
 
 fn inputs(kind: Kind) -> (Tensor, Tensor) {
-    tch::manual_seed(3);
-    let x = (Tensor::rand([16, 6], (Kind::Float, Device::Cpu)) * 40.0 - 20.0).to_kind(kind);
-    let w = Tensor::randn([16, 6], (Kind::Float, Device::Cpu));
-    (x, w)
+    common::seeded(3, || {
+        let x = (Tensor::rand([16, 6], (Kind::Float, Device::Cpu)) * 40.0 - 20.0).to_kind(kind);
+        let w = Tensor::randn([16, 6], (Kind::Float, Device::Cpu));
+        (x, w)
+    })
 }
 
 fn check(overflow: OverflowMode, mode: CallMode, kind: Kind) {

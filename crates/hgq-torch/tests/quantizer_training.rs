@@ -43,8 +43,10 @@ fn kif(path: &nn::Path, f_min: f64, fr: Option<Regularizer>) -> Quantizer {
 
 /// x in [-3, 3): inside the SAT range of i = 2, so only f gets gradients.
 fn inputs(device: Device) -> Tensor {
-    tch::manual_seed(0);
-    (Tensor::rand([64, 4], (Kind::Float, Device::Cpu)) * 6.0 - 3.0).to_device(device)
+    common::seeded(0, || {
+        Tensor::rand([64, 4], (Kind::Float, Device::Cpu)) * 6.0 - 3.0
+    })
+    .to_device(device)
 }
 
 /// `mean((q(x) - x)^2)` falls as f grows: `d/df = -2 ln2 mean_rows((x - q)^2) < 0`, so Adam
@@ -278,9 +280,8 @@ fn model(vs: &nn::VarStore) -> Sequential {
 /// Two `QDense` layers (hgq2's default quantizers: WRAP inputs, KBI weights), trained a few
 /// steps with Adam, saved, loaded into a freshly built (differently initialized) model.
 fn save_load_sequential(device: Device) {
-    tch::manual_seed(3);
     let vs = nn::VarStore::new(device);
-    let m = model(&vs);
+    let m = common::seeded(3, || model(&vs));
     let mut opt = nn::Adam::default().build(&vs, 1e-2).expect("Adam");
     let x = inputs(device);
     let target = x.narrow(1, 0, 3).sin();
@@ -292,9 +293,8 @@ fn save_load_sequential(device: Device) {
     }
     let path = temp_path("sequential", device);
     vs.save(&path).expect("save");
-    tch::manual_seed(4);
     let mut vs2 = nn::VarStore::new(device);
-    let m2 = model(&vs2);
+    let m2 = common::seeded(4, || model(&vs2));
     let x2 = inputs(device) * 1.3;
     let infer = |m: &Sequential| bits(&m.forward(&x2, CallMode::Inference).unwrap().y);
     assert_ne!(

@@ -23,14 +23,15 @@ fn quantizer() -> FixedPoint {
 
 /// x, dy and raw per-element k, i, f (i, f within a few bits, off the integers), seeded.
 fn inputs() -> [Tensor; 5] {
-    tch::manual_seed(17);
     let opts = (Kind::Float, Device::Cpu);
-    let x = Tensor::randn(SHAPE, opts) * 8.0;
-    let dy = Tensor::randn(SHAPE, opts);
-    let k = Tensor::ones(SHAPE, opts);
-    let i = Tensor::rand(SHAPE, opts) * 8.0 - 3.0;
-    let f = Tensor::rand(SHAPE, opts) * 10.0 - 2.0;
-    [x, dy, k, i, f]
+    common::seeded(17, || {
+        let x = Tensor::randn(SHAPE, opts) * 8.0;
+        let dy = Tensor::randn(SHAPE, opts);
+        let k = Tensor::ones(SHAPE, opts);
+        let i = Tensor::rand(SHAPE, opts) * 8.0 - 3.0;
+        let f = Tensor::rand(SHAPE, opts) * 10.0 - 2.0;
+        [x, dy, k, i, f]
+    })
 }
 
 fn vals(t: &Tensor) -> Vec<f32> {

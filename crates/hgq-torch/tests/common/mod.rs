@@ -1,8 +1,23 @@
 //! Helpers shared by hgq-torch's integration tests (each test binary uses some of them).
 #![allow(dead_code)]
 
+use std::sync::Mutex;
+
 use hgq_torch::quantizer::Quantizer;
 use tch::{Device, Kind, Tensor};
+
+/// Held while a test seeds torch's global generator and draws from it.
+static TORCH_RNG: Mutex<()> = Mutex::new(());
+
+/// Runs `draw` with torch's global generator seeded with `seed`, holding a lock: the tests of
+/// a binary run in parallel threads, and another test drawing between the seeding and the
+/// draws would change the values (every draw from torch's generator in these tests goes
+/// through here).
+pub fn seeded<R>(seed: i64, draw: impl FnOnce() -> R) -> R {
+    let _held = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(seed);
+    draw()
+}
 
 /// The CUDA device. Tests that use it are `#[ignore = "needs CUDA ..."]`, run with `--ignored`
 /// on a machine with a GPU, where a missing device fails the test instead of skipping it.

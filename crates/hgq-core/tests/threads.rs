@@ -1,0 +1,58 @@
+//! Seeded stochastic rounding draws its noise from the seed and the element's index, so a pass
+//! gives the same bits whatever the number of threads that run it.
+mod common;
+
+use common::*;
+use hgq_core::{FixedPoint, OverflowMode, RoundMode, Stochastic};
+
+#[test]
+fn seeded_rounding_is_the_same_on_1_2_3_and_8_threads() {
+    let (rows, cols) = (300, 517);
+    let n = rows * cols;
+    assert!(n >= hgq_core::kernels::PAR_MIN, "large enough to be split");
+    let mut rng = Rng::new(21);
+    let x: Vec<f32> = elems(&(0..n).map(|_| rng.x_value()).collect::<Vec<_>>());
+    let dy: Vec<f32> = elems(&(0..n).map(|_| rng.normal()).collect::<Vec<_>>());
+    for (round, overflow) in [
+        (RoundMode::SRnd, OverflowMode::Sat),
+        (RoundMode::SRndConv, OverflowMode::Wrap),
+        (RoundMode::SRnd, OverflowMode::WrapSm),
+    ] {
+        let q = FixedPoint::new(round, overflow)
+            .unwrap()
+            .with_stochastic(Stochastic::Seeded(77));
+        for layout in [Layout::PerElement, Layout::PerColumn, Layout::Scalar] {
+            let [k, i, f] = random_bw::<f32>(&mut rng, layout, rows, cols);
+            let runs: Vec<Outs<f32>> = [1, 2, 3, 8]
+                .iter()
+                .map(|&t| {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(t)
+                        .build()
+                        .unwrap();
+                    pool.install(|| {
+                        run_fixed(&q, &[rows, cols], &x, &k, &i, &f, true, Some(&dy)).unwrap()
+                    })
+                })
+                .collect();
+            let unseeded = run_fixed(
+                &q.with_stochastic(Stochastic::Reference),
+                &[rows, cols],
+                &x,
+                &k,
+                &i,
+                &f,
+                true,
+                Some(&dy),
+            )
+            .unwrap();
+            assert_ne!(
+                runs[0].y, unseeded.y,
+                "{round} {layout:?}: the noise is drawn"
+            );
+            for r in &runs[1..] {
+                assert_outs_same(&format!("{round} {overflow} {layout:?}"), &runs[0], r);
+            }
+        }
+    }
+}
