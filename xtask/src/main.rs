@@ -70,24 +70,59 @@ fn main() -> ExitCode {
 }
 
 /// Runs the workspace tests (with hgq-torch's `golden` feature, so the golden vectors also run
-/// through the torch backend), passing extra arguments to `cargo test`.
+/// through the torch backend), passing extra arguments to `cargo test`; then hgq-core's tests
+/// that compare every SIMD level with the scalar path again, built with the `avx512` feature
+/// as users who opt into it build them (so AVX-512 code runs where the CPU has it), and prints
+/// the levels that ran.
 fn run_tests(rest: &[String]) -> Result<ExitCode, String> {
     setup::ensure()?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = std::process::Command::new(cargo)
-        .args([
-            "test",
-            "--workspace",
-            "--release",
-            "--features",
-            "hgq-torch/golden",
-        ])
-        .args(rest)
-        .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    Ok(if status.success() {
+    let workspace = [
+        "test",
+        "--workspace",
+        "--release",
+        "--features",
+        "hgq-torch/golden",
+    ];
+    if !cargo(&workspace, rest)? {
+        return Ok(ExitCode::FAILURE);
+    }
+    let avx512 = [
+        "test",
+        "--release",
+        "-p",
+        "hgq-core",
+        "--features",
+        "avx512",
+        "--test",
+        "simd_vs_scalar",
+        "--test",
+        "normal_runs",
+        "--test",
+        "screen",
+        "--test",
+        "wide",
+    ];
+    eprintln!("xtask test: hgq-core's SIMD tests again with the avx512 feature");
+    if !cargo(&avx512, &[])? {
+        return Ok(ExitCode::FAILURE);
+    }
+    // The test prints the levels it compared with the scalar path (captured output shows).
+    let levels = [&avx512[..8], &["simd_vs_scalar"]].concat();
+    let shown = ["simd_levels_report", "--", "--nocapture"].map(String::from);
+    Ok(if cargo(&levels, &shown)? {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `cargo ARGS EXTRA...`; whether it succeeded.
+fn cargo(args: &[&str], extra: &[String]) -> Result<bool, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args(args)
+        .args(extra)
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    Ok(status.success())
 }

@@ -152,6 +152,34 @@ fn fixed_simd_equals_scalar_above_par_min(
     big::<bf16>(q, &[Layout::PerRow], 13);
 }
 
+/// Which SIMD levels this build has and this CPU runs (`cargo xtask test` shows its output):
+/// the scalar code always, x86-64-v3 on an x86 CPU with AVX2, and x86-64-v4 with the `avx512`
+/// feature on one with AVX-512. The other tests of this file compare each of them with the
+/// scalar path.
+#[test]
+fn simd_levels_report() {
+    let levels = SimdLevel::available();
+    println!("hgq-core SIMD levels compared with the scalar path here: {levels:?}");
+    assert!(levels.contains(&SimdLevel::Scalar));
+    #[cfg(target_arch = "x86_64")]
+    {
+        assert_eq!(
+            levels.contains(&SimdLevel::V3),
+            std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+        );
+        assert_eq!(
+            levels.contains(&SimdLevel::V4),
+            cfg!(feature = "avx512")
+                && std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512cd")
+                && std::arch::is_x86_feature_detected!("avx512dq")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+        );
+    }
+}
+
 /// Every SIMD level this build has and this CPU runs gives the scalar bits.
 #[rstest]
 fn fixed_every_simd_level_equals_scalar(
