@@ -442,3 +442,26 @@ fn minifloat_layer_gradients_reach_every_parameter() {
     assert_eq!(p.max, vec![14.0; 3]);
     assert_eq!(p.bits, vec![6.0; 3]);
 }
+
+/// hgq2's `get_minimal_i` and `get_any_k`: what tracing records, without recording it.
+#[test]
+fn minimal_i_and_any_k_of_the_data() {
+    use hgq_core::quantizer::{Cpu, CpuTensor, Quantizer};
+    let mut spec = KifSpec::new(0.0, 0.0, 3.0, RoundMode::Rnd, OverflowMode::Wrap);
+    spec.fixed.axes = Axes::Homogeneous(vec![0]);
+    let q = CpuQuantizer::<f32>::new(QuantizerSpec::Kif(spec), &[None, Some(2)]).unwrap();
+    let Quantizer::Fixed(fq) = q.inner() else {
+        panic!("a fixed-point quantizer")
+    };
+    let x = [3.0f32, 0.25, -5.5, 0.5];
+    let xt = CpuTensor::borrowed(TensorRef::new(&x, &[2, 2]).unwrap());
+    let b = Cpu::<f32>::new();
+    // |x| up to 5.5 with 3 fractional bits needs 3 integer bits; 0.5 (+ 2^-3) needs 0.
+    assert_eq!(fq.minimal_i(&b, &xt).unwrap(), vec![3.0, 0.0]);
+    assert_eq!(fq.any_k(&b, &xt).unwrap(), vec![true, false]);
+    let bad = CpuTensor::borrowed(TensorRef::new(&x, &[4, 1]).unwrap());
+    assert!(matches!(
+        fq.minimal_i(&b, &bad),
+        Err(CoreError::InputShape { .. })
+    ));
+}

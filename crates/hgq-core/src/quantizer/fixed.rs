@@ -462,7 +462,6 @@ impl<V> FixedQuantizer<V> {
             .into());
         }
         let spec = self.spec();
-        let sym = spec.overflow.is_symmetric();
         let train = mode == CallMode::Training;
         let round_only =
             FixedPoint::new(spec.round, OverflowMode::Wrap)?.with_stochastic(self.noise(b, mode)?);
@@ -478,19 +477,16 @@ impl<V> FixedQuantizer<V> {
                 .unwrap_or(B::C::from_f64(f64::INFINITY)),
             None => B::C::from_f64(f64::INFINITY),
         };
-        let reduce = &self.layout.homogeneous;
         let bw = self.layout.bw_shape.as_slice();
         let k = Operand::Var(self.var(VarName::K));
         match self.param() {
             Param::Kbi => {
                 let bvar = self.var(VarName::B);
                 let b_used: Vec<B::C> = b.read(&bvar.value)?.into_iter().map(rc1).collect();
-                let absmax = b.absmax(x, reduce)?;
                 let new_i: Vec<B::C> = i_raw
                     .iter()
-                    .zip(absmax.iter().zip(&b_used))
-                    .map(|(&r, (&a, &bu))| {
-                        let m = minimal_i::xb(a, bu, sym);
+                    .zip(self.minimal_i(b, x)?)
+                    .map(|(&r, m)| {
                         if train {
                             con((r - decay).maximum(m))
                         } else {
@@ -522,7 +518,7 @@ impl<V> FixedQuantizer<V> {
                 let k_new = if train {
                     None
                 } else {
-                    let neg = b.any_negative(&y, reduce)?;
+                    let neg = self.any_k(b, &y)?;
                     let mut kv = b.read(&self.var(VarName::K).value)?;
                     for ((kv, n), bu) in kv.iter_mut().zip(neg).zip(&b_used) {
                         if n && *bu > B::C::ZERO {
@@ -549,12 +545,8 @@ impl<V> FixedQuantizer<V> {
                     training: true,
                 };
                 let y = run(b, x, pass)?;
-                let f_used: Vec<B::C> = b.read(&fvar.value)?.into_iter().map(rc1).collect();
-                let absmax = b.absmax(&y, reduce)?;
-                let mi = absmax
-                    .iter()
-                    .zip(&f_used)
-                    .map(|(&a, &f)| minimal_i::xf(a, f, sym));
+                // The integer bits of the rounded input (as the reference).
+                let mi = self.minimal_i(b, &y)?;
                 if train {
                     // The reference applies no constraint here.
                     let new_i = i_raw
@@ -570,7 +562,7 @@ impl<V> FixedQuantizer<V> {
                         }),
                     ))
                 } else {
-                    let neg = b.any_negative(&y, reduce)?;
+                    let neg = self.any_k(b, &y)?;
                     let mut kv = b.read(&self.var(VarName::K).value)?;
                     for (kv, n) in kv.iter_mut().zip(neg) {
                         if n {
@@ -592,6 +584,47 @@ impl<V> FixedQuantizer<V> {
                 }
             }
         }
+    }
+
+    /// hgq2's `get_minimal_i`: the integer bits `x` needs with the current `b` (KBI) or `f`
+    /// (KIF), one value per bit width (the largest over the elements that share it).
+    pub fn minimal_i<B: Backend<Var = V>>(
+        &self,
+        b: &B,
+        x: &B::Tensor,
+    ) -> std::result::Result<Vec<B::C>, B::Error> {
+        check_input(&self.layout.input_shape, &b.shape(x)?)?;
+        let sym = self.spec().overflow.is_symmetric();
+        let absmax = b.absmax(x, &self.layout.homogeneous)?;
+        Ok(match self.param() {
+            Param::Kbi => {
+                let bu = b.read(&self.var(VarName::B).value)?;
+                absmax
+                    .iter()
+                    .zip(bu)
+                    .map(|(&a, bv)| minimal_i::xb(a, rc1(bv), sym))
+                    .collect()
+            }
+            Param::Kif => {
+                let fu = b.read(&self.var(VarName::F).value)?;
+                absmax
+                    .iter()
+                    .zip(fu)
+                    .map(|(&a, fv)| minimal_i::xf(a, rc1(fv), sym))
+                    .collect()
+            }
+        })
+    }
+
+    /// hgq2's `get_any_k`: whether any element of `x` that shares a bit width is negative (so
+    /// the type needs a sign bit there), one value per bit width.
+    pub fn any_k<B: Backend<Var = V>>(
+        &self,
+        b: &B,
+        x: &B::Tensor,
+    ) -> std::result::Result<Vec<bool>, B::Error> {
+        check_input(&self.layout.input_shape, &b.shape(x)?)?;
+        b.any_negative(x, &self.layout.homogeneous)
     }
 
     fn commit<B: Backend<Var = V>>(

@@ -205,6 +205,40 @@ impl Quantizer {
         self.lock().reset_trace(&Tch)
     }
 
+    /// hgq2's `get_minimal_i`: the integer bits `x` needs with the current bit widths, one value
+    /// per bit width (bit-width shape), for a fixed-point quantizer.
+    pub fn minimal_i(&self, x: &Tensor) -> Result<Tensor> {
+        match &*self.lock() {
+            core::Quantizer::Fixed(q) => {
+                let v = q.minimal_i(&Tch, x)?;
+                let shape: Vec<i64> = q.layout().bw_shape.iter().map(|&d| d as i64).collect();
+                Ok(Tensor::f_from_slice(&v)?.f_reshape(shape.as_slice())?)
+            }
+            _ => Err(TorchError::Unsupported(
+                "minimal_i of a quantizer that is not fixed point".into(),
+            )),
+        }
+    }
+
+    /// hgq2's `get_any_k`: 1 where any element of `x` that shares a bit width is negative
+    /// (bit-width shape), for a fixed-point quantizer.
+    pub fn any_k(&self, x: &Tensor) -> Result<Tensor> {
+        match &*self.lock() {
+            core::Quantizer::Fixed(q) => {
+                let v: Vec<f32> = q
+                    .any_k(&Tch, x)?
+                    .into_iter()
+                    .map(|n| if n { 1.0 } else { 0.0 })
+                    .collect();
+                let shape: Vec<i64> = q.layout().bw_shape.iter().map(|&d| d as i64).collect();
+                Ok(Tensor::f_from_slice(&v)?.f_reshape(shape.as_slice())?)
+            }
+            _ => Err(TorchError::Unsupported(
+                "any_k of a quantizer that is not fixed point".into(),
+            )),
+        }
+    }
+
     /// `(k, i, f)` as used (differentiable), for a fixed-point quantizer.
     pub fn kif(&self) -> Result<(Tensor, Tensor, Tensor)> {
         match &*self.lock() {
