@@ -221,18 +221,9 @@ fn reductions_do_not_depend_on_thread_count() {
         Layout::Mixed,
     ] {
         let [k, i, f] = random_bw::<f32>(&mut rng, layout, rows, cols);
-        let runs: Vec<Outs<f32>> = [1, 2, 3, 8]
-            .iter()
-            .map(|&t| {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(t)
-                    .build()
-                    .unwrap();
-                pool.install(|| {
-                    run_fixed(&q, &[rows, cols], &x, &k, &i, &f, true, Some(&dy)).unwrap()
-                })
-            })
-            .collect();
+        let runs: Vec<Outs<f32>> = on_threads(&[1, 2, 3, 8], || {
+            run_fixed(&q, &[rows, cols], &x, &k, &i, &f, true, Some(&dy)).unwrap()
+        });
         for r in &runs[1..] {
             assert_outs_same(&format!("{layout:?}"), &runs[0], r);
         }

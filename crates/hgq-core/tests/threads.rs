@@ -23,18 +23,9 @@ fn seeded_rounding_is_the_same_on_1_2_3_and_8_threads() {
             .with_stochastic(Stochastic::Seeded(77));
         for layout in [Layout::PerElement, Layout::PerColumn, Layout::Scalar] {
             let [k, i, f] = random_bw::<f32>(&mut rng, layout, rows, cols);
-            let runs: Vec<Outs<f32>> = [1, 2, 3, 8]
-                .iter()
-                .map(|&t| {
-                    let pool = rayon::ThreadPoolBuilder::new()
-                        .num_threads(t)
-                        .build()
-                        .unwrap();
-                    pool.install(|| {
-                        run_fixed(&q, &[rows, cols], &x, &k, &i, &f, true, Some(&dy)).unwrap()
-                    })
-                })
-                .collect();
+            let runs: Vec<Outs<f32>> = on_threads(&[1, 2, 3, 8], || {
+                run_fixed(&q, &[rows, cols], &x, &k, &i, &f, true, Some(&dy)).unwrap()
+            });
             let unseeded = run_fixed(
                 &q.with_stochastic(Stochastic::Reference),
                 &[rows, cols],

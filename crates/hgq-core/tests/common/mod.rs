@@ -281,3 +281,17 @@ pub fn random_bw<C: Real>(rng: &mut Rng, layout: Layout, rows: usize, cols: usiz
         make(rng, &fs, -2, 8),
     ]
 }
+
+/// `run` inside rayon pools of each of these thread counts, in order.
+pub fn on_threads<R: Send>(threads: &[usize], run: impl Fn() -> R + Sync) -> Vec<R> {
+    threads
+        .iter()
+        .map(|&t| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(t)
+                .build()
+                .expect("a thread pool");
+            pool.install(&run)
+        })
+        .collect()
+}
