@@ -241,7 +241,8 @@ impl QuantizerConfig {
     ///
     /// Integral initial values are written as ints and `k0` as a bool, as the reference's
     /// defaults are; a minifloat spec has no `is_weight`, which is taken from the defaults of
-    /// `place`. Stochastic-rounding settings have no JSON form and are dropped.
+    /// `place`. Stochastic-rounding settings have no JSON form and are dropped. A value that
+    /// reading the JSON would refuse is refused ([`QuantizerConfig::validate`]).
     pub fn from_core(c: &CoreQuantizer, place: Place) -> Result<QuantizerConfig> {
         c.validate()?;
         let k0 = |k: f64| {
@@ -313,13 +314,16 @@ impl QuantizerConfig {
             }
             QuantizerSpec::Dummy => Params::Dummy,
         };
-        Ok(QuantizerConfig {
+        let cfg = QuantizerConfig {
             flavor: Flavor::Plain,
             place,
             scaler: c.scaler,
             qnoise_factor: c.qnoise_factor,
             affine: c.affine,
             params,
-        })
+        };
+        // What the JSON would refuse on reading (a NaN decay speed, ...), refused here too.
+        cfg.validate()?;
+        Ok(cfg)
     }
 }

@@ -1,6 +1,6 @@
 //! Typed reading of a [`PyValue`] tree, every step tracking its JSON path.
 use crate::error::{ConfigError, Result};
-use crate::pyjson::PyValue;
+use crate::pyjson::{PyValue, float_repr};
 
 /// A value and the JSON path where it was found.
 #[derive(Debug, Clone)]
@@ -89,6 +89,24 @@ impl<'a> At<'a> {
             PyValue::Float(f) => Ok(*f),
             _ => Err(self.type_err("number")),
         }
+    }
+
+    /// A number that is not NaN (infinities are numbers).
+    pub fn number(&self) -> Result<f64> {
+        let f = self.float()?;
+        if f.is_nan() {
+            return Err(self.value_err("must be a number, not NaN"));
+        }
+        Ok(f)
+    }
+
+    /// A finite number.
+    pub fn finite(&self) -> Result<f64> {
+        let f = self.float()?;
+        if !f.is_finite() {
+            return Err(self.value_err(format!("must be finite, not {}", float_repr(f))));
+        }
+        Ok(f)
     }
 
     pub fn is_null(&self) -> bool {

@@ -1,13 +1,17 @@
 //! The small Keras and hgq objects a quantizer configuration holds: constraints,
 //! regularizers, initializers, initial values and the dtype policy.
 use crate::de::{At, Envelope, dict, envelope};
-use crate::error::Result;
+use crate::error::{ConfigError, Result};
 use crate::pyjson::PyValue;
+use serde::{Deserialize, Serialize};
 
 /// A constraint on a quantizer variable (`bc`, `ic`, `fc`, `mc`, `ec`, `e0c`).
 ///
 /// hgq's constraints store their bounds through `float()`, so they are always written as
 /// floats (`MinMax(0, 23)` becomes `{"min_value": 0.0, "max_value": 23.0}`).
+///
+/// Reading refuses a NaN bound and a `Constant` that is not finite (an infinite bound is
+/// read: that side is open).
 ///
 /// ```
 /// use hgq_config::Constraint;
@@ -17,21 +21,24 @@ use crate::pyjson::PyValue;
 ///     r#"{"module": "hgq.constraints", "class_name": "MinMax", "config": {"min_value": 0.0, "max_value": 23.0}, "registered_name": "hgq>MinMax"}"#
 /// );
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub enum Constraint {
     /// hgq's `MinMax(min_value, max_value)`: clip.
     MinMax {
         /// Lower bound.
+        #[serde(with = "crate::serde_impl::float")]
         min_value: f64,
         /// Upper bound.
+        #[serde(with = "crate::serde_impl::float")]
         max_value: f64,
     },
     /// hgq's `Min(min_value)`.
-    Min(f64),
+    Min(#[serde(with = "crate::serde_impl::float")] f64),
     /// hgq's `Max(max_value)`.
-    Max(f64),
+    Max(#[serde(with = "crate::serde_impl::float")] f64),
     /// hgq's `Constant(value)`: the variable is always `value`.
-    Constant(f64),
+    Constant(#[serde(with = "crate::serde_impl::float")] f64),
     /// Keras' `NonNeg()`.
     NonNeg,
 }
@@ -65,21 +72,21 @@ impl Constraint {
             "MinMax" => {
                 e.expect("hgq.constraints", true)?;
                 Constraint::MinMax {
-                    min_value: c.req("min_value")?.float()?,
-                    max_value: c.req("max_value")?.float()?,
+                    min_value: c.req("min_value")?.number()?,
+                    max_value: c.req("max_value")?.number()?,
                 }
             }
             "Min" => {
                 e.expect("hgq.constraints", true)?;
-                Constraint::Min(c.req("min_value")?.float()?)
+                Constraint::Min(c.req("min_value")?.number()?)
             }
             "Max" => {
                 e.expect("hgq.constraints", true)?;
-                Constraint::Max(c.req("max_value")?.float()?)
+                Constraint::Max(c.req("max_value")?.number()?)
             }
             "Constant" => {
                 e.expect("hgq.constraints", true)?;
-                Constraint::Constant(c.req("value")?.float()?)
+                Constraint::Constant(c.req("value")?.finite()?)
             }
             "NonNeg" => {
                 e.expect("keras.constraints", false)?;
@@ -95,6 +102,8 @@ impl Constraint {
 
 /// A regularizer on a quantizer variable (`br`, `ir`, `fr`, `mr`, `er`, `e0r`).
 ///
+/// Reading refuses a factor that is NaN or infinite.
+///
 /// ```
 /// use hgq_config::Regularizer;
 /// assert_eq!(
@@ -102,19 +111,22 @@ impl Constraint {
 ///     r#"{"module": "hgq.regularizers", "class_name": "MonoL1", "config": {"l1": 1e-08}, "registered_name": "hgq>MonoL1"}"#
 /// );
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub enum Regularizer {
     /// hgq's `MonoL1(l1)`: `l1 * sum(x)`.
-    MonoL1(f64),
+    MonoL1(#[serde(with = "crate::serde_impl::float")] f64),
     /// Keras' `L1(l1)`: `l1 * sum(|x|)`.
-    L1(f64),
+    L1(#[serde(with = "crate::serde_impl::float")] f64),
     /// Keras' `L2(l2)`: `l2 * sum(x^2)`.
-    L2(f64),
+    L2(#[serde(with = "crate::serde_impl::float")] f64),
     /// Keras' `L1L2(l1, l2)`.
     L1L2 {
         /// The L1 factor.
+        #[serde(with = "crate::serde_impl::float")]
         l1: f64,
         /// The L2 factor.
+        #[serde(with = "crate::serde_impl::float")]
         l2: f64,
     },
 }
@@ -145,21 +157,21 @@ impl Regularizer {
         let r = match e.class_name {
             "MonoL1" => {
                 e.expect("hgq.regularizers", true)?;
-                Regularizer::MonoL1(c.req("l1")?.float()?)
+                Regularizer::MonoL1(c.req("l1")?.finite()?)
             }
             "L1" => {
                 e.expect("keras.regularizers", false)?;
-                Regularizer::L1(c.req("l1")?.float()?)
+                Regularizer::L1(c.req("l1")?.finite()?)
             }
             "L2" => {
                 e.expect("keras.regularizers", false)?;
-                Regularizer::L2(c.req("l2")?.float()?)
+                Regularizer::L2(c.req("l2")?.finite()?)
             }
             "L1L2" => {
                 e.expect("keras.regularizers", false)?;
                 Regularizer::L1L2 {
-                    l1: c.req("l1")?.float()?,
-                    l2: c.req("l2")?.float()?,
+                    l1: c.req("l1")?.finite()?,
+                    l2: c.req("l2")?.finite()?,
                 }
             }
             _ => return Err(e.unknown()),
@@ -205,7 +217,7 @@ impl Num {
 }
 
 /// A Keras initializer given as an initial value.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub enum Initializer {
     /// `keras.initializers.Constant(value)`.
     Constant(Num),
@@ -301,6 +313,29 @@ impl InitValue {
         }
     }
 
+    /// Reads an initial value whose number must pass `ok`; else the error names the number
+    /// (`$.config.b0`, or `$.config.b0.config.value` inside a `Constant` initializer).
+    pub(crate) fn read_checked(
+        at: &At<'_>,
+        ok: impl Fn(f64) -> bool,
+        why: &str,
+    ) -> Result<InitValue> {
+        let v = InitValue::read(at)?;
+        if ok(v.as_f64()) {
+            return Ok(v);
+        }
+        let (path, shown) = match v {
+            InitValue::Initializer(Initializer::Constant(n)) => {
+                (format!("{}.config.value", at.path), n.to_value())
+            }
+            _ => (at.path.clone(), at.v.clone()),
+        };
+        Err(ConfigError::Value {
+            path,
+            msg: format!("{why}, not {shown}"),
+        })
+    }
+
     pub(crate) fn read(at: &At<'_>) -> Result<InitValue> {
         match at.v {
             PyValue::Bool(b) => Ok(InitValue::Bool(*b)),
@@ -347,7 +382,8 @@ impl From<Num> for InitValue {
 }
 
 /// A Keras `DTypePolicy` (`{"module": "keras", "class_name": "DTypePolicy", ...}`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DTypePolicy {
     /// The policy name: `float32`, `mixed_float16`, ...
     pub name: String,

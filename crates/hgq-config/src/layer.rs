@@ -4,6 +4,7 @@ use crate::error::Result;
 use crate::keras::DTypePolicy;
 use crate::pyjson::PyValue;
 use crate::quantizer::QuantizerConfig;
+use serde::{Deserialize, Serialize};
 
 /// The module of the `Quantizer` layer.
 pub const LAYER_MODULE: &str = "hgq.quantizer.quantizer";
@@ -18,7 +19,8 @@ pub const LAYER_MODULE: &str = "hgq.quantizer.quantizer";
 /// assert!(json.ends_with(r#""registered_name": "hgq>Quantizer", "build_config": {"input_shape": [8, 4]}}"#));
 /// assert_eq!(QuantizerLayer::from_json(&json).unwrap(), layer);
 /// ```
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct QuantizerLayer {
     /// The layer name.
     pub name: String,

@@ -3,6 +3,7 @@ use crate::de::{At, Envelope, dict, envelope, ints, opt};
 use crate::error::Result;
 use crate::pyjson::PyValue;
 use hgq_core::mapper::Axes;
+use serde::Serialize;
 
 /// The module hgq's bit-width mappers live in.
 pub const MAPPER_MODULE: &str = "hgq.quantizer.internal.base";
@@ -22,7 +23,7 @@ pub const MAPPER_MODULE: &str = "hgq.quantizer.internal.base";
 ///     r#"{"module": "hgq.quantizer.internal.base", "class_name": "DefaultBitwidthMapper", "config": {"heterogeneous_axis": [1, 2], "homogeneous_axis": [0], "_shape_inferenced": true}, "registered_name": "hgq>DefaultBitwidthMapper"}"#
 /// );
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BitwidthMapperConfig {
     /// Axes with a bit width per index.
     pub heterogeneous_axis: Option<Vec<i64>>,

@@ -1,7 +1,7 @@
 //! Finding every quantizer configuration in a whole Keras model.
 use crate::de::At;
 use crate::error::Result;
-use crate::pyjson::PyValue;
+use crate::pyjson::{PyValue, visible_entries};
 use crate::quantizer::{CONFIG_MODULE, QuantizerConfig};
 
 /// One step of a JSON path.
@@ -147,7 +147,7 @@ fn walk(
             if let Some(n) = name {
                 layers.push(n);
             }
-            for (k, child) in d {
+            for (k, child) in visible_entries(d) {
                 loc.push(PathSeg::Key(k.clone()));
                 let r = walk(child, loc, layers, out);
                 loc.pop();

@@ -15,6 +15,7 @@
 //! assert_eq!(v.to_json(), s);
 //! ```
 use crate::error::{ConfigError, Result};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
 /// A JSON value with Python's types: ints and floats apart, dicts in insertion order.
@@ -42,6 +43,18 @@ pub const MAX_DEPTH: usize = 512;
 impl PyValue {
     /// Parses text as Python's `json.loads` does (strict mode: no raw control characters in
     /// strings).
+    ///
+    /// A key repeated in an object is kept once, as a Python dict keeps it: at the place where
+    /// it first appeared, with the last value (`{"a": 1, "b": 2, "a": 3}` reads as
+    /// `{"a": 3, "b": 2}`). Every reader in this crate sees that one value, and
+    /// [`PyValue::to_json`] writes what `json.dumps(json.loads(text))` writes.
+    ///
+    /// ```
+    /// use hgq_config::PyValue;
+    /// let v = PyValue::parse(r#"{"a": 1, "b": {"c": 2, "c": 3}, "a": 4}"#).unwrap();
+    /// assert_eq!(v.get("a"), Some(&PyValue::Int(4)));
+    /// assert_eq!(v.to_json(), r#"{"a": 4, "b": {"c": 3}}"#);
+    /// ```
     pub fn parse(text: &str) -> Result<PyValue> {
         Self::parse_bytes(text.as_bytes())
     }
@@ -101,10 +114,13 @@ impl PyValue {
         }
     }
 
-    /// The value under `key` when this is a dict holding it (the first such key).
+    /// The value under `key` when this is a dict holding it.
+    ///
+    /// A dict from [`PyValue::parse`] holds each key once (see there); in one built by hand
+    /// with a key repeated, the last one wins, as everywhere in this crate.
     pub fn get(&self, key: &str) -> Option<&PyValue> {
         match self {
-            PyValue::Dict(d) => d.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+            PyValue::Dict(d) => d.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v),
             _ => None,
         }
     }
@@ -298,6 +314,54 @@ fn write_str(s: &str, out: &mut String) {
     out.push('"');
 }
 
+/// Dicts up to this size are searched for a repeated key; larger ones get an index.
+const LINEAR_KEYS: usize = 16;
+
+/// Adds `k: v` to a dict being parsed as Python's dict does: a key already there keeps its
+/// place and takes the new value.
+fn insert_last_wins(
+    d: &mut Vec<(String, PyValue)>,
+    index: &mut HashMap<String, usize>,
+    k: String,
+    v: PyValue,
+) {
+    if d.len() < LINEAR_KEYS {
+        match d.iter_mut().find(|(e, _)| *e == k) {
+            Some(slot) => slot.1 = v,
+            None => d.push((k, v)),
+        }
+        return;
+    }
+    if index.is_empty() {
+        index.extend(d.iter().enumerate().map(|(j, (e, _))| (e.clone(), j)));
+    }
+    match index.get(&k) {
+        Some(&j) => d[j].1 = v,
+        None => {
+            index.insert(k.clone(), d.len());
+            d.push((k, v));
+        }
+    }
+}
+
+/// The entries of a dict that a lookup can see: for a key repeated (only in a dict built
+/// by hand; [`PyValue::parse`] keeps each key once), the last one.
+pub(crate) fn visible_entries(d: &[(String, PyValue)]) -> impl Iterator<Item = &(String, PyValue)> {
+    let last: Option<HashMap<&str, usize>> = (d.len() > LINEAR_KEYS).then(|| {
+        d.iter()
+            .enumerate()
+            .map(|(j, (k, _))| (k.as_str(), j))
+            .collect()
+    });
+    d.iter().enumerate().filter_map(move |(j, e)| {
+        let shadowed = match &last {
+            Some(m) => m.get(e.0.as_str()) != Some(&j),
+            None => d[j + 1..].iter().any(|(k, _)| *k == e.0),
+        };
+        (!shadowed).then_some(e)
+    })
+}
+
 struct Parser<'a> {
     b: &'a [u8],
     pos: usize,
@@ -335,6 +399,7 @@ impl Parser<'_> {
             Some(b'{') => {
                 self.pos += 1;
                 let mut d = Vec::new();
+                let mut index = HashMap::new();
                 self.ws();
                 if self.eat("}") {
                     return Ok(PyValue::Dict(d));
@@ -351,7 +416,7 @@ impl Parser<'_> {
                     }
                     self.ws();
                     let v = self.value(depth + 1)?;
-                    d.push((k, v));
+                    insert_last_wins(&mut d, &mut index, k, v);
                     self.ws();
                     if self.eat(",") {
                         continue;
@@ -588,6 +653,22 @@ mod tests {
         let v = PyValue::parse(r#""a\"\\\/\n\u00e9\ud83d\ude00\u007f""#).unwrap();
         assert_eq!(v, PyValue::str("a\"\\/\né😀\u{7f}"));
         assert_eq!(v.to_json(), r#""a\"\\/\n\u00e9\ud83d\ude00\u007f""#);
+    }
+
+    #[test]
+    fn visible_entries_drop_the_shadowed() {
+        for n in [3usize, LINEAR_KEYS + 5] {
+            let mut d: Vec<(String, PyValue)> = (0..n)
+                .map(|j| (format!("k{j}"), PyValue::Int(j as i64)))
+                .collect();
+            d.push(("k1".into(), PyValue::Null));
+            d.push(("k0".into(), PyValue::Bool(true)));
+            let seen: Vec<_> = visible_entries(&d).cloned().collect();
+            assert_eq!(seen.len(), n, "{n}");
+            assert_eq!(seen[0], ("k2".into(), PyValue::Int(2)));
+            assert_eq!(seen[n - 2], ("k1".into(), PyValue::Null));
+            assert_eq!(seen[n - 1], ("k0".into(), PyValue::Bool(true)));
+        }
     }
 
     #[test]

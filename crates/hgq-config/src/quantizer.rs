@@ -4,8 +4,9 @@ use crate::de::{At, Dict, Envelope, envelope, ints, opt};
 use crate::error::{ConfigError, Result};
 use crate::keras::{Constraint, InitValue, Regularizer};
 use crate::mapper::BitwidthMapperConfig;
-use crate::pyjson::PyValue;
+use crate::pyjson::{PyValue, float_repr};
 use hgq_core::{OverflowMode, RoundMode};
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 
@@ -113,7 +114,8 @@ impl FromStr for Place {
 }
 
 /// Which of the three registered config classes this is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub enum Flavor {
     /// `QuantizerConfig`.
     Plain,
@@ -178,7 +180,8 @@ impl Flavor {
 }
 
 /// The keys every non-dummy type has: how its bit widths map onto the input.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Common {
     /// Axes sharing one bit width (`None`: not given).
     pub homogeneous_axis: Option<Vec<i64>>,
@@ -193,7 +196,8 @@ pub struct Common {
 }
 
 /// Parameters of a KBI fixed-point quantizer.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct KbiParams {
     /// Initial sign bit (`True`: signed).
     pub k0: InitValue,
@@ -202,8 +206,10 @@ pub struct KbiParams {
     /// Initial integer bits (excluding sign).
     pub i0: InitValue,
     /// Rounding mode.
+    #[serde(with = "crate::serde_impl::by_str")]
     pub round_mode: RoundMode,
     /// Overflow mode.
+    #[serde(with = "crate::serde_impl::by_str")]
     pub overflow_mode: OverflowMode,
     /// Constraint on the bits.
     pub bc: Option<Constraint>,
@@ -220,7 +226,8 @@ pub struct KbiParams {
 }
 
 /// Parameters of a KIF fixed-point quantizer.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct KifParams {
     /// Initial sign bit.
     pub k0: InitValue,
@@ -229,8 +236,10 @@ pub struct KifParams {
     /// Initial fractional bits.
     pub f0: InitValue,
     /// Rounding mode.
+    #[serde(with = "crate::serde_impl::by_str")]
     pub round_mode: RoundMode,
     /// Overflow mode.
+    #[serde(with = "crate::serde_impl::by_str")]
     pub overflow_mode: OverflowMode,
     /// Constraint on the integer bits.
     pub ic: Option<Constraint>,
@@ -247,7 +256,8 @@ pub struct KifParams {
 }
 
 /// Parameters of a minifloat quantizer.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FloatParams {
     /// Initial mantissa bits.
     pub m0: InitValue,
@@ -272,7 +282,8 @@ pub struct FloatParams {
 }
 
 /// The type-specific parameters.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "q_type", rename_all = "lowercase")]
 pub enum Params {
     /// `q_type='kbi'`.
     Kbi(KbiParams),
@@ -466,18 +477,13 @@ impl Params {
         fn reg(d: &mut Dict<'_>, k: &str) -> Result<Option<Regularizer>> {
             d.req(k)?.nullable(Regularizer::read)
         }
+        // Initial bit widths and the decay speed: any number but NaN (a negative decay
+        // turns tracing on in inference; an infinite one is the weights' default).
         fn init(d: &mut Dict<'_>, k: &str) -> Result<InitValue> {
-            InitValue::read(&d.req(k)?)
+            InitValue::read_checked(&d.req(k)?, |v| !v.is_nan(), "must be a number")
         }
         fn k0(d: &mut Dict<'_>) -> Result<InitValue> {
-            let at = d.req("k0")?;
-            let v = InitValue::read(&at)?;
-            match v {
-                InitValue::Initializer(_) => {}
-                _ if v.as_f64() == 0.0 || v.as_f64() == 1.0 => {}
-                _ => return Err(at.value_err("k0 must be 0 or 1")),
-            }
-            Ok(v)
+            InitValue::read_checked(&d.req("k0")?, |k| k == 0.0 || k == 1.0, "k0 must be 0 or 1")
         }
         fn modes(d: &mut Dict<'_>) -> Result<(RoundMode, OverflowMode)> {
             let r = d.req("round_mode")?;
@@ -573,17 +579,20 @@ impl Params {
 /// assert!(json.contains(r#""homogeneous_axis": null, "heterogeneous_axis": [-1]"#));
 /// assert_eq!(QuantizerConfig::from_json(&json).unwrap(), c);
 /// ```
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct QuantizerConfig {
     /// Which registered class.
     pub flavor: Flavor,
     /// The place (selects defaults only).
     pub place: Place,
     /// Inputs are divided by it before quantization and multiplied back after.
+    #[serde(with = "crate::serde_impl::opt_float")]
     pub scaler: Option<f64>,
     /// Fraction of the quantization noise applied in training.
+    #[serde(with = "crate::serde_impl::opt_float")]
     pub qnoise_factor: Option<f64>,
     /// Post-quantization `(scale, shift)`.
+    #[serde(with = "crate::serde_impl::opt_pair")]
     pub affine: Option<(f64, f64)>,
     /// The type-specific parameters.
     pub params: Params,
@@ -687,6 +696,49 @@ impl QuantizerConfig {
         Self::read(&At::root(v))
     }
 
+    /// Checks what reading this configuration's Keras JSON checks (see
+    /// [`QuantizerConfig::from_json`]), for one made another way (a struct literal, serde,
+    /// [`QuantizerConfig::from_core`]): `k0` 0 or 1, initial bit widths and `i_decay_speed`
+    /// not NaN, constraint bounds not NaN, regularizer factors finite, `scaler` finite and not
+    /// 0, `qnoise_factor` in `[0, 1]`, `affine` finite with a scale that is not 0, a mapper with
+    /// its axes, and for `HardTanhConfig` / `HardSigmoidConfig` the values the class fixes.
+    /// Errors name the JSON path the value has in the Keras JSON (`$.config.i_decay_speed`).
+    ///
+    /// ```
+    /// use hgq_config::{InitValue, Params, Place, QType, QuantizerConfig};
+    /// let mut c = QuantizerConfig::builder(QType::Kbi, Place::Weight).build().unwrap();
+    /// assert!(c.validate().is_ok());
+    /// if let Params::Kbi(p) = &mut c.params {
+    ///     p.i_decay_speed = InitValue::Float(f64::NAN);
+    /// }
+    /// assert_eq!(c.validate().unwrap_err().path(), Some("$.config.i_decay_speed"));
+    /// ```
+    pub fn validate(&self) -> Result<()> {
+        if self.flavor != Flavor::Plain {
+            let class = self.flavor.class_name();
+            let err = |key: &str, msg: String| ConfigError::Value {
+                path: format!("$.config.{key}"),
+                msg,
+            };
+            if !matches!(self.q_type(), QType::Kbi | QType::Kif) {
+                return Err(err("q_type", format!("{class} needs q_type kbi or kif")));
+            }
+            let entries = self.params.entries();
+            for (k, v) in self.flavor.fixed_values() {
+                if entries.iter().find(|(e, _)| *e == k).map(|(_, x)| x) != Some(&v) {
+                    return Err(err(k, format!("{class} fixes {k} to {v}")));
+                }
+            }
+            if self.affine != self.flavor.affine() {
+                return Err(err(
+                    "affine",
+                    format!("{class} fixes affine to {:?}", self.flavor.affine()),
+                ));
+            }
+        }
+        Self::from_value(&self.to_value()).map(|_| ())
+    }
+
     /// Whether a value is the envelope of one of the three config classes.
     pub fn is_config_value(v: &PyValue) -> bool {
         matches!(v.get("module"), Some(PyValue::Str(m)) if m == CONFIG_MODULE)
@@ -733,7 +785,7 @@ fn read_config(d: &mut Dict<'_>, flavor: Flavor) -> Result<QuantizerConfig> {
         q_str.parse().map_err(|m: String| q_at.value_err(m))?
     };
     let s_at = d.req("scaler")?;
-    let scaler = s_at.nullable(At::float)?;
+    let scaler = s_at.nullable(At::finite)?;
     if scaler == Some(0.0) {
         return Err(s_at.value_err("scaler must not be 0"));
     }
@@ -742,7 +794,10 @@ fn read_config(d: &mut Dict<'_>, flavor: Flavor) -> Result<QuantizerConfig> {
     if let Some(q) = qnoise_factor
         && !(0.0..=1.0).contains(&q)
     {
-        return Err(n_at.value_err("qnoise_factor must be between 0 and 1"));
+        return Err(n_at.value_err(format!(
+            "qnoise_factor must be between 0 and 1, not {}",
+            float_repr(q)
+        )));
     }
     let affine = match flavor {
         Flavor::Plain => {
@@ -752,7 +807,7 @@ fn read_config(d: &mut Dict<'_>, flavor: Flavor) -> Result<QuantizerConfig> {
                 if l.len() != 2 {
                     return Err(a.value_err("affine must be (scale, shift)"));
                 }
-                let (s, t) = (l[0].float()?, l[1].float()?);
+                let (s, t) = (l[0].finite()?, l[1].finite()?);
                 if s == 0.0 {
                     return Err(l[0].value_err("affine scale must not be 0"));
                 }
@@ -946,7 +1001,7 @@ impl QuantizerConfigBuilder {
         self.set("is_weight", PyValue::Bool(w))
     }
 
-    /// `scaler=` (must not be 0).
+    /// `scaler=` (finite, not 0).
     pub fn scaler(mut self, s: f64) -> Self {
         self.scaler = Some(s);
         self
@@ -958,7 +1013,7 @@ impl QuantizerConfigBuilder {
         self
     }
 
-    /// `affine=(scale, shift)` (scale must not be 0; not for HardTanh/HardSigmoid).
+    /// `affine=(scale, shift)` (finite, scale not 0; not for HardTanh/HardSigmoid).
     pub fn affine(mut self, scale: f64, shift: f64) -> Self {
         self.affine = Some((scale, shift));
         self.overrides.push(("affine", PyValue::Null));
@@ -972,11 +1027,18 @@ impl QuantizerConfigBuilder {
             msg: msg.into(),
         };
         let q_type = self.q_type.unwrap_or(QType::default_for(self.place));
-        if self.scaler == Some(0.0) {
-            return Err(ov("scaler", "scaler must not be 0"));
+        if let Some(s) = self.scaler
+            && (s == 0.0 || !s.is_finite())
+        {
+            return Err(ov("scaler", "scaler must be finite and not 0"));
         }
-        if let Some((0.0, _)) = self.affine {
-            return Err(ov("affine", "affine scale must not be 0"));
+        if let Some((a, b)) = self.affine
+            && (a == 0.0 || !a.is_finite() || !b.is_finite())
+        {
+            return Err(ov(
+                "affine",
+                "affine must be finite, with a scale that is not 0",
+            ));
         }
         if let Some(q) = self.qnoise_factor
             && !(0.0..=1.0).contains(&q)
