@@ -1,5 +1,8 @@
 //! Every golden family of every set under `tests/data/` (the reference's vectors, seed 0, and
-//! any other set made with `gen.py --seed N`) must check with zero mismatches.
+//! any other set made with `gen.py --seed N`) must check with zero mismatches. A set must hold
+//! every family unless its `manifest.json` declares the family absent (`golden-wide`: ap_fixed
+//! only); a missing, undeclared family fails.
+use hgq_golden::Presence;
 use std::path::{Path, PathBuf};
 
 fn sets() -> Vec<PathBuf> {
@@ -20,8 +23,14 @@ fn sets() -> Vec<PathBuf> {
 fn check(family: &str) {
     let mut checked = 0;
     for dir in sets() {
-        if !dir.join(format!("{family}.json")).exists() {
-            continue;
+        let plan = hgq_golden::plan(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        match &plan.iter().find(|(f, _)| *f == family).expect("a family").1 {
+            Presence::Present => {}
+            Presence::Absent(_) => continue,
+            Presence::Missing => panic!(
+                "{}: no {family}.json, and its manifest.json does not declare it absent",
+                dir.display()
+            ),
         }
         let r =
             hgq_golden::check(&dir, family).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
@@ -33,6 +42,22 @@ fn check(family: &str) {
         checked += 1;
     }
     assert!(checked > 0, "no set has {family}.json");
+}
+
+/// Every set's manifest is well formed and every family is there or declared absent.
+#[test]
+fn every_set_is_complete() {
+    for dir in sets() {
+        let plan = hgq_golden::plan(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        for (family, presence) in plan {
+            assert_ne!(
+                presence,
+                Presence::Missing,
+                "{}: {family}.json missing and not declared absent",
+                dir.display()
+            );
+        }
+    }
 }
 
 #[test]
@@ -87,8 +112,13 @@ fn checker_detects_a_wrong_value() {
         assert_eq!(r.mismatches, 1, "{family}: a changed output must be found");
     }
     assert!(
-        hgq_golden::check(&tmp, "float_fn").is_err(),
+        matches!(
+            hgq_golden::check(&tmp, "float_fn"),
+            Err(hgq_golden::GoldenError::Missing { .. })
+        ),
         "a missing file is an error"
     );
+    let float_fn = hgq_golden::plan(&tmp).unwrap()[2].clone();
+    assert_eq!(float_fn, ("float_fn", Presence::Missing));
     std::fs::remove_dir_all(&tmp).ok();
 }

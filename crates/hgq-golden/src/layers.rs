@@ -1,5 +1,5 @@
 //! The `layers` family: layer-level quantizers with state carried across calls.
-use crate::backend::{Backend, LayerUnderTest};
+use crate::backend::{Backend, LayerOut, LayerUnderTest};
 use crate::families::Case;
 use crate::json::{f32s, shape};
 use hgq_config::convert::QuantizerSpec;
@@ -47,7 +47,7 @@ fn make(q: &Value) -> Result<QuantizerSpec, String> {
             .map_err(|e: hgq_core::CoreError| e.to_string())?;
         let mut f = FixedSpec::new(rm, om);
         f.i_decay_speed = num(q, "i_decay_speed")?;
-        f.is_weight = q.get("is_weight").and_then(Value::as_bool).unwrap_or(false);
+        f.is_weight = crate::json::bool_(q, "is_weight")?;
         f.axes = axes(q)?;
         f.stochastic = Stochastic::Reference;
         Ok(f)
@@ -97,7 +97,7 @@ fn load_state(qz: &mut dyn LayerUnderTest, state: &Value, case: &mut Case) -> Re
     }
     for (name, v) in obj {
         let value = f32s(v, "value")?;
-        let trainable = v.get("trainable").and_then(Value::as_bool).unwrap_or(false);
+        let trainable = crate::json::bool_(v, "trainable")?;
         let shp = shape(v, "shape")?;
         let Some(var) = vars.iter().find(|x| &x.name == name) else {
             case.fail(format!("no variable {name:?}"));
@@ -134,7 +134,7 @@ fn check_state(
                     &format!("{when} state {name}"),
                     &got,
                     &want,
-                    |a, b| a == b || (a.is_nan() && b.is_nan()),
+                    &|a: f32, b: f32| a == b || (a.is_nan() && b.is_nan()),
                     None,
                 );
             }
@@ -144,6 +144,10 @@ fn check_state(
     Ok(())
 }
 
+/// The properties every `initial_props` and `props_after` must hold (the generator writes null
+/// for one it could not compute; none of the sets has one, so null is an error).
+const PROPS: [&str; 5] = ["bits", "fbits", "min", "max", "epsilon"];
+
 fn check_props(
     qz: &dyn LayerUnderTest,
     props: &Value,
@@ -151,18 +155,53 @@ fn check_props(
     when: &str,
 ) -> Result<(), String> {
     let p: Props<Vec<f32>> = qz.props()?;
-    for (name, got) in [
-        ("bits", &p.bits),
-        ("fbits", &p.fbits),
-        ("min", &p.min),
-        ("max", &p.max),
-        ("epsilon", &p.epsilon),
-    ] {
+    for (name, got) in PROPS
+        .into_iter()
+        .zip([&p.bits, &p.fbits, &p.min, &p.max, &p.epsilon])
+    {
         if props.get(name).is_none_or(Value::is_null) {
-            continue;
+            return Err(format!("{when}: property {name:?} is missing or null"));
         }
         let want = f32s(props, name)?;
         case.values(&format!("{when} {name}"), got, &want);
+    }
+    Ok(())
+}
+
+/// Compares a training call's gradients: `grad` must hold `x` and exactly the variables we
+/// train.
+fn check_grads(out: &LayerOut, g: &Value, case: &mut Case, when: &str) -> Result<(), String> {
+    let g = g.as_object().ok_or("grad is not an object")?;
+    if !g.contains_key("x") {
+        return Err(format!("{when}: grad has no \"x\""));
+    }
+    for (name, want) in g {
+        let want: Vec<f32> = match want {
+            Value::Array(a) => a
+                .iter()
+                .map(|v| crate::json::float(v).map(|f| f as f32))
+                .collect::<Result<_, _>>()?,
+            _ => return Err(format!("{when}: grad {name} is not an array")),
+        };
+        let got = if name == "x" {
+            out.dx.as_deref()
+        } else {
+            out.grads
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_slice())
+        };
+        match got {
+            Some(got) => case.grads(&format!("{when} grad {name}"), got, &want),
+            None => case.fail(format!("{when}: no gradient for {name}")),
+        }
+    }
+    for (name, _) in &out.grads {
+        if !g.contains_key(name) {
+            case.fail(format!(
+                "{when}: gradient for {name} that the reference does not train"
+            ));
+        }
     }
     Ok(())
 }
@@ -199,37 +238,13 @@ pub(crate) fn layers(c: &Value, case: &mut Case, backend: &dyn Backend) -> Resul
         let dy = f32s(call, "dy")?;
         let when = format!("call {n} ({mode:?})");
         let out = qz.call(&x, &input, mode, &dy)?;
-        if mode == CallMode::Training
-            && let Some(g) = call.get("grad")
-        {
-            for (name, want) in g.as_object().ok_or("grad is not an object")? {
-                let want: Vec<f32> = match want {
-                    Value::Array(a) => a
-                        .iter()
-                        .map(|v| crate::json::float(v).map(|f| f as f32))
-                        .collect::<Result<_, _>>()?,
-                    _ => return Err("bad grad".into()),
-                };
-                let got = if name == "x" {
-                    out.dx.as_deref()
-                } else {
-                    out.grads
-                        .iter()
-                        .find(|(n, _)| n == name)
-                        .map(|(_, v)| v.as_slice())
-                };
-                match got {
-                    Some(got) => case.grads(&format!("{when} grad {name}"), got, &want),
-                    None => case.fail(format!("{when}: no gradient for {name}")),
-                }
-            }
-            for (name, _) in &out.grads {
-                if g.get(name).is_none() {
-                    case.fail(format!(
-                        "{when}: gradient for {name} that the reference does not train"
-                    ));
-                }
-            }
+        // The generator writes `grad` for every training call (whose output requires grad: it
+        // always does, x does) and for no other call; every training call of both sets has it.
+        match (mode == CallMode::Training, call.get("grad")) {
+            (true, Some(g)) => check_grads(&out, g, case, &when)?,
+            (true, None) => return Err(format!("missing grad in training call {n}")),
+            (false, Some(_)) => return Err(format!("grad in call {n}, which does not train")),
+            (false, None) => {}
         }
         case.values(&format!("{when} y"), &out.y, &f32s(call, "y")?);
         check_state(

@@ -1,11 +1,12 @@
 //! `hgq-golden [DIR] [--family NAME]... [-v]`: checks golden vectors on hgq-core (the default
-//! DIR is `tests/data/golden`). Without `--family` it checks every family that DIR has a file
-//! for; a family named with `--family` must have one.
+//! DIR is `tests/data/golden`). Without `--family` it checks every family: each must have its
+//! file in DIR unless DIR's `manifest.json` declares it absent (then it prints
+//! `FAMILY: absent: REASON` and skips it); a family named with `--family` must have its file.
 //!
 //! Prints `FAMILY: cases=N mismatches=M` per family (on standard error first the details of
 //! its mismatches: 20 of them, all with `-v`), `FAMILY: error: ...` for a family that cannot be
-//! checked, and `golden: cases=N mismatches=M` at the end. Exits non-zero on any mismatch, any
-//! error, or when no case was checked. `cargo xtask golden` (`--backend core`, the default)
+//! checked (a missing file among them), and `golden: cases=N mismatches=M` at the end. Exits
+//! non-zero on any mismatch, any error, or when no case was checked. `cargo xtask golden` (`--backend core`, the default)
 //! runs it; it needs no libtorch.
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,17 +33,31 @@ fn main() -> ExitCode {
         }
     }
     let dir = dir.unwrap_or_else(|| PathBuf::from("tests/data/golden"));
-    let named = !families.is_empty();
-    if !named {
-        families = hgq_golden::FAMILIES
-            .iter()
-            .map(|f| f.0.to_string())
-            .collect();
-    }
     let (mut cases, mut mismatches, mut failed) = (0, 0, false);
-    for fam in &families {
-        if !named && !dir.join(format!("{fam}.json")).exists() {
-            // A default run checks the families the directory has.
+    // Each family with the manifest's reason when the set leaves it out on purpose.
+    let mut todo: Vec<(String, Option<String>)> = families.into_iter().map(|f| (f, None)).collect();
+    if todo.is_empty() {
+        // Every family, as the set (and its manifest) has it; check() says why a missing one
+        // fails (not declared absent).
+        match hgq_golden::plan(&dir) {
+            Ok(plan) => {
+                todo = plan
+                    .into_iter()
+                    .map(|(fam, presence)| match presence {
+                        hgq_golden::Presence::Absent(reason) => (fam.to_string(), Some(reason)),
+                        _ => (fam.to_string(), None),
+                    })
+                    .collect()
+            }
+            Err(e) => {
+                println!("golden: error: {e}");
+                failed = true;
+            }
+        }
+    }
+    for (fam, absent) in &todo {
+        if let Some(reason) = absent {
+            println!("{fam}: absent ({}): {reason}", hgq_golden::MANIFEST);
             continue;
         }
         match hgq_golden::check(&dir, fam) {

@@ -1,11 +1,14 @@
 //! `hgq-golden-torch [DIR] [--family NAME]... [--device cpu|cuda] [-v]`: the golden families
 //! that run on a backend (`fixed_fn`, `layers`) through hgq-torch's modules and autograd.
 //! Prints `FAMILY: cases=N mismatches=M` per family and `golden: cases=N mismatches=M`; exits
-//! non-zero on any mismatch or unreadable family. `cargo xtask golden --backend torch` runs it.
+//! non-zero on any mismatch or unreadable family. Gradients are compared under
+//! [`TorchBackend::grad_tolerance`] (looser on CUDA, whose sums run in another order; the count
+//! of gradient elements only that tolerance accepts is printed as `grad-tolerated=N`).
+//! `cargo xtask golden --backend torch` runs it.
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use hgq_golden::{BACKEND_FAMILIES, check_with};
+use hgq_golden::{BACKEND_FAMILIES, Options, check_with_options};
 use hgq_torch::golden::TorchBackend;
 use tch::Device;
 
@@ -46,9 +49,12 @@ fn main() -> ExitCode {
         ));
     }
     let backend = TorchBackend { device };
+    let options = Options {
+        grad: backend.grad_tolerance(),
+    };
     let (mut cases, mut bad, mut failed) = (0, 0, false);
     for f in &families {
-        match check_with(&dir, f, &backend) {
+        match check_with_options(&dir, f, &backend, &options) {
             Ok(r) => {
                 println!("{r}");
                 if verbose || r.mismatches > 0 {
