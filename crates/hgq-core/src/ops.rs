@@ -1,7 +1,8 @@
-//! The [`ElemOp`](crate::kernels::ElemOp)s behind the public quantizer functions, and the
+//! The [`ElemOp`]s behind the public quantizer functions, and the
 //! runtime-to-const-generic mode dispatch.
+use crate::kernels::check::{finite, is_int, zero_one};
 use crate::kernels::fixed::{self, o, r};
-use crate::kernels::{ElemOp, ND, Out, finite, is_int, zero_one};
+use crate::kernels::op::{ElemOp, ND, Out};
 use crate::real::Real;
 
 /// Counter-based uniform noise in [0, 1): the same for an element whatever the thread split.

@@ -19,10 +19,18 @@
 //! is the same bits for any number of threads and on every path. The sums live in blocked
 //! accumulators (blocks of 16 parameter elements, their gradients interleaved), and a pass
 //! that computes gradients only stores no y.
+pub(crate) mod check;
+mod dispatch;
 pub(crate) mod fixed;
 pub(crate) mod float;
+pub(crate) mod op;
+
+pub use dispatch::{Path, SimdLevel, thread_pool};
 
 use crate::real::{Element, Real};
+use check::{Check, Checks, GENERAL, Verdict, valid};
+use dispatch::{RunScalar, with_path};
+use op::{ElemOp, ND};
 use rayon::prelude::*;
 
 /// Below this many elements a call runs on the calling thread.
@@ -33,121 +41,6 @@ const SEG: usize = 1 << 14;
 const BLOCK: usize = 512;
 /// At most this many partial sums of a reduced parameter gradient.
 pub const MAX_GROUPS: usize = 64;
-/// Number of derived values per parameter element.
-pub(crate) const ND: usize = 8;
-
-/// Which code path runs the element bodies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Path {
-    /// The best SIMD level of this CPU (pulp's runtime dispatch), in parallel. With the
-    /// `avx512` feature, on a CPU with AVX-512, forward passes run at x86-64-v4 and gradient
-    /// passes at v3 (see [`SimdLevel::V4`]).
-    #[default]
-    Simd,
-    /// Plain scalar code, single-threaded: the reference path.
-    Scalar,
-    /// A given pulp SIMD level, in parallel like [`Path::Simd`] (for tests: every level must
-    /// give the bits of [`Path::Scalar`]). A level this CPU lacks runs as [`Path::Simd`].
-    Level(SimdLevel),
-}
-
-/// The SIMD levels the kernels are compiled for, which a [`Path::Level`] can force.
-///
-/// Each level is a copy of every kernel in the build, so there are only the ones that
-/// [`Path::Simd`] dispatches to: the scalar code (CPUs without AVX2, and other architectures
-/// where pulp has no level), x86-64-v3 and, with the `avx512` feature, x86-64-v4.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SimdLevel {
-    /// Plain scalar code (what LLVM makes of the loops without target features).
-    Scalar,
-    /// x86-64-v3 (AVX2 and FMA, 256-bit vectors): what [`Path::Simd`] runs on a CPU with
-    /// AVX2 (with the `avx512` feature on one with AVX-512: for gradient passes).
-    V3,
-    /// x86-64-v4 (AVX-512 F/BW/CD/DQ/VL, 512-bit vectors) for forward passes, x86-64-v3 for
-    /// gradient passes: what [`Path::Simd`] runs on a CPU with AVX-512, with the `avx512`
-    /// feature.
-    V4,
-}
-
-impl SimdLevel {
-    /// Every level.
-    pub const ALL: [SimdLevel; 3] = [SimdLevel::Scalar, SimdLevel::V3, SimdLevel::V4];
-
-    /// Whether this build has the level's code and this CPU runs it (a [`Path::Level`] of a
-    /// level that is not available runs as [`Path::Simd`]).
-    pub fn is_available(self) -> bool {
-        match self {
-            SimdLevel::Scalar => true,
-            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-            SimdLevel::V3 => pulp::x86::V3::try_new().is_some(),
-            #[cfg(all(feature = "avx512", any(target_arch = "x86", target_arch = "x86_64")))]
-            SimdLevel::V4 => pulp::x86::V4::try_new().is_some(),
-            #[allow(unreachable_patterns)]
-            _ => false,
-        }
-    }
-
-    /// The levels [`SimdLevel::is_available`] finds.
-    pub fn available() -> Vec<SimdLevel> {
-        SimdLevel::ALL
-            .into_iter()
-            .filter(|l| l.is_available())
-            .collect()
-    }
-}
-
-impl Path {
-    fn parallel(self) -> bool {
-        self != Path::Scalar
-    }
-}
-
-/// A rayon pool of `threads` threads (0: rayon's default, one per core). Kernels called inside
-/// its `install` run on that many threads.
-pub fn thread_pool(threads: usize) -> Result<rayon::ThreadPool, rayon::ThreadPoolBuildError> {
-    rayon::ThreadPoolBuilder::new().num_threads(threads).build()
-}
-
-/// One element's op with three parameters (k, i, f or m, e, e0).
-pub(crate) trait ElemOp<C: Real>: Copy + Send + Sync {
-    /// Which of the three parameters receive gradients.
-    const HAS_GRAD: [bool; 3];
-    /// How many of the [`ND`] derived values `apply` reads.
-    const NDER: usize;
-    /// Whether precomputing the derived values of broadcast parameters pays.
-    const PRECOMPUTE: bool;
-    /// Whether one element of the three parameters passes the op's rules, branch-free: checked
-    /// inside the element loop where the parameters are as large as x (the callers pass the
-    /// same rules as [`Check`]s, or `Any` for parameters they checked beforehand).
-    fn passes(self, p: [C; 3]) -> bool;
-    /// The values `apply` needs, from one element of the parameters.
-    fn derive(self, p: [C; 3]) -> [C; ND];
-    /// Whether the op has a cheaper [`ElemOp::derive_normal`] for elements that pass
-    /// [`ElemOp::all_normal`] (the per-element loops then check runs of elements first).
-    const HAS_NORMAL: bool = false;
-    /// Whether every element of a run of raw parameters (three streams of one length) passes
-    /// [`ElemOp::passes`] and lies where [`ElemOp::derive_normal`] applies: one branch-free
-    /// loop over the run.
-    fn all_normal(self, _s: [&[C]; 3]) -> bool {
-        false
-    }
-    /// [`ElemOp::derive`] for an element of a run that passes [`ElemOp::all_normal`]: the
-    /// same values, computed more cheaply, and defined (if unspecified) for any input.
-    fn derive_normal(self, p: [C; 3]) -> [C; ND] {
-        self.derive(p)
-    }
-    /// Output and local gradients times `g` (gradients only when `GRAD`). `index` is the
-    /// element's flat index in `x`, for counter-based noise.
-    fn apply<const GRAD: bool>(self, x: C, d: [C; ND], g: C, index: u64) -> Out<C>;
-}
-
-/// What an [`ElemOp`] returns for one element.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Out<C> {
-    pub y: C,
-    pub gx: C,
-    pub gp: [C; 3],
-}
 
 /// How the bit-width tensor maps onto `x`: `x` is `rows` runs of `inner` contiguous elements;
 /// within a run the parameters are contiguous (`vec`) or one value (`!vec`); the parameter
@@ -377,100 +270,6 @@ fn cut<C>(v: &mut [C], off: usize, n: usize) -> &mut [C] {
         v
     } else {
         &mut v[off..off + n]
-    }
-}
-
-/// What each parameter value must be; checked inside the pass, segment by segment, so that the
-/// parameters are read from memory once (`Any`: checked by the caller, or no rule).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Check {
-    Any,
-    ZeroOne,
-    Integer,
-    /// Finite (raw bit widths that the op rounds itself).
-    Finite,
-}
-
-/// Whether `v` is a finite integer, branch-free (vectorizes inside a SIMD dispatch).
-#[inline(always)]
-#[allow(clippy::eq_op)]
-pub(crate) fn is_int<C: Real>(v: C) -> bool {
-    v.floor() == v && (v - v) == C::ZERO
-}
-
-/// Whether `v` is 0 or 1, branch-free.
-#[inline(always)]
-pub(crate) fn zero_one<C: Real>(v: C) -> bool {
-    v == C::ZERO || v == C::ONE
-}
-
-/// Whether `v` is finite, branch-free.
-#[inline(always)]
-#[allow(clippy::eq_op)]
-pub(crate) fn finite<C: Real>(v: C) -> bool {
-    (v - v) == C::ZERO
-}
-
-impl Check {
-    /// Whether `v` passes the rule, branch-free.
-    #[inline(always)]
-    fn passes<C: Real>(self, v: C) -> bool {
-        match self {
-            Check::Any => true,
-            Check::ZeroOne => zero_one(v),
-            Check::Integer => is_int(v),
-            Check::Finite => finite(v),
-        }
-    }
-}
-
-/// Whether every element of `v` passes `check` (one vectorized pass).
-fn valid<C: Real>(v: &[C], check: Check) -> bool {
-    match check {
-        Check::Any => true,
-        Check::ZeroOne => !scan(v, zero_one::<C>),
-        Check::Integer => !scan(v, is_int::<C>),
-        Check::Finite => !scan(v, finite::<C>),
-    }
-}
-
-/// Whether some element of `v` fails `ok`, in one branch-free pass under the best SIMD level.
-fn scan<C: Real, F: Fn(C) -> bool + Copy>(v: &[C], ok: F) -> bool {
-    struct Scan<'a, C, F> {
-        v: &'a [C],
-        ok: F,
-    }
-    impl<C: Real, F: Fn(C) -> bool + Copy> pulp::WithSimd for Scan<'_, C, F> {
-        type Output = bool;
-        #[inline(always)]
-        fn with_simd<S: pulp::Simd>(self, _simd: S) -> bool {
-            let mut bad = 0u32;
-            for &e in self.v {
-                bad |= !(self.ok)(e) as u32;
-            }
-            bad != 0
-        }
-    }
-    pulp::Arch::new().dispatch(Scan { v, ok })
-}
-
-/// What a pass found out about its parameters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Verdict {
-    /// Every raw parameter passed its rules (the outputs are unspecified where not).
-    pub passed: bool,
-    /// The parameters were raw and as large as x, and every run of them passed `Op::all_normal`
-    /// (or was known to): a later pass over the same parameters may take it as known.
-    pub normal: bool,
-}
-
-impl Verdict {
-    /// Both verdicts at once (of two parts of one pass).
-    fn and(self, o: Verdict) -> Verdict {
-        Verdict {
-            passed: self.passed && o.passed,
-            normal: self.normal && o.normal,
-        }
     }
 }
 
@@ -746,17 +545,6 @@ enum Dy<'a, T> {
     Same(&'a [T]),
 }
 
-/// The checks of one call and where a failure is recorded.
-#[derive(Clone, Copy)]
-struct Checks<'a> {
-    kinds: [Check; 3],
-    bad: &'a std::sync::atomic::AtomicBool,
-    /// Raw per-element parameters are known to be normal (see [`run`]).
-    known_normal: bool,
-    /// Set by a piece that was not all normal (or not raw per-element parameters).
-    general: &'a std::sync::atomic::AtomicBool,
-}
-
 /// `s` in chunks of SEG, or `n` empty slices when `s` is empty.
 fn chunks_or_empty<T>(s: &mut [T], n: usize) -> Vec<&mut [T]> {
     if s.is_empty() {
@@ -813,117 +601,6 @@ fn precompute<C: Real, Op: ElemOp<C>>(op: Op, p: [&[C]; 3], n: usize, path: Path
     };
     with_path(pre, path);
     out
-}
-
-/// Runs a pulp job on a path. Never inlined: one copy per job type, called per piece, keeps
-/// the functions LLVM optimizes small.
-#[inline(never)]
-fn with_path<J: RunScalar>(job: J, path: Path) -> J::Output {
-    match path {
-        Path::Scalar | Path::Level(SimdLevel::Scalar) => job.run_scalar(),
-        Path::Simd => job.run_simd(),
-        Path::Level(SimdLevel::V3) => job.run_v3(),
-        Path::Level(SimdLevel::V4) => job.run_v4(),
-    }
-}
-
-/// A job's body without any target features, and the levels it runs at. The element bodies do
-/// not use the SIMD token, only the target features its level enables, so the scalar level is
-/// the plain body: pulp's own `Scalar` dispatch would be a second copy of the same code.
-trait RunScalar: pulp::WithSimd + Sized {
-    fn run_scalar(self) -> Self::Output;
-
-    /// x86-64-v3 where the CPU has it, else [`RunScalar::run_simd`].
-    #[inline(always)]
-    fn run_v3(self) -> Self::Output {
-        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-        if let Some(s) = pulp::x86::V3::try_new() {
-            return pulp::Simd::vectorize(s, self);
-        }
-        self.run_simd()
-    }
-
-    /// [`Path::Simd`]: the widest level the CPU has (x86-64-v4 where it has AVX-512 and the
-    /// `avx512` feature is on, else v3, else the scalar body; elsewhere pulp's dispatch).
-    #[inline(always)]
-    fn run_simd(self) -> Self::Output {
-        #[cfg(all(feature = "avx512", any(target_arch = "x86", target_arch = "x86_64")))]
-        if let Some(s) = pulp::x86::V4::try_new() {
-            return pulp::Simd::vectorize(s, self);
-        }
-        at_most_v3(self)
-    }
-
-    /// [`SimdLevel::V4`]: x86-64-v4 where the CPU has it and the `avx512` feature is on, else
-    /// as [`RunScalar::run_simd`].
-    #[inline(always)]
-    fn run_v4(self) -> Self::Output {
-        self.run_simd()
-    }
-}
-
-/// At most x86-64-v3: for jobs that 512-bit vectors do not pay for. It never names
-/// `pulp::x86::V4`, so the job's body is not compiled for it.
-#[inline(always)]
-fn at_most_v3<J: RunScalar>(job: J) -> J::Output {
-    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-    {
-        match pulp::x86::V3::try_new() {
-            Some(s) => pulp::Simd::vectorize(s, job),
-            None => job.run_scalar(),
-        }
-    }
-    #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
-    {
-        pulp::Arch::new().dispatch(job)
-    }
-}
-
-/// A piece's pass without gradients: [`Path::Simd`] runs it at the widest level.
-struct Forward<'a, C, Op>(Job<'a, C, Op>);
-
-/// A piece's pass with gradients: at most x86-64-v3, also for [`SimdLevel::V4`]. Measured
-/// on a Sapphire Rapids VM (benches/RESULTS.md, 2026-11-29): 512-bit vectors take a third off
-/// the per-element forward, whose raw bit widths need arithmetic per element, and some 10% off
-/// the per-column one; gradient passes, bound by their five to seven streams, gained nothing,
-/// and the fused forward and backward lost 10 to 15%. Kept off v4, the gradient bodies are not
-/// compiled for it either (most of the build time the `avx512` feature adds).
-struct Gradient<'a, C, Op>(Job<'a, C, Op>);
-
-impl<C: Real, Op: ElemOp<C>> pulp::WithSimd for Forward<'_, C, Op> {
-    type Output = Verdict;
-    #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, _simd: S) -> Verdict {
-        // The target features of S are enabled here; the loops below vectorize at its width.
-        self.0.forward()
-    }
-}
-
-impl<C: Real, Op: ElemOp<C>> RunScalar for Forward<'_, C, Op> {
-    #[inline(always)]
-    fn run_scalar(self) -> Verdict {
-        self.0.forward()
-    }
-}
-
-impl<C: Real, Op: ElemOp<C>> pulp::WithSimd for Gradient<'_, C, Op> {
-    type Output = Verdict;
-    #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, _simd: S) -> Verdict {
-        self.0.gradient()
-    }
-}
-
-impl<C: Real, Op: ElemOp<C>> RunScalar for Gradient<'_, C, Op> {
-    #[inline(always)]
-    fn run_scalar(self) -> Verdict {
-        self.0.gradient()
-    }
-
-    #[inline(always)]
-    fn run_simd(self) -> Verdict {
-        at_most_v3(self)
-    }
 }
 
 /// Processes x elements `[start, start + len)`, split at run boundaries into pieces.
@@ -1113,18 +790,6 @@ struct Job<'a, C, Op> {
     known_normal: bool,
 }
 
-impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
-    /// Runs the piece on `path`: a [`Forward`] or a [`Gradient`] job.
-    #[inline(always)]
-    fn run_on(self, path: Path) -> Verdict {
-        if self.piece.dy.is_empty() {
-            with_path(Forward(self), path)
-        } else {
-            with_path(Gradient(self), path)
-        }
-    }
-}
-
 /// Lanes of the private sums of a single-value parameter's gradient (keeps the loop
 /// vectorizable: the sum order is fixed, whatever the SIMD width).
 const LANES: usize = 16;
@@ -1170,13 +835,6 @@ const NORMAL_RUN: usize = 512;
 fn normal_run<C: Real, Op: ElemOp<C>>(op: Op, known: bool, s: &[&[C]; 3], m: usize) -> bool {
     Op::HAS_NORMAL && (known || all_normal(op, s, m))
 }
-
-/// The verdict of a piece whose parameters passed (they were derived, checked beforehand or
-/// checked by the caller) and took no per-element normal path.
-const GENERAL: Verdict = Verdict {
-    passed: true,
-    normal: false,
-};
 
 /// Whether every element of the raw streams (cut to one run) passes `Op::all_normal`.
 #[inline(always)]
@@ -1613,18 +1271,4 @@ impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
         }
         GENERAL
     }
-}
-
-/// The index of the first element of `v` that fails `check`.
-pub(crate) fn find_bad<C: Real>(v: &[C], check: Check) -> Option<usize> {
-    const CH: usize = 1 << 12;
-    for (c, chunk) in v.chunks(CH).enumerate() {
-        if !valid(chunk, check) {
-            return chunk
-                .iter()
-                .position(|&e| !check.passes(e))
-                .map(|j| c * CH + j);
-        }
-    }
-    None
 }
