@@ -1,8 +1,10 @@
 //! The stateless quantizers: fixed point (SPEC 1-3) and minifloat (SPEC 8), one fused pass each.
 use crate::error::{CoreError, Result};
+use crate::kernels::buffers::Io;
 use crate::kernels::check::{Check, find_bad};
 use crate::kernels::op::ElemOp;
-use crate::kernels::{self, Io, Path, Plan, Upstream};
+use crate::kernels::plan::Plan;
+use crate::kernels::{self, Path, Upstream};
 use crate::modes::{OverflowMode, RoundMode, check_modes};
 use crate::ops::{FixedOp, FloatOp, WithFixedOp, with_fixed_op};
 use crate::real::{Element, Real};

@@ -19,18 +19,22 @@
 //! is the same bits for any number of threads and on every path. The sums live in blocked
 //! accumulators (blocks of 16 parameter elements, their gradients interleaved), and a pass
 //! that computes gradients only stores no y.
+pub(crate) mod buffers;
 pub(crate) mod check;
 mod dispatch;
 pub(crate) mod fixed;
 pub(crate) mod float;
 pub(crate) mod op;
+pub(crate) mod plan;
 
+pub use buffers::Upstream;
 pub use dispatch::{Path, SimdLevel, thread_pool};
 
 use crate::real::{Element, Real};
+use buffers::{Acc, Dst, Dy, Io, Params, cut};
 use check::{Check, Checks, GENERAL, Verdict, valid};
-use dispatch::{RunScalar, with_path};
 use op::{ElemOp, ND};
+use plan::{Plan, precompute};
 use rayon::prelude::*;
 
 /// Below this many elements a call runs on the calling thread.
@@ -41,122 +45,6 @@ const SEG: usize = 1 << 14;
 const BLOCK: usize = 512;
 /// At most this many partial sums of a reduced parameter gradient.
 pub const MAX_GROUPS: usize = 64;
-
-/// How the bit-width tensor maps onto `x`: `x` is `rows` runs of `inner` contiguous elements;
-/// within a run the parameters are contiguous (`vec`) or one value (`!vec`); the parameter
-/// offset of a run is given by the outer dims.
-#[derive(Debug, Clone)]
-pub(crate) struct Plan {
-    /// (extent, parameter stride) of the outer dims, outermost first.
-    outer: Vec<(usize, usize)>,
-    inner: usize,
-    vec: bool,
-    /// Number of parameter elements.
-    pub bw_len: usize,
-    /// Number of x elements.
-    pub len: usize,
-}
-
-impl Plan {
-    /// `bw` must have the rank of `x` with each dim 1 or equal to x's (checked by the caller).
-    pub(crate) fn new(x: &[usize], bw: &[usize]) -> Plan {
-        debug_assert_eq!(x.len(), bw.len());
-        // Collapse dims into groups of equal kind (broadcast or full); size-1 dims vanish.
-        let mut groups: Vec<(usize, bool)> = Vec::new();
-        for (&xd, &bd) in x.iter().zip(bw) {
-            if xd == 1 {
-                continue;
-            }
-            let full = bd == xd;
-            match groups.last_mut() {
-                Some((ext, kind)) if *kind == full => *ext *= xd,
-                _ => groups.push((xd, full)),
-            }
-        }
-        let len = x.iter().product();
-        let bw_len = bw.iter().product();
-        let (inner, vec) = groups.pop().unwrap_or((1, false));
-        // Parameter strides of the outer groups.
-        let mut stride = if vec { inner } else { 1 };
-        let mut outer = Vec::with_capacity(groups.len());
-        for &(ext, full) in groups.iter().rev() {
-            outer.push((ext, if full { stride } else { 0 }));
-            if full {
-                stride *= ext;
-            }
-        }
-        outer.reverse();
-        Plan {
-            outer,
-            inner,
-            vec,
-            bw_len,
-            len,
-        }
-    }
-
-    /// Parameter offset of run `row`.
-    #[inline]
-    fn offset(&self, mut row: usize) -> usize {
-        let mut off = 0;
-        for &(ext, stride) in self.outer.iter().rev() {
-            off += (row % ext) * stride;
-            row /= ext;
-        }
-        off
-    }
-
-    /// Whether a pass derives the op's values of every parameter element before it starts
-    /// (broadcast parameters, read many times), given the op's [`ElemOp::PRECOMPUTE`].
-    pub(crate) fn derives_upfront(&self, precompute: bool) -> bool {
-        precompute && self.vec && self.bw_len.saturating_mul(4) <= self.len
-    }
-
-    /// A parameter of one value as a stream that passes read like a parameter of the plan's
-    /// shape, without a copy per element: a segment's worth of copies, marked `same` in
-    /// [`Io`] (pieces never span more than a segment, and read it from its start).
-    pub(crate) fn splat<C: Copy>(&self, v: C) -> Vec<C> {
-        vec![v; SEG.min(self.len).max(1)]
-    }
-
-    /// Whether each x element has its own parameter (no reduction needed).
-    fn elementwise(&self) -> bool {
-        self.bw_len == self.len
-    }
-
-    /// The number of partial sums of a reduction: fixed by the shapes alone.
-    fn groups(&self) -> usize {
-        let segs = self.len.div_ceil(SEG).max(1);
-        let repeats = (self.len / self.bw_len.max(1)).max(1);
-        segs.min(MAX_GROUPS).min(repeats)
-    }
-}
-
-/// The upstream gradient of a call: one per element, or one value for every element (the
-/// gradient of a plain sum), which the passes read from a small repeated buffer instead of a
-/// materialized x-sized one.
-#[derive(Clone, Copy, Debug)]
-pub enum Upstream<'a, T> {
-    /// One value per element of x.
-    Each(&'a [T]),
-    /// The same value for every element.
-    Same(T),
-}
-
-/// Buffers of one call. Parameters are in the compute type, x-shaped data in the storage type.
-/// `y` is `None` only with `dy` (gradients only: the output is computed, not stored).
-pub(crate) struct Io<'a, T: Element> {
-    pub x: &'a [T],
-    pub p: [&'a [T::C]; 3],
-    /// Parameters given as [`Plan::splat`] (one value for every element): read from the
-    /// stream's start, wherever the piece lies.
-    pub same: [bool; 3],
-    pub dy: Option<Upstream<'a, T>>,
-    pub y: Option<&'a mut [T]>,
-    pub gx: Option<&'a mut [T]>,
-    /// Parameter gradients, overwritten, in the bit-width shape.
-    pub gp: Option<[&'a mut [T::C]; 3]>,
-}
 
 /// Elements per block of the blocked accumulators of a reduction: one AVX-512 vector of f32,
 /// two AVX2 ones.
@@ -194,83 +82,6 @@ const fn grad_slots(has: [bool; 3]) -> ([usize; 3], usize) {
         q += 1;
     }
     (slot, n)
-}
-
-/// The parameters of a pass or a piece of it.
-#[derive(Clone, Copy)]
-enum Params<'a, C> {
-    /// The three raw streams, derived per element. `same[q]`: a [`Plan::splat`] (one value for
-    /// every element), read from its start wherever the piece lies.
-    Raw { s: [&'a [C]; 3], same: [bool; 3] },
-    /// The `Op::NDER` derived values of every parameter element, precomputed, one stream
-    /// each (all [`ND`] streams as long as the parameters; the unused ones zero).
-    Derived { s: [&'a [C]; ND] },
-}
-
-impl<'a, C> Params<'a, C> {
-    /// The parameters of elements `[off, off + n)`.
-    fn slice(&self, off: usize, n: usize) -> Params<'a, C> {
-        match *self {
-            Params::Raw { s, same } => Params::Raw {
-                s: std::array::from_fn(|q| {
-                    let v = s[q];
-                    if v.is_empty() {
-                        v
-                    } else if same[q] {
-                        &v[..n]
-                    } else {
-                        &v[off..off + n]
-                    }
-                }),
-                same,
-            },
-            Params::Derived { s } => Params::Derived {
-                s: s.map(|v| &v[off..off + n]),
-            },
-        }
-    }
-}
-
-/// Where a piece's parameter gradients go.
-enum Acc<'a, C> {
-    /// Nowhere (a forward pass).
-    None,
-    /// Stored: element `j`'s gradient of parameter `q` at `s[q][j]` (element-wise plans; as
-    /// long as the piece for every parameter with a gradient).
-    Store([&'a mut [C]; 3]),
-    /// Added into the blocked accumulators of a reduction (`grad_slots` values per element):
-    /// element `j` of the piece is parameter element `off + j`, or `off` for every element of
-    /// a single-value piece.
-    Add { a: &'a mut [C], off: usize },
-}
-
-impl<C> Acc<'_, C> {
-    /// The gradients of elements `[off, off + n)` of a piece with contiguous parameters.
-    fn slice(&mut self, off: usize, n: usize) -> Acc<'_, C> {
-        match self {
-            Acc::None => Acc::None,
-            Acc::Store([a, b, c]) => Acc::Store([cut(a, off, n), cut(b, off, n), cut(c, off, n)]),
-            Acc::Add { a, off: o } => Acc::Add { a, off: *o + off },
-        }
-    }
-
-    /// The same destination, reborrowed (a single-value piece: every element adds into one).
-    fn reborrow(&mut self) -> Acc<'_, C> {
-        match self {
-            Acc::None => Acc::None,
-            Acc::Store([a, b, c]) => Acc::Store([a, b, c]),
-            Acc::Add { a, off } => Acc::Add { a, off: *off },
-        }
-    }
-}
-
-/// `v[off .. off + n]`, or `v` when it is empty (a gradient nobody asked for).
-fn cut<C>(v: &mut [C], off: usize, n: usize) -> &mut [C] {
-    if v.is_empty() {
-        v
-    } else {
-        &mut v[off..off + n]
-    }
 }
 
 /// Runs `op` over all of `x` following `plan`; checks the raw parameters on the way (`checks`)
@@ -528,23 +339,6 @@ fn pick<'a, C>(g: &'a mut [C], s: &'a mut Vec<C>) -> &'a mut [C] {
     if s.is_empty() { g } else { s.as_mut_slice() }
 }
 
-/// Where the parameter gradients of a segment go.
-enum Dst<'a, C> {
-    /// Nowhere (a forward pass).
-    None,
-    /// Stored; the slices start at parameter element `.1` (element-wise plans).
-    Store([&'a mut [C]; 3], usize),
-    /// Added into a group's blocked accumulators (all parameter elements).
-    Add(&'a mut [C]),
-}
-
-/// The upstream gradient inside a pass: x-sized, or a segment's worth of one repeated value.
-#[derive(Clone, Copy)]
-enum Dy<'a, T> {
-    Each(&'a [T]),
-    Same(&'a [T]),
-}
-
 /// `s` in chunks of SEG, or `n` empty slices when `s` is empty.
 fn chunks_or_empty<T>(s: &mut [T], n: usize) -> Vec<&mut [T]> {
     if s.is_empty() {
@@ -552,55 +346,6 @@ fn chunks_or_empty<T>(s: &mut [T], n: usize) -> Vec<&mut [T]> {
     } else {
         s.chunks_mut(SEG).collect()
     }
-}
-
-/// The derived values of every parameter element, in [`ND`] streams (the unused ones zero).
-fn precompute<C: Real, Op: ElemOp<C>>(op: Op, p: [&[C]; 3], n: usize, path: Path) -> [Vec<C>; ND] {
-    // All ND streams, the unused ones zero: the loops cut every stream to their length.
-    let mut out: [Vec<C>; ND] = std::array::from_fn(|_| vec![C::ZERO; n]);
-    struct Pre<'a, C, Op> {
-        op: Op,
-        p: [&'a [C]; 3],
-        out: &'a mut [Vec<C>; ND],
-    }
-    impl<C: Real, Op: ElemOp<C>> pulp::WithSimd for Pre<'_, C, Op> {
-        type Output = ();
-        #[inline(always)]
-        fn with_simd<S: pulp::Simd>(self, _simd: S) {
-            self.run_scalar()
-        }
-    }
-    impl<C: Real, Op: ElemOp<C>> RunScalar for Pre<'_, C, Op> {
-        #[inline(always)]
-        fn run_scalar(self) {
-            let n = self.p[0].len();
-            let p = [&self.p[0][..n], &self.p[1][..n], &self.p[2][..n]];
-            let o: [&mut [C]; ND] = {
-                let mut it = self.out.iter_mut();
-                std::array::from_fn(|q| {
-                    let v = it.next().expect("ND streams");
-                    if q < Op::NDER {
-                        &mut v[..n]
-                    } else {
-                        &mut v[..]
-                    }
-                })
-            };
-            for j in 0..n {
-                let d = self.op.derive([p[0][j], p[1][j], p[2][j]]);
-                for q in 0..Op::NDER {
-                    o[q][j] = d[q];
-                }
-            }
-        }
-    }
-    let pre = Pre {
-        op,
-        p: [&p[0][..n], &p[1][..n], &p[2][..n]],
-        out: &mut out,
-    };
-    with_path(pre, path);
-    out
 }
 
 /// Processes x elements `[start, start + len)`, split at run boundaries into pieces.
