@@ -3,8 +3,9 @@ use crate::error::{CoreError, Result};
 use crate::kernels::buffers::Io;
 use crate::kernels::check::{Check, find_bad};
 use crate::kernels::op::ElemOp;
+use crate::kernels::pass;
 use crate::kernels::plan::Plan;
-use crate::kernels::{self, Path, Upstream};
+use crate::kernels::{Path, Upstream};
 use crate::modes::{OverflowMode, RoundMode, check_modes};
 use crate::ops::{FixedOp, FloatOp, WithFixedOp, with_fixed_op};
 use crate::real::{Element, Real};
@@ -859,7 +860,7 @@ impl<T: Element> Runner<'_, '_, T> {
         } else {
             checks.map(|c| c.1)
         };
-        let verdict = kernels::run(
+        let verdict = pass::run(
             op,
             &plan,
             Io {

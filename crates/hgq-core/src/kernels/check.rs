@@ -130,7 +130,7 @@ pub(super) const GENERAL: Verdict = Verdict {
 pub(super) struct Checks<'a> {
     pub(super) kinds: [Check; 3],
     pub(super) bad: &'a std::sync::atomic::AtomicBool,
-    /// Raw per-element parameters are known to be normal (see [`run`](super::run)).
+    /// Raw per-element parameters are known to be normal (see [`run`](super::pass::run)).
     pub(super) known_normal: bool,
     /// Set by a piece that was not all normal (or not raw per-element parameters).
     pub(super) general: &'a std::sync::atomic::AtomicBool,

@@ -7,8 +7,8 @@
 //! [`with_path`] runs a job on a path, never inlined, one copy per job type. Forward jobs run
 //! at the widest level the CPU has, gradient jobs at most at x86-64-v3 ([`Forward`],
 //! [`Gradient`]).
-use super::Job;
 use super::check::Verdict;
+use super::loops::Job;
 use super::op::ElemOp;
 use crate::real::Real;
 

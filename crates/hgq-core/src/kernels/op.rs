@@ -21,7 +21,8 @@ pub(crate) trait ElemOp<C: Real>: Copy + Send + Sync {
     const PRECOMPUTE: bool;
     /// Whether one element of the three parameters passes the op's rules, branch-free: checked
     /// inside the element loop where the parameters are as large as x (the callers pass the
-    /// same rules as [`Check`](super::check::Check)s, or `Any` for parameters they checked beforehand).
+    /// same rules as [`Check`](super::check::Check)s, or `Any` for parameters they checked
+    /// beforehand).
     fn passes(self, p: [C; 3]) -> bool;
     /// The values `apply` needs, from one element of the parameters.
     fn derive(self, p: [C; 3]) -> [C; ND];
