@@ -1,6 +1,6 @@
 //! The stateless quantizers: fixed point (SPEC 1-3) and minifloat (SPEC 8), one fused pass each.
 use crate::error::{CoreError, Result};
-use crate::kernels::buffers::Io;
+use crate::kernels::buffers::Buffers;
 use crate::kernels::check::{Check, find_bad};
 use crate::kernels::op::ElemOp;
 use crate::kernels::pass;
@@ -863,7 +863,7 @@ impl<T: Element> Runner<'_, '_, T> {
         let verdict = pass::run(
             op,
             &plan,
-            Io {
+            Buffers {
                 x: x.data,
                 p: pv,
                 same,

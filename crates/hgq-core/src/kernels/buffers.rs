@@ -1,13 +1,13 @@
 //! The buffers of one call, and how each level of a pass's split sees them.
 //!
-//! A caller hands a pass its buffers as [`Io`]: x and y in the storage type, the parameters in
-//! the compute type, the upstream gradient as an [`Upstream`]. A pass cuts them into segments
-//! (the unit of parallel work) and a segment into pieces (one run of x, whose parameters are
-//! contiguous or one value): the parameters as [`Params`] (raw, or derived up front), the
-//! upstream gradient as a [`Dy`], and where the parameter gradients go as a [`Dst`] for a
-//! segment and an [`Acc`] for a piece (stored per element, or added into blocked
+//! A caller hands a pass its buffers as [`Buffers`]: x and y in the storage type, the parameters in
+//! the compute type, the upstream gradient as an [`Upstream`]. A pass cuts them into segments (the
+//! unit of parallel work) and a segment into pieces (one run of x, whose parameters are contiguous
+//! or one value): the parameters as [`ParamStreams`] (raw, or derived up front), the upstream
+//! gradient as an [`UpstreamSlice`], and where the parameter gradients go as a [`SegmentGrads`] for
+//! a segment and a [`PieceGrads`] for a piece (stored per element, or added into blocked
 //! accumulators).
-use super::op::ND;
+use super::op::N_DERIVED;
 use crate::real::Element;
 
 /// The upstream gradient of a call: one per element, or one value for every element (the
@@ -23,7 +23,7 @@ pub enum Upstream<'a, T> {
 
 /// Buffers of one call. Parameters are in the compute type, x-shaped data in the storage type.
 /// `y` is `None` only with `dy` (gradients only: the output is computed, not stored).
-pub(crate) struct Io<'a, T: Element> {
+pub(crate) struct Buffers<'a, T: Element> {
     pub x: &'a [T],
     pub p: [&'a [T::C]; 3],
     /// Parameters given as [`Plan::splat`](super::plan::Plan::splat) (one value for every
@@ -38,13 +38,13 @@ pub(crate) struct Io<'a, T: Element> {
 
 /// The upstream gradient inside a pass: x-sized, or a segment's worth of one repeated value.
 #[derive(Clone, Copy)]
-pub(super) enum Dy<'a, T> {
+pub(super) enum UpstreamSlice<'a, T> {
     Each(&'a [T]),
     Same(&'a [T]),
 }
 
 /// Where the parameter gradients of a segment go.
-pub(super) enum Dst<'a, C> {
+pub(super) enum SegmentGrads<'a, C> {
     /// Nowhere (a forward pass).
     None,
     /// Stored; the slices start at parameter element `.1` (element-wise plans).
@@ -55,21 +55,21 @@ pub(super) enum Dst<'a, C> {
 
 /// The parameters of a pass or a piece of it.
 #[derive(Clone, Copy)]
-pub(super) enum Params<'a, C> {
+pub(super) enum ParamStreams<'a, C> {
     /// The three raw streams, derived per element. `same[q]`: a
     /// [`Plan::splat`](super::plan::Plan::splat) (one value for every element), read from its
     /// start wherever the piece lies.
     Raw { s: [&'a [C]; 3], same: [bool; 3] },
-    /// The `Op::NDER` derived values of every parameter element, precomputed, one stream
-    /// each (all [`ND`] streams as long as the parameters; the unused ones zero).
-    Derived { s: [&'a [C]; ND] },
+    /// The `Op::N_DERIVED_USED` derived values of every parameter element, precomputed, one stream
+    /// each (all [`N_DERIVED`] streams as long as the parameters; the unused ones zero).
+    Derived { s: [&'a [C]; N_DERIVED] },
 }
 
-impl<'a, C> Params<'a, C> {
+impl<'a, C> ParamStreams<'a, C> {
     /// The parameters of elements `[off, off + n)`.
-    pub(super) fn slice(&self, off: usize, n: usize) -> Params<'a, C> {
+    pub(super) fn slice(&self, off: usize, n: usize) -> ParamStreams<'a, C> {
         match *self {
-            Params::Raw { s, same } => Params::Raw {
+            ParamStreams::Raw { s, same } => ParamStreams::Raw {
                 s: std::array::from_fn(|q| {
                     let v = s[q];
                     if v.is_empty() {
@@ -82,7 +82,7 @@ impl<'a, C> Params<'a, C> {
                 }),
                 same,
             },
-            Params::Derived { s } => Params::Derived {
+            ParamStreams::Derived { s } => ParamStreams::Derived {
                 s: s.map(|v| &v[off..off + n]),
             },
         }
@@ -90,7 +90,7 @@ impl<'a, C> Params<'a, C> {
 }
 
 /// Where a piece's parameter gradients go.
-pub(super) enum Acc<'a, C> {
+pub(super) enum PieceGrads<'a, C> {
     /// Nowhere (a forward pass).
     None,
     /// Stored: element `j`'s gradient of parameter `q` at `s[q][j]` (element-wise plans; as
@@ -102,22 +102,24 @@ pub(super) enum Acc<'a, C> {
     Add { a: &'a mut [C], off: usize },
 }
 
-impl<C> Acc<'_, C> {
+impl<C> PieceGrads<'_, C> {
     /// The gradients of elements `[off, off + n)` of a piece with contiguous parameters.
-    pub(super) fn slice(&mut self, off: usize, n: usize) -> Acc<'_, C> {
+    pub(super) fn slice(&mut self, off: usize, n: usize) -> PieceGrads<'_, C> {
         match self {
-            Acc::None => Acc::None,
-            Acc::Store([a, b, c]) => Acc::Store([cut(a, off, n), cut(b, off, n), cut(c, off, n)]),
-            Acc::Add { a, off: o } => Acc::Add { a, off: *o + off },
+            PieceGrads::None => PieceGrads::None,
+            PieceGrads::Store([a, b, c]) => {
+                PieceGrads::Store([cut(a, off, n), cut(b, off, n), cut(c, off, n)])
+            }
+            PieceGrads::Add { a, off: o } => PieceGrads::Add { a, off: *o + off },
         }
     }
 
     /// The same destination, reborrowed (a single-value piece: every element adds into one).
-    pub(super) fn reborrow(&mut self) -> Acc<'_, C> {
+    pub(super) fn reborrow(&mut self) -> PieceGrads<'_, C> {
         match self {
-            Acc::None => Acc::None,
-            Acc::Store([a, b, c]) => Acc::Store([a, b, c]),
-            Acc::Add { a, off } => Acc::Add { a, off: *off },
+            PieceGrads::None => PieceGrads::None,
+            PieceGrads::Store([a, b, c]) => PieceGrads::Store([a, b, c]),
+            PieceGrads::Add { a, off } => PieceGrads::Add { a, off: *off },
         }
     }
 }

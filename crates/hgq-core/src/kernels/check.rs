@@ -6,7 +6,7 @@
 //! one ([`valid`]), so that they are read from memory once, and says what it found in a
 //! [`Verdict`]: whether all passed (if not, the caller finds the first bad value with
 //! [`find_bad`], in parameter order whatever the thread split) and whether every run was normal
-//! (a later pass over the same parameters may take that as known). [`Checks`] is where the
+//! (a later pass over the same parameters may take that as known). [`CallChecks`] is where the
 //! pieces of a parallel pass record it.
 use crate::real::Real;
 
@@ -120,14 +120,14 @@ impl Verdict {
 
 /// The verdict of a piece whose parameters passed (they were derived, checked beforehand or
 /// checked by the caller) and took no per-element normal path.
-pub(super) const GENERAL: Verdict = Verdict {
+pub(super) const PASSED_NOT_NORMAL: Verdict = Verdict {
     passed: true,
     normal: false,
 };
 
 /// The checks of one call and where a failure is recorded.
 #[derive(Clone, Copy)]
-pub(super) struct Checks<'a> {
+pub(super) struct CallChecks<'a> {
     pub(super) kinds: [Check; 3],
     pub(super) bad: &'a std::sync::atomic::AtomicBool,
     /// Raw per-element parameters are known to be normal (see [`run`](super::pass::run)).

@@ -3,10 +3,10 @@
 //!
 //! A job (a piece's pass, the up-front derivation, ...) is a [`pulp::WithSimd`] whose body uses
 //! no SIMD token, only the target features its level enables: LLVM vectorizes the branch-free
-//! loops at that width, and the scalar level is the same body without them ([`RunScalar`]).
+//! loops at that width, and the scalar level is the same body without them ([`SimdJob`]).
 //! [`with_path`] runs a job on a path, never inlined, one copy per job type. Forward jobs run
-//! at the widest level the CPU has, gradient jobs at most at x86-64-v3 ([`Forward`],
-//! [`Gradient`]).
+//! at the widest level the CPU has, gradient jobs at most at x86-64-v3 ([`ForwardJob`],
+//! [`GradientJob`]).
 use super::check::Verdict;
 use super::loops::Job;
 use super::op::ElemOp;
@@ -87,7 +87,7 @@ pub fn thread_pool(threads: usize) -> Result<rayon::ThreadPool, rayon::ThreadPoo
 /// Runs a pulp job on a path. Never inlined: one copy per job type, called per piece, keeps
 /// the functions LLVM optimizes small.
 #[inline(never)]
-pub(super) fn with_path<J: RunScalar>(job: J, path: Path) -> J::Output {
+pub(super) fn with_path<J: SimdJob>(job: J, path: Path) -> J::Output {
     match path {
         Path::Scalar | Path::Level(SimdLevel::Scalar) => job.run_scalar(),
         Path::Simd => job.run_simd(),
@@ -99,10 +99,10 @@ pub(super) fn with_path<J: RunScalar>(job: J, path: Path) -> J::Output {
 /// A job's body without any target features, and the levels it runs at. The element bodies do
 /// not use the SIMD token, only the target features its level enables, so the scalar level is
 /// the plain body: pulp's own `Scalar` dispatch would be a second copy of the same code.
-pub(super) trait RunScalar: pulp::WithSimd + Sized {
+pub(super) trait SimdJob: pulp::WithSimd + Sized {
     fn run_scalar(self) -> Self::Output;
 
-    /// x86-64-v3 where the CPU has it, else [`RunScalar::run_simd`].
+    /// x86-64-v3 where the CPU has it, else [`SimdJob::run_simd`].
     #[inline(always)]
     fn run_v3(self) -> Self::Output {
         #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
@@ -124,7 +124,7 @@ pub(super) trait RunScalar: pulp::WithSimd + Sized {
     }
 
     /// [`SimdLevel::V4`]: x86-64-v4 where the CPU has it and the `avx512` feature is on, else
-    /// as [`RunScalar::run_simd`].
+    /// as [`SimdJob::run_simd`].
     #[inline(always)]
     fn run_v4(self) -> Self::Output {
         self.run_simd()
@@ -134,7 +134,7 @@ pub(super) trait RunScalar: pulp::WithSimd + Sized {
 /// At most x86-64-v3: for jobs that 512-bit vectors do not pay for. It never names
 /// `pulp::x86::V4`, so the job's body is not compiled for it.
 #[inline(always)]
-fn at_most_v3<J: RunScalar>(job: J) -> J::Output {
+fn at_most_v3<J: SimdJob>(job: J) -> J::Output {
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     {
         match pulp::x86::V3::try_new() {
@@ -149,7 +149,7 @@ fn at_most_v3<J: RunScalar>(job: J) -> J::Output {
 }
 
 /// A piece's pass without gradients: [`Path::Simd`] runs it at the widest level.
-struct Forward<'a, C, Op>(Job<'a, C, Op>);
+struct ForwardJob<'a, C, Op>(Job<'a, C, Op>);
 
 /// A piece's pass with gradients: at most x86-64-v3, also for [`SimdLevel::V4`]. Measured
 /// on a Sapphire Rapids VM (benches/RESULTS.md, 2026-11-29): 512-bit vectors take a third off
@@ -157,9 +157,9 @@ struct Forward<'a, C, Op>(Job<'a, C, Op>);
 /// the per-column one; gradient passes, bound by their five to seven streams, gained nothing,
 /// and the fused forward and backward lost 10 to 15%. Kept off v4, the gradient bodies are not
 /// compiled for it either (most of the build time the `avx512` feature adds).
-struct Gradient<'a, C, Op>(Job<'a, C, Op>);
+struct GradientJob<'a, C, Op>(Job<'a, C, Op>);
 
-impl<C: Real, Op: ElemOp<C>> pulp::WithSimd for Forward<'_, C, Op> {
+impl<C: Real, Op: ElemOp<C>> pulp::WithSimd for ForwardJob<'_, C, Op> {
     type Output = Verdict;
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _simd: S) -> Verdict {
@@ -168,14 +168,14 @@ impl<C: Real, Op: ElemOp<C>> pulp::WithSimd for Forward<'_, C, Op> {
     }
 }
 
-impl<C: Real, Op: ElemOp<C>> RunScalar for Forward<'_, C, Op> {
+impl<C: Real, Op: ElemOp<C>> SimdJob for ForwardJob<'_, C, Op> {
     #[inline(always)]
     fn run_scalar(self) -> Verdict {
         self.0.forward()
     }
 }
 
-impl<C: Real, Op: ElemOp<C>> pulp::WithSimd for Gradient<'_, C, Op> {
+impl<C: Real, Op: ElemOp<C>> pulp::WithSimd for GradientJob<'_, C, Op> {
     type Output = Verdict;
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _simd: S) -> Verdict {
@@ -183,7 +183,7 @@ impl<C: Real, Op: ElemOp<C>> pulp::WithSimd for Gradient<'_, C, Op> {
     }
 }
 
-impl<C: Real, Op: ElemOp<C>> RunScalar for Gradient<'_, C, Op> {
+impl<C: Real, Op: ElemOp<C>> SimdJob for GradientJob<'_, C, Op> {
     #[inline(always)]
     fn run_scalar(self) -> Verdict {
         self.0.gradient()
@@ -196,13 +196,13 @@ impl<C: Real, Op: ElemOp<C>> RunScalar for Gradient<'_, C, Op> {
 }
 
 impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
-    /// Runs the piece on `path`: a [`Forward`] or a [`Gradient`] job.
+    /// Runs the piece on `path`: a [`ForwardJob`] or a [`GradientJob`].
     #[inline(always)]
     pub(super) fn run_on(self, path: Path) -> Verdict {
         if self.piece.dy.is_empty() {
-            with_path(Forward(self), path)
+            with_path(ForwardJob(self), path)
         } else {
-            with_path(Gradient(self), path)
+            with_path(GradientJob(self), path)
         }
     }
 }

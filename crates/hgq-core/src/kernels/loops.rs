@@ -3,27 +3,27 @@
 //! [`with_path`](super::dispatch::with_path) enabled.
 //!
 //! A piece's parameters are one per element or one value, raw or derived up front. Raw
-//! per-element parameters go in runs of [`NORMAL_RUN`] elements, each checked first: a normal
+//! per-element parameters go in runs of [`NORMAL_RUN_LEN`] elements, each checked first: a normal
 //! run takes the op's cheaper `derive_normal`, the others `derive` and the op's rules. A
-//! single-value piece sums its parameter gradients in [`LANES`] private lanes (one order
+//! single-value piece sums its parameter gradients in [`SUM_LANES`] private lanes (one order
 //! whatever the SIMD width); per-element ones are stored per element or added into the blocked
 //! accumulators of [`super::reduce`]. Every loop is branch-free over its elements and cuts its
 //! streams to one length first, so that LLVM vectorizes it without bounds checks.
-use super::buffers::{Acc, Params};
-use super::check::{GENERAL, Verdict};
-use super::op::{ElemOp, ND};
-use super::reduce::{add_blocks, bidx, grad_slots};
+use super::buffers::{ParamStreams, PieceGrads};
+use super::check::{PASSED_NOT_NORMAL, Verdict};
+use super::op::{ElemOp, N_DERIVED};
+use super::reduce::{add_blocks, block_index, grad_slots};
 use crate::real::Real;
 
 /// One contiguous piece in the compute type: parameters for `x.len()` elements (`vec`) or
 /// one value. `y` is empty when not stored; `dy` and `gx` are empty in a forward pass.
 pub(super) struct Piece<'a, C> {
     pub(super) x: &'a [C],
-    pub(super) p: Params<'a, C>,
+    pub(super) p: ParamStreams<'a, C>,
     pub(super) dy: &'a [C],
     pub(super) y: &'a mut [C],
     pub(super) gx: &'a mut [C],
-    pub(super) acc: Acc<'a, C>,
+    pub(super) grads: PieceGrads<'a, C>,
     pub(super) index: u64,
     pub(super) vec: bool,
 }
@@ -39,11 +39,11 @@ pub(super) struct Job<'a, C, Op> {
 
 /// Lanes of the private sums of a single-value parameter's gradient (keeps the loop
 /// vectorizable: the sum order is fixed, whatever the SIMD width).
-const LANES: usize = 16;
+const SUM_LANES: usize = 16;
 
 /// Elements per run of the per-element loops that are checked with [`all_normal`] as one:
 /// the check reads the run's parameters into L1, where the loop then finds them.
-const NORMAL_RUN: usize = 512;
+const NORMAL_RUN_LEN: usize = 512;
 
 impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
     /// The forward pass of the piece. Returns whether raw contiguous parameters passed
@@ -73,10 +73,10 @@ impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
 
     /// The derived values of a single-value piece.
     #[inline(always)]
-    fn const_params(&self) -> [C; ND] {
+    fn const_params(&self) -> [C; N_DERIVED] {
         match self.piece.p {
-            Params::Raw { s, .. } => self.op.derive([s[0][0], s[1][0], s[2][0]]),
-            Params::Derived { s } => DerivedLanes(s).at(self.op, 0).0,
+            ParamStreams::Raw { s, .. } => self.op.derive([s[0][0], s[1][0], s[2][0]]),
+            ParamStreams::Derived { s } => DerivedLanes(s).at(self.op, 0).0,
         }
     }
 
@@ -89,7 +89,7 @@ impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
         for j in 0..n {
             y[j] = self.op.apply::<false>(x[j], d, C::ZERO, index + j as u64).y;
         }
-        GENERAL
+        PASSED_NOT_NORMAL
     }
 
     #[inline(always)]
@@ -99,10 +99,10 @@ impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
         let n = x.len();
         let (x, y) = (&x[..n], &mut y[..n]);
         match p {
-            Params::Raw { s, .. } => {
+            ParamStreams::Raw { s, .. } => {
                 let (mut bad, mut general) = (0u32, 0u32);
-                for j in (0..n).step_by(NORMAL_RUN) {
-                    let m = NORMAL_RUN.min(n - j);
+                for j in (0..n).step_by(NORMAL_RUN_LEN) {
+                    let m = NORMAL_RUN_LEN.min(n - j);
                     let (s, x, y) = (cut_streams(s, j, m), &x[j..j + m], &mut y[j..j + m]);
                     let i = index + j as u64;
                     let normal = normal_run(op, known, &s, m);
@@ -118,13 +118,13 @@ impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
                     normal: general == 0,
                 }
             }
-            Params::Derived { s } => {
+            ParamStreams::Derived { s } => {
                 let s = DerivedLanes(s).cut(0, n);
                 for j in 0..n {
                     let d = s.at(op, j).0;
                     y[j] = op.apply::<false>(x[j], d, C::ZERO, index + j as u64).y;
                 }
-                GENERAL
+                PASSED_NOT_NORMAL
             }
         }
     }
@@ -140,7 +140,7 @@ impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
             dy,
             y,
             gx,
-            acc,
+            grads,
             index,
             ..
         } = self.piece;
@@ -148,11 +148,11 @@ impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
         let (x, dy, gx) = (&x[..n], &dy[..n], &mut gx[..n]);
         let y: &mut [C] = if Y { &mut y[..n] } else { &mut [] };
         let has = Op::HAS_GRAD;
-        match (p, acc) {
-            (Params::Raw { s, .. }, Acc::Store([a0, a1, a2])) => {
+        match (p, grads) {
+            (ParamStreams::Raw { s, .. }, PieceGrads::Store([a0, a1, a2])) => {
                 let (mut bad, mut general) = (0u32, 0u32);
-                for j in (0..n).step_by(NORMAL_RUN) {
-                    let m = NORMAL_RUN.min(n - j);
+                for j in (0..n).step_by(NORMAL_RUN_LEN) {
+                    let m = NORMAL_RUN_LEN.min(n - j);
                     let s = cut_streams(s, j, m);
                     let (x, dy, gx) = (&x[j..j + m], &dy[j..j + m], &mut gx[j..j + m]);
                     let y: &mut [C] = if Y { &mut y[j..j + m] } else { &mut [] };
@@ -175,14 +175,14 @@ impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
                     normal: general == 0,
                 }
             }
-            (Params::Raw { s, .. }, Acc::Add { a, off }) => Verdict {
+            (ParamStreams::Raw { s, .. }, PieceGrads::Add { a, off }) => Verdict {
                 passed: add_blocks::<C, Op, _, Y>(op, RawLanes(s), x, dy, y, gx, a, off, index)
                     == 0,
                 normal: false,
             },
-            (Params::Derived { s }, Acc::Add { a, off }) => {
+            (ParamStreams::Derived { s }, PieceGrads::Add { a, off }) => {
                 add_blocks::<C, Op, _, Y>(op, DerivedLanes(s), x, dy, y, gx, a, off, index);
-                GENERAL
+                PASSED_NOT_NORMAL
             }
             // Derived parameters only come with a reduction, gradients only with a
             // destination (`run`).
@@ -199,15 +199,15 @@ impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
             dy,
             y,
             gx,
-            acc,
+            grads,
             index,
             ..
         } = self.piece;
         let n = x.len();
         let (x, dy, gx) = (&x[..n], &dy[..n], &mut gx[..n]);
         let y: &mut [C] = if Y { &mut y[..n] } else { &mut [] };
-        let mut lanes = [[C::ZERO; LANES]; 3];
-        let full = n / LANES * LANES;
+        let mut lanes = [[C::ZERO; SUM_LANES]; 3];
+        let full = n / SUM_LANES * SUM_LANES;
         let (xf, dyf) = (&x[..full], &dy[..full]);
         let (gxf, gxt) = gx.split_at_mut(full);
         let (yf, yt): (&mut [C], &mut [C]) = if Y {
@@ -215,8 +215,8 @@ impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
         } else {
             (&mut [], &mut [])
         };
-        for b in (0..full).step_by(LANES) {
-            for l in 0..LANES {
+        for b in (0..full).step_by(SUM_LANES) {
+            for l in 0..SUM_LANES {
                 let j = b + l;
                 let o = self.op.apply::<true>(xf[j], d, dyf[j], index + j as u64);
                 if Y {
@@ -243,17 +243,17 @@ impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
             }
         }
         // A single-value piece adds into its parameter element's accumulators.
-        let Acc::Add { a, off } = acc else {
+        let PieceGrads::Add { a, off } = grads else {
             unreachable!("single-value gradients are reduced (`run`)")
         };
         let (slot, ng) = grad_slots(Op::HAS_GRAD);
         for q in 0..3 {
             if Op::HAS_GRAD[q] {
-                let i = bidx(off, slot[q], ng);
+                let i = block_index(off, slot[q], ng);
                 a[i] = lanes[q].iter().fold(a[i], |s, &v| s + v);
             }
         }
-        GENERAL
+        PASSED_NOT_NORMAL
     }
 }
 
@@ -273,7 +273,7 @@ fn cut_streams<C, const N: usize>(s: [&[C]; N], j: usize, m: usize) -> [&[C]; N]
 /// (as 0 or 1, for a branch-free OR over the loop). `NORMAL`: the run passed `Op::all_normal`
 /// (checked by [`all_normal`]), so the element passes and `Op::derive_normal` gives its values.
 #[inline(always)]
-fn raw_at<C: Real, Op: ElemOp<C>, const NORMAL: bool>(op: Op, p: [C; 3]) -> ([C; ND], u32) {
+fn raw_at<C: Real, Op: ElemOp<C>, const NORMAL: bool>(op: Op, p: [C; 3]) -> ([C; N_DERIVED], u32) {
     if NORMAL {
         (op.derive_normal(p), 0)
     } else {
@@ -379,19 +379,25 @@ fn grad_raw<C: Real, Op: ElemOp<C>, const Y: bool, const NORMAL: bool>(
 pub(super) trait Lanes<C: Real>: Copy {
     /// Element `t`: its derived values, and whether it fails `Op::passes` (as 0 or 1, for a
     /// branch-free OR over the loop).
-    fn at<Op: ElemOp<C>>(self, op: Op, t: usize) -> ([C; ND], u32);
+    fn at<Op: ElemOp<C>>(self, op: Op, t: usize) -> ([C; N_DERIVED], u32);
     /// The elements `[j, j + m)`.
     fn cut(self, j: usize, m: usize) -> Self;
 }
 
 /// Precomputed derived values, one stream each.
 #[derive(Clone, Copy)]
-struct DerivedLanes<'a, C>([&'a [C]; ND]);
+struct DerivedLanes<'a, C>([&'a [C]; N_DERIVED]);
 
 impl<C: Real> Lanes<C> for DerivedLanes<'_, C> {
     #[inline(always)]
-    fn at<Op: ElemOp<C>>(self, _op: Op, t: usize) -> ([C; ND], u32) {
-        let d = std::array::from_fn(|q| if q < Op::NDER { self.0[q][t] } else { C::ZERO });
+    fn at<Op: ElemOp<C>>(self, _op: Op, t: usize) -> ([C; N_DERIVED], u32) {
+        let d = std::array::from_fn(|q| {
+            if q < Op::N_DERIVED_USED {
+                self.0[q][t]
+            } else {
+                C::ZERO
+            }
+        });
         (d, 0)
     }
     #[inline(always)]
@@ -406,7 +412,7 @@ struct RawLanes<'a, C>([&'a [C]; 3]);
 
 impl<C: Real> Lanes<C> for RawLanes<'_, C> {
     #[inline(always)]
-    fn at<Op: ElemOp<C>>(self, op: Op, t: usize) -> ([C; ND], u32) {
+    fn at<Op: ElemOp<C>>(self, op: Op, t: usize) -> ([C; N_DERIVED], u32) {
         let s = self.0;
         raw_at::<C, Op, false>(op, [s[0][t], s[1][t], s[2][t]])
     }

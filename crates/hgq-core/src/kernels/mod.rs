@@ -51,6 +51,6 @@ pub use dispatch::{Path, SimdLevel, thread_pool};
 /// Below this many elements a call runs on the calling thread.
 pub const PAR_MIN: usize = 1 << 16;
 /// Elements per segment (the unit of parallel work).
-const SEG: usize = 1 << 14;
+const SEGMENT_LEN: usize = 1 << 14;
 /// At most this many partial sums of a reduced parameter gradient.
 pub const MAX_GROUPS: usize = 64;

@@ -1,24 +1,26 @@
 //! One call of a kernel: [`run`] derives what it can up front, splits x into segments of
-//! [`SEG`] elements (in parallel from [`PAR_MIN`] elements on), a segment into pieces at run
-//! boundaries, and runs each piece's job on the chosen path.
+//! [`SEGMENT_LEN`] elements (in parallel from [`PAR_MIN`] elements on), a segment into pieces at
+//! run boundaries, and runs each piece's job on the chosen path.
 //!
 //! A forward pass, and the gradients of an element-wise plan, store their results segment by
 //! segment ([`Pass::store`]); the gradients of broadcast parameters are summed
 //! ([`Pass::reduce`], in [`super::reduce`]). Storage types narrower than the compute type (f16,
-//! bf16) are widened and narrowed in blocks of [`BLOCK`] elements around each piece
+//! bf16) are widened and narrowed in blocks of [`CONVERT_BLOCK`] elements around each piece
 //! ([`run_piece`]).
-use super::buffers::{Acc, Dst, Dy, Io, Params, Upstream, cut};
-use super::check::{Check, Checks, Verdict, valid};
+use super::buffers::{
+    Buffers, ParamStreams, PieceGrads, SegmentGrads, Upstream, UpstreamSlice, cut,
+};
+use super::check::{CallChecks, Check, Verdict, valid};
 use super::dispatch::Path;
 use super::loops::{Job, Piece};
-use super::op::{ElemOp, ND};
+use super::op::{ElemOp, N_DERIVED};
 use super::plan::{Plan, precompute};
-use super::{PAR_MIN, SEG};
+use super::{PAR_MIN, SEGMENT_LEN};
 use crate::real::{Element, Real};
 use rayon::prelude::*;
 
 /// Elements per conversion block for storage types narrower than the compute type.
-const BLOCK: usize = 512;
+const CONVERT_BLOCK: usize = 512;
 
 /// Runs `op` over all of `x` following `plan`; checks the raw parameters on the way (`checks`)
 /// and says whether they all passed and whether all were normal. `known_normal`: the raw
@@ -28,20 +30,20 @@ const BLOCK: usize = 512;
 pub(crate) fn run<T: Element, Op: ElemOp<T::C>>(
     op: Op,
     plan: &Plan,
-    io: Io<'_, T>,
+    io: Buffers<'_, T>,
     path: Path,
     checks: [Check; 3],
     known_normal: bool,
 ) -> Verdict {
     let bad = std::sync::atomic::AtomicBool::new(false);
     let general = std::sync::atomic::AtomicBool::new(false);
-    let chk = Checks {
+    let chk = CallChecks {
         kinds: checks,
         bad: &bad,
         known_normal,
         general: &general,
     };
-    let Io {
+    let Buffers {
         x,
         p,
         same,
@@ -56,22 +58,22 @@ pub(crate) fn run<T: Element, Op: ElemOp<T::C>>(
         !upfront || same == [false; 3],
         "splats are for x-sized plans"
     );
-    let pre: Option<[Vec<T::C>; ND]> = upfront.then(|| precompute(op, p, plan.bw_len, path));
+    let pre: Option<[Vec<T::C>; N_DERIVED]> = upfront.then(|| precompute(op, p, plan.bw_len, path));
     let params = match &pre {
-        Some(d) => Params::Derived {
+        Some(d) => ParamStreams::Derived {
             s: std::array::from_fn(|q| d[q].as_slice()),
         },
-        None => Params::Raw { s: p, same },
+        None => ParamStreams::Raw { s: p, same },
     };
     // A uniform upstream gradient is read from one segment's worth of copies (pieces never
     // span more than a segment), so it costs no pass over memory.
     let same_dy: Vec<T> = match dy {
-        Some(Upstream::Same(v)) => vec![v; SEG.min(plan.len)],
+        Some(Upstream::Same(v)) => vec![v; SEGMENT_LEN.min(plan.len)],
         _ => Vec::new(),
     };
     let dy = match dy {
-        Some(Upstream::Each(d)) => Some(Dy::Each(d)),
-        Some(Upstream::Same(_)) => Some(Dy::Same(&same_dy)),
+        Some(Upstream::Each(d)) => Some(UpstreamSlice::Each(d)),
+        Some(Upstream::Same(_)) => Some(UpstreamSlice::Same(&same_dy)),
         None => None,
     };
     let pass = Pass {
@@ -111,10 +113,10 @@ pub(super) struct Pass<'a, T: Element, Op> {
     op: Op,
     pub(super) plan: &'a Plan,
     x: &'a [T],
-    params: Params<'a, T::C>,
-    dy: Option<Dy<'a, T>>,
+    params: ParamStreams<'a, T::C>,
+    dy: Option<UpstreamSlice<'a, T>>,
     path: Path,
-    chk: Checks<'a>,
+    chk: CallChecks<'a>,
     pub(super) parallel: bool,
 }
 
@@ -126,7 +128,7 @@ impl<T: Element, Op: ElemOp<T::C>> Pass<'_, T, Op> {
         len: usize,
         y: &mut [T],
         gx: &mut [T],
-        dst: Dst<'_, T::C>,
+        dst: SegmentGrads<'_, T::C>,
     ) {
         segment(
             self.op,
@@ -168,7 +170,7 @@ impl<T: Element, Op: ElemOp<T::C>> Pass<'_, T, Op> {
         let [g0, g1, g2] = gp;
         let [s0, s1, s2] = &mut spare;
         let (g0, g1, g2) = (pick(g0, s0), pick(g1, s1), pick(g2, s2));
-        let n = plan.len.div_ceil(SEG);
+        let n = plan.len.div_ceil(SEGMENT_LEN);
         let chunks = chunks_or_empty(y, n)
             .into_iter()
             .zip(chunks_or_empty(gx, n))
@@ -177,13 +179,13 @@ impl<T: Element, Op: ElemOp<T::C>> Pass<'_, T, Op> {
             .zip(chunks_or_empty(g2, n))
             .enumerate();
         let body = |c: usize, yc: &mut [T], gxc: &mut [T], g: [&mut [T::C]; 3]| {
-            let len = SEG.min(plan.len - c * SEG);
+            let len = SEGMENT_LEN.min(plan.len - c * SEGMENT_LEN);
             let dst = if grad {
-                Dst::Store(g, c * SEG)
+                SegmentGrads::Store(g, c * SEGMENT_LEN)
             } else {
-                Dst::None
+                SegmentGrads::None
             };
-            self.segment(c * SEG, len, yc, gxc, dst);
+            self.segment(c * SEGMENT_LEN, len, yc, gxc, dst);
         };
         if self.parallel {
             chunks
@@ -203,12 +205,12 @@ fn pick<'a, C>(g: &'a mut [C], s: &'a mut Vec<C>) -> &'a mut [C] {
     if s.is_empty() { g } else { s.as_mut_slice() }
 }
 
-/// `s` in chunks of SEG, or `n` empty slices when `s` is empty.
+/// `s` in chunks of SEGMENT_LEN, or `n` empty slices when `s` is empty.
 fn chunks_or_empty<T>(s: &mut [T], n: usize) -> Vec<&mut [T]> {
     if s.is_empty() {
         (0..n).map(|_| &mut [][..]).collect()
     } else {
-        s.chunks_mut(SEG).collect()
+        s.chunks_mut(SEGMENT_LEN).collect()
     }
 }
 
@@ -219,15 +221,15 @@ fn segment<T: Element, Op: ElemOp<T::C>>(
     op: Op,
     plan: &Plan,
     x: &[T],
-    p: Params<'_, T::C>,
-    dy: Option<Dy<'_, T>>,
+    p: ParamStreams<'_, T::C>,
+    dy: Option<UpstreamSlice<'_, T>>,
     start: usize,
     len: usize,
     y: &mut [T],
     gx: &mut [T],
-    mut dst: Dst<'_, T::C>,
+    mut dst: SegmentGrads<'_, T::C>,
     path: Path,
-    chk: Checks<'_>,
+    chk: CallChecks<'_>,
 ) {
     let mut pos = 0;
     // Gathered over the segment and recorded once: every piece of a broadcast pass is not
@@ -243,7 +245,7 @@ fn segment<T: Element, Op: ElemOp<T::C>>(
         let ps = p.slice(off, plen);
         // Raw parameters: a single value per run is checked here, contiguous ones inside the
         // element loop (one pass over them, no second read).
-        if let Params::Raw { s, .. } = ps
+        if let ParamStreams::Raw { s, .. } = ps
             && !plan.vec
         {
             for (v, kind) in s.iter().zip(chk.kinds) {
@@ -252,14 +254,14 @@ fn segment<T: Element, Op: ElemOp<T::C>>(
                 }
             }
         }
-        let acc = match &mut dst {
-            Dst::None => Acc::None,
+        let grads = match &mut dst {
+            SegmentGrads::None => PieceGrads::None,
             // Element-wise plans: parameter element `off` is x element `gi`, at or after `base`.
-            Dst::Store([a, b, c], base) => {
+            SegmentGrads::Store([a, b, c], base) => {
                 let o = off - *base;
-                Acc::Store([cut(a, o, plen), cut(b, o, plen), cut(c, o, plen)])
+                PieceGrads::Store([cut(a, o, plen), cut(b, o, plen), cut(c, o, plen)])
             }
-            Dst::Add(a) => Acc::Add { a, off },
+            SegmentGrads::Add(a) => PieceGrads::Add { a, off },
         };
         let xs = &x[gi..gi + n];
         let ys: &mut [T] = if y.is_empty() {
@@ -268,13 +270,13 @@ fn segment<T: Element, Op: ElemOp<T::C>>(
             &mut y[pos..pos + n]
         };
         let (dys, gxs): (&[T], &mut [T]) = match dy {
-            Some(Dy::Each(d)) => (&d[gi..gi + n], &mut gx[pos..pos + n]),
-            Some(Dy::Same(d)) => (&d[..n], &mut gx[pos..pos + n]),
+            Some(UpstreamSlice::Each(d)) => (&d[gi..gi + n], &mut gx[pos..pos + n]),
+            Some(UpstreamSlice::Same(d)) => (&d[..n], &mut gx[pos..pos + n]),
             None => (&[], &mut []),
         };
         let known = chk.known_normal;
         let v = run_piece(
-            op, xs, ps, dys, ys, gxs, acc, gi as u64, plan.vec, known, path,
+            op, xs, ps, dys, ys, gxs, grads, gi as u64, plan.vec, known, path,
         );
         // The loop checks `Op::passes`: the rules the caller passes for unchecked parameters.
         if !v.passed && chk.kinds != [Check::Any; 3] {
@@ -295,11 +297,11 @@ fn segment<T: Element, Op: ElemOp<T::C>>(
 fn run_piece<T: Element, Op: ElemOp<T::C>>(
     op: Op,
     x: &[T],
-    p: Params<'_, T::C>,
+    p: ParamStreams<'_, T::C>,
     dy: &[T],
     y: &mut [T],
     gx: &mut [T],
-    mut acc: Acc<'_, T::C>,
+    mut grads: PieceGrads<'_, T::C>,
     index: u64,
     vec: bool,
     known_normal: bool,
@@ -314,7 +316,7 @@ fn run_piece<T: Element, Op: ElemOp<T::C>>(
             dy: dyc,
             y: yc,
             gx: gxc,
-            acc,
+            grads,
             index,
             vec,
         };
@@ -328,17 +330,17 @@ fn run_piece<T: Element, Op: ElemOp<T::C>>(
     // Narrow storage: widen a block, compute, narrow the results.
     let grad = !dy.is_empty();
     let keep_y = !y.is_empty();
-    let mut bx = [T::C::ZERO; BLOCK];
-    let mut bdy = [T::C::ZERO; BLOCK];
-    let mut by = [T::C::ZERO; BLOCK];
-    let mut bgx = [T::C::ZERO; BLOCK];
+    let mut bx = [T::C::ZERO; CONVERT_BLOCK];
+    let mut bdy = [T::C::ZERO; CONVERT_BLOCK];
+    let mut by = [T::C::ZERO; CONVERT_BLOCK];
+    let mut bgx = [T::C::ZERO; CONVERT_BLOCK];
     let mut verdict = Verdict {
         passed: true,
         normal: true,
     };
     let mut s = 0;
     while s < x.len() {
-        let n = BLOCK.min(x.len() - s);
+        let n = CONVERT_BLOCK.min(x.len() - s);
         for j in 0..n {
             bx[j] = x[s + j].to_c();
         }
@@ -353,7 +355,11 @@ fn run_piece<T: Element, Op: ElemOp<T::C>>(
             dy: if grad { &bdy[..n] } else { &[] },
             y: if keep_y { &mut by[..n] } else { &mut [] },
             gx: if grad { &mut bgx[..n] } else { &mut [] },
-            acc: if vec { acc.slice(s, n) } else { acc.reborrow() },
+            grads: if vec {
+                grads.slice(s, n)
+            } else {
+                grads.reborrow()
+            },
             index: index + s as u64,
             vec,
         };

@@ -6,10 +6,10 @@
 //! offset. Made once per call from the shapes alone, it fixes all that depends on them: whether
 //! each x element has its own parameter (the gradients are stored) or not (they are summed), how
 //! many partial sums a reduction has, and whether the parameters are derived up front, once per
-//! parameter element into [`ND`] streams that every run of x reads, rather than per element.
-use super::dispatch::{Path, RunScalar, with_path};
-use super::op::{ElemOp, ND};
-use super::{MAX_GROUPS, SEG};
+//! parameter element into [`N_DERIVED`] streams that every run of x reads, rather than per element.
+use super::dispatch::{Path, SimdJob, with_path};
+use super::op::{ElemOp, N_DERIVED};
+use super::{MAX_GROUPS, SEGMENT_LEN};
 use crate::real::Real;
 
 /// How the bit-width tensor maps onto `x`: `x` is `rows` runs of `inner` contiguous elements;
@@ -82,12 +82,12 @@ impl Plan {
         precompute && self.vec && self.bw_len.saturating_mul(4) <= self.len
     }
 
-    /// A parameter of one value as a stream that passes read like a parameter of the plan's
-    /// shape, without a copy per element: a segment's worth of copies, marked `same` in
-    /// [`Io`](super::buffers::Io) (pieces never span more than a segment, and read it from its
-    /// start).
+    /// A parameter of one value as a stream that passes read like a parameter of the plan's shape,
+    /// without a copy per element: a segment's worth of copies, marked `same` in
+    /// [`Buffers`](super::buffers::Buffers) (pieces never span more than a segment, and read it
+    /// from its start).
     pub(crate) fn splat<C: Copy>(&self, v: C) -> Vec<C> {
-        vec![v; SEG.min(self.len).max(1)]
+        vec![v; SEGMENT_LEN.min(self.len).max(1)]
     }
 
     /// Whether each x element has its own parameter (no reduction needed).
@@ -97,25 +97,25 @@ impl Plan {
 
     /// The number of partial sums of a reduction: fixed by the shapes alone.
     pub(super) fn groups(&self) -> usize {
-        let segs = self.len.div_ceil(SEG).max(1);
+        let segs = self.len.div_ceil(SEGMENT_LEN).max(1);
         let repeats = (self.len / self.bw_len.max(1)).max(1);
         segs.min(MAX_GROUPS).min(repeats)
     }
 }
 
-/// The derived values of every parameter element, in [`ND`] streams (the unused ones zero).
+/// The derived values of every parameter element, in [`N_DERIVED`] streams (the unused ones zero).
 pub(super) fn precompute<C: Real, Op: ElemOp<C>>(
     op: Op,
     p: [&[C]; 3],
     n: usize,
     path: Path,
-) -> [Vec<C>; ND] {
-    // All ND streams, the unused ones zero: the loops cut every stream to their length.
-    let mut out: [Vec<C>; ND] = std::array::from_fn(|_| vec![C::ZERO; n]);
+) -> [Vec<C>; N_DERIVED] {
+    // All N_DERIVED streams, the unused ones zero: the loops cut every stream to their length.
+    let mut out: [Vec<C>; N_DERIVED] = std::array::from_fn(|_| vec![C::ZERO; n]);
     struct Pre<'a, C, Op> {
         op: Op,
         p: [&'a [C]; 3],
-        out: &'a mut [Vec<C>; ND],
+        out: &'a mut [Vec<C>; N_DERIVED],
     }
     impl<C: Real, Op: ElemOp<C>> pulp::WithSimd for Pre<'_, C, Op> {
         type Output = ();
@@ -124,16 +124,16 @@ pub(super) fn precompute<C: Real, Op: ElemOp<C>>(
             self.run_scalar()
         }
     }
-    impl<C: Real, Op: ElemOp<C>> RunScalar for Pre<'_, C, Op> {
+    impl<C: Real, Op: ElemOp<C>> SimdJob for Pre<'_, C, Op> {
         #[inline(always)]
         fn run_scalar(self) {
             let n = self.p[0].len();
             let p = [&self.p[0][..n], &self.p[1][..n], &self.p[2][..n]];
-            let o: [&mut [C]; ND] = {
+            let o: [&mut [C]; N_DERIVED] = {
                 let mut it = self.out.iter_mut();
                 std::array::from_fn(|q| {
-                    let v = it.next().expect("ND streams");
-                    if q < Op::NDER {
+                    let v = it.next().expect("N_DERIVED streams");
+                    if q < Op::N_DERIVED_USED {
                         &mut v[..n]
                     } else {
                         &mut v[..]
@@ -142,7 +142,7 @@ pub(super) fn precompute<C: Real, Op: ElemOp<C>>(
             };
             for j in 0..n {
                 let d = self.op.derive([p[0][j], p[1][j], p[2][j]]);
-                for q in 0..Op::NDER {
+                for q in 0..Op::N_DERIVED_USED {
                     o[q][j] = d[q];
                 }
             }

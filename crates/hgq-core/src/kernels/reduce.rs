@@ -2,12 +2,13 @@
 //! shapes: the same bits for any number of threads and on every path.
 //!
 //! [`Pass::reduce`] splits x into [`Plan::groups`](super::plan::Plan::groups) groups of segments
-//! (at most [`MAX_GROUPS`](super::MAX_GROUPS)), sums each group in order into accumulators of
-//! its own, and adds the group sums in group order. The accumulators are blocked: [`B`]
-//! parameter elements per block, the gradients of the op's parameters interleaved ([`bidx`]).
-//! [`add_blocks`] and [`add_lanes`] are the loops that add a piece's gradients into them.
-use super::SEG;
-use super::buffers::Dst;
+//! (at most [`MAX_GROUPS`](super::MAX_GROUPS)), sums each group in order into accumulators of its
+//! own, and adds the group sums in group order. The accumulators are blocked: [`ACC_BLOCK`]
+//! parameter elements per block, the gradients of the op's parameters interleaved
+//! ([`block_index`]). [`add_blocks`] and [`add_lanes`] are the loops that add a piece's gradients
+//! into them.
+use super::SEGMENT_LEN;
+use super::buffers::SegmentGrads;
 use super::loops::Lanes;
 use super::op::ElemOp;
 use super::pass::Pass;
@@ -22,18 +23,19 @@ use rayon::prelude::*;
 /// offsets modulo 4 KiB (whose stores and loads the CPU takes for dependent); interleaved by
 /// blocks they are one, read and written in whole cache lines: about 20% faster per pass.
 /// (The precomputed derived values stay separate streams: blocked, the forward is slower.)
-pub(crate) const B: usize = 16;
+const ACC_BLOCK: usize = 16;
 
 /// The index of value `q` of element `c` in a blocked buffer of `nq` values per element:
-/// blocks of [`B`] elements, each holding the `B` copies of value 0, then those of value 1, ...
+/// blocks of [`ACC_BLOCK`] elements, each holding the `ACC_BLOCK` copies of value 0, then
+/// those of value 1, ...
 #[inline(always)]
-pub(super) fn bidx(c: usize, q: usize, nq: usize) -> usize {
-    (c / B) * nq * B + q * B + c % B
+pub(super) fn block_index(c: usize, q: usize, nq: usize) -> usize {
+    (c / ACC_BLOCK) * nq * ACC_BLOCK + q * ACC_BLOCK + c % ACC_BLOCK
 }
 
 /// The length of a blocked buffer of `n` elements with `nq` values each.
 pub(super) fn blocked_len(n: usize, nq: usize) -> usize {
-    n.div_ceil(B) * nq * B
+    n.div_ceil(ACC_BLOCK) * nq * ACC_BLOCK
 }
 
 /// Where each parameter's gradient sits among those the op has (`ElemOp::HAS_GRAD`), and how
@@ -61,12 +63,12 @@ impl<T: Element, Op: ElemOp<T::C>> Pass<'_, T, Op> {
         let (slot, ng) = grad_slots(Op::HAS_GRAD);
         let keep_y = !y.is_empty();
         let groups = plan.groups();
-        let segs = plan.len.div_ceil(SEG);
+        let segs = plan.len.div_ceil(SEGMENT_LEN);
         let mut parts: Vec<(usize, &mut [T], &mut [T])> = Vec::with_capacity(groups);
         let (mut yr, mut gr) = (y, gx);
         let mut start = 0;
         for g in 0..groups {
-            let end = ((g + 1) * segs / groups * SEG).min(plan.len);
+            let end = ((g + 1) * segs / groups * SEGMENT_LEN).min(plan.len);
             let (a, b) = if keep_y {
                 std::mem::take(&mut yr).split_at_mut(end - start)
             } else {
@@ -81,9 +83,15 @@ impl<T: Element, Op: ElemOp<T::C>> Pass<'_, T, Op> {
             let mut acc = vec![T::C::ZERO; blocked_len(n, ng)];
             let mut s = 0;
             while s < gxc.len() {
-                let e = (s + SEG).min(gxc.len());
+                let e = (s + SEGMENT_LEN).min(gxc.len());
                 let ys = if keep_y { &mut yc[s..e] } else { &mut [][..] };
-                self.segment(start + s, e - s, ys, &mut gxc[s..e], Dst::Add(&mut acc));
+                self.segment(
+                    start + s,
+                    e - s,
+                    ys,
+                    &mut gxc[s..e],
+                    SegmentGrads::Add(&mut acc),
+                );
                 s = e;
             }
             acc
@@ -124,7 +132,7 @@ impl<T: Element, Op: ElemOp<T::C>> Pass<'_, T, Op> {
             }
             if Op::HAS_GRAD[q] {
                 for (c, v) in dst.iter_mut().enumerate() {
-                    *v = total[bidx(c, slot[q], ng)];
+                    *v = total[block_index(c, slot[q], ng)];
                 }
             } else {
                 dst.fill(T::C::ZERO);
@@ -138,8 +146,8 @@ impl<T: Element, Op: ElemOp<T::C>> Pass<'_, T, Op> {
 /// Whole blocks run with literal lane bounds (a constant trip count, no remainder loop).
 #[inline(always)]
 fn split_blocks(c0: usize, n: usize) -> (usize, usize) {
-    let h = ((B - c0 % B) % B).min(n);
-    (h, (n - h) / B)
+    let h = ((ACC_BLOCK - c0 % ACC_BLOCK) % ACC_BLOCK).min(n);
+    (h, (n - h) / ACC_BLOCK)
 }
 
 /// Gradients (and `y` when `Y`) of `m` elements that are lanes `l0 .. l0 + m` of one block,
@@ -160,7 +168,7 @@ fn add_lanes<C: Real, Op: ElemOp<C>, L: Lanes<C>, const Y: bool>(
     index: u64,
 ) -> u32 {
     let (slot, ng) = grad_slots(Op::HAS_GRAD);
-    let (x, dy, gx, a) = (&x[..m], &dy[..m], &mut gx[..m], &mut a[..ng * B]);
+    let (x, dy, gx, a) = (&x[..m], &dy[..m], &mut gx[..m], &mut a[..ng * ACC_BLOCK]);
     let y: &mut [C] = if Y { &mut y[..m] } else { y };
     let mut bad = 0;
     for t in 0..m {
@@ -174,7 +182,7 @@ fn add_lanes<C: Real, Op: ElemOp<C>, L: Lanes<C>, const Y: bool>(
         gx[t] = o.gx;
         for q in 0..3 {
             if Op::HAS_GRAD[q] {
-                let i = slot[q] * B + l;
+                let i = slot[q] * ACC_BLOCK + l;
                 a[i] = a[i] + o.gp[q];
             }
         }
@@ -199,14 +207,14 @@ pub(super) fn add_blocks<C: Real, Op: ElemOp<C>, L: Lanes<C>, const Y: bool>(
     index: u64,
 ) -> u32 {
     let n = x.len();
-    let wa = grad_slots(Op::HAS_GRAD).1 * B;
+    let wa = grad_slots(Op::HAS_GRAD).1 * ACC_BLOCK;
     let (h, nb) = split_blocks(off, n);
-    let e = h + nb * B;
+    let e = h + nb * ACC_BLOCK;
     let mut bad = 0;
     for (j, m) in [(0, h), (e, n - e)] {
         if m > 0 {
             let c = off + j;
-            let ab = &mut a[c / B * wa..][..wa];
+            let ab = &mut a[c / ACC_BLOCK * wa..][..wa];
             let yb: &mut [C] = if Y { &mut y[j..] } else { &mut [] };
             let (s, i) = (src.cut(j, m), index + j as u64);
             bad |= add_lanes::<C, Op, L, Y>(
@@ -217,22 +225,26 @@ pub(super) fn add_blocks<C: Real, Op: ElemOp<C>, L: Lanes<C>, const Y: bool>(
                 yb,
                 &mut gx[j..],
                 ab,
-                c % B,
+                c % ACC_BLOCK,
                 m,
                 i,
             );
         }
     }
     let whole = x[h..e]
-        .chunks_exact(B)
-        .zip(gx[h..e].chunks_exact_mut(B))
-        .zip(a[(off + h) / B * wa..][..nb * wa].chunks_exact_mut(wa))
+        .chunks_exact(ACC_BLOCK)
+        .zip(gx[h..e].chunks_exact_mut(ACC_BLOCK))
+        .zip(a[(off + h) / ACC_BLOCK * wa..][..nb * wa].chunks_exact_mut(wa))
         .enumerate();
     for (b, ((xb, gxb), ab)) in whole {
-        let j = h + b * B;
-        let yb: &mut [C] = if Y { &mut y[j..j + B] } else { &mut [] };
-        let (s, dyb, i) = (src.cut(j, B), &dy[j..j + B], index + j as u64);
-        bad |= add_lanes::<C, Op, L, Y>(op, s, xb, dyb, yb, gxb, ab, 0, B, i);
+        let j = h + b * ACC_BLOCK;
+        let yb: &mut [C] = if Y { &mut y[j..j + ACC_BLOCK] } else { &mut [] };
+        let (s, dyb, i) = (
+            src.cut(j, ACC_BLOCK),
+            &dy[j..j + ACC_BLOCK],
+            index + j as u64,
+        );
+        bad |= add_lanes::<C, Op, L, Y>(op, s, xb, dyb, yb, gxb, ab, 0, ACC_BLOCK, i);
     }
     bad
 }
