@@ -1,7 +1,8 @@
-//! The [`ElemOp`](crate::kernels::ElemOp)s behind the public quantizer functions, and the
+//! The [`ElemOp`]s behind the public quantizer functions, and the
 //! runtime-to-const-generic mode dispatch.
+use crate::kernels::check::{finite, is_int, zero_one};
 use crate::kernels::fixed::{self, o, r};
-use crate::kernels::{ElemOp, ND, Out, finite, is_int, zero_one};
+use crate::kernels::op::{ElemOp, ElemOut, N_DERIVED};
 use crate::real::Real;
 
 /// Counter-based uniform noise in [0, 1): the same for an element whatever the thread split.
@@ -40,7 +41,7 @@ impl<const R: u8, const O: u8, const TRAIN: bool> FixedOp<R, O, TRAIN> {
 
 impl<C: Real, const R: u8, const O: u8, const TRAIN: bool> ElemOp<C> for FixedOp<R, O, TRAIN> {
     const HAS_GRAD: [bool; 3] = [false, true, true];
-    const NDER: usize = ND;
+    const N_DERIVED_USED: usize = N_DERIVED;
     const PRECOMPUTE: bool = true;
     #[inline(always)]
     fn passes(self, p: [C; 3]) -> bool {
@@ -48,7 +49,7 @@ impl<C: Real, const R: u8, const O: u8, const TRAIN: bool> ElemOp<C> for FixedOp
         zero_one(p[0]) & finite(p[1]) & finite(p[2]) & (self.raw | (is_int(p[1]) & is_int(p[2])))
     }
     #[inline(always)]
-    fn derive(self, p: [C; 3]) -> [C; ND] {
+    fn derive(self, p: [C; 3]) -> [C; N_DERIVED] {
         // Always rounded: the identity on the integers of a non-raw call, so one body serves
         // both (and the loop has no branch on `raw`).
         fixed::derive::<C, O, false>(p[0], p[1].round_even(), p[2].round_even(), self.masks())
@@ -64,11 +65,11 @@ impl<C: Real, const R: u8, const O: u8, const TRAIN: bool> ElemOp<C> for FixedOp
         }
     }
     #[inline(always)]
-    fn derive_normal(self, p: [C; 3]) -> [C; ND] {
+    fn derive_normal(self, p: [C; 3]) -> [C; N_DERIVED] {
         fixed::derive::<C, O, true>(p[0], p[1].round_even(), p[2].round_even(), self.masks())
     }
     #[inline(always)]
-    fn apply<const GRAD: bool>(self, x: C, d: [C; ND], g: C, index: u64) -> Out<C> {
+    fn apply<const GRAD: bool>(self, x: C, d: [C; N_DERIVED], g: C, index: u64) -> ElemOut<C> {
         let u = if R == r::STOCH || (R == r::RARE && self.rare == r::STOCH) {
             uniform::<C>(self.seed, index)
         } else {
@@ -76,7 +77,7 @@ impl<C: Real, const R: u8, const O: u8, const TRAIN: bool> ElemOp<C> for FixedOp
         };
         let l = fixed::forward_grad::<C, R, O, TRAIN, GRAD>(x, d, g, u, self.rare);
         let zero = self.masks() && d[fixed::d::KEEP] == C::ZERO;
-        Out {
+        ElemOut {
             y: if zero { C::ZERO } else { l.y },
             gx: l.gx,
             gp: [C::ZERO, l.gi, l.gf],
@@ -119,14 +120,14 @@ pub(crate) struct FloatOp;
 
 impl<C: Real> ElemOp<C> for FloatOp {
     const HAS_GRAD: [bool; 3] = [true, true, true];
-    const NDER: usize = 3;
+    const N_DERIVED_USED: usize = 3;
     const PRECOMPUTE: bool = false;
     #[inline(always)]
     fn passes(self, p: [C; 3]) -> bool {
         is_int(p[0]) & is_int(p[1]) & is_int(p[2])
     }
     #[inline(always)]
-    fn derive(self, p: [C; 3]) -> [C; ND] {
+    fn derive(self, p: [C; 3]) -> [C; N_DERIVED] {
         [
             p[0],
             p[1],
@@ -139,10 +140,10 @@ impl<C: Real> ElemOp<C> for FloatOp {
         ]
     }
     #[inline(always)]
-    fn apply<const GRAD: bool>(self, x: C, d: [C; ND], g: C, _index: u64) -> Out<C> {
+    fn apply<const GRAD: bool>(self, x: C, d: [C; N_DERIVED], g: C, _index: u64) -> ElemOut<C> {
         let [y, gx, gm, ge, ge0] =
             crate::kernels::float::forward_grad::<C, GRAD>(x, d[0], d[1], d[2], g);
-        Out {
+        ElemOut {
             y,
             gx,
             gp: [gm, ge, ge0],

@@ -1,6 +1,11 @@
 //! The stateless quantizers: fixed point (SPEC 1-3) and minifloat (SPEC 8), one fused pass each.
 use crate::error::{CoreError, Result};
-use crate::kernels::{self, Check, Io, Path, Plan, Upstream, find_bad};
+use crate::kernels::buffers::Buffers;
+use crate::kernels::check::{Check, find_bad};
+use crate::kernels::op::ElemOp;
+use crate::kernels::pass;
+use crate::kernels::plan::Plan;
+use crate::kernels::{Path, Upstream};
 use crate::modes::{OverflowMode, RoundMode, check_modes};
 use crate::ops::{FixedOp, FloatOp, WithFixedOp, with_fixed_op};
 use crate::real::{Element, Real};
@@ -728,11 +733,11 @@ impl<T: Element> WithFixedOp for Runner<'_, '_, T> {
 }
 
 impl<T: Element> Runner<'_, '_, T> {
-    fn call<Op: kernels::ElemOp<T::C>>(self, op: Op) -> Result<Normal> {
+    fn call<Op: ElemOp<T::C>>(self, op: Op) -> Result<Normal> {
         self.run(op)
     }
 
-    fn run<Op: kernels::ElemOp<T::C>>(self, op: Op) -> Result<Normal> {
+    fn run<Op: ElemOp<T::C>>(self, op: Op) -> Result<Normal> {
         let Runner {
             x,
             p,
@@ -855,10 +860,10 @@ impl<T: Element> Runner<'_, '_, T> {
         } else {
             checks.map(|c| c.1)
         };
-        let verdict = kernels::run(
+        let verdict = pass::run(
             op,
             &plan,
-            Io {
+            Buffers {
                 x: x.data,
                 p: pv,
                 same,

@@ -141,7 +141,7 @@ fn reduced_gradients_are_per_element_gradients_summed_in_order() {
     }
 }
 
-/// Elements per segment of the kernels (`SEG` in src/kernels/mod.rs): the unit the groups of
+/// Elements per segment of the kernels (`SEGMENT_LEN` in src/kernels/mod.rs): the unit the groups of
 /// a reduction are made of.
 const SEG: usize = 1 << 14;
 

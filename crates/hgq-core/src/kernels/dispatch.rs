@@ -1,0 +1,208 @@
+//! Which code runs the element bodies: the paths ([`Path`]) and SIMD levels ([`SimdLevel`])
+//! a caller can choose, the rayon pool, and how a job runs at a level.
+//!
+//! A job (a piece's pass, the up-front derivation, ...) is a [`pulp::WithSimd`] whose body uses
+//! no SIMD token, only the target features its level enables: LLVM vectorizes the branch-free
+//! loops at that width, and the scalar level is the same body without them ([`SimdJob`]).
+//! [`with_path`] runs a job on a path, never inlined, one copy per job type. Forward jobs run
+//! at the widest level the CPU has, gradient jobs at most at x86-64-v3 ([`ForwardJob`],
+//! [`GradientJob`]).
+use super::check::Verdict;
+use super::loops::Job;
+use super::op::ElemOp;
+use crate::real::Real;
+
+/// Which code path runs the element bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Path {
+    /// The best SIMD level of this CPU (pulp's runtime dispatch), in parallel. With the
+    /// `avx512` feature, on a CPU with AVX-512, forward passes run at x86-64-v4 and gradient
+    /// passes at v3 (see [`SimdLevel::V4`]).
+    #[default]
+    Simd,
+    /// Plain scalar code, single-threaded: the reference path.
+    Scalar,
+    /// A given pulp SIMD level, in parallel like [`Path::Simd`] (for tests: every level must
+    /// give the bits of [`Path::Scalar`]). A level this CPU lacks runs as [`Path::Simd`].
+    Level(SimdLevel),
+}
+
+impl Path {
+    pub(super) fn parallel(self) -> bool {
+        self != Path::Scalar
+    }
+}
+
+/// The SIMD levels the kernels are compiled for, which a [`Path::Level`] can force.
+///
+/// Each level is a copy of every kernel in the build, so there are only the ones that
+/// [`Path::Simd`] dispatches to: the scalar code (CPUs without AVX2, and other architectures
+/// where pulp has no level), x86-64-v3 and, with the `avx512` feature, x86-64-v4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SimdLevel {
+    /// Plain scalar code (what LLVM makes of the loops without target features).
+    Scalar,
+    /// x86-64-v3 (AVX2 and FMA, 256-bit vectors): what [`Path::Simd`] runs on a CPU with
+    /// AVX2 (with the `avx512` feature on one with AVX-512: for gradient passes).
+    V3,
+    /// x86-64-v4 (AVX-512 F/BW/CD/DQ/VL, 512-bit vectors) for forward passes, x86-64-v3 for
+    /// gradient passes: what [`Path::Simd`] runs on a CPU with AVX-512, with the `avx512`
+    /// feature.
+    V4,
+}
+
+impl SimdLevel {
+    /// Every level.
+    pub const ALL: [SimdLevel; 3] = [SimdLevel::Scalar, SimdLevel::V3, SimdLevel::V4];
+
+    /// Whether this build has the level's code and this CPU runs it (a [`Path::Level`] of a
+    /// level that is not available runs as [`Path::Simd`]).
+    pub fn is_available(self) -> bool {
+        match self {
+            SimdLevel::Scalar => true,
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            SimdLevel::V3 => pulp::x86::V3::try_new().is_some(),
+            #[cfg(all(feature = "avx512", any(target_arch = "x86", target_arch = "x86_64")))]
+            SimdLevel::V4 => pulp::x86::V4::try_new().is_some(),
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    /// The levels [`SimdLevel::is_available`] finds.
+    pub fn available() -> Vec<SimdLevel> {
+        SimdLevel::ALL
+            .into_iter()
+            .filter(|l| l.is_available())
+            .collect()
+    }
+}
+
+/// A rayon pool of `threads` threads (0: rayon's default, one per core). Kernels called inside
+/// its `install` run on that many threads.
+pub fn thread_pool(threads: usize) -> Result<rayon::ThreadPool, rayon::ThreadPoolBuildError> {
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build()
+}
+
+/// Runs a pulp job on a path. Never inlined: one copy per job type, called per piece, keeps
+/// the functions LLVM optimizes small.
+#[inline(never)]
+pub(super) fn with_path<J: SimdJob>(job: J, path: Path) -> J::Output {
+    match path {
+        Path::Scalar | Path::Level(SimdLevel::Scalar) => job.run_scalar(),
+        Path::Simd => job.run_simd(),
+        Path::Level(SimdLevel::V3) => job.run_v3(),
+        Path::Level(SimdLevel::V4) => job.run_v4(),
+    }
+}
+
+/// A job's body without any target features, and the levels it runs at. The element bodies do
+/// not use the SIMD token, only the target features its level enables, so the scalar level is
+/// the plain body: pulp's own `Scalar` dispatch would be a second copy of the same code.
+pub(super) trait SimdJob: pulp::WithSimd + Sized {
+    fn run_scalar(self) -> Self::Output;
+
+    /// x86-64-v3 where the CPU has it, else [`SimdJob::run_simd`].
+    #[inline(always)]
+    fn run_v3(self) -> Self::Output {
+        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+        if let Some(s) = pulp::x86::V3::try_new() {
+            return pulp::Simd::vectorize(s, self);
+        }
+        self.run_simd()
+    }
+
+    /// [`Path::Simd`]: the widest level the CPU has (x86-64-v4 where it has AVX-512 and the
+    /// `avx512` feature is on, else v3, else the scalar body; elsewhere pulp's dispatch).
+    #[inline(always)]
+    fn run_simd(self) -> Self::Output {
+        #[cfg(all(feature = "avx512", any(target_arch = "x86", target_arch = "x86_64")))]
+        if let Some(s) = pulp::x86::V4::try_new() {
+            return pulp::Simd::vectorize(s, self);
+        }
+        at_most_v3(self)
+    }
+
+    /// [`SimdLevel::V4`]: x86-64-v4 where the CPU has it and the `avx512` feature is on, else
+    /// as [`SimdJob::run_simd`].
+    #[inline(always)]
+    fn run_v4(self) -> Self::Output {
+        self.run_simd()
+    }
+}
+
+/// At most x86-64-v3: for jobs that 512-bit vectors do not pay for. It never names
+/// `pulp::x86::V4`, so the job's body is not compiled for it.
+#[inline(always)]
+fn at_most_v3<J: SimdJob>(job: J) -> J::Output {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    {
+        match pulp::x86::V3::try_new() {
+            Some(s) => pulp::Simd::vectorize(s, job),
+            None => job.run_scalar(),
+        }
+    }
+    #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
+    {
+        pulp::Arch::new().dispatch(job)
+    }
+}
+
+/// A piece's pass without gradients: [`Path::Simd`] runs it at the widest level.
+struct ForwardJob<'a, C, Op>(Job<'a, C, Op>);
+
+/// A piece's pass with gradients: at most x86-64-v3, also for [`SimdLevel::V4`]. Measured
+/// on a Sapphire Rapids VM (benches/RESULTS.md, 2026-11-29): 512-bit vectors take a third off
+/// the per-element forward, whose raw bit widths need arithmetic per element, and some 10% off
+/// the per-column one; gradient passes, bound by their five to seven streams, gained nothing,
+/// and the fused forward and backward lost 10 to 15%. Kept off v4, the gradient bodies are not
+/// compiled for it either (most of the build time the `avx512` feature adds).
+struct GradientJob<'a, C, Op>(Job<'a, C, Op>);
+
+impl<C: Real, Op: ElemOp<C>> pulp::WithSimd for ForwardJob<'_, C, Op> {
+    type Output = Verdict;
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) -> Verdict {
+        // The target features of S are enabled here; the loops below vectorize at its width.
+        self.0.forward()
+    }
+}
+
+impl<C: Real, Op: ElemOp<C>> SimdJob for ForwardJob<'_, C, Op> {
+    #[inline(always)]
+    fn run_scalar(self) -> Verdict {
+        self.0.forward()
+    }
+}
+
+impl<C: Real, Op: ElemOp<C>> pulp::WithSimd for GradientJob<'_, C, Op> {
+    type Output = Verdict;
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) -> Verdict {
+        self.0.gradient()
+    }
+}
+
+impl<C: Real, Op: ElemOp<C>> SimdJob for GradientJob<'_, C, Op> {
+    #[inline(always)]
+    fn run_scalar(self) -> Verdict {
+        self.0.gradient()
+    }
+
+    #[inline(always)]
+    fn run_simd(self) -> Verdict {
+        at_most_v3(self)
+    }
+}
+
+impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
+    /// Runs the piece on `path`: a [`ForwardJob`] or a [`GradientJob`].
+    #[inline(always)]
+    pub(super) fn run_on(self, path: Path) -> Verdict {
+        if self.piece.dy.is_empty() {
+            with_path(ForwardJob(self), path)
+        } else {
+            with_path(GradientJob(self), path)
+        }
+    }
+}

@@ -1,0 +1,385 @@
+//! One call of a kernel: [`run`] derives what it can up front, splits x into segments of
+//! [`SEGMENT_LEN`] elements (in parallel from [`PAR_MIN`] elements on), a segment into pieces at
+//! run boundaries, and runs each piece's job on the chosen path.
+//!
+//! A forward pass, and the gradients of an element-wise plan, store their results segment by
+//! segment ([`Pass::store`]); the gradients of broadcast parameters are summed
+//! ([`Pass::reduce`], in [`super::reduce`]). Storage types narrower than the compute type (f16,
+//! bf16) are widened and narrowed in blocks of [`CONVERT_BLOCK`] elements around each piece
+//! ([`run_piece`]).
+use super::buffers::{
+    Buffers, ParamStreams, PieceGrads, SegmentGrads, Upstream, UpstreamSlice, cut,
+};
+use super::check::{CallChecks, Check, Verdict, valid};
+use super::dispatch::Path;
+use super::loops::{Job, Piece};
+use super::op::{ElemOp, N_DERIVED};
+use super::plan::{Plan, precompute};
+use super::{PAR_MIN, SEGMENT_LEN};
+use crate::real::{Element, Real};
+use rayon::prelude::*;
+
+/// Elements per conversion block for storage types narrower than the compute type.
+const CONVERT_BLOCK: usize = 512;
+
+/// Runs `op` over all of `x` following `plan`; checks the raw parameters on the way (`checks`)
+/// and says whether they all passed and whether all were normal. `known_normal`: the raw
+/// per-element parameters are known to pass `Op::all_normal` (an earlier pass found it), so they
+/// are neither checked nor derived the general way; claimed wrongly, the outputs are
+/// unspecified (but defined: `Op::derive_normal` is safe for any input).
+pub(crate) fn run<T: Element, Op: ElemOp<T::C>>(
+    op: Op,
+    plan: &Plan,
+    io: Buffers<'_, T>,
+    path: Path,
+    checks: [Check; 3],
+    known_normal: bool,
+) -> Verdict {
+    let bad = std::sync::atomic::AtomicBool::new(false);
+    let general = std::sync::atomic::AtomicBool::new(false);
+    let chk = CallChecks {
+        kinds: checks,
+        bad: &bad,
+        known_normal,
+        general: &general,
+    };
+    let Buffers {
+        x,
+        p,
+        same,
+        dy,
+        y,
+        gx,
+        gp,
+    } = io;
+    // Broadcast parameters: derive once per parameter element, not once per x element.
+    let upfront = plan.derives_upfront(Op::PRECOMPUTE);
+    debug_assert!(
+        !upfront || same == [false; 3],
+        "splats are for x-sized plans"
+    );
+    let pre: Option<[Vec<T::C>; N_DERIVED]> = upfront.then(|| precompute(op, p, plan.bw_len, path));
+    let params = match &pre {
+        Some(d) => ParamStreams::Derived {
+            s: std::array::from_fn(|q| d[q].as_slice()),
+        },
+        None => ParamStreams::Raw { s: p, same },
+    };
+    // A uniform upstream gradient is read from one segment's worth of copies (pieces never
+    // span more than a segment), so it costs no pass over memory.
+    let same_dy: Vec<T> = match dy {
+        Some(Upstream::Same(v)) => vec![v; SEGMENT_LEN.min(plan.len)],
+        _ => Vec::new(),
+    };
+    let dy = match dy {
+        Some(Upstream::Each(d)) => Some(UpstreamSlice::Each(d)),
+        Some(Upstream::Same(_)) => Some(UpstreamSlice::Same(&same_dy)),
+        None => None,
+    };
+    let pass = Pass {
+        op,
+        plan,
+        x,
+        params,
+        dy,
+        path,
+        chk,
+        parallel: path.parallel() && plan.len >= PAR_MIN,
+    };
+    // Without y (gradients only), no y is stored at all.
+    let mut y_none: [T; 0] = [];
+    let y: &mut [T] = y.unwrap_or(&mut y_none);
+    match (dy, gx) {
+        (Some(_), Some(gx)) => {
+            let gp = gp.unwrap_or([&mut [], &mut [], &mut []]);
+            if plan.elementwise() && plan.vec {
+                pass.store(y, gx, gp);
+            } else {
+                // Broadcast parameters, or a single value: gradients summed over x.
+                pass.reduce(y, gx, gp);
+            }
+        }
+        _ => pass.store(y, &mut [], [&mut [], &mut [], &mut []]),
+    }
+    let load = |b: &std::sync::atomic::AtomicBool| b.load(std::sync::atomic::Ordering::Relaxed);
+    Verdict {
+        passed: !load(&bad),
+        normal: !load(&general),
+    }
+}
+
+/// What every piece of one call shares.
+pub(super) struct Pass<'a, T: Element, Op> {
+    op: Op,
+    pub(super) plan: &'a Plan,
+    x: &'a [T],
+    params: ParamStreams<'a, T::C>,
+    dy: Option<UpstreamSlice<'a, T>>,
+    path: Path,
+    chk: CallChecks<'a>,
+    pub(super) parallel: bool,
+}
+
+impl<T: Element, Op: ElemOp<T::C>> Pass<'_, T, Op> {
+    /// x elements `[start, start + len)`; `y` empty when not stored, `gx` empty without dy.
+    pub(super) fn segment(
+        &self,
+        start: usize,
+        len: usize,
+        y: &mut [T],
+        gx: &mut [T],
+        dst: SegmentGrads<'_, T::C>,
+    ) {
+        segment(
+            self.op,
+            self.plan,
+            self.x,
+            self.params,
+            self.dy,
+            start,
+            len,
+            y,
+            gx,
+            dst,
+            self.path,
+            self.chk,
+        );
+    }
+
+    /// A forward pass, or gradients of an element-wise plan (each parameter element belongs
+    /// to one x element): every task owns disjoint pieces of y, dx and the parameter
+    /// gradients, and stores each gradient once.
+    fn store(&self, y: &mut [T], gx: &mut [T], gp: [&mut [T::C]; 3]) {
+        let plan = self.plan;
+        let grad = self.dy.is_some();
+        // Parameters without a gradient read 0; one with a gradient nobody asked for goes to
+        // a buffer of its own (the loop stores every gradient the op has).
+        let mut spare: [Vec<T::C>; 3] = Default::default();
+        let mut gp = gp;
+        for (q, (g, s)) in gp.iter_mut().zip(spare.iter_mut()).enumerate() {
+            if !grad {
+                continue;
+            }
+            if !Op::HAS_GRAD[q] {
+                g.fill(T::C::ZERO);
+                *g = &mut [];
+            } else if g.is_empty() {
+                *s = vec![T::C::ZERO; plan.bw_len];
+            }
+        }
+        let [g0, g1, g2] = gp;
+        let [s0, s1, s2] = &mut spare;
+        let (g0, g1, g2) = (pick(g0, s0), pick(g1, s1), pick(g2, s2));
+        let n = plan.len.div_ceil(SEGMENT_LEN);
+        let chunks = chunks_or_empty(y, n)
+            .into_iter()
+            .zip(chunks_or_empty(gx, n))
+            .zip(chunks_or_empty(g0, n))
+            .zip(chunks_or_empty(g1, n))
+            .zip(chunks_or_empty(g2, n))
+            .enumerate();
+        let body = |c: usize, yc: &mut [T], gxc: &mut [T], g: [&mut [T::C]; 3]| {
+            let len = SEGMENT_LEN.min(plan.len - c * SEGMENT_LEN);
+            let dst = if grad {
+                SegmentGrads::Store(g, c * SEGMENT_LEN)
+            } else {
+                SegmentGrads::None
+            };
+            self.segment(c * SEGMENT_LEN, len, yc, gxc, dst);
+        };
+        if self.parallel {
+            chunks
+                .collect::<Vec<_>>()
+                .into_par_iter()
+                .for_each(|(c, ((((yc, gxc), a), b), d))| body(c, yc, gxc, [a, b, d]));
+        } else {
+            for (c, ((((yc, gxc), a), b), d)) in chunks {
+                body(c, yc, gxc, [a, b, d]);
+            }
+        }
+    }
+}
+
+/// `g`, or `s` where it holds a buffer.
+fn pick<'a, C>(g: &'a mut [C], s: &'a mut Vec<C>) -> &'a mut [C] {
+    if s.is_empty() { g } else { s.as_mut_slice() }
+}
+
+/// `s` in chunks of SEGMENT_LEN, or `n` empty slices when `s` is empty.
+fn chunks_or_empty<T>(s: &mut [T], n: usize) -> Vec<&mut [T]> {
+    if s.is_empty() {
+        (0..n).map(|_| &mut [][..]).collect()
+    } else {
+        s.chunks_mut(SEGMENT_LEN).collect()
+    }
+}
+
+/// Processes x elements `[start, start + len)`, split at run boundaries into pieces.
+/// `y` is empty when not stored, `gx` without an upstream gradient.
+#[allow(clippy::too_many_arguments)]
+fn segment<T: Element, Op: ElemOp<T::C>>(
+    op: Op,
+    plan: &Plan,
+    x: &[T],
+    p: ParamStreams<'_, T::C>,
+    dy: Option<UpstreamSlice<'_, T>>,
+    start: usize,
+    len: usize,
+    y: &mut [T],
+    gx: &mut [T],
+    mut dst: SegmentGrads<'_, T::C>,
+    path: Path,
+    chk: CallChecks<'_>,
+) {
+    let mut pos = 0;
+    // Gathered over the segment and recorded once: every piece of a broadcast pass is not
+    // normal, and a store per piece would be a write to a line all threads share.
+    let mut general = false;
+    while pos < len {
+        let gi = start + pos;
+        let row = gi / plan.inner;
+        let within = gi % plan.inner;
+        let n = (plan.inner - within).min(len - pos);
+        let off = plan.offset(row) + if plan.vec { within } else { 0 };
+        let plen = if plan.vec { n } else { 1 };
+        let ps = p.slice(off, plen);
+        // Raw parameters: a single value per run is checked here, contiguous ones inside the
+        // element loop (one pass over them, no second read).
+        if let ParamStreams::Raw { s, .. } = ps
+            && !plan.vec
+        {
+            for (v, kind) in s.iter().zip(chk.kinds) {
+                if !valid(v, kind) {
+                    chk.bad.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+        let grads = match &mut dst {
+            SegmentGrads::None => PieceGrads::None,
+            // Element-wise plans: parameter element `off` is x element `gi`, at or after `base`.
+            SegmentGrads::Store([a, b, c], base) => {
+                let o = off - *base;
+                PieceGrads::Store([cut(a, o, plen), cut(b, o, plen), cut(c, o, plen)])
+            }
+            SegmentGrads::Add(a) => PieceGrads::Add { a, off },
+        };
+        let xs = &x[gi..gi + n];
+        let ys: &mut [T] = if y.is_empty() {
+            &mut []
+        } else {
+            &mut y[pos..pos + n]
+        };
+        let (dys, gxs): (&[T], &mut [T]) = match dy {
+            Some(UpstreamSlice::Each(d)) => (&d[gi..gi + n], &mut gx[pos..pos + n]),
+            Some(UpstreamSlice::Same(d)) => (&d[..n], &mut gx[pos..pos + n]),
+            None => (&[], &mut []),
+        };
+        let known = chk.known_normal;
+        let v = run_piece(
+            op, xs, ps, dys, ys, gxs, grads, gi as u64, plan.vec, known, path,
+        );
+        // The loop checks `Op::passes`: the rules the caller passes for unchecked parameters.
+        if !v.passed && chk.kinds != [Check::Any; 3] {
+            chk.bad.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        general |= !v.normal;
+        pos += n;
+    }
+    if general {
+        chk.general
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Converts narrow storage to compute type in blocks, then calls the SIMD or scalar loop.
+/// Returns the piece's [`Verdict`] (see [`Job::forward`]).
+#[allow(clippy::too_many_arguments)]
+fn run_piece<T: Element, Op: ElemOp<T::C>>(
+    op: Op,
+    x: &[T],
+    p: ParamStreams<'_, T::C>,
+    dy: &[T],
+    y: &mut [T],
+    gx: &mut [T],
+    mut grads: PieceGrads<'_, T::C>,
+    index: u64,
+    vec: bool,
+    known_normal: bool,
+    path: Path,
+) -> Verdict {
+    if let (Some(xc), Some(dyc), Some(yc), Some(gxc)) =
+        (T::as_c(x), T::as_c(dy), T::as_c_mut(y), T::as_c_mut(gx))
+    {
+        let piece = Piece {
+            x: xc,
+            p,
+            dy: dyc,
+            y: yc,
+            gx: gxc,
+            grads,
+            index,
+            vec,
+        };
+        let job = Job {
+            op,
+            piece,
+            known_normal,
+        };
+        return job.run_on(path);
+    }
+    // Narrow storage: widen a block, compute, narrow the results.
+    let grad = !dy.is_empty();
+    let keep_y = !y.is_empty();
+    let mut bx = [T::C::ZERO; CONVERT_BLOCK];
+    let mut bdy = [T::C::ZERO; CONVERT_BLOCK];
+    let mut by = [T::C::ZERO; CONVERT_BLOCK];
+    let mut bgx = [T::C::ZERO; CONVERT_BLOCK];
+    let mut verdict = Verdict {
+        passed: true,
+        normal: true,
+    };
+    let mut s = 0;
+    while s < x.len() {
+        let n = CONVERT_BLOCK.min(x.len() - s);
+        for j in 0..n {
+            bx[j] = x[s + j].to_c();
+        }
+        if grad {
+            for j in 0..n {
+                bdy[j] = dy[s + j].to_c();
+            }
+        }
+        let piece = Piece {
+            x: &bx[..n],
+            p: if vec { p.slice(s, n) } else { p },
+            dy: if grad { &bdy[..n] } else { &[] },
+            y: if keep_y { &mut by[..n] } else { &mut [] },
+            gx: if grad { &mut bgx[..n] } else { &mut [] },
+            grads: if vec {
+                grads.slice(s, n)
+            } else {
+                grads.reborrow()
+            },
+            index: index + s as u64,
+            vec,
+        };
+        let job = Job {
+            op,
+            piece,
+            known_normal,
+        };
+        verdict = verdict.and(job.run_on(path));
+        if keep_y {
+            for j in 0..n {
+                y[s + j] = T::from_c(by[j]);
+            }
+        }
+        if grad {
+            for j in 0..n {
+                gx[s + j] = T::from_c(bgx[j]);
+            }
+        }
+        s += n;
+    }
+    verdict
+}
