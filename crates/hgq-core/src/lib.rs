@@ -26,7 +26,7 @@ mod wide;
 
 pub use error::{CoreError, Result};
 pub use kernels::float::log2_boundary;
-pub use kernels::{Path, Upstream};
+pub use kernels::{Par, Path, Upstream};
 pub use mapper::{BitwidthMapper, DefaultBitwidthMapper};
 pub use minimal_i::{minimal_i_given_xb, minimal_i_given_xf};
 pub use modes::{CallMode, OverflowMode, RoundMode};

@@ -5,7 +5,7 @@ use crate::kernels::check::{Check, find_bad};
 use crate::kernels::op::ElemOp;
 use crate::kernels::pass;
 use crate::kernels::plan::Plan;
-use crate::kernels::{Path, Upstream};
+use crate::kernels::{Par, Path, Upstream};
 use crate::modes::{OverflowMode, RoundMode, check_modes};
 use crate::ops::{FixedOp, FloatOp, WithFixedOp, with_fixed_op};
 use crate::real::{Element, Real};
@@ -110,6 +110,7 @@ pub struct FixedPoint {
     overflow: OverflowMode,
     stochastic: Stochastic,
     path: Path,
+    par: Par,
     zero_mask: bool,
     bit_widths: BitWidths,
     screen: Screen,
@@ -124,6 +125,7 @@ impl FixedPoint {
             overflow,
             stochastic: Stochastic::Reference,
             path: Path::Simd,
+            par: Par::default(),
             zero_mask: false,
             bit_widths: BitWidths::Integer,
             screen: Screen::Unknown,
@@ -174,6 +176,18 @@ impl FixedPoint {
     pub fn with_path(mut self, path: Path) -> Self {
         self.path = path;
         self
+    }
+
+    /// Sets how many threads a pass may use (separate from the SIMD level, [`Path`]); the
+    /// results are the same bits whatever the choice.
+    pub fn with_par(mut self, par: Par) -> Self {
+        self.par = par;
+        self
+    }
+
+    /// How many threads a pass may use.
+    pub fn par(&self) -> Par {
+        self.par
     }
 
     /// Outside training, output 0 where `k + i + f <= 0` (what the layer quantizers do: a
@@ -494,25 +508,20 @@ impl FixedPoint {
             gx: grads_x,
             gp: grads_p.map(|[a, b]| [None, Some(a), Some(b)]),
             path: self.path,
+            par: self.par,
             checks: [("k", Check::ZeroOne), ("i", rule), ("f", rule)],
             known_normal: self.screen == Screen::InRange,
         };
-        with_fixed_op(
-            run,
-            round,
-            overflow,
-            training,
-            seed.unwrap_or(0),
-            self.zero_mask && !training,
-            raw,
-        )
-        .map(|normal| {
-            if normal {
-                Screen::InRange
-            } else {
-                Screen::Unknown
-            }
-        })
+        let (mask, seed) = (self.zero_mask && !training, seed.unwrap_or(0));
+        self.par
+            .install(|| with_fixed_op(run, round, overflow, training, seed, mask, raw))
+            .map(|normal| {
+                if normal {
+                    Screen::InRange
+                } else {
+                    Screen::Unknown
+                }
+            })
     }
 }
 
@@ -642,6 +651,7 @@ pub(crate) fn minifloat_impl<T: Element>(
         gx,
         gp,
         path,
+        par: Par::default(),
         checks: [
             ("m", Check::Integer),
             ("e", Check::Integer),
@@ -713,6 +723,7 @@ struct Runner<'a, 'b, T: Element> {
     gx: Option<&'b mut [T]>,
     gp: Option<[Option<&'b mut [T::C]>; 3]>,
     path: Path,
+    par: Par,
     /// The parameters' names and rules.
     checks: [(&'static str, Check); 3],
     /// Per-element parameters are known to be normal (`Screen::InRange`).
@@ -746,6 +757,7 @@ impl<T: Element> Runner<'_, '_, T> {
             gx,
             gp,
             path,
+            par,
             checks,
             known_normal,
         } = self;
@@ -873,6 +885,7 @@ impl<T: Element> Runner<'_, '_, T> {
                 gp,
             },
             path,
+            par,
             kinds,
             known_normal,
         );

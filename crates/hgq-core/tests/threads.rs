@@ -47,3 +47,28 @@ fn seeded_rounding_is_the_same_on_1_2_3_and_8_threads() {
         }
     }
 }
+
+/// `Par` chooses the threads apart from the SIMD level: one thread, a pool of n, or the current
+/// pool give the same bits, on the scalar path as on the SIMD one.
+#[test]
+fn par_is_separate_from_the_simd_level_and_changes_no_bit() {
+    use hgq_core::{Par, Path};
+    let (rows, cols) = (256, 513);
+    let n = rows * cols;
+    let mut rng = Rng::new(5);
+    let x: Vec<f32> = elems(&(0..n).map(|_| rng.x_value()).collect::<Vec<_>>());
+    let dy: Vec<f32> = elems(&(0..n).map(|_| rng.normal()).collect::<Vec<_>>());
+    let q = FixedPoint::new(RoundMode::Rnd, OverflowMode::Sat).unwrap();
+    for layout in [Layout::PerElement, Layout::PerColumn] {
+        let [k, i, f] = random_bw::<f32>(&mut rng, layout, rows, cols);
+        let run =
+            |q: FixedPoint| run_fixed(&q, &[rows, cols], &x, &k, &i, &f, true, Some(&dy)).unwrap();
+        let base = run(q);
+        for path in [Path::Simd, Path::Scalar] {
+            for par in [Par::Seq, Par::Rayon(1), Par::Rayon(3), Par::Rayon(0)] {
+                let got = run(q.with_path(path).with_par(par));
+                assert_outs_same(&format!("{layout:?} {path:?} {par:?}"), &base, &got);
+            }
+        }
+    }
+}

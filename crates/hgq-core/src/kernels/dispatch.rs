@@ -12,6 +12,63 @@ use super::loops::Job;
 use super::op::ElemOp;
 use crate::real::Real;
 
+/// How many threads a pass may use, separate from the SIMD level its element bodies run at
+/// ([`Path`]), as faer's `Par`. Results are the same bits whatever the choice: the split into
+/// segments and the order of every sum are fixed by the shapes, not by the threads.
+///
+/// ```
+/// use hgq_core::{FixedPoint, OverflowMode, Par, RoundMode};
+/// let q = FixedPoint::new(RoundMode::Rnd, OverflowMode::Sat).unwrap().with_par(Par::Seq);
+/// assert_eq!(q.par(), Par::Seq);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Par {
+    /// One thread: the caller's.
+    Seq,
+    /// Rayon: `0` for the current pool (the global one, or the one whose `install` the call
+    /// runs in), `n` for a pool of `n` threads (made once per `n` and kept).
+    Rayon(usize),
+}
+
+impl Default for Par {
+    fn default() -> Self {
+        Par::Rayon(0)
+    }
+}
+
+impl Par {
+    /// Whether a pass may split its work over threads.
+    pub(crate) fn splits(self) -> bool {
+        self != Par::Seq
+    }
+
+    /// Runs `f` where this `Par` says: in the pool of `n` threads for `Rayon(n)`, else here.
+    pub(crate) fn install<R: Send>(self, f: impl FnOnce() -> R + Send) -> R {
+        match self {
+            Par::Rayon(n) if n > 0 => match pool(n) {
+                Some(p) => p.install(f),
+                // A pool that cannot be made (no threads left): the current one.
+                None => f(),
+            },
+            _ => f(),
+        }
+    }
+}
+
+/// The pool of `n` threads, made on first use and kept.
+fn pool(n: usize) -> Option<std::sync::Arc<rayon::ThreadPool>> {
+    type Pools = std::sync::Mutex<Vec<(usize, std::sync::Arc<rayon::ThreadPool>)>>;
+    static POOLS: std::sync::OnceLock<Pools> = std::sync::OnceLock::new();
+    let pools = POOLS.get_or_init(Default::default);
+    let mut pools = pools.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, p)) = pools.iter().find(|(m, _)| *m == n) {
+        return Some(p.clone());
+    }
+    let p = std::sync::Arc::new(thread_pool(n).ok()?);
+    pools.push((n, p.clone()));
+    Some(p)
+}
+
 /// Which code path runs the element bodies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Path {
@@ -20,17 +77,11 @@ pub enum Path {
     /// passes at v3 (see [`SimdLevel::V4`]).
     #[default]
     Simd,
-    /// Plain scalar code, single-threaded: the reference path.
+    /// Plain scalar code: the reference path (on as many threads as the call's [`Par`] says).
     Scalar,
     /// A given pulp SIMD level, in parallel like [`Path::Simd`] (for tests: every level must
     /// give the bits of [`Path::Scalar`]). A level this CPU lacks runs as [`Path::Simd`].
     Level(SimdLevel),
-}
-
-impl Path {
-    pub(super) fn parallel(self) -> bool {
-        self != Path::Scalar
-    }
 }
 
 /// The SIMD levels the kernels are compiled for, which a [`Path::Level`] can force.

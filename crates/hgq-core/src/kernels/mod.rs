@@ -46,7 +46,7 @@ pub(crate) mod plan;
 mod reduce;
 
 pub use buffers::Upstream;
-pub use dispatch::{Path, SimdLevel, thread_pool};
+pub use dispatch::{Par, Path, SimdLevel, thread_pool};
 
 /// Below this many elements a call runs on the calling thread.
 pub const PAR_MIN: usize = 1 << 16;

@@ -11,7 +11,7 @@ use super::buffers::{
     Buffers, ParamStreams, PieceGrads, SegmentGrads, Upstream, UpstreamSlice, cut,
 };
 use super::check::{CallChecks, Check, Verdict, valid};
-use super::dispatch::Path;
+use super::dispatch::{Par, Path};
 use super::loops::{Job, Piece};
 use super::op::{ElemOp, N_DERIVED};
 use super::plan::{Plan, precompute};
@@ -32,6 +32,7 @@ pub(crate) fn run<T: Element, Op: ElemOp<T::C>>(
     plan: &Plan,
     io: Buffers<'_, T>,
     path: Path,
+    par: Par,
     checks: [Check; 3],
     known_normal: bool,
 ) -> Verdict {
@@ -84,7 +85,7 @@ pub(crate) fn run<T: Element, Op: ElemOp<T::C>>(
         dy,
         path,
         chk,
-        parallel: path.parallel() && plan.len >= PAR_MIN,
+        parallel: par.splits() && plan.len >= PAR_MIN,
     };
     // Without y (gradients only), no y is stored at all.
     let mut y_none: [T; 0] = [];
