@@ -1,9 +1,11 @@
 //! One check function per family.
 use crate::backend::Backend;
+use crate::backend::FixedFnOut;
 use crate::boundary::{boundary_cap, candidates};
 use crate::json::{bool_, f32s, shape, str_};
 use crate::{GradTolerance, close_grad, same_value};
-use hgq_core::{FixedPoint, FloatGrads, TensorRef};
+use hgq_core::kernels::SimdLevel;
+use hgq_core::{FixedGrads, FixedPoint, FloatGrads, Par, Path, TensorRef};
 use serde_json::Value;
 use std::collections::BTreeSet;
 
@@ -180,10 +182,83 @@ fn fixed_fn(c: &Value, case: &mut Case, backend: &dyn Backend) -> Result<(), Str
     if let Some(yf) = &o.y_forward {
         case.values("y (forward only)", yf, &want);
     }
-    case.grads("grad.x", &o.dx, &f32s(g, "x")?);
-    case.grads("grad.i", &o.di, &f32s(g, "i")?);
-    case.grads("grad.f", &o.df, &f32s(g, "f")?);
+    let (gx, gi, gf) = (f32s(g, "x")?, f32s(g, "i")?, f32s(g, "f")?);
+    case.grads("grad.x", &o.dx, &gx);
+    case.grads("grad.i", &o.di, &gi);
+    case.grads("grad.f", &o.df, &gf);
+    if backend.name() != "core" {
+        return Ok(());
+    }
+    // hgq-core also on its scalar path on one thread, at every SIMD level this CPU runs, and
+    // in float64 (whose values of these types are the float32 ones exactly).
+    let mut runs: Vec<(String, FixedFnOut)> = Vec::new();
+    let scalar = q.with_path(Path::Scalar).with_par(Par::Seq);
+    runs.push((
+        "scalar, one thread".into(),
+        backend.fixed_fn(scalar, &s, &x, &k, &i, &f, training, &dy)?,
+    ));
+    for level in SimdLevel::available() {
+        let ql = q.with_path(Path::Level(level));
+        runs.push((
+            format!("{level:?}"),
+            backend.fixed_fn(ql, &s, &x, &k, &i, &f, training, &dy)?,
+        ));
+    }
+    runs.push((
+        "float64".into(),
+        fixed_fn_f64(q, &s, [&x, &k, &i, &f], training, &dy)?,
+    ));
+    for (label, o) in runs {
+        case.values(&format!("y ({label})"), &o.y, &want);
+        case.grads(&format!("grad.x ({label})"), &o.dx, &gx);
+        case.grads(&format!("grad.i ({label})"), &o.di, &gi);
+        // hgq2's float32 grad.f carries the rounding of its float32 surrogate (a difference
+        // of nearly equal terms); float64's is the exact one, so it is compared with float64
+        // reference vectors, not these.
+        if label != "float64" {
+            case.grads(&format!("grad.f ({label})"), &o.df, &gf);
+        }
+    }
     Ok(())
+}
+
+/// A `fixed_fn` case computed in float64 (inputs widened exactly), its outputs rounded to
+/// float32.
+fn fixed_fn_f64(
+    q: FixedPoint,
+    s: &[usize],
+    [x, k, i, f]: [&[f32]; 4],
+    training: bool,
+    dy: &[f32],
+) -> Result<FixedFnOut, String> {
+    let wide = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
+    let (x, k, i, f, dy) = (wide(x), wide(k), wide(i), wide(f), wide(dy));
+    let n = x.len();
+    let (mut y, mut dx, mut di, mut df) = (vec![0.0; n], vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+    let err = |e: hgq_core::CoreError| e.to_string();
+    q.forward_backward(
+        TensorRef::new(&x, s).map_err(err)?,
+        TensorRef::new(&k, s).map_err(err)?,
+        TensorRef::new(&i, s).map_err(err)?,
+        TensorRef::new(&f, s).map_err(err)?,
+        training,
+        &dy,
+        &mut y,
+        FixedGrads {
+            dx: &mut dx,
+            di: &mut di,
+            df: &mut df,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let narrow = |v: Vec<f64>| v.into_iter().map(|a| a as f32).collect();
+    Ok(FixedFnOut {
+        y: narrow(y),
+        y_forward: None,
+        dx: narrow(dx),
+        di: narrow(di),
+        df: narrow(df),
+    })
 }
 
 fn ap_fixed(c: &Value, case: &mut Case, _: &dyn Backend) -> Result<(), String> {
