@@ -12,6 +12,7 @@
 //! - [`quantizer`]: the layer-level quantizers (KBI, KIF, minifloat, dummy) as plain state.
 #![warn(missing_docs)]
 
+mod entry;
 pub mod error;
 pub mod kernels;
 pub mod mapper;

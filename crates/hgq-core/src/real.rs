@@ -2,10 +2,6 @@
 //!
 //! Every formula is written once over [`Real`]; storage types that are narrower than `f32` are
 //! widened to `f32` for the arithmetic and narrowed on the way out ([`Element`]).
-use crate::error::Result;
-use crate::kernels::{Path, Upstream};
-use crate::shape::TensorRef;
-use crate::stateless::FixedPoint;
 use half::{bf16, f16};
 use std::fmt::Debug;
 use std::ops::{Add, Div, Mul, Neg, Sub};
@@ -210,7 +206,7 @@ impl_real!(f64, u64, 52, 1023, -1022, 1023);
 ///
 /// `f16`/`bf16` compute in `f32` and round once when stored, as the reference does under a
 /// mixed-precision policy.
-pub trait Element: Copy + Debug + Default + Send + Sync + 'static {
+pub trait Element: sealed::Sealed + Copy + Debug + Default + Send + Sync + 'static {
     /// The type the arithmetic runs in.
     type C: Real;
     /// A short name (`f32`, ...).
@@ -223,207 +219,18 @@ pub trait Element: Copy + Debug + Default + Send + Sync + 'static {
     fn as_c(s: &[Self]) -> Option<&[Self::C]>;
     /// The mutable slice as the compute type, when the storage is the compute type.
     fn as_c_mut(s: &mut [Self]) -> Option<&mut [Self::C]>;
-
-    /// The fixed-point kernels for this type (non-generic, so instantiated once in hgq-core).
-    #[doc(hidden)]
-    #[allow(clippy::type_complexity)]
-    fn fixed_entry(
-        q: &FixedPoint,
-        x: TensorRef<'_, Self>,
-        p: [TensorRef<'_, Self::C>; 3],
-        training: bool,
-        dy: Option<Upstream<'_, Self>>,
-        y: Option<&mut [Self]>,
-        grads: Option<(&mut [Self], [&mut [Self::C]; 2])>,
-    ) -> Result<crate::Screen>;
-
-    /// The minifloat kernels for this type.
-    #[doc(hidden)]
-    #[allow(clippy::type_complexity)]
-    fn float_entry(
-        x: TensorRef<'_, Self>,
-        p: [TensorRef<'_, Self::C>; 3],
-        dy: Option<Upstream<'_, Self>>,
-        y: Option<&mut [Self]>,
-        grads: Option<(&mut [Self], [&mut [Self::C]; 3])>,
-        path: Path,
-    ) -> Result<()>;
 }
 
-/// The non-generic kernel entries of an element type.
-macro_rules! entries {
-    ($t:ty) => {
-        #[allow(clippy::type_complexity)]
-        fn fixed_entry(
-            q: &FixedPoint,
-            x: TensorRef<'_, Self>,
-            p: [TensorRef<'_, Self::C>; 3],
-            training: bool,
-            dy: Option<Upstream<'_, Self>>,
-            y: Option<&mut [Self]>,
-            grads: Option<(&mut [Self], [&mut [Self::C]; 2])>,
-        ) -> Result<crate::Screen> {
-            q.call_impl::<$t>(x, p, training, dy, y, grads)
-        }
-        #[allow(clippy::type_complexity)]
-        fn float_entry(
-            x: TensorRef<'_, Self>,
-            p: [TensorRef<'_, Self::C>; 3],
-            dy: Option<Upstream<'_, Self>>,
-            y: Option<&mut [Self]>,
-            grads: Option<(&mut [Self], [&mut [Self::C]; 3])>,
-            path: Path,
-        ) -> Result<()> {
-            crate::stateless::minifloat_impl::<$t>(x, p, dy, y, grads, path)
-        }
-    };
-}
-
-/// The kernel entries of a storage type narrower than its compute type (`f16`, `bf16`): the
-/// data is widened into `f32` buffers, the `f32` kernels run, and the results are narrowed
-/// once when stored. The same bits as kernels instantiated for the type itself (which would
-/// also compute in `f32` and round when storing), without a second copy of every kernel per
-/// type in the build.
-macro_rules! narrow_entries {
-    ($t:ty) => {
-        #[allow(clippy::type_complexity)]
-        fn fixed_entry(
-            q: &FixedPoint,
-            x: TensorRef<'_, Self>,
-            p: [TensorRef<'_, f32>; 3],
-            training: bool,
-            dy: Option<Upstream<'_, Self>>,
-            y: Option<&mut [Self]>,
-            grads: Option<(&mut [Self], [&mut [f32]; 2])>,
-        ) -> Result<crate::Screen> {
-            let w = Widened::new(x, dy);
-            let (x32, dy32) = w.inputs(x.shape);
-            let mut out = WidenedOut::like(y.as_deref(), grads.as_ref().map(|g| &*g.0));
-            let r = match grads {
-                Some((dx, gp)) => {
-                    let res = q.call_impl::<f32>(
-                        x32,
-                        p,
-                        training,
-                        dy32,
-                        out.y.as_deref_mut(),
-                        Some((&mut out.dx, gp)),
-                    );
-                    if res.is_ok() {
-                        narrow_into(&out.dx, dx);
-                    }
-                    res
-                }
-                None => q.call_impl::<f32>(x32, p, training, dy32, out.y.as_deref_mut(), None),
-            };
-            if let (Ok(_), Some(y), Some(y32)) = (&r, y, &out.y) {
-                narrow_into(y32, y);
-            }
-            r
-        }
-        #[allow(clippy::type_complexity)]
-        fn float_entry(
-            x: TensorRef<'_, Self>,
-            p: [TensorRef<'_, f32>; 3],
-            dy: Option<Upstream<'_, Self>>,
-            y: Option<&mut [Self]>,
-            grads: Option<(&mut [Self], [&mut [f32]; 3])>,
-            path: Path,
-        ) -> Result<()> {
-            let w = Widened::new(x, dy);
-            let (x32, dy32) = w.inputs(x.shape);
-            let mut out = WidenedOut::like(y.as_deref(), grads.as_ref().map(|g| &*g.0));
-            let r = match grads {
-                Some((dx, gp)) => {
-                    let res = crate::stateless::minifloat_impl::<f32>(
-                        x32,
-                        p,
-                        dy32,
-                        out.y.as_deref_mut(),
-                        Some((&mut out.dx, gp)),
-                        path,
-                    );
-                    if res.is_ok() {
-                        narrow_into(&out.dx, dx);
-                    }
-                    res
-                }
-                None => crate::stateless::minifloat_impl::<f32>(
-                    x32,
-                    p,
-                    dy32,
-                    out.y.as_deref_mut(),
-                    None,
-                    path,
-                ),
-            };
-            if let (Ok(_), Some(y), Some(y32)) = (&r, y, &out.y) {
-                narrow_into(y32, y);
-            }
-            r
-        }
-    };
-}
-
-/// The `f32` copies of a narrow type's inputs.
-struct Widened {
-    x: Vec<f32>,
-    dy: Option<Result<Vec<f32>, f32>>,
-}
-
-/// The `f32` outputs of a widened call.
-struct WidenedOut {
-    y: Option<Vec<f32>>,
-    dx: Vec<f32>,
-}
-
-impl Widened {
-    fn new<T: Element<C = f32>>(x: TensorRef<'_, T>, dy: Option<Upstream<'_, T>>) -> Widened {
-        let widen = |s: &[T]| s.iter().map(|v| v.to_c()).collect::<Vec<f32>>();
-        Widened {
-            x: widen(x.data),
-            dy: dy.map(|d| match d {
-                Upstream::Each(d) => Ok(widen(d)),
-                Upstream::Same(v) => Err(v.to_c()),
-            }),
-        }
-    }
-
-    fn inputs<'a>(&'a self, shape: &'a [usize]) -> (TensorRef<'a, f32>, Option<Upstream<'a, f32>>) {
-        let dy = self.dy.as_ref().map(|d| match d {
-            Ok(d) => Upstream::Each(d.as_slice()),
-            Err(v) => Upstream::Same(*v),
-        });
-        (
-            TensorRef {
-                data: &self.x,
-                shape,
-            },
-            dy,
-        )
-    }
-}
-
-impl WidenedOut {
-    /// Buffers of the caller's lengths (the kernels check them against x).
-    fn like<T>(y: Option<&[T]>, dx: Option<&[T]>) -> WidenedOut {
-        WidenedOut {
-            y: y.map(|y| vec![0.0; y.len()]),
-            dx: vec![0.0; dx.map_or(0, <[T]>::len)],
-        }
-    }
-}
-
-/// Stores `f32` results into a narrow type's buffer (as many as both hold; the kernels checked
-/// the lengths).
-fn narrow_into<T: Element<C = f32>>(src: &[f32], dst: &mut [T]) {
-    for (d, &s) in dst.iter_mut().zip(src) {
-        *d = T::from_c(s);
-    }
+/// Only the four types the kernels are instantiated for are elements.
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
+    impl Sealed for half::f16 {}
+    impl Sealed for half::bf16 {}
 }
 
 impl Element for f32 {
-    entries!(f32);
     type C = f32;
     const NAME: &'static str = "f32";
     #[inline(always)]
@@ -443,7 +250,6 @@ impl Element for f32 {
 }
 
 impl Element for f64 {
-    entries!(f64);
     type C = f64;
     const NAME: &'static str = "f64";
     #[inline(always)]
@@ -463,7 +269,6 @@ impl Element for f64 {
 }
 
 impl Element for f16 {
-    narrow_entries!(f16);
     type C = f32;
     const NAME: &'static str = "f16";
     #[inline(always)]
@@ -483,7 +288,6 @@ impl Element for f16 {
 }
 
 impl Element for bf16 {
-    narrow_entries!(bf16);
     type C = f32;
     const NAME: &'static str = "bf16";
     #[inline(always)]

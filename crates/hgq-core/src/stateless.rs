@@ -1,4 +1,5 @@
 //! The stateless quantizers: fixed point (SPEC 1-3) and minifloat (SPEC 8), one fused pass each.
+use crate::entry::{self, Call};
 use crate::error::{CoreError, Result};
 use crate::kernels::buffers::Buffers;
 use crate::kernels::check::{Check, find_bad};
@@ -336,8 +337,9 @@ impl FixedPoint {
         y: Option<&mut [T]>,
         grads: Option<(&mut [T], [&mut [T::C]; 2])>,
     ) -> Result<Screen> {
+        let mut call = Call { x, p, dy, y, grads };
         if self.bit_widths == BitWidths::KbiRaw {
-            return self.call_kbi(x, p, training, dy, y, grads);
+            return self.call_kbi(training, call);
         }
         // Bit widths smaller than x are looked at before the pass (cheap); ones as large as x
         // after it, only where the pass did not find them all normal (its screen includes the
@@ -347,105 +349,29 @@ impl FixedPoint {
             .all(|t| t.data.len().saturating_mul(4) <= x.data.len());
         let known = self.screen == Screen::InRange;
         if small && !known && wide::width(p, x.shape, self.bit_widths)? == Width::Wide {
-            return self.call_wide(x, p, training, dy, y, grads);
+            return self.call_wide(training, call);
         }
-        let mut y = y;
-        let mut grads = grads;
-        // Through the element type's non-generic entry: the kernels are instantiated once, in
-        // this crate, not again in every crate that calls them.
-        let screen = T::fixed_entry(
-            self,
-            x,
-            p,
-            training,
-            dy,
-            y.as_deref_mut(),
-            reborrow(&mut grads),
-        )?;
+        let screen = entry::fixed(self, training, call.reborrow())?;
         if small || known || screen == Screen::InRange {
             return Ok(screen);
         }
         match wide::width(p, x.shape, self.bit_widths)? {
             Width::Narrow => Ok(screen),
-            Width::Wide => self.call_wide(x, p, training, dy, y, grads),
+            Width::Wide => self.call_wide(training, call),
         }
     }
 
     /// The pass in float64, its results rounded to `T` once: for types wider than `T::C`
     /// holds (see [`crate::wide`]).
-    #[allow(clippy::type_complexity)]
-    fn call_wide<T: Element>(
-        &self,
-        x: TensorRef<'_, T>,
-        p: [TensorRef<'_, T::C>; 3],
-        training: bool,
-        dy: Option<Upstream<'_, T>>,
-        y: Option<&mut [T]>,
-        grads: Option<(&mut [T], [&mut [T::C]; 2])>,
-    ) -> Result<Screen> {
-        let up = |v: T| v.to_c().to_f64();
-        let down = |v: f64| T::from_c(T::C::from_f64(v));
-        let x64: Vec<f64> = x.data.iter().map(|&v| up(v)).collect();
-        let p64: [Vec<f64>; 3] =
-            std::array::from_fn(|q| p[q].data.iter().map(|v| v.to_f64()).collect());
-        let dy64 = dy.map(|d| match d {
-            Upstream::Each(d) => Ok(d.iter().map(|&v| up(v)).collect::<Vec<f64>>()),
-            Upstream::Same(v) => Err(up(v)),
-        });
-        let mut y64 = y.as_ref().map(|y| vec![0.0f64; y.len()]);
-        let mut g64 = grads.as_ref().map(|(dx, [a, b])| {
-            (
-                vec![0.0f64; dx.len()],
-                [vec![0.0f64; a.len()], vec![0.0f64; b.len()]],
-            )
-        });
-        let t = |q: usize| TensorRef {
-            data: &p64[q][..],
-            shape: p[q].shape,
-        };
-        self.with_screen(Screen::Unknown).call_impl::<f64>(
-            TensorRef {
-                data: &x64,
-                shape: x.shape,
-            },
-            [t(0), t(1), t(2)],
-            training,
-            dy64.as_ref().map(|d| match d {
-                Ok(d) => Upstream::Each(d.as_slice()),
-                Err(v) => Upstream::Same(*v),
-            }),
-            y64.as_deref_mut(),
-            g64.as_mut()
-                .map(|(dx, [a, b])| (dx.as_mut_slice(), [a.as_mut_slice(), b.as_mut_slice()])),
-        )?;
-        if let (Some(y), Some(y64)) = (y, &y64) {
-            y.iter_mut().zip(y64).for_each(|(d, &s)| *d = down(s));
-        }
-        if let (Some((dx, [a, b])), Some((dx64, [a64, b64]))) = (grads, &g64) {
-            dx.iter_mut().zip(dx64).for_each(|(d, &s)| *d = down(s));
-            a.iter_mut()
-                .zip(a64)
-                .for_each(|(d, &s)| *d = T::C::from_f64(s));
-            b.iter_mut()
-                .zip(b64)
-                .for_each(|(d, &s)| *d = T::C::from_f64(s));
-        }
+    fn call_wide<T: Element>(&self, training: bool, call: Call<'_, T, 2>) -> Result<Screen> {
+        entry::fixed_in_f64(&self.with_screen(Screen::Unknown), training, call)?;
         // A wide pass vouches for nothing: a later pass over the same bit widths checks them.
         Ok(Screen::Unknown)
     }
 
     /// [`BitWidths::KbiRaw`]: `p` is `[k, b, i]`.
-    #[allow(clippy::type_complexity)]
-    fn call_kbi<T: Element>(
-        &self,
-        x: TensorRef<'_, T>,
-        p: [TensorRef<'_, T::C>; 3],
-        training: bool,
-        dy: Option<Upstream<'_, T>>,
-        y: Option<&mut [T]>,
-        grads: Option<(&mut [T], [&mut [T::C]; 2])>,
-    ) -> Result<Screen> {
-        let [k, b, i] = p;
+    fn call_kbi<T: Element>(&self, training: bool, call: Call<'_, T, 2>) -> Result<Screen> {
+        let [k, b, i] = call.p;
         check_len("b", b.data.len(), b.shape)?;
         check_len("i", i.data.len(), i.shape)?;
         if b.shape != i.shape {
@@ -458,17 +384,30 @@ impl FixedPoint {
         let iu: Vec<T::C> = i.data.iter().map(|&v| rc(v)).collect();
         let fu: Vec<T::C> = b.data.iter().zip(&iu).map(|(&b, &i)| rc(b) - i).collect();
         let q = self.with_bit_widths(BitWidths::Integer);
-        let pi = [
+        let p = [
             k,
             TensorRef::new(&iu, i.shape)?,
             TensorRef::new(&fu, b.shape)?,
         ];
+        let Call {
+            x, dy, y, grads, ..
+        } = call;
         match grads {
-            None => T::fixed_entry(&q, x, pi, training, dy, y, None),
+            None => entry::fixed(
+                &q,
+                training,
+                Call {
+                    x,
+                    p,
+                    dy,
+                    y,
+                    grads: None,
+                },
+            ),
             Some((dx, [db, di])) => {
                 // The kernel's df is b's gradient; i's is di + (-df).
-                let s =
-                    T::fixed_entry(&q, x, pi, training, dy, y, Some((dx, [&mut *di, &mut *db])))?;
+                let grads = Some((dx, [&mut *di, &mut *db]));
+                let s = entry::fixed(&q, training, Call { x, p, dy, y, grads })?;
                 for (di, &db) in di.iter_mut().zip(db.iter()) {
                     *di = *di + -db;
                 }
@@ -478,16 +417,12 @@ impl FixedPoint {
     }
 
     /// The body of [`FixedPoint::call`] for one element type.
-    #[allow(clippy::type_complexity)]
     pub(crate) fn call_impl<T: Element>(
         &self,
-        x: TensorRef<'_, T>,
-        p: [TensorRef<'_, T::C>; 3],
         training: bool,
-        dy: Option<Upstream<'_, T>>,
-        y: Option<&mut [T]>,
-        grads: Option<(&mut [T], [&mut [T::C]; 2])>,
+        call: Call<'_, T, 2>,
     ) -> Result<Screen> {
+        let Call { x, p, dy, y, grads } = call;
         let seed = match self.stochastic {
             Stochastic::Seeded(s) if training => Some(s),
             _ => None,
@@ -626,19 +561,13 @@ pub(crate) fn minifloat_call<T: Element>(
     grads: Option<(&mut [T], [&mut [T::C]; 3])>,
     path: Path,
 ) -> Result<()> {
-    T::float_entry(x, p, dy, y, grads, path)
+    let call = Call { x, p, dy, y, grads };
+    entry::float(call, path)
 }
 
 /// The body of [`minifloat_call`] for one element type.
-#[allow(clippy::type_complexity)]
-pub(crate) fn minifloat_impl<T: Element>(
-    x: TensorRef<'_, T>,
-    p: [TensorRef<'_, T::C>; 3],
-    dy: Option<Upstream<'_, T>>,
-    y: Option<&mut [T]>,
-    grads: Option<(&mut [T], [&mut [T::C]; 3])>,
-    path: Path,
-) -> Result<()> {
+pub(crate) fn minifloat_impl<T: Element>(call: Call<'_, T, 3>, path: Path) -> Result<()> {
+    let Call { x, p, dy, y, grads } = call;
     let (gx, gp) = match grads {
         Some((dx, [a, b, c])) => (Some(dx), Some([Some(a), Some(b), Some(c)])),
         None => (None, None),
@@ -661,15 +590,6 @@ pub(crate) fn minifloat_impl<T: Element>(
     }
     .call(FloatOp)
     .map(|_| ())
-}
-
-/// `grads` lent for one call.
-#[allow(clippy::type_complexity)]
-fn reborrow<'a, T, C>(
-    g: &'a mut Option<(&mut [T], [&mut [C]; 2])>,
-) -> Option<(&'a mut [T], [&'a mut [C]; 2])> {
-    g.as_mut()
-        .map(|(dx, [a, b])| (&mut **dx, [&mut **a, &mut **b]))
 }
 
 /// The first value, in parameter order, that breaks its parameter's rule.
