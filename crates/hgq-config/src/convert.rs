@@ -144,11 +144,17 @@ fn axes(c: &Common) -> Result<Axes> {
     })
 }
 
-fn axes_back(a: &Axes) -> (Option<Vec<i64>>, Option<Vec<i64>>) {
+/// The (homogeneous, heterogeneous) lists of `a`; a mapper of the user's own has no Keras
+/// config.
+#[allow(clippy::type_complexity)]
+fn axes_back(a: &Axes) -> Result<(Option<Vec<i64>>, Option<Vec<i64>>)> {
     let conv = |v: &[isize]| v.iter().map(|&x| x as i64).collect::<Vec<_>>();
     match a {
-        Axes::Homogeneous(v) => (Some(conv(v)), None),
-        Axes::Heterogeneous(v) => (None, Some(conv(v))),
+        Axes::Homogeneous(v) => Ok((Some(conv(v)), None)),
+        Axes::Heterogeneous(v) => Ok((None, Some(conv(v)))),
+        Axes::Mapper(m) => Err(ConfigError::Convert(format!(
+            "the bit-width mapper {m:?} is the user's own: it has no Keras config"
+        ))),
     }
 }
 
@@ -252,15 +258,15 @@ impl QuantizerConfig {
                 Err(ConfigError::Convert(format!("k0 = {k} is not 0 or 1")))
             }
         };
-        let common = |f: &q::FixedSpec| {
-            let (hom, het) = axes_back(&f.axes);
-            Common {
+        let common = |f: &q::FixedSpec| -> Result<Common> {
+            let (hom, het) = axes_back(&f.axes)?;
+            Ok(Common {
                 homogeneous_axis: hom,
                 heterogeneous_axis: het,
                 bw_mapper: None,
                 trainable: f.trainable,
                 is_weight: f.is_weight,
-            }
+            })
         };
         let params = match &c.spec {
             QuantizerSpec::Kbi(s) => Params::Kbi(KbiParams {
@@ -274,7 +280,7 @@ impl QuantizerConfig {
                 br: reg_from(&s.br),
                 ir: reg_from(&s.ir),
                 i_decay_speed: InitValue::Float(s.fixed.i_decay_speed),
-                common: common(&s.fixed),
+                common: common(&s.fixed)?,
             }),
             QuantizerSpec::Kif(s) => Params::Kif(KifParams {
                 k0: k0(s.k0)?,
@@ -287,13 +293,13 @@ impl QuantizerConfig {
                 fc: con_from(&s.fc),
                 fr: reg_from(&s.fr),
                 i_decay_speed: InitValue::Float(s.fixed.i_decay_speed),
-                common: common(&s.fixed),
+                common: common(&s.fixed)?,
             }),
             QuantizerSpec::Float(s) => {
                 let Some(d) = Params::defaults(QType::Float, place).common().cloned() else {
                     unreachable!("float defaults have common keys")
                 };
-                let (hom, het) = axes_back(&s.axes);
+                let (hom, het) = axes_back(&s.axes)?;
                 Params::Float(FloatParams {
                     m0: init_back(s.m0),
                     e0: init_back(s.e0),

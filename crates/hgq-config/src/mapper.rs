@@ -1,6 +1,6 @@
 //! hgq's `DefaultBitwidthMapper` configuration.
 use crate::de::{At, Envelope, dict, envelope, ints, opt};
-use crate::error::Result;
+use crate::error::{ConfigError, Result};
 use crate::pyjson::PyValue;
 use hgq_core::mapper::Axes;
 use serde::Serialize;
@@ -16,7 +16,7 @@ pub const MAPPER_MODULE: &str = "hgq.quantizer.internal.base";
 /// ```
 /// use hgq_config::BitwidthMapperConfig;
 /// use hgq_core::mapper::Axes;
-/// let mut m = BitwidthMapperConfig::new(Axes::Homogeneous(vec![0]));
+/// let mut m = BitwidthMapperConfig::new(Axes::Homogeneous(vec![0])).unwrap();
 /// m.infer(3).unwrap();
 /// assert_eq!(
 ///     m.to_json(),
@@ -34,18 +34,24 @@ pub struct BitwidthMapperConfig {
 }
 
 impl BitwidthMapperConfig {
-    /// A mapper for the given axes, not yet inferred.
-    pub fn new(axes: Axes) -> Self {
+    /// A mapper for the given axes, not yet inferred. A mapper of the user's own
+    /// ([`Axes::Mapper`]) has no such config: an error.
+    pub fn new(axes: Axes) -> Result<Self> {
         let (het, hom) = match axes {
             Axes::Heterogeneous(a) => (Some(a), None),
             Axes::Homogeneous(a) => (None, Some(a)),
+            Axes::Mapper(m) => {
+                return Err(ConfigError::Convert(format!(
+                    "the bit-width mapper {m:?} is the user's own: it has no Keras config"
+                )));
+            }
         };
         let conv = |a: Option<Vec<isize>>| a.map(|v| v.into_iter().map(|x| x as i64).collect());
-        BitwidthMapperConfig {
+        Ok(BitwidthMapperConfig {
             heterogeneous_axis: conv(het),
             homogeneous_axis: conv(hom),
             shape_inferenced: false,
-        }
+        })
     }
 
     /// Resolves the axes against an input of `ndim` dimensions, as the reference's

@@ -74,7 +74,7 @@ fn build(name: &str) -> Result<String> {
         .to_json(),
         // DefaultBitwidthMapper(homogeneous_axis=(0,)) after inference on (16, 8, 3)
         "mapper/homogeneous_0" => {
-            let mut m = BitwidthMapperConfig::new(Axes::Homogeneous(vec![0]));
+            let mut m = BitwidthMapperConfig::new(Axes::Homogeneous(vec![0])).unwrap();
             m.infer(3)?;
             m.to_json()
         }

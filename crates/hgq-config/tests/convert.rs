@@ -123,3 +123,35 @@ fn a_minifloat_that_does_not_train_gets_no_gradients() {
     let g = q.forward_backward(x, &[1.0; 2], &mut y, &mut dx).unwrap();
     assert!(g.m.is_some() && g.e.is_some() && g.e0.is_some());
 }
+
+/// A bit-width mapper of the user's own.
+#[derive(Debug)]
+struct OwnMapper;
+
+impl hgq_core::BitwidthMapper for OwnMapper {
+    fn bw_shape(&self, input: &[Option<usize>]) -> hgq_core::Result<Vec<usize>> {
+        Ok(vec![1; input.len()])
+    }
+}
+
+#[test]
+fn a_users_mapper_has_no_keras_config() {
+    let c = QuantizerConfig::builder(QType::Kif, Place::Datalane)
+        .build()
+        .unwrap();
+    let mut core = c.to_core().unwrap();
+    let QuantizerSpec::Kif(s) = &mut core.spec else {
+        panic!("not kif")
+    };
+    let own = Axes::Mapper(std::sync::Arc::new(OwnMapper));
+    s.fixed.axes = own.clone();
+    let e = QuantizerConfig::from_core(&core, Place::Datalane).unwrap_err();
+    assert!(
+        matches!(&e, ConfigError::Convert(m) if m.contains("OwnMapper") && m.contains("no Keras config")),
+        "{e}"
+    );
+    assert!(matches!(
+        hgq_config::BitwidthMapperConfig::new(own),
+        Err(ConfigError::Convert(_))
+    ));
+}

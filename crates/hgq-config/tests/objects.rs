@@ -74,7 +74,7 @@ fn initializers_as_initial_values() {
 
 #[test]
 fn explicit_mapper() {
-    let mut m = BitwidthMapperConfig::new(Axes::Heterogeneous(vec![-1]));
+    let mut m = BitwidthMapperConfig::new(Axes::Heterogeneous(vec![-1])).unwrap();
     let q = QuantizerConfig::builder(QType::Kbi, Place::Weight)
         .bw_mapper(m.clone())
         .build()
@@ -87,6 +87,7 @@ fn explicit_mapper() {
     assert_eq!(m.homogeneous_axis, Some(vec![0]));
     assert!(
         BitwidthMapperConfig::new(Axes::Homogeneous(vec![3]))
+            .unwrap()
             .infer(2)
             .is_err()
     );

@@ -74,7 +74,7 @@ fn configs() -> Vec<QuantizerConfig> {
             .ic(Constraint::Max(f64::INFINITY))
             .br(Regularizer::L1(0.01))
             .ir(Regularizer::L2(2.5e-5))
-            .bw_mapper(BitwidthMapperConfig::new(Axes::Heterogeneous(vec![-1])))
+            .bw_mapper(BitwidthMapperConfig::new(Axes::Heterogeneous(vec![-1])).unwrap())
             .trainable(false)
             .build()
             .unwrap(),
@@ -358,7 +358,7 @@ fn parts_round_trip() {
     ] {
         assert_eq!(round_trip(&f), f);
     }
-    let mut m = BitwidthMapperConfig::new(Axes::Homogeneous(vec![0]));
+    let mut m = BitwidthMapperConfig::new(Axes::Homogeneous(vec![0])).unwrap();
     assert_eq!(round_trip(&m), m);
     m.infer(3).unwrap();
     assert_eq!(round_trip(&m), m);

@@ -74,6 +74,17 @@ pub enum CoreError {
     /// A quantizer used before `build`.
     #[error("the quantizer is not built: call build with the input shape first")]
     NotBuilt,
+    /// A bit-width mapper of the user's own gave a shape that does not broadcast to its input.
+    #[error(
+        "the bit-width mapper gave shape {bw_shape:?} for inputs of shape {input_shape:?}: \
+         each dimension must be 1 or the input's size"
+    )]
+    MapperShape {
+        /// The mapper's bit-width shape.
+        bw_shape: Vec<usize>,
+        /// The input shape (None: any size).
+        input_shape: Vec<Option<usize>>,
+    },
     /// An input whose shape differs from the one the quantizer was built for.
     #[error("input shape {got:?} does not fit the built shape {built:?}")]
     InputShape {

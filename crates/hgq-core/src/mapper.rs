@@ -2,15 +2,33 @@
 use crate::error::{CoreError, Result};
 use crate::real::Real;
 use crate::shape::TensorRef;
+use std::sync::Arc;
 
-/// Exactly one way of naming the axes: the enum makes "both" and "neither" unrepresentable.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Exactly one way of naming which axes share a bit width: the enum makes "both" and
+/// "neither" unrepresentable.
+#[derive(Debug, Clone)]
 pub enum Axes {
     /// These axes get their own bit width per index; all others share.
     Heterogeneous(Vec<isize>),
     /// These axes share one bit width; all others get their own.
     Homogeneous(Vec<isize>),
+    /// A mapper of the user's own chooses the bit-width shape for each input shape.
+    Mapper(Arc<dyn BitwidthMapper>),
 }
+
+/// Mappers are equal when they are the same object.
+impl PartialEq for Axes {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Axes::Heterogeneous(a), Axes::Heterogeneous(b)) => a == b,
+            (Axes::Homogeneous(a), Axes::Homogeneous(b)) => a == b,
+            (Axes::Mapper(a), Axes::Mapper(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Axes {}
 
 impl Axes {
     /// From the reference's pair of optional lists: exactly one must be given.
@@ -26,13 +44,89 @@ impl Axes {
     }
 }
 
-/// Maps bit-width tensors to inputs and reduces inputs to bit-width shape.
-pub trait BitwidthMapper {
-    /// The bit-width shape for an input shape (`None`: a dimension of unknown size, such as the
-    /// batch). Resolves negative axes against the rank.
-    fn bw_shape(&mut self, input_shape: &[Option<usize>]) -> Result<Vec<usize>>;
-    /// The homogeneous axes (resolved by [`BitwidthMapper::bw_shape`]).
-    fn homogeneous_axes(&self) -> Result<&[usize]>;
+/// A bit-width mapper of the user's own (the reference's `bw_mapper` argument): for an input
+/// shape, the shape of the bit widths. The bit widths broadcast to the input (numpy rules), so
+/// each dimension of the bit-width shape is 1 (that axis shares a bit width) or the input's
+/// size (a bit width per index); the quantizer refuses any other shape with
+/// [`CoreError::MapperShape`]. Integer-bit tracking and `minimal_i`/`any_k` reduce over the
+/// axes of size 1.
+///
+/// ```
+/// use hgq_core::{mapper::Axes, quantizer::Layout, BitwidthMapper, Result};
+/// use std::sync::Arc;
+/// /// A bit width per channel (the last axis) of 4-D inputs, one for all of 2-D ones.
+/// #[derive(Debug)]
+/// struct PerChannel;
+/// impl BitwidthMapper for PerChannel {
+///     fn bw_shape(&self, input: &[Option<usize>]) -> Result<Vec<usize>> {
+///         let mut s = vec![1; input.len()];
+///         if input.len() == 4 {
+///             s[3] = input[3].unwrap_or(1);
+///         }
+///         Ok(s)
+///     }
+/// }
+/// let axes = Axes::Mapper(Arc::new(PerChannel));
+/// let l = Layout::new(&axes, &[None, Some(8), Some(8), Some(3)]).unwrap();
+/// assert_eq!((l.bw_shape, l.homogeneous), (vec![1, 1, 1, 3], vec![0, 1, 2]));
+/// ```
+pub trait BitwidthMapper: std::fmt::Debug + Send + Sync {
+    /// The bit-width shape for inputs of `input_shape` (`None`: a dimension of any size, such
+    /// as the batch): the same rank, each dimension 1 or the input's.
+    fn bw_shape(&self, input_shape: &[Option<usize>]) -> Result<Vec<usize>>;
+}
+
+/// The reference's `DefaultBitwidthMapper`.
+///
+/// ```
+/// use hgq_core::{mapper::Axes, BitwidthMapper, DefaultBitwidthMapper};
+/// let mut m = DefaultBitwidthMapper::new(Axes::Homogeneous(vec![0]));
+/// assert_eq!(m.build(&[None, Some(16)]).unwrap(), vec![1, 16]);
+/// assert!(DefaultBitwidthMapper::new(Axes::Heterogeneous(vec![0])).bw_shape(&[None, Some(4)]).is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct DefaultBitwidthMapper {
+    axes: Axes,
+    /// (heterogeneous, homogeneous), resolved against a rank.
+    resolved: Option<(Vec<usize>, Vec<usize>)>,
+}
+
+impl DefaultBitwidthMapper {
+    /// A mapper for the given axes.
+    pub fn new(axes: Axes) -> Self {
+        DefaultBitwidthMapper {
+            axes,
+            resolved: None,
+        }
+    }
+
+    /// The axes as given.
+    pub fn axes(&self) -> &Axes {
+        &self.axes
+    }
+
+    /// The resolved (heterogeneous, homogeneous) axes, after [`DefaultBitwidthMapper::build`].
+    pub fn resolved(&self) -> Option<(&[usize], &[usize])> {
+        self.resolved
+            .as_ref()
+            .map(|(a, b)| (a.as_slice(), b.as_slice()))
+    }
+
+    /// The bit-width shape for an input shape, the axes resolved against its rank and kept
+    /// for the reductions below.
+    pub fn build(&mut self, input_shape: &[Option<usize>]) -> Result<Vec<usize>> {
+        let (shape, resolved) = self.resolve(input_shape)?;
+        self.resolved = Some(resolved);
+        Ok(shape)
+    }
+
+    /// The homogeneous axes (resolved by [`DefaultBitwidthMapper::build`]).
+    pub fn homogeneous_axes(&self) -> Result<&[usize]> {
+        self.resolved
+            .as_ref()
+            .map(|r| r.1.as_slice())
+            .ok_or(CoreError::NotBuilt)
+    }
     /// `bw_to_x`: the bit widths broadcast to the input's shape.
     ///
     /// ```
@@ -40,7 +134,7 @@ pub trait BitwidthMapper {
     /// let m = DefaultBitwidthMapper::new(Axes::Homogeneous(vec![0]));
     /// assert_eq!(m.broadcast(&[1.0f32, 2.0], &[1, 2], &[2, 2]).unwrap(), vec![1.0, 2.0, 1.0, 2.0]);
     /// ```
-    fn broadcast<C: Real>(
+    pub fn broadcast<C: Real>(
         &self,
         bw: &[C],
         bw_shape: &[usize],
@@ -51,16 +145,16 @@ pub trait BitwidthMapper {
         Ok(crate::shape::broadcast(bw, &aligned, x_shape))
     }
     /// `max |x|` over the homogeneous axes, keeping dims (NaN propagates).
-    fn absmax<C: Real>(&self, x: TensorRef<'_, C>) -> Result<(Vec<C>, Vec<usize>)> {
+    pub fn absmax<C: Real>(&self, x: TensorRef<'_, C>) -> Result<(Vec<C>, Vec<usize>)> {
         self.reduce(x, C::ZERO, |acc, v| acc.maximum(v.abs()))
     }
     /// `any(x < 0)` over the homogeneous axes, keeping dims.
-    fn any_negative<C: Real>(&self, x: TensorRef<'_, C>) -> Result<(Vec<bool>, Vec<usize>)> {
+    pub fn any_negative<C: Real>(&self, x: TensorRef<'_, C>) -> Result<(Vec<bool>, Vec<usize>)> {
         let (v, s) = self.reduce(x, C::ZERO, |acc, v| if v < C::ZERO { C::ONE } else { acc })?;
         Ok((v.into_iter().map(|a| a == C::ONE).collect(), s))
     }
     /// A keep-dims reduction over the homogeneous axes.
-    fn reduce<C: Real>(
+    pub fn reduce<C: Real>(
         &self,
         x: TensorRef<'_, C>,
         init: C,
@@ -106,43 +200,6 @@ pub trait BitwidthMapper {
     }
 }
 
-/// The reference's `DefaultBitwidthMapper`.
-///
-/// ```
-/// use hgq_core::{mapper::Axes, BitwidthMapper, DefaultBitwidthMapper};
-/// let mut m = DefaultBitwidthMapper::new(Axes::Homogeneous(vec![0]));
-/// assert_eq!(m.bw_shape(&[None, Some(16)]).unwrap(), vec![1, 16]);
-/// assert!(DefaultBitwidthMapper::new(Axes::Heterogeneous(vec![0])).bw_shape(&[None, Some(4)]).is_err());
-/// ```
-#[derive(Debug, Clone, PartialEq)]
-pub struct DefaultBitwidthMapper {
-    axes: Axes,
-    /// (heterogeneous, homogeneous), resolved against a rank.
-    resolved: Option<(Vec<usize>, Vec<usize>)>,
-}
-
-impl DefaultBitwidthMapper {
-    /// A mapper for the given axes.
-    pub fn new(axes: Axes) -> Self {
-        DefaultBitwidthMapper {
-            axes,
-            resolved: None,
-        }
-    }
-
-    /// The axes as given.
-    pub fn axes(&self) -> &Axes {
-        &self.axes
-    }
-
-    /// The resolved (heterogeneous, homogeneous) axes, after `bw_shape`.
-    pub fn resolved(&self) -> Option<(&[usize], &[usize])> {
-        self.resolved
-            .as_ref()
-            .map(|(a, b)| (a.as_slice(), b.as_slice()))
-    }
-}
-
 /// Resolves negative axes; an axis outside `[0, ndim)` after that is an error.
 pub fn check_axis(axis: &[isize], ndim: usize) -> Result<Vec<usize>> {
     axis.iter()
@@ -157,8 +214,13 @@ pub fn check_axis(axis: &[isize], ndim: usize) -> Result<Vec<usize>> {
         .collect()
 }
 
-impl BitwidthMapper for DefaultBitwidthMapper {
-    fn bw_shape(&mut self, input_shape: &[Option<usize>]) -> Result<Vec<usize>> {
+impl DefaultBitwidthMapper {
+    /// The bit-width shape and the (heterogeneous, homogeneous) axes for an input shape.
+    #[allow(clippy::type_complexity)]
+    fn resolve(
+        &self,
+        input_shape: &[Option<usize>],
+    ) -> Result<(Vec<usize>, (Vec<usize>, Vec<usize>))> {
         let n = input_shape.len();
         let (hetero, homo) = match &self.axes {
             Axes::Heterogeneous(a) => {
@@ -171,6 +233,22 @@ impl BitwidthMapper for DefaultBitwidthMapper {
                 let h = (0..n).filter(|d| !o.contains(d)).collect();
                 (h, o)
             }
+            Axes::Mapper(m) => {
+                let shape = m.bw_shape(input_shape)?;
+                let fits = shape.len() == n
+                    && shape
+                        .iter()
+                        .zip(input_shape)
+                        .all(|(&b, &d)| b == 1 || Some(b) == d);
+                if !fits {
+                    return Err(CoreError::MapperShape {
+                        bw_shape: shape,
+                        input_shape: input_shape.to_vec(),
+                    });
+                }
+                let (o, h) = (0..n).partition(|&d| shape[d] == 1);
+                return Ok((shape, (h, o)));
+            }
         };
         let mut shape = vec![1; n];
         for &d in &hetero {
@@ -179,15 +257,13 @@ impl BitwidthMapper for DefaultBitwidthMapper {
                 shape: input_shape.to_vec(),
             })?;
         }
-        self.resolved = Some((hetero, homo));
-        Ok(shape)
+        Ok((shape, (hetero, homo)))
     }
+}
 
-    fn homogeneous_axes(&self) -> Result<&[usize]> {
-        self.resolved
-            .as_ref()
-            .map(|r| r.1.as_slice())
-            .ok_or(CoreError::NotBuilt)
+impl BitwidthMapper for DefaultBitwidthMapper {
+    fn bw_shape(&self, input_shape: &[Option<usize>]) -> Result<Vec<usize>> {
+        Ok(self.resolve(input_shape)?.0)
     }
 }
 
@@ -198,10 +274,7 @@ mod tests {
     #[test]
     fn reductions_over_homogeneous_axes() {
         let mut m = DefaultBitwidthMapper::new(Axes::Heterogeneous(vec![-1]));
-        assert_eq!(
-            m.bw_shape(&[None, Some(2), Some(3)]).unwrap(),
-            vec![1, 1, 3]
-        );
+        assert_eq!(m.build(&[None, Some(2), Some(3)]).unwrap(), vec![1, 1, 3]);
         assert_eq!(m.resolved().unwrap(), (&[2usize][..], &[0usize, 1][..]));
         let x = [
             1.0f32, -5.0, 0.5, -2.0, 3.0, 0.25, 0.0, 1.0, -0.5, 4.0, -1.0, 0.0,

@@ -465,3 +465,67 @@ fn minimal_i_and_any_k_of_the_data() {
         Err(CoreError::InputShape { .. })
     ));
 }
+
+/// A bit width per index of the last axis of 3-D inputs, one for all of other ranks: a rule
+/// `Axes` lists cannot state.
+#[derive(Debug)]
+struct LastAxisOf3d;
+
+impl hgq_core::BitwidthMapper for LastAxisOf3d {
+    fn bw_shape(&self, input: &[Option<usize>]) -> hgq_core::Result<Vec<usize>> {
+        let mut s = vec![1; input.len()];
+        if input.len() == 3 {
+            s[2] = input[2].ok_or(CoreError::NotBuilt)?;
+        }
+        Ok(s)
+    }
+}
+
+/// A mapper that gives a shape that does not broadcast to its input.
+#[derive(Debug)]
+struct Broken;
+
+impl hgq_core::BitwidthMapper for Broken {
+    fn bw_shape(&self, input: &[Option<usize>]) -> hgq_core::Result<Vec<usize>> {
+        Ok(vec![5; input.len()])
+    }
+}
+
+#[test]
+fn a_users_bit_width_mapper_is_plugged_in() {
+    use std::sync::Arc;
+    let mapper = Axes::Mapper(Arc::new(LastAxisOf3d));
+    let spec = |axes: Axes| {
+        let mut s = KifSpec::new(1.0, 1.0, 2.0, RoundMode::Rnd, OverflowMode::Wrap).with_axes(axes);
+        s.fixed.i_decay_speed = 0.0;
+        QuantizerSpec::Kif(s)
+    };
+    let shape = [None, Some(2), Some(3)];
+    let mut mine = CpuQuantizer::<f32>::new(spec(mapper.clone()), &shape).unwrap();
+    let mut lists = CpuQuantizer::<f32>::new(spec(Axes::Heterogeneous(vec![2])), &shape).unwrap();
+    assert_eq!(mine.layout().unwrap().bw_shape, vec![1, 1, 3]);
+    assert_eq!(mine.layout().unwrap().homogeneous, vec![0, 1]);
+    // The same bit widths as the axes that say the same: the same values and the same
+    // integer bits tracked (WRAP, reduced over the shared axes).
+    let x = data(12, 3, 6.0);
+    let (mut a, mut b) = ([0.0f32; 12], [0.0f32; 12]);
+    for mode in [CallMode::Training, CallMode::Tracing, CallMode::Inference] {
+        let t = TensorRef::new(&x, &[2, 2, 3]).unwrap();
+        mine.forward(t, mode, &mut a).unwrap();
+        lists.forward(t, mode, &mut b).unwrap();
+        assert_eq!(a, b, "{mode:?}");
+    }
+    assert_eq!(mine.variables(), lists.variables());
+    // 2-D inputs: one bit width for all.
+    let flat = CpuQuantizer::<f32>::new(spec(mapper), &[None, Some(4)]).unwrap();
+    assert_eq!(flat.layout().unwrap().bw_shape, vec![1, 1]);
+    // A shape that does not broadcast is refused when the quantizer is built.
+    let r = CpuQuantizer::<f32>::new(spec(Axes::Mapper(Arc::new(Broken))), &shape);
+    assert!(
+        matches!(&r, Err(CoreError::MapperShape { bw_shape, .. }) if bw_shape == &vec![5, 5, 5]),
+        "{r:?}"
+    );
+    // The mapper's own errors come through.
+    let r = CpuQuantizer::<f32>::new(spec(Axes::Mapper(Arc::new(LastAxisOf3d))), &[None; 3]);
+    assert!(matches!(r, Err(CoreError::NotBuilt)), "{r:?}");
+}

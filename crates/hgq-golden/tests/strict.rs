@@ -242,8 +242,11 @@ fn a_looser_tolerance_applies_to_every_element() {
             abs: 1e-6,
         },
     };
+    // hgq-core runs each fixed_fn case as called, on the scalar path, at every SIMD level
+    // this CPU has and in float64: each run's twelve are counted.
+    let runs = 3 + hgq_core::kernels::SimdLevel::available().len();
     let r = hgq_golden::check_with_options(set.path(), "fixed_fn", &core, &loose).unwrap();
-    assert_eq!((r.mismatches, r.tolerated), (0, 12), "{r}");
+    assert_eq!((r.mismatches, r.tolerated), (0, 12 * runs), "{r}");
     // The thirteenth, 10% off, is outside even the looser tolerance: found though it comes after
     // the twelve.
     set.edit("fixed_fn", |v| {
@@ -261,7 +264,7 @@ fn a_looser_tolerance_applies_to_every_element() {
         assert!(seen >= 13);
     });
     let r = hgq_golden::check_with_options(set.path(), "fixed_fn", &core, &loose).unwrap();
-    assert_eq!((r.mismatches, r.tolerated), (1, 12), "{r}");
+    assert_eq!((r.mismatches, r.tolerated), (1, 12 * runs), "{r}");
 }
 
 #[test]

@@ -12,7 +12,7 @@ use hgq_core::quantizer::{
     Backend, BwOp, Constraint, OperandOf, Regularizer, Store, VarInit, Variable,
 };
 use hgq_core::shape::check_broadcast;
-use hgq_core::{BitwidthMapper, CoreError, DefaultBitwidthMapper, FixedPoint, TensorRef};
+use hgq_core::{CoreError, DefaultBitwidthMapper, FixedPoint, TensorRef};
 use tch::{Device, Kind, Tensor, nn};
 
 use crate::{Result, TorchError, host};
@@ -153,7 +153,7 @@ fn reduce_on_host(
             reduce.iter().map(|&a| a as isize).collect(),
         ));
         let known: Vec<Option<usize>> = shape.iter().map(|&d| Some(d)).collect();
-        m.bw_shape(&known)?;
+        m.build(&known)?;
         return Ok(on_host(&m, TensorRef::new(d, &shape)?)?);
     }
     let r = on_device(x)?;

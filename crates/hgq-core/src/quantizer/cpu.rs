@@ -11,7 +11,7 @@ use super::constraint::{Constraint, Regularizer};
 use super::{Props, Quantizer, QuantizerSpec, Store, VarInit, VarName, Variable};
 use crate::error::{CoreError, Result};
 use crate::kernels::{Path, Upstream};
-use crate::mapper::{Axes, BitwidthMapper, DefaultBitwidthMapper};
+use crate::mapper::{Axes, DefaultBitwidthMapper};
 use crate::modes::CallMode;
 use crate::real::{Element, Real};
 use crate::shape::{TensorRef, check_len};
@@ -226,7 +226,7 @@ fn reduce_mapper(reduce: &[usize], shape: &[usize]) -> Result<DefaultBitwidthMap
         reduce.iter().map(|&d| d as isize).collect(),
     ));
     let known: Vec<Option<usize>> = shape.iter().map(|&d| Some(d)).collect();
-    m.bw_shape(&known)?;
+    m.build(&known)?;
     Ok(m)
 }
 
@@ -485,6 +485,11 @@ impl<C: Real + Element<C = C>> CpuQuantizer<C> {
     /// The logic, generic over backends.
     pub fn inner_mut(&mut self) -> &mut Quantizer<Vec<C>> {
         &mut self.q
+    }
+
+    /// Where its bit widths sit relative to its input (none for the dummy).
+    pub fn layout(&self) -> Option<&super::Layout> {
+        self.q.layout()
     }
 
     /// The variables.

@@ -34,7 +34,7 @@ pub use fixed::{FixedKind, FixedQuantizer, FixedSpec, KbiSpec, KifSpec, Param};
 pub use float::{FloatQuantizer, FloatSpec};
 
 use crate::error::{CoreError, Result};
-use crate::mapper::{Axes, BitwidthMapper, DefaultBitwidthMapper};
+use crate::mapper::{Axes, DefaultBitwidthMapper};
 use crate::modes::CallMode;
 use crate::real::Real;
 use backend::Arith;
@@ -232,7 +232,7 @@ impl Layout {
     /// The layout of `axes` for inputs of `input_shape`.
     pub fn new(axes: &Axes, input_shape: &[Option<usize>]) -> Result<Layout> {
         let mut m = DefaultBitwidthMapper::new(axes.clone());
-        let bw_shape = m.bw_shape(input_shape)?;
+        let bw_shape = m.build(input_shape)?;
         let n = crate::shape::numel(&bw_shape)?;
         if n > MAX_BW_ELEMENTS {
             return Err(CoreError::TooLarge {
@@ -339,6 +339,15 @@ impl<V> Quantizer<V> {
             Quantizer::Fixed(q) => &q.layout().input_shape,
             Quantizer::Float(q) => &q.layout().input_shape,
             Quantizer::Dummy(q) => q.input_shape(),
+        }
+    }
+
+    /// Where its bit widths sit relative to its input (none for the dummy).
+    pub fn layout(&self) -> Option<&Layout> {
+        match self {
+            Quantizer::Fixed(q) => Some(q.layout()),
+            Quantizer::Float(q) => Some(q.layout()),
+            Quantizer::Dummy(_) => None,
         }
     }
 
