@@ -529,3 +529,40 @@ fn a_users_bit_width_mapper_is_plugged_in() {
     let r = CpuQuantizer::<f32>::new(spec(Axes::Mapper(Arc::new(LastAxisOf3d))), &[None; 3]);
     assert!(matches!(r, Err(CoreError::NotBuilt)), "{r:?}");
 }
+
+#[test]
+fn the_dummy_quantizer_is_the_identity_in_every_mode() {
+    let mut q = CpuQuantizer::<f32>::new(QuantizerSpec::Dummy, &[None, Some(3)]).unwrap();
+    assert!(q.variables().is_empty());
+    assert!(q.layout().is_none());
+    let x = [0.3f32, -7.25, f32::NAN, f32::INFINITY, -0.0, 1e30];
+    let t = TensorRef::new(&x, &[2, 3]).unwrap();
+    let mut y = [0.0f32; 6];
+    for mode in [CallMode::Training, CallMode::Tracing, CallMode::Inference] {
+        q.forward(t, mode, &mut y).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|a| a.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&y), bits(&x), "{mode:?}");
+    }
+    // The gradient passes straight through; there are no bit widths to train.
+    let dy = [1.0f32, -2.0, 0.5, 3.0, -0.25, 4.0];
+    let mut dx = [0.0f32; 6];
+    let g = q.forward_backward(t, &dy, &mut y, &mut dx).unwrap();
+    assert_eq!(dx, dy);
+    assert_eq!(
+        (g.b, g.i, g.f, g.m, g.e, g.e0),
+        (None, None, None, None, None, None)
+    );
+    // The reference's properties: 0 bits, +-1e9, Keras' epsilon.
+    let p = q.props().unwrap();
+    assert_eq!(
+        (p.bits, p.fbits, p.min, p.max, p.epsilon),
+        (vec![0.0], vec![0.0], vec![-1e9], vec![1e9], vec![1e-7])
+    );
+    assert_eq!(q.regularization_loss(), 0.0);
+    // A wrong input shape is an error, the same as for the other quantizers.
+    let bad = TensorRef::new(&x, &[3, 2]).unwrap();
+    assert!(matches!(
+        q.forward(bad, CallMode::Inference, &mut y),
+        Err(CoreError::InputShape { .. })
+    ));
+}
