@@ -275,7 +275,11 @@ fn main() -> Result<(), Error> {
     let t0 = Instant::now();
     for epoch in 1..=a.epochs {
         rng.shuffle(&mut idx);
-        let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0usize);
+        // Loss and accuracy summed on the device, read once per epoch (a read per step would
+        // wait for the device every step).
+        let mut loss_sum = Tensor::zeros([], (Kind::Float, a.device));
+        let mut correct = Tensor::zeros([], (Kind::Int64, a.device));
+        let mut seen = 0usize;
         for batch in idx.chunks(a.batch) {
             let (xb, yb) = rows(&x, &y, batch, a.device);
             let out = model.forward(&xb, CallMode::Training)?;
@@ -286,15 +290,13 @@ fn main() -> Result<(), Error> {
             }
             opt.backward_step(&loss)?;
             model.apply_constraints()?;
-            loss_sum += loss.double_value(&[]) * batch.len() as f64;
-            correct += out
-                .y
-                .argmax(-1, false)
-                .eq_tensor(&yb)
-                .sum(Kind::Int64)
-                .int64_value(&[]);
+            tch::no_grad(|| {
+                loss_sum += loss.detach() * batch.len() as f64;
+                correct += out.y.argmax(-1, false).eq_tensor(&yb).sum(Kind::Int64);
+            });
             seen += batch.len();
         }
+        let (loss_sum, correct) = (loss_sum.double_value(&[]), correct.int64_value(&[]));
         let bits = mean_bits(&model)?;
         let mean = bits.iter().map(|b| b.1).sum::<f64>() / bits.len() as f64;
         progress(

@@ -24,7 +24,7 @@
 //! model.apply_constraints()?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::collections::HashMap;
 
 use hgq_config::{Place, QuantizerConfig};
@@ -222,7 +222,7 @@ impl QDenseBuilder {
             iq,
             kq,
             bq,
-            ebops: Cell::new(0),
+            ebops: RefCell::new(Ebops::Value(0)),
         })
     }
 }
@@ -240,7 +240,33 @@ pub struct QDense {
     iq: Named,
     kq: Named,
     bq: Option<Named>,
-    ebops: Cell<u32>,
+    ebops: RefCell<Ebops>,
+}
+
+/// A layer's EBOPs of its last training or tracing call: kept as the (detached) tensor the call
+/// computed, read from the device only when asked, so that a training step reads nothing back
+/// to the host.
+#[derive(Debug)]
+enum Ebops {
+    Value(u32),
+    Pending(Tensor),
+}
+
+impl Ebops {
+    /// hgq2's uint32 cast: truncation toward zero; NaN and negative values are 0.
+    fn value(&self) -> u32 {
+        match self {
+            Ebops::Value(v) => *v,
+            Ebops::Pending(t) => {
+                let v = t.double_value(&[]);
+                if v.is_finite() && v > 0.0 {
+                    v.min(u32::MAX as f64) as u32
+                } else {
+                    0
+                }
+            }
+        }
+    }
 }
 
 /// What a layer's forward returns.
@@ -314,7 +340,9 @@ impl QDense {
     }
     /// The EBOPs of the last training or tracing call, as hgq2 stores them (uint32).
     pub fn ebops(&self) -> u32 {
-        self.ebops.get()
+        let v = self.ebops.borrow().value();
+        *self.ebops.borrow_mut() = Ebops::Value(v);
+        v
     }
 
     fn quantizers(&self) -> impl Iterator<Item = &Named> {
@@ -352,13 +380,7 @@ impl QDense {
             Tensor::from(0.0f32)
         } else {
             let e = self.compute_ebops()?;
-            // hgq2 casts to uint32: truncation toward zero.
-            let v = e.double_value(&[]);
-            self.ebops.set(if v.is_finite() && v > 0.0 {
-                v.min(u32::MAX as f64) as u32
-            } else {
-                0
-            });
+            *self.ebops.borrow_mut() = Ebops::Pending(e.f_detach()?);
             e * self.beta
         };
         Ok(Output { y, ebops_loss })
@@ -553,7 +575,7 @@ impl Sequential {
                 Ok(())
             })?;
             for (l, e) in self.layers.iter().zip(ebops) {
-                l.ebops.set(e);
+                *l.ebops.borrow_mut() = Ebops::Value(e);
             }
             return Err(e);
         }
