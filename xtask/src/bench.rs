@@ -20,6 +20,11 @@
 //! faster ours is; once with the reference pinned to one CPU against our one-thread rows, once
 //! unpinned against our rows on all threads. Both sides use the reference's statistic, the
 //! fastest of `reps` calls back to back after a warm-up (hgq-bench-torch's `min_ms`).
+//!
+//! `cargo xtask bench --step [--reference] [--reference-python PATH] [--json] [--epochs E]
+//! [--filter S]` times something else: the steady-state training step of small QDense MLPs
+//! (hgq-torch's `hgq-bench-step`, on one thread and on all), with `--reference` against hgq2 on
+//! jax (`benches/hgq2_step.py`, pinned to one CPU and unpinned) in the same run; see `step.rs`.
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -106,6 +111,9 @@ fn run_core(reps: usize, json: bool) -> Result<(), String> {
 
 /// Entry point of `cargo xtask bench`.
 pub fn run(args: &[String]) -> Result<ExitCode, String> {
+    if args.iter().any(|a| a == "--step") {
+        return crate::step::run(args);
+    }
     let mut json = false;
     let mut reps = 15;
     let mut torch = true;

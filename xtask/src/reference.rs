@@ -1,6 +1,8 @@
 //! The Python reference for `cargo xtask bench --reference`: hgq2 on Keras 3 with the jax
 //! backend, timed by `benches/hgq2_ref.py` (the reference's own timing script, kept unchanged in
-//! the repository) on the same work as hgq-torch's benchmark.
+//! the repository) on the same work as hgq-torch's benchmark; and for `cargo xtask bench --step
+//! --reference`, by `benches/hgq2_step.py` (the training step of small QDense MLPs, the work of
+//! hgq-torch's `hgq-bench-step`).
 //!
 //! The reference lives in its own virtual environment, `<repo>/.venv-ref`, apart from the
 //! libtorch one: it is only needed for this comparison, and jax and torch need not share a
@@ -17,6 +19,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::json::Value;
 use crate::setup;
 
 /// What `.venv-ref` gets: the reference release and the versions it was measured with.
@@ -37,6 +40,11 @@ fn venv_dir() -> PathBuf {
 /// `<repo>/benches/hgq2_ref.py`.
 fn script() -> PathBuf {
     setup::repo_root().join("benches").join("hgq2_ref.py")
+}
+
+/// `<repo>/benches/hgq2_step.py`.
+fn step_script() -> PathBuf {
+    setup::repo_root().join("benches").join("hgq2_step.py")
 }
 
 /// Whether `python` can import the reference on the jax backend.
@@ -135,8 +143,42 @@ pub fn time(python: &Path, repeats: usize, cpus: Cpus) -> Result<Run, String> {
     run_script(python, &script(), repeats, cpus)
 }
 
+/// What one run of `hgq2_step.py` printed: its rows as JSON objects, in the order printed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lines {
+    /// Every JSON line of the script (the wrapper's excluded).
+    pub rows: Vec<Value>,
+    /// CPU time per wall second of the whole process (imports and compilation included).
+    pub cpu_per_wall: f64,
+    /// How many CPUs it was allowed.
+    pub cpus: u64,
+}
+
+/// Runs `hgq2_step.py --threads N --epochs EPOCHS [--filter FILTER]` on jax (N as for
+/// [`time`]) and returns its JSON lines.
+pub fn time_step(python: &Path, epochs: usize, filter: &str, cpus: Cpus) -> Result<Lines, String> {
+    let mut args = vec!["--epochs".to_string(), epochs.to_string()];
+    if !filter.is_empty() {
+        args.extend(["--filter".to_string(), filter.to_string()]);
+    }
+    let stdout = run_wrapped(python, &step_script(), &args, cpus)?;
+    lines(&stdout, "hgq2_step.py")
+}
+
 /// [`time`] with another script (the tests' stand-in for the reference).
 fn run_script(python: &Path, script: &Path, repeats: usize, cpus: Cpus) -> Result<Run, String> {
+    let args = ["--repeats".to_string(), repeats.to_string()];
+    parse(&run_wrapped(python, script, &args, cpus)?)
+}
+
+/// Runs `script --threads N ARGS...` on jax through [`WRAPPER`] with the affinity `cpus` asks
+/// for (N = 1 on one CPU, else the number of CPUs allowed); its standard output.
+fn run_wrapped(
+    python: &Path,
+    script: &Path,
+    args: &[String],
+    cpus: Cpus,
+) -> Result<String, String> {
     let threads = match cpus {
         Cpus::One => 1,
         Cpus::All => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -149,11 +191,11 @@ fn run_script(python: &Path, script: &Path, repeats: usize, cpus: Cpus) -> Resul
         })
         .arg(script)
         .args(["--threads", &threads.to_string()])
-        .args(["--repeats", &repeats.to_string()])
+        .args(args)
         .env("KERAS_BACKEND", "jax")
         .output()
         .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
         return Err(format!(
             "`{} {}` failed:\n{}{}",
@@ -163,42 +205,57 @@ fn run_script(python: &Path, script: &Path, repeats: usize, cpus: Cpus) -> Resul
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    parse(&stdout)
+    Ok(stdout)
 }
 
-/// The JSON lines of `hgq2_ref.py` and of the wrapper (other lines, e.g. from Keras, are
-/// skipped); an error if there are none, one names the wrong backend, or the wrapper's is
-/// missing.
-fn parse(stdout: &str) -> Result<Run, String> {
+/// The JSON lines of a reference script (`name`) and of the wrapper (other lines, e.g. from
+/// Keras, are skipped); an error if there are none, one names the wrong backend, or the
+/// wrapper's is missing.
+fn lines(stdout: &str, name: &str) -> Result<Lines, String> {
     let mut rows = Vec::new();
     let mut process = None;
     for line in stdout.lines().filter(|l| l.trim_start().starts_with('{')) {
         let v = crate::json::parse(line)
-            .map_err(|e| format!("hgq2_ref.py printed {line:?}, not JSON: {e}"))?;
+            .map_err(|e| format!("{name} printed {line:?}, not JSON: {e}"))?;
         if v["backend"] != "jax" {
-            return Err(format!("hgq2_ref.py ran on {}, not jax", v["backend"]));
+            return Err(format!("{name} ran on {}, not jax", v["backend"]));
         }
         if v["case"] == "_process" {
             process = v["cpu_per_wall"].as_f64().zip(v["cpus"].as_u64());
             continue;
         }
-        let (Some(case), Some(ms)) = (v["case"].as_str(), v["ms"].as_f64()) else {
-            return Err(format!("hgq2_ref.py printed {line:?}: no case or ms"));
-        };
-        rows.push(Timing {
-            case: case.to_string(),
-            ms,
-        });
+        rows.push(v);
     }
     if rows.is_empty() {
-        return Err(format!("hgq2_ref.py printed no timings:\n{stdout}"));
+        return Err(format!("{name} printed no timings:\n{stdout}"));
     }
     let (cpu_per_wall, cpus) =
         process.ok_or_else(|| format!("no CPU use of the reference's process in:\n{stdout}"))?;
-    Ok(Run {
-        timings: rows,
+    Ok(Lines {
+        rows,
         cpu_per_wall,
         cpus,
+    })
+}
+
+/// [`lines`] of `hgq2_ref.py`, each with a case and a time.
+fn parse(stdout: &str) -> Result<Run, String> {
+    let l = lines(stdout, "hgq2_ref.py")?;
+    let timings = l
+        .rows
+        .iter()
+        .map(|v| match (v["case"].as_str(), v["ms"].as_f64()) {
+            (Some(case), Some(ms)) => Ok(Timing {
+                case: case.to_string(),
+                ms,
+            }),
+            _ => Err(format!("hgq2_ref.py printed {v}: no case or ms")),
+        })
+        .collect::<Result<_, String>>()?;
+    Ok(Run {
+        timings,
+        cpu_per_wall: l.cpu_per_wall,
+        cpus: l.cpus,
     })
 }
 

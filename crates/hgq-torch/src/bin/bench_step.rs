@@ -1,0 +1,262 @@
+//! `hgq-bench-step [--threads T] [--epochs E] [--filter S]`: the steady-state training step of
+//! small QDense MLPs, timed as whole epochs (what `cargo xtask bench --step` runs, once on one
+//! thread and once on all, against `benches/hgq2_step.py`, hgq2 on jax, on the same work).
+//!
+//! Models (hgq2's default quantizers, QDense's defaults; EBOPs in the loss times beta = 1e-5;
+//! Keras' Adam at 3e-3): `step/mlp/h{h}/b{batch}`, Input(64) -> QDense(h, relu) -> QDense(h,
+//! relu) -> QDense(10), for h in 16, 32, 128, 512 and batch 64 and 1024; `step/demo/b64`, the
+//! digits demo's model, Input(64) -> QDense(32, relu) -> QDense(10), batch 64.
+//!
+//! Data: 1438 rows (the digits demo's training split) of 64 features and a label of 10 classes
+//! from SplitMix64 seeded with 0 (per row 64 draws, pixel = draw % 17 / 16 as the digits' 0..16
+//! scaled, then label = draw % 10; `hgq2_step.py` draws the same numbers). Each epoch runs every
+//! batch in order (the last one partial, as Keras' `fit(shuffle=False)`): the forward in
+//! training mode, cross entropy + the EBOPs loss + the regularization, Adam's `backward_step`,
+//! `apply_constraints`; the mean loss is accumulated as a tensor and read once per epoch (as
+//! Keras reads its loss metric at the epoch's end). The first epoch is timed apart
+//! (`first_epoch_ms`); `epoch_ms` is the median of the others, `ms_per_step` that over the steps
+//! of an epoch. One JSON line per model:
+//! `{"case","threads","ms_per_step","epoch_ms","first_epoch_ms","steps"}`.
+//!
+//! `--threads T` (default 1) sets libtorch's threads and the size of the rayon pool that
+//! hgq-core's kernels run in; `--epochs E` (default 6, at least 2); `--filter S` runs only the
+//! cases whose name contains S. Freed CPU memory is kept in the process
+//! (`hgq_torch::retain_cpu_memory`), as in `hgq-bench-torch`.
+use std::process::ExitCode;
+use std::time::Instant;
+
+use hgq_torch::hgq_core::CallMode;
+use hgq_torch::layers::{Activation, QDense, Sequential};
+use hgq_torch::optim::{Adam, AdamConfig};
+use tch::{Device, Kind, Tensor, nn};
+
+type Error = Box<dyn std::error::Error>;
+
+/// Rows of the data set: the digits demo's training split (80 % of 1797).
+const ROWS: usize = 1438;
+/// Features per row.
+const FEATURES: usize = 64;
+/// Classes.
+const CLASSES: u64 = 10;
+/// EBOPs' weight in the loss.
+const BETA: f64 = 1e-5;
+/// Adam's learning rate.
+const LEARNING_RATE: f64 = 3e-3;
+
+/// One model and batch size.
+struct Case {
+    name: String,
+    /// Hidden layers' units (all with relu), in order; a QDense(10) follows.
+    hidden: Vec<usize>,
+    batch: usize,
+}
+
+fn cases() -> Vec<Case> {
+    let mut v = Vec::new();
+    for h in [16, 32, 128, 512] {
+        for batch in [64, 1024] {
+            v.push(Case {
+                name: format!("step/mlp/h{h}/b{batch}"),
+                hidden: vec![h, h],
+                batch,
+            });
+        }
+    }
+    v.push(Case {
+        name: "step/demo/b64".into(),
+        hidden: vec![32],
+        batch: 64,
+    });
+    v
+}
+
+/// SplitMix64 (as the demo's), so that `hgq2_step.py` can draw the same numbers.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// The data set: x `[ROWS, FEATURES]` float32, y `[ROWS]` int64.
+fn data() -> (Tensor, Tensor) {
+    let mut rng = Rng(0);
+    let (mut x, mut y) = (
+        Vec::with_capacity(ROWS * FEATURES),
+        Vec::with_capacity(ROWS),
+    );
+    for _ in 0..ROWS {
+        for _ in 0..FEATURES {
+            x.push((rng.next() % 17) as f32 / 16.0);
+        }
+        y.push((rng.next() % CLASSES) as i64);
+    }
+    (
+        Tensor::from_slice(&x).reshape([ROWS as i64, FEATURES as i64]),
+        Tensor::from_slice(&y),
+    )
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+/// What one case measured.
+struct Row {
+    /// Every epoch's time, in ms, the first included.
+    epochs_ms: Vec<f64>,
+    steps: usize,
+    /// The last epoch's mean loss (so that the loss is read, and is seen to be finite).
+    loss: f64,
+}
+
+/// Trains the case's model from scratch for `epochs` epochs, timing each.
+fn run_case(case: &Case, epochs: usize, x: &Tensor, y: &Tensor) -> Result<Row, Error> {
+    tch::manual_seed(0);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let mut model = Sequential::new();
+    let mut prev = FEATURES;
+    for &h in &case.hidden {
+        let layer = QDense::builder(prev, h)
+            .activation(Activation::Relu)
+            .beta(BETA);
+        model.add(&vs.root(), layer)?;
+        prev = h;
+    }
+    model.add(
+        &vs.root(),
+        QDense::builder(prev, CLASSES as usize).beta(BETA),
+    )?;
+    let mut opt = Adam::new(&vs, AdamConfig::default().learning_rate(LEARNING_RATE))?;
+    let batches: Vec<(Tensor, Tensor, f64)> = (0..ROWS)
+        .step_by(case.batch)
+        .map(|start| {
+            let n = case.batch.min(ROWS - start);
+            (
+                x.narrow(0, start as i64, n as i64),
+                y.narrow(0, start as i64, n as i64),
+                n as f64,
+            )
+        })
+        .collect();
+    let mut epochs_ms = Vec::with_capacity(epochs);
+    let mut loss = f64::NAN;
+    for _ in 0..epochs {
+        let t = Instant::now();
+        let mut sum = Tensor::zeros([], (Kind::Float, Device::Cpu));
+        for (xb, yb, n) in &batches {
+            let out = model.forward(xb, CallMode::Training)?;
+            let mut l = out.y.cross_entropy_for_logits(yb) + &out.ebops_loss;
+            if model.has_regularization() {
+                l += model.regularization_loss()?;
+            }
+            opt.backward_step(&l)?;
+            model.apply_constraints()?;
+            sum += l.detach() * *n;
+        }
+        loss = sum.double_value(&[]) / ROWS as f64;
+        epochs_ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    if !loss.is_finite() {
+        return Err(format!("{}: the loss is {loss}", case.name).into());
+    }
+    Ok(Row {
+        epochs_ms,
+        steps: batches.len(),
+        loss,
+    })
+}
+
+/// `{:?}` of `v` rounded to `digits` decimals (floats as `1.0`, as serde_json prints them).
+fn round(v: f64, digits: i32) -> String {
+    let s = 10f64.powi(digits);
+    format!("{:?}", (v * s).round() / s)
+}
+
+fn usage(msg: &str) -> ExitCode {
+    eprintln!(
+        "hgq-bench-step: {msg}\nusage: hgq-bench-step [--threads T] [--epochs E] [--filter S]"
+    );
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let (mut threads, mut epochs, mut filter) = (1usize, 6usize, String::new());
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--filter" => match args.next() {
+                Some(v) => filter = v,
+                None => return usage("--filter needs a case name or part of one"),
+            },
+            "--threads" | "--epochs" => {
+                let Some(v) = args.next().and_then(|v| v.parse().ok()) else {
+                    return usage(&format!("{a} needs a positive integer"));
+                };
+                if a == "--threads" {
+                    threads = v;
+                } else {
+                    epochs = v;
+                }
+            }
+            other => return usage(&format!("unknown argument {other:?}")),
+        }
+    }
+    if threads == 0 || epochs < 2 {
+        return usage("--threads must be positive and --epochs at least 2 (the first is dropped)");
+    }
+    // Before any thread or tensor exists: the allocator settings apply to what follows.
+    hgq_torch::retain_cpu_memory();
+    tch::set_num_threads(threads as i32);
+    let pool = match hgq_torch::hgq_core::kernels::thread_pool(threads) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("hgq-bench-step: cannot build a pool of {threads} threads: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let selected: Vec<Case> = cases()
+        .into_iter()
+        .filter(|c| c.name.contains(&filter))
+        .collect();
+    if selected.is_empty() {
+        return usage(&format!("no case matches --filter {filter:?}"));
+    }
+    // hgq-core's kernels run on the pool's threads; the tensors are made inside it.
+    let result: Result<(), String> = pool.install(|| {
+        let (x, y) = data();
+        for case in &selected {
+            let row = run_case(case, epochs, &x, &y).map_err(|e| format!("{}: {e}", case.name))?;
+            let epoch_ms = median(row.epochs_ms[1..].to_vec());
+            println!(
+                "{{\"case\":\"{}\",\"threads\":{threads},\"ms_per_step\":{},\"epoch_ms\":{},\
+                 \"first_epoch_ms\":{},\"steps\":{},\"loss\":{}}}",
+                case.name,
+                round(epoch_ms / row.steps as f64, 4),
+                round(epoch_ms, 3),
+                round(row.epochs_ms[0], 3),
+                row.steps,
+                round(row.loss, 5),
+            );
+        }
+        Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hgq-bench-step: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! `cargo xtask bench --step [--reference] [--reference-python PATH] [--json] [--epochs E]
+//! [--filter S]`: the steady-state training step of small QDense MLPs, ours against hgq2 on jax
+//! in the same run.
+//!
+//! Ours is hgq-torch's `hgq-bench-step` binary (`crates/hgq-torch/src/bin/bench_step.rs`
+//! describes the models, the data and the statistic: the median epoch after the first, divided
+//! by the steps of an epoch), run through cargo once on one thread and once on all threads.
+//! `--reference` times `benches/hgq2_step.py` (the same models, data and statistic through
+//! Keras' `model.fit` on the jax backend) right after each of our runs: pinned to one CPU after
+//! our one-thread run, unpinned after our all-thread run (see `reference.rs`), and prints per
+//! model our ms per step, the reference's, and how many times faster ours is (`speedup =
+//! jax_ms_per_step / ms_per_step`), with both first epochs (the reference compiles in its
+//! first) and both last epochs' mean losses (the same data, models and seeds' statistics: they
+//! should be close). `--json` prints the rows as JSON lines instead of a table.
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::json::{self, Value};
+use crate::reference::{Cpus, Lines};
+
+/// One row of `hgq-bench-step` or of `hgq2_step.py`.
+#[derive(Debug, Clone, PartialEq)]
+struct StepRow {
+    case: String,
+    threads: u64,
+    ms_per_step: f64,
+    epoch_ms: f64,
+    first_epoch_ms: f64,
+    steps: u64,
+    loss: f64,
+}
+
+/// Reads one JSON row of `who`.
+fn step_row(v: &Value, who: &str) -> Result<StepRow, String> {
+    let missing = |k: &str| format!("{who} printed {v}: no {k}");
+    let num = |k: &str| v[k].as_f64().ok_or_else(|| missing(k));
+    let int = |k: &str| v[k].as_u64().ok_or_else(|| missing(k));
+    Ok(StepRow {
+        case: v["case"]
+            .as_str()
+            .ok_or_else(|| missing("case"))?
+            .to_string(),
+        threads: int("threads")?,
+        ms_per_step: num("ms_per_step")?,
+        epoch_ms: num("epoch_ms")?,
+        first_epoch_ms: num("first_epoch_ms")?,
+        steps: int("steps")?,
+        loss: num("loss")?,
+    })
+}
+
+/// The rows in `hgq-bench-step`'s output (lines that are no JSON object are skipped).
+fn our_rows(stdout: &str) -> Result<Vec<StepRow>, String> {
+    let rows: Vec<StepRow> = stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| {
+            let v = json::parse(l)
+                .map_err(|e| format!("hgq-bench-step printed {l:?}, not JSON: {e}"))?;
+            step_row(&v, "hgq-bench-step")
+        })
+        .collect::<Result<_, _>>()?;
+    if rows.is_empty() {
+        return Err("hgq-bench-step printed no rows".into());
+    }
+    Ok(rows)
+}
+
+/// `hgq-bench-step --threads T --epochs E [--filter S]`, through cargo.
+fn ours(threads: usize, epochs: usize, filter: &str) -> Result<Vec<StepRow>, String> {
+    let mut args: Vec<OsString> = vec![
+        "--threads".into(),
+        threads.to_string().into(),
+        "--epochs".into(),
+        epochs.to_string().into(),
+    ];
+    if !filter.is_empty() {
+        args.extend(["--filter".into(), filter.into()]);
+    }
+    our_rows(&crate::torch::output(&["--bin", "hgq-bench-step"], args)?)
+}
+
+/// Rounds to `digits` decimals (for the JSON lines).
+fn round(v: f64, digits: i32) -> Value {
+    let s = 10f64.powi(digits);
+    ((v * s).round() / s).into()
+}
+
+/// Our rows alone: a table line or a JSON line each.
+fn print_ours(rows: &[StepRow], json: bool) {
+    for r in rows {
+        if json {
+            let v = json::object([
+                ("case", r.case.as_str().into()),
+                ("threads", r.threads.into()),
+                ("ms_per_step", round(r.ms_per_step, 4)),
+                ("epoch_ms", round(r.epoch_ms, 3)),
+                ("first_epoch_ms", round(r.first_epoch_ms, 3)),
+                ("steps", r.steps.into()),
+                ("loss", round(r.loss, 5)),
+            ]);
+            println!("{v}");
+        } else {
+            println!(
+                "{:<20} {:>7} {:>10.3} {:>10.2} {:>10.2} {:>6} {:>10.4}",
+                r.case, r.threads, r.ms_per_step, r.epoch_ms, r.first_epoch_ms, r.steps, r.loss
+            );
+        }
+    }
+}
+
+/// One compared row: a table line, or a JSON line with both sides' numbers.
+fn compare_line(o: &StepRow, t: &StepRow, theirs: &Lines, json: bool) -> String {
+    let speedup = t.ms_per_step / o.ms_per_step;
+    if json {
+        json::object([
+            ("case", o.case.as_str().into()),
+            ("threads", o.threads.into()),
+            ("ms_per_step", round(o.ms_per_step, 4)),
+            ("jax_ms_per_step", round(t.ms_per_step, 4)),
+            ("speedup", round(speedup, 3)),
+            ("steps", o.steps.into()),
+            ("first_epoch_ms", round(o.first_epoch_ms, 3)),
+            ("jax_first_epoch_ms", round(t.first_epoch_ms, 3)),
+            ("loss", round(o.loss, 5)),
+            ("jax_loss", round(t.loss, 5)),
+            ("jax_cpus", theirs.cpus.into()),
+            ("jax_cpu_per_wall", round(theirs.cpu_per_wall, 3)),
+        ])
+        .to_string()
+    } else {
+        format!(
+            "{:<20} {:>7} {:>8.3} {:>10.3} {:>8.2} {:>6} {:>9.1} {:>10.1} {:>9.4} {:>9.4}",
+            o.case,
+            o.threads,
+            o.ms_per_step,
+            t.ms_per_step,
+            speedup,
+            o.steps,
+            o.first_epoch_ms,
+            t.first_epoch_ms,
+            o.loss,
+            t.loss
+        )
+    }
+}
+
+/// Our rows against one run of the reference, matched by case; an error where the reference
+/// has no row for one of ours or the two count steps differently.
+fn compare(ours: &[StepRow], theirs: &Lines, json: bool) -> Result<Vec<String>, String> {
+    let rows: Vec<StepRow> = theirs
+        .rows
+        .iter()
+        .map(|v| step_row(v, "hgq2_step.py"))
+        .collect::<Result<_, _>>()?;
+    ours.iter()
+        .map(|o| {
+            let t = rows
+                .iter()
+                .find(|t| t.case == o.case)
+                .ok_or_else(|| format!("hgq2_step.py has no case {}", o.case))?;
+            if t.steps != o.steps {
+                return Err(format!(
+                    "{}: {} steps per epoch in hgq2_step.py, {} in hgq-bench-step",
+                    o.case, t.steps, o.steps
+                ));
+            }
+            Ok(compare_line(o, t, theirs, json))
+        })
+        .collect()
+}
+
+/// Entry point of `cargo xtask bench --step ...` (`args` as given to `bench`).
+pub fn run(args: &[String]) -> Result<ExitCode, String> {
+    let mut json = false;
+    let mut epochs = 6usize;
+    let mut filter = String::new();
+    let mut reference = false;
+    let mut ref_python: Option<PathBuf> = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--step" => {}
+            "--json" => json = true,
+            "--reference" => reference = true,
+            "--reference-python" => {
+                reference = true;
+                ref_python = Some(
+                    it.next()
+                        .ok_or("--reference-python needs the path of a Python interpreter")?
+                        .into(),
+                );
+            }
+            "--epochs" => {
+                epochs = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|&v: &usize| v >= 2)
+                    .ok_or("--epochs needs an integer of at least 2 (the first is dropped)")?;
+            }
+            "--filter" => {
+                filter = it
+                    .next()
+                    .ok_or("--filter needs a case name or part of one")?
+                    .clone();
+            }
+            other => return Err(format!("unknown argument {other:?} for bench --step")),
+        }
+    }
+    // Before anything is timed: a missing reference is found (or installed) first.
+    let ref_python = if reference {
+        Some(crate::reference::python(ref_python.as_deref())?)
+    } else {
+        None
+    };
+    let all = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut runs = vec![(1, Cpus::One)];
+    if all > 1 {
+        runs.push((all, Cpus::All));
+    }
+    if !json {
+        println!(
+            "training step: 1438 rows x 64 features, {epochs} epochs; ms/step = median epoch \
+             after the first / steps per epoch"
+        );
+    }
+    for (i, (threads, cpus)) in runs.into_iter().enumerate() {
+        let mine = ours(threads, epochs, &filter)?;
+        let Some(py) = &ref_python else {
+            if !json && i == 0 {
+                println!(
+                    "{:<20} {:>7} {:>10} {:>10} {:>10} {:>6} {:>10}",
+                    "case", "threads", "ms/step", "epoch_ms", "first_ms", "steps", "loss"
+                );
+            }
+            print_ours(&mine, json);
+            continue;
+        };
+        let theirs = crate::reference::time_step(py, epochs, &filter, cpus)?;
+        let lines = compare(&mine, &theirs, json)?;
+        if !json {
+            println!();
+            println!(
+                "ours on {threads} thread(s) against hgq2 on jax (benches/hgq2_step.py) on {} \
+                 CPU(s), whose process used {:.2} CPU s per wall s; speedup = jax / ours",
+                theirs.cpus, theirs.cpu_per_wall
+            );
+            println!(
+                "{:<20} {:>7} {:>8} {:>10} {:>8} {:>6} {:>9} {:>10} {:>9} {:>9}",
+                "case",
+                "threads",
+                "ms/step",
+                "jax_ms/st",
+                "speedup",
+                "steps",
+                "first_ms",
+                "jax_first",
+                "loss",
+                "jax_loss"
+            );
+        }
+        for l in lines {
+            println!("{l}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OURS: &str = "{\"case\":\"step/mlp/h16/b64\",\"threads\":1,\"ms_per_step\":1.0324,\
+        \"epoch_ms\":23.745,\"first_epoch_ms\":30.639,\"steps\":23,\"loss\":3.13247}";
+
+    #[test]
+    fn reads_our_rows_and_skips_other_lines() {
+        let rows = our_rows(&format!("starting\n{OURS}\n")).unwrap();
+        assert_eq!(
+            rows,
+            vec![StepRow {
+                case: "step/mlp/h16/b64".into(),
+                threads: 1,
+                ms_per_step: 1.0324,
+                epoch_ms: 23.745,
+                first_epoch_ms: 30.639,
+                steps: 23,
+                loss: 3.13247,
+            }]
+        );
+        assert!(our_rows("nothing\n").unwrap_err().contains("no rows"));
+        assert!(our_rows("{oops\n").unwrap_err().contains("not JSON"));
+        let no_steps = OURS.replace(",\"steps\":23", "");
+        assert!(our_rows(&no_steps).unwrap_err().contains("no steps"));
+    }
+
+    #[test]
+    fn compares_by_case_and_checks_the_steps() {
+        let ours = our_rows(OURS).unwrap();
+        let jax = |steps: u64, case: &str| Lines {
+            rows: vec![
+                json::parse(&format!(
+                    "{{\"backend\":\"jax\",\"case\":\"{case}\",\"threads\":1,\
+                     \"ms_per_step\":2.0648,\"epoch_ms\":47.49,\"first_epoch_ms\":4288.2,\
+                     \"steps\":{steps},\"loss\":3.12102}}"
+                ))
+                .unwrap(),
+            ],
+            cpu_per_wall: 1.0,
+            cpus: 1,
+        };
+        let lines = compare(&ours, &jax(23, "step/mlp/h16/b64"), true).unwrap();
+        let v = json::parse(&lines[0]).unwrap();
+        assert_eq!(v["speedup"], 2.0);
+        assert_eq!(v["jax_first_epoch_ms"], 4288.2);
+        assert_eq!(v["jax_cpus"], 1);
+        let table = compare(&ours, &jax(23, "step/mlp/h16/b64"), false).unwrap();
+        assert!(table[0].starts_with("step/mlp/h16/b64"), "{}", table[0]);
+        assert!(table[0].contains("    2.00 "), "{}", table[0]);
+        let steps = compare(&ours, &jax(2, "step/mlp/h16/b64"), true).unwrap_err();
+        assert!(steps.contains("steps per epoch"), "{steps}");
+        let missing = compare(&ours, &jax(23, "step/demo/b64"), true).unwrap_err();
+        assert!(missing.contains("no case step/mlp/h16/b64"), "{missing}");
+    }
+}
