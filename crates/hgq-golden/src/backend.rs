@@ -1,9 +1,11 @@
 //! What runs the quantizers under test: hgq-core here ([`CoreBackend`]); hgq-torch implements
 //! the same traits for its tensors and autograd (`hgq-torch`'s `golden` feature), so one
 //! checker proves both.
+use crate::Dtype;
+use half::{bf16, f16};
 use hgq_config::convert::QuantizerSpec;
 use hgq_core::quantizer::{CpuQuantizer, Props};
-use hgq_core::{CallMode, FixedGrads, FixedPoint, TensorRef};
+use hgq_core::{CallMode, Element, FixedGrads, FixedPoint, Real, TensorRef};
 
 /// The outputs of one `fixed_fn` case.
 #[derive(Debug, Clone, Default)]
@@ -18,6 +20,45 @@ pub struct FixedFnOut {
     pub di: Vec<f32>,
     /// ... `/ df`.
     pub df: Vec<f32>,
+}
+
+/// The inputs of a `fixed_fn` case of any [`Dtype`]: every value one the dtype holds exactly,
+/// as f64 (which holds every value of every dtype).
+#[derive(Debug, Clone, Copy)]
+pub struct TypedInputs<'a> {
+    /// The element type of every input, the bit widths included.
+    pub dtype: Dtype,
+    /// The shape of every input.
+    pub shape: &'a [usize],
+    /// The input.
+    pub x: &'a [f64],
+    /// Sign bits.
+    pub k: &'a [f64],
+    /// Integer bits.
+    pub i: &'a [f64],
+    /// Fractional bits.
+    pub f: &'a [f64],
+    /// Training or inference.
+    pub training: bool,
+    /// The upstream gradient.
+    pub dy: &'a [f64],
+}
+
+/// The outputs of a `fixed_fn` case of any [`Dtype`], as f64: `y` and `dx` values of the dtype;
+/// `di` and `df` as the backend computed them (hgq-core: in float32 for float16 and bfloat16,
+/// the bit widths' compute type; the checker rounds them to the dtype).
+#[derive(Debug, Clone, Default)]
+pub struct TypedOut {
+    /// `Q(x, k, i, f)` from the pass that also computed the gradients.
+    pub y: Vec<f64>,
+    /// `Q(x, k, i, f)` from a forward-only pass, where the backend has one apart.
+    pub y_forward: Option<Vec<f64>>,
+    /// `d(sum(dy * y)) / dx`.
+    pub dx: Vec<f64>,
+    /// ... `/ di`.
+    pub di: Vec<f64>,
+    /// ... `/ df`.
+    pub df: Vec<f64>,
 }
 
 /// A variable of a layer quantizer: name, shape and whether it trains.
@@ -79,6 +120,17 @@ pub trait Backend {
         training: bool,
         dy: &[f32],
     ) -> Result<FixedFnOut, String>;
+    /// One `fixed_fn` case in its dtype (every input a tensor of `inputs.dtype`), or `None`
+    /// when this backend does not run that dtype: the checker then counts the case as skipped
+    /// and says so in its report. The default runs none.
+    fn fixed_fn_typed(
+        &self,
+        q: FixedPoint,
+        inputs: &TypedInputs<'_>,
+    ) -> Result<Option<TypedOut>, String> {
+        let _ = (q, inputs);
+        Ok(None)
+    }
     /// A layer quantizer of `spec` built for `input_shape`.
     fn layer(
         &self,
@@ -140,6 +192,20 @@ impl Backend for CoreBackend {
         Ok(o)
     }
 
+    fn fixed_fn_typed(
+        &self,
+        q: FixedPoint,
+        inputs: &TypedInputs<'_>,
+    ) -> Result<Option<TypedOut>, String> {
+        match inputs.dtype {
+            Dtype::F32 => core_typed::<f32>(q, inputs),
+            Dtype::F64 => core_typed::<f64>(q, inputs),
+            Dtype::F16 => core_typed::<f16>(q, inputs),
+            Dtype::Bf16 => core_typed::<bf16>(q, inputs),
+        }
+        .map(Some)
+    }
+
     fn layer(
         &self,
         spec: &QuantizerSpec,
@@ -152,6 +218,61 @@ impl Backend for CoreBackend {
         let q = CpuQuantizer::<f32>::new(spec.clone(), &input).map_err(|e| e.to_string())?;
         Ok(Box::new(q))
     }
+}
+
+/// A value the element type `T` holds (checked by the caller), in `T`.
+pub(crate) fn to_elem<T: Element>(v: f64) -> T {
+    T::from_c(T::C::from_f64(v))
+}
+
+/// A value of `T`, exactly, as f64.
+pub(crate) fn of_elem<T: Element>(v: T) -> f64 {
+    v.to_c().to_f64()
+}
+
+/// hgq-core's `FixedPoint::forward_backward::<T>` and `forward::<T>` on a typed case.
+fn core_typed<T: Element>(q: FixedPoint, a: &TypedInputs<'_>) -> Result<TypedOut, String> {
+    let el = |v: &[f64]| v.iter().map(|&v| to_elem::<T>(v)).collect::<Vec<T>>();
+    let c = |v: &[f64]| v.iter().map(|&v| T::C::from_f64(v)).collect::<Vec<T::C>>();
+    let (x, dy, k, i, f) = (el(a.x), el(a.dy), c(a.k), c(a.i), c(a.f));
+    let n = x.len();
+    let (mut y, mut dx) = (vec![T::default(); n], vec![T::default(); n]);
+    let (mut di, mut df) = (vec![T::C::ZERO; n], vec![T::C::ZERO; n]);
+    let s = a.shape;
+    let err = |e: hgq_core::CoreError| e.to_string();
+    let (tx, tk, ti, tf) = (
+        TensorRef::new(&x, s).map_err(err)?,
+        TensorRef::new(&k, s).map_err(err)?,
+        TensorRef::new(&i, s).map_err(err)?,
+        TensorRef::new(&f, s).map_err(err)?,
+    );
+    q.forward_backward(
+        tx,
+        tk,
+        ti,
+        tf,
+        a.training,
+        &dy,
+        &mut y,
+        FixedGrads {
+            dx: &mut dx,
+            di: &mut di,
+            df: &mut df,
+        },
+    )
+    .map_err(err)?;
+    let mut yf = vec![T::default(); n];
+    q.forward(tx, tk, ti, tf, a.training, &mut yf)
+        .map_err(err)?;
+    let wide = |v: &[T]| v.iter().map(|&v| of_elem(v)).collect();
+    let wide_c = |v: &[T::C]| v.iter().map(|&v| v.to_f64()).collect();
+    Ok(TypedOut {
+        y: wide(&y),
+        y_forward: Some(wide(&yf)),
+        dx: wide(&dx),
+        di: wide_c(&di),
+        df: wide_c(&df),
+    })
 }
 
 impl LayerUnderTest for CpuQuantizer<f32> {

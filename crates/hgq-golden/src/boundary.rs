@@ -104,8 +104,8 @@ mod tests {
     use crate::json::f32s;
     use hgq_core::{FloatGrads, TensorRef};
 
-    /// Every element of the golden `float_fn` cases (both sets): the formula here with float32's
-    /// exponent is hgq-core's result, bit for bit.
+    /// Every element of the golden `float_fn` cases of float32 (both sets): the formula here
+    /// with float32's exponent is hgq-core's result, bit for bit.
     #[test]
     fn matches_hgq_core_on_the_golden_sets() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data");
@@ -113,7 +113,11 @@ mod tests {
         for set in ["golden", "golden-seed7"] {
             let text = std::fs::read_to_string(root.join(set).join("float_fn.json")).unwrap();
             let v = crate::json::parse(&text).unwrap();
+            // The float32 cases (the others run in their dtype, without the excuse).
             for c in v["cases"].as_array().unwrap() {
+                if c.get("dtype").is_some() {
+                    continue;
+                }
                 let [x, m, e, e0, dy] = ["x", "m", "e", "e0", "dy"].map(|k| f32s(c, k).unwrap());
                 let n = x.len();
                 let mut out = [(); 5].map(|_| vec![0f32; n]);

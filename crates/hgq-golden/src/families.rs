@@ -1,11 +1,11 @@
 //! One check function per family.
-use crate::backend::Backend;
-use crate::backend::FixedFnOut;
+use crate::backend::{Backend, FixedFnOut, TypedInputs, of_elem, to_elem};
 use crate::boundary::{boundary_cap, candidates};
-use crate::json::{bool_, f32s, shape, str_};
-use crate::{GradTolerance, close_grad, same_value};
+use crate::json::{bool_, f32s, shape, str_, typed};
+use crate::{Dtype, GradTolerance, same_value};
+use half::{bf16, f16};
 use hgq_core::kernels::SimdLevel;
-use hgq_core::{FixedGrads, FixedPoint, FloatGrads, Par, Path, TensorRef};
+use hgq_core::{Element, FixedGrads, FixedPoint, FloatGrads, Par, Path, Real, TensorRef};
 use serde_json::Value;
 use std::collections::BTreeSet;
 
@@ -31,9 +31,17 @@ pub struct Case {
     pub(crate) mismatches: usize,
     /// The elements excused at the log2 boundary (indices into the case's elements).
     pub(crate) boundary: BTreeSet<usize>,
-    /// Gradient elements accepted by `grad_tol` but not by the default tolerance.
+    /// Gradient elements accepted by `grad_tol` but not by `base_tol`.
     pub(crate) tolerated: usize,
     pub(crate) details: Vec<String>,
+    /// Why the case was not checked (the backend does not run its dtype).
+    pub(crate) skipped: Option<String>,
+    /// The tolerance of the case's dtype ([`Dtype::grad_tolerance`]).
+    base_tol: GradTolerance,
+    /// The tolerance of the check ([`crate::Options::grad`]).
+    options_tol: GradTolerance,
+    /// What gradients are compared under: `options_tol`, and for float16/bfloat16 the looser of
+    /// it and `base_tol`.
     grad_tol: GradTolerance,
 }
 
@@ -51,8 +59,26 @@ impl Case {
             boundary: BTreeSet::new(),
             tolerated: 0,
             details: Vec::new(),
+            skipped: None,
+            base_tol: GradTolerance::DEFAULT,
+            options_tol: grad_tol,
             grad_tol,
         }
+    }
+
+    /// The case is computed in `dtype`: its gradients compare under that type's tolerance (or
+    /// the check's, where looser).
+    pub(crate) fn set_dtype(&mut self, dtype: Dtype) {
+        self.base_tol = dtype.grad_tolerance();
+        self.grad_tol = match dtype.is_narrow() {
+            true => self.base_tol.max(self.options_tol),
+            false => self.options_tol,
+        };
+    }
+
+    /// The case is not checked, for the reason `why`.
+    pub(crate) fn skip(&mut self, why: String) {
+        self.skipped = Some(why);
     }
 
     /// A free-form mismatch.
@@ -79,15 +105,71 @@ impl Case {
         want: &[f32],
         excuse: Option<Excuse<'_>>,
     ) {
-        let tol = self.grad_tol;
-        if tol != GradTolerance::DEFAULT && got.len() == want.len() {
+        let (tol, base) = (self.grad_tol, self.base_tol);
+        if tol != base && got.len() == want.len() {
             self.tolerated += got
                 .iter()
                 .zip(want)
-                .filter(|&(&g, &w)| tol.accepts(g, w) && !close_grad(g, w))
+                .filter(|&(&g, &w)| tol.accepts(g, w) && !base.accepts(g, w))
                 .count();
         }
         self.compare(what, got, want, &|g, w| tol.accepts(g, w), excuse)
+    }
+
+    /// Values of `dtype` (held exactly by f64) must be bit-identical as that type.
+    pub(crate) fn values_typed(&mut self, dtype: Dtype, what: &str, got: &[f64], want: &[f64]) {
+        let same = |g: f64, w: f64| (g.is_nan() && w.is_nan()) || g.to_bits() == w.to_bits();
+        self.compare_typed(dtype, what, got, want, &same)
+    }
+
+    /// Gradients of a `dtype` case: ours rounded to the type (hgq-core computes the bit widths'
+    /// gradients of float16/bfloat16 in float32), then within the case's tolerance.
+    pub(crate) fn grads_typed(&mut self, dtype: Dtype, what: &str, got: &[f64], want: &[f64]) {
+        let got: Vec<f64> = got.iter().map(|&g| dtype.round(g)).collect();
+        let (tol, base) = (self.grad_tol, self.base_tol);
+        if tol != base && got.len() == want.len() {
+            self.tolerated += got
+                .iter()
+                .zip(want)
+                .filter(|&(&g, &w)| tol.accepts_f64(g, w) && !base.accepts_f64(g, w))
+                .count();
+        }
+        self.compare_typed(dtype, what, &got, want, &|g, w| tol.accepts_f64(g, w))
+    }
+
+    /// [`Case::compare`] for values of `dtype` held by f64 (reported with the type's bits).
+    fn compare_typed(
+        &mut self,
+        dtype: Dtype,
+        what: &str,
+        got: &[f64],
+        want: &[f64],
+        ok: &dyn Fn(f64, f64) -> bool,
+    ) {
+        if got.len() != want.len() {
+            self.fail(format!(
+                "{what}: {} values, expected {}",
+                got.len(),
+                want.len()
+            ));
+            return;
+        }
+        let mut lines = 0;
+        for (j, (&g, &w)) in got.iter().zip(want).enumerate() {
+            if ok(g, w) {
+                continue;
+            }
+            self.mismatches += 1;
+            if lines < MAX_LINES {
+                self.details.push(format!(
+                    "{}: {what}[{j}] = {g:e} ({dtype} bits {}), expected {w:e} (bits {})",
+                    self.name,
+                    dtype.bits(g),
+                    dtype.bits(w)
+                ));
+            }
+            lines += 1;
+        }
     }
 
     /// The tolerance gradients are compared under.
@@ -164,6 +246,11 @@ fn fixed_fn(c: &Value, case: &mut Case, backend: &dyn Backend) -> Result<(), Str
     let om = str_(c, "overflow_mode")?
         .parse()
         .map_err(|e: hgq_core::CoreError| e.to_string())?;
+    let dtype = crate::json::dtype(c)?;
+    if dtype != Dtype::F32 {
+        let q = FixedPoint::new(rm, om).map_err(|e| e.to_string())?;
+        return fixed_fn_typed(c, case, backend, q, dtype);
+    }
     let training = bool_(c, "training")?;
     let s = shape(c, "shape")?;
     let (x, k, i, f, dy) = (
@@ -192,15 +279,9 @@ fn fixed_fn(c: &Value, case: &mut Case, backend: &dyn Backend) -> Result<(), Str
     // hgq-core also on its scalar path on one thread, at every SIMD level this CPU runs, and
     // in float64 (whose values of these types are the float32 ones exactly).
     let mut runs: Vec<(String, FixedFnOut)> = Vec::new();
-    let scalar = q.with_path(Path::Scalar).with_par(Par::Seq);
-    runs.push((
-        "scalar, one thread".into(),
-        backend.fixed_fn(scalar, &s, &x, &k, &i, &f, training, &dy)?,
-    ));
-    for level in SimdLevel::available() {
-        let ql = q.with_path(Path::Level(level));
+    for (label, ql) in core_runs(q) {
         runs.push((
-            format!("{level:?}"),
+            label,
             backend.fixed_fn(ql, &s, &x, &k, &i, &f, training, &dy)?,
         ));
     }
@@ -213,11 +294,79 @@ fn fixed_fn(c: &Value, case: &mut Case, backend: &dyn Backend) -> Result<(), Str
         case.grads(&format!("grad.x ({label})"), &o.dx, &gx);
         case.grads(&format!("grad.i ({label})"), &o.di, &gi);
         // hgq2's float32 grad.f carries the rounding of its float32 surrogate (a difference
-        // of nearly equal terms); float64's is the exact one, so it is compared with float64
-        // reference vectors, not these.
+        // of nearly equal terms); float64's is the exact one, so it is compared with the
+        // float64 cases' (fixed_fn_typed), not these.
         if label != "float64" {
             case.grads(&format!("grad.f ({label})"), &o.df, &gf);
         }
+    }
+    Ok(())
+}
+
+/// The hgq-core runs of a case beyond the one as given: its scalar path on one thread and every
+/// SIMD level this CPU runs.
+fn core_runs(q: FixedPoint) -> Vec<(String, FixedPoint)> {
+    let mut runs = vec![(
+        "scalar, one thread".to_string(),
+        q.with_path(Path::Scalar).with_par(Par::Seq),
+    )];
+    for level in SimdLevel::available() {
+        runs.push((format!("{level:?}"), q.with_path(Path::Level(level))));
+    }
+    runs
+}
+
+/// A `fixed_fn` case of another dtype than float32: run in that element type (on hgq-core also
+/// on its scalar path and at every SIMD level), values bit for bit, every gradient (`grad.f`
+/// included) under the dtype's tolerance.
+fn fixed_fn_typed(
+    c: &Value,
+    case: &mut Case,
+    backend: &dyn Backend,
+    q: FixedPoint,
+    dtype: Dtype,
+) -> Result<(), String> {
+    let training = bool_(c, "training")?;
+    let s = shape(c, "shape")?;
+    let rd = |key: &str| typed(c, key, dtype);
+    let (x, k, i, f, dy, want) = (rd("x")?, rd("k")?, rd("i")?, rd("f")?, rd("dy")?, rd("y")?);
+    let g = c.get("grad").ok_or("missing grad")?;
+    let (gx, gi, gf) = (
+        typed(g, "x", dtype)?,
+        typed(g, "i", dtype)?,
+        typed(g, "f", dtype)?,
+    );
+    case.set_dtype(dtype);
+    let inputs = TypedInputs {
+        dtype,
+        shape: &s,
+        x: &x,
+        k: &k,
+        i: &i,
+        f: &f,
+        training,
+        dy: &dy,
+    };
+    let mut runs = vec![(String::new(), q)];
+    if backend.name() == "core" {
+        runs.extend(
+            core_runs(q)
+                .into_iter()
+                .map(|(l, q)| (format!(" ({l})"), q)),
+        );
+    }
+    for (label, q) in runs {
+        let Some(o) = backend.fixed_fn_typed(q, &inputs)? else {
+            case.skip(format!("{dtype} on {}", backend.name()));
+            return Ok(());
+        };
+        case.values_typed(dtype, &format!("y{label}"), &o.y, &want);
+        if let Some(yf) = &o.y_forward {
+            case.values_typed(dtype, &format!("y (forward only){label}"), yf, &want);
+        }
+        case.grads_typed(dtype, &format!("grad.x{label}"), &o.dx, &gx);
+        case.grads_typed(dtype, &format!("grad.i{label}"), &o.di, &gi);
+        case.grads_typed(dtype, &format!("grad.f{label}"), &o.df, &gf);
     }
     Ok(())
 }
@@ -289,6 +438,12 @@ fn ap_fixed(c: &Value, case: &mut Case, _: &dyn Backend) -> Result<(), String> {
 }
 
 fn float_fn(c: &Value, case: &mut Case, _: &dyn Backend) -> Result<(), String> {
+    match crate::json::dtype(c)? {
+        Dtype::F32 => {}
+        Dtype::F64 => return float_fn_typed::<f64>(c, case, Dtype::F64),
+        Dtype::F16 => return float_fn_typed::<f16>(c, case, Dtype::F16),
+        Dtype::Bf16 => return float_fn_typed::<bf16>(c, case, Dtype::Bf16),
+    }
     let s = shape(c, "shape")?;
     let (x, m, e, e0, dy) = (
         f32s(c, "x")?,
@@ -351,6 +506,61 @@ fn float_fn(c: &Value, case: &mut Case, _: &dyn Backend) -> Result<(), String> {
         );
     }
     case.cap_boundary(n);
+    Ok(())
+}
+
+/// A `float_fn` case of another dtype than float32, on hgq-core's `minifloat_backward::<T>`:
+/// values bit for bit, gradients under the dtype's tolerance. No log2-boundary excuse: random
+/// float64 inputs do not come within a few ulps below a power of two, and the generator draws
+/// none at the wider boundary of float16/bfloat16 (where the type's rounding of the reference's
+/// log2 reaches the integer above; see gen.py); an element there would be a mismatch.
+fn float_fn_typed<T: Element>(c: &Value, case: &mut Case, dtype: Dtype) -> Result<(), String> {
+    let s = shape(c, "shape")?;
+    let rd = |key: &str| typed(c, key, dtype);
+    let (x, m, e, e0, dy) = (rd("x")?, rd("m")?, rd("e")?, rd("e0")?, rd("dy")?);
+    let g = c.get("grad").ok_or("missing grad")?;
+    let n = x.len();
+    if [&m, &e, &e0, &dy].iter().any(|v| v.len() != n) {
+        return Err(format!("m, e, e0 and dy must have x's {n} elements"));
+    }
+    case.set_dtype(dtype);
+    let el = |v: &[f64]| v.iter().map(|&v| to_elem::<T>(v)).collect::<Vec<T>>();
+    let cv = |v: &[f64]| v.iter().map(|&v| T::C::from_f64(v)).collect::<Vec<T::C>>();
+    let (xt, dyt, mt, et, e0t) = (el(&x), el(&dy), cv(&m), cv(&e), cv(&e0));
+    let (mut y, mut dx) = (vec![T::default(); n], vec![T::default(); n]);
+    let (mut dm, mut de, mut de0) = (
+        vec![T::C::ZERO; n],
+        vec![T::C::ZERO; n],
+        vec![T::C::ZERO; n],
+    );
+    let err = |e: hgq_core::CoreError| e.to_string();
+    hgq_core::minifloat_backward(
+        TensorRef::new(&xt, &s).map_err(err)?,
+        TensorRef::new(&mt, &s).map_err(err)?,
+        TensorRef::new(&et, &s).map_err(err)?,
+        TensorRef::new(&e0t, &s).map_err(err)?,
+        &dyt,
+        &mut y,
+        FloatGrads {
+            dx: &mut dx,
+            dm: &mut dm,
+            de: &mut de,
+            de0: &mut de0,
+        },
+    )
+    .map_err(err)?;
+    let wide = |v: &[T]| v.iter().map(|&v| of_elem(v)).collect::<Vec<f64>>();
+    let wide_c = |v: &[T::C]| v.iter().map(|&v| v.to_f64()).collect::<Vec<f64>>();
+    case.values_typed(dtype, "y", &wide(&y), &rd("y")?);
+    case.grads_typed(dtype, "grad.x", &wide(&dx), &typed(g, "x", dtype)?);
+    for (name, got) in [("m", &dm), ("e", &de), ("e0", &de0)] {
+        case.grads_typed(
+            dtype,
+            &format!("grad.{name}"),
+            &wide_c(got),
+            &typed(g, name, dtype)?,
+        );
+    }
     Ok(())
 }
 

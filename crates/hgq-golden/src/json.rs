@@ -1,4 +1,5 @@
 //! Reading the golden JSON: numbers, and the strings "NaN", "Infinity", "-Infinity".
+use crate::Dtype;
 use serde_json::Value;
 
 /// Parses JSON text.
@@ -27,6 +28,36 @@ pub fn f32s(obj: &Value, key: &str) -> Result<Vec<f32>, String> {
     match v {
         Value::Array(a) => a.iter().map(|e| float(e).map(|f| f as f32)).collect(),
         other => Ok(vec![float(other)? as f32]),
+    }
+}
+
+/// `obj[key]` as a flat array of values that `dtype` holds exactly, as f64 (a value it does not
+/// hold is an error: the reference wrote values of its dtype).
+pub fn typed(obj: &Value, key: &str, dtype: Dtype) -> Result<Vec<f64>, String> {
+    let v = obj.get(key).ok_or_else(|| format!("missing key {key:?}"))?;
+    let a = v
+        .as_array()
+        .ok_or_else(|| format!("{key:?} is not an array"))?
+        .iter()
+        .map(float)
+        .collect::<Result<Vec<f64>, String>>()?;
+    if let Some((j, v)) = a.iter().enumerate().find(|(_, v)| !dtype.holds(**v)) {
+        return Err(format!("{key}[{j}] = {v:e} is not a {dtype} value"));
+    }
+    Ok(a)
+}
+
+/// The case's `"dtype"`: float32 when absent; an unknown name or a non-string is an error.
+pub fn dtype(obj: &Value) -> Result<Dtype, String> {
+    match obj.get("dtype") {
+        None => Ok(Dtype::F32),
+        Some(Value::String(s)) => Dtype::from_name(s).ok_or_else(|| {
+            format!(
+                "unknown dtype {s:?}; known: {}",
+                Dtype::ALL.map(Dtype::name).join(", ")
+            )
+        }),
+        Some(other) => Err(format!("\"dtype\" is {other}, not a string")),
     }
 }
 

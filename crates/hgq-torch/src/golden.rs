@@ -1,10 +1,14 @@
 //! hgq-golden's [`Backend`] on tensors: the `fixed_fn` family through [`fixed_quantize`] and
-//! autograd, the `layers` family through [`Quantizer`] modules in a `VarStore` (feature
-//! `golden`; `cargo xtask golden --backend torch` runs it).
+//! autograd (its float64, float16 and bfloat16 cases on tensors of that kind, as any kind
+//! reaches the quantizer), the `layers` family through [`Quantizer`] modules in a `VarStore`
+//! (feature `golden`; `cargo xtask golden --backend torch` runs it).
 use hgq_config::convert::{CoreQuantizer, QuantizerSpec};
 use hgq_core::quantizer::Props;
 use hgq_core::{CallMode, FixedPoint};
-use hgq_golden::{Backend, FixedFnOut, GradTolerance, LayerOut, LayerUnderTest, VarInfo};
+use hgq_golden::{
+    Backend, Dtype, FixedFnOut, GradTolerance, LayerOut, LayerUnderTest, TypedInputs, TypedOut,
+    VarInfo,
+};
 use tch::{Device, Kind, Tensor, nn};
 
 use crate::fixed_quantize;
@@ -61,6 +65,46 @@ fn grad_of(t: &Tensor) -> Result<Vec<f32>, String> {
     }
 }
 
+/// The tensor kind of a golden dtype.
+fn kind_of(dtype: Dtype) -> Kind {
+    match dtype {
+        Dtype::F32 => Kind::Float,
+        Dtype::F64 => Kind::Double,
+        Dtype::F16 => Kind::Half,
+        Dtype::Bf16 => Kind::BFloat16,
+    }
+}
+
+/// Values of `kind` (held exactly by f64) as a tensor of that kind.
+fn tensor_of(v: &[f64], shape: &[usize], kind: Kind, device: Device) -> Result<Tensor, String> {
+    let s: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+    Tensor::f_from_slice(v)
+        .and_then(|t| t.f_reshape(s.as_slice()))
+        .and_then(|t| t.f_to_kind(kind))
+        .and_then(|t| t.f_to_device(device))
+        .map_err(|e| e.to_string())
+}
+
+/// A tensor of any float kind as f64 values (exact).
+fn vec64_of(t: &Tensor) -> Result<Vec<f64>, String> {
+    t.f_to_kind(Kind::Double)
+        .and_then(|t| t.f_to_device(Device::Cpu))
+        .and_then(|t| t.f_contiguous())
+        .and_then(|t| t.f_view(-1))
+        .and_then(|t| Vec::<f64>::try_from(&t))
+        .map_err(|e| e.to_string())
+}
+
+/// [`grad_of`] as f64 values.
+fn grad64_of(t: &Tensor) -> Result<Vec<f64>, String> {
+    let g = t.grad();
+    if g.defined() {
+        vec64_of(&g)
+    } else {
+        Ok(vec![0.0; t.numel()])
+    }
+}
+
 impl Backend for TorchBackend {
     fn name(&self) -> &'static str {
         "torch"
@@ -92,6 +136,33 @@ impl Backend for TorchBackend {
             di: grad_of(&it)?,
             df: grad_of(&ft)?,
         })
+    }
+
+    /// Every dtype: x, k, i, f tensors of its kind through the quantizer that
+    /// [`fixed_quantize`] calls (on the CPU float16/bfloat16 through the fused kernel in
+    /// float32, stored in their kind; float64 and every kind on CUDA through the torch-ops
+    /// path), gradients by autograd into tensors of the kind.
+    fn fixed_fn_typed(
+        &self,
+        q: FixedPoint,
+        a: &TypedInputs<'_>,
+    ) -> Result<Option<TypedOut>, String> {
+        let (d, kind) = (self.device, kind_of(a.dtype));
+        let xt = tensor_of(a.x, a.shape, kind, d)?.set_requires_grad(true);
+        let kt = tensor_of(a.k, a.shape, kind, d)?;
+        let it = tensor_of(a.i, a.shape, kind, d)?.set_requires_grad(true);
+        let ft = tensor_of(a.f, a.shape, kind, d)?.set_requires_grad(true);
+        let y = crate::quantize(&q, &xt, kind, [&kt, &it, &ft], a.training)
+            .map_err(|e| e.to_string())?;
+        let dyt = tensor_of(a.dy, a.shape, kind, d)?;
+        (&y * &dyt).sum(Kind::Double).backward();
+        Ok(Some(TypedOut {
+            y: vec64_of(&y)?,
+            y_forward: None,
+            dx: grad64_of(&xt)?,
+            di: grad64_of(&it)?,
+            df: grad64_of(&ft)?,
+        }))
     }
 
     fn layer(

@@ -1,6 +1,8 @@
 //! `fixed_quantize` against the reference's golden vectors (tests/data/golden/fixed_fn.json):
 //! values bit-identical, gradients within 1e-5 relative / 1e-6 absolute, on the CPU bridge, on
-//! the torch-ops path on CPU and, when a GPU is present, on the torch-ops path on CUDA.
+//! the torch-ops path on CPU and, when a GPU is present, on the torch-ops path on CUDA. The
+//! float32 cases: `fixed_quantize` takes float32; the float64, float16 and bfloat16 cases run
+//! through `golden::TorchBackend` (tests/golden_backend.rs).
 mod common;
 
 use std::path::PathBuf;
@@ -48,7 +50,9 @@ fn check_all(quantize: Quantize, device: Device) -> (usize, Vec<String>) {
     let g = golden();
     let cases = g["cases"].as_array().expect("cases");
     let mut bad = Vec::new();
-    for c in cases {
+    let mut checked = 0;
+    for c in cases.iter().filter(|c| c.get("dtype").is_none()) {
+        checked += 1;
         let name = c["name"].as_str().unwrap();
         let q = FixedPoint::new(
             c["round_mode"].as_str().unwrap().parse().unwrap(),
@@ -104,7 +108,7 @@ fn check_all(quantize: Quantize, device: Device) -> (usize, Vec<String>) {
         compare("di", grad_of(&i), f32s(gr, "i"), close_grad);
         compare("df", grad_of(&f), f32s(gr, "f"), close_grad);
     }
-    (cases.len(), bad)
+    (checked, bad)
 }
 
 fn assert_clean(what: &str, (n, bad): (usize, Vec<String>)) {
