@@ -88,10 +88,18 @@ fn f32_of(v: &Value) -> Option<f32> {
     v.as_f64().map(|f| f as f32)
 }
 
+/// Whether a case is one of float32 (no `"dtype"`: the cases these helpers pick from).
+fn is_f32(case: &Value) -> bool {
+    case.get("dtype").is_none()
+}
+
 /// The first (case, element) of `cases[*][key]` (a path of keys into the case) whose value
-/// satisfies `pick`.
+/// satisfies `pick`, among the float32 cases.
 fn find(v: &Value, key: &[&str], pick: impl Fn(f32) -> bool) -> (usize, usize) {
     for (c, case) in v["cases"].as_array().unwrap().iter().enumerate() {
+        if !is_f32(case) {
+            continue;
+        }
         let a = key.iter().fold(case, |v, k| &v[*k]);
         if let Some(j) = a
             .as_array()
@@ -103,10 +111,13 @@ fn find(v: &Value, key: &[&str], pick: impl Fn(f32) -> bool) -> (usize, usize) {
     panic!("no element of {key:?} qualifies");
 }
 
-/// The element of largest magnitude of `cases[*][key]`.
+/// The element of largest magnitude of `cases[*][key]`, among the float32 cases.
 fn largest(v: &Value, key: &[&str]) -> (usize, usize) {
     let mut best = (0, 0, 0f32);
     for (c, case) in v["cases"].as_array().unwrap().iter().enumerate() {
+        if !is_f32(case) {
+            continue;
+        }
         let a = key.iter().fold(case, |v, k| &v[*k]);
         for (j, e) in a.as_array().unwrap().iter().enumerate() {
             if let Some(w) = f32_of(e).filter(|w| w.is_finite() && w.abs() > best.2.abs()) {
@@ -551,4 +562,207 @@ fn the_log2_boundary_excuse_is_narrow() {
     }
     // Excused elements: 2 and 3 (the spoiled one's gradients are the same for both exponents).
     assert_eq!(r.boundary, 5, "{r}\n{details}");
+}
+
+/// The first case of `dtype` and its first element of `key` whose value satisfies `pick`
+/// (values as f64, which holds every dtype's).
+fn find_typed(v: &Value, dtype: &str, key: &[&str], pick: impl Fn(f64) -> bool) -> (usize, usize) {
+    for (c, case) in v["cases"].as_array().unwrap().iter().enumerate() {
+        if case.get("dtype").and_then(Value::as_str) != Some(dtype) {
+            continue;
+        }
+        let a = key.iter().fold(case, |v, k| &v[*k]);
+        if let Some(j) = a
+            .as_array()
+            .and_then(|a| a.iter().position(|e| e.as_f64().is_some_and(&pick)))
+        {
+            return (c, j);
+        }
+    }
+    panic!("no {dtype} element of {key:?} qualifies");
+}
+
+/// The next value of `dtype` above the finite, non-zero `w` (one ulp of that type).
+fn ulp_up_typed(dtype: &str, w: f64) -> f64 {
+    let up = |bits: u64| bits + 1;
+    match dtype {
+        "float64" => f64::from_bits(up(w.to_bits())),
+        "float16" => {
+            let h = half::f16::from_f64(w);
+            half::f16::from_bits(up(h.to_bits() as u64) as u16).to_f64()
+        }
+        "bfloat16" => {
+            let h = half::bf16::from_f64(w);
+            half::bf16::from_bits(up(h.to_bits() as u64) as u16).to_f64()
+        }
+        other => panic!("{other}"),
+    }
+}
+
+const TYPED: [&str; 3] = ["float64", "float16", "bfloat16"];
+
+/// Both families hold cases of every dtype, and they pass.
+#[test]
+fn the_dtype_cases_are_there_and_pass() {
+    let set = TempSet::only(&["fixed_fn", "float_fn"]);
+    for family in ["fixed_fn", "float_fn"] {
+        let v: Value = serde_json::from_str(
+            &std::fs::read_to_string(set.path().join(format!("{family}.json"))).unwrap(),
+        )
+        .unwrap();
+        for dtype in TYPED {
+            let n = v["cases"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|c| c["dtype"] == json!(dtype))
+                .count();
+            assert!(n >= 12, "{family}: {n} {dtype} cases");
+        }
+        let r = set.check(family).unwrap();
+        assert!(r.mismatches == 0 && r.skipped == 0, "{r}");
+    }
+}
+
+#[test]
+fn a_typed_forward_value_one_ulp_off_is_found() {
+    for family in ["fixed_fn", "float_fn"] {
+        for dtype in TYPED {
+            let set = TempSet::only(&[family]);
+            set.edit(family, |v| {
+                let (c, j) = find_typed(v, dtype, &["y"], |w| w.is_finite() && w != 0.0);
+                let e = at(v, c, &["y"], j);
+                *e = json!(ulp_up_typed(dtype, e.as_f64().unwrap()));
+            });
+            let r = set.check(family).unwrap();
+            assert_one_mismatch(&r, &format!("{family} {dtype}"));
+            let d = r.details.join("\n");
+            assert!(d.contains(&format!("({dtype} bits")), "{d}");
+        }
+    }
+}
+
+/// A float64 `grad.f` (compared for float64, unlike hgq-core's float64 run of the float32
+/// cases) 1e-3 relative off, and a float16/bfloat16 gradient outside its type's tolerance
+/// (16 ulps) are found; one ulp of a float16 gradient of magnitude >= 1 is within it.
+#[test]
+fn a_typed_gradient_off_is_found() {
+    let big = |w: f64| w.is_finite() && w.abs() >= 1.0;
+    let set = TempSet::only(&["fixed_fn"]);
+    set.edit("fixed_fn", |v| {
+        let (c, j) = find_typed(v, "float64", &["grad", "f"], big);
+        let e = at(v, c, &["grad", "f"], j);
+        *e = json!(e.as_f64().unwrap() * 1.001);
+    });
+    assert_one_mismatch(&set.check("fixed_fn").unwrap(), "float64 grad.f");
+    for (family, dtype, key) in [
+        ("fixed_fn", "float16", &["grad", "i"][..]),
+        ("fixed_fn", "bfloat16", &["grad", "f"][..]),
+        ("float_fn", "float16", &["grad", "m"][..]),
+        ("float_fn", "bfloat16", &["grad", "e"][..]),
+    ] {
+        let set = TempSet::only(&[family]);
+        set.edit(family, |v| {
+            let (c, j) = find_typed(v, dtype, key, big);
+            let e = at(v, c, key, j);
+            let mut w = e.as_f64().unwrap();
+            for _ in 0..16 {
+                w = ulp_up_typed(dtype, w);
+            }
+            *e = json!(w);
+        });
+        assert_one_mismatch(&set.check(family).unwrap(), &format!("{dtype} {key:?}"));
+    }
+    let set = TempSet::only(&["fixed_fn"]);
+    set.edit("fixed_fn", |v| {
+        let (c, j) = find_typed(v, "float16", &["grad", "i"], big);
+        let e = at(v, c, &["grad", "i"], j);
+        *e = json!(ulp_up_typed("float16", e.as_f64().unwrap()));
+    });
+    let r = set.check("fixed_fn").unwrap();
+    assert_eq!(r.mismatches, 0, "{r}\n{}", r.details.join("\n"));
+}
+
+#[test]
+fn an_unknown_dtype_or_a_value_the_dtype_does_not_hold_is_an_error() {
+    let typed_case = |v: &Value, dtype: &str| {
+        v["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|c| c["dtype"] == json!(dtype))
+            .unwrap()
+    };
+    for family in ["fixed_fn", "float_fn"] {
+        assert_error(family, "unknown dtype \"float8\"", |v| {
+            v["cases"][0]["dtype"] = json!("float8");
+        });
+        assert_error(family, "\"dtype\" is 16, not a string", |v| {
+            v["cases"][0]["dtype"] = json!(16);
+        });
+        assert_error(family, "x[0] = 1e-1 is not a float16 value", |v| {
+            let c = typed_case(v, "float16");
+            v["cases"][c]["x"][0] = json!(0.1);
+        });
+        assert_error(family, "is not a bfloat16 value", |v| {
+            let c = typed_case(v, "bfloat16");
+            v["cases"][c]["dy"][1] = json!(1.0 + 2f64.powi(-12));
+        });
+        assert_error(family, "is not a float16 value", |v| {
+            let c = typed_case(v, "float16");
+            v["cases"][c]["grad"]["x"][2] = json!(1.0 + 2f64.powi(-20));
+        });
+    }
+    // A float32 case marked float16 whose values float16 does not hold.
+    assert_error("fixed_fn", "is not a float16 value", |v| {
+        v["cases"][0]["dtype"] = json!("float16");
+    });
+}
+
+/// A backend without typed runs (the trait's default): the dtype cases are skipped, counted and
+/// named in the report's line, not checked and not silently dropped.
+#[test]
+fn a_backend_without_a_dtype_reports_its_cases_skipped() {
+    struct NoTyped;
+    impl hgq_golden::Backend for NoTyped {
+        fn name(&self) -> &'static str {
+            "no-typed"
+        }
+        fn fixed_fn(
+            &self,
+            q: hgq_core::FixedPoint,
+            shape: &[usize],
+            x: &[f32],
+            k: &[f32],
+            i: &[f32],
+            f: &[f32],
+            training: bool,
+            dy: &[f32],
+        ) -> Result<hgq_golden::FixedFnOut, String> {
+            hgq_golden::CoreBackend.fixed_fn(q, shape, x, k, i, f, training, dy)
+        }
+        fn layer(
+            &self,
+            spec: &hgq_config::convert::QuantizerSpec,
+            input_shape: &[usize],
+        ) -> Result<Box<dyn hgq_golden::LayerUnderTest>, String> {
+            hgq_golden::CoreBackend.layer(spec, input_shape)
+        }
+    }
+    let set = TempSet::only(&["fixed_fn"]);
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(set.path().join("fixed_fn.json")).unwrap())
+            .unwrap();
+    let cases = v["cases"].as_array().unwrap();
+    let typed = cases.iter().filter(|c| !is_f32(c)).count();
+    let r = hgq_golden::check_with(set.path(), "fixed_fn", &NoTyped).unwrap();
+    assert_eq!((r.cases, r.skipped), (cases.len() - typed, typed), "{r}");
+    assert_eq!(r.mismatches, 0, "{r}");
+    let line = r.to_string();
+    assert!(
+        line.contains(&format!(
+            "skipped={typed} (float64 on no-typed; float16 on no-typed; bfloat16 on no-typed)"
+        )),
+        "{line}"
+    );
 }
