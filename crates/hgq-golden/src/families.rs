@@ -457,28 +457,6 @@ fn float_fn(c: &Value, case: &mut Case, _: &dyn Backend) -> Result<(), String> {
     if [&m, &e, &e0, &dy].iter().any(|v| v.len() != n) {
         return Err(format!("m, e, e0 and dy must have x's {n} elements"));
     }
-    let (mut y, mut dx, mut dm, mut de, mut de0) = (
-        vec![0.0; n],
-        vec![0.0; n],
-        vec![0.0; n],
-        vec![0.0; n],
-        vec![0.0; n],
-    );
-    hgq_core::minifloat_backward(
-        t(&x, &s)?,
-        t(&m, &s)?,
-        t(&e, &s)?,
-        t(&e0, &s)?,
-        &dy,
-        &mut y,
-        FloatGrads {
-            dx: &mut dx,
-            dm: &mut dm,
-            de: &mut de,
-            de0: &mut de0,
-        },
-    )
-    .map_err(|e| e.to_string())?;
     // At a log2-boundary element, each side must give the value of one of the two exponents:
     // ours one, the reference's the other.
     let cands: Vec<Option<[[f32; 5]; 2]>> = (0..n)
@@ -487,23 +465,61 @@ fn float_fn(c: &Value, case: &mut Case, _: &dyn Backend) -> Result<(), String> {
     let tol = case.grad_tolerance();
     let grad_ok = |g: f32, w: f32| tol.accepts(g, w);
     let cands = &cands;
-    case.compare(
-        "y",
-        &y,
-        &f32s(c, "y")?,
-        &same_value,
-        Some(&|j, got, want| other_exponent(cands[j], 0, got, want, &same_value)),
+    let want_y = f32s(c, "y")?;
+    // hgq-core as called, then on its scalar path and at every SIMD level this CPU has (float64
+    // runs in the float64 cases of the set).
+    let paths = [
+        (String::new(), Path::Simd),
+        (" (scalar)".into(), Path::Scalar),
+    ]
+    .into_iter()
+    .chain(
+        SimdLevel::available()
+            .into_iter()
+            .map(|l| (format!(" ({l:?})"), Path::Level(l))),
     );
-    for (q, (name, got)) in [("x", &dx), ("m", &dm), ("e", &de), ("e0", &de0)]
-        .into_iter()
-        .enumerate()
-    {
-        case.grads_excused(
-            &format!("grad.{name}"),
-            got,
-            &f32s(g, name)?,
-            Some(&|j, got, want| other_exponent(cands[j], q + 1, got, want, &grad_ok)),
+    for (label, path) in paths {
+        let (mut y, mut dx, mut dm, mut de, mut de0) = (
+            vec![0.0; n],
+            vec![0.0; n],
+            vec![0.0; n],
+            vec![0.0; n],
+            vec![0.0; n],
         );
+        hgq_core::stateless::minifloat_backward_with_path(
+            t(&x, &s)?,
+            t(&m, &s)?,
+            t(&e, &s)?,
+            t(&e0, &s)?,
+            &dy,
+            &mut y,
+            FloatGrads {
+                dx: &mut dx,
+                dm: &mut dm,
+                de: &mut de,
+                de0: &mut de0,
+            },
+            path,
+        )
+        .map_err(|e| e.to_string())?;
+        case.compare(
+            &format!("y{label}"),
+            &y,
+            &want_y,
+            &same_value,
+            Some(&|j, got, want| other_exponent(cands[j], 0, got, want, &same_value)),
+        );
+        for (q, (name, got)) in [("x", &dx), ("m", &dm), ("e", &de), ("e0", &de0)]
+            .into_iter()
+            .enumerate()
+        {
+            case.grads_excused(
+                &format!("grad.{name}{label}"),
+                got,
+                &f32s(g, name)?,
+                Some(&|j, got, want| other_exponent(cands[j], q + 1, got, want, &grad_ok)),
+            );
+        }
     }
     case.cap_boundary(n);
     Ok(())
