@@ -88,18 +88,19 @@ fn specs_the_reference_rejects_are_errors() {
         ),
         Err(CoreError::WrapSmRounding(_))
     ));
+    let r = CpuQuantizer::<f32>::new(
+        QuantizerSpec::Kbi(KbiSpec::new(
+            f64::NAN,
+            4.0,
+            1.0,
+            RoundMode::Rnd,
+            OverflowMode::Sat,
+        )),
+        &[Some(2)],
+    );
     assert!(
-        CpuQuantizer::<f32>::new(
-            QuantizerSpec::Kbi(KbiSpec::new(
-                f64::NAN,
-                4.0,
-                1.0,
-                RoundMode::Rnd,
-                OverflowMode::Sat
-            )),
-            &[Some(2)]
-        )
-        .is_err()
+        matches!(r, Err(CoreError::InvalidK(k)) if k.is_nan()),
+        "{r:?}"
     );
 }
 
@@ -151,23 +152,41 @@ fn bad_axes_and_shapes_are_errors_not_panics() {
         Err(CoreError::InputShape { .. })
     ));
     let mut short = [0.0f32; 3];
+    let r = q.forward(
+        TensorRef::new(&x, &[2, 4]).unwrap(),
+        CallMode::Inference,
+        &mut short,
+    );
     assert!(
-        q.forward(
-            TensorRef::new(&x, &[2, 4]).unwrap(),
-            CallMode::Inference,
-            &mut short
-        )
-        .is_err()
+        matches!(
+            r,
+            Err(CoreError::Length {
+                what: "y",
+                len: 3,
+                expected: 8,
+                ..
+            })
+        ),
+        "{r:?}"
     );
     let mut dx = [0.0f32; 8];
+    let r = q.forward_backward(
+        TensorRef::new(&x, &[2, 4]).unwrap(),
+        &[1.0; 7],
+        &mut y,
+        &mut dx,
+    );
     assert!(
-        q.forward_backward(
-            TensorRef::new(&x, &[2, 4]).unwrap(),
-            &[1.0; 7],
-            &mut y,
-            &mut dx
-        )
-        .is_err()
+        matches!(
+            r,
+            Err(CoreError::Length {
+                what: "dy",
+                len: 7,
+                expected: 8,
+                ..
+            })
+        ),
+        "{r:?}"
     );
     // The batch may change from call to call.
     let x3 = [0.5f32; 12];
@@ -200,13 +219,14 @@ fn wrap_tracking_rejects_non_finite_input_and_keeps_its_state() {
             matches!(r, Err(CoreError::InvalidParameter { name: "x", .. })),
             "{r:?}"
         );
+        let r = q.forward(
+            TensorRef::new(&x, &[2, 2]).unwrap(),
+            CallMode::Tracing,
+            &mut y,
+        );
         assert!(
-            q.forward(
-                TensorRef::new(&x, &[2, 2]).unwrap(),
-                CallMode::Tracing,
-                &mut y
-            )
-            .is_err()
+            matches!(r, Err(CoreError::InvalidParameter { name: "x", .. })),
+            "{r:?}"
         );
         assert_eq!(
             q.variables(),
@@ -564,5 +584,64 @@ fn the_dummy_quantizer_is_the_identity_in_every_mode() {
     assert!(matches!(
         q.forward(bad, CallMode::Inference, &mut y),
         Err(CoreError::InputShape { .. })
+    ));
+}
+
+/// A forward whose backward comes later gives the bits of the fused forward-and-backward call,
+/// and the same state, for every kind of quantizer.
+#[rstest]
+#[case::kif_rnd_sat(QuantizerSpec::Kif(KifSpec::new(1.0, 2.0, 3.0, RoundMode::Rnd, OverflowMode::Sat).with_axes(Axes::Homogeneous(vec![0]))))]
+#[case::kif_srnd_wrap(QuantizerSpec::Kif({let mut s = KifSpec::new(1.0, 1.0, 4.0, RoundMode::SRnd, OverflowMode::Wrap).with_axes(Axes::Homogeneous(vec![0])); s.fixed.i_decay_speed = 0.25; s}))]
+#[case::kbi_rnd_sat_sym(QuantizerSpec::Kbi(KbiSpec::new(1.0, 5.0, 1.0, RoundMode::Rnd, OverflowMode::SatSym).with_axes(Axes::Heterogeneous(vec![-1]))))]
+#[case::kbi_trn_wrap(QuantizerSpec::Kbi(KbiSpec::new(1.0, 6.0, 2.0, RoundMode::Trn, OverflowMode::Wrap).with_axes(Axes::Homogeneous(vec![0]))))]
+#[case::float(QuantizerSpec::Float(FloatSpec::new(2.0, 3.0, 1.0).with_axes(Axes::Homogeneous(vec![0]))))]
+#[case::dummy(QuantizerSpec::Dummy)]
+fn a_saved_forward_then_backward_is_the_fused_call(#[case] spec: QuantizerSpec) {
+    let shape = [None, Some(5)];
+    let (mut fused, mut saved_q) = (
+        CpuQuantizer::<f32>::new(spec.clone(), &shape).unwrap(),
+        CpuQuantizer::<f32>::new(spec, &shape).unwrap(),
+    );
+    let bits = |v: &[f32]| v.iter().map(|a| a.to_bits()).collect::<Vec<_>>();
+    for step in 0..3u64 {
+        let x = data(20, step, 6.0);
+        let dy = data(20, step + 100, 1.0);
+        let t = TensorRef::new(&x, &[4, 5]).unwrap();
+        let (mut y1, mut dx1) = ([0.0f32; 20], [0.0f32; 20]);
+        let g1 = fused.forward_backward(t, &dy, &mut y1, &mut dx1).unwrap();
+        let (mut y2, mut dx2) = ([0.0f32; 20], [0.0f32; 20]);
+        let saved = saved_q
+            .forward_saved(t, CallMode::Training, &mut y2)
+            .unwrap();
+        // The saved pass keeps what it read: changing the variables does not reach it.
+        let before: Vec<_> = saved_q.variables().to_vec();
+        for v in saved_q.variables_mut() {
+            v.value.iter_mut().for_each(|e| *e += 0.5);
+        }
+        let g2 = saved.backward(&dy, &mut dx2).unwrap();
+        saved_q.variables_mut().clone_from_slice(&before);
+        assert_eq!(bits(&y1), bits(&y2), "step {step}: y");
+        assert_eq!(bits(&dx1), bits(&dx2), "step {step}: dx");
+        assert_eq!(g1, g2, "step {step}: gradients");
+        assert_eq!(fused.variables(), saved_q.variables(), "step {step}: state");
+    }
+    // Wrong lengths are errors.
+    let x = data(20, 9, 1.0);
+    let mut y = [0.0f32; 20];
+    let saved = saved_q
+        .forward_saved(
+            TensorRef::new(&x, &[4, 5]).unwrap(),
+            CallMode::Training,
+            &mut y,
+        )
+        .unwrap();
+    let mut dx = [0.0f32; 20];
+    assert!(matches!(
+        saved.backward(&[1.0; 19], &mut dx),
+        Err(CoreError::Length { what: "dy", .. })
+    ));
+    assert!(matches!(
+        saved.backward(&[1.0; 20], &mut [0.0; 3]),
+        Err(CoreError::Length { what: "dx", .. })
     ));
 }

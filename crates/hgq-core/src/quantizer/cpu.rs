@@ -142,6 +142,119 @@ pub struct Cpu<'a, T: Element> {
     dy: Option<&'a [T]>,
     path: Path,
     collected: RefCell<Collected<T>>,
+    /// `Some`: the passes without upstream are kept for a later backward.
+    saved: Option<RefCell<Vec<SavedPass<T>>>>,
+}
+
+/// One pass kept by a recording [`Cpu`] for a backward later (when the upstream gradient is
+/// known, as in a network): the values it read, copied, so that changes of the variables after
+/// the forward (an optimizer step) do not reach it, as with autograd's saved tensors.
+#[derive(Debug, Clone)]
+pub struct SavedPass<T: Element> {
+    kind: SavedKind,
+    x: Vec<T>,
+    shape: Vec<usize>,
+    /// Fixed point: k, then the two bit-width operands; minifloat: m, e, e0 as used.
+    params: Vec<SavedParam<T::C>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum SavedKind {
+    Fixed { q: FixedPoint, training: bool },
+    Float { path: Path },
+    Identity,
+}
+
+/// A parameter a pass read: its values, shape, and the trainable variable it is (if one).
+#[derive(Debug, Clone)]
+struct SavedParam<C> {
+    values: Vec<C>,
+    shape: Vec<usize>,
+    var: Option<VarName>,
+}
+
+impl<C: Copy> SavedParam<C> {
+    fn of(o: &Operand<'_, Vec<C>, C>) -> Self {
+        match o {
+            Operand::Var(v) => SavedParam {
+                values: v.value.clone(),
+                shape: v.shape.clone(),
+                var: v.trainable.then_some(v.name),
+            },
+            Operand::Values(d, s) => SavedParam {
+                values: d.to_vec(),
+                shape: s.to_vec(),
+                var: None,
+            },
+        }
+    }
+
+    fn tensor(&self) -> Result<TensorRef<'_, C>> {
+        TensorRef::new(&self.values, &self.shape)
+    }
+}
+
+impl<T: Element> SavedPass<T> {
+    /// `dx` into `dx` and the gradients of the trainable variables the pass read, for
+    /// upstream `dy` (x's shape).
+    pub fn backward(&self, dy: &[T], dx: &mut [T]) -> Result<Grads<T::C>> {
+        check_len("dy", dy.len(), &self.shape)?;
+        check_len("dx", dx.len(), &self.shape)?;
+        let x = TensorRef::new(&self.x, &self.shape)?;
+        let zeros = |p: &SavedParam<T::C>| vec![T::C::ZERO; p.values.len()];
+        // Each parameter's gradient, beside the parameters it is of.
+        let (grads, params): (Vec<Vec<T::C>>, &[_]) = match self.kind {
+            SavedKind::Identity => {
+                dx.copy_from_slice(dy);
+                return Ok(Grads::default());
+            }
+            SavedKind::Fixed { q, training } => {
+                let [k, p1, p2] = &self.params[..] else {
+                    return Err(CoreError::Unsupported(
+                        "a saved fixed-point pass needs k, i, f",
+                    ));
+                };
+                let (mut d1, mut d2) = (zeros(p1), zeros(p2));
+                let grads = FixedGrads {
+                    dx,
+                    di: &mut d1,
+                    df: &mut d2,
+                };
+                let t = [k.tensor()?, p1.tensor()?, p2.tensor()?];
+                q.backward(x, t[0], t[1], t[2], training, Upstream::Each(dy), grads)?;
+                (vec![d1, d2], &self.params[1..])
+            }
+            SavedKind::Float { path } => {
+                let [m, e, e0] = &self.params[..] else {
+                    return Err(CoreError::Unsupported(
+                        "a saved minifloat pass needs m, e, e0",
+                    ));
+                };
+                let mut g: [Vec<T::C>; 3] = [zeros(m), zeros(e), zeros(e0)];
+                let [g0, g1, g2] = &mut g;
+                let mut y = vec![T::default(); dx.len()];
+                minifloat_call(
+                    x,
+                    [m.tensor()?, e.tensor()?, e0.tensor()?],
+                    Some(Upstream::Each(dy)),
+                    Some(&mut y),
+                    Some((dx, [g0, g1, g2])),
+                    path,
+                )?;
+                (g.into(), &self.params[..])
+            }
+        };
+        let mut out = Grads::default();
+        for (p, g) in params.iter().zip(grads) {
+            if let Some(slot) = p.var.and_then(|n| out.slot(n)) {
+                match slot {
+                    Some(acc) => acc.iter_mut().zip(&g).for_each(|(a, &b)| *a = *a + b),
+                    None => *slot = Some(g),
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
 impl<'a, T: Element> Cpu<'a, T> {
@@ -154,6 +267,33 @@ impl<'a, T: Element> Cpu<'a, T> {
                 dx: None,
                 grads: Grads::default(),
             }),
+            saved: None,
+        }
+    }
+
+    /// A backend that keeps each pass it runs without upstream ([`SavedPass`]), for a
+    /// backward once the upstream gradient is known ([`Cpu::take_saved`]).
+    pub fn recording(mut self) -> Self {
+        self.saved = Some(RefCell::new(Vec::new()));
+        self
+    }
+
+    /// The passes kept so far (none unless [`Cpu::recording`]).
+    pub fn take_saved(&self) -> Vec<SavedPass<T>> {
+        self.saved
+            .as_ref()
+            .map(|s| std::mem::take(&mut *s.borrow_mut()))
+            .unwrap_or_default()
+    }
+
+    fn save(&self, kind: SavedKind, x: &CpuTensor<'_, T>, params: Vec<SavedParam<T::C>>) {
+        if let Some(s) = &self.saved {
+            s.borrow_mut().push(SavedPass {
+                kind,
+                x: x.data.to_vec(),
+                shape: x.shape.clone(),
+                params,
+            });
         }
     }
 
@@ -279,8 +419,9 @@ impl<'a, T: Element> Backend for Cpu<'a, T> {
     }
 
     fn identity(&self, x: &Self::Tensor) -> Result<Self::Tensor> {
-        if let Some(dy) = self.upstream(x.data.len())? {
-            self.collect(dy.to_vec(), &[], Vec::new());
+        match self.upstream(x.data.len())? {
+            Some(dy) => self.collect(dy.to_vec(), &[], Vec::new()),
+            None => self.save(SavedKind::Identity, x, Vec::new()),
         }
         Ok(CpuTensor {
             data: Cow::Owned(x.data.to_vec()),
@@ -330,6 +471,8 @@ impl<'a, T: Element> Backend for Cpu<'a, T> {
         match self.upstream(n)? {
             None => {
                 q.forward(xr, kt, it, ft, training, &mut y)?;
+                let params = [&k, &p[0], &p[1]].map(|o| SavedParam::of(o)).into();
+                self.save(SavedKind::Fixed { q, training }, x, params);
             }
             Some(dy) => {
                 let mut dx = vec![T::default(); n];
@@ -380,7 +523,20 @@ impl<'a, T: Element> Backend for Cpu<'a, T> {
         let n = x.data.len();
         let mut y = vec![T::default(); n];
         match self.upstream(n)? {
-            None => minifloat_call(x.as_ref(), pt, None, Some(&mut y), None, self.path)?,
+            None => {
+                minifloat_call(x.as_ref(), pt, None, Some(&mut y), None, self.path)?;
+                let params = (0..3)
+                    .map(|j| SavedParam {
+                        values: used[j].clone(),
+                        shape: shapes[j].to_vec(),
+                        var: match &p[j] {
+                            Operand::Var(v) if v.trainable => Some(v.name),
+                            _ => None,
+                        },
+                    })
+                    .collect();
+                self.save(SavedKind::Float { path: self.path }, x, params);
+            }
             Some(dy) => {
                 let mut dx = vec![T::default(); n];
                 let mut g: [Vec<T::C>; 3] =
@@ -528,6 +684,46 @@ impl<C: Real + Element<C = C>> CpuQuantizer<C> {
         let out = self.q.forward(&b, &CpuTensor::borrowed(x), mode)?;
         y.copy_from_slice(&out.data);
         Ok(())
+    }
+
+    /// A call whose backward comes later, as in a network (where `dy` is known only after the
+    /// layers above ran): the output into `y` and what [`SavedPass::backward`] needs. The state
+    /// moves as in [`CpuQuantizer::forward`]; the backward gives the bits of
+    /// [`CpuQuantizer::forward_backward`].
+    ///
+    /// ```
+    /// use hgq_core::quantizer::{CpuQuantizer, KifSpec, QuantizerSpec};
+    /// use hgq_core::{mapper::Axes, CallMode, OverflowMode, RoundMode, TensorRef};
+    /// let spec = KifSpec::new(1.0, 2.0, 2.0, RoundMode::Rnd, OverflowMode::Sat)
+    ///     .with_axes(Axes::Homogeneous(vec![0]));
+    /// let mut q = CpuQuantizer::<f32>::new(QuantizerSpec::Kif(spec), &[None, Some(2)])?;
+    /// let x = [0.3f32, -9.0];
+    /// let mut y = [0.0f32; 2];
+    /// let saved = q.forward_saved(TensorRef::new(&x, &[1, 2])?, CallMode::Training, &mut y)?;
+    /// assert_eq!(y, [0.25, -4.0]);
+    /// let mut dx = [0.0f32; 2];
+    /// let grads = saved.backward(&[1.0, 1.0], &mut dx)?;
+    /// assert_eq!(dx, [1.0, 0.0]); // -9 saturates: no gradient reaches it
+    /// assert!(grads.f.is_some() && grads.i.is_some());
+    /// # Ok::<(), hgq_core::CoreError>(())
+    /// ```
+    pub fn forward_saved<T: Element<C = C>>(
+        &mut self,
+        x: TensorRef<'_, T>,
+        mode: CallMode,
+        y: &mut [T],
+    ) -> Result<SavedPass<T>> {
+        check_len("y", y.len(), x.shape)?;
+        let b = self.backend::<T>(None).recording();
+        let out = self.q.forward(&b, &CpuTensor::borrowed(x), mode)?;
+        let mut saved = b.take_saved();
+        let (Some(pass), true) = (saved.pop(), saved.is_empty()) else {
+            return Err(CoreError::Unsupported(
+                "a quantizer call that is not one pass cannot be saved for a backward",
+            ));
+        };
+        y.copy_from_slice(&out.data);
+        Ok(pass)
     }
 
     /// A training call with gradients for upstream `dy`: the output into `y`, `dx`, and the

@@ -28,7 +28,7 @@ mod float;
 
 pub use backend::{Backend, BwOp, Operand, OperandOf};
 pub use constraint::{Constraint, Regularizer};
-pub use cpu::{Cpu, CpuQuantizer, CpuStore, CpuTensor, Grads};
+pub use cpu::{Cpu, CpuQuantizer, CpuStore, CpuTensor, Grads, SavedPass};
 pub use dummy::DummyQuantizer;
 pub use fixed::{FixedKind, FixedQuantizer, FixedSpec, KbiSpec, KifSpec, Param};
 pub use float::{FloatQuantizer, FloatSpec};
