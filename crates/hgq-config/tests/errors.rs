@@ -98,14 +98,25 @@ fn hard_tanh_refuses_fixed_keys() {
         matches!(&e, ConfigError::UnknownKey { key, .. } if key == "k0"),
         "{e}"
     );
-    for b in [
-        QuantizerConfig::hard_tanh(false).k0(1),
-        QuantizerConfig::hard_tanh(false).ic(Constraint::Constant(2.0)),
-        QuantizerConfig::hard_tanh(false).overflow_mode(OverflowMode::Wrap),
-        QuantizerConfig::hard_sigmoid().affine(1.0, 0.0),
-        QuantizerConfig::hard_tanh(false).q_type(QType::Float),
+    for (b, want) in [
+        (QuantizerConfig::hard_tanh(false).k0(1), "k0"),
+        (
+            QuantizerConfig::hard_tanh(false).ic(Constraint::Constant(2.0)),
+            "ic",
+        ),
+        (
+            QuantizerConfig::hard_tanh(false).overflow_mode(OverflowMode::Wrap),
+            "overflow_mode",
+        ),
+        (QuantizerConfig::hard_sigmoid().affine(1.0, 0.0), "affine"),
+        // The k0 the flavor fixes is no parameter of a float quantizer.
+        (QuantizerConfig::hard_tanh(false).q_type(QType::Float), "k0"),
     ] {
-        assert!(b.build().is_err());
+        let r = b.build();
+        assert!(
+            matches!(&r, Err(ConfigError::Override { key, .. }) if key == want),
+            "{want}: {r:?}"
+        );
     }
     // i0 is dropped, as the reference pops it.
     let c = QuantizerConfig::hard_tanh(false).i0(5).build().unwrap();
@@ -119,21 +130,26 @@ fn builder_rules() {
         b().b0(3).build(),
         Err(ConfigError::Override { key, .. }) if key == "b0"
     ));
-    assert!(
-        b().homogeneous_axis([0])
-            .heterogeneous_axis([1])
-            .build()
-            .is_err()
-    );
-    assert!(b().scaler(0.0).build().is_err());
-    assert!(b().qnoise_factor(-0.1).build().is_err());
-    assert!(b().affine(0.0, 1.0).build().is_err());
-    assert!(
-        QuantizerConfig::builder(QType::Dummy, Place::Datalane)
-            .b0(3)
-            .build()
-            .is_err()
-    );
+    for (r, want) in [
+        (
+            b().homogeneous_axis([0]).heterogeneous_axis([1]).build(),
+            "homogeneous_axis",
+        ),
+        (b().scaler(0.0).build(), "scaler"),
+        (b().qnoise_factor(-0.1).build(), "qnoise_factor"),
+        (b().affine(0.0, 1.0).build(), "affine"),
+        (
+            QuantizerConfig::builder(QType::Dummy, Place::Datalane)
+                .b0(3)
+                .build(),
+            "b0",
+        ),
+    ] {
+        assert!(
+            matches!(&r, Err(ConfigError::Override { key, .. }) if key == want),
+            "{want}: {r:?}"
+        );
+    }
     // Giving one axis list clears the other.
     let c = QuantizerConfig::builder(QType::Float, Place::Bias)
         .heterogeneous_axis([1])

@@ -342,8 +342,23 @@ fn reading_refuses_other_documents() {
     let t = demo.replacen(r#""units": 32, "#, "", 1);
     assert_eq!(path(&t).as_deref(), Some("$.config.layers[1].config"));
     // Not a model at all.
-    assert!(DenseModelSpec::from_json("[]").is_err());
-    assert!(DenseModelSpec::from_json("{").is_err());
+    let r = DenseModelSpec::from_json("[]");
+    assert!(
+        matches!(
+            &r,
+            Err(ConfigError::Type {
+                path,
+                expected: "dict",
+                found: "list",
+            }) if path == "$"
+        ),
+        "{r:?}"
+    );
+    let r = DenseModelSpec::from_json("{");
+    assert!(
+        matches!(r, Err(ConfigError::Syntax { offset: 1, .. })),
+        "{r:?}"
+    );
     let t = demo.replacen(
         r#""batch_shape": [null, 64]"#,
         r#""batch_shape": [null, -1]"#,

@@ -2,8 +2,8 @@
 //! quantizers are found in whole models, including `Quantizer` layers.
 mod common;
 use hgq_config::{
-    BitwidthMapperConfig, Constraint, InitValue, Initializer, KerasModel, Num, Place, QType,
-    QuantizerConfig, Regularizer,
+    BitwidthMapperConfig, ConfigError, Constraint, InitValue, Initializer, KerasModel, Num, Place,
+    QType, QuantizerConfig, Regularizer,
 };
 use hgq_core::mapper::Axes;
 use rstest::rstest;
@@ -85,11 +85,12 @@ fn explicit_mapper() {
     m.infer(2).unwrap();
     assert_eq!(m.heterogeneous_axis, Some(vec![1]));
     assert_eq!(m.homogeneous_axis, Some(vec![0]));
+    let r = BitwidthMapperConfig::new(Axes::Homogeneous(vec![3]))
+        .unwrap()
+        .infer(2);
     assert!(
-        BitwidthMapperConfig::new(Axes::Homogeneous(vec![3]))
-            .unwrap()
-            .infer(2)
-            .is_err()
+        matches!(&r, Err(ConfigError::Value { msg, .. }) if msg.contains("invalid axis 3")),
+        "{r:?}"
     );
 }
 
@@ -108,14 +109,26 @@ fn quantizer_layers_inside_a_model_and_keras_file_config() {
         .iter()
         .map(|f| format!("{} {}", f.layer_path(), f.key))
         .collect();
-    assert_eq!(paths.len(), 7);
-    assert_eq!(paths[0], "outer/quantizer config");
+    assert_eq!(
+        paths,
+        [
+            "outer/quantizer config",
+            "outer/sequential/q_dense iq_conf",
+            "outer/sequential/q_dense kq_conf",
+            "outer/sequential/q_dense bq_conf",
+            "outer/sequential/q_dense_1 iq_conf",
+            "outer/sequential/q_dense_1 kq_conf",
+            "outer/sequential/q_dense_1 bq_conf",
+        ]
+    );
     assert_eq!(
         m.quantizers[0].json_path(),
         "$.config.layers[0].config.config"
     );
-    assert_eq!(paths[1], "outer/sequential/q_dense iq_conf");
-    assert_eq!(paths[6], "outer/sequential/q_dense_1 bq_conf");
+    assert_eq!(
+        m.quantizers[6].json_path(),
+        "$.config.layers[1].config.layers[2].config.bq_conf"
+    );
     assert_eq!(m.to_json(), text);
 
     // Edits are written back.

@@ -206,7 +206,11 @@ fn other_spellings_of_non_finite_floats() {
     );
     // Any other string is not a number.
     let t = s.replace(r#""Infinity""#, r#""1.5""#);
-    assert!(serde_json::from_str::<QuantizerConfig>(&t).is_err());
+    let e = serde_json::from_str::<QuantizerConfig>(&t).unwrap_err();
+    assert!(
+        e.to_string().contains(r#"invalid value: string "1.5""#),
+        "{e}"
+    );
 }
 
 #[test]
@@ -362,11 +366,14 @@ fn parts_round_trip() {
     assert_eq!(round_trip(&m), m);
     m.infer(3).unwrap();
     assert_eq!(round_trip(&m), m);
+    let e = serde_json::from_str::<BitwidthMapperConfig>(
+        r#"{"heterogeneous_axis":[1],"homogeneous_axis":[0],"shape_inferenced":false}"#,
+    )
+    .unwrap_err();
     assert!(
-        serde_json::from_str::<BitwidthMapperConfig>(
-            r#"{"heterogeneous_axis":[1],"homogeneous_axis":[0],"shape_inferenced":false}"#
-        )
-        .is_err()
+        e.to_string()
+            .contains("exactly one of heterogeneous_axis and homogeneous_axis"),
+        "{e}"
     );
     let layer = QuantizerLayer::new("q", configs().remove(0)).built_on([None, Some(4)]);
     assert_eq!(round_trip(&layer), layer);

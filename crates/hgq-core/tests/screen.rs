@@ -10,8 +10,8 @@ mod common;
 use common::*;
 use half::{bf16, f16};
 use hgq_core::{
-    BitWidths, Element, FixedPoint, OverflowMode, Path, Real, RoundMode, Screen, Stochastic,
-    TensorRef, Upstream,
+    BitWidths, CoreError, Element, FixedPoint, OverflowMode, Path, Real, RoundMode, Screen,
+    Stochastic, TensorRef, Upstream,
 };
 use rstest::rstest;
 
@@ -205,14 +205,14 @@ fn check_wrong_claim<T: Element>(bits: BitWidths, seed: u64) {
         let ctx = format!("{ctx} {path:?}");
         // Checked: an error, forward and backward.
         let [k, i, f] = &bad;
-        assert!(
-            run_fixed(&q, &SHAPE, &x, k, i, f, true, None).is_err(),
-            "{ctx}"
-        );
-        assert!(
-            run_fixed(&q, &SHAPE, &x, k, i, f, true, Some(&dy)).is_err(),
-            "{ctx}"
-        );
+        // The first bad value in parameter order: k = 0.5 at element 3.
+        for dyo in [None, Some(&dy[..])] {
+            let r = run_fixed(&q, &SHAPE, &x, k, i, f, true, dyo).map(|_| ());
+            assert!(
+                matches!(r, Err(CoreError::InvalidK(v)) if v == 0.5),
+                "{ctx}: {r:?}"
+            );
+        }
         // Claimed in range: values, and exact ones wherever an element's own bit widths are
         // fine (the forward and the pass that stores every gradient).
         let [ck, ci, cf] = &clean;
@@ -236,17 +236,37 @@ fn check_wrong_claim<T: Element>(bits: BitWidths, seed: u64) {
             assert_same(&format!("{ctx} di"), &of_c(&got.di), &of_c(&want.di), id);
             assert_same(&format!("{ctx} df"), &of_c(&got.df), &of_c(&want.df), id);
         }
-        let b = run_backward(&claimed, &SHAPE, &x, [k, i, f], true, Upstream::Same(dy[0]));
-        assert_eq!(b.dx.len(), x.len(), "{ctx}");
+        // The backward pass of a broadcast upstream gradient: exact wherever an element's own
+        // bit widths are fine, too.
+        let up = Upstream::Same(dy[0]);
+        let got = run_backward(&claimed, &SHAPE, &x, [k, i, f], true, up);
+        let want = run_backward(&q, &SHAPE, &x, [ck, ci, cf], true, up);
+        let keep = |v: Vec<f64>| -> Vec<f64> {
+            let mut v = v;
+            for (j, e) in v.iter_mut().enumerate() {
+                if is_bad(j) {
+                    *e = 0.0;
+                }
+            }
+            v
+        };
+        let of_t = |v: &[T]| keep(v.iter().map(|e| e.to_c().to_f64()).collect());
+        let of_c = |v: &[T::C]| keep(v.iter().map(|e| e.to_f64()).collect());
+        let id = |v: f64| v;
+        let ctx = format!("{ctx} backward of a broadcast dy");
+        assert_same(&format!("{ctx} dx"), &of_t(&got.dx), &of_t(&want.dx), id);
+        assert_same(&format!("{ctx} di"), &of_c(&got.di), &of_c(&want.di), id);
+        assert_same(&format!("{ctx} df"), &of_c(&got.df), &of_c(&want.df), id);
     }
     // Broadcast bit widths are always checked, whatever the claim.
     let (x, _, mut cols) = data::<T>(&q, Layout::PerColumn, seed);
     cols[1].v[5] = T::C::from_f64(f64::NAN);
     let [k, i, f] = &cols;
     let claimed = q.with_screen(Screen::InRange);
+    let r = run_fixed(&claimed, &SHAPE, &x, k, i, f, true, None).map(|_| ());
     assert!(
-        run_fixed(&claimed, &SHAPE, &x, k, i, f, true, None).is_err(),
-        "{ctx} per column"
+        matches!(r, Err(CoreError::InvalidParameter { name: "i", value, .. }) if value.is_nan()),
+        "{ctx} per column: {r:?}"
     );
 }
 

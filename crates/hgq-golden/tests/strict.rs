@@ -435,20 +435,45 @@ fn a_missing_family_file_fails_unless_declared_absent() {
     let (ok, out) = set.run_binary();
     assert!(ok && out.contains("float_fn: absent"), "{out}");
 
-    // Malformed manifests.
-    for bad in [
-        r#"{"absent": ["float_fn"]}"#,
-        r#"{"absent": ["float_fn"], "reason": " "}"#,
-        r#"{"absent": ["float"], "reason": "a typo"}"#,
-        r#"{"absent": ["float_fn", "float_fn"], "reason": "twice"}"#,
-        r#"{"absent": ["float_fn"], "reason": "x", "comment": "unknown key"}"#,
-        r#"{"absent": "float_fn", "reason": "not a list"}"#,
-        r#"["float_fn"]"#,
+    // Malformed manifests, and the words of each one's error.
+    for (bad, why) in [
+        (
+            r#"{"absent": ["float_fn"]}"#,
+            r#"missing non-empty string "reason""#,
+        ),
+        (
+            r#"{"absent": ["float_fn"], "reason": " "}"#,
+            r#"missing non-empty string "reason""#,
+        ),
+        (
+            r#"{"absent": ["float"], "reason": "a typo"}"#,
+            r#""absent" names "float", not a family"#,
+        ),
+        (
+            r#"{"absent": ["float_fn", "float_fn"], "reason": "twice"}"#,
+            r#""absent" names "float_fn" twice"#,
+        ),
+        (
+            r#"{"absent": ["float_fn"], "reason": "x", "comment": "unknown key"}"#,
+            r#"unknown key "comment""#,
+        ),
+        (
+            r#"{"absent": "float_fn", "reason": "not a list"}"#,
+            r#"missing array "absent""#,
+        ),
+        (r#"["float_fn"]"#, "not a JSON object"),
         // Declared absent, but the file is there.
-        r#"{"absent": ["float_fn", "layers"], "reason": "a contradiction"}"#,
+        (
+            r#"{"absent": ["float_fn", "layers"], "reason": "a contradiction"}"#,
+            r#"declares "layers" absent, but layers.json is there"#,
+        ),
     ] {
         set.manifest(bad);
-        assert!(hgq_golden::plan(set.path()).is_err(), "{bad}");
+        let r = hgq_golden::plan(set.path());
+        assert!(
+            matches!(&r, Err(GoldenError::Format { why: w, .. }) if w.contains(why)),
+            "{bad}: {r:?}"
+        );
         let (ok, out) = set.run_binary();
         assert!(!ok, "{bad}: the binary must fail:\n{out}");
     }

@@ -3,16 +3,19 @@
 #![allow(dead_code)]
 
 use hgq_core::{
-    Element, FixedGrads, FixedPoint, OverflowMode, Real, Result, RoundMode, Screen, TensorRef,
-    Upstream,
+    CoreError, Element, FixedGrads, FixedPoint, OverflowMode, Real, Result, RoundMode, Screen,
+    TensorRef, Upstream,
 };
 
 /// The quantizer of a mode pair, or `None` for a pair the constructor refuses: only WRAP_SM
 /// with a round mode it does not take (that error is tested in bad_input.rs).
 pub fn fixed_or_refused(round: RoundMode, overflow: OverflowMode) -> Option<FixedPoint> {
     let q = FixedPoint::new(round, overflow);
-    if q.is_err() {
-        assert_eq!(overflow, OverflowMode::WrapSm, "{round} refused");
+    if let Err(e) = &q {
+        assert!(
+            overflow == OverflowMode::WrapSm && matches!(e, CoreError::WrapSmRounding(_)),
+            "{round} {overflow} refused: {e:?}"
+        );
     }
     q.ok()
 }
