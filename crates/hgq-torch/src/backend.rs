@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use hgq_core::mapper::Axes;
 use hgq_core::quantizer::{
-    Backend, BwOp, Constraint, OperandOf, Regularizer, Store, VarInit, Variable,
+    Backend, BitWidthArith, BwOp, Constraint, OperandOf, Regularizer, Store, VarInit, Variable,
 };
 use hgq_core::shape::check_broadcast;
 use hgq_core::{CoreError, DefaultBitwidthMapper, FixedPoint, TensorRef};
@@ -182,12 +182,50 @@ impl Tch {
     }
 }
 
-impl Backend for Tch {
+impl BitWidthArith for Tch {
     type C = f32;
-    type Tensor = Tensor;
     type Var = TchVar;
     type Bw = Tensor;
     type Error = TorchError;
+
+    fn bw(&self, v: &Variable<TchVar>) -> Result<Tensor> {
+        Ok(v.value.tensor.shallow_clone())
+    }
+
+    fn bw_const(&self, value: f64, shape: &[usize]) -> Result<Tensor> {
+        Ok(Tensor::f_full(
+            dims(shape).as_slice(),
+            value,
+            (Kind::Float, Device::Cpu),
+        )?)
+    }
+
+    fn bw_op(&self, op: BwOp<'_, Tensor>) -> Result<Tensor> {
+        Ok(match op {
+            BwOp::RoundSte(a) => crate::quantizer::rc(a),
+            BwOp::Add(a, b) => a.f_add(b)?,
+            BwOp::Sub(a, b) => a.f_sub(b)?,
+            BwOp::Mul(a, b) => a.f_mul(b)?,
+            BwOp::AddScalar(a, c) => a.f_add_scalar(c)?,
+            BwOp::MulScalar(a, c) => a.f_mul_scalar(c)?,
+            BwOp::Exp2(a) => a.f_exp2()?,
+            BwOp::Relu(a) => a.f_relu()?,
+            BwOp::Positive(a) => a.f_gt(0.0)?.f_to_kind(Kind::Float)?,
+        })
+    }
+
+    fn regularize(&self, r: Regularizer, v: &Variable<TchVar>) -> Result<Tensor> {
+        let t = &v.value.tensor;
+        Ok(match r {
+            Regularizer::MonoL1(l) => t.f_sum(Kind::Float)?.f_mul_scalar(l)?,
+            Regularizer::L1(l) => t.f_abs()?.f_sum(Kind::Float)?.f_mul_scalar(l)?,
+            Regularizer::L2(l) => t.f_square()?.f_sum(Kind::Float)?.f_mul_scalar(l)?,
+        })
+    }
+}
+
+impl Backend for Tch {
+    type Tensor = Tensor;
 
     fn shape(&self, x: &Tensor) -> Result<Vec<usize>> {
         float_kind("x", x)?;
@@ -321,40 +359,5 @@ impl Backend for Tch {
             }
         }
         crate::ops::minifloat_ops(x, [&m, &e, &e0])
-    }
-
-    fn bw(&self, v: &Variable<TchVar>) -> Result<Tensor> {
-        Ok(v.value.tensor.shallow_clone())
-    }
-
-    fn bw_const(&self, value: f64, shape: &[usize]) -> Result<Tensor> {
-        Ok(Tensor::f_full(
-            dims(shape).as_slice(),
-            value,
-            (Kind::Float, Device::Cpu),
-        )?)
-    }
-
-    fn bw_op(&self, op: BwOp<'_, Tensor>) -> Result<Tensor> {
-        Ok(match op {
-            BwOp::RoundSte(a) => crate::quantizer::rc(a),
-            BwOp::Add(a, b) => a.f_add(b)?,
-            BwOp::Sub(a, b) => a.f_sub(b)?,
-            BwOp::Mul(a, b) => a.f_mul(b)?,
-            BwOp::AddScalar(a, c) => a.f_add_scalar(c)?,
-            BwOp::MulScalar(a, c) => a.f_mul_scalar(c)?,
-            BwOp::Exp2(a) => a.f_exp2()?,
-            BwOp::Relu(a) => a.f_relu()?,
-            BwOp::Positive(a) => a.f_gt(0.0)?.f_to_kind(Kind::Float)?,
-        })
-    }
-
-    fn regularize(&self, r: Regularizer, v: &Variable<TchVar>) -> Result<Tensor> {
-        let t = &v.value.tensor;
-        Ok(match r {
-            Regularizer::MonoL1(l) => t.f_sum(Kind::Float)?.f_mul_scalar(l)?,
-            Regularizer::L1(l) => t.f_abs()?.f_sum(Kind::Float)?.f_mul_scalar(l)?,
-            Regularizer::L2(l) => t.f_square()?.f_sum(Kind::Float)?.f_mul_scalar(l)?,
-        })
     }
 }

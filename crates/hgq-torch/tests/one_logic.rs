@@ -379,3 +379,95 @@ fn wide_types_are_exact_on_every_path() {
         );
     }
 }
+
+/// The bit-width gradients a native step computes without autograd (hgq-core's `DualArith`:
+/// `bits_backward`, `regularization_backward`) are the ones torch's autograd takes through
+/// the same logic on tensors, for every kind of quantizer.
+#[test]
+fn bit_width_gradients_without_autograd_are_autograds() {
+    use hgq_torch::hgq_core::quantizer::{FloatSpec, Regularizer};
+    let mut specs: Vec<QuantizerSpec> = Vec::new();
+    for om in [
+        OverflowMode::Sat,
+        OverflowMode::SatSym,
+        OverflowMode::Wrap,
+        OverflowMode::WrapSm,
+    ] {
+        let mut kif = KifSpec::new(1.0, 2.0, 3.0, RoundMode::Rnd, om);
+        kif.fixed.axes = Axes::Homogeneous(vec![0]);
+        kif.fixed.trainable = true;
+        kif.ir = Some(Regularizer::L2(0.25));
+        kif.fr = Some(Regularizer::L1(0.5));
+        specs.push(QuantizerSpec::Kif(kif));
+        let mut kbi = KbiSpec::new(1.0, 5.0, 2.0, RoundMode::Rnd, om);
+        kbi.fixed.axes = Axes::Homogeneous(vec![0]);
+        kbi.br = Some(Regularizer::MonoL1(0.125));
+        specs.push(QuantizerSpec::Kbi(kbi));
+    }
+    let mut fl = FloatSpec::new(2.0, 3.0, 1.0).with_axes(Axes::Homogeneous(vec![0]));
+    fl.mr = Some(Regularizer::L2(0.5));
+    specs.push(QuantizerSpec::Float(fl));
+    specs.push(QuantizerSpec::Dummy);
+    let shape = [None, Some(6)];
+    for (n, spec) in specs.into_iter().enumerate() {
+        let mut core = CpuQuantizer::<f32>::new(spec.clone(), &shape).unwrap();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let tq = torch_q(&vs, spec.clone(), &shape);
+        // Raw values around the integers and below zero (relu's kink), the same on both.
+        for (j, v) in core.variables_mut().iter_mut().enumerate() {
+            if matches!(
+                v.name,
+                VarName::B | VarName::I | VarName::F | VarName::M | VarName::E
+            ) {
+                let d = data(v.value.len(), (n * 10 + j) as u64);
+                for (e, r) in v.value.iter_mut().zip(d) {
+                    *e = (r * 0.6) as f32;
+                }
+            }
+        }
+        tch::no_grad(|| {
+            for (name, t) in tq.variables() {
+                let v = core.variable(name).unwrap();
+                t.shallow_clone()
+                    .copy_(&Tensor::from_slice(&v.value).reshape(t.size()));
+            }
+        });
+        let bits = tq.bits().unwrap();
+        let up: Vec<f32> = data(bits.numel(), 99 + n as u64)
+            .iter()
+            .map(|&u| u as f32)
+            .collect();
+        let ours = core.bits_backward(&up).unwrap();
+        let loss = (&bits * Tensor::from_slice(&up).reshape(bits.size())).sum(Kind::Float)
+            + tq.regularization_loss().unwrap();
+        let reg = core.regularization_backward().unwrap();
+        let trainable = tq.trainable_names();
+        if !trainable.is_empty() && loss.requires_grad() {
+            loss.backward();
+        }
+        for (name, t) in tq.variables() {
+            let got_bits = ours.get(name);
+            let got_reg = reg.get(name);
+            if !trainable.contains(&name) {
+                assert!(got_bits.is_none() && got_reg.is_none(), "{spec:?} {name:?}");
+                continue;
+            }
+            let g = t.grad();
+            let want = if g.defined() {
+                f32s(&g)
+            } else {
+                vec![0.0; t.numel()]
+            };
+            let mut got = got_bits.map_or(vec![0.0; want.len()], <[f32]>::to_vec);
+            if let Some(r) = got_reg {
+                got.iter_mut().zip(r).for_each(|(a, &b)| *a += b);
+            }
+            for (j, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                    "{spec:?} {name:?}[{j}]: {a} (native) != {b} (autograd)"
+                );
+            }
+        }
+    }
+}

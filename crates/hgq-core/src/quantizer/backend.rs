@@ -41,18 +41,15 @@ impl<V, C> Operand<'_, V, C> {
 }
 
 /// The operand type of a backend.
-pub type OperandOf<'a, B> = Operand<'a, <B as Backend>::Var, <B as Backend>::C>;
+pub type OperandOf<'a, B> = Operand<'a, <B as BitWidthArith>::Var, <B as BitWidthArith>::C>;
 
-/// The few tensor operations a layer quantizer needs.
-///
-/// Shapes are row-major dimension lists; reductions keep the reduced dimensions (size 1), so
-/// their results have the bit-width shape. Errors are the backend's, which every backend makes
-/// able to carry a [`CoreError`]: the logic's own checks give the same error on every backend.
-pub trait Backend {
+/// The arithmetic of bit widths: what a quantizer's derived properties (`bits`, `props`, the
+/// EBOPs terms) and its regularization losses are computed with. A [`Backend`] has it; so does
+/// [`super::Dual`], which carries the derivatives with respect to the variables along (the
+/// bit-width gradients of a native training step).
+pub trait BitWidthArith {
     /// The type in which the logic computes bit widths on the host (`f32` for float32 state).
     type C: Real;
-    /// An input or output tensor.
-    type Tensor;
     /// The storage of one variable.
     type Var;
     /// Bit-width-shaped values computed from variables (differentiable where the backend has
@@ -60,6 +57,25 @@ pub trait Backend {
     type Bw;
     /// The backend's error.
     type Error: From<CoreError>;
+
+    /// A variable as bit-width values (differentiable where the backend has autograd).
+    fn bw(&self, v: &Variable<Self::Var>) -> Result<Self::Bw, Self::Error>;
+    /// `value` everywhere in `shape` (no gradient).
+    fn bw_const(&self, value: f64, shape: &[usize]) -> Result<Self::Bw, Self::Error>;
+    /// The elementwise arithmetic of bit widths.
+    fn bw_op(&self, op: BwOp<'_, Self::Bw>) -> Result<Self::Bw, Self::Error>;
+    /// A regularizer's loss on a variable: a scalar.
+    fn regularize(&self, r: Regularizer, v: &Variable<Self::Var>) -> Result<Self::Bw, Self::Error>;
+}
+
+/// The few tensor operations a layer quantizer needs, beside its bit-width arithmetic.
+///
+/// Shapes are row-major dimension lists; reductions keep the reduced dimensions (size 1), so
+/// their results have the bit-width shape. Errors are the backend's, which every backend makes
+/// able to carry a [`CoreError`]: the logic's own checks give the same error on every backend.
+pub trait Backend: BitWidthArith {
+    /// An input or output tensor.
+    type Tensor;
 
     /// The shape of `x`, or an error if its element type is not a float type this backend
     /// quantizes.
@@ -99,15 +115,6 @@ pub trait Backend {
         x: &Self::Tensor,
         p: [OperandOf<'_, Self>; 3],
     ) -> Result<Self::Tensor, Self::Error>;
-
-    /// A variable's values as bit-width arithmetic.
-    fn bw(&self, v: &Variable<Self::Var>) -> Result<Self::Bw, Self::Error>;
-    /// `value` everywhere in `shape` (no gradient).
-    fn bw_const(&self, value: f64, shape: &[usize]) -> Result<Self::Bw, Self::Error>;
-    /// The elementwise arithmetic of bit widths.
-    fn bw_op(&self, op: BwOp<'_, Self::Bw>) -> Result<Self::Bw, Self::Error>;
-    /// A regularizer's loss on a variable: a scalar.
-    fn regularize(&self, r: Regularizer, v: &Variable<Self::Var>) -> Result<Self::Bw, Self::Error>;
 }
 
 /// One elementwise operation of bit-width arithmetic, with numpy broadcasting.
@@ -136,7 +143,7 @@ pub enum BwOp<'a, T> {
 /// Applies `f` to a backend's bit-width operation (a short way to write `b.bw_op(...)`).
 pub(crate) struct Arith<'b, B: ?Sized>(pub &'b B);
 
-impl<B: Backend + ?Sized> Arith<'_, B> {
+impl<B: BitWidthArith + ?Sized> Arith<'_, B> {
     pub(crate) fn rc(&self, a: &B::Bw) -> Result<B::Bw, B::Error> {
         self.0.bw_op(BwOp::RoundSte(a))
     }

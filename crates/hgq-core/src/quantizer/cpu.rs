@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 use std::cell::RefCell;
 
-use super::backend::{Backend, BwOp, Operand, OperandOf};
+use super::backend::{Backend, BitWidthArith, BwOp, Operand, OperandOf};
 use super::constraint::{Constraint, Regularizer};
 use super::{Props, Quantizer, QuantizerSpec, Store, VarInit, VarName, Variable};
 use crate::error::{CoreError, Result};
@@ -390,12 +390,48 @@ fn zip<C: Copy>(a: &[C], b: &[C], f: impl Fn(C, C) -> C) -> Result<Vec<C>> {
     }
 }
 
-impl<'a, T: Element> Backend for Cpu<'a, T> {
+impl<'a, T: Element> BitWidthArith for Cpu<'a, T> {
     type C = T::C;
-    type Tensor = CpuTensor<'a, T>;
     type Var = Vec<T::C>;
     type Bw = Vec<T::C>;
     type Error = CoreError;
+
+    fn bw(&self, v: &Variable<Vec<T::C>>) -> Result<Vec<T::C>> {
+        Ok(v.value.clone())
+    }
+
+    fn bw_const(&self, value: f64, shape: &[usize]) -> Result<Vec<T::C>> {
+        Ok(vec![T::C::from_f64(value); crate::shape::numel(shape)?])
+    }
+
+    fn bw_op(&self, op: BwOp<'_, Vec<T::C>>) -> Result<Vec<T::C>> {
+        let map = |a: &[T::C], f: &dyn Fn(T::C) -> T::C| a.iter().map(|&v| f(v)).collect();
+        Ok(match op {
+            BwOp::RoundSte(a) => map(a, &super::rc1),
+            BwOp::Add(a, b) => zip(a, b, |a, b| a + b)?,
+            BwOp::Sub(a, b) => zip(a, b, |a, b| a - b)?,
+            BwOp::Mul(a, b) => zip(a, b, |a, b| a * b)?,
+            BwOp::AddScalar(a, c) => map(a, &|v| v + T::C::from_f64(c)),
+            BwOp::MulScalar(a, c) => map(a, &|v| v * T::C::from_f64(c)),
+            BwOp::Exp2(a) => map(a, &|v| v.exp2()),
+            BwOp::Relu(a) => map(a, &|v| v.maximum(T::C::ZERO)),
+            BwOp::Positive(a) => map(a, &|v| {
+                if v > T::C::ZERO {
+                    T::C::ONE
+                } else {
+                    T::C::ZERO
+                }
+            }),
+        })
+    }
+
+    fn regularize(&self, r: Regularizer, v: &Variable<Vec<T::C>>) -> Result<Vec<T::C>> {
+        Ok(vec![T::C::from_f64(r.loss(&v.value))])
+    }
+}
+
+impl<'a, T: Element> Backend for Cpu<'a, T> {
+    type Tensor = CpuTensor<'a, T>;
 
     fn shape(&self, x: &Self::Tensor) -> Result<Vec<usize>> {
         check_len("x", x.data.len(), &x.shape)?;
@@ -559,39 +595,6 @@ impl<'a, T: Element> Backend for Cpu<'a, T> {
             shape: x.shape.clone(),
         })
     }
-
-    fn bw(&self, v: &Variable<Vec<T::C>>) -> Result<Vec<T::C>> {
-        Ok(v.value.clone())
-    }
-
-    fn bw_const(&self, value: f64, shape: &[usize]) -> Result<Vec<T::C>> {
-        Ok(vec![T::C::from_f64(value); crate::shape::numel(shape)?])
-    }
-
-    fn bw_op(&self, op: BwOp<'_, Vec<T::C>>) -> Result<Vec<T::C>> {
-        let map = |a: &[T::C], f: &dyn Fn(T::C) -> T::C| a.iter().map(|&v| f(v)).collect();
-        Ok(match op {
-            BwOp::RoundSte(a) => map(a, &super::rc1),
-            BwOp::Add(a, b) => zip(a, b, |a, b| a + b)?,
-            BwOp::Sub(a, b) => zip(a, b, |a, b| a - b)?,
-            BwOp::Mul(a, b) => zip(a, b, |a, b| a * b)?,
-            BwOp::AddScalar(a, c) => map(a, &|v| v + T::C::from_f64(c)),
-            BwOp::MulScalar(a, c) => map(a, &|v| v * T::C::from_f64(c)),
-            BwOp::Exp2(a) => map(a, &|v| v.exp2()),
-            BwOp::Relu(a) => map(a, &|v| v.maximum(T::C::ZERO)),
-            BwOp::Positive(a) => map(a, &|v| {
-                if v > T::C::ZERO {
-                    T::C::ONE
-                } else {
-                    T::C::ZERO
-                }
-            }),
-        })
-    }
-
-    fn regularize(&self, r: Regularizer, v: &Variable<Vec<T::C>>) -> Result<Vec<T::C>> {
-        Ok(vec![T::C::from_f64(r.loss(&v.value))])
-    }
 }
 
 /// A layer quantizer on hgq-core's CPU buffers: [`Quantizer`]'s logic with [`Cpu`], variables
@@ -749,6 +752,36 @@ impl<C: Real + Element<C = C>> CpuQuantizer<C> {
             None => dx.copy_from_slice(dy),
         }
         Ok(grads)
+    }
+
+    /// The gradients of `sum(upstream * bits)` with respect to the trainable variables (what
+    /// EBOPs give the bit widths in a native training step), from the same logic as `bits`
+    /// ([`DualArith`](super::DualArith)). `upstream` has the bit-width shape (one value for the
+    /// dummy).
+    pub fn bits_backward(&self, upstream: &[C]) -> Result<Grads<C>> {
+        let bits = self.q.bits(&super::DualArith::<C>::new())?;
+        self.trainable_grads(bits.backward(upstream)?)
+    }
+
+    /// The gradients of the regularization loss with respect to the trainable variables
+    /// (empty without regularizers).
+    pub fn regularization_backward(&self) -> Result<Grads<C>> {
+        match self.q.regularization_loss(&super::DualArith::<C>::new())? {
+            Some(loss) => self.trainable_grads(loss.backward(&[C::ONE])?),
+            None => Ok(Grads::default()),
+        }
+    }
+
+    /// Gradients by variable, those of trainable variables kept.
+    fn trainable_grads(&self, grads: Vec<(VarName, Vec<C>)>) -> Result<Grads<C>> {
+        let mut out = Grads::default();
+        for (name, g) in grads {
+            let trains = self.variable(name).is_some_and(|v| v.trainable);
+            if let (true, Some(slot)) = (trains, out.slot(name)) {
+                *slot = Some(g);
+            }
+        }
+        Ok(out)
     }
 
     /// bits, fbits, min, max, epsilon (bit-width shape; scalars for the dummy).

@@ -1,5 +1,5 @@
 //! The identity quantizer (SPEC 9).
-use super::backend::Backend;
+use super::backend::{Backend, BitWidthArith};
 use super::{Props, check_input};
 use crate::modes::CallMode;
 use crate::real::Real;
@@ -51,12 +51,12 @@ impl DummyQuantizer {
     }
 
     /// `bits = 0`.
-    pub fn bits<B: Backend>(&self, b: &B) -> Result<B::Bw, B::Error> {
+    pub fn bits<B: BitWidthArith>(&self, b: &B) -> Result<B::Bw, B::Error> {
         b.bw_const(0.0, &[])
     }
 
     /// The reference's properties, as scalars.
-    pub fn props<B: Backend>(&self, b: &B) -> Result<Props<B::Bw>, B::Error> {
+    pub fn props<B: BitWidthArith>(&self, b: &B) -> Result<Props<B::Bw>, B::Error> {
         let big = if self.float16 { 3e4 } else { 1e9 };
         Ok(Props {
             bits: b.bw_const(0.0, &[])?,

@@ -9,7 +9,7 @@
 //!   its call counter);
 //! - the KBI chain rule (`f = rc(b) - rc(i)`): [`BitWidths::KbiRaw`] in the fused pass;
 //! - constraints and regularizers: [`super::Quantizer`], over every quantizer's variables.
-use super::backend::{Arith, Backend, Operand};
+use super::backend::{Arith, Backend, BitWidthArith, Operand};
 use super::constraint::{Constraint, Regularizer};
 use super::{
     Layout, Props, Store, VarDtype, VarInit, VarName, Variable, check_input, check_k, check_real,
@@ -657,7 +657,7 @@ impl<V> FixedQuantizer<V> {
 
     /// `(k, i, f)` as used: `i = rc(i)`, `f = rc(f)` (KIF) or `rc(b) - rc(i)` (KBI).
     #[allow(clippy::type_complexity)]
-    pub fn kif<B: Backend<Var = V>>(
+    pub fn kif<B: BitWidthArith<Var = V>>(
         &self,
         b: &B,
     ) -> std::result::Result<(B::Bw, B::Bw, B::Bw), B::Error> {
@@ -675,7 +675,7 @@ impl<V> FixedQuantizer<V> {
     }
 
     /// `b` as used: KBI `rc(b)`, KIF `relu(i + f)`.
-    pub fn b<B: Backend<Var = V>>(&self, b: &B) -> std::result::Result<B::Bw, B::Error> {
+    pub fn b<B: BitWidthArith<Var = V>>(&self, b: &B) -> std::result::Result<B::Bw, B::Error> {
         let a = Arith(b);
         match self.param() {
             Param::Kbi => a.rc(&b.bw(self.var(VarName::B))?),
@@ -687,7 +687,7 @@ impl<V> FixedQuantizer<V> {
     }
 
     /// `bits`: `b + k` for SAT, else `b` (what EBOPs use), without the other properties.
-    pub fn bits<B: Backend<Var = V>>(&self, b: &B) -> std::result::Result<B::Bw, B::Error> {
+    pub fn bits<B: BitWidthArith<Var = V>>(&self, b: &B) -> std::result::Result<B::Bw, B::Error> {
         let bb = self.b(b)?;
         if self.spec().overflow == OverflowMode::Sat {
             Arith(b).add(&bb, &b.bw(self.var(VarName::K))?)
@@ -697,7 +697,10 @@ impl<V> FixedQuantizer<V> {
     }
 
     /// bits, fbits, min, max and epsilon of the current bit widths (bit-width shape).
-    pub fn props<B: Backend<Var = V>>(&self, b: &B) -> std::result::Result<Props<B::Bw>, B::Error> {
+    pub fn props<B: BitWidthArith<Var = V>>(
+        &self,
+        b: &B,
+    ) -> std::result::Result<Props<B::Bw>, B::Error> {
         let a = Arith(b);
         let (k, i, f) = self.kif(b)?;
         let bb = self.b(b)?;

@@ -1,5 +1,5 @@
 //! The minifloat layer quantizer (SPEC 8), written once over a [`Backend`].
-use super::backend::{Arith, Backend, Operand};
+use super::backend::{Arith, Backend, BitWidthArith, Operand};
 use super::constraint::{Constraint, Regularizer};
 use super::{Layout, Props, Store, VarInit, VarName, Variable, check_input, check_real};
 use crate::mapper::Axes;
@@ -125,7 +125,10 @@ impl<V> FloatQuantizer<V> {
 
     /// `(m, e, e0)` as used: `rc` of the raw values.
     #[allow(clippy::type_complexity)]
-    pub fn mee0<B: Backend<Var = V>>(&self, b: &B) -> Result<(B::Bw, B::Bw, B::Bw), B::Error> {
+    pub fn mee0<B: BitWidthArith<Var = V>>(
+        &self,
+        b: &B,
+    ) -> Result<(B::Bw, B::Bw, B::Bw), B::Error> {
         let a = Arith(b);
         Ok((
             a.rc(&b.bw(&self.vars[0])?)?,
@@ -135,14 +138,14 @@ impl<V> FloatQuantizer<V> {
     }
 
     /// `bits = m + e + 1`.
-    pub fn bits<B: Backend<Var = V>>(&self, b: &B) -> Result<B::Bw, B::Error> {
+    pub fn bits<B: BitWidthArith<Var = V>>(&self, b: &B) -> Result<B::Bw, B::Error> {
         let a = Arith(b);
         let (m, e, _) = self.mee0(b)?;
         a.add_c(&a.add(&m, &e)?, 1.0)
     }
 
     /// bits, fbits, min, max and epsilon of the current bit widths.
-    pub fn props<B: Backend<Var = V>>(&self, b: &B) -> Result<Props<B::Bw>, B::Error> {
+    pub fn props<B: BitWidthArith<Var = V>>(&self, b: &B) -> Result<Props<B::Bw>, B::Error> {
         let a = Arith(b);
         let (m, e, e0) = self.mee0(b)?;
         let bits = a.add_c(&a.add(&m, &e)?, 1.0)?;

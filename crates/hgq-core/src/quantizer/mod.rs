@@ -22,13 +22,15 @@
 mod backend;
 mod constraint;
 mod cpu;
+mod dual;
 mod dummy;
 mod fixed;
 mod float;
 
-pub use backend::{Backend, BwOp, Operand, OperandOf};
+pub use backend::{Backend, BitWidthArith, BwOp, Operand, OperandOf};
 pub use constraint::{Constraint, Regularizer};
 pub use cpu::{Cpu, CpuQuantizer, CpuStore, CpuTensor, Grads, SavedPass};
+pub use dual::{Dual, DualArith};
 pub use dummy::DummyQuantizer;
 pub use fixed::{FixedKind, FixedQuantizer, FixedSpec, KbiSpec, KifSpec, Param};
 pub use float::{FloatQuantizer, FloatSpec};
@@ -390,7 +392,7 @@ impl<V> Quantizer<V> {
     }
 
     /// `bits` (bit-width shape; a scalar for the dummy), what EBOPs use.
-    pub fn bits<B: Backend<Var = V>>(&self, b: &B) -> std::result::Result<B::Bw, B::Error> {
+    pub fn bits<B: BitWidthArith<Var = V>>(&self, b: &B) -> std::result::Result<B::Bw, B::Error> {
         match self {
             Quantizer::Fixed(q) => q.bits(b),
             Quantizer::Float(q) => q.bits(b),
@@ -399,7 +401,10 @@ impl<V> Quantizer<V> {
     }
 
     /// bits, fbits, min, max and epsilon.
-    pub fn props<B: Backend<Var = V>>(&self, b: &B) -> std::result::Result<Props<B::Bw>, B::Error> {
+    pub fn props<B: BitWidthArith<Var = V>>(
+        &self,
+        b: &B,
+    ) -> std::result::Result<Props<B::Bw>, B::Error> {
         match self {
             Quantizer::Fixed(q) => q.props(b),
             Quantizer::Float(q) => q.props(b),
@@ -421,7 +426,7 @@ impl<V> Quantizer<V> {
     }
 
     /// The sum of the regularizers' losses (a scalar), `None` where no variable has one.
-    pub fn regularization_loss<B: Backend<Var = V>>(
+    pub fn regularization_loss<B: BitWidthArith<Var = V>>(
         &self,
         b: &B,
     ) -> std::result::Result<Option<B::Bw>, B::Error> {

@@ -1,0 +1,256 @@
+//! Bit widths with their derivatives: the bit-width arithmetic in forward mode, so that the
+//! gradients of `bits`, `props` and the regularization losses with respect to the raw
+//! variables come from the same logic that computes their values (a native training step has
+//! no autograd to ask).
+//!
+//! The arithmetic is elementwise with numpy broadcasting, so a value depends on each variable
+//! through a diagonal (or, for a variable of one element, a column) Jacobian: [`Dual`] keeps
+//! that per variable as a vector. Every operation's derivative is the one torch's autograd
+//! takes through the same operations on the other backend (round with a straight-through
+//! gradient, `relu`'s gradient 0 at 0, `a > 0` without one).
+use std::marker::PhantomData;
+
+use super::backend::{BitWidthArith, BwOp};
+use super::constraint::Regularizer;
+use super::{VarName, Variable};
+use crate::error::{CoreError, Result};
+use crate::real::Real;
+
+/// Bit-width values and their derivatives with respect to the variables they depend on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dual<C> {
+    /// The values (row-major, the bit-width shape or one element).
+    pub value: Vec<C>,
+    /// Per variable: its element count and the derivative of each value element with respect
+    /// to its element of the same index (a variable of the values' length), or to its only
+    /// element (a variable of one element), or, for a one-element value (a sum such as a
+    /// regularizer's loss), to each element of the variable.
+    d: Vec<Derivative<C>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Derivative<C> {
+    var: VarName,
+    var_len: usize,
+    d: Vec<C>,
+}
+
+impl<C: Real> Dual<C> {
+    fn constant(value: Vec<C>) -> Self {
+        Dual {
+            value,
+            d: Vec::new(),
+        }
+    }
+
+    /// The gradients of `sum(upstream * value)` with respect to each variable the values
+    /// depend on, in the variable's shape (its element count): the vector-Jacobian product an
+    /// autograd backward of these values computes.
+    pub fn backward(&self, upstream: &[C]) -> Result<Vec<(VarName, Vec<C>)>> {
+        let n = self.value.len();
+        if upstream.len() != n {
+            return Err(CoreError::Length {
+                what: "upstream of bit widths",
+                len: upstream.len(),
+                shape: vec![n],
+                expected: n,
+            });
+        }
+        Ok(self
+            .d
+            .iter()
+            .map(|dv| {
+                let g = if n == 1 {
+                    dv.d.iter().map(|&d| upstream[0] * d).collect()
+                } else if dv.var_len == n {
+                    dv.d.iter().zip(upstream).map(|(&d, &u)| u * d).collect()
+                } else {
+                    // A one-element variable broadcast to the values: the sum over them.
+                    let s =
+                        dv.d.iter()
+                            .zip(upstream)
+                            .fold(C::ZERO, |acc, (&d, &u)| acc + u * d);
+                    vec![s]
+                };
+                (dv.var, g)
+            })
+            .collect())
+    }
+}
+
+/// The bit-width arithmetic of hgq-core's CPU variables (`Vec<C>`), with derivatives
+/// ([`Dual`]).
+///
+/// ```
+/// use hgq_core::quantizer::{CpuQuantizer, DualArith, KifSpec, QuantizerSpec, VarName};
+/// use hgq_core::{mapper::Axes, OverflowMode, RoundMode};
+/// let spec = KifSpec::new(1.0, 2.0, 3.0, RoundMode::Rnd, OverflowMode::Wrap)
+///     .with_axes(Axes::Homogeneous(vec![0]));
+/// let q = CpuQuantizer::<f32>::new(QuantizerSpec::Kif(spec), &[None, Some(2)])?;
+/// // bits = relu(rc(i) + rc(f)): d bits / d f is 1 where bits > 0.
+/// let bits = q.inner().bits(&DualArith::<f32>::new())?;
+/// assert_eq!(bits.value, [5.0, 5.0]);
+/// let grads = bits.backward(&[1.0, 2.0])?;
+/// assert!(grads.contains(&(VarName::F, vec![1.0, 2.0])));
+/// # Ok::<(), hgq_core::CoreError>(())
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DualArith<C>(PhantomData<C>);
+
+impl<C> DualArith<C> {
+    /// The arithmetic (it holds nothing).
+    pub fn new() -> Self {
+        DualArith(PhantomData)
+    }
+}
+
+/// Elementwise `f` of two value vectors with broadcasting (equal lengths, or one of one).
+fn zip<C: Copy>(a: &[C], b: &[C], f: impl Fn(C, C) -> C) -> Result<Vec<C>> {
+    match (a.len(), b.len()) {
+        (n, m) if n == m => Ok(a.iter().zip(b).map(|(&a, &b)| f(a, b)).collect()),
+        (1, _) => Ok(b.iter().map(|&b| f(a[0], b)).collect()),
+        (_, 1) => Ok(a.iter().map(|&a| f(a, b[0])).collect()),
+        (n, m) => Err(CoreError::Broadcast {
+            from: vec![m],
+            to: vec![n],
+        }),
+    }
+}
+
+/// `a`'s derivatives scaled elementwise by `s` (values of the result's length), broadcast to
+/// the result's length `n`.
+fn scaled<C: Real>(a: &Dual<C>, n: usize, s: &dyn Fn(usize) -> C) -> Result<Vec<Derivative<C>>> {
+    a.d.iter()
+        .map(|dv| {
+            let d = match dv.d.len() {
+                // A sum over a variable (one value): its derivative per variable element.
+                _ if n == 1 && a.value.len() == 1 => dv.d.iter().map(|&d| d * s(0)).collect(),
+                len if len == n => dv.d.iter().enumerate().map(|(j, &d)| d * s(j)).collect(),
+                1 => (0..n).map(|j| dv.d[0] * s(j)).collect(),
+                len => {
+                    return Err(CoreError::Broadcast {
+                        from: vec![len],
+                        to: vec![n],
+                    });
+                }
+            };
+            Ok(Derivative {
+                var: dv.var,
+                var_len: dv.var_len,
+                d,
+            })
+        })
+        .collect()
+}
+
+/// The sum of two derivative lists (same result length), by variable.
+fn merge<C: Real>(mut a: Vec<Derivative<C>>, b: Vec<Derivative<C>>) -> Vec<Derivative<C>> {
+    for db in b {
+        match a.iter_mut().find(|da| da.var == db.var) {
+            Some(da) => da.d.iter_mut().zip(&db.d).for_each(|(x, &y)| *x = *x + y),
+            None => a.push(db),
+        }
+    }
+    a
+}
+
+impl<C: Real> BitWidthArith for DualArith<C> {
+    type C = C;
+    type Var = Vec<C>;
+    type Bw = Dual<C>;
+    type Error = CoreError;
+
+    fn bw(&self, v: &Variable<Vec<C>>) -> Result<Dual<C>> {
+        let n = v.value.len();
+        Ok(Dual {
+            value: v.value.clone(),
+            d: vec![Derivative {
+                var: v.name,
+                var_len: n,
+                d: vec![C::ONE; n],
+            }],
+        })
+    }
+
+    fn bw_const(&self, value: f64, shape: &[usize]) -> Result<Dual<C>> {
+        Ok(Dual::constant(vec![
+            C::from_f64(value);
+            crate::shape::numel(shape)?
+        ]))
+    }
+
+    fn bw_op(&self, op: BwOp<'_, Dual<C>>) -> Result<Dual<C>> {
+        let one = |_: usize| C::ONE;
+        Ok(match op {
+            BwOp::RoundSte(a) => Dual {
+                value: a.value.iter().map(|&v| super::rc1(v)).collect(),
+                d: a.d.clone(),
+            },
+            BwOp::Add(a, b) | BwOp::Sub(a, b) => {
+                let sub = matches!(op, BwOp::Sub(..));
+                let value = zip(&a.value, &b.value, |x, y| if sub { x - y } else { x + y })?;
+                let n = value.len();
+                let sign = |_: usize| if sub { -C::ONE } else { C::ONE };
+                Dual {
+                    value,
+                    d: merge(scaled(a, n, &one)?, scaled(b, n, &sign)?),
+                }
+            }
+            BwOp::Mul(a, b) => {
+                let value = zip(&a.value, &b.value, |x, y| x * y)?;
+                let n = value.len();
+                let at = |v: &[C], j: usize| if v.len() == 1 { v[0] } else { v[j] };
+                Dual {
+                    value,
+                    d: merge(
+                        scaled(a, n, &|j| at(&b.value, j))?,
+                        scaled(b, n, &|j| at(&a.value, j))?,
+                    ),
+                }
+            }
+            BwOp::AddScalar(a, c) => Dual {
+                value: a.value.iter().map(|&v| v + C::from_f64(c)).collect(),
+                d: a.d.clone(),
+            },
+            BwOp::MulScalar(a, c) => {
+                let c = C::from_f64(c);
+                Dual {
+                    value: a.value.iter().map(|&v| v * c).collect(),
+                    d: scaled(a, a.value.len(), &|_| c)?,
+                }
+            }
+            BwOp::Exp2(a) => {
+                let value: Vec<C> = a.value.iter().map(|&v| v.exp2()).collect();
+                let ln2 = C::from_f64(std::f64::consts::LN_2);
+                let d = scaled(a, value.len(), &|j| value[j] * ln2)?;
+                Dual { value, d }
+            }
+            BwOp::Relu(a) => {
+                let pos = |j: usize| a.value[j] > C::ZERO;
+                Dual {
+                    value: a.value.iter().map(|&v| v.maximum(C::ZERO)).collect(),
+                    d: scaled(a, a.value.len(), &|j| if pos(j) { C::ONE } else { C::ZERO })?,
+                }
+            }
+            BwOp::Positive(a) => Dual::constant(
+                a.value
+                    .iter()
+                    .map(|&v| if v > C::ZERO { C::ONE } else { C::ZERO })
+                    .collect(),
+            ),
+        })
+    }
+
+    fn regularize(&self, r: Regularizer, v: &Variable<Vec<C>>) -> Result<Dual<C>> {
+        let mut d = vec![C::ZERO; v.value.len()];
+        r.add_grad(&v.value, 1.0, &mut d);
+        Ok(Dual {
+            value: vec![C::from_f64(r.loss(&v.value))],
+            d: vec![Derivative {
+                var: v.name,
+                var_len: v.value.len(),
+                d,
+            }],
+        })
+    }
+}
