@@ -378,7 +378,7 @@ fn widen<T: Element>(x: &[T]) -> Cow<'_, [T::C]> {
 }
 
 /// `a op b` with a length-1 operand broadcast.
-fn zip<C: Copy>(a: &[C], b: &[C], f: impl Fn(C, C) -> C) -> Result<Vec<C>> {
+pub(super) fn zip<C: Copy>(a: &[C], b: &[C], f: impl Fn(C, C) -> C) -> Result<Vec<C>> {
     match (a.len(), b.len()) {
         (n, m) if n == m => Ok(a.iter().zip(b).map(|(&a, &b)| f(a, b)).collect()),
         (1, _) => Ok(b.iter().map(|&b| f(a[0], b)).collect()),

@@ -11,6 +11,7 @@
 use std::marker::PhantomData;
 
 use super::backend::{BitWidthArith, BwOp};
+use super::cpu::zip;
 use super::constraint::Regularizer;
 use super::{VarName, Variable};
 use crate::error::{CoreError, Result};
@@ -101,19 +102,6 @@ impl<C> DualArith<C> {
     /// The arithmetic (it holds nothing).
     pub fn new() -> Self {
         DualArith(PhantomData)
-    }
-}
-
-/// Elementwise `f` of two value vectors with broadcasting (equal lengths, or one of one).
-fn zip<C: Copy>(a: &[C], b: &[C], f: impl Fn(C, C) -> C) -> Result<Vec<C>> {
-    match (a.len(), b.len()) {
-        (n, m) if n == m => Ok(a.iter().zip(b).map(|(&a, &b)| f(a, b)).collect()),
-        (1, _) => Ok(b.iter().map(|&b| f(a[0], b)).collect()),
-        (_, 1) => Ok(a.iter().map(|&a| f(a, b[0])).collect()),
-        (n, m) => Err(CoreError::Broadcast {
-            from: vec![m],
-            to: vec![n],
-        }),
     }
 }
 
