@@ -150,16 +150,19 @@ impl QDenseBuilder {
     /// names (share one per model).
     pub fn build(self, root: &nn::Path, names: &mut Names) -> Result<QDense> {
         if self.in_features == 0 || self.units == 0 {
-            return Err(TorchError::Unsupported(format!(
-                "QDense with {} inputs and {} units",
-                self.in_features, self.units
-            )));
+            return Err(TorchError::Invalid {
+                what: "QDense size",
+                why: format!(
+                    "{} inputs and {} units (both must be positive)",
+                    self.in_features, self.units
+                ),
+            });
         }
         if !self.beta.is_finite() || self.beta < 0.0 {
-            return Err(TorchError::Unsupported(format!(
-                "beta {} (must be finite, >= 0)",
-                self.beta
-            )));
+            return Err(TorchError::Invalid {
+                what: "beta",
+                why: format!("{} (must be finite, >= 0)", self.beta),
+            });
         }
         let name = self.name.clone().unwrap_or_else(|| names.next("q_dense"));
         let p = root / name.as_str();
@@ -547,9 +550,10 @@ impl Sequential {
     pub fn trace_minmax<'a>(&self, batches: impl IntoIterator<Item = &'a Tensor>) -> Result<u64> {
         let batches: Vec<&Tensor> = batches.into_iter().collect();
         if batches.is_empty() {
-            return Err(TorchError::Unsupported(
-                "trace_minmax over no batch: give it the data whose ranges to record".into(),
-            ));
+            return Err(TorchError::Invalid {
+                what: "trace_minmax batches",
+                why: "none given: give it the data whose ranges to record".into(),
+            });
         }
         let saved: Vec<(Tensor, Tensor)> = self
             .layers

@@ -76,7 +76,17 @@ pub enum TorchError {
     /// Non-finite values where they would corrupt state.
     #[error("non-finite input: {0}")]
     NonFinite(&'static str),
-    /// A configuration this code path does not implement yet.
+    /// An argument out of its range, or that does not fit the others (bad input, not a
+    /// missing feature).
+    #[error("invalid {what}: {why}")]
+    Invalid {
+        /// What was given.
+        what: &'static str,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// What this code path does not implement (a configuration or an operation that is not
+    /// defined for this kind of quantizer).
     #[error("not supported: {0}")]
     Unsupported(String),
 }

@@ -78,9 +78,10 @@ impl AdamConfig {
         if ok {
             Ok(())
         } else {
-            Err(TorchError::Unsupported(format!(
-                "Adam with {self:?} (needs lr >= 0, betas in [0, 1), epsilon > 0, all finite)"
-            )))
+            Err(TorchError::Invalid {
+                what: "Adam configuration",
+                why: format!("{self:?} (needs lr >= 0, betas in [0, 1), epsilon > 0, all finite)"),
+            })
         }
     }
 }
@@ -192,13 +193,16 @@ impl Adam {
                 continue;
             }
             if g.size() != s.var.size() || g.device() != s.var.device() {
-                return Err(TorchError::Unsupported(format!(
-                    "a gradient of shape {:?} on {:?} for a variable of shape {:?} on {:?}",
-                    g.size(),
-                    g.device(),
-                    s.var.size(),
-                    s.var.device()
-                )));
+                return Err(TorchError::Invalid {
+                    what: "gradient",
+                    why: format!(
+                        "shape {:?} on {:?} for a variable of shape {:?} on {:?}",
+                        g.size(),
+                        g.device(),
+                        s.var.size(),
+                        s.var.device()
+                    ),
+                });
             }
             if !all_finite(g)? {
                 return Err(TorchError::NonFinite("a gradient given to Adam"));

@@ -325,7 +325,7 @@ fn trace_minmax_is_all_or_nothing() {
     let before = snapshot(&m);
     let r = m.trace_minmax(std::iter::empty::<&Tensor>());
     assert!(
-        matches!(&r, Err(TorchError::Unsupported(w)) if w.contains("over no batch")),
+        matches!(&r, Err(TorchError::Invalid { what: "trace_minmax batches", why }) if why.contains("none given")),
         "{r:?}"
     );
     assert_eq!(snapshot(&m), before);
