@@ -11,8 +11,8 @@
 use std::marker::PhantomData;
 
 use super::backend::{BitWidthArith, BwOp};
-use super::cpu::zip;
 use super::constraint::Regularizer;
+use super::cpu::zip;
 use super::{VarName, Variable};
 use crate::error::{CoreError, Result};
 use crate::real::Real;
