@@ -231,7 +231,10 @@ pub(crate) fn of_elem<T: Element>(v: T) -> f64 {
 }
 
 /// hgq-core's `FixedPoint::forward_backward::<T>` and `forward::<T>` on a typed case.
-fn core_typed<T: Element>(q: FixedPoint, a: &TypedInputs<'_>) -> Result<TypedOut, String> {
+pub(crate) fn core_typed<T: Element>(
+    q: FixedPoint,
+    a: &TypedInputs<'_>,
+) -> Result<TypedOut, String> {
     let el = |v: &[f64]| v.iter().map(|&v| to_elem::<T>(v)).collect::<Vec<T>>();
     let c = |v: &[f64]| v.iter().map(|&v| T::C::from_f64(v)).collect::<Vec<T::C>>();
     let (x, dy, k, i, f) = (el(a.x), el(a.dy), c(a.k), c(a.i), c(a.f));

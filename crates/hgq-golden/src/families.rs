@@ -5,7 +5,7 @@ use crate::json::{bool_, f32s, shape, str_, typed};
 use crate::{Dtype, GradTolerance, same_value};
 use half::{bf16, f16};
 use hgq_core::kernels::SimdLevel;
-use hgq_core::{Element, FixedGrads, FixedPoint, FloatGrads, Par, Path, Real, TensorRef};
+use hgq_core::{Element, FixedPoint, FloatGrads, Par, Path, Real, TensorRef};
 use serde_json::Value;
 use std::collections::BTreeSet;
 
@@ -382,31 +382,24 @@ fn fixed_fn_f64(
 ) -> Result<FixedFnOut, String> {
     let wide = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
     let (x, k, i, f, dy) = (wide(x), wide(k), wide(i), wide(f), wide(dy));
-    let n = x.len();
-    let (mut y, mut dx, mut di, mut df) = (vec![0.0; n], vec![0.0; n], vec![0.0; n], vec![0.0; n]);
-    let err = |e: hgq_core::CoreError| e.to_string();
-    q.forward_backward(
-        TensorRef::new(&x, s).map_err(err)?,
-        TensorRef::new(&k, s).map_err(err)?,
-        TensorRef::new(&i, s).map_err(err)?,
-        TensorRef::new(&f, s).map_err(err)?,
+    let inputs = TypedInputs {
+        dtype: Dtype::F64,
+        shape: s,
+        x: &x,
+        k: &k,
+        i: &i,
+        f: &f,
         training,
-        &dy,
-        &mut y,
-        FixedGrads {
-            dx: &mut dx,
-            di: &mut di,
-            df: &mut df,
-        },
-    )
-    .map_err(|e| e.to_string())?;
+        dy: &dy,
+    };
+    let o = crate::backend::core_typed::<f64>(q, &inputs)?;
     let narrow = |v: Vec<f64>| v.into_iter().map(|a| a as f32).collect();
     Ok(FixedFnOut {
-        y: narrow(y),
-        y_forward: None,
-        dx: narrow(dx),
-        di: narrow(di),
-        df: narrow(df),
+        y: narrow(o.y),
+        y_forward: o.y_forward.map(narrow),
+        dx: narrow(o.dx),
+        di: narrow(o.di),
+        df: narrow(o.df),
     })
 }
 
