@@ -64,6 +64,35 @@ pub fn check_broadcast(shape: &[usize], to: &[usize]) -> Result<()> {
     align(shape, to).map(|_| ())
 }
 
+/// `src` of shape `from` broadcast to `to` (numpy rules), row-major.
+///
+/// ```
+/// use hgq_core::shape::broadcast_to;
+/// assert_eq!(broadcast_to(&[1.0f32, 2.0], &[2], &[2, 2])?, [1.0, 2.0, 1.0, 2.0]);
+/// # Ok::<(), hgq_core::CoreError>(())
+/// ```
+pub fn broadcast_to<C: Copy>(src: &[C], from: &[usize], to: &[usize]) -> Result<Vec<C>> {
+    check_len("broadcast source", src.len(), from)?;
+    let aligned = align(from, to)?;
+    Ok(broadcast(src, &aligned, to))
+}
+
+/// The adjoint of [`broadcast_to`]: `src` of shape `from` summed over the dimensions that
+/// `to` broadcasts (the gradient of a broadcast, in `to`'s shape).
+///
+/// ```
+/// use hgq_core::shape::sum_to;
+/// assert_eq!(sum_to(&[1.0f32, 2.0, 3.0, 4.0], &[2, 2], &[1, 2])?, [4.0, 6.0]);
+/// # Ok::<(), hgq_core::CoreError>(())
+/// ```
+pub fn sum_to<C: Real>(src: &[C], from: &[usize], to: &[usize]) -> Result<Vec<C>> {
+    check_len("summed source", src.len(), from)?;
+    let aligned = align(to, from)?;
+    let mut out = vec![C::ZERO; numel(to)?];
+    reduce_sum(src, from, &mut out, &aligned);
+    Ok(out)
+}
+
 /// `shape` right-aligned to rank `ndim` (leading 1s), or an error if it has more dims.
 pub(crate) fn align(shape: &[usize], to: &[usize]) -> Result<Vec<usize>> {
     if shape.len() > to.len() {

@@ -9,7 +9,8 @@ use std::sync::Mutex;
 
 use hgq_core::mapper::Axes;
 use hgq_core::quantizer::{
-    Backend, BitWidthArith, BwOp, Constraint, OperandOf, Regularizer, Store, VarInit, Variable,
+    Backend, BitWidthArith, BwOp, Constraint, HostVar, OperandOf, Regularizer, Store, VarInit,
+    Variable,
 };
 use hgq_core::shape::check_broadcast;
 use hgq_core::{CoreError, DefaultBitwidthMapper, FixedPoint, TensorRef};
@@ -82,6 +83,27 @@ impl TchVar {
         }
     }
 }
+
+/// The CPU backend of hgq-core on a `VarStore`'s memory (a training step without autograd):
+/// contiguous float32 CPU variables only, others are an error.
+impl HostVar<f32> for TchVar {
+    fn host(&self) -> hgq_core::Result<&[f32]> {
+        host::slice(&self.tensor).ok_or(NOT_HOST)
+    }
+
+    fn host_mut(&mut self) -> hgq_core::Result<&mut [f32]> {
+        // SAFETY: the step that asks holds the quantizer's lock (`&mut self`), and libtorch
+        // does not run on these tensors during it; the version counter moves before the write,
+        // so a graph that saved the variable refuses its backward, and `for_pass`'s cache
+        // is rebuilt.
+        let s = unsafe { host::slice_mut(&self.tensor) }.ok_or(NOT_HOST)?;
+        crate::bridge::bump_version(&self.tensor);
+        Ok(s)
+    }
+}
+
+const NOT_HOST: CoreError =
+    CoreError::Unsupported("a variable that is not a contiguous float32 CPU tensor");
 
 /// Creates variables under a `VarStore` path.
 #[derive(Debug)]

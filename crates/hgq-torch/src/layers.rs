@@ -31,8 +31,11 @@ use hgq_config::{Place, QuantizerConfig};
 use hgq_core::CallMode;
 use tch::{Kind, Tensor, nn};
 
+use crate::optim::Adam;
 use crate::quantizer::Quantizer;
 use crate::{Result, TorchError};
+
+mod native;
 
 /// The activation after a layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -256,19 +259,20 @@ enum Ebops {
 }
 
 impl Ebops {
-    /// hgq2's uint32 cast: truncation toward zero; NaN and negative values are 0.
     fn value(&self) -> u32 {
         match self {
             Ebops::Value(v) => *v,
-            Ebops::Pending(t) => {
-                let v = t.double_value(&[]);
-                if v.is_finite() && v > 0.0 {
-                    v.min(u32::MAX as f64) as u32
-                } else {
-                    0
-                }
-            }
+            Ebops::Pending(t) => ebops_u32(t.double_value(&[])),
         }
+    }
+}
+
+/// hgq2's uint32 cast of EBOPs: truncation toward zero; NaN and negative values are 0.
+fn ebops_u32(v: f64) -> u32 {
+    if v.is_finite() && v > 0.0 {
+        v.min(u32::MAX as f64) as u32
+    } else {
+        0
     }
 }
 
@@ -463,6 +467,31 @@ impl QDense {
     }
 }
 
+/// How [`Sequential::train_step_on`] computes a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StepPath {
+    /// [`StepPath::Native`] where it runs (float32 CPU tensors, quantizers without scaler,
+    /// noise factor or affine map), else [`StepPath::Autograd`].
+    #[default]
+    Auto,
+    /// Without autograd: hgq-core's passes and gradients, matrix products and Adam in plain
+    /// loops over the `VarStore`'s memory. An error where it cannot run.
+    Native,
+    /// libtorch's autograd through the layers' forward (any device and kind).
+    Autograd,
+}
+
+/// What a training step returns: scalars, detached, on the input's device (read them when
+/// needed: reading a CUDA value waits for the device).
+#[derive(Debug)]
+pub struct StepOutput {
+    /// The loss minimized: mean cross entropy + the layers' `beta * ebops` + the
+    /// regularization losses (float32).
+    pub loss: Tensor,
+    /// How many rows' largest logit is their label (int64).
+    pub correct: Tensor,
+}
+
 /// Layers applied in order.
 #[derive(Debug, Default)]
 pub struct Sequential {
@@ -512,6 +541,90 @@ impl Sequential {
         Ok(SequentialOutput {
             y,
             ebops_loss: loss.unwrap_or_else(|| Tensor::from(0.0f32)),
+        })
+    }
+
+    /// One training step of a classifier: the forward in training mode, the mean cross entropy
+    /// of the logits against `labels` (int64 class indices) plus the EBOPs and
+    /// regularization losses, the gradients, one step of `opt`, the constraints. The path is
+    /// [`StepPath::Auto`] (see [`Sequential::train_step_on`]).
+    ///
+    /// ```no_run
+    /// use hgq_torch::layers::{Activation, QDense, Sequential};
+    /// use hgq_torch::optim::{Adam, AdamConfig};
+    /// use tch::{nn, Device, Kind, Tensor};
+    ///
+    /// let vs = nn::VarStore::new(Device::Cpu);
+    /// let mut model = Sequential::new();
+    /// model.add(&vs.root(), QDense::builder(64, 32).activation(Activation::Relu))?;
+    /// model.add(&vs.root(), QDense::builder(32, 10))?;
+    /// let mut opt = Adam::new(&vs, AdamConfig::default().learning_rate(3e-3))?;
+    /// let x = Tensor::rand([64, 64], (Kind::Float, Device::Cpu));
+    /// let labels = Tensor::zeros([64], (Kind::Int64, Device::Cpu));
+    /// let out = model.train_step(&x, &labels, &mut opt)?;
+    /// println!("loss {}", out.loss.double_value(&[]));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn train_step(&self, x: &Tensor, labels: &Tensor, opt: &mut Adam) -> Result<StepOutput> {
+        self.train_step_on(StepPath::Auto, x, labels, opt)
+    }
+
+    /// [`Sequential::train_step`] on a chosen path. Both paths compute the same step (the
+    /// quantizers' values bit for bit; the gradients up to the order of float32 sums in the
+    /// matrix products); the native one skips libtorch's per-operation cost, which is most of
+    /// a step of the small networks HGQ trains.
+    pub fn train_step_on(
+        &self,
+        path: StepPath,
+        x: &Tensor,
+        labels: &Tensor,
+        opt: &mut Adam,
+    ) -> Result<StepOutput> {
+        let why_not = match path {
+            StepPath::Autograd => Some(String::new()),
+            _ => native::unsupported(self, x, labels),
+        };
+        match (path, why_not) {
+            (StepPath::Native, Some(why)) => Err(TorchError::Unsupported(format!(
+                "the native training step: {why}"
+            ))),
+            (_, None) => {
+                let (loss, correct) = native::step(self, x, labels, opt)?;
+                Ok(StepOutput {
+                    loss: Tensor::from(loss),
+                    correct: Tensor::from(correct),
+                })
+            }
+            (_, Some(_)) => self.train_step_autograd(x, labels, opt),
+        }
+    }
+
+    fn train_step_autograd(
+        &self,
+        x: &Tensor,
+        labels: &Tensor,
+        opt: &mut Adam,
+    ) -> Result<StepOutput> {
+        let out = self.forward(x, CallMode::Training)?;
+        let mut loss = out
+            .y
+            .f_cross_entropy_loss::<Tensor>(labels, None, tch::Reduction::Mean, -100, 0.0)?
+            .f_add(&out.ebops_loss.f_to_device(out.y.device())?)?;
+        if self.has_regularization() {
+            loss = loss.f_add(&self.regularization_loss()?.f_to_device(out.y.device())?)?;
+        }
+        opt.backward_step(&loss)?;
+        self.apply_constraints()?;
+        let correct = tch::no_grad(|| -> Result<Tensor> {
+            Ok(out
+                .y
+                .f_argmax(-1, false)?
+                .f_eq_tensor(labels)?
+                .f_sum(Kind::Int64)?)
+        })?;
+        Ok(StepOutput {
+            loss: loss.f_detach()?,
+            correct,
         })
     }
 

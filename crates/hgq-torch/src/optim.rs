@@ -92,6 +92,8 @@ struct Slot {
     var: Tensor,
     m: Tensor,
     v: Tensor,
+    /// `var`'s memory as last seen: how [`Adam::step_host`] finds a variable's slot.
+    ptr: usize,
 }
 
 impl Slot {
@@ -101,6 +103,7 @@ impl Slot {
             var: var.shallow_clone(),
             m: z(),
             v: z(),
+            ptr: var.data_ptr() as usize,
         }
     }
 }
@@ -240,6 +243,83 @@ impl Adam {
         }
         self.iterations += 1;
         Ok(())
+    }
+
+    /// One Adam step with gradients computed without autograd (a native training step):
+    /// `grads` pairs variables of the store with their gradients (the variable's element
+    /// count, row-major); variables not named are left alone. All or nothing, as
+    /// [`Adam::step`]; every variable and its moments must be contiguous float32 CPU tensors.
+    pub(crate) fn step_host(&mut self, grads: &[(&Tensor, &[f32])]) -> Result<()> {
+        self.add_missing();
+        let mut at = Vec::with_capacity(grads.len());
+        for (var, g) in grads {
+            let j = match self.slot_of(var) {
+                Some(j) => j,
+                None => {
+                    // Memory replaced since the slot was made (`set_data`): look again.
+                    for s in &mut self.slots {
+                        s.ptr = s.var.data_ptr() as usize;
+                    }
+                    self.slot_of(var).ok_or_else(|| TorchError::Invalid {
+                        what: "gradient",
+                        why: format!(
+                            "for a variable of shape {:?} that this optimizer does not hold",
+                            var.size()
+                        ),
+                    })?
+                }
+            };
+            let s = &mut self.slots[j];
+            if s.m.device() != s.var.device() {
+                s.m = s.m.f_to_device(s.var.device())?;
+                s.v = s.v.f_to_device(s.var.device())?;
+            }
+            let plain = [&s.var, &s.m, &s.v].iter().all(|t| host::is_plain(t));
+            let n = host::slice(&s.var).map_or(0, <[f32]>::len);
+            if !plain || n != g.len() {
+                return Err(TorchError::Invalid {
+                    what: "gradient",
+                    why: format!(
+                        "{} values for a variable of shape {:?} on {:?} ({})",
+                        g.len(),
+                        s.var.size(),
+                        s.var.device(),
+                        if plain {
+                            "other length"
+                        } else {
+                            "not a contiguous float32 CPU tensor"
+                        }
+                    ),
+                });
+            }
+            if !g.iter().all(|v| v.is_finite()) {
+                return Err(TorchError::NonFinite("a gradient given to Adam"));
+            }
+            at.push(j);
+        }
+        let c = self.coeffs(self.iterations + 1);
+        for (&j, (_, g)) in at.iter().zip(grads) {
+            let s = &self.slots[j];
+            // SAFETY: as in `step`: var, m and v are distinct plain allocations (checked
+            // above) that nothing else touches during the step.
+            if let (Some(p), Some(m), Some(v)) = unsafe {
+                (
+                    host::slice_mut(&s.var),
+                    host::slice_mut(&s.m),
+                    host::slice_mut(&s.v),
+                )
+            } {
+                update(p, m, v, g, c);
+                crate::bridge::bump_version(&s.var);
+            }
+        }
+        self.iterations += 1;
+        Ok(())
+    }
+
+    fn slot_of(&self, var: &Tensor) -> Option<usize> {
+        let p = var.data_ptr() as usize;
+        self.slots.iter().position(|s| s.ptr == p)
     }
 
     /// `zero_grad`, `loss.backward()`, `step`: one training step.

@@ -127,6 +127,25 @@ impl<C: Real> Store for CpuStore<C> {
     }
 }
 
+/// A variable whose values the CPU backends ([`Cpu`], [`DualArith`](super::DualArith)) read and
+/// write as host memory: hgq-core's own `Vec`s, or another crate's storage (hgq-torch's
+/// tensors in a `VarStore`, for a training step that runs without autograd).
+pub trait HostVar<C> {
+    /// The values, row-major; an error if they are not in host memory as `C`.
+    fn host(&self) -> Result<&[C]>;
+    /// The values to write in place; an error if they are not in host memory as `C`.
+    fn host_mut(&mut self) -> Result<&mut [C]>;
+}
+
+impl<C> HostVar<C> for Vec<C> {
+    fn host(&self) -> Result<&[C]> {
+        Ok(self)
+    }
+    fn host_mut(&mut self) -> Result<&mut [C]> {
+        Ok(self)
+    }
+}
+
 /// What a training call collects.
 #[derive(Debug)]
 struct Collected<T: Element> {
@@ -135,15 +154,16 @@ struct Collected<T: Element> {
 }
 
 /// hgq-core's CPU buffers as a backend, for one call: inputs of element type `T`, variables of
-/// `T::C`. With an upstream gradient (a training call) every pass also computes `dx` and the
-/// gradients of the trainable variables it reads.
+/// `T::C` in `V` (hgq-core's `Vec`s, or any [`HostVar`]). With an upstream gradient (a training
+/// call) every pass also computes `dx` and the gradients of the trainable variables it reads.
 #[derive(Debug)]
-pub struct Cpu<'a, T: Element> {
+pub struct Cpu<'a, T: Element, V = Vec<<T as Element>::C>> {
     dy: Option<&'a [T]>,
     path: Path,
     collected: RefCell<Collected<T>>,
     /// `Some`: the passes without upstream are kept for a later backward.
     saved: Option<RefCell<Vec<SavedPass<T>>>>,
+    var: std::marker::PhantomData<fn(&V)>,
 }
 
 /// One pass kept by a recording [`Cpu`] for a backward later (when the upstream gradient is
@@ -174,10 +194,10 @@ struct SavedParam<C> {
 }
 
 impl<C: Copy> SavedParam<C> {
-    fn of(o: &Operand<'_, Vec<C>, C>) -> Self {
-        match o {
+    fn of<V: HostVar<C>>(o: &Operand<'_, V, C>) -> Result<Self> {
+        Ok(match o {
             Operand::Var(v) => SavedParam {
-                values: v.value.clone(),
+                values: v.value.host()?.to_vec(),
                 shape: v.shape.clone(),
                 var: v.trainable.then_some(v.name),
             },
@@ -186,7 +206,7 @@ impl<C: Copy> SavedParam<C> {
                 shape: s.to_vec(),
                 var: None,
             },
-        }
+        })
     }
 
     fn tensor(&self) -> Result<TensorRef<'_, C>> {
@@ -257,7 +277,7 @@ impl<T: Element> SavedPass<T> {
     }
 }
 
-impl<'a, T: Element> Cpu<'a, T> {
+impl<'a, T: Element, V: HostVar<T::C>> Cpu<'a, T, V> {
     /// A backend without gradients.
     pub fn new() -> Self {
         Cpu {
@@ -268,6 +288,7 @@ impl<'a, T: Element> Cpu<'a, T> {
                 grads: Grads::default(),
             }),
             saved: None,
+            var: std::marker::PhantomData,
         }
     }
 
@@ -317,15 +338,15 @@ impl<'a, T: Element> Cpu<'a, T> {
         (c.dx.take(), std::mem::take(&mut c.grads))
     }
 
-    fn operand<'o>(&self, o: &'o Operand<'o, Vec<T::C>, T::C>) -> Result<TensorRef<'o, T::C>> {
+    fn operand<'o>(&self, o: &'o Operand<'o, V, T::C>) -> Result<TensorRef<'o, T::C>> {
         match o {
-            Operand::Var(v) => TensorRef::new(&v.value, &v.shape),
+            Operand::Var(v) => TensorRef::new(v.value.host()?, &v.shape),
             Operand::Values(d, s) => TensorRef::new(d, s),
         }
     }
 
     /// Stores a pass's gradients: `dx`, and each trainable variable operand's.
-    fn collect(&self, dx: Vec<T>, ops: &[&Operand<'_, Vec<T::C>, T::C>], grads: Vec<Vec<T::C>>) {
+    fn collect(&self, dx: Vec<T>, ops: &[&Operand<'_, V, T::C>], grads: Vec<Vec<T::C>>) {
         let mut c = self.collected.borrow_mut();
         c.dx = Some(dx);
         for (o, g) in ops.iter().zip(grads) {
@@ -354,7 +375,7 @@ impl<'a, T: Element> Cpu<'a, T> {
     }
 }
 
-impl<T: Element> Default for Cpu<'_, T> {
+impl<T: Element, V: HostVar<T::C>> Default for Cpu<'_, T, V> {
     fn default() -> Self {
         Cpu::new()
     }
@@ -390,14 +411,14 @@ pub(super) fn zip<C: Copy>(a: &[C], b: &[C], f: impl Fn(C, C) -> C) -> Result<Ve
     }
 }
 
-impl<'a, T: Element> BitWidthArith for Cpu<'a, T> {
+impl<'a, T: Element, V: HostVar<T::C>> BitWidthArith for Cpu<'a, T, V> {
     type C = T::C;
-    type Var = Vec<T::C>;
+    type Var = V;
     type Bw = Vec<T::C>;
     type Error = CoreError;
 
-    fn bw(&self, v: &Variable<Vec<T::C>>) -> Result<Vec<T::C>> {
-        Ok(v.value.clone())
+    fn bw(&self, v: &Variable<V>) -> Result<Vec<T::C>> {
+        Ok(v.value.host()?.to_vec())
     }
 
     fn bw_const(&self, value: f64, shape: &[usize]) -> Result<Vec<T::C>> {
@@ -425,12 +446,12 @@ impl<'a, T: Element> BitWidthArith for Cpu<'a, T> {
         })
     }
 
-    fn regularize(&self, r: Regularizer, v: &Variable<Vec<T::C>>) -> Result<Vec<T::C>> {
-        Ok(vec![T::C::from_f64(r.loss(&v.value))])
+    fn regularize(&self, r: Regularizer, v: &Variable<V>) -> Result<Vec<T::C>> {
+        Ok(vec![T::C::from_f64(r.loss(v.value.host()?))])
     }
 }
 
-impl<'a, T: Element> Backend for Cpu<'a, T> {
+impl<'a, T: Element, V: HostVar<T::C>> Backend for Cpu<'a, T, V> {
     type Tensor = CpuTensor<'a, T>;
 
     fn shape(&self, x: &Self::Tensor) -> Result<Vec<usize>> {
@@ -465,11 +486,12 @@ impl<'a, T: Element> Backend for Cpu<'a, T> {
         })
     }
 
-    fn read(&self, v: &Vec<T::C>) -> Result<Vec<T::C>> {
-        Ok(v.clone())
+    fn read(&self, v: &V) -> Result<Vec<T::C>> {
+        Ok(v.host()?.to_vec())
     }
 
-    fn write(&self, v: &mut Vec<T::C>, values: &[T::C]) -> Result<()> {
+    fn write(&self, v: &mut V, values: &[T::C]) -> Result<()> {
+        let v = v.host_mut()?;
         if v.len() != values.len() {
             return Err(CoreError::Length {
                 what: "variable values",
@@ -482,8 +504,8 @@ impl<'a, T: Element> Backend for Cpu<'a, T> {
         Ok(())
     }
 
-    fn constrain(&self, v: &mut Vec<T::C>, c: Constraint) -> Result<()> {
-        c.apply(v);
+    fn constrain(&self, v: &mut V, c: Constraint) -> Result<()> {
+        c.apply(v.host_mut()?);
         Ok(())
     }
 
@@ -507,7 +529,10 @@ impl<'a, T: Element> Backend for Cpu<'a, T> {
         match self.upstream(n)? {
             None => {
                 q.forward(xr, kt, it, ft, training, &mut y)?;
-                let params = [&k, &p[0], &p[1]].map(|o| SavedParam::of(o)).into();
+                let params = [&k, &p[0], &p[1]]
+                    .into_iter()
+                    .map(SavedParam::of)
+                    .collect::<Result<_>>()?;
                 self.save(SavedKind::Fixed { q, training }, x, params);
             }
             Some(dy) => {
@@ -594,6 +619,70 @@ impl<'a, T: Element> Backend for Cpu<'a, T> {
             data: Cow::Owned(y),
             shape: x.shape.clone(),
         })
+    }
+}
+
+/// The CPU backend's calls on a quantizer of any host variables ([`HostVar`]): what
+/// [`CpuQuantizer`] runs on its `Vec`s, and what a native training step runs on variables kept
+/// elsewhere (hgq-torch's `VarStore`).
+impl<V> Quantizer<V> {
+    /// [`CpuQuantizer::forward_saved`] on this quantizer's variables, its passes on `path`.
+    pub fn forward_saved<T: Element>(
+        &mut self,
+        x: TensorRef<'_, T>,
+        mode: CallMode,
+        y: &mut [T],
+        path: Path,
+    ) -> Result<SavedPass<T>>
+    where
+        V: HostVar<T::C>,
+    {
+        check_len("y", y.len(), x.shape)?;
+        let b = Cpu::<T, V>::new().with_path(path).recording();
+        let out = self.forward(&b, &CpuTensor::borrowed(x), mode)?;
+        let mut saved = b.take_saved();
+        let (Some(pass), true) = (saved.pop(), saved.is_empty()) else {
+            return Err(CoreError::Unsupported(
+                "a quantizer call that is not one pass cannot be saved for a backward",
+            ));
+        };
+        y.copy_from_slice(&out.data);
+        Ok(pass)
+    }
+
+    /// `bits` with their derivatives ([`DualArith`](super::DualArith)): the values, and through
+    /// [`Quantizer::trainable_grads`] of [`Dual::backward`](super::Dual::backward) the
+    /// gradients that a loss on them gives the trainable variables.
+    pub fn bits_dual<C: Real>(&self) -> Result<super::Dual<C>>
+    where
+        V: HostVar<C>,
+    {
+        self.bits(&super::DualArith::<C, V>::new())
+    }
+
+    /// The gradients of the regularization loss with respect to the trainable variables
+    /// (empty without regularizers).
+    pub fn regularization_grads<C: Real>(&self) -> Result<Grads<C>>
+    where
+        V: HostVar<C>,
+    {
+        match self.regularization_loss(&super::DualArith::<C, V>::new())? {
+            Some(loss) => Ok(self.trainable_grads(loss.backward(&[C::ONE])?)),
+            None => Ok(Grads::default()),
+        }
+    }
+
+    /// Gradients by variable (what [`Dual::backward`](super::Dual::backward) returns), those of
+    /// trainable variables kept.
+    pub fn trainable_grads<C>(&self, grads: Vec<(VarName, Vec<C>)>) -> Grads<C> {
+        let mut out = Grads::default();
+        for (name, g) in grads {
+            let trains = self.variable(name).is_some_and(|v| v.trainable);
+            if let (true, Some(slot)) = (trains, out.slot(name)) {
+                *slot = Some(g);
+            }
+        }
+        out
     }
 }
 
@@ -716,17 +805,7 @@ impl<C: Real + Element<C = C>> CpuQuantizer<C> {
         mode: CallMode,
         y: &mut [T],
     ) -> Result<SavedPass<T>> {
-        check_len("y", y.len(), x.shape)?;
-        let b = self.backend::<T>(None).recording();
-        let out = self.q.forward(&b, &CpuTensor::borrowed(x), mode)?;
-        let mut saved = b.take_saved();
-        let (Some(pass), true) = (saved.pop(), saved.is_empty()) else {
-            return Err(CoreError::Unsupported(
-                "a quantizer call that is not one pass cannot be saved for a backward",
-            ));
-        };
-        y.copy_from_slice(&out.data);
-        Ok(pass)
+        self.q.forward_saved(x, mode, y, self.path)
     }
 
     /// A training call with gradients for upstream `dy`: the output into `y`, `dx`, and the
@@ -759,29 +838,14 @@ impl<C: Real + Element<C = C>> CpuQuantizer<C> {
     /// ([`DualArith`](super::DualArith)). `upstream` has the bit-width shape (one value for the
     /// dummy).
     pub fn bits_backward(&self, upstream: &[C]) -> Result<Grads<C>> {
-        let bits = self.q.bits(&super::DualArith::<C>::new())?;
-        self.trainable_grads(bits.backward(upstream)?)
+        let bits = self.q.bits_dual::<C>()?;
+        Ok(self.q.trainable_grads(bits.backward(upstream)?))
     }
 
     /// The gradients of the regularization loss with respect to the trainable variables
     /// (empty without regularizers).
     pub fn regularization_backward(&self) -> Result<Grads<C>> {
-        match self.q.regularization_loss(&super::DualArith::<C>::new())? {
-            Some(loss) => self.trainable_grads(loss.backward(&[C::ONE])?),
-            None => Ok(Grads::default()),
-        }
-    }
-
-    /// Gradients by variable, those of trainable variables kept.
-    fn trainable_grads(&self, grads: Vec<(VarName, Vec<C>)>) -> Result<Grads<C>> {
-        let mut out = Grads::default();
-        for (name, g) in grads {
-            let trains = self.variable(name).is_some_and(|v| v.trainable);
-            if let (true, Some(slot)) = (trains, out.slot(name)) {
-                *slot = Some(g);
-            }
-        }
-        Ok(out)
+        self.q.regularization_grads()
     }
 
     /// bits, fbits, min, max, epsilon (bit-width shape; scalars for the dummy).

@@ -12,7 +12,7 @@ use std::marker::PhantomData;
 
 use super::backend::{BitWidthArith, BwOp};
 use super::constraint::Regularizer;
-use super::cpu::zip;
+use super::cpu::{HostVar, zip};
 use super::{VarName, Variable};
 use crate::error::{CoreError, Result};
 use crate::real::Real;
@@ -95,13 +95,15 @@ impl<C: Real> Dual<C> {
 /// assert!(grads.contains(&(VarName::F, vec![1.0, 2.0])));
 /// # Ok::<(), hgq_core::CoreError>(())
 /// ```
+///
+/// Variables other than `Vec`s work through [`HostVar`] (the `V` parameter).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct DualArith<C>(PhantomData<C>);
+pub struct DualArith<C, V = Vec<C>>(PhantomData<C>, PhantomData<fn(&V)>);
 
-impl<C> DualArith<C> {
+impl<C, V> DualArith<C, V> {
     /// The arithmetic (it holds nothing).
     pub fn new() -> Self {
-        DualArith(PhantomData)
+        DualArith(PhantomData, PhantomData)
     }
 }
 
@@ -142,16 +144,17 @@ fn merge<C: Real>(mut a: Vec<Derivative<C>>, b: Vec<Derivative<C>>) -> Vec<Deriv
     a
 }
 
-impl<C: Real> BitWidthArith for DualArith<C> {
+impl<C: Real, V: HostVar<C>> BitWidthArith for DualArith<C, V> {
     type C = C;
-    type Var = Vec<C>;
+    type Var = V;
     type Bw = Dual<C>;
     type Error = CoreError;
 
-    fn bw(&self, v: &Variable<Vec<C>>) -> Result<Dual<C>> {
-        let n = v.value.len();
+    fn bw(&self, v: &Variable<V>) -> Result<Dual<C>> {
+        let value = v.value.host()?;
+        let n = value.len();
         Ok(Dual {
-            value: v.value.clone(),
+            value: value.to_vec(),
             d: vec![Derivative {
                 var: v.name,
                 var_len: n,
@@ -229,14 +232,15 @@ impl<C: Real> BitWidthArith for DualArith<C> {
         })
     }
 
-    fn regularize(&self, r: Regularizer, v: &Variable<Vec<C>>) -> Result<Dual<C>> {
-        let mut d = vec![C::ZERO; v.value.len()];
-        r.add_grad(&v.value, 1.0, &mut d);
+    fn regularize(&self, r: Regularizer, v: &Variable<V>) -> Result<Dual<C>> {
+        let value = v.value.host()?;
+        let mut d = vec![C::ZERO; value.len()];
+        r.add_grad(value, 1.0, &mut d);
         Ok(Dual {
-            value: vec![C::from_f64(r.loss(&v.value))],
+            value: vec![C::from_f64(r.loss(value))],
             d: vec![Derivative {
                 var: v.name,
-                var_len: v.value.len(),
+                var_len: value.len(),
                 d,
             }],
         })

@@ -29,7 +29,7 @@ mod float;
 
 pub use backend::{Backend, BitWidthArith, BwOp, Operand, OperandOf};
 pub use constraint::{Constraint, Regularizer};
-pub use cpu::{Cpu, CpuQuantizer, CpuStore, CpuTensor, Grads, SavedPass};
+pub use cpu::{Cpu, CpuQuantizer, CpuStore, CpuTensor, Grads, HostVar, SavedPass};
 pub use dual::{Dual, DualArith};
 pub use dummy::DummyQuantizer;
 pub use fixed::{FixedKind, FixedQuantizer, FixedSpec, KbiSpec, KifSpec, Param};

@@ -103,8 +103,14 @@ impl Quantizer {
 
     /// The logic (a poisoned lock only means a panic elsewhere while it was held: the state
     /// is never half-written, so it is used as it is).
-    fn lock(&self) -> MutexGuard<'_, core::Quantizer<TchVar>> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, core::Quantizer<TchVar>> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the quantizer is its inner quantizer alone (no scaler, noise factor or affine
+    /// map), what a native training step runs.
+    pub(crate) fn is_bare(&self) -> bool {
+        self.scaler.is_none() && self.qnoise_factor.is_none() && self.affine.is_none()
     }
 
     /// The spec it was built from.

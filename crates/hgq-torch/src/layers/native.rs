@@ -1,0 +1,609 @@
+//! The training step of a [`Sequential`] without autograd, on the CPU.
+//!
+//! A step of the small networks HGQ trains is a few hundred tiny tensor operations through
+//! autograd; their dispatch, not their arithmetic, is the step's time. Here the same step is
+//! plain loops over the `VarStore`'s memory: per layer the quantizers' fused passes
+//! (hgq-core's kernels, kept for their backward: [`SavedPass`]), one GEMM forward and two
+//! backward (`matrixmultiply`), the EBOPs and their gradients through the bit widths
+//! ([`Dual`]: the quantizer logic's own arithmetic, differentiated), the cross entropy, the
+//! regularizers, then Keras' Adam and the constraints in place. The quantizer logic is the
+//! one every backend runs (hgq-core's `Quantizer` on its CPU backend, variables read where
+//! the `VarStore` keeps them), so values are those of the autograd step up to the order of
+//! float32 sums in the matrix products.
+use hgq_core::quantizer::{Cpu, Dual, HostVar, SavedPass};
+use hgq_core::shape::{broadcast_to, sum_to};
+use hgq_core::{CallMode, Path, TensorRef};
+use tch::{Device, Kind, Tensor};
+
+use super::{Activation, Ebops, Named, QDense, Sequential};
+use crate::backend::TchVar;
+use crate::optim::Adam;
+use crate::{Result, TorchError, host};
+
+/// Why the native step cannot run on these tensors (`None`: it can).
+pub(super) fn unsupported(model: &Sequential, x: &Tensor, labels: &Tensor) -> Option<String> {
+    if !host::is_plain(x) {
+        return Some("the input is not a contiguous float32 CPU tensor".into());
+    }
+    if labels.device() != Device::Cpu || labels.kind() != Kind::Int64 || !labels.is_contiguous() {
+        return Some("the labels are not a contiguous int64 CPU tensor".into());
+    }
+    for l in &model.layers {
+        let vars = std::iter::once(&l.kernel).chain(&l.bias);
+        if !vars.into_iter().all(host::is_plain) {
+            return Some(format!(
+                "{}'s kernel or bias is not contiguous float32 CPU",
+                l.name
+            ));
+        }
+        for q in l.quantizers() {
+            if !q.q.is_bare() {
+                return Some(format!(
+                    "{} has a scaler, noise factor or affine map",
+                    q.keras_path
+                ));
+            }
+            let inner = q.q.lock();
+            if !inner
+                .variables()
+                .iter()
+                .all(|v| host::is_plain(v.value.tensor()))
+            {
+                return Some(format!("{}'s variables are not float32 CPU", q.keras_path));
+            }
+        }
+    }
+    None
+}
+
+/// `c = a @ b + beta * c` for row-major `c` (`m x n`); `a` (`m x k`) and `b` (`k x n`) given
+/// with their row and column strides, so that a transpose is a stride swap.
+fn gemm(
+    (m, k, n): (usize, usize, usize),
+    (a, rsa, csa): (&[f32], usize, usize),
+    (b, rsb, csb): (&[f32], usize, usize),
+    beta: f32,
+    c: &mut [f32],
+) -> Result<()> {
+    let last = |r: usize, rs: usize, cc: usize, cs: usize| (r - 1) * rs + (cc - 1) * cs;
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let fits = c.len() >= m * n
+        && (k == 0 || (a.len() > last(m, rsa, k, csa) && b.len() > last(k, rsb, n, csb)));
+    if !fits {
+        return Err(TorchError::Kernel(format!(
+            "matrix product of {m}x{k} by {k}x{n}: buffers of {}, {}, {}",
+            a.len(),
+            b.len(),
+            c.len()
+        )));
+    }
+    // SAFETY: every index the product reads or writes is in bounds (checked above).
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.as_ptr(),
+            rsa as isize,
+            csa as isize,
+            b.as_ptr(),
+            rsb as isize,
+            csb as isize,
+            beta,
+            c.as_mut_ptr(),
+            n as isize,
+            1,
+        );
+    }
+    Ok(())
+}
+
+/// A quantizer's pass on `x` (its shape `shape`), kept for the backward.
+fn quantize(q: &Named, x: &[f32], shape: &[usize]) -> Result<(Vec<f32>, SavedPass<f32>)> {
+    let mut y = vec![0.0f32; x.len()];
+    let saved = q.q.lock().forward_saved(
+        TensorRef::new(x, shape)?,
+        CallMode::Training,
+        &mut y,
+        Path::Simd,
+    )?;
+    Ok((y, saved))
+}
+
+/// A quantizer's bit widths with their derivatives, broadcast to `shape`: (values as the
+/// EBOPs read them, the dual in the bit-width shape, that shape).
+struct Bits {
+    full: Vec<f32>,
+    dual: Dual<f32>,
+    bw_shape: Vec<usize>,
+}
+
+fn bits(q: &Named, shape: &[usize]) -> Result<Bits> {
+    let inner = q.q.lock();
+    let dual = inner.bits_dual::<f32>()?;
+    let bw_shape = inner
+        .layout()
+        .map(|l| l.bw_shape.clone())
+        .unwrap_or_default();
+    let full = broadcast_to(&dual.value, &bw_shape, shape)?;
+    Ok(Bits {
+        full,
+        dual,
+        bw_shape,
+    })
+}
+
+/// What a layer's forward keeps for its backward.
+struct LayerPass {
+    batch: usize,
+    xq: Vec<f32>,
+    kq: Vec<f32>,
+    /// The output, after the activation.
+    a: Vec<f32>,
+    iq: SavedPass<f32>,
+    kq_pass: SavedPass<f32>,
+    bq_pass: Option<SavedPass<f32>>,
+    bits: [Option<Bits>; 3],
+}
+
+impl QDense {
+    /// The layer's training forward on host memory, and its EBOPs as the autograd step
+    /// computes them (float32).
+    fn forward_native(&self, x: &[f32], batch: usize) -> Result<(LayerPass, f32)> {
+        let (n_in, units) = (self.in_features, self.units);
+        let kernel = host::slice(&self.kernel).ok_or_else(|| not_plain("the kernel"))?;
+        let (xq, iq) = quantize(&self.iq, x, &[batch, n_in])?;
+        let (kq, kq_pass) = quantize(&self.kq, kernel, &[n_in, units])?;
+        let mut z = vec![0.0f32; batch * units];
+        let mut bq_pass = None;
+        if let (Some(b), Some(bq)) = (&self.bias, &self.bq) {
+            let (bq_v, pass) = quantize(
+                bq,
+                host::slice(b).ok_or_else(|| not_plain("the bias"))?,
+                &[units],
+            )?;
+            for row in z.chunks_exact_mut(units) {
+                row.copy_from_slice(&bq_v);
+            }
+            bq_pass = Some(pass);
+        }
+        let beta = if bq_pass.is_some() { 1.0 } else { 0.0 };
+        gemm(
+            (batch, n_in, units),
+            (&xq, n_in, 1),
+            (&kq, units, 1),
+            beta,
+            &mut z,
+        )?;
+        if self.activation == Activation::Relu {
+            z.iter_mut().for_each(|v| *v = v.max(0.0));
+        }
+        let b_in = bits(&self.iq, &[1, n_in])?;
+        let b_ker = bits(&self.kq, &[n_in, units])?;
+        let b_b = self.bq.as_ref().map(|bq| bits(bq, &[units])).transpose()?;
+        // sum(bits_in @ bits_kernel) + mean(bits_bias) * units, in float32 as torch does
+        // (integers: exact in any order below 2^24).
+        let mut e: f32 = 0.0;
+        for (j, &bi) in b_in.full.iter().enumerate() {
+            let row: f32 = b_ker.full[j * units..(j + 1) * units].iter().sum();
+            e += bi * row;
+        }
+        if let Some(bb) = &b_b {
+            let mean = bb.full.iter().sum::<f32>() / units as f32;
+            e += mean * units as f32;
+        }
+        let pass = LayerPass {
+            batch,
+            xq,
+            kq,
+            a: z,
+            iq,
+            kq_pass,
+            bq_pass,
+            bits: [Some(b_in), Some(b_ker), b_b],
+        };
+        Ok((pass, e))
+    }
+
+    /// The layer's backward for upstream `da` (of its output): `dx` (of its input) and every
+    /// trainable variable's gradient, the EBOPs' (times `beta`) and the regularizers' added.
+    fn backward_native(
+        &self,
+        p: &LayerPass,
+        mut da: Vec<f32>,
+        grads: &mut Vec<(Tensor, Vec<f32>)>,
+    ) -> Result<Vec<f32>> {
+        let (n_in, units, batch) = (self.in_features, self.units, p.batch);
+        if self.activation == Activation::Relu {
+            da.iter_mut()
+                .zip(&p.a)
+                .for_each(|(d, &a)| *d = if a > 0.0 { *d } else { 0.0 });
+        }
+        let dz = da;
+        // d kq = xq^T dz; d xq = dz kq^T; d bq = the column sums of dz.
+        let mut dkq = vec![0.0f32; n_in * units];
+        gemm(
+            (n_in, batch, units),
+            (&p.xq, 1, n_in),
+            (&dz, units, 1),
+            0.0,
+            &mut dkq,
+        )?;
+        let mut dxq = vec![0.0f32; batch * n_in];
+        gemm(
+            (batch, units, n_in),
+            (&dz, units, 1),
+            (&p.kq, 1, units),
+            0.0,
+            &mut dxq,
+        )?;
+        let mut dx = vec![0.0f32; batch * n_in];
+        let g_iq = p.iq.backward(&dxq, &mut dx)?;
+        let mut dkernel = vec![0.0f32; n_in * units];
+        let g_kq = p.kq_pass.backward(&dkq, &mut dkernel)?;
+        grads.push((self.kernel.shallow_clone(), dkernel));
+        let mut g_bq = None;
+        if let (Some(b), Some(pass)) = (&self.bias, &p.bq_pass) {
+            let mut db = vec![0.0f32; units];
+            for row in dz.chunks_exact(units) {
+                db.iter_mut().zip(row).for_each(|(d, &v)| *d += v);
+            }
+            let mut dbias = vec![0.0f32; units];
+            g_bq = Some(pass.backward(&db, &mut dbias)?);
+            grads.push((b.shallow_clone(), dbias));
+        }
+        let up = self.ebops_upstream(p)?;
+        let quants = [Some(&self.iq), Some(&self.kq), self.bq.as_ref()];
+        let pass_grads = [Some(g_iq), Some(g_kq), g_bq];
+        for ((q, g), (bits, up)) in quants
+            .into_iter()
+            .zip(pass_grads)
+            .zip(p.bits.iter().zip(up))
+        {
+            let (Some(q), Some(g)) = (q, g) else { continue };
+            let inner = q.q.lock();
+            let mut all = vec![g];
+            if let (Some(bits), Some(up)) = (bits, up) {
+                all.push(inner.trainable_grads(bits.dual.backward(&up)?));
+            }
+            all.push(inner.regularization_grads::<f32>()?);
+            for v in inner.variables().iter().filter(|v| v.trainable) {
+                let mut sum = vec![0.0f32; v.shape.iter().product()];
+                for g in &all {
+                    if let Some(g) = g.get(v.name) {
+                        sum.iter_mut().zip(g).for_each(|(s, &x)| *s += x);
+                    }
+                }
+                grads.push((v.value.tensor().shallow_clone(), sum));
+            }
+        }
+        Ok(dx)
+    }
+
+    /// The gradient of `beta * ebops` with respect to each quantizer's bit widths (their
+    /// bit-width shapes): d/dbits_in = beta * row sums of bits_kernel, d/dbits_kernel =
+    /// beta * bits_in (per row), d/dbits_bias = beta.
+    fn ebops_upstream(&self, p: &LayerPass) -> Result<[Option<Vec<f32>>; 3]> {
+        let (n_in, units) = (self.in_features, self.units);
+        let beta = self.beta as f32;
+        let [Some(b_in), Some(b_ker), b_b] = &p.bits else {
+            return Err(TorchError::Kernel(
+                "a layer pass without its bit widths".into(),
+            ));
+        };
+        let d_in: Vec<f32> = (0..n_in)
+            .map(|j| beta * b_ker.full[j * units..(j + 1) * units].iter().sum::<f32>())
+            .collect();
+        let d_ker: Vec<f32> = (0..n_in * units)
+            .map(|jk| beta * b_in.full[jk / units])
+            .collect();
+        let up_in = sum_to(&d_in, &[1, n_in], &b_in.bw_shape)?;
+        let up_ker = sum_to(&d_ker, &[n_in, units], &b_ker.bw_shape)?;
+        let up_b = match b_b {
+            Some(bb) => {
+                let d = vec![beta * units as f32 / units as f32; units];
+                Some(sum_to(&d, &[units], &bb.bw_shape)?)
+            }
+            None => None,
+        };
+        Ok([Some(up_in), Some(up_ker), up_b])
+    }
+
+    /// Applies the constraints on host memory.
+    fn constrain_native(&self) -> Result<()> {
+        for q in self.quantizers() {
+            q.q.lock().apply_constraints(&Cpu::<f32, TchVar>::new())?;
+        }
+        Ok(())
+    }
+}
+
+/// A tensor the support check passed that is no longer plain memory.
+fn not_plain(what: &str) -> TorchError {
+    TorchError::Invalid {
+        what: "native training step",
+        why: format!("{what} is not a contiguous float32 CPU tensor"),
+    }
+}
+
+/// The mean cross entropy of `logits` (`batch x classes`) against `labels`, its gradient
+/// with respect to the logits, and how many rows' first largest logit is their label.
+fn cross_entropy(logits: &[f32], labels: &[i64], classes: usize) -> Result<(f32, Vec<f32>, i64)> {
+    let batch = labels.len();
+    let mut d = vec![0.0f32; logits.len()];
+    let (mut loss, mut correct) = (0.0f32, 0i64);
+    let inv = 1.0 / batch as f32;
+    for ((row, drow), &label) in logits
+        .chunks_exact(classes)
+        .zip(d.chunks_exact_mut(classes))
+        .zip(labels)
+    {
+        let c = usize::try_from(label)
+            .ok()
+            .filter(|&c| c < classes)
+            .ok_or_else(|| TorchError::Invalid {
+                what: "label",
+                why: format!("{label} for {classes} classes"),
+            })?;
+        let (mut arg, mut max) = (0, row[0]);
+        for (j, &v) in row.iter().enumerate() {
+            if v > max || v.is_nan() && !max.is_nan() {
+                (arg, max) = (j, v);
+            }
+        }
+        let sum: f32 = row.iter().map(|&v| (v - max).exp()).sum();
+        let lse = max + sum.ln();
+        loss += lse - row[c];
+        for (dv, &v) in drow.iter_mut().zip(row) {
+            *dv = (v - lse).exp() * inv;
+        }
+        drow[c] -= inv;
+        correct += i64::from(arg == c);
+    }
+    Ok((loss * inv, d, correct))
+}
+
+/// One native step: forward, loss, backward, Adam, constraints. Returns the total loss (cross
+/// entropy + EBOPs + regularization) and the correct predictions.
+pub(super) fn step(
+    model: &Sequential,
+    x: &Tensor,
+    labels: &Tensor,
+    opt: &mut Adam,
+) -> Result<(f32, i64)> {
+    let g = gradients(model, x, labels)?;
+    let refs: Vec<(&Tensor, &[f32])> = g.grads.iter().map(|(t, g)| (t, g.as_slice())).collect();
+    opt.step_host(&refs)?;
+    for l in &model.layers {
+        l.constrain_native()?;
+    }
+    Ok((g.loss, g.correct))
+}
+
+/// What the forward and backward of a step give.
+struct StepGrads {
+    loss: f32,
+    correct: i64,
+    /// Every trainable variable with its gradient.
+    grads: Vec<(Tensor, Vec<f32>)>,
+}
+
+/// The forward (state moves as in a training call) and the backward of a step.
+fn gradients(model: &Sequential, x: &Tensor, labels: &Tensor) -> Result<StepGrads> {
+    let size = x.size();
+    let batch = size.first().copied().unwrap_or(0) as usize;
+    if batch == 0 {
+        return Err(TorchError::Invalid {
+            what: "training batch",
+            why: format!("shape {size:?}: no rows"),
+        });
+    }
+    if labels.size() != [batch as i64] {
+        return Err(TorchError::Invalid {
+            what: "labels",
+            why: format!("shape {:?} for a batch of {batch}", labels.size()),
+        });
+    }
+    let label_values: Vec<i64> = Vec::try_from(labels)?;
+    let classes = model.layers.last().map_or(0, |l| l.units);
+    // Checked before any state moves.
+    if let Some(bad) = label_values
+        .iter()
+        .find(|&&c| c < 0 || c as usize >= classes)
+    {
+        return Err(TorchError::Invalid {
+            what: "label",
+            why: format!("{bad} for {classes} classes"),
+        });
+    }
+    let mut width = None;
+    for l in &model.layers {
+        match width {
+            None => l.check_input(x)?,
+            Some(w) if w != l.in_features => {
+                return Err(TorchError::Shape {
+                    built: vec![None, Some(l.in_features)],
+                    got: vec![batch as i64, w as i64],
+                });
+            }
+            Some(_) => {}
+        }
+        width = Some(l.units);
+    }
+    let mut a = host::slice(x)
+        .ok_or_else(|| not_plain("the input"))?
+        .to_vec();
+    let mut passes = Vec::with_capacity(model.layers.len());
+    let mut total = 0.0f32;
+    for l in &model.layers {
+        let (p, e) = l.forward_native(&a, batch)?;
+        total += e * l.beta as f32;
+        a.clone_from(&p.a);
+        *l.ebops.borrow_mut() = Ebops::Value(super::ebops_u32(f64::from(e)));
+        passes.push(p);
+    }
+    let (ce, mut da, correct) = cross_entropy(&a, &label_values, classes)?;
+    let mut reg = 0.0f32;
+    for l in &model.layers {
+        for q in l.quantizers() {
+            for v in q.q.lock().variables() {
+                if let Some(r) = v.regularizer {
+                    reg += r.loss(v.value.host()?) as f32;
+                }
+            }
+        }
+    }
+    let mut grads = Vec::new();
+    for (l, p) in model.layers.iter().zip(&passes).rev() {
+        da = l.backward_native(p, da, &mut grads)?;
+    }
+    Ok(StepGrads {
+        loss: ce + total + reg,
+        correct,
+        grads,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use hgq_config::keras::Regularizer;
+    use hgq_config::{Place, QType, QuantizerConfig};
+    use hgq_core::{OverflowMode, RoundMode};
+    use tch::nn;
+
+    use super::*;
+    use crate::layers::QDenseBuilder;
+
+    /// The layers of each case: (in, units, activation, what to change of the defaults).
+    fn case(n: usize) -> Vec<QDenseBuilder> {
+        let relu = |b: QDenseBuilder| b.activation(Activation::Relu);
+        let conf = |t, p| QuantizerConfig::builder(t, p);
+        match n {
+            // The demo's layers: hgq2's defaults.
+            0 => vec![relu(QDense::builder(12, 16)), QDense::builder(16, 5)],
+            // KIF SAT weights with regularizers, a per-tensor KBI input, minifloat bias,
+            // a large beta (EBOPs gradients matter).
+            1 => vec![
+                relu(QDense::builder(12, 8))
+                    .beta(1e-2)
+                    .kq(conf(QType::Kif, Place::Weight)
+                        .overflow_mode(OverflowMode::Sat)
+                        .fr(Regularizer::L1(1e-3))
+                        .ir(Regularizer::L2(1e-3))
+                        .build()
+                        .unwrap())
+                    .iq(conf(QType::Kbi, Place::Datalane)
+                        .heterogeneous_axis([])
+                        .round_mode(RoundMode::Rnd)
+                        .build()
+                        .unwrap())
+                    .bq(conf(QType::Float, Place::Bias)
+                        .heterogeneous_axis([0])
+                        .build()
+                        .unwrap()),
+                QDense::builder(8, 3).beta(1e-3),
+            ],
+            // No bias, a dummy input quantizer, three layers.
+            _ => vec![
+                relu(QDense::builder(12, 8).use_bias(false)).iq(conf(
+                    QType::Dummy,
+                    Place::Datalane,
+                )
+                .build()
+                .unwrap()),
+                relu(QDense::builder(8, 8)),
+                QDense::builder(8, 4).use_bias(false),
+            ],
+        }
+    }
+
+    fn snapshot(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> = vs
+            .variables()
+            .into_iter()
+            .map(|(n, t)| (n, t.detach().copy()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    fn restore(vs: &nn::VarStore, s: &[(String, Tensor)]) {
+        let vars = vs.variables();
+        tch::no_grad(|| {
+            for (n, t) in s {
+                vars[n].shallow_clone().copy_(t);
+            }
+        });
+    }
+
+    /// The native forward moves the state as the autograd forward does (bit for bit), gives
+    /// the loss and every trainable variable the gradient autograd gives (float32 sums in
+    /// another order: a relative tolerance), and nothing else.
+    #[test]
+    fn native_gradients_are_autograds() -> Result<()> {
+        for n in 0..3 {
+            tch::manual_seed(n as i64);
+            let vs = nn::VarStore::new(Device::Cpu);
+            let mut model = Sequential::new();
+            let layers = case(n);
+            let n_in = 12;
+            for l in layers {
+                model.add(&vs.root(), l)?;
+            }
+            let classes = model.layers().last().unwrap().units() as i64;
+            let x = Tensor::rand([32, n_in], (Kind::Float, Device::Cpu)) * 6.0 - 3.0;
+            let labels = Tensor::randint(classes, [32], (Kind::Int64, Device::Cpu));
+            let before = snapshot(&vs);
+
+            let out = model.forward(&x, CallMode::Training)?;
+            let mut loss = out.y.cross_entropy_for_logits(&labels) + &out.ebops_loss;
+            if model.has_regularization() {
+                loss += model.regularization_loss()?;
+            }
+            loss.backward();
+            let after_autograd = snapshot(&vs);
+            let ebops_autograd = model.ebops();
+
+            restore(&vs, &before);
+            let g = gradients(&model, &x, &labels)?;
+            let after_native = snapshot(&vs);
+            for ((name, a), (_, b)) in after_autograd.iter().zip(&after_native) {
+                assert!(a.equal(b), "case {n}: {name} after the forward");
+            }
+            assert_eq!(model.ebops(), ebops_autograd, "case {n}: EBOPs");
+            let l = loss.double_value(&[]);
+            assert!(
+                (f64::from(g.loss) - l).abs() <= 1e-6 * l.abs(),
+                "case {n}: loss {} against {l}",
+                g.loss
+            );
+
+            let trainable = vs.trainable_variables();
+            assert_eq!(
+                g.grads.len(),
+                trainable.len(),
+                "case {n}: one gradient each"
+            );
+            for (t, gn) in &g.grads {
+                let name = vs
+                    .variables()
+                    .into_iter()
+                    .find(|(_, v)| v.data_ptr() == t.data_ptr())
+                    .map(|(n, _)| n)
+                    .unwrap();
+                let ga = Vec::<f32>::try_from(t.grad().flatten(0, -1)).unwrap();
+                let scale = ga.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+                for (j, (a, b)) in ga.iter().zip(gn).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-4 * scale,
+                        "case {n}: d {name}[{j}]: autograd {a}, native {b}"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
