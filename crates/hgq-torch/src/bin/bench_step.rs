@@ -1,4 +1,4 @@
-//! `hgq-bench-step [--threads T] [--epochs E] [--filter S]`: the steady-state training step of
+//! `hgq-bench-step [--path P] [--threads T] [--epochs E] [--filter S]`: the steady-state training step of
 //! small QDense MLPs, timed as whole epochs (what `cargo xtask bench --step` runs, once on one
 //! thread and once on all, against `benches/hgq2_step.py`, hgq2 on jax, on the same work).
 //!
@@ -11,24 +11,24 @@
 //! from SplitMix64 seeded with 0 (per row 64 draws, pixel = draw % 17 / 16 as the digits' 0..16
 //! scaled, then label = draw % 10; `hgq2_step.py` draws the same numbers). Each epoch runs every
 //! batch in order (the last one partial, as Keras' `fit(shuffle=False)`): the forward in
-//! training mode, cross entropy + the EBOPs loss + the regularization, Adam's `backward_step`,
-//! `apply_constraints`; the mean loss is accumulated as a tensor and read once per epoch (as
-//! Keras reads its loss metric at the epoch's end). The first epoch is timed apart
+//! `Sequential::train_step_on` (the forward in training mode, cross entropy + the EBOPs loss +
+//! the regularization, the gradients, Keras' Adam, the constraints) on `--path` (`auto`, the
+//! default, as `train_step`: the native step here; `native`; `autograd`: libtorch's autograd
+//! through the layers); the mean loss is summed on the host and reported once per epoch. The first epoch is timed apart
 //! (`first_epoch_ms`); `epoch_ms` is the median of the others, `ms_per_step` that over the steps
 //! of an epoch. One JSON line per model:
-//! `{"case","threads","ms_per_step","epoch_ms","first_epoch_ms","steps"}`.
+//! `{"case","path","threads","ms_per_step","epoch_ms","first_epoch_ms","steps","loss"}`.
 //!
-//! `--threads T` (default 1) sets libtorch's threads and the size of the rayon pool that
+//! `--path P` (`auto`, `native` or `autograd`; printed as `"path"`); `--threads T` (default 1) sets libtorch's threads and the size of the rayon pool that
 //! hgq-core's kernels run in; `--epochs E` (default 6, at least 2); `--filter S` runs only the
 //! cases whose name contains S. Freed CPU memory is kept in the process
 //! (`hgq_torch::retain_cpu_memory`), as in `hgq-bench-torch`.
 use std::process::ExitCode;
 use std::time::Instant;
 
-use hgq_torch::hgq_core::CallMode;
-use hgq_torch::layers::{Activation, QDense, Sequential};
+use hgq_torch::layers::{Activation, QDense, Sequential, StepPath};
 use hgq_torch::optim::{Adam, AdamConfig};
-use tch::{Device, Kind, Tensor, nn};
+use tch::{Device, Tensor, nn};
 
 type Error = Box<dyn std::error::Error>;
 
@@ -122,7 +122,13 @@ struct Row {
 }
 
 /// Trains the case's model from scratch for `epochs` epochs, timing each.
-fn run_case(case: &Case, epochs: usize, x: &Tensor, y: &Tensor) -> Result<Row, Error> {
+fn run_case(
+    case: &Case,
+    path: StepPath,
+    epochs: usize,
+    x: &Tensor,
+    y: &Tensor,
+) -> Result<Row, Error> {
     tch::manual_seed(0);
     let vs = nn::VarStore::new(Device::Cpu);
     let mut model = Sequential::new();
@@ -154,18 +160,12 @@ fn run_case(case: &Case, epochs: usize, x: &Tensor, y: &Tensor) -> Result<Row, E
     let mut loss = f64::NAN;
     for _ in 0..epochs {
         let t = Instant::now();
-        let mut sum = Tensor::zeros([], (Kind::Float, Device::Cpu));
+        let mut sum = 0.0;
         for (xb, yb, n) in &batches {
-            let out = model.forward(xb, CallMode::Training)?;
-            let mut l = out.y.cross_entropy_for_logits(yb) + &out.ebops_loss;
-            if model.has_regularization() {
-                l += model.regularization_loss()?;
-            }
-            opt.backward_step(&l)?;
-            model.apply_constraints()?;
-            sum += l.detach() * *n;
+            let out = model.train_step_on(path, xb, yb, &mut opt)?;
+            sum += out.loss.double_value(&[]) * *n;
         }
-        loss = sum.double_value(&[]) / ROWS as f64;
+        loss = sum / ROWS as f64;
         epochs_ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
     if !loss.is_finite() {
@@ -186,13 +186,14 @@ fn round(v: f64, digits: i32) -> String {
 
 fn usage(msg: &str) -> ExitCode {
     eprintln!(
-        "hgq-bench-step: {msg}\nusage: hgq-bench-step [--threads T] [--epochs E] [--filter S]"
+        "hgq-bench-step: {msg}\nusage: hgq-bench-step [--path auto|native|autograd] [--threads T] [--epochs E] [--filter S]"
     );
     ExitCode::from(2)
 }
 
 fn main() -> ExitCode {
     let (mut threads, mut epochs, mut filter) = (1usize, 6usize, String::new());
+    let mut path = StepPath::Auto;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -200,6 +201,14 @@ fn main() -> ExitCode {
                 Some(v) => filter = v,
                 None => return usage("--filter needs a case name or part of one"),
             },
+            "--path" => {
+                path = match args.next().as_deref() {
+                    Some("auto") => StepPath::Auto,
+                    Some("native") => StepPath::Native,
+                    Some("autograd") => StepPath::Autograd,
+                    _ => return usage("--path needs auto, native or autograd"),
+                }
+            }
             "--threads" | "--epochs" => {
                 let Some(v) = args.next().and_then(|v| v.parse().ok()) else {
                     return usage(&format!("{a} needs a positive integer"));
@@ -237,12 +246,14 @@ fn main() -> ExitCode {
     let result: Result<(), String> = pool.install(|| {
         let (x, y) = data();
         for case in &selected {
-            let row = run_case(case, epochs, &x, &y).map_err(|e| format!("{}: {e}", case.name))?;
+            let row = run_case(case, path, epochs, &x, &y)
+                .map_err(|e| format!("{}: {e}", case.name))?;
             let epoch_ms = median(row.epochs_ms[1..].to_vec());
             println!(
-                "{{\"case\":\"{}\",\"threads\":{threads},\"ms_per_step\":{},\"epoch_ms\":{},\
+                "{{\"case\":\"{}\",\"path\":\"{}\",\"threads\":{threads},\"ms_per_step\":{},\"epoch_ms\":{},\
                  \"first_epoch_ms\":{},\"steps\":{},\"loss\":{}}}",
                 case.name,
+                format!("{path:?}").to_lowercase(),
                 round(epoch_ms / row.steps as f64, 4),
                 round(epoch_ms, 3),
                 round(row.epochs_ms[0], 3),
