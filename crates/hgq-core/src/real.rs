@@ -145,7 +145,17 @@ macro_rules! impl_real {
             }
             #[inline(always)]
             fn round_even(self) -> Self {
-                <$t>::round_ties_even(self)
+                // Adding and subtracting 2^mant rounds half to even (the FPU's mode) for
+                // |x| < 2^mant, and larger values are integers already: the result of
+                // `round_ties_even` without its libm call (the baseline x86-64 target has
+                // no rounding instruction), so that loops over bit widths vectorize.
+                const BIG: $t = (1u64 << $mant) as $t;
+                let a = self.abs();
+                if a < BIG {
+                    ((a + BIG) - BIG).copysign(self)
+                } else {
+                    self
+                }
             }
             #[inline(always)]
             fn abs(self) -> Self {
@@ -309,6 +319,41 @@ impl Element for bf16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `round_even` is `round_ties_even`, bit for bit (signed zeros, NaN, infinities, the
+    /// halves around 2^mant included), on a sweep of f32 bit patterns and edge values.
+    #[test]
+    fn round_even_is_round_ties_even() {
+        let same32 = |x: f32| {
+            let (a, b) = (x.round_even(), x.round_ties_even());
+            assert!(a.to_bits() == b.to_bits() || a.is_nan() && b.is_nan(), "{x:e}: {a} {b}");
+        };
+        let same64 = |x: f64| {
+            let (a, b) = (x.round_even(), x.round_ties_even());
+            assert!(a.to_bits() == b.to_bits() || a.is_nan() && b.is_nan(), "{x:e}: {a} {b}");
+        };
+        // Every 97th f32 bit pattern: all exponents, both signs.
+        for bits in (0..=u32::MAX).step_by(97) {
+            same32(f32::from_bits(bits));
+        }
+        for m in [23, 24, 52, 53] {
+            for d in [-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5] {
+                let x = 2f64.powi(m) + d;
+                for s in [1.0, -1.0] {
+                    same64(s * x);
+                    same32((s * x) as f32);
+                }
+            }
+        }
+        for x in [0.5, 1.5, 2.5, -0.5, -2.5, -0.0, 0.0, 0.49999997, f64::MIN_POSITIVE] {
+            same64(x);
+            same32(x as f32);
+        }
+        for x in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, f64::MAX, -f64::MAX] {
+            same64(x);
+            same32(x as f32);
+        }
+    }
 
     #[test]
     fn exp2i_is_exact_everywhere() {

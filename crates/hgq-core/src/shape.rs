@@ -74,6 +74,9 @@ pub fn check_broadcast(shape: &[usize], to: &[usize]) -> Result<()> {
 pub fn broadcast_to<C: Copy>(src: &[C], from: &[usize], to: &[usize]) -> Result<Vec<C>> {
     check_len("broadcast source", src.len(), from)?;
     let aligned = align(from, to)?;
+    if aligned == to {
+        return Ok(src.to_vec());
+    }
     Ok(broadcast(src, &aligned, to))
 }
 
@@ -88,6 +91,9 @@ pub fn broadcast_to<C: Copy>(src: &[C], from: &[usize], to: &[usize]) -> Result<
 pub fn sum_to<C: Real>(src: &[C], from: &[usize], to: &[usize]) -> Result<Vec<C>> {
     check_len("summed source", src.len(), from)?;
     let aligned = align(to, from)?;
+    if aligned == from {
+        return Ok(src.to_vec());
+    }
     let mut out = vec![C::ZERO; numel(to)?];
     reduce_sum(src, from, &mut out, &aligned);
     Ok(out)

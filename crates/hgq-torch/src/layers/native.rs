@@ -269,7 +269,9 @@ impl QDense {
             if let (Some(bits), Some(up)) = (bits, up) {
                 all.push(inner.trainable_grads(bits.dual.backward(&up)?));
             }
-            all.push(inner.regularization_grads::<f32>()?);
+            if inner.variables().iter().any(|v| v.regularizer.is_some()) {
+                all.push(inner.regularization_grads::<f32>()?);
+            }
             for v in inner.variables().iter().filter(|v| v.trainable) {
                 let mut sum = vec![0.0f32; v.shape.iter().product()];
                 for g in &all {
@@ -297,8 +299,10 @@ impl QDense {
         let d_in: Vec<f32> = (0..n_in)
             .map(|j| beta * b_ker.full[j * units..(j + 1) * units].iter().sum::<f32>())
             .collect();
-        let d_ker: Vec<f32> = (0..n_in * units)
-            .map(|jk| beta * b_in.full[jk / units])
+        let d_ker: Vec<f32> = b_in
+            .full
+            .iter()
+            .flat_map(|&b| std::iter::repeat_n(beta * b, units))
             .collect();
         let up_in = sum_to(&d_in, &[1, n_in], &b_in.bw_shape)?;
         let up_ker = sum_to(&d_ker, &[n_in, units], &b_ker.bw_shape)?;
