@@ -184,13 +184,34 @@ impl DefaultBitwidthMapper {
             ostride[d] = if shape[d] == 1 { 0 } else { acc };
             acc *= shape[d];
         }
-        let mut idx = vec![0usize; nd];
-        for &v in x.data {
-            let off: usize = idx.iter().zip(&ostride).map(|(i, s)| i * s).sum();
-            out[off] = f(out[off], v);
-            for d in (0..nd).rev() {
+        let Some((&last, outer)) = x.shape.split_last() else {
+            // A scalar: one element, one output.
+            if let (Some(o), Some(&v)) = (out.first_mut(), x.data.first()) {
+                *o = f(*o, v);
+            }
+            return Ok((out, shape));
+        };
+        if last == 0 {
+            return Ok((out, shape));
+        }
+        // Row by row of the last dimension (in x's order, so each output element sees its
+        // inputs in the order of a row-major walk): the output offset moves once per row.
+        let mut idx = vec![0usize; outer.len()];
+        for row in x.data.chunks_exact(last) {
+            let base: usize = idx.iter().zip(&ostride).map(|(i, s)| i * s).sum();
+            if ostride[nd - 1] == 0 {
+                let o = &mut out[base];
+                for &v in row {
+                    *o = f(*o, v);
+                }
+            } else {
+                for (o, &v) in out[base..base + last].iter_mut().zip(row) {
+                    *o = f(*o, v);
+                }
+            }
+            for d in (0..outer.len()).rev() {
                 idx[d] += 1;
-                if idx[d] < x.shape[d] {
+                if idx[d] < outer[d] {
                     break;
                 }
                 idx[d] = 0;
@@ -289,6 +310,35 @@ mod tests {
         let (a, _) = m.absmax(TensorRef::new(&nan, &[1, 2, 3]).unwrap()).unwrap();
         assert!(a[0].is_nan() && a[1] == 1.0);
         assert!(m.broadcast(&[1.0f32, 2.0], &[1, 1, 2], &[2, 2, 3]).is_err());
+    }
+
+    /// The row-wise walk sums what a naive per-element walk sums, for every set of
+    /// homogeneous axes of a 3-D input (the last one among them or not), and a 0-D input.
+    #[test]
+    fn reduce_matches_a_per_element_walk() {
+        let shape = [3usize, 4, 5];
+        let x: Vec<f64> = (0..60).map(|j| ((j * 37) % 23) as f64 - 11.0).collect();
+        for mask in 0..8u32 {
+            let homo: Vec<isize> = (0..3).filter(|d| mask >> d & 1 == 1).collect();
+            let mut m = DefaultBitwidthMapper::new(Axes::Homogeneous(homo.clone()));
+            m.build(&[Some(3), Some(4), Some(5)]).unwrap();
+            let (got, out_shape) = m
+                .reduce(TensorRef::new(&x, &shape).unwrap(), 0.0, |a, v| a * 0.5 + v)
+                .unwrap();
+            let mut want = vec![0.0; out_shape.iter().product()];
+            for (j, &v) in x.iter().enumerate() {
+                let idx = [j / 20, j / 5 % 4, j % 5];
+                let off = (0..3).fold(0, |o, d| o * out_shape[d] + idx[d] % out_shape[d]);
+                want[off] = want[off] * 0.5 + v;
+            }
+            assert_eq!(got, want, "homogeneous axes {homo:?}");
+        }
+        let mut m = DefaultBitwidthMapper::new(Axes::Homogeneous(vec![]));
+        m.build(&[]).unwrap();
+        let (got, s) = m
+            .reduce(TensorRef::new(&[3.0f32], &[]).unwrap(), 1.0, |a, v| a + v)
+            .unwrap();
+        assert_eq!((got, s), (vec![4.0], vec![]));
     }
 
     #[test]

@@ -326,11 +326,17 @@ mod tests {
     fn round_even_is_round_ties_even() {
         let same32 = |x: f32| {
             let (a, b) = (x.round_even(), x.round_ties_even());
-            assert!(a.to_bits() == b.to_bits() || a.is_nan() && b.is_nan(), "{x:e}: {a} {b}");
+            assert!(
+                a.to_bits() == b.to_bits() || a.is_nan() && b.is_nan(),
+                "{x:e}: {a} {b}"
+            );
         };
         let same64 = |x: f64| {
             let (a, b) = (x.round_even(), x.round_ties_even());
-            assert!(a.to_bits() == b.to_bits() || a.is_nan() && b.is_nan(), "{x:e}: {a} {b}");
+            assert!(
+                a.to_bits() == b.to_bits() || a.is_nan() && b.is_nan(),
+                "{x:e}: {a} {b}"
+            );
         };
         // Every 97th f32 bit pattern: all exponents, both signs.
         for bits in (0..=u32::MAX).step_by(97) {
@@ -345,11 +351,27 @@ mod tests {
                 }
             }
         }
-        for x in [0.5, 1.5, 2.5, -0.5, -2.5, -0.0, 0.0, 0.49999997, f64::MIN_POSITIVE] {
+        for x in [
+            0.5,
+            1.5,
+            2.5,
+            -0.5,
+            -2.5,
+            -0.0,
+            0.0,
+            0.49999997,
+            f64::MIN_POSITIVE,
+        ] {
             same64(x);
             same32(x as f32);
         }
-        for x in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, f64::MAX, -f64::MAX] {
+        for x in [
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::MAX,
+            -f64::MAX,
+        ] {
             same64(x);
             same32(x as f32);
         }
