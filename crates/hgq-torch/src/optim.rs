@@ -292,7 +292,7 @@ impl Adam {
                     ),
                 });
             }
-            if !g.iter().all(|v| v.is_finite()) {
+            if !finite(g) {
                 return Err(TorchError::NonFinite("a gradient given to Adam"));
             }
             at.push(j);
@@ -347,13 +347,42 @@ impl Adam {
 /// Whether every value of `g` is finite (one pass over raw memory on the native path).
 fn all_finite(g: &Tensor) -> Result<bool> {
     match host::slice(g) {
-        Some(d) => Ok(d.iter().all(|v| v.is_finite())),
+        Some(d) => Ok(finite(d)),
         None => Ok(bool::try_from(g.f_isfinite()?.f_all()?)?),
     }
 }
 
+/// Whether every value is finite: the exponent bits of none all set, without a branch per
+/// value (so that the loop vectorizes).
+fn finite(g: &[f32]) -> bool {
+    const EXP: u32 = 0x7f80_0000;
+    g.chunks(256).all(|c| {
+        c.iter()
+            .fold(0u32, |acc, v| acc | u32::from(v.to_bits() & EXP == EXP))
+            == 0
+    })
+}
+
 /// Keras' update on raw memory, in Keras' order of operations.
 fn update(var: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: Coeffs) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        return unsafe { update_avx2(var, m, v, g, c) };
+    }
+    update_loop(var, m, v, g, c)
+}
+
+/// [`update_loop`] compiled for AVX2: 8 lanes instead of SSE's 4. The same operations in
+/// the same order (no fused multiply-add: Rust does not contract), so the same bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn update_avx2(var: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: Coeffs) {
+    update_loop(var, m, v, g, c)
+}
+
+#[inline(always)]
+fn update_loop(var: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: Coeffs) {
     for (((p, m), v), &g) in var.iter_mut().zip(m).zip(v).zip(g) {
         *m += (g - *m) * c.c1;
         *v += (g * g - *v) * c.c2;
@@ -376,4 +405,64 @@ fn update_ops(s: &Slot, g: &Tensor, c: Coeffs) -> Result<()> {
         let _ = var.f_sub_(&step.f_to_kind(var.kind())?)?;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finite_finds_every_nan_and_infinity() {
+        let ok = [
+            0.0,
+            -0.0,
+            f32::MAX,
+            -f32::MAX,
+            f32::MIN_POSITIVE,
+            1e-45,
+            3.5,
+        ];
+        for n in [1, 7, 256, 300, 1000] {
+            let mut g: Vec<f32> = (0..n).map(|j| ok[j % ok.len()]).collect();
+            assert!(finite(&g));
+            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -f32::NAN] {
+                for at in [0, n / 2, n - 1] {
+                    let keep = g[at];
+                    g[at] = bad;
+                    assert!(!finite(&g), "{bad} at {at} of {n}");
+                    g[at] = keep;
+                }
+            }
+        }
+    }
+
+    /// The AVX2 build of the update gives the bits of the plain one.
+    #[test]
+    fn update_paths_agree() {
+        let n = 1037;
+        let g: Vec<f32> = (0..n)
+            .map(|j| ((j * 7919) % 201) as f32 * 0.013 - 1.3)
+            .collect();
+        let c = Coeffs {
+            alpha: 3e-3,
+            c1: 0.1,
+            c2: 0.001,
+            eps: 1e-7,
+        };
+        let init = |k: f32| (0..n).map(|j| (j as f32 * k).sin()).collect::<Vec<f32>>();
+        let (mut p1, mut m1, mut v1) = (
+            init(0.3),
+            init(0.1),
+            init(0.2).iter().map(|x| x * x).collect(),
+        );
+        let (mut p2, mut m2, mut v2) = (p1.clone(), m1.clone(), Vec::clone(&v1));
+        for _ in 0..3 {
+            update(&mut p1, &mut m1, &mut v1, &g, c);
+            update_loop(&mut p2, &mut m2, &mut v2, &g, c);
+        }
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&p1), bits(&p2));
+        assert_eq!(bits(&m1), bits(&m2));
+        assert_eq!(bits(&v1), bits(&v2));
+    }
 }
