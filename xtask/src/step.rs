@@ -1,5 +1,5 @@
 //! `cargo xtask bench --step [--reference] [--reference-python PATH] [--json] [--epochs E]
-//! [--filter S]`: the steady-state training step of small QDense MLPs, ours against hgq2 on jax
+//! [--filter S] [--path P]`: the steady-state training step of small QDense MLPs, ours against hgq2 on jax
 //! in the same run.
 //!
 //! Ours is hgq-torch's `hgq-bench-step` binary (`crates/hgq-torch/src/bin/bench_step.rs`
@@ -11,7 +11,10 @@
 //! model our ms per step, the reference's, and how many times faster ours is (`speedup =
 //! jax_ms_per_step / ms_per_step`), with both first epochs (the reference compiles in its
 //! first) and both last epochs' mean losses (the same data, models and seeds' statistics: they
-//! should be close). `--json` prints the rows as JSON lines instead of a table.
+//! should be close). `--json` prints the rows as JSON lines instead of a table. `--path`
+//! chooses how ours computes a step (`Sequential::train_step_on`): `auto` (the default, what
+//! `train_step` does: the native step on these CPU float32 models), `native`, or `autograd`
+//! (libtorch's autograd through the layers, the step before the native one).
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -67,9 +70,11 @@ fn our_rows(stdout: &str) -> Result<Vec<StepRow>, String> {
     Ok(rows)
 }
 
-/// `hgq-bench-step --threads T --epochs E [--filter S]`, through cargo.
-fn ours(threads: usize, epochs: usize, filter: &str) -> Result<Vec<StepRow>, String> {
+/// `hgq-bench-step --path P --threads T --epochs E [--filter S]`, through cargo.
+fn ours(threads: usize, epochs: usize, filter: &str, path: &str) -> Result<Vec<StepRow>, String> {
     let mut args: Vec<OsString> = vec![
+        "--path".into(),
+        path.into(),
         "--threads".into(),
         threads.to_string().into(),
         "--epochs".into(),
@@ -178,6 +183,7 @@ pub fn run(args: &[String]) -> Result<ExitCode, String> {
     let mut filter = String::new();
     let mut reference = false;
     let mut ref_python: Option<PathBuf> = None;
+    let mut path = "auto".to_string();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -198,6 +204,13 @@ pub fn run(args: &[String]) -> Result<ExitCode, String> {
                     .and_then(|v| v.parse().ok())
                     .filter(|&v: &usize| v >= 2)
                     .ok_or("--epochs needs an integer of at least 2 (the first is dropped)")?;
+            }
+            "--path" => {
+                path = it
+                    .next()
+                    .filter(|p| ["auto", "native", "autograd"].contains(&p.as_str()))
+                    .ok_or("--path needs auto, native or autograd")?
+                    .clone();
             }
             "--filter" => {
                 filter = it
@@ -226,7 +239,7 @@ pub fn run(args: &[String]) -> Result<ExitCode, String> {
         );
     }
     for (i, (threads, cpus)) in runs.into_iter().enumerate() {
-        let mine = ours(threads, epochs, &filter)?;
+        let mine = ours(threads, epochs, &filter, &path)?;
         let Some(py) = &ref_python else {
             if !json && i == 0 {
                 println!(

@@ -13,6 +13,7 @@
 use hgq_core::quantizer::{Cpu, Dual, HostVar, SavedPass};
 use hgq_core::shape::{broadcast_to, sum_to};
 use hgq_core::{CallMode, Path, TensorRef};
+use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
 use super::{Activation, Ebops, Named, QDense, Sequential};
@@ -79,27 +80,49 @@ fn gemm(
             c.len()
         )));
     }
-    // SAFETY: every index the product reads or writes is in bounds (checked above).
-    unsafe {
-        matrixmultiply::sgemm(
-            m,
-            k,
-            n,
-            1.0,
-            a.as_ptr(),
-            rsa as isize,
-            csa as isize,
-            b.as_ptr(),
-            rsb as isize,
-            csb as isize,
-            beta,
-            c.as_mut_ptr(),
-            n as isize,
-            1,
-        );
+    // Products big enough to pay for a fork: blocks of rows of c on the threads of the
+    // current rayon pool (each block a product of its own, the same sums in the same order).
+    let threads = rayon::current_num_threads();
+    let rows = if threads > 1 && m * k * n >= PARALLEL_MACS {
+        m.div_ceil(threads)
+    } else {
+        m
+    };
+    let block = |(j, c): (usize, &mut [f32])| {
+        let r0 = j * rows;
+        let mb = c.len() / n;
+        // SAFETY: every index the product reads or writes is in bounds (checked above for
+        // all of c; this block's rows r0..r0 + mb are a part of it).
+        unsafe {
+            matrixmultiply::sgemm(
+                mb,
+                k,
+                n,
+                1.0,
+                a.as_ptr().add(r0 * rsa),
+                rsa as isize,
+                csa as isize,
+                b.as_ptr(),
+                rsb as isize,
+                csb as isize,
+                beta,
+                c.as_mut_ptr(),
+                n as isize,
+                1,
+            );
+        }
+    };
+    let c = &mut c[..m * n];
+    if rows == m {
+        block((0, c));
+    } else {
+        c.par_chunks_mut(rows * n).enumerate().for_each(block);
     }
     Ok(())
 }
+
+/// Multiply-adds from which a matrix product is split over threads.
+const PARALLEL_MACS: usize = 1 << 20;
 
 /// A quantizer's pass on `x` (its shape `shape`), kept for the backward.
 fn quantize(q: &Named, x: &[f32], shape: &[usize]) -> Result<(Vec<f32>, SavedPass<f32>)> {
