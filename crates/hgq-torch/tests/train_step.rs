@@ -1,0 +1,176 @@
+//! `Sequential::train_step`: the native step (no autograd) trains as the autograd step does,
+//! says why where it cannot run, and refuses bad input before any state moves.
+use hgq_torch::TorchError;
+use hgq_torch::layers::{Activation, QDense, Sequential, StepPath};
+use hgq_torch::optim::{Adam, AdamConfig};
+use tch::{Device, Kind, Tensor, nn};
+
+/// The digits demo's shape on 12 features: QDense(16, relu) -> QDense(5), hgq2's defaults,
+/// a beta large enough for the EBOPs to move the bit widths.
+fn model(seed: i64) -> (nn::VarStore, Sequential, Adam) {
+    tch::manual_seed(seed);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let mut m = Sequential::new();
+    m.add(
+        &vs.root(),
+        QDense::builder(12, 16)
+            .activation(Activation::Relu)
+            .beta(1e-3),
+    )
+    .unwrap();
+    m.add(&vs.root(), QDense::builder(16, 5).beta(1e-3))
+        .unwrap();
+    let opt = Adam::new(&vs, AdamConfig::default().learning_rate(3e-3)).unwrap();
+    (vs, m, opt)
+}
+
+fn batches(n: usize) -> Vec<(Tensor, Tensor)> {
+    tch::manual_seed(100);
+    (0..n)
+        .map(|_| {
+            (
+                Tensor::rand([32, 12], (Kind::Float, Device::Cpu)) * 4.0 - 2.0,
+                Tensor::randint(5, [32], (Kind::Int64, Device::Cpu)),
+            )
+        })
+        .collect()
+}
+
+fn values(vs: &nn::VarStore) -> Vec<(String, Vec<f32>)> {
+    let mut v: Vec<(String, Vec<f32>)> = vs
+        .variables()
+        .into_iter()
+        .map(|(n, t)| (n, Vec::<f32>::try_from(t.flatten(0, -1)).unwrap()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// Thirty steps on each path from the same initial state: the losses, the accuracy counts
+/// and the EBOPs follow each other (the paths differ only in the order of float32 sums of the
+/// matrix products, which Adam's normalized steps amplify slowly).
+#[test]
+fn native_steps_train_as_autograd_steps() {
+    let data = batches(30);
+    let (vs_n, m_n, mut opt_n) = model(7);
+    let (vs_a, m_a, mut opt_a) = model(7);
+    assert_eq!(values(&vs_n), values(&vs_a));
+    let (mut worst, mut correct) = (0.0f64, (0i64, 0i64));
+    for (x, y) in &data {
+        let n = m_n
+            .train_step_on(StepPath::Native, x, y, &mut opt_n)
+            .unwrap();
+        let a = m_a
+            .train_step_on(StepPath::Autograd, x, y, &mut opt_a)
+            .unwrap();
+        let (ln, la) = (n.loss.double_value(&[]), a.loss.double_value(&[]));
+        worst = worst.max((ln - la).abs() / la.abs());
+        correct.0 += n.correct.int64_value(&[]);
+        correct.1 += a.correct.int64_value(&[]);
+    }
+    assert!(worst < 1e-3, "losses apart by {worst:e} (relative)");
+    assert!((correct.0 - correct.1).abs() <= 3, "{correct:?} correct");
+    let (en, ea) = (m_n.ebops() as f64, m_a.ebops() as f64);
+    assert!((en - ea).abs() <= 1e-3 * ea, "EBOPs {en} and {ea}");
+    assert_eq!(opt_n.iterations(), 30);
+    // The state after: close everywhere.
+    for ((name, a), (_, b)) in values(&vs_n).iter().zip(&values(&vs_a)) {
+        for (x, y) in a.iter().zip(b) {
+            assert!(
+                (x - y).abs() <= 2e-3 * (1.0 + y.abs()),
+                "{name}: {x} and {y}"
+            );
+        }
+    }
+}
+
+/// `train_step` takes the native path on float32 CPU tensors: the same result as asking for
+/// it.
+#[test]
+fn train_step_is_the_native_step_here() {
+    let data = batches(3);
+    let (vs_auto, m_auto, mut opt_auto) = model(3);
+    let (vs_nat, m_nat, mut opt_nat) = model(3);
+    for (x, y) in &data {
+        let a = m_auto.train_step(x, y, &mut opt_auto).unwrap();
+        let n = m_nat
+            .train_step_on(StepPath::Native, x, y, &mut opt_nat)
+            .unwrap();
+        assert_eq!(a.loss.double_value(&[]), n.loss.double_value(&[]));
+    }
+    assert_eq!(values(&vs_auto), values(&vs_nat));
+}
+
+/// An input the native step cannot read in place: `Native` says so, `Auto` trains through
+/// autograd.
+#[test]
+fn native_step_says_why_not() {
+    let (_vs, m, mut opt) = model(1);
+    let x = (Tensor::rand([12, 32], (Kind::Float, Device::Cpu)) - 0.5).tr();
+    let y = Tensor::randint(5, [32], (Kind::Int64, Device::Cpu));
+    assert!(!x.is_contiguous());
+    let err = m
+        .train_step_on(StepPath::Native, &x, &y, &mut opt)
+        .unwrap_err();
+    assert!(
+        matches!(&err, TorchError::Unsupported(why) if why.contains("contiguous")),
+        "{err}"
+    );
+    assert_eq!(opt.iterations(), 0);
+    let out = m.train_step(&x, &y, &mut opt).unwrap();
+    assert!(out.loss.double_value(&[]).is_finite());
+    assert_eq!(opt.iterations(), 1);
+}
+
+/// Labels out of range, of another length, an empty batch, an input of the wrong width: an
+/// error that names it, and every variable (the WRAP integer bits included) and the
+/// optimizer's step count as before.
+#[test]
+fn bad_input_is_refused_before_any_state_moves() {
+    let (vs, m, mut opt) = model(2);
+    let x = Tensor::rand([8, 12], (Kind::Float, Device::Cpu));
+    let ok = Tensor::randint(5, [8], (Kind::Int64, Device::Cpu));
+    m.train_step(&x, &ok, &mut opt).unwrap();
+    let before = values(&vs);
+    let labels = |v: &[i64]| Tensor::from_slice(v);
+    let cases: Vec<(&str, Tensor, Tensor)> = vec![
+        (
+            "label 5",
+            x.shallow_clone(),
+            labels(&[0, 1, 2, 3, 4, 5, 0, 1]),
+        ),
+        (
+            "label -1",
+            x.shallow_clone(),
+            labels(&[0, 1, 2, 3, 4, -1, 0, 1]),
+        ),
+        (
+            "7 labels",
+            x.shallow_clone(),
+            labels(&[0, 1, 2, 3, 4, 0, 1]),
+        ),
+        (
+            "no rows",
+            Tensor::zeros([0, 12], (Kind::Float, Device::Cpu)),
+            labels(&[]),
+        ),
+        (
+            "11 features",
+            Tensor::rand([8, 11], (Kind::Float, Device::Cpu)),
+            ok.shallow_clone(),
+        ),
+    ];
+    for (what, x, y) in cases {
+        let err = m.train_step(&x, &y, &mut opt).unwrap_err();
+        let named = match &err {
+            TorchError::Invalid { what: w, .. } => {
+                ["label", "labels", "training batch"].contains(w)
+            }
+            TorchError::Shape { got, .. } => got == &[8, 11],
+            _ => false,
+        };
+        assert!(named, "{what}: {err}");
+        assert_eq!(values(&vs), before, "{what}: the state moved");
+        assert_eq!(opt.iterations(), 1, "{what}");
+    }
+}
