@@ -68,7 +68,7 @@ fn native_steps_train_as_autograd_steps() {
         correct.0 += n.correct.int64_value(&[]);
         correct.1 += a.correct.int64_value(&[]);
     }
-    assert!(worst < 1e-3, "losses apart by {worst:e} (relative)");
+    assert!(worst < 1e-5, "losses apart by {worst:e} (relative)");
     assert!((correct.0 - correct.1).abs() <= 3, "{correct:?} correct");
     let (en, ea) = (m_n.ebops() as f64, m_a.ebops() as f64);
     assert!((en - ea).abs() <= 1e-3 * ea, "EBOPs {en} and {ea}");
