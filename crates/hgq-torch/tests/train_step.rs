@@ -1,5 +1,8 @@
 //! `Sequential::train_step`: the native step (no autograd) trains as the autograd step does,
 //! says why where it cannot run, and refuses bad input before any state moves.
+mod common;
+
+use common::seeded;
 use hgq_torch::TorchError;
 use hgq_torch::layers::{Activation, QDense, Sequential, StepPath};
 use hgq_torch::optim::{Adam, AdamConfig};
@@ -8,7 +11,10 @@ use tch::{Device, Kind, Tensor, nn};
 /// The digits demo's shape on 12 features: QDense(16, relu) -> QDense(5), hgq2's defaults,
 /// a beta large enough for the EBOPs to move the bit widths.
 fn model(seed: i64) -> (nn::VarStore, Sequential, Adam) {
-    tch::manual_seed(seed);
+    seeded(seed, build)
+}
+
+fn build() -> (nn::VarStore, Sequential, Adam) {
     let vs = nn::VarStore::new(Device::Cpu);
     let mut m = Sequential::new();
     m.add(
@@ -25,15 +31,16 @@ fn model(seed: i64) -> (nn::VarStore, Sequential, Adam) {
 }
 
 fn batches(n: usize) -> Vec<(Tensor, Tensor)> {
-    tch::manual_seed(100);
-    (0..n)
-        .map(|_| {
-            (
-                Tensor::rand([32, 12], (Kind::Float, Device::Cpu)) * 4.0 - 2.0,
-                Tensor::randint(5, [32], (Kind::Int64, Device::Cpu)),
-            )
-        })
-        .collect()
+    seeded(100, || {
+        (0..n)
+            .map(|_| {
+                (
+                    Tensor::rand([32, 12], (Kind::Float, Device::Cpu)) * 4.0 - 2.0,
+                    Tensor::randint(5, [32], (Kind::Int64, Device::Cpu)),
+                )
+            })
+            .collect()
+    })
 }
 
 fn values(vs: &nn::VarStore) -> Vec<(String, Vec<f32>)> {
@@ -106,8 +113,12 @@ fn train_step_is_the_native_step_here() {
 #[test]
 fn native_step_says_why_not() {
     let (_vs, m, mut opt) = model(1);
-    let x = (Tensor::rand([12, 32], (Kind::Float, Device::Cpu)) - 0.5).tr();
-    let y = Tensor::randint(5, [32], (Kind::Int64, Device::Cpu));
+    let (x, y) = seeded(11, || {
+        (
+            (Tensor::rand([12, 32], (Kind::Float, Device::Cpu)) - 0.5).tr(),
+            Tensor::randint(5, [32], (Kind::Int64, Device::Cpu)),
+        )
+    });
     assert!(!x.is_contiguous());
     let err = m
         .train_step_on(StepPath::Native, &x, &y, &mut opt)
@@ -128,8 +139,13 @@ fn native_step_says_why_not() {
 #[test]
 fn bad_input_is_refused_before_any_state_moves() {
     let (vs, m, mut opt) = model(2);
-    let x = Tensor::rand([8, 12], (Kind::Float, Device::Cpu));
-    let ok = Tensor::randint(5, [8], (Kind::Int64, Device::Cpu));
+    let (x, ok, x11) = seeded(12, || {
+        (
+            Tensor::rand([8, 12], (Kind::Float, Device::Cpu)),
+            Tensor::randint(5, [8], (Kind::Int64, Device::Cpu)),
+            Tensor::rand([8, 11], (Kind::Float, Device::Cpu)),
+        )
+    });
     m.train_step(&x, &ok, &mut opt).unwrap();
     let before = values(&vs);
     let labels = |v: &[i64]| Tensor::from_slice(v);
@@ -154,11 +170,7 @@ fn bad_input_is_refused_before_any_state_moves() {
             Tensor::zeros([0, 12], (Kind::Float, Device::Cpu)),
             labels(&[]),
         ),
-        (
-            "11 features",
-            Tensor::rand([8, 11], (Kind::Float, Device::Cpu)),
-            ok.shallow_clone(),
-        ),
+        ("11 features", x11, ok.shallow_clone()),
     ];
     for (what, x, y) in cases {
         let err = m.train_step(&x, &y, &mut opt).unwrap_err();
