@@ -15,11 +15,50 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use hgq_torch::hgq_core::CallMode;
-use hgq_torch::layers::{Activation, QDense, Sequential};
+use hgq_torch::layers::{Activation, QDense, Sequential, StepOutput, StepPath};
 use hgq_torch::optim::{Adam, AdamConfig};
 use tch::{Device, Kind, Tensor, nn};
 
 type Error = Box<dyn std::error::Error>;
+
+/// An epoch's summed loss and correct predictions: on the host for CPU steps (reading a CPU
+/// scalar costs less than a tensor operation), on the device for CUDA ones.
+enum Sums {
+    Host(f64, i64),
+    Device(Tensor, Tensor),
+}
+
+impl Sums {
+    fn new(device: Device) -> Self {
+        match device {
+            Device::Cpu => Sums::Host(0.0, 0),
+            d => Sums::Device(
+                Tensor::zeros([], (Kind::Float, d)),
+                Tensor::zeros([], (Kind::Int64, d)),
+            ),
+        }
+    }
+
+    fn add(&mut self, out: &StepOutput, rows: usize) {
+        match self {
+            Sums::Host(l, c) => {
+                *l += out.loss.double_value(&[]) * rows as f64;
+                *c += out.correct.int64_value(&[]);
+            }
+            Sums::Device(l, c) => {
+                *l += &out.loss * rows as f64;
+                *c += &out.correct;
+            }
+        }
+    }
+
+    fn read(&self) -> (f64, i64) {
+        match self {
+            Sums::Host(l, c) => (*l, *c),
+            Sums::Device(l, c) => (l.double_value(&[]), c.int64_value(&[])),
+        }
+    }
+}
 
 struct Args {
     epochs: usize,
@@ -31,6 +70,7 @@ struct Args {
     batch: usize,
     lr: f64,
     threads: i32,
+    path: StepPath,
 }
 
 fn parse_args() -> Result<Args, Error> {
@@ -46,6 +86,7 @@ fn parse_args() -> Result<Args, Error> {
         lr: 3e-3,
         // The network is small: one thread avoids libtorch's per-operation synchronisation.
         threads: 1,
+        path: StepPath::Auto,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -59,6 +100,14 @@ fn parse_args() -> Result<Args, Error> {
             "--batch" => a.batch = val()?.parse()?,
             "--lr" => a.lr = val()?.parse()?,
             "--threads" => a.threads = val()?.parse()?,
+            "--path" => {
+                a.path = match val()?.as_str() {
+                    "auto" => StepPath::Auto,
+                    "native" => StepPath::Native,
+                    "autograd" => StepPath::Autograd,
+                    other => return Err(format!("--path {other}: auto, native or autograd").into()),
+                }
+            }
             "--device" => {
                 a.device = match val()?.as_str() {
                     "auto" => Device::cuda_if_available(),
@@ -71,7 +120,8 @@ fn parse_args() -> Result<Args, Error> {
             "-h" | "--help" => {
                 println!(
                     "demo [--epochs 200] [--beta 1e-5] [--seed 0] [--device auto|cpu|cuda] \
-                     [--out out/demo] [--data digits.csv.gz] [--batch 64] [--lr 3e-3] [--threads 1]"
+                     [--out out/demo] [--data digits.csv.gz] [--batch 64] [--lr 3e-3] [--threads 1] \
+                     [--path auto|native|autograd]"
                 );
                 std::process::exit(0);
             }
@@ -275,28 +325,18 @@ fn main() -> Result<(), Error> {
     let t0 = Instant::now();
     for epoch in 1..=a.epochs {
         rng.shuffle(&mut idx);
-        // Loss and accuracy summed on the device, read once per epoch (a read per step would
-        // wait for the device every step).
-        let mut loss_sum = Tensor::zeros([], (Kind::Float, a.device));
-        let mut correct = Tensor::zeros([], (Kind::Int64, a.device));
+        // Loss and accuracy summed where the step computed them, read once per epoch (a read
+        // per step would wait for a CUDA device every step).
+        let mut sums = Sums::new(a.device);
         let mut seen = 0usize;
         for batch in idx.chunks(a.batch) {
             let (xb, yb) = rows(&x, &y, batch, a.device);
-            let out = model.forward(&xb, CallMode::Training)?;
-            let ce = out.y.cross_entropy_for_logits(&yb);
-            let mut loss = &ce + &out.ebops_loss;
-            if model.has_regularization() {
-                loss += model.regularization_loss()?.to_device(a.device);
-            }
-            opt.backward_step(&loss)?;
-            model.apply_constraints()?;
-            tch::no_grad(|| {
-                loss_sum += loss.detach() * batch.len() as f64;
-                correct += out.y.argmax(-1, false).eq_tensor(&yb).sum(Kind::Int64);
-            });
+            // `auto`: the native step on the CPU, autograd on CUDA (Sequential::train_step).
+            let out = model.train_step_on(a.path, &xb, &yb, &mut opt)?;
+            sums.add(&out, batch.len());
             seen += batch.len();
         }
-        let (loss_sum, correct) = (loss_sum.double_value(&[]), correct.int64_value(&[]));
+        let (loss_sum, correct) = sums.read();
         let bits = mean_bits(&model)?;
         let mean = bits.iter().map(|b| b.1).sum::<f64>() / bits.len() as f64;
         progress(
