@@ -21,18 +21,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .gt(8.0)
         .to_kind(Kind::Int64);
     for step in 0..200 {
-        let out = model.forward(&x, CallMode::Training)?; // bit widths train too
-        let loss = out.y.cross_entropy_for_logits(&labels) + out.ebops_loss;
-        opt.backward_step(&loss)?;
-        model.apply_constraints()?; // keep bit widths in range after each step
+        // Forward, cross entropy + beta * EBOPs, gradients (bit widths train too), Adam,
+        // constraints.
+        let out = model.train_step(&x, &labels, &mut opt)?;
         if step % 50 == 0 {
             println!(
                 "step {step}: loss {:.4}, EBOPs {}",
-                loss.double_value(&[]),
+                out.loss.double_value(&[]),
                 model.ebops()
             );
         }
     }
+    // A loss of your own: the forward gives the output and `beta * EBOPs` (autograd tracks
+    // both), the optimizer and the constraints are called by hand.
+    let out = model.forward(&x, CallMode::Training)?;
+    let loss = out.y.cross_entropy_for_logits(&labels) * 0.5 + out.ebops_loss;
+    opt.backward_step(&loss)?;
+    model.apply_constraints()?;
     let ebops = model.trace_minmax([&x])?; // integer bits the data needs (WRAP inputs)
     let y = model.forward(&x, CallMode::Inference)?.y; // the firmware's arithmetic
     let acc = y
