@@ -32,6 +32,7 @@
 //! ```
 use std::sync::{Arc, Mutex};
 
+use rayon::prelude::*;
 use tch::{Tensor, nn};
 
 use crate::{Result, TorchError, host};
@@ -363,8 +364,22 @@ fn finite(g: &[f32]) -> bool {
     })
 }
 
-/// Keras' update on raw memory, in Keras' order of operations.
+/// Keras' update on raw memory, in Keras' order of operations; large variables in blocks
+/// over the current rayon pool's threads (elementwise: the same bits).
 fn update(var: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: Coeffs) {
+    const BLOCK: usize = 1 << 14;
+    if var.len() >= 4 * BLOCK && rayon::current_num_threads() > 1 {
+        var.par_chunks_mut(BLOCK)
+            .zip(m.par_chunks_mut(BLOCK))
+            .zip(v.par_chunks_mut(BLOCK))
+            .zip(g.par_chunks(BLOCK))
+            .for_each(|(((p, m), v), g)| update_block(p, m, v, g, c));
+    } else {
+        update_block(var, m, v, g, c);
+    }
+}
+
+fn update_block(var: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: Coeffs) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2 (checked just above).

@@ -87,6 +87,11 @@ impl<C> Grads<C> {
         }
     }
 
+    /// Takes a variable's gradient out, if it has one.
+    pub fn take(&mut self, name: VarName) -> Option<Vec<C>> {
+        self.slot(name).and_then(Option::take)
+    }
+
     /// The gradient of a variable, if it has one.
     pub fn get(&self, name: VarName) -> Option<&[C]> {
         self.iter().find(|(n, _)| *n == name).map(|(_, g)| g)
@@ -626,18 +631,17 @@ impl<'a, T: Element, V: HostVar<T::C>> Backend for Cpu<'a, T, V> {
 /// [`CpuQuantizer`] runs on its `Vec`s, and what a native training step runs on variables kept
 /// elsewhere (hgq-torch's `VarStore`).
 impl<V> Quantizer<V> {
-    /// [`CpuQuantizer::forward_saved`] on this quantizer's variables, its passes on `path`.
+    /// [`CpuQuantizer::forward_saved`] on this quantizer's variables, its passes on `path`:
+    /// the output (x's shape, row-major) and the pass kept for the backward.
     pub fn forward_saved<T: Element>(
         &mut self,
         x: TensorRef<'_, T>,
         mode: CallMode,
-        y: &mut [T],
         path: Path,
-    ) -> Result<SavedPass<T>>
+    ) -> Result<(Vec<T>, SavedPass<T>)>
     where
         V: HostVar<T::C>,
     {
-        check_len("y", y.len(), x.shape)?;
         let b = Cpu::<T, V>::new().with_path(path).recording();
         let out = self.forward(&b, &CpuTensor::borrowed(x), mode)?;
         let mut saved = b.take_saved();
@@ -646,8 +650,7 @@ impl<V> Quantizer<V> {
                 "a quantizer call that is not one pass cannot be saved for a backward",
             ));
         };
-        y.copy_from_slice(&out.data);
-        Ok(pass)
+        Ok((out.data.into_owned(), pass))
     }
 
     /// `bits` with their derivatives ([`DualArith`](super::DualArith)): the values, and through
@@ -805,7 +808,10 @@ impl<C: Real + Element<C = C>> CpuQuantizer<C> {
         mode: CallMode,
         y: &mut [T],
     ) -> Result<SavedPass<T>> {
-        self.q.forward_saved(x, mode, y, self.path)
+        check_len("y", y.len(), x.shape)?;
+        let (out, pass) = self.q.forward_saved(x, mode, self.path)?;
+        y.copy_from_slice(&out);
+        Ok(pass)
     }
 
     /// A training call with gradients for upstream `dy`: the output into `y`, `dx`, and the

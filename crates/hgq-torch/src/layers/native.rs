@@ -126,22 +126,32 @@ const PARALLEL_MACS: usize = 1 << 20;
 
 /// A quantizer's pass on `x` (its shape `shape`), kept for the backward.
 fn quantize(q: &Named, x: &[f32], shape: &[usize]) -> Result<(Vec<f32>, SavedPass<f32>)> {
-    let mut y = vec![0.0f32; x.len()];
-    let saved = q.q.lock().forward_saved(
-        TensorRef::new(x, shape)?,
-        CallMode::Training,
-        &mut y,
-        Path::Simd,
-    )?;
-    Ok((y, saved))
+    Ok(q.q
+        .lock()
+        .forward_saved(TensorRef::new(x, shape)?, CallMode::Training, Path::Simd)?)
 }
 
-/// A quantizer's bit widths with their derivatives, broadcast to `shape`: (values as the
-/// EBOPs read them, the dual in the bit-width shape, that shape).
+/// A quantizer's bit widths with their derivatives (the dual in the bit-width shape, that
+/// shape) and, where the EBOPs read them in a larger shape, broadcast to it.
 struct Bits {
-    full: Vec<f32>,
+    broadcast: Option<Vec<f32>>,
     dual: Dual<f32>,
     bw_shape: Vec<usize>,
+}
+
+impl Bits {
+    /// The values in the shape the EBOPs read.
+    fn full(&self) -> &[f32] {
+        self.broadcast.as_deref().unwrap_or(&self.dual.value)
+    }
+
+    /// `d`, a gradient in the EBOPs' shape `from`, summed to the bit-width shape.
+    fn reduce(&self, d: Vec<f32>, from: &[usize]) -> Result<Vec<f32>> {
+        if self.broadcast.is_none() {
+            return Ok(d);
+        }
+        Ok(sum_to(&d, from, &self.bw_shape)?)
+    }
 }
 
 fn bits(q: &Named, shape: &[usize]) -> Result<Bits> {
@@ -151,9 +161,15 @@ fn bits(q: &Named, shape: &[usize]) -> Result<Bits> {
         .layout()
         .map(|l| l.bw_shape.clone())
         .unwrap_or_default();
-    let full = broadcast_to(&dual.value, &bw_shape, shape)?;
+    // Same element count: the same shape (it broadcasts to `shape`), nothing to copy.
+    let broadcast = if dual.value.len() == shape.iter().product::<usize>() {
+        hgq_core::shape::check_broadcast(&bw_shape, shape)?;
+        None
+    } else {
+        Some(broadcast_to(&dual.value, &bw_shape, shape)?)
+    };
     Ok(Bits {
-        full,
+        broadcast,
         dual,
         bw_shape,
     })
@@ -210,12 +226,11 @@ impl QDense {
         // sum(bits_in @ bits_kernel) + mean(bits_bias) * units, in float32 as torch does
         // (integers: exact in any order below 2^24).
         let mut e: f32 = 0.0;
-        for (j, &bi) in b_in.full.iter().enumerate() {
-            let row: f32 = b_ker.full[j * units..(j + 1) * units].iter().sum();
-            e += bi * row;
+        for (&bi, row) in b_in.full().iter().zip(b_ker.full().chunks_exact(units)) {
+            e += bi * row.iter().sum::<f32>();
         }
         if let Some(bb) = &b_b {
-            let mean = bb.full.iter().sum::<f32>() / units as f32;
+            let mean = bb.full().iter().sum::<f32>() / units as f32;
             e += mean * units as f32;
         }
         let pass = LayerPass {
@@ -296,12 +311,16 @@ impl QDense {
                 all.push(inner.regularization_grads::<f32>()?);
             }
             for v in inner.variables().iter().filter(|v| v.trainable) {
-                let mut sum = vec![0.0f32; v.shape.iter().product()];
-                for g in &all {
-                    if let Some(g) = g.get(v.name) {
-                        sum.iter_mut().zip(g).for_each(|(s, &x)| *s += x);
+                // The first gradient of the variable as the sum, the others added into it.
+                let mut sum: Option<Vec<f32>> = None;
+                for g in &mut all {
+                    let Some(g) = g.take(v.name) else { continue };
+                    match &mut sum {
+                        Some(s) => s.iter_mut().zip(&g).for_each(|(s, &x)| *s += x),
+                        None => sum = Some(g),
                     }
                 }
+                let sum = sum.unwrap_or_else(|| vec![0.0f32; v.shape.iter().product()]);
                 grads.push((v.value.tensor().shallow_clone(), sum));
             }
         }
@@ -319,20 +338,22 @@ impl QDense {
                 "a layer pass without its bit widths".into(),
             ));
         };
-        let d_in: Vec<f32> = (0..n_in)
-            .map(|j| beta * b_ker.full[j * units..(j + 1) * units].iter().sum::<f32>())
+        let d_in: Vec<f32> = b_ker
+            .full()
+            .chunks_exact(units)
+            .map(|row| beta * row.iter().sum::<f32>())
             .collect();
         let d_ker: Vec<f32> = b_in
-            .full
+            .full()
             .iter()
             .flat_map(|&b| std::iter::repeat_n(beta * b, units))
             .collect();
-        let up_in = sum_to(&d_in, &[1, n_in], &b_in.bw_shape)?;
-        let up_ker = sum_to(&d_ker, &[n_in, units], &b_ker.bw_shape)?;
+        let up_in = b_in.reduce(d_in, &[1, n_in])?;
+        let up_ker = b_ker.reduce(d_ker, &[n_in, units])?;
         let up_b = match b_b {
             Some(bb) => {
                 let d = vec![beta * units as f32 / units as f32; units];
-                Some(sum_to(&d, &[units], &bb.bw_shape)?)
+                Some(bb.reduce(d, &[units])?)
             }
             None => None,
         };
