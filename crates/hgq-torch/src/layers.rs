@@ -24,8 +24,9 @@
 //! model.apply_constraints()?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use hgq_config::{Place, QuantizerConfig};
 use hgq_core::CallMode;
@@ -102,7 +103,10 @@ pub struct Named {
 #[derive(Debug, Clone)]
 pub struct QDenseBuilder {
     in_features: usize,
+    /// The input's dimensions after the batch (the last is `in_features`).
+    input_dims: Vec<usize>,
     units: usize,
+    tape: Option<EbopsTape>,
     activation: Activation,
     use_bias: bool,
     beta: f64,
@@ -126,6 +130,20 @@ impl QDenseBuilder {
     /// The EBOPs weight in the loss.
     pub fn beta(mut self, beta: f64) -> Self {
         self.beta = beta;
+        self
+    }
+    /// Records the layer's `beta * ebops` of every training forward into `tape` (for a loss
+    /// built around tch's [`nn::ModuleT`], where the forward returns the output alone).
+    pub fn ebops_tape(mut self, tape: &EbopsTape) -> Self {
+        self.tape = Some(tape.clone());
+        self
+    }
+    /// The input's dimensions after the batch, for inputs of more than two dimensions (Keras'
+    /// `Dense` on the last axis: `[particles, features]` for a Deep Sets layer over particles);
+    /// the last must be `in_features`. The input quantizer's bit widths and the EBOPs take the
+    /// whole shape (one multiply per position, as hgq2 counts them). Default: `[in_features]`.
+    pub fn input_dims(mut self, dims: &[usize]) -> Self {
+        self.input_dims = dims.to_vec();
         self
     }
     /// The layer's name (default: `q_dense`, `q_dense_1`, ...).
@@ -161,10 +179,14 @@ impl QDenseBuilder {
                 ),
             });
         }
-        if !self.beta.is_finite() || self.beta < 0.0 {
+        check_beta(self.beta)?;
+        if self.input_dims.last() != Some(&self.in_features) || self.input_dims.contains(&0) {
             return Err(TorchError::Invalid {
-                what: "beta",
-                why: format!("{} (must be finite, >= 0)", self.beta),
+                what: "QDense input dimensions",
+                why: format!(
+                    "{:?} for {} inputs (positive sizes, the last the number of inputs)",
+                    self.input_dims, self.in_features
+                ),
             });
         }
         let name = self.name.clone().unwrap_or_else(|| names.next("q_dense"));
@@ -197,7 +219,10 @@ impl QDenseBuilder {
                     keras_path: format!("{name}/{qname}/{inner}"),
                 })
             };
-        let iq = quant("iq", iq_conf, &[None, Some(self.in_features)])?;
+        let iq_shape: Vec<Option<usize>> = std::iter::once(None)
+            .chain(self.input_dims.iter().map(|&d| Some(d)))
+            .collect();
+        let iq = quant("iq", iq_conf, &iq_shape)?;
         let kq = quant("kq", kq_conf, &[Some(self.in_features), Some(self.units)])?;
         let bq = if self.use_bias {
             Some(quant("bq", bq_conf, &[Some(self.units)])?)
@@ -220,9 +245,11 @@ impl QDenseBuilder {
         Ok(QDense {
             name,
             in_features: self.in_features,
+            input_dims: self.input_dims,
             units: self.units,
             activation: self.activation,
-            beta: self.beta,
+            beta: Cell::new(self.beta),
+            tape: self.tape,
             kernel,
             bias,
             iq,
@@ -238,9 +265,12 @@ impl QDenseBuilder {
 pub struct QDense {
     name: String,
     in_features: usize,
+    input_dims: Vec<usize>,
     units: usize,
     activation: Activation,
-    beta: f64,
+    beta: Cell<f64>,
+    /// Where training forwards record `beta * ebops` (see [`QDenseBuilder::ebops_tape`]).
+    tape: Option<EbopsTape>,
     kernel: Tensor,
     bias: Option<Tensor>,
     iq: Named,
@@ -267,6 +297,18 @@ impl Ebops {
     }
 }
 
+/// `beta` must be finite and `>= 0`.
+fn check_beta(beta: f64) -> Result<()> {
+    if beta.is_finite() && beta >= 0.0 {
+        Ok(())
+    } else {
+        Err(TorchError::Invalid {
+            what: "beta",
+            why: format!("{beta} (must be finite, >= 0)"),
+        })
+    }
+}
+
 /// hgq2's uint32 cast of EBOPs: truncation toward zero; NaN and negative values are 0.
 fn ebops_u32(v: f64) -> u32 {
     if v.is_finite() && v > 0.0 {
@@ -290,7 +332,9 @@ impl QDense {
     pub fn builder(in_features: usize, units: usize) -> QDenseBuilder {
         QDenseBuilder {
             in_features,
+            input_dims: vec![in_features],
             units,
+            tape: None,
             activation: Activation::Linear,
             use_bias: true,
             beta: 1e-5,
@@ -319,8 +363,28 @@ impl QDense {
     }
     /// The EBOPs weight.
     pub fn beta(&self) -> f64 {
-        self.beta
+        self.beta.get()
     }
+    /// Sets the EBOPs weight (a schedule calls this between steps); finite and `>= 0`.
+    pub fn set_beta(&self, beta: f64) -> Result<()> {
+        check_beta(beta)?;
+        self.beta.set(beta);
+        Ok(())
+    }
+    /// The input's dimensions after the batch (`[in_features]` for 2-D inputs).
+    pub fn input_dims(&self) -> &[usize] {
+        &self.input_dims
+    }
+    /// The output's dimensions after the batch: the input's with the last replaced by
+    /// `units`.
+    pub fn output_dims(&self) -> Vec<usize> {
+        let mut d = self.input_dims.clone();
+        if let Some(last) = d.last_mut() {
+            *last = self.units;
+        }
+        d
+    }
+
     /// Whether there is a bias.
     pub fn use_bias(&self) -> bool {
         self.bias.is_some()
@@ -358,8 +422,10 @@ impl QDense {
 
     /// EBOPs from the current bit widths (differentiable through them).
     pub fn compute_ebops(&self) -> Result<Tensor> {
-        let n_in = self.in_features as i64;
-        let bw_inp = self.iq.q.bits_like(&[1, n_in])?;
+        let one_sample: Vec<i64> = std::iter::once(1)
+            .chain(self.input_dims.iter().map(|&d| d as i64))
+            .collect();
+        let bw_inp = self.iq.q.bits_like(&one_sample)?;
         let bw_ker = self.kq.q.bits_like(self.kernel.size().as_slice())?;
         let mut e = bw_inp
             .f_matmul(&bw_ker.to_device(bw_inp.device()))?
@@ -388,7 +454,11 @@ impl QDense {
         } else {
             let e = self.compute_ebops()?;
             *self.ebops.borrow_mut() = Ebops::Pending(e.f_detach()?);
-            e * self.beta
+            let loss = e.f_mul_scalar(self.beta.get())?;
+            if let (Some(tape), CallMode::Training) = (&self.tape, mode) {
+                tape.record(&loss);
+            }
+            loss
         };
         Ok(Output { y, ebops_loss })
     }
@@ -411,9 +481,16 @@ impl QDense {
             });
         }
         let size = x.size();
-        if size.len() != 2 || size[1] != self.in_features as i64 {
+        let fits = size.len() == self.input_dims.len() + 1
+            && size[1..]
+                .iter()
+                .zip(&self.input_dims)
+                .all(|(&s, &d)| s == d as i64);
+        if !fits {
             return Err(TorchError::Shape {
-                built: vec![None, Some(self.in_features)],
+                built: std::iter::once(None)
+                    .chain(self.input_dims.iter().map(|&d| Some(d)))
+                    .collect(),
                 got: size,
             });
         }
@@ -467,6 +544,82 @@ impl QDense {
     }
 }
 
+/// The `beta * ebops` terms of training forwards, collected where the forward cannot return
+/// them: layers inside tch's `nn::seq_t()` run through [`nn::ModuleT`], which returns the
+/// output alone. Give one tape to the layers' builders ([`QDenseBuilder::ebops_tape`]) and add
+/// [`EbopsTape::take`] to the loss after each forward. A handle: clones share the record.
+#[derive(Debug, Clone, Default)]
+pub struct EbopsTape(Arc<Mutex<Vec<Tensor>>>);
+
+impl EbopsTape {
+    /// An empty tape.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn record(&self, loss: &Tensor) {
+        self.lock().push(loss.shallow_clone());
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Tensor>> {
+        // A poisoned lock only means a panic elsewhere while it was held: a push or a take,
+        // never half done.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The sum of the terms recorded since the last take (differentiable; a scalar 0 when
+    /// none), and an empty tape.
+    pub fn take(&self) -> Result<Tensor> {
+        let terms = std::mem::take(&mut *self.lock());
+        let mut it = terms.into_iter();
+        let Some(first) = it.next() else {
+            return Ok(Tensor::from(0.0f32));
+        };
+        it.try_fold(
+            first,
+            |acc, t| Ok(acc.f_add(&t.f_to_device(acc.device())?)?),
+        )
+    }
+}
+
+/// tch's module interface, so that a `QDense` sits in `nn::seq_t()` beside tch's layers:
+/// `forward_t(xs, true)` is a training forward, `false` an inference one. The EBOPs terms of
+/// the loss come through an [`EbopsTape`].
+///
+/// tch's interface returns a tensor, not a `Result`: an input this layer refuses (see
+/// [`QDense::forward`], which returns the error) panics here with that error, as tch's own
+/// layers panic on shapes they cannot take.
+///
+/// ```no_run
+/// use hgq_torch::layers::{Activation, EbopsTape, Names, QDense};
+/// use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
+///
+/// let vs = nn::VarStore::new(Device::Cpu);
+/// let (mut names, tape) = (Names::default(), EbopsTape::new());
+/// let q = QDense::builder(16, 8).activation(Activation::Relu).ebops_tape(&tape);
+/// let net = nn::seq_t()
+///     .add(nn::linear(vs.root() / "in", 4, 16, Default::default()))
+///     .add_fn(|x| x.tanh())
+///     .add(q.build(&vs.root(), &mut names)?);
+/// let x = Tensor::rand([32, 4], (Kind::Float, Device::Cpu));
+/// let y = net.forward_t(&x, true);
+/// let loss = y.square().mean(Kind::Float) + tape.take()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+impl nn::ModuleT for QDense {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let mode = if train {
+            CallMode::Training
+        } else {
+            CallMode::Inference
+        };
+        match self.forward(xs, mode) {
+            Ok(out) => out.y,
+            Err(e) => panic!("{}: {e}", self.name),
+        }
+    }
+}
+
 /// How [`Sequential::train_step_on`] computes a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StepPath {
@@ -514,8 +667,22 @@ impl Sequential {
         Self::default()
     }
 
-    /// Builds a layer under `root` (Keras' unique names over this model) and appends it.
+    /// Builds a layer under `root` (Keras' unique names over this model) and appends it. A
+    /// layer whose input does not fit the last layer's output is an error before anything is
+    /// built.
     pub fn add(&mut self, root: &nn::Path, layer: QDenseBuilder) -> Result<&QDense> {
+        if let Some(last) = self.layers.last() {
+            let out = last.output_dims();
+            if layer.input_dims != out {
+                return Err(TorchError::Invalid {
+                    what: "layer input",
+                    why: format!(
+                        "{:?} after {} whose output is {out:?}",
+                        layer.input_dims, last.name
+                    ),
+                });
+            }
+        }
         let l = layer.build(root, &mut self.names)?;
         self.layers.push(l);
         Ok(&self.layers[self.layers.len() - 1])
@@ -714,6 +881,12 @@ impl Sequential {
         let first = self.layers.first().ok_or_else(|| {
             TorchError::Unsupported("a model without layers has no Keras JSON".into())
         })?;
+        if first.input_dims.len() != 1 {
+            return Err(TorchError::Unsupported(format!(
+                "Keras JSON of a model on inputs of {} dimensions (2-D inputs only, for now)",
+                first.input_dims.len() + 1
+            )));
+        }
         let mut spec = hgq_config::DenseModelSpec::new(first.in_features);
         for l in &self.layers {
             let act = match l.activation {
@@ -723,7 +896,7 @@ impl Sequential {
             let mut s = hgq_config::QDenseSpec::new(l.units)
                 .name(l.name.as_str())
                 .activation(act)
-                .beta0(l.beta)
+                .beta0(l.beta())
                 .iq(l.iq.config.clone())
                 .kq(l.kq.config.clone())
                 .use_bias(l.bias.is_some());

@@ -30,6 +30,9 @@ pub(super) fn unsupported(model: &Sequential, x: &Tensor, labels: &Tensor) -> Op
         return Some("the labels are not a contiguous int64 CPU tensor".into());
     }
     for l in &model.layers {
+        if l.input_dims.len() != 1 {
+            return Some(format!("{} takes inputs of more than 2 dimensions", l.name));
+        }
         let vars = std::iter::once(&l.kernel).chain(&l.bias);
         if !vars.into_iter().all(host::is_plain) {
             return Some(format!(
@@ -332,7 +335,7 @@ impl QDense {
     /// beta * bits_in (per row), d/dbits_bias = beta.
     fn ebops_upstream(&self, p: &LayerPass) -> Result<[Option<Vec<f32>>; 3]> {
         let (n_in, units) = (self.in_features, self.units);
-        let beta = self.beta as f32;
+        let beta = self.beta() as f32;
         let [Some(b_in), Some(b_ker), b_b] = &p.bits else {
             return Err(TorchError::Kernel(
                 "a layer pass without its bit widths".into(),
@@ -488,7 +491,7 @@ fn gradients(model: &Sequential, x: &Tensor, labels: &Tensor) -> Result<StepGrad
     let mut total = 0.0f32;
     for l in &model.layers {
         let (p, e) = l.forward_native(&a, batch)?;
-        total += e * l.beta as f32;
+        total += e * l.beta() as f32;
         a.clone_from(&p.a);
         *l.ebops.borrow_mut() = Ebops::Value(super::ebops_u32(f64::from(e)));
         passes.push(p);
