@@ -6,7 +6,8 @@
 //! `cargo.rs`) and whose exit codes it passes on:
 //!
 //! - `setup`: install libtorch (torch==2.11.0 from PyPI) into the project's `.venv`.
-//! - `test`: everything `cargo test --workspace` checks, after setup.
+//! - `test`: everything `cargo test --workspace` checks, after setup, and `standalone`.
+//! - `standalone`: `examples/standalone` built and run from a copy outside the workspace.
 //! - `golden DIR [--family NAME]... [--backend core|torch]`: check golden vectors (`core`:
 //!   hgq-golden's `hgq-golden` binary; `torch`: hgq-torch's `hgq-golden-torch` binary).
 //! - `bench [--json] [--no-torch] [--reference]`: time the kernels (hgq-golden's
@@ -24,6 +25,7 @@ mod golden;
 mod json;
 mod reference;
 mod setup;
+mod standalone;
 mod step;
 mod torch;
 
@@ -35,6 +37,8 @@ fn usage() -> ExitCode {
          tasks:\n  \
          setup [--force] [--check]    install libtorch (torch==2.11.0 from PyPI) into .venv\n  \
          test                         run all tests (what CI runs)\n  \
+         standalone                   build and run examples/standalone from a copy outside\n  \
+                                      the workspace, as the README's \"Use hgq in your project\"\n  \
          golden [DIR] [--family NAME]... [--backend core|torch] [--device cpu|cuda]\n  \
                                       check golden vectors (default DIR: tests/data/golden)\n  \
          bench [--json] [--quick] [--reps N] [--no-torch] [--reference] [--reference-python PATH]\n  \
@@ -61,6 +65,13 @@ fn main() -> ExitCode {
         "demo" => demo::run(rest),
         "setup" => setup::run(rest),
         "test" => run_tests(rest),
+        "standalone" => standalone::run().map(|ok| {
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }),
         "-h" | "--help" | "help" => return usage(),
         other => {
             eprintln!("unknown task {other:?}");
@@ -109,6 +120,10 @@ fn run_tests(rest: &[String]) -> Result<ExitCode, String> {
         "--test",
         "wide",
     ];
+    eprintln!("xtask test: examples/standalone, a program outside this workspace");
+    if !standalone::run()? {
+        return Ok(ExitCode::FAILURE);
+    }
     eprintln!("xtask test: hgq-core's SIMD tests again with the avx512 feature");
     if !cargo(&avx512, &[])? {
         return Ok(ExitCode::FAILURE);

@@ -584,7 +584,11 @@ impl EbopsTape {
 
 /// tch's module interface, so that a `QDense` sits in `nn::seq_t()` beside tch's layers:
 /// `forward_t(xs, true)` is a training forward, `false` an inference one. The EBOPs terms of
-/// the loss come through an [`EbopsTape`].
+/// the loss come through an [`EbopsTape`]. The bit widths' constraints (which a [`Sequential`]
+/// applies after each optimizer step) are applied at the start of each `forward_t`: tch's
+/// interface has no call after the step, and the next forward is where the values are used
+/// (they are the values hgq2 uses; a `VarStore` saved right after a step holds them before
+/// the constraint).
 ///
 /// tch's interface returns a tensor, not a `Result`: an input this layer refuses (see
 /// [`QDense::forward`], which returns the error) panics here with that error, as tch's own
@@ -613,7 +617,10 @@ impl nn::ModuleT for QDense {
         } else {
             CallMode::Inference
         };
-        match self.forward(xs, mode) {
+        match self
+            .apply_constraints()
+            .and_then(|()| self.forward(xs, mode))
+        {
             Ok(out) => out.y,
             Err(e) => panic!("{}: {e}", self.name),
         }
