@@ -405,12 +405,15 @@ fn cross_entropy(logits: &[f32], labels: &[i64], classes: usize) -> Result<(f32,
                 (arg, max) = (j, v);
             }
         }
-        let sum: f32 = row.iter().map(|&v| (v - max).exp()).sum();
-        let lse = max + sum.ln();
-        loss += lse - row[c];
+        // exp(v - max) once per logit: the softmax is it over its sum.
+        let mut sum = 0.0f32;
         for (dv, &v) in drow.iter_mut().zip(row) {
-            *dv = (v - lse).exp() * inv;
+            *dv = (v - max).exp();
+            sum += *dv;
         }
+        loss += max + sum.ln() - row[c];
+        let scale = inv / sum;
+        drow.iter_mut().for_each(|dv| *dv *= scale);
         drow[c] -= inv;
         correct += i64::from(arg == c);
     }
