@@ -18,10 +18,12 @@
 //!   hgq2 on jax (`benches/hgq2_step.py`), in the same run.
 //! - `demo [--epochs N] ...`: the end-to-end training demo (digits, exported for hgq2; an
 //!   example of hgq-torch).
+//! - `interop DIR`: an export run by hgq2 and by hls4ml's firmware against our outputs.
 mod bench;
 mod cargo;
 mod demo;
 mod golden;
+mod interop;
 mod json;
 mod reference;
 mod setup;
@@ -48,7 +50,9 @@ fn usage() -> ExitCode {
                                       the training step of small QDense MLPs, one thread and all\n  \
                                       (--reference: against hgq2 on jax in the same run)\n  \
          demo [--epochs N] [--beta B] [--seed S] [--device auto|cpu|cuda] [--out DIR]\n  \
-                                      train the digits demo and export it for hgq2"
+                                      train the digits demo and export it for hgq2\n  \
+         interop DIR                  an export run by hgq2 and by hls4ml's bit-exact firmware\n  \
+                                      against our outputs (installs into .venv-ref)"
     );
     ExitCode::from(2)
 }
@@ -61,6 +65,7 @@ fn main() -> ExitCode {
     let rest = &args[1..];
     let result = match task.as_str() {
         "golden" => golden::run(rest),
+        "interop" => interop::run(rest),
         "bench" => bench::run(rest),
         "demo" => demo::run(rest),
         "setup" => setup::run(rest),

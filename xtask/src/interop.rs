@@ -1,0 +1,92 @@
+//! `cargo xtask interop DIR`: an export folder of this project (`cargo xtask demo --out DIR`) run
+//! by hgq2 and by the firmware hls4ml 1.3 makes of it (`bit_exact=True`, compiled with g++), on
+//! the inputs the export holds, against our outputs: `xtask/ref/interop.py` (the checks of
+//! `../shared/interop/check_keras.py` and `check_hls4ml.py`, in the project) in `.venv-ref`,
+//! whose hls4ml and safetensors are installed on first use. Prints the script's JSON line;
+//! exits 1 on any difference.
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use crate::{reference, setup};
+
+/// What the check needs beside the reference (hgq2, keras, jax).
+const REQUIREMENTS: [&str; 2] = ["hls4ml==1.3.0", "safetensors"];
+
+fn usage() -> String {
+    "usage: cargo xtask interop DIR\n  \
+     DIR: an export folder (model.json, weights.safetensors, predictions.safetensors),\n  \
+     as `cargo xtask demo --out DIR` writes it"
+        .to_string()
+}
+
+/// `cargo xtask interop DIR`.
+pub fn run(args: &[String]) -> Result<ExitCode, String> {
+    let [dir] = args else {
+        return Err(usage());
+    };
+    let dir = PathBuf::from(dir);
+    if dir.extension().is_some_and(|e| e == "keras") {
+        return Err(format!(
+            "{}: .keras archives are not read yet (an export folder is)",
+            dir.display()
+        ));
+    }
+    for f in [
+        "model.json",
+        "weights.safetensors",
+        "predictions.safetensors",
+    ] {
+        if !dir.join(f).is_file() {
+            return Err(format!(
+                "{}: no {f} (is it an export folder?)\n{}",
+                dir.display(),
+                usage()
+            ));
+        }
+    }
+    let py = python()?;
+    let script = setup::repo_root()
+        .join("xtask")
+        .join("ref")
+        .join("interop.py");
+    let status = Command::new(&py)
+        .arg(&script)
+        .arg(&dir)
+        .env("KERAS_BACKEND", "jax")
+        .status()
+        .map_err(|e| format!("cannot run {}: {e}", py.display()))?;
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `.venv-ref`'s interpreter with the reference and the check's requirements.
+fn python() -> Result<PathBuf, String> {
+    let py = reference::python(None)?;
+    if !has(&py, "import hls4ml, safetensors") {
+        eprintln!(
+            "interop: installing {} into .venv-ref",
+            REQUIREMENTS.join(" ")
+        );
+        let reqs: Vec<String> = REQUIREMENTS.iter().map(|r| r.to_string()).collect();
+        setup::pip_install(&py, &reqs, false, false)?;
+    }
+    if has(&py, "import hls4ml, safetensors") {
+        Ok(py)
+    } else {
+        Err(format!(
+            "{} cannot import hls4ml and safetensors after pip install",
+            py.display()
+        ))
+    }
+}
+
+fn has(py: &Path, code: &str) -> bool {
+    Command::new(py)
+        .args(["-c", code])
+        .env("KERAS_BACKEND", "jax")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
