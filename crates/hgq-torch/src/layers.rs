@@ -657,6 +657,9 @@ pub struct StepOutput {
 pub struct Sequential {
     layers: Vec<QDense>,
     names: Names,
+    /// The model's and the input layer's names in Keras JSON (read from a file; else Keras'
+    /// defaults).
+    keras_names: Option<(String, String)>,
 }
 
 /// What [`Sequential::forward`] returns.
@@ -881,6 +884,130 @@ impl Sequential {
             .collect()
     }
 
+    /// The model a Keras JSON describes (what [`Sequential::to_keras_json`] and hgq2's
+    /// `model.to_json()` write for a chain of `QDense` layers), its variables created under
+    /// `root` at their initial values (load trained ones with
+    /// [`Sequential::load_keras_variables`]). What this crate does not build yet (an output
+    /// quantizer, no input quantizer, EBOPs off or scaled, a frozen layer, an activation other
+    /// than `linear` and `relu`) is an error naming the layer, before anything is built.
+    ///
+    /// ```no_run
+    /// use hgq_torch::layers::Sequential;
+    /// use tch::{nn, Device, Tensor};
+    /// let vs = nn::VarStore::new(Device::Cpu);
+    /// let json = std::fs::read_to_string("out/demo/model.json")?;
+    /// let model = Sequential::from_keras_json(&vs.root(), &json)?;
+    /// model.load_keras_variables(&Tensor::read_safetensors("out/demo/weights.safetensors")?)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn from_keras_json(root: &nn::Path, json: &str) -> Result<Sequential> {
+        let spec = hgq_config::DenseModelSpec::from_json(json)?;
+        let mut builders = Vec::with_capacity(spec.layers.len());
+        let mut n_in = spec.input_dim;
+        for (k, l) in spec.layers.iter().enumerate() {
+            let name = l.name.clone().unwrap_or_else(|| format!("layer {k}"));
+            let refuse = |what: &str| {
+                Err(TorchError::Unsupported(format!(
+                    "{name}: {what} (not built by this crate yet)"
+                )))
+            };
+            let activation = match l.activation {
+                None => Activation::Linear,
+                Some(hgq_config::Activation::Relu) => Activation::Relu,
+                Some(a) => return refuse(&format!("activation {}", a.as_str())),
+            };
+            let Some(iq) = &l.iq else {
+                return refuse("enable_iq=False");
+            };
+            if l.oq.is_some() {
+                return refuse("an output quantizer");
+            }
+            if !l.enable_ebops || l.ebops_factor != 1.0 || !l.trainable {
+                return refuse(
+                    "enable_ebops=False, an ebops_factor other than 1 or trainable=False",
+                );
+            }
+            // Every configuration converts before the first layer is built.
+            for c in [Some(iq), Some(&l.kq), l.use_bias.then_some(&l.bq)]
+                .into_iter()
+                .flatten()
+            {
+                c.to_core()?;
+            }
+            let mut b = QDense::builder(n_in, l.units)
+                .activation(activation)
+                .use_bias(l.use_bias)
+                .beta(l.beta0)
+                .iq(iq.clone())
+                .kq(l.kq.clone());
+            if l.use_bias {
+                b = b.bq(l.bq.clone());
+            }
+            if let Some(n) = &l.name {
+                b = b.name(n.as_str());
+            }
+            builders.push(b);
+            n_in = l.units;
+        }
+        let mut model = Sequential::new();
+        for b in builders {
+            model.add(root, b)?;
+        }
+        model.keras_names = Some((spec.name, spec.input_name));
+        Ok(model)
+    }
+
+    /// Sets every variable from `tensors`, named by Keras variable paths (what
+    /// [`Sequential::keras_variables`] names and `weights.safetensors` holds). All or nothing:
+    /// a variable without a tensor, a tensor of another shape, a non-finite value, or a tensor
+    /// no variable takes (beside hgq2's `.../ebops` and `.../beta` bookkeeping) is an error
+    /// before any variable changes.
+    pub fn load_keras_variables(&self, tensors: &[(String, Tensor)]) -> Result<()> {
+        let vars = self.keras_variables();
+        let mut pairs = Vec::with_capacity(vars.len());
+        for (path, var) in &vars {
+            let Some((_, t)) = tensors.iter().find(|(n, _)| n == path) else {
+                return Err(TorchError::Invalid {
+                    what: "Keras variables",
+                    why: format!("no tensor for {path}"),
+                });
+            };
+            if t.size() != var.size() {
+                return Err(TorchError::Invalid {
+                    what: "Keras variables",
+                    why: format!(
+                        "{path}: shape {:?} for a variable of {:?}",
+                        t.size(),
+                        var.size()
+                    ),
+                });
+            }
+            let finite =
+                tch::no_grad(|| -> Result<bool> { Ok(bool::try_from(t.f_isfinite()?.f_all()?)?) })?;
+            if !finite {
+                return Err(TorchError::NonFinite("a Keras variable's tensor"));
+            }
+            pairs.push((var, t));
+        }
+        let bookkeeping = |n: &str| n.ends_with("/ebops") || n.ends_with("/beta");
+        if let Some((n, _)) = tensors
+            .iter()
+            .find(|(n, _)| !bookkeeping(n) && !vars.iter().any(|(p, _)| p == n))
+        {
+            return Err(TorchError::Invalid {
+                what: "Keras variables",
+                why: format!("{n}: no variable of this model has that path"),
+            });
+        }
+        tch::no_grad(|| -> Result<()> {
+            for (var, t) in pairs {
+                let src = t.f_to_device(var.device())?.f_to_kind(var.kind())?;
+                var.shallow_clone().f_copy_(&src)?;
+            }
+            Ok(())
+        })
+    }
+
     /// The model as hgq2's Keras JSON (`keras.models.model_from_json` loads it; the weights
     /// go by [`Sequential::keras_variables`]): `Input(in_features)` and the layers, each with
     /// its quantizer configurations, activation and `beta0`.
@@ -895,6 +1022,9 @@ impl Sequential {
             )));
         }
         let mut spec = hgq_config::DenseModelSpec::new(first.in_features);
+        if let Some((model, input)) = &self.keras_names {
+            spec = spec.name(model.as_str()).input_name(input.as_str());
+        }
         for l in &self.layers {
             let act = match l.activation {
                 Activation::Linear => None,

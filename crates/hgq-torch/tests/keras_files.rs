@@ -1,0 +1,188 @@
+//! A model written as Keras JSON and weights by Keras variable path, read back: the same model
+//! (outputs bit for bit, the same JSON, training on from the same state), and every bad input an
+//! error before anything changes.
+mod common;
+
+use common::seeded;
+use hgq_torch::TorchError;
+use hgq_torch::hgq_config::model_json::{DenseModelSpec, QDenseSpec};
+use hgq_torch::hgq_config::{Activation as KerasActivation, Place, QType, QuantizerConfig};
+use hgq_torch::hgq_core::CallMode;
+use hgq_torch::layers::{Activation, QDense, Sequential, StepPath};
+use hgq_torch::optim::{Adam, AdamConfig};
+use tch::{Device, Kind, Tensor, nn};
+
+fn data() -> (Tensor, Tensor) {
+    seeded(21, || {
+        (
+            Tensor::rand([64, 12], (Kind::Float, Device::Cpu)) * 4.0 - 2.0,
+            Tensor::randint(3, [64], (Kind::Int64, Device::Cpu)),
+        )
+    })
+}
+
+/// A trained and traced model: its JSON and its variables.
+fn trained() -> (nn::VarStore, Sequential) {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let mut m = Sequential::new();
+    seeded(20, || {
+        m.add(
+            &vs.root(),
+            QDense::builder(12, 8)
+                .activation(Activation::Relu)
+                .beta(1e-3)
+                .kq(QuantizerConfig::builder(QType::Kif, Place::Weight)
+                    .build()
+                    .unwrap()),
+        )
+        .unwrap();
+        m.add(&vs.root(), QDense::builder(8, 3).name("logits"))
+            .unwrap();
+    });
+    let (x, y) = data();
+    let mut opt = Adam::new(&vs, AdamConfig::default().learning_rate(1e-2)).unwrap();
+    for _ in 0..5 {
+        m.train_step(&x, &y, &mut opt).unwrap();
+    }
+    m.trace_minmax([&x]).unwrap();
+    (vs, m)
+}
+
+/// Tensors by Keras variable path.
+type Named = Vec<(String, Tensor)>;
+
+fn snapshot(m: &Sequential) -> Vec<(String, Vec<f32>)> {
+    m.keras_variables()
+        .into_iter()
+        .map(|(n, t)| (n, Vec::<f32>::try_from(t.flatten(0, -1)).unwrap()))
+        .collect()
+}
+
+#[test]
+fn a_written_model_reads_back_the_same() {
+    let (vs, m) = trained();
+    let json = m.to_keras_json().unwrap();
+    let weights = m.keras_variables();
+
+    let vs2 = nn::VarStore::new(Device::Cpu);
+    let m2 = Sequential::from_keras_json(&vs2.root(), &json).unwrap();
+    m2.load_keras_variables(&weights).unwrap();
+    assert_eq!(m2.to_keras_json().unwrap(), json);
+    assert_eq!(snapshot(&m2), snapshot(&m));
+
+    let (x, y) = data();
+    let infer = |m: &Sequential| {
+        tch::no_grad(|| m.forward(&x, CallMode::Inference))
+            .unwrap()
+            .y
+    };
+    assert!(infer(&m).equal(&infer(&m2)), "inference bit for bit");
+
+    // Training on: one step from the same state with fresh optimizers, the same everywhere.
+    let (mut o1, mut o2) = (
+        Adam::new(&vs, AdamConfig::default()).unwrap(),
+        Adam::new(&vs2, AdamConfig::default()).unwrap(),
+    );
+    m.train_step_on(StepPath::Native, &x, &y, &mut o1).unwrap();
+    m2.train_step_on(StepPath::Native, &x, &y, &mut o2).unwrap();
+    assert_eq!(snapshot(&m2), snapshot(&m));
+}
+
+/// hgq2's JSON of a chain of QDense layers with its own model and input names keeps them.
+#[test]
+fn names_and_configurations_survive() {
+    let spec = DenseModelSpec::new(5)
+        .name("tagger")
+        .input_name("jets")
+        .layer(
+            QDenseSpec::new(4)
+                .name("dense_a")
+                .activation(KerasActivation::Relu)
+                .beta0(3e-6),
+        )
+        .layer(QDenseSpec::new(2).use_bias(false));
+    let json = spec.to_json().unwrap();
+    let vs = nn::VarStore::new(Device::Cpu);
+    let m = Sequential::from_keras_json(&vs.root(), &json).unwrap();
+    assert_eq!(m.to_keras_json().unwrap(), json);
+    assert_eq!(m.layers()[0].name(), "dense_a");
+    assert_eq!(m.layers()[0].beta(), 3e-6);
+    assert!(!m.layers()[1].use_bias());
+}
+
+#[test]
+fn bad_files_change_nothing() {
+    let (_vs, m) = trained();
+    let json = m.to_keras_json().unwrap();
+    let good = m.keras_variables();
+    let before = snapshot(&m);
+    let named = |f: &dyn Fn(&mut Named)| {
+        let mut v: Named = good
+            .iter()
+            .map(|(n, t)| (n.clone(), t.detach().copy()))
+            .collect();
+        f(&mut v);
+        v
+    };
+    let cases: Vec<(&str, Named)> = vec![
+        (
+            "missing",
+            named(&|v| {
+                let _ = v.remove(3);
+            }),
+        ),
+        (
+            "shape",
+            named(&|v| v[0].1 = Tensor::zeros([3, 3], (Kind::Float, Device::Cpu))),
+        ),
+        (
+            "extra",
+            named(&|v| {
+                v.push(("q_dense/nothing".into(), Tensor::from(1.0f32)));
+            }),
+        ),
+        (
+            "nan",
+            named(&|v| {
+                let _ = v[1].1.fill_(f64::NAN);
+            }),
+        ),
+    ];
+    for (what, tensors) in cases {
+        let err = m.load_keras_variables(&tensors).unwrap_err();
+        assert!(
+            matches!(err, TorchError::Invalid { .. } | TorchError::NonFinite(_)),
+            "{what}: {err}"
+        );
+        assert_eq!(snapshot(&m), before, "{what}: a variable changed");
+    }
+    // hgq2's bookkeeping tensors are taken and ignored.
+    let with_ebops = named(&|v| {
+        v.push(("q_dense/ebops".into(), Tensor::from(5.0f32)));
+    });
+    m.load_keras_variables(&with_ebops).unwrap();
+
+    // A file this crate cannot build: an error naming the layer, and nothing in the store.
+    let vs = nn::VarStore::new(Device::Cpu);
+    let tanh = DenseModelSpec::new(3)
+        .layer(QDenseSpec::new(4))
+        .layer(
+            QDenseSpec::new(2)
+                .name("out")
+                .activation(KerasActivation::Tanh),
+        )
+        .to_json()
+        .unwrap();
+    let err = Sequential::from_keras_json(&vs.root(), &tanh).unwrap_err();
+    assert!(
+        matches!(&err, TorchError::Unsupported(w) if w.contains("out") && w.contains("tanh")),
+        "{err}"
+    );
+    assert!(vs.variables().is_empty());
+    let truncated = &json[..json.len() / 2];
+    assert!(matches!(
+        Sequential::from_keras_json(&vs.root(), truncated).unwrap_err(),
+        TorchError::Config(_)
+    ));
+    assert!(vs.variables().is_empty());
+}
