@@ -1,11 +1,14 @@
 """`cargo xtask interop DIR`: an export of this project run by hgq2 and by hls4ml's firmware.
 
-Usage: KERAS_BACKEND=jax python xtask/ref/interop.py DIR [WORK]
+Usage: KERAS_BACKEND=jax python xtask/ref/interop.py DIR OURS [WORK]
 Needs: hgq2==0.2.0, keras, jax, safetensors, numpy, hls4ml==1.3.0 and g++ (xtask installs the
 Python part into .venv-ref).
 
 DIR is an export folder (`cargo xtask demo --out DIR`): `model.json` (Keras JSON), `weights.safetensors`
-(by Keras variable path), `predictions.safetensors` (`x`, the inputs, and `y`, our outputs on them).
+(by Keras variable path), `predictions.safetensors` (`x`, the inputs, and `y`, our outputs on them
+when exported). OURS is a safetensors file of `x` and `y`: the model read back into hgq-torch
+and run on `x` (`hgq-interop`, run by `cargo xtask interop`). When its `x` is the export's own,
+our outputs then are also compared with the exported ones (`ours_vs_export`).
 The model is loaded into hgq2 (every variable of the file must match one of the model's, by path
 and shape), converted by hls4ml (Vitis, io_parallel, bit_exact=True) and compiled with g++. The
 same `x` goes through hgq2 and the firmware; twice `x` too (the overflow paths), through both.
@@ -20,11 +23,12 @@ import hgq  # noqa: F401  (registers hgq2's layers with Keras)
 from safetensors.numpy import load_file
 
 out = sys.argv[1]
-work = sys.argv[2] if len(sys.argv) > 2 else tempfile.mkdtemp(prefix='hgq_interop_')
+ours = load_file(sys.argv[2])
+work = sys.argv[3] if len(sys.argv) > 3 else tempfile.mkdtemp(prefix='hgq_interop_')
 model = keras.models.model_from_json(open(os.path.join(out, 'model.json')).read())
 w = load_file(os.path.join(out, 'weights.safetensors'))
 p = load_file(os.path.join(out, 'predictions.safetensors'))
-x, y = p['x'], p['y']
+x, y = ours['x'], ours['y']
 model(x[:1])
 unmatched, used = [], set()
 for v in model.variables:
@@ -55,6 +59,8 @@ hls = convert_from_keras_model(model, output_dir=os.path.join(work, 'prj'), back
                                io_type='io_parallel', bit_exact=True)
 hls.compile()
 res = dict(rows=int(len(y)), unmatched_variables=unmatched, unused_tensors=unused)
+if p['x'].shape == x.shape and np.array_equal(p['x'], x):
+    res['ours_vs_export_rows_differ'], res['ours_vs_export_max_abs'] = differ(y, p['y'])
 hk = np.asarray(model.predict(x, verbose=0))
 fw = np.asarray(hls.predict(np.ascontiguousarray(x, dtype=np.float32))).reshape(hk.shape)
 for name, (a, b) in dict(ours_vs_hgq2=(y, hk), ours_vs_firmware=(y, fw), hgq2_vs_firmware=(hk, fw)).items():

@@ -1,9 +1,10 @@
-//! `cargo xtask interop DIR`: an export folder of this project (`cargo xtask demo --out DIR`) run
-//! by hgq2 and by the firmware hls4ml 1.3 makes of it (`bit_exact=True`, compiled with g++), on
-//! the inputs the export holds, against our outputs: `xtask/ref/interop.py` (the checks of
-//! `../shared/interop/check_keras.py` and `check_hls4ml.py`, in the project) in `.venv-ref`,
-//! whose hls4ml and safetensors are installed on first use. Prints the script's JSON line;
-//! exits 1 on any difference.
+//! `cargo xtask interop DIR [--inputs FILE]`: an export folder of this project (`cargo xtask demo
+//! --out DIR`) read back into hgq-torch (hgq-torch's `hgq-interop`), into hgq2, and into the
+//! firmware hls4ml 1.3 makes of it (`bit_exact=True`, compiled with g++), all three run on the
+//! same inputs (the `x` tensor of FILE, default the export's own `predictions.safetensors`):
+//! `xtask/ref/interop.py` (the checks of `../shared/interop/check_keras.py` and
+//! `check_hls4ml.py`, in the project) in `.venv-ref`, whose hls4ml and safetensors are installed
+//! on first use. Prints the script's JSON line; exits 1 on any difference.
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
@@ -13,18 +14,20 @@ use crate::{reference, setup};
 const REQUIREMENTS: [&str; 2] = ["hls4ml==1.3.0", "safetensors"];
 
 fn usage() -> String {
-    "usage: cargo xtask interop DIR\n  \
+    "usage: cargo xtask interop DIR [--inputs FILE]\n  \
      DIR: an export folder (model.json, weights.safetensors, predictions.safetensors),\n  \
-     as `cargo xtask demo --out DIR` writes it"
+     as `cargo xtask demo --out DIR` writes it\n  \
+     FILE: a safetensors file whose tensor `x` is the inputs (default: DIR's own)"
         .to_string()
 }
 
-/// `cargo xtask interop DIR`.
+/// `cargo xtask interop DIR [--inputs FILE]`.
 pub fn run(args: &[String]) -> Result<ExitCode, String> {
-    let [dir] = args else {
-        return Err(usage());
+    let (dir, inputs) = match args {
+        [dir] => (PathBuf::from(dir), None),
+        [dir, flag, file] if flag == "--inputs" => (PathBuf::from(dir), Some(PathBuf::from(file))),
+        _ => return Err(usage()),
     };
-    let dir = PathBuf::from(dir);
     if dir.extension().is_some_and(|e| e == "keras") {
         return Err(format!(
             "{}: .keras archives are not read yet (an export folder is)",
@@ -44,7 +47,19 @@ pub fn run(args: &[String]) -> Result<ExitCode, String> {
             ));
         }
     }
+    let inputs = inputs.unwrap_or_else(|| dir.join("predictions.safetensors"));
+    if !inputs.is_file() {
+        return Err(format!("{}: no such file", inputs.display()));
+    }
     let py = python()?;
+    let ours = std::env::temp_dir().join(format!("hgq-interop-{}.safetensors", std::process::id()));
+    let read_back = crate::torch::run(
+        &["--bin", "hgq-interop"],
+        [dir.clone().into(), inputs.into(), ours.clone().into()],
+    )?;
+    if read_back != ExitCode::SUCCESS {
+        return Ok(ExitCode::FAILURE);
+    }
     let script = setup::repo_root()
         .join("xtask")
         .join("ref")
@@ -52,10 +67,12 @@ pub fn run(args: &[String]) -> Result<ExitCode, String> {
     let status = Command::new(&py)
         .arg(&script)
         .arg(&dir)
+        .arg(&ours)
         .env("KERAS_BACKEND", "jax")
         .status()
-        .map_err(|e| format!("cannot run {}: {e}", py.display()))?;
-    Ok(if status.success() {
+        .map_err(|e| format!("cannot run {}: {e}", py.display()));
+    let _ = std::fs::remove_file(&ours);
+    Ok(if status?.success() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -18,7 +18,8 @@
 //!   hgq2 on jax (`benches/hgq2_step.py`), in the same run.
 //! - `demo [--epochs N] ...`: the end-to-end training demo (digits, exported for hgq2; an
 //!   example of hgq-torch).
-//! - `interop DIR`: an export run by hgq2 and by hls4ml's firmware against our outputs.
+//! - `interop DIR [--inputs FILE]`: an export read back by hgq-torch, hgq2 and hls4ml's
+//!   firmware, all run on the same inputs.
 mod bench;
 mod cargo;
 mod demo;
@@ -51,8 +52,8 @@ fn usage() -> ExitCode {
                                       (--reference: against hgq2 on jax in the same run)\n  \
          demo [--epochs N] [--beta B] [--seed S] [--device auto|cpu|cuda] [--out DIR]\n  \
                                       train the digits demo and export it for hgq2\n  \
-         interop DIR                  an export run by hgq2 and by hls4ml's bit-exact firmware\n  \
-                                      against our outputs (installs into .venv-ref)"
+         interop DIR [--inputs FILE]  an export read back by us, hgq2 and hls4ml's bit-exact\n  \
+                                      firmware, run on the same inputs (installs into .venv-ref)"
     );
     ExitCode::from(2)
 }
