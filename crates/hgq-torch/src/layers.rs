@@ -1,10 +1,16 @@
-//! Layers around the quantizers: [`QDense`] (hgq2's `QDense`, with EBOPs) and a
-//! [`Sequential`] container.
+//! Layers around the quantizers: [`QDense`] (hgq2's `QDense`, with EBOPs; also a tch
+//! [`nn::ModuleT`]) and a [`Sequential`] container, its training step
+//! ([`Sequential::train_step`]: native on float32 CPU tensors, autograd elsewhere) and its
+//! Keras files ([`Sequential::to_keras_json`], [`Sequential::from_keras_json`],
+//! [`Sequential::keras_variables`], [`Sequential::load_keras_variables`]).
 //!
 //! EBOPs (effective bit operations) are hgq2's resource estimate of a layer: for a dense
 //! layer, `sum(bits_in @ bits_kernel) + mean(bits_bias) * units` with the input's bit widths
 //! of one sample. In training they are added to the loss times the layer's `beta`, which
 //! pushes bit widths down where the task does not need them.
+//!
+//! A loss of one's own goes through [`Sequential::forward`], which returns the output and
+//! `beta * ebops` as tensors autograd differentiates:
 //!
 //! ```no_run
 //! use hgq_torch::layers::{Activation, QDense, Sequential};
