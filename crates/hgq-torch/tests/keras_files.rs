@@ -186,3 +186,32 @@ fn bad_files_change_nothing() {
     ));
     assert!(vs.variables().is_empty());
 }
+
+/// A model trained in hgq2 (`tests/data/reference/gen_model.py`: two QDense layers, three epochs
+/// on jax, `trace_minmax`), read into hgq: its JSON back byte for byte, hgq2's inference outputs
+/// bit for bit, and it trains on.
+#[test]
+fn a_model_trained_in_hgq2_reads_into_hgq() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/data/reference/hgq2_mlp");
+    let json = std::fs::read_to_string(dir.join("model.json")).unwrap();
+    let vs = nn::VarStore::new(Device::Cpu);
+    let m = Sequential::from_keras_json(&vs.root(), &json).unwrap();
+    m.load_keras_variables(&Tensor::read_safetensors(dir.join("weights.safetensors")).unwrap())
+        .unwrap();
+    assert_eq!(m.to_keras_json().unwrap(), json);
+    let p = Tensor::read_safetensors(dir.join("predictions.safetensors")).unwrap();
+    let get = |n: &str| p.iter().find(|(k, _)| k == n).unwrap().1.shallow_clone();
+    let (x, y) = (get("x"), get("y"));
+    let ours = tch::no_grad(|| m.forward(&x, CallMode::Inference))
+        .unwrap()
+        .y;
+    assert!(ours.equal(&y), "hgq2's outputs bit for bit");
+
+    let labels = ours.argmax(-1, false);
+    let mut opt = Adam::new(&vs, AdamConfig::default()).unwrap();
+    let before = snapshot(&m);
+    let out = m.train_step(&x, &labels, &mut opt).unwrap();
+    assert!(out.loss.double_value(&[]).is_finite());
+    assert_ne!(snapshot(&m), before);
+}
