@@ -1,6 +1,6 @@
 //! Running hgq-torch's programs from xtask: xtask cannot link libtorch (its `setup` installs
 //! it), so the tasks that need tensors run a binary or example of hgq-torch through cargo
-//! ([`crate::cargo`]), after [`setup::ensure`].
+//! ([`mod@crate::cargo`]), after [`setup::ensure`].
 use std::ffi::OsString;
 use std::process::ExitCode;
 
