@@ -763,6 +763,12 @@ impl Sequential {
         labels: &Tensor,
         opt: &mut Adam,
     ) -> Result<StepOutput> {
+        if self.layers.is_empty() {
+            return Err(TorchError::Invalid {
+                what: "model",
+                why: "no layers to train".into(),
+            });
+        }
         let why_not = match path {
             StepPath::Autograd => Some(String::new()),
             _ => native::unsupported(self, x, labels),

@@ -172,6 +172,12 @@ fn bad_input_is_refused_before_any_state_moves() {
         ),
         ("11 features", x11, ok.shallow_clone()),
     ];
+    let empty = Sequential::new();
+    let err = empty.train_step(&x, &ok, &mut opt).unwrap_err();
+    assert!(
+        matches!(err, TorchError::Invalid { what: "model", .. }),
+        "{err}"
+    );
     for (what, x, y) in cases {
         let err = m.train_step(&x, &y, &mut opt).unwrap_err();
         let named = match &err {
