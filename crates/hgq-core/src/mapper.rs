@@ -140,9 +140,7 @@ impl DefaultBitwidthMapper {
         bw_shape: &[usize],
         x_shape: &[usize],
     ) -> Result<Vec<C>> {
-        crate::shape::check_len("bit width", bw.len(), bw_shape)?;
-        let aligned = crate::shape::align(bw_shape, x_shape)?;
-        Ok(crate::shape::broadcast(bw, &aligned, x_shape))
+        crate::shape::broadcast_to(bw, bw_shape, x_shape)
     }
     /// `max |x|` over the homogeneous axes, keeping dims (NaN propagates).
     pub fn absmax<C: Real>(&self, x: TensorRef<'_, C>) -> Result<(Vec<C>, Vec<usize>)> {

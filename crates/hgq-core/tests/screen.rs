@@ -187,6 +187,35 @@ fn bad_values<C: Real>() -> Vec<(usize, usize, C)> {
     .collect()
 }
 
+/// `got` and `want` equal at every element whose bit widths are fine (`is_bad` false): y
+/// (where `with_y`), dx, di and df.
+fn same_where_fine<T: Element>(
+    ctx: &str,
+    got: &Outs<T>,
+    want: &Outs<T>,
+    is_bad: &dyn Fn(usize) -> bool,
+    with_y: bool,
+) {
+    let keep = |v: Vec<f64>| -> Vec<f64> {
+        let mut v = v;
+        for (j, e) in v.iter_mut().enumerate() {
+            if is_bad(j) {
+                *e = 0.0;
+            }
+        }
+        v
+    };
+    let of_t = |v: &[T]| keep(v.iter().map(|e| e.to_c().to_f64()).collect());
+    let of_c = |v: &[T::C]| keep(v.iter().map(|e| e.to_f64()).collect());
+    let id = |v: f64| v;
+    if with_y {
+        assert_same(&format!("{ctx} y"), &of_t(&got.y), &of_t(&want.y), id);
+    }
+    assert_same(&format!("{ctx} dx"), &of_t(&got.dx), &of_t(&want.dx), id);
+    assert_same(&format!("{ctx} di"), &of_c(&got.di), &of_c(&want.di), id);
+    assert_same(&format!("{ctx} df"), &of_c(&got.df), &of_c(&want.df), id);
+}
+
 fn check_wrong_claim<T: Element>(bits: BitWidths, seed: u64) {
     let q = FixedPoint::new(RoundMode::Rnd, OverflowMode::Wrap)
         .unwrap()
@@ -219,44 +248,15 @@ fn check_wrong_claim<T: Element>(bits: BitWidths, seed: u64) {
         for dyo in [None, Some(&dy[..])] {
             let got = run_fixed(&claimed, &SHAPE, &x, k, i, f, true, dyo).unwrap();
             let want = run_fixed(&q, &SHAPE, &x, ck, ci, cf, true, dyo).unwrap();
-            let keep = |v: Vec<f64>| -> Vec<f64> {
-                let mut v = v;
-                for (j, e) in v.iter_mut().enumerate() {
-                    if is_bad(j) {
-                        *e = 0.0;
-                    }
-                }
-                v
-            };
-            let of_t = |v: &[T]| keep(v.iter().map(|e| e.to_c().to_f64()).collect());
-            let of_c = |v: &[T::C]| keep(v.iter().map(|e| e.to_f64()).collect());
-            let id = |v: f64| v;
-            assert_same(&format!("{ctx} y"), &of_t(&got.y), &of_t(&want.y), id);
-            assert_same(&format!("{ctx} dx"), &of_t(&got.dx), &of_t(&want.dx), id);
-            assert_same(&format!("{ctx} di"), &of_c(&got.di), &of_c(&want.di), id);
-            assert_same(&format!("{ctx} df"), &of_c(&got.df), &of_c(&want.df), id);
+            same_where_fine(&ctx, &got, &want, &is_bad, true);
         }
         // The backward pass of a broadcast upstream gradient: exact wherever an element's own
-        // bit widths are fine, too.
+        // bit widths are fine, too (it has no y).
         let up = Upstream::Same(dy[0]);
         let got = run_backward(&claimed, &SHAPE, &x, [k, i, f], true, up);
         let want = run_backward(&q, &SHAPE, &x, [ck, ci, cf], true, up);
-        let keep = |v: Vec<f64>| -> Vec<f64> {
-            let mut v = v;
-            for (j, e) in v.iter_mut().enumerate() {
-                if is_bad(j) {
-                    *e = 0.0;
-                }
-            }
-            v
-        };
-        let of_t = |v: &[T]| keep(v.iter().map(|e| e.to_c().to_f64()).collect());
-        let of_c = |v: &[T::C]| keep(v.iter().map(|e| e.to_f64()).collect());
-        let id = |v: f64| v;
         let ctx = format!("{ctx} backward of a broadcast dy");
-        assert_same(&format!("{ctx} dx"), &of_t(&got.dx), &of_t(&want.dx), id);
-        assert_same(&format!("{ctx} di"), &of_c(&got.di), &of_c(&want.di), id);
-        assert_same(&format!("{ctx} df"), &of_c(&got.df), &of_c(&want.df), id);
+        same_where_fine(&ctx, &got, &want, &is_bad, false);
     }
     // Broadcast bit widths are always checked, whatever the claim.
     let (x, _, mut cols) = data::<T>(&q, Layout::PerColumn, seed);

@@ -769,23 +769,26 @@ impl Sequential {
                 why: "no layers to train".into(),
             });
         }
-        let why_not = match path {
-            StepPath::Autograd => Some(String::new()),
-            _ => native::unsupported(self, x, labels),
+        let native = match path {
+            StepPath::Autograd => false,
+            StepPath::Auto => native::unsupported(self, x, labels).is_none(),
+            StepPath::Native => match native::unsupported(self, x, labels) {
+                Some(why) => {
+                    return Err(TorchError::Unsupported(format!(
+                        "the native training step: {why}"
+                    )));
+                }
+                None => true,
+            },
         };
-        match (path, why_not) {
-            (StepPath::Native, Some(why)) => Err(TorchError::Unsupported(format!(
-                "the native training step: {why}"
-            ))),
-            (_, None) => {
-                let (loss, correct) = native::step(self, x, labels, opt)?;
-                Ok(StepOutput {
-                    loss: Tensor::from(loss),
-                    correct: Tensor::from(correct),
-                })
-            }
-            (_, Some(_)) => self.train_step_autograd(x, labels, opt),
+        if !native {
+            return self.train_step_autograd(x, labels, opt);
         }
+        let (loss, correct) = native::step(self, x, labels, opt)?;
+        Ok(StepOutput {
+            loss: Tensor::from(loss),
+            correct: Tensor::from(correct),
+        })
     }
 
     fn train_step_autograd(

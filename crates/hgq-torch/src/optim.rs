@@ -107,6 +107,39 @@ impl Slot {
             ptr: var.data_ptr() as usize,
         }
     }
+
+    /// Moves the moments to the variable's device (a `VarStore` moved between steps).
+    fn follow_device(&mut self) -> Result<()> {
+        if self.m.device() != self.var.device() {
+            self.m = self.m.f_to_device(self.var.device())?;
+            self.v = self.v.f_to_device(self.var.device())?;
+        }
+        Ok(())
+    }
+
+    /// Keras' update on host memory, the variable's version counter moved; `false` (nothing
+    /// done) where the variable or its moments are not contiguous float32 CPU tensors or `g`
+    /// is not the variable's length.
+    fn update_host(&self, g: &[f32], c: Coeffs) -> bool {
+        // SAFETY: var, m and v are distinct allocations (m, v made by the optimizer) that
+        // nothing else touches during the step; g is only read. A graph that saved var sees
+        // the write through the version counter moved below.
+        let plain = unsafe {
+            (
+                host::slice_mut(&self.var),
+                host::slice_mut(&self.m),
+                host::slice_mut(&self.v),
+            )
+        };
+        match plain {
+            (Some(p), Some(m), Some(v)) if p.len() == g.len() => {
+                update(p, m, v, g, c);
+                crate::bridge::bump_version(&self.var);
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 /// The step's constants, in float32 as Keras computes them for float32 variables (also for
@@ -213,33 +246,15 @@ impl Adam {
             }
         }
         for s in &mut self.slots {
-            if s.m.device() != s.var.device() {
-                s.m = s.m.f_to_device(s.var.device())?;
-                s.v = s.v.f_to_device(s.var.device())?;
-            }
+            s.follow_device()?;
         }
         let c = self.coeffs(self.iterations + 1);
         for (s, g) in self.slots.iter().zip(&grads) {
             if !g.defined() {
                 continue;
             }
-            // SAFETY: var, m and v are distinct allocations (m, v made here) that nothing else
-            // touches during the step; g is only read. A graph that saved var sees the write
-            // through the version counter moved below.
-            let plain = unsafe {
-                (
-                    host::slice_mut(&s.var),
-                    host::slice_mut(&s.m),
-                    host::slice_mut(&s.v),
-                    host::slice(g),
-                )
-            };
-            match plain {
-                (Some(p), Some(m), Some(v), Some(g)) if p.len() == g.len() => {
-                    update(p, m, v, g, c);
-                    crate::bridge::bump_version(&s.var);
-                }
-                _ => update_ops(s, g, c)?,
+            if !host::slice(g).is_some_and(|gs| s.update_host(gs, c)) {
+                update_ops(s, g, c)?;
             }
         }
         self.iterations += 1;
@@ -271,10 +286,7 @@ impl Adam {
                 }
             };
             let s = &mut self.slots[j];
-            if s.m.device() != s.var.device() {
-                s.m = s.m.f_to_device(s.var.device())?;
-                s.v = s.v.f_to_device(s.var.device())?;
-            }
+            s.follow_device()?;
             let plain = [&s.var, &s.m, &s.v].iter().all(|t| host::is_plain(t));
             let n = host::slice(&s.var).map_or(0, <[f32]>::len);
             if !plain || n != g.len() {
@@ -300,19 +312,8 @@ impl Adam {
         }
         let c = self.coeffs(self.iterations + 1);
         for (&j, (_, g)) in at.iter().zip(grads) {
-            let s = &self.slots[j];
-            // SAFETY: as in `step`: var, m and v are distinct plain allocations (checked
-            // above) that nothing else touches during the step.
-            if let (Some(p), Some(m), Some(v)) = unsafe {
-                (
-                    host::slice_mut(&s.var),
-                    host::slice_mut(&s.m),
-                    host::slice_mut(&s.v),
-                )
-            } {
-                update(p, m, v, g, c);
-                crate::bridge::bump_version(&s.var);
-            }
+            // Plain memory of g's length (checked above): always the host update.
+            self.slots[j].update_host(g, c);
         }
         self.iterations += 1;
         Ok(())

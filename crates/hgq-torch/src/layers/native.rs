@@ -10,7 +10,7 @@
 //! one every backend runs (hgq-core's `Quantizer` on its CPU backend, variables read where
 //! the `VarStore` keeps them), so values are those of the autograd step up to the order of
 //! float32 sums in the matrix products.
-use hgq_core::quantizer::{Cpu, Dual, HostVar, SavedPass};
+use hgq_core::quantizer::{Cpu, Dual, DualArith, SavedPass};
 use hgq_core::shape::{broadcast_to, sum_to};
 use hgq_core::{CallMode, Path, TensorRef};
 use rayon::prelude::*;
@@ -250,12 +250,14 @@ impl QDense {
     }
 
     /// The layer's backward for upstream `da` (of its output): `dx` (of its input) and every
-    /// trainable variable's gradient, the EBOPs' (times `beta`) and the regularizers' added.
+    /// trainable variable's gradient, the EBOPs' (times `beta`) and the regularizers' added;
+    /// the regularization losses (their values and gradients from one pass) added to `reg`.
     fn backward_native(
         &self,
         p: &LayerPass,
         mut da: Vec<f32>,
         grads: &mut Vec<(Tensor, Vec<f32>)>,
+        reg: &mut f32,
     ) -> Result<Vec<f32>> {
         let (n_in, units, batch) = (self.in_features, self.units, p.batch);
         if self.activation == Activation::Relu {
@@ -310,8 +312,9 @@ impl QDense {
             if let (Some(bits), Some(up)) = (bits, up) {
                 all.push(inner.trainable_grads(bits.dual.backward(&up)?));
             }
-            if inner.variables().iter().any(|v| v.regularizer.is_some()) {
-                all.push(inner.regularization_grads::<f32>()?);
+            if let Some(loss) = inner.regularization_loss(&DualArith::<f32, TchVar>::new())? {
+                *reg += loss.value.iter().sum::<f32>();
+                all.push(inner.trainable_grads(loss.backward(&[1.0])?));
             }
             for v in inner.variables().iter().filter(|v| v.trainable) {
                 // The first gradient of the variable as the sum, the others added into it.
@@ -487,32 +490,22 @@ fn gradients(model: &Sequential, x: &Tensor, labels: &Tensor) -> Result<StepGrad
         }
         width = Some(l.units);
     }
-    let mut a = host::slice(x)
-        .ok_or_else(|| not_plain("the input"))?
-        .to_vec();
-    let mut passes = Vec::with_capacity(model.layers.len());
+    let x = host::slice(x).ok_or_else(|| not_plain("the input"))?;
+    let mut passes: Vec<LayerPass> = Vec::with_capacity(model.layers.len());
     let mut total = 0.0f32;
     for l in &model.layers {
-        let (p, e) = l.forward_native(&a, batch)?;
+        // Each layer reads the output the layer below keeps for its backward.
+        let input = passes.last().map_or(x, |p| &p.a);
+        let (p, e) = l.forward_native(input, batch)?;
         total += e * l.beta() as f32;
-        a.clone_from(&p.a);
         *l.ebops.borrow_mut() = Ebops::Value(super::ebops_u32(f64::from(e)));
         passes.push(p);
     }
-    let (ce, mut da, correct) = cross_entropy(&a, &label_values, classes)?;
-    let mut reg = 0.0f32;
-    for l in &model.layers {
-        for q in l.quantizers() {
-            for v in q.q.lock().variables() {
-                if let Some(r) = v.regularizer {
-                    reg += r.loss(v.value.host()?) as f32;
-                }
-            }
-        }
-    }
-    let mut grads = Vec::new();
+    let logits = passes.last().map_or(x, |p| &p.a);
+    let (ce, mut da, correct) = cross_entropy(logits, &label_values, classes)?;
+    let (mut grads, mut reg) = (Vec::new(), 0.0f32);
     for (l, p) in model.layers.iter().zip(&passes).rev() {
-        da = l.backward_native(p, da, &mut grads)?;
+        da = l.backward_native(p, da, &mut grads, &mut reg)?;
     }
     Ok(StepGrads {
         loss: ce + total + reg,
