@@ -11,6 +11,8 @@
 //! - [`KerasModel`] / [`extract_quantizers`]: every quantizer configuration in a whole model.
 //! - [`model_json`]: the whole model document of a chain of `QDense` layers
 //!   ([`DenseModelSpec`]), written as `model.to_json()` writes it.
+//! - [`sequential`]: the same for a chain of `QDense`, `QConv1D/2D`, pooling, `Flatten` and
+//!   `Reshape` layers on an input of any rank ([`ChainModelSpec`]).
 //! - [`convert`]: conversion to and from hgq-core's quantizer descriptions.
 //!
 //! ## Fidelity notes
@@ -116,6 +118,7 @@ pub mod model;
 pub mod model_json;
 pub mod pyjson;
 pub mod quantizer;
+pub mod sequential;
 mod serde_impl;
 
 pub use convert::{CoreQuantizer, QuantizerSpec};
@@ -129,4 +132,8 @@ pub use pyjson::PyValue;
 pub use quantizer::{
     Common, Flavor, FloatParams, KbiParams, KifParams, Params, Place, QType, QuantizerConfig,
     QuantizerConfigBuilder,
+};
+pub use sequential::{
+    ChainModelSpec, FlattenSpec, LayerSpec, Padding, PoolKind, PoolWindow, QConvSpec, QPoolSpec,
+    ReshapeSpec,
 };

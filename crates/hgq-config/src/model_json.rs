@@ -69,6 +69,9 @@
 //! every [`Activation`]. One limit is the reference's own: hgq2 0.2.0 cannot build a layer
 //! with a `float` quantizer configuration (`FloatPointQuantizer` refuses the `is_weight` key
 //! its config carries), so such a document is written faithfully but does not load.
+//!
+//! Models with convolutions, pooling, `Flatten` and `Reshape`, on inputs of any rank, are
+//! [`ChainModelSpec`]; a [`DenseModelSpec`] is written and read as that chain.
 use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
@@ -79,6 +82,7 @@ use crate::keras::{DTypePolicy, Initializer, Num};
 use crate::model::{KerasModel, find_quantizers};
 use crate::pyjson::PyValue;
 use crate::quantizer::{Flavor, Params, Place, QType, QuantizerConfig};
+use crate::sequential::{ChainModelSpec, LayerSpec};
 
 /// The module of hgq2's `QDense`.
 pub const QDENSE_MODULE: &str = "hgq.layers.core.dense";
@@ -208,7 +212,7 @@ impl FromStr for Activation {
 }
 
 /// The reference's `QuantizerConfig('default', place)`.
-fn default_config(place: Place) -> QuantizerConfig {
+pub(crate) fn default_config(place: Place) -> QuantizerConfig {
     QuantizerConfig {
         flavor: Flavor::Plain,
         place,
@@ -263,15 +267,18 @@ pub struct QDenseSpec {
     pub bq: QuantizerConfig,
     /// The output quantizer (`oq_conf`); `Some` is `enable_oq=True`.
     pub oq: Option<QuantizerConfig>,
-    /// `parallelization_factor` as a built layer writes it (the reference's `-1` default
-    /// becomes 1 for a 2-D input).
+    /// `parallelization_factor`. A negative value (the default, `-1`, as in the reference)
+    /// is written resolved, as a built layer writes it: the product of the output's sizes
+    /// between the batch axis and the last one (1 for a 2-D input, 4 for an input
+    /// `(batch, 4, 8)`). A document whose value equals that product reads as `-1`.
     pub parallelization_factor: i64,
 }
 
 impl QDenseSpec {
     /// `QDense(units)` with every other argument at the reference's default: unnamed, no
     /// activation, a bias, `beta0=1e-5`, EBOPs on, the `'default'` quantizer configurations
-    /// for datalane (iq), weight (kq) and bias (bq), no output quantizer.
+    /// for datalane (iq), weight (kq) and bias (bq), no output quantizer,
+    /// `parallelization_factor=-1` (resolved when written).
     pub fn new(units: usize) -> Self {
         QDenseSpec {
             name: None,
@@ -286,7 +293,7 @@ impl QDenseSpec {
             kq: default_config(Place::Weight),
             bq: default_config(Place::Bias),
             oq: None,
-            parallelization_factor: 1,
+            parallelization_factor: -1,
         }
     }
 
@@ -360,11 +367,30 @@ impl QDenseSpec {
         self
     }
 
-    /// Sets `parallelization_factor`.
+    /// Sets `parallelization_factor` (negative: the reference's automatic value).
     pub fn parallelization_factor(mut self, p: i64) -> Self {
         self.parallelization_factor = p;
         self
     }
+
+    /// The `parallelization_factor` written for an output of `out_shape` (without batch):
+    /// the field itself unless negative, else the product of `out_shape` without its last
+    /// size.
+    pub(crate) fn resolved_parallelization(&self, out_shape: &[usize]) -> i64 {
+        if self.parallelization_factor < 0 {
+            n_parallel(&out_shape[..out_shape.len().saturating_sub(1)])
+        } else {
+            self.parallelization_factor
+        }
+    }
+}
+
+/// The product of `dims` as the reference's `n_parallel` (saturating; shapes are checked
+/// before this is written).
+pub(crate) fn n_parallel(dims: &[usize]) -> i64 {
+    dims.iter()
+        .try_fold(1i64, |p, &d| p.checked_mul(i64::try_from(d).ok()?))
+        .unwrap_or(i64::MAX)
 }
 
 /// A Keras functional model `Input((input_dim,)) -> QDense -> ... -> QDense`.
@@ -495,77 +521,7 @@ impl DenseModelSpec {
     /// The whole document as a value (see [`Self::to_json`]).
     pub fn to_value(&self) -> Result<PyValue> {
         self.validate()?;
-        let names = self.layer_names()?;
-        let int = |n: usize| PyValue::Int(n as i64); // checked by `validate`
-        let shape = |n: usize| PyValue::List(vec![PyValue::Null, int(n)]);
-        let history =
-            |name: &str| PyValue::List(vec![PyValue::str(name), PyValue::Int(0), PyValue::Int(0)]);
-
-        let mut layers = vec![dict([
-            ("module", PyValue::str("keras.layers")),
-            ("class_name", PyValue::str("InputLayer")),
-            (
-                "config",
-                dict([
-                    ("batch_shape", shape(self.input_dim)),
-                    ("dtype", PyValue::str("float32")),
-                    ("sparse", PyValue::Bool(false)),
-                    ("ragged", PyValue::Bool(false)),
-                    ("name", PyValue::str(&self.input_name)),
-                    ("optional", PyValue::Bool(false)),
-                ]),
-            ),
-            ("registered_name", PyValue::Null),
-            ("name", PyValue::str(&self.input_name)),
-            ("inbound_nodes", PyValue::List(vec![])),
-        ])];
-        let mut prev = (self.input_name.as_str(), self.input_dim);
-        for (l, name) in self.layers.iter().zip(&names) {
-            let node = dict([
-                (
-                    "args",
-                    PyValue::List(vec![dict([
-                        ("class_name", PyValue::str("__keras_tensor__")),
-                        (
-                            "config",
-                            dict([
-                                ("shape", shape(prev.1)),
-                                ("dtype", PyValue::str("float32")),
-                                ("keras_history", history(prev.0)),
-                            ]),
-                        ),
-                    ])]),
-                ),
-                ("kwargs", dict([])),
-            ]);
-            layers.push(dict([
-                ("module", PyValue::str(QDENSE_MODULE)),
-                ("class_name", PyValue::str("QDense")),
-                ("config", qdense_config(l, name)),
-                ("registered_name", PyValue::str("hgq>QDense")),
-                ("build_config", dict([("input_shape", shape(prev.1))])),
-                ("name", PyValue::str(name)),
-                ("inbound_nodes", PyValue::List(vec![node])),
-            ]));
-            prev = (name, l.units);
-        }
-        Ok(dict([
-            ("module", PyValue::str(FUNCTIONAL_MODULE)),
-            ("class_name", PyValue::str("Functional")),
-            (
-                "config",
-                dict([
-                    ("name", PyValue::str(&self.name)),
-                    ("trainable", PyValue::Bool(true)),
-                    ("layers", PyValue::List(layers)),
-                    ("input_layers", history(&self.input_name)),
-                    ("output_layers", history(prev.0)),
-                ]),
-            ),
-            ("registered_name", PyValue::str("Functional")),
-            ("build_config", dict([("input_shape", PyValue::Null)])),
-            ("compile_config", dict([])),
-        ]))
+        ChainModelSpec::from(self.clone()).to_value()
     }
 
     /// The exact text of the reference's `model.to_json()` for this model.
@@ -607,29 +563,77 @@ impl DenseModelSpec {
         Self::from_value(&PyValue::parse(text)?)
     }
 
-    /// Reads a parsed document (see [`Self::from_json`]).
+    /// Reads a parsed document (see [`Self::from_json`]): as a [`ChainModelSpec`], which
+    /// must then be a 2-D input and `QDense` layers only.
     pub fn from_value(v: &PyValue) -> Result<Self> {
-        let spec = read_model(&At::root(v))?;
-        let written = spec.to_value()?;
-        match first_difference(v, &written, "$".into()) {
-            None => Ok(spec),
-            Some(path) => Err(ConfigError::Value {
-                path,
-                msg: "not what a chain of QDense layers writes".into(),
-            }),
+        DenseModelSpec::try_from(ChainModelSpec::from_value(v)?)
+    }
+}
+
+impl TryFrom<ChainModelSpec> for DenseModelSpec {
+    type Error = ConfigError;
+
+    /// The chain as a [`DenseModelSpec`]: a 2-D input (`input_shape` of one size) and
+    /// `QDense` layers only. Anything else is an error naming the path it has in the
+    /// written document (`$.config.layers[0].config.batch_shape`,
+    /// `$.config.layers[2].class_name`).
+    ///
+    /// ```
+    /// use hgq_config::model_json::{DenseModelSpec, QDenseSpec};
+    /// use hgq_config::sequential::{ChainModelSpec, FlattenSpec};
+    /// let chain = ChainModelSpec::from(DenseModelSpec::demo());
+    /// assert_eq!(DenseModelSpec::try_from(chain.clone()).unwrap(), DenseModelSpec::demo());
+    /// let e = DenseModelSpec::try_from(chain.layer(FlattenSpec::new())).unwrap_err();
+    /// assert_eq!(e.path(), Some("$.config.layers[3].class_name"));
+    /// ```
+    fn try_from(c: ChainModelSpec) -> Result<Self> {
+        let [input_dim] = c.input_shape[..] else {
+            return Err(ConfigError::Value {
+                path: "$.config.layers[0].config.batch_shape".into(),
+                msg: format!(
+                    "a chain of QDense layers takes a 2-D input, not {} dimensions",
+                    c.input_shape.len() + 1
+                ),
+            });
+        };
+        let mut layers = Vec::with_capacity(c.layers.len());
+        for (j, l) in c.layers.into_iter().enumerate() {
+            match l {
+                LayerSpec::QDense(d) => layers.push(d),
+                other => {
+                    return Err(ConfigError::Value {
+                        path: format!("$.config.layers[{}].class_name", j + 1),
+                        msg: format!(
+                            "{} in a chain of QDense layers",
+                            other.class_name().unwrap_or("a layer")
+                        ),
+                    });
+                }
+            }
         }
+        Ok(DenseModelSpec {
+            name: c.name,
+            input_name: c.input_name,
+            input_dim,
+            layers,
+        })
     }
 }
 
 fn auto_name(k: usize) -> String {
+    numbered(QDENSE_AUTO_PREFIX, k)
+}
+
+/// Keras' automatic name number `k` (from 0) for `prefix`: `prefix`, `prefix_1`, ...
+pub(crate) fn numbered(prefix: &str, k: usize) -> String {
     if k == 0 {
-        QDENSE_AUTO_PREFIX.into()
+        prefix.into()
     } else {
-        format!("{QDENSE_AUTO_PREFIX}_{k}")
+        format!("{prefix}_{k}")
     }
 }
 
-fn check_name(name: &str, path: &str) -> Result<()> {
+pub(crate) fn check_name(name: &str, path: &str) -> Result<()> {
     if name.is_empty() || name.contains('/') {
         return Err(ConfigError::Value {
             path: path.into(),
@@ -639,7 +643,7 @@ fn check_name(name: &str, path: &str) -> Result<()> {
     Ok(())
 }
 
-fn check_size(n: usize, path: &str) -> Result<()> {
+pub(crate) fn check_size(n: usize, path: &str) -> Result<()> {
     if n == 0 || i64::try_from(n).is_err() {
         return Err(ConfigError::Value {
             path: path.into(),
@@ -649,7 +653,8 @@ fn check_size(n: usize, path: &str) -> Result<()> {
     Ok(())
 }
 
-fn qdense_config(l: &QDenseSpec, name: &str) -> PyValue {
+/// The `config` of a `QDense` layer whose output is `out_shape` (without batch).
+pub(crate) fn qdense_config(l: &QDenseSpec, name: &str, out_shape: &[usize]) -> PyValue {
     let conf = |c: Option<&QuantizerConfig>| c.map_or(PyValue::Null, QuantizerConfig::to_value);
     dict([
         ("name", PyValue::str(name)),
@@ -661,19 +666,7 @@ fn qdense_config(l: &QDenseSpec, name: &str) -> PyValue {
             PyValue::str(l.activation.map_or("linear", Activation::as_str)),
         ),
         ("use_bias", PyValue::Bool(l.use_bias)),
-        (
-            "kernel_initializer",
-            envelope(
-                "keras.initializers",
-                "GlorotUniform",
-                dict([
-                    ("seed", PyValue::Null),
-                    ("input_axes", PyValue::Null),
-                    ("output_axes", PyValue::Null),
-                ]),
-                false,
-            ),
-        ),
+        ("kernel_initializer", glorot_uniform()),
         ("bias_initializer", Initializer::Zeros.to_value()),
         ("kernel_regularizer", PyValue::Null),
         ("bias_regularizer", PyValue::Null),
@@ -694,12 +687,27 @@ fn qdense_config(l: &QDenseSpec, name: &str) -> PyValue {
         ("bq_conf", conf(l.use_bias.then_some(&l.bq))),
         (
             "parallelization_factor",
-            PyValue::Int(l.parallelization_factor),
+            PyValue::Int(l.resolved_parallelization(out_shape)),
         ),
     ])
 }
 
-fn size(at: &At<'_>) -> Result<usize> {
+/// Keras' default kernel initializer as written: `GlorotUniform()`.
+pub(crate) fn glorot_uniform() -> PyValue {
+    envelope(
+        "keras.initializers",
+        "GlorotUniform",
+        dict([
+            ("seed", PyValue::Null),
+            ("input_axes", PyValue::Null),
+            ("output_axes", PyValue::Null),
+        ]),
+        false,
+    )
+}
+
+/// A positive size.
+pub(crate) fn size(at: &At<'_>) -> Result<usize> {
     let n = at.int()?;
     usize::try_from(n)
         .ok()
@@ -707,60 +715,31 @@ fn size(at: &At<'_>) -> Result<usize> {
         .ok_or_else(|| at.value_err(format!("size {n} is not positive")))
 }
 
-fn read_model(root: &At<'_>) -> Result<DenseModelSpec> {
-    let mut d = root.dict()?;
-    let mut c = d.req("config")?.dict()?;
-    let name = c.req("name")?.str()?.to_string();
-    let layers_at = c.req("layers")?;
-    let layers = layers_at.list()?;
-    let Some((input, rest)) = layers.split_first() else {
-        return Err(layers_at.value_err("no input layer"));
-    };
-    let mut ic = input.dict()?.req("config")?.dict()?;
-    let input_name = ic.req("name")?.str()?.to_string();
-    let shape_at = ic.req("batch_shape")?;
-    let shape = shape_at.list()?;
-    let [_, dim] = shape.as_slice() else {
-        return Err(shape_at.value_err("expected a batch shape [null, n]"));
-    };
-    let input_dim = size(dim)?;
-    let mut spec = DenseModelSpec {
-        name,
-        input_name,
-        input_dim,
-        layers: Vec::with_capacity(rest.len()),
-    };
-    let mut auto = 0usize;
-    for l in rest {
-        let mut layer = read_qdense(&l.dict()?.req("config")?)?;
-        // A name equal to the automatic one it would get reads as unnamed.
-        if layer.name.as_deref() == Some(auto_name(auto).as_str()) {
-            layer.name = None;
-        }
-        if layer.name.is_none() {
-            auto += 1;
-        }
-        spec.layers.push(layer);
+/// An activation as written (`"linear"` is `None`).
+pub(crate) fn read_activation(at: &At<'_>) -> Result<Option<Activation>> {
+    match at.str()? {
+        "linear" => Ok(None),
+        s => s
+            .parse::<Activation>()
+            .map(Some)
+            .map_err(|_| at.value_err(format!("unknown activation `{s}`"))),
     }
-    Ok(spec)
 }
 
-fn read_qdense(at: &At<'_>) -> Result<QDenseSpec> {
+/// `beta0` as written: `Constant(float(beta0))`.
+pub(crate) fn read_beta0(at: &At<'_>) -> Result<f64> {
+    match Initializer::read(at)? {
+        Initializer::Constant(n) => Ok(n.as_f64()),
+        _ => Err(at.value_err("expected a Constant initializer")),
+    }
+}
+
+/// A `QDense` layer's `config`; the name is kept as written, `parallelization_factor` too.
+pub(crate) fn read_qdense(at: &At<'_>) -> Result<QDenseSpec> {
     let mut c = at.dict()?;
     let conf = |a: At<'_>| a.nullable(QuantizerConfig::read);
-    let activation_at = c.req("activation")?;
-    let activation = match activation_at.str()? {
-        "linear" => None,
-        s => Some(
-            s.parse::<Activation>()
-                .map_err(|_| activation_at.value_err(format!("unknown activation `{s}`")))?,
-        ),
-    };
-    let beta0_at = c.req("beta0")?;
-    let beta0 = match Initializer::read(&beta0_at)? {
-        Initializer::Constant(n) => n.as_f64(),
-        _ => return Err(beta0_at.value_err("expected a Constant initializer")),
-    };
+    let activation = read_activation(&c.req("activation")?)?;
+    let beta0 = read_beta0(&c.req("beta0")?)?;
     let use_bias = c.req("use_bias")?.bool()?;
     let bq = conf(c.req("bq_conf")?)?;
     Ok(QDenseSpec {
@@ -781,7 +760,7 @@ fn read_qdense(at: &At<'_>) -> Result<QDenseSpec> {
 }
 
 /// The first path where `a` (read) and `b` (written) differ, if any.
-fn first_difference(a: &PyValue, b: &PyValue, path: String) -> Option<String> {
+pub(crate) fn first_difference(a: &PyValue, b: &PyValue, path: String) -> Option<String> {
     match (a, b) {
         (PyValue::Dict(x), PyValue::Dict(y)) => {
             for (j, (k, va)) in x.iter().enumerate() {

@@ -2,11 +2,13 @@
 //! integer bits, run it in quantized inference, and hand it to hgq2.
 //!
 //! `cargo xtask demo [--epochs 200] [--beta 1e-5] [--seed 0] [--device auto|cpu|cuda]
-//! [--out out/demo]` runs this (after installing libtorch when needed).
+//! [--out out/demo] [--model mlp|cnn]` runs this (after installing libtorch when needed).
 //!
-//! Model: Input(64) -> QDense(32, relu) -> QDense(10), hgq2's default quantizers (KIF WRAP
-//! inputs, KBI SAT_SYM kernels, KBI biases) with EBOPs in the loss times `beta`; Adam at 3e-3,
-//! batch 64. The output folder receives `model.json` (Keras JSON that hgq2 loads),
+//! Model (`--model mlp`, the default): Input(64) -> QDense(32, relu) -> QDense(10); (`--model
+//! cnn`, written to `out/demo-cnn`): Input(64) -> Reshape(8, 8, 1) -> QConv2D(8, 3x3, relu) ->
+//! QMaxPooling2D(2x2) -> Flatten -> QDense(10). hgq2's default quantizers (KIF WRAP inputs,
+//! KBI SAT_SYM kernels, KBI biases) with EBOPs in the loss times `beta`; Adam at 3e-3, batch
+//! 64. The output folder receives `model.json` (Keras JSON that hgq2 loads),
 //! `weights.safetensors` (named by Keras variable paths), `predictions.safetensors` (`x`, `y`:
 //! the test inputs and our quantized outputs), `summary.json` and one SVG heat map of kernel
 //! bit widths per layer. `python ../shared/interop/check_keras.py OUT` compares with hgq2.
@@ -15,7 +17,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use hgq_torch::hgq_core::CallMode;
-use hgq_torch::layers::{Activation, QDense, Sequential, StepOutput, StepPath};
+use hgq_torch::layers::{
+    Activation, Flatten, Layer, PoolKind, QConv, QDense, QPool, Reshape, Sequential, StepOutput,
+    StepPath,
+};
 use hgq_torch::optim::{Adam, AdamConfig};
 use tch::{Device, Kind, Tensor, nn};
 
@@ -71,6 +76,17 @@ struct Args {
     lr: f64,
     threads: i32,
     path: StepPath,
+    model: ModelKind,
+}
+
+/// The network the demo trains.
+#[derive(Clone, Copy, PartialEq)]
+enum ModelKind {
+    /// `64 -> QDense(32, relu) -> QDense(10)`.
+    Mlp,
+    /// The pixels as an 8 x 8 image: `QConv2D(8, 3x3, relu) -> QMaxPooling2D(2x2) -> Flatten
+    /// -> QDense(10)`.
+    Cnn,
 }
 
 fn parse_args() -> Result<Args, Error> {
@@ -87,7 +103,9 @@ fn parse_args() -> Result<Args, Error> {
         // The network is small: one thread avoids libtorch's per-operation synchronisation.
         threads: 1,
         path: StepPath::Auto,
+        model: ModelKind::Mlp,
     };
+    let mut out_given = false;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut val = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -95,7 +113,17 @@ fn parse_args() -> Result<Args, Error> {
             "--epochs" => a.epochs = val()?.parse()?,
             "--beta" => a.beta = val()?.parse()?,
             "--seed" => a.seed = val()?.parse()?,
-            "--out" => a.out = PathBuf::from(val()?),
+            "--out" => {
+                a.out = PathBuf::from(val()?);
+                out_given = true;
+            }
+            "--model" => {
+                a.model = match val()?.as_str() {
+                    "mlp" => ModelKind::Mlp,
+                    "cnn" => ModelKind::Cnn,
+                    other => return Err(format!("--model {other}: mlp or cnn").into()),
+                }
+            }
             "--data" => a.data = PathBuf::from(val()?),
             "--batch" => a.batch = val()?.parse()?,
             "--lr" => a.lr = val()?.parse()?,
@@ -121,7 +149,7 @@ fn parse_args() -> Result<Args, Error> {
                 println!(
                     "demo [--epochs 200] [--beta 1e-5] [--seed 0] [--device auto|cpu|cuda] \
                      [--out out/demo] [--data digits.csv.gz] [--batch 64] [--lr 3e-3] [--threads 1] \
-                     [--path auto|native|autograd]"
+                     [--path auto|native|autograd] [--model mlp|cnn]"
                 );
                 std::process::exit(0);
             }
@@ -130,6 +158,9 @@ fn parse_args() -> Result<Args, Error> {
     }
     if a.epochs == 0 || a.batch == 0 || a.threads < 1 {
         return Err("--epochs, --batch and --threads must be positive".into());
+    }
+    if a.model == ModelKind::Cnn && !out_given {
+        a.out = PathBuf::from("out/demo-cnn");
     }
     Ok(a)
 }
@@ -203,7 +234,7 @@ fn rows(x: &[f32], y: &[i64], idx: &[usize], device: Device) -> (Tensor, Tensor)
 fn mean_bits(model: &Sequential) -> Result<Vec<(String, f64)>, Error> {
     let mut v = Vec::new();
     for l in model.layers() {
-        for q in [Some(l.iq()), Some(l.kq()), l.bq()].into_iter().flatten() {
+        for q in l.quantizers() {
             let b =
                 q.q.bits()?
                     .detach()
@@ -286,6 +317,38 @@ fn heat_map(layer: &QDense) -> Result<String, Error> {
     Ok(s)
 }
 
+fn build_model(vs: &nn::VarStore, kind: ModelKind, beta: f64) -> Result<Sequential, Error> {
+    let mut model = Sequential::new();
+    let root = vs.root();
+    match kind {
+        ModelKind::Mlp => {
+            model.add(
+                &root,
+                QDense::builder(64, 32)
+                    .activation(Activation::Relu)
+                    .beta(beta),
+            )?;
+            model.add(&root, QDense::builder(32, 10).beta(beta))?;
+        }
+        ModelKind::Cnn => {
+            model.add(&root, Reshape::new(&[64], &[8, 8, 1])?)?;
+            model.add(
+                &root,
+                QConv::builder_2d([8, 8, 1], 8, [3, 3])
+                    .activation(Activation::Relu)
+                    .beta(beta),
+            )?;
+            model.add(
+                &root,
+                QPool::builder_2d(PoolKind::Max, [6, 6, 8], [2, 2]).beta(beta),
+            )?;
+            model.add(&root, Flatten::new(&[3, 3, 8])?)?;
+            model.add(&root, QDense::builder(72, 10).beta(beta))?;
+        }
+    }
+    Ok(model)
+}
+
 fn main() -> Result<(), Error> {
     let a = parse_args()?;
     let (x, y) = load_digits(&a.data)?;
@@ -309,14 +372,7 @@ fn main() -> Result<(), Error> {
     tch::set_num_threads(a.threads);
     tch::manual_seed(a.seed as i64);
     let vs = nn::VarStore::new(a.device);
-    let mut model = Sequential::new();
-    model.add(
-        &vs.root(),
-        QDense::builder(64, 32)
-            .activation(Activation::Relu)
-            .beta(a.beta),
-    )?;
-    model.add(&vs.root(), QDense::builder(32, 10).beta(a.beta))?;
+    let model = build_model(&vs, a.model, a.beta)?;
     // Keras' Adam, as hgq2 trains (epsilon 1e-7, bias correction folded into the step).
     let mut opt = Adam::new(&vs, AdamConfig::default().learning_rate(a.lr))?;
 
@@ -379,7 +435,11 @@ fn main() -> Result<(), Error> {
     ];
     Tensor::write_safetensors(&preds, a.out.join("predictions.safetensors"))?;
     let mut maps = Vec::new();
-    for l in model.layers() {
+    for l in model
+        .layers()
+        .iter()
+        .filter_map(|l| l.downcast_ref::<QDense>())
+    {
         let file = format!("{}_kernel_bits.svg", l.name());
         std::fs::write(a.out.join(&file), heat_map(l)?)?;
         maps.push(file);
@@ -398,6 +458,10 @@ fn main() -> Result<(), Error> {
         "epochs": a.epochs,
         "beta": a.beta,
         "seed": a.seed,
+        "model": match a.model {
+            ModelKind::Mlp => "mlp",
+            ModelKind::Cnn => "cnn",
+        },
         "device": format!("{:?}", a.device),
         "train_rows": train_idx.len(),
         "test_rows": test_idx.len(),

@@ -104,7 +104,11 @@ fn main() -> Result<(), Error> {
     for step in 0..steps + WARM_UP {
         let mut y = x.shallow_clone();
         let mut spans = vec![0.0; 5];
-        for l in model.layers() {
+        for l in model
+            .layers()
+            .iter()
+            .filter_map(|l| l.downcast_ref::<QDense>())
+        {
             let t0 = Instant::now();
             let xq = l.iq().q.forward(&y, CallMode::Training)?;
             let t1 = Instant::now();

@@ -106,8 +106,8 @@ fn names_and_configurations_survive() {
     let m = Sequential::from_keras_json(&vs.root(), &json).unwrap();
     assert_eq!(m.to_keras_json().unwrap(), json);
     assert_eq!(m.layers()[0].name(), "dense_a");
-    assert_eq!(m.layers()[0].beta(), 3e-6);
-    assert!(!m.layers()[1].use_bias());
+    assert_eq!(m.layers()[0].beta(), Some(3e-6));
+    assert!(!m.layer::<QDense>(1).unwrap().use_bias());
 }
 
 #[test]

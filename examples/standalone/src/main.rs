@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use hgq_torch::hgq_core::CallMode;
-use hgq_torch::layers::{Activation, EbopsTape, Names, QDense, Sequential};
+use hgq_torch::layers::{Activation, EbopsTape, Names, QDense, Sequential, Layer};
 use hgq_torch::optim::{Adam, AdamConfig};
 use tch::nn::ModuleT;
 use tch::{Device, Kind, Tensor, nn};

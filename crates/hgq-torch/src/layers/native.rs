@@ -16,7 +16,7 @@ use hgq_core::{CallMode, Path, TensorRef};
 use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
-use super::{Activation, Ebops, Named, QDense, Sequential};
+use super::{Activation, Ebops, Layer, Named, QDense, Sequential, check_input};
 use crate::backend::TchVar;
 use crate::optim::Adam;
 use crate::{Result, TorchError, host};
@@ -29,15 +29,21 @@ pub(super) fn unsupported(model: &Sequential, x: &Tensor, labels: &Tensor) -> Op
     if labels.device() != Device::Cpu || labels.kind() != Kind::Int64 || !labels.is_contiguous() {
         return Some("the labels are not a contiguous int64 CPU tensor".into());
     }
-    for l in &model.layers {
-        if l.input_dims.len() != 1 {
-            return Some(format!("{} takes inputs of more than 2 dimensions", l.name));
+    let Some(dense) = model.dense_layers() else {
+        return Some("the model has layers other than QDense".into());
+    };
+    for l in dense {
+        if l.base.input_dims.len() != 1 {
+            return Some(format!(
+                "{} takes inputs of more than 2 dimensions",
+                l.name()
+            ));
         }
         let vars = std::iter::once(&l.kernel).chain(&l.bias);
         if !vars.into_iter().all(host::is_plain) {
             return Some(format!(
                 "{}'s kernel or bias is not contiguous float32 CPU",
-                l.name
+                l.name()
             ));
         }
         for q in l.quantizers() {
@@ -197,7 +203,7 @@ impl QDense {
     fn forward_native(&self, x: &[f32], batch: usize) -> Result<(LayerPass, f32)> {
         let (n_in, units) = (self.in_features, self.units);
         let kernel = host::slice(&self.kernel).ok_or_else(|| not_plain("the kernel"))?;
-        let (xq, iq) = quantize(&self.iq, x, &[batch, n_in])?;
+        let (xq, iq) = quantize(&self.base.iq, x, &[batch, n_in])?;
         let (kq, kq_pass) = quantize(&self.kq, kernel, &[n_in, units])?;
         let mut z = vec![0.0f32; batch * units];
         let mut bq_pass = None;
@@ -223,7 +229,7 @@ impl QDense {
         if self.activation == Activation::Relu {
             z.iter_mut().for_each(|v| *v = v.max(0.0));
         }
-        let b_in = bits(&self.iq, &[1, n_in])?;
+        let b_in = bits(&self.base.iq, &[1, n_in])?;
         let b_ker = bits(&self.kq, &[n_in, units])?;
         let b_b = self.bq.as_ref().map(|bq| bits(bq, &[units])).transpose()?;
         // sum(bits_in @ bits_kernel) + mean(bits_bias) * units, in float32 as torch does
@@ -299,7 +305,7 @@ impl QDense {
             grads.push((b.shallow_clone(), dbias));
         }
         let up = self.ebops_upstream(p)?;
-        let quants = [Some(&self.iq), Some(&self.kq), self.bq.as_ref()];
+        let quants = [Some(&self.base.iq), Some(&self.kq), self.bq.as_ref()];
         let pass_grads = [Some(g_iq), Some(g_kq), g_bq];
         for ((q, g), (bits, up)) in quants
             .into_iter()
@@ -338,7 +344,7 @@ impl QDense {
     /// beta * bits_in (per row), d/dbits_bias = beta.
     fn ebops_upstream(&self, p: &LayerPass) -> Result<[Option<Vec<f32>>; 3]> {
         let (n_in, units) = (self.in_features, self.units);
-        let beta = self.beta() as f32;
+        let beta = self.base.beta.get() as f32;
         let [Some(b_in), Some(b_ker), b_b] = &p.bits else {
             return Err(TorchError::Kernel(
                 "a layer pass without its bit widths".into(),
@@ -431,13 +437,21 @@ pub(super) fn step(
     labels: &Tensor,
     opt: &mut Adam,
 ) -> Result<(f32, i64)> {
-    let g = gradients(model, x, labels)?;
+    let layers = dense(model)?;
+    let g = gradients(&layers, x, labels)?;
     let refs: Vec<(&Tensor, &[f32])> = g.grads.iter().map(|(t, g)| (t, g.as_slice())).collect();
     opt.step_host(&refs)?;
-    for l in &model.layers {
+    for l in &layers {
         l.constrain_native()?;
     }
     Ok((g.loss, g.correct))
+}
+
+/// The model's layers as `QDense` layers (checked by [`unsupported`] before).
+fn dense(model: &Sequential) -> Result<Vec<&QDense>> {
+    model.dense_layers().ok_or_else(|| {
+        TorchError::Unsupported("the native training step: layers other than QDense".into())
+    })
 }
 
 /// What the forward and backward of a step give.
@@ -449,7 +463,7 @@ struct StepGrads {
 }
 
 /// The forward (state moves as in a training call) and the backward of a step.
-fn gradients(model: &Sequential, x: &Tensor, labels: &Tensor) -> Result<StepGrads> {
+fn gradients(layers: &[&QDense], x: &Tensor, labels: &Tensor) -> Result<StepGrads> {
     let size = x.size();
     let batch = size.first().copied().unwrap_or(0) as usize;
     if batch == 0 {
@@ -465,7 +479,7 @@ fn gradients(model: &Sequential, x: &Tensor, labels: &Tensor) -> Result<StepGrad
         });
     }
     let label_values: Vec<i64> = Vec::try_from(labels)?;
-    let classes = model.layers.last().map_or(0, |l| l.units);
+    let classes = layers.last().map_or(0, |l| l.units);
     // Checked before any state moves.
     if let Some(bad) = label_values
         .iter()
@@ -477,9 +491,9 @@ fn gradients(model: &Sequential, x: &Tensor, labels: &Tensor) -> Result<StepGrad
         });
     }
     let mut width = None;
-    for l in &model.layers {
+    for l in layers {
         match width {
-            None => l.check_input(x)?,
+            None => check_input("QDense input", x, &l.kernel, &l.base.input_dims)?,
             Some(w) if w != l.in_features => {
                 return Err(TorchError::Shape {
                     built: vec![None, Some(l.in_features)],
@@ -491,20 +505,20 @@ fn gradients(model: &Sequential, x: &Tensor, labels: &Tensor) -> Result<StepGrad
         width = Some(l.units);
     }
     let x = host::slice(x).ok_or_else(|| not_plain("the input"))?;
-    let mut passes: Vec<LayerPass> = Vec::with_capacity(model.layers.len());
+    let mut passes: Vec<LayerPass> = Vec::with_capacity(layers.len());
     let mut total = 0.0f32;
-    for l in &model.layers {
+    for l in layers {
         // Each layer reads the output the layer below keeps for its backward.
         let input = passes.last().map_or(x, |p| &p.a);
         let (p, e) = l.forward_native(input, batch)?;
-        total += e * l.beta() as f32;
-        *l.ebops.borrow_mut() = Ebops::Value(super::ebops_u32(f64::from(e)));
+        total += e * l.base.beta.get() as f32;
+        *l.base.ebops.borrow_mut() = Ebops::Value(super::ebops_u32(f64::from(e)));
         passes.push(p);
     }
     let logits = passes.last().map_or(x, |p| &p.a);
     let (ce, mut da, correct) = cross_entropy(logits, &label_values, classes)?;
     let (mut grads, mut reg) = (Vec::new(), 0.0f32);
-    for (l, p) in model.layers.iter().zip(&passes).rev() {
+    for (l, p) in layers.iter().zip(&passes).rev() {
         da = l.backward_native(p, da, &mut grads, &mut reg)?;
     }
     Ok(StepGrads {
@@ -600,7 +614,10 @@ mod tests {
             for l in layers {
                 model.add(&vs.root(), l)?;
             }
-            let classes = model.layers().last().unwrap().units() as i64;
+            let classes = model
+                .layer::<QDense>(model.layers().len() - 1)
+                .unwrap()
+                .units() as i64;
             let x = Tensor::rand([32, n_in], (Kind::Float, Device::Cpu)) * 6.0 - 3.0;
             let labels = Tensor::randint(classes, [32], (Kind::Int64, Device::Cpu));
             let before = snapshot(&vs);
@@ -615,7 +632,7 @@ mod tests {
             let ebops_autograd = model.ebops();
 
             restore(&vs, &before);
-            let g = gradients(&model, &x, &labels)?;
+            let g = gradients(&dense(&model)?, &x, &labels)?;
             let after_native = snapshot(&vs);
             for ((name, a), (_, b)) in after_autograd.iter().zip(&after_native) {
                 assert!(a.equal(b), "case {n}: {name} after the forward");

@@ -4,6 +4,10 @@ Run from this folder:  python make_models.py
 Made with hgq2 0.2.0, keras 3.15.1, jax 0.10.2 (KERAS_BACKEND=jax), Python 3.11.
 Each model is built after keras.backend.clear_session(), so auto names start afresh
 (`input_layer`, `q_dense`, `q_dense_1`, `functional`).
+
+The first four (`demo`, `named`, `quantizers`, `mixed`) are chains of QDense layers
+(`DenseModelSpec`); the others mix QConv1D/2D, the pooling layers, Flatten and Reshape
+(`ChainModelSpec`).
 """
 
 import os
@@ -12,7 +16,18 @@ os.environ['KERAS_BACKEND'] = 'jax'
 
 import keras  # noqa: E402
 from hgq.config import QuantizerConfig  # noqa: E402
-from hgq.layers import QDense  # noqa: E402
+from hgq.layers import (  # noqa: E402
+    QAveragePooling1D,
+    QAveragePooling2D,
+    QConv1D,
+    QConv2D,
+    QDense,
+    QGlobalAveragePooling1D,
+    QGlobalAveragePooling2D,
+    QGlobalMaxPooling2D,
+    QMaxPooling1D,
+    QMaxPooling2D,
+)
 
 
 def demo():
@@ -56,8 +71,119 @@ def mixed():
     return keras.Model(inp, out, name='m2')
 
 
+def cnn2d():
+    # (a) Conv, max pooling, flatten, dense.
+    inp = keras.Input((6, 6, 2))
+    x = QConv2D(3, (3, 3), activation='relu')(inp)
+    x = QMaxPooling2D((2, 2))(x)
+    x = keras.layers.Flatten()(x)
+    out = QDense(4)(x)
+    return keras.Model(inp, out)
+
+
+def cnn2d_same():
+    # (b) Strides with 'same' padding, no bias, average pooling with strides, global max pooling.
+    inp = keras.Input((7, 5, 2))
+    x = QConv2D(4, (2, 3), strides=(2, 1), padding='same', use_bias=False, beta0=2e-5)(inp)
+    x = QAveragePooling2D((2, 2), strides=(1, 1))(x)
+    x = QGlobalMaxPooling2D()(x)
+    out = QDense(3)(x)
+    return keras.Model(inp, out)
+
+
+def cnn1d():
+    # (c) Dilation, a named conv (the unnamed one after it is `q_conv1d`), 1-D pooling.
+    inp = keras.Input((10, 3))
+    x = QConv1D(4, 3, dilation_rate=2, activation='relu', name='c1')(inp)
+    x = QAveragePooling1D(2)(x)
+    x = QConv1D(2, 2, strides=2, padding='same')(x)
+    x = keras.layers.Flatten()(x)
+    out = QDense(3)(x)
+    return keras.Model(inp, out)
+
+
+def causal():
+    # (d) Causal padding, 'same' max pooling with strides, global average pooling.
+    inp = keras.Input((9, 2))
+    x = QConv1D(3, 3, padding='causal')(inp)
+    x = QMaxPooling1D(3, strides=2, padding='same')(x)
+    x = QGlobalAveragePooling1D()(x)
+    out = QDense(2)(x)
+    return keras.Model(inp, out)
+
+
+def grouped():
+    # (e) Groups, custom quantizers, output quantizers, explicit parallelization factors,
+    # pooling without an input quantizer, global pooling with keepdims.
+    iq = QuantizerConfig('kif', 'datalane', i0=3, f0=4)
+    kq = QuantizerConfig('kbi', 'weight', b0=6)
+    oq = QuantizerConfig('kif', 'datalane', i0=4, f0=3, round_mode='TRN')
+    inp = keras.Input((5, 5, 4), name='img')
+    x = QConv2D(
+        4, (2, 2), groups=2, activation='tanh', iq_conf=iq, kq_conf=kq, enable_oq=True, oq_conf=oq,
+        parallelization_factor=4, name='gconv',
+    )(inp)
+    x = QMaxPooling2D((2, 2), padding='same', enable_iq=False, enable_oq=True)(x)
+    x = QGlobalAveragePooling2D(keepdims=True, ebops_factor=0.5, trainable=False, beta0=0)(x)
+    x = keras.layers.Flatten()(x)
+    out = QDense(2, enable_iq=False)(x)
+    return keras.Model(inp, out, name='grouped')
+
+
+def nd_dense():
+    # (f) QDense on a 3-D input (the last axis), then flatten.
+    inp = keras.Input((4, 8))
+    x = QDense(5)(inp)
+    x = keras.layers.Flatten()(x)
+    out = QDense(2)(x)
+    return keras.Model(inp, out)
+
+
+def digits():
+    # (g) The digits CNN: 8x8 images as 64 inputs.
+    inp = keras.Input((64,))
+    x = keras.layers.Reshape((8, 8, 1))(inp)
+    x = QConv2D(4, (3, 3), activation='relu')(x)
+    x = QMaxPooling2D((2, 2))(x)
+    x = keras.layers.Flatten()(x)
+    out = QDense(10)(x)
+    return keras.Model(inp, out)
+
+
+def misc():
+    # Dilation in 2-D with 'same' padding, a kernel size given as one int, a Reshape with -1,
+    # QDense on its 3-D output, named Flatten/Reshape, parallelization factors given.
+    inp = keras.Input((8, 8, 1))
+    x = QConv2D(2, (3, 3), dilation_rate=(2, 1), padding='same', parallelization_factor=8)(inp)
+    x = QConv2D(3, 3, strides=2)(x)
+    x = keras.layers.Reshape((-1, 3), name='rows')(x)
+    x = QDense(4, parallelization_factor=2)(x)
+    x = QDense(2)(x)
+    x = keras.layers.Flatten(name='flat')(x)
+    x = keras.layers.Reshape((6, 3))(x)
+    x = QGlobalAveragePooling1D(parallelization_factor=3)(x)
+    out = QDense(1)(x)
+    return keras.Model(inp, out)
+
+
+MODELS = [
+    ('demo', demo),
+    ('named', named),
+    ('quantizers', quantizers),
+    ('mixed', mixed),
+    ('cnn2d', cnn2d),
+    ('cnn2d_same', cnn2d_same),
+    ('cnn1d', cnn1d),
+    ('causal', causal),
+    ('grouped', grouped),
+    ('nd_dense', nd_dense),
+    ('digits', digits),
+    ('misc', misc),
+]
+
+
 if __name__ == '__main__':
-    for name, make in [('demo', demo), ('named', named), ('quantizers', quantizers), ('mixed', mixed)]:
+    for name, make in MODELS:
         keras.backend.clear_session()
         with open(f'{name}.json', 'w') as f:
             f.write(make().to_json())

@@ -1,0 +1,804 @@
+//! A whole Keras model document for a chain of layers (`QDense`, `QConv1D`/`QConv2D`, the
+//! pooling layers, `Flatten`, `Reshape`) on an input of any rank, written byte for byte as
+//! hgq2's `model.to_json()` writes it.
+//!
+//! [`ChainModelSpec`] describes `Input(shape) -> layer -> ... -> layer` as a Keras functional
+//! model; [`ChainModelSpec::to_json`] gives exactly the text that
+//! `keras.Model(inp, out).to_json()` gives for the same model (hgq2 0.2.0, Keras 3.15), and
+//! [`ChainModelSpec::from_json`] reads such a document back. The digits CNN,
+//!
+//! ```python
+//! import os; os.environ['KERAS_BACKEND'] = 'jax'
+//! import keras
+//! from hgq.layers import QConv2D, QDense, QMaxPooling2D
+//! inp = keras.Input((64,))
+//! x = keras.layers.Reshape((8, 8, 1))(inp)
+//! x = QConv2D(4, (3, 3), activation='relu')(x)
+//! x = QMaxPooling2D((2, 2))(x)
+//! x = keras.layers.Flatten()(x)
+//! out = QDense(10)(x)
+//! print(keras.Model(inp, out).to_json())
+//! ```
+//!
+//! is
+//!
+//! ```
+//! use hgq_config::model_json::{Activation, QDenseSpec};
+//! use hgq_config::sequential::{ChainModelSpec, FlattenSpec, QConvSpec, QPoolSpec, ReshapeSpec};
+//! let m = ChainModelSpec::new([64])
+//!     .layer(ReshapeSpec::new([8, 8, 1]))
+//!     .layer(QConvSpec::new(4, [3, 3]).activation(Activation::Relu))
+//!     .layer(QPoolSpec::max([2, 2]))
+//!     .layer(FlattenSpec::new())
+//!     .layer(QDenseSpec::new(10));
+//! assert_eq!(
+//!     m.layer_names().unwrap(),
+//!     ["reshape", "q_conv2d", "q_max_pooling2d", "flatten", "q_dense"]
+//! );
+//! let shapes = m.output_shapes().unwrap();
+//! assert_eq!(shapes, [vec![8, 8, 1], vec![6, 6, 4], vec![3, 3, 4], vec![36], vec![10]]);
+//! let json = m.to_json().unwrap();
+//! assert!(json.contains(r#""parallelization_factor": 36}"#)); // 6 x 6 output positions
+//! assert_eq!(ChainModelSpec::from_json(&json).unwrap(), m);
+//! ```
+//!
+//! ## What is written
+//!
+//! Every layer is written as the reference writes a *built* model: the `__keras_tensor__`
+//! shapes of `inbound_nodes` and `build_config.input_shape` are the input shapes Keras
+//! computes (Keras' formulas for `valid`, `same` and `causal` padding with strides and
+//! dilation, computed here); `parallelization_factor` of `QDense` and the convolutions is
+//! resolved (see [`QDenseSpec::parallelization_factor`] and
+//! [`QConvSpec::parallelization_factor`]); `activation=None` is `"linear"`, `beta0` is
+//! `Constant(float(beta0))`, `bq_conf` is `null` without a bias, `iq_conf` / `oq_conf` are
+//! `null` when that quantizer is off; `data_format` is `channels_last` (the only one
+//! described here); a pooling layer's `strides=None` is written as its `pool_size`. Kernel
+//! and bias initializers, regularizers and constraints are Keras' defaults; the dtype is
+//! `float32`.
+//!
+//! Some of what the reference writes is not what one might expect:
+//!
+//! - the pooling layers do not write `parallelization_factor` at all (hgq2's `QBasePooling`
+//!   takes the argument but its `get_config` leaves it out), so [`QPoolSpec`] has no such
+//!   field: a value given in Python is lost on saving;
+//! - `Reshape` has no `build_config` (Keras builds it when it is made);
+//! - the convolutions write `activity_regularizer` (always `null`) and no
+//!   `quantization_config`, `QDense` the other way round;
+//! - the global pooling layers write `keepdims`, and no `pool_size`, `strides` or `padding`.
+//!
+//! Unnamed layers take Keras' automatic names in a fresh session, counted per class
+//! (named layers do not count): `q_dense`, `q_conv1d`, `q_conv2d`, `q_max_pooling1d`,
+//! `q_max_pooling2d`, `q_average_pooling1d`, `q_average_pooling2d`,
+//! `q_global_max_pooling1d`, `q_global_max_pooling2d`, `q_global_average_pooling1d`,
+//! `q_global_average_pooling2d`, `flatten`, `reshape`, then `q_conv2d_1`, `q_conv2d_2`, ...
+//! The model is `functional` and the input `input_layer` unless named.
+//!
+//! ## Checking with the reference
+//!
+//! The test data (`tests/data/models/*.json`, made by `tests/data/models/make_models.py`)
+//! are the reference's own output, and the tests check this module writes the same bytes.
+//! That Keras loads what this module writes, and writes it back unchanged, was checked by
+//! hand (hgq2 0.2.0, Keras 3.15.1, jax 0.10.2) with the script in
+//! [`model_json`](crate::model_json#checking-with-the-reference), for every model of the
+//! test data as this module writes it and for a few more (strides with groups, a pooling
+//! window larger than its input with `same` padding, `keepdims`, output quantizers,
+//! `Reshape((-1,))`, a chain of every class with automatic names). Each loaded and wrote the
+//! same text back; each ran a forward pass but those with a causal `QConv1D`. That limit is
+//! the reference's own: hgq2 0.2.0 pads the input of a causal `QConv1D` before its input
+//! quantizer, which was built for the unpadded shape, so such a layer with `enable_iq=True`
+//! fails on its first call (a model built in Python fails the same way; without the input
+//! quantizer it runs).
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::str::FromStr;
+
+use crate::de::{At, dict};
+use crate::error::{ConfigError, Result};
+use crate::model::{KerasModel, find_quantizers};
+use crate::model_json::{
+    DEFAULT_INPUT_NAME, DEFAULT_MODEL_NAME, DenseModelSpec, FUNCTIONAL_MODULE, QDENSE_AUTO_PREFIX,
+    QDENSE_MODULE, QDenseSpec, check_name, check_size, first_difference, n_parallel, numbered,
+    qdense_config, read_qdense, size,
+};
+use crate::pyjson::PyValue;
+
+mod conv;
+mod pool;
+mod reshape;
+
+pub use conv::QConvSpec;
+pub use pool::{PoolKind, PoolWindow, QPoolSpec};
+pub use reshape::{FlattenSpec, ReshapeSpec};
+
+/// The module of hgq2's `QConv1D` / `QConv2D`.
+pub const QCONV_MODULE: &str = "hgq.layers.conv";
+/// The module of hgq2's pooling layers.
+pub const QPOOLING_MODULE: &str = "hgq.layers.pooling";
+/// The module Keras writes for its own layers (`InputLayer`, `Flatten`, `Reshape`).
+pub const KERAS_LAYERS_MODULE: &str = "keras.layers";
+
+/// A convolution's or pooling layer's `padding`.
+///
+/// ```
+/// use hgq_config::sequential::Padding;
+/// assert_eq!(Padding::Same.as_str(), "same");
+/// assert_eq!("causal".parse::<Padding>().unwrap(), Padding::Causal);
+/// assert!("full".parse::<Padding>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Padding {
+    /// `valid`: no padding; the window must fit in the input.
+    #[default]
+    Valid,
+    /// `same`: padded so that the output has `ceil(n / stride)` positions.
+    Same,
+    /// `causal`: padded on the left only (`QConv1D` only); sizes as `same`.
+    Causal,
+}
+
+impl Padding {
+    /// The name Keras writes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Padding::Valid => "valid",
+            Padding::Same => "same",
+            Padding::Causal => "causal",
+        }
+    }
+}
+
+impl fmt::Display for Padding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Padding {
+    type Err = ConfigError;
+
+    /// Reads a name Keras writes (`valid`, `same`, `causal`).
+    fn from_str(s: &str) -> Result<Self> {
+        [Padding::Valid, Padding::Same, Padding::Causal]
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| ConfigError::Value {
+                path: "$".into(),
+                msg: format!("unknown padding `{s}`"),
+            })
+    }
+}
+
+/// One layer of a [`ChainModelSpec`].
+///
+/// Every layer type converts into it (`From`), so [`ChainModelSpec::layer`] takes any of
+/// them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LayerSpec {
+    /// hgq2's `QDense` (on the last axis of an input of any rank).
+    QDense(QDenseSpec),
+    /// hgq2's `QConv1D` / `QConv2D`.
+    QConv(QConvSpec),
+    /// hgq2's `QMaxPooling1D/2D`, `QAveragePooling1D/2D` and their global forms.
+    QPool(QPoolSpec),
+    /// Keras' `Flatten`.
+    Flatten(FlattenSpec),
+    /// Keras' `Reshape`.
+    Reshape(ReshapeSpec),
+}
+
+impl LayerSpec {
+    /// The explicit layer name, if any (`None`: Keras' automatic name).
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            LayerSpec::QDense(l) => l.name.as_deref(),
+            LayerSpec::QConv(l) => l.name.as_deref(),
+            LayerSpec::QPool(l) => l.name.as_deref(),
+            LayerSpec::Flatten(l) => l.name.as_deref(),
+            LayerSpec::Reshape(l) => l.name.as_deref(),
+        }
+    }
+
+    fn name_mut(&mut self) -> &mut Option<String> {
+        match self {
+            LayerSpec::QDense(l) => &mut l.name,
+            LayerSpec::QConv(l) => &mut l.name,
+            LayerSpec::QPool(l) => &mut l.name,
+            LayerSpec::Flatten(l) => &mut l.name,
+            LayerSpec::Reshape(l) => &mut l.name,
+        }
+    }
+
+    /// The Keras class name written (`QDense`, `QConv2D`, `QGlobalMaxPooling1D`, `Flatten`,
+    /// ...); `None` for a convolution or pooling of a rank other than 1 or 2.
+    pub fn class_name(&self) -> Option<&'static str> {
+        match self {
+            LayerSpec::QDense(_) => Some("QDense"),
+            LayerSpec::QConv(l) => l.class_name(),
+            LayerSpec::QPool(l) => l.class_name(),
+            LayerSpec::Flatten(_) => Some("Flatten"),
+            LayerSpec::Reshape(_) => Some("Reshape"),
+        }
+    }
+
+    /// The module written with the class.
+    pub fn module(&self) -> &'static str {
+        match self {
+            LayerSpec::QDense(_) => QDENSE_MODULE,
+            LayerSpec::QConv(_) => QCONV_MODULE,
+            LayerSpec::QPool(_) => QPOOLING_MODULE,
+            LayerSpec::Flatten(_) | LayerSpec::Reshape(_) => KERAS_LAYERS_MODULE,
+        }
+    }
+
+    /// The first automatic name Keras gives the class in a fresh session (`q_dense`,
+    /// `q_conv2d`, `q_global_average_pooling1d`, `flatten`, ...), the prefix of the later
+    /// ones (`q_conv2d_1`); `None` where [`Self::class_name`] is.
+    pub fn auto_name_prefix(&self) -> Option<&'static str> {
+        Some(match self.class_name()? {
+            "QDense" => QDENSE_AUTO_PREFIX,
+            "QConv1D" => "q_conv1d",
+            "QConv2D" => "q_conv2d",
+            "QMaxPooling1D" => "q_max_pooling1d",
+            "QMaxPooling2D" => "q_max_pooling2d",
+            "QAveragePooling1D" => "q_average_pooling1d",
+            "QAveragePooling2D" => "q_average_pooling2d",
+            "QGlobalMaxPooling1D" => "q_global_max_pooling1d",
+            "QGlobalMaxPooling2D" => "q_global_max_pooling2d",
+            "QGlobalAveragePooling1D" => "q_global_average_pooling1d",
+            "QGlobalAveragePooling2D" => "q_global_average_pooling2d",
+            "Flatten" => "flatten",
+            "Reshape" => "reshape",
+            _ => return None,
+        })
+    }
+
+    /// Whether the layer is hgq2's (registered as `hgq>Class`) rather than Keras' own.
+    fn is_hgq(&self) -> bool {
+        !matches!(self, LayerSpec::Flatten(_) | LayerSpec::Reshape(_))
+    }
+
+    /// The output shape (without batch) for an input of `input` (without batch); errors
+    /// name paths under `at` (`$.config.layers[j]`).
+    fn output_shape(&self, input: &[usize], at: &str) -> Result<Vec<usize>> {
+        match self {
+            LayerSpec::QDense(l) => {
+                check_size(l.units, &format!("{at}.config.units"))?;
+                let mut out = input.to_vec();
+                *out.last_mut().expect("inputs have a rank of 1 or more") = l.units;
+                Ok(out)
+            }
+            LayerSpec::QConv(l) => l.output_shape(input, at),
+            LayerSpec::QPool(l) => l.output_shape(input, at),
+            LayerSpec::Flatten(_) => {
+                let n = product(input).ok_or_else(|| {
+                    value_err(format!("{at}.build_config.input_shape"), "too many values")
+                })?;
+                Ok(vec![n])
+            }
+            LayerSpec::Reshape(l) => l.output_shape(input, at),
+        }
+    }
+
+    /// The layer's `config`.
+    fn config_value(&self, name: &str, output: &[usize]) -> PyValue {
+        match self {
+            LayerSpec::QDense(l) => qdense_config(l, name, output),
+            LayerSpec::QConv(l) => l.config_value(name, output),
+            LayerSpec::QPool(l) => l.config_value(name),
+            LayerSpec::Flatten(l) => l.config_value(name),
+            LayerSpec::Reshape(l) => l.config_value(name),
+        }
+    }
+
+    /// A negative (automatic) `parallelization_factor` where the written value is the
+    /// automatic one for an output of `output`.
+    fn normalize_parallelization(&mut self, output: &[usize]) {
+        match self {
+            LayerSpec::QDense(l)
+                if l.parallelization_factor == n_parallel(&output[..output.len() - 1]) =>
+            {
+                l.parallelization_factor = -1;
+            }
+            LayerSpec::QConv(l) if l.parallelization_factor == l.n_parallel(output) => {
+                l.parallelization_factor = -1;
+            }
+            _ => {}
+        }
+    }
+}
+
+impl From<QDenseSpec> for LayerSpec {
+    fn from(l: QDenseSpec) -> Self {
+        LayerSpec::QDense(l)
+    }
+}
+
+impl From<QConvSpec> for LayerSpec {
+    fn from(l: QConvSpec) -> Self {
+        LayerSpec::QConv(l)
+    }
+}
+
+impl From<QPoolSpec> for LayerSpec {
+    fn from(l: QPoolSpec) -> Self {
+        LayerSpec::QPool(l)
+    }
+}
+
+impl From<FlattenSpec> for LayerSpec {
+    fn from(l: FlattenSpec) -> Self {
+        LayerSpec::Flatten(l)
+    }
+}
+
+impl From<ReshapeSpec> for LayerSpec {
+    fn from(l: ReshapeSpec) -> Self {
+        LayerSpec::Reshape(l)
+    }
+}
+
+/// A Keras functional model `Input(input_shape) -> layer -> ... -> layer`.
+///
+/// The digits CNN (`Input((64,)) -> Reshape((8, 8, 1)) -> QConv2D(4, (3, 3),
+/// activation='relu') -> QMaxPooling2D((2, 2)) -> Flatten() -> QDense(10)`):
+///
+/// ```
+/// use hgq_config::model_json::{Activation, QDenseSpec};
+/// use hgq_config::sequential::{ChainModelSpec, FlattenSpec, QConvSpec, QPoolSpec, ReshapeSpec};
+/// let m = ChainModelSpec::new([64])
+///     .layer(ReshapeSpec::new([8, 8, 1]))
+///     .layer(QConvSpec::new(4, [3, 3]).activation(Activation::Relu))
+///     .layer(QPoolSpec::max([2, 2]))
+///     .layer(FlattenSpec::new())
+///     .layer(QDenseSpec::new(10));
+/// let json = m.to_json().unwrap();
+/// assert!(json.starts_with(r#"{"module": "keras.src.models.functional", "class_name": "Functional", "config": {"name": "functional", "trainable": true, "layers": [{"module": "keras.layers", "class_name": "InputLayer", "config": {"batch_shape": [null, 64]"#));
+/// assert_eq!(m.layer_names().unwrap()[1], "q_conv2d");
+/// assert_eq!(m.output_shapes().unwrap()[2], [3, 3, 4]);
+/// assert_eq!(ChainModelSpec::from_json(&json).unwrap(), m);
+///
+/// // Its quantizers (iq, kq, bq of the convolution; iq of the pooling; iq, kq, bq of QDense).
+/// let km = m.to_keras_model().unwrap();
+/// assert_eq!(km.quantizers.len(), 7);
+/// assert_eq!(km.quantizers[3].layer_path(), "functional/q_max_pooling2d");
+///
+/// // Geometry Keras refuses is an error naming the JSON path.
+/// let bad = ChainModelSpec::new([2, 2, 1]).layer(QConvSpec::new(4, [3, 3]));
+/// assert_eq!(bad.to_json().unwrap_err().path(), Some("$.config.layers[1].config.kernel_size[0]"));
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChainModelSpec {
+    /// The model name (`functional` by default).
+    pub name: String,
+    /// The input layer's name (`input_layer` by default).
+    pub input_name: String,
+    /// The input shape without the batch axis: the input is `(batch, *input_shape)`.
+    pub input_shape: Vec<usize>,
+    /// The layers, input side first.
+    pub layers: Vec<LayerSpec>,
+}
+
+impl ChainModelSpec {
+    /// A model on inputs of `input_shape` (without batch) with no layers yet, named as Keras
+    /// names it.
+    pub fn new(input_shape: impl Into<Vec<usize>>) -> Self {
+        ChainModelSpec {
+            name: DEFAULT_MODEL_NAME.into(),
+            input_name: DEFAULT_INPUT_NAME.into(),
+            input_shape: input_shape.into(),
+            layers: Vec::new(),
+        }
+    }
+
+    /// Sets the model name.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Sets the input layer's name.
+    pub fn input_name(mut self, name: impl Into<String>) -> Self {
+        self.input_name = name.into();
+        self
+    }
+
+    /// Appends a layer.
+    pub fn layer(mut self, layer: impl Into<LayerSpec>) -> Self {
+        self.layers.push(layer.into());
+        self
+    }
+
+    /// The layer names as written: explicit names, and Keras' automatic names (counted per
+    /// class) for the rest. Errors on a name that is empty, holds `/` or is used twice
+    /// (the input's included), and on a convolution or pooling of a rank other than 1 or 2.
+    pub fn layer_names(&self) -> Result<Vec<String>> {
+        check_name(&self.name, "$.config.name")?;
+        check_name(&self.input_name, "$.config.layers[0].config.name")?;
+        let mut seen = HashSet::from([self.input_name.clone()]);
+        let mut auto: HashMap<&str, usize> = HashMap::new();
+        let mut names = Vec::with_capacity(self.layers.len());
+        for (j, l) in self.layers.iter().enumerate() {
+            let at = format!("$.config.layers[{}]", j + 1);
+            let Some(prefix) = l.auto_name_prefix() else {
+                return Err(value_err(
+                    rank_path(l, &at),
+                    "only ranks 1 and 2 (QConv1D/2D, pooling 1D/2D) are written",
+                ));
+            };
+            let name = match l.name() {
+                Some(n) => n.to_string(),
+                None => {
+                    let k = auto.entry(prefix).or_insert(0);
+                    *k += 1;
+                    numbered(prefix, *k - 1)
+                }
+            };
+            let path = format!("{at}.config.name");
+            check_name(&name, &path)?;
+            if !seen.insert(name.clone()) {
+                return Err(value_err(
+                    path,
+                    format!("layer name `{name}` is used twice"),
+                ));
+            }
+            names.push(name);
+        }
+        Ok(names)
+    }
+
+    /// The output shape of every layer, without the batch axis, as Keras computes it.
+    ///
+    /// Errors on geometry Keras refuses, naming the JSON path of the offending value: an
+    /// input size of 0 (`$.config.layers[0].config.batch_shape[1]`), a size of 0
+    /// (`units`, `filters`, `kernel_size[0]`, `strides[1]`, `dilation_rate[0]`, `groups`,
+    /// `pool_size[0]`), lists of the wrong length, a window larger than its (unpadded)
+    /// input with `valid` padding (`kernel_size[i]`, `pool_size[i]`), `filters` or the
+    /// input channels not divisible by `groups` (`filters`, `groups`), strides and
+    /// dilation both above 1 (`dilation_rate`), `causal` padding other than in `QConv1D`
+    /// or on a pooling layer (`padding`), an input of the wrong rank for a convolution or
+    /// pooling (`build_config.input_shape`), a `target_shape` that does not hold the input.
+    ///
+    /// ```
+    /// use hgq_config::model_json::QDenseSpec;
+    /// use hgq_config::sequential::{ChainModelSpec, Padding, QConvSpec};
+    /// let m = ChainModelSpec::new([7, 5, 2])
+    ///     .layer(QConvSpec::new(4, [2, 3]).strides([2, 1]).padding(Padding::Same))
+    ///     .layer(QDenseSpec::new(3));
+    /// assert_eq!(m.output_shapes().unwrap(), [vec![4, 5, 4], vec![4, 5, 3]]);
+    /// ```
+    pub fn output_shapes(&self) -> Result<Vec<Vec<usize>>> {
+        if self.input_shape.is_empty() {
+            return Err(value_err(
+                "$.config.layers[0].config.batch_shape",
+                "the input needs at least one axis beside the batch",
+            ));
+        }
+        for (k, &n) in self.input_shape.iter().enumerate() {
+            check_size(
+                n,
+                &format!("$.config.layers[0].config.batch_shape[{}]", k + 1),
+            )?;
+        }
+        let mut shape = self.input_shape.clone();
+        let mut shapes = Vec::with_capacity(self.layers.len());
+        for (j, l) in self.layers.iter().enumerate() {
+            let at = format!("$.config.layers[{}]", j + 1);
+            shape = l.output_shape(&shape, &at)?;
+            for &n in &shape {
+                // A product that does not fit Python's writing of ints here.
+                check_size(n, &format!("{at}.config"))?;
+            }
+            shapes.push(shape.clone());
+        }
+        Ok(shapes)
+    }
+
+    /// Checks what Keras would refuse (or what would not load): at least one layer,
+    /// [`Self::layer_names`], [`Self::output_shapes`], and EBOPs only with an input
+    /// quantizer. Errors name the JSON path of the offending value in the written document.
+    pub fn validate(&self) -> Result<()> {
+        if self.layers.is_empty() {
+            return Err(value_err(
+                "$.config.layers",
+                "a model needs at least one layer",
+            ));
+        }
+        self.layer_names()?;
+        self.output_shapes()?;
+        for (j, l) in self.layers.iter().enumerate() {
+            let ebops_without_iq = match l {
+                LayerSpec::QDense(l) => l.enable_ebops && l.iq.is_none(),
+                LayerSpec::QConv(l) => l.enable_ebops && l.iq.is_none(),
+                LayerSpec::QPool(l) => l.enable_ebops && l.iq.is_none(),
+                LayerSpec::Flatten(_) | LayerSpec::Reshape(_) => false,
+            };
+            if ebops_without_iq {
+                return Err(value_err(
+                    format!("$.config.layers[{}].config.enable_ebops", j + 1),
+                    "EBOPs need the input quantizer (enable_iq)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The whole document as a value (see [`Self::to_json`]).
+    pub fn to_value(&self) -> Result<PyValue> {
+        self.validate()?;
+        let names = self.layer_names()?;
+        let shapes = self.output_shapes()?;
+        // Sizes are checked by `output_shapes`.
+        let shape = |dims: &[usize]| {
+            PyValue::List(
+                std::iter::once(PyValue::Null)
+                    .chain(dims.iter().map(|&n| PyValue::Int(n as i64)))
+                    .collect(),
+            )
+        };
+        let history =
+            |name: &str| PyValue::List(vec![PyValue::str(name), PyValue::Int(0), PyValue::Int(0)]);
+
+        let mut layers = vec![dict([
+            ("module", PyValue::str(KERAS_LAYERS_MODULE)),
+            ("class_name", PyValue::str("InputLayer")),
+            (
+                "config",
+                dict([
+                    ("batch_shape", shape(&self.input_shape)),
+                    ("dtype", PyValue::str("float32")),
+                    ("sparse", PyValue::Bool(false)),
+                    ("ragged", PyValue::Bool(false)),
+                    ("name", PyValue::str(&self.input_name)),
+                    ("optional", PyValue::Bool(false)),
+                ]),
+            ),
+            ("registered_name", PyValue::Null),
+            ("name", PyValue::str(&self.input_name)),
+            ("inbound_nodes", PyValue::List(vec![])),
+        ])];
+        let mut prev: (&str, &[usize]) = (&self.input_name, &self.input_shape);
+        for ((l, name), out) in self.layers.iter().zip(&names).zip(&shapes) {
+            let node = dict([
+                (
+                    "args",
+                    PyValue::List(vec![dict([
+                        ("class_name", PyValue::str("__keras_tensor__")),
+                        (
+                            "config",
+                            dict([
+                                ("shape", shape(prev.1)),
+                                ("dtype", PyValue::str("float32")),
+                                ("keras_history", history(prev.0)),
+                            ]),
+                        ),
+                    ])]),
+                ),
+                ("kwargs", dict([])),
+            ]);
+            let class = l.class_name().expect("checked by layer_names");
+            let mut entries = vec![
+                ("module".to_string(), PyValue::str(l.module())),
+                ("class_name".to_string(), PyValue::str(class)),
+                ("config".to_string(), l.config_value(name, out)),
+                (
+                    "registered_name".to_string(),
+                    if l.is_hgq() {
+                        PyValue::Str(format!("hgq>{class}"))
+                    } else {
+                        PyValue::Null
+                    },
+                ),
+            ];
+            // Keras builds a Reshape when it is made: it writes no build_config.
+            if !matches!(l, LayerSpec::Reshape(_)) {
+                entries.push((
+                    "build_config".into(),
+                    dict([("input_shape", shape(prev.1))]),
+                ));
+            }
+            entries.push(("name".into(), PyValue::str(name)));
+            entries.push(("inbound_nodes".into(), PyValue::List(vec![node])));
+            layers.push(PyValue::Dict(entries));
+            prev = (name, out);
+        }
+        Ok(dict([
+            ("module", PyValue::str(FUNCTIONAL_MODULE)),
+            ("class_name", PyValue::str("Functional")),
+            (
+                "config",
+                dict([
+                    ("name", PyValue::str(&self.name)),
+                    ("trainable", PyValue::Bool(true)),
+                    ("layers", PyValue::List(layers)),
+                    ("input_layers", history(&self.input_name)),
+                    ("output_layers", history(prev.0)),
+                ]),
+            ),
+            ("registered_name", PyValue::str("Functional")),
+            ("build_config", dict([("input_shape", PyValue::Null)])),
+            ("compile_config", dict([])),
+        ]))
+    }
+
+    /// The exact text of the reference's `model.to_json()` for this model.
+    ///
+    /// ```
+    /// use hgq_config::sequential::{ChainModelSpec, QConvSpec};
+    /// let bad = ChainModelSpec::new([8, 4]).layer(QConvSpec::new(6, [3]).groups(4));
+    /// let e = bad.to_json().unwrap_err();
+    /// assert_eq!(e.path(), Some("$.config.layers[1].config.filters"));
+    /// ```
+    pub fn to_json(&self) -> Result<String> {
+        Ok(self.to_value()?.to_json())
+    }
+
+    /// The written document as a [`KerasModel`], with every quantizer configuration found
+    /// and its layer path (`functional/q_conv2d`) and key (`iq_conf`, `kq_conf`, `bq_conf`,
+    /// `oq_conf`).
+    pub fn to_keras_model(&self) -> Result<KerasModel> {
+        let root = self.to_value()?;
+        let quantizers = find_quantizers(&root)?;
+        Ok(KerasModel { root, quantizers })
+    }
+
+    /// Reads a document that [`Self::to_json`] (or the reference, for such a model) wrote.
+    ///
+    /// The fields are read, the model is written again and compared with the input: any
+    /// difference (a key this type does not describe, another initializer, a branch in the
+    /// graph, a shape that is not the one Keras computes, ...) is an error naming the first
+    /// JSON path where they differ. A layer name equal to the automatic name it would get
+    /// is read as `None`, a `parallelization_factor` equal to the automatic one as `-1`,
+    /// and a pooling layer's `strides` equal to its `pool_size` as `None`.
+    ///
+    /// ```
+    /// use hgq_config::sequential::{ChainModelSpec, QPoolSpec};
+    /// use hgq_config::model_json::QDenseSpec;
+    /// let m = ChainModelSpec::new([6, 2]).layer(QPoolSpec::average([2])).layer(QDenseSpec::new(1));
+    /// let json = m.to_json().unwrap();
+    /// let bad = json.replacen(r#""pool_size": [2]"#, r#""pool_size": [2, 2]"#, 1);
+    /// let e = ChainModelSpec::from_json(&bad).unwrap_err();
+    /// assert_eq!(e.path(), Some("$.config.layers[1].config.pool_size"));
+    /// ```
+    pub fn from_json(text: &str) -> Result<Self> {
+        Self::from_value(&PyValue::parse(text)?)
+    }
+
+    /// Reads a parsed document (see [`Self::from_json`]).
+    pub fn from_value(v: &PyValue) -> Result<Self> {
+        let spec = read_chain(&At::root(v))?;
+        let written = spec.to_value()?;
+        match first_difference(v, &written, "$".into()) {
+            None => Ok(spec),
+            Some(path) => Err(ConfigError::Value {
+                path,
+                msg: "not what this chain model writes".into(),
+            }),
+        }
+    }
+}
+
+impl From<DenseModelSpec> for ChainModelSpec {
+    /// The same model: a 1-D input shape `[input_dim]` and its `QDense` layers.
+    fn from(d: DenseModelSpec) -> Self {
+        ChainModelSpec {
+            name: d.name,
+            input_name: d.input_name,
+            input_shape: vec![d.input_dim],
+            layers: d.layers.into_iter().map(LayerSpec::QDense).collect(),
+        }
+    }
+}
+
+pub(crate) fn value_err(path: impl Into<String>, msg: impl Into<String>) -> ConfigError {
+    ConfigError::Value {
+        path: path.into(),
+        msg: msg.into(),
+    }
+}
+
+/// The product of `dims`, if it fits.
+pub(crate) fn product(dims: &[usize]) -> Option<usize> {
+    dims.iter().try_fold(1usize, |p, &d| p.checked_mul(d))
+}
+
+/// Where a layer's rank is written (for an unsupported rank).
+fn rank_path(l: &LayerSpec, at: &str) -> String {
+    match l {
+        LayerSpec::QConv(_) => format!("{at}.config.kernel_size"),
+        LayerSpec::QPool(p) => match p.window {
+            PoolWindow::Global { .. } => format!("{at}.class_name"),
+            PoolWindow::Local { .. } => format!("{at}.config.pool_size"),
+        },
+        _ => format!("{at}.class_name"),
+    }
+}
+
+/// A list of sizes of length `rank`, each positive.
+pub(crate) fn read_sizes(at: &At<'_>, rank: usize) -> Result<Vec<usize>> {
+    let items = at.list()?;
+    if items.len() != rank {
+        return Err(at.value_err(format!(
+            "expected {rank} size{} for this class, found {}",
+            if rank == 1 { "" } else { "s" },
+            items.len()
+        )));
+    }
+    items.iter().map(size).collect()
+}
+
+/// `padding` as written.
+pub(crate) fn read_padding(at: &At<'_>) -> Result<Padding> {
+    let s = at.str()?;
+    s.parse()
+        .map_err(|_| at.value_err(format!("unknown padding `{s}`")))
+}
+
+/// A list of sizes as written (lists of ints).
+pub(crate) fn sizes_value(v: &[usize]) -> PyValue {
+    PyValue::List(v.iter().map(|&n| PyValue::Int(n as i64)).collect())
+}
+
+fn read_chain(root: &At<'_>) -> Result<ChainModelSpec> {
+    let mut d = root.dict()?;
+    let mut c = d.req("config")?.dict()?;
+    let name = c.req("name")?.str()?.to_string();
+    let layers_at = c.req("layers")?;
+    let layers = layers_at.list()?;
+    let Some((input, rest)) = layers.split_first() else {
+        return Err(layers_at.value_err("no input layer"));
+    };
+    let mut ic = input.dict()?.req("config")?.dict()?;
+    let input_name = ic.req("name")?.str()?.to_string();
+    let shape_at = ic.req("batch_shape")?;
+    let shape = shape_at.list()?;
+    let Some((_, dims)) = shape.split_first() else {
+        return Err(shape_at.value_err("expected a batch shape [null, ...]"));
+    };
+    let input_shape = dims.iter().map(size).collect::<Result<Vec<_>>>()?;
+    let mut spec = ChainModelSpec {
+        name,
+        input_name,
+        input_shape,
+        layers: Vec::with_capacity(rest.len()),
+    };
+    let mut auto: HashMap<&str, usize> = HashMap::new();
+    for l in rest {
+        let mut ld = l.dict()?;
+        let class_at = ld.req("class_name")?;
+        let config = ld.req("config")?;
+        let mut layer: LayerSpec = match class_at.str()? {
+            "QDense" => read_qdense(&config)?.into(),
+            "QConv1D" => QConvSpec::read(&config, 1)?.into(),
+            "QConv2D" => QConvSpec::read(&config, 2)?.into(),
+            "Flatten" => FlattenSpec::read(&config)?.into(),
+            "Reshape" => ReshapeSpec::read(&config)?.into(),
+            class => match QPoolSpec::read(&config, class)? {
+                Some(p) => p.into(),
+                None => {
+                    return Err(ConfigError::UnknownClass {
+                        path: l.path.clone(),
+                        class_name: class.into(),
+                    });
+                }
+            },
+        };
+        // A name equal to the automatic one it would get reads as unnamed.
+        let prefix = layer
+            .auto_name_prefix()
+            .expect("every class read has an automatic name");
+        let k = auto.entry(prefix).or_insert(0);
+        if layer.name() == Some(numbered(prefix, *k).as_str()) {
+            *layer.name_mut() = None;
+        }
+        if layer.name().is_none() {
+            *k += 1;
+        }
+        spec.layers.push(layer);
+    }
+    // The automatic parallelization factors read as -1.
+    let shapes = spec.output_shapes()?;
+    for (l, out) in spec.layers.iter_mut().zip(&shapes) {
+        l.normalize_parallelization(out);
+    }
+    Ok(spec)
+}

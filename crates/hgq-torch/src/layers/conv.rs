@@ -1,0 +1,543 @@
+//! hgq2's `QConv1D` and `QConv2D`: `act(conv(iq(x), kq(kernel)) + bq(bias))`, channels last,
+//! with EBOPs `sum(conv(bits_in, bits_kernel)) + mean(bits_bias) * (input positions) *
+//! filters`, the bias term counted over the input's positions as hgq2 counts it.
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+
+use hgq_config::sequential::{LayerSpec, QConvSpec};
+use hgq_config::{Place, QuantizerConfig};
+use hgq_core::CallMode;
+use tch::{Kind, Tensor, nn};
+
+use super::{
+    Activation, Ebops, EbopsTape, Layer, LayerBuilder, Named, Names, Output, Padding, Pads, QBase,
+    batch_shape, check_beta, check_input, config_or_default, module_t, named_quantizer,
+    quantizer_variables,
+};
+use crate::{Result, TorchError};
+
+/// `(before, after)` padding and the output size of one spatial axis under `padding`, as
+/// Keras computes them (`None`: the window does not fit).
+pub(crate) fn geometry(
+    padding: Padding,
+    input: usize,
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
+) -> Option<((usize, usize), usize)> {
+    let span = dilation * (kernel - 1) + 1;
+    let (pad, padded) = match padding {
+        Padding::Valid => ((0, 0), input),
+        Padding::Same => {
+            let out = input.div_ceil(stride);
+            let total = ((out - 1) * stride + span).saturating_sub(input);
+            ((total / 2, total - total / 2), input + total)
+        }
+        Padding::Causal => ((span - 1, 0), input + span - 1),
+    };
+    (padded >= span).then(|| (pad, (padded - span) / stride + 1))
+}
+
+/// Builder of a [`QConv`]; defaults as hgq2 (and Keras): strides 1, `valid` padding,
+/// dilation 1, one group, a bias, no activation, `beta = 1e-5`, the quantizers `iq`
+/// `default`/datalane, `kq` `default`/weight, `bq` `default`/bias.
+#[derive(Debug, Clone)]
+pub struct QConvBuilder {
+    input_dims: Vec<usize>,
+    filters: usize,
+    kernel_size: Vec<usize>,
+    strides: Vec<usize>,
+    padding: Padding,
+    dilation: Vec<usize>,
+    groups: usize,
+    activation: Activation,
+    use_bias: bool,
+    beta: f64,
+    name: Option<String>,
+    tape: Option<EbopsTape>,
+    iq: Option<QuantizerConfig>,
+    kq: Option<QuantizerConfig>,
+    bq: Option<QuantizerConfig>,
+}
+
+impl QConvBuilder {
+    /// Strides, one per spatial axis.
+    pub fn strides(mut self, s: &[usize]) -> Self {
+        self.strides = s.to_vec();
+        self
+    }
+    /// The padding.
+    pub fn padding(mut self, p: Padding) -> Self {
+        self.padding = p;
+        self
+    }
+    /// Dilation rates, one per spatial axis (Keras refuses dilation above 1 with strides
+    /// above 1).
+    pub fn dilation(mut self, d: &[usize]) -> Self {
+        self.dilation = d.to_vec();
+        self
+    }
+    /// Groups: the channels and the filters are split into this many groups, each filter
+    /// seeing the channels of its group.
+    pub fn groups(mut self, g: usize) -> Self {
+        self.groups = g;
+        self
+    }
+    /// The activation after the layer.
+    pub fn activation(mut self, a: Activation) -> Self {
+        self.activation = a;
+        self
+    }
+    /// Whether the layer has a bias.
+    pub fn use_bias(mut self, b: bool) -> Self {
+        self.use_bias = b;
+        self
+    }
+    /// The EBOPs weight in the loss.
+    pub fn beta(mut self, beta: f64) -> Self {
+        self.beta = beta;
+        self
+    }
+    /// The layer's name (default: `q_conv1d` / `q_conv2d`, then `_1`, `_2`, ...).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+    /// Records `beta * ebops` of every training forward into `tape` (see
+    /// [`super::QDenseBuilder::ebops_tape`]).
+    pub fn ebops_tape(mut self, tape: &EbopsTape) -> Self {
+        self.tape = Some(tape.clone());
+        self
+    }
+    /// The input quantizer's configuration.
+    pub fn iq(mut self, c: QuantizerConfig) -> Self {
+        self.iq = Some(c);
+        self
+    }
+    /// The kernel quantizer's configuration.
+    pub fn kq(mut self, c: QuantizerConfig) -> Self {
+        self.kq = Some(c);
+        self
+    }
+    /// The bias quantizer's configuration.
+    pub fn bq(mut self, c: QuantizerConfig) -> Self {
+        self.bq = Some(c);
+        self
+    }
+
+    fn invalid(&self, why: String) -> TorchError {
+        TorchError::Invalid {
+            what: "QConv geometry",
+            why,
+        }
+    }
+
+    /// The output's dimensions and each spatial axis' `(before, after)` padding.
+    fn geometry(&self) -> Result<(Vec<usize>, Pads)> {
+        let rank = self.kernel_size.len();
+        if !(1..=2).contains(&rank) {
+            return Err(self.invalid(format!("{rank} spatial axes (1 or 2)")));
+        }
+        if self.input_dims.len() != rank + 1 || self.input_dims.contains(&0) {
+            return Err(self.invalid(format!(
+                "input {:?} for {rank} spatial axes (positions and channels, all positive)",
+                self.input_dims
+            )));
+        }
+        let lens_ok = self.strides.len() == rank && self.dilation.len() == rank;
+        let all = self
+            .kernel_size
+            .iter()
+            .chain(&self.strides)
+            .chain(&self.dilation);
+        if !lens_ok || all.clone().any(|&v| v == 0) {
+            return Err(self.invalid(format!(
+                "kernel {:?}, strides {:?}, dilation {:?} (one positive value per spatial axis)",
+                self.kernel_size, self.strides, self.dilation
+            )));
+        }
+        if self.strides.iter().any(|&s| s > 1) && self.dilation.iter().any(|&d| d > 1) {
+            return Err(self.invalid("strides and dilation both above 1 (Keras refuses)".into()));
+        }
+        if self.padding == Padding::Causal && rank != 1 {
+            return Err(self.invalid("causal padding is for QConv1D only".into()));
+        }
+        let channels = self.input_dims[rank];
+        if self.filters == 0
+            || self.groups == 0
+            || !channels.is_multiple_of(self.groups)
+            || !self.filters.is_multiple_of(self.groups)
+        {
+            return Err(self.invalid(format!(
+                "{} filters, {channels} channels, {} groups (positive, the groups dividing both)",
+                self.filters, self.groups
+            )));
+        }
+        let mut out = Vec::with_capacity(rank + 1);
+        let mut pads = Vec::with_capacity(rank);
+        for a in 0..rank {
+            let (input, k) = (self.input_dims[a], self.kernel_size[a]);
+            let Some((pad, n)) =
+                geometry(self.padding, input, k, self.strides[a], self.dilation[a])
+            else {
+                return Err(self.invalid(format!(
+                    "a window of {k} (dilation {}) over {input} positions with {} padding",
+                    self.dilation[a],
+                    self.padding.as_str()
+                )));
+            };
+            out.push(n);
+            pads.push(pad);
+        }
+        out.push(self.filters);
+        Ok((out, pads))
+    }
+
+    /// Builds the layer under `root / name`; `names` gives Keras' unique names.
+    pub fn build(self, root: &nn::Path, names: &mut Names) -> Result<QConv> {
+        check_beta(self.beta)?;
+        let (output_dims, pads) = self.geometry()?;
+        let rank = self.kernel_size.len();
+        let base = if rank == 1 { "q_conv1d" } else { "q_conv2d" };
+        let name = self.name.clone().unwrap_or_else(|| names.next(base));
+        let p = root / name.as_str();
+        let channels = self.input_dims[rank];
+        let kernel_shape: Vec<usize> = self
+            .kernel_size
+            .iter()
+            .copied()
+            .chain([channels / self.groups, self.filters])
+            .collect();
+        let iq_conf = config_or_default(self.iq, Place::Datalane)?;
+        let kq_conf = config_or_default(self.kq, Place::Weight)?;
+        let bq_conf = config_or_default(self.bq, Place::Bias)?;
+        let iq = named_quantizer(
+            names,
+            &p,
+            &name,
+            "iq",
+            iq_conf,
+            &batch_shape(&self.input_dims),
+        )?;
+        let kq_shape: Vec<Option<usize>> = kernel_shape.iter().map(|&d| Some(d)).collect();
+        let kq = named_quantizer(names, &p, &name, "kq", kq_conf, &kq_shape)?;
+        let bq = if self.use_bias {
+            Some(named_quantizer(
+                names,
+                &p,
+                &name,
+                "bq",
+                bq_conf,
+                &[Some(self.filters)],
+            )?)
+        } else {
+            None
+        };
+        // Keras' glorot_uniform: fans over the receptive field.
+        let receptive: usize = self.kernel_size.iter().product();
+        let fans = receptive * (channels / self.groups + self.filters);
+        let limit = (6.0 / fans as f64).sqrt();
+        let dims: Vec<i64> = kernel_shape.iter().map(|&d| d as i64).collect();
+        let kernel = p.var(
+            "kernel",
+            &dims,
+            nn::Init::Uniform {
+                lo: -limit,
+                up: limit,
+            },
+        );
+        let bias = self
+            .use_bias
+            .then(|| p.var("bias", &[self.filters as i64], nn::Init::Const(0.0)));
+        Ok(QConv {
+            base: QBase {
+                name,
+                input_dims: self.input_dims,
+                beta: Cell::new(self.beta),
+                tape: self.tape,
+                ebops: RefCell::new(Ebops::Value(0)),
+                iq,
+            },
+            output_dims,
+            kernel_size: self.kernel_size,
+            strides: self.strides,
+            padding: self.padding,
+            pads,
+            dilation: self.dilation,
+            groups: self.groups,
+            activation: self.activation,
+            kernel,
+            bias,
+            kq,
+            bq,
+        })
+    }
+}
+
+impl LayerBuilder for QConvBuilder {
+    fn input_dims(&self) -> Vec<usize> {
+        self.input_dims.clone()
+    }
+    fn build_layer(self, root: &nn::Path, names: &mut Names) -> Result<Box<dyn Layer>> {
+        Ok(Box::new(self.build(root, names)?))
+    }
+}
+
+/// hgq2's `QConv1D` / `QConv2D` (channels last): `act(conv(iq(x), kq(kernel)) + bq(bias))`.
+///
+/// ```
+/// use hgq_torch::layers::{Activation, Layer, Padding, QConv};
+/// use hgq_torch::hgq_core::CallMode;
+/// use tch::{nn, Device, Kind, Tensor};
+/// let vs = nn::VarStore::new(Device::Cpu);
+/// // 8 x 8 images of one channel, 4 filters of 3 x 3.
+/// let conv = QConv::builder_2d([8, 8, 1], 4, [3, 3])
+///     .activation(Activation::Relu)
+///     .padding(Padding::Same)
+///     .build(&vs.root(), &mut Default::default())?;
+/// assert_eq!(conv.output_dims(), [8, 8, 4]);
+/// let x = Tensor::rand([2, 8, 8, 1], (Kind::Float, Device::Cpu));
+/// let out = conv.forward(&x, CallMode::Training)?;
+/// assert_eq!(out.y.size(), [2, 8, 8, 4]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct QConv {
+    base: QBase,
+    output_dims: Vec<usize>,
+    kernel_size: Vec<usize>,
+    strides: Vec<usize>,
+    padding: Padding,
+    /// `(before, after)` per spatial axis.
+    pads: Pads,
+    dilation: Vec<usize>,
+    groups: usize,
+    activation: Activation,
+    kernel: Tensor,
+    bias: Option<Tensor>,
+    kq: Named,
+    bq: Option<Named>,
+}
+
+impl QConv {
+    fn builder(input_dims: Vec<usize>, filters: usize, kernel_size: Vec<usize>) -> QConvBuilder {
+        let rank = kernel_size.len();
+        QConvBuilder {
+            input_dims,
+            filters,
+            kernel_size,
+            strides: vec![1; rank],
+            padding: Padding::Valid,
+            dilation: vec![1; rank],
+            groups: 1,
+            activation: Activation::Linear,
+            use_bias: true,
+            beta: 1e-5,
+            name: None,
+            tape: None,
+            iq: None,
+            kq: None,
+            bq: None,
+        }
+    }
+
+    /// hgq2's `QConv1D` on inputs `[batch, length, channels]` (`input_dims = [length,
+    /// channels]`): `filters` windows of `kernel` positions.
+    pub fn builder_1d(input_dims: [usize; 2], filters: usize, kernel: usize) -> QConvBuilder {
+        Self::builder(input_dims.to_vec(), filters, vec![kernel])
+    }
+
+    /// hgq2's `QConv2D` on inputs `[batch, height, width, channels]`: `filters` windows of
+    /// `kernel = [kh, kw]`.
+    pub fn builder_2d(input_dims: [usize; 3], filters: usize, kernel: [usize; 2]) -> QConvBuilder {
+        Self::builder(input_dims.to_vec(), filters, kernel.to_vec())
+    }
+
+    /// Spatial axes: 1 (`QConv1D`) or 2 (`QConv2D`).
+    pub fn rank(&self) -> usize {
+        self.kernel_size.len()
+    }
+    /// Filters (output channels).
+    pub fn filters(&self) -> usize {
+        self.output_dims[self.rank()]
+    }
+    /// The window size per spatial axis.
+    pub fn kernel_size(&self) -> &[usize] {
+        &self.kernel_size
+    }
+    /// Strides per spatial axis.
+    pub fn strides(&self) -> &[usize] {
+        &self.strides
+    }
+    /// The padding.
+    pub fn padding(&self) -> Padding {
+        self.padding
+    }
+    /// Dilation rates per spatial axis.
+    pub fn dilation(&self) -> &[usize] {
+        &self.dilation
+    }
+    /// Groups.
+    pub fn groups(&self) -> usize {
+        self.groups
+    }
+    /// The activation.
+    pub fn activation(&self) -> Activation {
+        self.activation
+    }
+    /// The raw kernel (`[*kernel_size, channels / groups, filters]`, Keras' layout).
+    pub fn kernel(&self) -> &Tensor {
+        &self.kernel
+    }
+    /// The raw bias.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+    /// The input quantizer.
+    pub fn iq(&self) -> &Named {
+        &self.base.iq
+    }
+    /// The kernel quantizer.
+    pub fn kq(&self) -> &Named {
+        &self.kq
+    }
+    /// The bias quantizer.
+    pub fn bq(&self) -> Option<&Named> {
+        self.bq.as_ref()
+    }
+    /// hgq2's `n_parallel`: the output's positions (what `parallelization_factor` defaults
+    /// to; the EBOPs scale by their ratio, 1 here).
+    pub fn n_parallel(&self) -> usize {
+        self.output_dims[..self.rank()].iter().product()
+    }
+
+    /// The convolution of channels-last `x` (`[n, *positions, channels]`) with a Keras-layout
+    /// kernel, as Keras' torch backend computes it: channels first for torch, symmetric
+    /// padding given to the convolution, asymmetric padding as zeros around the input.
+    fn conv(&self, x: &Tensor, kernel: &Tensor) -> Result<Tensor> {
+        let (to_first, to_last, w_order): (&[i64], &[i64], &[i64]) = match self.rank() {
+            1 => (&[0, 2, 1], &[0, 2, 1], &[2, 1, 0]),
+            _ => (&[0, 3, 1, 2], &[0, 2, 3, 1], &[3, 2, 0, 1]),
+        };
+        let mut xc = x.f_permute(to_first)?;
+        let w = kernel.f_permute(w_order)?;
+        let symmetric = self.pads.iter().all(|(a, b)| a == b);
+        let padding: Vec<i64> = if symmetric {
+            self.pads.iter().map(|&(a, _)| a as i64).collect()
+        } else {
+            // constant_pad_nd takes the last axis first.
+            let pad: Vec<i64> = self
+                .pads
+                .iter()
+                .rev()
+                .flat_map(|&(a, b)| [a as i64, b as i64])
+                .collect();
+            xc = xc.f_constant_pad_nd(pad.as_slice())?;
+            vec![0; self.rank()]
+        };
+        let strides: Vec<i64> = self.strides.iter().map(|&s| s as i64).collect();
+        let dilation: Vec<i64> = self.dilation.iter().map(|&d| d as i64).collect();
+        let zeros = vec![0i64; self.rank()];
+        let y = xc.f_convolution(
+            &w,
+            None::<&Tensor>,
+            strides.as_slice(),
+            padding.as_slice(),
+            dilation.as_slice(),
+            false,
+            zeros.as_slice(),
+            self.groups as i64,
+        )?;
+        Ok(y.f_permute(to_last)?)
+    }
+
+    /// EBOPs from the current bit widths (differentiable through them).
+    pub fn compute_ebops(&self) -> Result<Tensor> {
+        let bw_inp = self.base.input_bits()?;
+        let bw_ker = self.kq.q.bits_like(self.kernel.size().as_slice())?;
+        let bw_ker = bw_ker.f_to_device(bw_inp.device())?;
+        let mut e = self.conv(&bw_inp, &bw_ker)?.f_sum(Kind::Float)?;
+        if let Some(bq) = &self.bq {
+            // hgq2 counts the bias over the input's positions (`prod(shape[:-1])` of the
+            // one-sample input shape), not the output's.
+            let positions: usize = self.base.input_dims[..self.rank()].iter().product();
+            let bw_bias = bq.q.bits_like(&[self.filters() as i64])?;
+            let dev = e.device();
+            e += bw_bias.f_mean(Kind::Float)?.to_device(dev) * (positions * self.filters()) as f64;
+        }
+        Ok(e)
+    }
+}
+
+impl Layer for QConv {
+    fn name(&self) -> &str {
+        &self.base.name
+    }
+    fn input_dims(&self) -> &[usize] {
+        &self.base.input_dims
+    }
+    fn output_dims(&self) -> Vec<usize> {
+        self.output_dims.clone()
+    }
+    fn forward(&self, x: &Tensor, mode: CallMode) -> Result<Output> {
+        check_input("QConv input", x, &self.kernel, &self.base.input_dims)?;
+        let xq = self.base.iq.q.forward(x, mode)?;
+        let k = self.kq.q.forward(&self.kernel, mode)?;
+        let mut y = self.conv(&xq, &k)?;
+        if let (Some(b), Some(bq)) = (&self.bias, &self.bq) {
+            y = y.f_add(&bq.q.forward(b, mode)?)?;
+        }
+        let y = self.activation.apply(y);
+        let ebops_loss = self.base.ebops_loss(mode, || self.compute_ebops())?;
+        Ok(Output { y, ebops_loss })
+    }
+    fn ebops(&self) -> u32 {
+        self.base.ebops()
+    }
+    fn beta(&self) -> Option<f64> {
+        Some(self.base.beta.get())
+    }
+    fn set_beta(&self, beta: f64) -> Result<()> {
+        self.base.set_beta(beta)
+    }
+    fn quantizers(&self) -> Vec<&Named> {
+        [&self.base.iq, &self.kq]
+            .into_iter()
+            .chain(self.bq.as_ref())
+            .collect()
+    }
+    fn keras_variables(&self) -> Vec<(String, Tensor)> {
+        let name = &self.base.name;
+        let mut v = vec![(format!("{name}/kernel"), self.kernel.shallow_clone())];
+        if let Some(b) = &self.bias {
+            v.push((format!("{name}/bias"), b.shallow_clone()));
+        }
+        v.extend(quantizer_variables(&self.quantizers()));
+        v
+    }
+    fn keras_spec(&self) -> Result<LayerSpec> {
+        let mut s = QConvSpec::new(self.filters(), self.kernel_size.clone())
+            .name(self.name())
+            .strides(self.strides.clone())
+            .padding(self.padding)
+            .dilation_rate(self.dilation.clone())
+            .groups(self.groups)
+            .activation(self.activation.to_config())
+            .beta0(self.base.beta.get())
+            .iq(self.base.iq.config.clone())
+            .kq(self.kq.config.clone())
+            .use_bias(self.bias.is_some());
+        if let Some(bq) = &self.bq {
+            s = s.bq(bq.config.clone());
+        }
+        Ok(s.into())
+    }
+    fn restore_ebops(&self, ebops: u32) {
+        *self.base.ebops.borrow_mut() = Ebops::Value(ebops);
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+module_t!(QConv);

@@ -1,0 +1,371 @@
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+
+use hgq_config::sequential::LayerSpec;
+use hgq_config::{Place, QDenseSpec, QuantizerConfig};
+use hgq_core::CallMode;
+use tch::{Kind, Tensor, nn};
+
+use super::{
+    Activation, Ebops, EbopsTape, Layer, LayerBuilder, Named, Names, Output, QBase, batch_shape,
+    check_beta, check_input, config_or_default, module_t, named_quantizer, quantizer_variables,
+};
+use crate::{Result, TorchError};
+
+/// Builder of a [`QDense`]; defaults as hgq2: `kq` `default`/weight (KBI, SAT_SYM), `iq`
+/// `default`/datalane (KIF, WRAP, one bit width per feature), `bq` `default`/bias, a bias,
+/// no activation, `beta = 1e-5` (hgq2's `beta0`).
+#[derive(Debug, Clone)]
+pub struct QDenseBuilder {
+    in_features: usize,
+    /// The input's dimensions after the batch (the last is `in_features`).
+    input_dims: Vec<usize>,
+    units: usize,
+    tape: Option<EbopsTape>,
+    activation: Activation,
+    use_bias: bool,
+    beta: f64,
+    name: Option<String>,
+    iq: Option<QuantizerConfig>,
+    kq: Option<QuantizerConfig>,
+    bq: Option<QuantizerConfig>,
+}
+
+impl QDenseBuilder {
+    /// The activation after the layer.
+    pub fn activation(mut self, a: Activation) -> Self {
+        self.activation = a;
+        self
+    }
+    /// Whether the layer has a bias.
+    pub fn use_bias(mut self, b: bool) -> Self {
+        self.use_bias = b;
+        self
+    }
+    /// The EBOPs weight in the loss.
+    pub fn beta(mut self, beta: f64) -> Self {
+        self.beta = beta;
+        self
+    }
+    /// Records the layer's `beta * ebops` of every training forward into `tape` (for a loss
+    /// built around tch's [`nn::ModuleT`], where the forward returns the output alone).
+    pub fn ebops_tape(mut self, tape: &EbopsTape) -> Self {
+        self.tape = Some(tape.clone());
+        self
+    }
+    /// The input's dimensions after the batch, for inputs of more than two dimensions (Keras'
+    /// `Dense` on the last axis: `[particles, features]` for a Deep Sets layer over particles);
+    /// the last must be `in_features`. The input quantizer's bit widths and the EBOPs take the
+    /// whole shape (one multiply per position, as hgq2 counts them). Default: `[in_features]`.
+    pub fn input_dims(mut self, dims: &[usize]) -> Self {
+        self.input_dims = dims.to_vec();
+        self
+    }
+    /// The layer's name (default: `q_dense`, `q_dense_1`, ...).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+    /// The input quantizer's configuration.
+    pub fn iq(mut self, c: QuantizerConfig) -> Self {
+        self.iq = Some(c);
+        self
+    }
+    /// The kernel quantizer's configuration.
+    pub fn kq(mut self, c: QuantizerConfig) -> Self {
+        self.kq = Some(c);
+        self
+    }
+    /// The bias quantizer's configuration.
+    pub fn bq(mut self, c: QuantizerConfig) -> Self {
+        self.bq = Some(c);
+        self
+    }
+
+    /// Builds the layer under `root / name` of a `VarStore`; `names` gives Keras' unique
+    /// names (share one per model).
+    pub fn build(self, root: &nn::Path, names: &mut Names) -> Result<QDense> {
+        if self.in_features == 0 || self.units == 0 {
+            return Err(TorchError::Invalid {
+                what: "QDense size",
+                why: format!(
+                    "{} inputs and {} units (both must be positive)",
+                    self.in_features, self.units
+                ),
+            });
+        }
+        check_beta(self.beta)?;
+        if self.input_dims.last() != Some(&self.in_features) || self.input_dims.contains(&0) {
+            return Err(TorchError::Invalid {
+                what: "QDense input dimensions",
+                why: format!(
+                    "{:?} for {} inputs (positive sizes, the last the number of inputs)",
+                    self.input_dims, self.in_features
+                ),
+            });
+        }
+        let name = self.name.clone().unwrap_or_else(|| names.next("q_dense"));
+        let p = root / name.as_str();
+        let (n_in, units) = (self.in_features as i64, self.units as i64);
+        let iq_conf = config_or_default(self.iq, Place::Datalane)?;
+        let kq_conf = config_or_default(self.kq, Place::Weight)?;
+        let bq_conf = config_or_default(self.bq, Place::Bias)?;
+        let iq = named_quantizer(
+            names,
+            &p,
+            &name,
+            "iq",
+            iq_conf,
+            &batch_shape(&self.input_dims),
+        )?;
+        let kq = named_quantizer(
+            names,
+            &p,
+            &name,
+            "kq",
+            kq_conf,
+            &[Some(self.in_features), Some(self.units)],
+        )?;
+        let bq = if self.use_bias {
+            Some(named_quantizer(
+                names,
+                &p,
+                &name,
+                "bq",
+                bq_conf,
+                &[Some(self.units)],
+            )?)
+        } else {
+            None
+        };
+        // Keras' glorot_uniform and zeros.
+        let limit = (6.0 / (n_in + units) as f64).sqrt();
+        let kernel = p.var(
+            "kernel",
+            &[n_in, units],
+            nn::Init::Uniform {
+                lo: -limit,
+                up: limit,
+            },
+        );
+        let bias = self
+            .use_bias
+            .then(|| p.var("bias", &[units], nn::Init::Const(0.0)));
+        Ok(QDense {
+            base: QBase {
+                name,
+                input_dims: self.input_dims,
+                beta: Cell::new(self.beta),
+                tape: self.tape,
+                ebops: RefCell::new(Ebops::Value(0)),
+                iq,
+            },
+            in_features: self.in_features,
+            units: self.units,
+            activation: self.activation,
+            kernel,
+            bias,
+            kq,
+            bq,
+        })
+    }
+}
+
+impl LayerBuilder for QDenseBuilder {
+    fn input_dims(&self) -> Vec<usize> {
+        self.input_dims.clone()
+    }
+    fn build_layer(self, root: &nn::Path, names: &mut Names) -> Result<Box<dyn Layer>> {
+        Ok(Box::new(self.build(root, names)?))
+    }
+}
+
+/// hgq2's `QDense`: `act(iq(x) @ kq(kernel) + bq(bias))`, with EBOPs.
+#[derive(Debug)]
+pub struct QDense {
+    pub(crate) base: QBase,
+    pub(crate) in_features: usize,
+    pub(crate) units: usize,
+    pub(crate) activation: Activation,
+    pub(crate) kernel: Tensor,
+    pub(crate) bias: Option<Tensor>,
+    pub(crate) kq: Named,
+    pub(crate) bq: Option<Named>,
+}
+
+impl QDense {
+    /// A builder for a layer from `in_features` to `units`.
+    pub fn builder(in_features: usize, units: usize) -> QDenseBuilder {
+        QDenseBuilder {
+            in_features,
+            input_dims: vec![in_features],
+            units,
+            tape: None,
+            activation: Activation::Linear,
+            use_bias: true,
+            beta: 1e-5,
+            name: None,
+            iq: None,
+            kq: None,
+            bq: None,
+        }
+    }
+
+    /// Input features.
+    pub fn in_features(&self) -> usize {
+        self.in_features
+    }
+    /// Output features.
+    pub fn units(&self) -> usize {
+        self.units
+    }
+    /// The activation.
+    pub fn activation(&self) -> Activation {
+        self.activation
+    }
+    /// Whether there is a bias.
+    pub fn use_bias(&self) -> bool {
+        self.bias.is_some()
+    }
+    /// The raw kernel (`[in, units]`, Keras' layout).
+    pub fn kernel(&self) -> &Tensor {
+        &self.kernel
+    }
+    /// The raw bias.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+    /// The input quantizer.
+    pub fn iq(&self) -> &Named {
+        &self.base.iq
+    }
+    /// The kernel quantizer.
+    pub fn kq(&self) -> &Named {
+        &self.kq
+    }
+    /// The bias quantizer.
+    pub fn bq(&self) -> Option<&Named> {
+        self.bq.as_ref()
+    }
+
+    /// EBOPs from the current bit widths (differentiable through them):
+    /// `sum(bits_in @ bits_kernel) + mean(bits_bias) * units`.
+    pub fn compute_ebops(&self) -> Result<Tensor> {
+        let bw_inp = self.base.input_bits()?;
+        let bw_ker = self.kq.q.bits_like(self.kernel.size().as_slice())?;
+        let mut e = bw_inp
+            .f_matmul(&bw_ker.to_device(bw_inp.device()))?
+            .f_sum(Kind::Float)?;
+        if let Some(bq) = &self.bq {
+            let bw_bias = bq.q.bits_like(&[self.units as i64])?;
+            let dev = e.device();
+            e += bw_bias.f_mean(Kind::Float)?.to_device(dev) * self.units as f64;
+        }
+        Ok(e)
+    }
+}
+
+impl Layer for QDense {
+    fn name(&self) -> &str {
+        &self.base.name
+    }
+    fn input_dims(&self) -> &[usize] {
+        &self.base.input_dims
+    }
+    /// The input's with the last replaced by `units`.
+    fn output_dims(&self) -> Vec<usize> {
+        let mut d = self.base.input_dims.clone();
+        if let Some(last) = d.last_mut() {
+            *last = self.units;
+        }
+        d
+    }
+    /// `act(iq(x) @ kq(kernel) + bq(bias))`.
+    fn forward(&self, x: &Tensor, mode: CallMode) -> Result<Output> {
+        check_input("QDense input", x, &self.kernel, &self.base.input_dims)?;
+        let xq = self.base.iq.q.forward(x, mode)?;
+        let k = self.kq.q.forward(&self.kernel, mode)?;
+        let mut y = xq.f_matmul(&k)?;
+        if let (Some(b), Some(bq)) = (&self.bias, &self.bq) {
+            y += bq.q.forward(b, mode)?;
+        }
+        let y = self.activation.apply(y);
+        let ebops_loss = self.base.ebops_loss(mode, || self.compute_ebops())?;
+        Ok(Output { y, ebops_loss })
+    }
+    fn ebops(&self) -> u32 {
+        self.base.ebops()
+    }
+    fn beta(&self) -> Option<f64> {
+        Some(self.base.beta.get())
+    }
+    fn set_beta(&self, beta: f64) -> Result<()> {
+        self.base.set_beta(beta)
+    }
+    fn quantizers(&self) -> Vec<&Named> {
+        [&self.base.iq, &self.kq]
+            .into_iter()
+            .chain(self.bq.as_ref())
+            .collect()
+    }
+    fn keras_variables(&self) -> Vec<(String, Tensor)> {
+        let name = &self.base.name;
+        let mut v = vec![(format!("{name}/kernel"), self.kernel.shallow_clone())];
+        if let Some(b) = &self.bias {
+            v.push((format!("{name}/bias"), b.shallow_clone()));
+        }
+        v.extend(quantizer_variables(&self.quantizers()));
+        v
+    }
+    fn keras_spec(&self) -> Result<LayerSpec> {
+        let mut s = QDenseSpec::new(self.units)
+            .name(self.name())
+            .activation(self.activation.to_config())
+            .beta0(self.base.beta.get())
+            .iq(self.base.iq.config.clone())
+            .kq(self.kq.config.clone())
+            .use_bias(self.bias.is_some());
+        if let Some(bq) = &self.bq {
+            s = s.bq(bq.config.clone());
+        }
+        Ok(s.into())
+    }
+    fn restore_ebops(&self, ebops: u32) {
+        *self.base.ebops.borrow_mut() = Ebops::Value(ebops);
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+module_t!(
+    /// tch's module interface, so that a `QDense` sits in `nn::seq_t()` beside tch's layers:
+    /// `forward_t(xs, true)` is a training forward, `false` an inference one. The EBOPs terms of
+    /// the loss come through an [`EbopsTape`]. The bit widths' constraints (which a [`Sequential`]
+    /// applies after each optimizer step) are applied at the start of each `forward_t`: tch's
+    /// interface has no call after the step, and the next forward is where the values are used
+    /// (they are the values hgq2 uses; a `VarStore` saved right after a step holds them before
+    /// the constraint).
+    ///
+    /// tch's interface returns a tensor, not a `Result`: an input this layer refuses (see
+    /// [`Layer::forward`], which returns the error) panics here with that error, as tch's own
+    /// layers panic on shapes they cannot take.
+    ///
+    /// ```no_run
+    /// use hgq_torch::layers::{Activation, EbopsTape, Names, QDense};
+    /// use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
+    ///
+    /// let vs = nn::VarStore::new(Device::Cpu);
+    /// let (mut names, tape) = (Names::default(), EbopsTape::new());
+    /// let q = QDense::builder(16, 8).activation(Activation::Relu).ebops_tape(&tape);
+    /// let net = nn::seq_t()
+    ///     .add(nn::linear(vs.root() / "in", 4, 16, Default::default()))
+    ///     .add_fn(|x| x.tanh())
+    ///     .add(q.build(&vs.root(), &mut names)?);
+    /// let x = Tensor::rand([32, 4], (Kind::Float, Device::Cpu));
+    /// let y = net.forward_t(&x, true);
+    /// let loss = y.square().mean(Kind::Float) + tape.take()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    QDense
+);

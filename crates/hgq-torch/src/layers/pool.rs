@@ -1,0 +1,379 @@
+//! hgq2's pooling layers: `QMaxPooling1D/2D`, `QAveragePooling1D/2D` and the global ones,
+//! `pool(iq(x))` channels last, with EBOPs `sum(bits_in)` (one accumulation per input
+//! element, as hgq2 counts them).
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+
+use hgq_config::sequential::{LayerSpec, QPoolSpec};
+use hgq_config::{Place, QuantizerConfig};
+use hgq_core::CallMode;
+use tch::{Kind, Tensor, nn};
+
+use super::{
+    Ebops, EbopsTape, Layer, LayerBuilder, Named, Names, Output, Padding, Pads, PoolKind, QBase,
+    batch_shape, check_beta, check_input, config_or_default, module_t, named_quantizer,
+    quantizer_variables,
+};
+use crate::{Result, TorchError};
+
+/// Builder of a [`QPool`]; defaults as hgq2: strides equal to the window, `valid` padding,
+/// `beta = 1e-5`, the input quantizer `default`/datalane.
+#[derive(Debug, Clone)]
+pub struct QPoolBuilder {
+    kind: PoolKind,
+    input_dims: Vec<usize>,
+    /// `None`: global (over every position).
+    pool_size: Option<Vec<usize>>,
+    strides: Option<Vec<usize>>,
+    padding: Padding,
+    beta: f64,
+    name: Option<String>,
+    tape: Option<EbopsTape>,
+    iq: Option<QuantizerConfig>,
+}
+
+impl QPoolBuilder {
+    /// Strides per spatial axis (default: the window size).
+    pub fn strides(mut self, s: &[usize]) -> Self {
+        self.strides = Some(s.to_vec());
+        self
+    }
+    /// The padding (`Valid` or `Same`).
+    pub fn padding(mut self, p: Padding) -> Self {
+        self.padding = p;
+        self
+    }
+    /// The EBOPs weight in the loss.
+    pub fn beta(mut self, beta: f64) -> Self {
+        self.beta = beta;
+        self
+    }
+    /// The layer's name (default: Keras' `q_max_pooling2d`, `q_global_average_pooling1d`, ...).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+    /// Records `beta * ebops` of every training forward into `tape`.
+    pub fn ebops_tape(mut self, tape: &EbopsTape) -> Self {
+        self.tape = Some(tape.clone());
+        self
+    }
+    /// The input quantizer's configuration.
+    pub fn iq(mut self, c: QuantizerConfig) -> Self {
+        self.iq = Some(c);
+        self
+    }
+
+    fn invalid(&self, why: String) -> TorchError {
+        TorchError::Invalid {
+            what: "QPool geometry",
+            why,
+        }
+    }
+
+    fn rank(&self) -> usize {
+        self.input_dims.len().saturating_sub(1)
+    }
+
+    /// Keras' automatic name of this layer class.
+    fn auto_name(&self) -> String {
+        let kind = match self.kind {
+            PoolKind::Max => "max",
+            PoolKind::Average => "average",
+        };
+        let global = if self.pool_size.is_none() {
+            "global_"
+        } else {
+            ""
+        };
+        format!("q_{global}{kind}_pooling{}d", self.rank())
+    }
+
+    /// The output's dimensions, the strides and each axis' `(before, after)` padding.
+    fn geometry(&self) -> Result<(Vec<usize>, Vec<usize>, Pads)> {
+        let rank = self.rank();
+        if !(1..=2).contains(&rank) || self.input_dims.contains(&0) {
+            return Err(self.invalid(format!(
+                "input {:?} (positions on 1 or 2 axes, then channels, all positive)",
+                self.input_dims
+            )));
+        }
+        let channels = self.input_dims[rank];
+        let Some(pool) = &self.pool_size else {
+            return Ok((vec![channels], Vec::new(), Vec::new()));
+        };
+        let strides = self.strides.clone().unwrap_or_else(|| pool.clone());
+        if pool.len() != rank
+            || strides.len() != rank
+            || pool.iter().chain(&strides).any(|&v| v == 0)
+        {
+            return Err(self.invalid(format!(
+                "window {pool:?}, strides {strides:?} (one positive value per spatial axis)"
+            )));
+        }
+        if self.padding == Padding::Causal {
+            return Err(self.invalid("causal padding is for QConv1D only".into()));
+        }
+        let mut out = Vec::with_capacity(rank + 1);
+        let mut pads = Vec::with_capacity(rank);
+        for a in 0..rank {
+            let Some((pad, n)) =
+                super::conv::geometry(self.padding, self.input_dims[a], pool[a], strides[a], 1)
+            else {
+                return Err(self.invalid(format!(
+                    "a window of {} over {} positions",
+                    pool[a], self.input_dims[a]
+                )));
+            };
+            out.push(n);
+            pads.push(pad);
+        }
+        out.push(channels);
+        Ok((out, strides, pads))
+    }
+
+    /// Builds the layer under `root / name`; `names` gives Keras' unique names.
+    pub fn build(self, root: &nn::Path, names: &mut Names) -> Result<QPool> {
+        check_beta(self.beta)?;
+        let (output_dims, strides, pads) = self.geometry()?;
+        let name = self
+            .name
+            .clone()
+            .unwrap_or_else(|| names.next(&self.auto_name()));
+        let p = root / name.as_str();
+        let iq_conf = config_or_default(self.iq, Place::Datalane)?;
+        let iq = named_quantizer(
+            names,
+            &p,
+            &name,
+            "iq",
+            iq_conf,
+            &batch_shape(&self.input_dims),
+        )?;
+        // The quantizer's variables tell the kind and device the input must have.
+        let like =
+            iq.q.variables()
+                .into_iter()
+                .next()
+                .map(|(_, t)| t)
+                .unwrap_or_else(|| Tensor::zeros([1], (Kind::Float, p.device())));
+        Ok(QPool {
+            base: QBase {
+                name,
+                input_dims: self.input_dims,
+                beta: Cell::new(self.beta),
+                tape: self.tape,
+                ebops: RefCell::new(Ebops::Value(0)),
+                iq,
+            },
+            kind: self.kind,
+            output_dims,
+            pool_size: self.pool_size,
+            strides,
+            padding: self.padding,
+            pads,
+            like,
+        })
+    }
+}
+
+impl LayerBuilder for QPoolBuilder {
+    fn input_dims(&self) -> Vec<usize> {
+        self.input_dims.clone()
+    }
+    fn build_layer(self, root: &nn::Path, names: &mut Names) -> Result<Box<dyn Layer>> {
+        Ok(Box::new(self.build(root, names)?))
+    }
+}
+
+/// hgq2's pooling layers (channels last): `pool(iq(x))` over windows, or over every position
+/// (the global ones, whose output is `[batch, channels]`).
+///
+/// `Same` padding is Keras' torch backend's, which hgq2 runs on: a symmetric pad is left
+/// out of the window (max of, and mean over, the input's values only); an asymmetric one
+/// repeats the edge values (so an average window at the edge counts its edge value twice,
+/// where Keras' jax and TensorFlow backends average the input's values only).
+///
+/// ```
+/// use hgq_torch::layers::{Layer, PoolKind, QPool};
+/// use tch::{nn, Device};
+/// let vs = nn::VarStore::new(Device::Cpu);
+/// let pool = QPool::builder_2d(PoolKind::Max, [6, 6, 3], [2, 2]).build(&vs.root(), &mut Default::default())?;
+/// assert_eq!(pool.output_dims(), [3, 3, 3]);
+/// assert_eq!(pool.name(), "q_max_pooling2d");
+/// let global = QPool::global(PoolKind::Average, &[6, 6, 3]).build(&vs.root(), &mut Default::default())?;
+/// assert_eq!(global.output_dims(), [3]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct QPool {
+    base: QBase,
+    kind: PoolKind,
+    output_dims: Vec<usize>,
+    pool_size: Option<Vec<usize>>,
+    strides: Vec<usize>,
+    padding: Padding,
+    pads: Pads,
+    /// A tensor of the kind and device the input must have.
+    like: Tensor,
+}
+
+impl QPool {
+    fn builder(
+        kind: PoolKind,
+        input_dims: Vec<usize>,
+        pool_size: Option<Vec<usize>>,
+    ) -> QPoolBuilder {
+        QPoolBuilder {
+            kind,
+            input_dims,
+            pool_size,
+            strides: None,
+            padding: Padding::Valid,
+            beta: 1e-5,
+            name: None,
+            tape: None,
+            iq: None,
+        }
+    }
+
+    /// `QMaxPooling1D` / `QAveragePooling1D` on `[batch, length, channels]`.
+    pub fn builder_1d(kind: PoolKind, input_dims: [usize; 2], pool: usize) -> QPoolBuilder {
+        Self::builder(kind, input_dims.to_vec(), Some(vec![pool]))
+    }
+
+    /// `QMaxPooling2D` / `QAveragePooling2D` on `[batch, height, width, channels]`.
+    pub fn builder_2d(kind: PoolKind, input_dims: [usize; 3], pool: [usize; 2]) -> QPoolBuilder {
+        Self::builder(kind, input_dims.to_vec(), Some(pool.to_vec()))
+    }
+
+    /// The global poolings (`QGlobalMaxPooling1D`, `QGlobalAveragePooling2D`, ...) over
+    /// `[batch, *positions, channels]`: one value per channel.
+    pub fn global(kind: PoolKind, input_dims: &[usize]) -> QPoolBuilder {
+        Self::builder(kind, input_dims.to_vec(), None)
+    }
+
+    /// Max or average.
+    pub fn kind(&self) -> PoolKind {
+        self.kind
+    }
+    /// Spatial axes (1 or 2).
+    pub fn rank(&self) -> usize {
+        self.base.input_dims.len() - 1
+    }
+    /// The window per spatial axis; `None` for a global pooling.
+    pub fn pool_size(&self) -> Option<&[usize]> {
+        self.pool_size.as_deref()
+    }
+    /// Strides per spatial axis (empty for a global pooling).
+    pub fn strides(&self) -> &[usize] {
+        &self.strides
+    }
+    /// The padding.
+    pub fn padding(&self) -> Padding {
+        self.padding
+    }
+    /// The input quantizer.
+    pub fn iq(&self) -> &Named {
+        &self.base.iq
+    }
+
+    /// EBOPs from the current bit widths: `sum(bits_in)` of one sample.
+    pub fn compute_ebops(&self) -> Result<Tensor> {
+        Ok(self.base.input_bits()?.f_sum(Kind::Float)?)
+    }
+
+    fn pool(&self, x: &Tensor) -> Result<Tensor> {
+        let rank = self.rank() as i64;
+        let Some(window) = &self.pool_size else {
+            let axes: Vec<i64> = (1..=rank).collect();
+            return Ok(match self.kind {
+                PoolKind::Max => x.f_amax(axes.as_slice(), false)?,
+                PoolKind::Average => x.f_mean_dim(axes.as_slice(), false, None::<Kind>)?,
+            });
+        };
+        let (to_first, to_last): (&[i64], &[i64]) = match rank {
+            1 => (&[0, 2, 1], &[0, 2, 1]),
+            _ => (&[0, 3, 1, 2], &[0, 2, 3, 1]),
+        };
+        let mut xc = x.f_permute(to_first)?;
+        let symmetric = self.pads.iter().all(|(a, b)| a == b);
+        let padding: Vec<i64> = if symmetric {
+            self.pads.iter().map(|&(a, _)| a as i64).collect()
+        } else {
+            let pad: Vec<i64> = self
+                .pads
+                .iter()
+                .rev()
+                .flat_map(|&(a, b)| [a as i64, b as i64])
+                .collect();
+            xc = xc.f_pad(pad.as_slice(), "replicate", None::<f64>)?;
+            vec![0; self.rank()]
+        };
+        let k: Vec<i64> = window.iter().map(|&v| v as i64).collect();
+        let s: Vec<i64> = self.strides.iter().map(|&v| v as i64).collect();
+        let ones = vec![1i64; self.rank()];
+        let (k, s, padding) = (k.as_slice(), s.as_slice(), padding.as_slice());
+        let y = match (self.kind, rank) {
+            (PoolKind::Max, 1) => xc.f_max_pool1d(k, s, padding, ones.as_slice(), false)?,
+            (PoolKind::Max, _) => xc.f_max_pool2d(k, s, padding, ones.as_slice(), false)?,
+            (PoolKind::Average, 1) => xc.f_avg_pool1d(k, s, padding, false, false)?,
+            (PoolKind::Average, _) => xc.f_avg_pool2d(k, s, padding, false, false, None)?,
+        };
+        Ok(y.f_permute(to_last)?)
+    }
+}
+
+impl Layer for QPool {
+    fn name(&self) -> &str {
+        &self.base.name
+    }
+    fn input_dims(&self) -> &[usize] {
+        &self.base.input_dims
+    }
+    fn output_dims(&self) -> Vec<usize> {
+        self.output_dims.clone()
+    }
+    fn forward(&self, x: &Tensor, mode: CallMode) -> Result<Output> {
+        check_input("QPool input", x, &self.like, &self.base.input_dims)?;
+        let xq = self.base.iq.q.forward(x, mode)?;
+        let y = self.pool(&xq)?;
+        let ebops_loss = self.base.ebops_loss(mode, || self.compute_ebops())?;
+        Ok(Output { y, ebops_loss })
+    }
+    fn ebops(&self) -> u32 {
+        self.base.ebops()
+    }
+    fn beta(&self) -> Option<f64> {
+        Some(self.base.beta.get())
+    }
+    fn set_beta(&self, beta: f64) -> Result<()> {
+        self.base.set_beta(beta)
+    }
+    fn quantizers(&self) -> Vec<&Named> {
+        vec![&self.base.iq]
+    }
+    fn keras_variables(&self) -> Vec<(String, Tensor)> {
+        quantizer_variables(&self.quantizers())
+    }
+    fn keras_spec(&self) -> Result<LayerSpec> {
+        let s = match &self.pool_size {
+            None => QPoolSpec::global(self.kind, self.rank()),
+            Some(w) => QPoolSpec::new(self.kind, w.clone())
+                .strides(self.strides.clone())
+                .padding(self.padding),
+        };
+        Ok(s.name(self.name())
+            .beta0(self.base.beta.get())
+            .iq(self.base.iq.config.clone())
+            .into())
+    }
+    fn restore_ebops(&self, ebops: u32) {
+        *self.base.ebops.borrow_mut() = Ebops::Value(ebops);
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+module_t!(QPool);

@@ -1,0 +1,576 @@
+use std::any::Any;
+
+use hgq_core::CallMode;
+use tch::{Kind, Tensor, nn};
+
+use hgq_config::QuantizerConfig;
+use hgq_config::sequential::{ChainModelSpec, LayerSpec, PoolWindow};
+
+use super::{
+    Activation, Flatten, Layer, LayerBuilder, Names, QConv, QConvBuilder, QDense, QDenseBuilder,
+    QPool, QPoolBuilder, Reshape, native,
+};
+use crate::optim::Adam;
+use crate::{Result, TorchError};
+
+/// How [`Sequential::train_step_on`] computes a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StepPath {
+    /// [`StepPath::Native`] where it runs (float32 CPU tensors, quantizers without scaler,
+    /// noise factor or affine map), else [`StepPath::Autograd`].
+    #[default]
+    Auto,
+    /// Without autograd: hgq-core's passes and gradients, matrix products and Adam in plain
+    /// loops over the `VarStore`'s memory. An error where it cannot run.
+    Native,
+    /// libtorch's autograd through the layers' forward (any device and kind).
+    Autograd,
+}
+
+/// What a training step returns: scalars, detached, on the input's device (read them when
+/// needed: reading a CUDA value waits for the device).
+#[derive(Debug)]
+pub struct StepOutput {
+    /// The loss minimized: mean cross entropy + the layers' `beta * ebops` + the
+    /// regularization losses (float32).
+    pub loss: Tensor,
+    /// How many rows' largest logit is their label (int64).
+    pub correct: Tensor,
+}
+
+/// Layers applied in order.
+#[derive(Debug, Default)]
+pub struct Sequential {
+    layers: Vec<Box<dyn Layer>>,
+    names: Names,
+    /// The model's and the input layer's names in Keras JSON (read from a file; else Keras'
+    /// defaults).
+    keras_names: Option<(String, String)>,
+}
+
+/// What [`Sequential::forward`] returns.
+#[derive(Debug)]
+pub struct SequentialOutput {
+    /// The last layer's output.
+    pub y: Tensor,
+    /// The sum of `beta * ebops` over the layers (zero in inference).
+    pub ebops_loss: Tensor,
+}
+
+impl Sequential {
+    /// An empty model.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Builds a layer under `root` (Keras' unique names over this model) and appends it. A
+    /// layer whose input does not fit the last layer's output is an error before anything is
+    /// built.
+    pub fn add(&mut self, root: &nn::Path, layer: impl LayerBuilder) -> Result<&dyn Layer> {
+        if let Some(last) = self.layers.last() {
+            let (out, input) = (last.output_dims(), layer.input_dims());
+            if input != out {
+                return Err(TorchError::Invalid {
+                    what: "layer input",
+                    why: format!("{input:?} after {} whose output is {out:?}", last.name()),
+                });
+            }
+        }
+        let l = layer.build_layer(root, &mut self.names)?;
+        self.layers.push(l);
+        Ok(self.layers[self.layers.len() - 1].as_ref())
+    }
+
+    /// The layers.
+    pub fn layers(&self) -> &[Box<dyn Layer>] {
+        &self.layers
+    }
+
+    /// Layer `k` as its own type (`None` if there is no layer `k` or it is another type).
+    ///
+    /// ```
+    /// use hgq_torch::layers::{QDense, Sequential};
+    /// use tch::{nn, Device};
+    /// let vs = nn::VarStore::new(Device::Cpu);
+    /// let mut m = Sequential::new();
+    /// m.add(&vs.root(), QDense::builder(4, 3))?;
+    /// assert_eq!(m.layer::<QDense>(0).unwrap().units(), 3);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn layer<T: Layer>(&self, k: usize) -> Option<&T> {
+        self.layers.get(k)?.downcast_ref::<T>()
+    }
+
+    /// The layers as `QDense` layers, if every layer is one (what the native step and the
+    /// dense Keras JSON take).
+    pub(crate) fn dense_layers(&self) -> Option<Vec<&QDense>> {
+        self.layers
+            .iter()
+            .map(|l| (l.as_ref() as &dyn Any).downcast_ref::<QDense>())
+            .collect()
+    }
+
+    /// Sets every layer's `beta` (layers without EBOPs are left as they are).
+    pub fn set_beta(&self, beta: f64) -> Result<()> {
+        super::check_beta(beta)?;
+        for l in self.layers.iter().filter(|l| l.beta().is_some()) {
+            l.set_beta(beta)?;
+        }
+        Ok(())
+    }
+
+    /// Runs every layer in order.
+    pub fn forward(&self, x: &Tensor, mode: CallMode) -> Result<SequentialOutput> {
+        let mut y = x.shallow_clone();
+        let mut loss: Option<Tensor> = None;
+        for l in &self.layers {
+            let o = l.forward(&y, mode)?;
+            y = o.y;
+            loss = Some(match loss {
+                Some(a) => a + o.ebops_loss,
+                None => o.ebops_loss,
+            });
+        }
+        Ok(SequentialOutput {
+            y,
+            ebops_loss: loss.unwrap_or_else(|| Tensor::from(0.0f32)),
+        })
+    }
+
+    /// One training step of a classifier: the forward in training mode, the mean cross entropy
+    /// of the logits against `labels` (int64 class indices) plus the EBOPs and
+    /// regularization losses, the gradients, one step of `opt`, the constraints. The path is
+    /// [`StepPath::Auto`] (see [`Sequential::train_step_on`]).
+    ///
+    /// ```no_run
+    /// use hgq_torch::layers::{Activation, QDense, Sequential};
+    /// use hgq_torch::optim::{Adam, AdamConfig};
+    /// use tch::{nn, Device, Kind, Tensor};
+    ///
+    /// let vs = nn::VarStore::new(Device::Cpu);
+    /// let mut model = Sequential::new();
+    /// model.add(&vs.root(), QDense::builder(64, 32).activation(Activation::Relu))?;
+    /// model.add(&vs.root(), QDense::builder(32, 10))?;
+    /// let mut opt = Adam::new(&vs, AdamConfig::default().learning_rate(3e-3))?;
+    /// let x = Tensor::rand([64, 64], (Kind::Float, Device::Cpu));
+    /// let labels = Tensor::zeros([64], (Kind::Int64, Device::Cpu));
+    /// let out = model.train_step(&x, &labels, &mut opt)?;
+    /// println!("loss {}", out.loss.double_value(&[]));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn train_step(&self, x: &Tensor, labels: &Tensor, opt: &mut Adam) -> Result<StepOutput> {
+        self.train_step_on(StepPath::Auto, x, labels, opt)
+    }
+
+    /// [`Sequential::train_step`] on a chosen path. Both paths compute the same step (the
+    /// quantizers' values bit for bit; the gradients up to the order of float32 sums in the
+    /// matrix products); the native one skips libtorch's per-operation cost, which is most of
+    /// a step of the small networks HGQ trains.
+    pub fn train_step_on(
+        &self,
+        path: StepPath,
+        x: &Tensor,
+        labels: &Tensor,
+        opt: &mut Adam,
+    ) -> Result<StepOutput> {
+        if self.layers.is_empty() {
+            return Err(TorchError::Invalid {
+                what: "model",
+                why: "no layers to train".into(),
+            });
+        }
+        let native = match path {
+            StepPath::Autograd => false,
+            StepPath::Auto => native::unsupported(self, x, labels).is_none(),
+            StepPath::Native => match native::unsupported(self, x, labels) {
+                Some(why) => {
+                    return Err(TorchError::Unsupported(format!(
+                        "the native training step: {why}"
+                    )));
+                }
+                None => true,
+            },
+        };
+        if !native {
+            return self.train_step_autograd(x, labels, opt);
+        }
+        let (loss, correct) = native::step(self, x, labels, opt)?;
+        Ok(StepOutput {
+            loss: Tensor::from(loss),
+            correct: Tensor::from(correct),
+        })
+    }
+
+    fn train_step_autograd(
+        &self,
+        x: &Tensor,
+        labels: &Tensor,
+        opt: &mut Adam,
+    ) -> Result<StepOutput> {
+        let out = self.forward(x, CallMode::Training)?;
+        let mut loss = out
+            .y
+            .f_cross_entropy_loss::<Tensor>(labels, None, tch::Reduction::Mean, -100, 0.0)?
+            .f_add(&out.ebops_loss.f_to_device(out.y.device())?)?;
+        if self.has_regularization() {
+            loss = loss.f_add(&self.regularization_loss()?.f_to_device(out.y.device())?)?;
+        }
+        opt.backward_step(&loss)?;
+        self.apply_constraints()?;
+        let correct = tch::no_grad(|| -> Result<Tensor> {
+            Ok(out
+                .y
+                .f_argmax(-1, false)?
+                .f_eq_tensor(labels)?
+                .f_sum(Kind::Int64)?)
+        })?;
+        Ok(StepOutput {
+            loss: loss.f_detach()?,
+            correct,
+        })
+    }
+
+    /// The total EBOPs of the last training or tracing call (sum of the layers' uint32 values).
+    pub fn ebops(&self) -> u64 {
+        self.layers.iter().map(|l| l.ebops() as u64).sum()
+    }
+
+    /// Applies every constraint (after an optimizer step).
+    pub fn apply_constraints(&self) -> Result<()> {
+        for l in &self.layers {
+            l.apply_constraints()?;
+        }
+        Ok(())
+    }
+
+    /// Whether any layer has a regularizer (else [`Sequential::regularization_loss`] is 0).
+    pub fn has_regularization(&self) -> bool {
+        self.layers.iter().any(|l| l.has_regularization())
+    }
+
+    /// The regularization losses.
+    pub fn regularization_loss(&self) -> Result<Tensor> {
+        let mut total = Tensor::from(0.0f32);
+        for l in &self.layers {
+            if l.has_regularization() {
+                total = total.f_add(&l.regularization_loss()?)?;
+            }
+        }
+        Ok(total)
+    }
+
+    /// hgq2's `trace_minmax`: resets the WRAP tracking, runs `batches` in tracing mode, and
+    /// returns the EBOPs after it. No batch is an error (tracing nothing would leave every
+    /// WRAP quantizer without integer bits); on an error every variable is as before the call.
+    pub fn trace_minmax<'a>(&self, batches: impl IntoIterator<Item = &'a Tensor>) -> Result<u64> {
+        let batches: Vec<&Tensor> = batches.into_iter().collect();
+        if batches.is_empty() {
+            return Err(TorchError::Invalid {
+                what: "trace_minmax batches",
+                why: "none given: give it the data whose ranges to record".into(),
+            });
+        }
+        let saved: Vec<(Tensor, Tensor)> = self
+            .layers
+            .iter()
+            .flat_map(|l| l.keras_variables())
+            .map(|(_, t)| (t.detach().copy(), t))
+            .collect();
+        let ebops: Vec<u32> = self.layers.iter().map(|l| l.ebops()).collect();
+        let traced = tch::no_grad(|| -> Result<()> {
+            for l in &self.layers {
+                l.reset_trace()?;
+            }
+            for b in &batches {
+                self.forward(b, CallMode::Tracing)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = traced {
+            tch::no_grad(|| -> Result<()> {
+                for (copy, var) in &saved {
+                    var.shallow_clone().f_copy_(copy)?;
+                }
+                Ok(())
+            })?;
+            for (l, e) in self.layers.iter().zip(ebops) {
+                l.restore_ebops(e);
+            }
+            return Err(e);
+        }
+        Ok(self.ebops())
+    }
+
+    /// Every variable with its Keras path.
+    pub fn keras_variables(&self) -> Vec<(String, Tensor)> {
+        self.layers
+            .iter()
+            .flat_map(|l| l.keras_variables())
+            .collect()
+    }
+
+    /// The model a Keras JSON describes (what [`Sequential::to_keras_json`] and hgq2's
+    /// `model.to_json()` write for a chain of the layers of this module: `QDense`,
+    /// `QConv1D`/`QConv2D`, the poolings, `Flatten`, `Reshape`), its variables created under
+    /// `root` at their initial values (load trained ones with
+    /// [`Sequential::load_keras_variables`]). What this crate does not build yet (an output
+    /// quantizer, no input quantizer, EBOPs off or scaled, a frozen layer, a parallelization
+    /// factor of one's own, an activation other than `linear` and `relu`, `keepdims`) is an
+    /// error naming the layer, before anything is built.
+    ///
+    /// ```no_run
+    /// use hgq_torch::layers::Sequential;
+    /// use tch::{nn, Device, Tensor};
+    /// let vs = nn::VarStore::new(Device::Cpu);
+    /// let json = std::fs::read_to_string("out/demo/model.json")?;
+    /// let model = Sequential::from_keras_json(&vs.root(), &json)?;
+    /// model.load_keras_variables(&Tensor::read_safetensors("out/demo/weights.safetensors")?)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn from_keras_json(root: &nn::Path, json: &str) -> Result<Sequential> {
+        let spec = ChainModelSpec::from_json(json)?;
+        let names = spec.layer_names()?;
+        let shapes = spec.output_shapes()?;
+        let mut dims = spec.input_shape.clone();
+        let mut builders = Vec::with_capacity(spec.layers.len());
+        for ((l, name), out) in spec.layers.iter().zip(&names).zip(&shapes) {
+            builders.push(AnyBuilder::of(l, name, &dims, out)?);
+            dims = out.clone();
+        }
+        let mut model = Sequential::new();
+        for b in builders {
+            model.add(root, b)?;
+        }
+        model.keras_names = Some((spec.name, spec.input_name));
+        Ok(model)
+    }
+
+    /// Sets every variable from `tensors`, named by Keras variable paths (what
+    /// [`Sequential::keras_variables`] names and `weights.safetensors` holds). All or nothing:
+    /// a variable without a tensor, a tensor of another shape, a non-finite value, or a tensor
+    /// no variable takes (beside hgq2's `.../ebops` and `.../beta` bookkeeping) is an error
+    /// before any variable changes.
+    pub fn load_keras_variables(&self, tensors: &[(String, Tensor)]) -> Result<()> {
+        let vars = self.keras_variables();
+        let mut pairs = Vec::with_capacity(vars.len());
+        for (path, var) in &vars {
+            let Some((_, t)) = tensors.iter().find(|(n, _)| n == path) else {
+                return Err(TorchError::Invalid {
+                    what: "Keras variables",
+                    why: format!("no tensor for {path}"),
+                });
+            };
+            if t.size() != var.size() {
+                return Err(TorchError::Invalid {
+                    what: "Keras variables",
+                    why: format!(
+                        "{path}: shape {:?} for a variable of {:?}",
+                        t.size(),
+                        var.size()
+                    ),
+                });
+            }
+            let finite =
+                tch::no_grad(|| -> Result<bool> { Ok(bool::try_from(t.f_isfinite()?.f_all()?)?) })?;
+            if !finite {
+                return Err(TorchError::NonFinite("a Keras variable's tensor"));
+            }
+            pairs.push((var, t));
+        }
+        let bookkeeping = |n: &str| n.ends_with("/ebops") || n.ends_with("/beta");
+        if let Some((n, _)) = tensors
+            .iter()
+            .find(|(n, _)| !bookkeeping(n) && !vars.iter().any(|(p, _)| p == n))
+        {
+            return Err(TorchError::Invalid {
+                what: "Keras variables",
+                why: format!("{n}: no variable of this model has that path"),
+            });
+        }
+        tch::no_grad(|| -> Result<()> {
+            for (var, t) in pairs {
+                let src = t.f_to_device(var.device())?.f_to_kind(var.kind())?;
+                var.shallow_clone().f_copy_(&src)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The model as hgq2's Keras JSON (`keras.models.model_from_json` loads it; the weights
+    /// go by [`Sequential::keras_variables`]): the input and the layers, each with its
+    /// configuration as hgq2 writes it (byte for byte what hgq2's `model.to_json()` gives
+    /// for the same model).
+    pub fn to_keras_json(&self) -> Result<String> {
+        let first = self.layers.first().ok_or_else(|| {
+            TorchError::Unsupported("a model without layers has no Keras JSON".into())
+        })?;
+        let mut spec = ChainModelSpec::new(first.input_dims().to_vec());
+        if let Some((model, input)) = &self.keras_names {
+            spec = spec.name(model.as_str()).input_name(input.as_str());
+        }
+        for l in &self.layers {
+            spec = spec.layer(l.keras_spec()?);
+        }
+        Ok(spec.to_json()?)
+    }
+}
+
+/// A builder of any layer of a model JSON.
+enum AnyBuilder {
+    Dense(QDenseBuilder),
+    Conv(QConvBuilder),
+    Pool(QPoolBuilder),
+    Flatten(Flatten),
+    Reshape(Reshape),
+}
+
+impl AnyBuilder {
+    /// The builder of layer `l` named `name` on inputs `dims` (its output `out`); what this
+    /// crate does not build is an error naming the layer.
+    fn of(l: &LayerSpec, name: &str, dims: &[usize], out: &[usize]) -> Result<Self> {
+        let refuse = |what: &str| {
+            TorchError::Unsupported(format!("{name}: {what} (not built by this crate yet)"))
+        };
+        let act = |a: Option<hgq_config::Activation>| match Activation::from_config(a) {
+            Some(a) => Ok(a),
+            None => Err(refuse(&format!(
+                "activation {}",
+                a.map_or("?", |a| a.as_str())
+            ))),
+        };
+        // What every quantized layer must have here.
+        let common = |iq: &Option<QuantizerConfig>,
+                      oq: &Option<QuantizerConfig>,
+                      ebops: bool,
+                      factor: f64,
+                      trainable: bool|
+         -> Result<QuantizerConfig> {
+            let Some(iq) = iq else {
+                return Err(refuse("enable_iq=False"));
+            };
+            if oq.is_some() {
+                return Err(refuse("an output quantizer"));
+            }
+            if !ebops || factor != 1.0 || !trainable {
+                return Err(refuse(
+                    "enable_ebops=False, an ebops_factor other than 1 or trainable=False",
+                ));
+            }
+            iq.to_core()?;
+            Ok(iq.clone())
+        };
+        Ok(match l {
+            LayerSpec::QDense(d) => {
+                let iq = common(&d.iq, &d.oq, d.enable_ebops, d.ebops_factor, d.trainable)?;
+                if d.parallelization_factor != -1 {
+                    return Err(refuse("a parallelization_factor of its own"));
+                }
+                let mut b = QDense::builder(dims.last().copied().unwrap_or(0), d.units)
+                    .input_dims(dims)
+                    .activation(act(d.activation)?)
+                    .use_bias(d.use_bias)
+                    .beta(d.beta0)
+                    .iq(iq)
+                    .kq(d.kq.clone())
+                    .name(name);
+                d.kq.to_core()?;
+                if d.use_bias {
+                    d.bq.to_core()?;
+                    b = b.bq(d.bq.clone());
+                }
+                AnyBuilder::Dense(b)
+            }
+            LayerSpec::QConv(c) => {
+                let iq = common(&c.iq, &c.oq, c.enable_ebops, c.ebops_factor, c.trainable)?;
+                if c.parallelization_factor != -1 {
+                    return Err(refuse("a parallelization_factor of its own"));
+                }
+                let b = match (c.kernel_size.as_slice(), dims) {
+                    (&[k], &[n, ch]) => QConv::builder_1d([n, ch], c.filters, k),
+                    (&[kh, kw], &[h, w, ch]) => QConv::builder_2d([h, w, ch], c.filters, [kh, kw]),
+                    _ => {
+                        return Err(refuse(&format!(
+                            "a convolution of kernel {:?} on {dims:?}",
+                            c.kernel_size
+                        )));
+                    }
+                };
+                let mut b = b
+                    .strides(&c.strides)
+                    .padding(c.padding)
+                    .dilation(&c.dilation_rate)
+                    .groups(c.groups)
+                    .activation(act(c.activation)?)
+                    .use_bias(c.use_bias)
+                    .beta(c.beta0)
+                    .iq(iq)
+                    .kq(c.kq.clone())
+                    .name(name);
+                c.kq.to_core()?;
+                if c.use_bias {
+                    c.bq.to_core()?;
+                    b = b.bq(c.bq.clone());
+                }
+                AnyBuilder::Conv(b)
+            }
+            LayerSpec::QPool(p) => {
+                let iq = common(&p.iq, &p.oq, p.enable_ebops, p.ebops_factor, p.trainable)?;
+                let b = match (&p.window, dims) {
+                    (PoolWindow::Global { keepdims: true, .. }, _) => {
+                        return Err(refuse("keepdims=True"));
+                    }
+                    (PoolWindow::Global { .. }, _) => QPool::global(p.kind, dims),
+                    (
+                        PoolWindow::Local {
+                            pool_size,
+                            strides,
+                            padding,
+                        },
+                        _,
+                    ) => {
+                        let b = match (pool_size.as_slice(), dims) {
+                            (&[k], &[n, ch]) => QPool::builder_1d(p.kind, [n, ch], k),
+                            (&[kh, kw], &[h, w, ch]) => {
+                                QPool::builder_2d(p.kind, [h, w, ch], [kh, kw])
+                            }
+                            _ => {
+                                return Err(refuse(&format!(
+                                    "a pooling of {pool_size:?} on {dims:?}"
+                                )));
+                            }
+                        };
+                        let b = b.padding(*padding);
+                        match strides {
+                            Some(s) => b.strides(s),
+                            None => b,
+                        }
+                    }
+                };
+                AnyBuilder::Pool(b.beta(p.beta0).iq(iq).name(name))
+            }
+            LayerSpec::Flatten(_) => AnyBuilder::Flatten(Flatten::new(dims)?.with_name(name)),
+            LayerSpec::Reshape(_) => AnyBuilder::Reshape(Reshape::new(dims, out)?.with_name(name)),
+        })
+    }
+}
+
+impl LayerBuilder for AnyBuilder {
+    fn input_dims(&self) -> Vec<usize> {
+        match self {
+            AnyBuilder::Dense(b) => b.input_dims(),
+            AnyBuilder::Conv(b) => b.input_dims(),
+            AnyBuilder::Pool(b) => b.input_dims(),
+            AnyBuilder::Flatten(b) => LayerBuilder::input_dims(b),
+            AnyBuilder::Reshape(b) => LayerBuilder::input_dims(b),
+        }
+    }
+    fn build_layer(self, root: &nn::Path, names: &mut Names) -> Result<Box<dyn Layer>> {
+        match self {
+            AnyBuilder::Dense(b) => b.build_layer(root, names),
+            AnyBuilder::Conv(b) => b.build_layer(root, names),
+            AnyBuilder::Pool(b) => b.build_layer(root, names),
+            AnyBuilder::Flatten(b) => b.build_layer(root, names),
+            AnyBuilder::Reshape(b) => b.build_layer(root, names),
+        }
+    }
+}
