@@ -70,6 +70,13 @@ hgq2 0.2.0 / Keras 3 (torch backend) behaviour these values hold:
   padding: an average then counts the copied edge values (a window over the padding averages the
   edge value again, and its gradient reaches the edge element through every copy). Max pooling gives
   the same values either way (a window over the right padding holds the edge element itself).
+  That average is the torch backend's alone: Keras' definition (its jax and TensorFlow backends,
+  hgq2's default backend jax) and hls4ml's bit-exact firmware average the input's values only
+  (`cargo xtask interop` on `cnn/pool1d-same` exported: hgq2 on jax = firmware, the replicated
+  average differs on 46 of 512 rows). This generator therefore replaces the torch backend's
+  `average_pool` by Keras' definition where the padding is asymmetric (`average_pool_as_keras`:
+  window sums over zero padding divided by the count of input values in the window); every
+  other value is hgq2's as it runs.
 - Tied maxima (common: quantized values are coarse, and relu makes zeros; these data hold several):
   windowed max pooling (torch max_pool, CPU) sends the gradient to the FIRST maximum in the window's
   row-major order (a replicated copy never comes before its own edge element, so this is always a
@@ -94,6 +101,38 @@ from hgq.layers import (  # noqa: E402
     QGlobalAveragePooling2D, QGlobalMaxPooling1D, QGlobalMaxPooling2D, QMaxPooling1D, QMaxPooling2D,
 )
 from hgq.utils import trace_minmax  # noqa: E402
+import keras.src.backend.torch.nn as torch_nn  # noqa: E402
+
+_torch_average_pool = torch_nn.average_pool
+
+
+def average_pool_as_keras(inputs, pool_size, strides=None, padding='valid', data_format=None):
+    """Keras' average pooling (jax/TensorFlow semantics) where the torch backend replicates
+    edges: 'same' with asymmetric padding averages the input's values only."""
+    x = torch_nn.convert_to_tensor(inputs)
+    rank = x.ndim - 2
+    pool = torch_nn.standardize_tuple(pool_size, rank, 'pool_size')
+    stride = pool if strides is None else torch_nn.standardize_tuple(strides, rank, 'strides')
+    pads = [torch_nn._compute_padding_length(n, k, s) for n, k, s in zip(x.shape[1:-1], pool, stride)]
+    if padding != 'same' or all(a == b for a, b in pads):
+        return _torch_average_pool(inputs, pool_size, strides, padding, data_format)
+    assert (data_format or 'channels_last') == 'channels_last'
+    xc = torch.movedim(x, -1, 1)
+    flat = [p for ab in reversed(pads) for p in ab]
+    xp = torch.nn.functional.pad(xc, flat)
+    ones = torch.nn.functional.pad(torch.ones((1, 1) + tuple(xc.shape[2:]), dtype=x.dtype), flat)
+    if rank == 1:
+        xp, ones = xp.unsqueeze(2), ones.unsqueeze(2)
+        pool, stride = (1,) + tuple(pool), (1,) + tuple(stride)
+    total = torch.nn.functional.avg_pool2d(xp, pool, stride, 0, divisor_override=1)
+    count = torch.nn.functional.avg_pool2d(ones, pool, stride, 0, divisor_override=1)
+    out = total / count
+    if rank == 1:
+        out = out.squeeze(2)
+    return torch.movedim(out, 1, -1)
+
+
+torch_nn.average_pool = average_pool_as_keras
 
 Flatten = keras.layers.Flatten
 

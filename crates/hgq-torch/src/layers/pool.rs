@@ -189,10 +189,10 @@ impl LayerBuilder for QPoolBuilder {
 /// hgq2's pooling layers (channels last): `pool(iq(x))` over windows, or over every position
 /// (the global ones, whose output is `[batch, channels]`).
 ///
-/// `Same` padding is Keras' torch backend's, which hgq2 runs on: a symmetric pad is left
-/// out of the window (max of, and mean over, the input's values only); an asymmetric one
-/// repeats the edge values (so an average window at the edge counts its edge value twice,
-/// where Keras' jax and TensorFlow backends average the input's values only).
+/// With `Same` padding a window takes the input's values only: the max of, and the mean
+/// over, the values inside the input (Keras' definition, its jax and TensorFlow backends, and
+/// hls4ml's firmware). Keras' torch backend differs where the padding is asymmetric: it
+/// repeats the edge values, and an average window at the edge counts its edge value twice.
 ///
 /// ```
 /// use hgq_torch::layers::{Layer, PoolKind, QPool};
@@ -297,28 +297,61 @@ impl QPool {
             _ => (&[0, 3, 1, 2], &[0, 2, 3, 1]),
         };
         let mut xc = x.f_permute(to_first)?;
+        let k: Vec<i64> = window.iter().map(|&v| v as i64).collect();
+        let st: Vec<i64> = self.strides.iter().map(|&v| v as i64).collect();
         let symmetric = self.pads.iter().all(|(a, b)| a == b);
-        let padding: Vec<i64> = if symmetric {
-            self.pads.iter().map(|&(a, _)| a as i64).collect()
+        let y = if symmetric {
+            // Torch pads itself: outside the input for max, not counted for the average.
+            let padding: Vec<i64> = self.pads.iter().map(|&(a, _)| a as i64).collect();
+            let ones = vec![1i64; self.rank()];
+            let (k, st, padding) = (k.as_slice(), st.as_slice(), padding.as_slice());
+            match (self.kind, rank) {
+                (PoolKind::Max, 1) => xc.f_max_pool1d(k, st, padding, ones.as_slice(), false)?,
+                (PoolKind::Max, _) => xc.f_max_pool2d(k, st, padding, ones.as_slice(), false)?,
+                (PoolKind::Average, 1) => xc.f_avg_pool1d(k, st, padding, false, false)?,
+                (PoolKind::Average, _) => xc.f_avg_pool2d(k, st, padding, false, false, None)?,
+            }
         } else {
+            // constant_pad_nd takes the last axis first.
             let pad: Vec<i64> = self
                 .pads
                 .iter()
                 .rev()
                 .flat_map(|&(a, b)| [a as i64, b as i64])
                 .collect();
-            xc = xc.f_pad(pad.as_slice(), "replicate", None::<f64>)?;
-            vec![0; self.rank()]
-        };
-        let k: Vec<i64> = window.iter().map(|&v| v as i64).collect();
-        let s: Vec<i64> = self.strides.iter().map(|&v| v as i64).collect();
-        let ones = vec![1i64; self.rank()];
-        let (k, s, padding) = (k.as_slice(), s.as_slice(), padding.as_slice());
-        let y = match (self.kind, rank) {
-            (PoolKind::Max, 1) => xc.f_max_pool1d(k, s, padding, ones.as_slice(), false)?,
-            (PoolKind::Max, _) => xc.f_max_pool2d(k, s, padding, ones.as_slice(), false)?,
-            (PoolKind::Average, 1) => xc.f_avg_pool1d(k, s, padding, false, false)?,
-            (PoolKind::Average, _) => xc.f_avg_pool2d(k, s, padding, false, false, None)?,
+            match self.kind {
+                // The edge values repeated: the max of the input's values.
+                PoolKind::Max => {
+                    xc = xc.f_pad(pad.as_slice(), "replicate", None::<f64>)?;
+                    let (z, ones) = (vec![0i64; self.rank()], vec![1i64; self.rank()]);
+                    if rank == 1 {
+                        xc.f_max_pool1d(&k, &st, &z, &ones, false)?
+                    } else {
+                        xc.f_max_pool2d(&k, &st, &z, &ones, false)?
+                    }
+                }
+                // Keras' average (and the firmware's): the mean of the input's values in the
+                // window, window sums over zeros divided by the count of input values.
+                PoolKind::Average => {
+                    let spatial = &xc.size()[2..];
+                    let ones = Tensor::f_ones(
+                        [1i64, 1].iter().chain(spatial).copied().collect::<Vec<_>>(),
+                        (xc.kind(), xc.device()),
+                    )?;
+                    let sum = |t: Tensor| -> Result<Tensor> {
+                        let t = t.f_constant_pad_nd(pad.as_slice())?;
+                        let (t, k, st) = if rank == 1 {
+                            (t.f_unsqueeze(2)?, vec![1, k[0]], vec![1, st[0]])
+                        } else {
+                            (t, k.clone(), st.clone())
+                        };
+                        let s =
+                            t.f_avg_pool2d(k.as_slice(), st.as_slice(), [0, 0], false, true, 1)?;
+                        Ok(if rank == 1 { s.f_squeeze_dim(2)? } else { s })
+                    };
+                    sum(xc)?.f_div(&sum(ones)?)?
+                }
+            }
         };
         Ok(y.f_permute(to_last)?)
     }
