@@ -12,7 +12,9 @@
 //! - [`model_json`]: the whole model document of a chain of `QDense` layers
 //!   ([`DenseModelSpec`]), written as `model.to_json()` writes it.
 //! - [`sequential`]: the same for a chain of `QDense`, `QConv1D/2D`, pooling, `Flatten` and
-//!   `Reshape` layers on an input of any rank ([`ChainModelSpec`]).
+//!   `Reshape` layers on an input of any rank ([`ChainModelSpec`]), and for any DAG of them
+//!   with merge layers (`QAdd`, ...) and `QBatchNormalization`, several inputs and outputs
+//!   ([`GraphModelSpec`]).
 //! - [`convert`]: conversion to and from hgq-core's quantizer descriptions.
 //!
 //! ## Fidelity notes
@@ -134,6 +136,6 @@ pub use quantizer::{
     QuantizerConfigBuilder,
 };
 pub use sequential::{
-    ChainModelSpec, FlattenSpec, LayerSpec, Padding, PoolKind, PoolWindow, QConvSpec, QPoolSpec,
-    ReshapeSpec,
+    ChainModelSpec, FlattenSpec, GraphModelSpec, InputSpec, LayerSpec, MergeOp, NodeSpec, Padding,
+    PoolKind, PoolWindow, QBatchNormSpec, QConvSpec, QMergeSpec, QPoolSpec, ReshapeSpec,
 };

@@ -1,6 +1,8 @@
 //! A whole Keras model document for a chain of layers (`QDense`, `QConv1D`/`QConv2D`, the
-//! pooling layers, `Flatten`, `Reshape`) on an input of any rank, written byte for byte as
-//! hgq2's `model.to_json()` writes it.
+//! pooling layers, `Flatten`, `Reshape`, `QBatchNormalization`) on an input of any rank, or
+//! for a graph of them with merge layers (`QAdd`, `QSubtract`, `QMultiply`, `QMaximum`,
+//! `QMinimum`, `QAveragePow2`), several inputs and outputs ([`GraphModelSpec`]), written
+//! byte for byte as hgq2's `model.to_json()` writes it.
 //!
 //! [`ChainModelSpec`] describes `Input(shape) -> layer -> ... -> layer` as a Keras functional
 //! model; [`ChainModelSpec::to_json`] gives exactly the text that
@@ -64,14 +66,23 @@
 //! - `Reshape` has no `build_config` (Keras builds it when it is made);
 //! - the convolutions write `activity_regularizer` (always `null`) and no
 //!   `quantization_config`, `QDense` the other way round;
-//! - the global pooling layers write `keepdims`, and no `pool_size`, `strides` or `padding`.
+//! - the global pooling layers write `keepdims`, and no `pool_size`, `strides` or `padding`;
+//! - a merge layer writes its input quantizers as `iq_confs`, one per input once built (see
+//!   [`QMergeSpec`]);
+//! - `QBatchNormalization` writes Keras' `BatchNormalization` config (`beta_initializer`,
+//!   ..., `synchronized`, `renorm`, `renorm_clipping`, `renorm_momentum`) and then hgq2's
+//!   keys (`enable_ebops`, ..., `iq_conf`, `kq_conf`, `bq_conf`; no `parallelization_factor`),
+//!   and is called with `"kwargs": {"mask": null}` (see [`QBatchNormSpec`]).
 //!
 //! Unnamed layers take Keras' automatic names in a fresh session, counted per class
 //! (named layers do not count): `q_dense`, `q_conv1d`, `q_conv2d`, `q_max_pooling1d`,
 //! `q_max_pooling2d`, `q_average_pooling1d`, `q_average_pooling2d`,
 //! `q_global_max_pooling1d`, `q_global_max_pooling2d`, `q_global_average_pooling1d`,
-//! `q_global_average_pooling2d`, `flatten`, `reshape`, then `q_conv2d_1`, `q_conv2d_2`, ...
-//! The model is `functional` and the input `input_layer` unless named.
+//! `q_global_average_pooling2d`, `flatten`, `reshape`, `q_add`, `q_subtract`, `q_multiply`,
+//! `q_maximum`, `q_minimum`, `q_average_pow2`, `q_batch_normalization`, then `q_conv2d_1`,
+//! `q_conv2d_2`, ... The model is `functional` and the input `input_layer` unless named.
+//! A merge layer in a chain takes the one layer before it (`QAdd()([x])`, which Keras
+//! allows; `QSubtract` needs two inputs, so only a graph has it).
 //!
 //! ## Checking with the reference
 //!
@@ -82,7 +93,10 @@
 //! [`model_json`](crate::model_json#checking-with-the-reference), for every model of the
 //! test data as this module writes it and for a few more (strides with groups, a pooling
 //! window larger than its input with `same` padding, `keepdims`, output quantizers,
-//! `Reshape((-1,))`, a chain of every class with automatic names). Each loaded and wrote the
+//! `Reshape((-1,))`, a chain of every class with automatic names), and for graphs: the
+//! `graph_*` models of the test data, an input listed late, a chain with
+//! `QBatchNormalization` and a one-input `QAveragePow2`, every merge class with
+//! per-input `iq_confs` feeding a six-input `QMaximum`. Each loaded and wrote the
 //! same text back; each ran a forward pass but those with a causal `QConv1D`. That limit is
 //! the reference's own: hgq2 0.2.0 pads the input of a causal `QConv1D` before its input
 //! quantizer, which was built for the unpadded shape, so such a layer with `enable_iq=True`
@@ -92,21 +106,27 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 
-use crate::de::{At, dict};
+use crate::de::At;
 use crate::error::{ConfigError, Result};
 use crate::model::{KerasModel, find_quantizers};
 use crate::model_json::{
-    DEFAULT_INPUT_NAME, DEFAULT_MODEL_NAME, DenseModelSpec, FUNCTIONAL_MODULE, QDENSE_AUTO_PREFIX,
-    QDENSE_MODULE, QDenseSpec, check_name, check_size, first_difference, n_parallel, numbered,
-    qdense_config, read_qdense, size,
+    DEFAULT_INPUT_NAME, DEFAULT_MODEL_NAME, DenseModelSpec, QDENSE_AUTO_PREFIX, QDENSE_MODULE,
+    QDenseSpec, check_name, check_size, first_difference, n_parallel, numbered, qdense_config,
+    read_qdense, size,
 };
 use crate::pyjson::PyValue;
 
+mod batchnorm;
 mod conv;
+mod graph;
+mod merge;
 mod pool;
 mod reshape;
 
+pub use batchnorm::QBatchNormSpec;
 pub use conv::QConvSpec;
+pub use graph::{GraphModelSpec, InputSpec, NodeSpec};
+pub use merge::{MergeOp, QMergeSpec};
 pub use pool::{PoolKind, PoolWindow, QPoolSpec};
 pub use reshape::{FlattenSpec, ReshapeSpec};
 
@@ -114,6 +134,10 @@ pub use reshape::{FlattenSpec, ReshapeSpec};
 pub const QCONV_MODULE: &str = "hgq.layers.conv";
 /// The module of hgq2's pooling layers.
 pub const QPOOLING_MODULE: &str = "hgq.layers.pooling";
+/// The module of hgq2's merge layers (`QAdd`, `QSubtract`, ...).
+pub const QMERGE_MODULE: &str = "hgq.layers.ops.merge";
+/// The module of hgq2's `QBatchNormalization`.
+pub const QBATCHNORM_MODULE: &str = "hgq.layers.batch_normalization";
 /// The module Keras writes for its own layers (`InputLayer`, `Flatten`, `Reshape`).
 pub const KERAS_LAYERS_MODULE: &str = "keras.layers";
 
@@ -168,10 +192,10 @@ impl FromStr for Padding {
     }
 }
 
-/// One layer of a [`ChainModelSpec`].
+/// One layer of a [`ChainModelSpec`] or a [`GraphModelSpec`].
 ///
-/// Every layer type converts into it (`From`), so [`ChainModelSpec::layer`] takes any of
-/// them.
+/// Every layer type converts into it (`From`), so [`ChainModelSpec::layer`] and
+/// [`GraphModelSpec::node`] take any of them.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LayerSpec {
     /// hgq2's `QDense` (on the last axis of an input of any rank).
@@ -184,6 +208,11 @@ pub enum LayerSpec {
     Flatten(FlattenSpec),
     /// Keras' `Reshape`.
     Reshape(ReshapeSpec),
+    /// hgq2's `QAdd`, `QSubtract`, `QMultiply`, `QMaximum`, `QMinimum`, `QAveragePow2`. In a
+    /// chain it takes the one layer before it (`QAdd()([x])`, which Keras allows).
+    QMerge(QMergeSpec),
+    /// hgq2's `QBatchNormalization`.
+    QBatchNorm(QBatchNormSpec),
 }
 
 impl LayerSpec {
@@ -195,6 +224,8 @@ impl LayerSpec {
             LayerSpec::QPool(l) => l.name.as_deref(),
             LayerSpec::Flatten(l) => l.name.as_deref(),
             LayerSpec::Reshape(l) => l.name.as_deref(),
+            LayerSpec::QMerge(l) => l.name.as_deref(),
+            LayerSpec::QBatchNorm(l) => l.name.as_deref(),
         }
     }
 
@@ -205,11 +236,14 @@ impl LayerSpec {
             LayerSpec::QPool(l) => &mut l.name,
             LayerSpec::Flatten(l) => &mut l.name,
             LayerSpec::Reshape(l) => &mut l.name,
+            LayerSpec::QMerge(l) => &mut l.name,
+            LayerSpec::QBatchNorm(l) => &mut l.name,
         }
     }
 
     /// The Keras class name written (`QDense`, `QConv2D`, `QGlobalMaxPooling1D`, `Flatten`,
-    /// ...); `None` for a convolution or pooling of a rank other than 1 or 2.
+    /// `QAdd`, `QBatchNormalization`, ...); `None` for a convolution or pooling of a rank
+    /// other than 1 or 2.
     pub fn class_name(&self) -> Option<&'static str> {
         match self {
             LayerSpec::QDense(_) => Some("QDense"),
@@ -217,6 +251,8 @@ impl LayerSpec {
             LayerSpec::QPool(l) => l.class_name(),
             LayerSpec::Flatten(_) => Some("Flatten"),
             LayerSpec::Reshape(_) => Some("Reshape"),
+            LayerSpec::QMerge(l) => Some(l.class_name()),
+            LayerSpec::QBatchNorm(_) => Some("QBatchNormalization"),
         }
     }
 
@@ -227,13 +263,19 @@ impl LayerSpec {
             LayerSpec::QConv(_) => QCONV_MODULE,
             LayerSpec::QPool(_) => QPOOLING_MODULE,
             LayerSpec::Flatten(_) | LayerSpec::Reshape(_) => KERAS_LAYERS_MODULE,
+            LayerSpec::QMerge(_) => QMERGE_MODULE,
+            LayerSpec::QBatchNorm(_) => QBATCHNORM_MODULE,
         }
     }
 
     /// The first automatic name Keras gives the class in a fresh session (`q_dense`,
-    /// `q_conv2d`, `q_global_average_pooling1d`, `flatten`, ...), the prefix of the later
-    /// ones (`q_conv2d_1`); `None` where [`Self::class_name`] is.
+    /// `q_conv2d`, `q_global_average_pooling1d`, `flatten`, `q_add`,
+    /// `q_batch_normalization`, ...), the prefix of the later ones (`q_conv2d_1`); `None`
+    /// where [`Self::class_name`] is.
     pub fn auto_name_prefix(&self) -> Option<&'static str> {
+        if let LayerSpec::QMerge(m) = self {
+            return Some(m.op.auto_name_prefix());
+        }
         Some(match self.class_name()? {
             "QDense" => QDENSE_AUTO_PREFIX,
             "QConv1D" => "q_conv1d",
@@ -248,6 +290,7 @@ impl LayerSpec {
             "QGlobalAveragePooling2D" => "q_global_average_pooling2d",
             "Flatten" => "flatten",
             "Reshape" => "reshape",
+            "QBatchNormalization" => "q_batch_normalization",
             _ => return None,
         })
     }
@@ -276,17 +319,33 @@ impl LayerSpec {
                 Ok(vec![n])
             }
             LayerSpec::Reshape(l) => l.output_shape(input, at),
+            LayerSpec::QMerge(l) => l.output_shape(&[input], at),
+            LayerSpec::QBatchNorm(l) => l.output_shape(input, at),
         }
     }
 
-    /// The layer's `config`.
-    fn config_value(&self, name: &str, output: &[usize]) -> PyValue {
+    /// The layer's `config`, for an output of `output` and `n_inputs` inputs.
+    fn config_value(&self, name: &str, output: &[usize], n_inputs: usize) -> PyValue {
         match self {
             LayerSpec::QDense(l) => qdense_config(l, name, output),
             LayerSpec::QConv(l) => l.config_value(name, output),
             LayerSpec::QPool(l) => l.config_value(name),
             LayerSpec::Flatten(l) => l.config_value(name),
             LayerSpec::Reshape(l) => l.config_value(name),
+            LayerSpec::QMerge(l) => l.config_value(name, n_inputs),
+            LayerSpec::QBatchNorm(l) => l.config_value(name),
+        }
+    }
+
+    /// Whether EBOPs are on without the input quantizer they need.
+    fn ebops_without_iq(&self) -> bool {
+        match self {
+            LayerSpec::QDense(l) => l.enable_ebops && l.iq.is_none(),
+            LayerSpec::QConv(l) => l.enable_ebops && l.iq.is_none(),
+            LayerSpec::QPool(l) => l.enable_ebops && l.iq.is_none(),
+            LayerSpec::QMerge(l) => l.enable_ebops && l.iq.is_none(),
+            LayerSpec::QBatchNorm(l) => l.enable_ebops && l.iq.is_none(),
+            LayerSpec::Flatten(_) | LayerSpec::Reshape(_) => false,
         }
     }
 
@@ -337,7 +396,22 @@ impl From<ReshapeSpec> for LayerSpec {
     }
 }
 
+impl From<QMergeSpec> for LayerSpec {
+    fn from(l: QMergeSpec) -> Self {
+        LayerSpec::QMerge(l)
+    }
+}
+
+impl From<QBatchNormSpec> for LayerSpec {
+    fn from(l: QBatchNormSpec) -> Self {
+        LayerSpec::QBatchNorm(l)
+    }
+}
+
 /// A Keras functional model `Input(input_shape) -> layer -> ... -> layer`.
+///
+/// It is written as the same model as a [`GraphModelSpec`] (`GraphModelSpec::from(chain)`,
+/// whose JSON is identical).
 ///
 /// The digits CNN (`Input((64,)) -> Reshape((8, 8, 1)) -> QConv2D(4, (3, 3),
 /// activation='relu') -> QMaxPooling2D((2, 2)) -> Flatten() -> QDense(10)`):
@@ -506,13 +580,7 @@ impl ChainModelSpec {
         self.layer_names()?;
         self.output_shapes()?;
         for (j, l) in self.layers.iter().enumerate() {
-            let ebops_without_iq = match l {
-                LayerSpec::QDense(l) => l.enable_ebops && l.iq.is_none(),
-                LayerSpec::QConv(l) => l.enable_ebops && l.iq.is_none(),
-                LayerSpec::QPool(l) => l.enable_ebops && l.iq.is_none(),
-                LayerSpec::Flatten(_) | LayerSpec::Reshape(_) => false,
-            };
-            if ebops_without_iq {
+            if l.ebops_without_iq() {
                 return Err(value_err(
                     format!("$.config.layers[{}].config.enable_ebops", j + 1),
                     "EBOPs need the input quantizer (enable_iq)",
@@ -522,102 +590,11 @@ impl ChainModelSpec {
         Ok(())
     }
 
-    /// The whole document as a value (see [`Self::to_json`]).
+    /// The whole document as a value (see [`Self::to_json`]): that of the same model as a
+    /// [`GraphModelSpec`].
     pub fn to_value(&self) -> Result<PyValue> {
         self.validate()?;
-        let names = self.layer_names()?;
-        let shapes = self.output_shapes()?;
-        // Sizes are checked by `output_shapes`.
-        let shape = |dims: &[usize]| {
-            PyValue::List(
-                std::iter::once(PyValue::Null)
-                    .chain(dims.iter().map(|&n| PyValue::Int(n as i64)))
-                    .collect(),
-            )
-        };
-        let history =
-            |name: &str| PyValue::List(vec![PyValue::str(name), PyValue::Int(0), PyValue::Int(0)]);
-
-        let mut layers = vec![dict([
-            ("module", PyValue::str(KERAS_LAYERS_MODULE)),
-            ("class_name", PyValue::str("InputLayer")),
-            (
-                "config",
-                dict([
-                    ("batch_shape", shape(&self.input_shape)),
-                    ("dtype", PyValue::str("float32")),
-                    ("sparse", PyValue::Bool(false)),
-                    ("ragged", PyValue::Bool(false)),
-                    ("name", PyValue::str(&self.input_name)),
-                    ("optional", PyValue::Bool(false)),
-                ]),
-            ),
-            ("registered_name", PyValue::Null),
-            ("name", PyValue::str(&self.input_name)),
-            ("inbound_nodes", PyValue::List(vec![])),
-        ])];
-        let mut prev: (&str, &[usize]) = (&self.input_name, &self.input_shape);
-        for ((l, name), out) in self.layers.iter().zip(&names).zip(&shapes) {
-            let node = dict([
-                (
-                    "args",
-                    PyValue::List(vec![dict([
-                        ("class_name", PyValue::str("__keras_tensor__")),
-                        (
-                            "config",
-                            dict([
-                                ("shape", shape(prev.1)),
-                                ("dtype", PyValue::str("float32")),
-                                ("keras_history", history(prev.0)),
-                            ]),
-                        ),
-                    ])]),
-                ),
-                ("kwargs", dict([])),
-            ]);
-            let class = l.class_name().expect("checked by layer_names");
-            let mut entries = vec![
-                ("module".to_string(), PyValue::str(l.module())),
-                ("class_name".to_string(), PyValue::str(class)),
-                ("config".to_string(), l.config_value(name, out)),
-                (
-                    "registered_name".to_string(),
-                    if l.is_hgq() {
-                        PyValue::Str(format!("hgq>{class}"))
-                    } else {
-                        PyValue::Null
-                    },
-                ),
-            ];
-            // Keras builds a Reshape when it is made: it writes no build_config.
-            if !matches!(l, LayerSpec::Reshape(_)) {
-                entries.push((
-                    "build_config".into(),
-                    dict([("input_shape", shape(prev.1))]),
-                ));
-            }
-            entries.push(("name".into(), PyValue::str(name)));
-            entries.push(("inbound_nodes".into(), PyValue::List(vec![node])));
-            layers.push(PyValue::Dict(entries));
-            prev = (name, out);
-        }
-        Ok(dict([
-            ("module", PyValue::str(FUNCTIONAL_MODULE)),
-            ("class_name", PyValue::str("Functional")),
-            (
-                "config",
-                dict([
-                    ("name", PyValue::str(&self.name)),
-                    ("trainable", PyValue::Bool(true)),
-                    ("layers", PyValue::List(layers)),
-                    ("input_layers", history(&self.input_name)),
-                    ("output_layers", history(prev.0)),
-                ]),
-            ),
-            ("registered_name", PyValue::str("Functional")),
-            ("build_config", dict([("input_shape", PyValue::Null)])),
-            ("compile_config", dict([])),
-        ]))
+        GraphModelSpec::from(self.clone()).to_value()
     }
 
     /// The exact text of the reference's `model.to_json()` for this model.
@@ -738,6 +715,31 @@ pub(crate) fn sizes_value(v: &[usize]) -> PyValue {
     PyValue::List(v.iter().map(|&n| PyValue::Int(n as i64)).collect())
 }
 
+/// The `config` of a layer of class `class` (not `InputLayer`); an unknown class is an
+/// error at `path` (the layer).
+fn read_layer(config: &At<'_>, class: &str, path: &str) -> Result<LayerSpec> {
+    Ok(match class {
+        "QDense" => read_qdense(config)?.into(),
+        "QConv1D" => QConvSpec::read(config, 1)?.into(),
+        "QConv2D" => QConvSpec::read(config, 2)?.into(),
+        "Flatten" => FlattenSpec::read(config)?.into(),
+        "Reshape" => ReshapeSpec::read(config)?.into(),
+        "QBatchNormalization" => QBatchNormSpec::read(config)?.into(),
+        class => {
+            if let Some(p) = QPoolSpec::read(config, class)? {
+                p.into()
+            } else if let Some(m) = QMergeSpec::read(config, class)? {
+                m.into()
+            } else {
+                return Err(ConfigError::UnknownClass {
+                    path: path.into(),
+                    class_name: class.into(),
+                });
+            }
+        }
+    })
+}
+
 fn read_chain(root: &At<'_>) -> Result<ChainModelSpec> {
     let mut d = root.dict()?;
     let mut c = d.req("config")?.dict()?;
@@ -764,24 +766,9 @@ fn read_chain(root: &At<'_>) -> Result<ChainModelSpec> {
     let mut auto: HashMap<&str, usize> = HashMap::new();
     for l in rest {
         let mut ld = l.dict()?;
-        let class_at = ld.req("class_name")?;
+        let class = ld.req("class_name")?.str()?;
         let config = ld.req("config")?;
-        let mut layer: LayerSpec = match class_at.str()? {
-            "QDense" => read_qdense(&config)?.into(),
-            "QConv1D" => QConvSpec::read(&config, 1)?.into(),
-            "QConv2D" => QConvSpec::read(&config, 2)?.into(),
-            "Flatten" => FlattenSpec::read(&config)?.into(),
-            "Reshape" => ReshapeSpec::read(&config)?.into(),
-            class => match QPoolSpec::read(&config, class)? {
-                Some(p) => p.into(),
-                None => {
-                    return Err(ConfigError::UnknownClass {
-                        path: l.path.clone(),
-                        class_name: class.into(),
-                    });
-                }
-            },
-        };
+        let mut layer = read_layer(&config, class, &l.path)?;
         // A name equal to the automatic one it would get reads as unnamed.
         let prefix = layer
             .auto_name_prefix()

@@ -51,17 +51,26 @@ use tch::{Tensor, nn};
 use crate::quantizer::Quantizer;
 use crate::{Result, TorchError};
 
+mod batchnorm;
 mod conv;
 mod dense;
+mod functional;
+mod merge;
+mod model;
 mod native;
 mod pool;
 mod reshape;
 mod sequential;
+mod spec;
 
+pub use batchnorm::{QBatchNorm, QBatchNormBuilder};
 pub use conv::{QConv, QConvBuilder};
 pub use dense::{QDense, QDenseBuilder};
+pub use functional::{Functional, FunctionalOutput, NodeId};
+pub use hgq_config::sequential::MergeOp;
 /// Keras' padding and the pooling kinds: hgq-config's, the words of the model JSON.
 pub use hgq_config::sequential::{Padding, PoolKind};
+pub use merge::{QMerge, QMergeBuilder};
 pub use pool::{QPool, QPoolBuilder};
 
 /// `(before, after)` padding per spatial axis.
@@ -86,6 +95,22 @@ pub trait Layer: Debug + Any {
     /// and `beta * ebops` returned for the loss. An input of another shape, kind or device
     /// is an error before any state changes.
     fn forward(&self, x: &Tensor, mode: CallMode) -> Result<Output>;
+    /// How many inputs the layer takes (1; a merge layer 2 or more, each of
+    /// [`Layer::input_dims`]).
+    fn arity(&self) -> usize {
+        1
+    }
+    /// The forward pass of a layer of several inputs (a merge); for one input,
+    /// [`Layer::forward`].
+    fn forward_inputs(&self, xs: &[&Tensor], mode: CallMode) -> Result<Output> {
+        match xs {
+            [x] => self.forward(x, mode),
+            _ => Err(TorchError::Invalid {
+                what: "layer inputs",
+                why: format!("{} inputs for {}, which takes one", xs.len(), self.name()),
+            }),
+        }
+    }
     /// The EBOPs of the last training or tracing call, as hgq2 stores them (uint32); 0 for
     /// layers without (Flatten).
     fn ebops(&self) -> u32 {
@@ -471,13 +496,7 @@ pub(crate) fn named_quantizer(
 ) -> Result<Named> {
     let qname = format!("{layer}_{suffix}");
     let core = config.to_core()?;
-    let base = match &core.spec {
-        hgq_config::convert::QuantizerSpec::Kbi(_) => "fixed_point_quantizer_kbi",
-        hgq_config::convert::QuantizerSpec::Kif(_) => "fixed_point_quantizer_kif",
-        hgq_config::convert::QuantizerSpec::Float(_) => "float_point_quantizer",
-        hgq_config::convert::QuantizerSpec::Dummy => "dummy_quantizer",
-    };
-    let inner = names.next(base);
+    let inner = names.next(quantizer_class(&core));
     let qp = p / qname.as_str() / inner.as_str();
     let q = Quantizer::new(&qp, &core, shape)?;
     Ok(Named {
@@ -485,6 +504,16 @@ pub(crate) fn named_quantizer(
         config,
         keras_path: format!("{layer}/{qname}/{inner}"),
     })
+}
+
+/// Keras' automatic name of a quantizer's inner layer (`fixed_point_quantizer_kif`, ...).
+pub(crate) fn quantizer_class(core: &hgq_config::CoreQuantizer) -> &'static str {
+    match &core.spec {
+        hgq_config::convert::QuantizerSpec::Kbi(_) => "fixed_point_quantizer_kbi",
+        hgq_config::convert::QuantizerSpec::Kif(_) => "fixed_point_quantizer_kif",
+        hgq_config::convert::QuantizerSpec::Float(_) => "float_point_quantizer",
+        hgq_config::convert::QuantizerSpec::Dummy => "dummy_quantizer",
+    }
 }
 
 /// `[None, *dims]`: a quantizer's input shape for a batch of `dims`.

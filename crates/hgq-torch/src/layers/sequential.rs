@@ -3,13 +3,10 @@ use std::any::Any;
 use hgq_core::CallMode;
 use tch::{Kind, Tensor, nn};
 
-use hgq_config::QuantizerConfig;
-use hgq_config::sequential::{ChainModelSpec, LayerSpec, PoolWindow};
+use hgq_config::sequential::ChainModelSpec;
 
-use super::{
-    Activation, Flatten, Layer, LayerBuilder, Names, QConv, QConvBuilder, QDense, QDenseBuilder,
-    QPool, QPoolBuilder, Reshape, native,
-};
+use super::spec::AnyBuilder;
+use super::{Layer, LayerBuilder, Names, QDense, model, native};
 use crate::optim::Adam;
 use crate::{Result, TorchError};
 
@@ -112,11 +109,7 @@ impl Sequential {
 
     /// Sets every layer's `beta` (layers without EBOPs are left as they are).
     pub fn set_beta(&self, beta: f64) -> Result<()> {
-        super::check_beta(beta)?;
-        for l in self.layers.iter().filter(|l| l.beta().is_some()) {
-            l.set_beta(beta)?;
-        }
-        Ok(())
+        model::set_beta(&self.layers, beta)
     }
 
     /// Runs every layer in order.
@@ -232,31 +225,22 @@ impl Sequential {
 
     /// The total EBOPs of the last training or tracing call (sum of the layers' uint32 values).
     pub fn ebops(&self) -> u64 {
-        self.layers.iter().map(|l| l.ebops() as u64).sum()
+        model::ebops(&self.layers)
     }
 
     /// Applies every constraint (after an optimizer step).
     pub fn apply_constraints(&self) -> Result<()> {
-        for l in &self.layers {
-            l.apply_constraints()?;
-        }
-        Ok(())
+        model::apply_constraints(&self.layers)
     }
 
     /// Whether any layer has a regularizer (else [`Sequential::regularization_loss`] is 0).
     pub fn has_regularization(&self) -> bool {
-        self.layers.iter().any(|l| l.has_regularization())
+        model::has_regularization(&self.layers)
     }
 
     /// The regularization losses.
     pub fn regularization_loss(&self) -> Result<Tensor> {
-        let mut total = Tensor::from(0.0f32);
-        for l in &self.layers {
-            if l.has_regularization() {
-                total = total.f_add(&l.regularization_loss()?)?;
-            }
-        }
-        Ok(total)
+        model::regularization_loss(&self.layers)
     }
 
     /// hgq2's `trace_minmax`: resets the WRAP tracking, runs `batches` in tracing mode, and
@@ -264,49 +248,14 @@ impl Sequential {
     /// WRAP quantizer without integer bits); on an error every variable is as before the call.
     pub fn trace_minmax<'a>(&self, batches: impl IntoIterator<Item = &'a Tensor>) -> Result<u64> {
         let batches: Vec<&Tensor> = batches.into_iter().collect();
-        if batches.is_empty() {
-            return Err(TorchError::Invalid {
-                what: "trace_minmax batches",
-                why: "none given: give it the data whose ranges to record".into(),
-            });
-        }
-        let saved: Vec<(Tensor, Tensor)> = self
-            .layers
-            .iter()
-            .flat_map(|l| l.keras_variables())
-            .map(|(_, t)| (t.detach().copy(), t))
-            .collect();
-        let ebops: Vec<u32> = self.layers.iter().map(|l| l.ebops()).collect();
-        let traced = tch::no_grad(|| -> Result<()> {
-            for l in &self.layers {
-                l.reset_trace()?;
-            }
-            for b in &batches {
-                self.forward(b, CallMode::Tracing)?;
-            }
-            Ok(())
-        });
-        if let Err(e) = traced {
-            tch::no_grad(|| -> Result<()> {
-                for (copy, var) in &saved {
-                    var.shallow_clone().f_copy_(copy)?;
-                }
-                Ok(())
-            })?;
-            for (l, e) in self.layers.iter().zip(ebops) {
-                l.restore_ebops(e);
-            }
-            return Err(e);
-        }
-        Ok(self.ebops())
+        model::trace(&self.layers, &batches, |b, mode| {
+            self.forward(b, mode).map(|_| ())
+        })
     }
 
     /// Every variable with its Keras path.
     pub fn keras_variables(&self) -> Vec<(String, Tensor)> {
-        self.layers
-            .iter()
-            .flat_map(|l| l.keras_variables())
-            .collect()
+        model::keras_variables(&self.layers)
     }
 
     /// The model a Keras JSON describes (what [`Sequential::to_keras_json`] and hgq2's
@@ -334,7 +283,7 @@ impl Sequential {
         let mut dims = spec.input_shape.clone();
         let mut builders = Vec::with_capacity(spec.layers.len());
         for ((l, name), out) in spec.layers.iter().zip(&names).zip(&shapes) {
-            builders.push(AnyBuilder::of(l, name, &dims, out)?);
+            builders.push(AnyBuilder::of(l, name, std::slice::from_ref(&dims), out)?);
             dims = out.clone();
         }
         let mut model = Sequential::new();
@@ -351,49 +300,7 @@ impl Sequential {
     /// no variable takes (beside hgq2's `.../ebops` and `.../beta` bookkeeping) is an error
     /// before any variable changes.
     pub fn load_keras_variables(&self, tensors: &[(String, Tensor)]) -> Result<()> {
-        let vars = self.keras_variables();
-        let mut pairs = Vec::with_capacity(vars.len());
-        for (path, var) in &vars {
-            let Some((_, t)) = tensors.iter().find(|(n, _)| n == path) else {
-                return Err(TorchError::Invalid {
-                    what: "Keras variables",
-                    why: format!("no tensor for {path}"),
-                });
-            };
-            if t.size() != var.size() {
-                return Err(TorchError::Invalid {
-                    what: "Keras variables",
-                    why: format!(
-                        "{path}: shape {:?} for a variable of {:?}",
-                        t.size(),
-                        var.size()
-                    ),
-                });
-            }
-            let finite =
-                tch::no_grad(|| -> Result<bool> { Ok(bool::try_from(t.f_isfinite()?.f_all()?)?) })?;
-            if !finite {
-                return Err(TorchError::NonFinite("a Keras variable's tensor"));
-            }
-            pairs.push((var, t));
-        }
-        let bookkeeping = |n: &str| n.ends_with("/ebops") || n.ends_with("/beta");
-        if let Some((n, _)) = tensors
-            .iter()
-            .find(|(n, _)| !bookkeeping(n) && !vars.iter().any(|(p, _)| p == n))
-        {
-            return Err(TorchError::Invalid {
-                what: "Keras variables",
-                why: format!("{n}: no variable of this model has that path"),
-            });
-        }
-        tch::no_grad(|| -> Result<()> {
-            for (var, t) in pairs {
-                let src = t.f_to_device(var.device())?.f_to_kind(var.kind())?;
-                var.shallow_clone().f_copy_(&src)?;
-            }
-            Ok(())
-        })
+        model::load_keras_variables(&self.layers, tensors)
     }
 
     /// The model as hgq2's Keras JSON (`keras.models.model_from_json` loads it; the weights
@@ -412,165 +319,5 @@ impl Sequential {
             spec = spec.layer(l.keras_spec()?);
         }
         Ok(spec.to_json()?)
-    }
-}
-
-/// A builder of any layer of a model JSON.
-enum AnyBuilder {
-    Dense(QDenseBuilder),
-    Conv(QConvBuilder),
-    Pool(QPoolBuilder),
-    Flatten(Flatten),
-    Reshape(Reshape),
-}
-
-impl AnyBuilder {
-    /// The builder of layer `l` named `name` on inputs `dims` (its output `out`); what this
-    /// crate does not build is an error naming the layer.
-    fn of(l: &LayerSpec, name: &str, dims: &[usize], out: &[usize]) -> Result<Self> {
-        let refuse = |what: &str| {
-            TorchError::Unsupported(format!("{name}: {what} (not built by this crate yet)"))
-        };
-        let act = |a: Option<hgq_config::Activation>| match Activation::from_config(a) {
-            Some(a) => Ok(a),
-            None => Err(refuse(&format!(
-                "activation {}",
-                a.map_or("?", |a| a.as_str())
-            ))),
-        };
-        // What every quantized layer must have here.
-        let common = |iq: &Option<QuantizerConfig>,
-                      oq: &Option<QuantizerConfig>,
-                      ebops: bool,
-                      factor: f64,
-                      trainable: bool|
-         -> Result<QuantizerConfig> {
-            let Some(iq) = iq else {
-                return Err(refuse("enable_iq=False"));
-            };
-            if oq.is_some() {
-                return Err(refuse("an output quantizer"));
-            }
-            if !ebops || factor != 1.0 || !trainable {
-                return Err(refuse(
-                    "enable_ebops=False, an ebops_factor other than 1 or trainable=False",
-                ));
-            }
-            iq.to_core()?;
-            Ok(iq.clone())
-        };
-        Ok(match l {
-            LayerSpec::QDense(d) => {
-                let iq = common(&d.iq, &d.oq, d.enable_ebops, d.ebops_factor, d.trainable)?;
-                if d.parallelization_factor != -1 {
-                    return Err(refuse("a parallelization_factor of its own"));
-                }
-                let mut b = QDense::builder(dims.last().copied().unwrap_or(0), d.units)
-                    .input_dims(dims)
-                    .activation(act(d.activation)?)
-                    .use_bias(d.use_bias)
-                    .beta(d.beta0)
-                    .iq(iq)
-                    .kq(d.kq.clone())
-                    .name(name);
-                d.kq.to_core()?;
-                if d.use_bias {
-                    d.bq.to_core()?;
-                    b = b.bq(d.bq.clone());
-                }
-                AnyBuilder::Dense(b)
-            }
-            LayerSpec::QConv(c) => {
-                let iq = common(&c.iq, &c.oq, c.enable_ebops, c.ebops_factor, c.trainable)?;
-                if c.parallelization_factor != -1 {
-                    return Err(refuse("a parallelization_factor of its own"));
-                }
-                let b = match (c.kernel_size.as_slice(), dims) {
-                    (&[k], &[n, ch]) => QConv::builder_1d([n, ch], c.filters, k),
-                    (&[kh, kw], &[h, w, ch]) => QConv::builder_2d([h, w, ch], c.filters, [kh, kw]),
-                    _ => {
-                        return Err(refuse(&format!(
-                            "a convolution of kernel {:?} on {dims:?}",
-                            c.kernel_size
-                        )));
-                    }
-                };
-                let mut b = b
-                    .strides(&c.strides)
-                    .padding(c.padding)
-                    .dilation(&c.dilation_rate)
-                    .groups(c.groups)
-                    .activation(act(c.activation)?)
-                    .use_bias(c.use_bias)
-                    .beta(c.beta0)
-                    .iq(iq)
-                    .kq(c.kq.clone())
-                    .name(name);
-                c.kq.to_core()?;
-                if c.use_bias {
-                    c.bq.to_core()?;
-                    b = b.bq(c.bq.clone());
-                }
-                AnyBuilder::Conv(b)
-            }
-            LayerSpec::QPool(p) => {
-                let iq = common(&p.iq, &p.oq, p.enable_ebops, p.ebops_factor, p.trainable)?;
-                let b = match (&p.window, dims) {
-                    (PoolWindow::Global { keepdims: true, .. }, _) => {
-                        return Err(refuse("keepdims=True"));
-                    }
-                    (PoolWindow::Global { .. }, _) => QPool::global(p.kind, dims),
-                    (
-                        PoolWindow::Local {
-                            pool_size,
-                            strides,
-                            padding,
-                        },
-                        _,
-                    ) => {
-                        let b = match (pool_size.as_slice(), dims) {
-                            (&[k], &[n, ch]) => QPool::builder_1d(p.kind, [n, ch], k),
-                            (&[kh, kw], &[h, w, ch]) => {
-                                QPool::builder_2d(p.kind, [h, w, ch], [kh, kw])
-                            }
-                            _ => {
-                                return Err(refuse(&format!(
-                                    "a pooling of {pool_size:?} on {dims:?}"
-                                )));
-                            }
-                        };
-                        let b = b.padding(*padding);
-                        match strides {
-                            Some(s) => b.strides(s),
-                            None => b,
-                        }
-                    }
-                };
-                AnyBuilder::Pool(b.beta(p.beta0).iq(iq).name(name))
-            }
-            LayerSpec::Flatten(_) => AnyBuilder::Flatten(Flatten::new(dims)?.with_name(name)),
-            LayerSpec::Reshape(_) => AnyBuilder::Reshape(Reshape::new(dims, out)?.with_name(name)),
-        })
-    }
-}
-
-impl LayerBuilder for AnyBuilder {
-    fn input_dims(&self) -> Vec<usize> {
-        match self {
-            AnyBuilder::Dense(b) => b.input_dims(),
-            AnyBuilder::Conv(b) => b.input_dims(),
-            AnyBuilder::Pool(b) => b.input_dims(),
-            AnyBuilder::Flatten(b) => LayerBuilder::input_dims(b),
-            AnyBuilder::Reshape(b) => LayerBuilder::input_dims(b),
-        }
-    }
-    fn build_layer(self, root: &nn::Path, names: &mut Names) -> Result<Box<dyn Layer>> {
-        match self {
-            AnyBuilder::Dense(b) => b.build_layer(root, names),
-            AnyBuilder::Conv(b) => b.build_layer(root, names),
-            AnyBuilder::Pool(b) => b.build_layer(root, names),
-            AnyBuilder::Flatten(b) => b.build_layer(root, names),
-            AnyBuilder::Reshape(b) => b.build_layer(root, names),
-        }
     }
 }

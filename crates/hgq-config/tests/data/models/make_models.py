@@ -6,8 +6,9 @@ Each model is built after keras.backend.clear_session(), so auto names start afr
 (`input_layer`, `q_dense`, `q_dense_1`, `functional`).
 
 The first four (`demo`, `named`, `quantizers`, `mixed`) are chains of QDense layers
-(`DenseModelSpec`); the others mix QConv1D/2D, the pooling layers, Flatten and Reshape
-(`ChainModelSpec`).
+(`DenseModelSpec`); the next eight mix QConv1D/2D, the pooling layers, Flatten and Reshape
+(`ChainModelSpec`); the `graph_*` ones are functional graphs with merge layers and
+QBatchNormalization, several inputs and outputs (`GraphModelSpec`).
 """
 
 import os
@@ -17,7 +18,10 @@ os.environ['KERAS_BACKEND'] = 'jax'
 import keras  # noqa: E402
 from hgq.config import QuantizerConfig  # noqa: E402
 from hgq.layers import (  # noqa: E402
+    QAdd,
     QAveragePooling1D,
+    QAveragePow2,
+    QBatchNormalization,
     QAveragePooling2D,
     QConv1D,
     QConv2D,
@@ -27,6 +31,10 @@ from hgq.layers import (  # noqa: E402
     QGlobalMaxPooling2D,
     QMaxPooling1D,
     QMaxPooling2D,
+    QMaximum,
+    QMinimum,
+    QMultiply,
+    QSubtract,
 )
 
 
@@ -166,6 +174,81 @@ def misc():
     return keras.Model(inp, out)
 
 
+def graph_residual():
+    # (a) A residual block of dense layers: the input is added to the block's output.
+    inp = keras.Input((8,))
+    x = QDense(8, activation='relu')(inp)
+    x = QDense(8)(x)
+    x = QAdd()([inp, x])
+    out = QDense(3)(x)
+    return keras.Model(inp, out)
+
+
+def graph_ops():
+    # (b) Two branches merged by every element-wise op, then added: per-input iq_confs,
+    # a merge without its input quantizer, one with a single custom config and an oq.
+    iq_a = QuantizerConfig('kif', 'datalane', i0=3, f0=4)
+    iq_b = QuantizerConfig('kbi', 'datalane', b0=6, i0=2)
+    iq = QuantizerConfig('kif', 'datalane', i0=1, f0=5, round_mode='TRN')
+    inp = keras.Input((6,))
+    a = QDense(5, activation='relu')(inp)
+    b = QDense(5)(inp)
+    s = QSubtract(iq_confs=[iq_a, iq_b])([a, b])
+    m = QMultiply(beta0=2e-5, ebops_factor=0.5)([a, b])
+    mx = QMaximum(enable_iq=False)([a, b])
+    mn = QMinimum(iq_confs=iq, enable_oq=True, name='lowest')([a, b])
+    x = QAdd()([s, m, mx, mn])
+    out = QDense(2)(x)
+    return keras.Model(inp, out, name='ops')
+
+
+def graph_two_inputs():
+    # (c) Two inputs, three outputs (one a merge layer itself).
+    xa = keras.Input((4,), name='xa')
+    xb = keras.Input((4,), name='xb')
+    o1 = QDense(3)(QAdd()([xa, xb]))
+    o2 = QDense(2)(QMultiply()([xa, xb]))
+    o3 = QAveragePow2(enable_iq=False, enable_oq=True, trainable=False)([xa, xb])
+    return keras.Model([xa, xb], [o1, o2, o3], name='two_in')
+
+
+def graph_bn_dense():
+    # (d) QBatchNormalization with its defaults between dense layers.
+    inp = keras.Input((10,))
+    x = QDense(8)(inp)
+    x = QBatchNormalization()(x)
+    x = QDense(4, activation='relu')(x)
+    out = QDense(3)(x)
+    return keras.Model(inp, out)
+
+
+def graph_bn_conv():
+    # (e) A residual convolution block with a batch normalization inside.
+    inp = keras.Input((6, 6, 2))
+    c = QConv2D(4, (3, 3), padding='same')(inp)
+    x = QBatchNormalization()(c)
+    x = QConv2D(4, (3, 3), padding='same', activation='relu')(x)
+    x = QAdd()([c, x])
+    x = QGlobalAveragePooling2D()(x)
+    out = QDense(3)(x)
+    return keras.Model(inp, out)
+
+
+def graph_bn_custom():
+    # (f) QBatchNormalization's options: momentum, epsilon, center, custom kq/bq, an oq;
+    # a second one on axis 1 without scale nor input quantizer.
+    kq = QuantizerConfig('kbi', 'weight', b0=6, i0=1)
+    bq = QuantizerConfig('kif', 'bias', i0=2, f0=6, overflow_mode='SAT')
+    inp = keras.Input((4, 3))
+    x = QBatchNormalization(
+        momentum=0.9, epsilon=1e-5, center=False, kq_conf=kq, bq_conf=bq, enable_oq=True, name='bn',
+    )(inp)
+    x = QBatchNormalization(axis=1, scale=False, enable_iq=False, beta0=0, trainable=False)(x)
+    x = keras.layers.Flatten()(x)
+    out = QDense(2)(x)
+    return keras.Model(inp, out)
+
+
 MODELS = [
     ('demo', demo),
     ('named', named),
@@ -179,6 +262,12 @@ MODELS = [
     ('nd_dense', nd_dense),
     ('digits', digits),
     ('misc', misc),
+    ('graph_residual', graph_residual),
+    ('graph_ops', graph_ops),
+    ('graph_two_inputs', graph_two_inputs),
+    ('graph_bn_dense', graph_bn_dense),
+    ('graph_bn_conv', graph_bn_conv),
+    ('graph_bn_custom', graph_bn_custom),
 ]
 
 

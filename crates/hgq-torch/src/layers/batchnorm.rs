@@ -1,0 +1,377 @@
+//! hgq2's `QBatchNormalization` on the last (channels) axis: `iq(x) * kq(scale) +
+//! bq(offset)` with `scale = gamma / sqrt(var + epsilon)` and `offset = beta - mean * scale`,
+//! the batch's moments of the quantized input in training (and the moving ones updated), the
+//! moving ones otherwise. EBOPs: `sum(bits_in * bits_scale) + mean(bits_offset) * (values per
+//! sample)`.
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+
+use hgq_config::sequential::{LayerSpec, QBatchNormSpec};
+use hgq_config::{Place, QuantizerConfig};
+use hgq_core::CallMode;
+use tch::{Kind, Tensor, nn};
+
+use super::{
+    Ebops, EbopsTape, Layer, LayerBuilder, Named, Names, Output, QBase, batch_shape, check_beta,
+    check_input, config_or_default, module_t, named_quantizer, quantizer_variables,
+};
+use crate::{Result, TorchError};
+
+/// Builder of a [`QBatchNorm`]; defaults as Keras and hgq2: momentum 0.99, epsilon 1e-3,
+/// center and scale, `beta = 1e-5`, the quantizers `iq` `default`/datalane, `kq`
+/// `default`/weight (the scale), `bq` `default`/bias (the offset).
+#[derive(Debug, Clone)]
+pub struct QBatchNormBuilder {
+    input_dims: Vec<usize>,
+    momentum: f64,
+    epsilon: f64,
+    center: bool,
+    scale: bool,
+    beta: f64,
+    name: Option<String>,
+    tape: Option<EbopsTape>,
+    iq: Option<QuantizerConfig>,
+    kq: Option<QuantizerConfig>,
+    bq: Option<QuantizerConfig>,
+}
+
+impl QBatchNormBuilder {
+    /// The moving statistics' momentum (`moving = moving * momentum + batch * (1 -
+    /// momentum)`), in `[0, 1]`.
+    pub fn momentum(mut self, m: f64) -> Self {
+        self.momentum = m;
+        self
+    }
+    /// Added to the variance before its square root; positive.
+    pub fn epsilon(mut self, e: f64) -> Self {
+        self.epsilon = e;
+        self
+    }
+    /// Whether there is a learned offset `beta` (`bn_beta`). Without it hgq2 takes `beta = 1`
+    /// (not 0): kept as hgq2 computes it.
+    pub fn center(mut self, c: bool) -> Self {
+        self.center = c;
+        self
+    }
+    /// Whether there is a learned scale `gamma` (`bn_gamma`; else 1).
+    pub fn scale(mut self, s: bool) -> Self {
+        self.scale = s;
+        self
+    }
+    /// The EBOPs weight in the loss.
+    pub fn beta(mut self, beta: f64) -> Self {
+        self.beta = beta;
+        self
+    }
+    /// The layer's name (default: `q_batch_normalization`, `_1`, ...).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+    /// Records `beta * ebops` of every training forward into `tape`.
+    pub fn ebops_tape(mut self, tape: &EbopsTape) -> Self {
+        self.tape = Some(tape.clone());
+        self
+    }
+    /// The input quantizer's configuration.
+    pub fn iq(mut self, c: QuantizerConfig) -> Self {
+        self.iq = Some(c);
+        self
+    }
+    /// The scale quantizer's configuration.
+    pub fn kq(mut self, c: QuantizerConfig) -> Self {
+        self.kq = Some(c);
+        self
+    }
+    /// The offset quantizer's configuration.
+    pub fn bq(mut self, c: QuantizerConfig) -> Self {
+        self.bq = Some(c);
+        self
+    }
+
+    /// Builds the layer under `root / name`; `names` gives Keras' unique names.
+    pub fn build(self, root: &nn::Path, names: &mut Names) -> Result<QBatchNorm> {
+        check_beta(self.beta)?;
+        let valid = !self.input_dims.is_empty()
+            && !self.input_dims.contains(&0)
+            && (0.0..=1.0).contains(&self.momentum)
+            && self.epsilon.is_finite()
+            && self.epsilon > 0.0;
+        if !valid {
+            return Err(TorchError::Invalid {
+                what: "QBatchNormalization",
+                why: format!(
+                    "input {:?}, momentum {}, epsilon {} (positive sizes, momentum in [0, 1], \
+                     epsilon finite and positive)",
+                    self.input_dims, self.momentum, self.epsilon
+                ),
+            });
+        }
+        let name = self
+            .name
+            .clone()
+            .unwrap_or_else(|| names.next("q_batch_normalization"));
+        let p = root / name.as_str();
+        let channels = *self.input_dims.last().unwrap_or(&1);
+        let c = channels as i64;
+        let iq_conf = config_or_default(self.iq, Place::Datalane)?;
+        let kq_conf = config_or_default(self.kq, Place::Weight)?;
+        let bq_conf = config_or_default(self.bq, Place::Bias)?;
+        let iq = named_quantizer(
+            names,
+            &p,
+            &name,
+            "iq",
+            iq_conf,
+            &batch_shape(&self.input_dims),
+        )?;
+        let kq = named_quantizer(names, &p, &name, "kq", kq_conf, &[Some(channels)])?;
+        let bq = named_quantizer(names, &p, &name, "bq", bq_conf, &[Some(channels)])?;
+        let gamma = self
+            .scale
+            .then(|| p.var("bn_gamma", &[c], nn::Init::Const(1.0)));
+        let offset = self
+            .center
+            .then(|| p.var("bn_beta", &[c], nn::Init::Const(0.0)));
+        let moving_mean = p.zeros_no_train("moving_mean", &[c]);
+        let moving_variance = p.ones_no_train("moving_variance", &[c]);
+        Ok(QBatchNorm {
+            base: QBase {
+                name,
+                input_dims: self.input_dims,
+                beta: Cell::new(self.beta),
+                tape: self.tape,
+                ebops: RefCell::new(Ebops::Value(0)),
+                iq,
+            },
+            momentum: self.momentum,
+            epsilon: self.epsilon,
+            gamma,
+            offset,
+            moving_mean,
+            moving_variance,
+            kq,
+            bq,
+        })
+    }
+}
+
+impl LayerBuilder for QBatchNormBuilder {
+    fn input_dims(&self) -> Vec<usize> {
+        self.input_dims.clone()
+    }
+    fn build_layer(self, root: &nn::Path, names: &mut Names) -> Result<Box<dyn Layer>> {
+        Ok(Box::new(self.build(root, names)?))
+    }
+}
+
+/// hgq2's `QBatchNormalization` over the last (channels) axis, Keras' default `axis=-1`.
+///
+/// ```
+/// use hgq_torch::layers::{Layer, QBatchNorm};
+/// use hgq_torch::hgq_core::CallMode;
+/// use tch::{nn, Device, Kind, Tensor};
+/// let vs = nn::VarStore::new(Device::Cpu);
+/// let bn = QBatchNorm::builder(&[16]).build(&vs.root(), &mut Default::default())?;
+/// let x = Tensor::randn([32, 16], (Kind::Float, Device::Cpu));
+/// let out = bn.forward(&x, CallMode::Training)?; // batch moments; moving ones updated
+/// assert_eq!(out.y.size(), [32, 16]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct QBatchNorm {
+    base: QBase,
+    momentum: f64,
+    epsilon: f64,
+    gamma: Option<Tensor>,
+    offset: Option<Tensor>,
+    moving_mean: Tensor,
+    moving_variance: Tensor,
+    kq: Named,
+    bq: Named,
+}
+
+impl QBatchNorm {
+    /// A builder for inputs `[batch, *input_dims]`, normalized per channel (the last axis).
+    pub fn builder(input_dims: &[usize]) -> QBatchNormBuilder {
+        QBatchNormBuilder {
+            input_dims: input_dims.to_vec(),
+            momentum: 0.99,
+            epsilon: 1e-3,
+            center: true,
+            scale: true,
+            beta: 1e-5,
+            name: None,
+            tape: None,
+            iq: None,
+            kq: None,
+            bq: None,
+        }
+    }
+
+    /// The channels (the last axis' size).
+    pub fn channels(&self) -> usize {
+        self.base.input_dims.last().copied().unwrap_or(0)
+    }
+    /// The moving statistics' momentum.
+    pub fn momentum(&self) -> f64 {
+        self.momentum
+    }
+    /// Added to the variance.
+    pub fn epsilon(&self) -> f64 {
+        self.epsilon
+    }
+    /// The learned scale (`bn_gamma`), if any.
+    pub fn gamma(&self) -> Option<&Tensor> {
+        self.gamma.as_ref()
+    }
+    /// The learned offset (`bn_beta`), if any.
+    pub fn offset(&self) -> Option<&Tensor> {
+        self.offset.as_ref()
+    }
+    /// The moving mean (not trained: updated by training forwards).
+    pub fn moving_mean(&self) -> &Tensor {
+        &self.moving_mean
+    }
+    /// The moving variance.
+    pub fn moving_variance(&self) -> &Tensor {
+        &self.moving_variance
+    }
+    /// The input quantizer.
+    pub fn iq(&self) -> &Named {
+        &self.base.iq
+    }
+    /// The scale's quantizer.
+    pub fn kq(&self) -> &Named {
+        &self.kq
+    }
+    /// The offset's quantizer.
+    pub fn bq(&self) -> &Named {
+        &self.bq
+    }
+
+    /// `(scale, offset)` from a mean and a variance, as hgq2 computes them (`gamma = 1`
+    /// without scale, `beta = 1` without center).
+    fn scale_and_offset(&self, mean: &Tensor, var: &Tensor) -> Result<(Tensor, Tensor)> {
+        let denom = var.f_add_scalar(self.epsilon)?.f_sqrt()?;
+        let scale = match &self.gamma {
+            Some(g) => g.f_div(&denom)?,
+            None => denom.f_reciprocal()?,
+        };
+        let offset = match &self.offset {
+            Some(b) => b.f_sub(&mean.f_mul(&scale)?)?,
+            None => mean.f_mul(&scale)?.f_neg()?.f_add_scalar(1.0)?,
+        };
+        Ok((scale, offset))
+    }
+
+    /// EBOPs from the current bit widths (differentiable through them).
+    pub fn compute_ebops(&self) -> Result<Tensor> {
+        let bw_inp = self.base.input_bits()?;
+        let c = self.channels() as i64;
+        let bw_ker = self.kq.q.bits_like(&[c])?.f_to_device(bw_inp.device())?;
+        let bw_bias = self.bq.q.bits_like(&[c])?.f_to_device(bw_inp.device())?;
+        let size: usize = self.base.input_dims.iter().product();
+        let e = bw_inp.f_mul(&bw_ker)?.f_sum(Kind::Float)?;
+        Ok(e.f_add(&(bw_bias.f_mean(Kind::Float)? * size as f64))?)
+    }
+}
+
+impl Layer for QBatchNorm {
+    fn name(&self) -> &str {
+        &self.base.name
+    }
+    fn input_dims(&self) -> &[usize] {
+        &self.base.input_dims
+    }
+    fn output_dims(&self) -> Vec<usize> {
+        self.base.input_dims.clone()
+    }
+    fn forward(&self, x: &Tensor, mode: CallMode) -> Result<Output> {
+        check_input(
+            "QBatchNormalization input",
+            x,
+            &self.moving_mean,
+            &self.base.input_dims,
+        )?;
+        let xq = self.base.iq.q.forward(x, mode)?;
+        let (scale, offset) = if mode == CallMode::Training {
+            let axes: Vec<i64> = (0..xq.dim() as i64 - 1).collect();
+            let mean = xq.f_mean_dim(axes.as_slice(), false, None::<Kind>)?;
+            // Keras' moments: E[x^2] - E[x]^2.
+            let var = xq
+                .f_square()?
+                .f_mean_dim(axes.as_slice(), false, None::<Kind>)?
+                .f_sub(&mean.f_square()?)?;
+            let (m, one_m) = (self.momentum, 1.0 - self.momentum);
+            tch::no_grad(|| -> Result<()> {
+                let mm = (&self.moving_mean * m).f_add(&(mean.f_detach()? * one_m))?;
+                let mv = (&self.moving_variance * m).f_add(&(var.f_detach()? * one_m))?;
+                self.moving_mean.shallow_clone().f_copy_(&mm)?;
+                self.moving_variance.shallow_clone().f_copy_(&mv)?;
+                Ok(())
+            })?;
+            self.scale_and_offset(&mean, &var)?
+        } else {
+            self.scale_and_offset(&self.moving_mean, &self.moving_variance)?
+        };
+        let qscale = self.kq.q.forward(&scale, mode)?;
+        let qoffset = self.bq.q.forward(&offset, mode)?;
+        let y = xq.f_mul(&qscale)?.f_add(&qoffset)?;
+        let ebops_loss = self.base.ebops_loss(mode, || self.compute_ebops())?;
+        Ok(Output { y, ebops_loss })
+    }
+    fn ebops(&self) -> u32 {
+        self.base.ebops()
+    }
+    fn beta(&self) -> Option<f64> {
+        Some(self.base.beta.get())
+    }
+    fn set_beta(&self, beta: f64) -> Result<()> {
+        self.base.set_beta(beta)
+    }
+    fn quantizers(&self) -> Vec<&Named> {
+        vec![&self.base.iq, &self.kq, &self.bq]
+    }
+    fn keras_variables(&self) -> Vec<(String, Tensor)> {
+        let name = &self.base.name;
+        let mut v = Vec::new();
+        if let Some(g) = &self.gamma {
+            v.push((format!("{name}/bn_gamma"), g.shallow_clone()));
+        }
+        if let Some(b) = &self.offset {
+            v.push((format!("{name}/bn_beta"), b.shallow_clone()));
+        }
+        v.push((
+            format!("{name}/moving_mean"),
+            self.moving_mean.shallow_clone(),
+        ));
+        v.push((
+            format!("{name}/moving_variance"),
+            self.moving_variance.shallow_clone(),
+        ));
+        v.extend(quantizer_variables(&self.quantizers()));
+        v
+    }
+    fn keras_spec(&self) -> Result<LayerSpec> {
+        Ok(QBatchNormSpec::new()
+            .name(self.name())
+            .momentum(self.momentum)
+            .epsilon(self.epsilon)
+            .center(self.offset.is_some())
+            .scale(self.gamma.is_some())
+            .beta0(self.base.beta.get())
+            .iq(self.base.iq.config.clone())
+            .kq(self.kq.config.clone())
+            .bq(self.bq.config.clone())
+            .into())
+    }
+    fn restore_ebops(&self, ebops: u32) {
+        *self.base.ebops.borrow_mut() = Ebops::Value(ebops);
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+module_t!(QBatchNorm);

@@ -1,0 +1,221 @@
+//! Layers built from their Keras descriptions (hgq-config's specs), for the models' Keras
+//! JSON readers.
+use hgq_config::QuantizerConfig;
+use hgq_config::sequential::{LayerSpec, PoolWindow};
+use tch::nn;
+
+use super::{
+    Activation, Flatten, Layer, LayerBuilder, Names, QBatchNorm, QBatchNormBuilder, QConv,
+    QConvBuilder, QDense, QDenseBuilder, QMerge, QMergeBuilder, QPool, QPoolBuilder, Reshape,
+};
+use crate::{Result, TorchError};
+
+/// A builder of any layer of a model JSON.
+pub(crate) enum AnyBuilder {
+    Dense(QDenseBuilder),
+    BatchNorm(QBatchNormBuilder),
+    Merge(QMergeBuilder),
+    Conv(QConvBuilder),
+    Pool(QPoolBuilder),
+    Flatten(Flatten),
+    Reshape(Reshape),
+}
+
+impl AnyBuilder {
+    /// The builder of layer `l` named `name` on inputs `dims` (its output `out`); what this
+    /// crate does not build is an error naming the layer.
+    pub(crate) fn of(l: &LayerSpec, name: &str, ins: &[Vec<usize>], out: &[usize]) -> Result<Self> {
+        let refuse = |what: &str| {
+            TorchError::Unsupported(format!("{name}: {what} (not built by this crate yet)"))
+        };
+        let act = |a: Option<hgq_config::Activation>| match Activation::from_config(a) {
+            Some(a) => Ok(a),
+            None => Err(refuse(&format!(
+                "activation {}",
+                a.map_or("?", |a| a.as_str())
+            ))),
+        };
+        // What every quantized layer must have here.
+        let common = |iq: &Option<QuantizerConfig>,
+                      oq: &Option<QuantizerConfig>,
+                      ebops: bool,
+                      factor: f64,
+                      trainable: bool|
+         -> Result<QuantizerConfig> {
+            let Some(iq) = iq else {
+                return Err(refuse("enable_iq=False"));
+            };
+            if oq.is_some() {
+                return Err(refuse("an output quantizer"));
+            }
+            if !ebops || factor != 1.0 || !trainable {
+                return Err(refuse(
+                    "enable_ebops=False, an ebops_factor other than 1 or trainable=False",
+                ));
+            }
+            iq.to_core()?;
+            Ok(iq.clone())
+        };
+        let single = |ins: &[Vec<usize>]| match ins {
+            [d] => Ok(d.clone()),
+            _ => Err(refuse(&format!("{} inputs to a layer of one", ins.len()))),
+        };
+        if let LayerSpec::QMerge(m) = l {
+            let iq = match &m.iq {
+                Some(v) if v.windows(2).all(|w| w[0] == w[1]) && !v.is_empty() => {
+                    Some(v[0].clone())
+                }
+                Some(_) => return Err(refuse("input quantizers that differ per input")),
+                None => None,
+            };
+            let iq = common(&iq, &m.oq, m.enable_ebops, m.ebops_factor, m.trainable)?;
+            let dims = ins.first().cloned().unwrap_or_default();
+            return Ok(AnyBuilder::Merge(
+                QMerge::builder(m.op, &dims, ins.len())
+                    .beta(m.beta0)
+                    .iq(iq)
+                    .name(name),
+            ));
+        }
+        let dims = single(ins)?;
+        let dims = dims.as_slice();
+        Ok(match l {
+            LayerSpec::QMerge(_) => unreachable!("handled above"),
+            LayerSpec::QBatchNorm(b) => {
+                let iq = common(&b.iq, &b.oq, b.enable_ebops, b.ebops_factor, b.trainable)?;
+                if b.axis != -1 && b.axis != dims.len() as i64 {
+                    return Err(refuse(&format!("axis {} (the last axis only)", b.axis)));
+                }
+                b.kq.to_core()?;
+                b.bq.to_core()?;
+                AnyBuilder::BatchNorm(
+                    QBatchNorm::builder(dims)
+                        .momentum(b.momentum)
+                        .epsilon(b.epsilon)
+                        .center(b.center)
+                        .scale(b.scale)
+                        .beta(b.beta0)
+                        .iq(iq)
+                        .kq(b.kq.clone())
+                        .bq(b.bq.clone())
+                        .name(name),
+                )
+            }
+            LayerSpec::QDense(d) => {
+                let iq = common(&d.iq, &d.oq, d.enable_ebops, d.ebops_factor, d.trainable)?;
+                if d.parallelization_factor != -1 {
+                    return Err(refuse("a parallelization_factor of its own"));
+                }
+                let mut b = QDense::builder(dims.last().copied().unwrap_or(0), d.units)
+                    .input_dims(dims)
+                    .activation(act(d.activation)?)
+                    .use_bias(d.use_bias)
+                    .beta(d.beta0)
+                    .iq(iq)
+                    .kq(d.kq.clone())
+                    .name(name);
+                d.kq.to_core()?;
+                if d.use_bias {
+                    d.bq.to_core()?;
+                    b = b.bq(d.bq.clone());
+                }
+                AnyBuilder::Dense(b)
+            }
+            LayerSpec::QConv(c) => {
+                let iq = common(&c.iq, &c.oq, c.enable_ebops, c.ebops_factor, c.trainable)?;
+                if c.parallelization_factor != -1 {
+                    return Err(refuse("a parallelization_factor of its own"));
+                }
+                let b = match (c.kernel_size.as_slice(), dims) {
+                    (&[k], &[n, ch]) => QConv::builder_1d([n, ch], c.filters, k),
+                    (&[kh, kw], &[h, w, ch]) => QConv::builder_2d([h, w, ch], c.filters, [kh, kw]),
+                    _ => {
+                        return Err(refuse(&format!(
+                            "a convolution of kernel {:?} on {dims:?}",
+                            c.kernel_size
+                        )));
+                    }
+                };
+                let mut b = b
+                    .strides(&c.strides)
+                    .padding(c.padding)
+                    .dilation(&c.dilation_rate)
+                    .groups(c.groups)
+                    .activation(act(c.activation)?)
+                    .use_bias(c.use_bias)
+                    .beta(c.beta0)
+                    .iq(iq)
+                    .kq(c.kq.clone())
+                    .name(name);
+                c.kq.to_core()?;
+                if c.use_bias {
+                    c.bq.to_core()?;
+                    b = b.bq(c.bq.clone());
+                }
+                AnyBuilder::Conv(b)
+            }
+            LayerSpec::QPool(p) => {
+                let iq = common(&p.iq, &p.oq, p.enable_ebops, p.ebops_factor, p.trainable)?;
+                let b = match (&p.window, dims) {
+                    (PoolWindow::Global { keepdims: true, .. }, _) => {
+                        return Err(refuse("keepdims=True"));
+                    }
+                    (PoolWindow::Global { .. }, _) => QPool::global(p.kind, dims),
+                    (
+                        PoolWindow::Local {
+                            pool_size,
+                            strides,
+                            padding,
+                        },
+                        _,
+                    ) => {
+                        let b = match (pool_size.as_slice(), dims) {
+                            (&[k], &[n, ch]) => QPool::builder_1d(p.kind, [n, ch], k),
+                            (&[kh, kw], &[h, w, ch]) => {
+                                QPool::builder_2d(p.kind, [h, w, ch], [kh, kw])
+                            }
+                            _ => {
+                                return Err(refuse(&format!(
+                                    "a pooling of {pool_size:?} on {dims:?}"
+                                )));
+                            }
+                        };
+                        let b = b.padding(*padding);
+                        match strides {
+                            Some(s) => b.strides(s),
+                            None => b,
+                        }
+                    }
+                };
+                AnyBuilder::Pool(b.beta(p.beta0).iq(iq).name(name))
+            }
+            LayerSpec::Flatten(_) => AnyBuilder::Flatten(Flatten::new(dims)?.with_name(name)),
+            LayerSpec::Reshape(_) => AnyBuilder::Reshape(Reshape::new(dims, out)?.with_name(name)),
+        })
+    }
+}
+
+impl LayerBuilder for AnyBuilder {
+    fn input_dims(&self) -> Vec<usize> {
+        match self {
+            AnyBuilder::Dense(b) => b.input_dims(),
+            AnyBuilder::BatchNorm(b) => b.input_dims(),
+            AnyBuilder::Merge(b) => b.input_dims().to_vec(),
+            AnyBuilder::Conv(b) => b.input_dims(),
+            AnyBuilder::Pool(b) => b.input_dims(),
+            AnyBuilder::Flatten(b) => LayerBuilder::input_dims(b),
+            AnyBuilder::Reshape(b) => LayerBuilder::input_dims(b),
+        }
+    }
+    fn build_layer(self, root: &nn::Path, names: &mut Names) -> Result<Box<dyn Layer>> {
+        match self {
+            AnyBuilder::Dense(b) => b.build_layer(root, names),
+            AnyBuilder::BatchNorm(b) => b.build_layer(root, names),
+            AnyBuilder::Merge(b) => Ok(Box::new(b.build(root, names)?)),
+            AnyBuilder::Conv(b) => b.build_layer(root, names),
+            AnyBuilder::Pool(b) => b.build_layer(root, names),
+            AnyBuilder::Flatten(b) => b.build_layer(root, names),
+            AnyBuilder::Reshape(b) => b.build_layer(root, names),
+        }
+    }
+}
