@@ -1,6 +1,9 @@
-"""`cargo xtask interop DIR`: an export of this project run by hgq2 and by hls4ml's firmware.
+"""`cargo xtask interop PATH`: a model of this project run by hgq2 and by hls4ml's firmware.
 
-Usage: KERAS_BACKEND=jax python xtask/ref/interop.py DIR OURS [WORK]
+Usage: KERAS_BACKEND=jax python xtask/ref/interop.py PATH OURS [WORK]
+
+PATH is an export folder (below) or a `.keras` archive, opened with
+`keras.models.load_model(PATH, compile=False)` (its variables are the archive's).
 Needs: hgq2==0.2.0, keras, jax, safetensors, numpy, hls4ml==1.3.0 and g++ (xtask installs the
 Python part into .venv-ref).
 
@@ -25,13 +28,18 @@ from safetensors.numpy import load_file
 out = sys.argv[1]
 ours = load_file(sys.argv[2])
 work = sys.argv[3] if len(sys.argv) > 3 else tempfile.mkdtemp(prefix='hgq_interop_')
-model = keras.models.model_from_json(open(os.path.join(out, 'model.json')).read())
-w = load_file(os.path.join(out, 'weights.safetensors'))
-p = load_file(os.path.join(out, 'predictions.safetensors'))
 x, y = ours['x'], ours['y']
-model(x[:1])
+archive = out.endswith('.keras')
+if archive:
+    model = keras.models.load_model(out, compile=False)
+    w, p = {}, None
+else:
+    model = keras.models.model_from_json(open(os.path.join(out, 'model.json')).read())
+    w = load_file(os.path.join(out, 'weights.safetensors'))
+    p = load_file(os.path.join(out, 'predictions.safetensors'))
+    model(x[:1])
 unmatched, used = [], set()
-for v in model.variables:
+for v in ([] if archive else model.variables):
     key = v.path[len(model.name) + 1:] if v.path.startswith(model.name + '/') else v.path
     if key in w:
         if tuple(w[key].shape) != tuple(v.shape):
@@ -59,7 +67,7 @@ hls = convert_from_keras_model(model, output_dir=os.path.join(work, 'prj'), back
                                io_type='io_parallel', bit_exact=True)
 hls.compile()
 res = dict(rows=int(len(y)), unmatched_variables=unmatched, unused_tensors=unused)
-if p['x'].shape == x.shape and np.array_equal(p['x'], x):
+if p is not None and p['x'].shape == x.shape and np.array_equal(p['x'], x):
     res['ours_vs_export_rows_differ'], res['ours_vs_export_max_abs'] = differ(y, p['y'])
 hk = np.asarray(model.predict(x, verbose=0))
 fw = np.asarray(hls.predict(np.ascontiguousarray(x, dtype=np.float32))).reshape(hk.shape)

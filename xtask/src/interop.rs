@@ -1,7 +1,9 @@
-//! `cargo xtask interop DIR [--inputs FILE]`: an export folder of this project (`cargo xtask demo
-//! --out DIR`) read back into hgq-torch (hgq-torch's `hgq-interop`), into hgq2, and into the
-//! firmware hls4ml 1.3 makes of it (`bit_exact=True`, compiled with g++), all three run on the
-//! same inputs (the `x` tensor of FILE, default the export's own `predictions.safetensors`):
+//! `cargo xtask interop PATH [--inputs FILE]`: a model read into hgq-torch (hgq-torch's
+//! `hgq-interop`), into hgq2, and into the firmware hls4ml 1.3 makes of it (`bit_exact=True`,
+//! compiled with g++), all three run on the same inputs. PATH is an export folder of this
+//! project (`cargo xtask demo --out DIR`) or a `.keras` archive (saved by hgq2 or by us); the
+//! inputs are the `x` tensor of FILE, default the export's own `predictions.safetensors`, or
+//! for an archive 512 rows that `hgq-interop` draws:
 //! `xtask/ref/interop.py` (the checks of `../shared/interop/check_keras.py` and
 //! `check_hls4ml.py`, in the project) in `.venv-ref`, whose hls4ml and safetensors are installed
 //! on first use. Prints the script's JSON line; exits 1 on any difference.
@@ -14,10 +16,11 @@ use crate::{reference, setup};
 const REQUIREMENTS: [&str; 2] = ["hls4ml==1.3.0", "safetensors"];
 
 fn usage() -> String {
-    "usage: cargo xtask interop DIR [--inputs FILE]\n  \
-     DIR: an export folder (model.json, weights.safetensors, predictions.safetensors),\n  \
-     as `cargo xtask demo --out DIR` writes it\n  \
-     FILE: a safetensors file whose tensor `x` is the inputs (default: DIR's own)"
+    "usage: cargo xtask interop PATH [--inputs FILE]\n  \
+     PATH: an export folder (model.json, weights.safetensors, predictions.safetensors),\n  \
+     as `cargo xtask demo --out DIR` writes it, or a .keras archive\n  \
+     FILE: a safetensors file whose tensor `x` is the inputs (default: the folder's own;\n  \
+     for an archive, 512 rows drawn at several scales)"
         .to_string()
 }
 
@@ -28,17 +31,20 @@ pub fn run(args: &[String]) -> Result<ExitCode, String> {
         [dir, flag, file] if flag == "--inputs" => (PathBuf::from(dir), Some(PathBuf::from(file))),
         _ => return Err(usage()),
     };
-    if dir.extension().is_some_and(|e| e == "keras") {
-        return Err(format!(
-            "{}: .keras archives are not read yet (an export folder is)",
-            dir.display()
-        ));
+    let archive = dir.extension().is_some_and(|e| e == "keras");
+    if archive && !dir.is_file() {
+        return Err(format!("{}: no such file", dir.display()));
     }
-    for f in [
-        "model.json",
-        "weights.safetensors",
-        "predictions.safetensors",
-    ] {
+    let needed: &[&str] = if archive {
+        &[]
+    } else {
+        &[
+            "model.json",
+            "weights.safetensors",
+            "predictions.safetensors",
+        ]
+    };
+    for f in needed {
         if !dir.join(f).is_file() {
             return Err(format!(
                 "{}: no {f} (is it an export folder?)\n{}",
@@ -47,8 +53,14 @@ pub fn run(args: &[String]) -> Result<ExitCode, String> {
             ));
         }
     }
-    let inputs = inputs.unwrap_or_else(|| dir.join("predictions.safetensors"));
-    if !inputs.is_file() {
+    let inputs = inputs.unwrap_or_else(|| {
+        if archive {
+            PathBuf::from("-")
+        } else {
+            dir.join("predictions.safetensors")
+        }
+    });
+    if inputs.as_os_str() != "-" && !inputs.is_file() {
         return Err(format!("{}: no such file", inputs.display()));
     }
     let py = python()?;

@@ -423,6 +423,8 @@ fn main() -> Result<(), Error> {
 
     std::fs::create_dir_all(&a.out)?;
     std::fs::write(a.out.join("model.json"), model.to_keras_json()?)?;
+    // The same model as a Keras archive: `keras.models.load_model` opens it after `import hgq`.
+    model.save_keras(a.out.join("model.keras"))?;
     let vars: Vec<(String, Tensor)> = model
         .keras_variables()
         .into_iter()

@@ -29,6 +29,7 @@ use tch::{Device, Kind, Tensor};
 pub use alloc::retain_cpu_memory;
 pub use hgq_config;
 pub use hgq_core;
+pub use hgq_keras;
 pub use tch;
 
 /// Errors of this crate; each names the offending value.

@@ -6,7 +6,9 @@ Usage (from the repository root; the project's .venv has keras 3.15.1, hgq2 0.2.
     KERAS_BACKEND=torch .venv/bin/python tests/data/keras/gen.py
         writes tests/data/keras/{mlp,cnn,seq}.keras (hgq2's `model.save`) and {mlp,cnn,seq}.json:
         {"variables": [{"path", "dtype", "shape", "values"}...] in `model.variables` order,
-         "optimizer_variables": [...] (the compiled MLP's Adam state; [] for the CNN)},
+         "optimizer_variables": [...] (the compiled MLP's Adam state; [] for the CNN),
+         "inference": {x_shape, x, y_shape, y} (32 rows at several scales and the model's
+         inference outputs, for hgq-torch's loading test)},
         values flat, row-major, floats as the exact float64 of each float32.
 
     KERAS_BACKEND=torch .venv/bin/python tests/data/keras/gen.py check ARCHIVE.keras REF.json [A2 R2 ...]
@@ -120,6 +122,14 @@ def generate():
             'variables': dump(model.variables),
             'optimizer_variables': dump(model.optimizer.variables) if getattr(model, 'optimizer', None) else [],
         }
+        # Inference on inputs of several scales (WRAP and saturation matter), from a generator
+        # of their own so that the variables above do not depend on it.
+        xrng = np.random.default_rng(SEED + 1)
+        shape = (32,) + tuple(model.inputs[0].shape[1:])
+        x = (xrng.normal(0, 1, shape) * 2.0 ** xrng.integers(-1, 4, shape)).astype('float32')
+        y = keras.ops.convert_to_numpy(model(x, training=False))
+        ref['inference'] = {'x_shape': list(x.shape), 'x': [float(v) for v in x.ravel()],
+                            'y_shape': list(y.shape), 'y': [float(v) for v in y.ravel()]}
         with open(os.path.join(HERE, f'{name}.json'), 'w') as f:
             json.dump(ref, f, separators=(',', ':'))
             f.write('\n')

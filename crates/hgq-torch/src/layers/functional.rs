@@ -268,6 +268,25 @@ impl Functional {
         model::load_keras_variables(&self.layers, tensors)
     }
 
+    /// Saves the model as a Keras 3 `.keras` archive (`config.json`, `metadata.json`,
+    /// `model.weights.h5`) that `keras.models.load_model(path)` opens after `import hgq`,
+    /// every variable (bit widths, WRAP integer bits, `beta`, the EBOPs) as this model has it.
+    pub fn save_keras(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        super::archive::save(&self.layers, self.to_keras_json()?, path.as_ref())
+    }
+
+    /// Opens a `.keras` archive (hgq2's `model.save(path)` or [`Self::save_keras`]): the
+    /// model its `config.json` describes, built under `root`, every variable, `beta` and kept
+    /// EBOPs set from `model.weights.h5` (an optimizer's state, if saved, is not restored). A
+    /// missing or corrupt archive, an unknown layer or option, a weight of another shape: an
+    /// error, and nothing is returned.
+    pub fn load_keras(root: &nn::Path, path: impl AsRef<std::path::Path>) -> Result<Self> {
+        let (archive, json) = super::archive::read(path.as_ref())?;
+        let model = Self::from_keras_json(root, &json)?;
+        super::archive::load(&model.layers, &archive)?;
+        Ok(model)
+    }
+
     /// The model as hgq2's Keras JSON, byte for byte what hgq2's `model.to_json()` gives for
     /// the same graph (layers in Keras' order).
     pub fn to_keras_json(&self) -> Result<String> {

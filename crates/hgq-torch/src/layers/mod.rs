@@ -51,6 +51,7 @@ use tch::{Tensor, nn};
 use crate::quantizer::Quantizer;
 use crate::{Result, TorchError};
 
+mod archive;
 mod batchnorm;
 mod conv;
 mod dense;
