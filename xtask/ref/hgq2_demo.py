@@ -1,6 +1,6 @@
 """The demo's recipe in the reference (hgq2, Keras 3), to compare against `cargo xtask demo`.
 
-Usage: KERAS_BACKEND=jax python xtask/ref/hgq2_demo.py [--epochs 200] [--seed 0] [--beta 1e-5]
+Usage: KERAS_BACKEND=jax python xtask/ref/hgq2_demo.py [--epochs 200] [--seed 0] [--beta 1e-5] [--model mlp|cnn]
 Needs: pip install hgq2==0.2.0 keras jax numpy
 Prints one JSON line: test accuracy, EBOPs after the tracing pass (hgq2's trace_minmax), train
 seconds. The split is the demo's (SplitMix64 Fisher-Yates with the seed; the first 80% train).
@@ -9,13 +9,14 @@ import argparse, gzip, json, os, time
 os.environ.setdefault('KERAS_BACKEND', 'jax')
 import numpy as np
 import keras
-from hgq.layers import QDense
+from hgq.layers import QConv2D, QDense, QMaxPooling2D
 from hgq.utils import trace_minmax
 
 ap = argparse.ArgumentParser()
 ap.add_argument('--epochs', type=int, default=200)
 ap.add_argument('--seed', type=int, default=0)
 ap.add_argument('--beta', type=float, default=1e-5)
+ap.add_argument('--model', choices=['mlp', 'cnn'], default='mlp')
 ap.add_argument('--data', default=os.path.join(os.path.dirname(__file__), '../../tests/data/digits/digits.csv.gz'))
 a = ap.parse_args()
 
@@ -50,7 +51,13 @@ n_train = int(round(0.8 * len(x)))
 tr, te = perm[:n_train], perm[n_train:]
 keras.utils.set_random_seed(a.seed)
 inp = keras.Input((64,))
-h = QDense(32, activation='relu', beta0=a.beta)(inp)
+if a.model == 'mlp':
+    h = QDense(32, activation='relu', beta0=a.beta)(inp)
+else:  # the demo's --model cnn
+    h = keras.layers.Reshape((8, 8, 1))(inp)
+    h = QConv2D(8, (3, 3), activation='relu', beta0=a.beta)(h)
+    h = QMaxPooling2D((2, 2), beta0=a.beta)(h)
+    h = keras.layers.Flatten()(h)
 out = QDense(10, beta0=a.beta)(h)
 model = keras.Model(inp, out)
 model.compile(optimizer=keras.optimizers.Adam(3e-3),
@@ -60,5 +67,5 @@ model.fit(x[tr], y[tr], batch_size=64, epochs=a.epochs, verbose=0)
 train_s = time.time() - t0
 ebops = trace_minmax(model, x[tr], batch_size=1024, verbose=False)
 pred = np.argmax(model.predict(x[te], verbose=0), -1)
-print(json.dumps(dict(backend=keras.backend.backend(), epochs=a.epochs, seed=a.seed, beta=a.beta,
+print(json.dumps(dict(backend=keras.backend.backend(), model=a.model, epochs=a.epochs, seed=a.seed, beta=a.beta,
                       test_accuracy=float(np.mean(pred == y[te])), ebops=float(ebops), train_seconds=train_s)))
