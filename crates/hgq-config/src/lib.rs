@@ -14,7 +14,8 @@
 //! - [`sequential`]: the same for a chain of `QDense`, `QConv1D/2D`, pooling, `Flatten` and
 //!   `Reshape` layers on an input of any rank ([`ChainModelSpec`]), and for any DAG of them
 //!   with merge layers (`QAdd`, ...) and `QBatchNormalization`, several inputs and outputs
-//!   ([`GraphModelSpec`]).
+//!   ([`GraphModelSpec`]); a chain is read from a Keras `Sequential` document too
+//!   ([`ChainModelSpec::from_keras_sequential_json`]).
 //! - [`convert`]: conversion to and from hgq-core's quantizer descriptions.
 //!
 //! ## Fidelity notes

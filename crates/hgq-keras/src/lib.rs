@@ -17,6 +17,9 @@
 //! layers/q_dense/kq/vars                   name="q_dense_kq"   (hgq's Quantizer wrapper)
 //! layers/q_dense/kq/quantizer/vars/{0,1,2} name="fixed_point_quantizer_kbi"   b, i, k
 //! layers/q_dense_1/...                     the second QDense
+//! layers/q_add/iq/vars                     name="multiple_quantizers"   (a merge layer's iq)
+//! layers/q_add/iq/quantizers/quantizer_1/quantizer/vars/{0,1,2,3}
+//!                                          name="fixed_point_quantizer_kif_3"   its input 1's
 //! optimizer/vars/{0,1,...}                 name="adam"         iterations, learning_rate, ...
 //! ```
 //!
@@ -25,7 +28,9 @@
 //! [`KerasArchive::variable_paths`] and [`KerasArchive::from_variables`] map between that
 //! layout and Keras variable paths (`[v.path for v in model.variables]`: `q_dense/kernel`,
 //! `q_dense/q_dense_kq/fixed_point_quantizer_kbi/b`, ...); see the [`KerasArchive::from_variables`]
-//! docs for the rules.
+//! docs for the rules, and the `mapping` module's for merge layers (whose input quantizers are
+//! saved by position: `quantizers/quantizer`, `quantizers/quantizer_1`, ...) and
+//! `QBatchNormalization`.
 //!
 //! ```no_run
 //! use hgq_keras::KerasArchive;

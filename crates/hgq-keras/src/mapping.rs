@@ -9,6 +9,29 @@
 //! the objects it sits in, outermost first, then its own name (`q_dense/q_dense_kq/
 //! fixed_point_quantizer_kbi/b`). The variable's own name is not in the file: the mapping takes
 //! the names in model order.
+//!
+//! hgq2's merge layers (`QAdd`, `QSubtract`, `QMultiply`, `QMaximum`, `QMinimum`,
+//! `QAveragePow2`) keep their input quantizers in a `MultipleQuantizers` sub-layer
+//! (`self._iq`, group `iq`, auto-named `multiple_quantizers[_N]`) as a tuple of `Quantizer`s,
+//! which Keras saves as a container: each element under its snake-cased class name made unique
+//! by position (`quantizers/quantizer`, `quantizers/quantizer_1`, ...), not under its own name
+//! (`quantizer_8`, ...):
+//!
+//! ```text
+//! layers/q_add/vars/{0,1}                                  name="q_add"        beta, ebops
+//! layers/q_add/iq/vars                                     name="multiple_quantizers"
+//! layers/q_add/iq/quantizers/quantizer/vars                name="quantizer"    (input 0)
+//! layers/q_add/iq/quantizers/quantizer/quantizer/vars/{0,1,2,3}
+//!                                 name="fixed_point_quantizer_kif_2"   f, k, i, i_decay_speed
+//! layers/q_add/iq/quantizers/quantizer_1/...               name="quantizer_1"  (input 1)
+//! ```
+//!
+//! (`layers/q_add/iq/quantizers` has no `vars`: a container is not a saved object.) The Keras
+//! path of input 1's `f` is `q_add/multiple_quantizers/quantizer_1/fixed_point_quantizer_kif_3/f`.
+//!
+//! `QBatchNormalization` is a layer like `QDense`: `vars/0..5` are `bn_gamma`, `bn_beta`
+//! (trainable, when `scale` / `center`), `moving_mean`, `moving_variance`, then hgq2's `beta`,
+//! `ebops`; its quantizers are `iq`, `kq`, `bq` (and `oq`), each with its internal `quantizer`.
 
 use serde_json::Value;
 
@@ -168,8 +191,18 @@ impl KerasArchive {
     /// A path may start with the model's name (a `Sequential` builds its layers in its own name
     /// scope: `sequential/q_dense/kernel`).
     ///
-    /// Errors when a path's object is not in the file, is there more than once, or holds another
-    /// number of variables than the paths name.
+    /// An object is found as Keras' loading finds it, by its place: the group that
+    /// [`KerasArchive::from_variables`] would write it to, from `config.json` and the paths
+    /// (merge layers' input quantizers by position), when the file has that group. The automatic
+    /// names of sub-layers (`fixed_point_quantizer_kbi_6`, `multiple_quantizers_2`,
+    /// `quantizer_5`) count on over a Python session, so an archive saved after other models were
+    /// made in the same session has other names than a fresh session (or hgq-torch) gives: they
+    /// need not match. Objects that the rules do not place (a config they do not lay out, an
+    /// optimizer that `compile_config` does not name) are found by name: the saved object whose
+    /// Keras path ([`SavedObject::keras_path`]) is the object's.
+    ///
+    /// Errors when a path's object is not in the file (by place or by name), is there more than
+    /// once by name, or holds another number of variables than the paths name.
     pub fn variable_paths<S: AsRef<str>>(&self, names: &[S]) -> Result<Vec<(String, &Array)>> {
         let objects = self.saved_objects()?;
         let model = self
@@ -177,24 +210,43 @@ impl KerasArchive {
             .iter()
             .find(|o| o.path.is_empty())
             .and_then(|o| o.name.as_deref());
+        // The layout the config gives, if it gives one.
+        let layout = crate::python_json(&self.config, crate::CONFIG_MEMBER)
+            .ok()
+            .and_then(|cfg| ModelLayout::from_config(&cfg).ok());
+        let mut placed: Vec<(String, String)> = layout
+            .as_ref()
+            .map(|m| m.layers.clone())
+            .unwrap_or_default();
+        let mut scratch = Vec::new();
         let mut found: Vec<(&str, &Array)> = Vec::with_capacity(names.len());
         for (object, vars) in by_object(names.iter().map(AsRef::as_ref))? {
-            let exact = objects.iter().any(|o| o.keras_path == object);
-            let object = match model {
-                Some(m) if !exact => strip_model(object, m),
-                _ => object,
-            };
-            let mut hits = objects.iter().filter(|o| o.keras_path == object);
-            let (Some(o), None) = (hits.next(), hits.next()) else {
-                let n = objects.iter().filter(|o| o.keras_path == object).count();
-                return Err(Error::Mapping(if n == 0 {
-                    format!(
-                        "variable `{}`: no saved object `{object}` in model.weights.h5",
-                        vars[0]
-                    )
-                } else {
-                    format!("variable `{}`: {n} saved objects are `{object}`", vars[0])
-                }));
+            let by_place = layout
+                .as_ref()
+                .and_then(|m| place(m, m.own_path(object), &mut placed, &mut scratch).ok())
+                .and_then(|g| objects.iter().find(|o| o.group == g));
+            let o = match by_place {
+                Some(o) => o,
+                None => {
+                    let exact = objects.iter().any(|o| o.keras_path == object);
+                    let object = match model {
+                        Some(m) if !exact => strip_model(object, m),
+                        _ => object,
+                    };
+                    let mut hits = objects.iter().filter(|o| o.keras_path == object);
+                    let (Some(o), None) = (hits.next(), hits.next()) else {
+                        let n = objects.iter().filter(|o| o.keras_path == object).count();
+                        return Err(Error::Mapping(if n == 0 {
+                            format!(
+                                "variable `{}`: no saved object `{object}` in model.weights.h5",
+                                vars[0]
+                            )
+                        } else {
+                            format!("variable `{}`: {n} saved objects are `{object}`", vars[0])
+                        }));
+                    };
+                    o
+                }
             };
             if o.variables.len() != vars.len() {
                 return Err(Error::Mapping(format!(
@@ -230,6 +282,12 @@ impl KerasArchive {
     ///   `bq`, `oq`), or `quantizer` for the internal quantizer of an hgq2 `Quantizer`
     ///   (`fixed_point_quantizer_kbi[_N]`, `fixed_point_quantizer_kif[_N]`,
     ///   `float_point_quantizer[_N]`, `dummy_quantizer[_N]`);
+    /// - a merge layer's `MultipleQuantizers` (`q_add/multiple_quantizers[_N]`): group
+    ///   `{layer group}/iq`; the `Quantizer`s in it (`quantizer[_N]`): `{iq}/quantizers/quantizer`,
+    ///   `{iq}/quantizers/quantizer_1`, ... in the order the variables first name them, which must
+    ///   be the order of their automatic names, one after the other (`quantizer_8`, `quantizer_9`:
+    ///   a quantizer between them without variables, or the variables naming them out of order,
+    ///   is an error, not a shift of the later ones);
     /// - variables whose first component is the compiled optimizer's name (`compile_config`):
     ///   group `optimizer`.
     ///
@@ -255,13 +313,7 @@ impl KerasArchive {
         let by_name: std::collections::HashMap<&str, &Array> =
             vars.iter().map(|(p, a)| (p.as_str(), a)).collect();
         for (object, names) in by_object(vars.iter().map(|(p, _)| p.as_str()))? {
-            let first = object.split('/').next().unwrap_or("");
-            let object = if model.layers.iter().any(|(l, _)| l == first) {
-                object
-            } else {
-                strip_model(object, &model.name)
-            };
-            let group = place(&model, object, &mut placed, &mut objects)?;
+            let group = place(&model, model.own_path(object), &mut placed, &mut objects)?;
             for (i, name) in names.iter().enumerate() {
                 let Some(array) = by_name.get(name) else {
                     return Err(Error::Mapping(format!("variable `{name}` lost")));
@@ -315,6 +367,17 @@ struct ModelLayout {
 }
 
 impl ModelLayout {
+    /// An object's Keras path less a leading model name (see [`strip_model`]), unless the path
+    /// starts with a layer of the same name.
+    fn own_path<'a>(&self, object: &'a str) -> &'a str {
+        let first = object.split('/').next().unwrap_or("");
+        if self.layers.iter().any(|(l, _)| l == first) {
+            object
+        } else {
+            strip_model(object, &self.name)
+        }
+    }
+
     fn from_config(cfg: &Value) -> Result<Self> {
         let bad = |what: &str| Error::Config(what.to_string());
         let class = cfg
@@ -387,6 +450,19 @@ impl ModelLayout {
     }
 }
 
+/// The number of a Keras automatic name of `base`: `base` -> 0, `base_N` -> N (`N` decimal digits).
+fn auto_number(name: &str, base: &str) -> Option<u64> {
+    let rest = name.strip_prefix(base)?;
+    if rest.is_empty() {
+        return Some(0);
+    }
+    let n = rest.strip_prefix('_')?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    n.parse().ok()
+}
+
 /// The internal quantizer an hgq2 `Quantizer` holds as `self.quantizer`, by its auto name.
 fn is_internal_quantizer(name: &str) -> bool {
     [
@@ -396,15 +472,18 @@ fn is_internal_quantizer(name: &str) -> bool {
         "dummy_quantizer",
     ]
     .iter()
-    .any(|base| {
-        name.strip_prefix(base).is_some_and(|rest| {
-            rest.is_empty()
-                || rest
-                    .strip_prefix('_')
-                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-        })
-    })
+    .any(|base| auto_number(name, base).is_some())
 }
+
+/// hgq2's `MultipleQuantizers` (a merge layer's input quantizers), by its auto name.
+fn is_multiple_quantizers(name: &str) -> bool {
+    auto_number(name, MULTIPLE_QUANTIZERS).is_some()
+}
+
+/// The auto name of hgq2's `MultipleQuantizers` sub-layer.
+const MULTIPLE_QUANTIZERS: &str = "multiple_quantizers";
+/// The auto name (and the snake-cased class) of hgq2's `Quantizer` wrapper.
+const QUANTIZER: &str = "quantizer";
 
 /// The group of the object at this Keras path (recording it and the objects it sits in).
 fn place(
@@ -440,17 +519,27 @@ fn place(
     };
     let outer_group = place(model, outer, placed, objects)?;
     let outer_name = outer.rsplit('/').next().unwrap_or(outer);
-    let attr = match inner
-        .strip_prefix(outer_name)
-        .and_then(|r| r.strip_prefix('_'))
-    {
-        Some(attr) if !attr.is_empty() => attr,
-        _ if is_internal_quantizer(inner) => "quantizer",
-        _ => {
-            return Err(Error::Mapping(format!(
-                "object `{object}`: cannot tell the group of `{inner}` inside `{outer}` \
-                 (known: `{outer_name}_<attr>` -> `<attr>`, an hgq2 internal quantizer -> `quantizer`)"
-            )));
+    let outer_is_layer = model.layers.iter().any(|(l, _)| l == outer);
+    let attr = if outer_is_layer && is_multiple_quantizers(inner) {
+        // A merge layer's `self._iq`, saved under the attribute's name less its underscore.
+        "iq".to_string()
+    } else if !outer_is_layer && is_multiple_quantizers(outer_name) {
+        quantizer_in_container(object, outer, inner, placed)?
+    } else {
+        match inner
+            .strip_prefix(outer_name)
+            .and_then(|r| r.strip_prefix('_'))
+        {
+            Some(attr) if !attr.is_empty() => attr.to_string(),
+            _ if is_internal_quantizer(inner) => "quantizer".to_string(),
+            _ => {
+                return Err(Error::Mapping(format!(
+                    "object `{object}`: cannot tell the group of `{inner}` inside `{outer}` \
+                     (known: `{outer_name}_<attr>` -> `<attr>`, an hgq2 internal quantizer -> \
+                     `quantizer`, a layer's `multiple_quantizers[_N]` -> `iq` and the \
+                     `quantizer[_N]`s in it -> `quantizers/quantizer`, `quantizers/quantizer_1`, ...)"
+                )));
+            }
         }
     };
     let group = if outer_group.is_empty() {
@@ -469,6 +558,46 @@ fn place(
         name: Some(inner.to_string()),
     });
     Ok(group)
+}
+
+/// The group, inside its `MultipleQuantizers`, of the `Quantizer` `inner` (`{outer}/{inner}` is
+/// `object`): Keras saves the tuple `quantizers` as a container, each element under its
+/// snake-cased class name made unique by position (`quantizers/quantizer`,
+/// `quantizers/quantizer_1`, ...), not under its own name. The position is the order in which the
+/// variables name the quantizers; their automatic names (`quantizer_8`, `quantizer_9`, one
+/// `Quantizer` made after the other) must follow one another, so that a quantizer that no
+/// variable names (one without variables) is an error rather than a shift of those after it
+/// (unless it is the last).
+fn quantizer_in_container(
+    object: &str,
+    outer: &str,
+    inner: &str,
+    placed: &[(String, String)],
+) -> Result<String> {
+    let Some(number) = auto_number(inner, QUANTIZER) else {
+        return Err(Error::Mapping(format!(
+            "object `{object}`: `{outer}` holds hgq2 `Quantizer`s, named `quantizer[_N]`, not `{inner}`"
+        )));
+    };
+    let siblings: Vec<&str> = placed
+        .iter()
+        .filter_map(|(o, _)| o.strip_prefix(outer)?.strip_prefix('/'))
+        .filter(|rest| !rest.contains('/'))
+        .collect();
+    if let Some(prev) = siblings.last() {
+        let prev_number = auto_number(prev, QUANTIZER);
+        if prev_number.and_then(|n| n.checked_add(1)) != Some(number) {
+            return Err(Error::Mapping(format!(
+                "object `{object}`: the quantizers of `{outer}` are named `{prev}` then `{inner}`: \
+                 one made in between has no variables, or they are out of order, so their places \
+                 in `quantizers` are not known"
+            )));
+        }
+    }
+    Ok(match siblings.len() {
+        0 => format!("quantizers/{QUANTIZER}"),
+        k => format!("quantizers/{QUANTIZER}_{k}"),
+    })
 }
 
 #[cfg(test)]
@@ -500,5 +629,21 @@ mod tests {
         assert!(!is_internal_quantizer("fixed_point_quantizer_kbix"));
         assert!(!is_internal_quantizer("fixed_point_quantizer_kbi_"));
         assert!(!is_internal_quantizer("q_dense_kq"));
+    }
+
+    #[test]
+    fn auto_numbers() {
+        assert_eq!(auto_number("quantizer", QUANTIZER), Some(0));
+        assert_eq!(auto_number("quantizer_12", QUANTIZER), Some(12));
+        assert_eq!(auto_number("quantizer_", QUANTIZER), None);
+        assert_eq!(auto_number("quantizer_1a", QUANTIZER), None);
+        assert_eq!(auto_number("quantizers", QUANTIZER), None);
+        assert_eq!(
+            auto_number("quantizer_99999999999999999999999", QUANTIZER),
+            None
+        );
+        assert!(is_multiple_quantizers("multiple_quantizers"));
+        assert!(is_multiple_quantizers("multiple_quantizers_4"));
+        assert!(!is_multiple_quantizers("q_add_iq"));
     }
 }

@@ -269,3 +269,314 @@ fn sequential_config_skips_the_input_layer() {
         ]
     );
 }
+
+/// A merge layer's input quantizers: hgq2 keeps them in a `MultipleQuantizers` sub-layer
+/// (`self._iq`, group `iq`) as a tuple of `Quantizer`s, which Keras saves as a container:
+/// `quantizers/quantizer`, `quantizers/quantizer_1`, ... by position, not by name.
+#[test]
+fn merge_layers_layout() {
+    let a = archive("residual");
+    let objects = a.saved_objects().unwrap();
+    let find = |g: &str| {
+        objects
+            .iter()
+            .find(|o| o.group == g)
+            .unwrap_or_else(|| panic!("no group {g}"))
+    };
+    assert_eq!(find("layers/q_add").keras_path, "q_add");
+    assert_eq!(find("layers/q_add").variables.len(), 2); // beta, ebops
+    assert_eq!(
+        find("layers/q_add/iq").keras_path,
+        "q_add/multiple_quantizers"
+    );
+    assert!(find("layers/q_add/iq").variables.is_empty());
+    assert_eq!(
+        find("layers/q_add/iq/quantizers/quantizer").keras_path,
+        "q_add/multiple_quantizers/quantizer"
+    );
+    assert_eq!(
+        find("layers/q_add/iq/quantizers/quantizer/quantizer").keras_path,
+        "q_add/multiple_quantizers/quantizer/fixed_point_quantizer_kif_2"
+    );
+    assert_eq!(
+        find("layers/q_add/iq/quantizers/quantizer_1/quantizer").keras_path,
+        "q_add/multiple_quantizers/quantizer_1/fixed_point_quantizer_kif_3"
+    );
+    // `quantizers` itself is a container, not a saved object.
+    assert!(objects.iter().all(|o| !o.group.ends_with("/quantizers")));
+    let names: Vec<&str> = find("layers/q_add/iq/quantizers/quantizer_1/quantizer")
+        .variables
+        .iter()
+        .map(|v| v.0)
+        .collect();
+    assert_eq!(names.len(), 4); // f, k, i, i_decay_speed
+
+    // Later merges: the sub-layers' names count on (`multiple_quantizers_4`, `quantizer_8`),
+    // their groups do not; three inputs make `quantizer_2`.
+    let m = archive("merges");
+    let objects = m.saved_objects().unwrap();
+    let find = |g: &str| {
+        objects
+            .iter()
+            .find(|o| o.group == g)
+            .unwrap_or_else(|| panic!("no group {g}"))
+    };
+    for (layer, n) in [
+        ("q_subtract", 2),
+        ("q_multiply", 2),
+        ("q_maximum", 2),
+        ("q_minimum", 2),
+        ("q_average_pow2", 3),
+    ] {
+        let iq = find(&format!("layers/{layer}/iq"));
+        assert!(
+            iq.keras_path
+                .starts_with(&format!("{layer}/multiple_quantizers")),
+            "{}",
+            iq.keras_path
+        );
+        let count = objects
+            .iter()
+            .filter(|o| {
+                o.group
+                    .strip_prefix(&format!("layers/{layer}/iq/quantizers/"))
+                    .is_some_and(|r| !r.contains('/'))
+            })
+            .count();
+        assert_eq!(count, n, "{layer}");
+    }
+    assert_eq!(
+        find("layers/q_average_pow2/iq/quantizers/quantizer_2/quantizer").keras_path,
+        "q_average_pow2/multiple_quantizers_4/quantizer_10/fixed_point_quantizer_kif_12"
+    );
+}
+
+/// `QBatchNormalization`'s own variables, in Keras' order: `bn_gamma`, `bn_beta` (trainable),
+/// `moving_mean`, `moving_variance`, then hgq2's `beta`, `ebops`; its quantizers `iq`, `kq`, `bq`.
+#[test]
+fn batch_normalization_layout() {
+    let a = archive("bn");
+    let r = Reference::load("bn");
+    let own: Vec<&RefVar> = r
+        .variables
+        .iter()
+        .filter(|v| {
+            v.path
+                .strip_prefix("q_batch_normalization/")
+                .is_some_and(|rest| !rest.contains('/'))
+        })
+        .collect();
+    let leaves: Vec<&str> = own
+        .iter()
+        .map(|v| v.path.rsplit('/').next().unwrap())
+        .collect();
+    assert_eq!(
+        leaves,
+        [
+            "bn_gamma",
+            "bn_beta",
+            "moving_mean",
+            "moving_variance",
+            "beta",
+            "ebops"
+        ]
+    );
+    for (i, v) in own.iter().enumerate() {
+        let got = a
+            .weight(&format!("layers/q_batch_normalization/vars/{i}"))
+            .unwrap();
+        assert_same(v, got);
+    }
+    let objects = a.saved_objects().unwrap();
+    for (attr, sub) in [("iq", "kif_1"), ("kq", "kbi_2"), ("bq", "kbi_3")] {
+        let o = objects
+            .iter()
+            .find(|o| o.group == format!("layers/q_batch_normalization/{attr}/quantizer"))
+            .unwrap();
+        assert_eq!(
+            o.keras_path,
+            format!(
+                "q_batch_normalization/q_batch_normalization_{attr}/fixed_point_quantizer_{sub}"
+            )
+        );
+    }
+    // Running statistics: a variance stays positive through the training call.
+    let var = own[3];
+    assert!(var.values.iter().all(|&v| v > 0.0));
+}
+
+/// A merge layer's quantizers are placed by the order the variables name them, whatever their
+/// automatic names are (hgq-torch counts names its own way), as long as the names follow one
+/// another.
+#[test]
+fn merge_quantizers_by_position() {
+    let config = archive("residual").config;
+    let rename = |p: &str| {
+        p.replace(
+            "q_add/multiple_quantizers/quantizer_1/",
+            "q_add/multiple_quantizers_7/quantizer_13/",
+        )
+        .replace(
+            "q_add/multiple_quantizers/quantizer/",
+            "q_add/multiple_quantizers_7/quantizer_12/",
+        )
+    };
+    let r = Reference::load("residual");
+    let vars: Vec<(String, Array)> = r
+        .arrays()
+        .into_iter()
+        .map(|(p, a)| (rename(&p), a))
+        .collect();
+    assert!(vars.iter().any(|(p, _)| p.contains("quantizer_13/")));
+    let ours = KerasArchive::from_variables(config.clone(), &vars).unwrap();
+    let keras = archive("residual");
+    // The layout hgq2 wrote, the same values (ebops given as uint32 where torch stored int64).
+    assert_eq!(ours.weights.len(), keras.weights.len());
+    for (path, array) in &ours.weights {
+        let k = keras.weight(path).unwrap_or_else(|| panic!("{path}"));
+        assert_eq!(array.shape, k.shape, "{path}");
+        assert_eq!(array.data.to_f64(), k.data.to_f64(), "{path}");
+    }
+    let names: Vec<String> = vars.iter().map(|v| v.0.clone()).collect();
+    let back = KerasArchive::from_bytes(&ours.to_bytes().unwrap()).unwrap();
+    for ((want, _), (got, _)) in vars.iter().zip(back.variable_paths(&names).unwrap()) {
+        assert_eq!(want, &got);
+    }
+    let group_of = |a: &KerasArchive, name: &str| {
+        a.objects
+            .iter()
+            .find(|o| o.name.as_deref() == Some(name))
+            .map(|o| o.path.clone())
+    };
+    assert_eq!(
+        group_of(&ours, "quantizer_13").as_deref(),
+        Some("layers/q_add/iq/quantizers/quantizer_1")
+    );
+    assert_eq!(
+        group_of(&ours, "multiple_quantizers_7").as_deref(),
+        Some("layers/q_add/iq")
+    );
+
+    // Names that do not follow one another: a quantizer in between without variables, or
+    // the variables out of order. An error, not a quantizer in the wrong place.
+    for (a, b) in [
+        ("quantizer_12", "quantizer_14"),
+        ("quantizer_13", "quantizer_12"),
+    ] {
+        let vars: Vec<(String, Array)> = r
+            .arrays()
+            .into_iter()
+            .map(|(p, arr)| {
+                let p = p
+                    .replace(
+                        "multiple_quantizers/quantizer_1/",
+                        &format!("multiple_quantizers/{b}/"),
+                    )
+                    .replace(
+                        "multiple_quantizers/quantizer/",
+                        &format!("multiple_quantizers/{a}/"),
+                    );
+                (p, arr)
+            })
+            .collect();
+        let e = KerasArchive::from_variables(config.clone(), &vars).unwrap_err();
+        assert!(e.to_string().contains("are named"), "{e}");
+    }
+    // Something else than a `Quantizer` in a `MultipleQuantizers`.
+    let vars: Vec<(String, Array)> = r
+        .arrays()
+        .into_iter()
+        .map(|(p, arr)| {
+            (
+                p.replace(
+                    "multiple_quantizers/quantizer/",
+                    "multiple_quantizers/thing/",
+                ),
+                arr,
+            )
+        })
+        .collect();
+    let e = KerasArchive::from_variables(config, &vars).unwrap_err();
+    assert!(e.to_string().contains("not `thing`"), "{e}");
+}
+
+/// A merge layer in a `Sequential` chain (`QAdd()([x])`: one input, one quantizer).
+#[test]
+fn one_input_merge_in_a_sequential() {
+    let config = r#"{"class_name": "Sequential", "config": {"name": "sequential", "layers": [
+        {"class_name": "InputLayer", "config": {"name": "input_layer"}},
+        {"class_name": "QAdd", "config": {"name": "q_add"}}]}}"#;
+    let f32s = |n: usize| Array::new(vec![n], ArrayData::F32(vec![0.5; n])).unwrap();
+    let vars = vec![
+        ("sequential/q_add/beta".to_string(), f32s(1)),
+        (
+            "sequential/q_add/multiple_quantizers/quantizer/fixed_point_quantizer_kif/f"
+                .to_string(),
+            f32s(3),
+        ),
+    ];
+    let a = KerasArchive::from_variables(config.into(), &vars).unwrap();
+    let paths: Vec<&str> = a.weights.iter().map(|w| w.0.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "layers/q_add/vars/0",
+            "layers/q_add/iq/quantizers/quantizer/quantizer/vars/0"
+        ]
+    );
+    let groups: Vec<(&str, &str)> = a
+        .objects
+        .iter()
+        .map(|o| (o.path.as_str(), o.name.as_deref().unwrap()))
+        .collect();
+    assert_eq!(
+        groups,
+        [
+            ("", "sequential"),
+            ("layers/q_add", "q_add"),
+            ("layers/q_add/iq", "multiple_quantizers"),
+            ("layers/q_add/iq/quantizers/quantizer", "quantizer"),
+            (
+                "layers/q_add/iq/quantizers/quantizer/quantizer",
+                "fixed_point_quantizer_kif"
+            )
+        ]
+    );
+}
+
+/// Sub-layers' automatic names count on over a Python session: an archive saved after other
+/// models were made holds `fixed_point_quantizer_kif_6` where a fresh session (and hgq-torch)
+/// says `fixed_point_quantizer_kif_4`. Objects are found by their place, as Keras finds them.
+#[test]
+fn found_by_place_not_by_auto_name() {
+    for name in ["residual", "merges", "bn", "seq"] {
+        let mut a = archive(name);
+        let layers: Vec<String> = a
+            .objects
+            .iter()
+            .filter(|o| o.path.matches('/').count() <= 1)
+            .map(|o| o.path.clone())
+            .collect();
+        // Every sub-layer renamed as a later session would name it.
+        for o in a.objects.iter_mut().filter(|o| !layers.contains(&o.path)) {
+            let n = o.name.take().unwrap();
+            o.name = Some(format!("{n}_5"));
+        }
+        let a = KerasArchive::from_bytes(&a.to_bytes().unwrap()).unwrap();
+        let r = Reference::load(name);
+        assert!(
+            r.variables
+                .iter()
+                .filter(|v| v.path.matches('/').count() > 1)
+                .all(|v| {
+                    let object = v.path.rsplit_once('/').unwrap().0;
+                    a.saved_objects()
+                        .unwrap()
+                        .iter()
+                        .all(|o| o.keras_path != object)
+                }),
+            "{name}: the sub-layers' names differ"
+        );
+        assert_variables(&a, &r);
+    }
+}

@@ -3,10 +3,11 @@ archive hgq-keras wrote.
 
 Usage (from the repository root; the project's .venv has keras 3.15.1, hgq2 0.2.0, torch and h5py):
 
-    KERAS_BACKEND=torch .venv/bin/python tests/data/keras/gen.py
-        writes tests/data/keras/{mlp,cnn,seq}.keras (hgq2's `model.save`) and {mlp,cnn,seq}.json:
+    KERAS_BACKEND=torch .venv/bin/python tests/data/keras/gen.py [--out DIR] [NAME ...]
+        writes tests/data/keras/NAME.keras (hgq2's `model.save`) and NAME.json for the named models
+        (all of them without names; into DIR with --out), each JSON:
         {"variables": [{"path", "dtype", "shape", "values"}...] in `model.variables` order,
-         "optimizer_variables": [...] (the compiled MLP's Adam state; [] for the CNN),
+         "optimizer_variables": [...] (the compiled MLP's Adam state; [] for the others),
          "inference": {x_shape, x, y_shape, y} (32 rows at several scales and the model's
          inference outputs, for hgq-torch's loading test)},
         values flat, row-major, floats as the exact float64 of each float32.
@@ -26,22 +27,45 @@ The models (`keras.utils.clear_session()` before each, so the names restart as i
 - cnn: Input(6, 6, 2) -> QConv2D(3, (3, 3)) -> QMaxPooling2D((2, 2)) -> Flatten -> QDense(4),
   not compiled;
 - seq: Sequential([Input(4), QDense(3, relu), QDense(2)]), not compiled: a Sequential has no
-  `layers/input_layer` group, and names its variables `sequential/q_dense/kernel`.
+  `layers/input_layer` group, and names its variables `sequential/q_dense/kernel`;
+- residual: Input(8) -> QDense(8, relu) -> QDense(8); QAdd([input, that]) -> QDense(3): a merge
+  layer keeps its input quantizers in a `MultipleQuantizers` sub-layer, saved as
+  `layers/q_add/iq/quantizers/{quantizer,quantizer_1}/quantizer`;
+- merges: Input(6) -> a = QDense(6, relu), b = QDense(6); s = QSubtract([a, b]);
+  m = QMultiply([s, b]); mx = QMaximum([m, a]); mn = QMinimum([mx, s]);
+  av = QAveragePow2([mn, a, b]) (three inputs: `quantizers/quantizer_2`) -> QDense(3);
+- bn: Input(10) -> QDense(8) -> QBatchNormalization() -> QDense(3) (variables bn_gamma, bn_beta,
+  moving_mean, moving_variance, beta, ebops).
 Every float variable is set from a seeded generator (kernels and biases N(0, 0.5), quantizer
-bit widths uniform in [0, 6] (b, f) or [-2, 4] (i), k 0/1), then one `model(x, training=True)`
-(the MLP: `train_on_batch`) makes hgq2's ebops non-zero.
+bit widths uniform in [0, 6] (b, f) or [-2, 4] (i), k 0/1, a batch normalization's moving
+variance uniform in [0.25, 2]), then one `model(x, training=True)` (the MLP: `train_on_batch`)
+makes hgq2's ebops non-zero. mlp, cnn and seq draw from one generator, in that order (so
+writing one of them builds those before it too); each later model has a generator of its own,
+so that adding models changes none of the archives before them.
 """
 
 import json
 import os
 import sys
+import zlib
 
 os.environ.setdefault('KERAS_BACKEND', 'torch')
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import hgq  # noqa: E402,F401
-from hgq.layers import QConv2D, QDense, QMaxPooling2D  # noqa: E402
+from hgq.layers import (  # noqa: E402
+    QAdd,
+    QAveragePow2,
+    QBatchNormalization,
+    QConv2D,
+    QDense,
+    QMaximum,
+    QMaxPooling2D,
+    QMinimum,
+    QMultiply,
+    QSubtract,
+)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SEED = 1234
@@ -62,6 +86,8 @@ def randomize(model, rng):
             value = rng.uniform(-2, 4, shape)
         elif leaf in ('beta', 'i_decay_speed'):
             value = rng.uniform(0, 1e-3, shape)
+        elif leaf == 'moving_variance':
+            value = rng.uniform(0.25, 2, shape)
         else:
             value = rng.normal(0, 0.5, shape)
         v.assign(np.asarray(value).astype(dtype))
@@ -107,15 +133,70 @@ def seq(rng):
     return model
 
 
-def generate():
-    rng = np.random.default_rng(SEED)
-    for name, build in [('mlp', mlp), ('cnn', cnn), ('seq', seq)]:
+def residual(rng):
+    inp = keras.Input((8,))
+    x = QDense(8, activation='relu')(inp)
+    x = QDense(8)(x)
+    x = QAdd()([inp, x])
+    model = keras.Model(inp, QDense(3)(x))
+    randomize(model, rng)
+    model(rng.normal(0, 1, (8, 8)).astype('float32'), training=True)
+    return model
+
+
+def merges(rng):
+    inp = keras.Input((6,))
+    a = QDense(6, activation='relu')(inp)
+    b = QDense(6)(inp)
+    s = QSubtract()([a, b])
+    m = QMultiply()([s, b])
+    mx = QMaximum()([m, a])
+    mn = QMinimum()([mx, s])
+    av = QAveragePow2()([mn, a, b])
+    model = keras.Model(inp, QDense(3)(av))
+    randomize(model, rng)
+    model(rng.normal(0, 1, (8, 6)).astype('float32'), training=True)
+    return model
+
+
+def bn(rng):
+    inp = keras.Input((10,))
+    x = QDense(8)(inp)
+    x = QBatchNormalization()(x)
+    model = keras.Model(inp, QDense(3)(x))
+    randomize(model, rng)
+    model(rng.normal(0, 1, (8, 10)).astype('float32'), training=True)
+    return model
+
+
+# Drawing from one generator, in this order.
+SHARED = [('mlp', mlp), ('cnn', cnn), ('seq', seq)]
+# Each with a generator of its own (seeded by SEED and the name).
+OWN = [('residual', residual), ('merges', merges), ('bn', bn)]
+NAMES = [n for n, _ in SHARED + OWN]
+
+
+def generate(names, out_dir):
+    shared = np.random.default_rng(SEED)
+    # The shared generator's models up to the last one asked for.
+    last_shared = max((i for i, (n, _) in enumerate(SHARED) if n in names), default=-1)
+    for k, (name, build) in enumerate(SHARED + OWN):
+        if k < len(SHARED):
+            if k > last_shared:
+                continue
+            rng = shared
+        elif name in names:
+            rng = np.random.default_rng([SEED, zlib.crc32(name.encode())])
+        else:
+            continue
         keras.utils.clear_session()
         keras.utils.set_random_seed(SEED)
         model = build(rng)
+        if name not in names:
+            continue  # built for the shared generator's sake
         ebops = [int(keras.ops.convert_to_numpy(v.value)) for v in model.variables if v.path.endswith('/ebops')]
         assert all(e > 0 for e in ebops), ebops
-        model.save(os.path.join(HERE, f'{name}.keras'))
+        model.save(os.path.join(out_dir, f'{name}.keras'))
         ref = {
             'keras_version': keras.__version__,
             'backend': keras.backend.backend(),
@@ -130,7 +211,7 @@ def generate():
         y = keras.ops.convert_to_numpy(model(x, training=False))
         ref['inference'] = {'x_shape': list(x.shape), 'x': [float(v) for v in x.ravel()],
                             'y_shape': list(y.shape), 'y': [float(v) for v in y.ravel()]}
-        with open(os.path.join(HERE, f'{name}.json'), 'w') as f:
+        with open(os.path.join(out_dir, f'{name}.json'), 'w') as f:
             json.dump(ref, f, separators=(',', ':'))
             f.write('\n')
         print(f'{name}: {len(ref["variables"])} variables, ebops {ebops}')
@@ -175,7 +256,15 @@ if __name__ == '__main__':
     if len(sys.argv) >= 4 and sys.argv[1] == 'check' and len(args) % 2 == 0:
         results = [check(a, r) for a, r in zip(args[::2], args[1::2])]
         sys.exit(0 if all(results) else 1)
-    elif len(sys.argv) == 1:
-        generate()
+    elif len(sys.argv) < 2 or sys.argv[1] != 'check':
+        args = sys.argv[1:]
+        out_dir = HERE
+        if args[:1] == ['--out'] and len(args) >= 2:
+            out_dir, args = args[1], args[2:]
+        unknown = [n for n in args if n not in NAMES]
+        if unknown or any(a.startswith('-') for a in args):
+            sys.exit(f'unknown models {unknown} (known: {NAMES})\n' + __doc__)
+        os.makedirs(out_dir, exist_ok=True)
+        generate(args or NAMES, out_dir)
     else:
         sys.exit(__doc__)

@@ -746,7 +746,9 @@ impl GraphModelSpec {
         Ok(KerasModel { root, quantizers })
     }
 
-    /// Reads a document that [`Self::to_json`] (or the reference, for such a model) wrote.
+    /// Reads a document that [`Self::to_json`] (or the reference, for such a model) wrote, or a
+    /// Keras `Sequential` document (`"class_name": "Sequential"`, read as a chain by
+    /// [`ChainModelSpec::from_keras_sequential_value`]: the graph of that chain).
     ///
     /// The fields are read, the model is written again and compared with the input: any
     /// difference (a key this type does not describe, another initializer, a shared layer,
@@ -779,6 +781,9 @@ impl GraphModelSpec {
 
     /// Reads a parsed document (see [`Self::from_json`]).
     pub fn from_value(v: &PyValue) -> Result<Self> {
+        if super::keras_seq::is_sequential(v) {
+            return ChainModelSpec::from_keras_sequential_value(v).map(Self::from);
+        }
         let spec = read_graph(&At::root(v))?;
         let written = spec.to_value()?;
         match first_difference(v, &written, "$".into()) {

@@ -7,7 +7,12 @@
 //! [`ChainModelSpec`] describes `Input(shape) -> layer -> ... -> layer` as a Keras functional
 //! model; [`ChainModelSpec::to_json`] gives exactly the text that
 //! `keras.Model(inp, out).to_json()` gives for the same model (hgq2 0.2.0, Keras 3.15), and
-//! [`ChainModelSpec::from_json`] reads such a document back. The digits CNN,
+//! [`ChainModelSpec::from_json`] reads such a document back. The same chain as a Keras
+//! `Sequential` (`keras.Sequential([keras.Input(shape), ...])`, whose document lists the same
+//! layer configs without `inbound_nodes`) is written by
+//! [`ChainModelSpec::to_keras_sequential_json`] and read by
+//! [`ChainModelSpec::from_keras_sequential_json`] (and by `from_json`, which takes either form).
+//! The digits CNN,
 //!
 //! ```python
 //! import os; os.environ['KERAS_BACKEND'] = 'jax'
@@ -119,6 +124,7 @@ use crate::pyjson::PyValue;
 mod batchnorm;
 mod conv;
 mod graph;
+mod keras_seq;
 mod merge;
 mod pool;
 mod reshape;
@@ -126,6 +132,7 @@ mod reshape;
 pub use batchnorm::QBatchNormSpec;
 pub use conv::QConvSpec;
 pub use graph::{GraphModelSpec, InputSpec, NodeSpec};
+pub use keras_seq::SEQUENTIAL_MODULE;
 pub use merge::{MergeOp, QMergeSpec};
 pub use pool::{PoolKind, PoolWindow, QPoolSpec};
 pub use reshape::{FlattenSpec, ReshapeSpec};
@@ -618,7 +625,9 @@ impl ChainModelSpec {
         Ok(KerasModel { root, quantizers })
     }
 
-    /// Reads a document that [`Self::to_json`] (or the reference, for such a model) wrote.
+    /// Reads a document that [`Self::to_json`] (or the reference, for such a model) wrote, or a
+    /// Keras `Sequential` document of such a chain (`"class_name": "Sequential"`: read by
+    /// [`Self::from_keras_sequential_value`]).
     ///
     /// The fields are read, the model is written again and compared with the input: any
     /// difference (a key this type does not describe, another initializer, a branch in the
@@ -642,6 +651,9 @@ impl ChainModelSpec {
 
     /// Reads a parsed document (see [`Self::from_json`]).
     pub fn from_value(v: &PyValue) -> Result<Self> {
+        if keras_seq::is_sequential(v) {
+            return Self::from_keras_sequential_value(v);
+        }
         let spec = read_chain(&At::root(v))?;
         let written = spec.to_value()?;
         match first_difference(v, &written, "$".into()) {

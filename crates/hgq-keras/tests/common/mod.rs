@@ -13,7 +13,7 @@ pub fn data_dir() -> PathBuf {
 }
 
 /// The reference models.
-pub const MODELS: [&str; 3] = ["mlp", "cnn", "seq"];
+pub const MODELS: [&str; 6] = ["mlp", "cnn", "seq", "residual", "merges", "bn"];
 
 /// One variable of a reference JSON.
 #[derive(Clone, Debug)]

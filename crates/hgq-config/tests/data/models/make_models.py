@@ -1,19 +1,26 @@
 """Writes the reference model JSONs in this folder (`model.to_json()` of hgq2 models).
 
-Run from this folder:  python make_models.py
-Made with hgq2 0.2.0, keras 3.15.1, jax 0.10.2 (KERAS_BACKEND=jax), Python 3.11.
+Run from this folder:  python make_models.py [NAME ...]   (all models without names)
+Made with hgq2 0.2.0, keras 3.15.1, jax 0.10.2 (KERAS_BACKEND=jax), Python 3.11; the torch
+backend (KERAS_BACKEND=torch, which this script then keeps) writes the same bytes for every model
+here (checked for all of them; `seq_mlp` and `seq_cnn` were made with it).
 Each model is built after keras.backend.clear_session(), so auto names start afresh
 (`input_layer`, `q_dense`, `q_dense_1`, `functional`).
 
 The first four (`demo`, `named`, `quantizers`, `mixed`) are chains of QDense layers
 (`DenseModelSpec`); the next eight mix QConv1D/2D, the pooling layers, Flatten and Reshape
 (`ChainModelSpec`); the `graph_*` ones are functional graphs with merge layers and
-QBatchNormalization, several inputs and outputs (`GraphModelSpec`).
+QBatchNormalization, several inputs and outputs (`GraphModelSpec`); the `seq_*` ones are
+`keras.Sequential` models (`ChainModelSpec::from_keras_sequential_json`): `to_json()` of a
+built Sequential (an `InputLayer` first, `build_input_shape`), whose layers' configs are those of
+the same functional model, without `name` and `inbound_nodes` beside them.
 """
 
 import os
 
-os.environ['KERAS_BACKEND'] = 'jax'
+import sys  # noqa: E402
+
+os.environ.setdefault('KERAS_BACKEND', 'jax')
 
 import keras  # noqa: E402
 from hgq.config import QuantizerConfig  # noqa: E402
@@ -249,6 +256,29 @@ def graph_bn_custom():
     return keras.Model(inp, out)
 
 
+def seq_mlp():
+    # (g) A Sequential MLP with a batch normalization.
+    return keras.Sequential([
+        keras.Input((16,)),
+        QDense(8, activation='relu'),
+        QBatchNormalization(),
+        QDense(4),
+    ])
+
+
+def seq_cnn():
+    # (h) A named Sequential CNN: reshape, convolution, pooling, flatten, dense; a named input.
+    return keras.Sequential([
+        keras.Input((64,), name='pixels'),
+        keras.layers.Reshape((8, 8, 1)),
+        QConv2D(4, (3, 3), activation='relu'),
+        QMaxPooling2D((2, 2)),
+        QConv2D(2, (2, 2), padding='same', use_bias=False),
+        keras.layers.Flatten(),
+        QDense(10),
+    ], name='digits_seq')
+
+
 MODELS = [
     ('demo', demo),
     ('named', named),
@@ -268,11 +298,19 @@ MODELS = [
     ('graph_bn_dense', graph_bn_dense),
     ('graph_bn_conv', graph_bn_conv),
     ('graph_bn_custom', graph_bn_custom),
+    ('seq_mlp', seq_mlp),
+    ('seq_cnn', seq_cnn),
 ]
 
 
 if __name__ == '__main__':
+    names = sys.argv[1:] or [n for n, _ in MODELS]
+    unknown = set(names) - {n for n, _ in MODELS}
+    if unknown:
+        sys.exit(f'unknown models: {sorted(unknown)}')
     for name, make in MODELS:
+        if name not in names:
+            continue
         keras.backend.clear_session()
         with open(f'{name}.json', 'w') as f:
             f.write(make().to_json())
