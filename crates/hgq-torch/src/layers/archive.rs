@@ -15,9 +15,17 @@ fn archive_err(e: hgq_keras::Error) -> TorchError {
     }
 }
 
-/// Each layer's variables in Keras' order (`model.variables`): the layer's own (trainable
-/// first), `beta` and `ebops` for a layer with EBOPs, then each quantizer's (trainable first,
-/// in the order they were made), with the bookkeeping as tensors.
+/// Keras does not save a `SeedGenerator`'s state (stochastic rounding's seed and call count):
+/// neither does an archive here; a model opened from one starts its seed state afresh, as
+/// hgq2's does.
+fn is_seed_state(path: &str) -> bool {
+    path.ends_with("/seed_generator/seed_generator_state")
+}
+
+/// Each layer's variables in Keras' order (`model.variables`) as an archive holds them: the
+/// layer's own (trainable first), `beta` and `ebops` for a layer with EBOPs, then each
+/// quantizer's (trainable first, in the order they were made; no seed state), with the
+/// bookkeeping as tensors.
 pub(crate) fn ordered_variables(layers: &[Box<dyn Layer>]) -> Vec<(String, Tensor)> {
     let mut out = Vec::new();
     for l in layers {
@@ -48,7 +56,10 @@ pub(crate) fn ordered_variables(layers: &[Box<dyn Layer>]) -> Vec<(String, Tenso
             let qv = q.q.variables();
             let (train, rest): (Vec<_>, Vec<_>) = qv.iter().partition(|(_, t)| t.requires_grad());
             for (n, t) in train.into_iter().chain(rest) {
-                out.push((format!("{}/{n}", q.keras_path), t.shallow_clone()));
+                let path = super::variable_path(&q.keras_path, *n);
+                if !is_seed_state(&path) {
+                    out.push((path, t.shallow_clone()));
+                }
             }
         }
     }
@@ -143,10 +154,17 @@ pub(crate) fn load(layers: &[Box<dyn Layer>], archive: &KerasArchive) -> Result<
         .map(|(p, _)| p)
         .collect();
     let arrays = archive.variable_paths(&names).map_err(archive_err)?;
-    let tensors: Vec<(String, Tensor)> = arrays
+    let mut tensors: Vec<(String, Tensor)> = arrays
         .iter()
         .map(|(p, a)| Ok((p.clone(), to_tensor(a)?)))
         .collect::<Result<_>>()?;
+    // Seed states are not in archives: they stay as the model was built.
+    tensors.extend(
+        super::model::keras_variables(layers)
+            .into_iter()
+            .filter(|(p, _)| is_seed_state(p))
+            .map(|(p, t)| (p, t.detach().copy())),
+    );
     let scalar = |l: &dyn Layer, what: &str| {
         let p = format!("{}/{what}", l.name());
         arrays

@@ -524,12 +524,21 @@ pub(crate) fn batch_shape(dims: &[usize]) -> Vec<Option<usize>> {
         .collect()
 }
 
+/// A quantizer variable's Keras path: hgq2 keeps the stochastic rounding's seed state in a
+/// Keras `SeedGenerator` object of the quantizer (`.../seed_generator/seed_generator_state`).
+pub(crate) fn variable_path(quantizer: &str, name: hgq_core::quantizer::VarName) -> String {
+    match name {
+        hgq_core::quantizer::VarName::SeedState => format!("{quantizer}/seed_generator/{name}"),
+        _ => format!("{quantizer}/{name}"),
+    }
+}
+
 /// The variables of `quantizers` with their Keras paths.
 pub(crate) fn quantizer_variables(quantizers: &[&Named]) -> Vec<(String, Tensor)> {
     let mut v = Vec::new();
     for q in quantizers {
         for (n, t) in q.q.variables() {
-            v.push((format!("{}/{n}", q.keras_path), t));
+            v.push((variable_path(&q.keras_path, n), t));
         }
     }
     v
