@@ -5,10 +5,13 @@
 //! their outputs): a training step (outputs bit for bit, EBOPs per layer, the loss terms,
 //! every gradient, the input's included, the WRAP integer bits tracked), `trace_minmax` over
 //! two batches, inference; and the Keras JSON hgq2 wrote, written again by us byte for byte.
+mod common;
+
+use common::reference::{close, same, tensor};
 use hgq_torch::hgq_core::CallMode;
 use hgq_torch::layers::{Activation, Flatten, Padding, PoolKind, QConv, QDense, QPool, Sequential};
 use serde_json::Value;
-use tch::{Device, Kind, Tensor, nn};
+use tch::{Device, Kind, nn};
 
 fn data() -> Value {
     let path = concat!(
@@ -16,48 +19,6 @@ fn data() -> Value {
         "/../../tests/data/reference/cnn.json"
     );
     serde_json::from_str(&std::fs::read_to_string(path).expect("cnn.json")).expect("JSON")
-}
-
-fn f32s(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .expect("an array")
-        .iter()
-        .map(|x| x.as_f64().expect("a number") as f32)
-        .collect()
-}
-
-fn tensor(v: &Value, shape: &[i64]) -> Tensor {
-    Tensor::from_slice(&f32s(v)).reshape(shape)
-}
-
-fn values(t: &Tensor) -> Vec<f32> {
-    let t = t.detach().to_kind(Kind::Float).contiguous().view([-1]);
-    Vec::<f32>::try_from(&t).expect("float values")
-}
-
-/// Bit for bit (zeros of either sign equal).
-fn same(got: &Tensor, want: &Value, what: &str) {
-    let (g, w) = (values(got), f32s(want));
-    assert_eq!(g.len(), w.len(), "{what}: length");
-    for (j, (a, b)) in g.iter().zip(&w).enumerate() {
-        assert!(
-            a.to_bits() == b.to_bits() || (*a == 0.0 && *b == 0.0),
-            "{what}[{j}]: {a} (ours) != {b} (hgq2)"
-        );
-    }
-}
-
-/// Gradients: sums in another order than hgq2's, so within float32 rounding.
-fn close(got: &Tensor, want: &Value, what: &str) {
-    let (g, w) = (values(got), f32s(want));
-    assert_eq!(g.len(), w.len(), "{what}: length");
-    let scale = w.iter().fold(0f32, |m, v| m.max(v.abs())).max(1.0);
-    for (j, (a, b)) in g.iter().zip(&w).enumerate() {
-        assert!(
-            (a - b).abs() <= 1e-5 * scale + 1e-5 * b.abs(),
-            "{what}[{j}]: {a} (ours) != {b} (hgq2)"
-        );
-    }
 }
 
 fn usizes(v: &Value) -> Vec<usize> {

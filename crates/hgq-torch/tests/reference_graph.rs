@@ -5,6 +5,9 @@
 //! from hgq2's own Keras JSON (and written back byte for byte): a training step (outputs bit
 //! for bit, EBOPs per layer, the loss terms, every gradient, the inputs' too, the WRAP integer
 //! bits and the moving statistics after), `trace_minmax` over two batches, inference.
+mod common;
+
+use common::reference::{close, same, tensor};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use hgq_torch::hgq_core::CallMode;
@@ -18,48 +21,6 @@ fn data() -> Value {
         "/../../tests/data/reference/graph.json"
     );
     serde_json::from_str(&std::fs::read_to_string(path).expect("graph.json")).expect("JSON")
-}
-
-fn f32s(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .expect("an array")
-        .iter()
-        .map(|x| x.as_f64().expect("a number") as f32)
-        .collect()
-}
-
-fn tensor(v: &Value, shape: &[i64]) -> Tensor {
-    Tensor::from_slice(&f32s(v)).reshape(shape)
-}
-
-fn values(t: &Tensor) -> Vec<f32> {
-    let t = t.detach().to_kind(Kind::Float).contiguous().view([-1]);
-    Vec::<f32>::try_from(&t).expect("float values")
-}
-
-/// Bit for bit (zeros of either sign equal).
-fn same(got: &Tensor, want: &Value, what: &str) {
-    let (g, w) = (values(got), f32s(want));
-    assert_eq!(g.len(), w.len(), "{what}: length");
-    for (j, (a, b)) in g.iter().zip(&w).enumerate() {
-        assert!(
-            a.to_bits() == b.to_bits() || (*a == 0.0 && *b == 0.0),
-            "{what}[{j}]: {a} (ours) != {b} (hgq2)"
-        );
-    }
-}
-
-/// Gradients: sums in another order than hgq2's, so within float32 rounding.
-fn close(got: &Tensor, want: &Value, what: &str) {
-    let (g, w) = (values(got), f32s(want));
-    assert_eq!(g.len(), w.len(), "{what}: length");
-    let scale = w.iter().fold(0f32, |m, v| m.max(v.abs())).max(1.0);
-    for (j, (a, b)) in g.iter().zip(&w).enumerate() {
-        assert!(
-            (a - b).abs() <= 1e-5 * scale + 1e-5 * b.abs(),
-            "{what}[{j}]: {a} (ours) != {b} (hgq2)"
-        );
-    }
 }
 
 /// Keras numbers the inner layers of quantizers (`quantizer_2`, `fixed_point_quantizer_kif_5`)

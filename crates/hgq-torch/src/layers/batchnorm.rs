@@ -3,7 +3,6 @@
 //! the batch's moments of the quantized input in training (and the moving ones updated), the
 //! moving ones otherwise. EBOPs: `sum(bits_in * bits_scale) + mean(bits_offset) * (values per
 //! sample)`.
-use std::any::Any;
 use std::cell::{Cell, RefCell};
 
 use hgq_config::sequential::{LayerSpec, QBatchNormSpec};
@@ -12,8 +11,9 @@ use hgq_core::CallMode;
 use tch::{Kind, Tensor, nn};
 
 use super::{
-    Ebops, EbopsTape, Layer, LayerBuilder, Named, Names, Output, QBase, batch_shape, check_beta,
-    check_input, config_or_default, module_t, named_quantizer, quantizer_variables,
+    Ebops, EbopsTape, Layer, LayerBuilder, Named, Names, Output, QBase, batch_shape,
+    builder_common_setters, check_beta, check_input, config_or_default, module_t, named_quantizer,
+    qbase_layer_methods, quantizer_variables,
 };
 use crate::{Result, TorchError};
 
@@ -36,6 +36,7 @@ pub struct QBatchNormBuilder {
 }
 
 impl QBatchNormBuilder {
+    builder_common_setters!();
     /// The moving statistics' momentum (`moving = moving * momentum + batch * (1 -
     /// momentum)`), in `[0, 1]`.
     pub fn momentum(mut self, m: f64) -> Self {
@@ -58,26 +59,7 @@ impl QBatchNormBuilder {
         self.scale = s;
         self
     }
-    /// The EBOPs weight in the loss.
-    pub fn beta(mut self, beta: f64) -> Self {
-        self.beta = beta;
-        self
-    }
-    /// The layer's name (default: `q_batch_normalization`, `_1`, ...).
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
-        self
-    }
-    /// Records `beta * ebops` of every training forward into `tape`.
-    pub fn ebops_tape(mut self, tape: &EbopsTape) -> Self {
-        self.tape = Some(tape.clone());
-        self
-    }
-    /// The input quantizer's configuration.
-    pub fn iq(mut self, c: QuantizerConfig) -> Self {
-        self.iq = Some(c);
-        self
-    }
+
     /// The scale quantizer's configuration.
     pub fn kq(mut self, c: QuantizerConfig) -> Self {
         self.kq = Some(c);
@@ -278,12 +260,8 @@ impl QBatchNorm {
 }
 
 impl Layer for QBatchNorm {
-    fn name(&self) -> &str {
-        &self.base.name
-    }
-    fn input_dims(&self) -> &[usize] {
-        &self.base.input_dims
-    }
+    qbase_layer_methods!();
+
     fn output_dims(&self) -> Vec<usize> {
         self.base.input_dims.clone()
     }
@@ -321,15 +299,7 @@ impl Layer for QBatchNorm {
         let ebops_loss = self.base.ebops_loss(mode, || self.compute_ebops())?;
         Ok(Output { y, ebops_loss })
     }
-    fn ebops(&self) -> u32 {
-        self.base.ebops()
-    }
-    fn beta(&self) -> Option<f64> {
-        Some(self.base.beta.get())
-    }
-    fn set_beta(&self, beta: f64) -> Result<()> {
-        self.base.set_beta(beta)
-    }
+
     fn quantizers(&self) -> Vec<&Named> {
         vec![&self.base.iq, &self.kq, &self.bq]
     }
@@ -365,12 +335,6 @@ impl Layer for QBatchNorm {
             .kq(self.kq.config.clone())
             .bq(self.bq.config.clone())
             .into())
-    }
-    fn restore_ebops(&self, ebops: u32) {
-        *self.base.ebops.borrow_mut() = Ebops::Value(ebops);
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }
 

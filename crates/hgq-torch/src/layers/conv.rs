@@ -1,7 +1,6 @@
 //! hgq2's `QConv1D` and `QConv2D`: `act(conv(iq(x), kq(kernel)) + bq(bias))`, channels last,
 //! with EBOPs `sum(conv(bits_in, bits_kernel)) + mean(bits_bias) * (input positions) *
 //! filters`, the bias term counted over the input's positions as hgq2 counts it.
-use std::any::Any;
 use std::cell::{Cell, RefCell};
 
 use hgq_config::sequential::{LayerSpec, QConvSpec};
@@ -11,8 +10,8 @@ use tch::{Kind, Tensor, nn};
 
 use super::{
     Activation, Ebops, EbopsTape, Layer, LayerBuilder, Named, Names, Output, Padding, Pads, QBase,
-    batch_shape, check_beta, check_input, config_or_default, module_t, named_quantizer,
-    quantizer_variables,
+    batch_shape, builder_common_setters, check_beta, check_input, config_or_default, module_t,
+    named_quantizer, qbase_layer_methods, quantizer_variables,
 };
 use crate::{Result, TorchError};
 
@@ -61,6 +60,7 @@ pub struct QConvBuilder {
 }
 
 impl QConvBuilder {
+    builder_common_setters!();
     /// Strides, one per spatial axis.
     pub fn strides(mut self, s: &[usize]) -> Self {
         self.strides = s.to_vec();
@@ -93,27 +93,7 @@ impl QConvBuilder {
         self.use_bias = b;
         self
     }
-    /// The EBOPs weight in the loss.
-    pub fn beta(mut self, beta: f64) -> Self {
-        self.beta = beta;
-        self
-    }
-    /// The layer's name (default: `q_conv1d` / `q_conv2d`, then `_1`, `_2`, ...).
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
-        self
-    }
-    /// Records `beta * ebops` of every training forward into `tape` (see
-    /// [`super::QDenseBuilder::ebops_tape`]).
-    pub fn ebops_tape(mut self, tape: &EbopsTape) -> Self {
-        self.tape = Some(tape.clone());
-        self
-    }
-    /// The input quantizer's configuration.
-    pub fn iq(mut self, c: QuantizerConfig) -> Self {
-        self.iq = Some(c);
-        self
-    }
+
     /// The kernel quantizer's configuration.
     pub fn kq(mut self, c: QuantizerConfig) -> Self {
         self.kq = Some(c);
@@ -470,12 +450,8 @@ impl QConv {
 }
 
 impl Layer for QConv {
-    fn name(&self) -> &str {
-        &self.base.name
-    }
-    fn input_dims(&self) -> &[usize] {
-        &self.base.input_dims
-    }
+    qbase_layer_methods!();
+
     fn output_dims(&self) -> Vec<usize> {
         self.output_dims.clone()
     }
@@ -491,15 +467,7 @@ impl Layer for QConv {
         let ebops_loss = self.base.ebops_loss(mode, || self.compute_ebops())?;
         Ok(Output { y, ebops_loss })
     }
-    fn ebops(&self) -> u32 {
-        self.base.ebops()
-    }
-    fn beta(&self) -> Option<f64> {
-        Some(self.base.beta.get())
-    }
-    fn set_beta(&self, beta: f64) -> Result<()> {
-        self.base.set_beta(beta)
-    }
+
     fn quantizers(&self) -> Vec<&Named> {
         [&self.base.iq, &self.kq]
             .into_iter()
@@ -531,12 +499,6 @@ impl Layer for QConv {
             s = s.bq(bq.config.clone());
         }
         Ok(s.into())
-    }
-    fn restore_ebops(&self, ebops: u32) {
-        *self.base.ebops.borrow_mut() = Ebops::Value(ebops);
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }
 

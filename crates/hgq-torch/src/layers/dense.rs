@@ -1,4 +1,3 @@
-use std::any::Any;
 use std::cell::{Cell, RefCell};
 
 use hgq_config::sequential::LayerSpec;
@@ -8,7 +7,8 @@ use tch::{Kind, Tensor, nn};
 
 use super::{
     Activation, Ebops, EbopsTape, Layer, LayerBuilder, Named, Names, Output, QBase, batch_shape,
-    check_beta, check_input, config_or_default, module_t, named_quantizer, quantizer_variables,
+    builder_common_setters, check_beta, check_input, config_or_default, module_t, named_quantizer,
+    qbase_layer_methods, quantizer_variables,
 };
 use crate::{Result, TorchError};
 
@@ -32,6 +32,7 @@ pub struct QDenseBuilder {
 }
 
 impl QDenseBuilder {
+    builder_common_setters!();
     /// The activation after the layer.
     pub fn activation(mut self, a: Activation) -> Self {
         self.activation = a;
@@ -42,17 +43,7 @@ impl QDenseBuilder {
         self.use_bias = b;
         self
     }
-    /// The EBOPs weight in the loss.
-    pub fn beta(mut self, beta: f64) -> Self {
-        self.beta = beta;
-        self
-    }
-    /// Records the layer's `beta * ebops` of every training forward into `tape` (for a loss
-    /// built around tch's [`nn::ModuleT`], where the forward returns the output alone).
-    pub fn ebops_tape(mut self, tape: &EbopsTape) -> Self {
-        self.tape = Some(tape.clone());
-        self
-    }
+
     /// The input's dimensions after the batch, for inputs of more than two dimensions (Keras'
     /// `Dense` on the last axis: `[particles, features]` for a Deep Sets layer over particles);
     /// the last must be `in_features`. The input quantizer's bit widths and the EBOPs take the
@@ -61,16 +52,7 @@ impl QDenseBuilder {
         self.input_dims = dims.to_vec();
         self
     }
-    /// The layer's name (default: `q_dense`, `q_dense_1`, ...).
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
-        self
-    }
-    /// The input quantizer's configuration.
-    pub fn iq(mut self, c: QuantizerConfig) -> Self {
-        self.iq = Some(c);
-        self
-    }
+
     /// The kernel quantizer's configuration.
     pub fn kq(mut self, c: QuantizerConfig) -> Self {
         self.kq = Some(c);
@@ -266,12 +248,8 @@ impl QDense {
 }
 
 impl Layer for QDense {
-    fn name(&self) -> &str {
-        &self.base.name
-    }
-    fn input_dims(&self) -> &[usize] {
-        &self.base.input_dims
-    }
+    qbase_layer_methods!();
+
     /// The input's with the last replaced by `units`.
     fn output_dims(&self) -> Vec<usize> {
         let mut d = self.base.input_dims.clone();
@@ -293,15 +271,7 @@ impl Layer for QDense {
         let ebops_loss = self.base.ebops_loss(mode, || self.compute_ebops())?;
         Ok(Output { y, ebops_loss })
     }
-    fn ebops(&self) -> u32 {
-        self.base.ebops()
-    }
-    fn beta(&self) -> Option<f64> {
-        Some(self.base.beta.get())
-    }
-    fn set_beta(&self, beta: f64) -> Result<()> {
-        self.base.set_beta(beta)
-    }
+
     fn quantizers(&self) -> Vec<&Named> {
         [&self.base.iq, &self.kq]
             .into_iter()
@@ -329,12 +299,6 @@ impl Layer for QDense {
             s = s.bq(bq.config.clone());
         }
         Ok(s.into())
-    }
-    fn restore_ebops(&self, ebops: u32) {
-        *self.base.ebops.borrow_mut() = Ebops::Value(ebops);
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }
 

@@ -5,7 +5,6 @@
 //! - maximum and minimum: `sum_j b_j - min_j b_j`;
 //! - subtract: `max(b_0, b_1)`;
 //! - multiply: `prod_j b_j`.
-use std::any::Any;
 use std::cell::{Cell, RefCell};
 
 use hgq_config::sequential::{LayerSpec, MergeOp, QMergeSpec};
@@ -14,8 +13,8 @@ use hgq_core::CallMode;
 use tch::{Kind, Tensor, nn};
 
 use super::{
-    Ebops, EbopsTape, Layer, Named, Names, Output, QBase, batch_shape, check_beta, check_input,
-    config_or_default, quantizer_variables,
+    Ebops, EbopsTape, Layer, Named, Names, Output, QBase, batch_shape, builder_common_setters,
+    check_beta, check_input, config_or_default, qbase_layer_methods, quantizer_variables,
 };
 use crate::quantizer::Quantizer;
 use crate::{Result, TorchError};
@@ -34,26 +33,8 @@ pub struct QMergeBuilder {
 }
 
 impl QMergeBuilder {
-    /// The EBOPs weight in the loss.
-    pub fn beta(mut self, beta: f64) -> Self {
-        self.beta = beta;
-        self
-    }
-    /// The layer's name (default: `q_add`, `q_subtract`, ... then `_1`, `_2`, ...).
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
-        self
-    }
-    /// Records `beta * ebops` of every training forward into `tape`.
-    pub fn ebops_tape(mut self, tape: &EbopsTape) -> Self {
-        self.tape = Some(tape.clone());
-        self
-    }
-    /// Every input quantizer's configuration.
-    pub fn iq(mut self, c: QuantizerConfig) -> Self {
-        self.iq = Some(c);
-        self
-    }
+    builder_common_setters!();
+
     /// How many inputs.
     pub fn inputs(&self) -> usize {
         self.inputs
@@ -217,13 +198,8 @@ impl QMerge {
 }
 
 impl Layer for QMerge {
-    fn name(&self) -> &str {
-        &self.base.name
-    }
-    /// Every input's dimensions.
-    fn input_dims(&self) -> &[usize] {
-        &self.base.input_dims
-    }
+    qbase_layer_methods!();
+
     fn output_dims(&self) -> Vec<usize> {
         self.base.input_dims.clone()
     }
@@ -275,15 +251,7 @@ impl Layer for QMerge {
         let ebops_loss = self.base.ebops_loss(mode, || self.compute_ebops())?;
         Ok(Output { y, ebops_loss })
     }
-    fn ebops(&self) -> u32 {
-        self.base.ebops()
-    }
-    fn beta(&self) -> Option<f64> {
-        Some(self.base.beta.get())
-    }
-    fn set_beta(&self, beta: f64) -> Result<()> {
-        self.base.set_beta(beta)
-    }
+
     fn quantizers(&self) -> Vec<&Named> {
         self.iqs()
     }
@@ -296,11 +264,5 @@ impl Layer for QMerge {
             .beta0(self.base.beta.get())
             .iq(self.base.iq.config.clone())
             .into())
-    }
-    fn restore_ebops(&self, ebops: u32) {
-        *self.base.ebops.borrow_mut() = Ebops::Value(ebops);
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }

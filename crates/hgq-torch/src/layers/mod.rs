@@ -213,6 +213,65 @@ macro_rules! module_t {
 }
 pub(crate) use module_t;
 
+/// The [`Layer`] methods every quantized layer answers from its [`QBase`] (`self.base`): name,
+/// input dimensions, EBOPs, beta, the kept EBOPs, `as_any`.
+macro_rules! qbase_layer_methods {
+    () => {
+        fn name(&self) -> &str {
+            &self.base.name
+        }
+        fn input_dims(&self) -> &[usize] {
+            &self.base.input_dims
+        }
+        fn ebops(&self) -> u32 {
+            self.base.ebops()
+        }
+        fn beta(&self) -> Option<f64> {
+            Some(self.base.beta.get())
+        }
+        fn set_beta(&self, beta: f64) -> $crate::Result<()> {
+            self.base.set_beta(beta)
+        }
+        fn restore_ebops(&self, ebops: u32) {
+            *self.base.ebops.borrow_mut() = $crate::layers::Ebops::Value(ebops);
+        }
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+    };
+}
+pub(crate) use qbase_layer_methods;
+
+/// The setters every quantized layer's builder has: `beta`, `name`, `ebops_tape` and the
+/// input quantizer's configuration `iq` (fields of those names).
+macro_rules! builder_common_setters {
+    () => {
+        /// The EBOPs weight in the loss (finite, `>= 0`; hgq2's `beta0`).
+        pub fn beta(mut self, beta: f64) -> Self {
+            self.beta = beta;
+            self
+        }
+        /// The layer's name (default: Keras' automatic name for the class).
+        pub fn name(mut self, name: impl Into<String>) -> Self {
+            self.name = Some(name.into());
+            self
+        }
+        /// Records the layer's `beta * ebops` of every training forward into `tape` (for a
+        /// loss built around tch's [`tch::nn::ModuleT`], whose forward returns the output
+        /// alone).
+        pub fn ebops_tape(mut self, tape: &$crate::layers::EbopsTape) -> Self {
+            self.tape = Some(tape.clone());
+            self
+        }
+        /// The input quantizer's configuration (default: hgq2's `default`/datalane).
+        pub fn iq(mut self, c: hgq_config::QuantizerConfig) -> Self {
+            self.iq = Some(c);
+            self
+        }
+    };
+}
+pub(crate) use builder_common_setters;
+
 pub(crate) fn module_forward(l: &dyn Layer, xs: &Tensor, train: bool) -> Tensor {
     let mode = if train {
         CallMode::Training

@@ -1,7 +1,6 @@
 //! hgq2's pooling layers: `QMaxPooling1D/2D`, `QAveragePooling1D/2D` and the global ones,
 //! `pool(iq(x))` channels last, with EBOPs `sum(bits_in)` (one accumulation per input
 //! element, as hgq2 counts them).
-use std::any::Any;
 use std::cell::{Cell, RefCell};
 
 use hgq_config::sequential::{LayerSpec, QPoolSpec};
@@ -11,8 +10,8 @@ use tch::{Kind, Tensor, nn};
 
 use super::{
     Ebops, EbopsTape, Layer, LayerBuilder, Named, Names, Output, Padding, Pads, PoolKind, QBase,
-    batch_shape, check_beta, check_input, config_or_default, module_t, named_quantizer,
-    quantizer_variables,
+    batch_shape, builder_common_setters, check_beta, check_input, config_or_default, module_t,
+    named_quantizer, qbase_layer_methods, quantizer_variables,
 };
 use crate::{Result, TorchError};
 
@@ -33,6 +32,7 @@ pub struct QPoolBuilder {
 }
 
 impl QPoolBuilder {
+    builder_common_setters!();
     /// Strides per spatial axis (default: the window size).
     pub fn strides(mut self, s: &[usize]) -> Self {
         self.strides = Some(s.to_vec());
@@ -41,26 +41,6 @@ impl QPoolBuilder {
     /// The padding (`Valid` or `Same`).
     pub fn padding(mut self, p: Padding) -> Self {
         self.padding = p;
-        self
-    }
-    /// The EBOPs weight in the loss.
-    pub fn beta(mut self, beta: f64) -> Self {
-        self.beta = beta;
-        self
-    }
-    /// The layer's name (default: Keras' `q_max_pooling2d`, `q_global_average_pooling1d`, ...).
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
-        self
-    }
-    /// Records `beta * ebops` of every training forward into `tape`.
-    pub fn ebops_tape(mut self, tape: &EbopsTape) -> Self {
-        self.tape = Some(tape.clone());
-        self
-    }
-    /// The input quantizer's configuration.
-    pub fn iq(mut self, c: QuantizerConfig) -> Self {
-        self.iq = Some(c);
         self
     }
 
@@ -358,12 +338,8 @@ impl QPool {
 }
 
 impl Layer for QPool {
-    fn name(&self) -> &str {
-        &self.base.name
-    }
-    fn input_dims(&self) -> &[usize] {
-        &self.base.input_dims
-    }
+    qbase_layer_methods!();
+
     fn output_dims(&self) -> Vec<usize> {
         self.output_dims.clone()
     }
@@ -374,15 +350,7 @@ impl Layer for QPool {
         let ebops_loss = self.base.ebops_loss(mode, || self.compute_ebops())?;
         Ok(Output { y, ebops_loss })
     }
-    fn ebops(&self) -> u32 {
-        self.base.ebops()
-    }
-    fn beta(&self) -> Option<f64> {
-        Some(self.base.beta.get())
-    }
-    fn set_beta(&self, beta: f64) -> Result<()> {
-        self.base.set_beta(beta)
-    }
+
     fn quantizers(&self) -> Vec<&Named> {
         vec![&self.base.iq]
     }
@@ -400,12 +368,6 @@ impl Layer for QPool {
             .beta0(self.base.beta.get())
             .iq(self.base.iq.config.clone())
             .into())
-    }
-    fn restore_ebops(&self, ebops: u32) {
-        *self.base.ebops.borrow_mut() = Ebops::Value(ebops);
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }
 

@@ -3,6 +3,8 @@
 
 use std::sync::Mutex;
 
+pub mod reference;
+
 use hgq_torch::quantizer::Quantizer;
 use tch::{Device, Kind, Tensor};
 
