@@ -110,6 +110,9 @@ fn run_tests(rest: &[String]) -> Result<ExitCode, String> {
     if !cargo(&workspace, rest)? {
         return Ok(ExitCode::FAILURE);
     }
+    if !hgq2_opens_our_saves()? {
+        return Ok(ExitCode::FAILURE);
+    }
     let avx512 = [
         "test",
         "--release",
@@ -142,6 +145,31 @@ fn run_tests(rest: &[String]) -> Result<ExitCode, String> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Where the reference's environment `.venv-ref` exists (`cargo xtask bench --reference` or
+/// `cargo xtask interop` made it), hgq2 itself opens `.keras` archives that hgq-torch saved
+/// and must give our outputs bit for bit (hgq-torch's test `keras_archives`, ignored in a
+/// plain `cargo test` because it needs that Python). Without it, says so and passes.
+fn hgq2_opens_our_saves() -> Result<bool, String> {
+    let py = reference::venv_dir().join("bin").join("python");
+    if !(py.exists() && reference::usable(&py)) {
+        eprintln!(
+            "xtask test: no usable .venv-ref (hgq2 on jax): hgq2 opening our .keras saves not \
+             run (cargo xtask interop or bench --reference makes it)"
+        );
+        return Ok(true);
+    }
+    eprintln!("xtask test: hgq2 (.venv-ref, jax) opens .keras archives hgq-torch saved");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args(["test", "--release", "-p", "hgq-torch", "--features", "golden"])
+        .args(["--test", "keras_archives", "--", "--ignored"])
+        .env("HGQ_KERAS_PYTHON", &py)
+        .env("KERAS_BACKEND", "jax")
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    Ok(status.success())
 }
 
 /// `cargo ARGS EXTRA...`; whether it succeeded.

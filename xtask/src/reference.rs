@@ -33,7 +33,7 @@ const REQUIREMENTS: [&str; 6] = [
 ];
 
 /// `<repo>/.venv-ref`.
-fn venv_dir() -> PathBuf {
+pub fn venv_dir() -> PathBuf {
     setup::repo_root().join(".venv-ref")
 }
 
@@ -48,7 +48,7 @@ fn step_script() -> PathBuf {
 }
 
 /// Whether `python` can import the reference on the jax backend.
-fn usable(python: &Path) -> bool {
+pub fn usable(python: &Path) -> bool {
     Command::new(python)
         .args(["-c", "import hgq, keras, jax"])
         .env("KERAS_BACKEND", "jax")

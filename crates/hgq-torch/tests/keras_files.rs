@@ -8,7 +8,7 @@ use hgq_torch::TorchError;
 use hgq_torch::hgq_config::model_json::{DenseModelSpec, QDenseSpec};
 use hgq_torch::hgq_config::{Activation as KerasActivation, Place, QType, QuantizerConfig};
 use hgq_torch::hgq_core::CallMode;
-use hgq_torch::layers::{Activation, QDense, Sequential, StepPath};
+use hgq_torch::layers::{Activation, Functional, QDense, Sequential, StepPath};
 use hgq_torch::optim::{Adam, AdamConfig};
 use tch::{Device, Kind, Tensor, nn};
 
@@ -214,4 +214,41 @@ fn a_model_trained_in_hgq2_reads_into_hgq() {
     let out = m.train_step(&x, &labels, &mut opt).unwrap();
     assert!(out.loss.double_value(&[]).is_finite());
     assert_ne!(snapshot(&m), before);
+}
+
+/// Keras' own `Activation` and `ReLU` layers between hgq2's: the models hgq2 wrote
+/// (hgq-config's reference JSONs `act_chain`, `act_cnn`, `seq_act`) read into hgq-torch and
+/// written back byte for byte (`seq_act`, a Keras Sequential document, in the functional
+/// form `act_chain` has); what is not built (other activations, a leaky or thresholded ReLU)
+/// is an error naming the layer.
+#[test]
+fn keras_activation_layers_read_and_write_back() {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../hgq-config/tests/data/models");
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    for f in ["act_chain.json", "act_cnn.json"] {
+        let json = read(f);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let m =
+            Sequential::from_keras_json(&vs.root(), &json).unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert_eq!(m.to_keras_json().unwrap(), json, "{f}");
+        let dims: Vec<i64> = std::iter::once(3)
+            .chain(m.layers()[0].input_dims().iter().map(|&d| d as i64))
+            .collect();
+        let x = Tensor::ones(dims.as_slice(), (Kind::Float, Device::Cpu));
+        m.forward(&x, CallMode::Training).unwrap();
+    }
+    let vs = nn::VarStore::new(Device::Cpu);
+    let seq = Sequential::from_keras_json(&vs.root(), &read("seq_act.json")).unwrap();
+    let names: Vec<&str> = seq.layers().iter().map(|l| l.name()).collect();
+    assert!(
+        names.contains(&"activation") && names.contains(&"re_lu"),
+        "{names:?}"
+    );
+    let vs = nn::VarStore::new(Device::Cpu);
+    let e = Functional::from_keras_json(&vs.root(), &read("graph_act.json")).unwrap_err();
+    assert!(
+        matches!(&e, TorchError::Unsupported(w) if w.contains("not built")),
+        "{e}"
+    );
 }

@@ -51,6 +51,7 @@ use tch::{Tensor, nn};
 use crate::quantizer::Quantizer;
 use crate::{Result, TorchError};
 
+mod activation;
 mod archive;
 mod batchnorm;
 mod conv;
@@ -64,6 +65,7 @@ mod reshape;
 mod sequential;
 mod spec;
 
+pub use activation::{ActivationLayer, ReLU};
 pub use batchnorm::{QBatchNorm, QBatchNormBuilder};
 pub use conv::{QConv, QConvBuilder};
 pub use dense::{QDense, QDenseBuilder};

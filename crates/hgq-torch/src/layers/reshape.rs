@@ -135,7 +135,7 @@ impl Layer for Reshape {
 module_t!(Reshape);
 
 /// `size` must be `[batch, *dims]`.
-fn check_dims(size: &[i64], dims: &[usize]) -> Result<()> {
+pub(crate) fn check_dims(size: &[i64], dims: &[usize]) -> Result<()> {
     let fits =
         size.len() == dims.len() + 1 && size[1..].iter().zip(dims).all(|(&s, &d)| s == d as i64);
     if fits {

@@ -5,13 +5,16 @@ use hgq_config::sequential::{LayerSpec, PoolWindow};
 use tch::nn;
 
 use super::{
-    Activation, Flatten, Layer, LayerBuilder, Names, QBatchNorm, QBatchNormBuilder, QConv,
-    QConvBuilder, QDense, QDenseBuilder, QMerge, QMergeBuilder, QPool, QPoolBuilder, Reshape,
+    Activation, ActivationLayer, Flatten, Layer, LayerBuilder, Names, QBatchNorm,
+    QBatchNormBuilder, QConv, QConvBuilder, QDense, QDenseBuilder, QMerge, QMergeBuilder, QPool,
+    QPoolBuilder, ReLU, Reshape,
 };
 use crate::{Result, TorchError};
 
 /// A builder of any layer of a model JSON.
 pub(crate) enum AnyBuilder {
+    Activation(ActivationLayer),
+    Relu(ReLU),
     Dense(QDenseBuilder),
     BatchNorm(QBatchNormBuilder),
     Merge(QMergeBuilder),
@@ -190,6 +193,19 @@ impl AnyBuilder {
                 AnyBuilder::Pool(b.beta(p.beta0).iq(iq).name(name))
             }
             LayerSpec::Flatten(_) => AnyBuilder::Flatten(Flatten::new(dims)?.with_name(name)),
+            LayerSpec::Activation(a) => AnyBuilder::Activation(
+                ActivationLayer::new(dims, act(a.activation)?)?.with_name(name),
+            ),
+            LayerSpec::Relu(r) => {
+                if r.negative_slope != 0.0 || r.threshold != 0.0 {
+                    return Err(refuse("a ReLU with negative_slope or threshold"));
+                }
+                let relu = ReLU::new(dims)?.with_name(name);
+                AnyBuilder::Relu(match r.max_value {
+                    Some(m) => relu.max_value(m)?,
+                    None => relu,
+                })
+            }
             LayerSpec::Reshape(_) => AnyBuilder::Reshape(Reshape::new(dims, out)?.with_name(name)),
         })
     }
@@ -198,6 +214,8 @@ impl AnyBuilder {
 impl LayerBuilder for AnyBuilder {
     fn input_dims(&self) -> Vec<usize> {
         match self {
+            AnyBuilder::Activation(b) => LayerBuilder::input_dims(b),
+            AnyBuilder::Relu(b) => LayerBuilder::input_dims(b),
             AnyBuilder::Dense(b) => b.input_dims(),
             AnyBuilder::BatchNorm(b) => b.input_dims(),
             AnyBuilder::Merge(b) => b.input_dims().to_vec(),
@@ -209,6 +227,8 @@ impl LayerBuilder for AnyBuilder {
     }
     fn build_layer(self, root: &nn::Path, names: &mut Names) -> Result<Box<dyn Layer>> {
         match self {
+            AnyBuilder::Activation(b) => b.build_layer(root, names),
+            AnyBuilder::Relu(b) => b.build_layer(root, names),
             AnyBuilder::Dense(b) => b.build_layer(root, names),
             AnyBuilder::BatchNorm(b) => b.build_layer(root, names),
             AnyBuilder::Merge(b) => Ok(Box::new(b.build(root, names)?)),
