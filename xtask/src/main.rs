@@ -163,7 +163,14 @@ fn hgq2_opens_our_saves() -> Result<bool, String> {
     eprintln!("xtask test: hgq2 (.venv-ref, jax) opens .keras archives hgq-torch saved");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = std::process::Command::new(cargo)
-        .args(["test", "--release", "-p", "hgq-torch", "--features", "golden"])
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "hgq-torch",
+            "--features",
+            "golden",
+        ])
         .args(["--test", "keras_archives", "--", "--ignored"])
         .env("HGQ_KERAS_PYTHON", &py)
         .env("KERAS_BACKEND", "jax")

@@ -137,6 +137,7 @@ pub use quantizer::{
     QuantizerConfigBuilder,
 };
 pub use sequential::{
-    ChainModelSpec, FlattenSpec, GraphModelSpec, InputSpec, LayerSpec, MergeOp, NodeSpec, Padding,
-    PoolKind, PoolWindow, QBatchNormSpec, QConvSpec, QMergeSpec, QPoolSpec, ReshapeSpec,
+    ActivationSpec, ChainModelSpec, FlattenSpec, GraphModelSpec, InputSpec, LayerSpec, MergeOp,
+    NodeSpec, Padding, PoolKind, PoolWindow, QBatchNormSpec, QConvSpec, QMergeSpec, QPoolSpec,
+    ReluSpec, ReshapeSpec,
 };

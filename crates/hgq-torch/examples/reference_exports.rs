@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 
 use hgq_torch::hgq_core::CallMode;
 use hgq_torch::layers::{
-    Activation, ActivationLayer, Flatten, Functional, MergeOp, Padding, PoolKind, QBatchNorm,
-    QConv, QDense, QMerge, QPool, ReLU, Sequential,
+    Activation, Flatten, Functional, MergeOp, Padding, QBatchNorm, QConv, QDense, QMerge,
+    Sequential,
 };
 use hgq_torch::optim::{Adam, AdamConfig};
 use serde_json::Value;

@@ -693,8 +693,9 @@ impl GraphModelSpec {
                     },
                 ),
             ];
-            // Keras builds a Reshape when it is made: it writes no build_config.
-            if !matches!(l, LayerSpec::Reshape(_)) {
+            // Keras builds a Reshape, an Activation or a ReLU when it is made: it writes no
+            // build_config.
+            if l.writes_build_config() {
                 entries.push(("build_config".into(), dict([("input_shape", input_shape)])));
             }
             entries.push(("name".into(), PyValue::str(name)));

@@ -109,7 +109,8 @@ impl ChainModelSpec {
 
     /// Reads a Keras `Sequential` document: what `model.to_json()` writes for a built
     /// `keras.Sequential` of the layers a chain holds (`QDense`, `QConv1D`/`QConv2D`, the
-    /// poolings, `Flatten`, `Reshape`, `QBatchNormalization`), its `InputLayer` first.
+    /// poolings, `Flatten`, `Reshape`, `QBatchNormalization`, `Activation`, `ReLU`), its
+    /// `InputLayer` first.
     ///
     /// As strict as [`Self::from_json`]: the layers are read, the model is written again
     /// ([`Self::to_keras_sequential_value`]) and compared with the input, and the first JSON path

@@ -1,5 +1,6 @@
 //! A whole Keras model document for a chain of layers (`QDense`, `QConv1D`/`QConv2D`, the
-//! pooling layers, `Flatten`, `Reshape`, `QBatchNormalization`) on an input of any rank, or
+//! pooling layers, `Flatten`, `Reshape`, `QBatchNormalization`, Keras' `Activation` and
+//! `ReLU`) on an input of any rank, or
 //! for a graph of them with merge layers (`QAdd`, `QSubtract`, `QMultiply`, `QMaximum`,
 //! `QMinimum`, `QAveragePow2`), several inputs and outputs ([`GraphModelSpec`]), written
 //! byte for byte as hgq2's `model.to_json()` writes it.
@@ -68,7 +69,11 @@
 //! - the pooling layers do not write `parallelization_factor` at all (hgq2's `QBasePooling`
 //!   takes the argument but its `get_config` leaves it out), so [`QPoolSpec`] has no such
 //!   field: a value given in Python is lost on saving;
-//! - `Reshape` has no `build_config` (Keras builds it when it is made);
+//! - `Reshape`, `Activation` and `ReLU` have no `build_config` (Keras builds them when they
+//!   are made);
+//! - `ReLU` writes its `max_value`, `negative_slope` and `threshold` as given to it
+//!   (`ReLU()`: `null`, `0.0`, `0.0`; see [`ReluSpec`]), `Activation` its activation as
+//!   `QDense` does (`"linear"` for `None`);
 //! - the convolutions write `activity_regularizer` (always `null`) and no
 //!   `quantization_config`, `QDense` the other way round;
 //! - the global pooling layers write `keepdims`, and no `pool_size`, `strides` or `padding`;
@@ -84,7 +89,8 @@
 //! `q_max_pooling2d`, `q_average_pooling1d`, `q_average_pooling2d`,
 //! `q_global_max_pooling1d`, `q_global_max_pooling2d`, `q_global_average_pooling1d`,
 //! `q_global_average_pooling2d`, `flatten`, `reshape`, `q_add`, `q_subtract`, `q_multiply`,
-//! `q_maximum`, `q_minimum`, `q_average_pow2`, `q_batch_normalization`, then `q_conv2d_1`,
+//! `q_maximum`, `q_minimum`, `q_average_pow2`, `q_batch_normalization`, `activation`,
+//! `re_lu` (Keras' snake case of `ReLU`), then `q_conv2d_1`,
 //! `q_conv2d_2`, ... The model is `functional` and the input `input_layer` unless named.
 //! A merge layer in a chain takes the one layer before it (`QAdd()([x])`, which Keras
 //! allows; `QSubtract` needs two inputs, so only a graph has it).
@@ -121,6 +127,7 @@ use crate::model_json::{
 };
 use crate::pyjson::PyValue;
 
+mod activation;
 mod batchnorm;
 mod conv;
 mod graph;
@@ -129,6 +136,7 @@ mod merge;
 mod pool;
 mod reshape;
 
+pub use activation::{ActivationSpec, ReluSpec};
 pub use batchnorm::QBatchNormSpec;
 pub use conv::QConvSpec;
 pub use graph::{GraphModelSpec, InputSpec, NodeSpec};
@@ -145,7 +153,8 @@ pub const QPOOLING_MODULE: &str = "hgq.layers.pooling";
 pub const QMERGE_MODULE: &str = "hgq.layers.ops.merge";
 /// The module of hgq2's `QBatchNormalization`.
 pub const QBATCHNORM_MODULE: &str = "hgq.layers.batch_normalization";
-/// The module Keras writes for its own layers (`InputLayer`, `Flatten`, `Reshape`).
+/// The module Keras writes for its own layers (`InputLayer`, `Flatten`, `Reshape`,
+/// `Activation`, `ReLU`).
 pub const KERAS_LAYERS_MODULE: &str = "keras.layers";
 
 /// A convolution's or pooling layer's `padding`.
@@ -220,6 +229,10 @@ pub enum LayerSpec {
     QMerge(QMergeSpec),
     /// hgq2's `QBatchNormalization`.
     QBatchNorm(QBatchNormSpec),
+    /// Keras' `Activation` layer (`keras.layers.Activation('relu')`).
+    Activation(ActivationSpec),
+    /// Keras' `ReLU` layer (`keras.layers.ReLU()`).
+    Relu(ReluSpec),
 }
 
 impl LayerSpec {
@@ -233,6 +246,8 @@ impl LayerSpec {
             LayerSpec::Reshape(l) => l.name.as_deref(),
             LayerSpec::QMerge(l) => l.name.as_deref(),
             LayerSpec::QBatchNorm(l) => l.name.as_deref(),
+            LayerSpec::Activation(l) => l.name.as_deref(),
+            LayerSpec::Relu(l) => l.name.as_deref(),
         }
     }
 
@@ -245,12 +260,14 @@ impl LayerSpec {
             LayerSpec::Reshape(l) => &mut l.name,
             LayerSpec::QMerge(l) => &mut l.name,
             LayerSpec::QBatchNorm(l) => &mut l.name,
+            LayerSpec::Activation(l) => &mut l.name,
+            LayerSpec::Relu(l) => &mut l.name,
         }
     }
 
     /// The Keras class name written (`QDense`, `QConv2D`, `QGlobalMaxPooling1D`, `Flatten`,
-    /// `QAdd`, `QBatchNormalization`, ...); `None` for a convolution or pooling of a rank
-    /// other than 1 or 2.
+    /// `QAdd`, `QBatchNormalization`, `Activation`, `ReLU`, ...); `None` for a convolution
+    /// or pooling of a rank other than 1 or 2.
     pub fn class_name(&self) -> Option<&'static str> {
         match self {
             LayerSpec::QDense(_) => Some("QDense"),
@@ -260,6 +277,8 @@ impl LayerSpec {
             LayerSpec::Reshape(_) => Some("Reshape"),
             LayerSpec::QMerge(l) => Some(l.class_name()),
             LayerSpec::QBatchNorm(_) => Some("QBatchNormalization"),
+            LayerSpec::Activation(_) => Some("Activation"),
+            LayerSpec::Relu(_) => Some("ReLU"),
         }
     }
 
@@ -269,7 +288,10 @@ impl LayerSpec {
             LayerSpec::QDense(_) => QDENSE_MODULE,
             LayerSpec::QConv(_) => QCONV_MODULE,
             LayerSpec::QPool(_) => QPOOLING_MODULE,
-            LayerSpec::Flatten(_) | LayerSpec::Reshape(_) => KERAS_LAYERS_MODULE,
+            LayerSpec::Flatten(_)
+            | LayerSpec::Reshape(_)
+            | LayerSpec::Activation(_)
+            | LayerSpec::Relu(_) => KERAS_LAYERS_MODULE,
             LayerSpec::QMerge(_) => QMERGE_MODULE,
             LayerSpec::QBatchNorm(_) => QBATCHNORM_MODULE,
         }
@@ -277,8 +299,8 @@ impl LayerSpec {
 
     /// The first automatic name Keras gives the class in a fresh session (`q_dense`,
     /// `q_conv2d`, `q_global_average_pooling1d`, `flatten`, `q_add`,
-    /// `q_batch_normalization`, ...), the prefix of the later ones (`q_conv2d_1`); `None`
-    /// where [`Self::class_name`] is.
+    /// `q_batch_normalization`, `activation`, `re_lu`, ...), the prefix of the later ones
+    /// (`q_conv2d_1`); `None` where [`Self::class_name`] is.
     pub fn auto_name_prefix(&self) -> Option<&'static str> {
         if let LayerSpec::QMerge(m) = self {
             return Some(m.op.auto_name_prefix());
@@ -298,13 +320,30 @@ impl LayerSpec {
             "Flatten" => "flatten",
             "Reshape" => "reshape",
             "QBatchNormalization" => "q_batch_normalization",
+            "Activation" => "activation",
+            "ReLU" => "re_lu",
             _ => return None,
         })
     }
 
     /// Whether the layer is hgq2's (registered as `hgq>Class`) rather than Keras' own.
     fn is_hgq(&self) -> bool {
-        !matches!(self, LayerSpec::Flatten(_) | LayerSpec::Reshape(_))
+        !matches!(
+            self,
+            LayerSpec::Flatten(_)
+                | LayerSpec::Reshape(_)
+                | LayerSpec::Activation(_)
+                | LayerSpec::Relu(_)
+        )
+    }
+
+    /// Whether Keras writes a `build_config`: not for the layers it builds when they are
+    /// made (`Reshape`, `Activation`, `ReLU`).
+    fn writes_build_config(&self) -> bool {
+        !matches!(
+            self,
+            LayerSpec::Reshape(_) | LayerSpec::Activation(_) | LayerSpec::Relu(_)
+        )
     }
 
     /// The output shape (without batch) for an input of `input` (without batch); errors
@@ -328,6 +367,11 @@ impl LayerSpec {
             LayerSpec::Reshape(l) => l.output_shape(input, at),
             LayerSpec::QMerge(l) => l.output_shape(&[input], at),
             LayerSpec::QBatchNorm(l) => l.output_shape(input, at),
+            LayerSpec::Activation(_) => Ok(input.to_vec()),
+            LayerSpec::Relu(l) => {
+                l.check(at)?;
+                Ok(input.to_vec())
+            }
         }
     }
 
@@ -341,6 +385,8 @@ impl LayerSpec {
             LayerSpec::Reshape(l) => l.config_value(name),
             LayerSpec::QMerge(l) => l.config_value(name, n_inputs),
             LayerSpec::QBatchNorm(l) => l.config_value(name),
+            LayerSpec::Activation(l) => l.config_value(name),
+            LayerSpec::Relu(l) => l.config_value(name),
         }
     }
 
@@ -352,7 +398,10 @@ impl LayerSpec {
             LayerSpec::QPool(l) => l.enable_ebops && l.iq.is_none(),
             LayerSpec::QMerge(l) => l.enable_ebops && l.iq.is_none(),
             LayerSpec::QBatchNorm(l) => l.enable_ebops && l.iq.is_none(),
-            LayerSpec::Flatten(_) | LayerSpec::Reshape(_) => false,
+            LayerSpec::Flatten(_)
+            | LayerSpec::Reshape(_)
+            | LayerSpec::Activation(_)
+            | LayerSpec::Relu(_) => false,
         }
     }
 
@@ -412,6 +461,18 @@ impl From<QMergeSpec> for LayerSpec {
 impl From<QBatchNormSpec> for LayerSpec {
     fn from(l: QBatchNormSpec) -> Self {
         LayerSpec::QBatchNorm(l)
+    }
+}
+
+impl From<ActivationSpec> for LayerSpec {
+    fn from(l: ActivationSpec) -> Self {
+        LayerSpec::Activation(l)
+    }
+}
+
+impl From<ReluSpec> for LayerSpec {
+    fn from(l: ReluSpec) -> Self {
+        LayerSpec::Relu(l)
     }
 }
 
@@ -737,6 +798,8 @@ fn read_layer(config: &At<'_>, class: &str, path: &str) -> Result<LayerSpec> {
         "Flatten" => FlattenSpec::read(config)?.into(),
         "Reshape" => ReshapeSpec::read(config)?.into(),
         "QBatchNormalization" => QBatchNormSpec::read(config)?.into(),
+        "Activation" => ActivationSpec::read(config)?.into(),
+        "ReLU" => ReluSpec::read(config)?.into(),
         class => {
             if let Some(p) = QPoolSpec::read(config, class)? {
                 p.into()

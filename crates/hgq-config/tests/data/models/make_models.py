@@ -13,7 +13,9 @@ The first four (`demo`, `named`, `quantizers`, `mixed`) are chains of QDense lay
 QBatchNormalization, several inputs and outputs (`GraphModelSpec`); the `seq_*` ones are
 `keras.Sequential` models (`ChainModelSpec::from_keras_sequential_json`): `to_json()` of a
 built Sequential (an `InputLayer` first, `build_input_shape`), whose layers' configs are those of
-the same functional model, without `name` and `inbound_nodes` beside them.
+the same functional model, without `name` and `inbound_nodes` beside them. The `act_*`,
+`graph_act` and `seq_act` ones put Keras' own `Activation` and `ReLU` layers between hgq2 layers
+(`ActivationSpec`, `ReluSpec`).
 """
 
 import os
@@ -279,6 +281,59 @@ def seq_cnn():
     ], name='digits_seq')
 
 
+def act_chain():
+    # Keras' Activation and ReLU layers between dense layers.
+    inp = keras.Input((16,))
+    x = QDense(8)(inp)
+    x = keras.layers.Activation('relu')(x)
+    x = QDense(4)(x)
+    x = keras.layers.ReLU()(x)
+    out = QDense(2)(x)
+    return keras.Model(inp, out)
+
+
+def act_cnn():
+    # A ReLU layer after a convolution, a named Activation and a named ReLU6 (not counted by
+    # the automatic names: the last layer is `activation`), a linear Activation last.
+    inp = keras.Input((6, 6, 2))
+    x = QConv2D(3, (3, 3))(inp)
+    x = keras.layers.ReLU()(x)
+    x = QMaxPooling2D((2, 2))(x)
+    x = keras.layers.Flatten()(x)
+    x = QDense(4)(x)
+    x = keras.layers.Activation('relu', name='act')(x)
+    x = keras.layers.ReLU(max_value=6.0, name='relu6')(x)
+    out = keras.layers.Activation('linear')(x)
+    return keras.Model(inp, out)
+
+
+def graph_act():
+    # Activation layers in a graph: a leaky thresholded ReLU, 'swish' (written 'silu') on a
+    # branch from the input, tanh after the merge, softmax last.
+    inp = keras.Input((8,))
+    x = QDense(8)(inp)
+    x = keras.layers.ReLU(negative_slope=0.125, threshold=0.5)(x)
+    x = QDense(8)(x)
+    b = keras.layers.Activation('swish')(inp)
+    x = QAdd()([b, x])
+    x = keras.layers.Activation('tanh')(x)
+    x = QDense(3)(x)
+    out = keras.layers.Activation('softmax')(x)
+    return keras.Model(inp, out)
+
+
+def seq_act():
+    # `act_chain()` as a Sequential.
+    return keras.Sequential([
+        keras.Input((16,)),
+        QDense(8),
+        keras.layers.Activation('relu'),
+        QDense(4),
+        keras.layers.ReLU(),
+        QDense(2),
+    ])
+
+
 MODELS = [
     ('demo', demo),
     ('named', named),
@@ -300,6 +355,10 @@ MODELS = [
     ('graph_bn_custom', graph_bn_custom),
     ('seq_mlp', seq_mlp),
     ('seq_cnn', seq_cnn),
+    ('act_chain', act_chain),
+    ('act_cnn', act_cnn),
+    ('graph_act', graph_act),
+    ('seq_act', seq_act),
 ]
 
 
