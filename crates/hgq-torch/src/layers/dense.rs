@@ -305,7 +305,7 @@ impl Layer for QDense {
 module_t!(
     /// tch's module interface, so that a `QDense` sits in `nn::seq_t()` beside tch's layers:
     /// `forward_t(xs, true)` is a training forward, `false` an inference one. The EBOPs terms of
-    /// the loss come through an [`EbopsTape`]. The bit widths' constraints (which a [`Sequential`]
+    /// the loss come through an [`EbopsTape`]. The bit widths' constraints (which a [`Sequential`](super::Sequential)
     /// applies after each optimizer step) are applied at the start of each `forward_t`: tch's
     /// interface has no call after the step, and the next forward is where the values are used
     /// (they are the values hgq2 uses; a `VarStore` saved right after a step holds them before
