@@ -8,6 +8,7 @@
 mod common;
 
 use common::reference::{close, same, tensor};
+use hgq_torch::hgq_config::{Place, QuantizerConfig};
 use hgq_torch::hgq_core::CallMode;
 use hgq_torch::layers::{Activation, Flatten, Padding, PoolKind, QConv, QDense, QPool, Sequential};
 use serde_json::Value;
@@ -54,6 +55,12 @@ fn model(vs: &nn::VarStore, case: &Value) -> Sequential {
         let kind = l["kind"].as_str().unwrap();
         let name = l["name"].as_str().unwrap();
         let beta = l["beta0"].as_f64().unwrap_or(0.0);
+        // hgq2's default output quantizer where the layer has one (`enable_oq`).
+        let oq = l["enable_oq"].as_bool().unwrap_or(false).then(|| {
+            QuantizerConfig::builder_default(Place::Datalane)
+                .build()
+                .unwrap()
+        });
         let root = vs.root();
         let added = match kind {
             "QConv1D" | "QConv2D" => {
@@ -64,27 +71,27 @@ fn model(vs: &nn::VarStore, case: &Value) -> Sequential {
                 } else {
                     QConv::builder_2d([dims[0], dims[1], dims[2]], filters, [k[0], k[1]])
                 };
-                m.add(
-                    &root,
-                    b.strides(&usizes(&l["strides"]))
-                        .padding(padding(&l["padding"]))
-                        .dilation(&usizes(&l["dilation_rate"]))
-                        .groups(l["groups"].as_u64().unwrap() as usize)
-                        .activation(activation(&l["activation"]))
-                        .use_bias(l["use_bias"].as_bool().unwrap())
-                        .beta(beta)
-                        .name(name),
-                )
-            }
-            "QDense" => m.add(
-                &root,
-                QDense::builder(*dims.last().unwrap(), l["units"].as_u64().unwrap() as usize)
-                    .input_dims(&dims)
+                let b = b
+                    .strides(&usizes(&l["strides"]))
+                    .padding(padding(&l["padding"]))
+                    .dilation(&usizes(&l["dilation_rate"]))
+                    .groups(l["groups"].as_u64().unwrap() as usize)
                     .activation(activation(&l["activation"]))
                     .use_bias(l["use_bias"].as_bool().unwrap())
                     .beta(beta)
-                    .name(name),
-            ),
+                    .name(name);
+                m.add(&root, if let Some(c) = oq { b.oq(c) } else { b })
+            }
+            "QDense" => {
+                let b =
+                    QDense::builder(*dims.last().unwrap(), l["units"].as_u64().unwrap() as usize)
+                        .input_dims(&dims)
+                        .activation(activation(&l["activation"]))
+                        .use_bias(l["use_bias"].as_bool().unwrap())
+                        .beta(beta)
+                        .name(name);
+                m.add(&root, if let Some(c) = oq { b.oq(c) } else { b })
+            }
             "Flatten" => m.add(&root, Flatten::new(&dims).unwrap().with_name(name)),
             pool => {
                 let kind = if pool.contains("Max") {
@@ -103,7 +110,8 @@ fn model(vs: &nn::VarStore, case: &Value) -> Sequential {
                     b.strides(&usizes(&l["strides"]))
                         .padding(padding(&l["padding"]))
                 };
-                m.add(&root, b.beta(beta).name(name))
+                let b = b.beta(beta).name(name);
+                m.add(&root, if let Some(c) = oq { b.oq(c) } else { b })
             }
         };
         let added = added.unwrap_or_else(|e| panic!("{name}: {e}"));

@@ -10,7 +10,9 @@ Needs: hgq2==0.2.0, quantizers==1.2.2, keras 3 and torch. The project's `.venv` 
 
 Cases (see `cases()`; batches of 2 rows): conv2d-maxpool-dense, conv2d-same-stride-avgpool,
 conv2d-dilation-groups, conv1d, conv1d-pools (planned with a causal conv, see below), pool2d-same and
-pool1d-same ('same' average and max pooling, symmetric and asymmetric padding). About 520 KB with
+pool1d-same ('same' average and max pooling, symmetric and asymmetric padding), output-quantizers
+(enable_oq=True on a convolution, a pooling and a dense layer; layer descriptions carry
+`enable_oq`). About 570 KB with
 seed 0: the per-element input quantizers and the four copies of the state (initial + one per call)
 make most of it, and each model_json is 11-17 KB.
 
@@ -209,8 +211,9 @@ def describe(layer, out_shape):
         if k in d:
             assert d[k] in ('valid', 'same', 'causal'), d[k]
     if hasattr(layer, 'enable_ebops'):
-        assert layer.enable_ebops and layer.enable_iq and not layer.enable_oq
+        assert layer.enable_ebops and layer.enable_iq
         d['beta0'] = float(layer._beta0.value)
+        d['enable_oq'] = bool(layer.enable_oq)  # hgq2's default output quantizer when true
     d['output_shape'] = [int(s) for s in out_shape[1:]]
     return d
 
@@ -328,6 +331,13 @@ def cases(rng):
             QMaxPooling1D(2, strides=1, padding='same', beta0=3e-3),  # pads (0,1): replicate
             QGlobalMaxPooling1D(beta0=4e-3),
             QDense(2, beta0=5e-3),
+        ], batch=2),
+        # Output quantizers (enable_oq, hgq2's default datalane config) after every layer kind.
+        cnn_case('cnn/output-quantizers', rng, (6, 6, 2), lambda: [
+            QConv2D(3, (3, 3), activation='relu', enable_oq=True, beta0=1e-3),
+            QMaxPooling2D((2, 2), enable_oq=True, beta0=2e-3),
+            Flatten(),
+            QDense(4, enable_oq=True, beta0=3e-3),
         ], batch=2),
     ]
 

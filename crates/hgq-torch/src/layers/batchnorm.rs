@@ -31,6 +31,7 @@ pub struct QBatchNormBuilder {
     name: Option<String>,
     tape: Option<EbopsTape>,
     iq: Option<QuantizerConfig>,
+    oq: Option<QuantizerConfig>,
     kq: Option<QuantizerConfig>,
     bq: Option<QuantizerConfig>,
 }
@@ -99,6 +100,19 @@ impl QBatchNormBuilder {
         let iq_conf = config_or_default(self.iq, Place::Datalane)?;
         let kq_conf = config_or_default(self.kq, Place::Weight)?;
         let bq_conf = config_or_default(self.bq, Place::Bias)?;
+        // hgq2 makes the output quantizer first (its base class's), so it takes the first
+        // number of its class.
+        let oq = match self.oq {
+            Some(c) => Some(named_quantizer(
+                names,
+                &p,
+                &name,
+                "oq",
+                c,
+                &batch_shape(&self.input_dims),
+            )?),
+            None => None,
+        };
         let iq = named_quantizer(
             names,
             &p,
@@ -125,6 +139,7 @@ impl QBatchNormBuilder {
                 tape: self.tape,
                 ebops: RefCell::new(Ebops::Value(0)),
                 iq,
+                oq,
             },
             momentum: self.momentum,
             epsilon: self.epsilon,
@@ -186,6 +201,7 @@ impl QBatchNorm {
             name: None,
             tape: None,
             iq: None,
+            oq: None,
             kq: None,
             bq: None,
         }
@@ -296,12 +312,17 @@ impl Layer for QBatchNorm {
         let qscale = self.kq.q.forward(&scale, mode)?;
         let qoffset = self.bq.q.forward(&offset, mode)?;
         let y = xq.f_mul(&qscale)?.f_add(&qoffset)?;
+        let y = self.base.output(y, mode)?;
         let ebops_loss = self.base.ebops_loss(mode, || self.compute_ebops())?;
         Ok(Output { y, ebops_loss })
     }
 
     fn quantizers(&self) -> Vec<&Named> {
-        vec![&self.base.iq, &self.kq, &self.bq]
+        self.base
+            .oq
+            .iter()
+            .chain([&self.base.iq, &self.kq, &self.bq])
+            .collect()
     }
     fn keras_variables(&self) -> Vec<(String, Tensor)> {
         let name = &self.base.name;
@@ -332,6 +353,7 @@ impl Layer for QBatchNorm {
             .scale(self.gamma.is_some())
             .beta0(self.base.beta.get())
             .iq(self.base.iq.config.clone())
+            .oq(self.base.oq.as_ref().map(|q| q.config.clone()))
             .kq(self.kq.config.clone())
             .bq(self.bq.config.clone())
             .into())

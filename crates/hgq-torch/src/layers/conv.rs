@@ -55,6 +55,7 @@ pub struct QConvBuilder {
     name: Option<String>,
     tape: Option<EbopsTape>,
     iq: Option<QuantizerConfig>,
+    oq: Option<QuantizerConfig>,
     kq: Option<QuantizerConfig>,
     bq: Option<QuantizerConfig>,
 }
@@ -191,6 +192,19 @@ impl QConvBuilder {
         let iq_conf = config_or_default(self.iq, Place::Datalane)?;
         let kq_conf = config_or_default(self.kq, Place::Weight)?;
         let bq_conf = config_or_default(self.bq, Place::Bias)?;
+        // hgq2 makes the output quantizer first (its base class's), so it takes the first
+        // number of its class.
+        let oq = match self.oq {
+            Some(c) => Some(named_quantizer(
+                names,
+                &p,
+                &name,
+                "oq",
+                c,
+                &batch_shape(&output_dims),
+            )?),
+            None => None,
+        };
         let iq = named_quantizer(
             names,
             &p,
@@ -237,6 +251,7 @@ impl QConvBuilder {
                 tape: self.tape,
                 ebops: RefCell::new(Ebops::Value(0)),
                 iq,
+                oq,
             },
             output_dims,
             kernel_size: self.kernel_size,
@@ -316,6 +331,7 @@ impl QConv {
             name: None,
             tape: None,
             iq: None,
+            oq: None,
             kq: None,
             bq: None,
         }
@@ -464,13 +480,16 @@ impl Layer for QConv {
             y = y.f_add(&bq.q.forward(b, mode)?)?;
         }
         let y = self.activation.apply(y);
+        let y = self.base.output(y, mode)?;
         let ebops_loss = self.base.ebops_loss(mode, || self.compute_ebops())?;
         Ok(Output { y, ebops_loss })
     }
 
     fn quantizers(&self) -> Vec<&Named> {
-        [&self.base.iq, &self.kq]
-            .into_iter()
+        self.base
+            .oq
+            .iter()
+            .chain([&self.base.iq, &self.kq])
             .chain(self.bq.as_ref())
             .collect()
     }
@@ -493,6 +512,7 @@ impl Layer for QConv {
             .activation(self.activation.to_config())
             .beta0(self.base.beta.get())
             .iq(self.base.iq.config.clone())
+            .oq(self.base.oq.as_ref().map(|q| q.config.clone()))
             .kq(self.kq.config.clone())
             .use_bias(self.bias.is_some());
         if let Some(bq) = &self.bq {

@@ -27,6 +27,7 @@ pub struct QDenseBuilder {
     beta: f64,
     name: Option<String>,
     iq: Option<QuantizerConfig>,
+    oq: Option<QuantizerConfig>,
     kq: Option<QuantizerConfig>,
     bq: Option<QuantizerConfig>,
 }
@@ -92,6 +93,25 @@ impl QDenseBuilder {
         let iq_conf = config_or_default(self.iq, Place::Datalane)?;
         let kq_conf = config_or_default(self.kq, Place::Weight)?;
         let bq_conf = config_or_default(self.bq, Place::Bias)?;
+        // hgq2 makes the output quantizer first (its base class's), so it takes the first
+        // number of its class.
+        let oq = match self.oq {
+            Some(c) => Some(named_quantizer(
+                names,
+                &p,
+                &name,
+                "oq",
+                c,
+                &batch_shape(&{
+                    let mut d = self.input_dims.clone();
+                    if let Some(l) = d.last_mut() {
+                        *l = self.units;
+                    }
+                    d
+                }),
+            )?),
+            None => None,
+        };
         let iq = named_quantizer(
             names,
             &p,
@@ -141,6 +161,7 @@ impl QDenseBuilder {
                 tape: self.tape,
                 ebops: RefCell::new(Ebops::Value(0)),
                 iq,
+                oq,
             },
             in_features: self.in_features,
             units: self.units,
@@ -188,6 +209,7 @@ impl QDense {
             beta: 1e-5,
             name: None,
             iq: None,
+            oq: None,
             kq: None,
             bq: None,
         }
@@ -268,13 +290,16 @@ impl Layer for QDense {
             y += bq.q.forward(b, mode)?;
         }
         let y = self.activation.apply(y);
+        let y = self.base.output(y, mode)?;
         let ebops_loss = self.base.ebops_loss(mode, || self.compute_ebops())?;
         Ok(Output { y, ebops_loss })
     }
 
     fn quantizers(&self) -> Vec<&Named> {
-        [&self.base.iq, &self.kq]
-            .into_iter()
+        self.base
+            .oq
+            .iter()
+            .chain([&self.base.iq, &self.kq])
             .chain(self.bq.as_ref())
             .collect()
     }
@@ -293,6 +318,7 @@ impl Layer for QDense {
             .activation(self.activation.to_config())
             .beta0(self.base.beta.get())
             .iq(self.base.iq.config.clone())
+            .oq(self.base.oq.as_ref().map(|q| q.config.clone()))
             .kq(self.kq.config.clone())
             .use_bias(self.bias.is_some());
         if let Some(bq) = &self.bq {

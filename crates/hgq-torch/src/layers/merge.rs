@@ -14,7 +14,8 @@ use tch::{Kind, Tensor, nn};
 
 use super::{
     Ebops, EbopsTape, Layer, Named, Names, Output, QBase, batch_shape, builder_common_setters,
-    check_beta, check_input, config_or_default, qbase_layer_methods, quantizer_variables,
+    check_beta, check_input, config_or_default, named_quantizer, qbase_layer_methods,
+    quantizer_variables,
 };
 use crate::quantizer::Quantizer;
 use crate::{Result, TorchError};
@@ -30,6 +31,7 @@ pub struct QMergeBuilder {
     name: Option<String>,
     tape: Option<EbopsTape>,
     iq: Option<QuantizerConfig>,
+    oq: Option<QuantizerConfig>,
 }
 
 impl QMergeBuilder {
@@ -69,6 +71,19 @@ impl QMergeBuilder {
         let p = root / name.as_str();
         let conf = config_or_default(self.iq, Place::Datalane)?;
         // hgq2 keeps them in a `MultipleQuantizers` layer, each an unnamed `Quantizer`.
+        // hgq2 makes the output quantizer first (its base class's), so it takes the first
+        // number of its class.
+        let oq = match self.oq {
+            Some(c) => Some(named_quantizer(
+                names,
+                &p,
+                &name,
+                "oq",
+                c,
+                &batch_shape(&self.input_dims),
+            )?),
+            None => None,
+        };
         let group = names.next("multiple_quantizers");
         let core = conf.to_core()?;
         let mut iqs = Vec::with_capacity(self.inputs);
@@ -102,6 +117,7 @@ impl QMergeBuilder {
                 tape: self.tape,
                 ebops: RefCell::new(Ebops::Value(0)),
                 iq: first,
+                oq,
             },
             rest: iqs.collect(),
             op: self.op,
@@ -146,6 +162,7 @@ impl QMerge {
             name: None,
             tape: None,
             iq: None,
+            oq: None,
         }
     }
 
@@ -248,12 +265,13 @@ impl Layer for QMerge {
             MergeOp::Maximum => fold(&|a, b| a.f_maximum(b))?,
             MergeOp::Minimum => fold(&|a, b| a.f_minimum(b))?,
         };
+        let y = self.base.output(y, mode)?;
         let ebops_loss = self.base.ebops_loss(mode, || self.compute_ebops())?;
         Ok(Output { y, ebops_loss })
     }
 
     fn quantizers(&self) -> Vec<&Named> {
-        self.iqs()
+        self.base.oq.iter().chain(self.iqs()).collect()
     }
     fn keras_variables(&self) -> Vec<(String, Tensor)> {
         quantizer_variables(&self.quantizers())
@@ -263,6 +281,7 @@ impl Layer for QMerge {
             .name(self.name())
             .beta0(self.base.beta.get())
             .iq(self.base.iq.config.clone())
+            .oq(self.base.oq.as_ref().map(|q| q.config.clone()))
             .into())
     }
 }

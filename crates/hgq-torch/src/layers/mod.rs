@@ -270,6 +270,13 @@ macro_rules! builder_common_setters {
             self.iq = Some(c);
             self
         }
+        /// An output quantizer of this configuration (hgq2's `enable_oq=True`, `oq_conf`;
+        /// hgq2's default is `QuantizerConfig('default', 'datalane')`): the layer's output,
+        /// after its activation, goes through it. Default: none.
+        pub fn oq(mut self, c: hgq_config::QuantizerConfig) -> Self {
+            self.oq = Some(c);
+            self
+        }
     };
 }
 pub(crate) use builder_common_setters;
@@ -458,6 +465,8 @@ pub(crate) struct QBase {
     pub(crate) tape: Option<EbopsTape>,
     pub(crate) ebops: RefCell<Ebops>,
     pub(crate) iq: Named,
+    /// The output quantizer (hgq2's `enable_oq`), if any.
+    pub(crate) oq: Option<Named>,
 }
 
 impl QBase {
@@ -490,6 +499,14 @@ impl QBase {
             tape.record(&loss);
         }
         Ok(loss)
+    }
+
+    /// `y` through the output quantizer, if the layer has one.
+    pub(crate) fn output(&self, y: Tensor, mode: CallMode) -> Result<Tensor> {
+        match &self.oq {
+            Some(oq) => oq.q.forward(&y, mode),
+            None => Ok(y),
+        }
     }
 
     /// The input quantizer's bit widths for one sample (`[1, *input_dims]`).

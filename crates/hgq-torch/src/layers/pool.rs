@@ -29,6 +29,7 @@ pub struct QPoolBuilder {
     name: Option<String>,
     tape: Option<EbopsTape>,
     iq: Option<QuantizerConfig>,
+    oq: Option<QuantizerConfig>,
 }
 
 impl QPoolBuilder {
@@ -122,6 +123,19 @@ impl QPoolBuilder {
             .unwrap_or_else(|| names.next(&self.auto_name()));
         let p = root / name.as_str();
         let iq_conf = config_or_default(self.iq, Place::Datalane)?;
+        // hgq2 makes the output quantizer first (its base class's), so it takes the first
+        // number of its class.
+        let oq = match self.oq {
+            Some(c) => Some(named_quantizer(
+                names,
+                &p,
+                &name,
+                "oq",
+                c,
+                &batch_shape(&output_dims),
+            )?),
+            None => None,
+        };
         let iq = named_quantizer(
             names,
             &p,
@@ -145,6 +159,7 @@ impl QPoolBuilder {
                 tape: self.tape,
                 ebops: RefCell::new(Ebops::Value(0)),
                 iq,
+                oq,
             },
             kind: self.kind,
             output_dims,
@@ -214,6 +229,7 @@ impl QPool {
             name: None,
             tape: None,
             iq: None,
+            oq: None,
         }
     }
 
@@ -347,12 +363,13 @@ impl Layer for QPool {
         check_input("QPool input", x, &self.like, &self.base.input_dims)?;
         let xq = self.base.iq.q.forward(x, mode)?;
         let y = self.pool(&xq)?;
+        let y = self.base.output(y, mode)?;
         let ebops_loss = self.base.ebops_loss(mode, || self.compute_ebops())?;
         Ok(Output { y, ebops_loss })
     }
 
     fn quantizers(&self) -> Vec<&Named> {
-        vec![&self.base.iq]
+        self.base.oq.iter().chain([&self.base.iq]).collect()
     }
     fn keras_variables(&self) -> Vec<(String, Tensor)> {
         quantizer_variables(&self.quantizers())
@@ -367,6 +384,7 @@ impl Layer for QPool {
         Ok(s.name(self.name())
             .beta0(self.base.beta.get())
             .iq(self.base.iq.config.clone())
+            .oq(self.base.oq.as_ref().map(|q| q.config.clone()))
             .into())
     }
 }

@@ -48,8 +48,8 @@ impl AnyBuilder {
             let Some(iq) = iq else {
                 return Err(refuse("enable_iq=False"));
             };
-            if oq.is_some() {
-                return Err(refuse("an output quantizer"));
+            if let Some(oq) = oq {
+                oq.to_core()?;
             }
             if !ebops || factor != 1.0 || !trainable {
                 return Err(refuse(
@@ -73,12 +73,14 @@ impl AnyBuilder {
             };
             let iq = common(&iq, &m.oq, m.enable_ebops, m.ebops_factor, m.trainable)?;
             let dims = ins.first().cloned().unwrap_or_default();
-            return Ok(AnyBuilder::Merge(
-                QMerge::builder(m.op, &dims, ins.len())
-                    .beta(m.beta0)
-                    .iq(iq)
-                    .name(name),
-            ));
+            let mut b = QMerge::builder(m.op, &dims, ins.len())
+                .beta(m.beta0)
+                .iq(iq)
+                .name(name);
+            if let Some(oq) = &m.oq {
+                b = b.oq(oq.clone());
+            }
+            return Ok(AnyBuilder::Merge(b));
         }
         let dims = single(ins)?;
         let dims = dims.as_slice();
@@ -91,18 +93,20 @@ impl AnyBuilder {
                 }
                 b.kq.to_core()?;
                 b.bq.to_core()?;
-                AnyBuilder::BatchNorm(
-                    QBatchNorm::builder(dims)
-                        .momentum(b.momentum)
-                        .epsilon(b.epsilon)
-                        .center(b.center)
-                        .scale(b.scale)
-                        .beta(b.beta0)
-                        .iq(iq)
-                        .kq(b.kq.clone())
-                        .bq(b.bq.clone())
-                        .name(name),
-                )
+                let mut n = QBatchNorm::builder(dims)
+                    .momentum(b.momentum)
+                    .epsilon(b.epsilon)
+                    .center(b.center)
+                    .scale(b.scale)
+                    .beta(b.beta0)
+                    .iq(iq)
+                    .kq(b.kq.clone())
+                    .bq(b.bq.clone())
+                    .name(name);
+                if let Some(oq) = &b.oq {
+                    n = n.oq(oq.clone());
+                }
+                AnyBuilder::BatchNorm(n)
             }
             LayerSpec::QDense(d) => {
                 let iq = common(&d.iq, &d.oq, d.enable_ebops, d.ebops_factor, d.trainable)?;
@@ -121,6 +125,9 @@ impl AnyBuilder {
                 if d.use_bias {
                     d.bq.to_core()?;
                     b = b.bq(d.bq.clone());
+                }
+                if let Some(oq) = &d.oq {
+                    b = b.oq(oq.clone());
                 }
                 AnyBuilder::Dense(b)
             }
@@ -154,6 +161,9 @@ impl AnyBuilder {
                 if c.use_bias {
                     c.bq.to_core()?;
                     b = b.bq(c.bq.clone());
+                }
+                if let Some(oq) = &c.oq {
+                    b = b.oq(oq.clone());
                 }
                 AnyBuilder::Conv(b)
             }
@@ -190,7 +200,11 @@ impl AnyBuilder {
                         }
                     }
                 };
-                AnyBuilder::Pool(b.beta(p.beta0).iq(iq).name(name))
+                let b = b.beta(p.beta0).iq(iq).name(name);
+                AnyBuilder::Pool(match &p.oq {
+                    Some(oq) => b.oq(oq.clone()),
+                    None => b,
+                })
             }
             LayerSpec::Flatten(_) => AnyBuilder::Flatten(Flatten::new(dims)?.with_name(name)),
             LayerSpec::Activation(a) => AnyBuilder::Activation(
