@@ -192,3 +192,30 @@ fn graphs_used_wrongly_are_errors() {
     let vs2 = nn::VarStore::new(Device::Cpu);
     assert!(Functional::from_keras_json(&vs2.root(), &json).is_ok());
 }
+
+/// The native training step does not run output quantizers: it refuses a model with one, and
+/// the automatic path trains it through autograd.
+#[test]
+fn the_native_step_refuses_output_quantizers() {
+    use hgq_torch::hgq_config::{Place, QuantizerConfig};
+    use hgq_torch::layers::StepPath;
+    use hgq_torch::optim::{Adam, AdamConfig};
+    let vs = nn::VarStore::new(Device::Cpu);
+    let oq = QuantizerConfig::builder_default(Place::Datalane)
+        .build()
+        .unwrap();
+    let mut m = Sequential::new();
+    m.add(&vs.root(), QDense::builder(4, 3).oq(oq)).unwrap();
+    let mut opt = Adam::new(&vs, AdamConfig::default()).unwrap();
+    let x = Tensor::ones([2, 4], (Kind::Float, Device::Cpu));
+    let labels = Tensor::from_slice(&[0i64, 2]);
+    let e = m
+        .train_step_on(StepPath::Native, &x, &labels, &mut opt)
+        .unwrap_err();
+    assert!(
+        matches!(&e, TorchError::Unsupported(w) if w.contains("output quantizer")),
+        "{e}"
+    );
+    m.train_step_on(StepPath::Auto, &x, &labels, &mut opt)
+        .unwrap();
+}

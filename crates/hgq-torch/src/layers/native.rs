@@ -39,6 +39,9 @@ pub(super) fn unsupported(model: &Sequential, x: &Tensor, labels: &Tensor) -> Op
                 l.name()
             ));
         }
+        if l.base.oq.is_some() {
+            return Some(format!("{} has an output quantizer", l.name()));
+        }
         let vars = std::iter::once(&l.kernel).chain(&l.bias);
         if !vars.into_iter().all(host::is_plain) {
             return Some(format!(
