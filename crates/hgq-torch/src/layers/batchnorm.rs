@@ -11,8 +11,8 @@ use hgq_core::CallMode;
 use tch::{Kind, Tensor, nn};
 
 use super::{
-    Ebops, EbopsTape, Layer, LayerBuilder, Named, Names, Output, QBase, batch_shape,
-    builder_common_setters, check_beta, check_input, config_or_default, module_t, named_quantizer,
+    Ebops, EbopsTape, Layer, Named, Names, Output, QBase, batch_shape, builder_common_setters,
+    check_beta, check_input, config_or_default, layer_builder, module_t, named_quantizer,
     qbase_layer_methods, quantizer_variables,
 };
 use crate::{Result, TorchError};
@@ -153,14 +153,7 @@ impl QBatchNormBuilder {
     }
 }
 
-impl LayerBuilder for QBatchNormBuilder {
-    fn input_dims(&self) -> Vec<usize> {
-        self.input_dims.clone()
-    }
-    fn build_layer(self, root: &nn::Path, names: &mut Names) -> Result<Box<dyn Layer>> {
-        Ok(Box::new(self.build(root, names)?))
-    }
-}
+layer_builder!(QBatchNormBuilder);
 
 /// hgq2's `QBatchNormalization` over the last (channels) axis, Keras' default `axis=-1`.
 ///

@@ -9,9 +9,9 @@ use hgq_core::CallMode;
 use tch::{Kind, Tensor, nn};
 
 use super::{
-    Activation, Ebops, EbopsTape, Layer, LayerBuilder, Named, Names, Output, Padding, Pads, QBase,
-    batch_shape, builder_common_setters, check_beta, check_input, config_or_default, module_t,
-    named_quantizer, qbase_layer_methods, quantizer_variables,
+    Activation, Ebops, EbopsTape, Layer, Named, Names, Output, Padding, Pads, QBase, batch_shape,
+    builder_common_setters, check_beta, check_input, config_or_default, kernel_bias_variables,
+    layer_builder, module_t, named_quantizer, qbase_layer_methods, quantizer_variables,
 };
 use crate::{Result, TorchError};
 
@@ -269,14 +269,7 @@ impl QConvBuilder {
     }
 }
 
-impl LayerBuilder for QConvBuilder {
-    fn input_dims(&self) -> Vec<usize> {
-        self.input_dims.clone()
-    }
-    fn build_layer(self, root: &nn::Path, names: &mut Names) -> Result<Box<dyn Layer>> {
-        Ok(Box::new(self.build(root, names)?))
-    }
-}
+layer_builder!(QConvBuilder);
 
 /// hgq2's `QConv1D` / `QConv2D` (channels last): `act(conv(iq(x), kq(kernel)) + bq(bias))`.
 ///
@@ -494,11 +487,7 @@ impl Layer for QConv {
             .collect()
     }
     fn keras_variables(&self) -> Vec<(String, Tensor)> {
-        let name = &self.base.name;
-        let mut v = vec![(format!("{name}/kernel"), self.kernel.shallow_clone())];
-        if let Some(b) = &self.bias {
-            v.push((format!("{name}/bias"), b.shallow_clone()));
-        }
+        let mut v = kernel_bias_variables(&self.base.name, &self.kernel, self.bias.as_ref());
         v.extend(quantizer_variables(&self.quantizers()));
         v
     }

@@ -244,6 +244,25 @@ macro_rules! qbase_layer_methods {
 }
 pub(crate) use qbase_layer_methods;
 
+/// `impl LayerBuilder` for a builder with an `input_dims` field and a `build` method.
+macro_rules! layer_builder {
+    ($t:ty) => {
+        impl $crate::layers::LayerBuilder for $t {
+            fn input_dims(&self) -> Vec<usize> {
+                self.input_dims.clone()
+            }
+            fn build_layer(
+                self,
+                root: &tch::nn::Path,
+                names: &mut $crate::layers::Names,
+            ) -> $crate::Result<Box<dyn $crate::layers::Layer>> {
+                Ok(Box::new(self.build(root, names)?))
+            }
+        }
+    };
+}
+pub(crate) use layer_builder;
+
 /// The setters every quantized layer's builder has: `beta`, `name`, `ebops_tape` and the
 /// input quantizer's configuration `iq` (fields of those names).
 macro_rules! builder_common_setters {
@@ -609,6 +628,17 @@ pub(crate) fn variable_path(quantizer: &str, name: hgq_core::quantizer::VarName)
         hgq_core::quantizer::VarName::SeedState => format!("{quantizer}/seed_generator/{name}"),
         _ => format!("{quantizer}/{name}"),
     }
+}
+
+/// A layer's `kernel` and `bias` (if any) with their Keras paths (`{layer}/kernel`, ...).
+pub(crate) fn kernel_bias_variables(
+    layer: &str,
+    kernel: &Tensor,
+    bias: Option<&Tensor>,
+) -> Vec<(String, Tensor)> {
+    std::iter::once((format!("{layer}/kernel"), kernel.shallow_clone()))
+        .chain(bias.map(|b| (format!("{layer}/bias"), b.shallow_clone())))
+        .collect()
 }
 
 /// The variables of `quantizers` with their Keras paths.

@@ -9,8 +9,8 @@ use hgq_core::CallMode;
 use tch::{Kind, Tensor, nn};
 
 use super::{
-    Ebops, EbopsTape, Layer, LayerBuilder, Named, Names, Output, Padding, Pads, PoolKind, QBase,
-    batch_shape, builder_common_setters, check_beta, check_input, config_or_default, module_t,
+    Ebops, EbopsTape, Layer, Named, Names, Output, Padding, Pads, PoolKind, QBase, batch_shape,
+    builder_common_setters, check_beta, check_input, config_or_default, layer_builder, module_t,
     named_quantizer, qbase_layer_methods, quantizer_variables,
 };
 use crate::{Result, TorchError};
@@ -172,14 +172,7 @@ impl QPoolBuilder {
     }
 }
 
-impl LayerBuilder for QPoolBuilder {
-    fn input_dims(&self) -> Vec<usize> {
-        self.input_dims.clone()
-    }
-    fn build_layer(self, root: &nn::Path, names: &mut Names) -> Result<Box<dyn Layer>> {
-        Ok(Box::new(self.build(root, names)?))
-    }
-}
+layer_builder!(QPoolBuilder);
 
 /// hgq2's pooling layers (channels last): `pool(iq(x))` over windows, or over every position
 /// (the global ones, whose output is `[batch, channels]`).
