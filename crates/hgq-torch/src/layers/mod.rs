@@ -1,11 +1,14 @@
-//! hgq2's layers over the quantizers, each a [`Layer`] (and a tch [`nn::ModuleT`], so that it
-//! sits in `nn::seq_t()` beside tch's own layers): [`QDense`], the convolutions [`QConv`]
-//! (`QConv1D`, `QConv2D`), the poolings [`QPool`] (max and average, windowed and global, 1-D
-//! and 2-D) and Keras' [`Flatten`]; and a [`Sequential`] model of any of them, its training
-//! step ([`Sequential::train_step`]: native on float32 CPU chains of `QDense`, autograd
-//! elsewhere) and its Keras files ([`Sequential::to_keras_json`],
-//! [`Sequential::from_keras_json`], [`Sequential::keras_variables`],
-//! [`Sequential::load_keras_variables`]).
+//! hgq2's layers over the quantizers, each a [`Layer`] (and, those of one input, a tch
+//! [`nn::ModuleT`], so that it sits in `nn::seq_t()` beside tch's own layers): [`QDense`], the
+//! convolutions [`QConv`] (`QConv1D`, `QConv2D`), the poolings [`QPool`] (max and average,
+//! windowed and global, 1-D and 2-D), [`QBatchNorm`], the merges [`QMerge`] (`QAdd`,
+//! `QSubtract`, `QMultiply`, `QMaximum`, `QMinimum`, `QAveragePow2`) and Keras' [`Flatten`],
+//! [`Reshape`], [`ActivationLayer`] and [`ReLU`]. Models of them: a [`Sequential`] chain, its
+//! training step ([`Sequential::train_step`]: native on float32 CPU chains of `QDense`,
+//! autograd elsewhere), and a [`Functional`] graph (several inputs and outputs, merges); both
+//! with their Keras JSON (`to_keras_json`, `from_keras_json`: hgq2's `model.to_json()` byte
+//! for byte), their variables by Keras path (`keras_variables`, `load_keras_variables`) and
+//! Keras 3 `.keras` archives (`save_keras`, `load_keras`).
 //!
 //! Tensors are laid out as Keras lays them out (channels last: `[batch, height, width,
 //! channels]`; kernels `[kh, kw, in / groups, filters]`), so that bit widths, variables and
