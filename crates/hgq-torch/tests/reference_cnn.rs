@@ -55,6 +55,11 @@ fn model(vs: &nn::VarStore, case: &Value) -> Sequential {
         let kind = l["kind"].as_str().unwrap();
         let name = l["name"].as_str().unwrap();
         let beta = l["beta0"].as_f64().unwrap_or(0.0);
+        // hgq2's EBOPs switches (absent: the defaults, on and 1).
+        let (ebops_on, factor) = (
+            l["enable_ebops"].as_bool().unwrap_or(true),
+            l["ebops_factor"].as_f64().unwrap_or(1.0),
+        );
         // hgq2's default output quantizer where the layer has one (`enable_oq`).
         let oq = l["enable_oq"].as_bool().unwrap_or(false).then(|| {
             QuantizerConfig::builder_default(Place::Datalane)
@@ -79,6 +84,8 @@ fn model(vs: &nn::VarStore, case: &Value) -> Sequential {
                     .activation(activation(&l["activation"]))
                     .use_bias(l["use_bias"].as_bool().unwrap())
                     .beta(beta)
+                    .enable_ebops(ebops_on)
+                    .ebops_factor(factor)
                     .name(name);
                 m.add(&root, if let Some(c) = oq { b.oq(c) } else { b })
             }
@@ -89,6 +96,8 @@ fn model(vs: &nn::VarStore, case: &Value) -> Sequential {
                         .activation(activation(&l["activation"]))
                         .use_bias(l["use_bias"].as_bool().unwrap())
                         .beta(beta)
+                        .enable_ebops(ebops_on)
+                        .ebops_factor(factor)
                         .name(name);
                 m.add(&root, if let Some(c) = oq { b.oq(c) } else { b })
             }
@@ -110,7 +119,11 @@ fn model(vs: &nn::VarStore, case: &Value) -> Sequential {
                     b.strides(&usizes(&l["strides"]))
                         .padding(padding(&l["padding"]))
                 };
-                let b = b.beta(beta).name(name);
+                let b = b
+                    .beta(beta)
+                    .enable_ebops(ebops_on)
+                    .ebops_factor(factor)
+                    .name(name);
                 m.add(&root, if let Some(c) = oq { b.oq(c) } else { b })
             }
         };

@@ -11,8 +11,8 @@ Needs: hgq2==0.2.0, quantizers==1.2.2, keras 3 and torch. The project's `.venv` 
 Cases (see `cases()`; batches of 2 rows): conv2d-maxpool-dense, conv2d-same-stride-avgpool,
 conv2d-dilation-groups, conv1d, conv1d-pools (planned with a causal conv, see below), pool2d-same and
 pool1d-same ('same' average and max pooling, symmetric and asymmetric padding), output-quantizers
-(enable_oq=True on a convolution, a pooling and a dense layer; layer descriptions carry
-`enable_oq`). About 570 KB with
+(enable_oq=True on a convolution, a pooling and a dense layer), ebops-options (enable_ebops=False,
+ebops_factor); layer descriptions carry `enable_oq`, `enable_ebops` and `ebops_factor`. About 570 KB with
 seed 0: the per-element input quantizers and the four copies of the state (initial + one per call)
 make most of it, and each model_json is 11-17 KB.
 
@@ -211,9 +211,11 @@ def describe(layer, out_shape):
         if k in d:
             assert d[k] in ('valid', 'same', 'causal'), d[k]
     if hasattr(layer, 'enable_ebops'):
-        assert layer.enable_ebops and layer.enable_iq
+        assert layer.enable_iq
         d['beta0'] = float(layer._beta0.value)
         d['enable_oq'] = bool(layer.enable_oq)  # hgq2's default output quantizer when true
+        d['enable_ebops'] = bool(layer.enable_ebops)
+        d['ebops_factor'] = float(layer.ebops_factor)
     d['output_shape'] = [int(s) for s in out_shape[1:]]
     return d
 
@@ -338,6 +340,13 @@ def cases(rng):
             QMaxPooling2D((2, 2), enable_oq=True, beta0=2e-3),
             Flatten(),
             QDense(4, enable_oq=True, beta0=3e-3),
+        ], batch=2),
+        # EBOPs off (enable_ebops=False: no beta, no ebops variables) and scaled (ebops_factor).
+        cnn_case('cnn/ebops-options', rng, (6, 6, 2), lambda: [
+            QConv2D(3, (3, 3), activation='relu', enable_ebops=False, beta0=1e-3),
+            QMaxPooling2D((2, 2), ebops_factor=0.5, beta0=2e-3),
+            Flatten(),
+            QDense(4, ebops_factor=2.0, beta0=3e-3),
         ], batch=2),
     ]
 

@@ -32,6 +32,8 @@ pub struct QBatchNormBuilder {
     tape: Option<EbopsTape>,
     iq: Option<QuantizerConfig>,
     oq: Option<QuantizerConfig>,
+    enable_ebops: bool,
+    ebops_factor: f64,
     kq: Option<QuantizerConfig>,
     bq: Option<QuantizerConfig>,
 }
@@ -75,6 +77,7 @@ impl QBatchNormBuilder {
     /// Builds the layer under `root / name`; `names` gives Keras' unique names.
     pub fn build(self, root: &nn::Path, names: &mut Names) -> Result<QBatchNorm> {
         check_beta(self.beta)?;
+        super::check_ebops_factor(self.ebops_factor)?;
         let valid = !self.input_dims.is_empty()
             && !self.input_dims.contains(&0)
             && (0.0..=1.0).contains(&self.momentum)
@@ -140,6 +143,8 @@ impl QBatchNormBuilder {
                 ebops: RefCell::new(Ebops::Value(0)),
                 iq,
                 oq,
+                enable_ebops: self.enable_ebops,
+                ebops_factor: self.ebops_factor,
             },
             momentum: self.momentum,
             epsilon: self.epsilon,
@@ -195,6 +200,8 @@ impl QBatchNorm {
             tape: None,
             iq: None,
             oq: None,
+            enable_ebops: true,
+            ebops_factor: 1.0,
             kq: None,
             bq: None,
         }
@@ -347,6 +354,8 @@ impl Layer for QBatchNorm {
             .beta0(self.base.beta.get())
             .iq(self.base.iq.config.clone())
             .oq(self.base.oq.as_ref().map(|q| q.config.clone()))
+            .enable_ebops(self.base.enable_ebops)
+            .ebops_factor(self.base.ebops_factor)
             .kq(self.kq.config.clone())
             .bq(self.bq.config.clone())
             .into())

@@ -56,6 +56,8 @@ pub struct QConvBuilder {
     tape: Option<EbopsTape>,
     iq: Option<QuantizerConfig>,
     oq: Option<QuantizerConfig>,
+    enable_ebops: bool,
+    ebops_factor: f64,
     kq: Option<QuantizerConfig>,
     bq: Option<QuantizerConfig>,
 }
@@ -177,6 +179,7 @@ impl QConvBuilder {
     /// Builds the layer under `root / name`; `names` gives Keras' unique names.
     pub fn build(self, root: &nn::Path, names: &mut Names) -> Result<QConv> {
         check_beta(self.beta)?;
+        super::check_ebops_factor(self.ebops_factor)?;
         let (output_dims, pads) = self.geometry()?;
         let rank = self.kernel_size.len();
         let base = if rank == 1 { "q_conv1d" } else { "q_conv2d" };
@@ -252,6 +255,8 @@ impl QConvBuilder {
                 ebops: RefCell::new(Ebops::Value(0)),
                 iq,
                 oq,
+                enable_ebops: self.enable_ebops,
+                ebops_factor: self.ebops_factor,
             },
             output_dims,
             kernel_size: self.kernel_size,
@@ -325,6 +330,8 @@ impl QConv {
             tape: None,
             iq: None,
             oq: None,
+            enable_ebops: true,
+            ebops_factor: 1.0,
             kq: None,
             bq: None,
         }
@@ -502,6 +509,8 @@ impl Layer for QConv {
             .beta0(self.base.beta.get())
             .iq(self.base.iq.config.clone())
             .oq(self.base.oq.as_ref().map(|q| q.config.clone()))
+            .enable_ebops(self.base.enable_ebops)
+            .ebops_factor(self.base.ebops_factor)
             .kq(self.kq.config.clone())
             .use_bias(self.bias.is_some());
         if let Some(bq) = &self.bq {

@@ -28,6 +28,8 @@ pub struct QDenseBuilder {
     name: Option<String>,
     iq: Option<QuantizerConfig>,
     oq: Option<QuantizerConfig>,
+    enable_ebops: bool,
+    ebops_factor: f64,
     kq: Option<QuantizerConfig>,
     bq: Option<QuantizerConfig>,
 }
@@ -78,6 +80,7 @@ impl QDenseBuilder {
             });
         }
         check_beta(self.beta)?;
+        super::check_ebops_factor(self.ebops_factor)?;
         if self.input_dims.last() != Some(&self.in_features) || self.input_dims.contains(&0) {
             return Err(TorchError::Invalid {
                 what: "QDense input dimensions",
@@ -162,6 +165,8 @@ impl QDenseBuilder {
                 ebops: RefCell::new(Ebops::Value(0)),
                 iq,
                 oq,
+                enable_ebops: self.enable_ebops,
+                ebops_factor: self.ebops_factor,
             },
             in_features: self.in_features,
             units: self.units,
@@ -203,6 +208,8 @@ impl QDense {
             name: None,
             iq: None,
             oq: None,
+            enable_ebops: true,
+            ebops_factor: 1.0,
             kq: None,
             bq: None,
         }
@@ -308,6 +315,8 @@ impl Layer for QDense {
             .beta0(self.base.beta.get())
             .iq(self.base.iq.config.clone())
             .oq(self.base.oq.as_ref().map(|q| q.config.clone()))
+            .enable_ebops(self.base.enable_ebops)
+            .ebops_factor(self.base.ebops_factor)
             .kq(self.kq.config.clone())
             .use_bias(self.bias.is_some());
         if let Some(bq) = &self.bq {

@@ -32,6 +32,8 @@ pub struct QMergeBuilder {
     tape: Option<EbopsTape>,
     iq: Option<QuantizerConfig>,
     oq: Option<QuantizerConfig>,
+    enable_ebops: bool,
+    ebops_factor: f64,
 }
 
 impl QMergeBuilder {
@@ -49,6 +51,7 @@ impl QMergeBuilder {
     /// Builds the layer under `root / name`; `names` gives Keras' unique names.
     pub fn build(self, root: &nn::Path, names: &mut Names) -> Result<QMerge> {
         check_beta(self.beta)?;
+        super::check_ebops_factor(self.ebops_factor)?;
         let arity_ok = match self.op {
             MergeOp::Subtract => self.inputs == 2,
             _ => self.inputs >= 2,
@@ -118,6 +121,8 @@ impl QMergeBuilder {
                 ebops: RefCell::new(Ebops::Value(0)),
                 iq: first,
                 oq,
+                enable_ebops: self.enable_ebops,
+                ebops_factor: self.ebops_factor,
             },
             rest: iqs.collect(),
             op: self.op,
@@ -163,6 +168,8 @@ impl QMerge {
             tape: None,
             iq: None,
             oq: None,
+            enable_ebops: true,
+            ebops_factor: 1.0,
         }
     }
 
@@ -282,6 +289,8 @@ impl Layer for QMerge {
             .beta0(self.base.beta.get())
             .iq(self.base.iq.config.clone())
             .oq(self.base.oq.as_ref().map(|q| q.config.clone()))
+            .enable_ebops(self.base.enable_ebops)
+            .ebops_factor(self.base.ebops_factor)
             .into())
     }
 }

@@ -232,7 +232,7 @@ macro_rules! qbase_layer_methods {
             self.base.ebops()
         }
         fn beta(&self) -> Option<f64> {
-            Some(self.base.beta.get())
+            self.base.enable_ebops.then(|| self.base.beta.get())
         }
         fn set_beta(&self, beta: f64) -> $crate::Result<()> {
             self.base.set_beta(beta)
@@ -285,6 +285,18 @@ macro_rules! builder_common_setters {
         /// alone).
         pub fn ebops_tape(mut self, tape: &$crate::layers::EbopsTape) -> Self {
             self.tape = Some(tape.clone());
+            self
+        }
+        /// hgq2's `enable_ebops`: `false` leaves the layer without EBOPs (and their loss).
+        /// Default: `true`.
+        pub fn enable_ebops(mut self, on: bool) -> Self {
+            self.enable_ebops = on;
+            self
+        }
+        /// hgq2's `ebops_factor`: the layer's EBOPs are scaled by it (finite, `>= 0`).
+        /// Default: 1.
+        pub fn ebops_factor(mut self, f: f64) -> Self {
+            self.ebops_factor = f;
             self
         }
         /// The input quantizer's configuration (default: hgq2's `default`/datalane).
@@ -409,6 +421,18 @@ impl Ebops {
     }
 }
 
+/// `ebops_factor` must be finite and `>= 0`.
+pub(crate) fn check_ebops_factor(f: f64) -> Result<()> {
+    if f.is_finite() && f >= 0.0 {
+        Ok(())
+    } else {
+        Err(TorchError::Invalid {
+            what: "ebops_factor",
+            why: format!("{f} (must be finite, >= 0)"),
+        })
+    }
+}
+
 /// `beta` must be finite and `>= 0`.
 pub(crate) fn check_beta(beta: f64) -> Result<()> {
     if beta.is_finite() && beta >= 0.0 {
@@ -489,6 +513,10 @@ pub(crate) struct QBase {
     pub(crate) iq: Named,
     /// The output quantizer (hgq2's `enable_oq`), if any.
     pub(crate) oq: Option<Named>,
+    /// hgq2's `enable_ebops`: without, the layer has no EBOPs (nor `beta`).
+    pub(crate) enable_ebops: bool,
+    /// hgq2's `ebops_factor`: the EBOPs computed are scaled by it.
+    pub(crate) ebops_factor: f64,
 }
 
 impl QBase {
@@ -511,10 +539,15 @@ impl QBase {
         mode: CallMode,
         e: impl FnOnce() -> Result<Tensor>,
     ) -> Result<Tensor> {
-        if mode == CallMode::Inference {
+        if mode == CallMode::Inference || !self.enable_ebops {
             return Ok(Tensor::from(0.0f32));
         }
         let e = e()?;
+        let e = if self.ebops_factor == 1.0 {
+            e
+        } else {
+            e.f_mul_scalar(self.ebops_factor)?
+        };
         *self.ebops.borrow_mut() = Ebops::Pending(e.f_detach()?);
         let loss = e.f_mul_scalar(self.beta.get())?;
         if let (Some(tape), CallMode::Training) = (&self.tape, mode) {

@@ -42,6 +42,12 @@ pub(super) fn unsupported(model: &Sequential, x: &Tensor, labels: &Tensor) -> Op
         if l.base.oq.is_some() {
             return Some(format!("{} has an output quantizer", l.name()));
         }
+        if !l.base.enable_ebops || l.base.ebops_factor != 1.0 {
+            return Some(format!(
+                "{} has its EBOPs off or scaled (enable_ebops, ebops_factor)",
+                l.name()
+            ));
+        }
         let vars = std::iter::once(&l.kernel).chain(&l.bias);
         if !vars.into_iter().all(host::is_plain) {
             return Some(format!(

@@ -30,6 +30,8 @@ pub struct QPoolBuilder {
     tape: Option<EbopsTape>,
     iq: Option<QuantizerConfig>,
     oq: Option<QuantizerConfig>,
+    enable_ebops: bool,
+    ebops_factor: f64,
 }
 
 impl QPoolBuilder {
@@ -116,6 +118,7 @@ impl QPoolBuilder {
     /// Builds the layer under `root / name`; `names` gives Keras' unique names.
     pub fn build(self, root: &nn::Path, names: &mut Names) -> Result<QPool> {
         check_beta(self.beta)?;
+        super::check_ebops_factor(self.ebops_factor)?;
         let (output_dims, strides, pads) = self.geometry()?;
         let name = self
             .name
@@ -160,6 +163,8 @@ impl QPoolBuilder {
                 ebops: RefCell::new(Ebops::Value(0)),
                 iq,
                 oq,
+                enable_ebops: self.enable_ebops,
+                ebops_factor: self.ebops_factor,
             },
             kind: self.kind,
             output_dims,
@@ -223,6 +228,8 @@ impl QPool {
             tape: None,
             iq: None,
             oq: None,
+            enable_ebops: true,
+            ebops_factor: 1.0,
         }
     }
 
@@ -378,6 +385,8 @@ impl Layer for QPool {
             .beta0(self.base.beta.get())
             .iq(self.base.iq.config.clone())
             .oq(self.base.oq.as_ref().map(|q| q.config.clone()))
+            .enable_ebops(self.base.enable_ebops)
+            .ebops_factor(self.base.ebops_factor)
             .into())
     }
 }

@@ -51,10 +51,11 @@ impl AnyBuilder {
             if let Some(oq) = oq {
                 oq.to_core()?;
             }
-            if !ebops || factor != 1.0 || !trainable {
-                return Err(refuse(
-                    "enable_ebops=False, an ebops_factor other than 1 or trainable=False",
-                ));
+            if !trainable {
+                return Err(refuse("trainable=False"));
+            }
+            if ebops {
+                super::check_ebops_factor(factor)?;
             }
             iq.to_core()?;
             Ok(iq.clone())
@@ -75,6 +76,8 @@ impl AnyBuilder {
             let dims = ins.first().cloned().unwrap_or_default();
             let mut b = QMerge::builder(m.op, &dims, ins.len())
                 .beta(m.beta0)
+                .enable_ebops(m.enable_ebops)
+                .ebops_factor(m.ebops_factor)
                 .iq(iq)
                 .name(name);
             if let Some(oq) = &m.oq {
@@ -99,6 +102,8 @@ impl AnyBuilder {
                     .center(b.center)
                     .scale(b.scale)
                     .beta(b.beta0)
+                    .enable_ebops(b.enable_ebops)
+                    .ebops_factor(b.ebops_factor)
                     .iq(iq)
                     .kq(b.kq.clone())
                     .bq(b.bq.clone())
@@ -118,6 +123,8 @@ impl AnyBuilder {
                     .activation(act(d.activation)?)
                     .use_bias(d.use_bias)
                     .beta(d.beta0)
+                    .enable_ebops(d.enable_ebops)
+                    .ebops_factor(d.ebops_factor)
                     .iq(iq)
                     .kq(d.kq.clone())
                     .name(name);
@@ -154,6 +161,8 @@ impl AnyBuilder {
                     .activation(act(c.activation)?)
                     .use_bias(c.use_bias)
                     .beta(c.beta0)
+                    .enable_ebops(c.enable_ebops)
+                    .ebops_factor(c.ebops_factor)
                     .iq(iq)
                     .kq(c.kq.clone())
                     .name(name);
@@ -200,7 +209,12 @@ impl AnyBuilder {
                         }
                     }
                 };
-                let b = b.beta(p.beta0).iq(iq).name(name);
+                let b = b
+                    .beta(p.beta0)
+                    .enable_ebops(p.enable_ebops)
+                    .ebops_factor(p.ebops_factor)
+                    .iq(iq)
+                    .name(name);
                 AnyBuilder::Pool(match &p.oq {
                     Some(oq) => b.oq(oq.clone()),
                     None => b,
