@@ -108,8 +108,10 @@ fn qdense_on_the_last_axis() {
     let bits_in = q.iq().q.bits_like(&[1, 3, 4]).unwrap(); // one per position and feature
     let bits_k = q.kq().q.bits_like(&[4, 5]).unwrap();
     let bits_b = q.bq().unwrap().q.bits_like(&[5]).unwrap();
+    // hgq2's QDense: the bias term once per output, `prod(shape[:-1]) * units` of the
+    // one-sample shape (1, 3, 4): 3 positions times 5 units.
     let want = bits_in.matmul(&bits_k).sum(Kind::Float).double_value(&[])
-        + bits_b.mean(Kind::Float).double_value(&[]) * 5.0;
+        + bits_b.mean(Kind::Float).double_value(&[]) * 15.0;
     assert_eq!(q.ebops(), want as u32);
     assert!(q.iq().q.bits().unwrap().size().iter().product::<i64>() == 12);
 

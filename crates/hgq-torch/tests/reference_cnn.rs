@@ -55,6 +55,8 @@ fn model(vs: &nn::VarStore, case: &Value) -> Sequential {
         let kind = l["kind"].as_str().unwrap();
         let name = l["name"].as_str().unwrap();
         let beta = l["beta0"].as_f64().unwrap_or(0.0);
+        // hgq2's parallelization factor as resolved (QDense and the convolutions).
+        let pf = l["parallelization_factor"].as_u64().map(|p| p as usize);
         // hgq2's EBOPs switches (absent: the defaults, on and 1).
         let (ebops_on, factor) = (
             l["enable_ebops"].as_bool().unwrap_or(true),
@@ -87,6 +89,10 @@ fn model(vs: &nn::VarStore, case: &Value) -> Sequential {
                     .enable_ebops(ebops_on)
                     .ebops_factor(factor)
                     .name(name);
+                let b = match pf {
+                    Some(p) => b.parallelization_factor(p),
+                    None => b,
+                };
                 m.add(&root, if let Some(c) = oq { b.oq(c) } else { b })
             }
             "QDense" => {
@@ -99,6 +105,10 @@ fn model(vs: &nn::VarStore, case: &Value) -> Sequential {
                         .enable_ebops(ebops_on)
                         .ebops_factor(factor)
                         .name(name);
+                let b = match pf {
+                    Some(p) => b.parallelization_factor(p),
+                    None => b,
+                };
                 m.add(&root, if let Some(c) = oq { b.oq(c) } else { b })
             }
             "Flatten" => m.add(&root, Flatten::new(&dims).unwrap().with_name(name)),

@@ -12,7 +12,9 @@ Cases (see `cases()`; batches of 2 rows): conv2d-maxpool-dense, conv2d-same-stri
 conv2d-dilation-groups, conv1d, conv1d-pools (planned with a causal conv, see below), pool2d-same and
 pool1d-same ('same' average and max pooling, symmetric and asymmetric padding), output-quantizers
 (enable_oq=True on a convolution, a pooling and a dense layer), ebops-options (enable_ebops=False,
-ebops_factor); layer descriptions carry `enable_oq`, `enable_ebops` and `ebops_factor`. About 570 KB with
+ebops_factor), dense-nd-parallel (QDense on a 3-D input, parallelization factors of one's own);
+layer descriptions carry `enable_oq`, `enable_ebops`, `ebops_factor` and, for QDense and the
+convolutions, the resolved `parallelization_factor`. About 570 KB with
 seed 0: the per-element input quantizers and the four copies of the state (initial + one per call)
 make most of it, and each model_json is 11-17 KB.
 
@@ -196,13 +198,15 @@ def describe(layer, out_shape):
     if kind in ('QConv1D', 'QConv2D'):
         d.update(filters=int(layer.filters), kernel_size=_tuple(layer.kernel_size), strides=_tuple(layer.strides),
                  padding=layer.padding, dilation_rate=_tuple(layer.dilation_rate), groups=int(layer.groups),
-                 activation=_act(layer), use_bias=bool(layer.use_bias))
+                 activation=_act(layer), use_bias=bool(layer.use_bias),
+                 parallelization_factor=int(layer.parallelization_factor))
     elif kind in ('QMaxPooling1D', 'QMaxPooling2D', 'QAveragePooling1D', 'QAveragePooling2D'):
         d.update(pool_size=_tuple(layer.pool_size), strides=_tuple(layer.strides), padding=layer.padding)
     elif kind.startswith('QGlobal'):
         d.update(keepdims=bool(layer.keepdims))
     elif kind == 'QDense':
-        d.update(units=int(layer.units), activation=_act(layer), use_bias=bool(layer.use_bias))
+        d.update(units=int(layer.units), activation=_act(layer), use_bias=bool(layer.use_bias),
+                 parallelization_factor=int(layer.parallelization_factor))
     elif kind == 'Flatten':
         pass
     else:
@@ -347,6 +351,13 @@ def cases(rng):
             QMaxPooling2D((2, 2), ebops_factor=0.5, beta0=2e-3),
             Flatten(),
             QDense(4, ebops_factor=2.0, beta0=3e-3),
+        ], batch=2),
+        # Dense on the last axis of a 3-D input, and parallelization factors of one's own.
+        cnn_case('cnn/dense-nd-parallel', rng, (4, 8), lambda: [
+            QDense(5, activation='relu', parallelization_factor=2, beta0=1e-3),
+            QConv1D(3, 2, parallelization_factor=1, beta0=2e-3),
+            Flatten(),
+            QDense(2, parallelization_factor=3, beta0=3e-3),
         ], batch=2),
     ]
 

@@ -58,12 +58,20 @@ pub struct QConvBuilder {
     oq: Option<QuantizerConfig>,
     enable_ebops: bool,
     ebops_factor: f64,
+    parallelization_factor: Option<usize>,
     kq: Option<QuantizerConfig>,
     bq: Option<QuantizerConfig>,
 }
 
 impl QConvBuilder {
     builder_common_setters!();
+    /// hgq2's `parallelization_factor`: how many outputs the firmware computes at once (its
+    /// EBOPs scale by it over the layer's `n_parallel`); at least 1. Default: `n_parallel`,
+    /// every output at once.
+    pub fn parallelization_factor(mut self, p: usize) -> Self {
+        self.parallelization_factor = Some(p);
+        self
+    }
     /// Strides, one per spatial axis.
     pub fn strides(mut self, s: &[usize]) -> Self {
         self.strides = s.to_vec();
@@ -180,6 +188,12 @@ impl QConvBuilder {
     pub fn build(self, root: &nn::Path, names: &mut Names) -> Result<QConv> {
         check_beta(self.beta)?;
         super::check_ebops_factor(self.ebops_factor)?;
+        if self.parallelization_factor == Some(0) {
+            return Err(TorchError::Invalid {
+                what: "parallelization_factor",
+                why: "0 (at least 1)".into(),
+            });
+        }
         let (output_dims, pads) = self.geometry()?;
         let rank = self.kernel_size.len();
         let base = if rank == 1 { "q_conv1d" } else { "q_conv2d" };
@@ -270,6 +284,7 @@ impl QConvBuilder {
             bias,
             kq,
             bq,
+            parallelization_factor: self.parallelization_factor,
         })
     }
 }
@@ -310,6 +325,7 @@ pub struct QConv {
     bias: Option<Tensor>,
     kq: Named,
     bq: Option<Named>,
+    parallelization_factor: Option<usize>,
 }
 
 impl QConv {
@@ -332,6 +348,7 @@ impl QConv {
             oq: None,
             enable_ebops: true,
             ebops_factor: 1.0,
+            parallelization_factor: None,
             kq: None,
             bq: None,
         }
@@ -402,9 +419,14 @@ impl QConv {
         self.bq.as_ref()
     }
     /// hgq2's `n_parallel`: the output's positions (what `parallelization_factor` defaults
-    /// to; the EBOPs scale by their ratio, 1 here).
+    /// to; the products' EBOPs scale by their ratio).
     pub fn n_parallel(&self) -> usize {
         self.output_dims[..self.rank()].iter().product()
+    }
+
+    /// The parallelization factor given (`None`: hgq2's default, [`Self::n_parallel`]).
+    pub fn parallelization_factor(&self) -> Option<usize> {
+        self.parallelization_factor
     }
 
     /// The convolution of channels-last `x` (`[n, *positions, channels]`) with a Keras-layout
@@ -452,7 +474,11 @@ impl QConv {
         let bw_inp = self.base.input_bits()?;
         let bw_ker = self.kq.q.bits_like(self.kernel.size().as_slice())?;
         let bw_ker = bw_ker.f_to_device(bw_inp.device())?;
-        let mut e = self.conv(&bw_inp, &bw_ker)?.f_sum(Kind::Float)?;
+        let e = self.conv(&bw_inp, &bw_ker)?.f_sum(Kind::Float)?;
+        // hgq2's `ebops * parallelization_factor / n_parallel` (the products only), in order.
+        let n = self.n_parallel();
+        let pf = self.parallelization_factor.unwrap_or(n);
+        let mut e = e.f_mul_scalar(pf as f64)?.f_div_scalar(n as f64)?;
         if let Some(bq) = &self.bq {
             // hgq2 counts the bias over the input's positions (`prod(shape[:-1])` of the
             // one-sample input shape), not the output's.
@@ -511,6 +537,7 @@ impl Layer for QConv {
             .oq(self.base.oq.as_ref().map(|q| q.config.clone()))
             .enable_ebops(self.base.enable_ebops)
             .ebops_factor(self.base.ebops_factor)
+            .parallelization_factor(self.parallelization_factor.map_or(-1, |p| p as i64))
             .kq(self.kq.config.clone())
             .use_bias(self.bias.is_some());
         if let Some(bq) = &self.bq {

@@ -30,12 +30,20 @@ pub struct QDenseBuilder {
     oq: Option<QuantizerConfig>,
     enable_ebops: bool,
     ebops_factor: f64,
+    parallelization_factor: Option<usize>,
     kq: Option<QuantizerConfig>,
     bq: Option<QuantizerConfig>,
 }
 
 impl QDenseBuilder {
     builder_common_setters!();
+    /// hgq2's `parallelization_factor`: how many outputs the firmware computes at once (its
+    /// EBOPs scale by it over the layer's `n_parallel`); at least 1. Default: `n_parallel`,
+    /// every output at once.
+    pub fn parallelization_factor(mut self, p: usize) -> Self {
+        self.parallelization_factor = Some(p);
+        self
+    }
     /// The activation after the layer.
     pub fn activation(mut self, a: Activation) -> Self {
         self.activation = a;
@@ -81,6 +89,12 @@ impl QDenseBuilder {
         }
         check_beta(self.beta)?;
         super::check_ebops_factor(self.ebops_factor)?;
+        if self.parallelization_factor == Some(0) {
+            return Err(TorchError::Invalid {
+                what: "parallelization_factor",
+                why: "0 (at least 1)".into(),
+            });
+        }
         if self.input_dims.last() != Some(&self.in_features) || self.input_dims.contains(&0) {
             return Err(TorchError::Invalid {
                 what: "QDense input dimensions",
@@ -175,6 +189,7 @@ impl QDenseBuilder {
             bias,
             kq,
             bq,
+            parallelization_factor: self.parallelization_factor,
         })
     }
 }
@@ -192,6 +207,7 @@ pub struct QDense {
     pub(crate) bias: Option<Tensor>,
     pub(crate) kq: Named,
     pub(crate) bq: Option<Named>,
+    pub(crate) parallelization_factor: Option<usize>,
 }
 
 impl QDense {
@@ -210,6 +226,7 @@ impl QDense {
             oq: None,
             enable_ebops: true,
             ebops_factor: 1.0,
+            parallelization_factor: None,
             kq: None,
             bq: None,
         }
@@ -252,6 +269,18 @@ impl QDense {
         self.bq.as_ref()
     }
 
+    /// hgq2's `n_parallel`: the input's positions (all but its last axis; 1 for 2-D inputs),
+    /// what `parallelization_factor` defaults to.
+    pub fn n_parallel(&self) -> usize {
+        let d = &self.base.input_dims;
+        d[..d.len().saturating_sub(1)].iter().product()
+    }
+
+    /// The parallelization factor given (`None`: hgq2's default, [`Self::n_parallel`]).
+    pub fn parallelization_factor(&self) -> Option<usize> {
+        self.parallelization_factor
+    }
+
     /// EBOPs from the current bit widths (differentiable through them):
     /// `sum(bits_in @ bits_kernel) + mean(bits_bias) * units`.
     pub fn compute_ebops(&self) -> Result<Tensor> {
@@ -260,12 +289,16 @@ impl QDense {
         let mut e = bw_inp
             .f_matmul(&bw_ker.to_device(bw_inp.device()))?
             .f_sum(Kind::Float)?;
+        let positions = self.n_parallel();
         if let Some(bq) = &self.bq {
+            // One bias add per output: per position and unit.
             let bw_bias = bq.q.bits_like(&[self.units as i64])?;
             let dev = e.device();
-            e += bw_bias.f_mean(Kind::Float)?.to_device(dev) * self.units as f64;
+            e += bw_bias.f_mean(Kind::Float)?.to_device(dev) * (positions * self.units) as f64;
         }
-        Ok(e)
+        // hgq2's `ebops * parallelization_factor / n_parallel`, in that order.
+        let pf = self.parallelization_factor.unwrap_or(positions);
+        Ok(e.f_mul_scalar(pf as f64)?.f_div_scalar(positions as f64)?)
     }
 }
 
@@ -317,6 +350,7 @@ impl Layer for QDense {
             .oq(self.base.oq.as_ref().map(|q| q.config.clone()))
             .enable_ebops(self.base.enable_ebops)
             .ebops_factor(self.base.ebops_factor)
+            .parallelization_factor(self.parallelization_factor.map_or(-1, |p| p as i64))
             .kq(self.kq.config.clone())
             .use_bias(self.bias.is_some());
         if let Some(bq) = &self.bq {

@@ -42,6 +42,12 @@ pub(super) fn unsupported(model: &Sequential, x: &Tensor, labels: &Tensor) -> Op
         if l.base.oq.is_some() {
             return Some(format!("{} has an output quantizer", l.name()));
         }
+        if l.parallelization_factor.is_some() {
+            return Some(format!(
+                "{} has a parallelization factor of its own",
+                l.name()
+            ));
+        }
         if !l.base.enable_ebops || l.base.ebops_factor != 1.0 {
             return Some(format!(
                 "{} has its EBOPs off or scaled (enable_ebops, ebops_factor)",

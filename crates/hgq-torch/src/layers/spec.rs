@@ -115,8 +115,8 @@ impl AnyBuilder {
             }
             LayerSpec::QDense(d) => {
                 let iq = common(&d.iq, &d.oq, d.enable_ebops, d.ebops_factor, d.trainable)?;
-                if d.parallelization_factor != -1 {
-                    return Err(refuse("a parallelization_factor of its own"));
+                if d.parallelization_factor == 0 {
+                    return Err(refuse("parallelization_factor=0"));
                 }
                 let mut b = QDense::builder(dims.last().copied().unwrap_or(0), d.units)
                     .input_dims(dims)
@@ -136,12 +136,15 @@ impl AnyBuilder {
                 if let Some(oq) = &d.oq {
                     b = b.oq(oq.clone());
                 }
+                if d.parallelization_factor > 0 {
+                    b = b.parallelization_factor(d.parallelization_factor as usize);
+                }
                 AnyBuilder::Dense(b)
             }
             LayerSpec::QConv(c) => {
                 let iq = common(&c.iq, &c.oq, c.enable_ebops, c.ebops_factor, c.trainable)?;
-                if c.parallelization_factor != -1 {
-                    return Err(refuse("a parallelization_factor of its own"));
+                if c.parallelization_factor == 0 {
+                    return Err(refuse("parallelization_factor=0"));
                 }
                 let b = match (c.kernel_size.as_slice(), dims) {
                     (&[k], &[n, ch]) => QConv::builder_1d([n, ch], c.filters, k),
@@ -173,6 +176,9 @@ impl AnyBuilder {
                 }
                 if let Some(oq) = &c.oq {
                     b = b.oq(oq.clone());
+                }
+                if c.parallelization_factor > 0 {
+                    b = b.parallelization_factor(c.parallelization_factor as usize);
                 }
                 AnyBuilder::Conv(b)
             }
