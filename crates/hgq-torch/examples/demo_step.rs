@@ -110,7 +110,11 @@ fn main() -> Result<(), Error> {
             .filter_map(|l| l.downcast_ref::<QDense>())
         {
             let t0 = Instant::now();
-            let xq = l.iq().q.forward(&y, CallMode::Training)?;
+            let xq = l
+                .iq()
+                .ok_or("no input quantizer")?
+                .q
+                .forward(&y, CallMode::Training)?;
             let t1 = Instant::now();
             let k = l.kq().q.forward(l.kernel(), CallMode::Training)?;
             let t2 = Instant::now();

@@ -95,7 +95,7 @@ fn qdense_on_the_last_axis() {
     let x = rand(&[6, 3, 4], 5);
     let out = q.forward(&x, CallMode::Training).unwrap();
     assert_eq!(out.y.size(), [6, 3, 5]);
-    let xq = q.iq().q.forward(&x, CallMode::Inference).unwrap();
+    let xq = q.iq().unwrap().q.forward(&x, CallMode::Inference).unwrap();
     let k = q.kq().q.forward(q.kernel(), CallMode::Inference).unwrap();
     let b = q
         .bq()
@@ -105,7 +105,7 @@ fn qdense_on_the_last_axis() {
         .unwrap();
     assert!(out.y.allclose(&(xq.matmul(&k) + b), 1e-6, 1e-6, false));
 
-    let bits_in = q.iq().q.bits_like(&[1, 3, 4]).unwrap(); // one per position and feature
+    let bits_in = q.iq().unwrap().q.bits_like(&[1, 3, 4]).unwrap(); // one per position and feature
     let bits_k = q.kq().q.bits_like(&[4, 5]).unwrap();
     let bits_b = q.bq().unwrap().q.bits_like(&[5]).unwrap();
     // hgq2's QDense: the bias term once per output, `prod(shape[:-1]) * units` of the
@@ -113,7 +113,17 @@ fn qdense_on_the_last_axis() {
     let want = bits_in.matmul(&bits_k).sum(Kind::Float).double_value(&[])
         + bits_b.mean(Kind::Float).double_value(&[]) * 15.0;
     assert_eq!(q.ebops(), want as u32);
-    assert!(q.iq().q.bits().unwrap().size().iter().product::<i64>() == 12);
+    assert!(
+        q.iq()
+            .unwrap()
+            .q
+            .bits()
+            .unwrap()
+            .size()
+            .iter()
+            .product::<i64>()
+            == 12
+    );
 
     let err = q
         .forward(&rand(&[6, 4], 6), CallMode::Training)

@@ -55,6 +55,8 @@ fn model(vs: &nn::VarStore, case: &Value) -> Sequential {
         let kind = l["kind"].as_str().unwrap();
         let name = l["name"].as_str().unwrap();
         let beta = l["beta0"].as_f64().unwrap_or(0.0);
+        // No input quantizer (hgq2's `enable_iq=False`; its EBOPs are off with it).
+        let no_iq = l["enable_iq"] == false;
         // hgq2's parallelization factor as resolved (QDense and the convolutions).
         let pf = l["parallelization_factor"].as_u64().map(|p| p as usize);
         // hgq2's EBOPs switches (absent: the defaults, on and 1).
@@ -93,6 +95,7 @@ fn model(vs: &nn::VarStore, case: &Value) -> Sequential {
                     Some(p) => b.parallelization_factor(p),
                     None => b,
                 };
+                let b = if no_iq { b.no_iq() } else { b };
                 m.add(&root, if let Some(c) = oq { b.oq(c) } else { b })
             }
             "QDense" => {
@@ -109,6 +112,7 @@ fn model(vs: &nn::VarStore, case: &Value) -> Sequential {
                     Some(p) => b.parallelization_factor(p),
                     None => b,
                 };
+                let b = if no_iq { b.no_iq() } else { b };
                 m.add(&root, if let Some(c) = oq { b.oq(c) } else { b })
             }
             "Flatten" => m.add(&root, Flatten::new(&dims).unwrap().with_name(name)),
@@ -134,6 +138,7 @@ fn model(vs: &nn::VarStore, case: &Value) -> Sequential {
                     .enable_ebops(ebops_on)
                     .ebops_factor(factor)
                     .name(name);
+                let b = if no_iq { b.no_iq() } else { b };
                 m.add(&root, if let Some(c) = oq { b.oq(c) } else { b })
             }
         };

@@ -12,8 +12,9 @@ Cases (see `cases()`; batches of 2 rows): conv2d-maxpool-dense, conv2d-same-stri
 conv2d-dilation-groups, conv1d, conv1d-pools (planned with a causal conv, see below), pool2d-same and
 pool1d-same ('same' average and max pooling, symmetric and asymmetric padding), output-quantizers
 (enable_oq=True on a convolution, a pooling and a dense layer), ebops-options (enable_ebops=False,
-ebops_factor), dense-nd-parallel (QDense on a 3-D input, parallelization factors of one's own);
-layer descriptions carry `enable_oq`, `enable_ebops`, `ebops_factor` and, for QDense and the
+ebops_factor), dense-nd-parallel (QDense on a 3-D input, parallelization factors of one's own),
+no-input-quantizers (enable_iq=False after output quantizers);
+layer descriptions carry `enable_iq`, `enable_oq`, `enable_ebops`, `ebops_factor` and, for QDense and the
 convolutions, the resolved `parallelization_factor`. About 570 KB with
 seed 0: the per-element input quantizers and the four copies of the state (initial + one per call)
 make most of it, and each model_json is 11-17 KB.
@@ -215,7 +216,7 @@ def describe(layer, out_shape):
         if k in d:
             assert d[k] in ('valid', 'same', 'causal'), d[k]
     if hasattr(layer, 'enable_ebops'):
-        assert layer.enable_iq
+        d['enable_iq'] = bool(layer.enable_iq)
         d['beta0'] = float(layer._beta0.value)
         d['enable_oq'] = bool(layer.enable_oq)  # hgq2's default output quantizer when true
         d['enable_ebops'] = bool(layer.enable_ebops)
@@ -358,6 +359,14 @@ def cases(rng):
             QConv1D(3, 2, parallelization_factor=1, beta0=2e-3),
             Flatten(),
             QDense(2, parallelization_factor=3, beta0=3e-3),
+        ], batch=2),
+        # No input quantizers (enable_iq=False, EBOPs off with them) after output quantizers.
+        cnn_case('cnn/no-input-quantizers', rng, (6, 6, 2), lambda: [
+            QConv2D(3, (3, 3), activation='relu', enable_oq=True, beta0=1e-3),
+            QMaxPooling2D((2, 2), enable_iq=False, beta0=2e-3),
+            Flatten(),
+            QDense(4, enable_iq=False, enable_oq=True, beta0=3e-3),
+            QDense(2, beta0=4e-3),
         ], batch=2),
     ]
 

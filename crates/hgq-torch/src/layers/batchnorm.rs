@@ -32,6 +32,7 @@ pub struct QBatchNormBuilder {
     tape: Option<EbopsTape>,
     iq: Option<QuantizerConfig>,
     oq: Option<QuantizerConfig>,
+    enable_iq: bool,
     enable_ebops: bool,
     ebops_factor: f64,
     kq: Option<QuantizerConfig>,
@@ -78,6 +79,7 @@ impl QBatchNormBuilder {
     pub fn build(self, root: &nn::Path, names: &mut Names) -> Result<QBatchNorm> {
         check_beta(self.beta)?;
         super::check_ebops_factor(self.ebops_factor)?;
+        QBase::check_ebops_need_iq("the layer", self.enable_iq, self.enable_ebops)?;
         let valid = !self.input_dims.is_empty()
             && !self.input_dims.contains(&0)
             && (0.0..=1.0).contains(&self.momentum)
@@ -116,14 +118,18 @@ impl QBatchNormBuilder {
             )?),
             None => None,
         };
-        let iq = named_quantizer(
-            names,
-            &p,
-            &name,
-            "iq",
-            iq_conf,
-            &batch_shape(&self.input_dims),
-        )?;
+        let iq = if self.enable_iq {
+            Some(named_quantizer(
+                names,
+                &p,
+                &name,
+                "iq",
+                iq_conf,
+                &batch_shape(&self.input_dims),
+            )?)
+        } else {
+            None
+        };
         let kq = named_quantizer(names, &p, &name, "kq", kq_conf, &[Some(channels)])?;
         let bq = named_quantizer(names, &p, &name, "bq", bq_conf, &[Some(channels)])?;
         let gamma = self
@@ -200,6 +206,7 @@ impl QBatchNorm {
             tape: None,
             iq: None,
             oq: None,
+            enable_iq: true,
             enable_ebops: true,
             ebops_factor: 1.0,
             kq: None,
@@ -236,8 +243,8 @@ impl QBatchNorm {
         &self.moving_variance
     }
     /// The input quantizer.
-    pub fn iq(&self) -> &Named {
-        &self.base.iq
+    pub fn iq(&self) -> Option<&Named> {
+        self.base.iq.as_ref()
     }
     /// The scale's quantizer.
     pub fn kq(&self) -> &Named {
@@ -288,7 +295,7 @@ impl Layer for QBatchNorm {
             &self.moving_mean,
             &self.base.input_dims,
         )?;
-        let xq = self.base.iq.q.forward(x, mode)?;
+        let xq = self.base.input(x, mode)?;
         let (scale, offset) = if mode == CallMode::Training {
             let axes: Vec<i64> = (0..xq.dim() as i64 - 1).collect();
             let mean = xq.f_mean_dim(axes.as_slice(), false, None::<Kind>)?;
@@ -321,7 +328,8 @@ impl Layer for QBatchNorm {
         self.base
             .oq
             .iter()
-            .chain([&self.base.iq, &self.kq, &self.bq])
+            .chain(self.base.iq.iter())
+            .chain([&self.kq, &self.bq])
             .collect()
     }
     fn keras_variables(&self) -> Vec<(String, Tensor)> {
@@ -352,7 +360,7 @@ impl Layer for QBatchNorm {
             .center(self.offset.is_some())
             .scale(self.gamma.is_some())
             .beta0(self.base.beta.get())
-            .iq(self.base.iq.config.clone())
+            .iq(self.base.iq.as_ref().map(|q| q.config.clone()))
             .oq(self.base.oq.as_ref().map(|q| q.config.clone()))
             .enable_ebops(self.base.enable_ebops)
             .ebops_factor(self.base.ebops_factor)

@@ -56,6 +56,7 @@ pub struct QConvBuilder {
     tape: Option<EbopsTape>,
     iq: Option<QuantizerConfig>,
     oq: Option<QuantizerConfig>,
+    enable_iq: bool,
     enable_ebops: bool,
     ebops_factor: f64,
     parallelization_factor: Option<usize>,
@@ -188,6 +189,7 @@ impl QConvBuilder {
     pub fn build(self, root: &nn::Path, names: &mut Names) -> Result<QConv> {
         check_beta(self.beta)?;
         super::check_ebops_factor(self.ebops_factor)?;
+        QBase::check_ebops_need_iq("the layer", self.enable_iq, self.enable_ebops)?;
         if self.parallelization_factor == Some(0) {
             return Err(TorchError::Invalid {
                 what: "parallelization_factor",
@@ -222,14 +224,18 @@ impl QConvBuilder {
             )?),
             None => None,
         };
-        let iq = named_quantizer(
-            names,
-            &p,
-            &name,
-            "iq",
-            iq_conf,
-            &batch_shape(&self.input_dims),
-        )?;
+        let iq = if self.enable_iq {
+            Some(named_quantizer(
+                names,
+                &p,
+                &name,
+                "iq",
+                iq_conf,
+                &batch_shape(&self.input_dims),
+            )?)
+        } else {
+            None
+        };
         let kq_shape: Vec<Option<usize>> = kernel_shape.iter().map(|&d| Some(d)).collect();
         let kq = named_quantizer(names, &p, &name, "kq", kq_conf, &kq_shape)?;
         let bq = if self.use_bias {
@@ -346,6 +352,7 @@ impl QConv {
             tape: None,
             iq: None,
             oq: None,
+            enable_iq: true,
             enable_ebops: true,
             ebops_factor: 1.0,
             parallelization_factor: None,
@@ -407,8 +414,8 @@ impl QConv {
         self.bias.as_ref()
     }
     /// The input quantizer.
-    pub fn iq(&self) -> &Named {
-        &self.base.iq
+    pub fn iq(&self) -> Option<&Named> {
+        self.base.iq.as_ref()
     }
     /// The kernel quantizer.
     pub fn kq(&self) -> &Named {
@@ -499,7 +506,7 @@ impl Layer for QConv {
     }
     fn forward(&self, x: &Tensor, mode: CallMode) -> Result<Output> {
         check_input("QConv input", x, &self.kernel, &self.base.input_dims)?;
-        let xq = self.base.iq.q.forward(x, mode)?;
+        let xq = self.base.input(x, mode)?;
         let k = self.kq.q.forward(&self.kernel, mode)?;
         let mut y = self.conv(&xq, &k)?;
         if let (Some(b), Some(bq)) = (&self.bias, &self.bq) {
@@ -515,7 +522,8 @@ impl Layer for QConv {
         self.base
             .oq
             .iter()
-            .chain([&self.base.iq, &self.kq])
+            .chain(self.base.iq.iter())
+            .chain([&self.kq])
             .chain(self.bq.as_ref())
             .collect()
     }
@@ -533,7 +541,7 @@ impl Layer for QConv {
             .groups(self.groups)
             .activation(self.activation.to_config())
             .beta0(self.base.beta.get())
-            .iq(self.base.iq.config.clone())
+            .iq(self.base.iq.as_ref().map(|q| q.config.clone()))
             .oq(self.base.oq.as_ref().map(|q| q.config.clone()))
             .enable_ebops(self.base.enable_ebops)
             .ebops_factor(self.base.ebops_factor)

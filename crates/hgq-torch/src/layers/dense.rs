@@ -28,6 +28,7 @@ pub struct QDenseBuilder {
     name: Option<String>,
     iq: Option<QuantizerConfig>,
     oq: Option<QuantizerConfig>,
+    enable_iq: bool,
     enable_ebops: bool,
     ebops_factor: f64,
     parallelization_factor: Option<usize>,
@@ -89,6 +90,7 @@ impl QDenseBuilder {
         }
         check_beta(self.beta)?;
         super::check_ebops_factor(self.ebops_factor)?;
+        QBase::check_ebops_need_iq("the layer", self.enable_iq, self.enable_ebops)?;
         if self.parallelization_factor == Some(0) {
             return Err(TorchError::Invalid {
                 what: "parallelization_factor",
@@ -129,14 +131,18 @@ impl QDenseBuilder {
             )?),
             None => None,
         };
-        let iq = named_quantizer(
-            names,
-            &p,
-            &name,
-            "iq",
-            iq_conf,
-            &batch_shape(&self.input_dims),
-        )?;
+        let iq = if self.enable_iq {
+            Some(named_quantizer(
+                names,
+                &p,
+                &name,
+                "iq",
+                iq_conf,
+                &batch_shape(&self.input_dims),
+            )?)
+        } else {
+            None
+        };
         let kq = named_quantizer(
             names,
             &p,
@@ -224,6 +230,7 @@ impl QDense {
             name: None,
             iq: None,
             oq: None,
+            enable_iq: true,
             enable_ebops: true,
             ebops_factor: 1.0,
             parallelization_factor: None,
@@ -257,8 +264,8 @@ impl QDense {
         self.bias.as_ref()
     }
     /// The input quantizer.
-    pub fn iq(&self) -> &Named {
-        &self.base.iq
+    pub fn iq(&self) -> Option<&Named> {
+        self.base.iq.as_ref()
     }
     /// The kernel quantizer.
     pub fn kq(&self) -> &Named {
@@ -316,7 +323,7 @@ impl Layer for QDense {
     /// `act(iq(x) @ kq(kernel) + bq(bias))`.
     fn forward(&self, x: &Tensor, mode: CallMode) -> Result<Output> {
         check_input("QDense input", x, &self.kernel, &self.base.input_dims)?;
-        let xq = self.base.iq.q.forward(x, mode)?;
+        let xq = self.base.input(x, mode)?;
         let k = self.kq.q.forward(&self.kernel, mode)?;
         let mut y = xq.f_matmul(&k)?;
         if let (Some(b), Some(bq)) = (&self.bias, &self.bq) {
@@ -332,7 +339,8 @@ impl Layer for QDense {
         self.base
             .oq
             .iter()
-            .chain([&self.base.iq, &self.kq])
+            .chain(self.base.iq.iter())
+            .chain([&self.kq])
             .chain(self.bq.as_ref())
             .collect()
     }
@@ -346,7 +354,7 @@ impl Layer for QDense {
             .name(self.name())
             .activation(self.activation.to_config())
             .beta0(self.base.beta.get())
-            .iq(self.base.iq.config.clone())
+            .iq(self.base.iq.as_ref().map(|q| q.config.clone()))
             .oq(self.base.oq.as_ref().map(|q| q.config.clone()))
             .enable_ebops(self.base.enable_ebops)
             .ebops_factor(self.base.ebops_factor)

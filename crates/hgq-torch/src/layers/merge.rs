@@ -32,6 +32,7 @@ pub struct QMergeBuilder {
     tape: Option<EbopsTape>,
     iq: Option<QuantizerConfig>,
     oq: Option<QuantizerConfig>,
+    enable_iq: bool,
     enable_ebops: bool,
     ebops_factor: f64,
 }
@@ -52,6 +53,12 @@ impl QMergeBuilder {
     pub fn build(self, root: &nn::Path, names: &mut Names) -> Result<QMerge> {
         check_beta(self.beta)?;
         super::check_ebops_factor(self.ebops_factor)?;
+        QBase::check_ebops_need_iq("the layer", self.enable_iq, self.enable_ebops)?;
+        if !self.enable_iq {
+            return Err(TorchError::Unsupported(
+                "a merge layer without input quantizers (not built by this crate yet)".into(),
+            ));
+        }
         let arity_ok = match self.op {
             MergeOp::Subtract => self.inputs == 2,
             _ => self.inputs >= 2,
@@ -119,7 +126,7 @@ impl QMergeBuilder {
                 beta: Cell::new(self.beta),
                 tape: self.tape,
                 ebops: RefCell::new(Ebops::Value(0)),
-                iq: first,
+                iq: Some(first),
                 oq,
                 enable_ebops: self.enable_ebops,
                 ebops_factor: self.ebops_factor,
@@ -168,6 +175,7 @@ impl QMerge {
             tape: None,
             iq: None,
             oq: None,
+            enable_iq: true,
             enable_ebops: true,
             ebops_factor: 1.0,
         }
@@ -183,7 +191,7 @@ impl QMerge {
     }
     /// The input quantizers, one per input.
     pub fn iqs(&self) -> Vec<&Named> {
-        std::iter::once(&self.base.iq).chain(&self.rest).collect()
+        self.base.iq.iter().chain(&self.rest).collect()
     }
 
     /// EBOPs from the current bit widths (differentiable through them).
@@ -287,7 +295,7 @@ impl Layer for QMerge {
         Ok(QMergeSpec::new(self.op)
             .name(self.name())
             .beta0(self.base.beta.get())
-            .iq(self.base.iq.config.clone())
+            .iq(self.base.iq.as_ref().map(|q| q.config.clone()))
             .oq(self.base.oq.as_ref().map(|q| q.config.clone()))
             .enable_ebops(self.base.enable_ebops)
             .ebops_factor(self.base.ebops_factor)

@@ -302,6 +302,16 @@ macro_rules! builder_common_setters {
         /// The input quantizer's configuration (default: hgq2's `default`/datalane).
         pub fn iq(mut self, c: hgq_config::QuantizerConfig) -> Self {
             self.iq = Some(c);
+            self.enable_iq = true;
+            self
+        }
+        /// No input quantizer (hgq2's `enable_iq=False`: the input is taken as it is, for
+        /// inputs quantized already, e.g. by the output quantizer of the layer before); EBOPs
+        /// go off with it, as hgq2's default has them (they need the input's bit widths).
+        pub fn no_iq(mut self) -> Self {
+            self.iq = None;
+            self.enable_iq = false;
+            self.enable_ebops = false;
             self
         }
         /// An output quantizer of this configuration (hgq2's `enable_oq=True`, `oq_conf`;
@@ -510,7 +520,8 @@ pub(crate) struct QBase {
     pub(crate) beta: Cell<f64>,
     pub(crate) tape: Option<EbopsTape>,
     pub(crate) ebops: RefCell<Ebops>,
-    pub(crate) iq: Named,
+    /// The input quantizer; `None` is hgq2's `enable_iq=False` (the input taken as it is).
+    pub(crate) iq: Option<Named>,
     /// The output quantizer (hgq2's `enable_oq`), if any.
     pub(crate) oq: Option<Named>,
     /// hgq2's `enable_ebops`: without, the layer has no EBOPs (nor `beta`).
@@ -564,12 +575,37 @@ impl QBase {
         }
     }
 
-    /// The input quantizer's bit widths for one sample (`[1, *input_dims]`).
+    /// `x` through the input quantizer, if the layer has one.
+    pub(crate) fn input(&self, x: &Tensor, mode: CallMode) -> Result<Tensor> {
+        match &self.iq {
+            Some(iq) => iq.q.forward(x, mode),
+            None => Ok(x.shallow_clone()),
+        }
+    }
+
+    /// The input quantizer's bit widths for one sample (`[1, *input_dims]`); EBOPs need them.
     pub(crate) fn input_bits(&self) -> Result<Tensor> {
         let one_sample: Vec<i64> = std::iter::once(1)
             .chain(self.input_dims.iter().map(|&d| d as i64))
             .collect();
-        self.iq.q.bits_like(&one_sample)
+        match &self.iq {
+            Some(iq) => iq.q.bits_like(&one_sample),
+            None => Err(TorchError::Invalid {
+                what: "EBOPs",
+                why: format!("{} has no input quantizer", self.name),
+            }),
+        }
+    }
+
+    /// hgq2's rule: EBOPs need the input quantizer.
+    pub(crate) fn check_ebops_need_iq(name: &str, iq: bool, ebops: bool) -> Result<()> {
+        if ebops && !iq {
+            return Err(TorchError::Invalid {
+                what: "enable_ebops",
+                why: format!("{name}: EBOPs need the input quantizer (enable_iq)"),
+            });
+        }
+        Ok(())
     }
 }
 

@@ -42,6 +42,9 @@ pub(super) fn unsupported(model: &Sequential, x: &Tensor, labels: &Tensor) -> Op
         if l.base.oq.is_some() {
             return Some(format!("{} has an output quantizer", l.name()));
         }
+        if l.base.iq.is_none() {
+            return Some(format!("{} has no input quantizer", l.name()));
+        }
         if l.parallelization_factor.is_some() {
             return Some(format!(
                 "{} has a parallelization factor of its own",
@@ -213,12 +216,22 @@ struct LayerPass {
 }
 
 impl QDense {
+    /// The input quantizer ([`unsupported`] refuses layers without one before a step).
+    fn input_quantizer(&self) -> Result<&Named> {
+        self.base.iq.as_ref().ok_or_else(|| {
+            TorchError::Unsupported(format!(
+                "the native training step: {} has no input quantizer",
+                self.name()
+            ))
+        })
+    }
+
     /// The layer's training forward on host memory, and its EBOPs as the autograd step
     /// computes them (float32).
     fn forward_native(&self, x: &[f32], batch: usize) -> Result<(LayerPass, f32)> {
         let (n_in, units) = (self.in_features, self.units);
         let kernel = host::slice(&self.kernel).ok_or_else(|| not_plain("the kernel"))?;
-        let (xq, iq) = quantize(&self.base.iq, x, &[batch, n_in])?;
+        let (xq, iq) = quantize(self.input_quantizer()?, x, &[batch, n_in])?;
         let (kq, kq_pass) = quantize(&self.kq, kernel, &[n_in, units])?;
         let mut z = vec![0.0f32; batch * units];
         let mut bq_pass = None;
@@ -244,7 +257,7 @@ impl QDense {
         if self.activation == Activation::Relu {
             z.iter_mut().for_each(|v| *v = v.max(0.0));
         }
-        let b_in = bits(&self.base.iq, &[1, n_in])?;
+        let b_in = bits(self.input_quantizer()?, &[1, n_in])?;
         let b_ker = bits(&self.kq, &[n_in, units])?;
         let b_b = self.bq.as_ref().map(|bq| bits(bq, &[units])).transpose()?;
         // sum(bits_in @ bits_kernel) + mean(bits_bias) * units, in float32 as torch does
@@ -320,7 +333,7 @@ impl QDense {
             grads.push((b.shallow_clone(), dbias));
         }
         let up = self.ebops_upstream(p)?;
-        let quants = [Some(&self.base.iq), Some(&self.kq), self.bq.as_ref()];
+        let quants = [self.base.iq.as_ref(), Some(&self.kq), self.bq.as_ref()];
         let pass_grads = [Some(g_iq), Some(g_kq), g_bq];
         for ((q, g), (bits, up)) in quants
             .into_iter()

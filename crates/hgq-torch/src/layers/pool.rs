@@ -30,6 +30,7 @@ pub struct QPoolBuilder {
     tape: Option<EbopsTape>,
     iq: Option<QuantizerConfig>,
     oq: Option<QuantizerConfig>,
+    enable_iq: bool,
     enable_ebops: bool,
     ebops_factor: f64,
 }
@@ -119,6 +120,7 @@ impl QPoolBuilder {
     pub fn build(self, root: &nn::Path, names: &mut Names) -> Result<QPool> {
         check_beta(self.beta)?;
         super::check_ebops_factor(self.ebops_factor)?;
+        QBase::check_ebops_need_iq("the layer", self.enable_iq, self.enable_ebops)?;
         let (output_dims, strides, pads) = self.geometry()?;
         let name = self
             .name
@@ -139,21 +141,26 @@ impl QPoolBuilder {
             )?),
             None => None,
         };
-        let iq = named_quantizer(
-            names,
-            &p,
-            &name,
-            "iq",
-            iq_conf,
-            &batch_shape(&self.input_dims),
-        )?;
+        let iq = if self.enable_iq {
+            Some(named_quantizer(
+                names,
+                &p,
+                &name,
+                "iq",
+                iq_conf,
+                &batch_shape(&self.input_dims),
+            )?)
+        } else {
+            None
+        };
         // The quantizer's variables tell the kind and device the input must have.
-        let like =
-            iq.q.variables()
-                .into_iter()
-                .next()
-                .map(|(_, t)| t)
-                .unwrap_or_else(|| Tensor::zeros([1], (Kind::Float, p.device())));
+        let like = iq
+            .iter()
+            .chain(&oq)
+            .flat_map(|q| q.q.variables())
+            .map(|(_, t)| t)
+            .find(|t| t.kind() == Kind::Float)
+            .unwrap_or_else(|| Tensor::zeros([1], (Kind::Float, p.device())));
         Ok(QPool {
             base: QBase {
                 name,
@@ -228,6 +235,7 @@ impl QPool {
             tape: None,
             iq: None,
             oq: None,
+            enable_iq: true,
             enable_ebops: true,
             ebops_factor: 1.0,
         }
@@ -270,8 +278,8 @@ impl QPool {
         self.padding
     }
     /// The input quantizer.
-    pub fn iq(&self) -> &Named {
-        &self.base.iq
+    pub fn iq(&self) -> Option<&Named> {
+        self.base.iq.as_ref()
     }
 
     /// EBOPs from the current bit widths: `sum(bits_in)` of one sample.
@@ -361,7 +369,7 @@ impl Layer for QPool {
     }
     fn forward(&self, x: &Tensor, mode: CallMode) -> Result<Output> {
         check_input("QPool input", x, &self.like, &self.base.input_dims)?;
-        let xq = self.base.iq.q.forward(x, mode)?;
+        let xq = self.base.input(x, mode)?;
         let y = self.pool(&xq)?;
         let y = self.base.output(y, mode)?;
         let ebops_loss = self.base.ebops_loss(mode, || self.compute_ebops())?;
@@ -369,7 +377,7 @@ impl Layer for QPool {
     }
 
     fn quantizers(&self) -> Vec<&Named> {
-        self.base.oq.iter().chain([&self.base.iq]).collect()
+        self.base.oq.iter().chain(self.base.iq.iter()).collect()
     }
     fn keras_variables(&self) -> Vec<(String, Tensor)> {
         quantizer_variables(&self.quantizers())
@@ -383,7 +391,7 @@ impl Layer for QPool {
         };
         Ok(s.name(self.name())
             .beta0(self.base.beta.get())
-            .iq(self.base.iq.config.clone())
+            .iq(self.base.iq.as_ref().map(|q| q.config.clone()))
             .oq(self.base.oq.as_ref().map(|q| q.config.clone()))
             .enable_ebops(self.base.enable_ebops)
             .ebops_factor(self.base.ebops_factor)

@@ -44,10 +44,7 @@ impl AnyBuilder {
                       ebops: bool,
                       factor: f64,
                       trainable: bool|
-         -> Result<QuantizerConfig> {
-            let Some(iq) = iq else {
-                return Err(refuse("enable_iq=False"));
-            };
+         -> Result<Option<QuantizerConfig>> {
             if let Some(oq) = oq {
                 oq.to_core()?;
             }
@@ -57,9 +54,21 @@ impl AnyBuilder {
             if ebops {
                 super::check_ebops_factor(factor)?;
             }
-            iq.to_core()?;
+            if let Some(iq) = iq {
+                iq.to_core()?;
+            }
             Ok(iq.clone())
         };
+        // A builder's input quantizer: the configuration, or none (`enable_iq=False`, with
+        // the EBOPs switch as written; hgq-config checks EBOPs have their input quantizer).
+        macro_rules! with_iq {
+            ($b:expr, $iq:expr, $ebops:expr) => {
+                match $iq {
+                    Some(c) => $b.iq(c),
+                    None => $b.no_iq().enable_ebops($ebops),
+                }
+            };
+        }
         let single = |ins: &[Vec<usize>]| match ins {
             [d] => Ok(d.clone()),
             _ => Err(refuse(&format!("{} inputs to a layer of one", ins.len()))),
@@ -72,7 +81,8 @@ impl AnyBuilder {
                 Some(_) => return Err(refuse("input quantizers that differ per input")),
                 None => None,
             };
-            let iq = common(&iq, &m.oq, m.enable_ebops, m.ebops_factor, m.trainable)?;
+            let iq = common(&iq, &m.oq, m.enable_ebops, m.ebops_factor, m.trainable)?
+                .ok_or_else(|| refuse("a merge without input quantizers"))?;
             let dims = ins.first().cloned().unwrap_or_default();
             let mut b = QMerge::builder(m.op, &dims, ins.len())
                 .beta(m.beta0)
@@ -96,7 +106,7 @@ impl AnyBuilder {
                 }
                 b.kq.to_core()?;
                 b.bq.to_core()?;
-                let mut n = QBatchNorm::builder(dims)
+                let n = QBatchNorm::builder(dims)
                     .momentum(b.momentum)
                     .epsilon(b.epsilon)
                     .center(b.center)
@@ -104,10 +114,10 @@ impl AnyBuilder {
                     .beta(b.beta0)
                     .enable_ebops(b.enable_ebops)
                     .ebops_factor(b.ebops_factor)
-                    .iq(iq)
                     .kq(b.kq.clone())
                     .bq(b.bq.clone())
                     .name(name);
+                let mut n = with_iq!(n, iq, b.enable_ebops);
                 if let Some(oq) = &b.oq {
                     n = n.oq(oq.clone());
                 }
@@ -118,16 +128,16 @@ impl AnyBuilder {
                 if d.parallelization_factor == 0 {
                     return Err(refuse("parallelization_factor=0"));
                 }
-                let mut b = QDense::builder(dims.last().copied().unwrap_or(0), d.units)
+                let b = QDense::builder(dims.last().copied().unwrap_or(0), d.units)
                     .input_dims(dims)
                     .activation(act(d.activation)?)
                     .use_bias(d.use_bias)
                     .beta(d.beta0)
                     .enable_ebops(d.enable_ebops)
                     .ebops_factor(d.ebops_factor)
-                    .iq(iq)
                     .kq(d.kq.clone())
                     .name(name);
+                let mut b = with_iq!(b, iq, d.enable_ebops);
                 d.kq.to_core()?;
                 if d.use_bias {
                     d.bq.to_core()?;
@@ -156,7 +166,7 @@ impl AnyBuilder {
                         )));
                     }
                 };
-                let mut b = b
+                let b = b
                     .strides(&c.strides)
                     .padding(c.padding)
                     .dilation(&c.dilation_rate)
@@ -166,9 +176,9 @@ impl AnyBuilder {
                     .beta(c.beta0)
                     .enable_ebops(c.enable_ebops)
                     .ebops_factor(c.ebops_factor)
-                    .iq(iq)
                     .kq(c.kq.clone())
                     .name(name);
+                let mut b = with_iq!(b, iq, c.enable_ebops);
                 c.kq.to_core()?;
                 if c.use_bias {
                     c.bq.to_core()?;
@@ -219,8 +229,8 @@ impl AnyBuilder {
                     .beta(p.beta0)
                     .enable_ebops(p.enable_ebops)
                     .ebops_factor(p.ebops_factor)
-                    .iq(iq)
                     .name(name);
+                let b = with_iq!(b, iq, p.enable_ebops);
                 AnyBuilder::Pool(match &p.oq {
                     Some(oq) => b.oq(oq.clone()),
                     None => b,
