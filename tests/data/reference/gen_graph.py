@@ -18,6 +18,8 @@ Cases (see `cases()`):
                                   -> QDense(2) = output 2 (s and both inputs fan out to two layers)
   graph/batchnorm-chain           Input(10) -> QDense(8) -> QBatchNormalization(momentum=0.9, epsilon=0.01)
                                   -> QDense(4, relu) -> QDense(3)   (batch 4)
+  graph/merges-without-iq         Input(6) -> a, b = QDense(5, enable_oq=True) x2; QAdd([a, b]) and
+                                  QMultiply([that, b], enable_oq=True) with enable_iq=False -> QDense(2)
   graph/conv-batchnorm-residual   Input(6,6,2) -> c = QConv2D(4,(3,3),'same') -> QBatchNormalization()
                                   -> QConv2D(4,(3,3),'same',relu) = d; QAdd([c, d]) -> QGlobalAveragePooling2D
                                   -> QDense(3)   (batch 2)
@@ -276,7 +278,8 @@ def describe(layer):
     else:
         raise ValueError(f'no description for {kind}')
     if hasattr(layer, 'enable_ebops'):
-        assert layer.enable_ebops and layer.enable_iq and not layer.enable_oq
+        d['enable_iq'], d['enable_oq'] = bool(layer.enable_iq), bool(layer.enable_oq)
+        assert layer.enable_ebops == layer.enable_iq
         d['beta0'] = float(layer._beta0.value)
     assert len(layer._inbound_nodes[0].outputs) == 1
     d['output_shape'] = [int(s) for s in layer._inbound_nodes[0].outputs[0].shape[1:]]
@@ -543,10 +546,10 @@ def graph_case(name, rng, build, batch):
         kind = type(l_).__name__
         if kind == 'QBatchNormalization':
             spies[l_.name] = dict(bn=Spy(l_), iq=Spy(l_.iq), kq=Spy(l_.kq), bq=Spy(l_.bq))
-        elif kind in MERGES:
+        elif kind in MERGES and l_.enable_iq:
             spies[l_.name] = dict(layer=Spy(l_), iq=Spy(l_.iq))
     bns = [l_ for l_ in layers if type(l_).__name__ == 'QBatchNormalization']
-    merges = [l_ for l_ in layers if type(l_).__name__ in MERGES]
+    merges = [l_ for l_ in layers if type(l_).__name__ in MERGES and l_.enable_iq]
 
     def call(xlist, training):
         arg = xlist[0] if single_in else list(xlist)
@@ -635,6 +638,16 @@ def residual_dense():
     return inp, QDense(3, beta0=4e-3)(s)
 
 
+def merges_without_iq():
+    # Output quantizers before merges that take their inputs as they are (enable_iq=False).
+    inp = keras.Input((6,))
+    a = QDense(5, activation='relu', enable_oq=True, beta0=1e-3)(inp)
+    b = QDense(5, enable_oq=True, beta0=1.5e-3)(inp)
+    s = QAdd(enable_iq=False, beta0=2e-3)([a, b])
+    m = QMultiply(enable_iq=False, enable_oq=True, beta0=2.5e-3)([s, b])
+    return inp, QDense(2, beta0=3e-3)(m)
+
+
 def merges():
     inp = keras.Input((6,))
     a = QDense(5, activation='relu', beta0=1e-3)(inp)
@@ -683,6 +696,7 @@ def cases(rng):
         graph_case('graph/two-inputs-two-outputs', rng, two_inputs_two_outputs, batch=3),
         graph_case('graph/batchnorm-chain', rng, batchnorm_chain, batch=4),
         graph_case('graph/conv-batchnorm-residual', rng, conv_batchnorm_residual, batch=2),
+        graph_case('graph/merges-without-iq', rng, merges_without_iq, batch=3),
     ]
 
 

@@ -54,11 +54,6 @@ impl QMergeBuilder {
         check_beta(self.beta)?;
         super::check_ebops_factor(self.ebops_factor)?;
         QBase::check_ebops_need_iq("the layer", self.enable_iq, self.enable_ebops)?;
-        if !self.enable_iq {
-            return Err(TorchError::Unsupported(
-                "a merge layer without input quantizers (not built by this crate yet)".into(),
-            ));
-        }
         let arity_ok = match self.op {
             MergeOp::Subtract => self.inputs == 2,
             _ => self.inputs >= 2,
@@ -94,10 +89,15 @@ impl QMergeBuilder {
             )?),
             None => None,
         };
-        let group = names.next("multiple_quantizers");
         let core = conf.to_core()?;
         let mut iqs = Vec::with_capacity(self.inputs);
-        for _ in 0..self.inputs {
+        // Without input quantizers (`enable_iq=False`) hgq2 makes no `MultipleQuantizers`.
+        let group = if self.enable_iq {
+            names.next("multiple_quantizers")
+        } else {
+            String::new()
+        };
+        for _ in 0..if self.enable_iq { self.inputs } else { 0 } {
             let qname = names.next("quantizer");
             let inner = names.next(super::quantizer_class(&core));
             let qp = &p / group.as_str() / qname.as_str() / inner.as_str();
@@ -107,18 +107,15 @@ impl QMergeBuilder {
                 keras_path: format!("{name}/{group}/{qname}/{inner}"),
             });
         }
-        let mut iqs = iqs.into_iter();
-        let first = iqs.next().ok_or(TorchError::Invalid {
-            what: "merge layer",
-            why: "no inputs".into(),
-        })?;
-        let like = first
-            .q
-            .variables()
-            .into_iter()
-            .next()
+        let like = iqs
+            .iter()
+            .chain(&oq)
+            .flat_map(|q| q.q.variables())
             .map(|(_, t)| t)
+            .find(|t| t.kind() == Kind::Float)
             .unwrap_or_else(|| Tensor::zeros([1], (Kind::Float, p.device())));
+        let mut iqs = iqs.into_iter();
+        let first = iqs.next();
         Ok(QMerge {
             base: QBase {
                 name,
@@ -126,12 +123,13 @@ impl QMergeBuilder {
                 beta: Cell::new(self.beta),
                 tape: self.tape,
                 ebops: RefCell::new(Ebops::Value(0)),
-                iq: Some(first),
+                iq: first,
                 oq,
                 enable_ebops: self.enable_ebops,
                 ebops_factor: self.ebops_factor,
             },
             rest: iqs.collect(),
+            n_inputs: self.inputs,
             op: self.op,
             like,
         })
@@ -159,6 +157,7 @@ pub struct QMerge {
     base: QBase,
     /// The other inputs' quantizers.
     rest: Vec<Named>,
+    n_inputs: usize,
     op: MergeOp,
     like: Tensor,
 }
@@ -187,9 +186,9 @@ impl QMerge {
     }
     /// How many inputs.
     pub fn inputs(&self) -> usize {
-        self.rest.len() + 1
+        self.n_inputs
     }
-    /// The input quantizers, one per input.
+    /// The input quantizers, one per input (none without them: `enable_iq=False`).
     pub fn iqs(&self) -> Vec<&Named> {
         self.base.iq.iter().chain(&self.rest).collect()
     }
@@ -264,8 +263,12 @@ impl Layer for QMerge {
             check_input("merge layer input", x, &self.like, &self.base.input_dims)?;
         }
         let mut q = Vec::with_capacity(xs.len());
-        for (x, iq) in xs.iter().zip(self.iqs()) {
-            q.push(iq.q.forward(x, mode)?);
+        let iqs = self.iqs();
+        for (k, x) in xs.iter().enumerate() {
+            q.push(match iqs.get(k) {
+                Some(iq) => iq.q.forward(x, mode)?,
+                None => x.shallow_clone(),
+            });
         }
         let fold = |f: &dyn Fn(&Tensor, &Tensor) -> std::result::Result<Tensor, tch::TchError>| {
             q[1..]

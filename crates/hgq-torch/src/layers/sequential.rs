@@ -263,8 +263,8 @@ impl Sequential {
     /// `QConv1D`/`QConv2D`, the poolings, `Flatten`, `Reshape`), its variables created under
     /// `root` at their initial values (load trained ones with
     /// [`Sequential::load_keras_variables`]). What this crate does not build yet (a frozen
-    /// layer, an activation other than `linear` and `relu`, `keepdims`, a merge without input
-    /// quantizers) is an error naming the layer, before anything is built.
+    /// layer, an activation other than `linear` and `relu`, `keepdims`) is an error naming the
+    /// layer, before anything is built.
     ///
     /// ```no_run
     /// use hgq_torch::layers::Sequential;

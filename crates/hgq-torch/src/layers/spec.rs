@@ -81,15 +81,14 @@ impl AnyBuilder {
                 Some(_) => return Err(refuse("input quantizers that differ per input")),
                 None => None,
             };
-            let iq = common(&iq, &m.oq, m.enable_ebops, m.ebops_factor, m.trainable)?
-                .ok_or_else(|| refuse("a merge without input quantizers"))?;
+            let iq = common(&iq, &m.oq, m.enable_ebops, m.ebops_factor, m.trainable)?;
             let dims = ins.first().cloned().unwrap_or_default();
-            let mut b = QMerge::builder(m.op, &dims, ins.len())
+            let b = QMerge::builder(m.op, &dims, ins.len())
                 .beta(m.beta0)
                 .enable_ebops(m.enable_ebops)
                 .ebops_factor(m.ebops_factor)
-                .iq(iq)
                 .name(name);
+            let mut b = with_iq!(b, iq, m.enable_ebops);
             if let Some(oq) = &m.oq {
                 b = b.oq(oq.clone());
             }
