@@ -37,6 +37,40 @@ pub(crate) fn geometry(
     (padded >= span).then(|| (pad, (padded - span) / stride + 1))
 }
 
+/// Keras' padding as torch takes it: per axis where it is symmetric (the operation pads),
+/// else the flat list of a pad operation (last axis first), the operation padding nothing.
+pub(crate) enum TorchPad {
+    Symmetric(Vec<i64>),
+    Explicit(Vec<i64>),
+}
+
+impl TorchPad {
+    pub(crate) fn of(pads: &[(usize, usize)]) -> Self {
+        if pads.iter().all(|(a, b)| a == b) {
+            TorchPad::Symmetric(pads.iter().map(|&(a, _)| a as i64).collect())
+        } else {
+            TorchPad::Explicit(
+                pads.iter()
+                    .rev()
+                    .flat_map(|&(a, b)| [a as i64, b as i64])
+                    .collect(),
+            )
+        }
+    }
+}
+
+/// `[n, *positions, channels]` to `[n, channels, *positions]` (torch's layout), and back.
+pub(crate) fn channels_first(x: &Tensor, rank: usize) -> Result<Tensor> {
+    let order: &[i64] = if rank == 1 { &[0, 2, 1] } else { &[0, 3, 1, 2] };
+    Ok(x.f_permute(order)?)
+}
+
+/// `[n, channels, *positions]` back to Keras' `[n, *positions, channels]`.
+pub(crate) fn channels_last(x: &Tensor, rank: usize) -> Result<Tensor> {
+    let order: &[i64] = if rank == 1 { &[0, 2, 1] } else { &[0, 2, 3, 1] };
+    Ok(x.f_permute(order)?)
+}
+
 /// Builder of a [`QConv`]; defaults as hgq2 (and Keras): strides 1, `valid` padding,
 /// dilation 1, one group, a bias, no activation, `beta = 1e-5`, the quantizers `iq`
 /// `default`/datalane, `kq` `default`/weight, `bq` `default`/bias.
@@ -440,25 +474,19 @@ impl QConv {
     /// kernel, as Keras' torch backend computes it: channels first for torch, symmetric
     /// padding given to the convolution, asymmetric padding as zeros around the input.
     fn conv(&self, x: &Tensor, kernel: &Tensor) -> Result<Tensor> {
-        let (to_first, to_last, w_order): (&[i64], &[i64], &[i64]) = match self.rank() {
-            1 => (&[0, 2, 1], &[0, 2, 1], &[2, 1, 0]),
-            _ => (&[0, 3, 1, 2], &[0, 2, 3, 1], &[3, 2, 0, 1]),
-        };
-        let mut xc = x.f_permute(to_first)?;
-        let w = kernel.f_permute(w_order)?;
-        let symmetric = self.pads.iter().all(|(a, b)| a == b);
-        let padding: Vec<i64> = if symmetric {
-            self.pads.iter().map(|&(a, _)| a as i64).collect()
+        let w_order: &[i64] = if self.rank() == 1 {
+            &[2, 1, 0]
         } else {
-            // constant_pad_nd takes the last axis first.
-            let pad: Vec<i64> = self
-                .pads
-                .iter()
-                .rev()
-                .flat_map(|&(a, b)| [a as i64, b as i64])
-                .collect();
-            xc = xc.f_constant_pad_nd(pad.as_slice())?;
-            vec![0; self.rank()]
+            &[3, 2, 0, 1]
+        };
+        let mut xc = channels_first(x, self.rank())?;
+        let w = kernel.f_permute(w_order)?;
+        let padding = match TorchPad::of(&self.pads) {
+            TorchPad::Symmetric(p) => p,
+            TorchPad::Explicit(pad) => {
+                xc = xc.f_constant_pad_nd(pad.as_slice())?;
+                vec![0; self.rank()]
+            }
         };
         let strides: Vec<i64> = self.strides.iter().map(|&s| s as i64).collect();
         let dilation: Vec<i64> = self.dilation.iter().map(|&d| d as i64).collect();
@@ -473,7 +501,7 @@ impl QConv {
             zeros.as_slice(),
             self.groups as i64,
         )?;
-        Ok(y.f_permute(to_last)?)
+        channels_last(&y, self.rank())
     }
 
     /// EBOPs from the current bit widths (differentiable through them).

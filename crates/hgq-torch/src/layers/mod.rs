@@ -629,18 +629,7 @@ pub(crate) fn check_input(
             got: like.device(),
         });
     }
-    let size = x.size();
-    let fits =
-        size.len() == dims.len() + 1 && size[1..].iter().zip(dims).all(|(&s, &d)| s == d as i64);
-    if !fits {
-        return Err(TorchError::Shape {
-            built: std::iter::once(None)
-                .chain(dims.iter().map(|&d| Some(d)))
-                .collect(),
-            got: size,
-        });
-    }
-    Ok(())
+    reshape::check_dims(&x.size(), dims)
 }
 
 /// The quantizer configuration given, else hgq2's default for `place`.

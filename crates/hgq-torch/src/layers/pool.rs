@@ -296,34 +296,28 @@ impl QPool {
                 PoolKind::Average => x.f_mean_dim(axes.as_slice(), false, None::<Kind>)?,
             });
         };
-        let (to_first, to_last): (&[i64], &[i64]) = match rank {
-            1 => (&[0, 2, 1], &[0, 2, 1]),
-            _ => (&[0, 3, 1, 2], &[0, 2, 3, 1]),
-        };
-        let mut xc = x.f_permute(to_first)?;
+        let mut xc = super::conv::channels_first(x, self.rank())?;
         let k: Vec<i64> = window.iter().map(|&v| v as i64).collect();
         let st: Vec<i64> = self.strides.iter().map(|&v| v as i64).collect();
-        let symmetric = self.pads.iter().all(|(a, b)| a == b);
-        let y = if symmetric {
+        let y = match super::conv::TorchPad::of(&self.pads) {
             // Torch pads itself: outside the input for max, not counted for the average.
-            let padding: Vec<i64> = self.pads.iter().map(|&(a, _)| a as i64).collect();
-            let ones = vec![1i64; self.rank()];
-            let (k, st, padding) = (k.as_slice(), st.as_slice(), padding.as_slice());
-            match (self.kind, rank) {
-                (PoolKind::Max, 1) => xc.f_max_pool1d(k, st, padding, ones.as_slice(), false)?,
-                (PoolKind::Max, _) => xc.f_max_pool2d(k, st, padding, ones.as_slice(), false)?,
-                (PoolKind::Average, 1) => xc.f_avg_pool1d(k, st, padding, false, false)?,
-                (PoolKind::Average, _) => xc.f_avg_pool2d(k, st, padding, false, false, None)?,
+            super::conv::TorchPad::Symmetric(padding) => {
+                let ones = vec![1i64; self.rank()];
+                let (k, st, padding) = (k.as_slice(), st.as_slice(), padding.as_slice());
+                match (self.kind, rank) {
+                    (PoolKind::Max, 1) => {
+                        xc.f_max_pool1d(k, st, padding, ones.as_slice(), false)?
+                    }
+                    (PoolKind::Max, _) => {
+                        xc.f_max_pool2d(k, st, padding, ones.as_slice(), false)?
+                    }
+                    (PoolKind::Average, 1) => xc.f_avg_pool1d(k, st, padding, false, false)?,
+                    (PoolKind::Average, _) => {
+                        xc.f_avg_pool2d(k, st, padding, false, false, None)?
+                    }
+                }
             }
-        } else {
-            // constant_pad_nd takes the last axis first.
-            let pad: Vec<i64> = self
-                .pads
-                .iter()
-                .rev()
-                .flat_map(|&(a, b)| [a as i64, b as i64])
-                .collect();
-            match self.kind {
+            super::conv::TorchPad::Explicit(pad) => match self.kind {
                 // The edge values repeated: the max of the input's values.
                 PoolKind::Max => {
                     xc = xc.f_pad(pad.as_slice(), "replicate", None::<f64>)?;
@@ -355,9 +349,9 @@ impl QPool {
                     };
                     sum(xc)?.f_div(&sum(ones)?)?
                 }
-            }
+            },
         };
-        Ok(y.f_permute(to_last)?)
+        super::conv::channels_last(&y, self.rank())
     }
 }
 

@@ -1,5 +1,3 @@
-use std::any::Any;
-
 use hgq_core::CallMode;
 use tch::{Kind, Tensor, nn};
 
@@ -103,7 +101,7 @@ impl Sequential {
     pub(crate) fn dense_layers(&self) -> Option<Vec<&QDense>> {
         self.layers
             .iter()
-            .map(|l| (l.as_ref() as &dyn Any).downcast_ref::<QDense>())
+            .map(|l| l.downcast_ref::<QDense>())
             .collect()
     }
 
