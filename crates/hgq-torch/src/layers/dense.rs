@@ -6,8 +6,8 @@ use hgq_core::CallMode;
 use tch::{Kind, Tensor, nn};
 
 use super::{
-    Activation, Ebops, EbopsTape, Layer, Named, Names, Output, QBase, batch_shape,
-    builder_common_setters, check_beta, check_input, config_or_default, kernel_bias_variables,
+    Activation, Ebops, EbopsTape, Layer, Named, Names, Output, QBase, builder_common_setters,
+    check_beta, check_input, config_or_default, io_quantizers, kernel_bias_variables,
     layer_builder, module_t, named_quantizer, qbase_layer_methods, quantizer_variables,
 };
 use crate::{Result, TorchError};
@@ -112,37 +112,21 @@ impl QDenseBuilder {
         let iq_conf = config_or_default(self.iq, Place::Datalane)?;
         let kq_conf = config_or_default(self.kq, Place::Weight)?;
         let bq_conf = config_or_default(self.bq, Place::Bias)?;
-        // hgq2 makes the output quantizer first (its base class's), so it takes the first
-        // number of its class.
-        let oq = match self.oq {
-            Some(c) => Some(named_quantizer(
-                names,
-                &p,
-                &name,
-                "oq",
-                c,
-                &batch_shape(&{
-                    let mut d = self.input_dims.clone();
-                    if let Some(l) = d.last_mut() {
-                        *l = self.units;
-                    }
-                    d
-                }),
-            )?),
-            None => None,
-        };
-        let iq = if self.enable_iq {
-            Some(named_quantizer(
-                names,
-                &p,
-                &name,
-                "iq",
-                iq_conf,
-                &batch_shape(&self.input_dims),
-            )?)
-        } else {
-            None
-        };
+        let (oq, iq) = io_quantizers(
+            names,
+            &p,
+            &name,
+            self.oq,
+            &{
+                let mut d = self.input_dims.clone();
+                if let Some(l) = d.last_mut() {
+                    *l = self.units;
+                }
+                d
+            },
+            self.enable_iq.then_some(iq_conf),
+            &self.input_dims,
+        )?;
         let kq = named_quantizer(
             names,
             &p,

@@ -675,6 +675,44 @@ pub(crate) fn quantizer_class(core: &hgq_config::CoreQuantizer) -> &'static str 
     }
 }
 
+/// A layer's output and input quantizers (`{layer}_oq`, `{layer}_iq`; `None` where the layer
+/// has none), made in hgq2's order: the output quantizer first (its base class makes it), so
+/// it takes the first number of its class.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn io_quantizers(
+    names: &mut Names,
+    p: &nn::Path,
+    layer: &str,
+    oq: Option<QuantizerConfig>,
+    output_dims: &[usize],
+    iq: Option<QuantizerConfig>,
+    input_dims: &[usize],
+) -> Result<(Option<Named>, Option<Named>)> {
+    let oq = match oq {
+        Some(c) => Some(named_quantizer(
+            names,
+            p,
+            layer,
+            "oq",
+            c,
+            &batch_shape(output_dims),
+        )?),
+        None => None,
+    };
+    let iq = match iq {
+        Some(c) => Some(named_quantizer(
+            names,
+            p,
+            layer,
+            "iq",
+            c,
+            &batch_shape(input_dims),
+        )?),
+        None => None,
+    };
+    Ok((oq, iq))
+}
+
 /// `[None, *dims]`: a quantizer's input shape for a batch of `dims`.
 pub(crate) fn batch_shape(dims: &[usize]) -> Vec<Option<usize>> {
     std::iter::once(None)

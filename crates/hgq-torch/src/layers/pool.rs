@@ -9,9 +9,9 @@ use hgq_core::CallMode;
 use tch::{Kind, Tensor, nn};
 
 use super::{
-    Ebops, EbopsTape, Layer, Named, Names, Output, Padding, Pads, PoolKind, QBase, batch_shape,
-    builder_common_setters, check_beta, check_input, config_or_default, layer_builder, module_t,
-    named_quantizer, qbase_layer_methods, quantizer_variables,
+    Ebops, EbopsTape, Layer, Named, Names, Output, Padding, Pads, PoolKind, QBase,
+    builder_common_setters, check_beta, check_input, config_or_default, io_quantizers,
+    layer_builder, module_t, qbase_layer_methods, quantizer_variables,
 };
 use crate::{Result, TorchError};
 
@@ -128,31 +128,15 @@ impl QPoolBuilder {
             .unwrap_or_else(|| names.next(&self.auto_name()));
         let p = root / name.as_str();
         let iq_conf = config_or_default(self.iq, Place::Datalane)?;
-        // hgq2 makes the output quantizer first (its base class's), so it takes the first
-        // number of its class.
-        let oq = match self.oq {
-            Some(c) => Some(named_quantizer(
-                names,
-                &p,
-                &name,
-                "oq",
-                c,
-                &batch_shape(&output_dims),
-            )?),
-            None => None,
-        };
-        let iq = if self.enable_iq {
-            Some(named_quantizer(
-                names,
-                &p,
-                &name,
-                "iq",
-                iq_conf,
-                &batch_shape(&self.input_dims),
-            )?)
-        } else {
-            None
-        };
+        let (oq, iq) = io_quantizers(
+            names,
+            &p,
+            &name,
+            self.oq,
+            &output_dims,
+            self.enable_iq.then_some(iq_conf),
+            &self.input_dims,
+        )?;
         // The quantizer's variables tell the kind and device the input must have.
         let like = iq
             .iter()
