@@ -15,7 +15,10 @@
 //!   `Reshape` layers on an input of any rank ([`ChainModelSpec`]), and for any DAG of them
 //!   with merge layers (`QAdd`, ...) and `QBatchNormalization`, several inputs and outputs
 //!   ([`GraphModelSpec`]); a chain is read from a Keras `Sequential` document too
-//!   ([`ChainModelSpec::from_keras_sequential_json`]).
+//!   ([`ChainModelSpec::from_keras_sequential_json`]); `QEinsumDense`,
+//!   `QEinsumDenseBatchnorm`, `QBatchNormDense`, `QUnaryFunctionLUT` and `QSoftmax` too
+//!   ([`QEinsumDenseSpec`] and [`einsum_shapes`], [`QEinsumDenseBatchnormSpec`],
+//!   [`QBatchNormDenseSpec`], [`QUnaryFunctionLUTSpec`], [`QSoftmaxSpec`]).
 //! - [`convert`]: conversion to and from hgq-core's quantizer descriptions.
 //!
 //! ## Fidelity notes
@@ -137,7 +140,8 @@ pub use quantizer::{
     QuantizerConfigBuilder,
 };
 pub use sequential::{
-    ActivationSpec, ChainModelSpec, FlattenSpec, GraphModelSpec, InputSpec, LayerSpec, MergeOp,
-    NodeSpec, Padding, PoolKind, PoolWindow, QBatchNormSpec, QConvSpec, QMergeSpec, QPoolSpec,
-    ReluSpec, ReshapeSpec,
+    ActivationSpec, ChainModelSpec, EinsumShapes, FlattenSpec, GraphModelSpec, InputSpec,
+    LayerSpec, MergeOp, NodeSpec, Padding, PoolKind, PoolWindow, QBatchNormDenseSpec,
+    QBatchNormSpec, QConvSpec, QEinsumDenseBatchnormSpec, QEinsumDenseSpec, QMergeSpec, QPoolSpec,
+    QSoftmaxSpec, QUnaryFunctionLUTSpec, ReluSpec, ReshapeSpec, einsum_shapes,
 };

@@ -142,11 +142,15 @@ pub enum Activation {
     Mish,
     /// `exponential`.
     Exponential,
+    /// `log_sigmoid`.
+    LogSigmoid,
+    /// `hard_tanh`.
+    HardTanh,
 }
 
 impl Activation {
     /// Every activation.
-    pub const ALL: [Activation; 17] = [
+    pub const ALL: [Activation; 19] = [
         Activation::Relu,
         Activation::Relu6,
         Activation::LeakyRelu,
@@ -164,6 +168,8 @@ impl Activation {
         Activation::HardSilu,
         Activation::Mish,
         Activation::Exponential,
+        Activation::LogSigmoid,
+        Activation::HardTanh,
     ];
 
     /// The name Keras writes.
@@ -186,6 +192,8 @@ impl Activation {
             Activation::HardSilu => "hard_silu",
             Activation::Mish => "mish",
             Activation::Exponential => "exponential",
+            Activation::LogSigmoid => "log_sigmoid",
+            Activation::HardTanh => "hard_tanh",
         }
     }
 }

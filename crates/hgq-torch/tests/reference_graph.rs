@@ -4,7 +4,8 @@
 //! and two outputs, `QBatchNormalization` after dense and convolution layers. Per model, built
 //! from hgq2's own Keras JSON (and written back byte for byte): a training step (outputs bit
 //! for bit, EBOPs per layer, the loss terms, every gradient, the inputs' too, the WRAP integer
-//! bits and the moving statistics after), `trace_minmax` over two batches, inference.
+//! bits and the moving statistics after), `trace_minmax` over two batches, inference. The same
+//! checks on `more.json`: QEinsumDense, QBatchNormDense, QUnaryFunctionLUT, QSoftmax.
 mod common;
 
 use common::reference::{close, same, tensor};
@@ -16,11 +17,15 @@ use serde_json::Value;
 use tch::{Device, Kind, Tensor, nn};
 
 fn data() -> Value {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/data/reference/graph.json"
+    reference("graph.json")
+}
+
+fn reference(file: &str) -> Value {
+    let path = format!(
+        "{}/../../tests/data/reference/{file}",
+        env!("CARGO_MANIFEST_DIR")
     );
-    serde_json::from_str(&std::fs::read_to_string(path).expect("graph.json")).expect("JSON")
+    serde_json::from_str(&std::fs::read_to_string(path).expect(file)).expect("JSON")
 }
 
 /// Keras numbers the inner layers of quantizers (`quantizer_2`, `fixed_point_quantizer_kif_5`)
@@ -160,6 +165,136 @@ fn inputs(v: &Value, shapes: &[Vec<i64>]) -> Vec<Tensor> {
         .collect()
 }
 
+/// One case of a reference file: built from hgq2's JSON (written back byte for byte), a
+/// training step, `trace_minmax`, inference, each compared with hgq2's values; the layers'
+/// kinds are added to `kinds`.
+fn check_case(case: &Value, kinds: &mut BTreeSet<String>) {
+    let name = case["name"].as_str().unwrap();
+    let json = case["model_json"].as_str().unwrap();
+    let vs = nn::VarStore::new(Device::Cpu);
+    let m = Functional::from_keras_json(&vs.root(), json).unwrap();
+    assert_eq!(
+        m.to_keras_json().unwrap(),
+        json,
+        "{name}: JSON written back"
+    );
+    for (l, want) in m.layers().iter().zip(case["layers"].as_array().unwrap()) {
+        assert_eq!(
+            l.name(),
+            want["name"].as_str().unwrap(),
+            "{name}: layer order"
+        );
+        kinds.insert(want["kind"].as_str().unwrap().to_string());
+    }
+    let vars = by_hgq2_path(&m, &case["initial"]);
+    set_state(&vars, &case["initial"]);
+    let shapes = shapes(&m);
+    let calls = case["calls"].as_array().unwrap();
+
+    // A training step.
+    let c = &calls[0];
+    assert_eq!(c["mode"], "training");
+    let xs: Vec<Tensor> = inputs(&c["x"], &shapes)
+        .into_iter()
+        .map(|x| x.set_requires_grad(true))
+        .collect();
+    // hgq2 adds a QAveragePow2's EBOPs term to the loss twice (its class wraps the call
+    // QAdd's class already wrapped, see gen_graph.py): the same loss here is twice beta.
+    let doubled: Vec<_> = m
+        .layers()
+        .iter()
+        .filter(|l| {
+            l.downcast_ref::<QMerge>()
+                .is_some_and(|q| q.op() == MergeOp::AveragePow2)
+        })
+        .collect();
+    for l in &doubled {
+        l.set_beta(2.0 * l.beta().unwrap()).unwrap();
+    }
+    let refs: Vec<&Tensor> = xs.iter().collect();
+    let out = m.forward(&refs, CallMode::Training).unwrap();
+    for l in &doubled {
+        l.set_beta(l.beta().unwrap() / 2.0).unwrap();
+    }
+    let outs = c["y"].as_array().unwrap();
+    assert_eq!(out.ys.len(), outs.len(), "{name}: outputs");
+    for (k, (y, want)) in out.ys.iter().zip(outs).enumerate() {
+        same(y, want, &format!("{name}: training y{k}"));
+    }
+    check_ebops(&m, &c["ebops"], &format!("{name}: training"));
+    let reg = m.regularization_loss().unwrap();
+    let terms = out.ebops_loss.double_value(&[]) + reg.double_value(&[]);
+    let want_terms: f64 = c["losses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_f64().unwrap())
+        .sum();
+    assert!(
+        (terms - want_terms).abs() <= 1e-6 * want_terms.abs().max(1.0),
+        "{name}: EBOPs and regularization terms {terms} != {want_terms}"
+    );
+    let mut loss = &out.ebops_loss + reg;
+    for (y, dy) in out.ys.iter().zip(c["dy"].as_array().unwrap()) {
+        loss += (y * tensor(dy, &y.size())).sum(Kind::Float);
+    }
+    loss.backward();
+    for (k, x) in xs.iter().enumerate() {
+        close(
+            &x.grad(),
+            &c["grads"][format!("x{k}").as_str()],
+            &format!("{name}: grad of x{k}"),
+        );
+    }
+    let mut checked = xs.len();
+    for (path, t) in &vars {
+        let want = &c["grads"][path.as_str()];
+        if want.is_null() {
+            assert!(
+                !t.requires_grad() || !t.grad().defined(),
+                "{name}: {path} has a gradient hgq2 does not"
+            );
+            continue;
+        }
+        close(&t.grad(), want, &format!("{name}: grad of {path}"));
+        checked += 1;
+    }
+    assert_eq!(checked, c["grads"].as_object().unwrap().len(), "{name}");
+    check_state(&vars, &c["state_after"], &format!("{name}: after training"));
+
+    // trace_minmax over two batches.
+    let c = &calls[1];
+    assert_eq!(c["mode"], "trace_minmax");
+    let all = inputs(&c["x"], &shapes);
+    let n = c["batch_size"].as_i64().unwrap();
+    let batches: Vec<Vec<Tensor>> = (0..2)
+        .map(|b| all.iter().map(|x| x.narrow(0, b * n, n)).collect())
+        .collect();
+    let total = m.trace_minmax(&batches).unwrap();
+    assert_eq!(
+        total,
+        c["ebops_total"].as_u64().unwrap(),
+        "{name}: traced EBOPs"
+    );
+    check_ebops(&m, &c["ebops"], &format!("{name}: tracing"));
+    check_state(&vars, &c["state_after"], &format!("{name}: after tracing"));
+
+    // Inference.
+    let c = &calls[2];
+    assert_eq!(c["mode"], "inference");
+    let xs = inputs(&c["x"], &shapes);
+    let refs: Vec<&Tensor> = xs.iter().collect();
+    let out = m.forward(&refs, CallMode::Inference).unwrap();
+    for (k, (y, want)) in out.ys.iter().zip(c["y"].as_array().unwrap()).enumerate() {
+        same(y, want, &format!("{name}: inference y{k}"));
+    }
+    check_state(
+        &vars,
+        &c["state_after"],
+        &format!("{name}: after inference"),
+    );
+}
+
 #[test]
 fn graphs_match_hgq2() {
     let d = data();
@@ -167,130 +302,7 @@ fn graphs_match_hgq2() {
     assert!(cases.len() >= 5, "{} cases", cases.len());
     let mut kinds = BTreeSet::new();
     for case in cases {
-        let name = case["name"].as_str().unwrap();
-        let json = case["model_json"].as_str().unwrap();
-        let vs = nn::VarStore::new(Device::Cpu);
-        let m = Functional::from_keras_json(&vs.root(), json).unwrap();
-        assert_eq!(
-            m.to_keras_json().unwrap(),
-            json,
-            "{name}: JSON written back"
-        );
-        for (l, want) in m.layers().iter().zip(case["layers"].as_array().unwrap()) {
-            assert_eq!(
-                l.name(),
-                want["name"].as_str().unwrap(),
-                "{name}: layer order"
-            );
-            kinds.insert(want["kind"].as_str().unwrap().to_string());
-        }
-        let vars = by_hgq2_path(&m, &case["initial"]);
-        set_state(&vars, &case["initial"]);
-        let shapes = shapes(&m);
-        let calls = case["calls"].as_array().unwrap();
-
-        // A training step.
-        let c = &calls[0];
-        assert_eq!(c["mode"], "training");
-        let xs: Vec<Tensor> = inputs(&c["x"], &shapes)
-            .into_iter()
-            .map(|x| x.set_requires_grad(true))
-            .collect();
-        // hgq2 adds a QAveragePow2's EBOPs term to the loss twice (its class wraps the call
-        // QAdd's class already wrapped, see gen_graph.py): the same loss here is twice beta.
-        let doubled: Vec<_> = m
-            .layers()
-            .iter()
-            .filter(|l| {
-                l.downcast_ref::<QMerge>()
-                    .is_some_and(|q| q.op() == MergeOp::AveragePow2)
-            })
-            .collect();
-        for l in &doubled {
-            l.set_beta(2.0 * l.beta().unwrap()).unwrap();
-        }
-        let refs: Vec<&Tensor> = xs.iter().collect();
-        let out = m.forward(&refs, CallMode::Training).unwrap();
-        for l in &doubled {
-            l.set_beta(l.beta().unwrap() / 2.0).unwrap();
-        }
-        let outs = c["y"].as_array().unwrap();
-        assert_eq!(out.ys.len(), outs.len(), "{name}: outputs");
-        for (k, (y, want)) in out.ys.iter().zip(outs).enumerate() {
-            same(y, want, &format!("{name}: training y{k}"));
-        }
-        check_ebops(&m, &c["ebops"], &format!("{name}: training"));
-        let reg = m.regularization_loss().unwrap();
-        let terms = out.ebops_loss.double_value(&[]) + reg.double_value(&[]);
-        let want_terms: f64 = c["losses"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| l.as_f64().unwrap())
-            .sum();
-        assert!(
-            (terms - want_terms).abs() <= 1e-6 * want_terms.abs().max(1.0),
-            "{name}: EBOPs and regularization terms {terms} != {want_terms}"
-        );
-        let mut loss = &out.ebops_loss + reg;
-        for (y, dy) in out.ys.iter().zip(c["dy"].as_array().unwrap()) {
-            loss += (y * tensor(dy, &y.size())).sum(Kind::Float);
-        }
-        loss.backward();
-        for (k, x) in xs.iter().enumerate() {
-            close(
-                &x.grad(),
-                &c["grads"][format!("x{k}").as_str()],
-                &format!("{name}: grad of x{k}"),
-            );
-        }
-        let mut checked = xs.len();
-        for (path, t) in &vars {
-            let want = &c["grads"][path.as_str()];
-            if want.is_null() {
-                assert!(
-                    !t.requires_grad() || !t.grad().defined(),
-                    "{name}: {path} has a gradient hgq2 does not"
-                );
-                continue;
-            }
-            close(&t.grad(), want, &format!("{name}: grad of {path}"));
-            checked += 1;
-        }
-        assert_eq!(checked, c["grads"].as_object().unwrap().len(), "{name}");
-        check_state(&vars, &c["state_after"], &format!("{name}: after training"));
-
-        // trace_minmax over two batches.
-        let c = &calls[1];
-        assert_eq!(c["mode"], "trace_minmax");
-        let all = inputs(&c["x"], &shapes);
-        let n = c["batch_size"].as_i64().unwrap();
-        let batches: Vec<Vec<Tensor>> = (0..2)
-            .map(|b| all.iter().map(|x| x.narrow(0, b * n, n)).collect())
-            .collect();
-        let total = m.trace_minmax(&batches).unwrap();
-        assert_eq!(
-            total,
-            c["ebops_total"].as_u64().unwrap(),
-            "{name}: traced EBOPs"
-        );
-        check_ebops(&m, &c["ebops"], &format!("{name}: tracing"));
-        check_state(&vars, &c["state_after"], &format!("{name}: after tracing"));
-
-        // Inference.
-        let c = &calls[2];
-        assert_eq!(c["mode"], "inference");
-        let xs = inputs(&c["x"], &shapes);
-        let refs: Vec<&Tensor> = xs.iter().collect();
-        let out = m.forward(&refs, CallMode::Inference).unwrap();
-        for (k, (y, want)) in out.ys.iter().zip(c["y"].as_array().unwrap()).enumerate() {
-            same(y, want, &format!("{name}: inference y{k}"));
-        }
-        check_state(
-            &vars,
-            &c["state_after"],
-            &format!("{name}: after inference"),
-        );
+        check_case(case, &mut kinds);
     }
     for k in [
         "QAdd",
@@ -300,6 +312,26 @@ fn graphs_match_hgq2() {
         "QMinimum",
         "QAveragePow2",
         "QBatchNormalization",
+    ] {
+        assert!(kinds.contains(k), "no case has a {k}");
+    }
+}
+
+/// QEinsumDense, QBatchNormDense, QUnaryFunctionLUT and QSoftmax in graphs: the values of
+/// `tests/data/reference/more.json`, made by `tests/data/reference/gen_more.py` running hgq2.
+#[test]
+fn more_layers_match_hgq2() {
+    let d = reference("more.json");
+    let cases = d["graph"].as_array().unwrap();
+    let mut kinds = BTreeSet::new();
+    for case in cases {
+        check_case(case, &mut kinds);
+    }
+    for k in [
+        "QEinsumDense",
+        "QBatchNormDense",
+        "QUnaryFunctionLUT",
+        "QSoftmax",
     ] {
         assert!(kinds.contains(k), "no case has a {k}");
     }

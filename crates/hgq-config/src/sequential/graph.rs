@@ -538,6 +538,21 @@ impl GraphModelSpec {
         let mut shapes: Vec<Vec<usize>> = Vec::with_capacity(self.nodes.len());
         for (j, node) in self.nodes.iter().enumerate() {
             let at = format!("$.config.layers[{}]", r.pos[ni + j]);
+            for &e in &r.inbound[j] {
+                if e >= ni {
+                    let src_at = format!("$.config.layers[{}]", r.pos[e]);
+                    let src_in = r.inbound[e - ni][0];
+                    let src_input = if src_in < ni {
+                        &self.inputs[src_in].shape
+                    } else {
+                        &shapes[src_in - ni]
+                    };
+                    if let Some(err) = self.nodes[e - ni].layer.keras_shape_err(src_input, &src_at)
+                    {
+                        return Err(err);
+                    }
+                }
+            }
             let ins: Vec<&[usize]> = r.inbound[j]
                 .iter()
                 .map(|&e| {
@@ -671,7 +686,7 @@ impl GraphModelSpec {
             } else {
                 (PyValue::List(vec![tensor(ins[0])]), shape(shape_of(ins[0])))
             };
-            let kwargs = if matches!(l, LayerSpec::QBatchNorm(_)) {
+            let kwargs = if l.takes_mask() {
                 dict([("mask", PyValue::Null)])
             } else {
                 dict([])
@@ -682,7 +697,7 @@ impl GraphModelSpec {
                 ("class_name".to_string(), PyValue::str(class)),
                 (
                     "config".to_string(),
-                    l.config_value(name, &shapes[j], ins.len()),
+                    l.config_value(name, shape_of(ins[0]), &shapes[j], ins.len()),
                 ),
                 (
                     "registered_name".to_string(),
@@ -939,10 +954,27 @@ fn read_graph(root: &At<'_>) -> Result<GraphModelSpec> {
         nodes,
         outputs,
     };
-    // The automatic parallelization factors read as -1.
+    // The automatic parallelization factors read as -1, QSoftmax's last axis as -1.
     let shapes = spec.output_shapes()?;
-    for (node, out) in spec.nodes.iter_mut().zip(&shapes) {
-        node.layer.normalize_parallelization(out);
+    let names = spec.layer_names()?;
+    let mut shape_of: HashMap<&str, &[usize]> = spec
+        .inputs
+        .iter()
+        .map(|i| (i.name.as_str(), i.shape.as_slice()))
+        .collect();
+    shape_of.extend(
+        names
+            .iter()
+            .map(String::as_str)
+            .zip(shapes.iter().map(Vec::as_slice)),
+    );
+    let inputs: Vec<Vec<usize>> = spec
+        .nodes
+        .iter()
+        .map(|n| shape_of[n.inbound[0].as_str()].to_vec())
+        .collect();
+    for ((node, input), out) in spec.nodes.iter_mut().zip(&inputs).zip(&shapes) {
+        node.layer.normalize_read(input, out);
     }
     Ok(spec)
 }

@@ -109,8 +109,9 @@ impl ChainModelSpec {
 
     /// Reads a Keras `Sequential` document: what `model.to_json()` writes for a built
     /// `keras.Sequential` of the layers a chain holds (`QDense`, `QConv1D`/`QConv2D`, the
-    /// poolings, `Flatten`, `Reshape`, `QBatchNormalization`, `Activation`, `ReLU`), its
-    /// `InputLayer` first.
+    /// poolings, `Flatten`, `Reshape`, `QBatchNormalization`, `Activation`, `ReLU`,
+    /// `QEinsumDense`, `QEinsumDenseBatchnorm`, `QBatchNormDense`, `QUnaryFunctionLUT`,
+    /// `QSoftmax`), its `InputLayer` first.
     ///
     /// As strict as [`Self::from_json`]: the layers are read, the model is written again
     /// ([`Self::to_keras_sequential_value`]) and compared with the input, and the first JSON path

@@ -1,6 +1,7 @@
 //! A whole Keras model document for a chain of layers (`QDense`, `QConv1D`/`QConv2D`, the
 //! pooling layers, `Flatten`, `Reshape`, `QBatchNormalization`, Keras' `Activation` and
-//! `ReLU`) on an input of any rank, or
+//! `ReLU`, `QEinsumDense`, `QEinsumDenseBatchnorm`, `QBatchNormDense`, `QUnaryFunctionLUT`,
+//! `QSoftmax`) on an input of any rank, or
 //! for a graph of them with merge layers (`QAdd`, `QSubtract`, `QMultiply`, `QMaximum`,
 //! `QMinimum`, `QAveragePow2`), several inputs and outputs ([`GraphModelSpec`]), written
 //! byte for byte as hgq2's `model.to_json()` writes it.
@@ -82,7 +83,17 @@
 //! - `QBatchNormalization` writes Keras' `BatchNormalization` config (`beta_initializer`,
 //!   ..., `synchronized`, `renorm`, `renorm_clipping`, `renorm_momentum`) and then hgq2's
 //!   keys (`enable_ebops`, ..., `iq_conf`, `kq_conf`, `bq_conf`; no `parallelization_factor`),
-//!   and is called with `"kwargs": {"mask": null}` (see [`QBatchNormSpec`]).
+//!   and is called with `"kwargs": {"mask": null}` (see [`QBatchNormSpec`]);
+//! - `QEinsumDense` writes `output_shape` as Keras' partial output shape (a list, `null` for
+//!   a size left to the input) and its `parallelization_factor` resolved from the input
+//!   ([`einsum_shapes`]); `QEinsumDenseBatchnorm` writes exactly `QEinsumDense`'s keys (its
+//!   normalization's arguments are lost: see [`QEinsumDenseBatchnormSpec`]);
+//!   `QBatchNormDense` writes `QDense`'s and then its normalization's
+//!   ([`QBatchNormDenseSpec`]);
+//! - `QUnaryFunctionLUT` and `QSoftmax` write their table quantizers as hgq2 changes them
+//!   (one bit width per element, `k0=0`, `SAT`, `RND_CONV`: see [`QUnaryFunctionLUTSpec`],
+//!   [`QSoftmaxSpec`]); `QSoftmax` writes its axes sorted and counted from the batch axis,
+//!   its `parallelization_factor` as given, and is called with `"kwargs": {"mask": null}`.
 //!
 //! Unnamed layers take Keras' automatic names in a fresh session, counted per class
 //! (named layers do not count): `q_dense`, `q_conv1d`, `q_conv2d`, `q_max_pooling1d`,
@@ -90,7 +101,8 @@
 //! `q_global_max_pooling1d`, `q_global_max_pooling2d`, `q_global_average_pooling1d`,
 //! `q_global_average_pooling2d`, `flatten`, `reshape`, `q_add`, `q_subtract`, `q_multiply`,
 //! `q_maximum`, `q_minimum`, `q_average_pow2`, `q_batch_normalization`, `activation`,
-//! `re_lu` (Keras' snake case of `ReLU`), then `q_conv2d_1`,
+//! `re_lu` (Keras' snake case of `ReLU`), `q_einsum_dense`, `q_einsum_dense_batchnorm`,
+//! `q_batch_norm_dense`, `q_unary_function_lut`, `q_softmax`, then `q_conv2d_1`,
 //! `q_conv2d_2`, ... The model is `functional` and the input `input_layer` unless named.
 //! A merge layer in a chain takes the one layer before it (`QAdd()([x])`, which Keras
 //! allows; `QSubtract` needs two inputs, so only a graph has it).
@@ -127,23 +139,47 @@ use crate::model_json::{
 };
 use crate::pyjson::PyValue;
 
+/// Builder setters of a wrapped layer spec (`field`), forwarded to it.
+macro_rules! forward_setters {
+    ($field:ident; $($(#[$m:meta])* $f:ident($t:ty);)*) => {
+        $(
+            $(#[$m])*
+            pub fn $f(mut self, v: $t) -> Self {
+                self.$field = self.$field.$f(v);
+                self
+            }
+        )*
+    };
+}
+
 mod activation;
 mod batchnorm;
+mod bn_dense;
 mod conv;
+mod einsum;
 mod graph;
 mod keras_seq;
 mod merge;
 mod pool;
 mod reshape;
+mod softmax;
+mod table;
 
 pub use activation::{ActivationSpec, ReluSpec};
 pub use batchnorm::QBatchNormSpec;
+pub use bn_dense::QBatchNormDenseSpec;
 pub use conv::QConvSpec;
+pub use einsum::{
+    EinsumNormShapes, EinsumShapes, QEINSUM_DENSE_BATCHNORM_MODULE, QEINSUM_DENSE_MODULE,
+    QEinsumDenseBatchnormSpec, QEinsumDenseSpec, einsum_norm_shapes, einsum_shapes,
+};
 pub use graph::{GraphModelSpec, InputSpec, NodeSpec};
 pub use keras_seq::SEQUENTIAL_MODULE;
 pub use merge::{MergeOp, QMergeSpec};
 pub use pool::{PoolKind, PoolWindow, QPoolSpec};
 pub use reshape::{FlattenSpec, ReshapeSpec};
+pub use softmax::{QSOFTMAX_MODULE, QSoftmaxSpec};
+pub use table::{QUNARY_FUNCTION_LUT_MODULE, QUnaryFunctionLUTSpec};
 
 /// The module of hgq2's `QConv1D` / `QConv2D`.
 pub const QCONV_MODULE: &str = "hgq.layers.conv";
@@ -212,6 +248,9 @@ impl FromStr for Padding {
 ///
 /// Every layer type converts into it (`From`), so [`ChainModelSpec::layer`] and
 /// [`GraphModelSpec::node`] take any of them.
+// Specs are made once per layer and matched by value: `QSoftmaxSpec`'s five quantizer
+// configurations are not boxed.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum LayerSpec {
     /// hgq2's `QDense` (on the last axis of an input of any rank).
@@ -233,6 +272,16 @@ pub enum LayerSpec {
     Activation(ActivationSpec),
     /// Keras' `ReLU` layer (`keras.layers.ReLU()`).
     Relu(ReluSpec),
+    /// hgq2's `QEinsumDense`.
+    QEinsumDense(QEinsumDenseSpec),
+    /// hgq2's `QBatchNormDense` (module `hgq.layers.core.dense`, as `QDense`).
+    QBatchNormDense(QBatchNormDenseSpec),
+    /// hgq2's `QEinsumDenseBatchnorm`.
+    QEinsumDenseBatchnorm(QEinsumDenseBatchnormSpec),
+    /// hgq2's `QUnaryFunctionLUT`.
+    QUnaryFunctionLut(QUnaryFunctionLUTSpec),
+    /// hgq2's `QSoftmax`.
+    QSoftmax(QSoftmaxSpec),
 }
 
 impl LayerSpec {
@@ -248,6 +297,11 @@ impl LayerSpec {
             LayerSpec::QBatchNorm(l) => l.name.as_deref(),
             LayerSpec::Activation(l) => l.name.as_deref(),
             LayerSpec::Relu(l) => l.name.as_deref(),
+            LayerSpec::QEinsumDense(l) => l.name.as_deref(),
+            LayerSpec::QBatchNormDense(l) => l.dense.name.as_deref(),
+            LayerSpec::QEinsumDenseBatchnorm(l) => l.dense.name.as_deref(),
+            LayerSpec::QUnaryFunctionLut(l) => l.name.as_deref(),
+            LayerSpec::QSoftmax(l) => l.name.as_deref(),
         }
     }
 
@@ -262,6 +316,11 @@ impl LayerSpec {
             LayerSpec::QBatchNorm(l) => &mut l.name,
             LayerSpec::Activation(l) => &mut l.name,
             LayerSpec::Relu(l) => &mut l.name,
+            LayerSpec::QEinsumDense(l) => &mut l.name,
+            LayerSpec::QBatchNormDense(l) => &mut l.dense.name,
+            LayerSpec::QEinsumDenseBatchnorm(l) => &mut l.dense.name,
+            LayerSpec::QUnaryFunctionLut(l) => &mut l.name,
+            LayerSpec::QSoftmax(l) => &mut l.name,
         }
     }
 
@@ -279,13 +338,18 @@ impl LayerSpec {
             LayerSpec::QBatchNorm(_) => Some("QBatchNormalization"),
             LayerSpec::Activation(_) => Some("Activation"),
             LayerSpec::Relu(_) => Some("ReLU"),
+            LayerSpec::QEinsumDense(_) => Some("QEinsumDense"),
+            LayerSpec::QBatchNormDense(_) => Some("QBatchNormDense"),
+            LayerSpec::QEinsumDenseBatchnorm(_) => Some("QEinsumDenseBatchnorm"),
+            LayerSpec::QUnaryFunctionLut(_) => Some("QUnaryFunctionLUT"),
+            LayerSpec::QSoftmax(_) => Some("QSoftmax"),
         }
     }
 
     /// The module written with the class.
     pub fn module(&self) -> &'static str {
         match self {
-            LayerSpec::QDense(_) => QDENSE_MODULE,
+            LayerSpec::QDense(_) | LayerSpec::QBatchNormDense(_) => QDENSE_MODULE,
             LayerSpec::QConv(_) => QCONV_MODULE,
             LayerSpec::QPool(_) => QPOOLING_MODULE,
             LayerSpec::Flatten(_)
@@ -294,6 +358,10 @@ impl LayerSpec {
             | LayerSpec::Relu(_) => KERAS_LAYERS_MODULE,
             LayerSpec::QMerge(_) => QMERGE_MODULE,
             LayerSpec::QBatchNorm(_) => QBATCHNORM_MODULE,
+            LayerSpec::QEinsumDense(_) => QEINSUM_DENSE_MODULE,
+            LayerSpec::QEinsumDenseBatchnorm(_) => QEINSUM_DENSE_BATCHNORM_MODULE,
+            LayerSpec::QUnaryFunctionLut(_) => QUNARY_FUNCTION_LUT_MODULE,
+            LayerSpec::QSoftmax(_) => QSOFTMAX_MODULE,
         }
     }
 
@@ -322,6 +390,11 @@ impl LayerSpec {
             "QBatchNormalization" => "q_batch_normalization",
             "Activation" => "activation",
             "ReLU" => "re_lu",
+            "QEinsumDense" => "q_einsum_dense",
+            "QBatchNormDense" => "q_batch_norm_dense",
+            "QEinsumDenseBatchnorm" => "q_einsum_dense_batchnorm",
+            "QUnaryFunctionLUT" => "q_unary_function_lut",
+            "QSoftmax" => "q_softmax",
             _ => return None,
         })
     }
@@ -346,16 +419,55 @@ impl LayerSpec {
         )
     }
 
+    /// Whether Keras calls the layer with `"kwargs": {"mask": null}` (its `call` takes a
+    /// mask): `QBatchNormalization` and `QSoftmax`.
+    fn takes_mask(&self) -> bool {
+        matches!(self, LayerSpec::QBatchNorm(_) | LayerSpec::QSoftmax(_))
+    }
+
+    /// Where Keras' shape of the layer's output, for an input of `input`, is not the real
+    /// one (an einsum layer's `None` sizes or `...` axes: see
+    /// [`EinsumShapes::keras_output`]), so that Keras builds the layers after it wrong: the
+    /// error, at a path under `at`.
+    fn keras_shape_err(&self, input: &[usize], at: &str) -> Option<ConfigError> {
+        let l = match self {
+            LayerSpec::QEinsumDense(l) => l,
+            LayerSpec::QEinsumDenseBatchnorm(l) => &l.dense,
+            _ => return None,
+        };
+        let shapes = l.shapes(input).ok()?;
+        let (path, msg) = l.keras_shape_problem(&shapes, at)?;
+        Some(value_err(
+            path,
+            format!(
+                "{msg}, and another layer takes the output: Keras would build it for that \
+                 shape (only a model output may have it)"
+            ),
+        ))
+    }
+
     /// The output shape (without batch) for an input of `input` (without batch); errors
     /// name paths under `at` (`$.config.layers[j]`).
     fn output_shape(&self, input: &[usize], at: &str) -> Result<Vec<usize>> {
+        let dense = |l: &QDenseSpec| -> Result<Vec<usize>> {
+            check_size(l.units, &format!("{at}.config.units"))?;
+            let mut out = input.to_vec();
+            *out.last_mut().expect("inputs have a rank of 1 or more") = l.units;
+            Ok(out)
+        };
         match self {
-            LayerSpec::QDense(l) => {
-                check_size(l.units, &format!("{at}.config.units"))?;
-                let mut out = input.to_vec();
-                *out.last_mut().expect("inputs have a rank of 1 or more") = l.units;
-                Ok(out)
+            LayerSpec::QDense(l) => dense(l),
+            LayerSpec::QBatchNormDense(l) => {
+                l.check(at)?;
+                dense(&l.dense)
             }
+            LayerSpec::QEinsumDense(l) => Ok(l.shapes_at(input, at)?.output),
+            LayerSpec::QEinsumDenseBatchnorm(l) => l.output_shape(input, at),
+            LayerSpec::QUnaryFunctionLut(l) => {
+                l.check(at)?;
+                Ok(input.to_vec())
+            }
+            LayerSpec::QSoftmax(l) => l.output_shape(input, at),
             LayerSpec::QConv(l) => l.output_shape(input, at),
             LayerSpec::QPool(l) => l.output_shape(input, at),
             LayerSpec::Flatten(_) => {
@@ -375,9 +487,21 @@ impl LayerSpec {
         }
     }
 
-    /// The layer's `config`, for an output of `output` and `n_inputs` inputs.
-    fn config_value(&self, name: &str, output: &[usize], n_inputs: usize) -> PyValue {
+    /// The layer's `config`, for an input of `input` (the first one's), an output of
+    /// `output` and `n_inputs` inputs.
+    fn config_value(
+        &self,
+        name: &str,
+        input: &[usize],
+        output: &[usize],
+        n_inputs: usize,
+    ) -> PyValue {
         match self {
+            LayerSpec::QEinsumDense(l) => l.config_value(name, input),
+            LayerSpec::QBatchNormDense(l) => l.config_value(name, output),
+            LayerSpec::QEinsumDenseBatchnorm(l) => l.config_value(name, input),
+            LayerSpec::QUnaryFunctionLut(l) => l.config_value(name),
+            LayerSpec::QSoftmax(l) => l.config_value(name, input),
             LayerSpec::QDense(l) => qdense_config(l, name, output),
             LayerSpec::QConv(l) => l.config_value(name, output),
             LayerSpec::QPool(l) => l.config_value(name),
@@ -398,6 +522,12 @@ impl LayerSpec {
             LayerSpec::QPool(l) => l.enable_ebops && l.iq.is_none(),
             LayerSpec::QMerge(l) => l.enable_ebops && l.iq.is_none(),
             LayerSpec::QBatchNorm(l) => l.enable_ebops && l.iq.is_none(),
+            LayerSpec::QEinsumDense(l) => l.enable_ebops && l.iq.is_none(),
+            LayerSpec::QBatchNormDense(l) => l.dense.enable_ebops && l.dense.iq.is_none(),
+            LayerSpec::QEinsumDenseBatchnorm(l) => l.dense.enable_ebops && l.dense.iq.is_none(),
+            LayerSpec::QUnaryFunctionLut(l) => l.enable_ebops && l.iq.is_none(),
+            // QSoftmax's EBOPs count its tables' quantizers: on without its input quantizer.
+            LayerSpec::QSoftmax(_) => false,
             LayerSpec::Flatten(_)
             | LayerSpec::Reshape(_)
             | LayerSpec::Activation(_)
@@ -405,20 +535,37 @@ impl LayerSpec {
         }
     }
 
-    /// A negative (automatic) `parallelization_factor` where the written value is the
-    /// automatic one for an output of `output`.
-    fn normalize_parallelization(&mut self, output: &[usize]) {
+    /// What a written document holds resolved, read back as given by default: a negative
+    /// (automatic) `parallelization_factor` where the written value is the automatic one
+    /// for an input of `input` and an output of `output`, and `QSoftmax`'s last axis as
+    /// `-1`.
+    fn normalize_read(&mut self, input: &[usize], output: &[usize]) {
+        let auto_dense = n_parallel(&output[..output.len().saturating_sub(1)]);
         match self {
-            LayerSpec::QDense(l)
-                if l.parallelization_factor == n_parallel(&output[..output.len() - 1]) =>
-            {
+            LayerSpec::QDense(l) if l.parallelization_factor == auto_dense => {
                 l.parallelization_factor = -1;
             }
+            LayerSpec::QBatchNormDense(l) if l.dense.parallelization_factor == auto_dense => {
+                l.dense.parallelization_factor = -1;
+            }
+            LayerSpec::QEinsumDense(l) => normalize_einsum(l, input),
+            LayerSpec::QEinsumDenseBatchnorm(l) => normalize_einsum(&mut l.dense, input),
+            LayerSpec::QSoftmax(l) => l.normalize_axes(input),
             LayerSpec::QConv(l) if l.parallelization_factor == l.n_parallel(output) => {
                 l.parallelization_factor = -1;
             }
             _ => {}
         }
+    }
+}
+
+/// An einsum layer's automatic `parallelization_factor` read as `-1`.
+fn normalize_einsum(l: &mut QEinsumDenseSpec, input: &[usize]) {
+    if l.parallelization_factor >= 0
+        && let Ok(s) = l.shapes(input)
+        && i64::try_from(s.n_parallel) == Ok(l.parallelization_factor)
+    {
+        l.parallelization_factor = -1;
     }
 }
 
@@ -473,6 +620,36 @@ impl From<ActivationSpec> for LayerSpec {
 impl From<ReluSpec> for LayerSpec {
     fn from(l: ReluSpec) -> Self {
         LayerSpec::Relu(l)
+    }
+}
+
+impl From<QEinsumDenseSpec> for LayerSpec {
+    fn from(l: QEinsumDenseSpec) -> Self {
+        LayerSpec::QEinsumDense(l)
+    }
+}
+
+impl From<QBatchNormDenseSpec> for LayerSpec {
+    fn from(l: QBatchNormDenseSpec) -> Self {
+        LayerSpec::QBatchNormDense(l)
+    }
+}
+
+impl From<QEinsumDenseBatchnormSpec> for LayerSpec {
+    fn from(l: QEinsumDenseBatchnormSpec) -> Self {
+        LayerSpec::QEinsumDenseBatchnorm(l)
+    }
+}
+
+impl From<QUnaryFunctionLUTSpec> for LayerSpec {
+    fn from(l: QUnaryFunctionLUTSpec) -> Self {
+        LayerSpec::QUnaryFunctionLut(l)
+    }
+}
+
+impl From<QSoftmaxSpec> for LayerSpec {
+    fn from(l: QSoftmaxSpec) -> Self {
+        LayerSpec::QSoftmax(l)
     }
 }
 
@@ -623,8 +800,16 @@ impl ChainModelSpec {
         }
         let mut shape = self.input_shape.clone();
         let mut shapes = Vec::with_capacity(self.layers.len());
+        let mut prev_input = Vec::new();
         for (j, l) in self.layers.iter().enumerate() {
             let at = format!("$.config.layers[{}]", j + 1);
+            if j > 0
+                && let Some(e) = self.layers[j - 1]
+                    .keras_shape_err(&prev_input, &format!("$.config.layers[{j}]"))
+            {
+                return Err(e);
+            }
+            prev_input = shape.clone();
             shape = l.output_shape(&shape, &at)?;
             for &n in &shape {
                 // A product that does not fit Python's writing of ints here.
@@ -800,6 +985,11 @@ fn read_layer(config: &At<'_>, class: &str, path: &str) -> Result<LayerSpec> {
         "QBatchNormalization" => QBatchNormSpec::read(config)?.into(),
         "Activation" => ActivationSpec::read(config)?.into(),
         "ReLU" => ReluSpec::read(config)?.into(),
+        "QEinsumDense" => QEinsumDenseSpec::read(config)?.into(),
+        "QBatchNormDense" => QBatchNormDenseSpec::read(config)?.into(),
+        "QEinsumDenseBatchnorm" => QEinsumDenseBatchnormSpec::read(config)?.into(),
+        "QUnaryFunctionLUT" => QUnaryFunctionLUTSpec::read(config)?.into(),
+        "QSoftmax" => QSoftmaxSpec::read(config)?.into(),
         class => {
             if let Some(p) = QPoolSpec::read(config, class)? {
                 p.into()
@@ -857,10 +1047,12 @@ fn read_chain(root: &At<'_>) -> Result<ChainModelSpec> {
         }
         spec.layers.push(layer);
     }
-    // The automatic parallelization factors read as -1.
+    // The automatic parallelization factors read as -1, QSoftmax's last axis as -1.
     let shapes = spec.output_shapes()?;
-    for (l, out) in spec.layers.iter_mut().zip(&shapes) {
-        l.normalize_parallelization(out);
+    let inputs = std::iter::once(&spec.input_shape).chain(&shapes);
+    let inputs: Vec<Vec<usize>> = inputs.cloned().collect();
+    for ((l, input), out) in spec.layers.iter_mut().zip(&inputs).zip(&shapes) {
+        l.normalize_read(input, out);
     }
     Ok(spec)
 }

@@ -282,20 +282,12 @@ impl Layer for QBatchNorm {
         let xq = self.base.input(x, mode)?;
         let (scale, offset) = if mode == CallMode::Training {
             let axes: Vec<i64> = (0..xq.dim() as i64 - 1).collect();
-            let mean = xq.f_mean_dim(axes.as_slice(), false, None::<Kind>)?;
-            // Keras' moments: E[x^2] - E[x]^2.
-            let var = xq
-                .f_square()?
-                .f_mean_dim(axes.as_slice(), false, None::<Kind>)?
-                .f_sub(&mean.f_square()?)?;
-            let (m, one_m) = (self.momentum, 1.0 - self.momentum);
-            tch::no_grad(|| -> Result<()> {
-                let mm = (&self.moving_mean * m).f_add(&(mean.f_detach()? * one_m))?;
-                let mv = (&self.moving_variance * m).f_add(&(var.f_detach()? * one_m))?;
-                self.moving_mean.shallow_clone().f_copy_(&mm)?;
-                self.moving_variance.shallow_clone().f_copy_(&mv)?;
-                Ok(())
-            })?;
+            let (mean, var) = moments(&xq, &axes)?;
+            update_moving(
+                (&self.moving_mean, &self.moving_variance),
+                (&mean, &var),
+                self.momentum,
+            )?;
             self.scale_and_offset(&mean, &var)?
         } else {
             self.scale_and_offset(&self.moving_mean, &self.moving_variance)?
@@ -355,3 +347,30 @@ impl Layer for QBatchNorm {
 }
 
 module_t!(QBatchNorm);
+
+/// Keras' `ops.moments` (torch backend) over `axes`, not kept: `(E[x], E[x^2] - E[x]^2)`.
+pub(crate) fn moments(x: &Tensor, axes: &[i64]) -> Result<(Tensor, Tensor)> {
+    let mean = x.f_mean_dim(axes, false, None::<Kind>)?;
+    let var = x
+        .f_square()?
+        .f_mean_dim(axes, false, None::<Kind>)?
+        .f_sub(&mean.f_square()?)?;
+    Ok((mean, var))
+}
+
+/// Keras' moving statistics: `moving = moving * momentum + batch * (1 - momentum)`, in place
+/// and outside autograd.
+pub(crate) fn update_moving(
+    (moving_mean, moving_var): (&Tensor, &Tensor),
+    (mean, var): (&Tensor, &Tensor),
+    momentum: f64,
+) -> Result<()> {
+    let one_m = 1.0 - momentum;
+    tch::no_grad(|| -> Result<()> {
+        let mm = (moving_mean * momentum).f_add(&(mean.f_detach()? * one_m))?;
+        let mv = (moving_var * momentum).f_add(&(var.f_detach()? * one_m))?;
+        moving_mean.shallow_clone().f_copy_(&mm)?;
+        moving_var.shallow_clone().f_copy_(&mv)?;
+        Ok(())
+    })
+}

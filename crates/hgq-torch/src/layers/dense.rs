@@ -17,23 +17,23 @@ use crate::{Result, TorchError};
 /// no activation, `beta = 1e-5` (hgq2's `beta0`).
 #[derive(Debug, Clone)]
 pub struct QDenseBuilder {
-    in_features: usize,
+    pub(crate) in_features: usize,
     /// The input's dimensions after the batch (the last is `in_features`).
-    input_dims: Vec<usize>,
-    units: usize,
-    tape: Option<EbopsTape>,
-    activation: Activation,
-    use_bias: bool,
-    beta: f64,
-    name: Option<String>,
-    iq: Option<QuantizerConfig>,
-    oq: Option<QuantizerConfig>,
-    enable_iq: bool,
-    enable_ebops: bool,
-    ebops_factor: f64,
-    parallelization_factor: Option<usize>,
-    kq: Option<QuantizerConfig>,
-    bq: Option<QuantizerConfig>,
+    pub(crate) input_dims: Vec<usize>,
+    pub(crate) units: usize,
+    pub(crate) tape: Option<EbopsTape>,
+    pub(crate) activation: Activation,
+    pub(crate) use_bias: bool,
+    pub(crate) beta: f64,
+    pub(crate) name: Option<String>,
+    pub(crate) iq: Option<QuantizerConfig>,
+    pub(crate) oq: Option<QuantizerConfig>,
+    pub(crate) enable_iq: bool,
+    pub(crate) enable_ebops: bool,
+    pub(crate) ebops_factor: f64,
+    pub(crate) parallelization_factor: Option<usize>,
+    pub(crate) kq: Option<QuantizerConfig>,
+    pub(crate) bq: Option<QuantizerConfig>,
 }
 
 impl QDenseBuilder {

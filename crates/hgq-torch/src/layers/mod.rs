@@ -57,8 +57,11 @@ use crate::{Result, TorchError};
 mod activation;
 mod archive;
 mod batchnorm;
+mod bn_dense;
 mod conv;
 mod dense;
+mod einsum;
+mod einsum_bn;
 mod functional;
 mod merge;
 mod model;
@@ -66,12 +69,17 @@ mod native;
 mod pool;
 mod reshape;
 mod sequential;
+mod softmax;
 mod spec;
+mod table;
 
 pub use activation::{ActivationLayer, ReLU};
 pub use batchnorm::{QBatchNorm, QBatchNormBuilder};
+pub use bn_dense::{QBatchNormDense, QBatchNormDenseBuilder};
 pub use conv::{QConv, QConvBuilder};
 pub use dense::{QDense, QDenseBuilder};
+pub use einsum::{QEinsumDense, QEinsumDenseBuilder};
+pub use einsum_bn::{QEinsumDenseBatchnorm, QEinsumDenseBatchnormBuilder};
 pub use functional::{Functional, FunctionalOutput, NodeId};
 pub use hgq_config::sequential::MergeOp;
 /// Keras' padding and the pooling kinds: hgq-config's, the words of the model JSON.
@@ -83,6 +91,8 @@ pub use pool::{QPool, QPoolBuilder};
 pub(crate) type Pads = Vec<(usize, usize)>;
 pub use reshape::{Flatten, Reshape};
 pub use sequential::{Sequential, SequentialOutput, StepOutput, StepPath};
+pub use softmax::{QSoftmax, QSoftmaxBuilder};
+pub use table::{QUnaryFunctionLut, QUnaryFunctionLutBuilder};
 
 /// What every layer does: a forward in the three modes ([`CallMode`]), its EBOPs, the
 /// constraints and regularization of its quantizers, WRAP tracing, its Keras variables.
@@ -218,27 +228,31 @@ macro_rules! module_t {
 }
 pub(crate) use module_t;
 
-/// The [`Layer`] methods every quantized layer answers from its [`QBase`] (`self.base`): name,
+/// The [`Layer`] methods every quantized layer answers from its [`QBase`] (`self.base`, or the
+/// field path given): name,
 /// input dimensions, EBOPs, beta, the kept EBOPs, `as_any`.
 macro_rules! qbase_layer_methods {
     () => {
+        $crate::layers::qbase_layer_methods!(base);
+    };
+    ($($base:ident).+) => {
         fn name(&self) -> &str {
-            &self.base.name
+            &self.$($base).+.name
         }
         fn input_dims(&self) -> &[usize] {
-            &self.base.input_dims
+            &self.$($base).+.input_dims
         }
         fn ebops(&self) -> u32 {
-            self.base.ebops()
+            self.$($base).+.ebops()
         }
         fn beta(&self) -> Option<f64> {
-            self.base.enable_ebops.then(|| self.base.beta.get())
+            self.$($base).+.enable_ebops.then(|| self.$($base).+.beta.get())
         }
         fn set_beta(&self, beta: f64) -> $crate::Result<()> {
-            self.base.set_beta(beta)
+            self.$($base).+.set_beta(beta)
         }
         fn restore_ebops(&self, ebops: u32) {
-            *self.base.ebops.borrow_mut() = $crate::layers::Ebops::Value(ebops);
+            *self.$($base).+.ebops.borrow_mut() = $crate::layers::Ebops::Value(ebops);
         }
         fn as_any(&self) -> &dyn std::any::Any {
             self

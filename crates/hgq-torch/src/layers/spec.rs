@@ -6,16 +6,25 @@ use tch::nn;
 
 use super::{
     Activation, ActivationLayer, Flatten, Layer, LayerBuilder, Names, QBatchNorm,
-    QBatchNormBuilder, QConv, QConvBuilder, QDense, QDenseBuilder, QMerge, QMergeBuilder, QPool,
-    QPoolBuilder, ReLU, Reshape,
+    QBatchNormBuilder, QBatchNormDense, QBatchNormDenseBuilder, QConv, QConvBuilder, QDense,
+    QDenseBuilder, QEinsumDense, QEinsumDenseBatchnorm, QEinsumDenseBatchnormBuilder,
+    QEinsumDenseBuilder, QMerge, QMergeBuilder, QPool, QPoolBuilder, QSoftmax, QSoftmaxBuilder,
+    QUnaryFunctionLut, QUnaryFunctionLutBuilder, ReLU, Reshape,
 };
 use crate::{Result, TorchError};
 
 /// A builder of any layer of a model JSON.
+// Built once per layer read: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum AnyBuilder {
     Activation(ActivationLayer),
     Relu(ReLU),
     Dense(QDenseBuilder),
+    BatchNormDense(QBatchNormDenseBuilder),
+    Einsum(QEinsumDenseBuilder),
+    EinsumBatchnorm(QEinsumDenseBatchnormBuilder),
+    Lut(QUnaryFunctionLutBuilder),
+    Softmax(QSoftmaxBuilder),
     BatchNorm(QBatchNormBuilder),
     Merge(QMergeBuilder),
     Conv(QConvBuilder),
@@ -96,6 +105,60 @@ impl AnyBuilder {
         }
         let dims = single(ins)?;
         let dims = dims.as_slice();
+        let dense = |d: &hgq_config::QDenseSpec| -> Result<QDenseBuilder> {
+            let iq = common(&d.iq, &d.oq, d.enable_ebops, d.ebops_factor, d.trainable)?;
+            if d.parallelization_factor == 0 {
+                return Err(refuse("parallelization_factor=0"));
+            }
+            let b = QDense::builder(dims.last().copied().unwrap_or(0), d.units)
+                .input_dims(dims)
+                .activation(act(d.activation)?)
+                .use_bias(d.use_bias)
+                .beta(d.beta0)
+                .enable_ebops(d.enable_ebops)
+                .ebops_factor(d.ebops_factor)
+                .kq(d.kq.clone())
+                .name(name);
+            let mut b = with_iq!(b, iq, d.enable_ebops);
+            d.kq.to_core()?;
+            if d.use_bias {
+                d.bq.to_core()?;
+                b = b.bq(d.bq.clone());
+            }
+            if let Some(oq) = &d.oq {
+                b = b.oq(oq.clone());
+            }
+            if d.parallelization_factor > 0 {
+                b = b.parallelization_factor(d.parallelization_factor as usize);
+            }
+            Ok(b)
+        };
+        let einsum = |e: &hgq_config::sequential::QEinsumDenseSpec| -> Result<QEinsumDenseBuilder> {
+            let iq = common(&e.iq, &e.oq, e.enable_ebops, e.ebops_factor, e.trainable)?;
+            if e.parallelization_factor == 0 {
+                return Err(refuse("parallelization_factor=0"));
+            }
+            let b = QEinsumDense::builder(&e.equation, dims, &e.output_shape)
+                .activation(act(e.activation)?)
+                .beta(e.beta0)
+                .enable_ebops(e.enable_ebops)
+                .ebops_factor(e.ebops_factor)
+                .kq(e.kq.clone())
+                .name(name);
+            let mut b = with_iq!(b, iq, e.enable_ebops);
+            e.kq.to_core()?;
+            if let Some(axes) = &e.bias_axes {
+                e.bq.to_core()?;
+                b = b.bias_axes(axes.clone()).bq(e.bq.clone());
+            }
+            if let Some(oq) = &e.oq {
+                b = b.oq(oq.clone());
+            }
+            if e.parallelization_factor > 0 {
+                b = b.parallelization_factor(e.parallelization_factor as usize);
+            }
+            Ok(b)
+        };
         Ok(match l {
             LayerSpec::QMerge(_) => unreachable!("handled above"),
             LayerSpec::QBatchNorm(b) => {
@@ -122,33 +185,78 @@ impl AnyBuilder {
                 }
                 AnyBuilder::BatchNorm(n)
             }
-            LayerSpec::QDense(d) => {
-                let iq = common(&d.iq, &d.oq, d.enable_ebops, d.ebops_factor, d.trainable)?;
-                if d.parallelization_factor == 0 {
+            LayerSpec::QDense(d) => AnyBuilder::Dense(dense(d)?),
+            LayerSpec::QBatchNormDense(b) => {
+                if b.synchronized {
+                    return Err(refuse("synchronized=True"));
+                }
+                AnyBuilder::BatchNormDense(
+                    QBatchNormDense::builder(dense(&b.dense)?)
+                        .scale(b.scale)
+                        .momentum(b.momentum)
+                        .epsilon(b.epsilon),
+                )
+            }
+            LayerSpec::QEinsumDense(e) => AnyBuilder::Einsum(einsum(e)?),
+            LayerSpec::QEinsumDenseBatchnorm(e) => {
+                let mut b = QEinsumDenseBatchnorm::builder(einsum(&e.dense)?)
+                    .momentum(e.momentum)
+                    .center(e.center)
+                    .scale(e.scale);
+                if let Some(n) = &e.normalize_axes {
+                    b = b.normalize_axes(n.clone());
+                }
+                AnyBuilder::EinsumBatchnorm(b)
+            }
+            LayerSpec::QUnaryFunctionLut(t) => {
+                let iq = common(&t.iq, &t.oq, t.enable_ebops, t.ebops_factor, t.trainable)?;
+                let b = QUnaryFunctionLut::builder(dims, t.activation)?
+                    .beta(t.beta0)
+                    .ebops_factor(t.ebops_factor)
+                    .allow_heterogeneous_input(t.allow_heterogeneous_input)
+                    .allow_heterogeneous_table(t.allow_heterogeneous_table)
+                    .name(name);
+                let b = match &t.oq {
+                    Some(oq) => b.oq(oq.clone()),
+                    None => b.no_oq(),
+                };
+                let b = match iq {
+                    Some(c) => b.iq(c),
+                    None => b.no_iq(),
+                };
+                AnyBuilder::Lut(b.enable_ebops(t.enable_ebops && t.iq.is_some() && t.oq.is_some()))
+            }
+            LayerSpec::QSoftmax(q) => {
+                let iq = common(&q.iq, &q.oq, q.enable_ebops, q.ebops_factor, q.trainable)?;
+                for c in [&q.exp_iq, &q.exp_oq, &q.inv_iq, &q.inv_oq] {
+                    c.to_core()?;
+                }
+                if q.parallelization_factor == 0 {
                     return Err(refuse("parallelization_factor=0"));
                 }
-                let b = QDense::builder(dims.last().copied().unwrap_or(0), d.units)
-                    .input_dims(dims)
-                    .activation(act(d.activation)?)
-                    .use_bias(d.use_bias)
-                    .beta(d.beta0)
-                    .enable_ebops(d.enable_ebops)
-                    .ebops_factor(d.ebops_factor)
-                    .kq(d.kq.clone())
+                let mut b = QSoftmax::builder(dims)
+                    .axes(&q.axes)
+                    .stable(q.stable)
+                    .beta(q.beta0)
+                    .enable_ebops(q.enable_ebops)
+                    .ebops_factor(q.ebops_factor)
+                    .exp_iq(q.exp_iq.clone())
+                    .exp_oq(q.exp_oq.clone())
+                    .inv_iq(q.inv_iq.clone())
+                    .inv_oq(q.inv_oq.clone())
+                    .allow_heterogeneous_table(q.allow_heterogeneous_table)
+                    .input_scaler(q.input_scaler)
                     .name(name);
-                let mut b = with_iq!(b, iq, d.enable_ebops);
-                d.kq.to_core()?;
-                if d.use_bias {
-                    d.bq.to_core()?;
-                    b = b.bq(d.bq.clone());
+                if let Some(c) = iq {
+                    b = b.iq(c);
                 }
-                if let Some(oq) = &d.oq {
+                if let Some(oq) = &q.oq {
                     b = b.oq(oq.clone());
                 }
-                if d.parallelization_factor > 0 {
-                    b = b.parallelization_factor(d.parallelization_factor as usize);
+                if q.parallelization_factor > 0 {
+                    b = b.parallelization_factor(q.parallelization_factor as usize);
                 }
-                AnyBuilder::Dense(b)
+                AnyBuilder::Softmax(b)
             }
             LayerSpec::QConv(c) => {
                 let iq = common(&c.iq, &c.oq, c.enable_ebops, c.ebops_factor, c.trainable)?;
@@ -260,6 +368,11 @@ impl LayerBuilder for AnyBuilder {
             AnyBuilder::Activation(b) => LayerBuilder::input_dims(b),
             AnyBuilder::Relu(b) => LayerBuilder::input_dims(b),
             AnyBuilder::Dense(b) => b.input_dims(),
+            AnyBuilder::BatchNormDense(b) => b.input_dims(),
+            AnyBuilder::Einsum(b) => b.input_dims(),
+            AnyBuilder::EinsumBatchnorm(b) => b.input_dims(),
+            AnyBuilder::Lut(b) => b.input_dims(),
+            AnyBuilder::Softmax(b) => b.input_dims(),
             AnyBuilder::BatchNorm(b) => b.input_dims(),
             AnyBuilder::Merge(b) => b.input_dims().to_vec(),
             AnyBuilder::Conv(b) => b.input_dims(),
@@ -273,6 +386,11 @@ impl LayerBuilder for AnyBuilder {
             AnyBuilder::Activation(b) => b.build_layer(root, names),
             AnyBuilder::Relu(b) => b.build_layer(root, names),
             AnyBuilder::Dense(b) => b.build_layer(root, names),
+            AnyBuilder::BatchNormDense(b) => b.build_layer(root, names),
+            AnyBuilder::Einsum(b) => b.build_layer(root, names),
+            AnyBuilder::EinsumBatchnorm(b) => b.build_layer(root, names),
+            AnyBuilder::Lut(b) => b.build_layer(root, names),
+            AnyBuilder::Softmax(b) => b.build_layer(root, names),
             AnyBuilder::BatchNorm(b) => b.build_layer(root, names),
             AnyBuilder::Merge(b) => Ok(Box::new(b.build(root, names)?)),
             AnyBuilder::Conv(b) => b.build_layer(root, names),

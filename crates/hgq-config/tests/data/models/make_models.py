@@ -15,7 +15,9 @@ QBatchNormalization, several inputs and outputs (`GraphModelSpec`); the `seq_*` 
 built Sequential (an `InputLayer` first, `build_input_shape`), whose layers' configs are those of
 the same functional model, without `name` and `inbound_nodes` beside them. The `act_*`,
 `graph_act` and `seq_act` ones put Keras' own `Activation` and `ReLU` layers between hgq2 layers
-(`ActivationSpec`, `ReluSpec`).
+(`ActivationSpec`, `ReluSpec`). The last ones (`einsum`, `einsum_free`, `bn_dense`, `einsum_bn`,
+`lut`, `softmax`, `graph_more`, `seq_more`) have hgq2's QEinsumDense, QEinsumDenseBatchnorm,
+QBatchNormDense, QUnaryFunctionLUT and QSoftmax (`QEinsumDenseSpec`, ...).
 """
 
 import os
@@ -31,10 +33,13 @@ from hgq.layers import (  # noqa: E402
     QAveragePooling1D,
     QAveragePow2,
     QBatchNormalization,
+    QBatchNormDense,
     QAveragePooling2D,
     QConv1D,
     QConv2D,
     QDense,
+    QEinsumDense,
+    QEinsumDenseBatchnorm,
     QGlobalAveragePooling1D,
     QGlobalAveragePooling2D,
     QGlobalMaxPooling2D,
@@ -43,7 +48,9 @@ from hgq.layers import (  # noqa: E402
     QMaximum,
     QMinimum,
     QMultiply,
+    QSoftmax,
     QSubtract,
+    QUnaryFunctionLUT,
 )
 
 
@@ -334,6 +341,124 @@ def seq_act():
     ])
 
 
+def einsum():
+    # QEinsumDense: a dense layer on the last axis with a bias and an activation; `...` with an
+    # int output_shape and a parallelization factor; two output axes with a 2-D bias, custom
+    # quantizers and an output quantizer; a contraction over two axes without input quantizer.
+    iq = QuantizerConfig('kif', 'datalane', i0=3, f0=4)
+    kq = QuantizerConfig('kbi', 'weight', b0=6, i0=1)
+    inp = keras.Input((4, 6))
+    x = QEinsumDense('abc,cd->abd', (4, 5), bias_axes='d', activation='relu')(inp)
+    x = QEinsumDense('...b,bc->...c', 3, kq_conf=kq, parallelization_factor=2)(x)
+    x = QEinsumDense('abc,cde->abde', (4, 2, 2), bias_axes='de', iq_conf=iq, enable_oq=True, beta0=2e-5)(x)
+    x = QEinsumDense('abcd,bcde->ae', (3,), bias_axes='e', enable_iq=False, name='reduce')(x)
+    out = QDense(2)(x)
+    return keras.Model(inp, out)
+
+
+def einsum_free():
+    # `...` on the right (a bias with trailing 1s), then output sizes left None (the input's)
+    # on the last layer.
+    inp = keras.Input((3, 4, 6))
+    x = QEinsumDense('ab...,bc->ac...', (5,), bias_axes='c', ebops_factor=0.5)(inp)
+    out = QEinsumDense('abcd,de->abce', (None, None, 2), bias_axes='e', trainable=False)(x)
+    return keras.Model(inp, out)
+
+
+def bn_dense():
+    # QBatchNormDense with its defaults and an activation; one with its options (no scale,
+    # momentum, epsilon, synchronized), custom quantizers, an output quantizer; then QDense.
+    kq = QuantizerConfig('kbi', 'weight', b0=6, i0=1)
+    bq = QuantizerConfig('kif', 'bias', i0=2, f0=6, overflow_mode='SAT')
+    inp = keras.Input((10,))
+    x = QBatchNormDense(8, activation='relu')(inp)
+    x = QBatchNormDense(
+        4, scale=False, momentum=0.9, epsilon=1e-5, synchronized=True, kq_conf=kq, bq_conf=bq,
+        enable_oq=True, name='bnd',
+    )(x)
+    out = QDense(3)(x)
+    return keras.Model(inp, out)
+
+
+def einsum_bn():
+    # QEinsumDenseBatchnorm: on the last axis with an activation; `...` with two normalized
+    # output axes and options hgq2 does not write (normalize_axes, momentum, epsilon, center,
+    # scale: lost in the JSON); a 3-D input with a parallelization factor given.
+    inp = keras.Input((4, 6))
+    x = QEinsumDenseBatchnorm('abc,cd->abd', (4, 5), bias_axes='d', activation='relu')(inp)
+    x = QEinsumDenseBatchnorm(
+        '...c,cde->...de', (3, 2), bias_axes='de', normalize_axes='e', momentum=0.9, epsilon=1e-5,
+        center=False, scale=False, enable_oq=True,
+    )(x)
+    x = keras.layers.Flatten()(x)
+    out = QDense(2)(x)
+    return keras.Model(inp, out)
+
+
+def lut():
+    # QUnaryFunctionLUT: its defaults; without input quantizer; homogeneous input and table
+    # with a custom table quantizer and k0 forced to 0 ('swish' is written 'silu'); the identity
+    # without output quantizer (hgq2 keeps enable_ebops=True there).
+    oq = QuantizerConfig('kif', 'datalane', i0=1, f0=5)
+    inp = keras.Input((8,))
+    x = QDense(8)(inp)
+    x = QUnaryFunctionLUT('tanh')(x)
+    x = QDense(4)(x)
+    x = QUnaryFunctionLUT('sigmoid', enable_iq=False, beta0=0)(x)
+    x = QDense(4, enable_iq=False)(x)
+    x = QUnaryFunctionLUT(
+        'swish', allow_heterogeneous_input=False, allow_heterogeneous_table=False,
+        override_oq_k0_to_0=True, oq_conf=oq, name='act',
+    )(x)
+    out = QUnaryFunctionLUT('linear', enable_oq=False, ebops_factor=0.5)(x)
+    return keras.Model(inp, out)
+
+
+def softmax():
+    # QSoftmax: its defaults (last axis); over axis 1 unstable with an input quantizer;
+    # over two axes with heterogeneous tables, custom table quantizers (changed by hgq2),
+    # an input scaler, a parallelization factor, an output quantizer, no EBOPs; a last one
+    # after a dense layer.
+    exp_oq = QuantizerConfig('kif', 'table', i0=1, f0=7)
+    inv_iq = QuantizerConfig('kbi', 'datalane', b0=7)
+    inp = keras.Input((4, 6))
+    x = QDense(6)(inp)
+    x = QSoftmax()(x)
+    x = QSoftmax(axis=1, stable=False, enable_iq=True, name='col_softmax')(x)
+    x = QSoftmax(
+        axis=(1, 2), allow_heterogeneous_table=True, input_scaler=0.5, parallelization_factor=2,
+        exp_oq_conf=exp_oq, inv_iq_conf=inv_iq, enable_oq=True, enable_ebops=False, beta0=0,
+    )(x)
+    x = keras.layers.Flatten()(x)
+    x = QDense(3)(x)
+    out = QSoftmax(axis=-1, trainable=False)(x)
+    return keras.Model(inp, out)
+
+
+def graph_more():
+    # A graph of the new layers: an einsum and a softmax on one branch, a LUT on the input on
+    # the other, added, then an einsum batch normalization (two outputs).
+    inp = keras.Input((4, 6))
+    a = QEinsumDense('abc,cd->abd', (4, 6), bias_axes='d')(inp)
+    a = QSoftmax()(a)
+    b = QUnaryFunctionLUT('tanh')(inp)
+    x = QAdd()([a, b])
+    out = QEinsumDenseBatchnorm('abc,cb->ab', (4,), bias_axes='b')(x)
+    return keras.Model(inp, [out, b])
+
+
+def seq_more():
+    # A Sequential of the new layers.
+    return keras.Sequential([
+        keras.Input((4, 6)),
+        QEinsumDense('abc,cd->abd', (4, 5), bias_axes='d'),
+        QUnaryFunctionLUT('tanh'),
+        QSoftmax(),
+        keras.layers.Flatten(),
+        QBatchNormDense(3),
+    ])
+
+
 MODELS = [
     ('demo', demo),
     ('named', named),
@@ -359,6 +484,14 @@ MODELS = [
     ('act_cnn', act_cnn),
     ('graph_act', graph_act),
     ('seq_act', seq_act),
+    ('einsum', einsum),
+    ('einsum_free', einsum_free),
+    ('bn_dense', bn_dense),
+    ('einsum_bn', einsum_bn),
+    ('lut', lut),
+    ('softmax', softmax),
+    ('graph_more', graph_more),
+    ('seq_more', seq_more),
 ]
 
 
