@@ -12,10 +12,11 @@
 //! through hgq2 and through hls4ml's `bit_exact` firmware and counts the rows that differ.
 use std::path::{Path, PathBuf};
 
+use hgq_torch::hgq_config::Activation as KerasActivation;
 use hgq_torch::hgq_core::CallMode;
 use hgq_torch::layers::{
     Activation, Flatten, Functional, MergeOp, Padding, QBatchNorm, QConv, QDense, QMerge,
-    Sequential,
+    QSoftmax, QUnaryFunctionLut, Sequential,
 };
 use hgq_torch::optim::{Adam, AdamConfig};
 use serde_json::Value;
@@ -178,6 +179,22 @@ fn own_graphs() -> Result<Vec<(&'static str, Functional, nn::VarStore)>, Error> 
     let y = g.add(&root, QDense::builder(8, 3), h)?;
     g.set_outputs(&[y])?;
     out.push(("own_conv_batchnorm_residual", g, vs));
+    // Lookup tables of one bit width each (what hls4ml 1.3 converts), a QSoftmax at the end.
+    let vs = nn::VarStore::new(Device::Cpu);
+    let root = vs.root();
+    let mut g = Functional::new();
+    let x = g.input(&[6])?;
+    let h = g.add(&root, QDense::builder(6, 5), x)?;
+    let table = |a| -> Result<_, Error> {
+        Ok(QUnaryFunctionLut::builder(&[5], a)?.allow_heterogeneous_table(false))
+    };
+    let h = g.add(&root, table(KerasActivation::Tanh)?, h)?;
+    let h = g.add(&root, QDense::builder(5, 5), h)?;
+    let h = g.add(&root, table(KerasActivation::Sigmoid)?, h)?;
+    let h = g.add(&root, QDense::builder(5, 4), h)?;
+    let y = g.add(&root, QSoftmax::builder(&[4]), h)?;
+    g.set_outputs(&[y])?;
+    out.push(("own_tables_softmax", g, vs));
     Ok(out)
 }
 
