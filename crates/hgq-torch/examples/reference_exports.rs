@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use hgq_torch::hgq_config::Activation as KerasActivation;
 use hgq_torch::hgq_core::CallMode;
 use hgq_torch::layers::{
-    Activation, Flatten, Functional, MergeOp, Padding, QBatchNorm, QConv, QDense, QMerge,
-    QSoftmax, QUnaryFunctionLut, Sequential,
+    Activation, Flatten, Functional, MergeOp, Padding, QBatchNorm, QConv, QDense, QMerge, QSoftmax,
+    QUnaryFunctionLut, Sequential,
 };
 use hgq_torch::optim::{Adam, AdamConfig};
 use serde_json::Value;

@@ -2,7 +2,8 @@
 //! and trained a batch, a CNN, a Keras `Sequential`, a residual block, every merge, batch
 //! norm) open in hgq-torch with every variable, `beta` and EBOPs as hgq2 saved them and hgq2's
 //! inference outputs bit for bit; a model trained on, saved and opened again is the same
-//! model; bad archives are errors.
+//! model (the graphs of `tests/data/reference/more.json` too: QEinsumDense, QBatchNormDense,
+//! QEinsumDenseBatchnorm, QUnaryFunctionLUT, QSoftmax); bad archives are errors.
 mod common;
 
 use common::seeded;
@@ -137,6 +138,71 @@ fn a_graph_saved_and_opened_again_is_the_same_model() {
             .remove(0),
     );
     assert_eq!(bits(&values(&ya)), bits(&values(&yb)));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The graphs of `tests/data/reference/more.json` (QEinsumDense, QBatchNormDense,
+/// QEinsumDenseBatchnorm, QUnaryFunctionLUT, QSoftmax; hgq2's JSON) of one input and one
+/// output, each trained 3 steps and traced on 16 rows: `(name, model, its store, the rows)`.
+fn more_graphs() -> Vec<(String, Functional, nn::VarStore, Tensor)> {
+    let path = data_dir().join("../reference/more.json");
+    let d: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut out = Vec::new();
+    for case in d["graph"].as_array().unwrap() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let g =
+            Functional::from_keras_json(&vs.root(), case["model_json"].as_str().unwrap()).unwrap();
+        if g.inputs().len() != 1 || g.outputs().len() != 1 {
+            continue;
+        }
+        let dims: Vec<i64> = std::iter::once(16)
+            .chain(g.inputs()[0].1.iter().map(|&d| d as i64))
+            .collect();
+        let x = seeded(3, || {
+            Tensor::randn(dims.as_slice(), (Kind::Float, Device::Cpu))
+        }) * 2.0;
+        let mut opt = Adam::new(&vs, AdamConfig::default().learning_rate(1e-2)).unwrap();
+        for _ in 0..3 {
+            let o = g.forward(&[&x], CallMode::Training).unwrap();
+            let loss = o.ys[0].square().mean(Kind::Float) + o.ebops_loss;
+            opt.backward_step(&loss).unwrap();
+            g.apply_constraints().unwrap();
+        }
+        g.trace_minmax(&[vec![x.shallow_clone()]]).unwrap();
+        let name = case["name"].as_str().unwrap().replace('/', "_");
+        out.push((name, g, vs, x));
+    }
+    out
+}
+
+#[test]
+fn graphs_of_the_newer_layers_save_and_open_again() {
+    let dir = std::env::temp_dir().join(format!("hgq-more-archive-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let graphs = more_graphs();
+    assert!(graphs.len() >= 10, "{} graphs", graphs.len());
+    for (name, g, _vs, x) in &graphs {
+        let path = dir.join(format!("{name}.keras"));
+        g.save_keras(&path).unwrap();
+        let vs2 = nn::VarStore::new(Device::Cpu);
+        let back = Functional::load_keras(&vs2.root(), &path).unwrap();
+        assert_eq!(back.to_keras_json().unwrap(), g.to_keras_json().unwrap());
+        for ((pa, ta), (pb, tb)) in g.keras_variables().iter().zip(&back.keras_variables()) {
+            assert_eq!(pa, pb, "{name}");
+            assert_eq!(bits(&values(ta)), bits(&values(tb)), "{name}: {pa}");
+        }
+        for (la, lb) in g.layers().iter().zip(back.layers()) {
+            assert_eq!(la.ebops(), lb.ebops(), "{name}: EBOPs of {}", la.name());
+        }
+        let (ya, yb) = (
+            g.forward(&[x], CallMode::Inference).unwrap().ys.remove(0),
+            back.forward(&[x], CallMode::Inference)
+                .unwrap()
+                .ys
+                .remove(0),
+        );
+        assert_eq!(bits(&values(&ya)), bits(&values(&yb)), "{name}");
+    }
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -353,6 +419,15 @@ for path in sys.argv[1:]:
         x.write_npy(&xs).unwrap();
         let y = m.forward(&x, CallMode::Inference).unwrap().y;
         saved.push(("s_rnd", path, y));
+    }
+    for (name, g, _vs, x) in more_graphs() {
+        let path = dir.join(format!("{name}.keras"));
+        g.save_keras(&path).unwrap();
+        let mut xs = path.clone().into_os_string();
+        xs.push(".x.npy");
+        x.write_npy(&xs).unwrap();
+        let y = g.forward(&[&x], CallMode::Inference).unwrap().ys.remove(0);
+        saved.push((name.leak(), path, y));
     }
     let out = std::process::Command::new(&py)
         .arg("-c")

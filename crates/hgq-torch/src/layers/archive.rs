@@ -23,7 +23,8 @@ fn is_seed_state(path: &str) -> bool {
 }
 
 /// Each layer's variables in Keras' order (`model.variables`) as an archive holds them: the
-/// layer's own (trainable first), `beta` and `ebops` for a layer with EBOPs, then each
+/// layer's own (trainable first), `beta` and `ebops` for a layer with EBOPs (after its own
+/// non-trainable ones, or before them: [`Layer::bookkeeping_before_state`]), then each
 /// quantizer's (trainable first, in the order they were made; no seed state), with the
 /// bookkeeping as tensors.
 pub(crate) fn ordered_variables(layers: &[Box<dyn Layer>]) -> Vec<(String, Tensor)> {
@@ -39,18 +40,30 @@ pub(crate) fn ordered_variables(layers: &[Box<dyn Layer>]) -> Vec<(String, Tenso
             .iter()
             .filter(|(p, _)| !prefixes.iter().any(|q| p.starts_with(q.as_str())));
         let (train, rest): (Vec<_>, Vec<_>) = own.partition(|(_, t)| t.requires_grad());
-        out.extend(
-            train
-                .into_iter()
-                .chain(rest)
-                .map(|(p, t)| (p.clone(), t.shallow_clone())),
-        );
-        if let Some(beta) = l.beta() {
-            out.push((format!("{}/beta", l.name()), Tensor::from(beta as f32)));
-            out.push((
-                format!("{}/ebops", l.name()),
-                Tensor::from(l.ebops() as i64).to_kind(Kind::Int64),
-            ));
+        let clone = |v: Vec<&(String, Tensor)>| {
+            v.into_iter()
+                .map(|(p, t)| (p.clone(), t.shallow_clone()))
+                .collect::<Vec<_>>()
+        };
+        let mut book = l.bookkeeping().into_iter().map(|(path, beta, ebops)| {
+            [
+                (format!("{path}/beta"), Tensor::from(beta as f32)),
+                (
+                    format!("{path}/ebops"),
+                    Tensor::from(ebops as i64).to_kind(Kind::Int64),
+                ),
+            ]
+        });
+        // The layer's own first; its sublayers' after its quantizers.
+        let bookkeeping: Vec<(String, Tensor)> = book.next().into_iter().flatten().collect();
+        let inner: Vec<(String, Tensor)> = book.flatten().collect();
+        out.extend(clone(train));
+        if l.bookkeeping_before_state() {
+            out.extend(bookkeeping);
+            out.extend(clone(rest));
+        } else {
+            out.extend(clone(rest));
+            out.extend(bookkeeping);
         }
         for q in quantizers {
             let qv = q.q.variables();
@@ -62,6 +75,7 @@ pub(crate) fn ordered_variables(layers: &[Box<dyn Layer>]) -> Vec<(String, Tenso
                 }
             }
         }
+        out.extend(inner);
     }
     out
 }
@@ -165,8 +179,8 @@ pub(crate) fn load(layers: &[Box<dyn Layer>], archive: &KerasArchive) -> Result<
             .filter(|(p, _)| is_seed_state(p))
             .map(|(p, t)| (p, t.detach().copy())),
     );
-    let scalar = |l: &dyn Layer, what: &str| {
-        let p = format!("{}/{what}", l.name());
+    let scalar = |path: &str, what: &str| {
+        let p = format!("{path}/{what}");
         arrays
             .iter()
             .find(|(n, _)| *n == p)
@@ -174,21 +188,19 @@ pub(crate) fn load(layers: &[Box<dyn Layer>], archive: &KerasArchive) -> Result<
     };
     // Checked before anything changes.
     let mut book = Vec::new();
-    for l in layers.iter().filter(|l| l.beta().is_some()) {
-        let beta = scalar(l.as_ref(), "beta");
-        if let Some(b) = beta {
-            super::check_beta(b)?;
+    for l in layers {
+        for (path, _, _) in l.bookkeeping() {
+            let beta = scalar(&path, "beta");
+            if let Some(b) = beta {
+                super::check_beta(b)?;
+            }
+            let ebops = scalar(&path, "ebops").map(super::ebops_u32);
+            book.push((l, path, beta, ebops));
         }
-        book.push((l, beta, scalar(l.as_ref(), "ebops")));
     }
     super::model::load_keras_variables(layers, &tensors)?;
-    for (l, beta, ebops) in book {
-        if let Some(b) = beta {
-            l.set_beta(b)?;
-        }
-        if let Some(e) = ebops {
-            l.restore_ebops(super::ebops_u32(e));
-        }
+    for (l, path, beta, ebops) in book {
+        l.restore_bookkeeping(&path, beta, ebops)?;
     }
     Ok(())
 }

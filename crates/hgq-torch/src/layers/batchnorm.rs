@@ -129,6 +129,7 @@ impl QBatchNormBuilder {
                 name,
                 input_dims: self.input_dims,
                 beta: Cell::new(self.beta),
+                beta0: self.beta,
                 tape: self.tape,
                 ebops: RefCell::new(Ebops::Value(0)),
                 iq,
@@ -335,7 +336,7 @@ impl Layer for QBatchNorm {
             .epsilon(self.epsilon)
             .center(self.offset.is_some())
             .scale(self.gamma.is_some())
-            .beta0(self.base.beta.get())
+            .beta0(self.base.beta0)
             .iq(self.base.iq.as_ref().map(|q| q.config.clone()))
             .oq(self.base.oq.as_ref().map(|q| q.config.clone()))
             .enable_ebops(self.base.enable_ebops)

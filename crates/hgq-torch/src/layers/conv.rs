@@ -290,6 +290,7 @@ impl QConvBuilder {
                 name,
                 input_dims: self.input_dims,
                 beta: Cell::new(self.beta),
+                beta0: self.beta,
                 tape: self.tape,
                 ebops: RefCell::new(Ebops::Value(0)),
                 iq,
@@ -553,7 +554,7 @@ impl Layer for QConv {
             .dilation_rate(self.dilation.clone())
             .groups(self.groups)
             .activation(self.activation.to_config())
-            .beta0(self.base.beta.get())
+            .beta0(self.base.beta0)
             .iq(self.base.iq.as_ref().map(|q| q.config.clone()))
             .oq(self.base.oq.as_ref().map(|q| q.config.clone()))
             .enable_ebops(self.base.enable_ebops)

@@ -135,6 +135,7 @@ impl QEinsumDenseBuilder {
                 name,
                 input_dims: self.input_dims,
                 beta: Cell::new(self.beta),
+                beta0: self.beta,
                 tape: self.tape,
                 ebops: RefCell::new(Ebops::Value(0)),
                 iq,
@@ -315,7 +316,7 @@ impl Layer for QEinsumDense {
         let mut s = QEinsumDenseSpec::new(&self.equation, self.output_shape.clone())
             .name(self.name())
             .activation(self.activation.to_config())
-            .beta0(self.base.beta.get())
+            .beta0(self.base.beta0)
             .iq(self.base.iq.as_ref().map(|q| q.config.clone()))
             .oq(self.base.oq.as_ref().map(|q| q.config.clone()))
             .enable_ebops(self.base.enable_ebops)

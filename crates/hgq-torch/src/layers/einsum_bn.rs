@@ -238,6 +238,9 @@ impl Layer for QEinsumDenseBatchnorm {
     fn quantizers(&self) -> Vec<&Named> {
         self.dense.quantizers()
     }
+    fn bookkeeping_before_state(&self) -> bool {
+        true
+    }
     fn keras_variables(&self) -> Vec<(String, Tensor)> {
         let d = &self.dense;
         let name = &d.base.name;

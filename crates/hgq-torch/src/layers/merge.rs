@@ -121,6 +121,7 @@ impl QMergeBuilder {
                 name,
                 input_dims: self.input_dims,
                 beta: Cell::new(self.beta),
+                beta0: self.beta,
                 tape: self.tape,
                 ebops: RefCell::new(Ebops::Value(0)),
                 iq: first,
@@ -297,7 +298,7 @@ impl Layer for QMerge {
     fn keras_spec(&self) -> Result<LayerSpec> {
         Ok(QMergeSpec::new(self.op)
             .name(self.name())
-            .beta0(self.base.beta.get())
+            .beta0(self.base.beta0)
             .iq(self.base.iq.as_ref().map(|q| q.config.clone()))
             .oq(self.base.oq.as_ref().map(|q| q.config.clone()))
             .enable_ebops(self.base.enable_ebops)

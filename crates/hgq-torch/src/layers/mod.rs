@@ -179,6 +179,36 @@ pub trait Layer: Debug + Any {
     /// The layer as hgq2's Keras JSON describes it (what `model.to_json()` writes for it):
     /// [`Sequential::to_keras_json`] writes these.
     fn keras_spec(&self) -> Result<LayerSpec>;
+    /// Whether Keras holds the layer's `beta` and `ebops` before its own non-trainable
+    /// variables (hgq2 makes them first in QBatchNormDense and QEinsumDenseBatchnorm, last in
+    /// the others): the order of a `.keras` archive.
+    #[doc(hidden)]
+    fn bookkeeping_before_state(&self) -> bool {
+        false
+    }
+    /// hgq2's bookkeeping of the layer and of its sublayers that have EBOPs (QSoftmax's
+    /// tables): `(Keras path of the layer, beta, kept EBOPs)`, what an archive holds as
+    /// `{path}/beta` and `{path}/ebops`.
+    #[doc(hidden)]
+    fn bookkeeping(&self) -> Vec<(String, f64, u32)> {
+        self.beta()
+            .map(|b| (self.name().to_string(), b, self.ebops()))
+            .into_iter()
+            .collect()
+    }
+    /// Restores one entry of [`Layer::bookkeeping`] (read from an archive).
+    #[doc(hidden)]
+    fn restore_bookkeeping(&self, path: &str, beta: Option<f64>, ebops: Option<u32>) -> Result<()> {
+        if path == self.name() {
+            if let Some(b) = beta {
+                self.set_beta(b)?;
+            }
+            if let Some(e) = ebops {
+                self.restore_ebops(e);
+            }
+        }
+        Ok(())
+    }
     /// Sets the kept EBOPs (used to restore them when a call fails half way).
     #[doc(hidden)]
     fn restore_ebops(&self, ebops: u32) {
@@ -532,6 +562,9 @@ pub(crate) struct QBase {
     pub(crate) name: String,
     pub(crate) input_dims: Vec<usize>,
     pub(crate) beta: Cell<f64>,
+    /// The initial `beta` (hgq2's `beta0`, what the Keras JSON holds whatever a schedule or
+    /// an archive set since).
+    pub(crate) beta0: f64,
     pub(crate) tape: Option<EbopsTape>,
     pub(crate) ebops: RefCell<Ebops>,
     /// The input quantizer; `None` is hgq2's `enable_iq=False` (the input taken as it is).

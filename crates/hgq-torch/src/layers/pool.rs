@@ -150,6 +150,7 @@ impl QPoolBuilder {
                 name,
                 input_dims: self.input_dims,
                 beta: Cell::new(self.beta),
+                beta0: self.beta,
                 tape: self.tape,
                 ebops: RefCell::new(Ebops::Value(0)),
                 iq,
@@ -368,7 +369,7 @@ impl Layer for QPool {
                 .padding(self.padding),
         };
         Ok(s.name(self.name())
-            .beta0(self.base.beta.get())
+            .beta0(self.base.beta0)
             .iq(self.base.iq.as_ref().map(|q| q.config.clone()))
             .oq(self.base.oq.as_ref().map(|q| q.config.clone()))
             .enable_ebops(self.base.enable_ebops)

@@ -272,6 +272,7 @@ impl QSoftmaxBuilder {
                 name,
                 input_dims: self.input_dims,
                 beta: Cell::new(self.beta),
+                beta0: self.beta,
                 tape: self.tape,
                 ebops: RefCell::new(Ebops::Value(0)),
                 iq,
@@ -489,6 +490,44 @@ impl Layer for QSoftmax {
     fn restore_ebops(&self, ebops: u32) {
         *self.base.ebops.borrow_mut() = Ebops::Value(ebops);
     }
+    /// The layer's own, then its tables' (those with EBOPs), as hgq2 keeps them.
+    fn bookkeeping(&self) -> Vec<(String, f64, u32)> {
+        let name = &self.base.name;
+        let own = self
+            .base
+            .enable_ebops
+            .then(|| (name.clone(), self.base.beta.get(), self.base.ebops()));
+        let tables = [&self.inv, &self.exp]
+            .into_iter()
+            .filter(|t| t.base.enable_ebops)
+            .map(|t| {
+                (
+                    format!("{name}/{}", t.base.name),
+                    t.base.beta.get(),
+                    t.base.ebops(),
+                )
+            });
+        own.into_iter().chain(tables).collect()
+    }
+    fn restore_bookkeeping(&self, path: &str, beta: Option<f64>, ebops: Option<u32>) -> Result<()> {
+        let name = &self.base.name;
+        for b in [&self.base, &self.inv.base, &self.exp.base] {
+            let p = if std::ptr::eq(b, &self.base) {
+                name.clone()
+            } else {
+                format!("{name}/{}", b.name)
+            };
+            if p == path {
+                if let Some(v) = beta {
+                    b.set_beta(v)?;
+                }
+                if let Some(e) = ebops {
+                    *b.ebops.borrow_mut() = Ebops::Value(e);
+                }
+            }
+        }
+        Ok(())
+    }
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
@@ -538,7 +577,7 @@ impl Layer for QSoftmax {
         Ok(s.name(self.name())
             .axes(self.dims())
             .stable(self.stable)
-            .beta0(self.base.beta.get())
+            .beta0(self.base.beta0)
             .iq(cfg(&self.base.iq))
             .oq(cfg(&self.base.oq))
             .enable_ebops(self.base.enable_ebops)

@@ -253,6 +253,7 @@ impl QUnaryFunctionLutBuilder {
                 name,
                 input_dims: self.input_dims,
                 beta: Cell::new(self.beta),
+                beta0: self.beta,
                 tape: self.tape,
                 ebops: RefCell::new(Ebops::Value(0)),
                 iq,
@@ -379,7 +380,7 @@ impl QUnaryFunctionLut {
     pub(crate) fn spec(&self) -> QUnaryFunctionLUTSpec {
         QUnaryFunctionLUTSpec::new(self.activation())
             .name(self.name())
-            .beta0(self.base.beta.get())
+            .beta0(self.base.beta0)
             .iq(self.base.iq.as_ref().map(|q| q.config.clone()))
             .oq(self.base.oq.as_ref().map(|q| q.config.clone()))
             .enable_ebops(self.base.enable_ebops)
