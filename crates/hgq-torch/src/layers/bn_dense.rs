@@ -94,7 +94,10 @@ impl super::LayerBuilder for QBatchNormDenseBuilder {
     }
 }
 
-/// hgq2's `QBatchNormDense` (see the [module](self) for its formula).
+/// hgq2's `QBatchNormDense`: `act(iq(x) @ kq(scale[:, None] * kernel) + bq(bias - mean @
+/// kernel))` with `scale = gamma / sqrt(var + epsilon)`, the batch's moments of the quantized
+/// input in training (the moving ones updated), the moving ones otherwise; hgq2's offset,
+/// `-mean @ kernel`, as it is. EBOPs are the dense layer's.
 ///
 /// ```
 /// use hgq_torch::layers::{Activation, Layer, QBatchNormDense, QDense};

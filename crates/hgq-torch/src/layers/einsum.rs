@@ -175,7 +175,9 @@ fn fans(shape: &[usize]) -> (f64, f64) {
     }
 }
 
-/// hgq2's `QEinsumDense` (see the [module](self)).
+/// hgq2's `QEinsumDense`: `act(einsum(equation, iq(x), kq(kernel)) + bq(bias))`; EBOPs
+/// `einsum("{lhs}->", bits_in, bits_kernel) + mean(bits_bias) * outputs`, scaled by
+/// `parallelization_factor / n_parallel`.
 ///
 /// ```
 /// use hgq_torch::layers::{Layer, QEinsumDense};

@@ -119,7 +119,9 @@ impl super::LayerBuilder for QEinsumDenseBatchnormBuilder {
     }
 }
 
-/// hgq2's `QEinsumDenseBatchnorm` (see the [module](self)).
+/// hgq2's `QEinsumDenseBatchnorm`: a [`QEinsumDense`] whose output is batch-normalized over
+/// `normalize_axes`, folded into the kernel and bias before they are quantized (with Keras'
+/// epsilon 1e-7, as hgq2); EBOPs are the einsum layer's.
 ///
 /// ```
 /// use hgq_torch::layers::{Layer, QEinsumDense, QEinsumDenseBatchnorm};

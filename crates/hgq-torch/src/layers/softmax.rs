@@ -312,7 +312,8 @@ fn forced_table(mut c: QuantizerConfig) -> QuantizerConfig {
 
 layer_builder!(QSoftmaxBuilder);
 
-/// hgq2's `QSoftmax` (see the [module](self)).
+/// hgq2's `QSoftmax`: `e = exp_table(max(x) - x)` (stable) and `e * inv_table(sum(e))` over
+/// its axes, each table a [`QUnaryFunctionLut`] with its own quantizers, beta and EBOPs.
 ///
 /// ```
 /// use hgq_torch::layers::{Layer, QSoftmax};
