@@ -220,3 +220,72 @@ fn sequential_refuses_a_layer_that_does_not_fit() {
     assert_eq!(vs.variables().len(), before);
     assert_eq!(m.layers().len(), 1);
 }
+
+/// A frozen layer (`trainable(false)`, Keras' `trainable=False`): Adam moves its bit widths
+/// (hgq2 keeps the quantizers trainable) and the next layer's weights, never its kernel or
+/// bias; its JSON says `"trainable": false`; the native step refuses it and `Auto` trains it
+/// through autograd.
+#[test]
+fn frozen_layers_keep_their_weights() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let mut m = Sequential::new();
+    seeded(4, || {
+        m.add(
+            &vs.root(),
+            QDense::builder(6, 5)
+                .activation(Activation::Relu)
+                .trainable(false),
+        )
+        .unwrap();
+        m.add(&vs.root(), QDense::builder(5, 3)).unwrap();
+    });
+    let frozen = m.layer::<QDense>(0).unwrap();
+    assert!(!frozen.trainable() && m.layer::<QDense>(1).unwrap().trainable());
+    let before: Vec<Tensor> = [frozen.kernel(), frozen.bias().unwrap()]
+        .iter()
+        .map(|t| t.detach().copy())
+        .collect();
+    let bits_before: Vec<Tensor> = frozen
+        .kq()
+        .q
+        .variables()
+        .iter()
+        .map(|(_, t)| t.detach().copy())
+        .collect();
+    let next_before = m.layer::<QDense>(1).unwrap().kernel().detach().copy();
+    let x = rand(&[16, 6], 5);
+    let labels = Tensor::from_slice(&[0i64, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0]);
+    let mut opt = Adam::new(&vs, AdamConfig::default().learning_rate(1e-2)).unwrap();
+    assert!(
+        m.train_step_on(StepPath::Native, &x, &labels, &mut opt)
+            .is_err()
+    );
+    for _ in 0..3 {
+        m.train_step_on(StepPath::Auto, &x, &labels, &mut opt)
+            .unwrap();
+    }
+    let frozen = m.layer::<QDense>(0).unwrap();
+    for (t, b) in [frozen.kernel(), frozen.bias().unwrap()]
+        .iter()
+        .zip(&before)
+    {
+        assert!(t.equal(b), "a frozen weight moved");
+    }
+    let bits_moved = frozen
+        .kq()
+        .q
+        .variables()
+        .iter()
+        .zip(&bits_before)
+        .any(|((_, t), b)| !t.equal(b));
+    assert!(bits_moved, "bit widths still train");
+    assert!(!m.layer::<QDense>(1).unwrap().kernel().equal(&next_before));
+    let json = m.to_keras_json().unwrap();
+    assert!(
+        json.contains(r#""name": "q_dense", "trainable": false"#),
+        "{json}"
+    );
+    let vs2 = nn::VarStore::new(Device::Cpu);
+    let back = Sequential::from_keras_json(&vs2.root(), &json).unwrap();
+    assert!(!back.layers()[0].trainable() && back.layers()[1].trainable());
+}

@@ -45,6 +45,10 @@ Cases (see `cases()`; batch 3 unless said), about 1.0 MB with seed 0 (each model
                            q_dense, q_dense_1 (the output softmax, made first, comes late; see gen_graph.py)
   more/softmax-ties        Input(5) -> QSoftmax(enable_iq=True, name='coarse_softmax') -> QDense(2), the iq
                            with f = -1 (a step of 2): tied maxima in training (2-3 rows with seeds 0, 1, 2)
+  more/frozen              Input(6) -> QDense(5, relu, trainable=False) -> QBatchNormDense(4, momentum=0.9,
+                           trainable=False) -> LUT('tanh', trainable=False) -> QDense(3)   (batch 3): the frozen
+                           layers' own weights get no gradient; their quantizers train and trace as usual; the
+                           frozen QBatchNormDense normalizes with its moving statistics in training
 Every case builds and runs; none was dropped (QSoftmax on axis 1, on (1, 2) and on -1 of a 3-D input all
 work; an equation 'a...c,cd->a...d' is refused by Keras: '...' must lead or trail).
 
@@ -591,8 +595,10 @@ class Checker:
     def check_bn_dense(self, l_, mode, before):
         qx = self.qin(l_)
         kernel = var_value(l_._kernel)
-        stat = moments(qx, l_.reduction_axis) if mode == 'training' else None
-        mean, var = self.moving(l_, mode, before, stat)
+        # hgq2 takes the batch's moments only when `training and self.trainable`.
+        batch = mode == 'training' and l_.trainable
+        stat = moments(qx, l_.reduction_axis) if batch else None
+        mean, var = self.moving(l_, 'training' if batch else 'other', before, stat)
         ve = var + l_.epsilon
         scaler = (var_value(l_.bn_gamma) / torch.sqrt(ve)) if l_.scale else (1 / torch.sqrt(ve))
         if not l_.scale:
@@ -603,7 +609,7 @@ class Checker:
         y = torch.matmul(qx, T(self.rec(l_.kq)['out'])) + T(self.rec(l_.bq)['out'])
         self.finish(l_, y, 'batchnorm-dense output')
         info = dict(scaler=fl(npy(scaler)), sqrt_inexact=sqrt_inexact(ve))
-        if mode == 'training':
+        if batch:
             info = dict(mean=fl(npy(mean)), var=fl(npy(var)), **info)
         return info
 
@@ -1030,6 +1036,17 @@ def softmax_tied():
     return inp, QDense(2, beta0=2e-3)(h)
 
 
+def frozen():
+    inp = keras.Input((6,))
+    # trainable=False: the layers' own weights are frozen (no gradients); hgq2 keeps their quantizers
+    # trainable (bit widths trained, WRAP traced) and its EBOPs; QBatchNormDense then normalizes with its
+    # moving statistics in training (`training and self.trainable`), which stay as they are.
+    h = QDense(5, activation='relu', trainable=False, beta0=1e-3)(inp)
+    h = QBatchNormDense(4, momentum=0.9, trainable=False, beta0=2e-3)(h)
+    h = QUnaryFunctionLUT('tanh', trainable=False, beta0=3e-3)(h)
+    return inp, QDense(3, beta0=4e-3)(h)
+
+
 def cases(rng):
     return [
         more_case('more/einsum-dense', rng, einsum_dense, batch=3),
@@ -1044,6 +1061,7 @@ def cases(rng):
         more_case('more/softmax-variants', rng, softmax_variants, batch=3),
         more_case('more/softmax-3d', rng, softmax_3d, batch=2),
         more_case('more/softmax-ties', rng, softmax_tied, batch=3),
+        more_case('more/frozen', rng, frozen, batch=3),
     ]
 
 

@@ -34,6 +34,7 @@ pub struct QBatchNormBuilder {
     oq: Option<QuantizerConfig>,
     enable_iq: bool,
     enable_ebops: bool,
+    trainable: bool,
     ebops_factor: f64,
     kq: Option<QuantizerConfig>,
     bq: Option<QuantizerConfig>,
@@ -135,6 +136,7 @@ impl QBatchNormBuilder {
                 iq,
                 oq,
                 enable_ebops: self.enable_ebops,
+                trainable: self.trainable,
                 ebops_factor: self.ebops_factor,
             },
             momentum: self.momentum,
@@ -193,6 +195,7 @@ impl QBatchNorm {
             oq: None,
             enable_iq: true,
             enable_ebops: true,
+            trainable: true,
             ebops_factor: 1.0,
             kq: None,
             bq: None,
@@ -245,11 +248,11 @@ impl QBatchNorm {
     fn scale_and_offset(&self, mean: &Tensor, var: &Tensor) -> Result<(Tensor, Tensor)> {
         let denom = var.f_add_scalar(self.epsilon)?.f_sqrt()?;
         let scale = match &self.gamma {
-            Some(g) => g.f_div(&denom)?,
+            Some(g) => self.base.weight(g).f_div(&denom)?,
             None => denom.f_reciprocal()?,
         };
         let offset = match &self.offset {
-            Some(b) => b.f_sub(&mean.f_mul(&scale)?)?,
+            Some(b) => self.base.weight(b).f_sub(&mean.f_mul(&scale)?)?,
             None => mean.f_mul(&scale)?.f_neg()?.f_add_scalar(1.0)?,
         };
         Ok((scale, offset))
@@ -332,6 +335,7 @@ impl Layer for QBatchNorm {
     fn keras_spec(&self) -> Result<LayerSpec> {
         Ok(QBatchNormSpec::new()
             .name(self.name())
+            .trainable(self.base.trainable)
             .momentum(self.momentum)
             .epsilon(self.epsilon)
             .center(self.offset.is_some())

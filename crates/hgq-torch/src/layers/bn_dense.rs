@@ -161,11 +161,12 @@ impl QBatchNormDense {
     fn fused(&self, mean: &Tensor, var: &Tensor, mode: CallMode) -> Result<(Tensor, Tensor)> {
         let d = &self.dense;
         let denom = var.f_add_scalar(self.epsilon)?.f_sqrt()?;
+        let w = |t: &Tensor| d.base.weight(t);
         let scale = match &self.gamma {
-            Some(g) => g.f_div(&denom)?,
+            Some(g) => w(g).f_div(&denom)?,
             None => denom.f_reciprocal()?,
         };
-        let kernel = scale.f_unsqueeze(1)?.f_mul(&d.kernel)?;
+        let kernel = scale.f_unsqueeze(1)?.f_mul(&w(&d.kernel))?;
         let qkernel = d.kq.q.forward(&kernel, mode)?;
         let (Some(bias), Some(bq)) = (&d.bias, &d.bq) else {
             return Err(TorchError::Invalid {
@@ -173,8 +174,8 @@ impl QBatchNormDense {
                 why: "no bias".into(),
             });
         };
-        let offset = mean.f_matmul(&d.kernel)?.f_neg()?;
-        let qbias = bq.q.forward(&bias.f_add(&offset)?, mode)?;
+        let offset = mean.f_matmul(&w(&d.kernel))?.f_neg()?;
+        let qbias = bq.q.forward(&w(bias).f_add(&offset)?, mode)?;
         Ok((qkernel, qbias))
     }
 }
@@ -189,7 +190,8 @@ impl Layer for QBatchNormDense {
         let d = &self.dense;
         check_input("QBatchNormDense input", x, &d.kernel, &d.base.input_dims)?;
         let xq = d.base.input(x, mode)?;
-        let (qkernel, qbias) = if mode == CallMode::Training {
+        // hgq2 takes the batch's moments only when `training and self.trainable`.
+        let (qkernel, qbias) = if mode == CallMode::Training && d.base.trainable {
             let axes: Vec<i64> = (0..xq.dim() as i64 - 1).collect();
             let (mean, var) = moments(&xq, &axes)?;
             update_moving(

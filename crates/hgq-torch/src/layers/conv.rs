@@ -93,6 +93,7 @@ pub struct QConvBuilder {
     oq: Option<QuantizerConfig>,
     enable_iq: bool,
     enable_ebops: bool,
+    trainable: bool,
     ebops_factor: f64,
     parallelization_factor: Option<usize>,
     kq: Option<QuantizerConfig>,
@@ -296,6 +297,7 @@ impl QConvBuilder {
                 iq,
                 oq,
                 enable_ebops: self.enable_ebops,
+                trainable: self.trainable,
                 ebops_factor: self.ebops_factor,
             },
             output_dims,
@@ -374,6 +376,7 @@ impl QConv {
             oq: None,
             enable_iq: true,
             enable_ebops: true,
+            trainable: true,
             ebops_factor: 1.0,
             parallelization_factor: None,
             kq: None,
@@ -521,10 +524,10 @@ impl Layer for QConv {
     fn forward(&self, x: &Tensor, mode: CallMode) -> Result<Output> {
         check_input("QConv input", x, &self.kernel, &self.base.input_dims)?;
         let xq = self.base.input(x, mode)?;
-        let k = self.kq.q.forward(&self.kernel, mode)?;
+        let k = self.kq.q.forward(&self.base.weight(&self.kernel), mode)?;
         let mut y = self.conv(&xq, &k)?;
         if let (Some(b), Some(bq)) = (&self.bias, &self.bq) {
-            y = y.f_add(&bq.q.forward(b, mode)?)?;
+            y = y.f_add(&bq.q.forward(&self.base.weight(b), mode)?)?;
         }
         let y = self.activation.apply(y);
         let y = self.base.output(y, mode)?;
@@ -549,6 +552,7 @@ impl Layer for QConv {
     fn keras_spec(&self) -> Result<LayerSpec> {
         let mut s = QConvSpec::new(self.filters(), self.kernel_size.clone())
             .name(self.name())
+            .trainable(self.base.trainable)
             .strides(self.strides.clone())
             .padding(self.padding)
             .dilation_rate(self.dilation.clone())

@@ -30,6 +30,7 @@ pub struct QDenseBuilder {
     pub(crate) oq: Option<QuantizerConfig>,
     pub(crate) enable_iq: bool,
     pub(crate) enable_ebops: bool,
+    pub(crate) trainable: bool,
     pub(crate) ebops_factor: f64,
     pub(crate) parallelization_factor: Option<usize>,
     pub(crate) kq: Option<QuantizerConfig>,
@@ -171,6 +172,7 @@ impl QDenseBuilder {
                 iq,
                 oq,
                 enable_ebops: self.enable_ebops,
+                trainable: self.trainable,
                 ebops_factor: self.ebops_factor,
             },
             in_features: self.in_features,
@@ -217,6 +219,7 @@ impl QDense {
             oq: None,
             enable_iq: true,
             enable_ebops: true,
+            trainable: true,
             ebops_factor: 1.0,
             parallelization_factor: None,
             kq: None,
@@ -309,10 +312,10 @@ impl Layer for QDense {
     fn forward(&self, x: &Tensor, mode: CallMode) -> Result<Output> {
         check_input("QDense input", x, &self.kernel, &self.base.input_dims)?;
         let xq = self.base.input(x, mode)?;
-        let k = self.kq.q.forward(&self.kernel, mode)?;
+        let k = self.kq.q.forward(&self.base.weight(&self.kernel), mode)?;
         let mut y = xq.f_matmul(&k)?;
         if let (Some(b), Some(bq)) = (&self.bias, &self.bq) {
-            y += bq.q.forward(b, mode)?;
+            y += bq.q.forward(&self.base.weight(b), mode)?;
         }
         let y = self.activation.apply(y);
         let y = self.base.output(y, mode)?;
@@ -337,6 +340,7 @@ impl Layer for QDense {
     fn keras_spec(&self) -> Result<LayerSpec> {
         let mut s = QDenseSpec::new(self.units)
             .name(self.name())
+            .trainable(self.base.trainable)
             .activation(self.activation.to_config())
             .beta0(self.base.beta0)
             .iq(self.base.iq.as_ref().map(|q| q.config.clone()))

@@ -32,6 +32,7 @@ pub struct QEinsumDenseBuilder {
     pub(crate) oq: Option<QuantizerConfig>,
     pub(crate) enable_iq: bool,
     pub(crate) enable_ebops: bool,
+    pub(crate) trainable: bool,
     pub(crate) ebops_factor: f64,
     pub(crate) parallelization_factor: Option<usize>,
     pub(crate) kq: Option<QuantizerConfig>,
@@ -141,6 +142,7 @@ impl QEinsumDenseBuilder {
                 iq,
                 oq,
                 enable_ebops: self.enable_ebops,
+                trainable: self.trainable,
                 ebops_factor: self.ebops_factor,
             },
             equation: self.equation,
@@ -230,6 +232,7 @@ impl QEinsumDense {
             oq: None,
             enable_iq: true,
             enable_ebops: true,
+            trainable: true,
             ebops_factor: 1.0,
             parallelization_factor: None,
             kq: None,
@@ -288,11 +291,11 @@ impl Layer for QEinsumDense {
     }
     fn forward(&self, x: &Tensor, mode: CallMode) -> Result<Output> {
         check_input("QEinsumDense input", x, &self.kernel, &self.base.input_dims)?;
-        let k = self.kq.q.forward(&self.kernel, mode)?;
+        let k = self.kq.q.forward(&self.base.weight(&self.kernel), mode)?;
         let xq = self.base.input(x, mode)?;
         let mut y = Tensor::f_einsum(&self.equation, &[&xq, &k], None::<&[i64]>)?;
         if let (Some(b), Some(bq)) = (&self.bias, &self.bq) {
-            y = y.f_add(&bq.q.forward(b, mode)?)?;
+            y = y.f_add(&bq.q.forward(&self.base.weight(b), mode)?)?;
         }
         let y = self.activation.apply(y);
         let y = self.base.output(y, mode)?;
@@ -317,6 +320,7 @@ impl Layer for QEinsumDense {
     fn keras_spec(&self) -> Result<LayerSpec> {
         let mut s = QEinsumDenseSpec::new(&self.equation, self.output_shape.clone())
             .name(self.name())
+            .trainable(self.base.trainable)
             .activation(self.activation.to_config())
             .beta0(self.base.beta0)
             .iq(self.base.iq.as_ref().map(|q| q.config.clone()))

@@ -179,13 +179,14 @@ impl QEinsumDenseBatchnorm {
     fn fused(&self, mean: &Tensor, var: &Tensor, mode: CallMode) -> Result<(Tensor, Tensor)> {
         let d = &self.dense;
         let denom = var.f_add_scalar(KERAS_EPSILON)?.f_sqrt()?;
+        let w = |t: &Tensor| d.base.weight(t);
         let scale = match &self.gamma {
-            Some(g) => g.f_div(&denom)?,
+            Some(g) => w(g).f_div(&denom)?,
             None => denom.f_reciprocal()?,
         };
         let kernel = Tensor::f_einsum(
             &self.norm.fused_kernel_equation,
-            &[&d.kernel, &scale],
+            &[&w(&d.kernel), &scale],
             None::<&[i64]>,
         )?;
         let qkernel = d.kq.q.forward(&kernel, mode)?;
@@ -197,7 +198,7 @@ impl QEinsumDenseBatchnorm {
         };
         let cast: Vec<i64> = self.norm.offset_cast.iter().map(|&d| d as i64).collect();
         let offset = mean.f_neg()?.f_mul(&scale)?.f_reshape(cast.as_slice())?;
-        let qbias = bq.q.forward(&bias.f_add(&offset)?, mode)?;
+        let qbias = bq.q.forward(&w(bias).f_add(&offset)?, mode)?;
         Ok((qkernel, qbias))
     }
 }
@@ -217,7 +218,8 @@ impl Layer for QEinsumDenseBatchnorm {
             &d.base.input_dims,
         )?;
         let xq = d.base.input(x, mode)?;
-        let (qkernel, qbias) = if mode == CallMode::Training {
+        // hgq2 takes the batch's moments only when `training and self.trainable`.
+        let (qkernel, qbias) = if mode == CallMode::Training && d.base.trainable {
             let y = Tensor::f_einsum(&d.equation, &[&xq, &d.kernel], None::<&[i64]>)?;
             let axes: Vec<i64> = self.norm.reduction_axes.iter().map(|&a| a as i64).collect();
             let (mean, var) = moments(&y, &axes)?;

@@ -34,6 +34,7 @@ pub struct QMergeBuilder {
     oq: Option<QuantizerConfig>,
     enable_iq: bool,
     enable_ebops: bool,
+    trainable: bool,
     ebops_factor: f64,
 }
 
@@ -127,6 +128,7 @@ impl QMergeBuilder {
                 iq: first,
                 oq,
                 enable_ebops: self.enable_ebops,
+                trainable: self.trainable,
                 ebops_factor: self.ebops_factor,
             },
             rest: iqs.collect(),
@@ -177,6 +179,7 @@ impl QMerge {
             oq: None,
             enable_iq: true,
             enable_ebops: true,
+            trainable: true,
             ebops_factor: 1.0,
         }
     }
@@ -298,6 +301,7 @@ impl Layer for QMerge {
     fn keras_spec(&self) -> Result<LayerSpec> {
         Ok(QMergeSpec::new(self.op)
             .name(self.name())
+            .trainable(self.base.trainable)
             .beta0(self.base.beta0)
             .iq(self.base.iq.as_ref().map(|q| q.config.clone()))
             .oq(self.base.oq.as_ref().map(|q| q.config.clone()))

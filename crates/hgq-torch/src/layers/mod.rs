@@ -179,6 +179,10 @@ pub trait Layer: Debug + Any {
     /// The layer as hgq2's Keras JSON describes it (what `model.to_json()` writes for it):
     /// [`Sequential::to_keras_json`] writes these.
     fn keras_spec(&self) -> Result<LayerSpec>;
+    /// Keras' `trainable` (`false`: the layer's own weights frozen).
+    fn trainable(&self) -> bool {
+        true
+    }
     /// Whether Keras holds the layer's `beta` and `ebops` before its own non-trainable
     /// variables (hgq2 makes them first in QBatchNormDense and QEinsumDenseBatchnorm, last in
     /// the others): the order of a `.keras` archive.
@@ -284,6 +288,9 @@ macro_rules! qbase_layer_methods {
         fn restore_ebops(&self, ebops: u32) {
             *self.$($base).+.ebops.borrow_mut() = $crate::layers::Ebops::Value(ebops);
         }
+        fn trainable(&self) -> bool {
+            self.$($base).+.trainable
+        }
         fn as_any(&self) -> &dyn std::any::Any {
             self
         }
@@ -341,6 +348,15 @@ macro_rules! builder_common_setters {
         /// Default: 1.
         pub fn ebops_factor(mut self, f: f64) -> Self {
             self.ebops_factor = f;
+            self
+        }
+        /// Keras' `trainable`: `false` freezes the layer's own weights (kernel, bias, the
+        /// normalization's scale and offset: no gradient reaches them, so no optimizer moves
+        /// them; a batch-normalized dense layer then also normalizes with its moving
+        /// statistics in training). As hgq2 0.2.0 does, the quantizers' bit widths still
+        /// train and WRAP quantizers still trace, and the EBOPs still count. Default: `true`.
+        pub fn trainable(mut self, t: bool) -> Self {
+            self.trainable = t;
             self
         }
         /// The input quantizer's configuration (default: hgq2's `default`/datalane).
@@ -575,6 +591,9 @@ pub(crate) struct QBase {
     pub(crate) enable_ebops: bool,
     /// hgq2's `ebops_factor`: the EBOPs computed are scaled by it.
     pub(crate) ebops_factor: f64,
+    /// Keras' `trainable`: `false` freezes the layer's own weights (hgq2 0.2.0 keeps its
+    /// quantizers' bit widths trained).
+    pub(crate) trainable: bool,
 }
 
 impl QBase {
@@ -612,6 +631,16 @@ impl QBase {
             tape.record(&loss);
         }
         Ok(loss)
+    }
+
+    /// One of the layer's own weights as the forward uses it: itself, or, in a frozen layer
+    /// (`trainable=False`), detached (no gradient reaches it, so no optimizer moves it).
+    pub(crate) fn weight(&self, w: &Tensor) -> Tensor {
+        if self.trainable {
+            w.shallow_clone()
+        } else {
+            w.detach()
+        }
     }
 
     /// `y` through the output quantizer, if the layer has one.

@@ -45,6 +45,9 @@ pub(super) fn unsupported(model: &Sequential, x: &Tensor, labels: &Tensor) -> Op
         if l.base.iq.is_none() {
             return Some(format!("{} has no input quantizer", l.name()));
         }
+        if !l.base.trainable {
+            return Some(format!("{} is frozen (trainable=False)", l.name()));
+        }
         if l.parallelization_factor.is_some() {
             return Some(format!(
                 "{} has a parallelization factor of its own",

@@ -32,6 +32,7 @@ pub struct QPoolBuilder {
     oq: Option<QuantizerConfig>,
     enable_iq: bool,
     enable_ebops: bool,
+    trainable: bool,
     ebops_factor: f64,
 }
 
@@ -156,6 +157,7 @@ impl QPoolBuilder {
                 iq,
                 oq,
                 enable_ebops: self.enable_ebops,
+                trainable: self.trainable,
                 ebops_factor: self.ebops_factor,
             },
             kind: self.kind,
@@ -222,6 +224,7 @@ impl QPool {
             oq: None,
             enable_iq: true,
             enable_ebops: true,
+            trainable: true,
             ebops_factor: 1.0,
         }
     }
@@ -369,6 +372,7 @@ impl Layer for QPool {
                 .padding(self.padding),
         };
         Ok(s.name(self.name())
+            .trainable(self.base.trainable)
             .beta0(self.base.beta0)
             .iq(self.base.iq.as_ref().map(|q| q.config.clone()))
             .oq(self.base.oq.as_ref().map(|q| q.config.clone()))

@@ -38,6 +38,7 @@ pub struct QSoftmaxBuilder {
     oq: Option<QuantizerConfig>,
     enable_iq: bool,
     enable_ebops: bool,
+    trainable: bool,
     ebops_factor: f64,
     exp_iq: Option<QuantizerConfig>,
     exp_oq: Option<QuantizerConfig>,
@@ -69,6 +70,12 @@ impl QSoftmaxBuilder {
     /// hgq2's `enable_ebops` (of the layer and its tables). Default: on.
     pub fn enable_ebops(mut self, on: bool) -> Self {
         self.enable_ebops = on;
+        self
+    }
+    /// Keras' `trainable` (the layer has no weights of its own: written to its Keras JSON;
+    /// its quantizers train either way, as hgq2's). Default: `true`.
+    pub fn trainable(mut self, t: bool) -> Self {
+        self.trainable = t;
         self
     }
     /// hgq2's `ebops_factor` of the layer's own EBOPs (not its tables'). Default: 1.
@@ -278,6 +285,7 @@ impl QSoftmaxBuilder {
                 iq,
                 oq,
                 enable_ebops: self.enable_ebops,
+                trainable: self.trainable,
                 ebops_factor: self.ebops_factor,
             },
             axes,
@@ -352,6 +360,7 @@ impl QSoftmax {
             oq: None,
             enable_iq: false,
             enable_ebops: true,
+            trainable: true,
             ebops_factor: 1.0,
             exp_iq: None,
             exp_oq: None,
@@ -491,6 +500,9 @@ impl Layer for QSoftmax {
     fn restore_ebops(&self, ebops: u32) {
         *self.base.ebops.borrow_mut() = Ebops::Value(ebops);
     }
+    fn trainable(&self) -> bool {
+        self.base.trainable
+    }
     /// The layer's own, then its tables' (those with EBOPs), as hgq2 keeps them.
     fn bookkeeping(&self) -> Vec<(String, f64, u32)> {
         let name = &self.base.name;
@@ -576,6 +588,7 @@ impl Layer for QSoftmax {
         let exp_oq = cfg(&self.exp.base.oq).unwrap_or_else(|| s.exp_oq.clone());
         let inv_oq = cfg(&self.inv.base.oq).unwrap_or_else(|| s.inv_oq.clone());
         Ok(s.name(self.name())
+            .trainable(self.base.trainable)
             .axes(self.dims())
             .stable(self.stable)
             .beta0(self.base.beta0)

@@ -51,14 +51,10 @@ impl AnyBuilder {
         let common = |iq: &Option<QuantizerConfig>,
                       oq: &Option<QuantizerConfig>,
                       ebops: bool,
-                      factor: f64,
-                      trainable: bool|
+                      factor: f64|
          -> Result<Option<QuantizerConfig>> {
             if let Some(oq) = oq {
                 oq.to_core()?;
-            }
-            if !trainable {
-                return Err(refuse("trainable=False"));
             }
             if ebops {
                 super::check_ebops_factor(factor)?;
@@ -90,13 +86,14 @@ impl AnyBuilder {
                 Some(_) => return Err(refuse("input quantizers that differ per input")),
                 None => None,
             };
-            let iq = common(&iq, &m.oq, m.enable_ebops, m.ebops_factor, m.trainable)?;
+            let iq = common(&iq, &m.oq, m.enable_ebops, m.ebops_factor)?;
             let dims = ins.first().cloned().unwrap_or_default();
             let b = QMerge::builder(m.op, &dims, ins.len())
                 .beta(m.beta0)
                 .enable_ebops(m.enable_ebops)
                 .ebops_factor(m.ebops_factor)
-                .name(name);
+                .name(name)
+                .trainable(m.trainable);
             let mut b = with_iq!(b, iq, m.enable_ebops);
             if let Some(oq) = &m.oq {
                 b = b.oq(oq.clone());
@@ -106,7 +103,7 @@ impl AnyBuilder {
         let dims = single(ins)?;
         let dims = dims.as_slice();
         let dense = |d: &hgq_config::QDenseSpec| -> Result<QDenseBuilder> {
-            let iq = common(&d.iq, &d.oq, d.enable_ebops, d.ebops_factor, d.trainable)?;
+            let iq = common(&d.iq, &d.oq, d.enable_ebops, d.ebops_factor)?;
             if d.parallelization_factor == 0 {
                 return Err(refuse("parallelization_factor=0"));
             }
@@ -118,7 +115,8 @@ impl AnyBuilder {
                 .enable_ebops(d.enable_ebops)
                 .ebops_factor(d.ebops_factor)
                 .kq(d.kq.clone())
-                .name(name);
+                .name(name)
+                .trainable(d.trainable);
             let mut b = with_iq!(b, iq, d.enable_ebops);
             d.kq.to_core()?;
             if d.use_bias {
@@ -134,7 +132,7 @@ impl AnyBuilder {
             Ok(b)
         };
         let einsum = |e: &hgq_config::sequential::QEinsumDenseSpec| -> Result<QEinsumDenseBuilder> {
-            let iq = common(&e.iq, &e.oq, e.enable_ebops, e.ebops_factor, e.trainable)?;
+            let iq = common(&e.iq, &e.oq, e.enable_ebops, e.ebops_factor)?;
             if e.parallelization_factor == 0 {
                 return Err(refuse("parallelization_factor=0"));
             }
@@ -144,7 +142,8 @@ impl AnyBuilder {
                 .enable_ebops(e.enable_ebops)
                 .ebops_factor(e.ebops_factor)
                 .kq(e.kq.clone())
-                .name(name);
+                .name(name)
+                .trainable(e.trainable);
             let mut b = with_iq!(b, iq, e.enable_ebops);
             e.kq.to_core()?;
             if let Some(axes) = &e.bias_axes {
@@ -162,7 +161,7 @@ impl AnyBuilder {
         Ok(match l {
             LayerSpec::QMerge(_) => unreachable!("handled above"),
             LayerSpec::QBatchNorm(b) => {
-                let iq = common(&b.iq, &b.oq, b.enable_ebops, b.ebops_factor, b.trainable)?;
+                let iq = common(&b.iq, &b.oq, b.enable_ebops, b.ebops_factor)?;
                 if b.axis != -1 && b.axis != dims.len() as i64 {
                     return Err(refuse(&format!("axis {} (the last axis only)", b.axis)));
                 }
@@ -178,7 +177,8 @@ impl AnyBuilder {
                     .ebops_factor(b.ebops_factor)
                     .kq(b.kq.clone())
                     .bq(b.bq.clone())
-                    .name(name);
+                    .name(name)
+                    .trainable(b.trainable);
                 let mut n = with_iq!(n, iq, b.enable_ebops);
                 if let Some(oq) = &b.oq {
                     n = n.oq(oq.clone());
@@ -209,13 +209,14 @@ impl AnyBuilder {
                 AnyBuilder::EinsumBatchnorm(b)
             }
             LayerSpec::QUnaryFunctionLut(t) => {
-                let iq = common(&t.iq, &t.oq, t.enable_ebops, t.ebops_factor, t.trainable)?;
+                let iq = common(&t.iq, &t.oq, t.enable_ebops, t.ebops_factor)?;
                 let b = QUnaryFunctionLut::builder(dims, t.activation)?
                     .beta(t.beta0)
                     .ebops_factor(t.ebops_factor)
                     .allow_heterogeneous_input(t.allow_heterogeneous_input)
                     .allow_heterogeneous_table(t.allow_heterogeneous_table)
-                    .name(name);
+                    .name(name)
+                    .trainable(t.trainable);
                 let b = match &t.oq {
                     Some(oq) => b.oq(oq.clone()),
                     None => b.no_oq(),
@@ -227,7 +228,7 @@ impl AnyBuilder {
                 AnyBuilder::Lut(b.enable_ebops(t.enable_ebops && t.iq.is_some() && t.oq.is_some()))
             }
             LayerSpec::QSoftmax(q) => {
-                let iq = common(&q.iq, &q.oq, q.enable_ebops, q.ebops_factor, q.trainable)?;
+                let iq = common(&q.iq, &q.oq, q.enable_ebops, q.ebops_factor)?;
                 for c in [&q.exp_iq, &q.exp_oq, &q.inv_iq, &q.inv_oq] {
                     c.to_core()?;
                 }
@@ -246,7 +247,8 @@ impl AnyBuilder {
                     .inv_oq(q.inv_oq.clone())
                     .allow_heterogeneous_table(q.allow_heterogeneous_table)
                     .input_scaler(q.input_scaler)
-                    .name(name);
+                    .name(name)
+                    .trainable(q.trainable);
                 if let Some(c) = iq {
                     b = b.iq(c);
                 }
@@ -259,7 +261,7 @@ impl AnyBuilder {
                 AnyBuilder::Softmax(b)
             }
             LayerSpec::QConv(c) => {
-                let iq = common(&c.iq, &c.oq, c.enable_ebops, c.ebops_factor, c.trainable)?;
+                let iq = common(&c.iq, &c.oq, c.enable_ebops, c.ebops_factor)?;
                 if c.parallelization_factor == 0 {
                     return Err(refuse("parallelization_factor=0"));
                 }
@@ -284,7 +286,8 @@ impl AnyBuilder {
                     .enable_ebops(c.enable_ebops)
                     .ebops_factor(c.ebops_factor)
                     .kq(c.kq.clone())
-                    .name(name);
+                    .name(name)
+                    .trainable(c.trainable);
                 let mut b = with_iq!(b, iq, c.enable_ebops);
                 c.kq.to_core()?;
                 if c.use_bias {
@@ -300,7 +303,7 @@ impl AnyBuilder {
                 AnyBuilder::Conv(b)
             }
             LayerSpec::QPool(p) => {
-                let iq = common(&p.iq, &p.oq, p.enable_ebops, p.ebops_factor, p.trainable)?;
+                let iq = common(&p.iq, &p.oq, p.enable_ebops, p.ebops_factor)?;
                 let b = match (&p.window, dims) {
                     (PoolWindow::Global { keepdims: true, .. }, _) => {
                         return Err(refuse("keepdims=True"));
@@ -336,7 +339,8 @@ impl AnyBuilder {
                     .beta(p.beta0)
                     .enable_ebops(p.enable_ebops)
                     .ebops_factor(p.ebops_factor)
-                    .name(name);
+                    .name(name)
+                    .trainable(p.trainable);
                 let b = with_iq!(b, iq, p.enable_ebops);
                 AnyBuilder::Pool(match &p.oq {
                     Some(oq) => b.oq(oq.clone()),

@@ -115,6 +115,7 @@ pub struct QUnaryFunctionLutBuilder {
     enable_iq: bool,
     enable_oq: bool,
     enable_ebops: bool,
+    trainable: bool,
     ebops_factor: f64,
     heterogeneous_input: bool,
     heterogeneous_table: bool,
@@ -139,6 +140,12 @@ impl QUnaryFunctionLutBuilder {
     /// hgq2's `enable_ebops` (it needs both quantizers). Default: on.
     pub fn enable_ebops(mut self, on: bool) -> Self {
         self.enable_ebops = on;
+        self
+    }
+    /// Keras' `trainable` (the layer has no weights of its own: written to its Keras JSON;
+    /// its quantizers train either way, as hgq2's). Default: `true`.
+    pub fn trainable(mut self, t: bool) -> Self {
+        self.trainable = t;
         self
     }
     /// hgq2's `ebops_factor` (finite, `>= 0`). Default: 1.
@@ -259,6 +266,7 @@ impl QUnaryFunctionLutBuilder {
                 iq,
                 oq,
                 enable_ebops: self.enable_ebops,
+                trainable: self.trainable,
                 ebops_factor: self.ebops_factor,
             },
             function: self.function,
@@ -325,6 +333,7 @@ impl QUnaryFunctionLut {
             enable_iq: true,
             enable_oq: true,
             enable_ebops: true,
+            trainable: true,
             ebops_factor: 1.0,
             heterogeneous_input: true,
             heterogeneous_table: true,
@@ -380,6 +389,7 @@ impl QUnaryFunctionLut {
     pub(crate) fn spec(&self) -> QUnaryFunctionLUTSpec {
         QUnaryFunctionLUTSpec::new(self.activation())
             .name(self.name())
+            .trainable(self.base.trainable)
             .beta0(self.base.beta0)
             .iq(self.base.iq.as_ref().map(|q| q.config.clone()))
             .oq(self.base.oq.as_ref().map(|q| q.config.clone()))
