@@ -14,6 +14,7 @@ use std::path::PathBuf;
 
 fn main() {
     println!("cargo:rerun-if-changed=src/bridge.cpp");
+    println!("cargo:rerun-if-changed=src/dist");
     println!("cargo:rerun-if-changed=build.rs");
     let lib = match std::env::var("DEP_TCH_LIBTORCH_LIB") {
         Ok(l) => PathBuf::from(l),
@@ -65,4 +66,21 @@ fn main() {
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .file("src/bridge.cpp")
         .compile("hgq_torch_bridge");
+    // c10d's Gloo process group (the `distributed` module). The wheel has c10d's headers but
+    // not Gloo's: `src/dist/gloo` declares the few Gloo types ProcessGroupGloo.hpp names.
+    cc::Build::new()
+        .cpp(true)
+        .pic(true)
+        .warnings(false)
+        .opt_level(1)
+        .debug(false)
+        .include("src/dist")
+        .include(root.join("include"))
+        .include(root.join("include/torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .flag("-DUSE_C10D_GLOO")
+        .file("src/dist/dist.cpp")
+        .compile("hgq_torch_dist");
 }

@@ -131,6 +131,9 @@ pub enum CoreError {
     /// A gradient asked for where none exists (an inference call).
     #[error("{0}")]
     Unsupported(&'static str),
+    /// A collective over data-parallel processes failed (a process gone, a timeout).
+    #[error("synchronizing quantizer state across processes: {0}")]
+    Collective(String),
 }
 
 /// Short for `Result<T, CoreError>`.

@@ -23,6 +23,7 @@ pub mod quantizer;
 pub mod real;
 pub mod shape;
 pub mod stateless;
+pub mod sync;
 mod wide;
 
 pub use error::{CoreError, Result};

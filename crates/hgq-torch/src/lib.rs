@@ -15,6 +15,7 @@
 mod alloc;
 pub mod backend;
 mod bridge;
+pub mod distributed;
 #[cfg(feature = "golden")]
 pub mod golden;
 mod host;
@@ -90,6 +91,15 @@ pub enum TorchError {
     /// defined for this kind of quantizer).
     #[error("not supported: {0}")]
     Unsupported(String),
+    /// A collective or the rendezvous of a data-parallel process group failed (a rank gone, a
+    /// timeout, a rendezvous that could not be reached).
+    #[error("distributed {what}: {why}")]
+    Distributed {
+        /// What was being done.
+        what: &'static str,
+        /// c10d's message.
+        why: String,
+    },
 }
 
 /// `Result` with [`TorchError`].

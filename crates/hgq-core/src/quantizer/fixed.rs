@@ -595,7 +595,8 @@ impl<V> FixedQuantizer<V> {
     ) -> std::result::Result<Vec<B::C>, B::Error> {
         check_input(&self.layout.input_shape, &b.shape(x)?)?;
         let sym = self.spec().overflow.is_symmetric();
-        let absmax = b.absmax(x, &self.layout.homogeneous)?;
+        // With data-parallel processes, the maxima over all of their data.
+        let absmax = crate::sync::max_over_processes(b.absmax(x, &self.layout.homogeneous)?)?;
         Ok(match self.param() {
             Param::Kbi => {
                 let bu = b.read(&self.var(VarName::B).value)?;
@@ -624,7 +625,9 @@ impl<V> FixedQuantizer<V> {
         x: &B::Tensor,
     ) -> std::result::Result<Vec<bool>, B::Error> {
         check_input(&self.layout.input_shape, &b.shape(x)?)?;
-        b.any_negative(x, &self.layout.homogeneous)
+        Ok(crate::sync::any_over_processes(
+            b.any_negative(x, &self.layout.homogeneous)?,
+        )?)
     }
 
     fn commit<B: Backend<Var = V>>(

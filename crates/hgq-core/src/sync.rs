@@ -1,0 +1,95 @@
+//! Quantizer state kept identical across data-parallel processes.
+//!
+//! A WRAP quantizer tracks the integer bits its data needs (hgq2's `get_minimal_i`, and the
+//! sign bits while tracing): with the data split over processes, each process sees its shard
+//! only. A [`StateSync`] installed on a thread (an all-reduce over the processes, e.g.
+//! hgq-torch's process group) replaces each quantizer's per-bit-width absolute maxima (and
+//! sign flags) by their maximum over the processes before they become state, so that every
+//! process tracks exactly what one process would on the whole batch. Without one, nothing
+//! changes.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use hgq_core::sync::{StateSync, install};
+//!
+//! /// Pretends another process saw twice the values.
+//! struct Doubling;
+//! impl StateSync for Doubling {
+//!     fn max(&self, values: &mut [f64]) -> Result<(), String> {
+//!         values.iter_mut().for_each(|v| *v *= 2.0);
+//!         Ok(())
+//!     }
+//! }
+//! let guard = install(Arc::new(Doubling));
+//! // Quantizer calls on this thread now see the synchronized maxima.
+//! drop(guard); // and from here on their own again
+//! ```
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use crate::error::CoreError;
+use crate::real::Real;
+
+/// An all-reduce with MAX over the processes of a data-parallel group.
+pub trait StateSync {
+    /// Replaces each value by its maximum over every process (all processes call this with
+    /// the same number of values, in the same order); an error (a process gone, a timeout)
+    /// is returned as its message.
+    fn max(&self, values: &mut [f64]) -> Result<(), String>;
+}
+
+thread_local! {
+    static SYNC: RefCell<Option<Arc<dyn StateSync>>> = const { RefCell::new(None) };
+}
+
+/// Installs `sync` on this thread until the guard is dropped (the one before is restored).
+#[must_use = "the sync is uninstalled when the guard is dropped"]
+pub fn install(sync: Arc<dyn StateSync>) -> SyncGuard {
+    let previous = SYNC.with(|s| s.replace(Some(sync)));
+    SyncGuard { previous }
+}
+
+/// Keeps a [`StateSync`] installed; dropping it restores the one before.
+pub struct SyncGuard {
+    previous: Option<Arc<dyn StateSync>>,
+}
+
+impl Drop for SyncGuard {
+    fn drop(&mut self) {
+        let previous = self.previous.take();
+        SYNC.with(|s| *s.borrow_mut() = previous);
+    }
+}
+
+impl std::fmt::Debug for SyncGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SyncGuard")
+    }
+}
+
+/// Whether a sync is installed on this thread.
+pub fn installed() -> bool {
+    SYNC.with(|s| s.borrow().is_some())
+}
+
+/// `values`, each the maximum over the processes when a sync is installed.
+pub(crate) fn max_over_processes<C: Real>(values: Vec<C>) -> Result<Vec<C>, CoreError> {
+    let Some(sync) = SYNC.with(|s| s.borrow().clone()) else {
+        return Ok(values);
+    };
+    let mut v: Vec<f64> = values.into_iter().map(Real::to_f64).collect();
+    sync.max(&mut v).map_err(CoreError::Collective)?;
+    Ok(v.into_iter().map(C::from_f64).collect())
+}
+
+/// `flags`, each true where any process has it true, when a sync is installed.
+pub(crate) fn any_over_processes(flags: Vec<bool>) -> Result<Vec<bool>, CoreError> {
+    if !installed() {
+        return Ok(flags);
+    }
+    let v: Vec<f64> = flags.iter().map(|&b| if b { 1.0 } else { 0.0 }).collect();
+    Ok(max_over_processes(v)?
+        .into_iter()
+        .map(|v| v > 0.5)
+        .collect())
+}

@@ -1,0 +1,119 @@
+// c10d's Gloo process group for hgq-torch's `distributed` module: a TCPStore rendezvous and
+// ProcessGroupGloo from libtorch, collectives with a timeout. Errors come back as messages.
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
+#include <chrono>
+#include <cstring>
+#include <exception>
+#include <string>
+
+namespace {
+
+struct Group {
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
+  std::chrono::milliseconds timeout;
+};
+
+void set_err(char* err, size_t len, const char* msg) {
+  if (err != nullptr && len > 0) {
+    std::strncpy(err, msg, len - 1);
+    err[len - 1] = '\0';
+  }
+}
+
+template <typename F>
+int guarded(char* err, size_t len, F f) {
+  try {
+    f();
+    return 0;
+  } catch (const std::exception& e) {
+    set_err(err, len, e.what());
+  } catch (...) {
+    set_err(err, len, "unknown C++ exception");
+  }
+  return 1;
+}
+
+c10d::ReduceOp reduce_op(int op) {
+  switch (op) {
+    case 1:
+      return c10d::ReduceOp::MAX;
+    case 2:
+      return c10d::ReduceOp::MIN;
+    default:
+      return c10d::ReduceOp::SUM;
+  }
+}
+
+void wait(const c10::intrusive_ptr<c10d::Work>& work, std::chrono::milliseconds timeout) {
+  if (!work->wait(timeout)) {
+    throw std::runtime_error("collective did not complete within the timeout");
+  }
+}
+
+}  // namespace
+
+// Joins the group: rank 0 serves the TCPStore at host:port, the others connect to it; every
+// rank then makes a Gloo group over the store (under `prefix`, as torch.distributed does for
+// its default group: "default_pg/0/" there), on `iface_host` (the address Gloo binds).
+extern "C" int hgq_dist_new(const char* host, int port, int rank, int size,
+                            int64_t timeout_ms, const char* prefix, void** out, char* err,
+                            size_t err_len) {
+  return guarded(err, err_len, [&] {
+    auto timeout = std::chrono::milliseconds(timeout_ms);
+    c10d::TCPStoreOptions o;
+    o.port = static_cast<uint16_t>(port);
+    o.isServer = rank == 0;
+    o.numWorkers = size;
+    o.timeout = timeout;
+    o.waitWorkers = true;
+    c10::intrusive_ptr<c10d::Store> store = c10::make_intrusive<c10d::TCPStore>(host, o);
+    if (prefix != nullptr && prefix[0] != '\0') {
+      store = c10::make_intrusive<c10d::PrefixStore>(prefix, store);
+    }
+    auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
+    opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice(false));
+    auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, size, opts);
+    *out = new Group{store, pg, timeout};
+  });
+}
+
+extern "C" void hgq_dist_free(void* g) { delete static_cast<Group*>(g); }
+
+// In place: `t` becomes the reduction (0 sum, 1 max, 2 min) of every rank's `t`.
+extern "C" int hgq_dist_all_reduce(void* g, const at::Tensor* t, int op, char* err,
+                                   size_t err_len) {
+  return guarded(err, err_len, [&] {
+    auto* group = static_cast<Group*>(g);
+    std::vector<at::Tensor> ts{*t};
+    c10d::AllreduceOptions o;
+    o.reduceOp = reduce_op(op);
+    o.timeout = group->timeout;
+    wait(group->pg->allreduce(ts, o), group->timeout);
+  });
+}
+
+// In place: every rank's `t` becomes `root`'s.
+extern "C" int hgq_dist_broadcast(void* g, const at::Tensor* t, int root, char* err,
+                                  size_t err_len) {
+  return guarded(err, err_len, [&] {
+    auto* group = static_cast<Group*>(g);
+    std::vector<at::Tensor> ts{*t};
+    c10d::BroadcastOptions o;
+    o.rootRank = root;
+    o.timeout = group->timeout;
+    wait(group->pg->broadcast(ts, o), group->timeout);
+  });
+}
+
+extern "C" int hgq_dist_barrier(void* g, char* err, size_t err_len) {
+  return guarded(err, err_len, [&] {
+    auto* group = static_cast<Group*>(g);
+    c10d::BarrierOptions o;
+    o.timeout = group->timeout;
+    wait(group->pg->barrier(o), group->timeout);
+  });
+}

@@ -1,0 +1,3 @@
+// See gloo/rendezvous/store.h.
+#pragma once
+#include <gloo/rendezvous/store.h>

@@ -1,0 +1,518 @@
+//! Data-parallel training over PyTorch's c10d: the same engine as torch's
+//! `DistributedDataParallel`, from libtorch (a `TCPStore` rendezvous and `ProcessGroupGloo` for
+//! CPU tensors; a timeout on every collective, so that a rank that dies is an error on the
+//! others, not a hang).
+//!
+//! A [`ProcessGroup`] joins from torchrun's environment ([`ProcessGroup::from_env`]:
+//! `MASTER_ADDR`, `MASTER_PORT`, `RANK`, `WORLD_SIZE`) or from explicit [`GroupOptions`].
+//! Then, per process: build the model the same way, [`ProcessGroup::broadcast_variables`] from
+//! rank 0, and train each step on this rank's rows of the global batch
+//! ([`ProcessGroup::shard`]) with [`ProcessGroup::train_step`]: the gradients are averaged over
+//! the ranks (weighted by their rows, in one flat all-reduce) before the optimizer step, and
+//! the quantizers' tracked state (WRAP integer bits, and the sign bits while tracing) is
+//! reduced with MAX inside the forward, where it is formed ([`hgq_core::sync`]), so every rank
+//! holds the same model as one process training on the whole batches would.
+//!
+//! ```no_run
+//! use hgq_torch::distributed::ProcessGroup;
+//! use hgq_torch::layers::{Activation, QDense, Sequential};
+//! use hgq_torch::optim::{Adam, AdamConfig};
+//! use tch::{nn, Device, Kind, Tensor};
+//!
+//! let group = ProcessGroup::from_env()?; // as torchrun sets it
+//! let vs = nn::VarStore::new(Device::Cpu);
+//! let mut model = Sequential::new();
+//! model.add(&vs.root(), QDense::builder(64, 32).activation(Activation::Relu))?;
+//! model.add(&vs.root(), QDense::builder(32, 10))?;
+//! group.broadcast_variables(&vs)?;
+//! let mut opt = Adam::new(&vs, AdamConfig::default())?;
+//! let (x, labels) = (Tensor::rand([256, 64], (Kind::Float, Device::Cpu)), Tensor::zeros([256], (Kind::Int64, Device::Cpu)));
+//! let rows = group.shard(256);
+//! let (xl, ll) = (x.narrow(0, rows.start as i64, rows.len() as i64), labels.narrow(0, rows.start as i64, rows.len() as i64));
+//! group.train_step(&model, &vs, &xl, &ll, &mut opt)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Batch normalization uses each rank's own batch statistics (hgq2's `synchronized=False`);
+//! stochastic rounding draws per rank.
+use std::ffi::{CString, c_char, c_int, c_void};
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hgq_core::CallMode;
+use hgq_core::sync::{StateSync, SyncGuard};
+use tch::{Kind, Tensor, nn};
+use torch_sys::C_tensor;
+
+use crate::layers::{Sequential, StepOutput};
+use crate::optim::Adam;
+use crate::{Result, TorchError};
+
+unsafe extern "C" {
+    fn hgq_dist_new(
+        host: *const c_char,
+        port: c_int,
+        rank: c_int,
+        size: c_int,
+        timeout_ms: i64,
+        prefix: *const c_char,
+        out: *mut *mut c_void,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+    fn hgq_dist_free(g: *mut c_void);
+    fn hgq_dist_all_reduce(
+        g: *mut c_void,
+        t: *const C_tensor,
+        op: c_int,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+    fn hgq_dist_broadcast(
+        g: *mut c_void,
+        t: *const C_tensor,
+        root: c_int,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+    fn hgq_dist_barrier(g: *mut c_void, err: *mut c_char, err_len: usize) -> c_int;
+}
+
+/// A reduction of an all-reduce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReduceOp {
+    /// The sum over the ranks.
+    Sum,
+    /// The maximum.
+    Max,
+    /// The minimum.
+    Min,
+}
+
+impl ReduceOp {
+    fn code(self) -> c_int {
+        match self {
+            ReduceOp::Sum => 0,
+            ReduceOp::Max => 1,
+            ReduceOp::Min => 2,
+        }
+    }
+}
+
+/// Where and how to join a group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupOptions {
+    /// The address of rank 0, which serves the rendezvous (`MASTER_ADDR`).
+    pub master_addr: String,
+    /// Its port (`MASTER_PORT`).
+    pub master_port: u16,
+    /// This process' rank, `0..world_size` (`RANK`).
+    pub rank: usize,
+    /// The number of processes (`WORLD_SIZE`).
+    pub world_size: usize,
+    /// The longest a rendezvous or a collective may take before it is an error.
+    pub timeout: Duration,
+    /// The prefix of the group's keys in the store (torch.distributed's default group uses
+    /// `default_pg/0/`; empty: none).
+    pub prefix: String,
+}
+
+impl GroupOptions {
+    /// Rank `rank` of `world_size` at `master_addr:master_port`, a 5-minute timeout, no
+    /// prefix.
+    pub fn new(
+        master_addr: impl Into<String>,
+        master_port: u16,
+        rank: usize,
+        world_size: usize,
+    ) -> Self {
+        GroupOptions {
+            master_addr: master_addr.into(),
+            master_port,
+            rank,
+            world_size,
+            timeout: Duration::from_secs(300),
+            prefix: String::new(),
+        }
+    }
+
+    /// Sets the timeout of the rendezvous and of every collective.
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = t;
+        self
+    }
+
+    /// Sets the store prefix.
+    pub fn prefix(mut self, p: impl Into<String>) -> Self {
+        self.prefix = p.into();
+        self
+    }
+
+    /// torchrun's variables: `MASTER_ADDR` (default `127.0.0.1`), `MASTER_PORT`, `RANK`,
+    /// `WORLD_SIZE`; `HGQ_DIST_TIMEOUT_S` for the timeout (default 300 s).
+    pub fn from_env() -> Result<Self> {
+        let var = |k: &'static str| std::env::var(k).ok();
+        let num = |k: &'static str| -> Result<usize> {
+            let v = var(k).ok_or_else(|| TorchError::Invalid {
+                what: "distributed environment",
+                why: format!("{k} is not set"),
+            })?;
+            v.parse().map_err(|_| TorchError::Invalid {
+                what: "distributed environment",
+                why: format!("{k}={v:?} is not a number"),
+            })
+        };
+        let port = num("MASTER_PORT")?;
+        let timeout = match var("HGQ_DIST_TIMEOUT_S") {
+            Some(s) => Duration::from_secs_f64(s.parse().map_err(|_| TorchError::Invalid {
+                what: "distributed environment",
+                why: format!("HGQ_DIST_TIMEOUT_S={s:?} is not a number"),
+            })?),
+            None => Duration::from_secs(300),
+        };
+        let port = u16::try_from(port).map_err(|_| TorchError::Invalid {
+            what: "distributed environment",
+            why: format!("MASTER_PORT={port} is not a port"),
+        })?;
+        Ok(GroupOptions::new(
+            var("MASTER_ADDR").unwrap_or_else(|| "127.0.0.1".into()),
+            port,
+            num("RANK")?,
+            num("WORLD_SIZE")?,
+        )
+        .timeout(timeout))
+    }
+}
+
+struct Inner {
+    ptr: *mut c_void,
+}
+
+// SAFETY: c10d's process groups are used from any thread (torch's own DDP calls them from
+// its reducer threads); calls from several threads must come in the same order on every
+// rank, which is the caller's contract, as in torch.
+unsafe impl Send for Inner {}
+unsafe impl Sync for Inner {}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` came from hgq_dist_new and is freed once.
+        unsafe { hgq_dist_free(self.ptr) }
+    }
+}
+
+/// A c10d Gloo process group (CPU tensors). Cheap to clone (a handle).
+#[derive(Clone)]
+pub struct ProcessGroup {
+    inner: Arc<Inner>,
+    rank: usize,
+    size: usize,
+}
+
+impl std::fmt::Debug for ProcessGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ProcessGroup(rank {} of {})", self.rank, self.size)
+    }
+}
+
+const ERR_LEN: usize = 1024;
+
+fn call(what: &'static str, f: impl FnOnce(*mut c_char, usize) -> c_int) -> Result<()> {
+    let mut err = vec![0 as c_char; ERR_LEN];
+    if f(err.as_mut_ptr(), ERR_LEN) == 0 {
+        return Ok(());
+    }
+    // SAFETY: the C side wrote a NUL-terminated message within the buffer.
+    let msg = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }
+        .to_string_lossy()
+        .into_owned();
+    Err(TorchError::Distributed { what, why: msg })
+}
+
+impl ProcessGroup {
+    /// Joins the group `o` describes (every rank calls this; rank 0 serves the rendezvous).
+    /// Blocks until all ranks have joined, at most the timeout.
+    pub fn new(o: &GroupOptions) -> Result<Self> {
+        if o.world_size == 0 || o.rank >= o.world_size {
+            return Err(TorchError::Invalid {
+                what: "process group",
+                why: format!("rank {} of {} processes", o.rank, o.world_size),
+            });
+        }
+        if o.timeout.is_zero() {
+            return Err(TorchError::Invalid {
+                what: "process group",
+                why: "a zero timeout".into(),
+            });
+        }
+        let bad = |what: &str| TorchError::Invalid {
+            what: "process group",
+            why: format!("{what} contains a NUL byte"),
+        };
+        let host = CString::new(o.master_addr.clone()).map_err(|_| bad("the address"))?;
+        let prefix = CString::new(o.prefix.clone()).map_err(|_| bad("the prefix"))?;
+        let mut ptr: *mut c_void = std::ptr::null_mut();
+        let timeout_ms = i64::try_from(o.timeout.as_millis()).unwrap_or(i64::MAX);
+        call("joining the process group", |err, len| {
+            // SAFETY: valid C strings and an out pointer; the error buffer is `len` long.
+            unsafe {
+                hgq_dist_new(
+                    host.as_ptr(),
+                    c_int::from(o.master_port),
+                    o.rank as c_int,
+                    o.world_size as c_int,
+                    timeout_ms,
+                    prefix.as_ptr(),
+                    &mut ptr,
+                    err,
+                    len,
+                )
+            }
+        })?;
+        Ok(ProcessGroup {
+            inner: Arc::new(Inner { ptr }),
+            rank: o.rank,
+            size: o.world_size,
+        })
+    }
+
+    /// Joins from torchrun's environment (see [`GroupOptions::from_env`]).
+    pub fn from_env() -> Result<Self> {
+        Self::new(&GroupOptions::from_env()?)
+    }
+
+    /// This process' rank.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// The number of processes.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    fn check(t: &Tensor, what: &'static str) -> Result<()> {
+        if t.device() != tch::Device::Cpu {
+            return Err(TorchError::Device {
+                what,
+                expected: tch::Device::Cpu,
+                got: t.device(),
+            });
+        }
+        if !t.is_contiguous() {
+            return Err(TorchError::Invalid {
+                what,
+                why: "a non-contiguous tensor".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// In place: `t` (a contiguous CPU tensor, the same shape and kind on every rank) becomes
+    /// the reduction of every rank's.
+    pub fn all_reduce_(&self, t: &Tensor, op: ReduceOp) -> Result<()> {
+        Self::check(t, "all_reduce tensor")?;
+        call("all_reduce", |err, len| {
+            // SAFETY: a live tensor; the group lives as long as `self`.
+            unsafe { hgq_dist_all_reduce(self.inner.ptr, t.as_ptr(), op.code(), err, len) }
+        })
+    }
+
+    /// In place: every rank's `t` becomes rank `root`'s.
+    pub fn broadcast_(&self, t: &Tensor, root: usize) -> Result<()> {
+        Self::check(t, "broadcast tensor")?;
+        if root >= self.size {
+            return Err(TorchError::Invalid {
+                what: "broadcast root",
+                why: format!("rank {root} of {}", self.size),
+            });
+        }
+        call("broadcast", |err, len| {
+            // SAFETY: as in all_reduce_.
+            unsafe { hgq_dist_broadcast(self.inner.ptr, t.as_ptr(), root as c_int, err, len) }
+        })
+    }
+
+    /// Waits until every rank is here (at most the timeout).
+    pub fn barrier(&self) -> Result<()> {
+        call("barrier", |err, len| {
+            // SAFETY: the group lives as long as `self`.
+            unsafe { hgq_dist_barrier(self.inner.ptr, err, len) }
+        })
+    }
+
+    /// Every variable of `vs` (trainable or not: the quantizers' state too) set to rank 0's,
+    /// in the order of their names (the same model built on every rank has the same names).
+    pub fn broadcast_variables(&self, vs: &nn::VarStore) -> Result<()> {
+        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let tensors: Vec<Tensor> = vars.into_iter().map(|(_, t)| t).collect();
+        let flat = flatten(&tensors, Kind::Double)?;
+        self.broadcast_(&flat, 0)?;
+        unflatten(&flat, &tensors)
+    }
+
+    /// This rank's rows of a global batch of `rows`: contiguous, in rank order, sizes that
+    /// differ by at most one.
+    pub fn shard(&self, rows: usize) -> Range<usize> {
+        let (base, extra) = (rows / self.size, rows % self.size);
+        let start = self.rank * base + self.rank.min(extra);
+        start..start + base + usize::from(self.rank < extra)
+    }
+
+    /// The gradients of `vars` averaged over the ranks, each rank's weighted by its
+    /// `local_rows` (so a mean loss over uneven shards is the mean over the global batch),
+    /// in one flat all-reduce; a variable without a gradient on every rank is left alone, one
+    /// without it on some ranks is an error.
+    pub fn average_gradients(&self, vars: &[Tensor], local_rows: usize) -> Result<()> {
+        let grads: Vec<Tensor> = vars.iter().map(Tensor::grad).collect();
+        let defined: Vec<f64> = grads
+            .iter()
+            .map(|g| f64::from(u8::from(g.defined())))
+            .collect();
+        let with: Vec<(Tensor, Tensor)> = vars
+            .iter()
+            .zip(&grads)
+            .filter(|(_, g)| g.defined())
+            .map(|(v, g)| (v.shallow_clone(), g.shallow_clone()))
+            .collect();
+        let gs: Vec<Tensor> = with.iter().map(|(_, g)| g.shallow_clone()).collect();
+        // The gradients times the rows, then the rows and which variables have gradients.
+        let scaled = flatten(&gs, Kind::Double)?.f_mul_scalar(local_rows as f64)?;
+        let tail = Tensor::from_slice(
+            &std::iter::once(local_rows as f64)
+                .chain(defined.iter().copied())
+                .collect::<Vec<_>>(),
+        );
+        let buf = Tensor::f_cat(&[scaled, tail], 0)?;
+        self.all_reduce_(&buf, ReduceOp::Sum)?;
+        let n = buf.size()[0] - 1 - defined.len() as i64;
+        let total = buf.double_value(&[n]);
+        let counts: Vec<f64> = Vec::try_from(buf.narrow(0, n + 1, defined.len() as i64))?;
+        if counts
+            .iter()
+            .zip(&defined)
+            .any(|(&c, &d)| (d > 0.0 && c != self.size as f64) || (d == 0.0 && c != 0.0))
+        {
+            return Err(TorchError::Distributed {
+                what: "average_gradients",
+                why: "the ranks' models have gradients for different variables".into(),
+            });
+        }
+        if total <= 0.0 {
+            return Err(TorchError::Invalid {
+                what: "average_gradients",
+                why: "no rows on any rank".into(),
+            });
+        }
+        let avg = buf.narrow(0, 0, n).f_div_scalar(total)?;
+        unflatten(&avg, &gs)
+    }
+
+    /// Installs this group as the quantizers' state sync on this thread (see
+    /// [`hgq_core::sync`]) until the guard is dropped: WRAP tracking then reduces with MAX
+    /// over the ranks.
+    pub fn sync_quantizers(&self) -> SyncGuard {
+        hgq_core::sync::install(Arc::new(self.clone()))
+    }
+
+    /// One data-parallel training step of a classifier on this rank's rows: the forward in
+    /// training mode with the quantizers synchronized, the mean cross entropy plus the EBOPs
+    /// and regularization losses, the gradients averaged over the ranks (weighted by rows),
+    /// one step of `opt` (the same on every rank), the constraints. `vs` is the store `opt`
+    /// trains. Returns this rank's loss and correct count.
+    pub fn train_step(
+        &self,
+        model: &Sequential,
+        vs: &nn::VarStore,
+        x: &Tensor,
+        labels: &Tensor,
+        opt: &mut Adam,
+    ) -> Result<StepOutput> {
+        let rows = usize::try_from(x.size().first().copied().unwrap_or(0)).unwrap_or(0);
+        let out = {
+            let _sync = self.sync_quantizers();
+            model.forward(x, CallMode::Training)?
+        };
+        let mut loss = out
+            .y
+            .f_cross_entropy_loss::<Tensor>(labels, None, tch::Reduction::Mean, -100, 0.0)?
+            .f_add(&out.ebops_loss)?;
+        if model.has_regularization() {
+            loss = loss.f_add(&model.regularization_loss()?)?;
+        }
+        opt.zero_grad();
+        loss.f_backward()?;
+        self.average_gradients(&vs.trainable_variables(), rows)?;
+        opt.step()?;
+        model.apply_constraints()?;
+        let correct = tch::no_grad(|| -> Result<Tensor> {
+            Ok(out
+                .y
+                .f_argmax(-1, false)?
+                .f_eq_tensor(labels)?
+                .f_sum(Kind::Int64)?)
+        })?;
+        Ok(StepOutput {
+            loss: loss.f_detach()?,
+            correct,
+        })
+    }
+
+    /// hgq2's `trace_minmax` over this rank's `batches`, the tracked state reduced over the
+    /// ranks batch by batch (every rank must pass the same number of batches: checked first).
+    pub fn trace_minmax(&self, model: &Sequential, batches: &[Tensor]) -> Result<u64> {
+        let n = Tensor::from_slice(&[batches.len() as f64, -(batches.len() as f64)]);
+        self.all_reduce_(&n, ReduceOp::Max)?;
+        let (max, min) = (n.double_value(&[0]), -n.double_value(&[1]));
+        if max != min {
+            return Err(TorchError::Invalid {
+                what: "trace_minmax",
+                why: format!("ranks pass {min} to {max} batches (the same number on every rank)"),
+            });
+        }
+        let _sync = self.sync_quantizers();
+        model.trace_minmax(batches.iter())
+    }
+}
+
+impl StateSync for ProcessGroup {
+    fn max(&self, values: &mut [f64]) -> std::result::Result<(), String> {
+        let t = Tensor::from_slice(values);
+        self.all_reduce_(&t, ReduceOp::Max)
+            .map_err(|e| e.to_string())?;
+        let v: Vec<f64> = Vec::try_from(&t).map_err(|e: tch::TchError| e.to_string())?;
+        values.copy_from_slice(&v);
+        Ok(())
+    }
+}
+
+/// The tensors' values in one flat tensor of `kind` (empty for none).
+fn flatten(ts: &[Tensor], kind: Kind) -> Result<Tensor> {
+    if ts.is_empty() {
+        return Ok(Tensor::zeros([0], (kind, tch::Device::Cpu)));
+    }
+    let parts: Vec<Tensor> = ts
+        .iter()
+        .map(|t| Ok(t.f_detach()?.f_to_kind(kind)?.f_reshape([-1])?))
+        .collect::<Result<_>>()?;
+    Ok(Tensor::f_cat(&parts, 0)?.f_contiguous()?)
+}
+
+/// Copies `flat`'s values back into `ts` (in their kinds), in order.
+fn unflatten(flat: &Tensor, ts: &[Tensor]) -> Result<()> {
+    let mut at = 0i64;
+    tch::no_grad(|| -> Result<()> {
+        for t in ts {
+            let n = t.numel() as i64;
+            let part = flat
+                .f_narrow(0, at, n)?
+                .f_reshape(t.size().as_slice())?
+                .f_to_kind(t.kind())?;
+            t.shallow_clone().f_copy_(&part)?;
+            at += n;
+        }
+        Ok(())
+    })
+}

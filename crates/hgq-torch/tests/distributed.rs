@@ -1,0 +1,214 @@
+//! Data-parallel training over c10d's Gloo process group, with real processes: this test
+//! binary starts copies of itself as the ranks (the `ddp_worker` test, which does nothing
+//! unless `HGQ_DDP_ROLE` is set), each joining through torchrun's variables.
+//!
+//! - 2 and 4 ranks train the demo model (64-32-10, WRAP input quantizers) on the same global
+//!   batches as one process (uneven shards at 4 ranks): every variable, the quantizers' too,
+//!   ends within 1e-6 of the one-process run and identical on every rank.
+//! - A rank that dies: the other's next collective is an error within the timeout, not a hang.
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use hgq_torch::distributed::{GroupOptions, ProcessGroup};
+use hgq_torch::layers::{Activation, QDense, Sequential, StepPath};
+use hgq_torch::optim::{Adam, AdamConfig};
+use tch::{Device, Kind, Tensor, nn};
+
+const STEPS: i64 = 6;
+/// Not a multiple of 4: the 4-rank shards are uneven (8, 8, 7, 7).
+const BATCH: i64 = 30;
+
+fn model(vs: &nn::VarStore) -> Sequential {
+    tch::manual_seed(0);
+    let mut m = Sequential::new();
+    m.add(
+        &vs.root(),
+        QDense::builder(64, 32)
+            .activation(Activation::Relu)
+            .beta(1e-4),
+    )
+    .unwrap();
+    m.add(&vs.root(), QDense::builder(32, 10).beta(1e-4))
+        .unwrap();
+    m
+}
+
+/// The global batches, the same in every process.
+fn batches() -> Vec<(Tensor, Tensor)> {
+    tch::manual_seed(1);
+    (0..STEPS)
+        .map(|_| {
+            let x = Tensor::randn([BATCH, 64], (Kind::Float, Device::Cpu)) * 2.0;
+            let labels = x.narrow(1, 0, 10).argmax(1, false);
+            (x, labels)
+        })
+        .collect()
+}
+
+fn variables(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// A rank (when started by the tests below): trains on its shards, writes its variables.
+#[test]
+fn ddp_worker() {
+    if std::env::var("HGQ_DDP_ROLE").as_deref() != Ok("worker") {
+        return;
+    }
+    let out = PathBuf::from(std::env::var("HGQ_DDP_OUT").unwrap());
+    let die_after: Option<i64> = std::env::var("HGQ_DDP_DIE_AFTER")
+        .ok()
+        .map(|s| s.parse().unwrap());
+    let group = ProcessGroup::from_env().unwrap();
+    let vs = nn::VarStore::new(Device::Cpu);
+    let m = model(&vs);
+    group.broadcast_variables(&vs).unwrap();
+    let mut opt = Adam::new(&vs, AdamConfig::default().learning_rate(3e-3)).unwrap();
+    let rows = group.shard(BATCH as usize);
+    for (step, (x, labels)) in batches().iter().enumerate() {
+        if die_after == Some(step as i64) {
+            std::process::exit(3);
+        }
+        let (s, n) = (rows.start as i64, rows.len() as i64);
+        if let Err(e) = group.train_step(
+            &m,
+            &vs,
+            &x.narrow(0, s, n),
+            &labels.narrow(0, s, n),
+            &mut opt,
+        ) {
+            eprintln!("rank {}: {e}", group.rank());
+            std::process::exit(2);
+        }
+    }
+    let vars = variables(&vs);
+    Tensor::write_safetensors(&vars, out.join(format!("rank{}.safetensors", group.rank())))
+        .unwrap();
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spawn(rank: usize, size: usize, port: u16, out: &Path, extra: &[(&str, &str)]) -> Child {
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.args(["--exact", "ddp_worker", "--nocapture", "--test-threads=1"])
+        .env("HGQ_DDP_ROLE", "worker")
+        .env("HGQ_DDP_OUT", out)
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string())
+        .env("RANK", rank.to_string())
+        .env("WORLD_SIZE", size.to_string())
+        .env("HGQ_DIST_TIMEOUT_S", "20");
+    for (k, v) in extra {
+        c.env(k, v);
+    }
+    c.spawn().unwrap()
+}
+
+fn one_process() -> Vec<(String, Tensor)> {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let m = model(&vs);
+    let mut opt = Adam::new(&vs, AdamConfig::default().learning_rate(3e-3)).unwrap();
+    for (x, labels) in batches() {
+        m.train_step_on(StepPath::Autograd, &x, &labels, &mut opt)
+            .unwrap();
+    }
+    variables(&vs)
+}
+
+fn data_parallel_matches_one_process(size: usize) {
+    let out = std::env::temp_dir().join(format!("hgq-ddp-{}-{size}", std::process::id()));
+    std::fs::create_dir_all(&out).unwrap();
+    let port = free_port();
+    let mut ranks: Vec<Child> = (0..size).map(|r| spawn(r, size, port, &out, &[])).collect();
+    for (r, c) in ranks.iter_mut().enumerate() {
+        assert!(c.wait().unwrap().success(), "rank {r} failed");
+    }
+    let want = one_process();
+    let rank0 = Tensor::read_safetensors(out.join("rank0.safetensors")).unwrap();
+    assert_eq!(rank0.len(), want.len());
+    for (name, t) in &want {
+        let got = &rank0.iter().find(|(n, _)| n == name).unwrap().1;
+        let diff = (got.to_kind(Kind::Double) - t.to_kind(Kind::Double))
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(diff <= 1e-6, "{size} ranks: {name} differs by {diff}");
+    }
+    // The training moved the model (the comparison is not of untouched variables).
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _ = model(&vs);
+    let moved = variables(&vs)
+        .iter()
+        .zip(&want)
+        .filter(|((_, a), (_, b))| !a.equal(b))
+        .count();
+    assert!(moved >= 4, "{moved} variables moved");
+    for r in 1..size {
+        let other = Tensor::read_safetensors(out.join(format!("rank{r}.safetensors"))).unwrap();
+        assert_eq!(other.len(), rank0.len());
+        for (na, a) in &rank0 {
+            let b = &other.iter().find(|(n, _)| n == na).unwrap().1;
+            assert!(a.equal(b), "rank {r}: {na} differs from rank 0's");
+        }
+    }
+    std::fs::remove_dir_all(&out).ok();
+}
+
+#[test]
+fn two_ranks_train_as_one_process() {
+    data_parallel_matches_one_process(2);
+}
+
+#[test]
+fn four_ranks_train_as_one_process() {
+    data_parallel_matches_one_process(4);
+}
+
+#[test]
+fn a_dead_rank_is_an_error_not_a_hang() {
+    let out = std::env::temp_dir().join(format!("hgq-ddp-dead-{}", std::process::id()));
+    std::fs::create_dir_all(&out).unwrap();
+    let port = free_port();
+    let start = Instant::now();
+    let mut r0 = spawn(0, 2, port, &out, &[("HGQ_DIST_TIMEOUT_S", "5")]);
+    let mut r1 = spawn(
+        1,
+        2,
+        port,
+        &out,
+        &[("HGQ_DDP_DIE_AFTER", "2"), ("HGQ_DIST_TIMEOUT_S", "5")],
+    );
+    assert_eq!(r1.wait().unwrap().code(), Some(3));
+    let status = r0.wait().unwrap();
+    assert_eq!(status.code(), Some(2), "rank 0 reports the error");
+    assert!(
+        start.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        start.elapsed()
+    );
+    std::fs::remove_dir_all(&out).ok();
+}
+
+#[test]
+fn bad_groups_are_errors() {
+    assert!(ProcessGroup::new(&GroupOptions::new("127.0.0.1", 1, 2, 2)).is_err());
+    assert!(
+        ProcessGroup::new(&GroupOptions::new("127.0.0.1", 1, 0, 0)).is_err(),
+        "no processes"
+    );
+    // Nobody serves the rendezvous: an error after the timeout.
+    let port = free_port();
+    let o = GroupOptions::new("127.0.0.1", port, 1, 2).timeout(Duration::from_millis(500));
+    let start = Instant::now();
+    assert!(ProcessGroup::new(&o).is_err());
+    assert!(start.elapsed() < Duration::from_secs(30));
+}
