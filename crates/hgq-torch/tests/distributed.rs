@@ -212,3 +212,64 @@ fn bad_groups_are_errors() {
     assert!(ProcessGroup::new(&o).is_err());
     assert!(start.elapsed() < Duration::from_secs(30));
 }
+
+/// torch.distributed in Python joins our group (`init_process_group('gloo')` with a `tcp://`
+/// rendezvous that this process serves, the store prefix of torch's default group) and
+/// all-reduces with us. Runs where the project's `.venv` has torch (`HGQ_TORCH_PYTHON`
+/// overrides); says so and passes where it has none.
+#[test]
+fn python_torch_distributed_joins_our_group() {
+    let py = std::env::var_os("HGQ_TORCH_PYTHON").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python"),
+        PathBuf::from,
+    );
+    let has_torch = Command::new(&py)
+        .args(["-c", "import torch.distributed"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_torch {
+        eprintln!("no Python with torch at {}: not run", py.display());
+        return;
+    }
+    let port = free_port();
+    let script = format!(
+        "import torch, torch.distributed as dist, datetime\n\
+         dist.init_process_group('gloo', init_method='tcp://127.0.0.1:{port}', rank=1, \
+         world_size=2, timeout=datetime.timedelta(seconds=30))\n\
+         t = torch.arange(4, dtype=torch.float32) * 10\n\
+         dist.all_reduce(t)\n\
+         m = torch.tensor([5.0, -1.0])\n\
+         dist.all_reduce(m, op=dist.ReduceOp.MAX)\n\
+         b = torch.zeros(3, dtype=torch.float64)\n\
+         dist.broadcast(b, 0)\n\
+         print(t.tolist(), m.tolist(), b.tolist())\n\
+         dist.destroy_process_group()\n"
+    );
+    let child = Command::new(&py)
+        .args(["-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let o = GroupOptions::new("127.0.0.1", port, 0, 2)
+        .timeout(Duration::from_secs(30))
+        .prefix("default_pg/0//cpu/");
+    let group = ProcessGroup::new(&o).unwrap();
+    let t = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]);
+    group
+        .all_reduce_(&t, hgq_torch::distributed::ReduceOp::Sum)
+        .unwrap();
+    let m = Tensor::from_slice(&[1.0f32, 7.0]);
+    group
+        .all_reduce_(&m, hgq_torch::distributed::ReduceOp::Max)
+        .unwrap();
+    let b = Tensor::from_slice(&[0.5f64, 1.5, 2.5]);
+    group.broadcast_(&b, 0).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(Vec::<f32>::try_from(&t).unwrap(), [1.0, 12.0, 23.0, 34.0]);
+    assert_eq!(Vec::<f32>::try_from(&m).unwrap(), [5.0, 7.0]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "[1.0, 12.0, 23.0, 34.0] [5.0, 7.0] [0.5, 1.5, 2.5]"
+    );
+}

@@ -77,6 +77,9 @@ extern "C" int hgq_dist_new(const char* host, int port, int rank, int size,
     auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
     opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice(false));
     auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, size, opts);
+    // As torch.distributed does after making a group (rank 0 sets the sequence number in the
+    // store, the others read it): a Python rank waits for it.
+    pg->setSequenceNumberForGroup();
     *out = new Group{store, pg, timeout};
   });
 }
