@@ -37,6 +37,55 @@ pub fn run(
     })
 }
 
+/// Runs `n` copies of the program as the ranks of one data-parallel group on this machine
+/// (torchrun's variables: `MASTER_ADDR`, a free `MASTER_PORT`, `RANK`, `WORLD_SIZE`,
+/// `LOCAL_RANK`), built once first; success when every rank succeeds.
+pub fn run_ranks(
+    package: &str,
+    target: &[&str],
+    args: &[OsString],
+    n: usize,
+) -> Result<ExitCode, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let built = Command::new(&cargo)
+        .args(["build", "--release", "-q", "-p", package])
+        .args(target)
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !built.success() {
+        return Ok(ExitCode::FAILURE);
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("no free port: {e}"))?
+        .port();
+    let mut ranks = Vec::new();
+    for rank in 0..n {
+        let child = command(package, target, args.iter().cloned())
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string())
+            .env("RANK", rank.to_string())
+            .env("LOCAL_RANK", rank.to_string())
+            .env("WORLD_SIZE", n.to_string())
+            .spawn()
+            .map_err(|e| format!("cannot run cargo: {e}"))?;
+        ranks.push(child);
+    }
+    let mut ok = true;
+    for (rank, mut c) in ranks.into_iter().enumerate() {
+        let status = c.wait().map_err(|e| format!("rank {rank}: {e}"))?;
+        if !status.success() {
+            eprintln!("rank {rank} failed ({status})");
+            ok = false;
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 /// Runs the program and returns what it printed on standard output (its standard error passes
 /// through); an error if it failed.
 pub fn output(

@@ -12,10 +12,17 @@
 //! `weights.safetensors` (named by Keras variable paths), `predictions.safetensors` (`x`, `y`:
 //! the test inputs and our quantized outputs), `summary.json` and one SVG heat map of kernel
 //! bit widths per layer. `python ../shared/interop/check_keras.py OUT` compares with hgq2.
+//!
+//! Data-parallel: started with torchrun's variables (`WORLD_SIZE`, `RANK`, `MASTER_ADDR`,
+//! `MASTER_PORT`; `cargo xtask demo --nproc N` starts N local processes so), each process
+//! trains on its rows of every batch over c10d's Gloo group
+//! ([`hgq_torch::distributed::ProcessGroup::train_step`]: gradients averaged, quantizer
+//! tracking synchronized), and rank 0 reports and writes the outputs.
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use hgq_torch::distributed::{ProcessGroup, ReduceOp};
 use hgq_torch::hgq_core::CallMode;
 use hgq_torch::layers::{
     Activation, Flatten, Layer, PoolKind, QConv, QDense, QPool, Reshape, Sequential, StepOutput,
@@ -373,6 +380,24 @@ fn main() -> Result<(), Error> {
     tch::manual_seed(a.seed as i64);
     let vs = nn::VarStore::new(a.device);
     let model = build_model(&vs, a.model, a.beta)?;
+    // Data-parallel when started as one rank of several (torchrun's variables).
+    let group = match std::env::var("WORLD_SIZE") {
+        Ok(_) => {
+            let g = ProcessGroup::from_env()?;
+            g.broadcast_variables(&vs)?;
+            eprintln!("rank {} of {}", g.rank(), g.size());
+            Some(g)
+        }
+        Err(_) => None,
+    };
+    let lead = group.as_ref().is_none_or(|g| g.rank() == 0);
+    // This rank's rows of a batch (all of them without a group).
+    let shard = |batch: &[usize]| -> Vec<usize> {
+        match &group {
+            Some(g) => batch[g.shard(batch.len())].to_vec(),
+            None => batch.to_vec(),
+        }
+    };
     // Keras' Adam, as hgq2 trains (epsilon 1e-7, bias correction folded into the step).
     let mut opt = Adam::new(&vs, AdamConfig::default().learning_rate(a.lr))?;
 
@@ -386,13 +411,26 @@ fn main() -> Result<(), Error> {
         let mut sums = Sums::new(a.device);
         let mut seen = 0usize;
         for batch in idx.chunks(a.batch) {
-            let (xb, yb) = rows(&x, &y, batch, a.device);
-            // `auto`: the native step on the CPU, autograd on CUDA (Sequential::train_step).
-            let out = model.train_step_on(a.path, &xb, &yb, &mut opt)?;
-            sums.add(&out, batch.len());
-            seen += batch.len();
+            let mine = shard(batch);
+            let (xb, yb) = rows(&x, &y, &mine, a.device);
+            let out = match &group {
+                Some(g) => g.train_step(&model, &vs, &xb, &yb, &mut opt)?,
+                // `auto`: the native step on the CPU, autograd on CUDA (Sequential::train_step).
+                None => model.train_step_on(a.path, &xb, &yb, &mut opt)?,
+            };
+            sums.add(&out, mine.len());
+            seen += mine.len();
         }
-        let (loss_sum, correct) = sums.read();
+        let (mut loss_sum, mut correct) = sums.read();
+        if let Some(g) = &group {
+            let t = Tensor::from_slice(&[loss_sum, correct as f64, seen as f64]);
+            g.all_reduce_(&t, ReduceOp::Sum)?;
+            let v: Vec<f64> = Vec::try_from(&t)?;
+            (loss_sum, correct, seen) = (v[0], v[1] as i64, v[2] as usize);
+        }
+        if !lead {
+            continue;
+        }
         let bits = mean_bits(&model)?;
         let mean = bits.iter().map(|b| b.1).sum::<f64>() / bits.len() as f64;
         progress(
@@ -410,9 +448,15 @@ fn main() -> Result<(), Error> {
     // hgq2's trace_minmax over the training data, batches of 1024.
     let batches: Vec<Tensor> = train_idx
         .chunks(1024)
-        .map(|c| rows(&x, &y, c, a.device).0)
+        .map(|c| rows(&x, &y, &shard(c), a.device).0)
         .collect();
-    let ebops = model.trace_minmax(&batches)?;
+    let ebops = match &group {
+        Some(g) => g.trace_minmax(&model, &batches)?,
+        None => model.trace_minmax(&batches)?,
+    };
+    if !lead {
+        return Ok(());
+    }
     let logits = tch::no_grad(|| model.forward(&x_test, CallMode::Inference))?.y;
     let acc = logits
         .argmax(-1, false)
@@ -465,6 +509,7 @@ fn main() -> Result<(), Error> {
             ModelKind::Cnn => "cnn",
         },
         "device": format!("{:?}", a.device),
+        "processes": group.as_ref().map_or(1, |g| g.size()),
         "train_rows": train_idx.len(),
         "test_rows": test_idx.len(),
         "heat_maps": maps,
