@@ -9,7 +9,8 @@
 //! - `test`: everything `cargo test --workspace` checks, after setup, and `standalone`.
 //! - `standalone`: `examples/standalone` built and run from a copy outside the workspace.
 //! - `golden DIR [--family NAME]... [--backend core|torch]`: check golden vectors (`core`:
-//!   hgq-golden's `hgq-golden` binary; `torch`: hgq-torch's `hgq-golden-torch` binary).
+//!   hgq-golden's `hgq-golden` binary; `torch`: hgq-torch's `hgq-golden-torch` binary, which
+//!   also checks hgq2's layer models, the families `cnn`, `graph`, `more`, torch-only).
 //! - `bench [--json] [--no-torch] [--reference]`: time the kernels (hgq-golden's
 //!   `hgq-bench-core` binary) and hgq-torch's quantizer with autograd (its `hgq-bench-torch`)
 //!   against a plain copy; `--reference`: and against hgq2 on jax, in the same run.
@@ -42,8 +43,10 @@ fn usage() -> ExitCode {
          test                         run all tests (what CI runs)\n  \
          standalone                   build and run examples/standalone from a copy outside\n  \
                                       the workspace, as the README's \"Use hgq in your project\"\n  \
-         golden [DIR] [--family NAME]... [--backend core|torch] [--device cpu|cuda]\n  \
-                                      check golden vectors (default DIR: tests/data/golden)\n  \
+         golden [DIR] [--family NAME]... [--backend core|torch] [--device cpu|cuda] [--reference RDIR] [-v]\n  \
+                                      check golden vectors (default DIR: tests/data/golden);\n  \
+                                      --backend torch also runs hgq2's layer models, families\n  \
+                                      cnn, graph, more (torch only; RDIR: tests/data/reference)\n  \
          bench [--json] [--quick] [--reps N] [--no-torch] [--reference] [--reference-python PATH]\n  \
                                       time kernels against a plain copy of the same bytes\n  \
                                       (--reference: and hgq2 on jax, installed into .venv-ref)\n  \

@@ -15,6 +15,21 @@ pub type CheckFn = fn(&Value, &mut Case, &dyn Backend) -> Result<(), String>;
 /// The families that run on any [`Backend`] (the others are hgq-core's alone).
 pub static BACKEND_FAMILIES: &[&str] = &["fixed_fn", "layers"];
 
+/// The families of layer models against hgq2 (`tests/data/reference/{cnn,graph,more}.json`):
+/// the layers are hgq-torch's (libtorch) code and hgq-core has none, so only hgq-torch's
+/// `hgq-golden-torch` checks them (`cargo xtask golden --backend torch`); this checker names
+/// them as such ([`torch_only`]) instead of calling them unknown.
+pub static TORCH_FAMILIES: &[&str] = &["cnn", "graph", "more"];
+
+/// What hgq-core's checker says of a family of [`TORCH_FAMILIES`]: that it runs on the torch
+/// backend only, and how to run it.
+pub fn torch_only(family: &str) -> String {
+    format!(
+        "{family}: torch backend only (hgq2's layer models are hgq-torch's libtorch layers; \
+         hgq-core has none): cargo xtask golden --backend torch --family {family}"
+    )
+}
+
 /// The families this checker implements, in the default order.
 pub static FAMILIES: &[(&str, CheckFn)] = &[
     ("fixed_fn", fixed_fn),

@@ -44,7 +44,7 @@ pub use backend::{
 };
 
 pub use boundary::{boundary_cap, minifloat_with_exponent};
-pub use families::{BACKEND_FAMILIES, FAMILIES};
+pub use families::{BACKEND_FAMILIES, FAMILIES, TORCH_FAMILIES, torch_only};
 pub use set::{MANIFEST, Manifest, Presence, plan};
 
 /// Why a family could not be checked at all.

@@ -156,6 +156,41 @@ fn the_untouched_copy_passes() {
     }
     let (ok, out) = set.run_binary();
     assert!(ok, "{out}");
+    // Every family: the torch-only ones named as such after the set's.
+    for family in hgq_golden::TORCH_FAMILIES {
+        assert!(out.contains(&hgq_golden::torch_only(family)), "{out}");
+    }
+}
+
+/// The families of hgq2's layer models (hgq-torch's alone) asked of the core binary: each named
+/// as torch-only with how to run it, none checked, and no failure, alone or beside a family of
+/// the set (which is checked as usual).
+#[test]
+fn torch_only_families_are_named_not_failed() {
+    let set = TempSet::only(&["minimal_i"]);
+    let run = |families: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hgq-golden"));
+        cmd.arg(set.path());
+        for f in families {
+            cmd.args(["--family", f]);
+        }
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.success(), text)
+    };
+    for family in hgq_golden::TORCH_FAMILIES {
+        let (ok, out) = run(&[family]);
+        assert!(ok, "{out}");
+        assert!(out.contains(&hgq_golden::torch_only(family)), "{out}");
+        assert!(out.contains("golden: cases=0 mismatches=0"), "{out}");
+    }
+    let (ok, out) = run(&["minimal_i", "more"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("minimal_i: cases=4 mismatches=0"), "{out}");
+    assert!(out.contains(&hgq_golden::torch_only("more")), "{out}");
+    // An unknown family still fails.
+    let (ok, out) = run(&["nonesuch"]);
+    assert!(!ok, "{out}");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The golden families that run on a backend (`fixed_fn`, `layers`) through
 //! `hgq_torch::golden::TorchBackend` (modules in a `VarStore`, autograd), on both golden sets
-//! (seed 0 and seed 7). `cargo xtask test` enables the feature.
+//! (seed 0 and seed 7). The feature `golden` is on in every `cargo test` (the dev-dependency
+//! of hgq-torch on itself turns it on).
 //!
 //! Values must match bit for bit on every device; gradients within
 //! [`TorchBackend::grad_tolerance`], which hgq-golden applies to every element: its default

@@ -1,7 +1,14 @@
-//! hgq-golden's [`Backend`] on tensors: the `fixed_fn` family through [`fixed_quantize`] and
-//! autograd (its float64, float16 and bfloat16 cases on tensors of that kind, as any kind
-//! reaches the quantizer), the `layers` family through [`Quantizer`] modules in a `VarStore`
-//! (feature `golden`; `cargo xtask golden --backend torch` runs it).
+//! The golden checks that run on hgq-torch (feature `golden`; `cargo xtask golden --backend
+//! torch` runs them through the `hgq-golden-torch` binary):
+//!
+//! - hgq-golden's [`Backend`] on tensors ([`TorchBackend`]): the `fixed_fn` family through
+//!   [`fixed_quantize`] and autograd (its float64, float16 and bfloat16 cases on tensors of that
+//!   kind, as any kind reaches the quantizer), the `layers` family through [`Quantizer`] modules
+//!   in a `VarStore`;
+//! - [`reference`]: the layer models against hgq2 itself, the families `cnn`, `graph` and
+//!   `more` (`tests/data/reference/{cnn,graph,more}.json`): Sequential and functional models
+//!   of every layer, a training step, `trace_minmax` and inference compared with hgq2's values.
+//!   hgq-core has no layers, so these run here only.
 use hgq_config::convert::{CoreQuantizer, QuantizerSpec};
 use hgq_core::quantizer::Props;
 use hgq_core::{CallMode, FixedPoint};
@@ -13,6 +20,8 @@ use tch::{Device, Kind, Tensor, nn};
 
 use crate::fixed_quantize;
 use crate::quantizer::{Quantizer, to_f32_vec};
+
+pub mod reference;
 
 /// The torch backend on one device (CPU: the fused kernels through the autograd bridge;
 /// CUDA: torch ops).
