@@ -67,6 +67,14 @@ impl std::fmt::Debug for SyncGuard {
     }
 }
 
+/// Uninstalls this thread's sync until the guard is dropped: for quantizers whose inputs are
+/// the same on every process (a layer's kernel and bias), whose tracking needs no collective.
+#[must_use = "the sync comes back when the guard is dropped"]
+pub fn suspend() -> SyncGuard {
+    let previous = SYNC.with(|s| s.replace(None));
+    SyncGuard { previous }
+}
+
 /// Whether a sync is installed on this thread.
 pub fn installed() -> bool {
     SYNC.with(|s| s.borrow().is_some())

@@ -312,10 +312,18 @@ impl Layer for QDense {
     fn forward(&self, x: &Tensor, mode: CallMode) -> Result<Output> {
         check_input("QDense input", x, &self.kernel, &self.base.input_dims)?;
         let xq = self.base.input(x, mode)?;
+        // The kernel and bias are the same on every data-parallel process: their quantizers'
+        // tracking needs no collective.
+        let local = hgq_core::sync::suspend();
         let k = self.kq.q.forward(&self.base.weight(&self.kernel), mode)?;
+        let qb = match (&self.bias, &self.bq) {
+            (Some(b), Some(bq)) => Some(bq.q.forward(&self.base.weight(b), mode)?),
+            _ => None,
+        };
+        drop(local);
         let mut y = xq.f_matmul(&k)?;
-        if let (Some(b), Some(bq)) = (&self.bias, &self.bq) {
-            y += bq.q.forward(&self.base.weight(b), mode)?;
+        if let Some(qb) = qb {
+            y += qb;
         }
         let y = self.activation.apply(y);
         let y = self.base.output(y, mode)?;
