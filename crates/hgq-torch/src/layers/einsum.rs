@@ -291,15 +291,10 @@ impl Layer for QEinsumDense {
     }
     fn forward(&self, x: &Tensor, mode: CallMode) -> Result<Output> {
         check_input("QEinsumDense input", x, &self.kernel, &self.base.input_dims)?;
-        // The kernel and bias are the same on every data-parallel process: their quantizers'
-        // tracking needs no collective.
-        let local = hgq_core::sync::suspend();
-        let k = self.kq.q.forward(&self.base.weight(&self.kernel), mode)?;
-        let qb = match (&self.bias, &self.bq) {
-            (Some(b), Some(bq)) => Some(bq.q.forward(&self.base.weight(b), mode)?),
-            _ => None,
-        };
-        drop(local);
+        let bias = self.bq.as_ref().zip(self.bias.as_ref());
+        let (k, qb) = self
+            .base
+            .kernel_and_bias((&self.kq, &self.kernel), bias, mode)?;
         let xq = self.base.input(x, mode)?;
         let mut y = Tensor::f_einsum(&self.equation, &[&xq, &k], None::<&[i64]>)?;
         if let Some(qb) = qb {

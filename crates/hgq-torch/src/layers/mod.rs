@@ -643,6 +643,24 @@ impl QBase {
         }
     }
 
+    /// A layer's kernel and bias (if any) through their quantizers. They are the same on every
+    /// data-parallel process, so their quantizers' tracking needs no collective
+    /// ([`hgq_core::sync::suspend`]).
+    pub(crate) fn kernel_and_bias(
+        &self,
+        (kq, kernel): (&Named, &Tensor),
+        bias: Option<(&Named, &Tensor)>,
+        mode: CallMode,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let _local = hgq_core::sync::suspend();
+        let k = kq.q.forward(&self.weight(kernel), mode)?;
+        let b = match bias {
+            Some((bq, b)) => Some(bq.q.forward(&self.weight(b), mode)?),
+            None => None,
+        };
+        Ok((k, b))
+    }
+
     /// `y` through the output quantizer, if the layer has one.
     pub(crate) fn output(&self, y: Tensor, mode: CallMode) -> Result<Tensor> {
         match &self.oq {
