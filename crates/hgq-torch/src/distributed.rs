@@ -34,7 +34,10 @@
 //! ```
 //!
 //! Batch normalization uses each rank's own batch statistics (hgq2's `synchronized=False`);
-//! stochastic rounding draws per rank.
+//! stochastic rounding draws the same stream on every rank (the seed state is broadcast with
+//! the variables). Models on a CUDA device train too: the collectives go through host memory
+//! (Gloo); NCCL is not built (c10d's NCCL header needs CUDA toolkit headers that the wheels do
+//! not ship).
 use std::ffi::{CString, c_char, c_int, c_void};
 use std::ops::Range;
 use std::sync::Arc;
@@ -488,14 +491,22 @@ impl StateSync for ProcessGroup {
     }
 }
 
-/// The tensors' values in one flat tensor of `kind` (empty for none).
+/// The tensors' values in one flat CPU tensor of `kind` (empty for none): Gloo reduces host
+/// memory, so a model on a CUDA device goes through the host here (one copy each way per
+/// step; NCCL, which would keep it on the device, is not built: the wheels lack the CUDA
+/// toolkit headers its c10d header needs).
 fn flatten(ts: &[Tensor], kind: Kind) -> Result<Tensor> {
     if ts.is_empty() {
         return Ok(Tensor::zeros([0], (kind, tch::Device::Cpu)));
     }
     let parts: Vec<Tensor> = ts
         .iter()
-        .map(|t| Ok(t.f_detach()?.f_to_kind(kind)?.f_reshape([-1])?))
+        .map(|t| {
+            Ok(t.f_detach()?
+                .f_to_device(tch::Device::Cpu)?
+                .f_to_kind(kind)?
+                .f_reshape([-1])?)
+        })
         .collect::<Result<_>>()?;
     Ok(Tensor::f_cat(&parts, 0)?.f_contiguous()?)
 }
@@ -509,7 +520,8 @@ fn unflatten(flat: &Tensor, ts: &[Tensor]) -> Result<()> {
             let part = flat
                 .f_narrow(0, at, n)?
                 .f_reshape(t.size().as_slice())?
-                .f_to_kind(t.kind())?;
+                .f_to_kind(t.kind())?
+                .f_to_device(t.device())?;
             t.shallow_clone().f_copy_(&part)?;
             at += n;
         }
