@@ -434,33 +434,70 @@ impl ProcessGroup {
         opt: &mut Adam,
     ) -> Result<StepOutput> {
         let rows = usize::try_from(x.size().first().copied().unwrap_or(0)).unwrap_or(0);
-        let out = {
-            let _sync = self.sync_quantizers();
-            model.forward(x, CallMode::Training)?
-        };
-        let mut loss = out
-            .y
-            .f_cross_entropy_loss::<Tensor>(labels, None, tch::Reduction::Mean, -100, 0.0)?
-            .f_add(&out.ebops_loss)?;
-        if model.has_regularization() {
-            loss = loss.f_add(&model.regularization_loss()?)?;
-        }
-        opt.zero_grad();
-        loss.f_backward()?;
-        self.average_gradients(&vs.trainable_variables(), rows)?;
-        opt.step()?;
-        model.apply_constraints()?;
-        let correct = tch::no_grad(|| -> Result<Tensor> {
-            Ok(out
+        let mut logits = None;
+        let loss = self.train_step_with(vs, rows, opt, || {
+            let out = model.forward(x, CallMode::Training)?;
+            let mut loss = out
                 .y
-                .f_argmax(-1, false)?
+                .f_cross_entropy_loss::<Tensor>(labels, None, tch::Reduction::Mean, -100, 0.0)?
+                .f_add(&out.ebops_loss)?;
+            if model.has_regularization() {
+                loss = loss.f_add(&model.regularization_loss()?)?;
+            }
+            logits = Some(out.y);
+            Ok(loss)
+        })?;
+        model.apply_constraints()?;
+        let Some(y) = logits else {
+            return Err(TorchError::Invalid {
+                what: "train_step",
+                why: "no forward".into(),
+            });
+        };
+        let correct = tch::no_grad(|| -> Result<Tensor> {
+            Ok(y.f_argmax(-1, false)?
                 .f_eq_tensor(labels)?
                 .f_sum(Kind::Int64)?)
         })?;
-        Ok(StepOutput {
-            loss: loss.f_detach()?,
-            correct,
-        })
+        Ok(StepOutput { loss, correct })
+    }
+
+    /// One data-parallel step of any model (a [`Functional`](crate::layers::Functional) graph,
+    /// a loss of one's own): `loss` runs the forward and returns this rank's loss (a mean over
+    /// its `local_rows`), with the quantizers synchronized; then the gradients, averaged over
+    /// the ranks, and one step of `opt` over `vs`. The model's constraints are the caller's to
+    /// apply after it (as after any optimizer step).
+    ///
+    /// ```no_run
+    /// # use hgq_torch::distributed::ProcessGroup;
+    /// # use hgq_torch::layers::Functional;
+    /// # use hgq_torch::optim::Adam;
+    /// # use hgq_torch::hgq_core::CallMode;
+    /// # fn f(group: &ProcessGroup, g: &Functional, vs: &tch::nn::VarStore, opt: &mut Adam, x: &tch::Tensor, target: &tch::Tensor) -> hgq_torch::Result<()> {
+    /// let rows = x.size()[0] as usize;
+    /// group.train_step_with(vs, rows, opt, || {
+    ///     let out = g.forward(&[x], CallMode::Training)?;
+    ///     Ok((&out.ys[0] - target).square().mean(tch::Kind::Float) + out.ebops_loss)
+    /// })?;
+    /// g.apply_constraints()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn train_step_with(
+        &self,
+        vs: &nn::VarStore,
+        local_rows: usize,
+        opt: &mut Adam,
+        loss: impl FnOnce() -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let loss = {
+            let _sync = self.sync_quantizers();
+            loss()?
+        };
+        opt.zero_grad();
+        loss.f_backward()?;
+        self.average_gradients(&vs.trainable_variables(), local_rows)?;
+        opt.step()?;
+        Ok(loss.f_detach()?)
     }
 
     /// hgq2's `trace_minmax` over this rank's `batches`, the tracked state reduced over the

@@ -11,7 +11,8 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use hgq_torch::distributed::{GroupOptions, ProcessGroup};
-use hgq_torch::layers::{Activation, QDense, Sequential, StepPath};
+use hgq_torch::hgq_core::CallMode;
+use hgq_torch::layers::{Activation, Functional, MergeOp, QDense, QMerge, Sequential, StepPath};
 use hgq_torch::optim::{Adam, AdamConfig};
 use tch::{Device, Kind, Tensor, nn};
 
@@ -52,10 +53,76 @@ fn variables(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
     v
 }
 
+/// A residual graph (a merge of the input and a dense layer's output) with a loss of its own.
+fn graph(vs: &nn::VarStore) -> Functional {
+    tch::manual_seed(0);
+    let root = vs.root();
+    let mut g = Functional::new();
+    let x = g.input(&[8]).unwrap();
+    let h = g
+        .add(&root, QDense::builder(8, 8).activation(Activation::Relu), x)
+        .unwrap();
+    let s = g
+        .merge(&root, QMerge::builder(MergeOp::Add, &[8], 2), &[x, h])
+        .unwrap();
+    let y = g.add(&root, QDense::builder(8, 3), s).unwrap();
+    g.set_outputs(&[y]).unwrap();
+    g
+}
+
+/// The graph's mean squared error against the first three inputs, plus its EBOPs.
+fn graph_loss(g: &Functional, x: &Tensor) -> hgq_torch::Result<Tensor> {
+    let out = g.forward(&[x], CallMode::Training)?;
+    let target = x.narrow(1, 0, 3);
+    Ok((&out.ys[0] - target).square().mean(Kind::Float) + out.ebops_loss)
+}
+
+/// The graph trained on the global batches' first 8 columns by one process.
+fn graph_one_process() -> Vec<(String, Tensor)> {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let g = graph(&vs);
+    let mut opt = Adam::new(&vs, AdamConfig::default().learning_rate(3e-3)).unwrap();
+    for (x, _) in batches() {
+        let x = x.narrow(1, 0, 8);
+        let loss = graph_loss(&g, &x).unwrap();
+        opt.backward_step(&loss).unwrap();
+        g.apply_constraints().unwrap();
+    }
+    variables(&vs)
+}
+
+/// A rank of the graph test: `train_step_with` on its rows.
+fn graph_worker(group: &ProcessGroup, out: &Path) {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let g = graph(&vs);
+    group.broadcast_variables(&vs).unwrap();
+    let mut opt = Adam::new(&vs, AdamConfig::default().learning_rate(3e-3)).unwrap();
+    let rows = group.shard(BATCH as usize);
+    for (x, _) in batches() {
+        let x = x
+            .narrow(1, 0, 8)
+            .narrow(0, rows.start as i64, rows.len() as i64);
+        group
+            .train_step_with(&vs, rows.len(), &mut opt, || graph_loss(&g, &x))
+            .unwrap();
+        g.apply_constraints().unwrap();
+    }
+    Tensor::write_safetensors(
+        &variables(&vs),
+        out.join(format!("rank{}.safetensors", group.rank())),
+    )
+    .unwrap();
+}
+
 /// A rank (when started by the tests below): trains on its shards, writes its variables.
 #[test]
 fn ddp_worker() {
     if std::env::var("HGQ_DDP_ROLE").as_deref() != Ok("worker") {
+        return;
+    }
+    if std::env::var("HGQ_DDP_MODEL").as_deref() == Ok("graph") {
+        let out = PathBuf::from(std::env::var("HGQ_DDP_OUT").unwrap());
+        graph_worker(&ProcessGroup::from_env().unwrap(), &out);
         return;
     }
     let out = PathBuf::from(std::env::var("HGQ_DDP_OUT").unwrap());
@@ -125,14 +192,28 @@ fn one_process() -> Vec<(String, Tensor)> {
 }
 
 fn data_parallel_matches_one_process(size: usize) {
-    let out = std::env::temp_dir().join(format!("hgq-ddp-{}-{size}", std::process::id()));
+    compare(size, &[], one_process, |vs| drop(model(vs)));
+}
+
+/// `size` ranks started with `extra` variables against `one` process; `fresh` builds the
+/// untrained model in a store.
+fn compare(
+    size: usize,
+    extra: &[(&str, &str)],
+    one: fn() -> Vec<(String, Tensor)>,
+    fresh: fn(&nn::VarStore),
+) {
+    let tag = extra.iter().map(|(_, v)| *v).collect::<Vec<_>>().join("-");
+    let out = std::env::temp_dir().join(format!("hgq-ddp-{}-{size}{tag}", std::process::id()));
     std::fs::create_dir_all(&out).unwrap();
     let port = free_port();
-    let mut ranks: Vec<Child> = (0..size).map(|r| spawn(r, size, port, &out, &[])).collect();
+    let mut ranks: Vec<Child> = (0..size)
+        .map(|r| spawn(r, size, port, &out, extra))
+        .collect();
     for (r, c) in ranks.iter_mut().enumerate() {
         assert!(c.wait().unwrap().success(), "rank {r} failed");
     }
-    let want = one_process();
+    let want = one();
     let rank0 = Tensor::read_safetensors(out.join("rank0.safetensors")).unwrap();
     assert_eq!(rank0.len(), want.len());
     for (name, t) in &want {
@@ -145,7 +226,7 @@ fn data_parallel_matches_one_process(size: usize) {
     }
     // The training moved the model (the comparison is not of untouched variables).
     let vs = nn::VarStore::new(Device::Cpu);
-    let _ = model(&vs);
+    fresh(&vs);
     let moved = variables(&vs)
         .iter()
         .zip(&want)
@@ -171,6 +252,14 @@ fn two_ranks_train_as_one_process() {
 #[test]
 fn four_ranks_train_as_one_process() {
     data_parallel_matches_one_process(4);
+}
+
+/// A functional graph (a residual merge) with a loss of its own, through `train_step_with`.
+#[test]
+fn a_graph_trains_as_one_process() {
+    compare(3, &[("HGQ_DDP_MODEL", "graph")], graph_one_process, |vs| {
+        drop(graph(vs))
+    });
 }
 
 #[test]
