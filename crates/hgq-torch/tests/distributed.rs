@@ -102,9 +102,10 @@ fn graph_worker(group: &ProcessGroup, out: &Path) {
         let x = x
             .narrow(1, 0, 8)
             .narrow(0, rows.start as i64, rows.len() as i64);
-        group
+        let loss = group
             .train_step_with(&vs, rows.len(), &mut opt, || graph_loss(&g, &x))
             .unwrap();
+        assert!(loss.double_value(&[]).is_finite());
         g.apply_constraints().unwrap();
     }
     Tensor::write_safetensors(
