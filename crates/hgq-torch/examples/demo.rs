@@ -357,7 +357,12 @@ fn build_model(vs: &nn::VarStore, kind: ModelKind, beta: f64) -> Result<Sequenti
 }
 
 fn main() -> Result<(), Error> {
-    let a = parse_args()?;
+    let mut a = parse_args()?;
+    // One GPU per local rank when data-parallel on CUDA (torchrun's LOCAL_RANK).
+    if let (Device::Cuda(_), Ok(local)) = (a.device, std::env::var("LOCAL_RANK")) {
+        let gpus = tch::Cuda::device_count().max(1) as usize;
+        a.device = Device::Cuda(local.parse::<usize>().unwrap_or(0) % gpus);
+    }
     let (x, y) = load_digits(&a.data)?;
     let n = y.len();
     let mut order: Vec<usize> = (0..n).collect();
