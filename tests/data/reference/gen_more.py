@@ -46,7 +46,8 @@ Cases (see `cases()`; batch 3 unless said), about 1.0 MB with seed 0 (each model
   more/softmax-ties        Input(5) -> QSoftmax(enable_iq=True, name='coarse_softmax') -> QDense(2), the iq
                            with f = -1 (a step of 2): tied maxima in training (2-3 rows with seeds 0, 1, 2)
   more/frozen              Input(6) -> QDense(5, relu, trainable=False) -> QBatchNormDense(4, momentum=0.9,
-                           trainable=False) -> LUT('tanh', trainable=False) -> QDense(3)   (batch 3): the frozen
+                           trainable=False) -> LUT('tanh', trainable=False) -> QBatchNormalization(momentum=0.8,
+                           trainable=False; batch moments still) -> QDense(3)   (batch 3): the frozen
                            layers' own weights get no gradient; their quantizers train and trace as usual; the
                            frozen QBatchNormDense normalizes with its moving statistics in training
 Every case builds and runs; none was dropped (QSoftmax on axis 1, on (1, 2) and on -1 of a 3-D input all
@@ -255,7 +256,8 @@ import torch.nn.functional as F  # noqa: E402
 import keras  # noqa: E402
 import hgq  # noqa: E402,F401
 from hgq.layers import (  # noqa: E402
-    QBatchNormDense, QDense, QEinsumDense, QEinsumDenseBatchnorm, QSoftmax, QUnaryFunctionLUT,
+    QBatchNormalization, QBatchNormDense, QDense, QEinsumDense, QEinsumDenseBatchnorm, QSoftmax,
+    QUnaryFunctionLUT,
 )
 from hgq.quantizer import Quantizer, QuantizerConfig  # noqa: E402
 from hgq.utils import trace_minmax  # noqa: E402
@@ -698,6 +700,13 @@ def ebops_float(l_):
         out[l_.name] = f32(f32(e * f32(l_.parallelization_factor)) / f32(l_.n_parallel))
     elif isinstance(l_, QUnaryFunctionLUT):
         out[l_.name] = lut_ebops(l_, shape)
+    elif isinstance(l_, QBatchNormalization):  # gen_graph.py's formula (the last axis here)
+        bi = bits_of(l_.iq, shape).astype(np.float64)
+        c = shape[-1]
+        bk = bits_of(l_.kq, (c,)).astype(np.float64)
+        e = f32((bi * bk.reshape((1,) * (len(shape) - 1) + (c,))).sum())
+        bb = bits_of(l_.bq, (c,))
+        out[l_.name] = f32(e + f32(f32(bb.mean()) * f32(prod(shape[1:]))))
     elif isinstance(l_, QSoftmax):
         axes = tuple(l_.axes)
         accum = tuple(1 if i in axes else s for i, s in enumerate(shape))
@@ -1044,7 +1053,10 @@ def frozen():
     h = QDense(5, activation='relu', trainable=False, beta0=1e-3)(inp)
     h = QBatchNormDense(4, momentum=0.9, trainable=False, beta0=2e-3)(h)
     h = QUnaryFunctionLUT('tanh', trainable=False, beta0=3e-3)(h)
-    return inp, QDense(3, beta0=4e-3)(h)
+    # hgq2's QBatchNormalization takes the batch's moments whenever training (its call has no
+    # `self.trainable` test): frozen, only its bn_gamma / bn_beta stay.
+    h = QBatchNormalization(momentum=0.8, trainable=False, beta0=4e-3)(h)
+    return inp, QDense(3, beta0=5e-3)(h)
 
 
 def cases(rng):
