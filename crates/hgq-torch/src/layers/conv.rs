@@ -11,8 +11,7 @@ use tch::{Kind, Tensor, nn};
 use super::{
     Activation, Ebops, EbopsTape, Layer, Named, Names, Output, Padding, Pads, QBase,
     builder_common_setters, check_beta, check_input, config_or_default, io_quantizers,
-    kernel_bias_variables, layer_builder, module_t, named_quantizer, qbase_layer_methods,
-    quantizer_variables,
+    kernel_layer_methods, layer_builder, module_t, named_quantizer, qbase_layer_methods,
 };
 use crate::{Result, TorchError};
 
@@ -538,20 +537,7 @@ impl Layer for QConv {
         Ok(Output { y, ebops_loss })
     }
 
-    fn quantizers(&self) -> Vec<&Named> {
-        self.base
-            .oq
-            .iter()
-            .chain(self.base.iq.iter())
-            .chain([&self.kq])
-            .chain(self.bq.as_ref())
-            .collect()
-    }
-    fn keras_variables(&self) -> Vec<(String, Tensor)> {
-        let mut v = kernel_bias_variables(&self.base.name, &self.kernel, self.bias.as_ref());
-        v.extend(quantizer_variables(&self.quantizers()));
-        v
-    }
+    kernel_layer_methods!();
     fn keras_spec(&self) -> Result<LayerSpec> {
         let mut s = QConvSpec::new(self.filters(), self.kernel_size.clone())
             .name(self.name())

@@ -298,6 +298,33 @@ macro_rules! qbase_layer_methods {
 }
 pub(crate) use qbase_layer_methods;
 
+/// The [`Layer`] methods of a layer with a kernel and an optional bias and their quantizers
+/// (fields `base`, `kernel`, `bias`, `kq`, `bq`): its quantizers (output, input, kernel, bias)
+/// and its Keras variables.
+macro_rules! kernel_layer_methods {
+    () => {
+        fn quantizers(&self) -> Vec<&$crate::layers::Named> {
+            self.base
+                .oq
+                .iter()
+                .chain(self.base.iq.iter())
+                .chain([&self.kq])
+                .chain(self.bq.as_ref())
+                .collect()
+        }
+        fn keras_variables(&self) -> Vec<(String, tch::Tensor)> {
+            let mut v = $crate::layers::kernel_bias_variables(
+                &self.base.name,
+                &self.kernel,
+                self.bias.as_ref(),
+            );
+            v.extend($crate::layers::quantizer_variables(&self.quantizers()));
+            v
+        }
+    };
+}
+pub(crate) use kernel_layer_methods;
+
 /// `impl LayerBuilder` for a builder with an `input_dims` field and a `build` method.
 macro_rules! layer_builder {
     ($t:ty) => {
