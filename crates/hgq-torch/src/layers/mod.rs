@@ -344,9 +344,9 @@ macro_rules! layer_builder {
 }
 pub(crate) use layer_builder;
 
-/// The setters every quantized layer's builder has: `beta`, `name`, `ebops_tape` and the
-/// input quantizer's configuration `iq` (fields of those names).
-macro_rules! builder_common_setters {
+/// The setters every quantized layer's builder has: `beta`, `name`, `ebops_tape`,
+/// `enable_ebops`, `ebops_factor`, `trainable` (fields of those names).
+macro_rules! builder_base_setters {
     () => {
         /// The EBOPs weight in the loss (finite, `>= 0`; hgq2's `beta0`).
         pub fn beta(mut self, beta: f64) -> Self {
@@ -386,6 +386,15 @@ macro_rules! builder_common_setters {
             self.trainable = t;
             self
         }
+    };
+}
+pub(crate) use builder_base_setters;
+
+/// [`builder_base_setters`] and the input and output quantizers' setters `iq`, `no_iq`, `oq`
+/// (fields `iq`, `enable_iq`, `oq`).
+macro_rules! builder_common_setters {
+    () => {
+        $crate::layers::builder_base_setters!();
         /// The input quantizer's configuration (default: hgq2's `default`/datalane).
         pub fn iq(mut self, c: hgq_config::QuantizerConfig) -> Self {
             self.iq = Some(c);

@@ -17,15 +17,16 @@ use tch::{Kind, Tensor, nn};
 
 use super::table::{QUnaryFunctionLutBuilder, TableFn, check_float_input, one_bit_width};
 use super::{
-    Ebops, EbopsTape, Layer, Named, Names, Output, QBase, QUnaryFunctionLut, check_beta,
-    config_or_default, io_quantizers, layer_builder, module_t, quantizer_variables,
+    Ebops, EbopsTape, Layer, Named, Names, Output, QBase, QUnaryFunctionLut, builder_base_setters,
+    check_beta, config_or_default, io_quantizers, layer_builder, module_t, quantizer_variables,
 };
 use crate::{Result, TorchError};
 
 /// Builder of a [`QSoftmax`]; defaults as hgq2: over the last axis, stable, no input
 /// quantizer, the tables' input quantizers `default`/datalane (one bit width each), their
 /// output quantizers `default`/table (per element), `input_scaler = 1`, EBOPs on,
-/// `beta = 1e-5`.
+/// `beta = 1e-5`. `beta` and `enable_ebops` hold for the layer and its two tables,
+/// `ebops_factor` for the layer's own EBOPs only (as hgq2 makes the tables).
 #[derive(Debug, Clone)]
 pub struct QSoftmaxBuilder {
     input_dims: Vec<usize>,
@@ -50,39 +51,7 @@ pub struct QSoftmaxBuilder {
 }
 
 impl QSoftmaxBuilder {
-    /// The EBOPs weight in the loss, of the layer and of its two tables (hgq2's `beta0`).
-    pub fn beta(mut self, beta: f64) -> Self {
-        self.beta = beta;
-        self
-    }
-    /// The layer's name (default: Keras' `q_softmax`, ...); the tables are
-    /// `{name}_exp_table` and `{name}_inv_table`.
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
-        self
-    }
-    /// Records `beta * ebops` of every training forward (the layer's and its tables') into
-    /// `tape`.
-    pub fn ebops_tape(mut self, tape: &EbopsTape) -> Self {
-        self.tape = Some(tape.clone());
-        self
-    }
-    /// hgq2's `enable_ebops` (of the layer and its tables). Default: on.
-    pub fn enable_ebops(mut self, on: bool) -> Self {
-        self.enable_ebops = on;
-        self
-    }
-    /// Keras' `trainable` (the layer has no weights of its own: written to its Keras JSON;
-    /// its quantizers train either way, as hgq2's). Default: `true`.
-    pub fn trainable(mut self, t: bool) -> Self {
-        self.trainable = t;
-        self
-    }
-    /// hgq2's `ebops_factor` of the layer's own EBOPs (not its tables'). Default: 1.
-    pub fn ebops_factor(mut self, f: f64) -> Self {
-        self.ebops_factor = f;
-        self
-    }
+    builder_base_setters!();
     /// An input quantizer of this configuration (hgq2's default has none).
     pub fn iq(mut self, c: QuantizerConfig) -> Self {
         self.iq = Some(c);

@@ -10,8 +10,9 @@ use hgq_core::CallMode;
 use tch::{Kind, Tensor, nn};
 
 use super::{
-    Ebops, EbopsTape, Layer, Named, Names, Output, QBase, check_beta, config_or_default,
-    io_quantizers, layer_builder, module_t, qbase_layer_methods, quantizer_variables,
+    Ebops, EbopsTape, Layer, Named, Names, Output, QBase, builder_base_setters, check_beta,
+    config_or_default, io_quantizers, layer_builder, module_t, qbase_layer_methods,
+    quantizer_variables,
 };
 use crate::{Result, TorchError};
 
@@ -122,37 +123,7 @@ pub struct QUnaryFunctionLutBuilder {
 }
 
 impl QUnaryFunctionLutBuilder {
-    /// The EBOPs weight in the loss (finite, `>= 0`; hgq2's `beta0`).
-    pub fn beta(mut self, beta: f64) -> Self {
-        self.beta = beta;
-        self
-    }
-    /// The layer's name (default: Keras' `q_unary_function_lut`, ...).
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
-        self
-    }
-    /// Records `beta * ebops` of every training forward into `tape`.
-    pub fn ebops_tape(mut self, tape: &EbopsTape) -> Self {
-        self.tape = Some(tape.clone());
-        self
-    }
-    /// hgq2's `enable_ebops` (it needs both quantizers). Default: on.
-    pub fn enable_ebops(mut self, on: bool) -> Self {
-        self.enable_ebops = on;
-        self
-    }
-    /// Keras' `trainable` (the layer has no weights of its own: written to its Keras JSON;
-    /// its quantizers train either way, as hgq2's). Default: `true`.
-    pub fn trainable(mut self, t: bool) -> Self {
-        self.trainable = t;
-        self
-    }
-    /// hgq2's `ebops_factor` (finite, `>= 0`). Default: 1.
-    pub fn ebops_factor(mut self, f: f64) -> Self {
-        self.ebops_factor = f;
-        self
-    }
+    builder_base_setters!();
     /// The input quantizer's configuration.
     pub fn iq(mut self, c: QuantizerConfig) -> Self {
         self.iq = Some(c);
