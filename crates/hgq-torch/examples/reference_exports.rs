@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use hgq_torch::hgq_config::Activation as KerasActivation;
 use hgq_torch::hgq_core::CallMode;
+use hgq_torch::interop::probe_rows as inputs;
 use hgq_torch::layers::{
     Activation, Flatten, Functional, MergeOp, Padding, QBatchNorm, QConv, QDense, QMerge, QSoftmax,
     QUnaryFunctionLut, Sequential,
@@ -34,19 +35,6 @@ fn f32s(v: &Value) -> Result<Vec<f32>, Error> {
                 .ok_or_else(|| "a number".into())
         })
         .collect()
-}
-
-/// 512 rows at scales 1/2 to 8 of inputs `[batch, *dims]`.
-fn inputs(dims: &[usize]) -> Tensor {
-    let shape: Vec<i64> = std::iter::once(512)
-        .chain(dims.iter().map(|&d| d as i64))
-        .collect();
-    let ones: Vec<i64> = std::iter::once(512).chain(dims.iter().map(|_| 1)).collect();
-    tch::manual_seed(0);
-    let scale = Tensor::from_slice(&[0.5f32, 1.0, 2.0, 4.0, 8.0, 1.0, 2.0, 0.5])
-        .repeat([64])
-        .reshape(ones.as_slice());
-    Tensor::randn(shape.as_slice(), (Kind::Float, Device::Cpu)) * scale
 }
 
 /// hgq2's variables after `trace_minmax` (the state its inference ran with).

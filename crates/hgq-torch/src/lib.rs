@@ -19,6 +19,7 @@ pub mod distributed;
 #[cfg(feature = "golden")]
 pub mod golden;
 mod host;
+pub mod interop;
 pub mod layers;
 pub mod ops;
 pub mod optim;

@@ -70,15 +70,7 @@ fn run(path: PathBuf, inputs: PathBuf, out: PathBuf) -> Result<(), Error> {
     let vs = nn::VarStore::new(Device::Cpu);
     let (model, dims) = open(&vs, &path)?;
     let x = if inputs.as_os_str() == "-" {
-        tch::manual_seed(0);
-        let shape: Vec<i64> = std::iter::once(512)
-            .chain(dims.iter().map(|&d| d as i64))
-            .collect();
-        let scales: Vec<i64> = std::iter::once(512).chain(dims.iter().map(|_| 1)).collect();
-        let scale = Tensor::from_slice(&[0.5f32, 1.0, 2.0, 4.0, 8.0, 1.0, 2.0, 0.5])
-            .repeat([64])
-            .reshape(scales.as_slice());
-        Tensor::randn(shape.as_slice(), (Kind::Float, Device::Cpu)) * scale
+        hgq_torch::interop::probe_rows(&dims)
     } else {
         Tensor::read_safetensors(&inputs)?
             .into_iter()
