@@ -374,13 +374,11 @@ impl ProcessGroup {
             .iter()
             .map(|g| f64::from(u8::from(g.defined())))
             .collect();
-        let with: Vec<(Tensor, Tensor)> = vars
+        let gs: Vec<Tensor> = grads
             .iter()
-            .zip(&grads)
-            .filter(|(_, g)| g.defined())
-            .map(|(v, g)| (v.shallow_clone(), g.shallow_clone()))
+            .filter(|g| g.defined())
+            .map(Tensor::shallow_clone)
             .collect();
-        let gs: Vec<Tensor> = with.iter().map(|(_, g)| g.shallow_clone()).collect();
         // The gradients times the rows, then the rows and which variables have gradients.
         let scaled = flatten(&gs, Kind::Double)?.f_mul_scalar(local_rows as f64)?;
         let tail = Tensor::from_slice(

@@ -11,7 +11,8 @@ use tch::{Kind, Tensor, nn};
 use super::{
     Activation, Ebops, EbopsTape, Layer, Named, Names, Output, Padding, Pads, QBase,
     builder_common_setters, check_beta, check_input, config_or_default, io_quantizers,
-    kernel_layer_methods, layer_builder, module_t, named_quantizer, qbase_layer_methods,
+    kernel_builder_setters, kernel_layer_methods, layer_builder, module_t, named_quantizer,
+    qbase_layer_methods,
 };
 use crate::{Result, TorchError};
 
@@ -101,6 +102,7 @@ pub struct QConvBuilder {
 
 impl QConvBuilder {
     builder_common_setters!();
+    kernel_builder_setters!();
     /// hgq2's `parallelization_factor`: how many outputs the firmware computes at once (its
     /// EBOPs scale by it over the layer's `n_parallel`); at least 1. Default: `n_parallel`,
     /// every output at once.
@@ -130,25 +132,9 @@ impl QConvBuilder {
         self.groups = g;
         self
     }
-    /// The activation after the layer.
-    pub fn activation(mut self, a: Activation) -> Self {
-        self.activation = a;
-        self
-    }
     /// Whether the layer has a bias.
     pub fn use_bias(mut self, b: bool) -> Self {
         self.use_bias = b;
-        self
-    }
-
-    /// The kernel quantizer's configuration.
-    pub fn kq(mut self, c: QuantizerConfig) -> Self {
-        self.kq = Some(c);
-        self
-    }
-    /// The bias quantizer's configuration.
-    pub fn bq(mut self, c: QuantizerConfig) -> Self {
-        self.bq = Some(c);
         self
     }
 

@@ -7,8 +7,8 @@ use tch::{Kind, Tensor, nn};
 
 use super::{
     Activation, Ebops, EbopsTape, Layer, Named, Names, Output, QBase, builder_common_setters,
-    check_beta, check_input, config_or_default, io_quantizers, kernel_layer_methods, layer_builder,
-    module_t, named_quantizer, qbase_layer_methods,
+    check_beta, check_input, config_or_default, io_quantizers, kernel_builder_setters,
+    kernel_layer_methods, layer_builder, module_t, named_quantizer, qbase_layer_methods,
 };
 use crate::{Result, TorchError};
 
@@ -39,16 +39,12 @@ pub struct QDenseBuilder {
 
 impl QDenseBuilder {
     builder_common_setters!();
+    kernel_builder_setters!();
     /// hgq2's `parallelization_factor`: how many outputs the firmware computes at once (its
     /// EBOPs scale by it over the layer's `n_parallel`); at least 1. Default: `n_parallel`,
     /// every output at once.
     pub fn parallelization_factor(mut self, p: usize) -> Self {
         self.parallelization_factor = Some(p);
-        self
-    }
-    /// The activation after the layer.
-    pub fn activation(mut self, a: Activation) -> Self {
-        self.activation = a;
         self
     }
     /// Whether the layer has a bias.
@@ -63,17 +59,6 @@ impl QDenseBuilder {
     /// whole shape (one multiply per position, as hgq2 counts them). Default: `[in_features]`.
     pub fn input_dims(mut self, dims: &[usize]) -> Self {
         self.input_dims = dims.to_vec();
-        self
-    }
-
-    /// The kernel quantizer's configuration.
-    pub fn kq(mut self, c: QuantizerConfig) -> Self {
-        self.kq = Some(c);
-        self
-    }
-    /// The bias quantizer's configuration.
-    pub fn bq(mut self, c: QuantizerConfig) -> Self {
-        self.bq = Some(c);
         self
     }
 

@@ -11,8 +11,8 @@ use tch::{Kind, Tensor, nn};
 
 use super::{
     Activation, Ebops, EbopsTape, Layer, Named, Names, Output, QBase, builder_common_setters,
-    check_beta, check_input, config_or_default, io_quantizers, kernel_layer_methods, layer_builder,
-    module_t, named_quantizer, qbase_layer_methods,
+    check_beta, check_input, config_or_default, io_quantizers, kernel_builder_setters,
+    kernel_layer_methods, layer_builder, module_t, named_quantizer, qbase_layer_methods,
 };
 use crate::{Result, TorchError};
 
@@ -41,25 +41,11 @@ pub struct QEinsumDenseBuilder {
 
 impl QEinsumDenseBuilder {
     builder_common_setters!();
+    kernel_builder_setters!();
     /// The output axes that have a bias (Keras' `bias_axes`, letters of the equation's
     /// output). Default: no bias.
     pub fn bias_axes(mut self, axes: impl Into<String>) -> Self {
         self.bias_axes = Some(axes.into());
-        self
-    }
-    /// The activation after the layer.
-    pub fn activation(mut self, a: Activation) -> Self {
-        self.activation = a;
-        self
-    }
-    /// The kernel quantizer's configuration.
-    pub fn kq(mut self, c: QuantizerConfig) -> Self {
-        self.kq = Some(c);
-        self
-    }
-    /// The bias quantizer's configuration.
-    pub fn bq(mut self, c: QuantizerConfig) -> Self {
-        self.bq = Some(c);
         self
     }
     /// hgq2's `parallelization_factor` (at least 1). Default: `n_parallel`.

@@ -390,6 +390,29 @@ macro_rules! builder_base_setters {
 }
 pub(crate) use builder_base_setters;
 
+/// The setters of a builder of a layer with a kernel and a bias: `activation`, `kq`, `bq`
+/// (fields of those names; the quantizers' `Option`s).
+macro_rules! kernel_builder_setters {
+    () => {
+        /// The activation after the layer.
+        pub fn activation(mut self, a: $crate::layers::Activation) -> Self {
+            self.activation = a;
+            self
+        }
+        /// The kernel quantizer's configuration.
+        pub fn kq(mut self, c: hgq_config::QuantizerConfig) -> Self {
+            self.kq = Some(c);
+            self
+        }
+        /// The bias quantizer's configuration.
+        pub fn bq(mut self, c: hgq_config::QuantizerConfig) -> Self {
+            self.bq = Some(c);
+            self
+        }
+    };
+}
+pub(crate) use kernel_builder_setters;
+
 /// [`builder_base_setters`] and the input and output quantizers' setters `iq`, `no_iq`, `oq`
 /// (fields `iq`, `enable_iq`, `oq`).
 macro_rules! builder_common_setters {

@@ -371,6 +371,17 @@ impl QSoftmax {
             .product()
     }
 
+    /// The layer's and its tables' bookkeeping with their Keras paths (`{name}`,
+    /// `{name}/{name}_inv_table`, `{name}/{name}_exp_table`).
+    fn bookkeeping_bases(&self) -> [(String, &QBase); 3] {
+        let name = &self.base.name;
+        [
+            (name.clone(), &self.base),
+            (format!("{name}/{}", self.inv.base.name), &self.inv.base),
+            (format!("{name}/{}", self.exp.base.name), &self.exp.base),
+        ]
+    }
+
     /// The layer's own EBOPs (its tables' are theirs).
     pub fn compute_ebops(&self) -> Result<Tensor> {
         let shape: Vec<i64> = std::iter::once(1)
@@ -474,31 +485,14 @@ impl Layer for QSoftmax {
     }
     /// The layer's own, then its tables' (those with EBOPs), as hgq2 keeps them.
     fn bookkeeping(&self) -> Vec<(String, f64, u32)> {
-        let name = &self.base.name;
-        let own = self
-            .base
-            .enable_ebops
-            .then(|| (name.clone(), self.base.beta.get(), self.base.ebops()));
-        let tables = [&self.inv, &self.exp]
+        self.bookkeeping_bases()
             .into_iter()
-            .filter(|t| t.base.enable_ebops)
-            .map(|t| {
-                (
-                    format!("{name}/{}", t.base.name),
-                    t.base.beta.get(),
-                    t.base.ebops(),
-                )
-            });
-        own.into_iter().chain(tables).collect()
+            .filter(|(_, b)| b.enable_ebops)
+            .map(|(path, b)| (path, b.beta.get(), b.ebops()))
+            .collect()
     }
     fn restore_bookkeeping(&self, path: &str, beta: Option<f64>, ebops: Option<u32>) -> Result<()> {
-        let name = &self.base.name;
-        for b in [&self.base, &self.inv.base, &self.exp.base] {
-            let p = if std::ptr::eq(b, &self.base) {
-                name.clone()
-            } else {
-                format!("{name}/{}", b.name)
-            };
+        for (p, b) in self.bookkeeping_bases() {
             if p == path {
                 if let Some(v) = beta {
                     b.set_beta(v)?;
