@@ -346,14 +346,30 @@ impl ProcessGroup {
     }
 
     /// Every variable of `vs` (trainable or not: the quantizers' state too) set to rank 0's,
-    /// in the order of their names (the same model built on every rank has the same names).
+    /// in the order of their names (the same model built on every rank has the same names):
+    /// one broadcast per kind of variable, in that kind, so that every value arrives as it is
+    /// (an int64 above 2^53 too).
     pub fn broadcast_variables(&self, vs: &nn::VarStore) -> Result<()> {
         let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
-        let tensors: Vec<Tensor> = vars.into_iter().map(|(_, t)| t).collect();
-        let flat = flatten(&tensors, Kind::Double)?;
-        self.broadcast_(&flat, 0)?;
-        unflatten(&flat, &tensors)
+        let mut kinds: Vec<Kind> = Vec::new();
+        for (_, t) in &vars {
+            let k = t.f_kind()?;
+            if !kinds.contains(&k) {
+                kinds.push(k);
+            }
+        }
+        for kind in kinds {
+            let tensors: Vec<Tensor> = vars
+                .iter()
+                .filter(|(_, t)| t.kind() == kind)
+                .map(|(_, t)| t.shallow_clone())
+                .collect();
+            let flat = flatten(&tensors, kind)?;
+            self.broadcast_(&flat, 0)?;
+            unflatten(&flat, &tensors)?;
+        }
+        Ok(())
     }
 
     /// This rank's rows of a global batch of `rows`: contiguous, in rank order, sizes that

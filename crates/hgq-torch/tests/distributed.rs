@@ -134,6 +134,19 @@ fn ddp_worker() {
     let vs = nn::VarStore::new(Device::Cpu);
     let m = model(&vs);
     group.broadcast_variables(&vs).unwrap();
+    // Variables of two kinds, the int64's rank-0 value one that float64 would round.
+    let other = nn::VarStore::new(Device::Cpu);
+    let big = (1i64 << 60) + 1;
+    let mine = if group.rank() == 0 { big } else { 7 };
+    let count = other.root().zeros_no_train("count", &[2]);
+    count
+        .shallow_clone()
+        .set_data(&Tensor::from_slice(&[mine, -mine]));
+    let scale = other.root().zeros_no_train("scale", &[1]);
+    let _ = scale.shallow_clone().fill_(mine as f64);
+    group.broadcast_variables(&other).unwrap();
+    assert_eq!(Vec::<i64>::try_from(&count).unwrap(), [big, -big]);
+    assert_eq!(scale.double_value(&[0]), big as f32 as f64);
     let mut opt = Adam::new(&vs, AdamConfig::default().learning_rate(3e-3)).unwrap();
     let rows = group.shard(BATCH as usize);
     for (step, (x, labels)) in batches().iter().enumerate() {
