@@ -152,7 +152,7 @@ fn gemm(
 }
 
 /// Multiply-adds from which a matrix product is split over threads.
-const PARALLEL_MACS: usize = 1 << 20;
+const PARALLEL_MACS: usize = 1 << 21;
 
 /// A quantizer's pass on `x` (its shape `shape`), kept for the backward.
 fn quantize(q: &Named, x: &[f32], shape: &[usize]) -> Result<(Vec<f32>, SavedPass<f32>)> {
