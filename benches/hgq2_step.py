@@ -1,6 +1,6 @@
 """Time the reference's training step (hgq2 on Keras 3) on the work of hgq-torch's hgq-bench-step.
 
-Usage: KERAS_BACKEND=jax python hgq2_step.py [--threads 1] [--epochs 6] [--filter S]
+Usage: KERAS_BACKEND=jax python hgq2_step.py [--threads 1] [--epochs 30] [--filter S]
 Needs: pip install hgq2==0.2.0 keras jax numpy (`cargo xtask bench --step --reference` uses .venv-ref)
 
 Models (hgq2's default quantizers, EBOPs in the loss with beta0 = 1e-5; Adam(3e-3), sparse
@@ -18,7 +18,7 @@ as hgq2_ref.py does (jax still uses every CPU it may: `cargo xtask bench` pins t
 import argparse, json, math, os, statistics, time
 ap = argparse.ArgumentParser()
 ap.add_argument('--threads', type=int, default=1)
-ap.add_argument('--epochs', type=int, default=6)
+ap.add_argument('--epochs', type=int, default=30)
 ap.add_argument('--filter', default='')
 a = ap.parse_args()
 if a.epochs < 2:

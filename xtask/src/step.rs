@@ -179,7 +179,7 @@ fn compare(ours: &[StepRow], theirs: &Lines, json: bool) -> Result<Vec<String>, 
 /// Entry point of `cargo xtask bench --step ...` (`args` as given to `bench`).
 pub fn run(args: &[String]) -> Result<ExitCode, String> {
     let mut json = false;
-    let mut epochs = 6usize;
+    let mut epochs = 30usize;
     let mut filter = String::new();
     let mut reference = false;
     let mut ref_python: Option<PathBuf> = None;

@@ -19,10 +19,11 @@
 //! of an epoch. One JSON line per model:
 //! `{"case","path","threads","ms_per_step","epoch_ms","first_epoch_ms","steps","loss"}`.
 //!
-//! `--path P` (`auto`, `native` or `autograd`; printed as `"path"`); `--threads T` (default 1) sets libtorch's threads and the size of the rayon pool that
-//! hgq-core's kernels run in; `--epochs E` (default 6, at least 2); `--filter S` runs only the
-//! cases whose name contains S. Freed CPU memory is kept in the process
-//! (`hgq_torch::retain_cpu_memory`), as in `hgq-bench-torch`.
+//! `--path P` (`auto`, `native` or `autograd`; printed as `"path"`); `--threads T` (default 1)
+//! sets libtorch's threads and the size of the rayon pool that hgq-core's kernels run in;
+//! `--epochs E` (default 30, at least 2: the batch-1024 cases have two steps an epoch, so a few
+//! epochs give a noisy median); `--filter S` runs only the cases whose name contains S. Freed
+//! CPU memory is kept in the process (`hgq_torch::retain_cpu_memory`), as in `hgq-bench-torch`.
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -192,7 +193,7 @@ fn usage(msg: &str) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let (mut threads, mut epochs, mut filter) = (1usize, 6usize, String::new());
+    let (mut threads, mut epochs, mut filter) = (1usize, 30usize, String::new());
     let mut path = StepPath::Auto;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
