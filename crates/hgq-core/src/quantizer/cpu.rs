@@ -396,6 +396,13 @@ fn reduce_mapper(reduce: &[usize], shape: &[usize]) -> Result<DefaultBitwidthMap
     Ok(m)
 }
 
+/// Whether every value is finite, in blocks without an early exit inside (their loops
+/// vectorize); on the widened values, so made once per float kind, not per backend.
+fn all_finite<C: Real>(x: &[C]) -> bool {
+    x.chunks(256)
+        .all(|c| c.iter().fold(true, |ok, v| ok & v.to_f64().is_finite()))
+}
+
 fn widen<T: Element>(x: &[T]) -> Cow<'_, [T::C]> {
     match T::as_c(x) {
         Some(c) => Cow::Borrowed(c),
@@ -465,11 +472,7 @@ impl<'a, T: Element, V: HostVar<T::C>> Backend for Cpu<'a, T, V> {
     }
 
     fn all_finite(&self, x: &Self::Tensor) -> Result<bool> {
-        // Blocks without an early exit inside: their loops vectorize.
-        Ok(x.data.chunks(256).all(|c| {
-            c.iter()
-                .fold(true, |ok, v| ok & v.to_c().to_f64().is_finite())
-        }))
+        Ok(all_finite(&widen(&x.data)))
     }
 
     fn absmax(&self, x: &Self::Tensor, reduce: &[usize]) -> Result<Vec<T::C>> {
