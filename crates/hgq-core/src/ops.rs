@@ -4,6 +4,7 @@ use crate::kernels::check::{finite, is_int, zero_one};
 use crate::kernels::fixed::{self, o, r};
 use crate::kernels::op::{ElemOp, ElemOut, N_DERIVED};
 use crate::real::Real;
+use crate::stateless::BitWidths;
 
 /// Counter-based uniform noise in [0, 1): the same for an element whatever the thread split.
 #[inline(always)]
@@ -26,6 +27,10 @@ pub(crate) struct FixedOp<const R: u8, const O: u8, const TRAIN: bool> {
     /// `i` and `f` are raw (trainable) values that the op rounds half to even itself; else
     /// they must be integers (rounding them is then the identity).
     pub raw: bool,
+    /// The two bit-width operands are KBI's raw `b` and `i` (with `raw`): the op uses
+    /// `i = rc(i)` and `f = rc(b) - rc(i)`, and returns the gradients of that `i` and `f` (the
+    /// caller forms `b`'s and `i`'s from them, see `FixedPoint::call`).
+    pub kbi: bool,
     /// The rounding mode's id when `R` is [`r::RARE`] (modes that share one instantiation).
     pub rare: u8,
 }
@@ -36,6 +41,17 @@ impl<const R: u8, const O: u8, const TRAIN: bool> FixedOp<R, O, TRAIN> {
     #[inline(always)]
     fn masks(self) -> bool {
         !TRAIN && self.mask
+    }
+
+    /// The `(i, f)` the op quantizes with, from the two bit-width operands (rounded half to
+    /// even: the identity on the integers of a non-raw call, so one body serves both, and the
+    /// loop has no branch on `raw`; KBI's `b`, `i` formed into `i`, `f`, a select on a value
+    /// that is the same for the whole loop).
+    #[inline(always)]
+    fn bit_widths<C: Real>(self, p: [C; 3]) -> (C, C) {
+        let (a, b) = (p[1].round_even(), p[2].round_even());
+        let kbi_f = a - b;
+        if self.kbi { (b, kbi_f) } else { (a, b) }
     }
 }
 
@@ -50,15 +66,16 @@ impl<C: Real, const R: u8, const O: u8, const TRAIN: bool> ElemOp<C> for FixedOp
     }
     #[inline(always)]
     fn derive(self, p: [C; 3]) -> [C; N_DERIVED] {
-        // Always rounded: the identity on the integers of a non-raw call, so one body serves
-        // both (and the loop has no branch on `raw`).
-        fixed::derive::<C, O, false>(p[0], p[1].round_even(), p[2].round_even(), self.masks())
+        let (i, f) = self.bit_widths(p);
+        fixed::derive::<C, O, false>(p[0], i, f, self.masks())
     }
     const HAS_NORMAL: bool = true;
     #[inline(always)]
     fn all_normal(self, s: [&[C]; 3]) -> bool {
         // One loop each: raw values need no integer test, which is half of the work.
-        if self.raw {
+        if self.kbi {
+            kbi_all_normal::<C>(s)
+        } else if self.raw {
             fixed_all_normal::<C, true>(s)
         } else {
             fixed_all_normal::<C, false>(s)
@@ -66,7 +83,8 @@ impl<C: Real, const R: u8, const O: u8, const TRAIN: bool> ElemOp<C> for FixedOp
     }
     #[inline(always)]
     fn derive_normal(self, p: [C; 3]) -> [C; N_DERIVED] {
-        fixed::derive::<C, O, true>(p[0], p[1].round_even(), p[2].round_even(), self.masks())
+        let (i, f) = self.bit_widths(p);
+        fixed::derive::<C, O, true>(p[0], i, f, self.masks())
     }
     #[inline(always)]
     fn apply<const GRAD: bool>(self, x: C, d: [C; N_DERIVED], g: C, index: u64) -> ElemOut<C> {
@@ -110,6 +128,29 @@ fn fixed_all_normal<C: Real, const RAW: bool>(s: [&[C]; 3]) -> bool {
         let narrow = kv + ip + fv <= digits;
         let ints = RAW | (is_int(iv) & is_int(fv));
         bad |= !(zero_one(kv) & small & narrow & ints) as u32;
+    }
+    bad == 0
+}
+
+/// [`ElemOp::all_normal`] of a KBI [`FixedOp`] (`s` is `[k, b, i]`, raw): what
+/// [`fixed_all_normal`] checks, on the integers `i = rc(i)`, `f = rc(b) - rc(i)` the op forms
+/// (which hold exactly what they are, so the width may use every digit of `C`).
+#[inline(always)]
+fn kbi_all_normal<C: Real>(s: [&[C]; 3]) -> bool {
+    let n = s[0].len();
+    let (k, b, i) = (&s[0][..n], &s[1][..n], &s[2][..n]);
+    let hundred = C::from_f64(100.0);
+    let digits = C::from_f64(C::DIGITS as f64);
+    let mut bad = 0u32;
+    for j in 0..n {
+        let kv = k[j];
+        let iv = i[j].round_even();
+        let fv = b[j].round_even() - iv;
+        let small = (iv.abs() <= hundred) & (fv.abs() <= hundred);
+        let nf = -fv;
+        let ip = if iv > nf { iv } else { nf };
+        let narrow = kv + ip + fv <= digits;
+        bad |= !(zero_one(kv) & small & narrow) as u32;
     }
     bad == 0
 }
@@ -166,6 +207,7 @@ macro_rules! op {
             seed: $a.seed,
             mask: $a.mask,
             raw: $a.raw,
+            kbi: $a.kbi,
             rare: $a.rare,
         })
     };
@@ -189,6 +231,7 @@ struct Args {
     seed: u64,
     mask: bool,
     raw: bool,
+    kbi: bool,
     rare: u8,
 }
 
@@ -203,12 +246,13 @@ pub(crate) fn with_fixed_op<V: WithFixedOp>(
     training: bool,
     seed: u64,
     mask: bool,
-    raw: bool,
+    bit_widths: BitWidths,
 ) -> V::Output {
     let a = Args {
         seed,
         mask,
-        raw,
+        raw: bit_widths != BitWidths::Integer,
+        kbi: bit_widths == BitWidths::KbiRaw,
         rare: round,
     };
     match round {

@@ -38,7 +38,8 @@ pub enum BitWidths {
     /// KBI's raw trainable `b` and `i` in place of `i` and `f` (one shape): the pass uses
     /// `i = rc(i)` and `f = rc(b) - rc(i)` (integers; non-finite raw values are errors) and
     /// returns the gradients autograd forms through those operations: `db = df` and
-    /// `di = di - df` (i's two uses). The KBI chain rule, here once for every backend.
+    /// `di = di - df` (i's two uses). The KBI chain rule, here once for every backend. Formed
+    /// per element inside the pass (no copies of the bit widths).
     KbiRaw,
 }
 
@@ -209,16 +210,37 @@ impl FixedPoint {
     }
 
     /// Checks bit widths as a pass over them does (`k` 0 or 1, `i` and `f` by the
-    /// [`BitWidths`] rule, KBI's raw values after forming `i` and `f`; given one length each,
-    /// also that float64 holds the type, [`CoreError::TooWide`]), with the error such a pass
+    /// [`BitWidths`] rule, KBI's raw `b` and `i` (given as `i` and `f`) finite; given one length
+    /// each, also that float64 holds the type, KBI's after forming `i` and `f`,
+    /// [`CoreError::TooWide`]), with the error such a pass
     /// returns: for backends that run the pass another way and must refuse the same values in
     /// the same words.
     pub fn check_bit_widths<C: Real>(&self, k: &[C], i: &[C], f: &[C]) -> Result<()> {
         let (iu, fu);
-        let (i, f, rule) = match self.bit_widths {
-            BitWidths::Integer => (i, f, Check::Integer),
-            BitWidths::RoundHalfEven => (i, f, Check::Finite),
+        let (i, f) = match self.bit_widths {
+            BitWidths::Integer => {
+                first_bad([
+                    ("k", k, Check::ZeroOne),
+                    ("i", i, Check::Integer),
+                    ("f", f, Check::Integer),
+                ])?;
+                (i, f)
+            }
+            BitWidths::RoundHalfEven => {
+                first_bad([
+                    ("k", k, Check::ZeroOne),
+                    ("i", i, Check::Finite),
+                    ("f", f, Check::Finite),
+                ])?;
+                (i, f)
+            }
             BitWidths::KbiRaw => {
+                // Here `i` is the raw b and `f` the raw i, as the pass names them.
+                first_bad([
+                    ("k", k, Check::ZeroOne),
+                    ("b", i, Check::Finite),
+                    ("i", f, Check::Finite),
+                ])?;
                 let rc = crate::quantizer::rc1::<C>;
                 iu = f.iter().map(|&v| rc(v)).collect::<Vec<C>>();
                 fu = i
@@ -226,10 +248,9 @@ impl FixedPoint {
                     .zip(&iu)
                     .map(|(&b, &i)| rc(b) - i)
                     .collect::<Vec<C>>();
-                (&iu[..], &fu[..], Check::Integer)
+                (&iu[..], &fu[..])
             }
         };
-        first_bad([("k", k, Check::ZeroOne), ("i", i, rule), ("f", f, rule)])?;
         if k.len() == i.len() && i.len() == f.len() {
             let rule = match self.bit_widths {
                 BitWidths::RoundHalfEven => BitWidths::RoundHalfEven,
@@ -338,9 +359,37 @@ impl FixedPoint {
         grads: Option<(&mut [T], [&mut [T::C]; 2])>,
     ) -> Result<Screen> {
         let mut call = Call { x, p, dy, y, grads };
-        if self.bit_widths == BitWidths::KbiRaw {
-            return self.call_kbi(training, call);
+        if self.bit_widths != BitWidths::KbiRaw {
+            return self.call_checked(training, call);
         }
+        // KBI's raw `b` and `i`: the pass forms `i = rc(i)`, `f = rc(b) - rc(i)` per element and
+        // returns their gradients in b's and i's buffers; autograd's through those operations
+        // are `db = df` and `di = di + -df` (i's two uses), formed here after any reduction, as
+        // autograd forms them.
+        let [_, b, i] = p;
+        check_len("b", b.data.len(), b.shape)?;
+        check_len("i", i.data.len(), i.shape)?;
+        if b.shape != i.shape {
+            return Err(CoreError::Broadcast {
+                from: i.shape.to_vec(),
+                to: b.shape.to_vec(),
+            });
+        }
+        let screen = self.call_checked(training, call.reborrow())?;
+        if let Some((_, [db, di])) = call.grads {
+            for (db, di) in db.iter_mut().zip(di.iter_mut()) {
+                let (gi, gf) = (*db, *di);
+                *db = gf;
+                *di = gi + -gf;
+            }
+        }
+        Ok(screen)
+    }
+
+    /// The pass in the compute type where it holds the types, in float64 where not.
+    fn call_checked<T: Element>(&self, training: bool, mut call: Call<'_, T, 2>) -> Result<Screen> {
+        let p = call.p;
+        let x = call.x;
         // Bit widths smaller than x are looked at before the pass (cheap); ones as large as x
         // after it, only where the pass did not find them all normal (its screen includes the
         // width), so that the per-element hot path reads them once.
@@ -369,53 +418,6 @@ impl FixedPoint {
         Ok(Screen::Unknown)
     }
 
-    /// [`BitWidths::KbiRaw`]: `p` is `[k, b, i]`.
-    fn call_kbi<T: Element>(&self, training: bool, call: Call<'_, T, 2>) -> Result<Screen> {
-        let [k, b, i] = call.p;
-        check_len("b", b.data.len(), b.shape)?;
-        check_len("i", i.data.len(), i.shape)?;
-        if b.shape != i.shape {
-            return Err(CoreError::Broadcast {
-                from: i.shape.to_vec(),
-                to: b.shape.to_vec(),
-            });
-        }
-        let rc = crate::quantizer::rc1::<T::C>;
-        let iu: Vec<T::C> = i.data.iter().map(|&v| rc(v)).collect();
-        let fu: Vec<T::C> = b.data.iter().zip(&iu).map(|(&b, &i)| rc(b) - i).collect();
-        let q = self.with_bit_widths(BitWidths::Integer);
-        let p = [
-            k,
-            TensorRef::new(&iu, i.shape)?,
-            TensorRef::new(&fu, b.shape)?,
-        ];
-        let Call {
-            x, dy, y, grads, ..
-        } = call;
-        match grads {
-            None => entry::fixed(
-                &q,
-                training,
-                Call {
-                    x,
-                    p,
-                    dy,
-                    y,
-                    grads: None,
-                },
-            ),
-            Some((dx, [db, di])) => {
-                // The kernel's df is b's gradient; i's is di + (-df).
-                let grads = Some((dx, [&mut *di, &mut *db]));
-                let s = entry::fixed(&q, training, Call { x, p, dy, y, grads })?;
-                for (di, &db) in di.iter_mut().zip(db.iter()) {
-                    *di = *di + -db;
-                }
-                Ok(s)
-            }
-        }
-    }
-
     /// The body of [`FixedPoint::call`] for one element type.
     pub(crate) fn call_impl<T: Element>(
         &self,
@@ -433,8 +435,23 @@ impl FixedPoint {
             Some((dx, [di, df])) => (Some(dx), Some([di, df])),
             None => (None, None),
         };
-        let raw = self.bit_widths == BitWidths::RoundHalfEven;
-        let rule = if raw { Check::Finite } else { Check::Integer };
+        let checks = match self.bit_widths {
+            BitWidths::Integer => [
+                ("k", Check::ZeroOne),
+                ("i", Check::Integer),
+                ("f", Check::Integer),
+            ],
+            BitWidths::RoundHalfEven => [
+                ("k", Check::ZeroOne),
+                ("i", Check::Finite),
+                ("f", Check::Finite),
+            ],
+            BitWidths::KbiRaw => [
+                ("k", Check::ZeroOne),
+                ("b", Check::Finite),
+                ("i", Check::Finite),
+            ],
+        };
         let run = Runner {
             x,
             p,
@@ -444,12 +461,12 @@ impl FixedPoint {
             gp: grads_p.map(|[a, b]| [None, Some(a), Some(b)]),
             path: self.path,
             par: self.par,
-            checks: [("k", Check::ZeroOne), ("i", rule), ("f", rule)],
+            checks,
             known_normal: self.screen == Screen::InRange,
         };
         let (mask, seed) = (self.zero_mask && !training, seed.unwrap_or(0));
         self.par
-            .install(|| with_fixed_op(run, round, overflow, training, seed, mask, raw))
+            .install(|| with_fixed_op(run, round, overflow, training, seed, mask, self.bit_widths))
             .map(|normal| {
                 if normal {
                     Screen::InRange

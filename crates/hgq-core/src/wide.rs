@@ -55,7 +55,12 @@ pub(crate) fn width<C: Real>(
         let (k, i, f) = (k.to_f64(), i.to_f64(), f.to_f64());
         let (i, f) = match rule {
             BitWidths::RoundHalfEven => (i.round_ties_even(), f.round_ties_even()),
-            _ => (i, f),
+            // KBI's raw b and i (here `i` and `f`).
+            BitWidths::KbiRaw => (
+                f.round_ties_even(),
+                i.round_ties_even() - f.round_ties_even(),
+            ),
+            BitWidths::Integer => (i, f),
         };
         if !(k == 0.0 || k == 1.0) || !i.is_finite() || !f.is_finite() {
             continue;

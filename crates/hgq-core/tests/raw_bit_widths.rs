@@ -1,6 +1,9 @@
 //! `BitWidths::RoundHalfEven`: raw (trainable) `i` and `f` rounded half to even inside the pass
 //! give the same bits, forward and gradients, as the integer call on pre-rounded values, on
 //! every path and layout; non-finite raw values are errors, non-integers without it too.
+//! `BitWidths::KbiRaw`: KBI's raw `b` and `i` give the bits of the integer call on
+//! `i = rc(i)`, `f = rc(b) - rc(i)`, and the gradients autograd forms through those
+//! operations (`db = df`, `di = di + -df`), narrow types and wide ones alike.
 mod common;
 
 use common::*;
@@ -80,6 +83,74 @@ fn raw_bit_widths_give_the_bits_of_rounded_ones(
 
 /// The error of one forward call with `f` set to `fv` everywhere (x as large as the bit widths
 /// or larger, so that both the up-front and the in-loop checks are exercised).
+/// The KBI form of [`same_as_rounded`]: `b` and `i` raw around integers (`b = i + f` with the
+/// integer `i`, `f` of the layout, and wider types where `wide`: 20 more integer bits, which a
+/// float32 pass cannot hold).
+fn kbi_same_as_formed<T: Element>(
+    q: FixedPoint,
+    layout: Layout,
+    training: bool,
+    wide: bool,
+    seed: u64,
+) {
+    let mut rng = Rng::new(seed);
+    let (rows, cols) = (29, 301);
+    let n = rows * cols;
+    let x: Vec<T> = elems(&(0..n).map(|_| rng.x_value()).collect::<Vec<_>>());
+    let dy: Vec<T> = elems(&(0..n).map(|_| rng.normal()).collect::<Vec<_>>());
+    let [k, mut i, f] = random_bw::<T::C>(&mut rng, layout, rows, cols);
+    if wide {
+        i.v.iter_mut().for_each(|v| *v = *v + T::C::from_f64(20.0));
+    }
+    let b = Bw::new(
+        &i.shape,
+        i.v.iter().zip(&f.v).map(|(&i, &f)| i + f).collect(),
+    );
+    let (b_raw, b_int) = jitter(&mut rng, &b);
+    let (i_raw, i_int) = jitter(&mut rng, &i);
+    let f_int = Bw::new(
+        &i.shape,
+        b_int.v.iter().zip(&i_int.v).map(|(&b, &i)| b - i).collect(),
+    );
+    let xs = [rows, cols];
+    let kbi_q = q.with_bit_widths(BitWidths::KbiRaw);
+    for path in [Path::Scalar, Path::Simd] {
+        let (a, b) = (kbi_q.with_path(path), q.with_path(path));
+        let ctx = format!(
+            "KBI {}/{} {layout:?} training={training} wide={wide} {path:?}",
+            q.round_mode(),
+            q.overflow_mode()
+        );
+        let got = run_fixed(&a, &xs, &x, &k, &b_raw, &i_raw, training, None).unwrap();
+        let want = run_fixed(&b, &xs, &x, &k, &i_int, &f_int, training, None).unwrap();
+        assert_same(&format!("{ctx} y"), &got.y, &want.y, |v: T| {
+            v.to_c().to_f64()
+        });
+        let got = run_fixed(&a, &xs, &x, &k, &b_raw, &i_raw, training, Some(&dy)).unwrap();
+        let mut want = run_fixed(&b, &xs, &x, &k, &i_int, &f_int, training, Some(&dy)).unwrap();
+        // b's gradient is f's; i's is its own plus minus f's.
+        let (di, df) = (want.di, want.df);
+        want.di = df.clone();
+        want.df = di.iter().zip(&df).map(|(&i, &f)| i + -f).collect();
+        assert_outs_same(&ctx, &got, &want);
+    }
+}
+
+#[rstest]
+fn kbi_raw_bit_widths_give_the_bits_of_formed_ones(
+    #[values(OverflowMode::Sat, OverflowMode::SatSym, OverflowMode::Wrap)] overflow: OverflowMode,
+    #[values(Layout::PerElement, Layout::PerColumn, Layout::Scalar)] layout: Layout,
+    #[values(false, true)] training: bool,
+) {
+    for round in [RoundMode::Rnd, RoundMode::Trn, RoundMode::RndConv] {
+        let q = FixedPoint::new(round, overflow).unwrap();
+        for (s, wide) in [false, true].into_iter().enumerate() {
+            kbi_same_as_formed::<f32>(q, layout, training, wide, s as u64);
+            kbi_same_as_formed::<f64>(q, layout, training, wide, 10 + s as u64);
+        }
+    }
+}
+
 fn error_of(q: FixedPoint, layout: Layout, fv: f32) -> Option<CoreError> {
     let mut rng = Rng::new(7);
     let (rows, cols) = (64, 1100);
