@@ -14,6 +14,7 @@
 
 mod entry;
 pub mod error;
+pub mod fold;
 pub mod kernels;
 pub mod mapper;
 pub mod minimal_i;

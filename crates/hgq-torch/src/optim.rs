@@ -32,6 +32,7 @@
 //! ```
 use std::sync::{Arc, Mutex};
 
+use hgq_core::fold::all_finite;
 use rayon::prelude::*;
 use tch::{Tensor, nn};
 
@@ -241,7 +242,7 @@ impl Adam {
                     ),
                 });
             }
-            if !all_finite(g)? {
+            if !tensor_finite(g)? {
                 return Err(TorchError::NonFinite("a gradient given to Adam"));
             }
         }
@@ -305,7 +306,7 @@ impl Adam {
                     ),
                 });
             }
-            if !finite(g) {
+            if !all_finite(g) {
                 return Err(TorchError::NonFinite("a gradient given to Adam"));
             }
             at.push(j);
@@ -347,22 +348,11 @@ impl Adam {
 }
 
 /// Whether every value of `g` is finite (one pass over raw memory on the native path).
-fn all_finite(g: &Tensor) -> Result<bool> {
+fn tensor_finite(g: &Tensor) -> Result<bool> {
     match host::slice(g) {
-        Some(d) => Ok(finite(d)),
+        Some(d) => Ok(all_finite(d)),
         None => Ok(bool::try_from(g.f_isfinite()?.f_all()?)?),
     }
-}
-
-/// Whether every value is finite: the exponent bits of none all set, without a branch per
-/// value (so that the loop vectorizes).
-fn finite(g: &[f32]) -> bool {
-    const EXP: u32 = 0x7f80_0000;
-    g.chunks(256).all(|c| {
-        c.iter()
-            .fold(0u32, |acc, v| acc | u32::from(v.to_bits() & EXP == EXP))
-            == 0
-    })
 }
 
 /// Keras' update on raw memory, in Keras' order of operations; large variables in blocks
@@ -426,31 +416,6 @@ fn update_ops(s: &Slot, g: &Tensor, c: Coeffs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn finite_finds_every_nan_and_infinity() {
-        let ok = [
-            0.0,
-            -0.0,
-            f32::MAX,
-            -f32::MAX,
-            f32::MIN_POSITIVE,
-            1e-45,
-            3.5,
-        ];
-        for n in [1, 7, 256, 300, 1000] {
-            let mut g: Vec<f32> = (0..n).map(|j| ok[j % ok.len()]).collect();
-            assert!(finite(&g));
-            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -f32::NAN] {
-                for at in [0, n / 2, n - 1] {
-                    let keep = g[at];
-                    g[at] = bad;
-                    assert!(!finite(&g), "{bad} at {at} of {n}");
-                    g[at] = keep;
-                }
-            }
-        }
-    }
 
     /// The AVX2 build of the update gives the bits of the plain one.
     #[test]

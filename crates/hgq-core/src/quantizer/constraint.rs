@@ -1,4 +1,5 @@
 //! Constraints (applied to a variable after an optimizer step) and regularizers (losses).
+use crate::fold::lane_sum;
 use crate::real::Real;
 
 /// A projection applied to a variable's values.
@@ -76,9 +77,14 @@ impl Regularizer {
     /// ```
     pub fn loss<C: Real>(&self, w: &[C]) -> f64 {
         match *self {
-            Regularizer::MonoL1(l) => l * lane_sum(w, |v| v),
-            Regularizer::L1(l) => l * lane_sum(w, f64::abs),
-            Regularizer::L2(l) => l * lane_sum(w, |v| v * v),
+            Regularizer::MonoL1(l) => l * lane_sum(w, |v| v.to_f64()),
+            Regularizer::L1(l) => l * lane_sum(w, |v| v.to_f64().abs()),
+            Regularizer::L2(l) => {
+                l * lane_sum(w, |v| {
+                    let v = v.to_f64();
+                    v * v
+                })
+            }
         }
     }
 
@@ -104,19 +110,4 @@ impl Regularizer {
             }
         }
     }
-}
-
-/// `sum(term(w))` in float64 over eight running sums: independent additions that the compiler
-/// vectorizes (one running sum waits an addition's latency per element). Float32 terms sum
-/// almost always exactly in float64, so the order moves a float32 loss by nothing it can show.
-fn lane_sum<C: Real>(w: &[C], term: impl Fn(f64) -> f64) -> f64 {
-    let mut acc = [0.0f64; 8];
-    let chunks = w.chunks_exact(8);
-    let rest: f64 = chunks.remainder().iter().map(|v| term(v.to_f64())).sum();
-    for c in chunks {
-        for (a, v) in acc.iter_mut().zip(c) {
-            *a += term(v.to_f64());
-        }
-    }
-    acc.iter().sum::<f64>() + rest
 }

@@ -398,11 +398,6 @@ fn reduce_mapper(reduce: &[usize], shape: &[usize]) -> Result<DefaultBitwidthMap
 
 /// Whether every value is finite, in blocks without an early exit inside (their loops
 /// vectorize); on the widened values, so made once per float kind, not per backend.
-fn all_finite<C: Real>(x: &[C]) -> bool {
-    x.chunks(256)
-        .all(|c| c.iter().fold(true, |ok, v| ok & v.to_f64().is_finite()))
-}
-
 fn widen<T: Element>(x: &[T]) -> Cow<'_, [T::C]> {
     match T::as_c(x) {
         Some(c) => Cow::Borrowed(c),
@@ -472,7 +467,7 @@ impl<'a, T: Element, V: HostVar<T::C>> Backend for Cpu<'a, T, V> {
     }
 
     fn all_finite(&self, x: &Self::Tensor) -> Result<bool> {
-        Ok(all_finite(&widen(&x.data)))
+        Ok(crate::fold::all_finite(&widen(&x.data)))
     }
 
     fn absmax(&self, x: &Self::Tensor, reduce: &[usize]) -> Result<Vec<T::C>> {

@@ -10,6 +10,7 @@
 //! one every backend runs (hgq-core's `Quantizer` on its CPU backend, variables read where
 //! the `VarStore` keeps them), so values are those of the autograd step up to the order of
 //! float32 sums in the matrix products.
+use hgq_core::fold::lane_sum;
 use hgq_core::quantizer::{Cpu, Dual, DualArith, SavedPass};
 use hgq_core::shape::{broadcast_to, sum_to};
 use hgq_core::{CallMode, Path, TensorRef};
@@ -267,7 +268,11 @@ impl QDense {
         let b_b = self.bq.as_ref().map(|bq| bits(bq, &[units])).transpose()?;
         // sum(bits_in @ bits_kernel) + mean(bits_bias) * units, in float32 as torch does
         // (integers: exact in any order below 2^24).
-        let ker_rows: Vec<f32> = b_ker.full().chunks_exact(units).map(lane_sum).collect();
+        let ker_rows: Vec<f32> = b_ker
+            .full()
+            .chunks_exact(units)
+            .map(|row| lane_sum(row, |v| v))
+            .collect();
         let mut e: f32 = 0.0;
         for (&bi, &row) in b_in.full().iter().zip(&ker_rows) {
             e += bi * row;
@@ -409,18 +414,6 @@ impl QDense {
         }
         Ok(())
     }
-}
-
-/// The sum of bit widths (integers: exact in any order below 2^24) over eight running sums,
-/// which the compiler vectorizes.
-fn lane_sum(x: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let chunks = x.chunks_exact(8);
-    let rest: f32 = chunks.remainder().iter().sum();
-    for c in chunks {
-        acc.iter_mut().zip(c).for_each(|(a, &v)| *a += v);
-    }
-    acc.iter().sum::<f32>() + rest
 }
 
 /// A tensor the support check passed that is no longer plain memory.
