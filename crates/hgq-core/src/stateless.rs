@@ -43,6 +43,30 @@ pub enum BitWidths {
     KbiRaw,
 }
 
+impl BitWidths {
+    /// The names and rules of the three bit-width operands (k and the two this rule reads), as
+    /// a pass checks them and names them in its errors.
+    fn checks(self) -> [(&'static str, Check); 3] {
+        match self {
+            BitWidths::Integer => [
+                ("k", Check::ZeroOne),
+                ("i", Check::Integer),
+                ("f", Check::Integer),
+            ],
+            BitWidths::RoundHalfEven => [
+                ("k", Check::ZeroOne),
+                ("i", Check::Finite),
+                ("f", Check::Finite),
+            ],
+            BitWidths::KbiRaw => [
+                ("k", Check::ZeroOne),
+                ("b", Check::Finite),
+                ("i", Check::Finite),
+            ],
+        }
+    }
+}
+
 /// What a [`FixedPoint`] pass learned about its bit widths, for a later pass over the same
 /// ones: what the forward of an autograd node hands its backward.
 ///
@@ -216,31 +240,13 @@ impl FixedPoint {
     /// returns: for backends that run the pass another way and must refuse the same values in
     /// the same words.
     pub fn check_bit_widths<C: Real>(&self, k: &[C], i: &[C], f: &[C]) -> Result<()> {
+        let [ck, ci, cf] = self.bit_widths.checks();
+        first_bad([(ck.0, k, ck.1), (ci.0, i, ci.1), (cf.0, f, cf.1)])?;
         let (iu, fu);
         let (i, f) = match self.bit_widths {
-            BitWidths::Integer => {
-                first_bad([
-                    ("k", k, Check::ZeroOne),
-                    ("i", i, Check::Integer),
-                    ("f", f, Check::Integer),
-                ])?;
-                (i, f)
-            }
-            BitWidths::RoundHalfEven => {
-                first_bad([
-                    ("k", k, Check::ZeroOne),
-                    ("i", i, Check::Finite),
-                    ("f", f, Check::Finite),
-                ])?;
-                (i, f)
-            }
+            BitWidths::Integer | BitWidths::RoundHalfEven => (i, f),
             BitWidths::KbiRaw => {
-                // Here `i` is the raw b and `f` the raw i, as the pass names them.
-                first_bad([
-                    ("k", k, Check::ZeroOne),
-                    ("b", i, Check::Finite),
-                    ("i", f, Check::Finite),
-                ])?;
+                // KBI's raw b and i (here `i` and `f`): the type is that of the formed ones.
                 let rc = crate::quantizer::rc1::<C>;
                 iu = f.iter().map(|&v| rc(v)).collect::<Vec<C>>();
                 fu = i
@@ -435,23 +441,7 @@ impl FixedPoint {
             Some((dx, [di, df])) => (Some(dx), Some([di, df])),
             None => (None, None),
         };
-        let checks = match self.bit_widths {
-            BitWidths::Integer => [
-                ("k", Check::ZeroOne),
-                ("i", Check::Integer),
-                ("f", Check::Integer),
-            ],
-            BitWidths::RoundHalfEven => [
-                ("k", Check::ZeroOne),
-                ("i", Check::Finite),
-                ("f", Check::Finite),
-            ],
-            BitWidths::KbiRaw => [
-                ("k", Check::ZeroOne),
-                ("b", Check::Finite),
-                ("i", Check::Finite),
-            ],
-        };
+        let checks = self.bit_widths.checks();
         let run = Runner {
             x,
             p,

@@ -28,33 +28,113 @@ fn jitter<C: Real>(rng: &mut Rng, b: &Bw<C>) -> (Bw<C>, Bw<C>) {
     (Bw::new(&b.shape, raw), Bw::new(&b.shape, rounded))
 }
 
-fn same_as_rounded<T: Element>(q: FixedPoint, layout: Layout, training: bool, seed: u64) {
-    let mut rng = Rng::new(seed);
-    let (rows, cols) = (29, 301);
-    let n = rows * cols;
+/// The rows and columns of x in these tests.
+const XS: [usize; 2] = [29, 301];
+
+/// x, an upstream gradient, and integer bit widths of a layout.
+#[allow(clippy::type_complexity)]
+fn inputs<T: Element>(rng: &mut Rng, layout: Layout) -> (Vec<T>, Vec<T>, [Bw<T::C>; 3]) {
+    let n = XS[0] * XS[1];
     let x: Vec<T> = elems(&(0..n).map(|_| rng.x_value()).collect::<Vec<_>>());
     let dy: Vec<T> = elems(&(0..n).map(|_| rng.normal()).collect::<Vec<_>>());
-    let [k, i, f] = random_bw::<T::C>(&mut rng, layout, rows, cols);
-    let (i_raw, i_int) = jitter(&mut rng, &i);
-    let (f_raw, f_int) = jitter(&mut rng, &f);
-    let xs = [rows, cols];
-    let raw_q = q.with_bit_widths(BitWidths::RoundHalfEven);
+    let bw = random_bw::<T::C>(rng, layout, XS[0], XS[1]);
+    (x, dy, bw)
+}
+
+/// `raw` on `k` and raw bit widths `pr` against `int` on `k` and the integer ones `pi`, on the
+/// scalar and SIMD paths, forward and with gradients: the same bits, once `grads` has mapped the
+/// integer call's (i, f) gradients to the raw operands'.
+#[allow(clippy::too_many_arguments)]
+fn assert_like_integer<T: Element>(
+    ctx: &str,
+    (raw, int): (FixedPoint, FixedPoint),
+    (x, dy): (&[T], &[T]),
+    k: &Bw<T::C>,
+    pr: [&Bw<T::C>; 2],
+    pi: [&Bw<T::C>; 2],
+    training: bool,
+    grads: impl Fn(Vec<T::C>, Vec<T::C>) -> (Vec<T::C>, Vec<T::C>),
+) {
     for path in [Path::Scalar, Path::Simd] {
-        let (a, b) = (raw_q.with_path(path), q.with_path(path));
-        let ctx = format!(
-            "{}/{} {layout:?} training={training} {path:?}",
-            q.round_mode(),
-            q.overflow_mode()
-        );
-        let got = run_fixed(&a, &xs, &x, &k, &i_raw, &f_raw, training, None).unwrap();
-        let want = run_fixed(&b, &xs, &x, &k, &i_int, &f_int, training, None).unwrap();
+        let (a, b) = (raw.with_path(path), int.with_path(path));
+        let ctx = format!("{ctx} {path:?}");
+        let got = run_fixed(&a, &XS, x, k, pr[0], pr[1], training, None).unwrap();
+        let want = run_fixed(&b, &XS, x, k, pi[0], pi[1], training, None).unwrap();
         assert_same(&format!("{ctx} y"), &got.y, &want.y, |v: T| {
             v.to_c().to_f64()
         });
-        let got = run_fixed(&a, &xs, &x, &k, &i_raw, &f_raw, training, Some(&dy)).unwrap();
-        let want = run_fixed(&b, &xs, &x, &k, &i_int, &f_int, training, Some(&dy)).unwrap();
+        let got = run_fixed(&a, &XS, x, k, pr[0], pr[1], training, Some(dy)).unwrap();
+        let mut want = run_fixed(&b, &XS, x, k, pi[0], pi[1], training, Some(dy)).unwrap();
+        (want.di, want.df) = grads(want.di, want.df);
         assert_outs_same(&ctx, &got, &want);
     }
+}
+
+fn same_as_rounded<T: Element>(q: FixedPoint, layout: Layout, training: bool, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let (x, dy, [k, i, f]) = inputs::<T>(&mut rng, layout);
+    let (i_raw, i_int) = jitter(&mut rng, &i);
+    let (f_raw, f_int) = jitter(&mut rng, &f);
+    let ctx = format!(
+        "{}/{} {layout:?} training={training}",
+        q.round_mode(),
+        q.overflow_mode()
+    );
+    assert_like_integer(
+        &ctx,
+        (q.with_bit_widths(BitWidths::RoundHalfEven), q),
+        (&x, &dy),
+        &k,
+        [&i_raw, &f_raw],
+        [&i_int, &f_int],
+        training,
+        |di, df| (di, df),
+    );
+}
+
+/// The KBI form of [`same_as_rounded`]: `b` and `i` raw around integers (`b = i + f` with the
+/// integer `i`, `f` of the layout, and wider types where `wide`: 20 more integer bits, which a
+/// float32 pass cannot hold). b's gradient is f's; i's is its own plus minus f's.
+fn kbi_same_as_formed<T: Element>(
+    q: FixedPoint,
+    layout: Layout,
+    training: bool,
+    wide: bool,
+    seed: u64,
+) {
+    let mut rng = Rng::new(seed);
+    let (x, dy, [k, mut i, f]) = inputs::<T>(&mut rng, layout);
+    if wide {
+        i.v.iter_mut().for_each(|v| *v = *v + T::C::from_f64(20.0));
+    }
+    let b = Bw::new(
+        &i.shape,
+        i.v.iter().zip(&f.v).map(|(&i, &f)| i + f).collect(),
+    );
+    let (b_raw, b_int) = jitter(&mut rng, &b);
+    let (i_raw, i_int) = jitter(&mut rng, &i);
+    let f_int = Bw::new(
+        &i.shape,
+        b_int.v.iter().zip(&i_int.v).map(|(&b, &i)| b - i).collect(),
+    );
+    let ctx = format!(
+        "KBI {}/{} {layout:?} training={training} wide={wide}",
+        q.round_mode(),
+        q.overflow_mode()
+    );
+    assert_like_integer(
+        &ctx,
+        (q.with_bit_widths(BitWidths::KbiRaw), q),
+        (&x, &dy),
+        &k,
+        [&b_raw, &i_raw],
+        [&i_int, &f_int],
+        training,
+        |di, df| {
+            let di_raw = di.iter().zip(&df).map(|(&i, &f)| i + -f).collect();
+            (df, di_raw)
+        },
+    );
 }
 
 #[rstest]
@@ -81,61 +161,6 @@ fn raw_bit_widths_give_the_bits_of_rounded_ones(
     }
 }
 
-/// The error of one forward call with `f` set to `fv` everywhere (x as large as the bit widths
-/// or larger, so that both the up-front and the in-loop checks are exercised).
-/// The KBI form of [`same_as_rounded`]: `b` and `i` raw around integers (`b = i + f` with the
-/// integer `i`, `f` of the layout, and wider types where `wide`: 20 more integer bits, which a
-/// float32 pass cannot hold).
-fn kbi_same_as_formed<T: Element>(
-    q: FixedPoint,
-    layout: Layout,
-    training: bool,
-    wide: bool,
-    seed: u64,
-) {
-    let mut rng = Rng::new(seed);
-    let (rows, cols) = (29, 301);
-    let n = rows * cols;
-    let x: Vec<T> = elems(&(0..n).map(|_| rng.x_value()).collect::<Vec<_>>());
-    let dy: Vec<T> = elems(&(0..n).map(|_| rng.normal()).collect::<Vec<_>>());
-    let [k, mut i, f] = random_bw::<T::C>(&mut rng, layout, rows, cols);
-    if wide {
-        i.v.iter_mut().for_each(|v| *v = *v + T::C::from_f64(20.0));
-    }
-    let b = Bw::new(
-        &i.shape,
-        i.v.iter().zip(&f.v).map(|(&i, &f)| i + f).collect(),
-    );
-    let (b_raw, b_int) = jitter(&mut rng, &b);
-    let (i_raw, i_int) = jitter(&mut rng, &i);
-    let f_int = Bw::new(
-        &i.shape,
-        b_int.v.iter().zip(&i_int.v).map(|(&b, &i)| b - i).collect(),
-    );
-    let xs = [rows, cols];
-    let kbi_q = q.with_bit_widths(BitWidths::KbiRaw);
-    for path in [Path::Scalar, Path::Simd] {
-        let (a, b) = (kbi_q.with_path(path), q.with_path(path));
-        let ctx = format!(
-            "KBI {}/{} {layout:?} training={training} wide={wide} {path:?}",
-            q.round_mode(),
-            q.overflow_mode()
-        );
-        let got = run_fixed(&a, &xs, &x, &k, &b_raw, &i_raw, training, None).unwrap();
-        let want = run_fixed(&b, &xs, &x, &k, &i_int, &f_int, training, None).unwrap();
-        assert_same(&format!("{ctx} y"), &got.y, &want.y, |v: T| {
-            v.to_c().to_f64()
-        });
-        let got = run_fixed(&a, &xs, &x, &k, &b_raw, &i_raw, training, Some(&dy)).unwrap();
-        let mut want = run_fixed(&b, &xs, &x, &k, &i_int, &f_int, training, Some(&dy)).unwrap();
-        // b's gradient is f's; i's is its own plus minus f's.
-        let (di, df) = (want.di, want.df);
-        want.di = df.clone();
-        want.df = di.iter().zip(&df).map(|(&i, &f)| i + -f).collect();
-        assert_outs_same(&ctx, &got, &want);
-    }
-}
-
 #[rstest]
 fn kbi_raw_bit_widths_give_the_bits_of_formed_ones(
     #[values(OverflowMode::Sat, OverflowMode::SatSym, OverflowMode::Wrap)] overflow: OverflowMode,
@@ -151,6 +176,8 @@ fn kbi_raw_bit_widths_give_the_bits_of_formed_ones(
     }
 }
 
+/// The error of one forward call with `f` set to `fv` everywhere (x as large as the bit widths
+/// or larger, so that both the up-front and the in-loop checks are exercised).
 fn error_of(q: FixedPoint, layout: Layout, fv: f32) -> Option<CoreError> {
     let mut rng = Rng::new(7);
     let (rows, cols) = (64, 1100);
