@@ -396,8 +396,8 @@ fn reduce_mapper(reduce: &[usize], shape: &[usize]) -> Result<DefaultBitwidthMap
     Ok(m)
 }
 
-/// Whether every value is finite, in blocks without an early exit inside (their loops
-/// vectorize); on the widened values, so made once per float kind, not per backend.
+/// `x` in the compute type: borrowed where `T` is it, a widened copy otherwise (f16, bf16), so
+/// that the folds and reductions over it are made once per float kind, not per backend.
 fn widen<T: Element>(x: &[T]) -> Cow<'_, [T::C]> {
     match T::as_c(x) {
         Some(c) => Cow::Borrowed(c),
