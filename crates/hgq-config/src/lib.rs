@@ -114,6 +114,94 @@
 //! ```
 #![warn(missing_docs)]
 
+/// The builder setters that layer specs share, one arm per field: `spec_setters!(name,
+/// trainable, ...)` inside the `impl` of a spec with those fields writes them. A setter
+/// whose rule is a spec's own stays written out there.
+macro_rules! spec_setters {
+    ($($f:ident),* $(,)?) => { $(spec_setters!(@ $f);)* };
+    (@ name) => {
+        /// Sets the layer name.
+        pub fn name(mut self, name: impl Into<String>) -> Self {
+            self.name = Some(name.into());
+            self
+        }
+    };
+    (@ activation) => {
+        /// Sets the activation (`None`: linear).
+        pub fn activation(mut self, a: impl Into<Option<$crate::Activation>>) -> Self {
+            self.activation = a.into();
+            self
+        }
+    };
+    (@ use_bias) => {
+        /// Sets `use_bias`.
+        pub fn use_bias(mut self, b: bool) -> Self {
+            self.use_bias = b;
+            self
+        }
+    };
+    (@ trainable) => {
+        /// Sets `trainable`.
+        pub fn trainable(mut self, t: bool) -> Self {
+            self.trainable = t;
+            self
+        }
+    };
+    (@ beta0) => {
+        /// Sets `beta0`.
+        pub fn beta0(mut self, b: f64) -> Self {
+            self.beta0 = b;
+            self
+        }
+    };
+    (@ enable_ebops) => {
+        /// Sets `enable_ebops`.
+        pub fn enable_ebops(mut self, e: bool) -> Self {
+            self.enable_ebops = e;
+            self
+        }
+    };
+    (@ ebops_factor) => {
+        /// Sets `ebops_factor`.
+        pub fn ebops_factor(mut self, f: f64) -> Self {
+            self.ebops_factor = f;
+            self
+        }
+    };
+    (@ iq) => {
+        /// Sets the input quantizer; `None` turns it off (`enable_iq=False`) and, as the
+        /// reference's default does, EBOPs with it.
+        pub fn iq(mut self, c: impl Into<Option<$crate::QuantizerConfig>>) -> Self {
+            self.iq = c.into();
+            if self.iq.is_none() {
+                self.enable_ebops = false;
+            }
+            self
+        }
+    };
+    (@ kq) => {
+        /// Sets the kernel quantizer.
+        pub fn kq(mut self, c: $crate::QuantizerConfig) -> Self {
+            self.kq = c;
+            self
+        }
+    };
+    (@ bq) => {
+        /// Sets the bias quantizer.
+        pub fn bq(mut self, c: $crate::QuantizerConfig) -> Self {
+            self.bq = c;
+            self
+        }
+    };
+    (@ oq) => {
+        /// Sets the output quantizer (`Some`: `enable_oq=True`).
+        pub fn oq(mut self, c: impl Into<Option<$crate::QuantizerConfig>>) -> Self {
+            self.oq = c.into();
+            self
+        }
+    };
+}
+
 pub mod convert;
 mod de;
 pub mod error;

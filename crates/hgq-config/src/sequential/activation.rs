@@ -49,23 +49,7 @@ impl ActivationSpec {
         }
     }
 
-    /// Sets the layer name.
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
-        self
-    }
-
-    /// Sets the activation (`None`: linear).
-    pub fn activation(mut self, a: impl Into<Option<Activation>>) -> Self {
-        self.activation = a.into();
-        self
-    }
-
-    /// Sets `trainable`.
-    pub fn trainable(mut self, t: bool) -> Self {
-        self.trainable = t;
-        self
-    }
+    spec_setters!(name, activation, trainable);
 
     pub(crate) fn config_value(&self, name: &str) -> PyValue {
         dict([
@@ -153,11 +137,7 @@ impl ReluSpec {
         }
     }
 
-    /// Sets the layer name.
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
-        self
-    }
+    spec_setters!(name, trainable);
 
     /// Sets `max_value` (`None`: unbounded).
     pub fn max_value(mut self, m: impl Into<Option<f64>>) -> Self {
@@ -174,12 +154,6 @@ impl ReluSpec {
     /// Sets `threshold`.
     pub fn threshold(mut self, t: f64) -> Self {
         self.threshold = t;
-        self
-    }
-
-    /// Sets `trainable`.
-    pub fn trainable(mut self, t: bool) -> Self {
-        self.trainable = t;
         self
     }
 

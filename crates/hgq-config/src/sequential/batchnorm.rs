@@ -90,11 +90,7 @@ impl QBatchNormSpec {
         }
     }
 
-    /// Sets the layer name.
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
-        self
-    }
+    spec_setters!(name, trainable, beta0, enable_ebops, ebops_factor, iq, oq);
 
     /// Sets `axis`.
     pub fn axis(mut self, a: i64) -> Self {
@@ -126,40 +122,6 @@ impl QBatchNormSpec {
         self
     }
 
-    /// Sets `trainable`.
-    pub fn trainable(mut self, t: bool) -> Self {
-        self.trainable = t;
-        self
-    }
-
-    /// Sets `beta0`.
-    pub fn beta0(mut self, b: f64) -> Self {
-        self.beta0 = b;
-        self
-    }
-
-    /// Sets `enable_ebops`.
-    pub fn enable_ebops(mut self, e: bool) -> Self {
-        self.enable_ebops = e;
-        self
-    }
-
-    /// Sets `ebops_factor`.
-    pub fn ebops_factor(mut self, f: f64) -> Self {
-        self.ebops_factor = f;
-        self
-    }
-
-    /// Sets the input quantizer; `None` turns it off (`enable_iq=False`) and, as the
-    /// reference's default does, EBOPs with it.
-    pub fn iq(mut self, c: impl Into<Option<QuantizerConfig>>) -> Self {
-        self.iq = c.into();
-        if self.iq.is_none() {
-            self.enable_ebops = false;
-        }
-        self
-    }
-
     /// Sets the scale quantizer.
     pub fn kq(mut self, c: QuantizerConfig) -> Self {
         self.kq = c;
@@ -169,12 +131,6 @@ impl QBatchNormSpec {
     /// Sets the offset quantizer.
     pub fn bq(mut self, c: QuantizerConfig) -> Self {
         self.bq = c;
-        self
-    }
-
-    /// Sets the output quantizer (`Some`: `enable_oq=True`).
-    pub fn oq(mut self, c: impl Into<Option<QuantizerConfig>>) -> Self {
-        self.oq = c.into();
         self
     }
 

@@ -184,35 +184,7 @@ impl QMergeSpec {
         self.op.class_name()
     }
 
-    /// Sets the layer name.
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
-        self
-    }
-
-    /// Sets `trainable`.
-    pub fn trainable(mut self, t: bool) -> Self {
-        self.trainable = t;
-        self
-    }
-
-    /// Sets `beta0`.
-    pub fn beta0(mut self, b: f64) -> Self {
-        self.beta0 = b;
-        self
-    }
-
-    /// Sets `enable_ebops`.
-    pub fn enable_ebops(mut self, e: bool) -> Self {
-        self.enable_ebops = e;
-        self
-    }
-
-    /// Sets `ebops_factor`.
-    pub fn ebops_factor(mut self, f: f64) -> Self {
-        self.ebops_factor = f;
-        self
-    }
+    spec_setters!(name, trainable, beta0, enable_ebops, ebops_factor, oq);
 
     /// Sets one input quantizer for every input (`iq_confs=conf`); `None` turns them off
     /// (`enable_iq=False`) and, as the reference's default does, EBOPs with them.
@@ -227,12 +199,6 @@ impl QMergeSpec {
     /// Sets one input quantizer per input (`iq_confs=[...]`), in argument order.
     pub fn iq_per_input(mut self, c: impl IntoIterator<Item = QuantizerConfig>) -> Self {
         self.iq = Some(c.into_iter().collect());
-        self
-    }
-
-    /// Sets the output quantizer (`Some`: `enable_oq=True`).
-    pub fn oq(mut self, c: impl Into<Option<QuantizerConfig>>) -> Self {
-        self.oq = c.into();
         self
     }
 

@@ -30,17 +30,7 @@ impl FlattenSpec {
         }
     }
 
-    /// Sets the layer name.
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
-        self
-    }
-
-    /// Sets `trainable`.
-    pub fn trainable(mut self, t: bool) -> Self {
-        self.trainable = t;
-        self
-    }
+    spec_setters!(name, trainable);
 
     pub(crate) fn config_value(&self, name: &str) -> PyValue {
         dict([
@@ -88,17 +78,7 @@ impl ReshapeSpec {
         }
     }
 
-    /// Sets the layer name.
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
-        self
-    }
-
-    /// Sets `trainable`.
-    pub fn trainable(mut self, t: bool) -> Self {
-        self.trainable = t;
-        self
-    }
+    spec_setters!(name, trainable);
 
     /// The output shape (without batch) for an input of `input`: `target_shape` with its
     /// `-1` resolved. Errors name `{at}.config.target_shape` (or one of its sizes).

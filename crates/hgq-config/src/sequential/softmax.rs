@@ -134,11 +134,7 @@ impl QSoftmaxSpec {
         s
     }
 
-    /// Sets the layer name.
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
-        self
-    }
+    spec_setters!(name, trainable, beta0, enable_ebops, ebops_factor, oq);
 
     /// Sets one axis (`axis=a`).
     pub fn axis(mut self, a: i64) -> Self {
@@ -158,39 +154,9 @@ impl QSoftmaxSpec {
         self
     }
 
-    /// Sets `trainable`.
-    pub fn trainable(mut self, t: bool) -> Self {
-        self.trainable = t;
-        self
-    }
-
-    /// Sets `beta0`.
-    pub fn beta0(mut self, b: f64) -> Self {
-        self.beta0 = b;
-        self
-    }
-
-    /// Sets `enable_ebops`.
-    pub fn enable_ebops(mut self, e: bool) -> Self {
-        self.enable_ebops = e;
-        self
-    }
-
-    /// Sets `ebops_factor`.
-    pub fn ebops_factor(mut self, f: f64) -> Self {
-        self.ebops_factor = f;
-        self
-    }
-
     /// Sets the input quantizer (`Some`: `enable_iq=True`); EBOPs are unchanged.
     pub fn iq(mut self, c: impl Into<Option<QuantizerConfig>>) -> Self {
         self.iq = c.into();
-        self
-    }
-
-    /// Sets the output quantizer (`Some`: `enable_oq=True`).
-    pub fn oq(mut self, c: impl Into<Option<QuantizerConfig>>) -> Self {
-        self.oq = c.into();
         self
     }
 

@@ -157,39 +157,11 @@ impl QUnaryFunctionLUTSpec {
         }
     }
 
-    /// Sets the layer name.
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
-        self
-    }
+    spec_setters!(name, trainable, beta0, enable_ebops, ebops_factor);
 
     /// Sets the function (`None`: linear).
     pub fn activation(mut self, a: impl Into<Option<Activation>>) -> Self {
         self.activation = a.into();
-        self
-    }
-
-    /// Sets `trainable`.
-    pub fn trainable(mut self, t: bool) -> Self {
-        self.trainable = t;
-        self
-    }
-
-    /// Sets `beta0`.
-    pub fn beta0(mut self, b: f64) -> Self {
-        self.beta0 = b;
-        self
-    }
-
-    /// Sets `enable_ebops`.
-    pub fn enable_ebops(mut self, e: bool) -> Self {
-        self.enable_ebops = e;
-        self
-    }
-
-    /// Sets `ebops_factor`.
-    pub fn ebops_factor(mut self, f: f64) -> Self {
-        self.ebops_factor = f;
         self
     }
 
