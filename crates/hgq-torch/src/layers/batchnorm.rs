@@ -379,3 +379,101 @@ pub(crate) fn update_moving(
         Ok(())
     })
 }
+
+/// The batch normalization a layer folds into its quantized kernel and bias (hgq2's
+/// `QBatchNormDense`, `QEinsumDenseBatchnorm`): the learned scale, the moving statistics, and
+/// the choice between them and the batch's moments.
+#[derive(Debug)]
+pub(crate) struct Folded {
+    /// The learned scale, with its Keras name.
+    gamma: Option<(&'static str, Tensor)>,
+    moving_mean: Tensor,
+    moving_variance: Tensor,
+    momentum: f64,
+}
+
+impl Folded {
+    /// The variables under `p`, of `shape`: the scale `gamma` (its name, if learned) at 1,
+    /// the moving mean at 0 and variance at 1 (not trained).
+    pub(crate) fn new(
+        p: &nn::Path,
+        gamma: Option<&'static str>,
+        shape: &[i64],
+        momentum: f64,
+    ) -> Self {
+        Folded {
+            gamma: gamma.map(|name| (name, p.var(name, shape, nn::Init::Const(1.0)))),
+            moving_mean: p.zeros_no_train("moving_mean", shape),
+            moving_variance: p.ones_no_train("moving_variance", shape),
+            momentum,
+        }
+    }
+
+    pub(crate) fn gamma(&self) -> Option<&Tensor> {
+        self.gamma.as_ref().map(|(_, g)| g)
+    }
+    pub(crate) fn moving_mean(&self) -> &Tensor {
+        &self.moving_mean
+    }
+    pub(crate) fn moving_variance(&self) -> &Tensor {
+        &self.moving_variance
+    }
+    pub(crate) fn momentum(&self) -> f64 {
+        self.momentum
+    }
+
+    /// `gamma / sqrt(var + epsilon)` (`1 / sqrt(var + epsilon)` without a learned scale),
+    /// `gamma` seen through `w` (the layer's view of its weights: detached when frozen).
+    pub(crate) fn scale(
+        &self,
+        var: &Tensor,
+        epsilon: f64,
+        w: impl Fn(&Tensor) -> Tensor,
+    ) -> Result<Tensor> {
+        let denom = var.f_add_scalar(epsilon)?.f_sqrt()?;
+        Ok(match self.gamma() {
+            Some(g) => w(g).f_div(&denom)?,
+            None => denom.f_reciprocal()?,
+        })
+    }
+
+    /// `fuse(mean, var)`: of the batch's moments of `of()`'s tensor over its axes (the moving
+    /// statistics updated) where the layer takes them (`batch`: hgq2's `training and
+    /// self.trainable`), else of the moving statistics.
+    pub(crate) fn fold<R>(
+        &self,
+        batch: bool,
+        of: impl FnOnce() -> Result<(Tensor, Vec<i64>)>,
+        fuse: impl FnOnce(&Tensor, &Tensor) -> Result<R>,
+    ) -> Result<R> {
+        if !batch {
+            return fuse(&self.moving_mean, &self.moving_variance);
+        }
+        let (y, axes) = of()?;
+        let (mean, var) = moments(&y, &axes)?;
+        update_moving(
+            (&self.moving_mean, &self.moving_variance),
+            (&mean, &var),
+            self.momentum,
+        )?;
+        fuse(&mean, &var)
+    }
+
+    /// The Keras variables under `name`: the learned scale, the moving mean and variance.
+    pub(crate) fn keras_variables(&self, name: &str) -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> = self
+            .gamma
+            .iter()
+            .map(|(g, t)| (format!("{name}/{g}"), t.shallow_clone()))
+            .collect();
+        v.push((
+            format!("{name}/moving_mean"),
+            self.moving_mean.shallow_clone(),
+        ));
+        v.push((
+            format!("{name}/moving_variance"),
+            self.moving_variance.shallow_clone(),
+        ));
+        v
+    }
+}

@@ -11,7 +11,7 @@ use hgq_config::sequential::{LayerSpec, QBatchNormDenseSpec};
 use hgq_core::CallMode;
 use tch::{Tensor, nn};
 
-use super::batchnorm::{moments, update_moving};
+use super::batchnorm::Folded;
 use super::{
     Layer, Named, Names, Output, QDense, QDenseBuilder, check_input, kernel_bias_variables,
     module_t, qbase_layer_methods, quantizer_variables,
@@ -69,18 +69,12 @@ impl QBatchNormDenseBuilder {
         let dense = dense.build(root, names)?;
         let p = root / dense.base.name.as_str();
         let n_in = dense.in_features as i64;
-        let gamma = self
-            .scale
-            .then(|| p.var("bn_gamma", &[n_in], nn::Init::Const(1.0)));
-        let moving_mean = p.zeros_no_train("moving_mean", &[n_in]);
-        let moving_variance = p.ones_no_train("moving_variance", &[n_in]);
+        let gamma = self.scale.then_some("bn_gamma");
+        let norm = Folded::new(&p, gamma, &[n_in], self.momentum);
         Ok(QBatchNormDense {
             dense,
-            momentum: self.momentum,
             epsilon: self.epsilon,
-            gamma,
-            moving_mean,
-            moving_variance,
+            norm,
         })
     }
 }
@@ -114,11 +108,8 @@ impl super::LayerBuilder for QBatchNormDenseBuilder {
 #[derive(Debug)]
 pub struct QBatchNormDense {
     dense: QDense,
-    momentum: f64,
     epsilon: f64,
-    gamma: Option<Tensor>,
-    moving_mean: Tensor,
-    moving_variance: Tensor,
+    norm: Folded,
 }
 
 impl QBatchNormDense {
@@ -138,7 +129,7 @@ impl QBatchNormDense {
     }
     /// The moving statistics' momentum.
     pub fn momentum(&self) -> f64 {
-        self.momentum
+        self.norm.momentum()
     }
     /// Added to the variance.
     pub fn epsilon(&self) -> f64 {
@@ -146,26 +137,22 @@ impl QBatchNormDense {
     }
     /// The learned scale (`bn_gamma`, per input feature), if any.
     pub fn gamma(&self) -> Option<&Tensor> {
-        self.gamma.as_ref()
+        self.norm.gamma()
     }
     /// The moving mean of the quantized input (per input feature).
     pub fn moving_mean(&self) -> &Tensor {
-        &self.moving_mean
+        self.norm.moving_mean()
     }
     /// The moving variance.
     pub fn moving_variance(&self) -> &Tensor {
-        &self.moving_variance
+        self.norm.moving_variance()
     }
 
     /// The fused, quantized `(kernel, bias)` from a mean and a variance of the input.
     fn fused(&self, mean: &Tensor, var: &Tensor, mode: CallMode) -> Result<(Tensor, Tensor)> {
         let d = &self.dense;
-        let denom = var.f_add_scalar(self.epsilon)?.f_sqrt()?;
         let w = |t: &Tensor| d.base.weight(t);
-        let scale = match &self.gamma {
-            Some(g) => w(g).f_div(&denom)?,
-            None => denom.f_reciprocal()?,
-        };
+        let scale = self.norm.scale(var, self.epsilon, w)?;
         let kernel = scale.f_unsqueeze(1)?.f_mul(&w(&d.kernel))?;
         let qkernel = d.kq.q.forward(&kernel, mode)?;
         let (Some(bias), Some(bq)) = (&d.bias, &d.bq) else {
@@ -191,18 +178,11 @@ impl Layer for QBatchNormDense {
         check_input("QBatchNormDense input", x, &d.kernel, &d.base.input_dims)?;
         let xq = d.base.input(x, mode)?;
         // hgq2 takes the batch's moments only when `training and self.trainable`.
-        let (qkernel, qbias) = if mode == CallMode::Training && d.base.trainable {
-            let axes: Vec<i64> = (0..xq.dim() as i64 - 1).collect();
-            let (mean, var) = moments(&xq, &axes)?;
-            update_moving(
-                (&self.moving_mean, &self.moving_variance),
-                (&mean, &var),
-                self.momentum,
-            )?;
-            self.fused(&mean, &var, mode)?
-        } else {
-            self.fused(&self.moving_mean, &self.moving_variance, mode)?
-        };
+        let (qkernel, qbias) = self.norm.fold(
+            mode == CallMode::Training && d.base.trainable,
+            || Ok((xq.shallow_clone(), (0..xq.dim() as i64 - 1).collect())),
+            |mean, var| self.fused(mean, var, mode),
+        )?;
         let y = xq.f_matmul(&qkernel)?.f_add(&qbias)?;
         let y = d.activation.apply(y);
         let y = d.base.output(y, mode)?;
@@ -220,17 +200,7 @@ impl Layer for QBatchNormDense {
         let d = &self.dense;
         let name = &d.base.name;
         let mut v = kernel_bias_variables(name, &d.kernel, d.bias.as_ref());
-        if let Some(g) = &self.gamma {
-            v.push((format!("{name}/bn_gamma"), g.shallow_clone()));
-        }
-        v.push((
-            format!("{name}/moving_mean"),
-            self.moving_mean.shallow_clone(),
-        ));
-        v.push((
-            format!("{name}/moving_variance"),
-            self.moving_variance.shallow_clone(),
-        ));
+        v.extend(self.norm.keras_variables(name));
         v.extend(quantizer_variables(&self.quantizers()));
         v
     }
@@ -243,8 +213,8 @@ impl Layer for QBatchNormDense {
         };
         Ok(QBatchNormDenseSpec {
             dense: d,
-            scale: self.gamma.is_some(),
-            momentum: self.momentum,
+            scale: self.norm.gamma().is_some(),
+            momentum: self.norm.momentum(),
             epsilon: self.epsilon,
             synchronized: false,
         }

@@ -15,7 +15,7 @@ use hgq_config::sequential::{
 use hgq_core::CallMode;
 use tch::{Tensor, nn};
 
-use super::batchnorm::{moments, update_moving};
+use super::batchnorm::Folded;
 use super::{
     Layer, Named, Names, Output, QEinsumDense, QEinsumDenseBuilder, check_input,
     kernel_bias_variables, module_t, qbase_layer_methods, quantizer_variables,
@@ -92,20 +92,13 @@ impl QEinsumDenseBatchnormBuilder {
         }
         let p = root / dense.base.name.as_str();
         let shape: Vec<i64> = norm.norm.iter().map(|&d| d as i64).collect();
-        let gamma = self
-            .scale
-            .then(|| p.var("gamma", &shape, nn::Init::Const(1.0)));
-        let moving_mean = p.zeros_no_train("moving_mean", &shape);
-        let moving_variance = p.ones_no_train("moving_variance", &shape);
+        let stats = Folded::new(&p, self.scale.then_some("gamma"), &shape, self.momentum);
         Ok(QEinsumDenseBatchnorm {
             dense,
             norm,
             normalize_axes: self.normalize_axes,
-            momentum: self.momentum,
             center: self.center,
-            gamma,
-            moving_mean,
-            moving_variance,
+            stats,
         })
     }
 }
@@ -139,11 +132,8 @@ pub struct QEinsumDenseBatchnorm {
     dense: QEinsumDense,
     norm: EinsumNormShapes,
     normalize_axes: Option<String>,
-    momentum: f64,
     center: bool,
-    gamma: Option<Tensor>,
-    moving_mean: Tensor,
-    moving_variance: Tensor,
+    stats: Folded,
 }
 
 impl QEinsumDenseBatchnorm {
@@ -164,26 +154,22 @@ impl QEinsumDenseBatchnorm {
     }
     /// The learned scale (`gamma`), if any.
     pub fn gamma(&self) -> Option<&Tensor> {
-        self.gamma.as_ref()
+        self.stats.gamma()
     }
     /// The moving mean (of the normalized output axes).
     pub fn moving_mean(&self) -> &Tensor {
-        &self.moving_mean
+        self.stats.moving_mean()
     }
     /// The moving variance.
     pub fn moving_variance(&self) -> &Tensor {
-        &self.moving_variance
+        self.stats.moving_variance()
     }
 
     /// The fused, quantized `(kernel, bias)` from a mean and a variance.
     fn fused(&self, mean: &Tensor, var: &Tensor, mode: CallMode) -> Result<(Tensor, Tensor)> {
         let d = &self.dense;
-        let denom = var.f_add_scalar(KERAS_EPSILON)?.f_sqrt()?;
         let w = |t: &Tensor| d.base.weight(t);
-        let scale = match &self.gamma {
-            Some(g) => w(g).f_div(&denom)?,
-            None => denom.f_reciprocal()?,
-        };
+        let scale = self.stats.scale(var, KERAS_EPSILON, w)?;
         let kernel = Tensor::f_einsum(
             &self.norm.fused_kernel_equation,
             &[&w(&d.kernel), &scale],
@@ -219,19 +205,15 @@ impl Layer for QEinsumDenseBatchnorm {
         )?;
         let xq = d.base.input(x, mode)?;
         // hgq2 takes the batch's moments only when `training and self.trainable`.
-        let (qkernel, qbias) = if mode == CallMode::Training && d.base.trainable {
-            let y = Tensor::f_einsum(&d.equation, &[&xq, &d.kernel], None::<&[i64]>)?;
-            let axes: Vec<i64> = self.norm.reduction_axes.iter().map(|&a| a as i64).collect();
-            let (mean, var) = moments(&y, &axes)?;
-            update_moving(
-                (&self.moving_mean, &self.moving_variance),
-                (&mean, &var),
-                self.momentum,
-            )?;
-            self.fused(&mean, &var, mode)?
-        } else {
-            self.fused(&self.moving_mean, &self.moving_variance, mode)?
-        };
+        let (qkernel, qbias) = self.stats.fold(
+            mode == CallMode::Training && d.base.trainable,
+            || {
+                let y = Tensor::f_einsum(&d.equation, &[&xq, &d.kernel], None::<&[i64]>)?;
+                let axes = self.norm.reduction_axes.iter().map(|&a| a as i64);
+                Ok((y, axes.collect()))
+            },
+            |mean, var| self.fused(mean, var, mode),
+        )?;
         let y = Tensor::f_einsum(&d.equation, &[&xq, &qkernel], None::<&[i64]>)?.f_add(&qbias)?;
         let y = d.activation.apply(y);
         let y = d.base.output(y, mode)?;
@@ -249,17 +231,7 @@ impl Layer for QEinsumDenseBatchnorm {
         let d = &self.dense;
         let name = &d.base.name;
         let mut v = kernel_bias_variables(name, &d.kernel, d.bias.as_ref());
-        if let Some(g) = &self.gamma {
-            v.push((format!("{name}/gamma"), g.shallow_clone()));
-        }
-        v.push((
-            format!("{name}/moving_mean"),
-            self.moving_mean.shallow_clone(),
-        ));
-        v.push((
-            format!("{name}/moving_variance"),
-            self.moving_variance.shallow_clone(),
-        ));
+        v.extend(self.stats.keras_variables(name));
         v.extend(quantizer_variables(&self.quantizers()));
         v
     }
@@ -274,9 +246,9 @@ impl Layer for QEinsumDenseBatchnorm {
         let mut s =
             QEinsumDenseBatchnormSpec::new(d.equation.clone(), d.output_shape.clone(), axes)
                 .with_dense(|_| d)
-                .momentum(self.momentum)
+                .momentum(self.stats.momentum())
                 .center(self.center)
-                .scale(self.gamma.is_some());
+                .scale(self.stats.gamma().is_some());
         if let Some(n) = &self.normalize_axes {
             s = s.normalize_axes(n.clone());
         }
