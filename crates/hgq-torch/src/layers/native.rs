@@ -424,10 +424,34 @@ fn not_plain(what: &str) -> TorchError {
     }
 }
 
+/// A batch's labels as class indices, each below `classes` (checked once, when made).
+struct Labels {
+    idx: Vec<usize>,
+    classes: usize,
+}
+
+impl Labels {
+    fn new(labels: &[i64], classes: usize) -> Result<Self> {
+        let idx = labels
+            .iter()
+            .map(|&label| {
+                usize::try_from(label)
+                    .ok()
+                    .filter(|&c| c < classes)
+                    .ok_or_else(|| TorchError::Invalid {
+                        what: "label",
+                        why: format!("{label} for {classes} classes"),
+                    })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Labels { idx, classes })
+    }
+}
+
 /// The mean cross entropy of `logits` (`batch x classes`) against `labels`, its gradient
 /// with respect to the logits, and how many rows' first largest logit is their label.
-fn cross_entropy(logits: &[f32], labels: &[i64], classes: usize) -> Result<(f32, Vec<f32>, i64)> {
-    let batch = labels.len();
+fn cross_entropy(logits: &[f32], labels: &Labels) -> Result<(f32, Vec<f32>, i64)> {
+    let (batch, classes) = (labels.idx.len(), labels.classes);
     if classes == 0 || logits.len() != batch * classes {
         return Err(TorchError::Invalid {
             what: "logits",
@@ -449,19 +473,12 @@ fn cross_entropy(logits: &[f32], labels: &[i64], classes: usize) -> Result<(f32,
     exp_in_place(&mut d);
     let (mut loss, mut correct) = (0.0f32, 0i64);
     let inv = 1.0 / batch as f32;
-    for (((row, drow), &label), &(arg, m)) in logits
+    for (((row, drow), &c), &(arg, m)) in logits
         .chunks_exact(classes)
         .zip(d.chunks_exact_mut(classes))
-        .zip(labels)
+        .zip(&labels.idx)
         .zip(&max)
     {
-        let c = usize::try_from(label)
-            .ok()
-            .filter(|&c| c < classes)
-            .ok_or_else(|| TorchError::Invalid {
-                what: "label",
-                why: format!("{label} for {classes} classes"),
-            })?;
         // The softmax is exp(v - max) over its sum.
         let sum: f32 = drow.iter().sum();
         loss += m + sum.ln() - row[c];
@@ -580,18 +597,9 @@ fn gradients(layers: &[&QDense], x: &Tensor, labels: &Tensor) -> Result<StepGrad
             why: format!("shape {:?} for a batch of {batch}", labels.size()),
         });
     }
-    let label_values: Vec<i64> = Vec::try_from(labels)?;
     let classes = layers.last().map_or(0, |l| l.units);
     // Checked before any state moves.
-    if let Some(bad) = label_values
-        .iter()
-        .find(|&&c| c < 0 || c as usize >= classes)
-    {
-        return Err(TorchError::Invalid {
-            what: "label",
-            why: format!("{bad} for {classes} classes"),
-        });
-    }
+    let labels = Labels::new(&Vec::try_from(labels)?, classes)?;
     let mut width = None;
     for l in layers {
         match width {
@@ -618,7 +626,7 @@ fn gradients(layers: &[&QDense], x: &Tensor, labels: &Tensor) -> Result<StepGrad
         passes.push(p);
     }
     let logits = passes.last().map_or(x, |p| &p.a);
-    let (ce, mut da, correct) = cross_entropy(logits, &label_values, classes)?;
+    let (ce, mut da, correct) = cross_entropy(logits, &labels)?;
     let (mut grads, mut reg) = (Vec::new(), 0.0f32);
     for (l, p) in layers.iter().zip(&passes).rev() {
         da = l.backward_native(p, da, &mut grads, &mut reg)?;
@@ -751,7 +759,8 @@ mod tests {
         let labels = Tensor::randint(classes, [batch], (Kind::Int64, Device::Cpu));
         let lv: Vec<f32> = Vec::try_from(&logits.reshape([-1]))?;
         let yv: Vec<i64> = Vec::try_from(&labels)?;
-        let (loss, d, correct) = cross_entropy(&lv, &yv, classes as usize)?;
+        let y = Labels::new(&yv, classes as usize)?;
+        let (loss, d, correct) = cross_entropy(&lv, &y)?;
         let x = logits.set_requires_grad(true);
         let want = x.cross_entropy_for_logits(&labels);
         want.backward();
@@ -763,7 +772,9 @@ mod tests {
         let argmax: Vec<i64> = Vec::try_from(&x.argmax(-1, false))?;
         let want_correct = argmax.iter().zip(&yv).filter(|(a, b)| a == b).count() as i64;
         assert_eq!(correct, want_correct);
-        assert!(cross_entropy(&lv[1..], &yv, classes as usize).is_err());
+        assert!(cross_entropy(&lv[1..], &y).is_err());
+        assert!(Labels::new(&[0, classes], classes as usize).is_err());
+        assert!(Labels::new(&[-1], classes as usize).is_err());
         Ok(())
     }
 
