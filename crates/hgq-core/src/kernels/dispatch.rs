@@ -135,69 +135,115 @@ pub fn thread_pool(threads: usize) -> Result<rayon::ThreadPool, rayon::ThreadPoo
     rayon::ThreadPoolBuilder::new().num_threads(threads).build()
 }
 
-/// Runs a pulp job on a path. Never inlined: one copy per job type, called per piece, keeps
-/// the functions LLVM optimizes small.
-#[inline(never)]
-pub(super) fn with_path<J: SimdJob>(job: J, path: Path) -> J::Output {
-    match path {
-        Path::Scalar | Path::Level(SimdLevel::Scalar) => job.run_scalar(),
-        Path::Simd => job.run_simd(),
-        Path::Level(SimdLevel::V3) => job.run_v3(),
-        Path::Level(SimdLevel::V4) => job.run_v4(),
-    }
-}
-
-/// A job's body without any target features, and the levels it runs at. The element bodies do
-/// not use the SIMD token, only the target features its level enables, so the scalar level is
-/// the plain body: pulp's own `Scalar` dispatch would be a second copy of the same code.
-pub(super) trait SimdJob: pulp::WithSimd + Sized {
-    fn run_scalar(self) -> Self::Output;
-
-    /// x86-64-v3 where the CPU has it, else [`SimdJob::run_simd`].
-    #[inline(always)]
-    fn run_v3(self) -> Self::Output {
-        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-        if let Some(s) = pulp::x86::V3::try_new() {
-            return pulp::Simd::vectorize(s, self);
-        }
-        self.run_simd()
-    }
-
-    /// [`Path::Simd`]: the widest level the CPU has (x86-64-v4 where it has AVX-512 and the
-    /// `avx512` feature is on, else v3, else the scalar body; elsewhere pulp's dispatch).
-    #[inline(always)]
-    fn run_simd(self) -> Self::Output {
-        #[cfg(all(feature = "avx512", any(target_arch = "x86", target_arch = "x86_64")))]
-        if let Some(s) = pulp::x86::V4::try_new() {
-            return pulp::Simd::vectorize(s, self);
-        }
-        at_most_v3(self)
-    }
-
-    /// [`SimdLevel::V4`]: x86-64-v4 where the CPU has it and the `avx512` feature is on, else
-    /// as [`SimdJob::run_simd`].
-    #[inline(always)]
-    fn run_v4(self) -> Self::Output {
-        self.run_simd()
-    }
-}
-
-/// At most x86-64-v3: for jobs that 512-bit vectors do not pay for. It never names
-/// `pulp::x86::V4`, so the job's body is not compiled for it.
+/// Runs a pulp job on a path, through the copy of the dispatch of the job's shard
+/// ([`SimdJob::SHARD`]).
+///
+/// Why shards: rustc places every instance of a generic function in the codegen unit of the
+/// module that defines it. With one dispatch (pulp's `vectorize`, or one function of ours)
+/// every job's SIMD body sat in one unit, most of the crate's code, which LLVM compiles on one
+/// core while the others wait. Each shard is a module of its own with the same functions
+/// (the `shard!` macro below), so the bodies fall into several units that compile in parallel. The match is
+/// on a constant of the job: only its shard's copy is instantiated.
 #[inline(always)]
-fn at_most_v3<J: SimdJob>(job: J) -> J::Output {
-    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-    {
-        match pulp::x86::V3::try_new() {
-            Some(s) => pulp::Simd::vectorize(s, job),
-            None => job.run_scalar(),
-        }
-    }
-    #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
-    {
-        pulp::Arch::new().dispatch(job)
+pub(super) fn with_path<J: SimdJob>(job: J, path: Path) -> J::Output {
+    match J::SHARD {
+        0 => shard0::with_path(job, path),
+        1 => shard1::with_path(job, path),
+        2 => shard2::with_path(job, path),
+        _ => shard3::with_path(job, path),
     }
 }
+
+/// A job's body without any target features, the levels it may run at, and its shard. The
+/// element bodies do not use the SIMD token, only the target features its level enables, so
+/// the scalar level is the plain body: pulp's own `Scalar` dispatch would be a second copy of
+/// the same code.
+pub(super) trait SimdJob: pulp::WithSimd + Sized {
+    /// Which copy of the dispatch compiles the job's bodies (0 to 3; see [`with_path`]).
+    const SHARD: usize;
+
+    /// Whether [`Path::Simd`] may run the job at x86-64-v4 (with the `avx512` feature), else
+    /// at most at x86-64-v3. A job kept off v4 is not compiled for it.
+    #[cfg_attr(not(feature = "avx512"), allow(dead_code))]
+    const WIDE: bool;
+
+    fn run_scalar(self) -> Self::Output;
+}
+
+/// The shard of a job of compute type `C`: the two float kinds (and forward against gradient
+/// jobs, `gradient`) apart, so that the four shards' bodies are of like sizes.
+pub(super) const fn shard_of<C: Real>(gradient: bool) -> usize {
+    (if C::DIGITS <= 24 { 0 } else { 1 }) + if gradient { 2 } else { 0 }
+}
+
+/// A copy of the dispatch of [`with_path`]: [`Path::Scalar`] runs the plain body,
+/// [`Path::Simd`] the widest level the CPU has (x86-64-v4 where it has AVX-512, the `avx512`
+/// feature is on and the job is [`SimdJob::WIDE`], else v3, else the plain body; elsewhere
+/// pulp's dispatch), [`SimdLevel::V3`] v3 where the CPU has it, else as [`Path::Simd`];
+/// [`SimdLevel::V4`] as [`Path::Simd`].
+macro_rules! shard {
+    ($m:ident) => {
+        mod $m {
+            use super::{Path, SimdJob, SimdLevel};
+
+            /// Never inlined: one copy per job type, called per piece, keeps the functions
+            /// LLVM optimizes small.
+            #[inline(never)]
+            pub(super) fn with_path<J: SimdJob>(job: J, path: Path) -> J::Output {
+                match path {
+                    Path::Scalar | Path::Level(SimdLevel::Scalar) => job.run_scalar(),
+                    Path::Simd | Path::Level(SimdLevel::V4) => simd(job),
+                    Path::Level(SimdLevel::V3) => v3_or_simd(job),
+                }
+            }
+
+            #[inline(always)]
+            fn v3_or_simd<J: SimdJob>(job: J) -> J::Output {
+                #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+                if let Some(s) = pulp::x86::V3::try_new() {
+                    // SAFETY: `try_new` found every feature `v3` enables on this CPU.
+                    return unsafe { v3(s, job) };
+                }
+                simd(job)
+            }
+
+            #[inline(always)]
+            fn simd<J: SimdJob>(job: J) -> J::Output {
+                #[cfg(all(feature = "avx512", any(target_arch = "x86", target_arch = "x86_64")))]
+                if J::WIDE
+                    && let Some(s) = pulp::x86::V4::try_new()
+                {
+                    return pulp::Simd::vectorize(s, job);
+                }
+                #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+                {
+                    match pulp::x86::V3::try_new() {
+                        // SAFETY: `try_new` found every feature `v3` enables on this CPU.
+                        Some(s) => unsafe { v3(s, job) },
+                        None => job.run_scalar(),
+                    }
+                }
+                #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
+                {
+                    pulp::Arch::new().dispatch(job)
+                }
+            }
+
+            /// The job's body at x86-64-v3: pulp's `V3` features enabled here (pulp's own
+            /// `vectorize` would put the body in pulp's module, one unit for every shard).
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            #[target_feature(enable = "sse,sse2,fxsr,sse3,ssse3,sse4.1,sse4.2,popcnt")]
+            #[target_feature(enable = "avx,avx2,bmi1,bmi2,fma,lzcnt")]
+            unsafe fn v3<J: pulp::WithSimd>(s: pulp::x86::V3, job: J) -> J::Output {
+                job.with_simd(s)
+            }
+        }
+    };
+}
+shard!(shard0);
+shard!(shard1);
+shard!(shard2);
+shard!(shard3);
 
 /// A piece's pass without gradients: [`Path::Simd`] runs it at the widest level.
 struct ForwardJob<'a, C, Op>(Job<'a, C, Op>);
@@ -220,6 +266,8 @@ impl<C: Real, Op: ElemOp<C>> pulp::WithSimd for ForwardJob<'_, C, Op> {
 }
 
 impl<C: Real, Op: ElemOp<C>> SimdJob for ForwardJob<'_, C, Op> {
+    const SHARD: usize = shard_of::<C>(false);
+    const WIDE: bool = true;
     #[inline(always)]
     fn run_scalar(self) -> Verdict {
         self.0.forward()
@@ -235,14 +283,11 @@ impl<C: Real, Op: ElemOp<C>> pulp::WithSimd for GradientJob<'_, C, Op> {
 }
 
 impl<C: Real, Op: ElemOp<C>> SimdJob for GradientJob<'_, C, Op> {
+    const SHARD: usize = shard_of::<C>(true);
+    const WIDE: bool = false;
     #[inline(always)]
     fn run_scalar(self) -> Verdict {
         self.0.gradient()
-    }
-
-    #[inline(always)]
-    fn run_simd(self) -> Verdict {
-        at_most_v3(self)
     }
 }
 

@@ -125,6 +125,8 @@ pub(super) fn precompute<C: Real, Op: ElemOp<C>>(
         }
     }
     impl<C: Real, Op: ElemOp<C>> SimdJob for Pre<'_, C, Op> {
+        const SHARD: usize = super::dispatch::shard_of::<C>(false);
+        const WIDE: bool = true;
         #[inline(always)]
         fn run_scalar(self) {
             let n = self.p[0].len();
