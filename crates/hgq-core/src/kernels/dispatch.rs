@@ -213,7 +213,8 @@ macro_rules! shard {
                 if J::WIDE
                     && let Some(s) = pulp::x86::V4::try_new()
                 {
-                    return pulp::Simd::vectorize(s, job);
+                    // SAFETY: `try_new` found every feature `v4` enables on this CPU.
+                    return unsafe { v4(s, job) };
                 }
                 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
                 {
@@ -235,6 +236,15 @@ macro_rules! shard {
             #[target_feature(enable = "sse,sse2,fxsr,sse3,ssse3,sse4.1,sse4.2,popcnt")]
             #[target_feature(enable = "avx,avx2,bmi1,bmi2,fma,lzcnt")]
             unsafe fn v3<J: pulp::WithSimd>(s: pulp::x86::V3, job: J) -> J::Output {
+                job.with_simd(s)
+            }
+
+            /// The job's body at x86-64-v4 (pulp's `V4` features), as `v3`.
+            #[cfg(all(feature = "avx512", any(target_arch = "x86", target_arch = "x86_64")))]
+            #[target_feature(enable = "sse,sse2,fxsr,sse3,ssse3,sse4.1,sse4.2,popcnt")]
+            #[target_feature(enable = "avx,avx2,bmi1,bmi2,fma,lzcnt")]
+            #[target_feature(enable = "avx512f,avx512bw,avx512cd,avx512dq,avx512vl")]
+            unsafe fn v4<J: pulp::WithSimd>(s: pulp::x86::V4, job: J) -> J::Output {
                 job.with_simd(s)
             }
         }
