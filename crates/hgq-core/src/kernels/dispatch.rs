@@ -142,8 +142,8 @@ pub fn thread_pool(threads: usize) -> Result<rayon::ThreadPool, rayon::ThreadPoo
 /// module that defines it. With one dispatch (pulp's `vectorize`, or one function of ours)
 /// every job's SIMD body sat in one unit, most of the crate's code, which LLVM compiles on one
 /// core while the others wait. Each shard is a module of its own with the same functions
-/// (the `shard!` macro below), so the bodies fall into several units that compile in parallel. The match is
-/// on a constant of the job: only its shard's copy is instantiated.
+/// (the `shard!` macro below), so the bodies fall into several units that compile in
+/// parallel. The match is on a constant of the job: only its shard's copy is instantiated.
 #[inline(always)]
 pub(super) fn with_path<J: SimdJob>(job: J, path: Path) -> J::Output {
     match J::SHARD {

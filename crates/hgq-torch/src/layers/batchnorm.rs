@@ -117,14 +117,13 @@ impl QBatchNormBuilder {
         )?;
         let kq = named_quantizer(names, &p, &name, "kq", kq_conf, &[Some(channels)])?;
         let bq = named_quantizer(names, &p, &name, "bq", bq_conf, &[Some(channels)])?;
-        let gamma = self
-            .scale
-            .then(|| p.var("bn_gamma", &[c], nn::Init::Const(1.0)));
-        let offset = self
-            .center
-            .then(|| p.var("bn_beta", &[c], nn::Init::Const(0.0)));
-        let moving_mean = p.zeros_no_train("moving_mean", &[c]);
-        let moving_variance = p.ones_no_train("moving_variance", &[c]);
+        let norm = Folded::new(
+            &p,
+            self.scale.then_some("bn_gamma"),
+            self.center.then_some("bn_beta"),
+            &[c],
+            self.momentum,
+        );
         Ok(QBatchNorm {
             base: QBase {
                 name,
@@ -139,12 +138,8 @@ impl QBatchNormBuilder {
                 trainable: self.trainable,
                 ebops_factor: self.ebops_factor,
             },
-            momentum: self.momentum,
             epsilon: self.epsilon,
-            gamma,
-            offset,
-            moving_mean,
-            moving_variance,
+            norm,
             kq,
             bq,
         })
@@ -169,12 +164,8 @@ layer_builder!(QBatchNormBuilder);
 #[derive(Debug)]
 pub struct QBatchNorm {
     base: QBase,
-    momentum: f64,
     epsilon: f64,
-    gamma: Option<Tensor>,
-    offset: Option<Tensor>,
-    moving_mean: Tensor,
-    moving_variance: Tensor,
+    norm: Folded,
     kq: Named,
     bq: Named,
 }
@@ -208,7 +199,7 @@ impl QBatchNorm {
     }
     /// The moving statistics' momentum.
     pub fn momentum(&self) -> f64 {
-        self.momentum
+        self.norm.momentum()
     }
     /// Added to the variance.
     pub fn epsilon(&self) -> f64 {
@@ -216,19 +207,19 @@ impl QBatchNorm {
     }
     /// The learned scale (`bn_gamma`), if any.
     pub fn gamma(&self) -> Option<&Tensor> {
-        self.gamma.as_ref()
+        self.norm.gamma()
     }
     /// The learned offset (`bn_beta`), if any.
     pub fn offset(&self) -> Option<&Tensor> {
-        self.offset.as_ref()
+        self.norm.offset()
     }
     /// The moving mean (not trained: updated by training forwards).
     pub fn moving_mean(&self) -> &Tensor {
-        &self.moving_mean
+        self.norm.moving_mean()
     }
     /// The moving variance.
     pub fn moving_variance(&self) -> &Tensor {
-        &self.moving_variance
+        self.norm.moving_variance()
     }
     /// The input quantizer.
     pub fn iq(&self) -> Option<&Named> {
@@ -246,12 +237,10 @@ impl QBatchNorm {
     /// `(scale, offset)` from a mean and a variance, as hgq2 computes them (`gamma = 1`
     /// without scale, `beta = 1` without center).
     fn scale_and_offset(&self, mean: &Tensor, var: &Tensor) -> Result<(Tensor, Tensor)> {
-        let denom = var.f_add_scalar(self.epsilon)?.f_sqrt()?;
-        let scale = match &self.gamma {
-            Some(g) => self.base.weight(g).f_div(&denom)?,
-            None => denom.f_reciprocal()?,
-        };
-        let offset = match &self.offset {
+        let scale = self
+            .norm
+            .scale(var, self.epsilon, |t| self.base.weight(t))?;
+        let offset = match self.norm.offset() {
             Some(b) => self.base.weight(b).f_sub(&mean.f_mul(&scale)?)?,
             None => mean.f_mul(&scale)?.f_neg()?.f_add_scalar(1.0)?,
         };
@@ -280,22 +269,16 @@ impl Layer for QBatchNorm {
         check_input(
             "QBatchNormalization input",
             x,
-            &self.moving_mean,
+            self.norm.moving_mean(),
             &self.base.input_dims,
         )?;
         let xq = self.base.input(x, mode)?;
-        let (scale, offset) = if mode == CallMode::Training {
-            let axes: Vec<i64> = (0..xq.dim() as i64 - 1).collect();
-            let (mean, var) = moments(&xq, &axes)?;
-            update_moving(
-                (&self.moving_mean, &self.moving_variance),
-                (&mean, &var),
-                self.momentum,
-            )?;
-            self.scale_and_offset(&mean, &var)?
-        } else {
-            self.scale_and_offset(&self.moving_mean, &self.moving_variance)?
-        };
+        // hgq2's QBatchNormalization takes the batch's moments in every training call.
+        let (scale, offset) = self.norm.fold(
+            mode == CallMode::Training,
+            || Ok((xq.shallow_clone(), (0..xq.dim() as i64 - 1).collect())),
+            |mean, var| self.scale_and_offset(mean, var),
+        )?;
         let qscale = self.kq.q.forward(&scale, mode)?;
         let qoffset = self.bq.q.forward(&offset, mode)?;
         let y = xq.f_mul(&qscale)?.f_add(&qoffset)?;
@@ -313,22 +296,7 @@ impl Layer for QBatchNorm {
             .collect()
     }
     fn keras_variables(&self) -> Vec<(String, Tensor)> {
-        let name = &self.base.name;
-        let mut v = Vec::new();
-        if let Some(g) = &self.gamma {
-            v.push((format!("{name}/bn_gamma"), g.shallow_clone()));
-        }
-        if let Some(b) = &self.offset {
-            v.push((format!("{name}/bn_beta"), b.shallow_clone()));
-        }
-        v.push((
-            format!("{name}/moving_mean"),
-            self.moving_mean.shallow_clone(),
-        ));
-        v.push((
-            format!("{name}/moving_variance"),
-            self.moving_variance.shallow_clone(),
-        ));
+        let mut v = self.norm.keras_variables(&self.base.name);
         v.extend(quantizer_variables(&self.quantizers()));
         v
     }
@@ -336,10 +304,10 @@ impl Layer for QBatchNorm {
         Ok(QBatchNormSpec::new()
             .name(self.name())
             .trainable(self.base.trainable)
-            .momentum(self.momentum)
+            .momentum(self.norm.momentum())
             .epsilon(self.epsilon)
-            .center(self.offset.is_some())
-            .scale(self.gamma.is_some())
+            .center(self.norm.offset().is_some())
+            .scale(self.norm.gamma().is_some())
             .beta0(self.base.beta0)
             .iq(self.base.iq.as_ref().map(|q| q.config.clone()))
             .oq(self.base.oq.as_ref().map(|q| q.config.clone()))
@@ -354,7 +322,7 @@ impl Layer for QBatchNorm {
 module_t!(QBatchNorm);
 
 /// Keras' `ops.moments` (torch backend) over `axes`, not kept: `(E[x], E[x^2] - E[x]^2)`.
-pub(crate) fn moments(x: &Tensor, axes: &[i64]) -> Result<(Tensor, Tensor)> {
+fn moments(x: &Tensor, axes: &[i64]) -> Result<(Tensor, Tensor)> {
     let mean = x.f_mean_dim(axes, false, None::<Kind>)?;
     let var = x
         .f_square()?
@@ -365,7 +333,7 @@ pub(crate) fn moments(x: &Tensor, axes: &[i64]) -> Result<(Tensor, Tensor)> {
 
 /// Keras' moving statistics: `moving = moving * momentum + batch * (1 - momentum)`, in place
 /// and outside autograd.
-pub(crate) fn update_moving(
+fn update_moving(
     (moving_mean, moving_var): (&Tensor, &Tensor),
     (mean, var): (&Tensor, &Tensor),
     momentum: f64,
@@ -380,29 +348,38 @@ pub(crate) fn update_moving(
     })
 }
 
-/// The batch normalization a layer folds into its quantized kernel and bias (hgq2's
-/// `QBatchNormDense`, `QEinsumDenseBatchnorm`): the learned scale, the moving statistics, and
-/// the choice between them and the batch's moments.
+/// A batch normalization's variables and statistics, which a layer folds into its quantized
+/// weights (QBatchNormalization's scale and offset, QBatchNormDense's and
+/// QEinsumDenseBatchnorm's kernel and bias): the learned scale and offset, the moving
+/// statistics, and the choice between them and the batch's moments.
 #[derive(Debug)]
 pub(crate) struct Folded {
     /// The learned scale, with its Keras name.
     gamma: Option<(&'static str, Tensor)>,
+    /// The learned offset, with its Keras name (the layers that fold it into their bias have
+    /// none here).
+    beta: Option<(&'static str, Tensor)>,
     moving_mean: Tensor,
     moving_variance: Tensor,
     momentum: f64,
 }
 
 impl Folded {
-    /// The variables under `p`, of `shape`: the scale `gamma` (its name, if learned) at 1,
-    /// the moving mean at 0 and variance at 1 (not trained).
+    /// The variables under `p`, of `shape`, in Keras' order: the scale `gamma` (its name, if
+    /// learned) at 1, the offset `beta` (its name, if learned) at 0, the moving mean at 0 and
+    /// variance at 1 (not trained).
     pub(crate) fn new(
         p: &nn::Path,
         gamma: Option<&'static str>,
+        beta: Option<&'static str>,
         shape: &[i64],
         momentum: f64,
     ) -> Self {
+        let learned =
+            |name: Option<&'static str>, v| name.map(|n| (n, p.var(n, shape, nn::Init::Const(v))));
         Folded {
-            gamma: gamma.map(|name| (name, p.var(name, shape, nn::Init::Const(1.0)))),
+            gamma: learned(gamma, 1.0),
+            beta: learned(beta, 0.0),
             moving_mean: p.zeros_no_train("moving_mean", shape),
             moving_variance: p.ones_no_train("moving_variance", shape),
             momentum,
@@ -411,6 +388,9 @@ impl Folded {
 
     pub(crate) fn gamma(&self) -> Option<&Tensor> {
         self.gamma.as_ref().map(|(_, g)| g)
+    }
+    pub(crate) fn offset(&self) -> Option<&Tensor> {
+        self.beta.as_ref().map(|(_, b)| b)
     }
     pub(crate) fn moving_mean(&self) -> &Tensor {
         &self.moving_mean
@@ -459,11 +439,13 @@ impl Folded {
         fuse(&mean, &var)
     }
 
-    /// The Keras variables under `name`: the learned scale, the moving mean and variance.
+    /// The Keras variables under `name`: the learned scale and offset, the moving mean and
+    /// variance.
     pub(crate) fn keras_variables(&self, name: &str) -> Vec<(String, Tensor)> {
         let mut v: Vec<(String, Tensor)> = self
             .gamma
             .iter()
+            .chain(&self.beta)
             .map(|(g, t)| (format!("{name}/{g}"), t.shallow_clone()))
             .collect();
         v.push((

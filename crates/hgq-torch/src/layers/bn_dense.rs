@@ -70,7 +70,7 @@ impl QBatchNormDenseBuilder {
         let p = root / dense.base.name.as_str();
         let n_in = dense.in_features as i64;
         let gamma = self.scale.then_some("bn_gamma");
-        let norm = Folded::new(&p, gamma, &[n_in], self.momentum);
+        let norm = Folded::new(&p, gamma, None, &[n_in], self.momentum);
         Ok(QBatchNormDense {
             dense,
             epsilon: self.epsilon,

@@ -92,7 +92,13 @@ impl QEinsumDenseBatchnormBuilder {
         }
         let p = root / dense.base.name.as_str();
         let shape: Vec<i64> = norm.norm.iter().map(|&d| d as i64).collect();
-        let stats = Folded::new(&p, self.scale.then_some("gamma"), &shape, self.momentum);
+        let stats = Folded::new(
+            &p,
+            self.scale.then_some("gamma"),
+            None,
+            &shape,
+            self.momentum,
+        );
         Ok(QEinsumDenseBatchnorm {
             dense,
             norm,
