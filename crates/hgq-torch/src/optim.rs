@@ -19,6 +19,12 @@
 //! var  -= (m * alpha) / (sqrt(v) + epsilon)
 //! ```
 //!
+//! The moments `m` and `v` are flushed to zero when they fall below the smallest normal number
+//! of their kind, as TensorFlow's and XLA's CPU runtimes (where hgq2 trains) flush subnormals.
+//! Without it the first moment of a weight whose gradient stays zero (a dead unit, a pruned
+//! weight) decays into the subnormal range and stays there (`m - 0.1 m` rounds back to `m`),
+//! and on many CPUs every arithmetic operation on a subnormal takes a slow microcode path.
+//!
 //! ```no_run
 //! use hgq_torch::optim::{Adam, AdamConfig};
 //! use tch::{nn, Device, Kind, Tensor};
@@ -389,10 +395,21 @@ fn update_avx2(var: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: Coef
 
 #[inline(always)]
 fn update_loop(var: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: Coeffs) {
+    // A select, not a branch: the loop stays vectorized.
+    let flush = |x: f32| if x.abs() < f32::MIN_POSITIVE { 0.0 } else { x };
     for (((p, m), v), &g) in var.iter_mut().zip(m).zip(v).zip(g) {
-        *m += (g - *m) * c.c1;
-        *v += (g * g - *v) * c.c2;
+        *m = flush(*m + (g - *m) * c.c1);
+        *v = flush(*v + (g * g - *v) * c.c2);
         *p -= (*m * c.alpha) / (v.sqrt() + c.eps);
+    }
+}
+
+/// The smallest positive normal number of a float kind (the moments' flush threshold).
+fn smallest_normal(kind: tch::Kind) -> f64 {
+    match kind {
+        tch::Kind::Double => f64::MIN_POSITIVE,
+        tch::Kind::Half => 6.103_515_625e-5,
+        _ => f64::from(f32::MIN_POSITIVE),
     }
 }
 
@@ -407,6 +424,11 @@ fn update_ops(s: &Slot, g: &Tensor, c: Coeffs) -> Result<()> {
         );
         let _ = m.f_add_(&((&g - &m) * c.c1 as f64))?;
         let _ = v.f_add_(&((&g * &g - &v) * c.c2 as f64))?;
+        let tiny = smallest_normal(m.kind());
+        for t in [&mut m, &mut v] {
+            let below = t.f_abs()?.f_lt(tiny)?;
+            let _ = t.f_masked_fill_(&below, 0.0)?;
+        }
         let step = (&m * c.alpha as f64) / (v.f_sqrt()? + c.eps as f64);
         let _ = var.f_sub_(&step.f_to_kind(var.kind())?)?;
         Ok(())
@@ -445,5 +467,59 @@ mod tests {
         assert_eq!(bits(&p1), bits(&p2));
         assert_eq!(bits(&m1), bits(&m2));
         assert_eq!(bits(&v1), bits(&v2));
+    }
+
+    /// Moments that fall below the smallest normal float32 become zero, on the host loop and
+    /// the tensor operations alike; the others are the plain formula's.
+    #[test]
+    fn subnormal_moments_flush_to_zero() -> Result<()> {
+        let c = Coeffs {
+            alpha: 1e-3,
+            c1: 0.1,
+            c2: 0.001,
+            eps: 1e-7,
+        };
+        let tiny = f32::MIN_POSITIVE;
+        // m: stuck subnormals (4 ulp: 0.1 m rounds to 0), normals that decay below the
+        // threshold, normals that stay; v: g^2 subnormal, normal.
+        let m0 = [
+            4.0 * f32::from_bits(1),
+            1.05 * tiny,
+            3.0 * tiny,
+            0.25,
+            -1.05 * tiny,
+            0.0,
+        ];
+        let v0 = [0.0, 0.0, 1e-4, 0.5, 1.0 * tiny, 0.0];
+        let g = [0.0, 0.0, 0.0, 0.1, 0.0, 1e-20];
+        let plain = |m: f32, v: f32, g: f32| (m + (g - m) * c.c1, v + (g * g - v) * c.c2);
+        let host = Slot::new(&Tensor::from_slice(&[0.5f32; 6]));
+        let ops = Slot::new(&Tensor::from_slice(&[0.5f32; 6]));
+        for s in [&host, &ops] {
+            let _ = s.m.shallow_clone().copy_(&Tensor::from_slice(&m0));
+            let _ = s.v.shallow_clone().copy_(&Tensor::from_slice(&v0));
+        }
+        assert!(host.update_host(&g, c));
+        update_ops(&ops, &Tensor::from_slice(&g), c)?;
+        for s in [&host, &ops] {
+            let m: Vec<f32> = Vec::try_from(&s.m)?;
+            let v: Vec<f32> = Vec::try_from(&s.v)?;
+            for j in 0..6 {
+                let (pm, pv) = plain(m0[j], v0[j], g[j]);
+                let want = |x: f32| if x.abs() < tiny { 0.0 } else { x };
+                assert_eq!(m[j].to_bits(), want(pm).to_bits(), "m[{j}]");
+                assert_eq!(v[j].to_bits(), want(pv).to_bits(), "v[{j}]");
+            }
+            assert!(m.iter().chain(&v).all(|x| !x.is_subnormal()));
+        }
+        // The cases above do reach the subnormal range without the flush.
+        assert!(plain(m0[0], 0.0, 0.0).0.is_subnormal());
+        assert!(plain(m0[1], 0.0, 0.0).0.is_subnormal());
+        assert!(plain(0.0, 0.0, g[5]).1.is_subnormal());
+        assert_eq!(
+            Vec::<f32>::try_from(&host.var)?,
+            Vec::<f32>::try_from(&ops.var)?
+        );
+        Ok(())
     }
 }
