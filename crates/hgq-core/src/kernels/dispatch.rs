@@ -271,7 +271,7 @@ impl<C: Real, Op: ElemOp<C>> pulp::WithSimd for ForwardJob<'_, C, Op> {
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _simd: S) -> Verdict {
         // The target features of S are enabled here; the loops below vectorize at its width.
-        self.0.forward()
+        self.0.forward_rows()
     }
 }
 
@@ -280,7 +280,7 @@ impl<C: Real, Op: ElemOp<C>> SimdJob for ForwardJob<'_, C, Op> {
     const WIDE: bool = true;
     #[inline(always)]
     fn run_scalar(self) -> Verdict {
-        self.0.forward()
+        self.0.forward_rows()
     }
 }
 
@@ -288,7 +288,7 @@ impl<C: Real, Op: ElemOp<C>> pulp::WithSimd for GradientJob<'_, C, Op> {
     type Output = Verdict;
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _simd: S) -> Verdict {
-        self.0.gradient()
+        self.0.gradient_rows()
     }
 }
 
@@ -297,7 +297,7 @@ impl<C: Real, Op: ElemOp<C>> SimdJob for GradientJob<'_, C, Op> {
     const WIDE: bool = false;
     #[inline(always)]
     fn run_scalar(self) -> Verdict {
-        self.0.gradient()
+        self.0.gradient_rows()
     }
 }
 

@@ -35,6 +35,11 @@ pub(super) struct Job<'a, C, Op> {
     /// Raw per-element parameters are known to pass `Op::all_normal` (see
     /// [`run`](super::pass::run)).
     pub(super) known_normal: bool,
+    /// `0`, or the length of the rows of a piece of several rows that read the same
+    /// parameters (`p` and the gradient destination are one row's): each row runs as the
+    /// piece it would be alone, all under one dispatch (rows of a few elements, such as a
+    /// layer's features over its batch, would otherwise pay a dispatch each).
+    pub(super) row_len: usize,
 }
 
 /// Lanes of the private sums of a single-value parameter's gradient (keeps the loop
@@ -46,6 +51,79 @@ const SUM_LANES: usize = 16;
 const NORMAL_RUN_LEN: usize = 512;
 
 impl<C: Real, Op: ElemOp<C>> Job<'_, C, Op> {
+    /// [`Job::forward`] of each row (see [`Job::row_len`]).
+    #[inline(always)]
+    pub(super) fn forward_rows(self) -> Verdict {
+        self.each_row::<false>()
+    }
+
+    /// [`Job::gradient`] of each row (see [`Job::row_len`]).
+    #[inline(always)]
+    pub(super) fn gradient_rows(self) -> Verdict {
+        self.each_row::<true>()
+    }
+
+    /// The forward or (`GRAD`) gradient pass of each row. No closure here: a closure is a
+    /// function of its own, compiled without the caller's target features.
+    #[inline(always)]
+    fn each_row<const GRAD: bool>(self) -> Verdict {
+        let n = self.piece.x.len();
+        // One loop for one row or several: the body is compiled once per job.
+        let rl = match self.row_len {
+            0 => n,
+            r => r.min(n),
+        };
+        let rows = n.checked_div(rl).unwrap_or(1);
+        let Job {
+            op,
+            piece,
+            known_normal,
+            ..
+        } = self;
+        let Piece {
+            x,
+            p,
+            dy,
+            y,
+            gx,
+            mut grads,
+            index,
+            vec,
+        } = piece;
+        let (mut y, mut gx) = (y, gx);
+        let mut verdict = Verdict {
+            passed: true,
+            normal: true,
+        };
+        for r in 0..rows {
+            let s = r * rl;
+            // y and gx are empty where not stored; otherwise each row takes its part.
+            let (ny, ng) = (rl.min(y.len()), rl.min(gx.len()));
+            let (yr, rest) = std::mem::take(&mut y).split_at_mut(ny);
+            y = rest;
+            let (gr, rest) = std::mem::take(&mut gx).split_at_mut(ng);
+            gx = rest;
+            let row = Piece {
+                x: &x[s..s + rl],
+                p,
+                dy: if dy.is_empty() { dy } else { &dy[s..s + rl] },
+                y: yr,
+                gx: gr,
+                grads: grads.reborrow(),
+                index: index + s as u64,
+                vec,
+            };
+            let job = Job {
+                op,
+                piece: row,
+                known_normal,
+                row_len: 0,
+            };
+            verdict = verdict.and(if GRAD { job.gradient() } else { job.forward() });
+        }
+        verdict
+    }
+
     /// The forward pass of the piece. Returns whether raw contiguous parameters passed
     /// `Op::passes` (checked in the element loop; passed where the parameters are derived or
     /// one value) and whether they were all normal (never where they are derived or one

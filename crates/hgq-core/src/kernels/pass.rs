@@ -1,6 +1,7 @@
 //! One call of a kernel: [`run`] derives what it can up front, splits x into segments of
 //! [`SEGMENT_LEN`] elements (in parallel from [`PAR_MIN`] elements on), a segment into pieces at
-//! run boundaries, and runs each piece's job on the chosen path.
+//! run boundaries (whole runs that read the same parameters, such as the rows of a batch over
+//! per-feature bit widths, stay one piece), and runs each piece's job on the chosen path.
 //!
 //! A forward pass, and the gradients of an element-wise plan, store their results segment by
 //! segment ([`Pass::store`]); the gradients of broadcast parameters are summed
@@ -236,13 +237,30 @@ fn segment<T: Element, Op: ElemOp<T::C>>(
     // Gathered over the segment and recorded once: every piece of a broadcast pass is not
     // normal, and a store per piece would be a write to a line all threads share.
     let mut general = false;
+    // Whole rows that read the same parameters go in one piece (one dispatch), where x needs
+    // no widening and the gradients are not stored per element.
+    let rows_ok = T::as_c(&x[..0]).is_some() && !matches!(dst, SegmentGrads::Store(..));
     while pos < len {
         let gi = start + pos;
         let row = gi / plan.inner;
         let within = gi % plan.inner;
-        let n = (plan.inner - within).min(len - pos);
+        let rows = if rows_ok && within == 0 {
+            plan.shared_rows(row).min((len - pos) / plan.inner)
+        } else {
+            1
+        };
+        let row_len = if rows > 1 { plan.inner } else { 0 };
+        let n = if rows > 1 {
+            rows * plan.inner
+        } else {
+            (plan.inner - within).min(len - pos)
+        };
         let off = plan.offset(row) + if plan.vec { within } else { 0 };
-        let plen = if plan.vec { n } else { 1 };
+        let plen = match (plan.vec, rows > 1) {
+            (false, _) => 1,
+            (true, true) => plan.inner,
+            (true, false) => n,
+        };
         let ps = p.slice(off, plen);
         // Raw parameters: a single value per run is checked here, contiguous ones inside the
         // element loop (one pass over them, no second read).
@@ -277,7 +295,7 @@ fn segment<T: Element, Op: ElemOp<T::C>>(
         };
         let known = chk.known_normal;
         let v = run_piece(
-            op, xs, ps, dys, ys, gxs, grads, gi as u64, plan.vec, known, path,
+            op, xs, ps, dys, ys, gxs, grads, gi as u64, plan.vec, known, path, row_len,
         );
         // The loop checks `Op::passes`: the rules the caller passes for unchecked parameters.
         if !v.passed && chk.kinds != [Check::Any; 3] {
@@ -307,6 +325,7 @@ fn run_piece<T: Element, Op: ElemOp<T::C>>(
     vec: bool,
     known_normal: bool,
     path: Path,
+    row_len: usize,
 ) -> Verdict {
     if let (Some(xc), Some(dyc), Some(yc), Some(gxc)) =
         (T::as_c(x), T::as_c(dy), T::as_c_mut(y), T::as_c_mut(gx))
@@ -325,10 +344,46 @@ fn run_piece<T: Element, Op: ElemOp<T::C>>(
             op,
             piece,
             known_normal,
+            row_len,
         };
         return job.run_on(path);
     }
-    // Narrow storage: widen a block, compute, narrow the results.
+    // Narrow storage: widen a block, compute, narrow the results (a piece of several rows
+    // row by row: a block's parameters are one row's).
+    if row_len > 0 && row_len < x.len() {
+        let mut verdict = Verdict {
+            passed: true,
+            normal: true,
+        };
+        let (mut y, mut gx) = (y, gx);
+        for s in (0..x.len()).step_by(row_len) {
+            let (ny, ng) = (row_len.min(y.len()), row_len.min(gx.len()));
+            let (yr, rest) = std::mem::take(&mut y).split_at_mut(ny);
+            y = rest;
+            let (gr, rest) = std::mem::take(&mut gx).split_at_mut(ng);
+            gx = rest;
+            let v = run_piece(
+                op,
+                &x[s..s + row_len],
+                p,
+                if dy.is_empty() {
+                    dy
+                } else {
+                    &dy[s..s + row_len]
+                },
+                yr,
+                gr,
+                grads.reborrow(),
+                index + s as u64,
+                vec,
+                known_normal,
+                path,
+                0,
+            );
+            verdict = verdict.and(v);
+        }
+        return verdict;
+    }
     let grad = !dy.is_empty();
     let keep_y = !y.is_empty();
     let mut bx = [T::C::ZERO; CONVERT_BLOCK];
@@ -368,6 +423,7 @@ fn run_piece<T: Element, Op: ElemOp<T::C>>(
             op,
             piece,
             known_normal,
+            row_len: 0,
         };
         verdict = verdict.and(job.run_on(path));
         if keep_y {

@@ -76,6 +76,16 @@ impl Plan {
         off
     }
 
+    /// How many runs from `row` on read the parameters `row` reads: those in the same block of
+    /// the innermost outer dim where that dim is broadcast (parameter stride 0), else 1.
+    #[inline]
+    pub(super) fn shared_rows(&self, row: usize) -> usize {
+        match self.outer.last() {
+            Some(&(ext, 0)) => ext - row % ext,
+            _ => 1,
+        }
+    }
+
     /// Whether a pass derives the op's values of every parameter element before it starts
     /// (broadcast parameters, read many times), given the op's [`ElemOp::PRECOMPUTE`].
     pub(crate) fn derives_upfront(&self, precompute: bool) -> bool {
