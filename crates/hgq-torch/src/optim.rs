@@ -496,8 +496,8 @@ mod tests {
         let host = Slot::new(&Tensor::from_slice(&[0.5f32; 6]));
         let ops = Slot::new(&Tensor::from_slice(&[0.5f32; 6]));
         for s in [&host, &ops] {
-            let _ = s.m.shallow_clone().copy_(&Tensor::from_slice(&m0));
-            let _ = s.v.shallow_clone().copy_(&Tensor::from_slice(&v0));
+            s.m.shallow_clone().copy_(&Tensor::from_slice(&m0));
+            s.v.shallow_clone().copy_(&Tensor::from_slice(&v0));
         }
         assert!(host.update_host(&g, c));
         update_ops(&ops, &Tensor::from_slice(&g), c)?;
