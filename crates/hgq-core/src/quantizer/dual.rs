@@ -33,7 +33,46 @@ pub struct Dual<C> {
 struct Derivative<C> {
     var: VarName,
     var_len: usize,
-    d: Vec<C>,
+    d: Slope<C>,
+}
+
+/// A derivative's elements: all one (a variable itself, or it through steps whose derivative
+/// is one: rounding, adding), kept without a vector, or one each.
+#[derive(Debug, Clone, PartialEq)]
+enum Slope<C> {
+    Ones(usize),
+    Each(Vec<C>),
+}
+
+impl<C: Real> Slope<C> {
+    fn len(&self) -> usize {
+        match self {
+            Slope::Ones(n) => *n,
+            Slope::Each(d) => d.len(),
+        }
+    }
+
+    /// `d * s(j)` for each element `j` (for ones `s(j)` itself: `1 * x` is `x`).
+    fn times(&self, s: impl Fn(usize) -> C) -> Vec<C> {
+        match self {
+            Slope::Ones(n) => (0..*n).map(s).collect(),
+            Slope::Each(d) => d.iter().enumerate().map(|(j, &d)| d * s(j)).collect(),
+        }
+    }
+
+    fn first(&self) -> C {
+        match self {
+            Slope::Ones(_) => C::ONE,
+            Slope::Each(d) => d[0],
+        }
+    }
+
+    fn into_vec(self) -> Vec<C> {
+        match self {
+            Slope::Ones(n) => vec![C::ONE; n],
+            Slope::Each(d) => d,
+        }
+    }
 }
 
 impl<C: Real> Dual<C> {
@@ -62,15 +101,15 @@ impl<C: Real> Dual<C> {
             .iter()
             .map(|dv| {
                 let g = if n == 1 {
-                    dv.d.iter().map(|&d| upstream[0] * d).collect()
+                    dv.d.times(|_| upstream[0])
                 } else if dv.var_len == n {
-                    dv.d.iter().zip(upstream).map(|(&d, &u)| u * d).collect()
+                    dv.d.times(|j| upstream[j])
                 } else {
                     // A one-element variable broadcast to the values: the sum over them.
                     let s =
-                        dv.d.iter()
-                            .zip(upstream)
-                            .fold(C::ZERO, |acc, (&d, &u)| acc + u * d);
+                        dv.d.times(|j| upstream[j])
+                            .into_iter()
+                            .fold(C::ZERO, |acc, t| acc + t);
                     vec![s]
                 };
                 (dv.var, g)
@@ -114,9 +153,12 @@ fn scaled<C: Real>(a: &Dual<C>, n: usize, s: &dyn Fn(usize) -> C) -> Result<Vec<
         .map(|dv| {
             let d = match dv.d.len() {
                 // A sum over a variable (one value): its derivative per variable element.
-                _ if n == 1 && a.value.len() == 1 => dv.d.iter().map(|&d| d * s(0)).collect(),
-                len if len == n => dv.d.iter().enumerate().map(|(j, &d)| d * s(j)).collect(),
-                1 => (0..n).map(|j| dv.d[0] * s(j)).collect(),
+                _ if n == 1 && a.value.len() == 1 => dv.d.times(|_| s(0)),
+                len if len == n => dv.d.times(s),
+                1 => {
+                    let d0 = dv.d.first();
+                    (0..n).map(|j| d0 * s(j)).collect()
+                }
                 len => {
                     return Err(CoreError::Broadcast {
                         from: vec![len],
@@ -127,17 +169,31 @@ fn scaled<C: Real>(a: &Dual<C>, n: usize, s: &dyn Fn(usize) -> C) -> Result<Vec<
             Ok(Derivative {
                 var: dv.var,
                 var_len: dv.var_len,
-                d,
+                d: Slope::Each(d),
             })
         })
         .collect()
+}
+
+/// [`scaled`] by one: `a`'s derivatives themselves where they have the result's length (ones
+/// stay ones without a vector).
+fn unscaled<C: Real>(a: &Dual<C>, n: usize) -> Result<Vec<Derivative<C>>> {
+    if a.value.len() == n && a.d.iter().all(|dv| n == 1 || dv.d.len() == n) {
+        return Ok(a.d.clone());
+    }
+    scaled(a, n, &|_| C::ONE)
 }
 
 /// The sum of two derivative lists (same result length), by variable.
 fn merge<C: Real>(mut a: Vec<Derivative<C>>, b: Vec<Derivative<C>>) -> Vec<Derivative<C>> {
     for db in b {
         match a.iter_mut().find(|da| da.var == db.var) {
-            Some(da) => da.d.iter_mut().zip(&db.d).for_each(|(x, &y)| *x = *x + y),
+            Some(da) => {
+                let y = db.d.into_vec();
+                let mut x = std::mem::replace(&mut da.d, Slope::Ones(0)).into_vec();
+                x.iter_mut().zip(&y).for_each(|(x, &y)| *x = *x + y);
+                da.d = Slope::Each(x);
+            }
             None => a.push(db),
         }
     }
@@ -158,7 +214,7 @@ impl<C: Real, V: HostVar<C>> BitWidthArith for DualArith<C, V> {
             d: vec![Derivative {
                 var: v.name,
                 var_len: n,
-                d: vec![C::ONE; n],
+                d: Slope::Ones(n),
             }],
         })
     }
@@ -171,7 +227,6 @@ impl<C: Real, V: HostVar<C>> BitWidthArith for DualArith<C, V> {
     }
 
     fn bw_op(&self, op: BwOp<'_, Dual<C>>) -> Result<Dual<C>> {
-        let one = |_: usize| C::ONE;
         Ok(match op {
             BwOp::RoundSte(a) => Dual {
                 value: a.value.iter().map(|&v| super::rc1(v)).collect(),
@@ -184,7 +239,7 @@ impl<C: Real, V: HostVar<C>> BitWidthArith for DualArith<C, V> {
                 let sign = |_: usize| if sub { -C::ONE } else { C::ONE };
                 Dual {
                     value,
-                    d: merge(scaled(a, n, &one)?, scaled(b, n, &sign)?),
+                    d: merge(unscaled(a, n)?, scaled(b, n, &sign)?),
                 }
             }
             BwOp::Mul(a, b) => {
@@ -241,7 +296,7 @@ impl<C: Real, V: HostVar<C>> BitWidthArith for DualArith<C, V> {
             d: vec![Derivative {
                 var: v.name,
                 var_len: value.len(),
-                d,
+                d: Slope::Each(d),
             }],
         })
     }
