@@ -348,42 +348,9 @@ fn run_piece<T: Element, Op: ElemOp<T::C>>(
         };
         return job.run_on(path);
     }
-    // Narrow storage: widen a block, compute, narrow the results (a piece of several rows
-    // row by row: a block's parameters are one row's).
-    if row_len > 0 && row_len < x.len() {
-        let mut verdict = Verdict {
-            passed: true,
-            normal: true,
-        };
-        let (mut y, mut gx) = (y, gx);
-        for s in (0..x.len()).step_by(row_len) {
-            let (ny, ng) = (row_len.min(y.len()), row_len.min(gx.len()));
-            let (yr, rest) = std::mem::take(&mut y).split_at_mut(ny);
-            y = rest;
-            let (gr, rest) = std::mem::take(&mut gx).split_at_mut(ng);
-            gx = rest;
-            let v = run_piece(
-                op,
-                &x[s..s + row_len],
-                p,
-                if dy.is_empty() {
-                    dy
-                } else {
-                    &dy[s..s + row_len]
-                },
-                yr,
-                gr,
-                grads.reborrow(),
-                index + s as u64,
-                vec,
-                known_normal,
-                path,
-                0,
-            );
-            verdict = verdict.and(v);
-        }
-        return verdict;
-    }
+    // Narrow storage: widen a block, compute, narrow the results. Pieces of several rows
+    // come only where x needs no widening (`segment`): a block's parameters are x's.
+    debug_assert_eq!(row_len, 0, "a piece of several rows in narrow storage");
     let grad = !dy.is_empty();
     let keep_y = !y.is_empty();
     let mut bx = [T::C::ZERO; CONVERT_BLOCK];

@@ -60,10 +60,10 @@ impl<C: Real> Slope<C> {
         }
     }
 
-    fn first(&self) -> C {
+    fn at(&self, j: usize) -> C {
         match self {
             Slope::Ones(_) => C::ONE,
-            Slope::Each(d) => d[0],
+            Slope::Each(d) => d[j],
         }
     }
 
@@ -106,10 +106,7 @@ impl<C: Real> Dual<C> {
                     dv.d.times(|j| upstream[j])
                 } else {
                     // A one-element variable broadcast to the values: the sum over them.
-                    let s =
-                        dv.d.times(|j| upstream[j])
-                            .into_iter()
-                            .fold(C::ZERO, |acc, t| acc + t);
+                    let s = (0..n).fold(C::ZERO, |acc, j| acc + upstream[j] * dv.d.at(j));
                     vec![s]
                 };
                 (dv.var, g)
@@ -155,10 +152,7 @@ fn scaled<C: Real>(a: &Dual<C>, n: usize, s: &dyn Fn(usize) -> C) -> Result<Vec<
                 // A sum over a variable (one value): its derivative per variable element.
                 _ if n == 1 && a.value.len() == 1 => dv.d.times(|_| s(0)),
                 len if len == n => dv.d.times(s),
-                1 => {
-                    let d0 = dv.d.first();
-                    (0..n).map(|j| d0 * s(j)).collect()
-                }
+                1 => (0..n).map(|j| dv.d.at(0) * s(j)).collect(),
                 len => {
                     return Err(CoreError::Broadcast {
                         from: vec![len],
@@ -236,10 +230,14 @@ impl<C: Real, V: HostVar<C>> BitWidthArith for DualArith<C, V> {
                 let sub = matches!(op, BwOp::Sub(..));
                 let value = zip(&a.value, &b.value, |x, y| if sub { x - y } else { x + y })?;
                 let n = value.len();
-                let sign = |_: usize| if sub { -C::ONE } else { C::ONE };
+                let db = if sub {
+                    scaled(b, n, &|_| -C::ONE)?
+                } else {
+                    unscaled(b, n)?
+                };
                 Dual {
                     value,
-                    d: merge(unscaled(a, n)?, scaled(b, n, &sign)?),
+                    d: merge(unscaled(a, n)?, db),
                 }
             }
             BwOp::Mul(a, b) => {
