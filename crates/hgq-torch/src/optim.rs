@@ -38,7 +38,9 @@
 //! ```
 use std::sync::{Arc, Mutex};
 
+use hgq_core::Real;
 use hgq_core::fold::all_finite;
+use hgq_core::quantizer::Constraint;
 use rayon::prelude::*;
 use tch::{Tensor, nn};
 
@@ -94,6 +96,15 @@ impl AdamConfig {
     }
 }
 
+/// A gradient for [`Adam::step_host`]: a variable of the store, its gradient (row-major) and
+/// the constraint to apply after its update.
+#[derive(Debug)]
+pub(crate) struct HostGrad<'a> {
+    pub var: &'a Tensor,
+    pub grad: &'a [f32],
+    pub constraint: Option<Constraint>,
+}
+
 /// One variable with its moments.
 #[derive(Debug)]
 struct Slot {
@@ -127,7 +138,7 @@ impl Slot {
     /// Keras' update on host memory, the variable's version counter moved; `false` (nothing
     /// done) where the variable or its moments are not contiguous float32 CPU tensors or `g`
     /// is not the variable's length.
-    fn update_host(&self, g: &[f32], c: Coeffs) -> bool {
+    fn update_host(&self, g: &[f32], c: Coeffs, cons: Option<Constraint>) -> bool {
         // SAFETY: var, m and v are distinct allocations (m, v made by the optimizer) that
         // nothing else touches during the step; g is only read. A graph that saved var sees
         // the write through the version counter moved below.
@@ -140,12 +151,44 @@ impl Slot {
         };
         match plain {
             (Some(p), Some(m), Some(v)) if p.len() == g.len() => {
-                update(p, m, v, g, c);
+                update(p, m, v, g, c, Bounds::of(cons));
+                if let Some(k @ (Constraint::Constant(_) | Constraint::NonNeg)) = cons {
+                    k.apply(p);
+                }
                 crate::bridge::bump_version(&self.var);
                 true
             }
             _ => false,
         }
+    }
+}
+
+/// A clip after the update, `v.maximum(lo).minimum(hi)` with torch's NaN rule: the
+/// constraints that are clips ([`Constraint::MinMax`], `Min`, `Max`; no constraint is the
+/// clip to the infinities, which leaves every value as it is) applied in the update's loop.
+#[derive(Debug, Clone, Copy)]
+struct Bounds {
+    lo: f32,
+    hi: f32,
+}
+
+impl Bounds {
+    fn of(c: Option<Constraint>) -> Self {
+        let (lo, hi) = match c {
+            Some(Constraint::MinMax { min, max }) => (min, max),
+            Some(Constraint::Min(m)) => (m, f64::INFINITY),
+            Some(Constraint::Max(m)) => (f64::NEG_INFINITY, m),
+            _ => (f64::NEG_INFINITY, f64::INFINITY),
+        };
+        Bounds {
+            lo: lo as f32,
+            hi: hi as f32,
+        }
+    }
+
+    #[inline(always)]
+    fn clip(self, v: f32) -> f32 {
+        Real::minimum(Real::maximum(v, self.lo), self.hi)
     }
 }
 
@@ -260,7 +303,7 @@ impl Adam {
             if !g.defined() {
                 continue;
             }
-            if !host::slice(g).is_some_and(|gs| s.update_host(gs, c)) {
+            if !host::slice(g).is_some_and(|gs| s.update_host(gs, c, None)) {
                 update_ops(s, g, c)?;
             }
         }
@@ -270,12 +313,14 @@ impl Adam {
 
     /// One Adam step with gradients computed without autograd (a native training step):
     /// `grads` pairs variables of the store with their gradients (the variable's element
-    /// count, row-major); variables not named are left alone. All or nothing, as
-    /// [`Adam::step`]; every variable and its moments must be contiguous float32 CPU tensors.
-    pub(crate) fn step_host(&mut self, grads: &[(&Tensor, &[f32])]) -> Result<()> {
+    /// count, row-major) and the constraint applied after the update (as Keras' optimizers
+    /// apply a variable's constraint: in the same pass here); variables not named are left
+    /// alone. All or nothing, as [`Adam::step`]; every variable and its moments must be
+    /// contiguous float32 CPU tensors.
+    pub(crate) fn step_host(&mut self, grads: &[HostGrad<'_>]) -> Result<()> {
         self.add_missing();
         let mut at = Vec::with_capacity(grads.len());
-        for (var, g) in grads {
+        for HostGrad { var, grad: g, .. } in grads {
             let j = match self.slot_of(var) {
                 Some(j) => j,
                 None => {
@@ -318,9 +363,9 @@ impl Adam {
             at.push(j);
         }
         let c = self.coeffs(self.iterations + 1);
-        for (&j, (_, g)) in at.iter().zip(grads) {
+        for (&j, g) in at.iter().zip(grads) {
             // Plain memory of g's length (checked above): always the host update.
-            self.slots[j].update_host(g, c);
+            self.slots[j].update_host(g.grad, c, g.constraint);
         }
         self.iterations += 1;
         Ok(())
@@ -361,46 +406,46 @@ fn tensor_finite(g: &Tensor) -> Result<bool> {
     }
 }
 
-/// Keras' update on raw memory, in Keras' order of operations; large variables in blocks
-/// over the current rayon pool's threads (elementwise: the same bits).
-fn update(var: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: Coeffs) {
+/// Keras' update on raw memory, in Keras' order of operations, then the clip `b`; large
+/// variables in blocks over the current rayon pool's threads (elementwise: the same bits).
+fn update(var: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: Coeffs, b: Bounds) {
     const BLOCK: usize = 1 << 14;
     if var.len() >= 4 * BLOCK && rayon::current_num_threads() > 1 {
         var.par_chunks_mut(BLOCK)
             .zip(m.par_chunks_mut(BLOCK))
             .zip(v.par_chunks_mut(BLOCK))
             .zip(g.par_chunks(BLOCK))
-            .for_each(|(((p, m), v), g)| update_block(p, m, v, g, c));
+            .for_each(|(((p, m), v), g)| update_block(p, m, v, g, c, b));
     } else {
-        update_block(var, m, v, g, c);
+        update_block(var, m, v, g, c, b);
     }
 }
 
-fn update_block(var: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: Coeffs) {
+fn update_block(var: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: Coeffs, b: Bounds) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2 (checked just above).
-        return unsafe { update_avx2(var, m, v, g, c) };
+        return unsafe { update_avx2(var, m, v, g, c, b) };
     }
-    update_loop(var, m, v, g, c)
+    update_loop(var, m, v, g, c, b)
 }
 
 /// [`update_loop`] compiled for AVX2: 8 lanes instead of SSE's 4. The same operations in
 /// the same order (no fused multiply-add: Rust does not contract), so the same bits.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn update_avx2(var: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: Coeffs) {
-    update_loop(var, m, v, g, c)
+fn update_avx2(var: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: Coeffs, b: Bounds) {
+    update_loop(var, m, v, g, c, b)
 }
 
 #[inline(always)]
-fn update_loop(var: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: Coeffs) {
+fn update_loop(var: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: Coeffs, b: Bounds) {
     // A select, not a branch: the loop stays vectorized.
     let flush = |x: f32| if x.abs() < f32::MIN_POSITIVE { 0.0 } else { x };
     for (((p, m), v), &g) in var.iter_mut().zip(m).zip(v).zip(g) {
         *m = flush(*m + (g - *m) * c.c1);
         *v = flush(*v + (g * g - *v) * c.c2);
-        *p -= (*m * c.alpha) / (v.sqrt() + c.eps);
+        *p = b.clip(*p - (*m * c.alpha) / (v.sqrt() + c.eps));
     }
 }
 
@@ -439,7 +484,8 @@ fn update_ops(s: &Slot, g: &Tensor, c: Coeffs) -> Result<()> {
 mod tests {
     use super::*;
 
-    /// The AVX2 build of the update gives the bits of the plain one.
+    /// The AVX2 build of the update gives the bits of the plain one, and a constraint in the
+    /// update's loop the bits of the plain update followed by the constraint.
     #[test]
     fn update_paths_agree() {
         let n = 1037;
@@ -447,26 +493,50 @@ mod tests {
             .map(|j| ((j * 7919) % 201) as f32 * 0.013 - 1.3)
             .collect();
         let c = Coeffs {
-            alpha: 3e-3,
+            alpha: 3e-1,
             c1: 0.1,
             c2: 0.001,
             eps: 1e-7,
         };
         let init = |k: f32| (0..n).map(|j| (j as f32 * k).sin()).collect::<Vec<f32>>();
-        let (mut p1, mut m1, mut v1) = (
-            init(0.3),
-            init(0.1),
-            init(0.2).iter().map(|x| x * x).collect(),
-        );
-        let (mut p2, mut m2, mut v2) = (p1.clone(), m1.clone(), Vec::clone(&v1));
-        for _ in 0..3 {
-            update(&mut p1, &mut m1, &mut v1, &g, c);
-            update_loop(&mut p2, &mut m2, &mut v2, &g, c);
-        }
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&p1), bits(&p2));
-        assert_eq!(bits(&m1), bits(&m2));
-        assert_eq!(bits(&v1), bits(&v2));
+        let none = Bounds::of(None);
+        for cons in [
+            None,
+            Some(Constraint::MinMax {
+                min: -0.5,
+                max: 0.7,
+            }),
+            Some(Constraint::Min(0.0)),
+            Some(Constraint::Max(0.1)),
+        ] {
+            let (mut p1, mut m1, mut v1) = (
+                init(0.3),
+                init(0.1),
+                init(0.2).iter().map(|x| x * x).collect(),
+            );
+            let (mut p2, mut m2, mut v2) = (p1.clone(), m1.clone(), Vec::clone(&v1));
+            for _ in 0..3 {
+                update(&mut p1, &mut m1, &mut v1, &g, c, Bounds::of(cons));
+                update_loop(&mut p2, &mut m2, &mut v2, &g, c, none);
+                if let Some(k) = cons {
+                    k.apply(&mut p2);
+                }
+            }
+            assert_eq!(bits(&p1), bits(&p2), "{cons:?}");
+            assert_eq!(bits(&m1), bits(&m2), "{cons:?}");
+            assert_eq!(bits(&v1), bits(&v2), "{cons:?}");
+            // The clip did move values (the case is not vacuous).
+            if cons.is_some() {
+                let mut p3 = init(0.3);
+                let (mut m3, mut v3): (Vec<f32>, Vec<f32>) =
+                    (init(0.1), init(0.2).iter().map(|x| x * x).collect());
+                for _ in 0..3 {
+                    update_loop(&mut p3, &mut m3, &mut v3, &g, c, none);
+                }
+                assert_ne!(bits(&p1), bits(&p3), "{cons:?}");
+            }
+        }
     }
 
     /// Moments that fall below the smallest normal float32 become zero, on the host loop and
@@ -499,7 +569,7 @@ mod tests {
             s.m.shallow_clone().copy_(&Tensor::from_slice(&m0));
             s.v.shallow_clone().copy_(&Tensor::from_slice(&v0));
         }
-        assert!(host.update_host(&g, c));
+        assert!(host.update_host(&g, c, None));
         update_ops(&ops, &Tensor::from_slice(&g), c)?;
         for s in [&host, &ops] {
             let m: Vec<f32> = Vec::try_from(&s.m)?;

@@ -91,6 +91,42 @@ fn native_steps_train_as_autograd_steps() {
     }
 }
 
+/// Kernel bit widths that the EBOPs push down stop at their constraint's bound (hgq2's KBI
+/// default `bc`: `MinMax(0, 23)`): the native step applies each variable's constraint after
+/// Adam's update, in the update's pass; the autograd step (constraints after the optimizer)
+/// ends in the same place.
+#[test]
+fn native_steps_apply_the_bit_width_constraints() {
+    let data = batches(12);
+    let bits = |m: &Sequential| -> Vec<f32> {
+        let q = m.layer::<QDense>(0).unwrap().kq();
+        let b = q.q.variable(hgq_core::quantizer::VarName::B).unwrap();
+        Vec::<f32>::try_from(b.flatten(0, -1)).unwrap()
+    };
+    let mut ends = Vec::new();
+    for path in [StepPath::Native, StepPath::Autograd] {
+        let (vs, m, _) = model(5);
+        m.set_beta(1.0).unwrap();
+        let mut opt = Adam::new(&vs, AdamConfig::default().learning_rate(1.0)).unwrap();
+        for (x, y) in &data {
+            m.train_step_on(path, x, y, &mut opt).unwrap();
+        }
+        let b = bits(&m);
+        assert!(
+            b.iter().all(|&v| (0.0..=23.0).contains(&v)),
+            "{path:?}: {b:?}"
+        );
+        let at_bound = b.iter().filter(|&&v| v == 0.0).count();
+        assert!(
+            at_bound > b.len() / 2,
+            "{path:?}: {at_bound} of {} at 0",
+            b.len()
+        );
+        ends.push(b);
+    }
+    assert_eq!(ends[0], ends[1]);
+}
+
 /// `train_step` takes the native path on float32 CPU tensors: the same result as asking for
 /// it.
 #[test]

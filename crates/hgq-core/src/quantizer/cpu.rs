@@ -75,7 +75,7 @@ impl<C> Default for Grads<C> {
 }
 
 impl<C> Grads<C> {
-    fn slot(&mut self, name: VarName) -> Option<&mut Option<Vec<C>>> {
+    pub(super) fn slot(&mut self, name: VarName) -> Option<&mut Option<Vec<C>>> {
         match name {
             VarName::B => Some(&mut self.b),
             VarName::I => Some(&mut self.i),
@@ -675,6 +675,20 @@ impl<V> Quantizer<V> {
             Some(loss) => Ok(self.trainable_grads(loss.backward(&[C::ONE])?)),
             None => Ok(Grads::default()),
         }
+    }
+
+    /// Adds the gradients of `sum(upstream * dual)` with respect to the trainable variables
+    /// into `grads` ([`Dual::backward_add`](super::Dual::backward_add)): a training step's
+    /// terms of one variable summed in place.
+    pub fn add_trainable_grads<C: Real>(
+        &self,
+        dual: &super::Dual<C>,
+        upstream: &[C],
+        grads: &mut Grads<C>,
+    ) -> Result<()> {
+        dual.backward_add(upstream, grads, |name| {
+            self.variable(name).is_some_and(|v| v.trainable)
+        })
     }
 
     /// Gradients by variable (what [`Dual::backward`](super::Dual::backward) returns), those of

@@ -115,6 +115,70 @@ impl<C: Real> Dual<C> {
     }
 }
 
+impl<C: Real> Dual<C> {
+    /// [`Dual::backward`] added into `grads`, for the variables `wanted` accepts: each
+    /// gradient `g` becomes `g + d * upstream` element by element (a variable without one
+    /// starts from zeros). A training step sums the gradients a variable gets from several
+    /// terms (the quantizer's pass, EBOPs, regularizers) in place, in the order of its calls,
+    /// without a vector per term.
+    pub fn backward_add(
+        &self,
+        upstream: &[C],
+        grads: &mut super::Grads<C>,
+        wanted: impl Fn(VarName) -> bool,
+    ) -> Result<()> {
+        let n = self.value.len();
+        if upstream.len() != n {
+            return Err(CoreError::Length {
+                what: "upstream of bit widths",
+                len: upstream.len(),
+                shape: vec![n],
+                expected: n,
+            });
+        }
+        // Every length checked before anything is added: an error leaves `grads` as it was.
+        for dv in self.d.iter().filter(|dv| wanted(dv.var)) {
+            if let Some(Some(g)) = grads.slot(dv.var)
+                && g.len() != dv.var_len
+            {
+                return Err(CoreError::Length {
+                    what: "gradient of a bit-width variable",
+                    len: g.len(),
+                    shape: vec![dv.var_len],
+                    expected: dv.var_len,
+                });
+            }
+        }
+        for dv in self.d.iter().filter(|dv| wanted(dv.var)) {
+            let Some(slot) = grads.slot(dv.var) else {
+                continue;
+            };
+            let g = slot.get_or_insert_with(|| vec![C::ZERO; dv.var_len]);
+            // The slope's form chosen outside the loops: each loop is plain arithmetic.
+            if n == 1 || dv.var_len == n {
+                match (&dv.d, n == 1) {
+                    (Slope::Ones(_), true) => g.iter_mut().for_each(|g| *g = *g + upstream[0]),
+                    (Slope::Ones(_), false) => {
+                        g.iter_mut().zip(upstream).for_each(|(g, &u)| *g = *g + u)
+                    }
+                    (Slope::Each(d), true) => {
+                        let u = upstream[0];
+                        g.iter_mut().zip(d).for_each(|(g, &d)| *g = *g + d * u)
+                    }
+                    (Slope::Each(d), false) => g
+                        .iter_mut()
+                        .zip(d.iter().zip(upstream))
+                        .for_each(|(g, (&d, &u))| *g = *g + d * u),
+                }
+            } else {
+                let s = (0..n).fold(C::ZERO, |acc, j| acc + upstream[j] * dv.d.at(j));
+                g[0] = g[0] + s;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The bit-width arithmetic of hgq-core's CPU variables (`Vec<C>`), with derivatives
 /// ([`Dual`]).
 ///
@@ -297,5 +361,96 @@ impl<C: Real, V: HostVar<C>> BitWidthArith for DualArith<C, V> {
                 d: Slope::Each(d),
             }],
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quantizer::Grads;
+
+    fn each(d: &[f32]) -> Slope<f32> {
+        Slope::Each(d.to_vec())
+    }
+
+    /// `backward_add` is `backward` summed onto the gradients there are, bit for bit, for
+    /// derivatives of ones, one each, a one-element variable broadcast to the values, and a
+    /// one-element value (a loss); unwanted variables are left alone.
+    #[test]
+    fn backward_add_is_backward_summed() -> Result<()> {
+        let n = 5;
+        let up = [0.3f32, -1.7, 2.5e-3, 7.0, -0.1];
+        let wide = Dual {
+            value: vec![1.0f32; n],
+            d: vec![
+                Derivative {
+                    var: VarName::B,
+                    var_len: n,
+                    d: Slope::Ones(n),
+                },
+                Derivative {
+                    var: VarName::I,
+                    var_len: n,
+                    d: each(&[0.5, -1.0, 3.0, 0.0, 1.25]),
+                },
+                Derivative {
+                    var: VarName::F,
+                    var_len: 1,
+                    d: each(&[1.0, 2.0, -0.5, 0.25, 3.0]),
+                },
+                Derivative {
+                    var: VarName::K,
+                    var_len: n,
+                    d: Slope::Ones(n),
+                },
+            ],
+        };
+        let loss = Dual {
+            value: vec![4.0f32],
+            d: vec![Derivative {
+                var: VarName::B,
+                var_len: n,
+                d: each(&[1e-3, 2e-3, -1e-3, 0.0, 5e-4]),
+            }],
+        };
+        let base = || Grads {
+            b: Some(vec![0.1f32, 0.2, 0.3, 0.4, 0.5]),
+            i: Some(vec![-0.7f32; n]),
+            f: None,
+            ..Grads::default()
+        };
+        for (dual, upstream) in [(&wide, &up[..]), (&loss, &[0.75f32][..])] {
+            let mut got = base();
+            let wanted = |v: VarName| v != VarName::K;
+            dual.backward_add(upstream, &mut got, wanted)?;
+            let mut want = base();
+            for (var, g) in dual.backward(upstream)? {
+                if !wanted(var) {
+                    continue;
+                }
+                let Some(slot) = want.slot(var) else { continue };
+                match slot {
+                    Some(s) => s.iter_mut().zip(&g).for_each(|(s, &x)| *s += x),
+                    None => *slot = Some(g),
+                }
+            }
+            assert_eq!(got, want);
+        }
+        // The broadcast variable's sum and the added terms did move the gradients.
+        let mut got = base();
+        wide.backward_add(&up, &mut got, |_| true)?;
+        assert_ne!(got.b, base().b);
+        assert_eq!(got.f.as_deref().map(<[f32]>::len), Some(1));
+        // An upstream or a gradient of another length: an error, nothing half added.
+        assert!(wide.backward_add(&up[..4], &mut base(), |_| true).is_err());
+        let short = || Grads {
+            b: Some(vec![0.0f32; n]),
+            i: Some(vec![0.0f32; 3]),
+            ..Grads::default()
+        };
+        let mut g = short();
+        assert!(wide.backward_add(&up, &mut g, |_| true).is_err());
+        assert_eq!(g, short());
+        Ok(())
     }
 }

@@ -11,7 +11,7 @@
 //! the `VarStore` keeps them), so values are those of the autograd step up to the order of
 //! float32 sums in the matrix products.
 use hgq_core::fold::lane_sum;
-use hgq_core::quantizer::{Cpu, Dual, DualArith, SavedPass};
+use hgq_core::quantizer::{Backend, Constraint, Cpu, Dual, DualArith, SavedPass};
 use hgq_core::shape::{broadcast_to, sum_to};
 use hgq_core::{CallMode, Path, TensorRef};
 use rayon::prelude::*;
@@ -19,7 +19,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::{Activation, Ebops, Layer, Named, QDense, Sequential, check_input};
 use crate::backend::TchVar;
-use crate::optim::Adam;
+use crate::optim::{Adam, HostGrad};
 use crate::{Result, TorchError, host};
 
 /// Why the native step cannot run on these tensors (`None`: it can).
@@ -206,6 +206,9 @@ fn bits(q: &Named, shape: &[usize]) -> Result<Bits> {
     })
 }
 
+/// A trainable variable, its gradient and the constraint Adam applies after its update.
+type VarGrad = (Tensor, Vec<f32>, Option<Constraint>);
+
 /// What a layer's forward keeps for its backward.
 struct LayerPass {
     batch: usize,
@@ -302,7 +305,7 @@ impl QDense {
         &self,
         p: &LayerPass,
         mut da: Vec<f32>,
-        grads: &mut Vec<(Tensor, Vec<f32>)>,
+        grads: &mut Vec<VarGrad>,
         reg: &mut f32,
     ) -> Result<Vec<f32>> {
         let (n_in, units, batch) = (self.in_features, self.units, p.batch);
@@ -333,7 +336,7 @@ impl QDense {
         let g_iq = p.iq.backward(&dxq, &mut dx)?;
         let mut dkernel = vec![0.0f32; n_in * units];
         let g_kq = p.kq_pass.backward(&dkq, &mut dkernel)?;
-        grads.push((self.kernel.shallow_clone(), dkernel));
+        grads.push((self.kernel.shallow_clone(), dkernel, None));
         let mut g_bq = None;
         if let (Some(b), Some(pass)) = (&self.bias, &p.bq_pass) {
             let mut db = vec![0.0f32; units];
@@ -342,7 +345,7 @@ impl QDense {
             }
             let mut dbias = vec![0.0f32; units];
             g_bq = Some(pass.backward(&db, &mut dbias)?);
-            grads.push((b.shallow_clone(), dbias));
+            grads.push((b.shallow_clone(), dbias, None));
         }
         let up = self.ebops_upstream(p)?;
         let quants = [self.base.iq.as_ref(), Some(&self.kq), self.bq.as_ref()];
@@ -352,28 +355,24 @@ impl QDense {
             .zip(pass_grads)
             .zip(p.bits.iter().zip(up))
         {
-            let (Some(q), Some(g)) = (q, g) else { continue };
+            let (Some(q), Some(mut g)) = (q, g) else {
+                continue;
+            };
             let inner = q.q.lock();
-            let mut all = vec![g];
+            // Each variable's terms summed in place, in this order: the pass, EBOPs,
+            // regularizers.
             if let (Some(bits), Some(up)) = (bits, up) {
-                all.push(inner.trainable_grads(bits.dual.backward(&up)?));
+                inner.add_trainable_grads(&bits.dual, &up, &mut g)?;
             }
             if let Some(loss) = inner.regularization_loss(&DualArith::<f32, TchVar>::new())? {
                 *reg += loss.value.iter().sum::<f32>();
-                all.push(inner.trainable_grads(loss.backward(&[1.0])?));
+                inner.add_trainable_grads(&loss, &[1.0], &mut g)?;
             }
             for v in inner.variables().iter().filter(|v| v.trainable) {
-                // The first gradient of the variable as the sum, the others added into it.
-                let mut sum: Option<Vec<f32>> = None;
-                for g in &mut all {
-                    let Some(g) = g.take(v.name) else { continue };
-                    match &mut sum {
-                        Some(s) => s.iter_mut().zip(&g).for_each(|(s, &x)| *s += x),
-                        None => sum = Some(g),
-                    }
-                }
-                let sum = sum.unwrap_or_else(|| vec![0.0f32; v.shape.iter().product()]);
-                grads.push((v.value.tensor().shallow_clone(), sum));
+                let sum = g
+                    .take(v.name)
+                    .unwrap_or_else(|| vec![0.0f32; v.shape.iter().product()]);
+                grads.push((v.value.tensor().shallow_clone(), sum, v.constraint));
             }
         }
         Ok(dx)
@@ -407,10 +406,17 @@ impl QDense {
         Ok([Some(up_in), Some(up_ker), up_b])
     }
 
-    /// Applies the constraints on host memory.
-    fn constrain_native(&self) -> Result<()> {
+    /// Applies the constraints of the variables Adam did not update (and constrain) on host
+    /// memory: those that are not trained (WRAP's `i`, set by the data).
+    fn constrain_untrained(&self) -> Result<()> {
+        let cpu = Cpu::<f32, TchVar>::new();
         for q in self.quantizers() {
-            q.q.lock().apply_constraints(&Cpu::<f32, TchVar>::new())?;
+            let mut inner = q.q.lock();
+            for v in inner.variables_mut().iter_mut().filter(|v| !v.trainable) {
+                if let Some(c) = v.constraint {
+                    cpu.constrain(&mut v.value, c)?;
+                }
+            }
         }
         Ok(())
     }
@@ -558,10 +564,18 @@ pub(super) fn step(
 ) -> Result<(f32, i64)> {
     let layers = dense(model)?;
     let g = gradients(&layers, x, labels)?;
-    let refs: Vec<(&Tensor, &[f32])> = g.grads.iter().map(|(t, g)| (t, g.as_slice())).collect();
+    let refs: Vec<HostGrad<'_>> = g
+        .grads
+        .iter()
+        .map(|(var, grad, constraint)| HostGrad {
+            var,
+            grad,
+            constraint: *constraint,
+        })
+        .collect();
     opt.step_host(&refs)?;
     for l in &layers {
-        l.constrain_native()?;
+        l.constrain_untrained()?;
     }
     Ok((g.loss, g.correct))
 }
@@ -578,7 +592,7 @@ struct StepGrads {
     loss: f32,
     correct: i64,
     /// Every trainable variable with its gradient.
-    grads: Vec<(Tensor, Vec<f32>)>,
+    grads: Vec<VarGrad>,
 }
 
 /// The forward (state moves as in a training call) and the backward of a step.
@@ -826,7 +840,7 @@ mod tests {
                 trainable.len(),
                 "case {n}: one gradient each"
             );
-            for (t, gn) in &g.grads {
+            for (t, gn, _) in &g.grads {
                 let name = vs
                     .variables()
                     .into_iter()
