@@ -60,6 +60,12 @@ pub trait BitWidthArith {
 
     /// A variable as bit-width values (differentiable where the backend has autograd).
     fn bw(&self, v: &Variable<Self::Var>) -> Result<Self::Bw, Self::Error>;
+    /// A variable rounded with a straight-through gradient (`rc(bw(v))`, the form every
+    /// quantizer reads its bit widths in): backends that hold values override it to round in
+    /// the copy they make anyway.
+    fn bw_rc(&self, v: &Variable<Self::Var>) -> Result<Self::Bw, Self::Error> {
+        self.bw_op(BwOp::RoundSte(&self.bw(v)?))
+    }
     /// `value` everywhere in `shape` (no gradient).
     fn bw_const(&self, value: f64, shape: &[usize]) -> Result<Self::Bw, Self::Error>;
     /// The elementwise arithmetic of bit widths.
@@ -144,9 +150,6 @@ pub enum BwOp<'a, T> {
 pub(crate) struct Arith<'b, B: ?Sized>(pub &'b B);
 
 impl<B: BitWidthArith + ?Sized> Arith<'_, B> {
-    pub(crate) fn rc(&self, a: &B::Bw) -> Result<B::Bw, B::Error> {
-        self.0.bw_op(BwOp::RoundSte(a))
-    }
     pub(crate) fn add(&self, a: &B::Bw, b: &B::Bw) -> Result<B::Bw, B::Error> {
         self.0.bw_op(BwOp::Add(a, b))
     }

@@ -405,6 +405,11 @@ fn widen<T: Element>(x: &[T]) -> Cow<'_, [T::C]> {
     }
 }
 
+/// `f` of each element (generic, not a `dyn Fn`: the loop is inlined and vectorizes).
+pub(super) fn map<C: Copy>(a: &[C], f: impl Fn(C) -> C) -> Vec<C> {
+    a.iter().map(|&v| f(v)).collect()
+}
+
 /// `a op b` with a length-1 operand broadcast.
 pub(super) fn zip<C: Copy>(a: &[C], b: &[C], f: impl Fn(C, C) -> C) -> Result<Vec<C>> {
     match (a.len(), b.len()) {
@@ -428,22 +433,25 @@ impl<'a, T: Element, V: HostVar<T::C>> BitWidthArith for Cpu<'a, T, V> {
         Ok(v.value.host()?.to_vec())
     }
 
+    fn bw_rc(&self, v: &Variable<V>) -> Result<Vec<T::C>> {
+        Ok(map(v.value.host()?, super::rc1))
+    }
+
     fn bw_const(&self, value: f64, shape: &[usize]) -> Result<Vec<T::C>> {
         Ok(vec![T::C::from_f64(value); crate::shape::numel(shape)?])
     }
 
     fn bw_op(&self, op: BwOp<'_, Vec<T::C>>) -> Result<Vec<T::C>> {
-        let map = |a: &[T::C], f: &dyn Fn(T::C) -> T::C| a.iter().map(|&v| f(v)).collect();
         Ok(match op {
-            BwOp::RoundSte(a) => map(a, &super::rc1),
+            BwOp::RoundSte(a) => map(a, super::rc1),
             BwOp::Add(a, b) => zip(a, b, |a, b| a + b)?,
             BwOp::Sub(a, b) => zip(a, b, |a, b| a - b)?,
             BwOp::Mul(a, b) => zip(a, b, |a, b| a * b)?,
-            BwOp::AddScalar(a, c) => map(a, &|v| v + T::C::from_f64(c)),
-            BwOp::MulScalar(a, c) => map(a, &|v| v * T::C::from_f64(c)),
-            BwOp::Exp2(a) => map(a, &|v| v.exp2()),
-            BwOp::Relu(a) => map(a, &|v| v.maximum(T::C::ZERO)),
-            BwOp::Positive(a) => map(a, &|v| {
+            BwOp::AddScalar(a, c) => map(a, |v| v + T::C::from_f64(c)),
+            BwOp::MulScalar(a, c) => map(a, |v| v * T::C::from_f64(c)),
+            BwOp::Exp2(a) => map(a, |v| v.exp2()),
+            BwOp::Relu(a) => map(a, |v| v.maximum(T::C::ZERO)),
+            BwOp::Positive(a) => map(a, |v| {
                 if v > T::C::ZERO {
                     T::C::ONE
                 } else {

@@ -12,7 +12,7 @@ use std::marker::PhantomData;
 
 use super::backend::{BitWidthArith, BwOp};
 use super::constraint::Regularizer;
-use super::cpu::{HostVar, zip};
+use super::cpu::{HostVar, map, zip};
 use super::{VarName, Variable};
 use crate::error::{CoreError, Result};
 use crate::real::Real;
@@ -209,13 +209,13 @@ impl<C, V> DualArith<C, V> {
 
 /// `a`'s derivatives scaled elementwise by `s` (values of the result's length), broadcast to
 /// the result's length `n`.
-fn scaled<C: Real>(a: &Dual<C>, n: usize, s: &dyn Fn(usize) -> C) -> Result<Vec<Derivative<C>>> {
+fn scaled<C: Real>(a: &Dual<C>, n: usize, s: impl Fn(usize) -> C) -> Result<Vec<Derivative<C>>> {
     a.d.iter()
         .map(|dv| {
             let d = match dv.d.len() {
                 // A sum over a variable (one value): its derivative per variable element.
                 _ if n == 1 && a.value.len() == 1 => dv.d.times(|_| s(0)),
-                len if len == n => dv.d.times(s),
+                len if len == n => dv.d.times(&s),
                 1 => (0..n).map(|j| dv.d.at(0) * s(j)).collect(),
                 len => {
                     return Err(CoreError::Broadcast {
@@ -239,7 +239,7 @@ fn unscaled<C: Real>(a: &Dual<C>, n: usize) -> Result<Vec<Derivative<C>>> {
     if a.value.len() == n && a.d.iter().all(|dv| n == 1 || dv.d.len() == n) {
         return Ok(a.d.clone());
     }
-    scaled(a, n, &|_| C::ONE)
+    scaled(a, n, |_| C::ONE)
 }
 
 /// The sum of two derivative lists (same result length), by variable.
@@ -277,6 +277,19 @@ impl<C: Real, V: HostVar<C>> BitWidthArith for DualArith<C, V> {
         })
     }
 
+    fn bw_rc(&self, v: &Variable<V>) -> Result<Dual<C>> {
+        let value = v.value.host()?;
+        let n = value.len();
+        Ok(Dual {
+            value: map(value, super::rc1),
+            d: vec![Derivative {
+                var: v.name,
+                var_len: n,
+                d: Slope::Ones(n),
+            }],
+        })
+    }
+
     fn bw_const(&self, value: f64, shape: &[usize]) -> Result<Dual<C>> {
         Ok(Dual::constant(vec![
             C::from_f64(value);
@@ -287,7 +300,7 @@ impl<C: Real, V: HostVar<C>> BitWidthArith for DualArith<C, V> {
     fn bw_op(&self, op: BwOp<'_, Dual<C>>) -> Result<Dual<C>> {
         Ok(match op {
             BwOp::RoundSte(a) => Dual {
-                value: a.value.iter().map(|&v| super::rc1(v)).collect(),
+                value: map(&a.value, super::rc1),
                 d: a.d.clone(),
             },
             BwOp::Add(a, b) | BwOp::Sub(a, b) => {
@@ -295,7 +308,7 @@ impl<C: Real, V: HostVar<C>> BitWidthArith for DualArith<C, V> {
                 let value = zip(&a.value, &b.value, |x, y| if sub { x - y } else { x + y })?;
                 let n = value.len();
                 let db = if sub {
-                    scaled(b, n, &|_| -C::ONE)?
+                    scaled(b, n, |_| -C::ONE)?
                 } else {
                     unscaled(b, n)?
                 };
@@ -311,8 +324,8 @@ impl<C: Real, V: HostVar<C>> BitWidthArith for DualArith<C, V> {
                 Dual {
                     value,
                     d: merge(
-                        scaled(a, n, &|j| at(&b.value, j))?,
-                        scaled(b, n, &|j| at(&a.value, j))?,
+                        scaled(a, n, |j| at(&b.value, j))?,
+                        scaled(b, n, |j| at(&a.value, j))?,
                     ),
                 }
             }
@@ -324,20 +337,20 @@ impl<C: Real, V: HostVar<C>> BitWidthArith for DualArith<C, V> {
                 let c = C::from_f64(c);
                 Dual {
                     value: a.value.iter().map(|&v| v * c).collect(),
-                    d: scaled(a, a.value.len(), &|_| c)?,
+                    d: scaled(a, a.value.len(), |_| c)?,
                 }
             }
             BwOp::Exp2(a) => {
                 let value: Vec<C> = a.value.iter().map(|&v| v.exp2()).collect();
                 let ln2 = C::from_f64(std::f64::consts::LN_2);
-                let d = scaled(a, value.len(), &|j| value[j] * ln2)?;
+                let d = scaled(a, value.len(), |j| value[j] * ln2)?;
                 Dual { value, d }
             }
             BwOp::Relu(a) => {
                 let pos = |j: usize| a.value[j] > C::ZERO;
                 Dual {
                     value: a.value.iter().map(|&v| v.maximum(C::ZERO)).collect(),
-                    d: scaled(a, a.value.len(), &|j| if pos(j) { C::ONE } else { C::ZERO })?,
+                    d: scaled(a, a.value.len(), |j| if pos(j) { C::ONE } else { C::ZERO })?,
                 }
             }
             BwOp::Positive(a) => Dual::constant(

@@ -667,7 +667,7 @@ impl<V> FixedQuantizer<V> {
         let a = Arith(b);
         let k = b.bw(self.var(VarName::K))?;
         let [p1, p2] = self.raw();
-        let (r1, r2) = (a.rc(&b.bw(p1)?)?, a.rc(&b.bw(p2)?)?);
+        let (r1, r2) = (b.bw_rc(p1)?, b.bw_rc(p2)?);
         Ok(match self.param() {
             Param::Kbi => {
                 let f = a.sub(&r1, &r2)?;
@@ -681,7 +681,7 @@ impl<V> FixedQuantizer<V> {
     pub fn b<B: BitWidthArith<Var = V>>(&self, b: &B) -> std::result::Result<B::Bw, B::Error> {
         let a = Arith(b);
         match self.param() {
-            Param::Kbi => a.rc(&b.bw(self.var(VarName::B))?),
+            Param::Kbi => b.bw_rc(self.var(VarName::B)),
             Param::Kif => {
                 let (_, i, f) = self.kif(b)?;
                 a.relu(&a.add(&i, &f)?)

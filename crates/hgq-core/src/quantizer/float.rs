@@ -129,11 +129,10 @@ impl<V> FloatQuantizer<V> {
         &self,
         b: &B,
     ) -> Result<(B::Bw, B::Bw, B::Bw), B::Error> {
-        let a = Arith(b);
         Ok((
-            a.rc(&b.bw(&self.vars[0])?)?,
-            a.rc(&b.bw(&self.vars[1])?)?,
-            a.rc(&b.bw(&self.vars[2])?)?,
+            b.bw_rc(&self.vars[0])?,
+            b.bw_rc(&self.vars[1])?,
+            b.bw_rc(&self.vars[2])?,
         ))
     }
 
