@@ -146,6 +146,23 @@ extern "C" void hgq_torch_bump_version(const at::Tensor* t) {
   }
 }
 
+// Whether a tensor is a defined, contiguous float32 CPU tensor (its memory a plain float
+// array) and, if so, that memory and its element count: the checks the host paths make before
+// reading a tensor in place, in one call instead of one per property (and no shape vector).
+extern "C" int hgq_torch_plain_f32(const at::Tensor* t, float** data, int64_t* numel) {
+  try {
+    if (!t->defined() || t->device().type() != c10::DeviceType::CPU ||
+        t->scalar_type() != at::kFloat || t->is_sparse() || !t->is_contiguous()) {
+      return 0;
+    }
+    *numel = t->numel();
+    *data = *numel == 0 ? nullptr : static_cast<float*>(t->data_ptr());
+    return 1;
+  } catch (...) {
+    return 0;
+  }
+}
+
 extern "C" int hgq_torch_fixed_apply(const at::Tensor* x, const at::Tensor* k,
                                      const at::Tensor* p1, const at::Tensor* p2,
                                      const uint8_t* cfg, size_t cfg_len, int training, int bits,

@@ -28,6 +28,7 @@ unsafe extern "C" {
     fn hgq_torch_cuda_linked() -> c_int;
     fn hgq_torch_clear_grad(t: *const C_tensor);
     fn hgq_torch_bump_version(t: *const C_tensor);
+    fn hgq_torch_plain_f32(t: *const C_tensor, data: *mut *mut f32, numel: *mut i64) -> c_int;
     fn hgq_torch_fixed_apply(
         x: *const C_tensor,
         k: *const C_tensor,
@@ -60,6 +61,16 @@ pub(crate) fn clear_grad(t: &Tensor) {
 pub(crate) fn bump_version(t: &Tensor) {
     // SAFETY: `t` is a live tch tensor (a pointer to a `torch::Tensor`).
     unsafe { hgq_torch_bump_version(t.as_ptr()) }
+}
+
+/// A contiguous float32 CPU tensor's memory and element count (`None` for any other tensor;
+/// a null pointer for no elements), from one call into libtorch.
+pub(crate) fn plain_f32(t: &Tensor) -> Option<(*mut f32, usize)> {
+    let (mut data, mut numel) = (std::ptr::null_mut(), 0i64);
+    // SAFETY: `t` is a live tch tensor; the out-pointers are valid for one write each.
+    let plain = unsafe { hgq_torch_plain_f32(t.as_ptr(), &mut data, &mut numel) } != 0;
+    let n = usize::try_from(numel).ok()?;
+    plain.then_some((data, n))
 }
 
 /// A [`Screen`] as the C++ side keeps it (in the autograd node's saved data).

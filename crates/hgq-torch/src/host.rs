@@ -3,25 +3,22 @@
 //! The small tensors of quantizer and optimizer state (bit widths, their reductions, Adam's
 //! moments) are read and written every step; going through libtorch for them (detach,
 //! convert, copy out, one dispatched operation each) costs more than the values themselves.
-use tch::{Device, Kind, Tensor};
+use tch::Tensor;
 
 /// Whether `t` is a contiguous float32 CPU tensor (its memory is a plain `[f32]`).
 pub(crate) fn is_plain(t: &Tensor) -> bool {
-    t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous()
+    crate::bridge::plain_f32(t).is_some()
 }
 
 /// The values of a contiguous float32 CPU tensor, read in place; `None` for any other tensor.
 pub(crate) fn slice(t: &Tensor) -> Option<&[f32]> {
-    if !is_plain(t) {
-        return None;
-    }
-    let n = t.numel();
-    if n == 0 {
+    let (data, n) = crate::bridge::plain_f32(t)?;
+    if n == 0 || data.is_null() {
         return Some(&[]);
     }
     // SAFETY: a contiguous float32 CPU tensor of `n` elements, alive as long as `t`; this
     // crate does not write it while the slice is alive.
-    Some(unsafe { std::slice::from_raw_parts(t.data_ptr().cast::<f32>(), n) })
+    Some(unsafe { std::slice::from_raw_parts(data, n) })
 }
 
 /// The values of a contiguous float32 CPU tensor, writable in place; `None` for any other.
@@ -33,15 +30,12 @@ pub(crate) fn slice(t: &Tensor) -> Option<&[f32]> {
 // `&Tensor` is what libtorch's in-place operations do too, hence `&` in, `&mut` out.
 #[allow(clippy::mut_from_ref)]
 pub(crate) unsafe fn slice_mut(t: &Tensor) -> Option<&mut [f32]> {
-    if !is_plain(t) {
-        return None;
-    }
-    let n = t.numel();
-    if n == 0 {
+    let (data, n) = crate::bridge::plain_f32(t)?;
+    if n == 0 || data.is_null() {
         return Some(&mut []);
     }
     // SAFETY: as `slice`, exclusive per the caller.
-    Some(unsafe { std::slice::from_raw_parts_mut(t.data_ptr().cast::<f32>(), n) })
+    Some(unsafe { std::slice::from_raw_parts_mut(data, n) })
 }
 
 /// The values of any float tensor as float32 on the CPU (in place when [`slice`] applies).
@@ -49,5 +43,36 @@ pub(crate) fn values(t: &Tensor) -> crate::Result<Vec<f32>> {
     match slice(t) {
         Some(s) => Ok(s.to_vec()),
         None => crate::quantizer::to_f32_vec(t),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tch::{Device, Kind, Tensor};
+
+    use super::*;
+
+    /// Contiguous float32 CPU tensors are read in place (views with an offset included);
+    /// any other tensor is `None`, and none of them panics.
+    #[test]
+    fn plain_tensors_only() {
+        let t = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        assert_eq!(slice(&t), Some(&[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0][..]));
+        let m = t.reshape([2, 3]);
+        assert_eq!(slice(&m.get(1)), Some(&[4.0f32, 5.0, 6.0][..]));
+        assert!(slice(&m.tr()).is_none(), "a transpose is not contiguous");
+        assert!(slice(&t.to_kind(Kind::Double)).is_none());
+        assert!(slice(&Tensor::from_slice(&[1i64, 2])).is_none());
+        assert_eq!(
+            slice(&Tensor::zeros([0], (Kind::Float, Device::Cpu))),
+            Some(&[][..])
+        );
+        assert!(slice(&Tensor::new()).is_none(), "undefined");
+        let sparse = Tensor::eye(3, (Kind::Float, Device::Cpu)).to_sparse_sparse_dim(2);
+        assert!(!is_plain(&sparse));
+        let w = Tensor::zeros([3], (Kind::Float, Device::Cpu));
+        // SAFETY: nothing else reads or writes `w` here.
+        unsafe { slice_mut(&w) }.unwrap()[1] = 7.0;
+        assert_eq!(Vec::<f32>::try_from(&w).unwrap(), [0.0, 7.0, 0.0]);
     }
 }
