@@ -22,7 +22,7 @@
 //! fastest of `reps` calls back to back after a warm-up (hgq-bench-torch's `min_ms`).
 //!
 //! `cargo xtask bench --step [--reference] [--reference-python PATH] [--json] [--epochs E]
-//! [--filter S] [--path P]` times something else: the steady-state training step of small QDense MLPs
+//! [--filter S] [--path P] [--rounds R]` times something else: the steady-state training step of small QDense MLPs
 //! (hgq-torch's `hgq-bench-step`, on one thread and on all), with `--reference` against hgq2 on
 //! jax (`benches/hgq2_step.py`, pinned to one CPU and unpinned) in the same run; see `step.rs`.
 use std::path::PathBuf;

@@ -14,7 +14,7 @@
 //! - `bench [--json] [--no-torch] [--reference]`: time the kernels (hgq-golden's
 //!   `hgq-bench-core` binary) and hgq-torch's quantizer with autograd (its `hgq-bench-torch`)
 //!   against a plain copy; `--reference`: and against hgq2 on jax, in the same run.
-//! - `bench --step [--reference] [--json] [--epochs E] [--filter S] [--path P]`: the training step of small
+//! - `bench --step [--reference] [--json] [--epochs E] [--filter S] [--path P] [--rounds R]`: the training step of small
 //!   QDense MLPs (hgq-torch's `hgq-bench-step`), one thread and all; `--reference`: against
 //!   hgq2 on jax (`benches/hgq2_step.py`), in the same run.
 //! - `demo [--epochs N] ...`: the end-to-end training demo (digits, exported for hgq2; an
@@ -50,7 +50,7 @@ fn usage() -> ExitCode {
          bench [--json] [--quick] [--reps N] [--no-torch] [--reference] [--reference-python PATH]\n  \
                                       time kernels against a plain copy of the same bytes\n  \
                                       (--reference: and hgq2 on jax, installed into .venv-ref)\n  \
-         bench --step [--reference] [--reference-python PATH] [--json] [--epochs E] [--filter S] [--path auto|native|autograd]\n  \
+         bench --step [--reference] [--reference-python PATH] [--json] [--epochs E] [--filter S] [--path auto|native|autograd] [--rounds R]\n  \
                                       the training step of small QDense MLPs, one thread and all\n  \
                                       (--reference: against hgq2 on jax in the same run)\n  \
          demo [--epochs N] [--beta B] [--seed S] [--device auto|cpu|cuda] [--out DIR]\n  \

@@ -1,6 +1,6 @@
 //! `cargo xtask bench --step [--reference] [--reference-python PATH] [--json] [--epochs E]
-//! [--filter S] [--path P]`: the steady-state training step of small QDense MLPs, ours against hgq2 on jax
-//! in the same run.
+//! [--filter S] [--path P] [--rounds R]`: the steady-state training step of small QDense MLPs,
+//! ours against hgq2 on jax in the same run.
 //!
 //! Ours is hgq-torch's `hgq-bench-step` binary (`crates/hgq-torch/src/bin/bench_step.rs`
 //! describes the models, the data and the statistic: the median epoch after the first, divided
@@ -15,6 +15,11 @@
 //! chooses how ours computes a step (`Sequential::train_step_on`): `auto` (the default, what
 //! `train_step` does: the native step on these CPU float32 models), `native`, or `autograd`
 //! (libtorch's autograd through the layers, the step before the native one).
+//!
+//! `--rounds R` (default 1) alternates R runs of ours and R of the reference (ours, theirs,
+//! ours, theirs, ...), so that a machine whose speed drifts between minutes (a shared VM) slows
+//! both sides alike; each side's rows are then the median over the rounds, and the speedup is
+//! the median of the rounds' own ratios, printed with their smallest and largest.
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -86,6 +91,25 @@ fn ours(threads: usize, epochs: usize, filter: &str, path: &str) -> Result<Vec<S
     our_rows(&crate::torch::output(&["--bin", "hgq-bench-step"], args)?)
 }
 
+/// Our rows with each case's median over the rounds.
+fn median_rows(rounds: &[Vec<StepRow>]) -> Result<Vec<StepRow>, String> {
+    let first = rounds.first().ok_or("no rounds")?;
+    first
+        .iter()
+        .map(|o| {
+            let rows: Vec<&StepRow> = rounds
+                .iter()
+                .map(|r| {
+                    r.iter()
+                        .find(|t| t.case == o.case)
+                        .ok_or_else(|| format!("a round has no case {}", o.case))
+                })
+                .collect::<Result<_, _>>()?;
+            Ok(Paired::median_row(&rows))
+        })
+        .collect()
+}
+
 /// Rounds to `digits` decimals (for the JSON lines).
 fn round(v: f64, digits: i32) -> Value {
     let s = 10f64.powi(digits);
@@ -115,9 +139,56 @@ fn print_ours(rows: &[StepRow], json: bool) {
     }
 }
 
-/// One compared row: a table line, or a JSON line with both sides' numbers.
-fn compare_line(o: &StepRow, t: &StepRow, theirs: &Lines, json: bool) -> String {
-    let speedup = t.ms_per_step / o.ms_per_step;
+/// The median of non-empty `v` (the mean of the middle two for an even count).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// One case's rows over the rounds: ours and theirs, one of each per round.
+struct Paired<'a> {
+    ours: Vec<&'a StepRow>,
+    theirs: Vec<&'a StepRow>,
+}
+
+impl Paired<'_> {
+    /// A side's row with the median over the rounds of its times.
+    fn median_row(rows: &[&StepRow]) -> StepRow {
+        let of = |f: fn(&StepRow) -> f64| median(rows.iter().map(|r| f(r)).collect());
+        StepRow {
+            ms_per_step: of(|r| r.ms_per_step),
+            epoch_ms: of(|r| r.epoch_ms),
+            first_epoch_ms: of(|r| r.first_epoch_ms),
+            ..rows[0].clone()
+        }
+    }
+
+    /// The rounds' speedups (theirs over ours, round by round): median, smallest, largest.
+    fn speedups(&self) -> (f64, f64, f64) {
+        let r: Vec<f64> = self
+            .ours
+            .iter()
+            .zip(&self.theirs)
+            .map(|(o, t)| t.ms_per_step / o.ms_per_step)
+            .collect();
+        let lo = r.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = r.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (median(r), lo, hi)
+    }
+}
+
+/// One compared row: a table line, or a JSON line with both sides' numbers (medians over the
+/// rounds, the speedup the median of the rounds' ratios with their range).
+fn compare_line(p: &Paired<'_>, theirs: &Lines, json: bool) -> String {
+    let (o, t) = (Paired::median_row(&p.ours), Paired::median_row(&p.theirs));
+    let (o, t) = (&o, &t);
+    let (speedup, lo, hi) = p.speedups();
+    let rounds = p.ours.len();
     if json {
         json::object([
             ("case", o.case.as_str().into()),
@@ -125,6 +196,9 @@ fn compare_line(o: &StepRow, t: &StepRow, theirs: &Lines, json: bool) -> String 
             ("ms_per_step", round(o.ms_per_step, 4)),
             ("jax_ms_per_step", round(t.ms_per_step, 4)),
             ("speedup", round(speedup, 3)),
+            ("speedup_min", round(lo, 3)),
+            ("speedup_max", round(hi, 3)),
+            ("rounds", (rounds as u64).into()),
             ("steps", o.steps.into()),
             ("first_epoch_ms", round(o.first_epoch_ms, 3)),
             ("jax_first_epoch_ms", round(t.first_epoch_ms, 3)),
@@ -136,12 +210,13 @@ fn compare_line(o: &StepRow, t: &StepRow, theirs: &Lines, json: bool) -> String 
         .to_string()
     } else {
         format!(
-            "{:<20} {:>7} {:>8.3} {:>10.3} {:>8.2} {:>6} {:>9.1} {:>10.1} {:>9.4} {:>9.4}",
+            "{:<20} {:>7} {:>8.3} {:>10.3} {:>8.2} {:>11} {:>6} {:>9.1} {:>10.1} {:>9.4} {:>9.4}",
             o.case,
             o.threads,
             o.ms_per_step,
             t.ms_per_step,
             speedup,
+            format!("{lo:.2}-{hi:.2}"),
             o.steps,
             o.first_epoch_ms,
             t.first_epoch_ms,
@@ -151,27 +226,49 @@ fn compare_line(o: &StepRow, t: &StepRow, theirs: &Lines, json: bool) -> String 
     }
 }
 
-/// Our rows against one run of the reference, matched by case; an error where the reference
-/// has no row for one of ours or the two count steps differently.
-fn compare(ours: &[StepRow], theirs: &Lines, json: bool) -> Result<Vec<String>, String> {
-    let rows: Vec<StepRow> = theirs
-        .rows
+/// Our rows against the reference's, round by round (one run of each side per round), matched
+/// by case; an error where a round lacks one of the first round's cases or the two count
+/// steps differently.
+fn compare(ours: &[Vec<StepRow>], theirs: &[Lines], json: bool) -> Result<Vec<String>, String> {
+    let their_rows: Vec<Vec<StepRow>> = theirs
         .iter()
-        .map(|v| step_row(v, "hgq2_step.py"))
+        .map(|l| l.rows.iter().map(|v| step_row(v, "hgq2_step.py")).collect())
         .collect::<Result<_, _>>()?;
-    ours.iter()
+    let (Some(first), Some(lines)) = (ours.first(), theirs.first()) else {
+        return Err("no rounds to compare".into());
+    };
+    if ours.len() != theirs.len() {
+        return Err(format!(
+            "{} rounds of ours against {} of the reference",
+            ours.len(),
+            theirs.len()
+        ));
+    }
+    first
+        .iter()
         .map(|o| {
-            let t = rows
-                .iter()
-                .find(|t| t.case == o.case)
-                .ok_or_else(|| format!("hgq2_step.py has no case {}", o.case))?;
-            if t.steps != o.steps {
-                return Err(format!(
-                    "{}: {} steps per epoch in hgq2_step.py, {} in hgq-bench-step",
-                    o.case, t.steps, o.steps
-                ));
+            fn find<'r>(rows: &'r [StepRow], case: &str, who: &str) -> Result<&'r StepRow, String> {
+                rows.iter()
+                    .find(|t| t.case == case)
+                    .ok_or_else(|| format!("{who} has no case {case}"))
             }
-            Ok(compare_line(o, t, theirs, json))
+            let mut p = Paired {
+                ours: Vec::new(),
+                theirs: Vec::new(),
+            };
+            for (mine, rows) in ours.iter().zip(&their_rows) {
+                let m = find(mine, &o.case, "hgq-bench-step")?;
+                let t = find(rows, &o.case, "hgq2_step.py")?;
+                if t.steps != m.steps {
+                    return Err(format!(
+                        "{}: {} steps per epoch in hgq2_step.py, {} in hgq-bench-step",
+                        o.case, t.steps, m.steps
+                    ));
+                }
+                p.ours.push(m);
+                p.theirs.push(t);
+            }
+            Ok(compare_line(&p, lines, json))
         })
         .collect()
 }
@@ -184,6 +281,7 @@ pub fn run(args: &[String]) -> Result<ExitCode, String> {
     let mut reference = false;
     let mut ref_python: Option<PathBuf> = None;
     let mut path = "auto".to_string();
+    let mut rounds = 1usize;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -212,6 +310,13 @@ pub fn run(args: &[String]) -> Result<ExitCode, String> {
                     .ok_or("--path needs auto, native or autograd")?
                     .clone();
             }
+            "--rounds" => {
+                rounds = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|&v: &usize| v >= 1)
+                    .ok_or("--rounds needs an integer of at least 1")?;
+            }
             "--filter" => {
                 filter = it
                     .next()
@@ -235,23 +340,30 @@ pub fn run(args: &[String]) -> Result<ExitCode, String> {
     if !json {
         println!(
             "training step: 1438 rows x 64 features, {epochs} epochs; ms/step = median epoch \
-             after the first / steps per epoch"
+             after the first / steps per epoch; {rounds} round(s), each side's median"
         );
     }
     for (i, (threads, cpus)) in runs.into_iter().enumerate() {
-        let mine = ours(threads, epochs, &filter, &path)?;
-        let Some(py) = &ref_python else {
+        // Ours and theirs alternate, round by round.
+        let (mut mine, mut theirs) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            mine.push(ours(threads, epochs, &filter, &path)?);
+            if let Some(py) = &ref_python {
+                theirs.push(crate::reference::time_step(py, epochs, &filter, cpus)?);
+            }
+        }
+        let Some(first) = theirs.first() else {
             if !json && i == 0 {
                 println!(
                     "{:<20} {:>7} {:>10} {:>10} {:>10} {:>6} {:>10}",
                     "case", "threads", "ms/step", "epoch_ms", "first_ms", "steps", "loss"
                 );
             }
-            print_ours(&mine, json);
+            print_ours(&median_rows(&mine)?, json);
             continue;
         };
-        let theirs = crate::reference::time_step(py, epochs, &filter, cpus)?;
         let lines = compare(&mine, &theirs, json)?;
+        let theirs = first;
         if !json {
             println!();
             println!(
@@ -260,12 +372,13 @@ pub fn run(args: &[String]) -> Result<ExitCode, String> {
                 theirs.cpus, theirs.cpu_per_wall
             );
             println!(
-                "{:<20} {:>7} {:>8} {:>10} {:>8} {:>6} {:>9} {:>10} {:>9} {:>9}",
+                "{:<20} {:>7} {:>8} {:>10} {:>8} {:>11} {:>6} {:>9} {:>10} {:>9} {:>9}",
                 "case",
                 "threads",
                 "ms/step",
                 "jax_ms/st",
                 "speedup",
+                "range",
                 "steps",
                 "first_ms",
                 "jax_first",
@@ -283,6 +396,44 @@ pub fn run(args: &[String]) -> Result<ExitCode, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Three rounds where the machine slowed both sides in the second: each side's median,
+    /// and the median of the rounds' own ratios with their range.
+    #[test]
+    fn rounds_pair_each_run_with_the_reference_run_beside_it() {
+        let row = |ms: f64| StepRow {
+            case: "step/demo/b64".into(),
+            threads: 1,
+            ms_per_step: ms,
+            epoch_ms: ms * 23.0,
+            first_epoch_ms: 3.0,
+            steps: 23,
+            loss: 2.5,
+        };
+        let jax = |ms: f64| Lines {
+            rows: vec![
+                json::parse(&format!(
+                    "{{\"case\":\"step/demo/b64\",\"threads\":1,\"ms_per_step\":{ms},\
+                     \"epoch_ms\":1.0,\"first_epoch_ms\":4000.0,\"steps\":23,\"loss\":2.4}}"
+                ))
+                .unwrap(),
+            ],
+            cpu_per_wall: 1.0,
+            cpus: 1,
+        };
+        let ours = [vec![row(0.1)], vec![row(0.2)], vec![row(0.1)]];
+        let theirs = [jax(0.5), jax(0.8), jax(0.6)];
+        let v = json::parse(&compare(&ours, &theirs, true).unwrap()[0]).unwrap();
+        assert_eq!(v["ms_per_step"], 0.1);
+        assert_eq!(v["jax_ms_per_step"], 0.6);
+        // Round ratios 5, 4, 6: their median, not 0.6 / 0.1.
+        assert_eq!(v["speedup"], 5.0);
+        assert_eq!(v["speedup_min"], 4.0);
+        assert_eq!(v["speedup_max"], 6.0);
+        assert_eq!(v["rounds"], 3);
+        assert_eq!(median_rows(&ours).unwrap()[0].ms_per_step, 0.1);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+    }
 
     const OURS: &str = "{\"case\":\"step/mlp/h16/b64\",\"threads\":1,\"ms_per_step\":1.0324,\
         \"epoch_ms\":23.745,\"first_epoch_ms\":30.639,\"steps\":23,\"loss\":3.13247}";
@@ -323,17 +474,46 @@ mod tests {
             cpu_per_wall: 1.0,
             cpus: 1,
         };
-        let lines = compare(&ours, &jax(23, "step/mlp/h16/b64"), true).unwrap();
+        let one = |l: Lines| vec![l];
+        let lines = compare(
+            std::slice::from_ref(&ours),
+            &one(jax(23, "step/mlp/h16/b64")),
+            true,
+        )
+        .unwrap();
         let v = json::parse(&lines[0]).unwrap();
         assert_eq!(v["speedup"], 2.0);
+        assert_eq!(v["speedup_min"], 2.0);
+        assert_eq!(v["rounds"], 1);
         assert_eq!(v["jax_first_epoch_ms"], 4288.2);
         assert_eq!(v["jax_cpus"], 1);
-        let table = compare(&ours, &jax(23, "step/mlp/h16/b64"), false).unwrap();
+        let table = compare(
+            std::slice::from_ref(&ours),
+            &one(jax(23, "step/mlp/h16/b64")),
+            false,
+        )
+        .unwrap();
         assert!(table[0].starts_with("step/mlp/h16/b64"), "{}", table[0]);
-        assert!(table[0].contains("    2.00 "), "{}", table[0]);
-        let steps = compare(&ours, &jax(2, "step/mlp/h16/b64"), true).unwrap_err();
+        assert!(table[0].contains("    2.00   2.00-2.00 "), "{}", table[0]);
+        let steps = compare(
+            std::slice::from_ref(&ours),
+            &one(jax(2, "step/mlp/h16/b64")),
+            true,
+        )
+        .unwrap_err();
         assert!(steps.contains("steps per epoch"), "{steps}");
-        let missing = compare(&ours, &jax(23, "step/demo/b64"), true).unwrap_err();
+        let missing = compare(
+            std::slice::from_ref(&ours),
+            &one(jax(23, "step/demo/b64")),
+            true,
+        )
+        .unwrap_err();
         assert!(missing.contains("no case step/mlp/h16/b64"), "{missing}");
+        let uneven = compare(
+            &[ours.clone(), ours.clone()],
+            &one(jax(23, "step/mlp/h16/b64")),
+            true,
+        );
+        assert!(uneven.unwrap_err().contains("2 rounds of ours against 1"));
     }
 }
