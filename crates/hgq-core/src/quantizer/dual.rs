@@ -83,10 +83,8 @@ impl<C: Real> Dual<C> {
         }
     }
 
-    /// The gradients of `sum(upstream * value)` with respect to each variable the values
-    /// depend on, in the variable's shape (its element count): the vector-Jacobian product an
-    /// autograd backward of these values computes.
-    pub fn backward(&self, upstream: &[C]) -> Result<Vec<(VarName, Vec<C>)>> {
+    /// The values' count, which `upstream` must have.
+    fn upstream_len(&self, upstream: &[C]) -> Result<usize> {
         let n = self.value.len();
         if upstream.len() != n {
             return Err(CoreError::Length {
@@ -96,6 +94,14 @@ impl<C: Real> Dual<C> {
                 expected: n,
             });
         }
+        Ok(n)
+    }
+
+    /// The gradients of `sum(upstream * value)` with respect to each variable the values
+    /// depend on, in the variable's shape (its element count): the vector-Jacobian product an
+    /// autograd backward of these values computes.
+    pub fn backward(&self, upstream: &[C]) -> Result<Vec<(VarName, Vec<C>)>> {
+        let n = self.upstream_len(upstream)?;
         Ok(self
             .d
             .iter()
@@ -113,9 +119,7 @@ impl<C: Real> Dual<C> {
             })
             .collect())
     }
-}
 
-impl<C: Real> Dual<C> {
     /// [`Dual::backward`] added into `grads`, for the variables `wanted` accepts: each
     /// gradient `g` becomes `g + d * upstream` element by element (a variable without one
     /// starts from zeros). A training step sums the gradients a variable gets from several
@@ -127,15 +131,7 @@ impl<C: Real> Dual<C> {
         grads: &mut super::Grads<C>,
         wanted: impl Fn(VarName) -> bool,
     ) -> Result<()> {
-        let n = self.value.len();
-        if upstream.len() != n {
-            return Err(CoreError::Length {
-                what: "upstream of bit widths",
-                len: upstream.len(),
-                shape: vec![n],
-                expected: n,
-            });
-        }
+        let n = self.upstream_len(upstream)?;
         // Every length checked before anything is added: an error leaves `grads` as it was.
         for dv in self.d.iter().filter(|dv| wanted(dv.var)) {
             if let Some(Some(g)) = grads.slot(dv.var)
