@@ -152,7 +152,8 @@ impl Slot {
         match plain {
             (Some(p), Some(m), Some(v)) if p.len() == g.len() => {
                 update(p, m, v, g, c, Bounds::of(cons));
-                if let Some(k @ (Constraint::Constant(_) | Constraint::NonNeg)) = cons {
+                // Constraints that are no clip, after the loop.
+                if let Some(k) = cons.filter(|k| k.clip_bounds().is_none()) {
                     k.apply(p);
                 }
                 crate::bridge::bump_version(&self.var);
@@ -174,12 +175,9 @@ struct Bounds {
 
 impl Bounds {
     fn of(c: Option<Constraint>) -> Self {
-        let (lo, hi) = match c {
-            Some(Constraint::MinMax { min, max }) => (min, max),
-            Some(Constraint::Min(m)) => (m, f64::INFINITY),
-            Some(Constraint::Max(m)) => (f64::NEG_INFINITY, m),
-            _ => (f64::NEG_INFINITY, f64::INFINITY),
-        };
+        let (lo, hi) = c
+            .and_then(|c| c.clip_bounds())
+            .unwrap_or((f64::NEG_INFINITY, f64::INFINITY));
         Bounds {
             lo: lo as f32,
             hi: hi as f32,

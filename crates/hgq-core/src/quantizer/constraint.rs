@@ -37,6 +37,24 @@ impl Constraint {
         }
     }
 
+    /// The constraint as a clip `v.maximum(lo).minimum(hi)` (infinite bounds where it has none),
+    /// for loops that apply it beside other work (an optimizer's update); `None` for the
+    /// constraints that are not clips (`Constant`, `NonNeg`).
+    ///
+    /// ```
+    /// use hgq_core::quantizer::Constraint;
+    /// assert_eq!(Constraint::Min(0.0).clip_bounds(), Some((0.0, f64::INFINITY)));
+    /// assert_eq!(Constraint::NonNeg.clip_bounds(), None);
+    /// ```
+    pub fn clip_bounds(&self) -> Option<(f64, f64)> {
+        match *self {
+            Constraint::MinMax { min, max } => Some((min, max)),
+            Constraint::Min(m) => Some((m, f64::INFINITY)),
+            Constraint::Max(m) => Some((f64::NEG_INFINITY, m)),
+            Constraint::Constant(_) | Constraint::NonNeg => None,
+        }
+    }
+
     /// The constraint of one value (NaN-propagating like torch's clamp/maximum).
     pub fn one<C: Real>(&self, v: C) -> C {
         match *self {
