@@ -20,6 +20,11 @@
 //! ours, theirs, ...), so that a machine whose speed drifts between minutes (a shared VM) slows
 //! both sides alike; each side's rows are then the median over the rounds, and the speedup is
 //! the median of the rounds' own ratios, printed with their smallest and largest.
+//!
+//! Our rows also carry the step's floor on this machine, `products_ms_per_step`: the matrix
+//! products a step must do, timed alone (see `bench_step.rs`). Against the reference it gives
+//! `max_speedup = jax_ms_per_step / products_ms_per_step`, the largest speedup any step that
+//! does these products could reach on this machine (`floor` and `max_x` in the table).
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +42,8 @@ struct StepRow {
     first_epoch_ms: f64,
     steps: u64,
     loss: f64,
+    /// The step's matrix products alone (ours only; `hgq2_step.py` does not time them).
+    products_ms: Option<f64>,
 }
 
 /// Reads one JSON row of `who`.
@@ -55,6 +62,7 @@ fn step_row(v: &Value, who: &str) -> Result<StepRow, String> {
         first_epoch_ms: num("first_epoch_ms")?,
         steps: int("steps")?,
         loss: num("loss")?,
+        products_ms: v["products_ms_per_step"].as_f64(),
     })
 }
 
@@ -116,6 +124,16 @@ fn round(v: f64, digits: i32) -> Value {
     ((v * s).round() / s).into()
 }
 
+/// An optional number for a JSON line (`null` where absent).
+fn opt(v: Option<f64>, digits: i32) -> Value {
+    v.map_or(Value::Null, |v| round(v, digits))
+}
+
+/// An optional number for a table cell (`-` where absent).
+fn cell(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.digits$}"))
+}
+
 /// Our rows alone: a table line or a JSON line each.
 fn print_ours(rows: &[StepRow], json: bool) {
     for r in rows {
@@ -128,12 +146,20 @@ fn print_ours(rows: &[StepRow], json: bool) {
                 ("first_epoch_ms", round(r.first_epoch_ms, 3)),
                 ("steps", r.steps.into()),
                 ("loss", round(r.loss, 5)),
+                ("products_ms_per_step", opt(r.products_ms, 4)),
             ]);
             println!("{v}");
         } else {
             println!(
-                "{:<20} {:>7} {:>10.3} {:>10.2} {:>10.2} {:>6} {:>10.4}",
-                r.case, r.threads, r.ms_per_step, r.epoch_ms, r.first_epoch_ms, r.steps, r.loss
+                "{:<20} {:>7} {:>10.3} {:>10.2} {:>10.2} {:>6} {:>10.4} {:>9}",
+                r.case,
+                r.threads,
+                r.ms_per_step,
+                r.epoch_ms,
+                r.first_epoch_ms,
+                r.steps,
+                r.loss,
+                cell(r.products_ms, 3)
             );
         }
     }
@@ -164,6 +190,11 @@ impl Paired<'_> {
             ms_per_step: of(|r| r.ms_per_step),
             epoch_ms: of(|r| r.epoch_ms),
             first_epoch_ms: of(|r| r.first_epoch_ms),
+            products_ms: rows
+                .iter()
+                .map(|r| r.products_ms)
+                .collect::<Option<Vec<f64>>>()
+                .map(median),
             ..rows[0].clone()
         }
     }
@@ -189,6 +220,7 @@ fn compare_line(p: &Paired<'_>, theirs: &Lines, json: bool) -> String {
     let (o, t) = (&o, &t);
     let (speedup, lo, hi) = p.speedups();
     let rounds = p.ours.len();
+    let max_speedup = o.products_ms.map(|f| t.ms_per_step / f);
     if json {
         json::object([
             ("case", o.case.as_str().into()),
@@ -199,6 +231,8 @@ fn compare_line(p: &Paired<'_>, theirs: &Lines, json: bool) -> String {
             ("speedup_min", round(lo, 3)),
             ("speedup_max", round(hi, 3)),
             ("rounds", (rounds as u64).into()),
+            ("products_ms_per_step", opt(o.products_ms, 4)),
+            ("max_speedup", opt(max_speedup, 3)),
             ("steps", o.steps.into()),
             ("first_epoch_ms", round(o.first_epoch_ms, 3)),
             ("jax_first_epoch_ms", round(t.first_epoch_ms, 3)),
@@ -210,13 +244,15 @@ fn compare_line(p: &Paired<'_>, theirs: &Lines, json: bool) -> String {
         .to_string()
     } else {
         format!(
-            "{:<20} {:>7} {:>8.3} {:>10.3} {:>8.2} {:>11} {:>6} {:>9.1} {:>10.1} {:>9.4} {:>9.4}",
+            "{:<20} {:>7} {:>8.3} {:>10.3} {:>8.2} {:>11} {:>8} {:>6} {:>6} {:>9.1} {:>10.1} {:>9.4} {:>9.4}",
             o.case,
             o.threads,
             o.ms_per_step,
             t.ms_per_step,
             speedup,
             format!("{lo:.2}-{hi:.2}"),
+            cell(o.products_ms, 3),
+            cell(max_speedup, 1),
             o.steps,
             o.first_epoch_ms,
             t.first_epoch_ms,
@@ -355,8 +391,8 @@ pub fn run(args: &[String]) -> Result<ExitCode, String> {
         let Some(first) = theirs.first() else {
             if !json && i == 0 {
                 println!(
-                    "{:<20} {:>7} {:>10} {:>10} {:>10} {:>6} {:>10}",
-                    "case", "threads", "ms/step", "epoch_ms", "first_ms", "steps", "loss"
+                    "{:<20} {:>7} {:>10} {:>10} {:>10} {:>6} {:>10} {:>9}",
+                    "case", "threads", "ms/step", "epoch_ms", "first_ms", "steps", "loss", "floor"
                 );
             }
             print_ours(&median_rows(&mine)?, json);
@@ -372,13 +408,15 @@ pub fn run(args: &[String]) -> Result<ExitCode, String> {
                 theirs.cpus, theirs.cpu_per_wall
             );
             println!(
-                "{:<20} {:>7} {:>8} {:>10} {:>8} {:>11} {:>6} {:>9} {:>10} {:>9} {:>9}",
+                "{:<20} {:>7} {:>8} {:>10} {:>8} {:>11} {:>8} {:>6} {:>6} {:>9} {:>10} {:>9} {:>9}",
                 "case",
                 "threads",
                 "ms/step",
                 "jax_ms/st",
                 "speedup",
                 "range",
+                "floor",
+                "max_x",
                 "steps",
                 "first_ms",
                 "jax_first",
@@ -409,6 +447,7 @@ mod tests {
             first_epoch_ms: 3.0,
             steps: 23,
             loss: 2.5,
+            products_ms: Some(ms / 4.0),
         };
         let jax = |ms: f64| Lines {
             rows: vec![
@@ -431,12 +470,16 @@ mod tests {
         assert_eq!(v["speedup_min"], 4.0);
         assert_eq!(v["speedup_max"], 6.0);
         assert_eq!(v["rounds"], 3);
+        // The floor's median (0.025 ms) under the reference's median (0.6 ms).
+        assert_eq!(v["products_ms_per_step"], 0.025);
+        assert_eq!(v["max_speedup"], 24.0);
         assert_eq!(median_rows(&ours).unwrap()[0].ms_per_step, 0.1);
         assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
     }
 
     const OURS: &str = "{\"case\":\"step/mlp/h16/b64\",\"threads\":1,\"ms_per_step\":1.0324,\
-        \"epoch_ms\":23.745,\"first_epoch_ms\":30.639,\"steps\":23,\"loss\":3.13247}";
+        \"epoch_ms\":23.745,\"first_epoch_ms\":30.639,\"steps\":23,\"loss\":3.13247,\
+        \"products_ms_per_step\":0.25}";
 
     #[test]
     fn reads_our_rows_and_skips_other_lines() {
@@ -451,8 +494,12 @@ mod tests {
                 first_epoch_ms: 30.639,
                 steps: 23,
                 loss: 3.13247,
+                products_ms: Some(0.25),
             }]
         );
+        // Rows without the floor (the reference's form) read as `None`.
+        let no_floor = OURS.replace(",\"products_ms_per_step\":0.25", "");
+        assert_eq!(our_rows(&no_floor).unwrap()[0].products_ms, None);
         assert!(our_rows("nothing\n").unwrap_err().contains("no rows"));
         assert!(our_rows("{oops\n").unwrap_err().contains("not JSON"));
         let no_steps = OURS.replace(",\"steps\":23", "");
@@ -487,6 +534,7 @@ mod tests {
         assert_eq!(v["rounds"], 1);
         assert_eq!(v["jax_first_epoch_ms"], 4288.2);
         assert_eq!(v["jax_cpus"], 1);
+        assert_eq!(v["max_speedup"], 8.259);
         let table = compare(
             std::slice::from_ref(&ours),
             &one(jax(23, "step/mlp/h16/b64")),
@@ -494,7 +542,11 @@ mod tests {
         )
         .unwrap();
         assert!(table[0].starts_with("step/mlp/h16/b64"), "{}", table[0]);
-        assert!(table[0].contains("    2.00   2.00-2.00 "), "{}", table[0]);
+        assert!(
+            table[0].contains("    2.00   2.00-2.00    0.250    8.3 "),
+            "{}",
+            table[0]
+        );
         let steps = compare(
             std::slice::from_ref(&ours),
             &one(jax(2, "step/mlp/h16/b64")),

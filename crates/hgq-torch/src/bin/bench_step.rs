@@ -17,7 +17,17 @@
 //! through the layers); the mean loss is summed on the host and reported once per epoch. The first epoch is timed apart
 //! (`first_epoch_ms`); `epoch_ms` is the median of the others, `ms_per_step` that over the steps
 //! of an epoch. One JSON line per model:
-//! `{"case","path","threads","ms_per_step","epoch_ms","first_epoch_ms","steps","loss"}`.
+//! `{"case","path","threads","ms_per_step","epoch_ms","first_epoch_ms","steps","loss",
+//! "products_ms_per_step"}`.
+//!
+//! `products_ms_per_step` is a floor under any implementation of the step on this machine: the
+//! matrix products a step of the model must do (per layer the forward `x @ W`, the kernel's
+//! gradient `x^T @ dz` and the input's `dz @ W^T`, the first layer's included: its input
+//! quantizer's bit widths need it), each timed alone on the same threads (the median of many
+//! calls on data in cache, the faster of libtorch's `mm`, MKL on x86 wheels, and
+//! `matrixmultiply`, which the native step runs), summed over an epoch's batches and divided by
+//! its steps. A step that did nothing else would take this long, so `jax_ms / products_ms` is
+//! the largest speedup over the reference that the products leave room for.
 //!
 //! `--path P` (`auto`, `native` or `autograd`; printed as `"path"`); `--threads T` (default 1)
 //! sets libtorch's threads and the size of the rayon pool that hgq-core's kernels run in;
@@ -111,6 +121,124 @@ fn median(mut v: Vec<f64>) -> f64 {
     } else {
         0.5 * (v[n / 2 - 1] + v[n / 2])
     }
+}
+
+/// A matrix product `m x k` by `k x n` into a row-major `m x n`, its left operand stored
+/// transposed (`k x m`, as `x^T` in the kernel's gradient) or its right one (`n x k`, as `W^T`
+/// in the input's).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Product {
+    m: usize,
+    k: usize,
+    n: usize,
+    a_t: bool,
+    b_t: bool,
+}
+
+/// The products of one training step on `rows` rows of a QDense MLP whose layers' widths are
+/// `widths` (input first): per layer the forward, the kernel's gradient and the input's.
+fn step_products(widths: &[usize], rows: usize) -> Vec<Product> {
+    let p = |m, k, n, a_t, b_t| Product { m, k, n, a_t, b_t };
+    widths
+        .windows(2)
+        .flat_map(|w| {
+            let (i, o) = (w[0], w[1]);
+            [
+                p(rows, i, o, false, false),
+                p(i, rows, o, true, false),
+                p(rows, o, i, false, true),
+            ]
+        })
+        .collect()
+}
+
+/// The median time in seconds of `f` after a warm-up: at least 15 calls, more (up to 200)
+/// while under 50 ms have passed.
+fn median_secs(mut f: impl FnMut() -> Result<(), Error>) -> Result<f64, Error> {
+    for _ in 0..3 {
+        f()?;
+    }
+    let (start, mut t) = (Instant::now(), Vec::new());
+    while t.len() < 15 || (t.len() < 200 && start.elapsed().as_secs_f64() < 0.05) {
+        let s = Instant::now();
+        f()?;
+        t.push(s.elapsed().as_secs_f64());
+    }
+    Ok(median(t))
+}
+
+/// One product's time in seconds: the faster of libtorch's `mm` (into a kept output, the
+/// transposes as views) and `matrixmultiply::sgemm` (the transposes as strides).
+fn time_product(p: Product) -> Result<f64, Error> {
+    let Product { m, k, n, a_t, b_t } = p;
+    let dims = |r: usize, c: usize, t: bool| {
+        if t {
+            [c as i64, r as i64]
+        } else {
+            [r as i64, c as i64]
+        }
+    };
+    let opts = (tch::Kind::Float, Device::Cpu);
+    let a = Tensor::full(dims(m, k, a_t), 0.5, opts);
+    let b = Tensor::full(dims(k, n, b_t), 0.25, opts);
+    let (a, b) = (if a_t { a.tr() } else { a }, if b_t { b.tr() } else { b });
+    let out = Tensor::zeros([m as i64, n as i64], opts);
+    let torch = median_secs(|| {
+        // The result is `out` itself (a handle to it); it is the kept output that matters.
+        let _ = a.f_mm_out(&out, &b)?;
+        Ok(())
+    })?;
+    let (av, bv) = (vec![0.5f32; m * k], vec![0.25f32; k * n]);
+    let mut c = vec![0.0f32; m * n];
+    let (rsa, csa) = if a_t { (1, m) } else { (k, 1) };
+    let (rsb, csb) = if b_t { (1, k) } else { (n, 1) };
+    let mm = median_secs(|| {
+        // SAFETY: `av` holds m x k values and `bv` k x n at these strides, `c` m x n rows.
+        unsafe {
+            matrixmultiply::sgemm(
+                m,
+                k,
+                n,
+                1.0,
+                av.as_ptr(),
+                rsa as isize,
+                csa as isize,
+                bv.as_ptr(),
+                rsb as isize,
+                csb as isize,
+                0.0,
+                c.as_mut_ptr(),
+                n as isize,
+                1,
+            );
+        }
+        Ok(())
+    })?;
+    Ok(torch.min(mm))
+}
+
+/// The floor of a case's step in ms: its products alone over an epoch, per step.
+fn products_ms_per_step(case: &Case) -> Result<f64, Error> {
+    let mut widths = vec![FEATURES];
+    widths.extend(&case.hidden);
+    widths.push(CLASSES as usize);
+    let (mut epoch, mut steps) = (0.0, 0usize);
+    let mut timed: Vec<(Product, f64)> = Vec::new();
+    for start in (0..ROWS).step_by(case.batch) {
+        for p in step_products(&widths, case.batch.min(ROWS - start)) {
+            let t = match timed.iter().find(|(q, _)| *q == p) {
+                Some(&(_, t)) => t,
+                None => {
+                    let t = time_product(p)?;
+                    timed.push((p, t));
+                    t
+                }
+            };
+            epoch += t;
+        }
+        steps += 1;
+    }
+    Ok(epoch * 1e3 / steps as f64)
 }
 
 /// What one case measured.
@@ -250,9 +378,10 @@ fn main() -> ExitCode {
             let row = run_case(case, path, epochs, &x, &y)
                 .map_err(|e| format!("{}: {e}", case.name))?;
             let epoch_ms = median(row.epochs_ms[1..].to_vec());
+            let floor = products_ms_per_step(case).map_err(|e| format!("{}: {e}", case.name))?;
             println!(
                 "{{\"case\":\"{}\",\"path\":\"{}\",\"threads\":{threads},\"ms_per_step\":{},\"epoch_ms\":{},\
-                 \"first_epoch_ms\":{},\"steps\":{},\"loss\":{}}}",
+                 \"first_epoch_ms\":{},\"steps\":{},\"loss\":{},\"products_ms_per_step\":{}}}",
                 case.name,
                 format!("{path:?}").to_lowercase(),
                 round(epoch_ms / row.steps as f64, 4),
@@ -260,6 +389,7 @@ fn main() -> ExitCode {
                 round(row.epochs_ms[0], 3),
                 row.steps,
                 round(row.loss, 5),
+                round(floor, 4),
             );
         }
         Ok(())

@@ -14,6 +14,8 @@ use hgq_core::fold::lane_sum;
 use hgq_core::quantizer::{Backend, Constraint, Cpu, Dual, DualArith, SavedPass};
 use hgq_core::shape::{broadcast_to, sum_to};
 use hgq_core::{CallMode, Path, TensorRef};
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
@@ -88,14 +90,42 @@ pub(super) fn unsupported(model: &Sequential, x: &Tensor, labels: &Tensor) -> Op
     None
 }
 
-/// `c = a @ b + beta * c` for row-major `c` (`m x n`); `a` (`m x k`) and `b` (`k x n`) given
-/// with their row and column strides, so that a transpose is a stride swap.
+/// A matrix operand: its values with their row and column strides (a transpose is a stride
+/// swap).
+type Operand<'a> = (&'a [f32], usize, usize);
+
+/// `c = a @ b + beta * c` for row-major `c` (`m x n`); `a` is `m x k`, `b` is `k x n`.
 fn gemm(
-    (m, k, n): (usize, usize, usize),
-    (a, rsa, csa): (&[f32], usize, usize),
-    (b, rsb, csb): (&[f32], usize, usize),
+    dims: (usize, usize, usize),
+    a: Operand<'_>,
+    b: Operand<'_>,
     beta: f32,
     c: &mut [f32],
+) -> Result<()> {
+    // SAFETY: `MaybeUninit<f32>` has `f32`'s layout, and the product writes only `f32` values.
+    let c = unsafe { &mut *(std::ptr::from_mut(c) as *mut [MaybeUninit<f32>]) };
+    gemm_into(dims, a, b, beta, c)
+}
+
+/// `a @ b` (`m x k` by `k x n`) into a new row-major `m x n` buffer, not zeroed first: a
+/// product with `beta = 0` writes every element of its output without reading it
+/// (`matrixmultiply`'s contract, `k = 0` included), so zeroing would be a pass for nothing.
+fn product(dims: (usize, usize, usize), a: Operand<'_>, b: Operand<'_>) -> Result<Vec<f32>> {
+    let len = dims.0 * dims.2;
+    let mut c = Vec::with_capacity(len);
+    gemm_into(dims, a, b, 0.0, &mut c.spare_capacity_mut()[..len])?;
+    // SAFETY: the product returned `Ok`, so it wrote all `len` elements (none when m or n is 0).
+    unsafe { c.set_len(len) };
+    Ok(c)
+}
+
+/// [`gemm`] into memory that need not be initialized when `beta` is 0.
+fn gemm_into(
+    (m, k, n): (usize, usize, usize),
+    (a, rsa, csa): Operand<'_>,
+    (b, rsb, csb): Operand<'_>,
+    beta: f32,
+    c: &mut [MaybeUninit<f32>],
 ) -> Result<()> {
     let last = |r: usize, rs: usize, cc: usize, cs: usize| (r - 1) * rs + (cc - 1) * cs;
     if m == 0 || n == 0 {
@@ -119,7 +149,7 @@ fn gemm(
     } else {
         m
     };
-    let block = |(j, c): (usize, &mut [f32])| {
+    let block = |(j, c): (usize, &mut [MaybeUninit<f32>])| {
         let r0 = j * rows;
         let mb = c.len() / n;
         // SAFETY: every index the product reads or writes is in bounds (checked above for
@@ -137,7 +167,7 @@ fn gemm(
                 rsb as isize,
                 csb as isize,
                 beta,
-                c.as_mut_ptr(),
+                c.as_mut_ptr().cast::<f32>(),
                 n as isize,
                 1,
             );
@@ -242,27 +272,18 @@ impl QDense {
         let kernel = host::slice(&self.kernel).ok_or_else(|| not_plain("the kernel"))?;
         let (xq, iq) = quantize(self.input_quantizer()?, x, &[batch, n_in])?;
         let (kq, kq_pass) = quantize(&self.kq, kernel, &[n_in, units])?;
-        let mut z = vec![0.0f32; batch * units];
-        let mut bq_pass = None;
-        if let (Some(b), Some(bq)) = (&self.bias, &self.bq) {
-            let (bq_v, pass) = quantize(
-                bq,
-                host::slice(b).ok_or_else(|| not_plain("the bias"))?,
-                &[units],
-            )?;
-            for row in z.chunks_exact_mut(units) {
-                row.copy_from_slice(&bq_v);
+        let (xk, kk) = ((&xq[..], n_in, 1), (&kq[..], units, 1));
+        let (mut z, bq_pass) = match (&self.bias, &self.bq) {
+            (Some(b), Some(bq)) => {
+                let bias = host::slice(b).ok_or_else(|| not_plain("the bias"))?;
+                let (bq_v, pass) = quantize(bq, bias, &[units])?;
+                // Each row starts at the quantized bias; the product adds to it.
+                let mut z = bq_v.repeat(batch);
+                gemm((batch, n_in, units), xk, kk, 1.0, &mut z)?;
+                (z, Some(pass))
             }
-            bq_pass = Some(pass);
-        }
-        let beta = if bq_pass.is_some() { 1.0 } else { 0.0 };
-        gemm(
-            (batch, n_in, units),
-            (&xq, n_in, 1),
-            (&kq, units, 1),
-            beta,
-            &mut z,
-        )?;
+            _ => (product((batch, n_in, units), xk, kk)?, None),
+        };
         if self.activation == Activation::Relu {
             z.iter_mut().for_each(|v| *v = v.max(0.0));
         }
@@ -316,22 +337,8 @@ impl QDense {
         }
         let dz = da;
         // d kq = xq^T dz; d xq = dz kq^T; d bq = the column sums of dz.
-        let mut dkq = vec![0.0f32; n_in * units];
-        gemm(
-            (n_in, batch, units),
-            (&p.xq, 1, n_in),
-            (&dz, units, 1),
-            0.0,
-            &mut dkq,
-        )?;
-        let mut dxq = vec![0.0f32; batch * n_in];
-        gemm(
-            (batch, units, n_in),
-            (&dz, units, 1),
-            (&p.kq, 1, units),
-            0.0,
-            &mut dxq,
-        )?;
+        let dkq = product((n_in, batch, units), (&p.xq, 1, n_in), (&dz, units, 1))?;
+        let dxq = product((batch, units, n_in), (&dz, units, 1), (&p.kq, 1, units))?;
         let mut dx = vec![0.0f32; batch * n_in];
         let g_iq = p.iq.backward(&dxq, &mut dx)?;
         let mut dkernel = vec![0.0f32; n_in * units];
