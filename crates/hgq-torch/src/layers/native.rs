@@ -141,45 +141,112 @@ fn gemm_into(
             c.len()
         )));
     }
-    // Products big enough to pay for a fork: blocks of rows of c on the threads of the
-    // current rayon pool (each block a product of its own, the same sums in the same order).
-    let threads = rayon::current_num_threads();
-    let rows = if threads > 1 && m * k * n >= PARALLEL_MACS {
-        m.div_ceil(threads)
-    } else {
-        m
-    };
-    let block = |(j, c): (usize, &mut [MaybeUninit<f32>])| {
-        let r0 = j * rows;
-        let mb = c.len() / n;
-        // SAFETY: every index the product reads or writes is in bounds (checked above for
-        // all of c; this block's rows r0..r0 + mb are a part of it).
-        unsafe {
-            matrixmultiply::sgemm(
-                mb,
-                k,
-                n,
-                1.0,
-                a.as_ptr().add(r0 * rsa),
-                rsa as isize,
-                csa as isize,
-                b.as_ptr(),
-                rsb as isize,
-                csb as isize,
-                beta,
-                c.as_mut_ptr().cast::<f32>(),
-                n as isize,
-                1,
-            );
-        }
-    };
     let c = &mut c[..m * n];
-    if rows == m {
-        block((0, c));
+    // Products big enough to pay for a fork: blocks of c on the threads of the current rayon
+    // pool, each block a product of its own (each element the same sums in the same order).
+    // Every block packs the whole of one operand again: a split of c's rows packs `b` once
+    // per block, a split of its columns `a`, so the split goes along the side whose other
+    // operand is the smaller one (the columns for a batch of 64 rows by a wide layer).
+    let threads = rayon::current_num_threads();
+    if threads < 2 || m * k * n < PARALLEL_MACS {
+        // SAFETY: the operands and c are in bounds (checked above).
+        unsafe {
+            sgemm_block(
+                (m, k, n),
+                (a.as_ptr(), rsa, csa),
+                (b.as_ptr(), rsb, csb),
+                beta,
+                c.as_mut_ptr(),
+                n,
+            )
+        };
+    } else if m >= n {
+        let rows = m.div_ceil(threads);
+        c.par_chunks_mut(rows * n).enumerate().for_each(|(j, c)| {
+            let r0 = j * rows;
+            // SAFETY: rows r0..r0 + c.len() / n of a and of c, in bounds (checked above).
+            unsafe {
+                sgemm_block(
+                    (c.len() / n, k, n),
+                    (a.as_ptr().add(r0 * rsa), rsa, csa),
+                    (b.as_ptr(), rsb, csb),
+                    beta,
+                    c.as_mut_ptr(),
+                    n,
+                );
+            }
+        });
     } else {
-        c.par_chunks_mut(rows * n).enumerate().for_each(block);
+        let cols = n.div_ceil(threads);
+        let out = SharedOut(c.as_mut_ptr());
+        (0..n.div_ceil(cols)).into_par_iter().for_each(|j| {
+            let c0 = j * cols;
+            // SAFETY: columns c0..c0 + nb of b and of c, in bounds (checked above); the
+            // blocks' columns are disjoint, so no two threads write the same element.
+            unsafe {
+                sgemm_block(
+                    (m, k, cols.min(n - c0)),
+                    (a.as_ptr(), rsa, csa),
+                    (b.as_ptr().add(c0 * csb), rsb, csb),
+                    beta,
+                    out.at(c0),
+                    n,
+                );
+            }
+        });
     }
     Ok(())
+}
+
+/// Row-major `c` (`m x n`, rows `ldc` apart) `= a @ b + beta * c`, `a` and `b` at their strides.
+///
+/// # Safety
+/// Every element of `a` (`m x k`), `b` (`k x n`) and `c` at these strides is in its buffer, and
+/// no other thread reads or writes the part of `c` this writes.
+unsafe fn sgemm_block(
+    (m, k, n): (usize, usize, usize),
+    (a, rsa, csa): (*const f32, usize, usize),
+    (b, rsb, csb): (*const f32, usize, usize),
+    beta: f32,
+    c: *mut MaybeUninit<f32>,
+    ldc: usize,
+) {
+    // SAFETY: as the caller promises; with beta 0 `c` is written, not read.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a,
+            rsa as isize,
+            csa as isize,
+            b,
+            rsb as isize,
+            csb as isize,
+            beta,
+            c.cast::<f32>(),
+            ldc as isize,
+            1,
+        );
+    }
+}
+
+/// An output the threads of a column split write to, each its own columns.
+struct SharedOut(*mut MaybeUninit<f32>);
+
+// SAFETY: the threads write disjoint elements (see `gemm_into`'s column split).
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// The element `offset` past the start.
+    ///
+    /// # Safety
+    /// `offset` is within the output.
+    unsafe fn at(&self, offset: usize) -> *mut MaybeUninit<f32> {
+        // SAFETY: as the caller promises.
+        unsafe { self.0.add(offset) }
+    }
 }
 
 /// Multiply-adds from which a matrix product is split over threads.
@@ -771,6 +838,52 @@ mod tests {
         let mut nan = [f32::NAN];
         exp_in_place(&mut nan);
         assert!(nan[0].is_nan());
+    }
+
+    /// Products split over threads (along the rows, or the columns where `m < n`) give the
+    /// bits of the product in one piece, and those are the plain sums up to float32 rounding;
+    /// a transposed operand (strides swapped) and `beta = 1` included.
+    #[test]
+    fn split_products_are_the_product_in_one_piece() -> Result<()> {
+        let fill = |len: usize, seed: u32| -> Vec<f32> {
+            (0..len)
+                .map(|j| ((j as u32).wrapping_mul(2_654_435_761) ^ seed) % 1000)
+                .map(|v| v as f32 / 500.0 - 1.0)
+                .collect()
+        };
+        let pool = |t| hgq_core::kernels::thread_pool(t).expect("a thread pool");
+        let (single, pool) = (pool(1), pool(2));
+        // (m, k, n): a split of the columns (m < n), of the rows, and one too small to split.
+        for (m, k, n) in [(64, 512, 512), (512, 64, 300), (8, 8, 8)] {
+            let (a, bt) = (fill(m * k, 1), fill(n * k, 2));
+            // b given transposed: stored n x k, read k x n through its strides.
+            let (ao, bo) = ((&a[..], k, 1), (&bt[..], 1, k));
+            let one = single.install(|| product((m, k, n), ao, bo))?;
+            let split = pool.install(|| product((m, k, n), ao, bo))?;
+            assert!(
+                one.iter()
+                    .zip(&split)
+                    .all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{m}x{k}x{n}"
+            );
+            let mut acc = fill(m * n, 3);
+            let start = acc.clone();
+            pool.install(|| gemm((m, k, n), ao, bo, 1.0, &mut acc))?;
+            for (r, row) in one.chunks_exact(n).enumerate() {
+                for (j, &v) in row.iter().enumerate() {
+                    let want: f64 = (0..k)
+                        .map(|t| f64::from(a[r * k + t]) * f64::from(bt[j * k + t]))
+                        .sum();
+                    assert!(
+                        (f64::from(v) - want).abs() <= 1e-4 * (k as f64),
+                        "{m}x{k}x{n}"
+                    );
+                    let sum = start[r * n + j] + v;
+                    assert!((acc[r * n + j] - sum).abs() <= 1e-4 * (k as f32));
+                }
+            }
+        }
+        Ok(())
     }
 
     #[test]
