@@ -249,8 +249,9 @@ impl SharedOut {
     }
 }
 
-/// Multiply-adds from which a matrix product is split over threads.
-const PARALLEL_MACS: usize = 1 << 21;
+/// Multiply-adds from which a matrix product is split over threads: below it, waking the other
+/// workers costs more than half the product (`benches/RESULTS.md` has the measurements).
+const PARALLEL_MACS: usize = 1 << 22;
 
 /// A quantizer's pass on `x` (its shape `shape`), kept for the backward.
 fn quantize(q: &Named, x: &[f32], shape: &[usize]) -> Result<(Vec<f32>, SavedPass<f32>)> {
