@@ -10,12 +10,12 @@
 //! one every backend runs (hgq-core's `Quantizer` on its CPU backend, variables read where
 //! the `VarStore` keeps them), so values are those of the autograd step up to the order of
 //! float32 sums in the matrix products.
+use std::mem::MaybeUninit;
+
 use hgq_core::fold::lane_sum;
 use hgq_core::quantizer::{Backend, Constraint, Cpu, Dual, DualArith, SavedPass};
 use hgq_core::shape::{broadcast_to, sum_to};
 use hgq_core::{CallMode, Path, TensorRef};
-use std::mem::MaybeUninit;
-
 use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
@@ -141,59 +141,45 @@ fn gemm_into(
             c.len()
         )));
     }
-    let c = &mut c[..m * n];
     // Products big enough to pay for a fork: blocks of c on the threads of the current rayon
     // pool, each block a product of its own (each element the same sums in the same order).
     // Every block packs the whole of one operand again: a split of c's rows packs `b` once
     // per block, a split of its columns `a`, so the split goes along the side whose other
     // operand is the smaller one (the columns for a batch of 64 rows by a wide layer).
     let threads = rayon::current_num_threads();
-    if threads < 2 || m * k * n < PARALLEL_MACS {
-        // SAFETY: the operands and c are in bounds (checked above).
+    let (rows, cols) = if threads < 2 || m * k * n < PARALLEL_MACS {
+        (m, n)
+    } else if m >= n {
+        (m.div_ceil(threads), n)
+    } else {
+        (m, n.div_ceil(threads))
+    };
+    let out = SharedOut(c.as_mut_ptr());
+    // Block j: rows j * rows.. where the rows are split, else columns j * cols.. (one of the
+    // two is split at most, so the other offset is 0).
+    let block = |j: usize| {
+        let (r0, c0) = if cols == n {
+            (j * rows, 0)
+        } else {
+            (0, j * cols)
+        };
+        // SAFETY: the block's rows and columns of a, b and c are in bounds (checked above;
+        // r0 < m and c0 < n, and a split needs k > 0); blocks are disjoint, so no two
+        // threads write the same element of c.
         unsafe {
             sgemm_block(
-                (m, k, n),
-                (a.as_ptr(), rsa, csa),
-                (b.as_ptr(), rsb, csb),
+                (rows.min(m - r0), k, cols.min(n - c0)),
+                (a.as_ptr().add(r0 * rsa), rsa, csa),
+                (b.as_ptr().add(c0 * csb), rsb, csb),
                 beta,
-                c.as_mut_ptr(),
+                out.at(r0 * n + c0),
                 n,
-            )
-        };
-    } else if m >= n {
-        let rows = m.div_ceil(threads);
-        c.par_chunks_mut(rows * n).enumerate().for_each(|(j, c)| {
-            let r0 = j * rows;
-            // SAFETY: rows r0..r0 + c.len() / n of a and of c, in bounds (checked above).
-            unsafe {
-                sgemm_block(
-                    (c.len() / n, k, n),
-                    (a.as_ptr().add(r0 * rsa), rsa, csa),
-                    (b.as_ptr(), rsb, csb),
-                    beta,
-                    c.as_mut_ptr(),
-                    n,
-                );
-            }
-        });
-    } else {
-        let cols = n.div_ceil(threads);
-        let out = SharedOut(c.as_mut_ptr());
-        (0..n.div_ceil(cols)).into_par_iter().for_each(|j| {
-            let c0 = j * cols;
-            // SAFETY: columns c0..c0 + nb of b and of c, in bounds (checked above); the
-            // blocks' columns are disjoint, so no two threads write the same element.
-            unsafe {
-                sgemm_block(
-                    (m, k, cols.min(n - c0)),
-                    (a.as_ptr(), rsa, csa),
-                    (b.as_ptr().add(c0 * csb), rsb, csb),
-                    beta,
-                    out.at(c0),
-                    n,
-                );
-            }
-        });
+            );
+        }
+    };
+    match m.div_ceil(rows) * n.div_ceil(cols) {
+        1 => block(0),
+        blocks => (0..blocks).into_par_iter().for_each(block),
     }
     Ok(())
 }
@@ -232,10 +218,10 @@ unsafe fn sgemm_block(
     }
 }
 
-/// An output the threads of a column split write to, each its own columns.
+/// A product's output that the threads of a split write to, each its own block.
 struct SharedOut(*mut MaybeUninit<f32>);
 
-// SAFETY: the threads write disjoint elements (see `gemm_into`'s column split).
+// SAFETY: the threads write disjoint elements (see `gemm_into`'s blocks).
 unsafe impl Sync for SharedOut {}
 
 impl SharedOut {
