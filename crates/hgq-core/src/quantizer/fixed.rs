@@ -462,6 +462,7 @@ impl<V> FixedQuantizer<V> {
             .into());
         }
         let spec = self.spec();
+        let sym = spec.overflow.is_symmetric();
         let train = mode == CallMode::Training;
         let round_only =
             FixedPoint::new(spec.round, OverflowMode::Wrap)?.with_stochastic(self.noise(b, mode)?);
@@ -482,19 +483,25 @@ impl<V> FixedQuantizer<V> {
         match self.param() {
             Param::Kbi => {
                 let bvar = self.var(VarName::B);
-                let b_used: Vec<B::C> = b.read(&bvar.value)?.into_iter().map(rc1).collect();
-                let new_i: Vec<B::C> = i_raw
-                    .iter()
-                    .zip(self.minimal_i(b, x)?)
-                    .map(|(&r, m)| {
-                        if train {
-                            con((r - decay).maximum(m))
-                        } else {
-                            con(rc1(r).maximum(m))
-                        }
-                    })
-                    .collect();
-                let i_used: Vec<B::C> = new_i.iter().map(|&v| rc1(v)).collect();
+                // One loop over the bit widths forms the minimal integer bits of x with the
+                // rounded `b`, the new `i` and the `i` the pass reads: per-weight bit widths
+                // make each of these a weight-sized array, and each loop a pass over memory.
+                let absmax = self.absmax(b, x)?;
+                let b_raw = b.read(&bvar.value)?;
+                let (mut new_i, mut i_used) = (
+                    Vec::with_capacity(i_raw.len()),
+                    Vec::with_capacity(i_raw.len()),
+                );
+                for ((&r, &a), &bv) in i_raw.iter().zip(&absmax).zip(&b_raw) {
+                    let m = minimal_i::xb(a, rc1(bv), sym);
+                    let v = if train {
+                        con((r - decay).maximum(m))
+                    } else {
+                        con(rc1(r).maximum(m))
+                    };
+                    new_i.push(v);
+                    i_used.push(rc1(v));
+                }
                 let y = if train {
                     // f = rc(b) - i_used: the pass forms it from raw b (its gradient reaches b).
                     let pass = Pass {
@@ -506,7 +513,11 @@ impl<V> FixedQuantizer<V> {
                     run(b, x, pass)?
                 } else {
                     // Tracing: f = b - i_new (unrounded), as the reference.
-                    let f: Vec<B::C> = b_used.iter().zip(&new_i).map(|(&b, &i)| b - i).collect();
+                    let f: Vec<B::C> = b_raw
+                        .iter()
+                        .zip(&new_i)
+                        .map(|(&b, &i)| rc1(b) - i)
+                        .collect();
                     let pass = Pass {
                         q: round_only,
                         k,
@@ -520,8 +531,8 @@ impl<V> FixedQuantizer<V> {
                 } else {
                     let neg = self.any_k(b, &y)?;
                     let mut kv = b.read(&self.var(VarName::K).value)?;
-                    for ((kv, n), bu) in kv.iter_mut().zip(neg).zip(&b_used) {
-                        if n && *bu > B::C::ZERO {
+                    for ((kv, n), &bv) in kv.iter_mut().zip(neg).zip(&b_raw) {
+                        if n && rc1(bv) > B::C::ZERO {
                             *kv = B::C::ONE;
                         }
                     }
@@ -593,10 +604,8 @@ impl<V> FixedQuantizer<V> {
         b: &B,
         x: &B::Tensor,
     ) -> std::result::Result<Vec<B::C>, B::Error> {
-        check_input(&self.layout.input_shape, &b.shape(x)?)?;
         let sym = self.spec().overflow.is_symmetric();
-        // With data-parallel processes, the maxima over all of their data.
-        let absmax = crate::sync::max_over_processes(b.absmax(x, &self.layout.homogeneous)?)?;
+        let absmax = self.absmax(b, x)?;
         Ok(match self.param() {
             Param::Kbi => {
                 let bu = b.read(&self.var(VarName::B).value)?;
@@ -615,6 +624,19 @@ impl<V> FixedQuantizer<V> {
                     .collect()
             }
         })
+    }
+
+    /// `max |x|` over the elements that share each bit width (x's shape checked first); with
+    /// data-parallel processes, over all of their data.
+    fn absmax<B: Backend<Var = V>>(
+        &self,
+        b: &B,
+        x: &B::Tensor,
+    ) -> std::result::Result<Vec<B::C>, B::Error> {
+        check_input(&self.layout.input_shape, &b.shape(x)?)?;
+        Ok(crate::sync::max_over_processes(
+            b.absmax(x, &self.layout.homogeneous)?,
+        )?)
     }
 
     /// hgq2's `get_any_k`: whether any element of `x` that shares a bit width is negative (so
