@@ -14,6 +14,7 @@
 
 mod alloc;
 pub mod backend;
+mod blas;
 mod bridge;
 pub mod distributed;
 #[cfg(feature = "golden")]

@@ -184,7 +184,9 @@ fn gemm_into(
     Ok(())
 }
 
-/// Row-major `c` (`m x n`, rows `ldc` apart) `= a @ b + beta * c`, `a` and `b` at their strides.
+/// Row-major `c` (`m x n`, rows `ldc` apart) `= a @ b + beta * c`, `a` and `b` at their strides:
+/// MKL's `sgemm` where libtorch brings it (faster on the products of a step), else
+/// `matrixmultiply`.
 ///
 /// # Safety
 /// Every element of `a` (`m x k`), `b` (`k x n`) and `c` at these strides is in its buffer, and
@@ -199,6 +201,9 @@ unsafe fn sgemm_block(
 ) {
     // SAFETY: as the caller promises; with beta 0 `c` is written, not read.
     unsafe {
+        if crate::blas::sgemm((m, k, n), (a, rsa, csa), (b, rsb, csb), beta, c.cast(), ldc) {
+            return;
+        }
         matrixmultiply::sgemm(
             m,
             k,
