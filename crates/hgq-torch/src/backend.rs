@@ -100,6 +100,18 @@ impl HostVar<f32> for TchVar {
         crate::bridge::bump_version(&self.tensor);
         Ok(s)
     }
+
+    /// The same tensor (a native step's saved passes read the `VarStore`'s memory at their
+    /// backward instead of a copy made at the forward).
+    fn share(&self) -> Option<Self> {
+        Some(TchVar::new(self.tensor.shallow_clone()))
+    }
+
+    /// libtorch's version counter, which every in-place write moves (`host_mut` and Adam's
+    /// host update move it too).
+    fn version(&self) -> Option<i64> {
+        self.tensor.f_internal_version().ok()
+    }
 }
 
 const NOT_HOST: CoreError =

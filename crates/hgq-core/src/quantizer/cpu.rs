@@ -140,6 +140,20 @@ pub trait HostVar<C> {
     fn host(&self) -> Result<&[C]>;
     /// The values to write in place; an error if they are not in host memory as `C`.
     fn host_mut(&mut self) -> Result<&mut [C]>;
+    /// Another handle to the same memory, which a [`SavedPass`] keeps for its backward instead
+    /// of a copy of the values, with their [`HostVar::version`] at the forward; `None` (the
+    /// default, and hgq-core's `Vec`s): the pass keeps a copy.
+    fn share(&self) -> Option<Self>
+    where
+        Self: Sized,
+    {
+        None
+    }
+    /// A count that every write to the values moves (a shared handle's backward checks it);
+    /// `None` where there is none.
+    fn version(&self) -> Option<i64> {
+        None
+    }
 }
 
 impl<C> HostVar<C> for Vec<C> {
@@ -167,20 +181,22 @@ pub struct Cpu<'a, T: Element, V = Vec<<T as Element>::C>> {
     path: Path,
     collected: RefCell<Collected<T>>,
     /// `Some`: the passes without upstream are kept for a later backward.
-    saved: Option<RefCell<Vec<SavedPass<T>>>>,
+    saved: Option<RefCell<Vec<SavedPass<T, V>>>>,
     var: std::marker::PhantomData<fn(&V)>,
 }
 
 /// One pass kept by a recording [`Cpu`] for a backward later (when the upstream gradient is
-/// known, as in a network): the values it read, copied, so that changes of the variables after
-/// the forward (an optimizer step) do not reach it, as with autograd's saved tensors.
+/// known, as in a network): the values it read, so that changes of the variables after the
+/// forward (an optimizer step) do not reach it, as with autograd's saved tensors. Variables
+/// whose storage can be shared ([`HostVar::share`]) are kept as handles with their version,
+/// and a backward after a write to them is an error (as autograd's); others are copied.
 #[derive(Debug, Clone)]
-pub struct SavedPass<T: Element> {
+pub struct SavedPass<T: Element, V = Vec<<T as Element>::C>> {
     kind: SavedKind,
     x: Vec<T>,
     shape: Vec<usize>,
     /// Fixed point: k, then the two bit-width operands; minifloat: m, e, e0 as used.
-    params: Vec<SavedParam<T::C>>,
+    params: Vec<SavedParam<T::C, V>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -192,41 +208,72 @@ enum SavedKind {
 
 /// A parameter a pass read: its values, shape, and the trainable variable it is (if one).
 #[derive(Debug, Clone)]
-struct SavedParam<C> {
-    values: Vec<C>,
+struct SavedParam<C, V> {
+    values: SavedValues<C, V>,
     shape: Vec<usize>,
     var: Option<VarName>,
 }
 
-impl<C: Copy> SavedParam<C> {
-    fn of<V: HostVar<C>>(o: &Operand<'_, V, C>) -> Result<Self> {
+/// A saved parameter's values: a copy, or a handle to the variable's memory and the version
+/// the values had when the pass read them.
+#[derive(Debug, Clone)]
+enum SavedValues<C, V> {
+    Copy(Vec<C>),
+    Shared { var: V, version: i64 },
+}
+
+impl<C: Copy, V: HostVar<C>> SavedParam<C, V> {
+    fn of(o: &Operand<'_, V, C>) -> Result<Self> {
         Ok(match o {
-            Operand::Var(v) => SavedParam {
-                values: v.value.host()?.to_vec(),
-                shape: v.shape.clone(),
-                var: v.trainable.then_some(v.name),
-            },
+            Operand::Var(v) => {
+                let shared = v.value.share().zip(v.value.version());
+                SavedParam {
+                    values: match shared {
+                        Some((var, version)) => SavedValues::Shared { var, version },
+                        None => SavedValues::Copy(v.value.host()?.to_vec()),
+                    },
+                    shape: v.shape.clone(),
+                    var: v.trainable.then_some(v.name),
+                }
+            }
             Operand::Values(d, s) => SavedParam {
-                values: d.to_vec(),
+                values: SavedValues::Copy(d.to_vec()),
                 shape: s.to_vec(),
                 var: None,
             },
         })
     }
 
+    fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// The values as the forward read them; an error if the variable was written since.
     fn tensor(&self) -> Result<TensorRef<'_, C>> {
-        TensorRef::new(&self.values, &self.shape)
+        let values = match &self.values {
+            SavedValues::Copy(v) => v.as_slice(),
+            SavedValues::Shared { var, version } => {
+                if var.version() != Some(*version) {
+                    return Err(CoreError::Unsupported(
+                        "a backward after a write to a variable its forward read (an optimizer \
+                         step or another call in between): run the backward first",
+                    ));
+                }
+                var.host()?
+            }
+        };
+        TensorRef::new(values, &self.shape)
     }
 }
 
-impl<T: Element> SavedPass<T> {
+impl<T: Element, V: HostVar<T::C>> SavedPass<T, V> {
     /// `dx` into `dx` and the gradients of the trainable variables the pass read, for
     /// upstream `dy` (x's shape).
     pub fn backward(&self, dy: &[T], dx: &mut [T]) -> Result<Grads<T::C>> {
         check_len("dy", dy.len(), &self.shape)?;
         check_len("dx", dx.len(), &self.shape)?;
         let x = TensorRef::new(&self.x, &self.shape)?;
-        let zeros = |p: &SavedParam<T::C>| vec![T::C::ZERO; p.values.len()];
+        let zeros = |p: &SavedParam<T::C, V>| vec![T::C::ZERO; p.len()];
         // Each parameter's gradient, beside the parameters it is of.
         let (grads, params): (Vec<Vec<T::C>>, &[_]) = match self.kind {
             SavedKind::Identity => {
@@ -305,14 +352,14 @@ impl<'a, T: Element, V: HostVar<T::C>> Cpu<'a, T, V> {
     }
 
     /// The passes kept so far (none unless [`Cpu::recording`]).
-    pub fn take_saved(&self) -> Vec<SavedPass<T>> {
+    pub fn take_saved(&self) -> Vec<SavedPass<T, V>> {
         self.saved
             .as_ref()
             .map(|s| std::mem::take(&mut *s.borrow_mut()))
             .unwrap_or_default()
     }
 
-    fn save(&self, kind: SavedKind, x: &CpuTensor<'_, T>, params: Vec<SavedParam<T::C>>) {
+    fn save(&self, kind: SavedKind, x: &CpuTensor<'_, T>, params: Vec<SavedParam<T::C, V>>) {
         if let Some(s) = &self.saved {
             s.borrow_mut().push(SavedPass {
                 kind,
@@ -603,7 +650,7 @@ impl<'a, T: Element, V: HostVar<T::C>> Backend for Cpu<'a, T, V> {
                 minifloat_call(x.as_ref(), pt, None, Some(&mut y), None, self.path)?;
                 let params = (0..3)
                     .map(|j| SavedParam {
-                        values: used[j].clone(),
+                        values: SavedValues::Copy(used[j].clone()),
                         shape: shapes[j].to_vec(),
                         var: match &p[j] {
                             Operand::Var(v) if v.trainable => Some(v.name),
@@ -648,7 +695,7 @@ impl<V> Quantizer<V> {
         x: TensorRef<'_, T>,
         mode: CallMode,
         path: Path,
-    ) -> Result<(Vec<T>, SavedPass<T>)>
+    ) -> Result<(Vec<T>, SavedPass<T, V>)>
     where
         V: HostVar<T::C>,
     {

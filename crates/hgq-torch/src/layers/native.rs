@@ -244,8 +244,12 @@ impl SharedOut {
 /// workers costs more than half the product (`benches/RESULTS.md` has the measurements).
 const PARALLEL_MACS: usize = 1 << 22;
 
+/// A quantizer's pass kept for the backward: its variables as handles to the `VarStore`'s
+/// memory (unchanged until Adam's update, after every backward).
+type Pass = SavedPass<f32, TchVar>;
+
 /// A quantizer's pass on `x` (its shape `shape`), kept for the backward.
-fn quantize(q: &Named, x: &[f32], shape: &[usize]) -> Result<(Vec<f32>, SavedPass<f32>)> {
+fn quantize(q: &Named, x: &[f32], shape: &[usize]) -> Result<(Vec<f32>, Pass)> {
     Ok(q.q
         .lock()
         .forward_saved(TensorRef::new(x, shape)?, CallMode::Training, Path::Simd)?)
@@ -305,9 +309,9 @@ struct LayerPass {
     kq: Vec<f32>,
     /// The output, after the activation.
     a: Vec<f32>,
-    iq: SavedPass<f32>,
-    kq_pass: SavedPass<f32>,
-    bq_pass: Option<SavedPass<f32>>,
+    iq: Pass,
+    kq_pass: Pass,
+    bq_pass: Option<Pass>,
     bits: [Option<Bits>; 3],
     /// The row sums of the kernel's bit widths (the EBOPs' and their gradient's).
     ker_rows: Vec<f32>,
@@ -722,6 +726,7 @@ fn gradients(layers: &[&QDense], x: &Tensor, labels: &Tensor) -> Result<StepGrad
 mod tests {
     use hgq_config::keras::Regularizer;
     use hgq_config::{Place, QType, QuantizerConfig};
+    use hgq_core::quantizer::VarName;
     use hgq_core::{OverflowMode, RoundMode};
     use tch::nn;
 
@@ -875,6 +880,37 @@ mod tests {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// A saved pass reads the `VarStore`'s memory at its backward (no copy): the gradients
+    /// of a backward right after the forward, and an error, not gradients of other values,
+    /// once a variable the pass read was written in between.
+    #[test]
+    fn saved_passes_refuse_a_backward_after_a_write() -> Result<()> {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let mut model = Sequential::new();
+        for l in case(0) {
+            model.add(&vs.root(), l)?;
+        }
+        let layer = dense(&model)?[0];
+        let kernel = host::slice(&layer.kernel).ok_or_else(|| not_plain("the kernel"))?;
+        let shape = [layer.in_features, layer.units];
+        let n = kernel.len();
+        let (_, pass) = quantize(&layer.kq, kernel, &shape)?;
+        let mut dx = vec![0.0f32; n];
+        let grads = pass.backward(&vec![1.0; n], &mut dx)?;
+        assert!(grads.b.is_some() && grads.i.is_some());
+        let b = {
+            let inner = layer.kq.q.lock();
+            let v = inner.variables().iter().find(|v| v.name == VarName::B);
+            v.map(|v| v.value.tensor().shallow_clone())
+        }
+        .expect("a KBI quantizer has b");
+        let _ = tch::no_grad(|| b.shallow_clone().f_add_scalar_(1.0))?;
+        let before = dx.clone();
+        assert!(pass.backward(&vec![1.0; n], &mut dx).is_err());
+        assert_eq!(dx, before, "a refused backward writes nothing");
         Ok(())
     }
 
