@@ -4,9 +4,9 @@
 //! The native training step's matrix products are its largest single cost on wide layers, and
 //! MKL's `sgemm` runs them faster than `matrixmultiply` on the shapes of a step
 //! (`benches/RESULTS.md` has the measurements). libtorch exports MKL's Fortran interface
-//! (`sgemm_`) and its thread-local thread count; they are looked up once with `dlsym`, so that a
-//! libtorch without them (other systems, other BLAS) links and runs as before, on
-//! `matrixmultiply`.
+//! (`sgemm_`, also as `mkl_blas__sgemm`) and its thread-local thread count; they are looked up
+//! once with `dlsym`, so that a libtorch without them (other systems, other BLAS) links and
+//! runs as before, on `matrixmultiply`.
 use std::ffi::{c_char, c_int, c_void};
 use std::sync::OnceLock;
 
@@ -46,7 +46,9 @@ fn lookup() -> Option<Mkl> {
     // SAFETY: dlsym with RTLD_DEFAULT and NUL-terminated names only reads.
     let (g, t) = unsafe {
         (
-            dlsym(std::ptr::null_mut(), c"sgemm_".as_ptr()),
+            // MKL's own name of its Fortran `sgemm_` (the same function in libtorch_cpu): a
+            // plain `sgemm_` could be another BLAS loaded into the process first.
+            dlsym(std::ptr::null_mut(), c"mkl_blas__sgemm".as_ptr()),
             // The C interface (by value); `mkl_set_num_threads_local` is exported as the
             // Fortran one, which takes a pointer.
             dlsym(std::ptr::null_mut(), c"MKL_Set_Num_Threads_Local".as_ptr()),
@@ -55,8 +57,8 @@ fn lookup() -> Option<Mkl> {
     if g.is_null() || t.is_null() {
         return None;
     }
-    // SAFETY: symbols of these names are MKL's functions of these signatures (the thread
-    // count's presence tells MKL's `sgemm_` from another BLAS's, whose integers may differ).
+    // SAFETY: symbols of these names are MKL's functions of these signatures (LP64, as
+    // libtorch links MKL).
     unsafe {
         Some(Mkl {
             sgemm: std::mem::transmute::<*mut c_void, SgemmFn>(g),
