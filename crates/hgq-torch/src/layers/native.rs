@@ -4,12 +4,12 @@
 //! autograd; their dispatch, not their arithmetic, is the step's time. Here the same step is
 //! plain loops over the `VarStore`'s memory: per layer the quantizers' fused passes
 //! (hgq-core's kernels, kept for their backward: [`SavedPass`]), one GEMM forward and two
-//! backward (`matrixmultiply`), the EBOPs and their gradients through the bit widths
-//! ([`Dual`]: the quantizer logic's own arithmetic, differentiated), the cross entropy, the
-//! regularizers, then Keras' Adam and the constraints in place. The quantizer logic is the
-//! one every backend runs (hgq-core's `Quantizer` on its CPU backend, variables read where
-//! the `VarStore` keeps them), so values are those of the autograd step up to the order of
-//! float32 sums in the matrix products.
+//! backward (libtorch's MKL, else `matrixmultiply`), the EBOPs and their gradients through the
+//! bit widths ([`Dual`]: the quantizer logic's own arithmetic, differentiated), the cross
+//! entropy, the regularizers, then Keras' Adam and the constraints in place. The quantizer
+//! logic is the one every backend runs (hgq-core's `Quantizer` on its CPU backend, variables
+//! read where the `VarStore` keeps them), so values are those of the autograd step up to the
+//! order of float32 sums in the matrix products.
 use std::mem::MaybeUninit;
 
 use hgq_core::fold::lane_sum;
@@ -108,8 +108,8 @@ fn gemm(
 }
 
 /// `a @ b` (`m x k` by `k x n`) into a new row-major `m x n` buffer, not zeroed first: a
-/// product with `beta = 0` writes every element of its output without reading it
-/// (`matrixmultiply`'s contract, `k = 0` included), so zeroing would be a pass for nothing.
+/// product with `beta = 0` writes every element of its output without reading it (BLAS's
+/// and `matrixmultiply`'s contract, `k = 0` included), so zeroing would be a pass for nothing.
 fn product(dims: (usize, usize, usize), a: Operand<'_>, b: Operand<'_>) -> Result<Vec<f32>> {
     let len = dims.0 * dims.2;
     let mut c = Vec::with_capacity(len);
