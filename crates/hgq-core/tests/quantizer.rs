@@ -2,7 +2,8 @@
 use half::{bf16, f16};
 use hgq_core::mapper::Axes;
 use hgq_core::quantizer::{
-    Constraint, CpuQuantizer, FloatSpec, KbiSpec, KifSpec, QuantizerSpec, Regularizer, VarName,
+    Constraint, CpuQuantizer, DualArith, FloatSpec, Grads, KbiSpec, KifSpec, QuantizerSpec,
+    Regularizer, VarName,
 };
 use hgq_core::{CallMode, CoreError, OverflowMode, RoundMode, Stochastic, TensorRef};
 use rstest::rstest;
@@ -644,4 +645,63 @@ fn a_saved_forward_then_backward_is_the_fused_call(#[case] spec: QuantizerSpec) 
         saved.backward(&[1.0; 20], &mut [0.0; 3]),
         Err(CoreError::Length { what: "dx", .. })
     ));
+}
+
+/// The regularization loss with its gradient added in place is the dual-number loss and its
+/// backward added (bit for bit, on values without zeros): every regularizer, gradients that
+/// exist and that do not yet, a non-trainable regularized variable left alone; a gradient of
+/// the wrong length is an error that changes nothing.
+#[test]
+fn regularization_in_place_is_the_dual_loss_added() {
+    let mut spec = KifSpec::new(1.0, 2.0, 4.0, RoundMode::Rnd, OverflowMode::Sat)
+        .with_axes(Axes::Homogeneous(vec![0]));
+    spec.ir = Some(Regularizer::L2(0.3));
+    spec.fr = Some(Regularizer::L1(0.7));
+    let mut kbi = KbiSpec::new(1.0, 4.0, 1.0, RoundMode::Rnd, OverflowMode::Wrap)
+        .with_axes(Axes::Homogeneous(vec![0]));
+    kbi.br = Some(Regularizer::MonoL1(0.5));
+    kbi.ir = Some(Regularizer::L1(0.2));
+    for spec in [QuantizerSpec::Kif(spec), QuantizerSpec::Kbi(kbi)] {
+        let mut q = CpuQuantizer::<f32>::new(spec, &[None, Some(3)]).unwrap();
+        for v in q.variables_mut() {
+            let n = v.value.len();
+            v.value = (0..n).map(|j| 1.25 - 0.75 * j as f32).collect();
+        }
+        let start = Grads {
+            i: Some(vec![0.125, -2.0, 3.5]),
+            ..Grads::default()
+        };
+        let inner = q.inner();
+        let mut want = start.clone();
+        let loss = inner
+            .regularization_loss(&DualArith::<f32, Vec<f32>>::new())
+            .unwrap()
+            .expect("regularized");
+        inner.add_trainable_grads(&loss, &[1.0], &mut want).unwrap();
+        let mut got = start.clone();
+        let total = inner.regularization_loss_and_grads(&mut got).unwrap();
+        assert_eq!(total.map(f32::to_bits), Some(loss.value[0].to_bits()));
+        for (name, (g, w)) in [
+            (VarName::B, (&got.b, &want.b)),
+            (VarName::I, (&got.i, &want.i)),
+            (VarName::F, (&got.f, &want.f)),
+        ] {
+            let bits = |v: &Option<Vec<f32>>| {
+                v.as_ref()
+                    .map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>())
+            };
+            assert_eq!(bits(g), bits(w), "{name:?}");
+        }
+        let mut bad = Grads {
+            i: Some(vec![0.0; 2]),
+            ..Grads::default()
+        };
+        let trains_i = inner.variable(VarName::I).is_some_and(|v| v.trainable);
+        let r = inner.regularization_loss_and_grads(&mut bad);
+        assert_eq!(r.is_err(), trains_i);
+        if trains_i {
+            assert_eq!(bad.i, Some(vec![0.0; 2]));
+            assert!(bad.b.is_none() && bad.f.is_none());
+        }
+    }
 }

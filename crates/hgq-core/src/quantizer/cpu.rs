@@ -732,6 +732,46 @@ impl<V> Quantizer<V> {
         }
     }
 
+    /// The regularization loss ([`Quantizer::regularization_loss`]'s value; `None` without
+    /// regularizers), its gradient added in place into `grads` for the trainable variables:
+    /// the values of that loss's [`Quantizer::add_trainable_grads`] with upstream 1 (up to the
+    /// sign of a zero), in one pass per regularizer and no gradient array of its own.
+    pub fn regularization_loss_and_grads<C: Real>(&self, grads: &mut Grads<C>) -> Result<Option<C>>
+    where
+        V: HostVar<C>,
+    {
+        let regularized = || self.variables().iter().filter(|v| v.regularizer.is_some());
+        // Every length checked before anything is added: an error leaves `grads` as it was.
+        for v in regularized() {
+            let n = v.value.host()?.len();
+            if let Some(Some(g)) = grads.slot(v.name)
+                && v.trainable
+                && g.len() != n
+            {
+                return Err(CoreError::Length {
+                    what: "gradient of a regularized variable",
+                    len: g.len(),
+                    shape: vec![n],
+                    expected: n,
+                });
+            }
+        }
+        let mut total: Option<C> = None;
+        for v in regularized() {
+            let (Some(r), values) = (v.regularizer, v.value.host()?) else {
+                continue;
+            };
+            // Summed in the order and type of `regularization_loss`'s dual numbers.
+            let loss = C::from_f64(r.loss(values));
+            total = Some(total.map_or(loss, |t| t + loss));
+            if let (true, Some(slot)) = (v.trainable, grads.slot(v.name)) {
+                let g = slot.get_or_insert_with(|| vec![C::ZERO; values.len()]);
+                r.add_grad(values, 1.0, g);
+            }
+        }
+        Ok(total)
+    }
+
     /// Adds the gradients of `sum(upstream * dual)` with respect to the trainable variables
     /// into `grads` ([`Dual::backward_add`](super::Dual::backward_add)): a training step's
     /// terms of one variable summed in place.

@@ -13,7 +13,7 @@
 use std::mem::MaybeUninit;
 
 use hgq_core::fold::lane_sum;
-use hgq_core::quantizer::{Backend, Constraint, Cpu, Dual, DualArith, SavedPass};
+use hgq_core::quantizer::{Backend, Constraint, Cpu, Dual, SavedPass};
 use hgq_core::shape::{broadcast_to, sum_to};
 use hgq_core::{CallMode, Path, TensorRef};
 use rayon::prelude::*;
@@ -434,9 +434,8 @@ impl QDense {
             if let (Some(bits), Some(up)) = (bits, up) {
                 inner.add_trainable_grads(&bits.dual, &up, &mut g)?;
             }
-            if let Some(loss) = inner.regularization_loss(&DualArith::<f32, TchVar>::new())? {
-                *reg += loss.value.iter().sum::<f32>();
-                inner.add_trainable_grads(&loss, &[1.0], &mut g)?;
+            if let Some(loss) = inner.regularization_loss_and_grads(&mut g)? {
+                *reg += loss;
             }
             for v in inner.variables().iter().filter(|v| v.trainable) {
                 let sum = g
