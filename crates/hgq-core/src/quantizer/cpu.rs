@@ -786,6 +786,19 @@ impl<V> Quantizer<V> {
         })
     }
 
+    /// [`Quantizer::add_trainable_grads`] for an upstream constant along rows
+    /// ([`Dual::backward_add_rows`](super::Dual::backward_add_rows)).
+    pub fn add_trainable_grads_rows<C: Real>(
+        &self,
+        dual: &super::Dual<C>,
+        rows: &[C],
+        grads: &mut Grads<C>,
+    ) -> Result<()> {
+        dual.backward_add_rows(rows, grads, |name| {
+            self.variable(name).is_some_and(|v| v.trainable)
+        })
+    }
+
     /// Gradients by variable (what [`Dual::backward`](super::Dual::backward) returns), those of
     /// trainable variables kept.
     pub fn trainable_grads<C>(&self, grads: Vec<(VarName, Vec<C>)>) -> Grads<C> {

@@ -173,6 +173,70 @@ impl<C: Real> Dual<C> {
         }
         Ok(())
     }
+
+    /// [`Dual::backward_add`] for an upstream constant along rows: value `j`'s upstream is
+    /// `rows[j / (n / rows.len())]` (EBOPs' upstream of a kernel's bit widths is the input's
+    /// bit width of the kernel's row). The same sums, without the upstream as an array of the
+    /// values' length.
+    pub fn backward_add_rows(
+        &self,
+        rows: &[C],
+        grads: &mut super::Grads<C>,
+        wanted: impl Fn(VarName) -> bool,
+    ) -> Result<()> {
+        let n = self.value.len();
+        if rows.is_empty() || !n.is_multiple_of(rows.len()) {
+            return Err(CoreError::Length {
+                what: "upstream rows of bit widths",
+                len: rows.len(),
+                shape: vec![n],
+                expected: n.max(1),
+            });
+        }
+        let row_len = n / rows.len();
+        // A one-element variable broadcast to the values sums over all of them: the general
+        // path, on the upstream spelled out.
+        if self.d.iter().any(|dv| wanted(dv.var) && dv.var_len != n) {
+            let up: Vec<C> = rows
+                .iter()
+                .flat_map(|&u| std::iter::repeat_n(u, row_len))
+                .collect();
+            return self.backward_add(&up, grads, wanted);
+        }
+        // Every length checked before anything is added: an error leaves `grads` as it was.
+        for dv in self.d.iter().filter(|dv| wanted(dv.var)) {
+            if let Some(Some(g)) = grads.slot(dv.var)
+                && g.len() != dv.var_len
+            {
+                return Err(CoreError::Length {
+                    what: "gradient of a bit-width variable",
+                    len: g.len(),
+                    shape: vec![dv.var_len],
+                    expected: dv.var_len,
+                });
+            }
+        }
+        for dv in self.d.iter().filter(|dv| wanted(dv.var)) {
+            let Some(slot) = grads.slot(dv.var) else {
+                continue;
+            };
+            let g = slot.get_or_insert_with(|| vec![C::ZERO; dv.var_len]);
+            let g_rows = g.chunks_exact_mut(row_len.max(1)).zip(rows);
+            match &dv.d {
+                Slope::Ones(_) => {
+                    for (g, &u) in g_rows {
+                        g.iter_mut().for_each(|g| *g = *g + u);
+                    }
+                }
+                Slope::Each(d) => {
+                    for ((g, &u), d) in g_rows.zip(d.chunks_exact(row_len.max(1))) {
+                        g.iter_mut().zip(d).for_each(|(g, &d)| *g = *g + d * u);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The bit-width arithmetic of hgq-core's CPU variables (`Vec<C>`), with derivatives
@@ -380,6 +444,60 @@ mod tests {
 
     fn each(d: &[f32]) -> Slope<f32> {
         Slope::Each(d.to_vec())
+    }
+
+    /// `backward_add_rows` is `backward_add` of the upstream spelled out row by row, bit for
+    /// bit: every slope form, a variable broadcast from one element (the general path), a
+    /// gradient that does not exist yet; rows that do not divide the values, or a gradient of
+    /// another length, are errors that add nothing.
+    #[test]
+    fn backward_add_rows_is_backward_add_spelled_out() -> Result<()> {
+        let (rows, row_len) = ([0.3f32, -1.7, 2.5e-3], 4);
+        let n = rows.len() * row_len;
+        let d = |s: f32| each(&(0..n).map(|j| s * (j as f32 - 4.5)).collect::<Vec<_>>());
+        let deriv = |var, var_len, d| Derivative { var, var_len, d };
+        let per_element = Dual {
+            value: vec![1.0f32; n],
+            d: vec![
+                deriv(VarName::B, n, Slope::Ones(n)),
+                deriv(VarName::I, n, d(0.37)),
+            ],
+        };
+        let mut broadcast = per_element.clone();
+        broadcast.d.push(deriv(VarName::F, 1, d(-1.1)));
+        let up: Vec<f32> = rows
+            .iter()
+            .flat_map(|&u| std::iter::repeat_n(u, row_len))
+            .collect();
+        let base = || Grads {
+            b: Some((0..n).map(|j| 0.01 * j as f32).collect()),
+            ..Grads::default()
+        };
+        for dual in [&per_element, &broadcast] {
+            let (mut got, mut want) = (base(), base());
+            dual.backward_add_rows(&rows, &mut got, |_| true)?;
+            dual.backward_add(&up, &mut want, |_| true)?;
+            assert_eq!(got, want);
+            assert_ne!(got, base());
+        }
+        assert!(
+            per_element
+                .backward_add_rows(&[0.1; 5], &mut base(), |_| true)
+                .is_err()
+        );
+        let short = || Grads {
+            b: Some(vec![0.0f32; n]),
+            i: Some(vec![0.0f32; 3]),
+            ..Grads::default()
+        };
+        let mut g = short();
+        assert!(
+            per_element
+                .backward_add_rows(&rows, &mut g, |_| true)
+                .is_err()
+        );
+        assert_eq!(g, short());
+        Ok(())
     }
 
     /// `backward_add` is `backward` summed onto the gradients there are, bit for bit, for

@@ -299,6 +299,13 @@ fn bits(q: &Named, shape: &[usize]) -> Result<Bits> {
     })
 }
 
+/// An upstream gradient of a quantizer's bit widths: one value each, or one per row of a
+/// kernel (the same value for every weight of the row).
+enum Upstream {
+    Each(Vec<f32>),
+    Rows(Vec<f32>),
+}
+
 /// A trainable variable, its gradient and the constraint Adam applies after its update.
 type VarGrad = (Tensor, Vec<f32>, Option<Constraint>);
 
@@ -431,8 +438,14 @@ impl QDense {
             let inner = q.q.lock();
             // Each variable's terms summed in place, in this order: the pass, EBOPs,
             // regularizers.
-            if let (Some(bits), Some(up)) = (bits, up) {
-                inner.add_trainable_grads(&bits.dual, &up, &mut g)?;
+            match (bits, up) {
+                (Some(bits), Some(Upstream::Each(up))) => {
+                    inner.add_trainable_grads(&bits.dual, &up, &mut g)?
+                }
+                (Some(bits), Some(Upstream::Rows(rows))) => {
+                    inner.add_trainable_grads_rows(&bits.dual, &rows, &mut g)?
+                }
+                _ => {}
             }
             if let Some(loss) = inner.regularization_loss_and_grads(&mut g)? {
                 *reg += loss;
@@ -450,7 +463,7 @@ impl QDense {
     /// The gradient of `beta * ebops` with respect to each quantizer's bit widths (their
     /// bit-width shapes): d/dbits_in = beta * row sums of bits_kernel, d/dbits_kernel =
     /// beta * bits_in (per row), d/dbits_bias = beta.
-    fn ebops_upstream(&self, p: &LayerPass) -> Result<[Option<Vec<f32>>; 3]> {
+    fn ebops_upstream(&self, p: &LayerPass) -> Result<[Option<Upstream>; 3]> {
         let (n_in, units) = (self.in_features, self.units);
         let beta = self.base.beta.get() as f32;
         let [Some(b_in), Some(b_ker), b_b] = &p.bits else {
@@ -459,20 +472,27 @@ impl QDense {
             ));
         };
         let d_in: Vec<f32> = p.ker_rows.iter().map(|&r| beta * r).collect();
-        let mut d_ker = vec![0.0f32; n_in * units];
-        for (row, &b) in d_ker.chunks_exact_mut(units).zip(b_in.full()) {
-            row.fill(beta * b);
-        }
+        let rows: Vec<f32> = b_in.full().iter().map(|&b| beta * b).collect();
         let up_in = b_in.reduce(d_in, &[1, n_in])?;
-        let up_ker = b_ker.reduce(d_ker, &[n_in, units])?;
+        // Per-weight bit widths take the upstream as one value per row; bit widths shared
+        // over weights sum it over them, spelled out.
+        let up_ker = if b_ker.broadcast.is_none() && b_ker.dual.value.len() == n_in * units {
+            Upstream::Rows(rows)
+        } else {
+            let mut d_ker = vec![0.0f32; n_in * units];
+            for (row, &u) in d_ker.chunks_exact_mut(units).zip(&rows) {
+                row.fill(u);
+            }
+            Upstream::Each(b_ker.reduce(d_ker, &[n_in, units])?)
+        };
         let up_b = match b_b {
             Some(bb) => {
                 let d = vec![beta * units as f32 / units as f32; units];
-                Some(bb.reduce(d, &[units])?)
+                Some(Upstream::Each(bb.reduce(d, &[units])?))
             }
             None => None,
         };
-        Ok([Some(up_in), Some(up_ker), up_b])
+        Ok([Some(Upstream::Each(up_in)), Some(up_ker), up_b])
     }
 
     /// Applies the constraints of the variables Adam did not update (and constrain) on host
