@@ -653,15 +653,19 @@ fn a_saved_forward_then_backward_is_the_fused_call(#[case] spec: QuantizerSpec) 
 /// the wrong length is an error that changes nothing.
 #[test]
 fn regularization_in_place_is_the_dual_loss_added() {
-    let mut spec = KifSpec::new(1.0, 2.0, 4.0, RoundMode::Rnd, OverflowMode::Sat)
-        .with_axes(Axes::Homogeneous(vec![0]));
-    spec.ir = Some(Regularizer::L2(0.3));
-    spec.fr = Some(Regularizer::L1(0.7));
-    let mut kbi = KbiSpec::new(1.0, 4.0, 1.0, RoundMode::Rnd, OverflowMode::Wrap)
-        .with_axes(Axes::Homogeneous(vec![0]));
-    kbi.br = Some(Regularizer::MonoL1(0.5));
-    kbi.ir = Some(Regularizer::L1(0.2));
-    for spec in [QuantizerSpec::Kif(spec), QuantizerSpec::Kbi(kbi)] {
+    let per_feature = || Axes::Homogeneous(vec![0]);
+    let kif = KifSpec {
+        ir: Some(Regularizer::L2(0.3)),
+        fr: Some(Regularizer::L1(0.7)),
+        ..KifSpec::new(1.0, 2.0, 4.0, RoundMode::Rnd, OverflowMode::Sat).with_axes(per_feature())
+    };
+    // A WRAP `i` is not trained: its regularizer adds to no gradient.
+    let kbi = KbiSpec {
+        br: Some(Regularizer::MonoL1(0.5)),
+        ir: Some(Regularizer::L1(0.2)),
+        ..KbiSpec::new(1.0, 4.0, 1.0, RoundMode::Rnd, OverflowMode::Wrap).with_axes(per_feature())
+    };
+    for spec in [QuantizerSpec::Kif(kif), QuantizerSpec::Kbi(kbi)] {
         let mut q = CpuQuantizer::<f32>::new(spec, &[None, Some(3)]).unwrap();
         for v in q.variables_mut() {
             let n = v.value.len();

@@ -781,22 +781,14 @@ impl<V> Quantizer<V> {
         upstream: &[C],
         grads: &mut Grads<C>,
     ) -> Result<()> {
-        dual.backward_add(upstream, grads, |name| {
-            self.variable(name).is_some_and(|v| v.trainable)
-        })
+        dual.backward_add(upstream, grads, |name| self.trains(name))
     }
 
-    /// [`Quantizer::add_trainable_grads`] for an upstream constant along rows
-    /// ([`Dual::backward_add_rows`](super::Dual::backward_add_rows)).
-    pub fn add_trainable_grads_rows<C: Real>(
-        &self,
-        dual: &super::Dual<C>,
-        rows: &[C],
-        grads: &mut Grads<C>,
-    ) -> Result<()> {
-        dual.backward_add_rows(rows, grads, |name| {
-            self.variable(name).is_some_and(|v| v.trainable)
-        })
+    /// Whether the quantizer has a trainable variable of this name (the variables whose
+    /// gradients [`Dual::backward_add`](super::Dual::backward_add) and
+    /// [`Dual::backward_add_rows`](super::Dual::backward_add_rows) are wanted for).
+    pub fn trains(&self, name: VarName) -> bool {
+        self.variable(name).is_some_and(|v| v.trainable)
     }
 
     /// Gradients by variable (what [`Dual::backward`](super::Dual::backward) returns), those of

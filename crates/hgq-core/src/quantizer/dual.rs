@@ -132,19 +132,7 @@ impl<C: Real> Dual<C> {
         wanted: impl Fn(VarName) -> bool,
     ) -> Result<()> {
         let n = self.upstream_len(upstream)?;
-        // Every length checked before anything is added: an error leaves `grads` as it was.
-        for dv in self.d.iter().filter(|dv| wanted(dv.var)) {
-            if let Some(Some(g)) = grads.slot(dv.var)
-                && g.len() != dv.var_len
-            {
-                return Err(CoreError::Length {
-                    what: "gradient of a bit-width variable",
-                    len: g.len(),
-                    shape: vec![dv.var_len],
-                    expected: dv.var_len,
-                });
-            }
-        }
+        self.check_grad_lens(grads, &wanted)?;
         for dv in self.d.iter().filter(|dv| wanted(dv.var)) {
             let Some(slot) = grads.slot(dv.var) else {
                 continue;
@@ -169,6 +157,28 @@ impl<C: Real> Dual<C> {
             } else {
                 let s = (0..n).fold(C::ZERO, |acc, j| acc + upstream[j] * dv.d.at(j));
                 g[0] = g[0] + s;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every wanted gradient that exists has its variable's length: checked before anything
+    /// is added, so that an error leaves `grads` as it was.
+    fn check_grad_lens(
+        &self,
+        grads: &mut super::Grads<C>,
+        wanted: &impl Fn(VarName) -> bool,
+    ) -> Result<()> {
+        for dv in self.d.iter().filter(|dv| wanted(dv.var)) {
+            if let Some(Some(g)) = grads.slot(dv.var)
+                && g.len() != dv.var_len
+            {
+                return Err(CoreError::Length {
+                    what: "gradient of a bit-width variable",
+                    len: g.len(),
+                    shape: vec![dv.var_len],
+                    expected: dv.var_len,
+                });
             }
         }
         Ok(())
@@ -203,19 +213,7 @@ impl<C: Real> Dual<C> {
                 .collect();
             return self.backward_add(&up, grads, wanted);
         }
-        // Every length checked before anything is added: an error leaves `grads` as it was.
-        for dv in self.d.iter().filter(|dv| wanted(dv.var)) {
-            if let Some(Some(g)) = grads.slot(dv.var)
-                && g.len() != dv.var_len
-            {
-                return Err(CoreError::Length {
-                    what: "gradient of a bit-width variable",
-                    len: g.len(),
-                    shape: vec![dv.var_len],
-                    expected: dv.var_len,
-                });
-            }
-        }
+        self.check_grad_lens(grads, &wanted)?;
         for dv in self.d.iter().filter(|dv| wanted(dv.var)) {
             let Some(slot) = grads.slot(dv.var) else {
                 continue;

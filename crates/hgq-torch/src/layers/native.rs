@@ -443,7 +443,8 @@ impl QDense {
                     inner.add_trainable_grads(&bits.dual, &up, &mut g)?
                 }
                 (Some(bits), Some(Upstream::Rows(rows))) => {
-                    inner.add_trainable_grads_rows(&bits.dual, &rows, &mut g)?
+                    bits.dual
+                        .backward_add_rows(&rows, &mut g, |name| inner.trains(name))?
                 }
                 _ => {}
             }
