@@ -477,7 +477,7 @@ impl QDense {
         let up_in = b_in.reduce(d_in, &[1, n_in])?;
         // Per-weight bit widths take the upstream as one value per row; bit widths shared
         // over weights sum it over them, spelled out.
-        let up_ker = if b_ker.broadcast.is_none() && b_ker.dual.value.len() == n_in * units {
+        let up_ker = if b_ker.broadcast.is_none() {
             Upstream::Rows(rows)
         } else {
             let mut d_ker = vec![0.0f32; n_in * units];
