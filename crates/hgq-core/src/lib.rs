@@ -25,6 +25,7 @@ pub mod real;
 pub mod shape;
 pub mod stateless;
 pub mod sync;
+pub mod team;
 mod wide;
 
 pub use error::{CoreError, Result};

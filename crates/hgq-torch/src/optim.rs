@@ -408,7 +408,19 @@ fn tensor_finite(g: &Tensor) -> Result<bool> {
 /// variables in blocks over the current rayon pool's threads (elementwise: the same bits).
 fn update(var: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: Coeffs, b: Bounds) {
     const BLOCK: usize = 1 << 14;
-    if var.len() >= 4 * BLOCK && rayon::current_num_threads() > 1 {
+    // Inside a team session (the native step): one block per thread, from the size on that
+    // hgq-core's passes split at.
+    let team = hgq_core::team::width();
+    if team > 1 && var.len() >= hgq_core::kernels::TEAM_MIN {
+        let len = var.len().div_ceil(team).next_multiple_of(64);
+        let blocks: Vec<_> = var
+            .chunks_mut(len)
+            .zip(m.chunks_mut(len))
+            .zip(v.chunks_mut(len))
+            .zip(g.chunks(len))
+            .collect();
+        hgq_core::team::for_each_item(blocks, |(((p, m), v), g)| update_block(p, m, v, g, c, b));
+    } else if var.len() >= 4 * BLOCK && rayon::current_num_threads() > 1 {
         var.par_chunks_mut(BLOCK)
             .zip(m.par_chunks_mut(BLOCK))
             .zip(v.par_chunks_mut(BLOCK))

@@ -144,6 +144,64 @@ fn train_step_is_the_native_step_here() {
     assert_eq!(values(&vs_auto), values(&vs_nat));
 }
 
+/// The native step on two threads (its passes, products and Adam's update split over a
+/// spinning team) gives the one-thread step's variables bit for bit: every split is
+/// elementwise, or a product's rows or columns, or a reduction in the shapes' order. The model
+/// is large enough for every kind of split (a 64x256 kernel, 128 x 256 activations).
+#[test]
+fn native_steps_are_the_same_on_one_and_two_threads() {
+    let build = || {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let mut m = Sequential::new();
+        m.add(
+            &vs.root(),
+            QDense::builder(64, 256)
+                .activation(Activation::Relu)
+                .beta(1e-4),
+        )
+        .unwrap();
+        m.add(&vs.root(), QDense::builder(256, 10).beta(1e-4))
+            .unwrap();
+        let opt = Adam::new(&vs, AdamConfig::default().learning_rate(3e-3)).unwrap();
+        (vs, m, opt)
+    };
+    let data = || -> Vec<(Tensor, Tensor)> {
+        seeded(7, || {
+            (0..3)
+                .map(|_| {
+                    (
+                        Tensor::rand([128, 64], (Kind::Float, Device::Cpu)) * 4.0 - 2.0,
+                        Tensor::randint(10, [128], (Kind::Int64, Device::Cpu)),
+                    )
+                })
+                .collect()
+        })
+    };
+    // Everything on the pool's thread: the step's thread count is its pool's.
+    let run = |threads: usize| {
+        let pool = hgq_torch::hgq_core::kernels::thread_pool(threads).expect("a thread pool");
+        pool.install(|| {
+            let (vs, m, mut opt) = seeded(11, build);
+            let losses: Vec<f64> = data()
+                .iter()
+                .map(|(x, y)| {
+                    m.train_step_on(StepPath::Native, x, y, &mut opt)
+                        .unwrap()
+                        .loss
+                        .double_value(&[])
+                })
+                .collect();
+            (losses, values(&vs))
+        })
+    };
+    let (one, two) = (run(1), run(2));
+    assert_eq!(one.0, two.0);
+    for ((name, a), (_, b)) in one.1.iter().zip(&two.1) {
+        let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same, "{name} differs between one and two threads");
+    }
+}
+
 /// An input the native step cannot read in place: `Native` says so, `Auto` trains through
 /// autograd.
 #[test]

@@ -48,8 +48,14 @@ mod reduce;
 pub use buffers::Upstream;
 pub use dispatch::{Par, Path, SimdLevel, thread_pool};
 
-/// Below this many elements a call runs on the calling thread.
+/// Below this many elements a call runs on the calling thread (outside a
+/// [`team`](crate::team) session).
 pub const PAR_MIN: usize = 1 << 16;
+/// Below this many elements a call runs on the calling thread inside a
+/// [`team`](crate::team) session: its spinning helpers take work in about a microsecond, where
+/// waking a rayon worker takes tens. Smaller passes gain less than the other thread's reads of
+/// the leader's freshly written inputs cost (`benches/RESULTS.md`).
+pub const TEAM_MIN: usize = 1 << 14;
 /// Elements per segment (the unit of parallel work).
 const SEGMENT_LEN: usize = 1 << 14;
 /// At most this many partial sums of a reduced parameter gradient.

@@ -16,7 +16,7 @@ use super::dispatch::{Par, Path};
 use super::loops::{Job, Piece};
 use super::op::{ElemOp, N_DERIVED};
 use super::plan::{Plan, precompute};
-use super::{PAR_MIN, SEGMENT_LEN};
+use super::{PAR_MIN, SEGMENT_LEN, TEAM_MIN};
 use crate::real::{Element, Real};
 use rayon::prelude::*;
 
@@ -78,6 +78,12 @@ pub(crate) fn run<T: Element, Op: ElemOp<T::C>>(
         Some(Upstream::Same(_)) => Some(UpstreamSlice::Same(&same_dy)),
         None => None,
     };
+    // A team session on this thread splits smaller calls than rayon, and instead of it.
+    let team = if par.splits() && plan.len >= TEAM_MIN {
+        crate::team::width()
+    } else {
+        1
+    };
     let pass = Pass {
         op,
         plan,
@@ -86,7 +92,8 @@ pub(crate) fn run<T: Element, Op: ElemOp<T::C>>(
         dy,
         path,
         chk,
-        parallel: par.splits() && plan.len >= PAR_MIN,
+        parallel: team == 1 && par.splits() && plan.len >= PAR_MIN,
+        team,
     };
     // Without y (gradients only), no y is stored at all.
     let mut y_none: [T; 0] = [];
@@ -120,6 +127,8 @@ pub(super) struct Pass<'a, T: Element, Op> {
     path: Path,
     chk: CallChecks<'a>,
     pub(super) parallel: bool,
+    /// The threads of the team session that runs the call's pieces (1: none).
+    pub(super) team: usize,
 }
 
 impl<T: Element, Op: ElemOp<T::C>> Pass<'_, T, Op> {
@@ -172,24 +181,37 @@ impl<T: Element, Op: ElemOp<T::C>> Pass<'_, T, Op> {
         let [g0, g1, g2] = gp;
         let [s0, s1, s2] = &mut spare;
         let (g0, g1, g2) = (pick(g0, s0), pick(g1, s1), pick(g2, s2));
-        let n = plan.len.div_ceil(SEGMENT_LEN);
-        let chunks = chunks_or_empty(y, n)
+        // A team gets one chunk per thread (whole cache lines each), rayon segments.
+        let chunk = if self.team > 1 {
+            plan.len
+                .div_ceil(self.team)
+                .next_multiple_of(64)
+                .min(SEGMENT_LEN)
+        } else {
+            SEGMENT_LEN
+        };
+        let n = plan.len.div_ceil(chunk);
+        let chunks = chunks_or_empty(y, n, chunk)
             .into_iter()
-            .zip(chunks_or_empty(gx, n))
-            .zip(chunks_or_empty(g0, n))
-            .zip(chunks_or_empty(g1, n))
-            .zip(chunks_or_empty(g2, n))
+            .zip(chunks_or_empty(gx, n, chunk))
+            .zip(chunks_or_empty(g0, n, chunk))
+            .zip(chunks_or_empty(g1, n, chunk))
+            .zip(chunks_or_empty(g2, n, chunk))
             .enumerate();
         let body = |c: usize, yc: &mut [T], gxc: &mut [T], g: [&mut [T::C]; 3]| {
-            let len = SEGMENT_LEN.min(plan.len - c * SEGMENT_LEN);
+            let len = chunk.min(plan.len - c * chunk);
             let dst = if grad {
-                SegmentGrads::Store(g, c * SEGMENT_LEN)
+                SegmentGrads::Store(g, c * chunk)
             } else {
                 SegmentGrads::None
             };
-            self.segment(c * SEGMENT_LEN, len, yc, gxc, dst);
+            self.segment(c * chunk, len, yc, gxc, dst);
         };
-        if self.parallel {
+        if self.team > 1 {
+            crate::team::for_each_item(chunks.collect(), |(c, ((((yc, gxc), a), b), d))| {
+                body(c, yc, gxc, [a, b, d])
+            });
+        } else if self.parallel {
             chunks
                 .collect::<Vec<_>>()
                 .into_par_iter()
@@ -207,12 +229,12 @@ fn pick<'a, C>(g: &'a mut [C], s: &'a mut Vec<C>) -> &'a mut [C] {
     if s.is_empty() { g } else { s.as_mut_slice() }
 }
 
-/// `s` in chunks of SEGMENT_LEN, or `n` empty slices when `s` is empty.
-fn chunks_or_empty<T>(s: &mut [T], n: usize) -> Vec<&mut [T]> {
+/// `s` in chunks of `len`, or `n` empty slices when `s` is empty.
+fn chunks_or_empty<T>(s: &mut [T], n: usize, len: usize) -> Vec<&mut [T]> {
     if s.is_empty() {
         (0..n).map(|_| &mut [][..]).collect()
     } else {
-        s.chunks_mut(SEGMENT_LEN).collect()
+        s.chunks_mut(len).collect()
     }
 }
 

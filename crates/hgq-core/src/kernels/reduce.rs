@@ -99,7 +99,9 @@ impl<T: Element, Op: ElemOp<T::C>> Pass<'_, T, Op> {
         // Groups run in waves of one per thread, each wave's sums added in group order as it
         // ends: a few accumulators alive at a time, not one per group (64 of a run's length
         // would be fresh memory, page-faulted in, on every call).
-        let wave = if self.parallel {
+        let wave = if self.team > 1 {
+            self.team
+        } else if self.parallel {
             rayon::current_num_threads().max(1)
         } else {
             1
@@ -111,7 +113,9 @@ impl<T: Element, Op: ElemOp<T::C>> Pass<'_, T, Op> {
             if some.is_empty() {
                 break;
             }
-            let sums: Vec<Vec<T::C>> = if wave > 1 {
+            let sums: Vec<Vec<T::C>> = if self.team > 1 {
+                crate::team::map_items(some, task)
+            } else if wave > 1 {
                 some.into_par_iter().with_max_len(1).map(task).collect()
             } else {
                 some.into_iter().map(task).collect()

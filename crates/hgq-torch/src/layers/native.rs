@@ -146,8 +146,15 @@ fn gemm_into(
     // Every block packs the whole of one operand again: a split of c's rows packs `b` once
     // per block, a split of its columns `a`, so the split goes along the side whose other
     // operand is the smaller one (the columns for a batch of 64 rows by a wide layer).
-    let threads = rayon::current_num_threads();
-    let (rows, cols) = if threads < 2 || m * k * n < PARALLEL_MACS {
+    // Inside a team session (the native step on several threads) its spinning threads, from
+    // smaller products on; else rayon's pool.
+    let team = hgq_core::team::width();
+    let (threads, min_macs) = if team > 1 {
+        (team, TEAM_MACS)
+    } else {
+        (rayon::current_num_threads(), PARALLEL_MACS)
+    };
+    let (rows, cols) = if threads < 2 || m * k * n < min_macs {
         (m, n)
     } else if m >= n {
         (m.div_ceil(threads), n)
@@ -179,6 +186,7 @@ fn gemm_into(
     };
     match m.div_ceil(rows) * n.div_ceil(cols) {
         1 => block(0),
+        blocks if team > 1 => hgq_core::team::for_each(blocks, &block),
         blocks => (0..blocks).into_par_iter().for_each(block),
     }
     Ok(())
@@ -243,6 +251,10 @@ impl SharedOut {
 /// Multiply-adds from which a matrix product is split over threads: below it, waking the other
 /// workers costs more than half the product (`benches/RESULTS.md` has the measurements).
 const PARALLEL_MACS: usize = 1 << 22;
+
+/// [`PARALLEL_MACS`] for a team's spinning threads, which take work in about a microsecond
+/// (smaller products gain less than the other thread's reads of their operands cost).
+const TEAM_MACS: usize = 1 << 19;
 
 /// A quantizer's pass kept for the backward: its variables as handles to the `VarStore`'s
 /// memory (unchanged until Adam's update, after every backward).
@@ -653,6 +665,10 @@ pub(super) fn step(
     opt: &mut Adam,
 ) -> Result<(f32, i64)> {
     let layers = dense(model)?;
+    // The step's passes are tens of microseconds each: on several threads they split over a
+    // team that spins for the step's length (and a moment after, for the next step), not
+    // over rayon's workers, which sleep between them.
+    let _team = hgq_core::team::session(rayon::current_num_threads());
     let g = gradients(&layers, x, labels)?;
     let refs: Vec<HostGrad<'_>> = g
         .grads
@@ -862,6 +878,16 @@ mod tests {
     /// a transposed operand (strides swapped) and `beta = 1` included.
     #[test]
     fn split_products_are_the_product_in_one_piece() -> Result<()> {
+        /// A team session of two threads on this thread, once no other test's step leads
+        /// one.
+        fn lead_team() -> hgq_core::team::Session {
+            loop {
+                if let Some(s) = hgq_core::team::session(2) {
+                    return s;
+                }
+                std::thread::yield_now();
+            }
+        }
         let fill = |len: usize, seed: u32| -> Vec<f32> {
             (0..len)
                 .map(|j| ((j as u32).wrapping_mul(2_654_435_761) ^ seed) % 1000)
@@ -882,6 +908,17 @@ mod tests {
                     .zip(&split)
                     .all(|(x, y)| x.to_bits() == y.to_bits()),
                 "{m}x{k}x{n}"
+            );
+            // On the team of a session (the native step's threads): the same bits.
+            let teamed = pool.install(|| {
+                let _team = lead_team();
+                product((m, k, n), ao, bo)
+            })?;
+            assert!(
+                one.iter()
+                    .zip(&teamed)
+                    .all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{m}x{k}x{n} on a team"
             );
             let mut acc = fill(m * n, 3);
             let start = acc.clone();
