@@ -61,7 +61,21 @@ pub(crate) fn check_len(what: &'static str, len: usize, shape: &[usize]) -> Resu
 /// assert!(check_broadcast(&[2], &[4, 3]).is_err());
 /// ```
 pub fn check_broadcast(shape: &[usize], to: &[usize]) -> Result<()> {
-    align(shape, to).map(|_| ())
+    // `align`'s rule without its vector: right-aligned, each dim 1 or equal.
+    let fits = shape.len() <= to.len()
+        && shape
+            .iter()
+            .rev()
+            .zip(to.iter().rev())
+            .all(|(&s, &t)| s == 1 || s == t);
+    if fits {
+        Ok(())
+    } else {
+        Err(CoreError::Broadcast {
+            from: shape.to_vec(),
+            to: to.to_vec(),
+        })
+    }
 }
 
 /// `src` of shape `from` broadcast to `to` (numpy rules), row-major.
@@ -107,7 +121,8 @@ pub(crate) fn align(shape: &[usize], to: &[usize]) -> Result<Vec<usize>> {
             to: to.to_vec(),
         });
     }
-    let mut out = vec![1; to.len() - shape.len()];
+    let mut out = Vec::with_capacity(to.len());
+    out.resize(to.len() - shape.len(), 1);
     out.extend_from_slice(shape);
     for (&s, &t) in out.iter().zip(to) {
         if s != 1 && s != t {

@@ -14,7 +14,7 @@ use super::buffers::{
 use super::check::{CallChecks, Check, Verdict, valid};
 use super::dispatch::{Par, Path};
 use super::loops::{Job, Piece};
-use super::op::{ElemOp, N_DERIVED};
+use super::op::ElemOp;
 use super::plan::{Plan, precompute};
 use super::{PAR_MIN, SEGMENT_LEN, TEAM_MIN};
 use crate::real::{Element, Real};
@@ -60,10 +60,10 @@ pub(crate) fn run<T: Element, Op: ElemOp<T::C>>(
         !upfront || same == [false; 3],
         "splats are for x-sized plans"
     );
-    let pre: Option<[Vec<T::C>; N_DERIVED]> = upfront.then(|| precompute(op, p, plan.bw_len, path));
+    let pre: Option<Vec<T::C>> = upfront.then(|| precompute(op, p, plan.bw_len, path));
     let params = match &pre {
         Some(d) => ParamStreams::Derived {
-            s: std::array::from_fn(|q| d[q].as_slice()),
+            s: std::array::from_fn(|q| &d[q * plan.bw_len..(q + 1) * plan.bw_len]),
         },
         None => ParamStreams::Raw { s: p, same },
     };
@@ -192,7 +192,6 @@ impl<T: Element, Op: ElemOp<T::C>> Pass<'_, T, Op> {
         };
         let n = plan.len.div_ceil(chunk);
         let chunks = chunks_or_empty(y, n, chunk)
-            .into_iter()
             .zip(chunks_or_empty(gx, n, chunk))
             .zip(chunks_or_empty(g0, n, chunk))
             .zip(chunks_or_empty(g1, n, chunk))
@@ -229,13 +228,12 @@ fn pick<'a, C>(g: &'a mut [C], s: &'a mut Vec<C>) -> &'a mut [C] {
     if s.is_empty() { g } else { s.as_mut_slice() }
 }
 
-/// `s` in chunks of `len`, or `n` empty slices when `s` is empty.
-fn chunks_or_empty<T>(s: &mut [T], n: usize, len: usize) -> Vec<&mut [T]> {
-    if s.is_empty() {
-        (0..n).map(|_| &mut [][..]).collect()
-    } else {
-        s.chunks_mut(len).collect()
-    }
+/// `s` in `n` chunks of `len`, or `n` empty slices when `s` is empty (no allocation: a step
+/// runs a few dozen passes).
+fn chunks_or_empty<T>(s: &mut [T], n: usize, len: usize) -> impl Iterator<Item = &mut [T]> {
+    s.chunks_mut(len.max(1))
+        .chain(std::iter::repeat_with(|| &mut [][..]))
+        .take(n)
 }
 
 /// Processes x elements `[start, start + len)`, split at run boundaries into pieces.

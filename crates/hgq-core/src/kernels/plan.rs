@@ -113,19 +113,22 @@ impl Plan {
     }
 }
 
-/// The derived values of every parameter element, in [`N_DERIVED`] streams (the unused ones zero).
+/// The derived values of every parameter element: [`N_DERIVED`] streams of `n` values one
+/// after another in one buffer (stream `q` at `q * n..`), the unused ones zero.
 pub(super) fn precompute<C: Real, Op: ElemOp<C>>(
     op: Op,
     p: [&[C]; 3],
     n: usize,
     path: Path,
-) -> [Vec<C>; N_DERIVED] {
+) -> Vec<C> {
     // All N_DERIVED streams, the unused ones zero: the loops cut every stream to their length.
-    let mut out: [Vec<C>; N_DERIVED] = std::array::from_fn(|_| vec![C::ZERO; n]);
+    // One buffer, not one per stream: a pass over broadcast parameters is small, and eight
+    // allocations were a measurable part of it.
+    let mut out = vec![C::ZERO; N_DERIVED * n];
     struct Pre<'a, C, Op> {
         op: Op,
         p: [&'a [C]; 3],
-        out: &'a mut [Vec<C>; N_DERIVED],
+        out: &'a mut [C],
     }
     impl<C: Real, Op: ElemOp<C>> pulp::WithSimd for Pre<'_, C, Op> {
         type Output = ();
@@ -142,15 +145,8 @@ pub(super) fn precompute<C: Real, Op: ElemOp<C>>(
             let n = self.p[0].len();
             let p = [&self.p[0][..n], &self.p[1][..n], &self.p[2][..n]];
             let o: [&mut [C]; N_DERIVED] = {
-                let mut it = self.out.iter_mut();
-                std::array::from_fn(|q| {
-                    let v = it.next().expect("N_DERIVED streams");
-                    if q < Op::N_DERIVED_USED {
-                        &mut v[..n]
-                    } else {
-                        &mut v[..]
-                    }
-                })
+                let mut it = self.out.chunks_exact_mut(n.max(1));
+                std::array::from_fn(|_| it.next().unwrap_or(&mut []))
             };
             for j in 0..n {
                 let d = self.op.derive([p[0][j], p[1][j], p[2][j]]);
