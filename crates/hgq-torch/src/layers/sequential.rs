@@ -17,6 +17,12 @@ pub enum StepPath {
     Auto,
     /// Without autograd: hgq-core's passes and gradients, matrix products and Adam in plain
     /// loops over the `VarStore`'s memory. An error where it cannot run.
+    ///
+    /// It runs on the threads of the current rayon pool: on more than one, its larger passes,
+    /// products and Adam's update split over a [`hgq_core::team`] session held for the
+    /// step, whose helper threads spin (a CPU each) until 2 ms after the step, so that the
+    /// next step finds them awake. Install a one-thread pool to keep a step on one CPU. Any
+    /// thread count gives the same bits.
     Native,
     /// libtorch's autograd through the layers' forward (any device and kind).
     Autograd,
