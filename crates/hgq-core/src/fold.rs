@@ -13,6 +13,19 @@ use crate::real::Real;
 /// assert!(!all_finite(&[1.0f64, f64::NAN]));
 /// ```
 pub fn all_finite<C: Real>(x: &[C]) -> bool {
+    // Inside a team session (a training step on several threads) a long check splits.
+    let team = crate::team::width();
+    if team > 1 && x.len() >= crate::kernels::TEAM_MIN {
+        let parts: Vec<&[C]> = x.chunks(x.len().div_ceil(team)).collect();
+        return crate::team::map_items(parts, all_finite_here)
+            .into_iter()
+            .all(|ok| ok);
+    }
+    all_finite_here(x)
+}
+
+/// [`all_finite`] on the calling thread.
+fn all_finite_here<C: Real>(x: &[C]) -> bool {
     x.chunks(256)
         .all(|c| c.iter().fold(true, |ok, &v| ok & finite(v)))
 }

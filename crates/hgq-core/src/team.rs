@@ -417,6 +417,25 @@ mod tests {
         }
     }
 
+    /// `fold::all_finite` split over a team finds a non-finite value in any part.
+    #[test]
+    fn all_finite_on_a_team() {
+        let _l = lead();
+        let _s = session(2).expect("a session on a free team");
+        let n = 3 * crate::kernels::TEAM_MIN + 5;
+        let mut x = vec![1.0f32; n];
+        assert!(crate::fold::all_finite(&x));
+        for (at, bad) in [
+            (0, f32::NAN),
+            (n / 2, f32::INFINITY),
+            (n - 1, f32::NEG_INFINITY),
+        ] {
+            x[at] = bad;
+            assert!(!crate::fold::all_finite(&x), "{bad} at {at}");
+            x[at] = 1.0;
+        }
+    }
+
     /// Items are moved once each; results come back in order.
     #[test]
     fn items_and_maps() {

@@ -5,7 +5,7 @@ use hgq_core::quantizer::{
     Constraint, CpuQuantizer, DualArith, FloatSpec, Grads, KbiSpec, KifSpec, QuantizerSpec,
     Regularizer, VarName,
 };
-use hgq_core::{CallMode, CoreError, OverflowMode, RoundMode, Stochastic, TensorRef};
+use hgq_core::{CallMode, CoreError, OverflowMode, Path, RoundMode, Stochastic, TensorRef};
 use rstest::rstest;
 
 /// A KIF quantizer with one bit width per feature for inputs `[batch, features]`.
@@ -589,7 +589,8 @@ fn the_dummy_quantizer_is_the_identity_in_every_mode() {
 }
 
 /// A forward whose backward comes later gives the bits of the fused forward-and-backward call,
-/// and the same state, for every kind of quantizer.
+/// and the same state, for every kind of quantizer; so does one on a shared input, which the
+/// pass keeps without a copy (the same memory).
 #[rstest]
 #[case::kif_rnd_sat(QuantizerSpec::Kif(KifSpec::new(1.0, 2.0, 3.0, RoundMode::Rnd, OverflowMode::Sat).with_axes(Axes::Homogeneous(vec![0]))))]
 #[case::kif_srnd_wrap(QuantizerSpec::Kif({let mut s = KifSpec::new(1.0, 1.0, 4.0, RoundMode::SRnd, OverflowMode::Wrap).with_axes(Axes::Homogeneous(vec![0])); s.fixed.i_decay_speed = 0.25; s}))]
@@ -599,7 +600,8 @@ fn the_dummy_quantizer_is_the_identity_in_every_mode() {
 #[case::dummy(QuantizerSpec::Dummy)]
 fn a_saved_forward_then_backward_is_the_fused_call(#[case] spec: QuantizerSpec) {
     let shape = [None, Some(5)];
-    let (mut fused, mut saved_q) = (
+    let (mut fused, mut saved_q, mut shared_q) = (
+        CpuQuantizer::<f32>::new(spec.clone(), &shape).unwrap(),
         CpuQuantizer::<f32>::new(spec.clone(), &shape).unwrap(),
         CpuQuantizer::<f32>::new(spec, &shape).unwrap(),
     );
@@ -625,6 +627,22 @@ fn a_saved_forward_then_backward_is_the_fused_call(#[case] spec: QuantizerSpec) 
         assert_eq!(bits(&dx1), bits(&dx2), "step {step}: dx");
         assert_eq!(g1, g2, "step {step}: gradients");
         assert_eq!(fused.variables(), saved_q.variables(), "step {step}: state");
+        let shared_x = std::sync::Arc::new(x.clone());
+        let (y3, pass) = shared_q
+            .inner_mut()
+            .forward_saved_shared(&shared_x, &[4, 5], CallMode::Training, Path::Simd)
+            .unwrap();
+        assert!(std::ptr::eq(pass.input().as_ptr(), shared_x.as_ptr()));
+        let mut dx3 = [0.0f32; 20];
+        let g3 = pass.backward(&dy, &mut dx3).unwrap();
+        assert_eq!(bits(&y1), bits(&y3), "step {step}: y, shared");
+        assert_eq!(bits(&dx1), bits(&dx3), "step {step}: dx, shared");
+        assert_eq!(g1, g3, "step {step}: gradients, shared");
+        assert_eq!(
+            fused.variables(),
+            shared_q.variables(),
+            "step {step}: state, shared"
+        );
     }
     // Wrong lengths are errors.
     let x = data(20, 9, 1.0);

@@ -5,6 +5,7 @@
 //! variable operands ([`FixedPoint::forward_backward`]); the backend collects them by variable.
 use std::borrow::Cow;
 use std::cell::RefCell;
+use std::sync::Arc;
 
 use super::backend::{Backend, BitWidthArith, BwOp, Operand, OperandOf};
 use super::constraint::{Constraint, Regularizer};
@@ -182,6 +183,9 @@ pub struct Cpu<'a, T: Element, V = Vec<<T as Element>::C>> {
     collected: RefCell<Collected<T>>,
     /// `Some`: the passes without upstream are kept for a later backward.
     saved: Option<RefCell<Vec<SavedPass<T, V>>>>,
+    /// An input the caller shares: a pass that reads exactly these values keeps a handle to
+    /// them, not a copy ([`Quantizer::forward_saved_shared`]).
+    shared_input: Option<Arc<Vec<T>>>,
     var: std::marker::PhantomData<fn(&V)>,
 }
 
@@ -193,10 +197,26 @@ pub struct Cpu<'a, T: Element, V = Vec<<T as Element>::C>> {
 #[derive(Debug, Clone)]
 pub struct SavedPass<T: Element, V = Vec<<T as Element>::C>> {
     kind: SavedKind,
-    x: Vec<T>,
+    x: SavedInput<T>,
     shape: Vec<usize>,
     /// Fixed point: k, then the two bit-width operands; minifloat: m, e, e0 as used.
     params: Vec<SavedParam<T::C, V>>,
+}
+
+/// The input a pass read: a copy, or the caller's shared values (the same memory).
+#[derive(Debug, Clone)]
+enum SavedInput<T> {
+    Copy(Vec<T>),
+    Shared(Arc<Vec<T>>),
+}
+
+impl<T> SavedInput<T> {
+    fn data(&self) -> &[T] {
+        match self {
+            SavedInput::Copy(v) => v,
+            SavedInput::Shared(v) => v,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -266,13 +286,20 @@ impl<C: Copy, V: HostVar<C>> SavedParam<C, V> {
     }
 }
 
+impl<T: Element, V> SavedPass<T, V> {
+    /// The input the pass read (x), row-major.
+    pub fn input(&self) -> &[T] {
+        self.x.data()
+    }
+}
+
 impl<T: Element, V: HostVar<T::C>> SavedPass<T, V> {
     /// `dx` into `dx` and the gradients of the trainable variables the pass read, for
     /// upstream `dy` (x's shape).
     pub fn backward(&self, dy: &[T], dx: &mut [T]) -> Result<Grads<T::C>> {
         check_len("dy", dy.len(), &self.shape)?;
         check_len("dx", dx.len(), &self.shape)?;
-        let x = TensorRef::new(&self.x, &self.shape)?;
+        let x = TensorRef::new(self.x.data(), &self.shape)?;
         let zeros = |p: &SavedParam<T::C, V>| vec![T::C::ZERO; p.len()];
         // Each parameter's gradient, beside the parameters it is of.
         let (grads, params): (Vec<Vec<T::C>>, &[_]) = match self.kind {
@@ -340,6 +367,7 @@ impl<'a, T: Element, V: HostVar<T::C>> Cpu<'a, T, V> {
                 grads: Grads::default(),
             }),
             saved: None,
+            shared_input: None,
             var: std::marker::PhantomData,
         }
     }
@@ -363,7 +391,15 @@ impl<'a, T: Element, V: HostVar<T::C>> Cpu<'a, T, V> {
         if let Some(s) = &self.saved {
             s.borrow_mut().push(SavedPass {
                 kind,
-                x: x.data.to_vec(),
+                x: match &self.shared_input {
+                    // The caller's values themselves (same memory, same length): no copy.
+                    Some(a)
+                        if std::ptr::eq(a.as_ptr(), x.data.as_ptr()) && a.len() == x.data.len() =>
+                    {
+                        SavedInput::Shared(Arc::clone(a))
+                    }
+                    _ => SavedInput::Copy(x.data.to_vec()),
+                },
                 shape: x.shape.clone(),
                 params,
             });
@@ -699,7 +735,19 @@ impl<V> Quantizer<V> {
     where
         V: HostVar<T::C>,
     {
-        let b = Cpu::<T, V>::new().with_path(path).recording();
+        self.forward_one_saved(Cpu::new().with_path(path).recording(), x, mode)
+    }
+
+    /// The forward on recording backend `b`, which must keep exactly one pass.
+    fn forward_one_saved<T: Element>(
+        &mut self,
+        b: Cpu<'_, T, V>,
+        x: TensorRef<'_, T>,
+        mode: CallMode,
+    ) -> Result<(Vec<T>, SavedPass<T, V>)>
+    where
+        V: HostVar<T::C>,
+    {
         let out = self.forward(&b, &CpuTensor::borrowed(x), mode)?;
         let mut saved = b.take_saved();
         let (Some(pass), true) = (saved.pop(), saved.is_empty()) else {
@@ -708,6 +756,24 @@ impl<V> Quantizer<V> {
             ));
         };
         Ok((out.data.into_owned(), pass))
+    }
+
+    /// [`Quantizer::forward_saved`] on values the caller shares (`x`, of shape `shape`): a
+    /// pass that reads them as given keeps a handle to them instead of a copy (a network's
+    /// activation, which the layer below keeps too).
+    pub fn forward_saved_shared<T: Element>(
+        &mut self,
+        x: &Arc<Vec<T>>,
+        shape: &[usize],
+        mode: CallMode,
+        path: Path,
+    ) -> Result<(Vec<T>, SavedPass<T, V>)>
+    where
+        V: HostVar<T::C>,
+    {
+        let mut b = Cpu::<T, V>::new().with_path(path).recording();
+        b.shared_input = Some(Arc::clone(x));
+        self.forward_one_saved(b, TensorRef::new(x, shape)?, mode)
     }
 
     /// `bits` with their derivatives ([`DualArith`](super::DualArith)): the values, and through

@@ -11,6 +11,7 @@
 //! read where the `VarStore` keeps them), so values are those of the autograd step up to the
 //! order of float32 sums in the matrix products.
 use std::mem::MaybeUninit;
+use std::sync::Arc;
 
 use hgq_core::fold::lane_sum;
 use hgq_core::quantizer::{Backend, Constraint, Cpu, Dual, SavedPass};
@@ -267,6 +268,27 @@ fn quantize(q: &Named, x: &[f32], shape: &[usize]) -> Result<(Vec<f32>, Pass)> {
         .forward_saved(TensorRef::new(x, shape)?, CallMode::Training, Path::Simd)?)
 }
 
+/// A layer's input: the step's batch (the pass that keeps it copies it), or the output of the
+/// layer below, which its pass keeps as it is (the layer below keeps it too).
+#[derive(Clone, Copy)]
+enum Input<'a> {
+    Batch(&'a [f32]),
+    Below(&'a Arc<Vec<f32>>),
+}
+
+/// The input quantizer's pass on a layer's input `x` (its shape `shape`), kept for the
+/// backward.
+fn quantize_input(q: &Named, x: Input<'_>, shape: &[usize]) -> Result<(Vec<f32>, Pass)> {
+    match x {
+        Input::Batch(x) => quantize(q, x, shape),
+        Input::Below(a) => {
+            Ok(q.q
+                .lock()
+                .forward_saved_shared(a, shape, CallMode::Training, Path::Simd)?)
+        }
+    }
+}
+
 /// A quantizer's bit widths with their derivatives (the dual in the bit-width shape, that
 /// shape) and, where the EBOPs read them in a larger shape, broadcast to it.
 struct Bits {
@@ -326,8 +348,8 @@ struct LayerPass {
     batch: usize,
     xq: Vec<f32>,
     kq: Vec<f32>,
-    /// The output, after the activation.
-    a: Vec<f32>,
+    /// The output, after the activation (the next layer's input pass keeps it too).
+    a: Arc<Vec<f32>>,
     iq: Pass,
     kq_pass: Pass,
     bq_pass: Option<Pass>,
@@ -349,10 +371,10 @@ impl QDense {
 
     /// The layer's training forward on host memory, and its EBOPs as the autograd step
     /// computes them (float32).
-    fn forward_native(&self, x: &[f32], batch: usize) -> Result<(LayerPass, f32)> {
+    fn forward_native(&self, x: Input<'_>, batch: usize) -> Result<(LayerPass, f32)> {
         let (n_in, units) = (self.in_features, self.units);
         let kernel = host::slice(&self.kernel).ok_or_else(|| not_plain("the kernel"))?;
-        let (xq, iq) = quantize(self.input_quantizer()?, x, &[batch, n_in])?;
+        let (xq, iq) = quantize_input(self.input_quantizer()?, x, &[batch, n_in])?;
         let (kq, kq_pass) = quantize(&self.kq, kernel, &[n_in, units])?;
         let (xk, kk) = ((&xq[..], n_in, 1), (&kq[..], units, 1));
         let (mut z, bq_pass) = match (&self.bias, &self.bq) {
@@ -391,7 +413,7 @@ impl QDense {
             batch,
             xq,
             kq,
-            a: z,
+            a: Arc::new(z),
             iq,
             kq_pass,
             bq_pass,
@@ -414,7 +436,7 @@ impl QDense {
         let (n_in, units, batch) = (self.in_features, self.units, p.batch);
         if self.activation == Activation::Relu {
             da.iter_mut()
-                .zip(&p.a)
+                .zip(p.a.iter())
                 .for_each(|(d, &a)| *d = if a > 0.0 { *d } else { 0.0 });
         }
         let dz = da;
@@ -739,13 +761,15 @@ fn gradients(layers: &[&QDense], x: &Tensor, labels: &Tensor) -> Result<StepGrad
     let mut total = 0.0f32;
     for l in layers {
         // Each layer reads the output the layer below keeps for its backward.
-        let input = passes.last().map_or(x, |p| &p.a);
+        let input = passes
+            .last()
+            .map_or(Input::Batch(x), |p| Input::Below(&p.a));
         let (p, e) = l.forward_native(input, batch)?;
         total += e * l.base.beta.get() as f32;
         *l.base.ebops.borrow_mut() = Ebops::Value(super::ebops_u32(f64::from(e)));
         passes.push(p);
     }
-    let logits = passes.last().map_or(x, |p| &p.a);
+    let logits = passes.last().map_or(x, |p| &p.a[..]);
     let (ce, mut da, correct) = cross_entropy(logits, &labels)?;
     let (mut grads, mut reg) = (Vec::new(), 0.0f32);
     for (l, p) in layers.iter().zip(&passes).rev() {
