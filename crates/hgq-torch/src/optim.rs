@@ -509,13 +509,11 @@ fn update_ops(s: &Slot, g: &Tensor, c: Coeffs) -> Result<()> {
 mod tests {
     use super::*;
 
-    /// The AVX2 and AVX-512 builds of the update give the bits of the plain one (the AVX-512
-    /// one where the CPU has it).
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn simd_updates_are_the_plain_update() {
+    /// A variable's length (not a multiple of any vector width), gradients and constants
+    /// whose updates move every value.
+    fn sample() -> (usize, Vec<f32>, Coeffs) {
         let n = 1037;
-        let g: Vec<f32> = (0..n)
+        let g = (0..n)
             .map(|j| ((j * 7919) % 201) as f32 * 0.013 - 1.3)
             .collect();
         let c = Coeffs {
@@ -524,7 +522,21 @@ mod tests {
             c2: 0.001,
             eps: 1e-7,
         };
-        let init = |k: f32| (0..n).map(|j| (j as f32 * k).sin()).collect::<Vec<f32>>();
+        (n, g, c)
+    }
+
+    /// `sin(j k)` for `j` in `0..n`.
+    fn wave(n: usize, k: f32) -> Vec<f32> {
+        (0..n).map(|j| (j as f32 * k).sin()).collect()
+    }
+
+    /// The AVX2 and AVX-512 builds of the update give the bits of the plain one (the AVX-512
+    /// one where the CPU has it).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn simd_updates_are_the_plain_update() {
+        let (n, g, c) = sample();
+        let init = |k: f32| wave(n, k);
         let bounds = Bounds::of(Some(Constraint::MinMax {
             min: -0.5,
             max: 0.7,
@@ -561,17 +573,8 @@ mod tests {
     /// constraint.
     #[test]
     fn update_paths_agree() {
-        let n = 1037;
-        let g: Vec<f32> = (0..n)
-            .map(|j| ((j * 7919) % 201) as f32 * 0.013 - 1.3)
-            .collect();
-        let c = Coeffs {
-            alpha: 3e-1,
-            c1: 0.1,
-            c2: 0.001,
-            eps: 1e-7,
-        };
-        let init = |k: f32| (0..n).map(|j| (j as f32 * k).sin()).collect::<Vec<f32>>();
+        let (n, g, c) = sample();
+        let init = |k: f32| wave(n, k);
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         let none = Bounds::of(None);
         for cons in [

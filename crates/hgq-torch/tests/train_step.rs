@@ -15,16 +15,22 @@ fn model(seed: i64) -> (nn::VarStore, Sequential, Adam) {
 }
 
 fn build() -> (nn::VarStore, Sequential, Adam) {
+    mlp([12, 16, 5], 1e-3)
+}
+
+/// QDense(hidden, relu) -> QDense(classes) on `inputs` features, hgq2's defaults, `beta`
+/// for both; Adam at 3e-3.
+fn mlp([inputs, hidden, classes]: [usize; 3], beta: f64) -> (nn::VarStore, Sequential, Adam) {
     let vs = nn::VarStore::new(Device::Cpu);
     let mut m = Sequential::new();
     m.add(
         &vs.root(),
-        QDense::builder(12, 16)
+        QDense::builder(inputs, hidden)
             .activation(Activation::Relu)
-            .beta(1e-3),
+            .beta(beta),
     )
     .unwrap();
-    m.add(&vs.root(), QDense::builder(16, 5).beta(1e-3))
+    m.add(&vs.root(), QDense::builder(hidden, classes).beta(beta))
         .unwrap();
     let opt = Adam::new(&vs, AdamConfig::default().learning_rate(3e-3)).unwrap();
     (vs, m, opt)
@@ -150,21 +156,7 @@ fn train_step_is_the_native_step_here() {
 /// is large enough for every kind of split (a 64x256 kernel, 128 x 256 activations).
 #[test]
 fn native_steps_are_the_same_on_one_and_two_threads() {
-    let build = || {
-        let vs = nn::VarStore::new(Device::Cpu);
-        let mut m = Sequential::new();
-        m.add(
-            &vs.root(),
-            QDense::builder(64, 256)
-                .activation(Activation::Relu)
-                .beta(1e-4),
-        )
-        .unwrap();
-        m.add(&vs.root(), QDense::builder(256, 10).beta(1e-4))
-            .unwrap();
-        let opt = Adam::new(&vs, AdamConfig::default().learning_rate(3e-3)).unwrap();
-        (vs, m, opt)
-    };
+    let build = || mlp([64, 256, 10], 1e-4);
     let data = || -> Vec<(Tensor, Tensor)> {
         seeded(7, || {
             (0..3)
