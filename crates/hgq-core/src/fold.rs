@@ -16,7 +16,7 @@ pub fn all_finite<C: Real>(x: &[C]) -> bool {
     // Inside a team session (a training step on several threads) a long check splits.
     let team = crate::team::width();
     if team > 1 && x.len() >= crate::kernels::TEAM_MIN {
-        let parts: Vec<&[C]> = x.chunks(x.len().div_ceil(team)).collect();
+        let parts: Vec<&[C]> = x.chunks(crate::team::part_len(x.len())).collect();
         return crate::team::map_items(parts, all_finite_here)
             .into_iter()
             .all(|ok| ok);

@@ -61,7 +61,7 @@ pub(crate) fn check_len(what: &'static str, len: usize, shape: &[usize]) -> Resu
 /// assert!(check_broadcast(&[2], &[4, 3]).is_err());
 /// ```
 pub fn check_broadcast(shape: &[usize], to: &[usize]) -> Result<()> {
-    // `align`'s rule without its vector: right-aligned, each dim 1 or equal.
+    // Right-aligned, each dim 1 or equal (numpy's rule; `align` builds on it).
     let fits = shape.len() <= to.len()
         && shape
             .iter()
@@ -115,23 +115,10 @@ pub fn sum_to<C: Real>(src: &[C], from: &[usize], to: &[usize]) -> Result<Vec<C>
 
 /// `shape` right-aligned to rank `ndim` (leading 1s), or an error if it has more dims.
 pub(crate) fn align(shape: &[usize], to: &[usize]) -> Result<Vec<usize>> {
-    if shape.len() > to.len() {
-        return Err(CoreError::Broadcast {
-            from: shape.to_vec(),
-            to: to.to_vec(),
-        });
-    }
+    check_broadcast(shape, to)?;
     let mut out = Vec::with_capacity(to.len());
     out.resize(to.len() - shape.len(), 1);
     out.extend_from_slice(shape);
-    for (&s, &t) in out.iter().zip(to) {
-        if s != 1 && s != t {
-            return Err(CoreError::Broadcast {
-                from: shape.to_vec(),
-                to: to.to_vec(),
-            });
-        }
-    }
     Ok(out)
 }
 

@@ -44,6 +44,24 @@ const LINGER: Duration = Duration::from_millis(2);
 /// a machine with more busy threads than CPUs still makes progress.
 const SPINS_PER_YIELD: u32 = 256;
 
+/// A waiting thread's pause: a spin hint, and every [`SPINS_PER_YIELD`] spins a yield.
+#[derive(Default)]
+struct Backoff(u32);
+
+impl Backoff {
+    /// Pauses once; true when this pause yielded (a moment for slower checks).
+    fn pause(&mut self) -> bool {
+        self.0 = self.0.wrapping_add(1);
+        if self.0.is_multiple_of(SPINS_PER_YIELD) {
+            std::thread::yield_now();
+            true
+        } else {
+            std::hint::spin_loop();
+            false
+        }
+    }
+}
+
 /// One [`for_each`] call: blocks `0..n` of `f`, claimed one at a time.
 struct Job {
     /// The caller's closure, its lifetime erased: it outlives the job (see [`for_each`]).
@@ -52,7 +70,6 @@ struct Job {
     /// Helpers with an index below this take part.
     helpers: usize,
     next: AtomicUsize,
-    done: AtomicUsize,
     panic: Mutex<Option<Box<dyn Any + Send>>>,
 }
 
@@ -71,7 +88,6 @@ impl Job {
                 let mut slot = self.panic.lock().unwrap_or_else(|e| e.into_inner());
                 slot.get_or_insert(p);
             }
-            self.done.fetch_add(1, Ordering::AcqRel);
         }
     }
 }
@@ -107,7 +123,7 @@ fn shared() -> &'static Shared {
 
 thread_local! {
     /// Threads this thread may use in [`for_each`] now: the session's width on its leader
-    /// outside a job, else 1.
+    /// outside its own blocks, else 1.
     static WIDTH: Cell<usize> = const { Cell::new(1) };
 }
 
@@ -115,20 +131,9 @@ thread_local! {
 /// blocks of each job it takes part in, park when idle.
 fn helper(s: &'static Shared, index: usize) {
     let mut idle_since: Option<Instant> = None;
-    let mut spins = 0u32;
+    let mut backoff = Backoff::default();
     let mut seen = s.seq.load(Ordering::Acquire);
     loop {
-        if !s.on.load(Ordering::Acquire) {
-            let since = *idle_since.get_or_insert_with(Instant::now);
-            if since.elapsed() > LINGER {
-                // A session's start unparks (an unpark before the park makes it return).
-                std::thread::park();
-                idle_since = None;
-                continue;
-            }
-        } else {
-            idle_since = None;
-        }
         let q = s.seq.load(Ordering::Acquire);
         if q != seen {
             seen = q;
@@ -146,11 +151,16 @@ fn helper(s: &'static Shared, index: usize) {
             }
             s.inside.fetch_sub(1, Ordering::SeqCst);
         }
-        spins += 1;
-        if spins.is_multiple_of(SPINS_PER_YIELD) {
-            std::thread::yield_now();
-        } else {
-            std::hint::spin_loop();
+        // The clock is read on yields only: a read per spin is a call per spin.
+        if backoff.pause() && !s.on.load(Ordering::Acquire) {
+            let since = *idle_since.get_or_insert_with(Instant::now);
+            if since.elapsed() > LINGER {
+                // A session's start unparks (an unpark before the park makes it return).
+                std::thread::park();
+                idle_since = None;
+            }
+        } else if s.on.load(Ordering::Relaxed) {
+            idle_since = None;
         }
     }
 }
@@ -170,7 +180,8 @@ pub struct Session {
 /// calling thread alone. The helpers are made on first use and kept for the process; they
 /// spin (use a CPU each) while a session is alive and for 2 ms after, then sleep.
 pub fn session(threads: usize) -> Option<Session> {
-    if threads < 2 || WIDTH.with(Cell::get) > 1 || in_job() {
+    // Inside a block the leader's width is 1; the team is led then, so `led` refuses.
+    if threads < 2 || width() > 1 {
         return None;
     }
     let s = shared();
@@ -210,18 +221,16 @@ impl Drop for Session {
     }
 }
 
-thread_local! {
-    static IN_JOB: Cell<bool> = const { Cell::new(false) };
-}
-
-fn in_job() -> bool {
-    IN_JOB.with(Cell::get)
-}
-
 /// The threads a [`for_each`] on this thread may use now: the session's width on its
 /// leader, 1 everywhere else (inside a block included). Callers size their blocks by it.
 pub fn width() -> usize {
-    if in_job() { 1 } else { WIDTH.with(Cell::get) }
+    WIDTH.with(Cell::get)
+}
+
+/// A length to cut `n` elements into, one part per thread of [`width`], each a whole number
+/// of 64-element cache lines (of `f32`) but the last.
+pub fn part_len(n: usize) -> usize {
+    n.div_ceil(width()).next_multiple_of(64).max(1)
 }
 
 /// Runs `f(0)`, ..., `f(n - 1)`, each once, on the team where this thread leads one (blocks in
@@ -244,37 +253,33 @@ pub fn for_each(n: usize, f: &(dyn Fn(usize) + Sync)) {
         n,
         helpers: width() - 1,
         next: AtomicUsize::new(0),
-        done: AtomicUsize::new(0),
         panic: Mutex::new(None),
     };
 
     /// Retracts the job and waits until no helper runs a block of it.
-    struct Finish<'a>(&'a Shared, &'a Job);
+    /// The shared state, the job, and the leader's width to restore.
+    struct Finish<'a>(&'a Shared, &'a Job, usize);
     impl Drop for Finish<'_> {
         fn drop(&mut self) {
             let (s, job) = (self.0, self.1);
             // No block starts from here on.
             job.next.store(job.n, Ordering::Release);
             s.job.store(std::ptr::null_mut(), Ordering::SeqCst);
-            let mut spins = 0u32;
+            let mut backoff = Backoff::default();
             while s.inside.load(Ordering::SeqCst) != 0 {
-                spins += 1;
-                if spins.is_multiple_of(SPINS_PER_YIELD) {
-                    std::thread::yield_now();
-                } else {
-                    std::hint::spin_loop();
-                }
+                backoff.pause();
             }
-            IN_JOB.with(|c| c.set(false));
+            WIDTH.with(|w| w.set(self.2));
         }
     }
 
     s.job
         .store(std::ptr::from_ref(&job).cast_mut(), Ordering::SeqCst);
     s.seq.fetch_add(1, Ordering::Release);
-    IN_JOB.with(|c| c.set(true));
+    // Inside its own blocks the leader is a thread of one (a nested call runs inline).
+    let width = WIDTH.with(|w| w.replace(1));
     {
-        let _finish = Finish(s, &job);
+        let _finish = Finish(s, &job, width);
         job.work();
         // The helpers' blocks still running end before `_finish` returns.
     }
@@ -282,23 +287,13 @@ pub fn for_each(n: usize, f: &(dyn Fn(usize) + Sync)) {
     if let Some(p) = panic {
         resume_unwind(p);
     }
-    debug_assert_eq!(job.done.load(Ordering::Acquire), n);
 }
 
 /// Runs `f` on each item, each once, over the team as [`for_each`] does (items are moved
 /// to the thread that runs them).
 pub fn for_each_item<T: Send>(items: Vec<T>, f: impl Fn(T) + Sync) {
-    if items.len() < 2 || width() < 2 {
-        items.into_iter().for_each(f);
-        return;
-    }
-    let slots: Vec<Mutex<Option<T>>> = items.into_iter().map(|t| Mutex::new(Some(t))).collect();
-    for_each(slots.len(), &|j| {
-        let item = slots[j].lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(item) = item {
-            f(item);
-        }
-    });
+    // A vector of `()` holds no memory.
+    map_items(items, f);
 }
 
 /// `f` of each item, in the items' order, computed over the team as [`for_each`] does.
@@ -306,14 +301,23 @@ pub fn map_items<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> 
     if items.len() < 2 || width() < 2 {
         return items.into_iter().map(f).collect();
     }
-    let out: Vec<Mutex<Option<R>>> = items.iter().map(|_| Mutex::new(None)).collect();
-    let indexed: Vec<(usize, T)> = items.into_iter().enumerate().collect();
-    for_each_item(indexed, |(j, t)| {
-        let r = f(t);
-        *out[j].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+    // Each slot holds its item until a thread takes it, then the item's result.
+    let slots: Vec<Mutex<Result<R, Option<T>>>> = items
+        .into_iter()
+        .map(|t| Mutex::new(Err(Some(t))))
+        .collect();
+    for_each(slots.len(), &|j| {
+        let mut slot = slots[j].lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(item) = &mut *slot
+            && let Some(t) = item.take()
+        {
+            // Each slot is one block: nobody else waits on its lock.
+            *slot = Ok(f(t));
+        }
     });
-    out.into_iter()
-        .filter_map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
+    slots
+        .into_iter()
+        .filter_map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()).ok())
         .collect()
 }
 

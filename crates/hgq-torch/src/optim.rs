@@ -412,7 +412,7 @@ fn update(var: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: Coeffs, b
     // hgq-core's passes split at.
     let team = hgq_core::team::width();
     if team > 1 && var.len() >= hgq_core::kernels::TEAM_MIN {
-        let len = var.len().div_ceil(team).next_multiple_of(64);
+        let len = hgq_core::team::part_len(var.len());
         let blocks: Vec<_> = var
             .chunks_mut(len)
             .zip(m.chunks_mut(len))
@@ -446,9 +446,9 @@ fn update_block(var: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: Coe
     update_loop(var, m, v, g, c, b)
 }
 
-/// [`update_loop`] compiled for AVX-512: 16 lanes. The update's square root and division are
-/// most of its time on variables in cache, and their throughput per element doubles with the
-/// width; correctly rounded on every width, so the same bits.
+/// [`update_loop`] compiled for AVX-512: 16 lanes, twice AVX2's square roots and divisions
+/// per instruction (where the variables are in cache; beyond it the update waits on memory
+/// either way). Both are correctly rounded on every width, so the same bits.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 fn update_avx512(var: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: Coeffs, b: Bounds) {

@@ -183,10 +183,7 @@ impl<T: Element, Op: ElemOp<T::C>> Pass<'_, T, Op> {
         let (g0, g1, g2) = (pick(g0, s0), pick(g1, s1), pick(g2, s2));
         // A team gets one chunk per thread (whole cache lines each), rayon segments.
         let chunk = if self.team > 1 {
-            plan.len
-                .div_ceil(self.team)
-                .next_multiple_of(64)
-                .min(SEGMENT_LEN)
+            crate::team::part_len(plan.len).min(SEGMENT_LEN)
         } else {
             SEGMENT_LEN
         };

@@ -132,12 +132,7 @@ impl<C: Real> Dual<C> {
         wanted: impl Fn(VarName) -> bool,
     ) -> Result<()> {
         let n = self.upstream_len(upstream)?;
-        self.check_grad_lens(grads, &wanted)?;
-        for dv in self.d.iter().filter(|dv| wanted(dv.var)) {
-            let Some(slot) = grads.slot(dv.var) else {
-                continue;
-            };
-            let g = slot.get_or_insert_with(|| vec![C::ZERO; dv.var_len]);
+        self.add_into(grads, &wanted, |dv, g| {
             // The slope's form chosen outside the loops: each loop is plain arithmetic.
             if n == 1 || dv.var_len == n {
                 match (&dv.d, n == 1) {
@@ -157,6 +152,23 @@ impl<C: Real> Dual<C> {
             } else {
                 let s = (0..n).fold(C::ZERO, |acc, j| acc + upstream[j] * dv.d.at(j));
                 g[0] = g[0] + s;
+            }
+        })
+    }
+
+    /// Runs `add` on each wanted variable's derivative and its gradient in `grads` (zeros
+    /// where it has none yet), once every existing gradient's length is checked: an error
+    /// leaves `grads` as it was.
+    fn add_into(
+        &self,
+        grads: &mut super::Grads<C>,
+        wanted: &impl Fn(VarName) -> bool,
+        mut add: impl FnMut(&Derivative<C>, &mut Vec<C>),
+    ) -> Result<()> {
+        self.check_grad_lens(grads, wanted)?;
+        for dv in self.d.iter().filter(|dv| wanted(dv.var)) {
+            if let Some(slot) = grads.slot(dv.var) {
+                add(dv, slot.get_or_insert_with(|| vec![C::ZERO; dv.var_len]));
             }
         }
         Ok(())
@@ -213,12 +225,7 @@ impl<C: Real> Dual<C> {
                 .collect();
             return self.backward_add(&up, grads, wanted);
         }
-        self.check_grad_lens(grads, &wanted)?;
-        for dv in self.d.iter().filter(|dv| wanted(dv.var)) {
-            let Some(slot) = grads.slot(dv.var) else {
-                continue;
-            };
-            let g = slot.get_or_insert_with(|| vec![C::ZERO; dv.var_len]);
+        self.add_into(grads, &wanted, |dv, g| {
             let g_rows = g.chunks_exact_mut(row_len.max(1)).zip(rows);
             match &dv.d {
                 Slope::Ones(_) => {
@@ -232,8 +239,7 @@ impl<C: Real> Dual<C> {
                     }
                 }
             }
-        }
-        Ok(())
+        })
     }
 }
 
