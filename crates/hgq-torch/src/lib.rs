@@ -25,6 +25,7 @@ pub mod layers;
 pub mod ops;
 pub mod optim;
 pub mod quantizer;
+mod simd;
 
 use hgq_core::FixedPoint;
 use tch::{Device, Kind, Tensor};

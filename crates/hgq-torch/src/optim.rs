@@ -431,36 +431,11 @@ fn update(var: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: Coeffs, b
     }
 }
 
+/// [`update_loop`] at the CPU's widest vectors: AVX-512 has twice AVX2's square roots and
+/// divisions per instruction (where the variables are in cache; beyond it the update waits on
+/// memory either way). Both are correctly rounded on every width, so the same bits.
 fn update_block(var: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: Coeffs, b: Bounds) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked just above).
-            return unsafe { update_avx512(var, m, v, g, c, b) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2 (checked just above).
-            return unsafe { update_avx2(var, m, v, g, c, b) };
-        }
-    }
-    update_loop(var, m, v, g, c, b)
-}
-
-/// [`update_loop`] compiled for AVX-512: 16 lanes, twice AVX2's square roots and divisions
-/// per instruction (where the variables are in cache; beyond it the update waits on memory
-/// either way). Both are correctly rounded on every width, so the same bits.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn update_avx512(var: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: Coeffs, b: Bounds) {
-    update_loop(var, m, v, g, c, b)
-}
-
-/// [`update_loop`] compiled for AVX2: 8 lanes instead of SSE's 4. The same operations in
-/// the same order (no fused multiply-add: Rust does not contract), so the same bits.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn update_avx2(var: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: Coeffs, b: Bounds) {
-    update_loop(var, m, v, g, c, b)
+    crate::simd::widest(|| update_loop(var, m, v, g, c, b))
 }
 
 #[inline(always)]
@@ -556,15 +531,15 @@ mod tests {
             [p, m, v].map(|x| x.iter().map(|y| y.to_bits()).collect::<Vec<_>>())
         };
         let plain = run(&|p, m, v| update_loop(p, m, v, &g, c, bounds));
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2.
-            let avx2 = run(&|p, m, v| unsafe { update_avx2(p, m, v, &g, c, bounds) });
-            assert_eq!(avx2, plain);
-        }
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F.
-            let avx512 = run(&|p, m, v| unsafe { update_avx512(p, m, v, &g, c, bounds) });
-            assert_eq!(avx512, plain);
+        for level in crate::simd::Level::ALL
+            .into_iter()
+            .filter(|l| l.available())
+        {
+            let at = run(&|p, m, v| {
+                let ran = crate::simd::at(level, || update_loop(p, m, v, &g, c, bounds));
+                assert!(ran.is_ok(), "{level:?}");
+            });
+            assert_eq!(at, plain, "{level:?}");
         }
     }
 

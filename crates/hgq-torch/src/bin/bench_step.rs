@@ -1,4 +1,4 @@
-//! `hgq-bench-step [--path P] [--threads T] [--epochs E] [--filter S]`: the steady-state training step of
+//! `hgq-bench-step [--path P] [--threads T] [--epochs E] [--filter S] [--no-floor]`: the steady-state training step of
 //! small QDense MLPs, timed as whole epochs (what `cargo xtask bench --step` runs, once on one
 //! thread and once on all, against `benches/hgq2_step.py`, hgq2 on jax, on the same work).
 //!
@@ -32,7 +32,9 @@
 //! `--path P` (`auto`, `native` or `autograd`; printed as `"path"`); `--threads T` (default 1)
 //! sets libtorch's threads and the size of the rayon pool that hgq-core's kernels run in;
 //! `--epochs E` (default 30, at least 2: the batch-1024 cases have two steps an epoch, so a few
-//! epochs give a noisy median); `--filter S` runs only the cases whose name contains S. Freed
+//! epochs give a noisy median); `--filter S` runs only the cases whose name contains S;
+//! `--no-floor` skips timing the products (`products_ms_per_step` is then `null`), so that a
+//! profiler's samples are the step's alone. Freed
 //! CPU memory is kept in the process (`hgq_torch::retain_cpu_memory`), as in `hgq-bench-torch`.
 use std::process::ExitCode;
 use std::time::Instant;
@@ -315,13 +317,14 @@ fn round(v: f64, digits: i32) -> String {
 
 fn usage(msg: &str) -> ExitCode {
     eprintln!(
-        "hgq-bench-step: {msg}\nusage: hgq-bench-step [--path auto|native|autograd] [--threads T] [--epochs E] [--filter S]"
+        "hgq-bench-step: {msg}\nusage: hgq-bench-step [--path auto|native|autograd] [--threads T] [--epochs E] [--filter S] [--no-floor]"
     );
     ExitCode::from(2)
 }
 
 fn main() -> ExitCode {
     let (mut threads, mut epochs, mut filter) = (1usize, 30usize, String::new());
+    let mut floor = true;
     let mut path = StepPath::Auto;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -330,6 +333,7 @@ fn main() -> ExitCode {
                 Some(v) => filter = v,
                 None => return usage("--filter needs a case name or part of one"),
             },
+            "--no-floor" => floor = false,
             "--path" => {
                 path = match args.next().as_deref() {
                     Some("auto") => StepPath::Auto,
@@ -378,7 +382,12 @@ fn main() -> ExitCode {
             let row = run_case(case, path, epochs, &x, &y)
                 .map_err(|e| format!("{}: {e}", case.name))?;
             let epoch_ms = median(row.epochs_ms[1..].to_vec());
-            let floor = products_ms_per_step(case).map_err(|e| format!("{}: {e}", case.name))?;
+            let floor = if floor {
+                let ms = products_ms_per_step(case).map_err(|e| format!("{}: {e}", case.name))?;
+                round(ms, 4)
+            } else {
+                "null".into()
+            };
             println!(
                 "{{\"case\":\"{}\",\"path\":\"{}\",\"threads\":{threads},\"ms_per_step\":{},\"epoch_ms\":{},\
                  \"first_epoch_ms\":{},\"steps\":{},\"loss\":{},\"products_ms_per_step\":{}}}",
@@ -389,7 +398,7 @@ fn main() -> ExitCode {
                 round(row.epochs_ms[0], 3),
                 row.steps,
                 round(row.loss, 5),
-                round(floor, 4),
+                floor,
             );
         }
         Ok(())

@@ -23,7 +23,7 @@ use tch::{Device, Kind, Tensor};
 use super::{Activation, Ebops, Layer, Named, QDense, Sequential, check_input};
 use crate::backend::TchVar;
 use crate::optim::{Adam, HostGrad};
-use crate::{Result, TorchError, host};
+use crate::{Result, TorchError, host, simd};
 
 /// Why the native step cannot run on these tensors (`None`: it can).
 pub(super) fn unsupported(model: &Sequential, x: &Tensor, labels: &Tensor) -> Option<String> {
@@ -96,6 +96,7 @@ pub(super) fn unsupported(model: &Sequential, x: &Tensor, labels: &Tensor) -> Op
 type Operand<'a> = (&'a [f32], usize, usize);
 
 /// `c = a @ b + beta * c` for row-major `c` (`m x n`); `a` is `m x k`, `b` is `k x n`.
+#[cfg(test)]
 fn gemm(
     dims: (usize, usize, usize),
     a: Operand<'_>,
@@ -377,20 +378,16 @@ impl QDense {
         let (xq, iq) = quantize_input(self.input_quantizer()?, x, &[batch, n_in])?;
         let (kq, kq_pass) = quantize(&self.kq, kernel, &[n_in, units])?;
         let (xk, kk) = ((&xq[..], n_in, 1), (&kq[..], units, 1));
-        let (mut z, bq_pass) = match (&self.bias, &self.bq) {
+        let (bq_v, bq_pass) = match (&self.bias, &self.bq) {
             (Some(b), Some(bq)) => {
                 let bias = host::slice(b).ok_or_else(|| not_plain("the bias"))?;
-                let (bq_v, pass) = quantize(bq, bias, &[units])?;
-                // Each row starts at the quantized bias; the product adds to it.
-                let mut z = bq_v.repeat(batch);
-                gemm((batch, n_in, units), xk, kk, 1.0, &mut z)?;
-                (z, Some(pass))
+                let (v, pass) = quantize(bq, bias, &[units])?;
+                (Some(v), Some(pass))
             }
-            _ => (product((batch, n_in, units), xk, kk)?, None),
+            _ => (None, None),
         };
-        if self.activation == Activation::Relu {
-            z.iter_mut().for_each(|v| *v = v.max(0.0));
-        }
+        let mut z = product((batch, n_in, units), xk, kk)?;
+        bias_act(&mut z, bq_v.as_deref(), self.activation == Activation::Relu);
         let b_in = bits(self.input_quantizer()?, &[1, n_in])?;
         let b_ker = bits(&self.kq, &[n_in, units])?;
         let b_b = self.bq.as_ref().map(|bq| bits(bq, &[units])).transpose()?;
@@ -434,11 +431,9 @@ impl QDense {
         reg: &mut f32,
     ) -> Result<Vec<f32>> {
         let (n_in, units, batch) = (self.in_features, self.units, p.batch);
-        if self.activation == Activation::Relu {
-            da.iter_mut()
-                .zip(p.a.iter())
-                .for_each(|(d, &a)| *d = if a > 0.0 { *d } else { 0.0 });
-        }
+        let relu = (self.activation == Activation::Relu).then_some(&p.a[..]);
+        let mut db = p.bq_pass.as_ref().map(|_| vec![0.0f32; units]);
+        bias_act_backward(&mut da, relu, db.as_deref_mut());
         let dz = da;
         // d kq = xq^T dz; d xq = dz kq^T; d bq = the column sums of dz.
         let dkq = product((n_in, batch, units), (&p.xq, 1, n_in), (&dz, units, 1))?;
@@ -449,11 +444,7 @@ impl QDense {
         let g_kq = p.kq_pass.backward(&dkq, &mut dkernel)?;
         grads.push((self.kernel.shallow_clone(), dkernel, None));
         let mut g_bq = None;
-        if let (Some(b), Some(pass)) = (&self.bias, &p.bq_pass) {
-            let mut db = vec![0.0f32; units];
-            for row in dz.chunks_exact(units) {
-                db.iter_mut().zip(row).for_each(|(d, &v)| *d += v);
-            }
+        if let (Some(b), Some(pass), Some(db)) = (&self.bias, &p.bq_pass, db) {
             let mut dbias = vec![0.0f32; units];
             g_bq = Some(pass.backward(&db, &mut dbias)?);
             grads.push((b.shallow_clone(), dbias, None));
@@ -543,6 +534,56 @@ impl QDense {
             }
         }
         Ok(())
+    }
+}
+
+/// `z = act(z + bias)` for each row of `z` (`bias`: one value per column), one pass at the
+/// CPU's widest vectors; `relu`: the activation is relu, else linear. Each element is the
+/// product's sum plus its bias, rounded once, as a product that starts from the bias adds it.
+fn bias_act(z: &mut [f32], bias: Option<&[f32]>, relu: bool) {
+    // One loop per case, the activation not a value read per element (which keeps a loop
+    // scalar).
+    fn rows(z: &mut [f32], b: &[f32], act: impl Fn(f32) -> f32) {
+        simd::widest(|| {
+            for row in z.chunks_exact_mut(b.len()) {
+                for (v, &b) in row.iter_mut().zip(b) {
+                    *v = act(*v + b);
+                }
+            }
+        })
+    }
+    match (bias, relu) {
+        (Some(b), true) if !b.is_empty() => rows(z, b, |v| v.max(0.0)),
+        (Some(b), false) if !b.is_empty() => rows(z, b, |v| v),
+        (_, true) => simd::widest(|| z.iter_mut().for_each(|v| *v = v.max(0.0))),
+        _ => {}
+    }
+}
+
+/// The backward of [`bias_act`] for upstream `d` (of its output), in place: `d` masked by
+/// relu's gradient where `relu_out` (relu's output) is given, and its column sums (the bias's
+/// gradient, rows added in order) added to `db` where given.
+fn bias_act_backward(d: &mut [f32], relu_out: Option<&[f32]>, db: Option<&mut [f32]>) {
+    let mask = |d: f32, a: f32| if a > 0.0 { d } else { 0.0 };
+    match (relu_out, db) {
+        (Some(a), Some(db)) if !db.is_empty() => simd::widest(|| {
+            let units = db.len();
+            for (row, a) in d.chunks_exact_mut(units).zip(a.chunks_exact(units)) {
+                for ((v, &a), s) in row.iter_mut().zip(a).zip(db.iter_mut()) {
+                    *v = mask(*v, a);
+                    *s += *v;
+                }
+            }
+        }),
+        (None, Some(db)) if !db.is_empty() => simd::widest(|| {
+            for row in d.chunks_exact(db.len()) {
+                db.iter_mut().zip(row).for_each(|(s, &v)| *s += v);
+            }
+        }),
+        (Some(a), _) => simd::widest(|| {
+            d.iter_mut().zip(a).for_each(|(v, &a)| *v = mask(*v, a));
+        }),
+        _ => {}
     }
 }
 
@@ -637,7 +678,8 @@ fn first_max(row: &[f32]) -> (usize, f32) {
 
 /// `exp(x)` of every element, within 2 ulp of `f32::exp` (Cephes' `expf`: `x = n ln 2 + r`,
 /// a polynomial in `r`, times `2^n`), with plain arithmetic that the compiler vectorizes
-/// (`f32::exp` is a call per element). Infinities and NaN as `f32::exp`.
+/// (`f32::exp` is a call per element) at the CPU's widest vectors. Infinities and NaN as
+/// `f32::exp`.
 fn exp_in_place(x: &mut [f32]) {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     // ln 2 in two parts: n * LN2_HI is exact for the n that occur.
@@ -652,30 +694,33 @@ fn exp_in_place(x: &mut [f32]) {
     // low mantissa bits, which the shift moves into the exponent (no float-to-int conversion,
     // whose saturation keeps a loop scalar).
     let pow2 = |m: f32| f32::from_bits((m + 8_388_735.0).to_bits() << 23);
-    for v in x.iter_mut() {
-        let a = *v;
-        let t = a.clamp(LO, HI);
-        let n = (t * LOG2E + ROUND) - ROUND;
-        let r = (t - n * LN2_HI) - n * LN2_LO;
-        let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
-            * r
-            + 1.666_666_5e-1)
-            * r
-            + 0.5;
-        let e = p * (r * r) + r + 1.0;
-        // 2^n (n in -150..=128) as two normal factors: subnormal results round once.
-        let half = (n * 0.5 + ROUND) - ROUND;
-        let y = (e * pow2(half)) * pow2(n - half);
-        *v = if a < LO {
-            0.0
-        } else if a > HI {
-            f32::INFINITY
-        } else if a.is_nan() {
-            a
-        } else {
-            y
-        };
-    }
+    simd::widest(|| {
+        for v in x.iter_mut() {
+            let a = *v;
+            let t = a.clamp(LO, HI);
+            let n = (t * LOG2E + ROUND) - ROUND;
+            let r = (t - n * LN2_HI) - n * LN2_LO;
+            let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r
+                + 4.166_579_6e-2)
+                * r
+                + 1.666_666_5e-1)
+                * r
+                + 0.5;
+            let e = p * (r * r) + r + 1.0;
+            // 2^n (n in -150..=128) as two normal factors: subnormal results round once.
+            let half = (n * 0.5 + ROUND) - ROUND;
+            let y = (e * pow2(half)) * pow2(n - half);
+            *v = if a < LO {
+                0.0
+            } else if a > HI {
+                f32::INFINITY
+            } else if a.is_nan() {
+                a
+            } else {
+                y
+            };
+        }
+    });
 }
 
 /// One native step: forward, loss, backward, Adam, constraints. Returns the total loss (cross
@@ -895,6 +940,56 @@ mod tests {
         let mut nan = [f32::NAN];
         exp_in_place(&mut nan);
         assert!(nan[0].is_nan());
+    }
+
+    /// The fused bias, activation and their backward are the plain per-element formulas:
+    /// the sum plus the bias rounded once, relu's mask, the bias's gradient as the column
+    /// sums added row after row; every case of bias and activation.
+    #[test]
+    fn bias_and_activation_are_the_plain_formulas() {
+        let (rows, units) = (37, 19);
+        let wave = |len: usize, f: f32| -> Vec<f32> {
+            (0..len).map(|j| ((j as f32) * f).sin() * 3.0).collect()
+        };
+        let (z0, bias, up) = (
+            wave(rows * units, 0.37),
+            wave(units, 1.3),
+            wave(rows * units, 0.71),
+        );
+        for (with_bias, relu) in [(true, true), (true, false), (false, true), (false, false)] {
+            let b = with_bias.then_some(&bias[..]);
+            let mut z = z0.clone();
+            bias_act(&mut z, b, relu);
+            let want: Vec<f32> = z0
+                .iter()
+                .enumerate()
+                .map(|(j, &v)| {
+                    let s = if with_bias { v + bias[j % units] } else { v };
+                    if relu { s.max(0.0) } else { s }
+                })
+                .collect();
+            assert_eq!(z, want, "bias {with_bias}, relu {relu}");
+            let mut d = up.clone();
+            let mut db = with_bias.then(|| vec![0.0f32; units]);
+            bias_act_backward(&mut d, relu.then_some(&z[..]), db.as_deref_mut());
+            let want_d: Vec<f32> = up
+                .iter()
+                .zip(&z)
+                .map(|(&g, &a)| if !relu || a > 0.0 { g } else { 0.0 })
+                .collect();
+            assert_eq!(d, want_d, "bias {with_bias}, relu {relu}");
+            if let Some(db) = db {
+                let mut want_db = vec![0.0f32; units];
+                for (j, &g) in want_d.iter().enumerate() {
+                    want_db[j % units] += g;
+                }
+                assert_eq!(db, want_db);
+            }
+        }
+        // No columns: nothing to add, and no panic.
+        let mut empty: Vec<f32> = Vec::new();
+        bias_act(&mut empty, Some(&[]), true);
+        bias_act_backward(&mut empty, Some(&[]), Some(&mut []));
     }
 
     /// Products split over threads (along the rows, or the columns where `m < n`) give the

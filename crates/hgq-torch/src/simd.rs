@@ -1,0 +1,115 @@
+//! Plain loops compiled for the widest vector instructions the CPU has, chosen at run time.
+//!
+//! hgq-torch is built for the baseline of its target (SSE2 on x86-64), so a plain loop over
+//! activations runs four lanes at a time where the CPU has sixteen. [`widest`] runs a closure
+//! inside a function compiled for AVX-512 (or AVX2): the closure, inlined there, vectorizes at
+//! that width. The results are the same bits on every level: Rust contracts no multiply and
+//! add into a fused one, and vector IEEE operations round as scalar ones.
+
+/// A level of vector instructions that [`at`] can run a closure at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Level {
+    /// The target's baseline (what the crate is built for).
+    Baseline,
+    /// x86-64 with AVX2 (eight float32 lanes).
+    Avx2,
+    /// x86-64 with AVX-512F (sixteen float32 lanes).
+    Avx512,
+}
+
+impl Level {
+    /// Every level, narrowest first.
+    #[cfg(test)]
+    pub(crate) const ALL: [Level; 3] = [Level::Baseline, Level::Avx2, Level::Avx512];
+
+    /// Whether this CPU runs the level.
+    pub(crate) fn available(self) -> bool {
+        match self {
+            Level::Baseline => true,
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+}
+
+/// `f()` compiled for the widest level this CPU has.
+#[inline(always)]
+pub(crate) fn widest<R>(f: impl FnOnce() -> R) -> R {
+    let level = [Level::Avx512, Level::Avx2]
+        .into_iter()
+        .find(|l| l.available())
+        .unwrap_or(Level::Baseline);
+    // The level was found available just above.
+    at(level, f).unwrap_or_else(|f| f())
+}
+
+/// `f()` compiled for `level`, or `f` back where this CPU does not run it.
+#[inline(always)]
+pub(crate) fn at<R, F: FnOnce() -> R>(level: Level, f: F) -> Result<R, F> {
+    if !level.available() {
+        return Err(f);
+    }
+    match level {
+        Level::Baseline => Ok(f()),
+        // SAFETY: the CPU has the level's features (checked above).
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 => Ok(unsafe { avx2(f) }),
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 => Ok(unsafe { avx512(f) }),
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => Err(f),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn avx512<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A loop run at each level this CPU has gives the baseline's bits (it runs at all: a
+    /// level that did not call the closure would return other values); a level the CPU lacks
+    /// hands the closure back.
+    #[test]
+    fn every_level_gives_the_baselines_bits() {
+        let x: Vec<f32> = (0..1000).map(|j| (j as f32 * 0.37).sin() * 9.0).collect();
+        let work = || -> Vec<u32> {
+            x.iter()
+                .map(|&v| {
+                    ((v * 1.5 + 0.25) / (v.abs() + 1.0))
+                        .sqrt()
+                        .max(0.0)
+                        .to_bits()
+                })
+                .collect()
+        };
+        let plain = work();
+        let mut ran = 0;
+        for level in Level::ALL {
+            match at(level, work) {
+                Ok(bits) => {
+                    assert_eq!(bits, plain, "{level:?}");
+                    ran += 1;
+                }
+                Err(_) => assert!(!level.available(), "{level:?}"),
+            }
+        }
+        assert!(ran >= 1);
+        assert_eq!(widest(work), plain);
+    }
+}
