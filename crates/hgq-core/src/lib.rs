@@ -22,6 +22,7 @@ pub mod modes;
 mod ops;
 pub mod quantizer;
 pub mod real;
+pub mod scratch;
 pub mod shape;
 pub mod stateless;
 pub mod sync;

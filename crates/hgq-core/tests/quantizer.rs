@@ -599,7 +599,18 @@ fn the_dummy_quantizer_is_the_identity_in_every_mode() {
 #[case::float(QuantizerSpec::Float(FloatSpec::new(2.0, 3.0, 1.0).with_axes(Axes::Homogeneous(vec![0]))))]
 #[case::dummy(QuantizerSpec::Dummy)]
 fn a_saved_forward_then_backward_is_the_fused_call(#[case] spec: QuantizerSpec) {
+    // Every buffer the passes take from `scratch` holds NaN: an element a pass leaves
+    // unwritten shows. 4 x 5 is below the sizes it keeps; 400 x 5 is kept and handed out
+    // again on the later steps.
+    hgq_core::scratch::poison();
+    for rows in [4, 400] {
+        saved_passes_are_fused_calls(spec.clone(), rows);
+    }
+}
+
+fn saved_passes_are_fused_calls(spec: QuantizerSpec, rows: usize) {
     let shape = [None, Some(5)];
+    let n = rows * 5;
     let (mut fused, mut saved_q, mut shared_q) = (
         CpuQuantizer::<f32>::new(spec.clone(), &shape).unwrap(),
         CpuQuantizer::<f32>::new(spec.clone(), &shape).unwrap(),
@@ -607,12 +618,13 @@ fn a_saved_forward_then_backward_is_the_fused_call(#[case] spec: QuantizerSpec) 
     );
     let bits = |v: &[f32]| v.iter().map(|a| a.to_bits()).collect::<Vec<_>>();
     for step in 0..3u64 {
-        let x = data(20, step, 6.0);
-        let dy = data(20, step + 100, 1.0);
-        let t = TensorRef::new(&x, &[4, 5]).unwrap();
-        let (mut y1, mut dx1) = ([0.0f32; 20], [0.0f32; 20]);
+        let x = data(n, step, 6.0);
+        let dy = data(n, step + 100, 1.0);
+        let x_shape = [rows, 5];
+        let t = TensorRef::new(&x, &x_shape).unwrap();
+        let (mut y1, mut dx1) = (vec![0.0f32; n], vec![0.0f32; n]);
         let g1 = fused.forward_backward(t, &dy, &mut y1, &mut dx1).unwrap();
-        let (mut y2, mut dx2) = ([0.0f32; 20], [0.0f32; 20]);
+        let (mut y2, mut dx2) = (vec![0.0f32; n], vec![0.0f32; n]);
         let saved = saved_q
             .forward_saved(t, CallMode::Training, &mut y2)
             .unwrap();
@@ -630,10 +642,10 @@ fn a_saved_forward_then_backward_is_the_fused_call(#[case] spec: QuantizerSpec) 
         let shared_x = std::sync::Arc::new(x.clone());
         let (y3, pass) = shared_q
             .inner_mut()
-            .forward_saved_shared(&shared_x, &[4, 5], CallMode::Training, Path::Simd)
+            .forward_saved_shared(&shared_x, &[rows, 5], CallMode::Training, Path::Simd)
             .unwrap();
         assert!(std::ptr::eq(pass.input().as_ptr(), shared_x.as_ptr()));
-        let mut dx3 = [0.0f32; 20];
+        let mut dx3 = vec![0.0f32; n];
         let g3 = pass.backward(&dy, &mut dx3).unwrap();
         assert_eq!(bits(&y1), bits(&y3), "step {step}: y, shared");
         assert_eq!(bits(&dx1), bits(&dx3), "step {step}: dx, shared");
@@ -643,6 +655,10 @@ fn a_saved_forward_then_backward_is_the_fused_call(#[case] spec: QuantizerSpec) 
             shared_q.variables(),
             "step {step}: state, shared"
         );
+        // Their buffers back for the next step's passes.
+        saved.recycle();
+        pass.recycle();
+        hgq_core::scratch::give(y3);
     }
     // Wrong lengths are errors.
     let x = data(20, 9, 1.0);

@@ -291,6 +291,14 @@ impl<T: Element, V> SavedPass<T, V> {
     pub fn input(&self) -> &[T] {
         self.x.data()
     }
+
+    /// Drops the pass, its copy of the input (if it made one) given back to
+    /// [`crate::scratch`] for the next pass of its size on this thread.
+    pub fn recycle(self) {
+        if let SavedInput::Copy(v) = self.x {
+            crate::scratch::give(v);
+        }
+    }
 }
 
 impl<T: Element, V: HostVar<T::C>> SavedPass<T, V> {
@@ -300,7 +308,8 @@ impl<T: Element, V: HostVar<T::C>> SavedPass<T, V> {
         check_len("dy", dy.len(), &self.shape)?;
         check_len("dx", dx.len(), &self.shape)?;
         let x = TensorRef::new(self.x.data(), &self.shape)?;
-        let zeros = |p: &SavedParam<T::C, V>| vec![T::C::ZERO; p.len()];
+        // Every gradient buffer is written whole by the pass: recycled, not zeroed.
+        let zeros = |p: &SavedParam<T::C, V>| crate::scratch::reals::<T::C>(p.len());
         // Each parameter's gradient, beside the parameters it is of.
         let (grads, params): (Vec<Vec<T::C>>, &[_]) = match self.kind {
             SavedKind::Identity => {
@@ -345,11 +354,14 @@ impl<T: Element, V: HostVar<T::C>> SavedPass<T, V> {
         };
         let mut out = Grads::default();
         for (p, g) in params.iter().zip(grads) {
-            if let Some(slot) = p.var.and_then(|n| out.slot(n)) {
-                match slot {
-                    Some(acc) => acc.iter_mut().zip(&g).for_each(|(a, &b)| *a = *a + b),
-                    None => *slot = Some(g),
+            match p.var.and_then(|n| out.slot(n)) {
+                Some(Some(acc)) => {
+                    acc.iter_mut().zip(&g).for_each(|(a, &b)| *a = *a + b);
+                    crate::scratch::give(g);
                 }
+                Some(slot) => *slot = Some(g),
+                // A parameter that is not trained (WRAP's `i`): its gradient goes.
+                None => crate::scratch::give(g),
             }
         }
         Ok(out)
@@ -398,7 +410,11 @@ impl<'a, T: Element, V: HostVar<T::C>> Cpu<'a, T, V> {
                     {
                         SavedInput::Shared(Arc::clone(a))
                     }
-                    _ => SavedInput::Copy(x.data.to_vec()),
+                    _ => {
+                        let mut copy = crate::scratch::elements(x.data.len());
+                        copy.copy_from_slice(&x.data);
+                        SavedInput::Copy(copy)
+                    }
                 },
                 shape: x.shape.clone(),
                 params,
@@ -623,7 +639,8 @@ impl<'a, T: Element, V: HostVar<T::C>> Backend for Cpu<'a, T, V> {
             self.operand(&p[1])?,
         );
         let n = x.data.len();
-        let mut y = vec![T::default(); n];
+        // Written whole by the pass: recycled, not zeroed.
+        let mut y = crate::scratch::elements::<T>(n);
         match self.upstream(n)? {
             None => {
                 q.forward(xr, kt, it, ft, training, &mut y)?;

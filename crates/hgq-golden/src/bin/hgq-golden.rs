@@ -18,6 +18,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // A checker: every recycled output buffer holds NaN, so that a pass leaving any element
+    // unwritten fails its vectors.
+    hgq_core::scratch::poison();
     let mut dir: Option<PathBuf> = None;
     let mut families: Vec<String> = Vec::new();
     let mut verbose = false;

@@ -25,6 +25,9 @@ use hgq_torch::golden::reference;
 use tch::Device;
 
 fn main() -> ExitCode {
+    // A checker: every recycled output buffer holds NaN, so that a pass leaving any element
+    // unwritten fails its vectors.
+    hgq_core::scratch::poison();
     let mut dir = None;
     let mut reference_dir = None;
     let mut families = Vec::new();

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use hgq_core::fold::lane_sum;
 use hgq_core::quantizer::{Backend, Constraint, Cpu, Dual, SavedPass};
 use hgq_core::shape::{broadcast_to, sum_to};
-use hgq_core::{CallMode, Path, TensorRef};
+use hgq_core::{CallMode, Path, TensorRef, scratch};
 use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
@@ -109,15 +109,15 @@ fn gemm(
     gemm_into(dims, a, b, beta, c)
 }
 
-/// `a @ b` (`m x k` by `k x n`) into a new row-major `m x n` buffer, not zeroed first: a
-/// product with `beta = 0` writes every element of its output without reading it (BLAS's
-/// and `matrixmultiply`'s contract, `k = 0` included), so zeroing would be a pass for nothing.
+/// `a @ b` (`m x k` by `k x n`) into a row-major `m x n` buffer from [`scratch`], not zeroed
+/// first: a product with `beta = 0` writes every element of its output without reading it
+/// (BLAS's and `matrixmultiply`'s contract, `k = 0` included), so zeroing would be a pass for
+/// nothing.
 fn product(dims: (usize, usize, usize), a: Operand<'_>, b: Operand<'_>) -> Result<Vec<f32>> {
-    let len = dims.0 * dims.2;
-    let mut c = Vec::with_capacity(len);
-    gemm_into(dims, a, b, 0.0, &mut c.spare_capacity_mut()[..len])?;
-    // SAFETY: the product returned `Ok`, so it wrote all `len` elements (none when m or n is 0).
-    unsafe { c.set_len(len) };
+    let mut c = scratch::elements::<f32>(dims.0 * dims.2);
+    // SAFETY: `MaybeUninit<f32>` has `f32`'s layout, and the product writes only `f32` values.
+    let out = unsafe { &mut *(std::ptr::from_mut(c.as_mut_slice()) as *mut [MaybeUninit<f32>]) };
+    gemm_into(dims, a, b, 0.0, out)?;
     Ok(c)
 }
 
@@ -359,6 +359,24 @@ struct LayerPass {
     ker_rows: Vec<f32>,
 }
 
+impl LayerPass {
+    /// Gives the pass's buffers back to [`scratch`] for the next step (the output only where
+    /// no pass above still holds it).
+    fn recycle(self) {
+        for pass in [Some(self.iq), Some(self.kq_pass), self.bq_pass]
+            .into_iter()
+            .flatten()
+        {
+            pass.recycle();
+        }
+        scratch::give(self.xq);
+        scratch::give(self.kq);
+        if let Ok(a) = Arc::try_unwrap(self.a) {
+            scratch::give(a);
+        }
+    }
+}
+
 impl QDense {
     /// The input quantizer ([`unsupported`] refuses layers without one before a step).
     fn input_quantizer(&self) -> Result<&Named> {
@@ -438,14 +456,18 @@ impl QDense {
         // d kq = xq^T dz; d xq = dz kq^T; d bq = the column sums of dz.
         let dkq = product((n_in, batch, units), (&p.xq, 1, n_in), (&dz, units, 1))?;
         let dxq = product((batch, units, n_in), (&dz, units, 1), (&p.kq, 1, units))?;
-        let mut dx = vec![0.0f32; batch * n_in];
+        // The passes write dx and every gradient whole: buffers recycled, not zeroed.
+        let mut dx = scratch::elements(batch * n_in);
         let g_iq = p.iq.backward(&dxq, &mut dx)?;
-        let mut dkernel = vec![0.0f32; n_in * units];
+        let mut dkernel = scratch::elements(n_in * units);
         let g_kq = p.kq_pass.backward(&dkq, &mut dkernel)?;
+        for v in [dz, dkq, dxq] {
+            scratch::give(v);
+        }
         grads.push((self.kernel.shallow_clone(), dkernel, None));
         let mut g_bq = None;
         if let (Some(b), Some(pass), Some(db)) = (&self.bias, &p.bq_pass, db) {
-            let mut dbias = vec![0.0f32; units];
+            let mut dbias = scratch::elements(units);
             g_bq = Some(pass.backward(&db, &mut dbias)?);
             grads.push((b.shallow_clone(), dbias, None));
         }
@@ -747,8 +769,13 @@ pub(super) fn step(
         })
         .collect();
     opt.step_host(&refs)?;
+    drop(refs);
     for l in &layers {
         l.constrain_untrained()?;
+    }
+    // The next step's gradients of the same sizes.
+    for (_, grad, _) in g.grads {
+        scratch::give(grad);
     }
     Ok((g.loss, g.correct))
 }
@@ -819,6 +846,11 @@ fn gradients(layers: &[&QDense], x: &Tensor, labels: &Tensor) -> Result<StepGrad
     let (mut grads, mut reg) = (Vec::new(), 0.0f32);
     for (l, p) in layers.iter().zip(&passes).rev() {
         da = l.backward_native(p, da, &mut grads, &mut reg)?;
+    }
+    scratch::give(da);
+    // Last layer first: each layer's output is free once the layer above dropped its pass.
+    for p in passes.into_iter().rev() {
+        p.recycle();
     }
     Ok(StepGrads {
         loss: ce + total + reg,
@@ -1118,6 +1150,8 @@ mod tests {
 
     #[test]
     fn native_gradients_are_autograds() -> Result<()> {
+        // Outputs left partly unwritten would hold NaN.
+        hgq_core::scratch::poison();
         for n in 0..3 {
             tch::manual_seed(n as i64);
             let vs = nn::VarStore::new(Device::Cpu);
