@@ -932,9 +932,7 @@ mod tests {
         });
     }
 
-    /// The native forward moves the state as the autograd forward does (bit for bit), gives
-    /// the loss and every trainable variable the gradient autograd gives (float32 sums in
-    /// another order: a relative tolerance), and nothing else.
+    /// `exp_in_place` against `f32::exp` over the whole range, the limits and NaN.
     #[test]
     fn exp_in_place_is_within_two_ulp_of_exp() {
         let mut xs: Vec<f32> = (0..=400_000)
@@ -1148,6 +1146,9 @@ mod tests {
         Ok(())
     }
 
+    /// The native forward moves the state as the autograd forward does (bit for bit), gives
+    /// the loss and every trainable variable the gradient autograd gives (float32 sums in
+    /// another order: a relative tolerance), and nothing else.
     #[test]
     fn native_gradients_are_autograds() -> Result<()> {
         // Outputs left partly unwritten would hold NaN.

@@ -22,7 +22,8 @@ pub enum StepPath {
     /// products and Adam's update split over a [`hgq_core::team`] session held for the
     /// step, whose helper threads spin (a CPU each) until 2 ms after the step, so that the
     /// next step finds them awake. Install a one-thread pool to keep a step on one CPU. Any
-    /// thread count gives the same bits.
+    /// thread count gives the same bits. Its outputs and gradients are kept on the calling
+    /// thread for the next step ([`hgq_core::scratch`]: at most 256 MiB of them per thread).
     Native,
     /// libtorch's autograd through the layers' forward (any device and kind).
     Autograd,
