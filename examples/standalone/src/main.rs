@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use hgq_torch::hgq_core::CallMode;
-use hgq_torch::layers::{Activation, EbopsTape, Names, QDense, Sequential, Layer};
+use hgq_torch::layers::{Activation, EbopsTape, Names, QDense, Sequential};
 use hgq_torch::optim::{Adam, AdamConfig};
 use tch::nn::ModuleT;
 use tch::{Device, Kind, Tensor, nn};
@@ -66,7 +66,12 @@ fn main() -> Result<(), Error> {
     let tape = EbopsTape::new();
     let q = QDense::builder(32, 2).beta(1e-5).ebops_tape(&tape);
     let net = nn::seq_t()
-        .add(nn::linear(vs2.root() / "hidden", 16, 32, Default::default()))
+        .add(nn::linear(
+            vs2.root() / "hidden",
+            16,
+            32,
+            Default::default(),
+        ))
         .add_fn(|x| x.relu())
         .add(q.build(&vs2.root(), &mut Names::default())?);
     let mut opt2 = Adam::new(&vs2, AdamConfig::default().learning_rate(3e-3))?;
