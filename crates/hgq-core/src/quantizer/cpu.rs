@@ -309,7 +309,7 @@ impl<T: Element, V: HostVar<T::C>> SavedPass<T, V> {
         check_len("dx", dx.len(), &self.shape)?;
         let x = TensorRef::new(self.x.data(), &self.shape)?;
         // Every gradient buffer is written whole by the pass: recycled, not zeroed.
-        let zeros = |p: &SavedParam<T::C, V>| crate::scratch::reals::<T::C>(p.len());
+        let buffer = |p: &SavedParam<T::C, V>| crate::scratch::reals::<T::C>(p.len());
         // Each parameter's gradient, beside the parameters it is of.
         let (grads, params): (Vec<Vec<T::C>>, &[_]) = match self.kind {
             SavedKind::Identity => {
@@ -322,7 +322,7 @@ impl<T: Element, V: HostVar<T::C>> SavedPass<T, V> {
                         "a saved fixed-point pass needs k, i, f",
                     ));
                 };
-                let (mut d1, mut d2) = (zeros(p1), zeros(p2));
+                let (mut d1, mut d2) = (buffer(p1), buffer(p2));
                 let grads = FixedGrads {
                     dx,
                     di: &mut d1,
@@ -338,7 +338,7 @@ impl<T: Element, V: HostVar<T::C>> SavedPass<T, V> {
                         "a saved minifloat pass needs m, e, e0",
                     ));
                 };
-                let mut g: [Vec<T::C>; 3] = [zeros(m), zeros(e), zeros(e0)];
+                let mut g: [Vec<T::C>; 3] = [buffer(m), buffer(e), buffer(e0)];
                 let [g0, g1, g2] = &mut g;
                 // Gradients alone: the output was the forward's.
                 minifloat_call(

@@ -10,7 +10,6 @@
 //! logic is the one every backend runs (hgq-core's `Quantizer` on its CPU backend, variables
 //! read where the `VarStore` keeps them), so values are those of the autograd step up to the
 //! order of float32 sums in the matrix products.
-use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use hgq_core::fold::lane_sum;
@@ -95,39 +94,23 @@ pub(super) fn unsupported(model: &Sequential, x: &Tensor, labels: &Tensor) -> Op
 /// swap).
 type Operand<'a> = (&'a [f32], usize, usize);
 
-/// `c = a @ b + beta * c` for row-major `c` (`m x n`); `a` is `m x k`, `b` is `k x n`.
-#[cfg(test)]
-fn gemm(
-    dims: (usize, usize, usize),
-    a: Operand<'_>,
-    b: Operand<'_>,
-    beta: f32,
-    c: &mut [f32],
-) -> Result<()> {
-    // SAFETY: `MaybeUninit<f32>` has `f32`'s layout, and the product writes only `f32` values.
-    let c = unsafe { &mut *(std::ptr::from_mut(c) as *mut [MaybeUninit<f32>]) };
-    gemm_into(dims, a, b, beta, c)
-}
-
 /// `a @ b` (`m x k` by `k x n`) into a row-major `m x n` buffer from [`scratch`], not zeroed
 /// first: a product with `beta = 0` writes every element of its output without reading it
 /// (BLAS's and `matrixmultiply`'s contract, `k = 0` included), so zeroing would be a pass for
 /// nothing.
 fn product(dims: (usize, usize, usize), a: Operand<'_>, b: Operand<'_>) -> Result<Vec<f32>> {
     let mut c = scratch::elements::<f32>(dims.0 * dims.2);
-    // SAFETY: `MaybeUninit<f32>` has `f32`'s layout, and the product writes only `f32` values.
-    let out = unsafe { &mut *(std::ptr::from_mut(c.as_mut_slice()) as *mut [MaybeUninit<f32>]) };
-    gemm_into(dims, a, b, 0.0, out)?;
+    gemm(dims, a, b, 0.0, &mut c)?;
     Ok(c)
 }
 
-/// [`gemm`] into memory that need not be initialized when `beta` is 0.
-fn gemm_into(
+/// `c = a @ b + beta * c` for row-major `c` (`m x n`); `a` is `m x k`, `b` is `k x n`.
+fn gemm(
     (m, k, n): (usize, usize, usize),
     (a, rsa, csa): Operand<'_>,
     (b, rsb, csb): Operand<'_>,
     beta: f32,
-    c: &mut [MaybeUninit<f32>],
+    c: &mut [f32],
 ) -> Result<()> {
     let last = |r: usize, rs: usize, cc: usize, cs: usize| (r - 1) * rs + (cc - 1) * cs;
     if m == 0 || n == 0 {
@@ -206,12 +189,12 @@ unsafe fn sgemm_block(
     (a, rsa, csa): (*const f32, usize, usize),
     (b, rsb, csb): (*const f32, usize, usize),
     beta: f32,
-    c: *mut MaybeUninit<f32>,
+    c: *mut f32,
     ldc: usize,
 ) {
     // SAFETY: as the caller promises; with beta 0 `c` is written, not read.
     unsafe {
-        if crate::blas::sgemm((m, k, n), (a, rsa, csa), (b, rsb, csb), beta, c.cast(), ldc) {
+        if crate::blas::sgemm((m, k, n), (a, rsa, csa), (b, rsb, csb), beta, c, ldc) {
             return;
         }
         matrixmultiply::sgemm(
@@ -226,7 +209,7 @@ unsafe fn sgemm_block(
             rsb as isize,
             csb as isize,
             beta,
-            c.cast::<f32>(),
+            c,
             ldc as isize,
             1,
         );
@@ -234,9 +217,9 @@ unsafe fn sgemm_block(
 }
 
 /// A product's output that the threads of a split write to, each its own block.
-struct SharedOut(*mut MaybeUninit<f32>);
+struct SharedOut(*mut f32);
 
-// SAFETY: the threads write disjoint elements (see `gemm_into`'s blocks).
+// SAFETY: the threads write disjoint elements (see `gemm`'s blocks).
 unsafe impl Sync for SharedOut {}
 
 impl SharedOut {
@@ -244,7 +227,7 @@ impl SharedOut {
     ///
     /// # Safety
     /// `offset` is within the output.
-    unsafe fn at(&self, offset: usize) -> *mut MaybeUninit<f32> {
+    unsafe fn at(&self, offset: usize) -> *mut f32 {
         // SAFETY: as the caller promises.
         unsafe { self.0.add(offset) }
     }
