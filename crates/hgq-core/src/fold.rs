@@ -24,8 +24,14 @@ pub fn all_finite<C: Real>(x: &[C]) -> bool {
     all_finite_here(x)
 }
 
-/// [`all_finite`] on the calling thread.
+/// [`all_finite`] on the calling thread, at the widest vectors this CPU has
+/// ([`crate::simd`]).
 fn all_finite_here<C: Real>(x: &[C]) -> bool {
+    crate::simd::widest(|| all_finite_plain(x))
+}
+
+#[inline(always)]
+fn all_finite_plain<C: Real>(x: &[C]) -> bool {
     x.chunks(256)
         .all(|c| c.iter().fold(true, |ok, &v| ok & finite(v)))
 }
@@ -42,6 +48,12 @@ fn all_finite_here<C: Real>(x: &[C]) -> bool {
 /// assert_eq!(lane_sum(&bits, |v| f64::from(v).abs()), 30.0f64);
 /// ```
 pub fn lane_sum<C: Copy, A: Real>(x: &[C], term: impl Fn(C) -> A) -> A {
+    // At the CPU's widest vectors: the same sums, whose order the length alone fixes.
+    crate::simd::widest(|| lane_sum_plain(x, term))
+}
+
+#[inline(always)]
+fn lane_sum_plain<C: Copy, A: Real>(x: &[C], term: impl Fn(C) -> A) -> A {
     let mut acc = [A::ZERO; 8];
     let chunks = x.chunks_exact(8);
     let rest = chunks.remainder().iter().fold(A::ZERO, |s, &v| s + term(v));
@@ -57,7 +69,19 @@ pub fn lane_sum<C: Copy, A: Real>(x: &[C], term: impl Fn(C) -> A) -> A {
 mod tests {
     use super::*;
 
+    /// At the dispatched level, and at each level this CPU runs.
     fn finds_every_nan_and_infinity<C: Real>() {
+        finds_every_nan_and_infinity_with::<C>(&all_finite);
+        for level in crate::simd::Level::ALL {
+            if level.available() {
+                finds_every_nan_and_infinity_with::<C>(&|x| {
+                    crate::simd::at(level, || all_finite_plain(x)).is_ok_and(|ok| ok)
+                });
+            }
+        }
+    }
+
+    fn finds_every_nan_and_infinity_with<C: Real>(all_finite: &dyn Fn(&[C]) -> bool) {
         let ok: Vec<C> = [
             0.0,
             -0.0,
@@ -70,7 +94,7 @@ mod tests {
         .map(|&v| C::from_f64(v))
         .collect();
         let bad = [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -f64::NAN].map(C::from_f64);
-        for n in [1, 7, 256, 300, 1000] {
+        for n in [1, 7, 16, 17, 256, 300, 1000] {
             let mut x: Vec<C> = (0..n).map(|j| ok[j % ok.len()]).collect();
             assert!(all_finite(&x));
             for b in bad {

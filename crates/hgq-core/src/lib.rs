@@ -24,6 +24,7 @@ pub mod quantizer;
 pub mod real;
 pub mod scratch;
 pub mod shape;
+pub mod simd;
 pub mod stateless;
 pub mod sync;
 pub mod team;

@@ -383,11 +383,13 @@ impl FixedPoint {
         }
         let screen = self.call_checked(training, call.reborrow())?;
         if let Some((_, [db, di])) = call.grads {
-            for (db, di) in db.iter_mut().zip(di.iter_mut()) {
-                let (gi, gf) = (*db, *di);
-                *db = gf;
-                *di = gi + -gf;
-            }
+            crate::simd::widest(|| {
+                for (db, di) in db.iter_mut().zip(di.iter_mut()) {
+                    let (gi, gf) = (*db, *di);
+                    *db = gf;
+                    *di = gi + -gf;
+                }
+            });
         }
         Ok(screen)
     }

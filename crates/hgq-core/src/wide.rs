@@ -50,8 +50,15 @@ pub(crate) fn width<C: Real>(
         }
     };
     let (k, i, f) = (full(0), full(1), full(2));
+    // Compiled for wider vectors: at the baseline each rounding is a call into libm.
+    crate::simd::widest(|| widest_of(&k, &i, &f, rule))
+}
+
+/// [`width`] of bit widths of the same length.
+#[inline(always)]
+fn widest_of<C: Real>(k: &[C], i: &[C], f: &[C], rule: BitWidths) -> Result<Width> {
     let mut widest = Width::Narrow;
-    for ((&k, &i), &f) in k.iter().zip(i.iter()).zip(f.iter()) {
+    for ((&k, &i), &f) in k.iter().zip(i).zip(f) {
         let (k, i, f) = (k.to_f64(), i.to_f64(), f.to_f64());
         let (i, f) = match rule {
             BitWidths::RoundHalfEven => (i.round_ties_even(), f.round_ties_even()),

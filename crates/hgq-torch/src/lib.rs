@@ -25,7 +25,7 @@ pub mod layers;
 pub mod ops;
 pub mod optim;
 pub mod quantizer;
-mod simd;
+use hgq_core::simd;
 
 use hgq_core::FixedPoint;
 use tch::{Device, Kind, Tensor};

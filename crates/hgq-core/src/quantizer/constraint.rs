@@ -108,8 +108,9 @@ impl Regularizer {
 
     /// Adds `scale * d loss / d w` to `grad`.
     pub fn add_grad<C: Real>(&self, w: &[C], scale: f64, grad: &mut [C]) {
-        // The mode chosen once, outside the loops: each loop is then plain arithmetic.
-        match *self {
+        // The mode chosen once, outside the loops: each loop is then plain arithmetic, at the
+        // CPU's widest vectors.
+        crate::simd::widest(|| match *self {
             Regularizer::MonoL1(l) => {
                 let d = C::from_f64(scale * l);
                 grad.iter_mut().for_each(|g| *g = *g + d);
@@ -126,6 +127,6 @@ impl Regularizer {
                     *g = *g + C::from_f64(scale * (2.0 * l * v.to_f64()));
                 }
             }
-        }
+        })
     }
 }

@@ -504,17 +504,25 @@ fn widen<T: Element>(x: &[T]) -> Cow<'_, [T::C]> {
     }
 }
 
-/// `f` of each element (generic, not a `dyn Fn`: the loop is inlined and vectorizes).
+/// `f` of each element (generic, not a `dyn Fn`: the loop is inlined and vectorizes, at the
+/// CPU's widest vectors: [`crate::simd`]).
 pub(super) fn map<C: Copy>(a: &[C], f: impl Fn(C) -> C) -> Vec<C> {
-    a.iter().map(|&v| f(v)).collect()
+    crate::simd::widest(|| a.iter().map(|&v| f(v)).collect())
 }
 
 /// `a op b` with a length-1 operand broadcast.
 pub(super) fn zip<C: Copy>(a: &[C], b: &[C], f: impl Fn(C, C) -> C) -> Result<Vec<C>> {
+    let each = |a: &[C], b: &[C]| -> Vec<C> {
+        crate::simd::widest(|| a.iter().zip(b).map(|(&a, &b)| f(a, b)).collect())
+    };
     match (a.len(), b.len()) {
-        (n, m) if n == m => Ok(a.iter().zip(b).map(|(&a, &b)| f(a, b)).collect()),
-        (1, _) => Ok(b.iter().map(|&b| f(a[0], b)).collect()),
-        (_, 1) => Ok(a.iter().map(|&a| f(a, b[0])).collect()),
+        (n, m) if n == m => Ok(each(a, b)),
+        (1, _) => Ok(crate::simd::widest(|| {
+            b.iter().map(|&b| f(a[0], b)).collect()
+        })),
+        (_, 1) => Ok(crate::simd::widest(|| {
+            a.iter().map(|&a| f(a, b[0])).collect()
+        })),
         (n, m) => Err(CoreError::Broadcast {
             from: vec![m],
             to: vec![n],

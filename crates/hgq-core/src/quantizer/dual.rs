@@ -227,7 +227,7 @@ impl<C: Real> Dual<C> {
         }
         self.add_into(grads, &wanted, |dv, g| {
             let g_rows = g.chunks_exact_mut(row_len.max(1)).zip(rows);
-            match &dv.d {
+            crate::simd::widest(|| match &dv.d {
                 Slope::Ones(_) => {
                     for (g, &u) in g_rows {
                         g.iter_mut().for_each(|g| *g = *g + u);
@@ -238,7 +238,7 @@ impl<C: Real> Dual<C> {
                         g.iter_mut().zip(d).for_each(|(g, &d)| *g = *g + d * u);
                     }
                 }
-            }
+            })
         })
     }
 }

@@ -1,14 +1,22 @@
 //! Plain loops compiled for the widest vector instructions the CPU has, chosen at run time.
 //!
-//! hgq-torch is built for the baseline of its target (SSE2 on x86-64), so a plain loop over
-//! activations runs four lanes at a time where the CPU has sixteen. [`widest`] runs a closure
-//! inside a function compiled for AVX-512 (or AVX2): the closure, inlined there, vectorizes at
-//! that width. The results are the same bits on every level: Rust contracts no multiply and
-//! add into a fused one, and vector IEEE operations round as scalar ones.
+//! The crates are built for the baseline of their target (SSE2 on x86-64), so a plain loop
+//! runs four float32 lanes at a time where the CPU has sixteen, and a rounding such as
+//! `round_ties_even` is a call into libm. [`widest`] runs a closure inside a function compiled
+//! for AVX-512 (or AVX2): the closure, inlined there, vectorizes at that width. The results are
+//! the same bits on every level: Rust contracts no multiply and add into a fused one, and
+//! vector IEEE operations round as scalar ones. (The quantizers' kernels have their own
+//! dispatch, [`crate::kernels`]; this is for the small loops around them.)
+//!
+//! ```
+//! let x = [1.5f32, -2.0, 3.25];
+//! let sum: f32 = hgq_core::simd::widest(|| x.iter().map(|v| v * v).sum());
+//! assert_eq!(sum, 1.5 * 1.5 + 4.0 + 3.25 * 3.25);
+//! ```
 
 /// A level of vector instructions that [`at`] can run a closure at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Level {
+pub enum Level {
     /// The target's baseline (what the crate is built for).
     Baseline,
     /// x86-64 with AVX2 (eight float32 lanes).
@@ -19,11 +27,10 @@ pub(crate) enum Level {
 
 impl Level {
     /// Every level, narrowest first.
-    #[cfg(test)]
-    pub(crate) const ALL: [Level; 3] = [Level::Baseline, Level::Avx2, Level::Avx512];
+    pub const ALL: [Level; 3] = [Level::Baseline, Level::Avx2, Level::Avx512];
 
     /// Whether this CPU runs the level.
-    pub(crate) fn available(self) -> bool {
+    pub fn available(self) -> bool {
         match self {
             Level::Baseline => true,
             #[cfg(target_arch = "x86_64")]
@@ -38,7 +45,7 @@ impl Level {
 
 /// `f()` compiled for the widest level this CPU has.
 #[inline(always)]
-pub(crate) fn widest<R>(f: impl FnOnce() -> R) -> R {
+pub fn widest<R>(f: impl FnOnce() -> R) -> R {
     let level = [Level::Avx512, Level::Avx2]
         .into_iter()
         .find(|l| l.available())
@@ -49,7 +56,7 @@ pub(crate) fn widest<R>(f: impl FnOnce() -> R) -> R {
 
 /// `f()` compiled for `level`, or `f` back where this CPU does not run it.
 #[inline(always)]
-pub(crate) fn at<R, F: FnOnce() -> R>(level: Level, f: F) -> Result<R, F> {
+pub fn at<R, F: FnOnce() -> R>(level: Level, f: F) -> Result<R, F> {
     if !level.available() {
         return Err(f);
     }
