@@ -15,7 +15,7 @@
 //! ```
 
 /// A level of vector instructions that [`at`] can run a closure at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
     /// The target's baseline (what the crate is built for).
     Baseline,
@@ -43,15 +43,43 @@ impl Level {
     }
 }
 
-/// `f()` compiled for the widest level this CPU has.
+impl Level {
+    /// The widest level this CPU runs, found once per process: the loops [`widest`] runs
+    /// are as short as a row of a kernel, so a few feature checks per call would show.
+    pub fn best() -> Level {
+        use std::sync::atomic::{AtomicU8, Ordering};
+        // 0: not looked at yet; else 1 + the level's index in `ALL`.
+        static BEST: AtomicU8 = AtomicU8::new(0);
+        match BEST.load(Ordering::Relaxed) {
+            0 => {
+                let best = Level::ALL
+                    .into_iter()
+                    .rev()
+                    .find(|l| l.available())
+                    .unwrap_or(Level::Baseline);
+                let index = Level::ALL.iter().position(|&l| l == best).unwrap_or(0);
+                BEST.store(index as u8 + 1, Ordering::Relaxed);
+                best
+            }
+            n => Level::ALL[usize::from(n - 1).min(Level::ALL.len() - 1)],
+        }
+    }
+}
+
+/// `f()` compiled for the widest level this CPU has ([`Level::best`]).
 #[inline(always)]
 pub fn widest<R>(f: impl FnOnce() -> R) -> R {
-    let level = [Level::Avx512, Level::Avx2]
-        .into_iter()
-        .find(|l| l.available())
-        .unwrap_or(Level::Baseline);
-    // The level was found available just above.
-    at(level, f).unwrap_or_else(|f| f())
+    match Level::best() {
+        Level::Baseline => f(),
+        // SAFETY: `best` is a level this CPU runs.
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 => unsafe { avx2(f) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 => unsafe { avx512(f) },
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => f(),
+    }
 }
 
 /// `f()` compiled for `level`, or `f` back where this CPU does not run it.
@@ -118,5 +146,9 @@ mod tests {
         }
         assert!(ran >= 1);
         assert_eq!(widest(work), plain);
+        let best = Level::best();
+        assert!(best.available());
+        assert!(Level::ALL.iter().all(|&l| l <= best || !l.available()));
+        assert_eq!(Level::best(), best, "the same on every call");
     }
 }
