@@ -41,9 +41,7 @@ impl Level {
             _ => false,
         }
     }
-}
 
-impl Level {
     /// The widest level this CPU runs, found once per process: the loops [`widest`] runs
     /// are as short as a row of a kernel, so a few feature checks per call would show.
     pub fn best() -> Level {

@@ -512,11 +512,10 @@ pub(super) fn map<C: Copy>(a: &[C], f: impl Fn(C) -> C) -> Vec<C> {
 
 /// `a op b` with a length-1 operand broadcast.
 pub(super) fn zip<C: Copy>(a: &[C], b: &[C], f: impl Fn(C, C) -> C) -> Result<Vec<C>> {
-    let each = |a: &[C], b: &[C]| -> Vec<C> {
-        crate::simd::widest(|| a.iter().zip(b).map(|(&a, &b)| f(a, b)).collect())
-    };
     match (a.len(), b.len()) {
-        (n, m) if n == m => Ok(each(a, b)),
+        (n, m) if n == m => Ok(crate::simd::widest(|| {
+            a.iter().zip(b).map(|(&a, &b)| f(a, b)).collect()
+        })),
         (1, _) => Ok(crate::simd::widest(|| {
             b.iter().map(|&b| f(a[0], b)).collect()
         })),
