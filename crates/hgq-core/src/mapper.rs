@@ -195,63 +195,32 @@ impl DefaultBitwidthMapper {
         // Row by row of the last dimension (in x's order, so each output element sees its
         // inputs in the order of a row-major walk): the output offset moves once per row.
         let mut idx = vec![0usize; outer.len()];
-        let avx2 = has_avx2();
-        for row in x.data.chunks_exact(last) {
-            let base: usize = idx.iter().zip(&ostride).map(|(i, s)| i * s).sum();
-            if ostride[nd - 1] == 0 {
-                let o = &mut out[base];
-                for &v in row {
-                    *o = f(*o, v);
+        // The whole walk at the CPU's widest vectors (the baseline target has 4 lanes and no
+        // blend): each output element sees the same operations in the same order, so the same
+        // values.
+        crate::simd::widest(|| {
+            for row in x.data.chunks_exact(last) {
+                let base: usize = idx.iter().zip(&ostride).map(|(i, s)| i * s).sum();
+                if ostride[nd - 1] == 0 {
+                    let o = &mut out[base];
+                    for &v in row {
+                        *o = f(*o, v);
+                    }
+                } else {
+                    for (o, &v) in out[base..base + last].iter_mut().zip(row) {
+                        *o = f(*o, v);
+                    }
                 }
-            } else {
-                fold_row(&mut out[base..base + last], row, &f, avx2);
-            }
-            for d in (0..outer.len()).rev() {
-                idx[d] += 1;
-                if idx[d] < outer[d] {
-                    break;
+                for d in (0..outer.len()).rev() {
+                    idx[d] += 1;
+                    if idx[d] < outer[d] {
+                        break;
+                    }
+                    idx[d] = 0;
                 }
-                idx[d] = 0;
             }
-        }
+        });
         Ok((out, shape))
-    }
-}
-
-/// `out[j] = f(out[j], row[j])` for each `j`: the per-feature step of [`DefaultBitwidthMapper::
-/// reduce`] (WRAP tracking's absolute maximum over a batch), compiled for AVX2 where the CPU
-/// has it (the baseline target has 4 lanes and no blend); the same operations on each element
-/// in the same order, so the same values.
-/// `avx2`: [`has_avx2`], asked once per reduction rather than per row.
-#[inline(always)]
-fn fold_row<C: Real, F: Fn(C, C) -> C>(out: &mut [C], row: &[C], f: &F, avx2: bool) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: the CPU has AVX2 (the caller asked `has_avx2`).
-        return unsafe { fold_row_avx2(out, row, f) };
-    }
-    let _ = avx2;
-    fold_row_plain(out, row, f)
-}
-
-/// Whether the CPU runs AVX2.
-fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return std::arch::is_x86_feature_detected!("avx2");
-    #[cfg(not(target_arch = "x86_64"))]
-    false
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn fold_row_avx2<C: Real, F: Fn(C, C) -> C>(out: &mut [C], row: &[C], f: &F) {
-    fold_row_plain(out, row, f)
-}
-
-#[inline(always)]
-fn fold_row_plain<C: Real, F: Fn(C, C) -> C>(out: &mut [C], row: &[C], f: &F) {
-    for (o, &v) in out.iter_mut().zip(row) {
-        *o = f(*o, v);
     }
 }
 

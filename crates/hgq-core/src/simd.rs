@@ -67,17 +67,8 @@ impl Level {
 /// `f()` compiled for the widest level this CPU has ([`Level::best`]).
 #[inline(always)]
 pub fn widest<R>(f: impl FnOnce() -> R) -> R {
-    match Level::best() {
-        Level::Baseline => f(),
-        // SAFETY: `best` is a level this CPU runs.
-        #[cfg(target_arch = "x86_64")]
-        Level::Avx2 => unsafe { avx2(f) },
-        // SAFETY: as above.
-        #[cfg(target_arch = "x86_64")]
-        Level::Avx512 => unsafe { avx512(f) },
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => f(),
-    }
+    // SAFETY: `best` is a level this CPU runs.
+    unsafe { run(Level::best(), f) }
 }
 
 /// `f()` compiled for `level`, or `f` back where this CPU does not run it.
@@ -86,16 +77,26 @@ pub fn at<R, F: FnOnce() -> R>(level: Level, f: F) -> Result<R, F> {
     if !level.available() {
         return Err(f);
     }
+    // SAFETY: the CPU has the level's features (checked above).
+    Ok(unsafe { run(level, f) })
+}
+
+/// `f()` compiled for `level`.
+///
+/// # Safety
+/// The CPU runs `level`.
+#[inline(always)]
+unsafe fn run<R>(level: Level, f: impl FnOnce() -> R) -> R {
     match level {
-        Level::Baseline => Ok(f()),
-        // SAFETY: the CPU has the level's features (checked above).
+        Level::Baseline => f(),
+        // SAFETY: as the caller promises.
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 => Ok(unsafe { avx2(f) }),
-        // SAFETY: as above.
+        Level::Avx2 => unsafe { avx2(f) },
+        // SAFETY: as the caller promises.
         #[cfg(target_arch = "x86_64")]
-        Level::Avx512 => Ok(unsafe { avx512(f) }),
+        Level::Avx512 => unsafe { avx512(f) },
         #[cfg(not(target_arch = "x86_64"))]
-        _ => Err(f),
+        _ => f(),
     }
 }
 
