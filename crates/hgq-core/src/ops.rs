@@ -29,8 +29,13 @@ pub(crate) struct FixedOp<const R: u8, const O: u8, const TRAIN: bool> {
     pub raw: bool,
     /// The two bit-width operands are KBI's raw `b` and `i` (with `raw`): the op uses
     /// `i = rc(i)` and `f = rc(b) - rc(i)`, and returns the gradients of that `i` and `f` (the
-    /// caller forms `b`'s and `i`'s from them, see `FixedPoint::call`).
+    /// caller forms `b`'s and `i`'s from them, see `FixedPoint::call`), or with `chain` those
+    /// of `b` and `i`.
     pub kbi: bool,
+    /// With `kbi`, the op returns b's and i's gradients themselves (`df` and `di + -df`,
+    /// formed per element), not those of the `i` and `f` it formed: for element-wise bit
+    /// widths, whose gradients are stored, not summed (see `FixedPoint::call`).
+    pub chain: bool,
     /// The rounding mode's id when `R` is [`r::RARE`] (modes that share one instantiation).
     pub rare: u8,
 }
@@ -95,10 +100,17 @@ impl<C: Real, const R: u8, const O: u8, const TRAIN: bool> ElemOp<C> for FixedOp
         };
         let l = fixed::forward_grad::<C, R, O, TRAIN, GRAD>(x, d, g, u, self.rare);
         let zero = self.masks() && d[fixed::d::KEEP] == C::ZERO;
+        // KBI's chain rule where the caller asks for it: b's gradient is f's, i's is its own
+        // plus minus f's (i's two uses), as autograd forms them.
+        let (g1, g2) = if self.chain {
+            (l.gf, l.gi + -l.gf)
+        } else {
+            (l.gi, l.gf)
+        };
         ElemOut {
             y: if zero { C::ZERO } else { l.y },
             gx: l.gx,
-            gp: [C::ZERO, l.gi, l.gf],
+            gp: [C::ZERO, g1, g2],
         }
     }
 }
@@ -208,6 +220,7 @@ macro_rules! op {
             mask: $a.mask,
             raw: $a.raw,
             kbi: $a.kbi,
+            chain: $a.chain,
             rare: $a.rare,
         })
     };
@@ -227,12 +240,37 @@ macro_rules! by_overflow {
 
 /// The runtime values of a [`FixedOp`].
 #[derive(Clone, Copy)]
-struct Args {
+pub(crate) struct Args {
     seed: u64,
     mask: bool,
     raw: bool,
     kbi: bool,
+    chain: bool,
+    /// The rounding mode's id (see [`with_fixed_op`]).
     rare: u8,
+}
+
+impl Args {
+    /// The values of a pass with rounding `round` (its id), noise `seed`, the zero `mask`,
+    /// bit widths of kind `bit_widths`, and (for [`BitWidths::KbiRaw`]) KBI's `chain` rule
+    /// formed per element ([`FixedOp::chain`]).
+    pub(crate) fn new(
+        round: u8,
+        seed: u64,
+        mask: bool,
+        bit_widths: BitWidths,
+        chain: bool,
+    ) -> Args {
+        let kbi = bit_widths == BitWidths::KbiRaw;
+        Args {
+            seed,
+            mask,
+            raw: bit_widths != BitWidths::Integer,
+            kbi,
+            chain: kbi && chain,
+            rare: round,
+        }
+    }
 }
 
 /// Monomorphizes on (round, overflow, training): only WRAP depends on training. The rare
@@ -241,21 +279,11 @@ struct Args {
 /// element type and SIMD level, most of hgq-core's build time.
 pub(crate) fn with_fixed_op<V: WithFixedOp>(
     v: V,
-    round: u8,
     overflow: u8,
     training: bool,
-    seed: u64,
-    mask: bool,
-    bit_widths: BitWidths,
+    a: Args,
 ) -> V::Output {
-    let a = Args {
-        seed,
-        mask,
-        raw: bit_widths != BitWidths::Integer,
-        kbi: bit_widths == BitWidths::KbiRaw,
-        rare: round,
-    };
-    match round {
+    match a.rare {
         r::TRN => by_overflow!(v, overflow, training, a, r::TRN),
         r::RND => by_overflow!(v, overflow, training, a, r::RND),
         r::RND_CONV => by_overflow!(v, overflow, training, a, r::RND_CONV),

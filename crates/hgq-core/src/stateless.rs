@@ -1,5 +1,5 @@
 //! The stateless quantizers: fixed point (SPEC 1-3) and minifloat (SPEC 8), one fused pass each.
-use crate::entry::{self, Call};
+use crate::entry::{self, Call, GradsOut};
 use crate::error::{CoreError, Result};
 use crate::kernels::buffers::Buffers;
 use crate::kernels::check::{Check, find_bad};
@@ -8,7 +8,7 @@ use crate::kernels::pass;
 use crate::kernels::plan::Plan;
 use crate::kernels::{Par, Path, Upstream};
 use crate::modes::{OverflowMode, RoundMode, check_modes};
-use crate::ops::{FixedOp, FloatOp, WithFixedOp, with_fixed_op};
+use crate::ops::{Args, FixedOp, FloatOp, WithFixedOp, with_fixed_op};
 use crate::real::{Element, Real};
 use crate::shape::{TensorRef, align, broadcast, check_len, reduce_sum};
 use crate::wide::{self, Width};
@@ -140,6 +140,8 @@ pub struct FixedPoint {
     zero_mask: bool,
     bit_widths: BitWidths,
     screen: Screen,
+    /// KBI's chain rule inside the pass ([`FixedPoint::call`] sets it for one call).
+    chain: bool,
 }
 
 impl FixedPoint {
@@ -155,6 +157,7 @@ impl FixedPoint {
             zero_mask: false,
             bit_widths: BitWidths::Integer,
             screen: Screen::Unknown,
+            chain: false,
         })
     }
 
@@ -370,8 +373,8 @@ impl FixedPoint {
         }
         // KBI's raw `b` and `i`: the pass forms `i = rc(i)`, `f = rc(b) - rc(i)` per element and
         // returns their gradients in b's and i's buffers; autograd's through those operations
-        // are `db = df` and `di = di + -df` (i's two uses), formed here after any reduction, as
-        // autograd forms them.
+        // are `db = df` and `di = di + -df` (i's two uses), formed after any reduction, as
+        // autograd forms them ([`kbi_chain`]).
         let [_, b, i] = p;
         check_len("b", b.data.len(), b.shape)?;
         check_len("i", i.data.len(), i.shape)?;
@@ -381,16 +384,16 @@ impl FixedPoint {
                 to: b.shape.to_vec(),
             });
         }
-        let screen = self.call_checked(training, call.reborrow())?;
-        if let Some((_, [db, di])) = call.grads {
-            crate::simd::widest(|| {
-                for (db, di) in db.iter_mut().zip(di.iter_mut()) {
-                    let (gi, gf) = (*db, *di);
-                    *db = gf;
-                    *di = gi + -gf;
-                }
-            });
+        // Element-wise bit widths (as many as x, more than one: their gradients are stored,
+        // not summed) take the rule inside the pass, per element: the same operations on the
+        // same values, without a second pass over both gradients.
+        let chain = call.grads.is_some() && b.data.len() == call.x.data.len() && b.data.len() > 1;
+        if chain {
+            let q = FixedPoint { chain, ..*self };
+            return q.call_checked(training, call);
         }
+        let screen = self.call_checked(training, call.reborrow())?;
+        kbi_chain(call.grads);
         Ok(screen)
     }
 
@@ -420,8 +423,17 @@ impl FixedPoint {
 
     /// The pass in float64, its results rounded to `T` once: for types wider than `T::C`
     /// holds (see [`crate::wide`]).
-    fn call_wide<T: Element>(&self, training: bool, call: Call<'_, T, 2>) -> Result<Screen> {
-        entry::fixed_in_f64(&self.with_screen(Screen::Unknown), training, call)?;
+    fn call_wide<T: Element>(&self, training: bool, mut call: Call<'_, T, 2>) -> Result<Screen> {
+        // KBI's chain rule after the pass, on the gradients as stored (in `T::C`), as the
+        // narrow pass rounds them.
+        let q = FixedPoint {
+            chain: false,
+            ..self.with_screen(Screen::Unknown)
+        };
+        entry::fixed_in_f64(&q, training, call.reborrow())?;
+        if self.chain {
+            kbi_chain(call.grads);
+        }
         // A wide pass vouches for nothing: a later pass over the same bit widths checks them.
         Ok(Screen::Unknown)
     }
@@ -457,8 +469,9 @@ impl FixedPoint {
             known_normal: self.screen == Screen::InRange,
         };
         let (mask, seed) = (self.zero_mask && !training, seed.unwrap_or(0));
+        let args = Args::new(round, seed, mask, self.bit_widths, self.chain);
         self.par
-            .install(|| with_fixed_op(run, round, overflow, training, seed, mask, self.bit_widths))
+            .install(|| with_fixed_op(run, overflow, training, args))
             .map(|normal| {
                 if normal {
                     Screen::InRange
@@ -466,6 +479,20 @@ impl FixedPoint {
                     Screen::Unknown
                 }
             })
+    }
+}
+
+/// KBI's chain rule on a pass's gradients of the `i` and `f` it formed, in b's and i's
+/// buffers: `db = df`, `di = di + -df` (autograd's through `i = rc(i)`, `f = rc(b) - rc(i)`).
+fn kbi_chain<T: Element>(grads: Option<GradsOut<'_, T, 2>>) {
+    if let Some((_, [db, di])) = grads {
+        crate::simd::widest(|| {
+            for (db, di) in db.iter_mut().zip(di.iter_mut()) {
+                let (gi, gf) = (*db, *di);
+                *db = gf;
+                *di = gi + -gf;
+            }
+        });
     }
 }
 
