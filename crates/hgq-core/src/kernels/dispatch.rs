@@ -5,8 +5,8 @@
 //! no SIMD token, only the target features its level enables: LLVM vectorizes the branch-free
 //! loops at that width, and the scalar level is the same body without them ([`SimdJob`]).
 //! [`with_path`] runs a job on a path, never inlined, one copy per job type. Forward jobs run
-//! at the widest level the CPU has, gradient jobs at most at x86-64-v3 ([`ForwardJob`],
-//! [`GradientJob`]).
+//! at the widest level the CPU has, and so do float32 gradient jobs; float64 gradient jobs at
+//! most at x86-64-v3 ([`ForwardJob`], [`GradientJob`]).
 use super::check::Verdict;
 use super::loops::Job;
 use super::op::ElemOp;
@@ -73,8 +73,8 @@ fn pool(n: usize) -> Option<std::sync::Arc<rayon::ThreadPool>> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Path {
     /// The best SIMD level of this CPU (pulp's runtime dispatch), in parallel. With the
-    /// `avx512` feature, on a CPU with AVX-512, forward passes run at x86-64-v4 and gradient
-    /// passes at v3 (see [`SimdLevel::V4`]).
+    /// `avx512` feature, on a CPU with AVX-512, forward passes and float32 gradient passes run
+    /// at x86-64-v4, float64 gradient passes at v3 (see [`SimdLevel::V4`]).
     #[default]
     Simd,
     /// Plain scalar code: the reference path (on as many threads as the call's [`Par`] says).
@@ -94,11 +94,11 @@ pub enum SimdLevel {
     /// Plain scalar code (what LLVM makes of the loops without target features).
     Scalar,
     /// x86-64-v3 (AVX2 and FMA, 256-bit vectors): what [`Path::Simd`] runs on a CPU with
-    /// AVX2 (with the `avx512` feature on one with AVX-512: for gradient passes).
+    /// AVX2 (with the `avx512` feature on one with AVX-512: for float64 gradient passes).
     V3,
-    /// x86-64-v4 (AVX-512 F/BW/CD/DQ/VL, 512-bit vectors) for forward passes, x86-64-v3 for
-    /// gradient passes: what [`Path::Simd`] runs on a CPU with AVX-512, with the `avx512`
-    /// feature.
+    /// x86-64-v4 (AVX-512 F/BW/CD/DQ/VL, 512-bit vectors) for forward passes and float32
+    /// gradient passes, x86-64-v3 for float64 gradient passes: what [`Path::Simd`] runs on a
+    /// CPU with AVX-512, with the `avx512` feature.
     V4,
 }
 
@@ -258,12 +258,12 @@ shard!(shard3);
 /// A piece's pass without gradients: [`Path::Simd`] runs it at the widest level.
 struct ForwardJob<'a, C, Op>(Job<'a, C, Op>);
 
-/// A piece's pass with gradients: at most x86-64-v3, also for [`SimdLevel::V4`]. Measured
-/// on a Sapphire Rapids VM (benches/RESULTS.md, 2026-11-29): 512-bit vectors take a third off
-/// the per-element forward, whose raw bit widths need arithmetic per element, and some 10% off
-/// the per-column one; gradient passes, bound by their five to seven streams, gained nothing,
-/// and the fused forward and backward lost 10 to 15%. Kept off v4, the gradient bodies are not
-/// compiled for it either (most of the build time the `avx512` feature adds).
+/// A piece's pass with gradients: at x86-64-v4 for float32, at most at x86-64-v3 for float64
+/// (also for [`SimdLevel::V4`]). 512-bit vectors gain nothing on large tensors that stream
+/// from memory, but a good part of a per-weight gradient pass on the small networks of a
+/// training step, whose weights and activations stay in cache (benches/RESULTS.md). Each
+/// level of a job is a copy of its bodies in the build: float64 gradients, rare in a step,
+/// stay off v4 (not compiled for it).
 struct GradientJob<'a, C, Op>(Job<'a, C, Op>);
 
 impl<C: Real, Op: ElemOp<C>> pulp::WithSimd for ForwardJob<'_, C, Op> {
@@ -294,7 +294,7 @@ impl<C: Real, Op: ElemOp<C>> pulp::WithSimd for GradientJob<'_, C, Op> {
 
 impl<C: Real, Op: ElemOp<C>> SimdJob for GradientJob<'_, C, Op> {
     const SHARD: usize = shard_of::<C>(true);
-    const WIDE: bool = false;
+    const WIDE: bool = C::DIGITS <= 24;
     #[inline(always)]
     fn run_scalar(self) -> Verdict {
         self.0.gradient_rows()
