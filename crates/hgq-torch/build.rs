@@ -38,6 +38,8 @@ fn main() {
     #[cfg(unix)]
     std::os::unix::fs::symlink(&target, &link).expect("link libtorch-lib");
     println!("cargo:rustc-link-search=native={}", link.display());
+    // Where `cuda::Nvrtc` looks first when nothing on the library path names torch.
+    println!("cargo:rustc-env=HGQ_TORCH_LIB={}", target.display());
     // torch-sys links torch_cuda when libtorch has it, but Rust links with `--as-needed` and
     // nothing uses a symbol of libtorch_cuda directly, so the linker drops it and libtorch never
     // registers its CUDA backend (no CUDA device even on a GPU machine; loading it later with

@@ -16,6 +16,7 @@ mod alloc;
 pub mod backend;
 mod blas;
 mod bridge;
+pub mod cuda;
 pub mod distributed;
 #[cfg(feature = "golden")]
 pub mod golden;
@@ -94,6 +95,9 @@ pub enum TorchError {
     /// defined for this kind of quantizer).
     #[error("not supported: {0}")]
     Unsupported(String),
+    /// NVRTC or the CUDA kernels of [`cuda`] failed (no library, a compile error with its log).
+    #[error("CUDA: {0}")]
+    Cuda(String),
     /// A collective or the rendezvous of a data-parallel process group failed (a rank gone, a
     /// timeout, a rendezvous that could not be reached).
     #[error("distributed {what}: {why}")]

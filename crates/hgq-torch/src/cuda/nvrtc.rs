@@ -1,0 +1,256 @@
+//! NVRTC, loaded at run time from the torch installation (the wheel's `nvidia-cuda-nvrtc`):
+//! CUDA C to PTX on the host, with or without a GPU.
+use std::ffi::{CStr, CString, c_char, c_int, c_void};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use crate::{Result, TorchError};
+
+type Program = *mut c_void;
+type CreateFn = unsafe extern "C" fn(
+    *mut Program,
+    *const c_char,
+    *const c_char,
+    c_int,
+    *const *const c_char,
+    *const *const c_char,
+) -> c_int;
+type CompileFn = unsafe extern "C" fn(Program, c_int, *const *const c_char) -> c_int;
+type SizeFn = unsafe extern "C" fn(Program, *mut usize) -> c_int;
+type TextFn = unsafe extern "C" fn(Program, *mut c_char) -> c_int;
+type DestroyFn = unsafe extern "C" fn(*mut Program) -> c_int;
+type ErrorStringFn = unsafe extern "C" fn(c_int) -> *const c_char;
+type VersionFn = unsafe extern "C" fn(*mut c_int, *mut c_int) -> c_int;
+
+unsafe extern "C" {
+    fn dlopen(file: *const c_char, mode: c_int) -> *mut c_void;
+    fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
+}
+
+const RTLD_NOW: c_int = 2;
+const RTLD_GLOBAL: c_int = 0x100;
+
+/// NVRTC's entry points (the library stays loaded for the life of the process).
+#[derive(Debug, Clone, Copy)]
+pub struct Nvrtc {
+    create: CreateFn,
+    compile: CompileFn,
+    log_size: SizeFn,
+    log: TextFn,
+    ptx_size: SizeFn,
+    ptx: TextFn,
+    destroy: DestroyFn,
+    error_string: ErrorStringFn,
+    version: VersionFn,
+}
+
+/// The library's file names, newest first (torch 2.11's wheels ship CUDA 13's).
+const NAMES: [&str; 3] = ["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"];
+
+/// torch's `lib` folder as the build saw it (build.rs).
+const BUILD_TORCH_LIB: &str = env!("HGQ_TORCH_LIB");
+
+impl Nvrtc {
+    /// Loads NVRTC once per process: the file `HGQ_NVRTC` names, else next to the torch
+    /// libraries (the `lib` folders on `LD_LIBRARY_PATH` and the one this build used, and the
+    /// wheels' `nvidia/cu13/lib` beside them), else wherever the loader finds it.
+    pub fn load() -> Result<Nvrtc> {
+        static LOADED: OnceLock<std::result::Result<Nvrtc, String>> = OnceLock::new();
+        LOADED
+            .get_or_init(load_any)
+            .clone()
+            .map_err(TorchError::Cuda)
+    }
+
+    /// NVRTC's version, `(major, minor)`.
+    pub fn version(&self) -> Result<(i32, i32)> {
+        let (mut major, mut minor) = (0, 0);
+        // SAFETY: two valid out-pointers.
+        self.check(unsafe { (self.version)(&mut major, &mut minor) }, "version")?;
+        Ok((major, minor))
+    }
+
+    /// Compiles CUDA C `src` (named `name` in messages) to PTX for compute capability
+    /// `arch` (90: sm_90), with IEEE operations and no contraction into fused multiply-adds
+    /// (the CPU pass's bits). A compile error returns NVRTC's log.
+    pub fn compile(&self, src: &str, name: &str, arch: u32) -> Result<String> {
+        let src = cstring(src)?;
+        let name = cstring(name)?;
+        let options: Vec<CString> = [
+            format!("--gpu-architecture=compute_{arch}"),
+            "--fmad=false".to_string(),
+            "--std=c++17".to_string(),
+        ]
+        .into_iter()
+        .map(cstring)
+        .collect::<Result<_>>()?;
+        let ptrs: Vec<*const c_char> = options.iter().map(|o| o.as_ptr()).collect();
+        let mut prog: Program = std::ptr::null_mut();
+        // SAFETY: NUL-terminated strings that outlive the calls; no headers.
+        let made = unsafe {
+            (self.create)(
+                &mut prog,
+                src.as_ptr(),
+                name.as_ptr(),
+                0,
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        self.check(made, "create program")?;
+        let out = self.compile_program(prog, &ptrs);
+        // SAFETY: `prog` was created above and is destroyed once.
+        unsafe { (self.destroy)(&mut prog) };
+        out
+    }
+
+    fn compile_program(&self, prog: Program, options: &[*const c_char]) -> Result<String> {
+        // SAFETY: a live program and `options.len()` valid option strings.
+        let r = unsafe { (self.compile)(prog, options.len() as c_int, options.as_ptr()) };
+        if r != 0 {
+            let log = self.text(prog, self.log_size, self.log).unwrap_or_default();
+            return Err(TorchError::Cuda(format!(
+                "NVRTC could not compile the kernel ({}):\n{log}",
+                self.message(r)
+            )));
+        }
+        self.text(prog, self.ptx_size, self.ptx)
+    }
+
+    /// A program's log or PTX (`size` then `text`).
+    fn text(&self, prog: Program, size: SizeFn, text: TextFn) -> Result<String> {
+        let mut n = 0usize;
+        // SAFETY: a live program and a valid out-pointer.
+        self.check(unsafe { size(prog, &mut n) }, "size")?;
+        let mut buf = vec![0u8; n.max(1)];
+        // SAFETY: `buf` holds the `n` bytes NVRTC said it writes.
+        self.check(unsafe { text(prog, buf.as_mut_ptr().cast()) }, "text")?;
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        Ok(String::from_utf8_lossy(&buf[..end]).into_owned())
+    }
+
+    fn check(&self, r: c_int, what: &str) -> Result<()> {
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(TorchError::Cuda(format!(
+                "NVRTC {what}: {}",
+                self.message(r)
+            )))
+        }
+    }
+
+    fn message(&self, r: c_int) -> String {
+        // SAFETY: NVRTC returns a static string for any code.
+        let p = unsafe { (self.error_string)(r) };
+        if p.is_null() {
+            return format!("error {r}");
+        }
+        // SAFETY: a NUL-terminated static string.
+        unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+    }
+}
+
+fn cstring(s: impl Into<Vec<u8>>) -> Result<CString> {
+    CString::new(s).map_err(|_| TorchError::Invalid {
+        what: "CUDA source",
+        why: "contains a NUL byte".into(),
+    })
+}
+
+/// The folders to look in, in order.
+fn candidates() -> Vec<PathBuf> {
+    let mut libs: Vec<PathBuf> = std::env::var_os("LD_LIBRARY_PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    libs.push(PathBuf::from(BUILD_TORCH_LIB));
+    let mut dirs = Vec::new();
+    for d in libs {
+        // The wheels install torch and nvidia side by side in site-packages.
+        for sub in ["nvidia/cu13/lib", "nvidia/cuda_nvrtc/lib"] {
+            dirs.push(d.join("../..").join(sub));
+        }
+        dirs.push(d);
+    }
+    dirs
+}
+
+fn load_any() -> std::result::Result<Nvrtc, String> {
+    if let Some(file) = std::env::var_os("HGQ_NVRTC") {
+        let file = PathBuf::from(file);
+        return open(&file)
+            .ok_or_else(|| format!("HGQ_NVRTC={}: not a loadable NVRTC", file.display()));
+    }
+    for dir in candidates() {
+        for name in NAMES {
+            let file = dir.join(name);
+            if file.exists()
+                && let Some(n) = open(&file)
+            {
+                return Ok(n);
+            }
+        }
+    }
+    for name in NAMES {
+        if let Some(n) = open(Path::new(name)) {
+            return Ok(n);
+        }
+    }
+    Err(
+        "no NVRTC library found (torch's CUDA wheels ship it in nvidia/cu13/lib; \
+         HGQ_NVRTC may name the file)"
+            .into(),
+    )
+}
+
+/// Opens one NVRTC file, its builtins first (NVRTC looks them up by name, which the loader
+/// finds only on its path unless they are loaded already).
+fn open(file: &Path) -> Option<Nvrtc> {
+    if let Some(dir) = file.parent()
+        && let Ok(entries) = std::fs::read_dir(dir)
+    {
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("libnvrtc-builtins.so") {
+                dl(&e.path());
+            }
+        }
+    }
+    let h = dl(file)?;
+    // SAFETY: each symbol is NVRTC's function of that signature (nvrtc.h).
+    unsafe {
+        Some(Nvrtc {
+            create: std::mem::transmute::<*mut c_void, CreateFn>(sym(h, c"nvrtcCreateProgram")?),
+            compile: std::mem::transmute::<*mut c_void, CompileFn>(sym(h, c"nvrtcCompileProgram")?),
+            log_size: std::mem::transmute::<*mut c_void, SizeFn>(sym(
+                h,
+                c"nvrtcGetProgramLogSize",
+            )?),
+            log: std::mem::transmute::<*mut c_void, TextFn>(sym(h, c"nvrtcGetProgramLog")?),
+            ptx_size: std::mem::transmute::<*mut c_void, SizeFn>(sym(h, c"nvrtcGetPTXSize")?),
+            ptx: std::mem::transmute::<*mut c_void, TextFn>(sym(h, c"nvrtcGetPTX")?),
+            destroy: std::mem::transmute::<*mut c_void, DestroyFn>(sym(h, c"nvrtcDestroyProgram")?),
+            error_string: std::mem::transmute::<*mut c_void, ErrorStringFn>(sym(
+                h,
+                c"nvrtcGetErrorString",
+            )?),
+            version: std::mem::transmute::<*mut c_void, VersionFn>(sym(h, c"nvrtcVersion")?),
+        })
+    }
+}
+
+fn dl(file: &Path) -> Option<*mut c_void> {
+    let c = CString::new(file.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: a NUL-terminated path; the library stays loaded (never closed).
+    let h = unsafe { dlopen(c.as_ptr(), RTLD_NOW | RTLD_GLOBAL) };
+    (!h.is_null()).then_some(h)
+}
+
+/// # Safety
+/// `h` is a live handle from `dlopen`.
+unsafe fn sym(h: *mut c_void, name: &CStr) -> Option<*mut c_void> {
+    // SAFETY: the caller's handle and a NUL-terminated name.
+    let p = unsafe { dlsym(h, name.as_ptr()) };
+    (!p.is_null()).then_some(p)
+}

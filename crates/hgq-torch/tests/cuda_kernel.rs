@@ -1,0 +1,457 @@
+//! The CUDA kernel's host side, on any machine: every mode's source compiles with NVRTC, and
+//! the same source built as host C++ gives hgq-core's bits (outputs, dx and both bit widths'
+//! gradients) on every mode, bit-width rule, stochastic rounding and the zero mask.
+use std::ffi::{CString, c_void};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use hgq_core::{
+    BitWidths, FixedGrads, FixedPoint, OverflowMode, Path as KernelPath, RoundMode, Stochastic,
+    TensorRef,
+};
+use hgq_torch::cuda::{Args, BACKWARD_KERNEL, Elem, FORWARD_KERNEL, KernelKey, Layout, Nvrtc};
+
+const ROUNDS: [RoundMode; 9] = [
+    RoundMode::Trn,
+    RoundMode::Rnd,
+    RoundMode::RndConv,
+    RoundMode::TrnZero,
+    RoundMode::RndZero,
+    RoundMode::RndInf,
+    RoundMode::RndMinInf,
+    RoundMode::SRnd,
+    RoundMode::SRndConv,
+];
+const OVERFLOWS: [OverflowMode; 4] = [
+    OverflowMode::Wrap,
+    OverflowMode::Sat,
+    OverflowMode::SatSym,
+    OverflowMode::WrapSm,
+];
+
+/// Every distinct kernel: the rounding ids (S_ modes deterministic and stochastic), overflow,
+/// training, element type.
+fn keys() -> Vec<KernelKey> {
+    let mut v = Vec::new();
+    for elem in [Elem::F32, Elem::F64] {
+        for training in [false, true] {
+            for o in OVERFLOWS {
+                for (j, r) in ROUNDS.iter().enumerate() {
+                    // The S_ modes: once deterministic (their twins'), once with noise.
+                    let stochastic = j == 7 && training;
+                    if j == 8 || (j == 7 && !training) {
+                        continue;
+                    }
+                    // WRAP_SM takes RND and RND_CONV (and their S_ twins) only.
+                    if let Ok(key) = KernelKey::new(*r, stochastic, o, training, elem) {
+                        v.push(key);
+                    }
+                }
+            }
+        }
+    }
+    v
+}
+
+#[test]
+fn every_kernel_compiles_with_nvrtc() {
+    let nvrtc = Nvrtc::load().expect("NVRTC from the torch wheel (cargo xtask setup installs it)");
+    let (major, _) = nvrtc.version().unwrap();
+    assert!(major >= 12, "NVRTC {major}");
+    let keys = keys();
+    // Per element type: training 3 overflows x 8 roundings + WRAP_SM's 3, inference 3 x 7 + 2.
+    assert_eq!(keys.len(), 2 * (27 + 23));
+    assert!(KernelKey::new(RoundMode::Trn, false, OverflowMode::WrapSm, true, Elem::F32).is_err());
+    for key in keys {
+        let ptx = nvrtc
+            .compile(&key.source(), "fixed.cu", 90)
+            .unwrap_or_else(|e| panic!("{key:?}: {e}"));
+        for k in [FORWARD_KERNEL, BACKWARD_KERNEL] {
+            assert!(ptx.contains(&format!(".entry {k}(")), "{key:?}: no {k}");
+        }
+        assert!(ptx.contains(".target sm_90"), "{key:?}");
+    }
+}
+
+#[test]
+fn a_compile_error_returns_nvrtcs_log() {
+    let nvrtc = Nvrtc::load().unwrap();
+    let e = nvrtc
+        .compile("__global__ void k() { undeclared_name(); }", "bad.cu", 90)
+        .unwrap_err();
+    assert!(e.to_string().contains("undeclared_name"), "{e}");
+}
+
+/// A host build of one key's source (`fixed.cu` with `HGQ_HOST`), loaded.
+struct HostKernel {
+    forward: *mut c_void,
+    backward: *mut c_void,
+}
+
+unsafe extern "C" {
+    fn dlopen(file: *const std::ffi::c_char, mode: i32) -> *mut c_void;
+    fn dlsym(handle: *mut c_void, symbol: *const std::ffi::c_char) -> *mut c_void;
+}
+
+fn build_dir() -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cuda_kernel_host");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Compiles a key's source as host C++ into a shared library (the kernels' grid-stride loops
+/// with a grid of one thread).
+fn compile_host(key: &KernelKey, dir: &Path, tag: usize) -> PathBuf {
+    let src = dir.join(format!("k{tag}.cpp"));
+    std::fs::write(&src, format!("#define HGQ_HOST 1\n{}", key.source())).unwrap();
+    let lib = dir.join(format!("k{tag}.so"));
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+    let out = Command::new(&cxx)
+        .args(["-O1", "-ffp-contract=off", "-fno-fast-math", "-std=c++17"])
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(&src)
+        .output()
+        .unwrap_or_else(|e| panic!("{cxx}: {e}"));
+    assert!(
+        out.status.success(),
+        "{key:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lib
+}
+
+fn load_host(lib: &Path) -> HostKernel {
+    let c = CString::new(lib.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a library this test built; RTLD_NOW | RTLD_LOCAL.
+    let h = unsafe { dlopen(c.as_ptr(), 2) };
+    assert!(!h.is_null(), "{}", lib.display());
+    let get = |n: &str| {
+        let n = CString::new(n).unwrap();
+        // SAFETY: a live handle and a NUL-terminated name.
+        let p = unsafe { dlsym(h, n.as_ptr()) };
+        assert!(!p.is_null(), "{n:?}");
+        p
+    };
+    HostKernel {
+        forward: get(FORWARD_KERNEL),
+        backward: get(BACKWARD_KERNEL),
+    }
+}
+
+type ForwardFn<T> =
+    unsafe extern "C" fn(*const T, *const T, *const T, *const T, *mut T, i64, Layout, Args);
+type BackwardFn<T> = unsafe extern "C" fn(
+    *const T,
+    *const T,
+    *const T,
+    *const T,
+    *const T,
+    *mut T,
+    *mut T,
+    *mut T,
+    *mut T,
+    i64,
+    Layout,
+    Args,
+);
+
+/// splitmix64: inputs reproducible without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [lo, hi).
+    fn range(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * ((self.next() >> 11) as f64 / (1u64 << 53) as f64)
+    }
+    fn int(&mut self, lo: i64, hi: i64) -> f64 {
+        (lo + (self.next() % (hi - lo + 1) as u64) as i64) as f64
+    }
+}
+
+/// One case's operands, element-wise (each as large as x).
+struct Case {
+    x: Vec<f64>,
+    k: Vec<f64>,
+    a: Vec<f64>,
+    b: Vec<f64>,
+    dy: Vec<f64>,
+}
+
+/// x: values on and between the grid points of the bit widths, ties, signed zeros, values
+/// far outside every range, infinities and NaN; bit widths by the rule (all narrow enough for
+/// float32, so that hgq-core takes its float32 pass).
+fn case(rule: BitWidths, n: usize, seed: u64) -> Case {
+    let mut r = Rng(seed);
+    let mut c = Case {
+        x: Vec::new(),
+        k: Vec::new(),
+        a: Vec::new(),
+        b: Vec::new(),
+        dy: Vec::new(),
+    };
+    for j in 0..n {
+        let k = (r.next() % 2) as f64;
+        let (a, b) = match rule {
+            BitWidths::Integer => (r.int(-6, 8), r.int(-4, 12)),
+            // Raw values, ties to even among them.
+            BitWidths::RoundHalfEven => {
+                let t = |r: &mut Rng, lo, hi| {
+                    if r.next().is_multiple_of(4) {
+                        r.int(lo, hi) + 0.5
+                    } else {
+                        r.range(lo as f64, hi as f64)
+                    }
+                };
+                (t(&mut r, -6, 7), t(&mut r, -4, 11))
+            }
+            // KBI's raw b and i.
+            BitWidths::KbiRaw => (r.range(0.0, 14.0), r.range(-4.0, 8.0)),
+        };
+        let x = match j % 11 {
+            0 => r.int(-300, 300) / 16.0,
+            1 => r.int(-2000, 2000) / 64.0 + 1.0 / 128.0,
+            2 => r.range(-1e4, 1e4),
+            3 => [0.0, -0.0, f64::INFINITY, f64::NEG_INFINITY, f64::NAN][(r.next() % 5) as usize],
+            4 => r.int(-40, 40) * 0.5,
+            _ => r.range(-40.0, 40.0),
+        };
+        c.x.push(x);
+        c.k.push(k);
+        c.a.push(a);
+        c.b.push(b);
+        c.dy.push(r.range(-2.0, 2.0));
+    }
+    c
+}
+
+fn same<T: hgq_core::Real>(what: &str, key: &KernelKey, got: &[T], want: &[T]) {
+    for (j, (g, w)) in got.iter().zip(want).enumerate() {
+        let ok = g.to_f64().to_bits() == w.to_f64().to_bits() || (g.is_nan() && w.is_nan());
+        assert!(ok, "{key:?} {what}[{j}]: kernel {g:?}, hgq-core {w:?}");
+    }
+}
+
+struct Setup {
+    round: RoundMode,
+    overflow: OverflowMode,
+    training: bool,
+    stochastic: bool,
+    rule: BitWidths,
+    mask: bool,
+}
+
+/// The kernel's forward and backward against hgq-core's scalar path on one case.
+fn compare<T: hgq_core::Element<C = T> + hgq_core::Real>(
+    s: &Setup,
+    key: &KernelKey,
+    host: &HostKernel,
+    c: &Case,
+) {
+    let cast = |v: &[f64]| -> Vec<T> { v.iter().map(|&x| T::from_f64(x)).collect() };
+    let (x, k, a, b, dy) = (cast(&c.x), cast(&c.k), cast(&c.a), cast(&c.b), cast(&c.dy));
+    let n = x.len();
+    let shape = [n];
+    let seed = 0x5EED_u64;
+    let q = FixedPoint::new(s.round, s.overflow)
+        .unwrap()
+        .with_bit_widths(s.rule)
+        .with_zero_mask(s.mask)
+        .with_stochastic(if s.stochastic {
+            Stochastic::Seeded(seed)
+        } else {
+            Stochastic::Reference
+        })
+        .with_path(KernelPath::Scalar);
+    fn t<'a, T: hgq_core::Element>(v: &'a [T], shape: &'a [usize]) -> TensorRef<'a, T> {
+        TensorRef::new(v, shape).unwrap()
+    }
+    let mut want_y = vec![T::from_f64(0.0); n];
+    q.forward(
+        t(&x, &shape),
+        t(&k, &shape),
+        t(&a, &shape),
+        t(&b, &shape),
+        s.training,
+        &mut want_y,
+    )
+    .unwrap();
+    let (mut want_y2, mut want_dx, mut want_ga, mut want_gb) = (
+        vec![T::from_f64(0.0); n],
+        vec![T::from_f64(0.0); n],
+        vec![T::from_f64(0.0); n],
+        vec![T::from_f64(0.0); n],
+    );
+    let grads = FixedGrads {
+        dx: &mut want_dx,
+        di: &mut want_ga,
+        df: &mut want_gb,
+    };
+    q.forward_backward(
+        t(&x, &shape),
+        t(&k, &shape),
+        t(&a, &shape),
+        t(&b, &shape),
+        s.training,
+        &dy,
+        &mut want_y2,
+        grads,
+    )
+    .unwrap();
+
+    let layout = Layout::new(&shape, [&shape, &shape, &shape]).unwrap();
+    let kbi = s.rule == BitWidths::KbiRaw;
+    let args = Args {
+        seed: if s.stochastic { seed } else { 0 },
+        mask: i32::from(s.mask && !s.training),
+        kbi: i32::from(kbi),
+        // Element-wise bit widths: gradients stored per element, KBI's chain in the op.
+        chain: i32::from(kbi),
+    };
+    let mut y = vec![T::from_f64(0.0); n];
+    let (mut y2, mut dx, mut ga, mut gb) = (y.clone(), y.clone(), y.clone(), y.clone());
+    // SAFETY: the host build's kernels of this element type, on buffers of n elements.
+    unsafe {
+        let f: ForwardFn<T> = std::mem::transmute(host.forward);
+        f(
+            x.as_ptr(),
+            k.as_ptr(),
+            a.as_ptr(),
+            b.as_ptr(),
+            y.as_mut_ptr(),
+            n as i64,
+            layout,
+            args,
+        );
+        let g: BackwardFn<T> = std::mem::transmute(host.backward);
+        g(
+            x.as_ptr(),
+            k.as_ptr(),
+            a.as_ptr(),
+            b.as_ptr(),
+            dy.as_ptr(),
+            y2.as_mut_ptr(),
+            dx.as_mut_ptr(),
+            ga.as_mut_ptr(),
+            gb.as_mut_ptr(),
+            n as i64,
+            layout,
+            args,
+        );
+    }
+    same("y", key, &y, &want_y);
+    same("y (backward)", key, &y2, &want_y2);
+    same("dx", key, &dx, &want_dx);
+    same("grad of the first bit width", key, &ga, &want_ga);
+    same("grad of the second bit width", key, &gb, &want_gb);
+}
+
+#[test]
+fn host_build_is_hgq_cores_scalar_path() {
+    let dir = build_dir();
+    // Every mode for float32; float64 on a subset of the roundings (the same text).
+    let mut setups = Vec::new();
+    for elem in [Elem::F32, Elem::F64] {
+        for training in [false, true] {
+            for o in OVERFLOWS {
+                for (j, r) in ROUNDS.iter().enumerate() {
+                    if elem == Elem::F64 && ![1, 2, 7].contains(&j) {
+                        continue;
+                    }
+                    let stochastic = j >= 7 && training;
+                    if hgq_core::modes::check_modes(*r, o).is_err() {
+                        continue;
+                    }
+                    setups.push((elem, r, o, training, stochastic));
+                }
+            }
+        }
+    }
+    // Build in parallel (a compile each), then compare.
+    let built: Vec<(
+        KernelKey,
+        PathBuf,
+        Elem,
+        RoundMode,
+        OverflowMode,
+        bool,
+        bool,
+    )> = std::thread::scope(|sc| {
+        let handles: Vec<_> = setups
+            .chunks(setups.len().div_ceil(4))
+            .enumerate()
+            .map(|(c, chunk)| {
+                let dir = dir.clone();
+                sc.spawn(move || {
+                    chunk
+                        .iter()
+                        .enumerate()
+                        .map(|(j, &(elem, r, o, training, stochastic))| {
+                            let key = KernelKey::new(*r, stochastic, o, training, elem).unwrap();
+                            let lib = compile_host(&key, &dir, c * 1000 + j);
+                            (key, lib, elem, *r, o, training, stochastic)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let mut compared = 0;
+    for (key, lib, elem, round, overflow, training, stochastic) in built {
+        let host = load_host(&lib);
+        for rule in [
+            BitWidths::Integer,
+            BitWidths::RoundHalfEven,
+            BitWidths::KbiRaw,
+        ] {
+            for mask in [false, true] {
+                let s = Setup {
+                    round,
+                    overflow,
+                    training,
+                    stochastic,
+                    rule,
+                    mask,
+                };
+                let c = case(rule, 2000, compared as u64 + 1);
+                match elem {
+                    Elem::F32 => compare::<f32>(&s, &key, &host, &c),
+                    Elem::F64 => compare::<f64>(&s, &key, &host, &c),
+                }
+                compared += 1;
+            }
+        }
+    }
+    assert_eq!(compared, setups.len() * 6);
+}
+
+#[test]
+fn layout_reads_what_numpy_broadcasting_reads() {
+    let x = [2usize, 3, 4];
+    let cases: [&[usize]; 7] = [&[], &[1], &[4], &[3, 1], &[1, 3, 1], &[2, 1, 4], &[2, 3, 4]];
+    for op in cases {
+        let n: usize = op.iter().product();
+        let values: Vec<f64> = (0..n).map(|j| j as f64).collect();
+        let want = hgq_core::shape::broadcast_to(&values, op, &x).unwrap();
+        let l = Layout::new(&x, [op, &[], &x]).unwrap();
+        let got: Vec<f64> = (0..24).map(|j| l.operand_at(0, j) as f64).collect();
+        assert_eq!(got, want, "operand {op:?}");
+        assert_eq!((0..24).map(|j| l.operand_at(1, j)).max(), Some(0));
+        assert_eq!(l.operand_at(2, 23), 23);
+    }
+    for bad in [&[3usize][..], &[2, 3], &[1, 2, 3, 4], &[5, 1, 1]] {
+        assert!(Layout::new(&x, [bad, &[], &[]]).is_err(), "{bad:?}");
+    }
+    assert!(Layout::new(&[1; 9], [&[], &[], &[]]).is_err());
+}
