@@ -52,6 +52,8 @@ fn main() {
     let mut build = cc::Build::new();
     if cuda {
         build.define("HGQ_TORCH_CUDA", None);
+        // The kernel route asks libc10_cuda for torch's current stream (see bridge.cpp).
+        println!("cargo:rustc-link-lib=dylib=c10_cuda");
     }
     build
         .cpp(true)

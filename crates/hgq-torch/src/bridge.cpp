@@ -25,6 +25,17 @@ int hgq_torch_fixed_cpu(const uint8_t* cfg, size_t cfg_len, int training, int bi
                         int* screen_out, const HgqView* x, const HgqView* k, const HgqView* p1,
                         const HgqView* p2, const float* dy, int dy_same, float* y, float* dx,
                         float* dp1, float* dp2, char* err, size_t err_len);
+
+// Defined in Rust (src/cuda/route.rs): runs the CUDA kernel `call` describes (the bytes of a
+// `cuda::route::Call`) on `stream` of CUDA device `device`, or its host build where `device`
+// is -1 (CPU tensors). which 0: the forward, writes y; 1: the backward for upstream dy, writes
+// dx and the two bit widths' gradients per element of x (ga, gb). The pointers are element
+// arrays of the call's type, n elements for x, y, dy, dx, ga, gb. Returns 0 on success, else
+// writes a NUL-terminated message into err.
+int hgq_torch_kernel_launch(const uint8_t* call, size_t call_len, int which, const void* x,
+                            const void* k, const void* p1, const void* p2, const void* dy,
+                            void* y, void* dx, void* ga, void* gb, int64_t n, int device,
+                            void* stream, char* err, size_t err_len);
 }
 
 #ifdef HGQ_TORCH_CUDA
@@ -40,6 +51,21 @@ size_t getChosenWorkspaceSize();
 static void* volatile hgq_torch_cuda_anchor =
     reinterpret_cast<void*>(&at::cuda::getChosenWorkspaceSize);
 #define HGQ_TORCH_TOUCH_CUDA() ((void)hgq_torch_cuda_anchor)
+// The current stream, for the kernel route's launches. c10/cuda/CUDAStream.h needs the CUDA
+// toolkit's headers, which the wheels do not ship whole, so its class is declared here with the
+// same layout (one c10::Stream) and the two functions called are libc10_cuda's exports.
+namespace c10 {
+namespace cuda {
+class CUDAStream {
+ public:
+  void* stream() const;  // cudaStream_t
+
+ private:
+  c10::Stream stream_;
+};
+CUDAStream getCurrentCUDAStream(c10::DeviceIndex device_index);
+}  // namespace cuda
+}  // namespace c10
 #else
 #define HGQ_TORCH_TOUCH_CUDA() ((void)0)
 #endif
@@ -112,6 +138,78 @@ struct FixedFn : public torch::autograd::Function<FixedFn> {
   }
 };
 
+// The stream torch runs x's device's work on (null on the CPU).
+void* stream_of(const at::Tensor& x) {
+#ifdef HGQ_TORCH_CUDA
+  if (x.is_cuda()) {
+    return c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
+  }
+#endif
+  return nullptr;
+}
+
+void launch(const std::string& call, int which, const at::Tensor& x, const at::Tensor& k,
+            const at::Tensor& p1, const at::Tensor& p2, const void* dy, void* y, void* dx,
+            void* ga, void* gb) {
+  char err[1024];
+  err[0] = 0;
+  int device = x.is_cuda() ? static_cast<int>(x.device().index()) : -1;
+  int rc = hgq_torch_kernel_launch(reinterpret_cast<const uint8_t*>(call.data()), call.size(),
+                                   which, x.data_ptr(), k.data_ptr(), p1.data_ptr(),
+                                   p2.data_ptr(), dy, y, dx, ga, gb, x.numel(), device,
+                                   stream_of(x), err, sizeof err);
+  if (rc != 0) {
+    err[sizeof err - 1] = 0;
+    throw std::runtime_error(err);
+  }
+}
+
+// The fixed-point quantizer as our CUDA kernel (src/cuda/fixed.cu): contiguous x, k, p1, p2
+// of one type on one device. The backward's kernel writes the bit widths' gradients per element
+// of x; they are summed here to p1's and p2's shapes. chain_after: KBI's chain rule on the
+// sums (db = sum df, di = sum di + -db), for bit widths smaller than x (the kernel applies it
+// per element otherwise).
+struct KernelFn : public torch::autograd::Function<KernelFn> {
+  static at::Tensor forward(AutogradContext* ctx, at::Tensor x, at::Tensor k, at::Tensor p1,
+                            at::Tensor p2, std::string call, bool chain_after) {
+    at::Tensor y = at::empty_like(x);
+    if (x.numel() > 0) {
+      launch(call, 0, x, k, p1, p2, nullptr, y.data_ptr(), nullptr, nullptr, nullptr);
+    }
+    ctx->save_for_backward({x, k, p1, p2});
+    ctx->saved_data["call"] = call;
+    ctx->saved_data["chain_after"] = chain_after;
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &k = saved[1], &p1 = saved[2], &p2 = saved[3];
+    std::string call = ctx->saved_data["call"].toStringRef();
+    bool chain_after = ctx->saved_data["chain_after"].toBool();
+    at::Tensor dy = grads[0].to(x.scalar_type()).expand(x.sizes()).contiguous();
+    at::Tensor dx = at::empty_like(x);
+    at::Tensor ga = at::empty_like(x);
+    at::Tensor gb = at::empty_like(x);
+    if (x.numel() > 0) {
+      launch(call, 1, x, k, p1, p2, dy.data_ptr(), nullptr, dx.data_ptr(), ga.data_ptr(),
+             gb.data_ptr());
+    } else {
+      ga.zero_();
+      gb.zero_();
+    }
+    at::Tensor dp1, dp2;
+    if (chain_after) {
+      dp1 = gb.sum_to_size(p1.sizes());
+      dp2 = ga.sum_to_size(p2.sizes()) + dp1.neg();
+    } else {
+      dp1 = ga.sum_to_size(p1.sizes());
+      dp2 = gb.sum_to_size(p2.sizes());
+    }
+    return {dx, at::Tensor(), dp1, dp2, at::Tensor(), at::Tensor()};
+  }
+};
+
 void write_err(const char* what, char* err, size_t err_len) {
   if (err_len == 0) return;
   std::strncpy(err, what, err_len - 1);
@@ -172,6 +270,25 @@ extern "C" int hgq_torch_fixed_apply(const at::Tensor* x, const at::Tensor* k,
     at::Tensor y = FixedFn::apply(*x, *k, *p1, *p2,
                                   std::string(reinterpret_cast<const char*>(cfg), cfg_len),
                                   training != 0, static_cast<int64_t>(bits));
+    *out = new at::Tensor(std::move(y));
+    return 0;
+  } catch (const std::exception& e) {
+    write_err(e.what(), err, err_len);
+  } catch (...) {
+    write_err("unknown C++ exception", err, err_len);
+  }
+  return 1;
+}
+
+extern "C" int hgq_torch_kernel_apply(const at::Tensor* x, const at::Tensor* k,
+                                      const at::Tensor* p1, const at::Tensor* p2,
+                                      const uint8_t* call, size_t call_len, int chain_after,
+                                      at::Tensor** out, char* err, size_t err_len) {
+  HGQ_TORCH_TOUCH_CUDA();
+  try {
+    at::Tensor y = KernelFn::apply(*x, *k, *p1, *p2,
+                                   std::string(reinterpret_cast<const char*>(call), call_len),
+                                   chain_after != 0);
     *out = new at::Tensor(std::move(y));
     return 0;
   } catch (const std::exception& e) {

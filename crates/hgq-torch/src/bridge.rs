@@ -42,6 +42,18 @@ unsafe extern "C" {
         err: *mut c_char,
         err_len: usize,
     ) -> c_int;
+    fn hgq_torch_kernel_apply(
+        x: *const C_tensor,
+        k: *const C_tensor,
+        p1: *const C_tensor,
+        p2: *const C_tensor,
+        call: *const u8,
+        call_len: usize,
+        chain_after: c_int,
+        out: *mut *mut C_tensor,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
 }
 
 /// Whether this build links libtorch_cuda (see build.rs).
@@ -130,6 +142,43 @@ pub(crate) fn fixed_apply(
         // SAFETY: the C++ side NUL-terminates within the buffer.
         let msg = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) };
         return Err(TorchError::Kernel(msg.to_string_lossy().into_owned()));
+    }
+    // SAFETY: `out` is a `new torch::Tensor` that we now own.
+    Ok(unsafe { Tensor::from_ptr(out) })
+}
+
+/// `KernelFn::apply(x, k, p1, p2)` (bridge.cpp): contiguous tensors of one float kind on one
+/// device; `call` the bytes `cuda::route` decodes at each launch; `chain_after`, KBI's chain
+/// rule on the summed gradients.
+pub(crate) fn kernel_apply(
+    x: &Tensor,
+    k: &Tensor,
+    p1: &Tensor,
+    p2: &Tensor,
+    call: &[u8],
+    chain_after: bool,
+) -> Result<Tensor, TorchError> {
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    let mut err = [0 as c_char; 1024];
+    // SAFETY: live tch tensors, `call` readable for its length, `err` writable for its length.
+    let rc = unsafe {
+        hgq_torch_kernel_apply(
+            x.as_ptr(),
+            k.as_ptr(),
+            p1.as_ptr(),
+            p2.as_ptr(),
+            call.as_ptr(),
+            call.len(),
+            c_int::from(chain_after),
+            &mut out,
+            err.as_mut_ptr(),
+            err.len(),
+        )
+    };
+    if rc != 0 || out.is_null() {
+        // SAFETY: the C++ side NUL-terminates within the buffer.
+        let msg = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) };
+        return Err(TorchError::Cuda(msg.to_string_lossy().into_owned()));
     }
     // SAFETY: `out` is a `new torch::Tensor` that we now own.
     Ok(unsafe { Tensor::from_ptr(out) })

@@ -200,6 +200,14 @@ pub(crate) fn quantize(
             )?;
             Ok(if narrow { y.f_to_kind(kind)? } else { y })
         }
+        (Device::Cuda(_), _) if cuda::Route::of(x)? == cuda::Route::Kernel => {
+            if narrow {
+                let xf = x.f_to_kind(Kind::Float)?;
+                Ok(cuda::fixed_quantize_kernel(q, &xf, k, p1, p2, training)?.f_to_kind(kind)?)
+            } else {
+                cuda::fixed_quantize_kernel(q, x, k, p1, p2, training)
+            }
+        }
         (_, Kind::Half | Kind::BFloat16) => {
             Ok(
                 ops::fixed_quantize_ops(q, &x.f_to_kind(Kind::Float)?, k, p1, p2, training)?

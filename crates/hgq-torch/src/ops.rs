@@ -132,7 +132,7 @@ fn uniform_noise(seed: u64, n: i64, like: &Tensor) -> Result<Tensor> {
 /// Checks `k`, `i`, `f` as hgq-core's pass would (one read of two flags from the device; the
 /// values themselves only when one is bad, to name it in hgq-core's words), and says whether
 /// the type is wider than float32 holds (then the pass runs in float64, as hgq-core's does).
-fn check_bit_widths(q: &FixedPoint, k: &Tensor, i: &Tensor, f: &Tensor) -> Result<bool> {
+pub(crate) fn check_bit_widths(q: &FixedPoint, k: &Tensor, i: &Tensor, f: &Tensor) -> Result<bool> {
     let bad_int = |t: &Tensor| -> Result<Tensor> {
         let finite = t.f_isfinite()?;
         Ok(finite

@@ -1,14 +1,13 @@
 //! The CUDA kernel's host side, on any machine: every mode's source compiles with NVRTC, and
 //! the same source built as host C++ gives hgq-core's bits (outputs, dx and both bit widths'
 //! gradients) on every mode, bit-width rule, stochastic rounding and the zero mask.
-use std::ffi::{CString, c_void};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::ffi::c_void;
 
 use hgq_core::{
     BitWidths, FixedGrads, FixedPoint, OverflowMode, Path as KernelPath, RoundMode, Stochastic,
     TensorRef,
 };
+use hgq_torch::cuda::host::{Buffers, HostKernels};
 use hgq_torch::cuda::{Args, BACKWARD_KERNEL, Elem, FORWARD_KERNEL, KernelKey, Layout, Nvrtc};
 
 const ROUNDS: [RoundMode; 9] = [
@@ -81,80 +80,6 @@ fn a_compile_error_returns_nvrtcs_log() {
         .unwrap_err();
     assert!(e.to_string().contains("undeclared_name"), "{e}");
 }
-
-/// A host build of one key's source (`fixed.cu` with `HGQ_HOST`), loaded.
-struct HostKernel {
-    forward: *mut c_void,
-    backward: *mut c_void,
-}
-
-unsafe extern "C" {
-    fn dlopen(file: *const std::ffi::c_char, mode: i32) -> *mut c_void;
-    fn dlsym(handle: *mut c_void, symbol: *const std::ffi::c_char) -> *mut c_void;
-}
-
-fn build_dir() -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cuda_kernel_host");
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// Compiles a key's source as host C++ into a shared library (the kernels' grid-stride loops
-/// with a grid of one thread).
-fn compile_host(key: &KernelKey, dir: &Path, tag: usize) -> PathBuf {
-    let src = dir.join(format!("k{tag}.cpp"));
-    std::fs::write(&src, format!("#define HGQ_HOST 1\n{}", key.source())).unwrap();
-    let lib = dir.join(format!("k{tag}.so"));
-    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
-    let out = Command::new(&cxx)
-        .args(["-O1", "-ffp-contract=off", "-fno-fast-math", "-std=c++17"])
-        .args(["-shared", "-fPIC", "-o"])
-        .arg(&lib)
-        .arg(&src)
-        .output()
-        .unwrap_or_else(|e| panic!("{cxx}: {e}"));
-    assert!(
-        out.status.success(),
-        "{key:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    lib
-}
-
-fn load_host(lib: &Path) -> HostKernel {
-    let c = CString::new(lib.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: a library this test built; RTLD_NOW | RTLD_LOCAL.
-    let h = unsafe { dlopen(c.as_ptr(), 2) };
-    assert!(!h.is_null(), "{}", lib.display());
-    let get = |n: &str| {
-        let n = CString::new(n).unwrap();
-        // SAFETY: a live handle and a NUL-terminated name.
-        let p = unsafe { dlsym(h, n.as_ptr()) };
-        assert!(!p.is_null(), "{n:?}");
-        p
-    };
-    HostKernel {
-        forward: get(FORWARD_KERNEL),
-        backward: get(BACKWARD_KERNEL),
-    }
-}
-
-type ForwardFn<T> =
-    unsafe extern "C" fn(*const T, *const T, *const T, *const T, *mut T, i64, Layout, Args);
-type BackwardFn<T> = unsafe extern "C" fn(
-    *const T,
-    *const T,
-    *const T,
-    *const T,
-    *const T,
-    *mut T,
-    *mut T,
-    *mut T,
-    *mut T,
-    i64,
-    Layout,
-    Args,
-);
 
 /// splitmix64: inputs reproducible without a dependency.
 struct Rng(u64);
@@ -252,7 +177,7 @@ struct Setup {
 fn compare<T: hgq_core::Element<C = T> + hgq_core::Real>(
     s: &Setup,
     key: &KernelKey,
-    host: &HostKernel,
+    host: &HostKernels,
     c: &Case,
 ) {
     let cast = |v: &[f64]| -> Vec<T> { v.iter().map(|&x| T::from_f64(x)).collect() };
@@ -317,30 +242,26 @@ fn compare<T: hgq_core::Element<C = T> + hgq_core::Real>(
     };
     let mut y = vec![T::from_f64(0.0); n];
     let (mut y2, mut dx, mut ga, mut gb) = (y.clone(), y.clone(), y.clone(), y.clone());
+    let buffers = |y: &mut [T], dx: &mut [T], ga: &mut [T], gb: &mut [T]| Buffers {
+        x: x.as_ptr().cast(),
+        k: k.as_ptr().cast(),
+        a: a.as_ptr().cast(),
+        b: b.as_ptr().cast(),
+        dy: dy.as_ptr().cast(),
+        y: y.as_mut_ptr().cast(),
+        dx: dx.as_mut_ptr().cast(),
+        ga: ga.as_mut_ptr().cast(),
+        gb: gb.as_mut_ptr().cast(),
+    };
+    let none = std::ptr::null_mut::<c_void>();
+    let mut forward = buffers(&mut y, &mut [], &mut [], &mut []);
+    (forward.dx, forward.ga, forward.gb, forward.dy) = (none, none, none, std::ptr::null());
     // SAFETY: the host build's kernels of this element type, on buffers of n elements.
     unsafe {
-        let f: ForwardFn<T> = std::mem::transmute(host.forward);
-        f(
-            x.as_ptr(),
-            k.as_ptr(),
-            a.as_ptr(),
-            b.as_ptr(),
-            y.as_mut_ptr(),
-            n as i64,
-            layout,
-            args,
-        );
-        let g: BackwardFn<T> = std::mem::transmute(host.backward);
-        g(
-            x.as_ptr(),
-            k.as_ptr(),
-            a.as_ptr(),
-            b.as_ptr(),
-            dy.as_ptr(),
-            y2.as_mut_ptr(),
-            dx.as_mut_ptr(),
-            ga.as_mut_ptr(),
-            gb.as_mut_ptr(),
+        host.run(false, forward, n as i64, layout, args);
+        host.run(
+            true,
+            buffers(&mut y2, &mut dx, &mut ga, &mut gb),
             n as i64,
             layout,
             args,
@@ -355,7 +276,6 @@ fn compare<T: hgq_core::Element<C = T> + hgq_core::Real>(
 
 #[test]
 fn host_build_is_hgq_cores_scalar_path() {
-    let dir = build_dir();
     // Every mode for float32; float64 on a subset of the roundings (the same text).
     let mut setups = Vec::new();
     for elem in [Elem::F32, Elem::F64] {
@@ -374,42 +294,26 @@ fn host_build_is_hgq_cores_scalar_path() {
             }
         }
     }
-    // Build in parallel (a compile each), then compare.
-    let built: Vec<(
-        KernelKey,
-        PathBuf,
-        Elem,
-        RoundMode,
-        OverflowMode,
-        bool,
-        bool,
-    )> = std::thread::scope(|sc| {
-        let handles: Vec<_> = setups
-            .chunks(setups.len().div_ceil(4))
-            .enumerate()
-            .map(|(c, chunk)| {
-                let dir = dir.clone();
-                sc.spawn(move || {
-                    chunk
-                        .iter()
-                        .enumerate()
-                        .map(|(j, &(elem, r, o, training, stochastic))| {
-                            let key = KernelKey::new(*r, stochastic, o, training, elem).unwrap();
-                            let lib = compile_host(&key, &dir, c * 1000 + j);
-                            (key, lib, elem, *r, o, training, stochastic)
-                        })
-                        .collect::<Vec<_>>()
+    // Build in parallel (a compile each; HostKernels keeps them), then compare.
+    let keys: Vec<KernelKey> = setups
+        .iter()
+        .map(|&(elem, r, o, training, stochastic)| {
+            KernelKey::new(*r, stochastic, o, training, elem).unwrap()
+        })
+        .collect();
+    std::thread::scope(|sc| {
+        for chunk in keys.chunks(keys.len().div_ceil(4)) {
+            sc.spawn(move || {
+                chunk.iter().for_each(|k| {
+                    HostKernels::of(k).unwrap();
                 })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect()
+            });
+        }
     });
     let mut compared = 0;
-    for (key, lib, elem, round, overflow, training, stochastic) in built {
-        let host = load_host(&lib);
+    for (key, &(elem, round, overflow, training, stochastic)) in keys.iter().zip(&setups) {
+        let (round, key) = (*round, *key);
+        let host = HostKernels::of(&key).unwrap();
         for rule in [
             BitWidths::Integer,
             BitWidths::RoundHalfEven,

@@ -16,9 +16,13 @@
 //! assert!(ptx.contains(".entry hgq_fixed_backward"));
 //! # Ok::<(), hgq_torch::TorchError>(())
 //! ```
+mod driver;
+pub mod host;
 mod nvrtc;
+mod route;
 
 pub use nvrtc::Nvrtc;
+pub use route::{KernelSetting, Route, fixed_quantize_kernel};
 
 use hgq_core::{OverflowMode, RoundMode};
 

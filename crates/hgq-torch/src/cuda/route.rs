@@ -1,0 +1,247 @@
+//! The kernel route: `Q(x, k, i, f)` through our kernel inside a C++ autograd function
+//! (`KernelFn` in bridge.cpp), and the choice between it and the torch-ops path.
+use std::ffi::{c_char, c_int, c_void};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use hgq_core::{BitWidths, FixedPoint, Stochastic};
+use tch::{Device, Kind, Tensor};
+
+use super::host::{Buffers, HostKernels};
+use super::{Args, Elem, KernelKey, Layout, MAX_DIMS};
+use crate::{Result, TorchError};
+
+/// Which implementation runs a fixed-point call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Our kernel ([`fixed_quantize_kernel`]).
+    Kernel,
+    /// The torch operations of [`crate::ops::fixed_quantize_ops`].
+    TorchOps,
+}
+
+/// Whether CUDA calls may take the kernel: the environment variable `HGQ_CUDA_KERNEL`,
+/// `off` (or `0`) for the torch operations everywhere; anything else or unset, on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelSetting {
+    /// The kernel where it applies.
+    On,
+    /// The torch operations always.
+    Off,
+}
+
+impl KernelSetting {
+    /// The process's setting, from `HGQ_CUDA_KERNEL`.
+    pub fn from_env() -> KernelSetting {
+        match std::env::var("HGQ_CUDA_KERNEL").as_deref() {
+            Ok("off" | "0") => KernelSetting::Off,
+            _ => KernelSetting::On,
+        }
+    }
+}
+
+impl Route {
+    /// The route of a call on `device` with x of `kind` and rank `rank`: the kernel for the
+    /// float kinds on CUDA up to [`MAX_DIMS`] dimensions, where the setting allows it and
+    /// NVRTC is at hand (`nvrtc`); the torch operations otherwise (on the CPU the fused CPU
+    /// kernel runs before either is asked).
+    ///
+    /// ```
+    /// use hgq_torch::cuda::{KernelSetting, Route};
+    /// use tch::{Device, Kind};
+    /// let on = KernelSetting::On;
+    /// assert_eq!(Route::choose(Device::Cuda(0), Kind::Float, 2, on, true), Route::Kernel);
+    /// assert_eq!(Route::choose(Device::Cuda(0), Kind::Float, 2, on, false), Route::TorchOps);
+    /// assert_eq!(Route::choose(Device::Cpu, Kind::Float, 2, on, true), Route::TorchOps);
+    /// ```
+    pub fn choose(
+        device: Device,
+        kind: Kind,
+        rank: usize,
+        setting: KernelSetting,
+        nvrtc: bool,
+    ) -> Route {
+        let cuda = matches!(device, Device::Cuda(_));
+        let float = matches!(
+            kind,
+            Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
+        );
+        if cuda && float && rank <= MAX_DIMS && setting == KernelSetting::On && nvrtc {
+            Route::Kernel
+        } else {
+            Route::TorchOps
+        }
+    }
+
+    /// [`Route::choose`] for `x` with this process's setting and NVRTC.
+    pub fn of(x: &Tensor) -> Result<Route> {
+        let (device, kind) = (x.device(), x.f_kind()?);
+        // NVRTC only where it could matter (loading it is a file search).
+        let nvrtc = matches!(device, Device::Cuda(_)) && super::Nvrtc::load().is_ok();
+        Ok(Route::choose(
+            device,
+            kind,
+            x.dim(),
+            KernelSetting::from_env(),
+            nvrtc,
+        ))
+    }
+}
+
+/// What one call's launches need, carried as bytes through the autograd function.
+#[derive(Debug, Clone, Copy)]
+struct Call {
+    key: KernelKey,
+    layout: Layout,
+    args: Args,
+}
+
+/// `Q(x, k, i, f)` through our kernel, differentiable by autograd: the values and gradients of
+/// [`crate::fixed_quantize`] (the same bits for element-wise bit widths; the sums over the
+/// dimensions that bit widths broadcast along are torch's). `x` float32 or float64, on a CUDA
+/// device or on the CPU, where the kernel's host build runs ([`HostKernels`]: the route's
+/// test without a GPU). `i`, `f` are what `q.bit_widths()` says, checked as hgq-core checks
+/// them; a type wider than float32 holds runs in float64.
+pub fn fixed_quantize_kernel(
+    q: &FixedPoint,
+    x: &Tensor,
+    k: &Tensor,
+    i: &Tensor,
+    f: &Tensor,
+    training: bool,
+) -> Result<Tensor> {
+    let kind = x.f_kind()?;
+    let elem = match kind {
+        Kind::Float => Elem::F32,
+        Kind::Double => Elem::F64,
+        kind => return Err(TorchError::Kind { what: "x", kind }),
+    };
+    let dims = |t: &Tensor| t.size().iter().map(|&d| d as usize).collect::<Vec<_>>();
+    for t in [k, i, f] {
+        hgq_core::shape::check_broadcast(&dims(t), &dims(x))?;
+    }
+    let [k, p1, p2] = crate::params_as(x.device(), kind, [k, i, f])?;
+    if crate::ops::check_bit_widths(q, &k, &p1, &p2)? && elem == Elem::F32 {
+        // A type float32 does not hold: computed in float64, rounded to float32 once.
+        let y = fixed_quantize_kernel(q, &x.f_to_kind(Kind::Double)?, &k, &p1, &p2, training)?;
+        return Ok(y.f_to_kind(Kind::Float)?);
+    }
+    let seed = match q.stochastic() {
+        Stochastic::Seeded(s) if training => Some(s),
+        _ => None,
+    };
+    let key = KernelKey::new(
+        q.round_mode(),
+        seed.is_some(),
+        q.overflow_mode(),
+        training,
+        elem,
+    )?;
+    let layout = Layout::new(&dims(x), [&dims(&k), &dims(&p1), &dims(&p2)])?;
+    let kbi = q.bit_widths() == BitWidths::KbiRaw;
+    // Bit widths as large as x (broadcast-compatible, so the same shape) get gradients per
+    // element: KBI's chain rule then runs per element in the kernel, as in hgq-core's pass;
+    // smaller ones are summed first and the rule applied to the sums.
+    let elementwise = p1.numel() == x.numel() && p2.numel() == x.numel();
+    let args = Args {
+        seed: seed.unwrap_or(0),
+        mask: i32::from(q.zero_mask() && !training),
+        kbi: i32::from(kbi),
+        chain: i32::from(kbi && elementwise),
+    };
+    let call = Call { key, layout, args };
+    crate::bridge::kernel_apply(
+        &x.f_contiguous()?,
+        &k.f_contiguous()?,
+        &p1.f_contiguous()?,
+        &p2.f_contiguous()?,
+        call_bytes(&call),
+        kbi && !elementwise,
+    )
+}
+
+fn call_bytes(c: &Call) -> &[u8] {
+    // SAFETY: `Call` is plain data (Copy, no pointers); its bytes come back as a `Call` in
+    // this process only (`call_of`).
+    unsafe { std::slice::from_raw_parts(std::ptr::from_ref(c).cast(), size_of::<Call>()) }
+}
+
+/// # Safety
+/// `p` points at `len` readable bytes.
+unsafe fn call_of(p: *const u8, len: usize) -> Option<Call> {
+    // SAFETY: the caller's bytes, written by `call_bytes` in this process.
+    (len == size_of::<Call>()).then(|| unsafe { p.cast::<Call>().read_unaligned() })
+}
+
+/// The launch that `KernelFn` (bridge.cpp) asks for; see its declaration there.
+///
+/// # Safety
+/// The C++ side's pointers: `call` holds `call_len` bytes from [`fixed_quantize_kernel`], the
+/// buffers hold `n` elements of the call's type on `device` (or the host for -1), `err` is
+/// writable for `err_len` bytes.
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn hgq_torch_kernel_launch(
+    call: *const u8,
+    call_len: usize,
+    which: c_int,
+    x: *const c_void,
+    k: *const c_void,
+    p1: *const c_void,
+    p2: *const c_void,
+    dy: *const c_void,
+    y: *mut c_void,
+    dx: *mut c_void,
+    ga: *mut c_void,
+    gb: *mut c_void,
+    n: i64,
+    device: c_int,
+    stream: *mut c_void,
+    err: *mut c_char,
+    err_len: usize,
+) -> c_int {
+    let run = || -> Result<()> {
+        // SAFETY: the caller's bytes.
+        let c = unsafe { call_of(call, call_len) }
+            .ok_or_else(|| TorchError::Cuda("a kernel call of the wrong size".into()))?;
+        let b = Buffers {
+            x,
+            k,
+            a: p1,
+            b: p2,
+            dy,
+            y,
+            dx,
+            ga,
+            gb,
+        };
+        let backward = which == 1;
+        if device < 0 {
+            let h = HostKernels::of(&c.key)?;
+            // SAFETY: host buffers of n elements (the caller's contract).
+            unsafe { h.run(backward, b, n, c.layout, c.args) };
+            Ok(())
+        } else {
+            // SAFETY: device buffers of n elements, held by the autograd function's tensors.
+            unsafe {
+                super::driver::launch(&c.key, backward, b, n, c.layout, c.args, device, stream)
+            }
+        }
+    };
+    let out = catch_unwind(AssertUnwindSafe(run))
+        .unwrap_or_else(|_| Err(TorchError::Cuda("a panic in the kernel launch".into())));
+    match out {
+        Ok(()) => 0,
+        Err(e) => {
+            if !err.is_null() && err_len > 0 {
+                let msg = e.to_string();
+                let bytes = &msg.as_bytes()[..msg.len().min(err_len - 1)];
+                // SAFETY: `err` is writable for `err_len` bytes; we write at most that many.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(bytes.as_ptr().cast(), err, bytes.len());
+                    *err.add(bytes.len()) = 0;
+                }
+            }
+            1
+        }
+    }
+}

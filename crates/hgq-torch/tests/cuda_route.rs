@@ -1,0 +1,209 @@
+//! The kernel route as a whole (layout, arguments, the C++ autograd function, the sums of the
+//! bit widths' gradients, KBI's chain rule, float64 for wide types) on CPU tensors, where the
+//! kernel's host build runs: against the CPU pass (`fixed_quantize`) and the torch-ops path.
+use hgq_core::{BitWidths, FixedPoint, OverflowMode, RoundMode, Stochastic};
+use hgq_torch::cuda::{KernelSetting, Route, fixed_quantize_kernel};
+use hgq_torch::ops::fixed_quantize_ops;
+use hgq_torch::{Result, fixed_quantize};
+use tch::{Device, Kind, Tensor};
+
+/// Reproducible values in [lo, hi).
+fn values(n: i64, seed: i64, lo: f64, hi: f64) -> Tensor {
+    let t = Tensor::arange(n, (Kind::Double, Device::Cpu));
+    let u = ((&t * 0.618_033_988_75 + seed as f64 * 0.1) * 97.0)
+        .frac()
+        .abs();
+    u * (hi - lo) + lo
+}
+
+fn bits(t: &Tensor) -> Vec<u64> {
+    let t = t.to_kind(Kind::Double);
+    Vec::<f64>::try_from(&t.flatten(0, -1))
+        .unwrap()
+        .iter()
+        .map(|v| if v.is_nan() { u64::MAX } else { v.to_bits() })
+        .collect()
+}
+
+struct Operands {
+    x: Tensor,
+    k: Tensor,
+    a: Tensor,
+    b: Tensor,
+}
+
+/// x of 48 x 16 (ties, zeros, large values among them); bit widths element-wise or per column.
+fn operands(rule: BitWidths, per_column: bool, kind: Kind, seed: i64) -> Operands {
+    let (rows, cols) = (48i64, 16i64);
+    let x = (values(rows * cols, seed, -24.0, 24.0) * 8.0).round() / 8.0
+        + values(rows * cols, seed + 1, 0.0, 1.0)
+            .lt(0.3)
+            .to_kind(Kind::Double)
+            / 16.0;
+    let x = x.reshape([rows, cols]);
+    let shape: Vec<i64> = if per_column {
+        vec![cols]
+    } else {
+        vec![rows, cols]
+    };
+    let n = shape.iter().product();
+    let k = values(n, seed + 2, 0.0, 2.0).floor().reshape(&shape);
+    let (a, b) = match rule {
+        BitWidths::Integer => (
+            values(n, seed + 3, -4.0, 7.0).round(),
+            values(n, seed + 4, -2.0, 10.0).round(),
+        ),
+        BitWidths::RoundHalfEven => (
+            values(n, seed + 3, -4.0, 7.0),
+            values(n, seed + 4, -2.0, 10.0),
+        ),
+        BitWidths::KbiRaw => (
+            values(n, seed + 3, 0.0, 12.0),
+            values(n, seed + 4, -3.0, 6.0),
+        ),
+    };
+    Operands {
+        x: x.to_kind(kind),
+        k: k.to_kind(kind),
+        a: a.reshape(&shape).to_kind(kind),
+        b: b.reshape(&shape).to_kind(kind),
+    }
+}
+
+/// y and the gradients of x, a, b for upstream `dy`, on fresh leaves (a gradient added into
+/// a zeroed one would turn -0 into +0).
+fn run(
+    f: impl Fn(&Tensor, &Tensor, &Tensor, &Tensor) -> Result<Tensor>,
+    o: &Operands,
+) -> [Tensor; 4] {
+    let leaf = |t: &Tensor| t.detach().copy().set_requires_grad(true);
+    let (x, a, b) = (leaf(&o.x), leaf(&o.a), leaf(&o.b));
+    let y = f(&x, &o.k, &a, &b).unwrap();
+    let dy = values(y.numel() as i64, 9, -2.0, 2.0)
+        .to_kind(y.kind())
+        .reshape(y.size());
+    (&y * &dy).sum(y.kind()).backward();
+    [y.detach(), x.grad(), a.grad(), b.grad()]
+}
+
+fn quantizers() -> Vec<(FixedPoint, bool)> {
+    let q = |r, o| FixedPoint::new(r, o).unwrap();
+    vec![
+        (q(RoundMode::Rnd, OverflowMode::Sat), false),
+        (q(RoundMode::Rnd, OverflowMode::Sat), true),
+        (q(RoundMode::RndConv, OverflowMode::Wrap), false),
+        (q(RoundMode::RndConv, OverflowMode::Wrap), true),
+        (q(RoundMode::Trn, OverflowMode::SatSym), true),
+        (q(RoundMode::Rnd, OverflowMode::WrapSm), false),
+        (
+            q(RoundMode::SRnd, OverflowMode::Sat).with_stochastic(Stochastic::Seeded(7)),
+            true,
+        ),
+        (
+            q(RoundMode::Rnd, OverflowMode::Sat).with_zero_mask(true),
+            false,
+        ),
+    ]
+}
+
+#[test]
+fn the_route_on_the_host_build_is_the_cpu_pass() {
+    let mut compared = 0;
+    for (q, training) in quantizers() {
+        for rule in [
+            BitWidths::Integer,
+            BitWidths::RoundHalfEven,
+            BitWidths::KbiRaw,
+        ] {
+            for per_column in [false, true] {
+                let q = q.with_bit_widths(rule);
+                let o = operands(rule, per_column, Kind::Float, compared);
+                let got = run(
+                    |x, k, a, b| fixed_quantize_kernel(&q, x, k, a, b, training),
+                    &o,
+                );
+                let want = run(|x, k, a, b| fixed_quantize(&q, x, k, a, b, training), &o);
+                let what = format!("{q:?} training {training} per column {per_column}");
+                assert_eq!(bits(&got[0]), bits(&want[0]), "y: {what}");
+                assert_eq!(bits(&got[1]), bits(&want[1]), "dx: {what}");
+                for j in [2, 3] {
+                    if per_column {
+                        // Sums over the rows: torch's order against hgq-core's.
+                        let close = got[j].allclose(&want[j], 1e-5, 1e-5, false);
+                        assert!(
+                            close,
+                            "bit-width gradient {j}: {what}\n{}\n{}",
+                            got[j], want[j]
+                        );
+                    } else {
+                        assert_eq!(bits(&got[j]), bits(&want[j]), "gradient {j}: {what}");
+                    }
+                }
+                compared += 1;
+            }
+        }
+    }
+    assert_eq!(compared, 8 * 3 * 2);
+}
+
+#[test]
+fn float64_and_wide_types_match_the_torch_ops() {
+    let q = FixedPoint::new(RoundMode::Rnd, OverflowMode::Sat).unwrap();
+    let o = operands(BitWidths::Integer, true, Kind::Double, 3);
+    let got = run(|x, k, a, b| fixed_quantize_kernel(&q, x, k, a, b, true), &o);
+    let want = run(|x, k, a, b| fixed_quantize_ops(&q, x, k, a, b, true), &o);
+    assert_eq!(bits(&got[0]), bits(&want[0]));
+    assert_eq!(bits(&got[1]), bits(&want[1]));
+    // A type of 30 bits: float32 does not hold it, both compute in float64.
+    let x = (values(64, 1, -1000.0, 1000.0) / 3.0).to_kind(Kind::Float);
+    let (k, i, f) = (
+        Tensor::from(1.0f32),
+        Tensor::from(12.0f32),
+        Tensor::from(17.0f32),
+    );
+    let got = fixed_quantize_kernel(&q, &x, &k, &i, &f, false).unwrap();
+    let want = fixed_quantize(&q, &x, &k, &i, &f, false).unwrap();
+    assert_eq!(got.kind(), Kind::Float);
+    assert_eq!(bits(&got), bits(&want));
+}
+
+#[test]
+fn bad_bit_widths_are_hgq_cores_errors() {
+    let q = FixedPoint::new(RoundMode::Rnd, OverflowMode::Sat).unwrap();
+    let x = Tensor::from_slice(&[0.5f32, 1.0]);
+    let (k, f) = (Tensor::from(1.0f32), Tensor::from(2.0f32));
+    let want = fixed_quantize(&q, &x, &k, &Tensor::from(0.5f32), &f, false).unwrap_err();
+    let got = fixed_quantize_kernel(&q, &x, &k, &Tensor::from(0.5f32), &f, false).unwrap_err();
+    assert_eq!(got.to_string(), want.to_string());
+    let e = fixed_quantize_kernel(&q, &x, &k, &Tensor::from_slice(&[1.0f32; 3]), &f, false);
+    assert!(e.is_err());
+    let e = fixed_quantize_kernel(&q, &x.to_kind(Kind::Int), &k, &k, &f, false);
+    assert!(e.is_err());
+}
+
+#[test]
+fn the_route_choice() {
+    let on = KernelSetting::On;
+    let cuda = Device::Cuda(0);
+    for kind in [Kind::Float, Kind::Double, Kind::Half, Kind::BFloat16] {
+        assert_eq!(Route::choose(cuda, kind, 4, on, true), Route::Kernel);
+    }
+    assert_eq!(Route::choose(cuda, Kind::Int, 4, on, true), Route::TorchOps);
+    assert_eq!(
+        Route::choose(cuda, Kind::Float, 9, on, true),
+        Route::TorchOps
+    );
+    assert_eq!(Route::choose(cuda, Kind::Float, 8, on, true), Route::Kernel);
+    assert_eq!(
+        Route::choose(cuda, Kind::Float, 2, KernelSetting::Off, true),
+        Route::TorchOps
+    );
+    assert_eq!(
+        Route::choose(cuda, Kind::Float, 2, on, false),
+        Route::TorchOps
+    );
+    assert_eq!(
+        Route::of(&Tensor::from_slice(&[1.0f32])).unwrap(),
+        Route::TorchOps
+    );
+}
