@@ -207,3 +207,54 @@ fn the_route_choice() {
         Route::TorchOps
     );
 }
+
+/// The same comparison with the device build on a GPU: our kernel through the driver on
+/// torch's stream (`fixed_quantize` on CUDA tensors takes the route by default).
+#[test]
+#[ignore = "needs CUDA: run with --ignored on a machine with a GPU"]
+fn the_route_on_cuda_is_the_cpu_pass() {
+    assert!(hgq_torch::cuda_available(), "needs CUDA");
+    let dev = Device::Cuda(0);
+    let on = |o: &Operands| Operands {
+        x: o.x.to_device(dev),
+        k: o.k.to_device(dev),
+        a: o.a.to_device(dev),
+        b: o.b.to_device(dev),
+    };
+    assert_eq!(
+        Route::of(&on(&operands(BitWidths::Integer, true, Kind::Float, 0)).x).unwrap(),
+        Route::Kernel
+    );
+    let mut compared = 0;
+    for (q, training) in quantizers() {
+        for rule in [
+            BitWidths::Integer,
+            BitWidths::RoundHalfEven,
+            BitWidths::KbiRaw,
+        ] {
+            for per_column in [false, true] {
+                let q = q.with_bit_widths(rule);
+                let o = operands(rule, per_column, Kind::Float, compared);
+                let got = run(
+                    |x, k, a, b| fixed_quantize(&q, x, k, a, b, training),
+                    &on(&o),
+                );
+                let want = run(|x, k, a, b| fixed_quantize(&q, x, k, a, b, training), &o);
+                let got: Vec<Tensor> = got.iter().map(|t| t.to_device(Device::Cpu)).collect();
+                let what = format!("{q:?} training {training} per column {per_column}");
+                assert_eq!(bits(&got[0]), bits(&want[0]), "y: {what}");
+                assert_eq!(bits(&got[1]), bits(&want[1]), "dx: {what}");
+                for j in [2, 3] {
+                    if per_column {
+                        let close = got[j].allclose(&want[j], 1e-5, 1e-5, false);
+                        assert!(close, "bit-width gradient {j}: {what}");
+                    } else {
+                        assert_eq!(bits(&got[j]), bits(&want[j]), "gradient {j}: {what}");
+                    }
+                }
+                compared += 1;
+            }
+        }
+    }
+    assert_eq!(compared, 8 * 3 * 2);
+}

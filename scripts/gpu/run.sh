@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Runs on a device machine (from the repository root, target/gpu/pack.tar.xz carried there; see
+# pack.sh): the CUDA tests (the ignored ones, which need a GPU, and the rest) and the CUDA
+# benchmark; where target/gpu/wheels.tar was carried, hgq2 on torch-CUDA on the same work. Output: the log on stdout, JSON rows in
+# $OUT (or target/gpu/out) for benches/RESULTS.md.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+root=$PWD
+work=${OUT:-$root/target/gpu/out}
+mkdir -p "$work"
+tar -C target/gpu -xJf target/gpu/pack.tar.xz
+bin=target/gpu/pack/bin
+torch_lib=$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__) + "/lib")')
+export LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export HGQ_GOLDEN_ROOT="$root/tests/data" HGQ_GOLDEN_DIR="$root/tests/data/golden"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
+status=0
+for t in cuda_route cuda_kernel golden_backend quantizer_inputs quantizer_training optim fixed_golden; do
+  echo "== $t"
+  "$bin/$t" --include-ignored 2>&1 | tail -40 | tee "$work/$t.log" || status=1
+done
+echo "== hgq-bench-cuda"
+"$bin/hgq-bench-cuda" --reps 20 | tee "$work/bench_cuda.jsonl" || status=1
+if [ -f target/gpu/wheels.tar ]; then
+  echo "== hgq2 on torch-CUDA"
+  tar -C target/gpu -xf target/gpu/wheels.tar
+  python3 -m pip install --quiet --no-index --find-links target/gpu/wheels \
+    hgq2 keras quantizers 2>&1 | tail -3
+  for rows in 1024 16384; do
+    KERAS_BACKEND=torch python3 benches/hgq2_ref.py --device cuda --rows "$rows" \
+      | tee -a "$work/hgq2_torch_cuda.jsonl" || status=1
+  done
+fi
+exit $status
