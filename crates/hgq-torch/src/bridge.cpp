@@ -168,10 +168,12 @@ void launch(const std::string& call, int which, const at::Tensor& x, const at::T
 // of one type on one device. The backward's kernel writes the bit widths' gradients per element
 // of x; they are summed here to p1's and p2's shapes. chain_after: KBI's chain rule on the
 // sums (db = sum df, di = sum di + -db), for bit widths smaller than x (the kernel applies it
-// per element otherwise).
+// per element otherwise). cols > 0: bit widths one per column, whose gradients the backward's
+// kernel sums in the pass into chunks x cols partial sums (summed over the chunks here).
 struct KernelFn : public torch::autograd::Function<KernelFn> {
   static at::Tensor forward(AutogradContext* ctx, at::Tensor x, at::Tensor k, at::Tensor p1,
-                            at::Tensor p2, std::string call, bool chain_after) {
+                            at::Tensor p2, std::string call, bool chain_after, int64_t chunks,
+                            int64_t cols) {
     at::Tensor y = at::empty_like(x);
     if (x.numel() > 0) {
       launch(call, 0, x, k, p1, p2, nullptr, y.data_ptr(), nullptr, nullptr, nullptr);
@@ -179,6 +181,8 @@ struct KernelFn : public torch::autograd::Function<KernelFn> {
     ctx->save_for_backward({x, k, p1, p2});
     ctx->saved_data["call"] = call;
     ctx->saved_data["chain_after"] = chain_after;
+    ctx->saved_data["chunks"] = chunks;
+    ctx->saved_data["cols"] = cols;
     return y;
   }
 
@@ -187,26 +191,41 @@ struct KernelFn : public torch::autograd::Function<KernelFn> {
     const at::Tensor &x = saved[0], &k = saved[1], &p1 = saved[2], &p2 = saved[3];
     std::string call = ctx->saved_data["call"].toStringRef();
     bool chain_after = ctx->saved_data["chain_after"].toBool();
+    int64_t chunks = ctx->saved_data["chunks"].toInt();
+    int64_t cols = ctx->saved_data["cols"].toInt();
     at::Tensor dy = grads[0].to(x.scalar_type()).expand(x.sizes()).contiguous();
     at::Tensor dx = at::empty_like(x);
-    at::Tensor ga = at::empty_like(x);
-    at::Tensor gb = at::empty_like(x);
-    if (x.numel() > 0) {
-      launch(call, 1, x, k, p1, p2, dy.data_ptr(), nullptr, dx.data_ptr(), ga.data_ptr(),
-             gb.data_ptr());
+    at::Tensor sa, sb;  // the two operands' gradients summed to their shapes
+    if (cols > 0 && x.numel() > 0) {
+      at::Tensor pa = at::empty({chunks, cols}, x.options());
+      at::Tensor pb = at::empty({chunks, cols}, x.options());
+      launch(call, 2, x, k, p1, p2, dy.data_ptr(), nullptr, dx.data_ptr(), pa.data_ptr(),
+             pb.data_ptr());
+      sa = pa.sum(0).view(p1.sizes());
+      sb = pb.sum(0).view(p2.sizes());
     } else {
-      ga.zero_();
-      gb.zero_();
+      at::Tensor ga = at::empty_like(x);
+      at::Tensor gb = at::empty_like(x);
+      if (x.numel() > 0) {
+        launch(call, 1, x, k, p1, p2, dy.data_ptr(), nullptr, dx.data_ptr(), ga.data_ptr(),
+               gb.data_ptr());
+      } else {
+        ga.zero_();
+        gb.zero_();
+      }
+      sa = ga.sum_to_size(p1.sizes());
+      sb = gb.sum_to_size(p2.sizes());
     }
     at::Tensor dp1, dp2;
     if (chain_after) {
-      dp1 = gb.sum_to_size(p1.sizes());
-      dp2 = ga.sum_to_size(p2.sizes()) + dp1.neg();
+      // The kernel's first output is the formed i's, its second the formed f's.
+      dp1 = sb.view(p1.sizes());
+      dp2 = sa.view(p2.sizes()) + dp1.neg();
     } else {
-      dp1 = ga.sum_to_size(p1.sizes());
-      dp2 = gb.sum_to_size(p2.sizes());
+      dp1 = sa;
+      dp2 = sb;
     }
-    return {dx, at::Tensor(), dp1, dp2, at::Tensor(), at::Tensor()};
+    return {dx, at::Tensor(), dp1, dp2, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -283,12 +302,13 @@ extern "C" int hgq_torch_fixed_apply(const at::Tensor* x, const at::Tensor* k,
 extern "C" int hgq_torch_kernel_apply(const at::Tensor* x, const at::Tensor* k,
                                       const at::Tensor* p1, const at::Tensor* p2,
                                       const uint8_t* call, size_t call_len, int chain_after,
-                                      at::Tensor** out, char* err, size_t err_len) {
+                                      int64_t chunks, int64_t cols, at::Tensor** out, char* err,
+                                      size_t err_len) {
   HGQ_TORCH_TOUCH_CUDA();
   try {
     at::Tensor y = KernelFn::apply(*x, *k, *p1, *p2,
                                    std::string(reinterpret_cast<const char*>(call), call_len),
-                                   chain_after != 0);
+                                   chain_after != 0, chunks, cols);
     *out = new at::Tensor(std::move(y));
     return 0;
   } catch (const std::exception& e) {

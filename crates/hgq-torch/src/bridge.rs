@@ -50,6 +50,8 @@ unsafe extern "C" {
         call: *const u8,
         call_len: usize,
         chain_after: c_int,
+        chunks: i64,
+        cols: i64,
         out: *mut *mut C_tensor,
         err: *mut c_char,
         err_len: usize,
@@ -149,7 +151,8 @@ pub(crate) fn fixed_apply(
 
 /// `KernelFn::apply(x, k, p1, p2)` (bridge.cpp): contiguous tensors of one float kind on one
 /// device; `call` the bytes `cuda::route` decodes at each launch; `chain_after`, KBI's chain
-/// rule on the summed gradients.
+/// rule on the summed gradients; `(chunks, cols)`, the partial sums' shape where the backward
+/// sums per-column gradients in the pass (`(0, 0)`: gradients per element).
 pub(crate) fn kernel_apply(
     x: &Tensor,
     k: &Tensor,
@@ -157,6 +160,7 @@ pub(crate) fn kernel_apply(
     p2: &Tensor,
     call: &[u8],
     chain_after: bool,
+    (chunks, cols): (i64, i64),
 ) -> Result<Tensor, TorchError> {
     let mut out: *mut C_tensor = std::ptr::null_mut();
     let mut err = [0 as c_char; 1024];
@@ -170,6 +174,8 @@ pub(crate) fn kernel_apply(
             call.as_ptr(),
             call.len(),
             c_int::from(chain_after),
+            chunks,
+            cols,
             &mut out,
             err.as_mut_ptr(),
             err.len(),

@@ -8,7 +8,9 @@ use hgq_core::{
     TensorRef,
 };
 use hgq_torch::cuda::host::{Buffers, HostKernels};
-use hgq_torch::cuda::{Args, BACKWARD_KERNEL, Elem, FORWARD_KERNEL, KernelKey, Layout, Nvrtc};
+use hgq_torch::cuda::{
+    Args, BACKWARD_KERNEL, COLUMNS_KERNEL, Elem, FORWARD_KERNEL, KernelKey, Layout, Nvrtc,
+};
 
 const ROUNDS: [RoundMode; 9] = [
     RoundMode::Trn,
@@ -65,7 +67,7 @@ fn every_kernel_compiles_with_nvrtc() {
         let ptx = nvrtc
             .compile(&key.source(), "fixed.cu", 90)
             .unwrap_or_else(|e| panic!("{key:?}: {e}"));
-        for k in [FORWARD_KERNEL, BACKWARD_KERNEL] {
+        for k in [FORWARD_KERNEL, BACKWARD_KERNEL, COLUMNS_KERNEL] {
             assert!(ptx.contains(&format!(".entry {k}(")), "{key:?}: no {k}");
         }
         assert!(ptx.contains(".target sm_90"), "{key:?}");
@@ -358,4 +360,79 @@ fn layout_reads_what_numpy_broadcasting_reads() {
         assert!(Layout::new(&x, [bad, &[], &[]]).is_err(), "{bad:?}");
     }
     assert!(Layout::new(&[1; 9], [&[], &[], &[]]).is_err());
+}
+
+/// The backward with per-column sums in the pass: dx as the per-element backward's, and each
+/// partial sum the per-element gradients of its column and chunk added in row order from +0.
+#[test]
+fn column_sums_are_the_per_element_gradients_in_row_order() {
+    use hgq_torch::cuda::LaunchShape;
+    use hgq_torch::cuda::host::Columns;
+    for (overflow, training, rule) in [
+        (OverflowMode::Sat, true, BitWidths::RoundHalfEven),
+        (OverflowMode::Wrap, false, BitWidths::Integer),
+        (OverflowMode::SatSym, true, BitWidths::KbiRaw),
+    ] {
+        let key = KernelKey::new(RoundMode::Rnd, false, overflow, training, Elem::F32).unwrap();
+        let host = HostKernels::of(&key).unwrap();
+        let (rows, cols) = (70usize, 12usize);
+        let c = case(rule, rows * cols, 5);
+        let cast = |v: &[f64]| -> Vec<f32> { v.iter().map(|&x| x as f32).collect() };
+        let (x, dy) = (cast(&c.x), cast(&c.dy));
+        // One bit width per column: the case's first row of each.
+        let (k, a, b) = (cast(&c.k[..cols]), cast(&c.a[..cols]), cast(&c.b[..cols]));
+        let shape = [rows, cols];
+        let layout = Layout::new(&shape, [&[cols][..], &[cols], &[cols]]).unwrap();
+        let kbi = rule == BitWidths::KbiRaw;
+        let args = Args {
+            kbi: i32::from(kbi),
+            ..Args::default()
+        };
+        let chunk_rows = LaunchShape::chunk_rows(rows as u64, cols as u64) as i64;
+        let cl = Columns {
+            rows: rows as i64,
+            cols: cols as i64,
+            chunk_rows,
+        };
+        let chunks = cl.chunks() as usize;
+        assert_eq!(chunks, rows.div_ceil(16));
+        let n = rows * cols;
+        let (mut y, mut dx, mut ga, mut gb) =
+            (vec![0f32; n], vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+        let (mut dx2, mut pa, mut pb) = (
+            vec![0f32; n],
+            vec![0f32; chunks * cols],
+            vec![0f32; chunks * cols],
+        );
+        let buffers = |y: *mut c_void, dx: &mut [f32], ga: &mut [f32], gb: &mut [f32]| Buffers {
+            x: x.as_ptr().cast(),
+            k: k.as_ptr().cast(),
+            a: a.as_ptr().cast(),
+            b: b.as_ptr().cast(),
+            dy: dy.as_ptr().cast(),
+            y,
+            dx: dx.as_mut_ptr().cast(),
+            ga: ga.as_mut_ptr().cast(),
+            gb: gb.as_mut_ptr().cast(),
+        };
+        // SAFETY: buffers of the sizes each kernel reads and writes.
+        unsafe {
+            let each = buffers(y.as_mut_ptr().cast(), &mut dx, &mut ga, &mut gb);
+            host.run(true, each, n as i64, layout, args);
+            let sums = buffers(std::ptr::null_mut(), &mut dx2, &mut pa, &mut pb);
+            host.run_columns(sums, cl, layout, args);
+        }
+        same("dx", &key, &dx2, &dx);
+        for ch in 0..chunks {
+            for col in 0..cols {
+                let (mut sa, mut sb) = (0f32, 0f32);
+                for r in ch * 16..((ch + 1) * 16).min(rows) {
+                    sa += ga[r * cols + col];
+                    sb += gb[r * cols + col];
+                }
+                same("first sum", &key, &[pa[ch * cols + col]], &[sa]);
+                same("second sum", &key, &[pb[ch * cols + col]], &[sb]);
+            }
+        }
+    }
 }

@@ -5,8 +5,10 @@ use std::collections::HashMap;
 use std::ffi::{CStr, CString, c_char, c_int, c_uint, c_void};
 use std::sync::{Mutex, OnceLock};
 
-use super::host::Buffers;
-use super::{Args, BACKWARD_KERNEL, FORWARD_KERNEL, KernelKey, LaunchShape, Layout, Nvrtc};
+use super::host::{Buffers, Columns};
+use super::{
+    Args, BACKWARD_KERNEL, COLUMNS_KERNEL, FORWARD_KERNEL, KernelKey, LaunchShape, Layout, Nvrtc,
+};
 use crate::{Result, TorchError};
 
 type Ptr = *mut c_void;
@@ -70,6 +72,7 @@ struct DeviceInfo {
 struct Functions {
     forward: Ptr,
     backward: Ptr,
+    columns: Ptr,
 }
 
 /// The loaded driver with what it has made (contexts, modules), kept for the process.
@@ -210,6 +213,7 @@ impl Driver {
             let f = Functions {
                 forward: get(FORWARD_KERNEL)?,
                 backward: get(BACKWARD_KERNEL)?,
+                columns: get(COLUMNS_KERNEL)?,
             };
             self.functions.insert((*key, ordinal), f);
             Ok(f)
@@ -233,6 +237,7 @@ fn p<T>(r: &mut T) -> Ptr {
 pub(crate) unsafe fn launch(
     key: &KernelKey,
     backward: bool,
+    columns: Option<Columns>,
     b: Buffers,
     n: i64,
     layout: Layout,
@@ -247,12 +252,31 @@ pub(crate) unsafe fn launch(
     drv.check(unsafe { (drv.api.push)(info.context) }, "cuCtxPushCurrent")?;
     let out = (|| -> Result<()> {
         let f = drv.functions(key, ordinal, info.arch)?;
-        let shape = LaunchShape::for_len(n as u64, info.sm_count);
+        let threads = columns.map_or(n, |c| c.chunks() * c.cols);
+        let shape = LaunchShape::for_len(threads as u64, info.sm_count);
         let (mut x, mut k, mut a, mut bb, mut dy) = (b.x, b.k, b.a, b.b, b.dy);
         let (mut y, mut dx, mut ga, mut gb) = (b.y, b.dx, b.ga, b.gb);
         let (mut n, mut layout, mut args) = (n, layout, args);
-        let mut params: Vec<Ptr> = if backward {
-            vec![
+        let mut c = columns.unwrap_or(Columns {
+            rows: 0,
+            cols: 0,
+            chunk_rows: 1,
+        });
+        let mut params: Vec<Ptr> = match (backward, columns) {
+            (true, Some(_)) => vec![
+                p(&mut x),
+                p(&mut k),
+                p(&mut a),
+                p(&mut bb),
+                p(&mut dy),
+                p(&mut dx),
+                p(&mut ga),
+                p(&mut gb),
+                p(&mut c.rows),
+                p(&mut c.cols),
+                p(&mut c.chunk_rows),
+            ],
+            (true, None) => vec![
                 p(&mut x),
                 p(&mut k),
                 p(&mut a),
@@ -262,12 +286,23 @@ pub(crate) unsafe fn launch(
                 p(&mut dx),
                 p(&mut ga),
                 p(&mut gb),
-            ]
-        } else {
-            vec![p(&mut x), p(&mut k), p(&mut a), p(&mut bb), p(&mut y)]
+                p(&mut n),
+            ],
+            (false, _) => vec![
+                p(&mut x),
+                p(&mut k),
+                p(&mut a),
+                p(&mut bb),
+                p(&mut y),
+                p(&mut n),
+            ],
         };
-        params.extend([p(&mut n), p(&mut layout), p(&mut args)]);
-        let func = if backward { f.backward } else { f.forward };
+        params.extend([p(&mut layout), p(&mut args)]);
+        let func = match (backward, columns) {
+            (true, Some(_)) => f.columns,
+            (true, None) => f.backward,
+            (false, _) => f.forward,
+        };
         // SAFETY: the kernel's parameters in order, each a pointer to a value of its type.
         let r = unsafe {
             (drv.api.launch)(

@@ -325,3 +325,33 @@ HGQ_GLOBAL void hgq_fixed_backward(const T* x, const T* k, const T* a, const T* 
         gb[j] = o.g2;
     }
 }
+
+// The backward where both bit widths broadcast along x's leading dimensions only (x seen as
+// rows x cols, one bit width per column): the gradients reduced in the same pass. Thread t
+// takes column t % cols over the rows of chunk t / cols (chunk_rows each) in order and writes
+// the sums to pa[t], pb[t] (chunks x cols each); the caller sums those over the chunks. The
+// order of every sum depends on the shape alone (not on the device), and a warp reads
+// consecutive columns of a row (coalesced).
+HGQ_GLOBAL void hgq_fixed_backward_cols(const T* x, const T* k, const T* a, const T* b,
+                                        const T* dy, T* dx, T* pa, T* pb, hgq_i64 rows,
+                                        hgq_i64 cols, hgq_i64 chunk_rows, HgqLayout layout,
+                                        HgqArgs args) {
+    hgq_i64 chunks = (rows + chunk_rows - 1) / chunk_rows;
+    hgq_i64 total = chunks * cols;
+    hgq_i64 step = (hgq_i64)blockDim.x * gridDim.x;
+    for (hgq_i64 t = (hgq_i64)blockIdx.x * blockDim.x + threadIdx.x; t < total; t += step) {
+        hgq_i64 c = t % cols;
+        hgq_i64 r0 = (t / cols) * chunk_rows;
+        hgq_i64 r1 = r0 + chunk_rows < rows ? r0 + chunk_rows : rows;
+        T sa = (T)0, sb = (T)0;
+        for (hgq_i64 r = r0; r < r1; ++r) {
+            hgq_i64 j = r * cols + c;
+            Out o = element(x[j], k[operand_at(layout, 0, j)], a[c], b[c], dy[j], j, args, true);
+            dx[j] = o.gx;
+            sa = sa + o.g1;
+            sb = sb + o.g2;
+        }
+        pa[t] = sa;
+        pb[t] = sb;
+    }
+}

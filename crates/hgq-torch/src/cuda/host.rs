@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-use super::{Args, BACKWARD_KERNEL, FORWARD_KERNEL, KernelKey, Layout};
+use super::{Args, BACKWARD_KERNEL, COLUMNS_KERNEL, FORWARD_KERNEL, KernelKey, Layout};
 use crate::{Result, TorchError};
 
 unsafe extern "C" {
@@ -43,11 +43,48 @@ type BackwardFn = unsafe extern "C" fn(
     Args,
 );
 
+type ColumnsFn = unsafe extern "C" fn(
+    *const c_void,
+    *const c_void,
+    *const c_void,
+    *const c_void,
+    *const c_void,
+    *mut c_void,
+    *mut c_void,
+    *mut c_void,
+    i64,
+    i64,
+    i64,
+    Layout,
+    Args,
+);
+
+/// x seen as rows x columns for [`COLUMNS_KERNEL`]: bit widths one per
+/// column, their gradients summed over chunks of `chunk_rows` rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+pub struct Columns {
+    /// Rows (x's elements over `cols`).
+    pub rows: i64,
+    /// Columns (the bit widths' elements).
+    pub cols: i64,
+    /// Rows per chunk ([`LaunchShape::chunk_rows`](super::LaunchShape::chunk_rows)).
+    pub chunk_rows: i64,
+}
+
+impl Columns {
+    /// The chunks, `ceil(rows / chunk_rows)`: the partial sums are chunks x cols.
+    pub fn chunks(&self) -> i64 {
+        (self.rows + self.chunk_rows - 1) / self.chunk_rows.max(1)
+    }
+}
+
 /// One key's host build, loaded (the library stays loaded for the life of the process).
 #[derive(Debug, Clone, Copy)]
 pub struct HostKernels {
     forward: ForwardFn,
     backward: BackwardFn,
+    columns: ColumnsFn,
 }
 
 /// The buffers of one launch (element arrays of the key's type; `y` may be null in a
@@ -90,6 +127,33 @@ impl HostKernels {
         // is the same code).
         let h = build(key, BUILDS.fetch_add(1, Ordering::Relaxed))?;
         Ok(*lock().entry(*key).or_insert(h))
+    }
+
+    /// Runs [`COLUMNS_KERNEL`]: dx into `b.dx`, the partial sums of
+    /// the two bit widths' gradients (chunks x cols) into `b.ga`, `b.gb` (`b.y` unused).
+    ///
+    /// # Safety
+    /// The buffers hold what `cols` says (x, dy and dx rows x cols elements, a and b cols, the
+    /// partial sums chunks x cols) of the key's type.
+    pub unsafe fn run_columns(&self, b: Buffers, cols: Columns, layout: Layout, args: Args) {
+        // SAFETY: the caller's buffers; the function has this signature (fixed.cu).
+        unsafe {
+            (self.columns)(
+                b.x,
+                b.k,
+                b.a,
+                b.b,
+                b.dy,
+                b.dx,
+                b.ga,
+                b.gb,
+                cols.rows,
+                cols.cols,
+                cols.chunk_rows,
+                layout,
+                args,
+            )
+        }
     }
 
     /// Runs the forward (`backward` false: `x, k, a, b` into `y`) or the backward over `n`
@@ -152,6 +216,7 @@ fn build(key: &KernelKey, tag: usize) -> Result<HostKernels> {
         Ok(HostKernels {
             forward: std::mem::transmute::<*mut c_void, ForwardFn>(get(FORWARD_KERNEL)?),
             backward: std::mem::transmute::<*mut c_void, BackwardFn>(get(BACKWARD_KERNEL)?),
+            columns: std::mem::transmute::<*mut c_void, ColumnsFn>(get(COLUMNS_KERNEL)?),
         })
     }
 }

@@ -35,6 +35,8 @@ pub const FIXED_SOURCE: &str = include_str!("fixed.cu");
 pub const FORWARD_KERNEL: &str = "hgq_fixed_forward";
 /// The kernel that writes the output, dx and the bit widths' gradients per element.
 pub const BACKWARD_KERNEL: &str = "hgq_fixed_backward";
+/// The backward that sums per-column bit widths' gradients in the pass (over chunks of rows).
+pub const COLUMNS_KERNEL: &str = "hgq_fixed_backward_cols";
 
 /// The element and compute type of a kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -218,6 +220,26 @@ impl Layout {
     }
 }
 
+/// Columns of x seen as rows x columns when an operand of shape `operand` holds one value per
+/// column: its dimensions (leading ones dropped) are x's last ones. `None` otherwise (the
+/// operand broadcasts elsewhere, or is a scalar).
+///
+/// ```
+/// use hgq_torch::cuda::columns;
+/// assert_eq!(columns(&[64, 8, 16], &[1, 8, 16]), Some(128));
+/// assert_eq!(columns(&[64, 16], &[16]), Some(16));
+/// assert_eq!(columns(&[64, 16], &[64, 1]), None);
+/// assert_eq!(columns(&[64, 16], &[]), None);
+/// ```
+pub fn columns(x: &[usize], operand: &[usize]) -> Option<usize> {
+    let lead = operand.iter().take_while(|&&n| n == 1).count();
+    let tail = &operand[lead..];
+    if tail.is_empty() || tail.len() > x.len() || x[x.len() - tail.len()..] != *tail {
+        return None;
+    }
+    Some(tail.iter().product())
+}
+
 fn too_large(n: usize) -> TorchError {
     TorchError::Invalid {
         what: "dimension",
@@ -279,6 +301,21 @@ impl LaunchShape {
             grid: blocks.min(cap) as u32,
             block: Self::BLOCK,
         }
+    }
+
+    /// Rows per chunk of [`COLUMNS_KERNEL`] over `rows` x `cols`: about 2^18 threads in all
+    /// (a thread per column and chunk), at least 16 and at most 4096 rows each. A function of
+    /// the shape alone, so that the sums' order, and so their bits, are the same on every
+    /// device.
+    ///
+    /// ```
+    /// use hgq_torch::cuda::LaunchShape;
+    /// assert_eq!(LaunchShape::chunk_rows(1024, 4096), 16);
+    /// assert_eq!(LaunchShape::chunk_rows(16384, 4096), 256);
+    /// assert_eq!(LaunchShape::chunk_rows(1 << 20, 4096), 4096);
+    /// ```
+    pub fn chunk_rows(rows: u64, cols: u64) -> u64 {
+        (rows.saturating_mul(cols) >> 18).clamp(16, 4096)
     }
 
     /// Whether `n` elements need a launch at all.

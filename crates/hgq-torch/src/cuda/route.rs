@@ -6,8 +6,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use hgq_core::{BitWidths, FixedPoint, Stochastic};
 use tch::{Device, Kind, Tensor};
 
-use super::host::{Buffers, HostKernels};
-use super::{Args, Elem, KernelKey, Layout, MAX_DIMS};
+use super::host::{Buffers, Columns, HostKernels};
+use super::{Args, Elem, KernelKey, LaunchShape, Layout, MAX_DIMS, columns};
 use crate::{Result, TorchError};
 
 /// Which implementation runs a fixed-point call.
@@ -93,6 +93,9 @@ struct Call {
     key: KernelKey,
     layout: Layout,
     args: Args,
+    /// The backward's sums in the pass (bit widths one per column), or `None`: gradients per
+    /// element of x, summed by torch.
+    columns: Option<Columns>,
 }
 
 /// `Q(x, k, i, f)` through our kernel, differentiable by autograd: the values and gradients of
@@ -148,7 +151,27 @@ pub fn fixed_quantize_kernel(
         kbi: i32::from(kbi),
         chain: i32::from(kbi && elementwise),
     };
-    let call = Call { key, layout, args };
+    // Both bit widths one per column of x (the input quantizers' usual layout): the backward
+    // sums their gradients in the pass.
+    let (xd, d1, d2) = (dims(x), dims(&p1), dims(&p2));
+    let columns = match (columns(&xd, &d1), columns(&xd, &d2)) {
+        (Some(c), Some(c2)) if c == c2 && !elementwise && c > 0 => {
+            let rows = xd.iter().product::<usize>() / c;
+            Some(Columns {
+                rows: rows as i64,
+                cols: c as i64,
+                chunk_rows: LaunchShape::chunk_rows(rows as u64, c as u64) as i64,
+            })
+        }
+        _ => None,
+    };
+    let call = Call {
+        key,
+        layout,
+        args,
+        columns,
+    };
+    let (chunks, cols) = columns.map_or((0, 0), |c| (c.chunks(), c.cols));
     crate::bridge::kernel_apply(
         &x.f_contiguous()?,
         &k.f_contiguous()?,
@@ -156,6 +179,7 @@ pub fn fixed_quantize_kernel(
         &p2.f_contiguous()?,
         call_bytes(&call),
         kbi && !elementwise,
+        (chunks, cols),
     )
 }
 
@@ -214,16 +238,31 @@ pub unsafe extern "C" fn hgq_torch_kernel_launch(
             ga,
             gb,
         };
-        let backward = which == 1;
+        // which 2: the backward with the sums in the pass (ga, gb the partial sums).
+        let backward = which >= 1;
+        let columns = if which == 2 {
+            Some(c.columns.ok_or_else(|| {
+                TorchError::Cuda("a column backward for a call without columns".into())
+            })?)
+        } else {
+            None
+        };
         if device < 0 {
             let h = HostKernels::of(&c.key)?;
             // SAFETY: host buffers of n elements (the caller's contract).
-            unsafe { h.run(backward, b, n, c.layout, c.args) };
+            unsafe {
+                match columns {
+                    Some(cols) => h.run_columns(b, cols, c.layout, c.args),
+                    None => h.run(backward, b, n, c.layout, c.args),
+                }
+            }
             Ok(())
         } else {
             // SAFETY: device buffers of n elements, held by the autograd function's tensors.
             unsafe {
-                super::driver::launch(&c.key, backward, b, n, c.layout, c.args, device, stream)
+                super::driver::launch(
+                    &c.key, backward, columns, b, n, c.layout, c.args, device, stream,
+                )
             }
         }
     };
