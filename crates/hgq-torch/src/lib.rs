@@ -5,8 +5,10 @@
 //! - [`fixed_quantize`]: the stateless fixed-point quantizer `Q(x, k, i, f)` of SPEC 1-3.
 //!   On CPU it runs hgq-core's fused kernel inside a C++ `torch::autograd::Function`
 //!   (`src/bridge.cpp`), so values are bit-identical to hgq-core and the backward pass uses
-//!   the kernel's gradients. On other devices (CUDA) it runs [`ops::fixed_quantize_ops`],
-//!   the same formulas written as plain torch ops, differentiated by autograd.
+//!   the kernel's gradients. On CUDA it runs our kernel ([`cuda`]: the same element op in
+//!   CUDA C, compiled by NVRTC, launched on torch's stream inside an autograd function), or
+//!   where [`cuda::Route`] says so [`ops::fixed_quantize_ops`], the same formulas written as
+//!   plain torch ops, differentiated by autograd.
 //!
 //! libtorch comes from `cargo xtask setup` (torch==2.11.0 from PyPI, in `.venv`); see
 //! `xtask/src/setup.rs` for how builds and test runs find it.
@@ -131,8 +133,9 @@ pub fn cuda_linked() -> bool {
 /// the clip gradients of SAT modes. `k`, `i`, `f` broadcast to `x`'s shape (numpy rules) and
 /// are converted to float32 on `x`'s device; `x` must be float32.
 ///
-/// On CPU the fused hgq-core kernel runs (bit-identical to `FixedPoint::forward`); elsewhere the
-/// torch-ops version [`ops::fixed_quantize_ops`]. Both check the bit widths as hgq-core does.
+/// On CPU the fused hgq-core kernel runs (bit-identical to `FixedPoint::forward`); on CUDA our
+/// kernel ([`cuda::fixed_quantize_kernel`]) or, where [`cuda::Route`] says so, the torch-ops
+/// version [`ops::fixed_quantize_ops`]. All check the bit widths as hgq-core does.
 ///
 /// ```no_run
 /// use hgq_torch::{fixed_quantize, hgq_core::{FixedPoint, OverflowMode, RoundMode}};
@@ -163,7 +166,8 @@ pub fn fixed_quantize(
 /// `Q(x, k, p1, p2)` for any float kind (`p1`, `p2` as `q.bit_widths()` says; the caller has
 /// checked that they broadcast to x): on the CPU, float32 through hgq-core's fused kernel in
 /// the autograd bridge, float16 and bfloat16 computed in float32 and stored in their type (as
-/// hgq-core does); float64 and every other device through the torch-ops path.
+/// hgq-core does); on CUDA our kernel where [`cuda::Route`] chooses it; float64 on the CPU and
+/// every other case through the torch-ops path.
 pub(crate) fn quantize(
     q: &FixedPoint,
     x: &Tensor,
