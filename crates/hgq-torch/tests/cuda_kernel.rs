@@ -9,7 +9,7 @@ use hgq_core::{
 };
 use hgq_torch::cuda::host::{Buffers, HostKernels};
 use hgq_torch::cuda::{
-    Args, BACKWARD_KERNEL, COLUMNS_KERNEL, Elem, FORWARD_KERNEL, KernelKey, Layout, Nvrtc,
+    Args, BACKWARD_KERNEL, COLUMNS_KERNEL, Elem, FORWARD_KERNEL, KernelKey, Layout, Nvrtc, Read,
 };
 
 const ROUNDS: [RoundMode; 9] = [
@@ -353,9 +353,28 @@ fn layout_reads_what_numpy_broadcasting_reads() {
         let l = Layout::new(&x, [op, &[], &x]).unwrap();
         let got: Vec<f64> = (0..24).map(|j| l.operand_at(0, j) as f64).collect();
         assert_eq!(got, want, "operand {op:?}");
+        let strided: Vec<f64> = (0..24).map(|j| l.strided_at(0, j) as f64).collect();
+        assert_eq!(strided, want, "operand {op:?} through the strides");
         assert_eq!((0..24).map(|j| l.operand_at(1, j)).max(), Some(0));
         assert_eq!(l.operand_at(2, 23), 23);
     }
+    // The reads without a division per dimension.
+    let read = |op: &[usize]| Layout::new(&x, [op, &[], &[]]).unwrap().read(0);
+    assert_eq!(read(&[]), Read::First);
+    assert_eq!(read(&[1, 1, 1]), Read::First);
+    assert_eq!(read(&[2, 3, 4]), Read::Same);
+    assert_eq!(read(&[4]), Read::Modulo(4));
+    assert_eq!(read(&[3, 4]), Read::Modulo(12));
+    assert_eq!(read(&[2, 1, 1]), Read::Quotient(12));
+    assert_eq!(read(&[2, 3, 1]), Read::Quotient(4));
+    assert_eq!(read(&[3, 1]), Read::Strided);
+    assert_eq!(read(&[2, 1, 4]), Read::Strided);
+    // x's dimensions of size 1 go either way.
+    let l = Layout::new(&[4, 1, 3], [&[1, 1, 3][..], &[4, 1, 1], &[1, 1, 1]]).unwrap();
+    assert_eq!(
+        (l.read(0), l.read(1), l.read(2)),
+        (Read::Modulo(3), Read::Quotient(3), Read::First)
+    );
     for bad in [&[3usize][..], &[2, 3], &[1, 2, 3, 4], &[5, 1, 1]] {
         assert!(Layout::new(&x, [bad, &[], &[]]).is_err(), "{bad:?}");
     }

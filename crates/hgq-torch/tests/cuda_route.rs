@@ -258,3 +258,45 @@ fn the_route_on_cuda_is_the_cpu_pass() {
     }
     assert_eq!(compared, 8 * 3 * 2);
 }
+
+/// Bit widths per row (read as `j / period`) and in a layout only strides describe: the
+/// kernel reads what broadcasting reads (y and dx bit for bit, the sums within 1e-5).
+#[test]
+fn per_row_and_strided_bit_widths() {
+    let q = FixedPoint::new(RoundMode::Rnd, OverflowMode::Sat).unwrap();
+    let x = (values(4 * 12 * 16, 2, -24.0, 24.0) * 8.0).round() / 8.0;
+    let x = x.reshape([4, 12, 16]).to_kind(Kind::Float);
+    for shape in [
+        vec![4i64, 1, 1],
+        vec![4, 12, 1],
+        vec![4, 1, 16],
+        vec![12, 1],
+    ] {
+        let n: i64 = shape.iter().product();
+        let o = Operands {
+            x: x.shallow_clone(),
+            k: values(n, 3, 0.0, 2.0)
+                .floor()
+                .reshape(&shape)
+                .to_kind(Kind::Float),
+            a: values(n, 4, -4.0, 7.0)
+                .round()
+                .reshape(&shape)
+                .to_kind(Kind::Float),
+            b: values(n, 5, -2.0, 10.0)
+                .round()
+                .reshape(&shape)
+                .to_kind(Kind::Float),
+        };
+        let got = run(|x, k, a, b| fixed_quantize_kernel(&q, x, k, a, b, true), &o);
+        let want = run(|x, k, a, b| fixed_quantize(&q, x, k, a, b, true), &o);
+        assert_eq!(bits(&got[0]), bits(&want[0]), "y, bit widths {shape:?}");
+        assert_eq!(bits(&got[1]), bits(&want[1]), "dx, bit widths {shape:?}");
+        for j in [2, 3] {
+            assert!(
+                got[j].allclose(&want[j], 1e-5, 1e-5, false),
+                "{j} {shape:?}"
+            );
+        }
+    }
+}

@@ -45,12 +45,22 @@ typedef HGQ_T T;
 #define HGQ_MAX_DIMS 8
 
 // x's shape (row-major) and, per bit-width operand (k, then the two the rule reads), the
-// element stride of each dimension in that operand (0 where it broadcasts).
+// element stride of each dimension in that operand (0 where it broadcasts), and how the
+// operand is read (`cuda::Read` on the host): the usual layouts without a division per
+// dimension.
 struct HgqLayout {
     hgq_i64 shape[HGQ_MAX_DIMS];
     hgq_i64 stride[3][HGQ_MAX_DIMS];
+    hgq_i64 period[3];
+    int read[3];
     int nd;
 };
+
+#define READ_STRIDED 0  // through the strides
+#define READ_SAME 1     // element j (as large as x)
+#define READ_FIRST 2    // element 0 (one value)
+#define READ_MODULO 3   // element j % period (one value per trailing block: per column)
+#define READ_QUOTIENT 4 // element j / period (one value per leading index: per row)
 
 // The call's runtime switches (the same for every element).
 struct HgqArgs {
@@ -254,8 +264,35 @@ HGQ_DEV Local forward_grad(T x, Derived dv, T g, T u, bool grad) {
 #endif
 }
 
+// j % m and j / m in 32 bits where both fit (a 64-bit division is many instructions on a GPU).
+HGQ_DEV hgq_i64 mod_of(hgq_i64 j, hgq_i64 m) {
+    if (((j | m) >> 32) == 0) {
+        return (hgq_i64)((unsigned)j % (unsigned)m);
+    }
+    return j % m;
+}
+
+HGQ_DEV hgq_i64 quotient_of(hgq_i64 j, hgq_i64 m) {
+    if (((j | m) >> 32) == 0) {
+        return (hgq_i64)((unsigned)j / (unsigned)m);
+    }
+    return j / m;
+}
+
 // The element of operand q that x's element j reads.
 HGQ_DEV hgq_i64 operand_at(const HgqLayout& L, int q, hgq_i64 j) {
+    switch (L.read[q]) {
+        case READ_SAME:
+            return j;
+        case READ_FIRST:
+            return 0;
+        case READ_MODULO:
+            return mod_of(j, L.period[q]);
+        case READ_QUOTIENT:
+            return quotient_of(j, L.period[q]);
+        default:
+            break;
+    }
     hgq_i64 off = 0;
     for (int d = L.nd - 1; d >= 0; --d) {
         hgq_i64 n = L.shape[d];

@@ -139,14 +139,80 @@ impl KernelKey {
 /// Dimensions a [`Layout`] describes (`HGQ_MAX_DIMS` in `fixed.cu`).
 pub const MAX_DIMS: usize = 8;
 
+/// How the kernel finds an operand's element for x's element `j`: the usual layouts without a
+/// division per dimension (`READ_` in `fixed.cu`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    /// Through the strides of every dimension (any other broadcast).
+    Strided,
+    /// Element `j`: the operand is as large as x.
+    Same,
+    /// Element 0: one value.
+    First,
+    /// Element `j % period`: one value per element of x's last dimensions (per column).
+    Modulo(i64),
+    /// Element `j / period`: one value per index of x's first dimensions (per row).
+    Quotient(i64),
+}
+
+impl Read {
+    fn code(self) -> (i32, i64) {
+        match self {
+            Read::Strided => (0, 0),
+            Read::Same => (1, 0),
+            Read::First => (2, 0),
+            Read::Modulo(p) => (3, p),
+            Read::Quotient(p) => (4, p),
+        }
+    }
+
+    /// How an operand whose aligned dimensions are `op` (x's rank, 1 where it broadcasts) is
+    /// read along x of shape `x`.
+    fn of(x: &[i64], op: &[i64]) -> Read {
+        let along = |d: usize| op[d] == x[d];
+        let ones = |d: usize| op[d] == 1;
+        let size = |r: std::ops::Range<usize>| x[r].iter().product::<i64>();
+        let nd = x.len();
+        if x.contains(&0) {
+            // No element of x: nothing is read.
+            return Read::First;
+        }
+        // The first dimension from which the operand runs along x to the end.
+        let tail = (0..=nd)
+            .rev()
+            .take_while(|&s| (s..nd).all(along))
+            .last()
+            .unwrap_or(nd);
+        if (0..tail).all(ones) {
+            return match (tail, size(tail..nd)) {
+                (0, _) => Read::Same,
+                (_, 1) => Read::First,
+                (_, p) => Read::Modulo(p),
+            };
+        }
+        // The first dimension from which the operand is 1 to the end.
+        let head = (0..=nd)
+            .rev()
+            .take_while(|&s| (s..nd).all(ones))
+            .last()
+            .unwrap_or(nd);
+        if (0..head).all(along) {
+            return Read::Quotient(size(head..nd));
+        }
+        Read::Strided
+    }
+}
+
 /// x's shape and, for each of the three bit-width operands, the stride of each of x's
-/// dimensions in it (0 where the operand broadcasts): `HgqLayout` of `fixed.cu`, passed to the
-/// kernels by value.
+/// dimensions in it (0 where the operand broadcasts) and how it is read ([`Read`]):
+/// `HgqLayout` of `fixed.cu`, passed to the kernels by value.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
     shape: [i64; MAX_DIMS],
     stride: [[i64; MAX_DIMS]; 3],
+    period: [i64; 3],
+    read: [i32; 3],
     nd: i32,
 }
 
@@ -177,6 +243,7 @@ impl Layout {
             *s = i64::try_from(n).map_err(|_| too_large(n))?;
         }
         let mut stride = [[0i64; MAX_DIMS]; 3];
+        let (mut period, mut read) = ([0i64; 3], [0i32; 3]);
         for (q, op) in operands.iter().enumerate() {
             if op.len() > x.len() {
                 return Err(not_broadcast(q, op, x));
@@ -195,17 +262,51 @@ impl Layout {
                     .checked_mul(i64::try_from(n).map_err(|_| too_large(n))?)
                     .ok_or_else(|| too_large(n))?;
             }
+            let aligned: Vec<i64> = (0..x.len())
+                .map(|d| if d < lead { 1 } else { op[d - lead] as i64 })
+                .collect();
+            (read[q], period[q]) = Read::of(&shape[..x.len()], &aligned).code();
         }
         Ok(Layout {
             shape,
             stride,
+            period,
+            read,
             nd: x.len() as i32,
         })
     }
 
+    /// How operand `q` is read.
+    ///
+    /// ```
+    /// use hgq_torch::cuda::{Layout, Read};
+    /// let l = Layout::new(&[4, 3], [&[][..], &[1, 3], &[4, 1]]).unwrap();
+    /// assert_eq!((l.read(0), l.read(1), l.read(2)), (Read::First, Read::Modulo(3), Read::Quotient(3)));
+    /// ```
+    pub fn read(&self, q: usize) -> Read {
+        match (self.read[q], self.period[q]) {
+            (1, _) => Read::Same,
+            (2, _) => Read::First,
+            (3, p) => Read::Modulo(p),
+            (4, p) => Read::Quotient(p),
+            _ => Read::Strided,
+        }
+    }
+
     /// The element of operand `q` (0: k, 1 and 2: the two bit widths) that x's element `j`
-    /// reads: what the kernel computes per element.
-    pub fn operand_at(&self, q: usize, mut j: i64) -> i64 {
+    /// reads: what the kernel computes per element (`operand_at` in `fixed.cu`).
+    pub fn operand_at(&self, q: usize, j: i64) -> i64 {
+        match self.read(q) {
+            Read::Same => j,
+            Read::First => 0,
+            Read::Modulo(p) => j % p,
+            Read::Quotient(p) => j / p,
+            Read::Strided => self.strided_at(q, j),
+        }
+    }
+
+    /// [`Layout::operand_at`] through the strides of every dimension, whatever the [`Read`].
+    pub fn strided_at(&self, q: usize, mut j: i64) -> i64 {
         let mut off = 0;
         for d in (0..self.nd as usize).rev() {
             let n = self.shape[d];
