@@ -156,10 +156,7 @@ pub fn fixed_quantize(
 ) -> Result<Tensor> {
     check_float("x", x)?;
     let [k, i, f] = params(x.device(), [k, i, f])?;
-    let dims = |t: &Tensor| t.size().iter().map(|&d| d as usize).collect::<Vec<_>>();
-    for t in [&k, &i, &f] {
-        hgq_core::shape::check_broadcast(&dims(t), &dims(x))?;
-    }
+    check_operands(x, [&k, &i, &f])?;
     quantize(q, x, Kind::Float, [&k, &i, &f], training)
 }
 
@@ -220,6 +217,19 @@ pub(crate) fn quantize(
         }
         _ => ops::fixed_quantize_ops(q, x, k, p1, p2, training),
     }
+}
+
+/// A tensor's shape as hgq-core takes it.
+pub(crate) fn dims(t: &Tensor) -> Vec<usize> {
+    t.size().iter().map(|&d| d as usize).collect()
+}
+
+/// That the bit widths broadcast to x's shape (hgq-core's error where one does not).
+pub(crate) fn check_operands(x: &Tensor, p: [&Tensor; 3]) -> Result<()> {
+    for t in p {
+        hgq_core::shape::check_broadcast(&dims(t), &dims(x))?;
+    }
+    Ok(())
 }
 
 pub(crate) fn check_float(what: &'static str, t: &Tensor) -> Result<()> {

@@ -207,10 +207,7 @@ pub fn fixed_quantize_ops(
     if !matches!(kind, Kind::Float | Kind::Double) {
         return Err(TorchError::Kind { what: "x", kind });
     }
-    let dims = |t: &Tensor| t.size().iter().map(|&d| d as usize).collect::<Vec<_>>();
-    for t in [k, i, f] {
-        hgq_core::shape::check_broadcast(&dims(t), &dims(x))?;
-    }
+    crate::check_operands(x, [k, i, f])?;
     let [k, p1, p2] = params_as(x.device(), kind, [k, i, f])?;
     let wide = check_bit_widths(q, &k, &p1, &p2)?;
     if wide && kind == Kind::Float {

@@ -12,23 +12,8 @@ use hgq_torch::cuda::{
     Args, BACKWARD_KERNEL, COLUMNS_KERNEL, Elem, FORWARD_KERNEL, KernelKey, Layout, Nvrtc, Read,
 };
 
-const ROUNDS: [RoundMode; 9] = [
-    RoundMode::Trn,
-    RoundMode::Rnd,
-    RoundMode::RndConv,
-    RoundMode::TrnZero,
-    RoundMode::RndZero,
-    RoundMode::RndInf,
-    RoundMode::RndMinInf,
-    RoundMode::SRnd,
-    RoundMode::SRndConv,
-];
-const OVERFLOWS: [OverflowMode; 4] = [
-    OverflowMode::Wrap,
-    OverflowMode::Sat,
-    OverflowMode::SatSym,
-    OverflowMode::WrapSm,
-];
+const ROUNDS: [RoundMode; 9] = RoundMode::ALL;
+const OVERFLOWS: [OverflowMode; 4] = OverflowMode::ALL;
 
 /// Every distinct kernel: the rounding ids (S_ modes deterministic and stochastic), overflow,
 /// training, element type.

@@ -106,8 +106,16 @@ fn quantizers() -> Vec<(FixedPoint, bool)> {
     ]
 }
 
-#[test]
-fn the_route_on_the_host_build_is_the_cpu_pass() {
+/// y, dx and the bit widths' gradients of every quantizer, rule and layout: `route` (on the
+/// operands `place` puts on its device) against the CPU pass. Bit for bit except the sums of
+/// per-column gradients (the orders differ: within 1e-5).
+fn against_the_cpu_pass(
+    place: impl Fn(&Operands) -> Operands,
+    route: impl Fn(
+        &FixedPoint,
+        bool,
+    ) -> Box<dyn Fn(&Tensor, &Tensor, &Tensor, &Tensor) -> Result<Tensor>>,
+) {
     let mut compared = 0;
     for (q, training) in quantizers() {
         for rule in [
@@ -118,17 +126,13 @@ fn the_route_on_the_host_build_is_the_cpu_pass() {
             for per_column in [false, true] {
                 let q = q.with_bit_widths(rule);
                 let o = operands(rule, per_column, Kind::Float, compared);
-                let got = run(
-                    |x, k, a, b| fixed_quantize_kernel(&q, x, k, a, b, training),
-                    &o,
-                );
+                let got = run(route(&q, training), &place(&o)).map(|t| t.to_device(Device::Cpu));
                 let want = run(|x, k, a, b| fixed_quantize(&q, x, k, a, b, training), &o);
                 let what = format!("{q:?} training {training} per column {per_column}");
                 assert_eq!(bits(&got[0]), bits(&want[0]), "y: {what}");
                 assert_eq!(bits(&got[1]), bits(&want[1]), "dx: {what}");
                 for j in [2, 3] {
                     if per_column {
-                        // Sums over the rows: torch's order against hgq-core's.
                         let close = got[j].allclose(&want[j], 1e-5, 1e-5, false);
                         assert!(
                             close,
@@ -144,6 +148,22 @@ fn the_route_on_the_host_build_is_the_cpu_pass() {
         }
     }
     assert_eq!(compared, 8 * 3 * 2);
+}
+
+#[test]
+fn the_route_on_the_host_build_is_the_cpu_pass() {
+    against_the_cpu_pass(
+        |o| Operands {
+            x: o.x.shallow_clone(),
+            k: o.k.shallow_clone(),
+            a: o.a.shallow_clone(),
+            b: o.b.shallow_clone(),
+        },
+        |q, training| {
+            let q = *q;
+            Box::new(move |x, k, a, b| fixed_quantize_kernel(&q, x, k, a, b, training))
+        },
+    );
 }
 
 #[test]
@@ -225,38 +245,10 @@ fn the_route_on_cuda_is_the_cpu_pass() {
         Route::of(&on(&operands(BitWidths::Integer, true, Kind::Float, 0)).x).unwrap(),
         Route::Kernel
     );
-    let mut compared = 0;
-    for (q, training) in quantizers() {
-        for rule in [
-            BitWidths::Integer,
-            BitWidths::RoundHalfEven,
-            BitWidths::KbiRaw,
-        ] {
-            for per_column in [false, true] {
-                let q = q.with_bit_widths(rule);
-                let o = operands(rule, per_column, Kind::Float, compared);
-                let got = run(
-                    |x, k, a, b| fixed_quantize(&q, x, k, a, b, training),
-                    &on(&o),
-                );
-                let want = run(|x, k, a, b| fixed_quantize(&q, x, k, a, b, training), &o);
-                let got: Vec<Tensor> = got.iter().map(|t| t.to_device(Device::Cpu)).collect();
-                let what = format!("{q:?} training {training} per column {per_column}");
-                assert_eq!(bits(&got[0]), bits(&want[0]), "y: {what}");
-                assert_eq!(bits(&got[1]), bits(&want[1]), "dx: {what}");
-                for j in [2, 3] {
-                    if per_column {
-                        let close = got[j].allclose(&want[j], 1e-5, 1e-5, false);
-                        assert!(close, "bit-width gradient {j}: {what}");
-                    } else {
-                        assert_eq!(bits(&got[j]), bits(&want[j]), "gradient {j}: {what}");
-                    }
-                }
-                compared += 1;
-            }
-        }
-    }
-    assert_eq!(compared, 8 * 3 * 2);
+    against_the_cpu_pass(on, |q, training| {
+        let q = *q;
+        Box::new(move |x, k, a, b| fixed_quantize(&q, x, k, a, b, training))
+    });
 }
 
 /// Bit widths per row (read as `j / period`) and in a layout only strides describe: the

@@ -118,10 +118,8 @@ pub fn fixed_quantize_kernel(
         Kind::Double => Elem::F64,
         kind => return Err(TorchError::Kind { what: "x", kind }),
     };
-    let dims = |t: &Tensor| t.size().iter().map(|&d| d as usize).collect::<Vec<_>>();
-    for t in [k, i, f] {
-        hgq_core::shape::check_broadcast(&dims(t), &dims(x))?;
-    }
+    crate::check_operands(x, [k, i, f])?;
+    let dims = crate::dims;
     let [k, p1, p2] = crate::params_as(x.device(), kind, [k, i, f])?;
     if crate::ops::check_bit_widths(q, &k, &p1, &p2)? && elem == Elem::F32 {
         // A type float32 does not hold: computed in float64, rounded to float32 once.
