@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds, on this machine, everything the GPU checks run on a device machine (which has the same
 # torch 2.11 in its python3 but no Rust and no network): the release binaries of the CUDA tests
-# and of `hgq-bench-cuda` into target/gpu/pack.tar.xz (about 30 MiB), and with --reference a
+# and of `hgq-bench-cuda` and the digits demo into target/gpu/pack.tar.xz (about 30 MiB), and with --reference a
 # wheelhouse for hgq2 on Keras' torch backend into target/gpu/wheels.tar (for the device's
 # Python, whose version must match this one's: a second call, the carry limit is 64 MiB).
 #   scripts/gpu/pack.sh [--reference]   then carry target/gpu/*.tar* and run scripts/gpu/run.sh
@@ -24,8 +24,8 @@ for line in sys.stdin:
   while read -r name exe; do
     cp "$exe" "$out/pack/bin/$name"
   done
-cargo build --release -p hgq-torch --bin hgq-bench-cuda
-cp target/release/hgq-bench-cuda "$out/pack/bin/"
+cargo build --release -p hgq-torch --bin hgq-bench-cuda --example demo
+cp target/release/hgq-bench-cuda target/release/examples/demo "$out/pack/bin/"
 strip "$out"/pack/bin/*
 XZ_OPT=-9 tar -C "$out" -cJf "$out/pack.tar.xz" pack
 if [ "${1:-}" = --reference ]; then

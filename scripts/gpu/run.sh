@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs on a device machine (from the repository root, target/gpu/pack.tar.xz carried there; see
-# pack.sh): the CUDA tests (the ignored ones, which need a GPU, and the rest) and the CUDA
-# benchmark; where target/gpu/wheels.tar was carried, hgq2 on torch-CUDA on the same work. Output: the log on stdout, JSON rows in
+# pack.sh): the CUDA tests (the ignored ones, which need a GPU, and the rest), the digits demo
+# (MLP and CNN) on CUDA and on the CPU, and the CUDA benchmark; where target/gpu/wheels.tar was carried, hgq2 on torch-CUDA on the same work. Output: the log on stdout, JSON rows in
 # $OUT (or target/gpu/out) for benches/RESULTS.md.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -18,6 +18,16 @@ status=0
 for t in cuda_route cuda_kernel golden_backend quantizer_inputs quantizer_training optim fixed_golden; do
   echo "== $t"
   "$bin/$t" --include-ignored 2>&1 | tail -40 | tee "$work/$t.log" || status=1
+done
+for model in mlp cnn; do
+  for device in cuda cpu; do
+    echo "== demo --model $model --device $device"
+    t0=$(date +%s.%N)
+    timeout 300 "$bin/demo" --model "$model" --device "$device" --epochs "${DEMO_EPOCHS:-200}" \
+      --data tests/data/digits/digits.csv.gz --out "$work/demo-$model-$device" 2>&1 | tail -4 ||
+      status=1
+    echo "wall $(python3 -c "print(round($(date +%s.%N) - $t0, 2))") s"
+  done
 done
 echo "== hgq-bench-cuda"
 "$bin/hgq-bench-cuda" --reps 20 | tee "$work/bench_cuda.jsonl" || status=1
