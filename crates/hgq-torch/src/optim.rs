@@ -289,9 +289,9 @@ impl Adam {
                     ),
                 });
             }
-            if !tensor_finite(g)? {
-                return Err(TorchError::NonFinite("a gradient given to Adam"));
-            }
+        }
+        if !all_finite_tensors(grads.iter().filter(|g| g.defined()))? {
+            return Err(TorchError::NonFinite("a gradient given to Adam"));
         }
         for s in &mut self.slots {
             s.follow_device()?;
@@ -396,12 +396,27 @@ impl Adam {
     }
 }
 
-/// Whether every value of `g` is finite (one pass over raw memory on the native path).
-fn tensor_finite(g: &Tensor) -> Result<bool> {
-    match host::slice(g) {
-        Some(d) => Ok(all_finite(d)),
-        None => Ok(bool::try_from(g.f_isfinite()?.f_all()?)?),
+/// Whether every value of every tensor is finite: host tensors by a pass over their memory, the
+/// others (CUDA) reduced on their device and read back together, one synchronization for all
+/// of them rather than one per variable.
+fn all_finite_tensors<'a>(ts: impl IntoIterator<Item = &'a Tensor>) -> Result<bool> {
+    let mut on_device: Vec<Tensor> = Vec::new();
+    for g in ts {
+        match host::slice(g) {
+            Some(d) if !all_finite(d) => return Ok(false),
+            Some(_) => {}
+            None => {
+                let flag = g.f_isfinite()?.f_all()?.f_reshape([1])?;
+                // One device for the stack (variables may live on several).
+                let to = on_device.first().map_or(flag.device(), Tensor::device);
+                on_device.push(flag.f_to_device(to)?);
+            }
+        }
     }
+    if on_device.is_empty() {
+        return Ok(true);
+    }
+    Ok(bool::try_from(Tensor::f_cat(&on_device, 0)?.f_all()?)?)
 }
 
 /// Keras' update on raw memory, in Keras' order of operations, then the clip `b`; large
@@ -588,6 +603,22 @@ mod tests {
                 assert_ne!(bits(&p1), bits(&p3), "{cons:?}");
             }
         }
+    }
+
+    /// Tensors that are not plain float32 host memory (here float64, as CUDA ones would be) are
+    /// checked on their device, all in one read.
+    #[test]
+    fn finiteness_of_device_and_host_gradients() -> Result<()> {
+        let ok64 = Tensor::from_slice(&[1.0f64, -2.0]);
+        let nan64 = Tensor::from_slice(&[1.0f64, f64::NAN]);
+        let inf32 = Tensor::from_slice(&[f32::INFINITY]);
+        let ok32 = Tensor::from_slice(&[3.0f32]);
+        assert!(all_finite_tensors([&ok64, &ok32, &ok64])?);
+        assert!(!all_finite_tensors([&ok64, &nan64])?);
+        assert!(!all_finite_tensors([&ok32, &inf32, &ok64])?);
+        assert!(!all_finite_tensors([&nan64.f_neg()?, &ok32])?);
+        assert!(all_finite_tensors(std::iter::empty())?);
+        Ok(())
     }
 
     /// Moments that fall below the smallest normal float32 become zero, on the host loop and
