@@ -202,11 +202,21 @@ pub(crate) fn quantize(
             Ok(if narrow { y.f_to_kind(kind)? } else { y })
         }
         (Device::Cuda(_), _) if cuda::Route::of(x)? == cuda::Route::Kernel => {
-            if narrow {
-                let xf = x.f_to_kind(Kind::Float)?;
-                Ok(cuda::fixed_quantize_kernel(q, &xf, k, p1, p2, training)?.f_to_kind(kind)?)
+            let xf = if narrow {
+                x.f_to_kind(Kind::Float)?
             } else {
-                cuda::fixed_quantize_kernel(q, x, k, p1, p2, training)
+                x.shallow_clone()
+            };
+            match cuda::fixed_quantize_kernel(q, &xf, k, p1, p2, training) {
+                Ok(y) => Ok(if narrow { y.f_to_kind(kind)? } else { y }),
+                // NVRTC or the driver refused (not the input): the torch operations, for this
+                // call and the process's next ones (`cuda::kernel_failure` says why).
+                Err(TorchError::Cuda(why)) => {
+                    cuda::route::record_failure(why);
+                    let y = ops::fixed_quantize_ops(q, &xf, k, p1, p2, training)?;
+                    Ok(if narrow { y.f_to_kind(kind)? } else { y })
+                }
+                Err(e) => Err(e),
             }
         }
         (_, Kind::Half | Kind::BFloat16) => {

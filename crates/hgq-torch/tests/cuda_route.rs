@@ -229,7 +229,8 @@ fn the_route_choice() {
 }
 
 /// The same comparison with the device build on a GPU: our kernel through the driver on
-/// torch's stream (`fixed_quantize` on CUDA tensors takes the route by default).
+/// torch's stream (`fixed_quantize` on CUDA tensors takes the route by default, and falls back
+/// to the torch ops only where NVRTC or the driver refuse it: none here).
 #[test]
 #[ignore = "needs CUDA: run with --ignored on a machine with a GPU"]
 fn the_route_on_cuda_is_the_cpu_pass() {
@@ -245,10 +246,19 @@ fn the_route_on_cuda_is_the_cpu_pass() {
         Route::of(&on(&operands(BitWidths::Integer, true, Kind::Float, 0)).x).unwrap(),
         Route::Kernel
     );
+    // The kernel itself (fixed_quantize would fall back to the torch ops if it failed).
     against_the_cpu_pass(on, |q, training| {
         let q = *q;
-        Box::new(move |x, k, a, b| fixed_quantize(&q, x, k, a, b, training))
+        Box::new(move |x, k, a, b| fixed_quantize_kernel(&q, x, k, a, b, training))
     });
+    // And fixed_quantize on CUDA tensors takes it.
+    let cpu = operands(BitWidths::Integer, true, Kind::Float, 1);
+    let o = on(&cpu);
+    let q = FixedPoint::new(RoundMode::Rnd, OverflowMode::Sat).unwrap();
+    let y = fixed_quantize(&q, &o.x, &o.k, &o.a, &o.b, true).unwrap();
+    let want = fixed_quantize(&q, &cpu.x, &cpu.k, &cpu.a, &cpu.b, true).unwrap();
+    assert_eq!(bits(&y.to_device(Device::Cpu)), bits(&want));
+    assert_eq!(hgq_torch::cuda::kernel_failure(), None);
 }
 
 /// Bit widths per row (read as `j / period`) and in a layout only strides describe: the

@@ -19,10 +19,10 @@
 mod driver;
 pub mod host;
 mod nvrtc;
-mod route;
+pub(crate) mod route;
 
 pub use nvrtc::Nvrtc;
-pub use route::{KernelSetting, Route, fixed_quantize_kernel};
+pub use route::{KernelSetting, Route, fixed_quantize_kernel, kernel_failure};
 
 use hgq_core::{OverflowMode, RoundMode};
 

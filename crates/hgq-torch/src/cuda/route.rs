@@ -2,6 +2,7 @@
 //! (`KernelFn` in bridge.cpp), and the choice between it and the torch-ops path.
 use std::ffi::{c_char, c_int, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::OnceLock;
 
 use hgq_core::{BitWidths, FixedPoint, Stochastic};
 use tch::{Device, Kind, Tensor};
@@ -72,11 +73,14 @@ impl Route {
         }
     }
 
-    /// [`Route::choose`] for `x` with this process's setting and NVRTC.
+    /// [`Route::choose`] for `x` with this process's setting and NVRTC (none once the kernel
+    /// has failed in this process: [`kernel_failure`]).
     pub fn of(x: &Tensor) -> Result<Route> {
         let (device, kind) = (x.device(), x.f_kind()?);
         // NVRTC only where it could matter (loading it is a file search).
-        let nvrtc = matches!(device, Device::Cuda(_)) && super::Nvrtc::load().is_ok();
+        let nvrtc = matches!(device, Device::Cuda(_))
+            && kernel_failure().is_none()
+            && super::Nvrtc::load().is_ok();
         Ok(Route::choose(
             device,
             kind,
@@ -85,6 +89,20 @@ impl Route {
             nvrtc,
         ))
     }
+}
+
+static FAILURE: OnceLock<String> = OnceLock::new();
+
+/// Why the kernel route failed in this process (NVRTC could not compile, the driver could not
+/// load or launch), if it did: from then on CUDA calls take the torch operations, as
+/// [`crate::fixed_quantize`] does for the call that failed.
+pub fn kernel_failure() -> Option<&'static str> {
+    FAILURE.get().map(String::as_str)
+}
+
+/// Records the route's first failure (see [`kernel_failure`]).
+pub(crate) fn record_failure(why: String) {
+    let _ = FAILURE.set(why);
 }
 
 /// What one call's launches need, carried as bytes through the autograd function.
