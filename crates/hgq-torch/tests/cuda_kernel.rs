@@ -59,6 +59,43 @@ fn every_kernel_compiles_with_nvrtc() {
     }
 }
 
+/// The PTX cache: a second compile of the same program reads what the first wrote.
+#[test]
+fn compiled_ptx_is_cached_on_disk() {
+    let dir = std::env::temp_dir().join(format!("hgq-ptx-cache-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // SAFETY of set_var: this test binary reads HGQ_CACHE_DIR nowhere else.
+    unsafe { std::env::set_var("HGQ_CACHE_DIR", &dir) };
+    let nvrtc = Nvrtc::load().unwrap();
+    let key = KernelKey::new(RoundMode::Rnd, false, OverflowMode::Sat, true, Elem::F32).unwrap();
+    let ptx = nvrtc.compile_cached(&key.source(), "fixed.cu", 90).unwrap();
+    let entries: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+    assert_eq!(entries.len(), 1, "one entry, no temporary left");
+    let file = entries[0].path();
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), ptx);
+    // What the cache holds is what a second call returns (marked to tell it from a compile).
+    let marked = format!("{ptx}\n// from the cache\n");
+    std::fs::write(&file, &marked).unwrap();
+    assert_eq!(
+        nvrtc.compile_cached(&key.source(), "fixed.cu", 90).unwrap(),
+        marked
+    );
+    // Another architecture or other modes are other entries.
+    let other = KernelKey::new(RoundMode::Trn, false, OverflowMode::Sat, true, Elem::F32).unwrap();
+    nvrtc
+        .compile_cached(&other.source(), "fixed.cu", 90)
+        .unwrap();
+    nvrtc.compile_cached(&key.source(), "fixed.cu", 80).unwrap();
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 3);
+    // An entry that is not PTX is compiled again.
+    std::fs::write(&file, "garbage").unwrap();
+    assert_eq!(
+        nvrtc.compile_cached(&key.source(), "fixed.cu", 90).unwrap(),
+        ptx
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_compile_error_returns_nvrtcs_log() {
     let nvrtc = Nvrtc::load().unwrap();

@@ -192,7 +192,7 @@ impl Driver {
         if let Some(f) = self.functions.get(&(*key, ordinal)) {
             return Ok(*f);
         }
-        let ptx = Nvrtc::load()?.compile(&key.source(), "fixed.cu", arch)?;
+        let ptx = Nvrtc::load()?.compile_cached(&key.source(), "fixed.cu", arch)?;
         let ptx = CString::new(ptx).map_err(|_| TorchError::Cuda("PTX with a NUL byte".into()))?;
         let mut module: Ptr = std::ptr::null_mut();
         // SAFETY: NUL-terminated PTX text; valid out-pointers; the module is kept.

@@ -104,6 +104,26 @@ impl Nvrtc {
         out
     }
 
+    /// [`Nvrtc::compile`] through a cache on disk: the PTX of a (source, architecture, NVRTC
+    /// version) compiled before, by any process, is read back instead of compiled again (about
+    /// a tenth of a second per program). The folder is `HGQ_CACHE_DIR`, else
+    /// `$XDG_CACHE_HOME/hgq/ptx`, else `~/.cache/hgq/ptx`; a cache that cannot be read or
+    /// written is no cache (the compile's result stands).
+    pub fn compile_cached(&self, src: &str, name: &str, arch: u32) -> Result<String> {
+        let version = self.version()?;
+        let file = cache_dir().map(|d| d.join(cache_name(src, arch, version)));
+        if let Some(ptx) = file.as_ref().and_then(|f| std::fs::read_to_string(f).ok())
+            && ptx.contains(".target")
+        {
+            return Ok(ptx);
+        }
+        let ptx = self.compile(src, name, arch)?;
+        if let Some(f) = file {
+            store(&f, &ptx);
+        }
+        Ok(ptx)
+    }
+
     fn compile_program(&self, prog: Program, options: &[*const c_char]) -> Result<String> {
         // SAFETY: a live program and `options.len()` valid option strings.
         let r = unsafe { (self.compile)(prog, options.len() as c_int, options.as_ptr()) };
@@ -148,6 +168,45 @@ impl Nvrtc {
         }
         // SAFETY: a NUL-terminated static string.
         unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+    }
+}
+
+/// The PTX cache's folder (see [`Nvrtc::compile_cached`]).
+fn cache_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("HGQ_CACHE_DIR") {
+        return Some(PathBuf::from(d));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("hgq/ptx"))
+}
+
+/// A cache entry's file name: a hash of everything the PTX depends on (the text, which holds
+/// the modes' macros, the architecture, NVRTC's version, the options).
+fn cache_name(src: &str, arch: u32, version: (i32, i32)) -> String {
+    use std::hash::{Hash, Hasher};
+    // SipHash with fixed keys: the same name in every process of one build.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (src, arch, version, "--fmad=false --std=c++17").hash(&mut h);
+    format!("{:016x}-sm{arch}.ptx", h.finish())
+}
+
+/// Writes `ptx` to `file` whole or not at all (a temporary file renamed: processes that read
+/// the cache meanwhile never see half of it). Failures leave no entry.
+fn store(file: &Path, ptx: &str) {
+    let Some(dir) = file.parent() else { return };
+    if std::fs::create_dir_all(dir).is_err() {
+        return;
+    }
+    let tmp = dir.join(format!(
+        ".{}.{}",
+        std::process::id(),
+        file.file_name()
+            .map_or_else(|| "ptx".into(), |n| n.to_string_lossy())
+    ));
+    if std::fs::write(&tmp, ptx).is_ok() && std::fs::rename(&tmp, file).is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
 }
 
