@@ -302,3 +302,37 @@ fn per_row_and_strided_bit_widths() {
         }
     }
 }
+
+/// `hgq-bench-cuda` runs its cases on the CPU too (what the GPU machine runs, kept working
+/// where there is none): a row per route, work, layout and overflow.
+#[test]
+fn the_cuda_bench_runs_on_the_cpu() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hgq-bench-cuda"))
+        .args(["--device", "cpu", "--rows", "8", "--reps", "1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // (module, kernel, torch-ops) x (infer, train) x 2 layouts x 2 overflows, fake x 2.
+    assert_eq!(rows.len(), 3 * 2 * 2 * 2 + 2);
+    for r in &rows {
+        assert!(r["case"].as_str().unwrap().starts_with("cpu/"), "{r}");
+        assert!(
+            r["ms"].as_f64().unwrap() > 0.0 && r["ratio"].as_f64().unwrap() > 0.0,
+            "{r}"
+        );
+    }
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_hgq-bench-cuda"))
+        .args(["--reps", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}
