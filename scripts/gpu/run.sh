@@ -15,9 +15,16 @@ export LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export HGQ_GOLDEN_ROOT="$root/tests/data" HGQ_GOLDEN_DIR="$root/tests/data/golden"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
 status=0
+# The kernel's host build (CPU tests, run on the build machine too) needs a C++ compiler.
+skip=()
+if ! command -v "${CXX:-c++}" >/dev/null; then
+  echo "no C++ compiler here: the host-build tests are left to the build machine"
+  skip=(--skip host_build --skip column_sums --skip per_row --skip float64)
+fi
 for t in cuda_route cuda_kernel golden_backend quantizer_inputs quantizer_training optim fixed_golden; do
   echo "== $t"
-  "$bin/$t" --include-ignored 2>&1 | tail -40 | tee "$work/$t.log" || status=1
+  "$bin/$t" --include-ignored "${skip[@]}" 2>&1 | tail -40 | tee "$work/$t.log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 done
 for model in mlp cnn; do
   for device in cuda cpu; do

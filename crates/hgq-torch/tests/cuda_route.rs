@@ -307,7 +307,13 @@ fn per_row_and_strided_bit_widths() {
 /// where there is none): a row per route, work, layout and overflow.
 #[test]
 fn the_cuda_bench_runs_on_the_cpu() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hgq-bench-cuda"))
+    // Beside this test (scripts/gpu/pack.sh puts them together), else where Cargo built it.
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|e| Some(e.parent()?.join("hgq-bench-cuda")))
+        .filter(|p| p.exists());
+    let exe = beside.unwrap_or_else(|| env!("CARGO_BIN_EXE_hgq-bench-cuda").into());
+    let out = std::process::Command::new(&exe)
         .args(["--device", "cpu", "--rows", "8", "--reps", "1"])
         .output()
         .unwrap();
@@ -330,7 +336,7 @@ fn the_cuda_bench_runs_on_the_cpu() {
             "{r}"
         );
     }
-    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_hgq-bench-cuda"))
+    let bad = std::process::Command::new(&exe)
         .args(["--reps", "0"])
         .output()
         .unwrap();
