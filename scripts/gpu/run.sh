@@ -13,6 +13,8 @@ bin=target/gpu/pack/bin
 torch_lib=$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__) + "/lib")')
 export LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export HGQ_GOLDEN_ROOT="$root/tests/data" HGQ_GOLDEN_DIR="$root/tests/data/golden"
+# Every CUDA test through our kernel (off by default until measured; the bench times both).
+export HGQ_CUDA_KERNEL=on
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
 status=0
 # The kernel's host build (CPU tests, run on the build machine too) needs a C++ compiler.

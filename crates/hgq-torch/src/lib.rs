@@ -5,10 +5,10 @@
 //! - [`fixed_quantize`]: the stateless fixed-point quantizer `Q(x, k, i, f)` of SPEC 1-3.
 //!   On CPU it runs hgq-core's fused kernel inside a C++ `torch::autograd::Function`
 //!   (`src/bridge.cpp`), so values are bit-identical to hgq-core and the backward pass uses
-//!   the kernel's gradients. On CUDA it runs our kernel ([`cuda`]: the same element op in
-//!   CUDA C, compiled by NVRTC, launched on torch's stream inside an autograd function), or
-//!   where [`cuda::Route`] says so [`ops::fixed_quantize_ops`], the same formulas written as
-//!   plain torch ops, differentiated by autograd.
+//!   the kernel's gradients. On CUDA it runs [`ops::fixed_quantize_ops`], the same formulas
+//!   written as plain torch ops, differentiated by autograd, or with `HGQ_CUDA_KERNEL=on` our
+//!   kernel ([`cuda`]: the same element op in CUDA C, compiled by NVRTC, launched on torch's
+//!   stream inside an autograd function).
 //!
 //! libtorch comes from `cargo xtask setup` (torch==2.11.0 from PyPI, in `.venv`); see
 //! `xtask/src/setup.rs` for how builds and test runs find it.
@@ -133,9 +133,10 @@ pub fn cuda_linked() -> bool {
 /// the clip gradients of SAT modes. `k`, `i`, `f` broadcast to `x`'s shape (numpy rules) and
 /// are converted to float32 on `x`'s device; `x` must be float32.
 ///
-/// On CPU the fused hgq-core kernel runs (bit-identical to `FixedPoint::forward`); on CUDA our
-/// kernel ([`cuda::fixed_quantize_kernel`]) or, where [`cuda::Route`] says so, the torch-ops
-/// version [`ops::fixed_quantize_ops`]. All check the bit widths as hgq-core does.
+/// On CPU the fused hgq-core kernel runs (bit-identical to `FixedPoint::forward`); on CUDA the
+/// torch-ops version [`ops::fixed_quantize_ops`], or our kernel
+/// ([`cuda::fixed_quantize_kernel`]) where [`cuda::Route`] says so (`HGQ_CUDA_KERNEL=on`). All
+/// check the bit widths as hgq-core does.
 ///
 /// ```no_run
 /// use hgq_torch::{fixed_quantize, hgq_core::{FixedPoint, OverflowMode, RoundMode}};

@@ -229,8 +229,8 @@ fn the_route_choice() {
 }
 
 /// The same comparison with the device build on a GPU: our kernel through the driver on
-/// torch's stream (`fixed_quantize` on CUDA tensors takes the route by default, and falls back
-/// to the torch ops only where NVRTC or the driver refuse it: none here).
+/// torch's stream (`fixed_quantize` on CUDA tensors takes it with `HGQ_CUDA_KERNEL=on`, and
+/// falls back to the torch ops only where NVRTC or the driver refuse it: none here).
 #[test]
 #[ignore = "needs CUDA: run with --ignored on a machine with a GPU"]
 fn the_route_on_cuda_is_the_cpu_pass() {
@@ -242,16 +242,21 @@ fn the_route_on_cuda_is_the_cpu_pass() {
         a: o.a.to_device(dev),
         b: o.b.to_device(dev),
     };
+    // fixed_quantize takes the kernel where the setting asks for it (scripts/gpu/run.sh does).
+    let want_route = match KernelSetting::from_env() {
+        KernelSetting::On => Route::Kernel,
+        KernelSetting::Off => Route::TorchOps,
+    };
     assert_eq!(
         Route::of(&on(&operands(BitWidths::Integer, true, Kind::Float, 0)).x).unwrap(),
-        Route::Kernel
+        want_route
     );
     // The kernel itself (fixed_quantize would fall back to the torch ops if it failed).
     against_the_cpu_pass(on, |q, training| {
         let q = *q;
         Box::new(move |x, k, a, b| fixed_quantize_kernel(&q, x, k, a, b, training))
     });
-    // And fixed_quantize on CUDA tensors takes it.
+    // And fixed_quantize on CUDA tensors (through the route the setting gives).
     let cpu = operands(BitWidths::Integer, true, Kind::Float, 1);
     let o = on(&cpu);
     let q = FixedPoint::new(RoundMode::Rnd, OverflowMode::Sat).unwrap();

@@ -20,8 +20,10 @@ pub enum Route {
     TorchOps,
 }
 
-/// Whether CUDA calls may take the kernel: the environment variable `HGQ_CUDA_KERNEL`,
-/// `off` (or `0`) for the torch operations everywhere; anything else or unset, on.
+/// Whether CUDA calls may take the kernel: the environment variable `HGQ_CUDA_KERNEL`, `on`
+/// (or `1`) for the kernel where it applies; unset or anything else, the torch operations.
+/// Off by default until a GPU has measured the kernel against them (issue 24: "keep whichever
+/// the measurements favour, per case"); the GPU checks (`scripts/gpu/run.sh`) turn it on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KernelSetting {
     /// The kernel where it applies.
@@ -34,8 +36,8 @@ impl KernelSetting {
     /// The process's setting, from `HGQ_CUDA_KERNEL`.
     pub fn from_env() -> KernelSetting {
         match std::env::var("HGQ_CUDA_KERNEL").as_deref() {
-            Ok("off" | "0") => KernelSetting::Off,
-            _ => KernelSetting::On,
+            Ok("on" | "1") => KernelSetting::On,
+            _ => KernelSetting::Off,
         }
     }
 }
