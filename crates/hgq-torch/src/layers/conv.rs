@@ -465,7 +465,11 @@ impl QConv {
         let strides: Vec<i64> = self.strides.iter().map(|&s| s as i64).collect();
         let dilation: Vec<i64> = self.dilation.iter().map(|&d| d as i64).collect();
         let zeros = vec![0i64; self.rank()];
-        let y = xc.f_convolution(
+        // `_convolution` with TF32 off: libtorch lets cuDNN round float32 operands to TF32 (11
+        // significant bits) by default, which quantized values of more bits do not survive; on
+        // the CPU it is `convolution` itself. cuDNN's benchmark mode off, not deterministic
+        // (libtorch's defaults).
+        let y = xc.f_internal_convolution(
             &w,
             None::<&Tensor>,
             strides.as_slice(),
@@ -474,6 +478,10 @@ impl QConv {
             false,
             zeros.as_slice(),
             self.groups as i64,
+            false,
+            false,
+            true,
+            false,
         )?;
         channels_last(&y, self.rank())
     }
