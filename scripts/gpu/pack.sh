@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Builds, on this machine, everything the GPU checks run on a device machine (which has the same
-# torch 2.11 in its python3 but no Rust and no network): the release binaries of the CUDA tests
-# and of `hgq-bench-cuda` and the digits demo into target/gpu/pack.tar.xz (about 30 MiB), and with --reference a
-# wheelhouse for hgq2 on Keras' torch backend into target/gpu/wheels.tar (for the device's
-# Python, whose version must match this one's: a second call, the carry limit is 64 MiB).
-#   scripts/gpu/pack.sh [--reference]   then carry target/gpu/*.tar* and run scripts/gpu/run.sh
+# torch 2.11 in its python3 but no Rust and no network): the release binaries of the CUDA tests,
+# of `hgq-bench-cuda` and of the digits demo into target/gpu/pack.tar.xz (about 10 MiB), and with
+# --reference a wheelhouse for hgq2 on Keras' torch backend into target/gpu/wheels.tar (27 MiB)
+# for the device's Python: its version X.Y as the next argument (`python3 --version` there),
+# else this machine's.
+#   scripts/gpu/pack.sh [--reference [X.Y]]   then carry target/gpu/*.tar* and run scripts/gpu/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ -d .venv/libtorch ] || cargo xtask setup
@@ -29,8 +30,13 @@ cp target/release/hgq-bench-cuda target/release/examples/demo "$out/pack/bin/"
 strip "$out"/pack/bin/*
 XZ_OPT=-9 tar -C "$out" -cJf "$out/pack.tar.xz" pack
 if [ "${1:-}" = --reference ]; then
-  # hgq2 on Keras' torch backend, for the reference's CUDA timings (torch itself is there).
-  python3 -m pip download --quiet --no-deps --dest "$out/wheels" \
+  # hgq2 on Keras' torch backend, for the reference's CUDA timings (torch itself is there);
+  # binary wheels for the device's Python version where it is given.
+  target=()
+  if [ -n "${2:-}" ]; then
+    target=(--only-binary=:all: --python-version "$2" --platform manylinux_2_28_x86_64)
+  fi
+  python3 -m pip download --quiet --no-deps "${target[@]}" --dest "$out/wheels" \
     hgq2==0.2.0 keras==3.15.1 quantizers==1.2.2 absl-py rich markdown-it-py mdurl pygments \
     namex h5py optree ml_dtypes numpy packaging typing_extensions
   tar -C "$out" -cf "$out/wheels.tar" wheels
