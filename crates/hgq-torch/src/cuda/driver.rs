@@ -3,8 +3,10 @@
 //! on torch's current stream, in torch's context for the device (its primary context).
 use std::collections::HashMap;
 use std::ffi::{CStr, CString, c_char, c_int, c_uint, c_void};
+use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 
+use super::dl::{self, Scope};
 use super::host::{Buffers, Columns};
 use super::{
     Args, BACKWARD_KERNEL, COLUMNS_KERNEL, FORWARD_KERNEL, KernelKey, LaunchShape, Layout, Nvrtc,
@@ -34,11 +36,6 @@ type LaunchFn = unsafe extern "C" fn(
     *mut Ptr,
 ) -> c_int;
 type ErrorStringFn = unsafe extern "C" fn(c_int, *mut *const c_char) -> c_int;
-
-unsafe extern "C" {
-    fn dlopen(file: *const c_char, mode: c_int) -> *mut c_void;
-    fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
-}
 
 const MULTIPROCESSOR_COUNT: c_int = 16;
 const CAPABILITY_MAJOR: c_int = 75;
@@ -107,23 +104,13 @@ fn driver() -> Result<&'static Mutex<Driver>> {
 }
 
 fn load_api() -> std::result::Result<Api, String> {
-    let h = ["libcuda.so.1", "libcuda.so"]
+    let lib = ["libcuda.so.1", "libcuda.so"]
         .iter()
-        .find_map(|n| {
-            let c = CString::new(*n).ok()?;
-            // SAFETY: a NUL-terminated name; the library stays loaded.
-            let h = unsafe { dlopen(c.as_ptr(), 2) };
-            (!h.is_null()).then_some(h)
-        })
+        .find_map(|n| dl::open(Path::new(n), Scope::Local))
         .ok_or("no CUDA driver (libcuda.so.1) on this machine")?;
     let sym = |name: &CStr| -> std::result::Result<Ptr, String> {
-        // SAFETY: a live handle and a NUL-terminated name.
-        let p = unsafe { dlsym(h, name.as_ptr()) };
-        if p.is_null() {
-            Err(format!("the CUDA driver has no {name:?}"))
-        } else {
-            Ok(p)
-        }
+        lib.sym(name)
+            .ok_or_else(|| format!("the CUDA driver has no {name:?}"))
     };
     // SAFETY: each symbol is the driver's function of that signature (cuda.h).
     unsafe {

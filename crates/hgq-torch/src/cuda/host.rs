@@ -10,13 +10,9 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
+use super::dl::{self, Scope};
 use super::{Args, BACKWARD_KERNEL, COLUMNS_KERNEL, FORWARD_KERNEL, KernelKey, Layout};
 use crate::{Result, TorchError};
-
-unsafe extern "C" {
-    fn dlopen(file: *const std::ffi::c_char, mode: i32) -> *mut c_void;
-    fn dlsym(handle: *mut c_void, symbol: *const std::ffi::c_char) -> *mut c_void;
-}
 
 type ForwardFn = unsafe extern "C" fn(
     *const c_void,
@@ -195,21 +191,12 @@ fn build(key: &KernelKey, tag: usize) -> Result<HostKernels> {
     if !out.status.success() {
         return Err(fail(String::from_utf8_lossy(&out.stderr).into_owned()));
     }
-    let c = CString::new(lib.as_os_str().as_encoded_bytes()).map_err(|e| fail(e.to_string()))?;
-    // SAFETY: a library built above from our text; RTLD_NOW.
-    let h = unsafe { dlopen(c.as_ptr(), 2) };
-    if h.is_null() {
-        return Err(fail(format!("{} does not load", lib.display())));
-    }
+    // Local: every key's build exports the same kernel names.
+    let h = dl::open(&lib, Scope::Local)
+        .ok_or_else(|| fail(format!("{} does not load", lib.display())))?;
     let get = |name: &str| -> Result<*mut c_void> {
         let n = CString::new(name).map_err(|e| fail(e.to_string()))?;
-        // SAFETY: a live handle and a NUL-terminated name.
-        let p = unsafe { dlsym(h, n.as_ptr()) };
-        if p.is_null() {
-            Err(fail(format!("no {name}")))
-        } else {
-            Ok(p)
-        }
+        h.sym(&n).ok_or_else(|| fail(format!("no {name}")))
     };
     // SAFETY: the symbols are fixed.cu's kernels, of these signatures.
     unsafe {

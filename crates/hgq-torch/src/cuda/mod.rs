@@ -16,6 +16,7 @@
 //! assert!(ptx.contains(".entry hgq_fixed_backward"));
 //! # Ok::<(), hgq_torch::TorchError>(())
 //! ```
+mod dl;
 mod driver;
 pub mod host;
 mod nvrtc;
@@ -321,26 +322,6 @@ impl Layout {
     }
 }
 
-/// Columns of x seen as rows x columns when an operand of shape `operand` holds one value per
-/// column: its dimensions (leading ones dropped) are x's last ones. `None` otherwise (the
-/// operand broadcasts elsewhere, or is a scalar).
-///
-/// ```
-/// use hgq_torch::cuda::columns;
-/// assert_eq!(columns(&[64, 8, 16], &[1, 8, 16]), Some(128));
-/// assert_eq!(columns(&[64, 16], &[16]), Some(16));
-/// assert_eq!(columns(&[64, 16], &[64, 1]), None);
-/// assert_eq!(columns(&[64, 16], &[]), None);
-/// ```
-pub fn columns(x: &[usize], operand: &[usize]) -> Option<usize> {
-    let lead = operand.iter().take_while(|&&n| n == 1).count();
-    let tail = &operand[lead..];
-    if tail.is_empty() || tail.len() > x.len() || x[x.len() - tail.len()..] != *tail {
-        return None;
-    }
-    Some(tail.iter().product())
-}
-
 fn too_large(n: usize) -> TorchError {
     TorchError::Invalid {
         what: "dimension",
@@ -388,7 +369,7 @@ impl LaunchShape {
 
     /// The launch for `n` elements on a device with `sm_count` multiprocessors: one thread
     /// per element up to `BLOCKS_PER_SM` full blocks per multiprocessor, and at least one
-    /// block (an empty launch is not launched: see [`LaunchShape::needed`]).
+    /// block (an empty x is not launched at all).
     ///
     /// ```
     /// use hgq_torch::cuda::LaunchShape;
@@ -417,10 +398,5 @@ impl LaunchShape {
     /// ```
     pub fn chunk_rows(rows: u64, cols: u64) -> u64 {
         (rows.saturating_mul(cols) >> 18).clamp(16, 4096)
-    }
-
-    /// Whether `n` elements need a launch at all.
-    pub fn needed(n: u64) -> bool {
-        n > 0
     }
 }

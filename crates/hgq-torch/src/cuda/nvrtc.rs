@@ -4,6 +4,7 @@ use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use super::dl::{self, Scope};
 use crate::{Result, TorchError};
 
 type Program = *mut c_void;
@@ -21,14 +22,6 @@ type TextFn = unsafe extern "C" fn(Program, *mut c_char) -> c_int;
 type DestroyFn = unsafe extern "C" fn(*mut Program) -> c_int;
 type ErrorStringFn = unsafe extern "C" fn(c_int) -> *const c_char;
 type VersionFn = unsafe extern "C" fn(*mut c_int, *mut c_int) -> c_int;
-
-unsafe extern "C" {
-    fn dlopen(file: *const c_char, mode: c_int) -> *mut c_void;
-    fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
-}
-
-const RTLD_NOW: c_int = 2;
-const RTLD_GLOBAL: c_int = 0x100;
 
 /// NVRTC's entry points (the library stays loaded for the life of the process).
 #[derive(Debug, Clone, Copy)]
@@ -272,44 +265,26 @@ fn open(file: &Path) -> Option<Nvrtc> {
             let name = e.file_name();
             let name = name.to_string_lossy();
             if name.starts_with("libnvrtc-builtins.so") {
-                dl(&e.path());
+                dl::open(&e.path(), Scope::Global);
             }
         }
     }
-    let h = dl(file)?;
+    let lib = dl::open(file, Scope::Global)?;
+    let sym = |name: &CStr| lib.sym(name);
     // SAFETY: each symbol is NVRTC's function of that signature (nvrtc.h).
     unsafe {
         Some(Nvrtc {
-            create: std::mem::transmute::<*mut c_void, CreateFn>(sym(h, c"nvrtcCreateProgram")?),
-            compile: std::mem::transmute::<*mut c_void, CompileFn>(sym(h, c"nvrtcCompileProgram")?),
-            log_size: std::mem::transmute::<*mut c_void, SizeFn>(sym(
-                h,
-                c"nvrtcGetProgramLogSize",
-            )?),
-            log: std::mem::transmute::<*mut c_void, TextFn>(sym(h, c"nvrtcGetProgramLog")?),
-            ptx_size: std::mem::transmute::<*mut c_void, SizeFn>(sym(h, c"nvrtcGetPTXSize")?),
-            ptx: std::mem::transmute::<*mut c_void, TextFn>(sym(h, c"nvrtcGetPTX")?),
-            destroy: std::mem::transmute::<*mut c_void, DestroyFn>(sym(h, c"nvrtcDestroyProgram")?),
+            create: std::mem::transmute::<*mut c_void, CreateFn>(sym(c"nvrtcCreateProgram")?),
+            compile: std::mem::transmute::<*mut c_void, CompileFn>(sym(c"nvrtcCompileProgram")?),
+            log_size: std::mem::transmute::<*mut c_void, SizeFn>(sym(c"nvrtcGetProgramLogSize")?),
+            log: std::mem::transmute::<*mut c_void, TextFn>(sym(c"nvrtcGetProgramLog")?),
+            ptx_size: std::mem::transmute::<*mut c_void, SizeFn>(sym(c"nvrtcGetPTXSize")?),
+            ptx: std::mem::transmute::<*mut c_void, TextFn>(sym(c"nvrtcGetPTX")?),
+            destroy: std::mem::transmute::<*mut c_void, DestroyFn>(sym(c"nvrtcDestroyProgram")?),
             error_string: std::mem::transmute::<*mut c_void, ErrorStringFn>(sym(
-                h,
                 c"nvrtcGetErrorString",
             )?),
-            version: std::mem::transmute::<*mut c_void, VersionFn>(sym(h, c"nvrtcVersion")?),
+            version: std::mem::transmute::<*mut c_void, VersionFn>(sym(c"nvrtcVersion")?),
         })
     }
-}
-
-fn dl(file: &Path) -> Option<*mut c_void> {
-    let c = CString::new(file.as_os_str().as_encoded_bytes()).ok()?;
-    // SAFETY: a NUL-terminated path; the library stays loaded (never closed).
-    let h = unsafe { dlopen(c.as_ptr(), RTLD_NOW | RTLD_GLOBAL) };
-    (!h.is_null()).then_some(h)
-}
-
-/// # Safety
-/// `h` is a live handle from `dlopen`.
-unsafe fn sym(h: *mut c_void, name: &CStr) -> Option<*mut c_void> {
-    // SAFETY: the caller's handle and a NUL-terminated name.
-    let p = unsafe { dlsym(h, name.as_ptr()) };
-    (!p.is_null()).then_some(p)
 }

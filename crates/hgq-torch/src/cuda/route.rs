@@ -8,7 +8,7 @@ use hgq_core::{BitWidths, FixedPoint, Stochastic};
 use tch::{Device, Kind, Tensor};
 
 use super::host::{Buffers, Columns, HostKernels};
-use super::{Args, Elem, KernelKey, LaunchShape, Layout, MAX_DIMS, columns};
+use super::{Args, Elem, KernelKey, LaunchShape, Layout, MAX_DIMS, Read};
 use crate::{Result, TorchError};
 
 /// Which implementation runs a fixed-point call.
@@ -169,18 +169,15 @@ pub fn fixed_quantize_kernel(
         kbi: i32::from(kbi),
         chain: i32::from(kbi && elementwise),
     };
-    // Both bit widths one per column of x (the input quantizers' usual layout): the backward
-    // sums their gradients in the pass.
-    let (xd, d1, d2) = (dims(x), dims(&p1), dims(&p2));
-    let columns = match (columns(&xd, &d1), columns(&xd, &d2)) {
-        (Some(c), Some(c2)) if c == c2 && !elementwise && c > 0 => {
-            let rows = xd.iter().product::<usize>() / c;
-            Some(Columns {
-                rows: rows as i64,
-                cols: c as i64,
-                chunk_rows: LaunchShape::chunk_rows(rows as u64, c as u64) as i64,
-            })
-        }
+    // Both bit widths one per column of x (the input quantizers' usual layout; the layout's
+    // reads say so): the backward sums their gradients in the pass.
+    let n = x.numel() as i64;
+    let columns = match (layout.read(1), layout.read(2)) {
+        (Read::Modulo(c), Read::Modulo(c2)) if c == c2 && c > 0 => Some(Columns {
+            rows: n / c,
+            cols: c,
+            chunk_rows: LaunchShape::chunk_rows((n / c) as u64, c as u64) as i64,
+        }),
         _ => None,
     };
     let call = Call {
