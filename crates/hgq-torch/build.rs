@@ -70,10 +70,20 @@ fn main() {
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .file("src/bridge.cpp")
         .compile("hgq_torch_bridge");
-    // c10d's Gloo process group (the `distributed` module). The wheel has c10d's headers but
-    // not Gloo's: `src/dist/gloo` declares the few Gloo types ProcessGroupGloo.hpp names.
-    cc::Build::new()
-        .cpp(true)
+    // c10d's process groups (the `distributed` module). The wheel has c10d's headers but not
+    // Gloo's: `src/dist/gloo` declares the few Gloo types ProcessGroupGloo.hpp names.
+    let mut dist = cc::Build::new();
+    if let Some(includes) = cuda.then(|| nccl_includes(&root)).flatten() {
+        // ProcessGroupNCCL (in libtorch_cuda) for CUDA tensors.
+        dist.define("HGQ_NCCL", None)
+            .define("USE_C10D_NCCL", None)
+            .define("USE_CUDA", None);
+        for i in includes {
+            dist.include(i);
+        }
+        println!("cargo:rustc-link-lib=dylib=torch_cuda");
+    }
+    dist.cpp(true)
         .pic(true)
         .warnings(false)
         .opt_level(1)
@@ -87,4 +97,24 @@ fn main() {
         .flag("-DUSE_C10D_GLOO")
         .file("src/dist/dist.cpp")
         .compile("hgq_torch_dist");
+}
+
+/// The include folders c10d's NCCL header needs, from the nvidia wheels beside torch: NCCL's
+/// (a dependency of torch) and the CUDA runtime's, with the toolkit's `crt/` and `nv/` headers
+/// that only the `nvidia-cuda-crt` and `nvidia-cuda-cccl` wheels have (`cargo xtask setup`
+/// installs them). None where any is missing: the build then has Gloo alone.
+fn nccl_includes(torch_root: &std::path::Path) -> Option<Vec<PathBuf>> {
+    let nvidia = torch_root.parent()?.join("nvidia");
+    let (nccl, cu) = (nvidia.join("nccl/include"), nvidia.join("cu13/include"));
+    // A header wheel installed later changes this folder: the build runs again and finds it.
+    if cu.is_dir() {
+        println!("cargo:rerun-if-changed={}", cu.display());
+    }
+    let needed = [
+        nccl.join("nccl.h"),
+        cu.join("cuda_runtime_api.h"),
+        cu.join("crt/host_config.h"),
+        cu.join("nv/target"),
+    ];
+    needed.iter().all(|p| p.exists()).then(|| vec![nccl, cu])
 }

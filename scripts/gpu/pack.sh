@@ -11,7 +11,7 @@ cd "$(dirname "$0")/../.."
 [ -d .venv/libtorch ] || cargo xtask setup
 out=target/gpu
 rm -rf "$out" && mkdir -p "$out/pack/bin"
-tests=(cuda_route cuda_kernel golden_backend quantizer_inputs quantizer_training optim fixed_golden)
+tests=(cuda_route cuda_kernel golden_backend quantizer_inputs quantizer_training optim fixed_golden distributed)
 args=()
 for t in "${tests[@]}"; do args+=(--test "$t"); done
 # The test executables, by name (cargo prints their paths in its JSON messages).

@@ -23,7 +23,9 @@ if ! command -v "${CXX:-c++}" >/dev/null; then
   echo "no C++ compiler here: the host-build tests are left to the build machine"
   skip=(--skip host_build --skip column_sums --skip per_row --skip float64)
 fi
-for t in cuda_route cuda_kernel golden_backend quantizer_inputs quantizer_training optim fixed_golden; do
+# The distributed tests' Python rank: the device's torch.
+export HGQ_TORCH_PYTHON=python3
+for t in cuda_route cuda_kernel golden_backend quantizer_inputs quantizer_training optim fixed_golden distributed; do
   echo "== $t"
   "$bin/$t" --include-ignored "${skip[@]}" 2>&1 | tail -40 | tee "$work/$t.log"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
@@ -38,6 +40,10 @@ for model in mlp cnn; do
     echo "wall $(python3 -c "print(round($(date +%s.%N) - $t0, 2))") s"
   done
 done
+echo "== demo on CUDA as a data-parallel rank (NCCL)"
+WORLD_SIZE=1 RANK=0 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=29517 timeout 300 \
+  "$bin/demo" --device cuda --epochs 20 --data tests/data/digits/digits.csv.gz \
+  --out "$work/demo-ddp-cuda" 2>&1 | grep -E 'rank|"test_accuracy"|Error' || status=1
 echo "== hgq-bench-cuda"
 "$bin/hgq-bench-cuda" --reps 20 | tee "$work/bench_cuda.jsonl" || status=1
 if [ -f target/gpu/wheels.tar ]; then

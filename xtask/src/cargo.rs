@@ -67,6 +67,7 @@ pub fn run_ranks(
             .env("RANK", rank.to_string())
             .env("LOCAL_RANK", rank.to_string())
             .env("WORLD_SIZE", n.to_string())
+            .env("LOCAL_WORLD_SIZE", n.to_string())
             .spawn()
             .map_err(|e| format!("cannot run cargo: {e}"))?;
         ranks.push(child);

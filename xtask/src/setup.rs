@@ -19,6 +19,11 @@ use std::time::Instant;
 /// The PyTorch release that tch 0.24 expects.
 pub const TORCH_VERSION: &str = "2.11.0";
 
+/// Headers of CUDA 13.0 that c10d's NCCL header includes (`crt/host_config.h`, `nv/target`)
+/// and torch's CUDA wheels lack: headers only (3 MB). With them beside a CUDA torch,
+/// hgq-torch's build includes c10d's NCCL process group (its `distributed` module).
+const CUDA_HEADER_WHEELS: [&str; 2] = ["nvidia-cuda-crt==13.0.88", "nvidia-cuda-cccl==13.0.85"];
+
 /// The repository root (the parent of this crate's manifest folder).
 pub fn repo_root() -> PathBuf {
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -60,7 +65,11 @@ pub fn run(args: &[String]) -> Result<ExitCode, String> {
     if check {
         return Ok(match installed() {
             Ok(v) => {
-                println!("libtorch {v} ready at {}", libtorch_dir().display());
+                println!(
+                    "libtorch {v} ready at {} ({})",
+                    libtorch_dir().display(),
+                    nccl_state()
+                );
                 ExitCode::SUCCESS
             }
             Err(why) => {
@@ -71,20 +80,63 @@ pub fn run(args: &[String]) -> Result<ExitCode, String> {
     }
     if force {
         install(true)?;
+        cuda_headers();
     } else {
         ensure()?;
     }
     let v = installed()?;
-    println!("libtorch {v} ready at {}", libtorch_dir().display());
+    println!(
+        "libtorch {v} ready at {} ({})",
+        libtorch_dir().display(),
+        nccl_state()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
-/// Makes sure libtorch is installed and linked; fast (a few file checks) when it already is.
+/// Makes sure libtorch is installed and linked, with the CUDA headers beside a CUDA torch; fast
+/// (a few file checks) when it already is.
 pub fn ensure() -> Result<(), String> {
-    if installed().is_ok() {
-        return Ok(());
+    if installed().is_err() {
+        install(false)?;
     }
-    install(false)
+    cuda_headers();
+    Ok(())
+}
+
+/// `<libtorch>/../nvidia/cu13/include` and whether the torch there is a CUDA build.
+fn cuda_include() -> (PathBuf, bool) {
+    let torch = libtorch_dir();
+    (
+        torch.join("../nvidia/cu13/include"),
+        torch.join("lib/libtorch_cuda.so").exists(),
+    )
+}
+
+/// Whether the NCCL headers are in place, in words.
+fn nccl_state() -> &'static str {
+    match cuda_include() {
+        (_, false) => "a CPU torch: no NCCL",
+        (inc, true) if inc.join("crt/host_config.h").exists() => "CUDA headers for NCCL in place",
+        _ => "CUDA headers for NCCL missing: run `cargo xtask setup`",
+    }
+}
+
+/// Installs [`CUDA_HEADER_WHEELS`] beside a CUDA torch where they are missing. Without them the
+/// build has Gloo alone, so a failure (no network) is a warning, not an error.
+fn cuda_headers() {
+    let (inc, is_cuda) = cuda_include();
+    if !is_cuda || (inc.join("crt/host_config.h").exists() && inc.join("nv/target").exists()) {
+        return;
+    }
+    let py = venv_dir().join("bin").join("python");
+    eprintln!("setup: pip install the CUDA headers c10d's NCCL process group needs (3 MB)");
+    let reqs: Vec<String> = CUDA_HEADER_WHEELS.iter().map(|r| r.to_string()).collect();
+    if let Err(e) = pip_install(&py, &reqs, true, false) {
+        eprintln!(
+            "setup: warning: {e}
+setup: hgq-torch builds without NCCL (Gloo alone)"
+        );
+    }
 }
 
 /// The installed torch version, if `.venv/libtorch` is a usable libtorch of the right release.

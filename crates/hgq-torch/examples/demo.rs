@@ -22,7 +22,7 @@ use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use hgq_torch::distributed::{ProcessGroup, ReduceOp};
+use hgq_torch::distributed::{Backend, GroupOptions, ProcessGroup, ReduceOp};
 use hgq_torch::hgq_core::CallMode;
 use hgq_torch::layers::{
     Activation, Flatten, Layer, PoolKind, QConv, QDense, QPool, Reshape, Sequential, StepOutput,
@@ -356,6 +356,25 @@ fn build_model(vs: &nn::VarStore, kind: ModelKind, beta: f64) -> Result<Sequenti
     Ok(model)
 }
 
+/// torchrun's group, with NCCL for a model on CUDA where each local rank has a GPU of its own
+/// (NCCL refuses two ranks on one device); ranks that share GPUs reduce through the host (Gloo).
+fn group_options(device: Device) -> Result<GroupOptions, Error> {
+    let o = GroupOptions::from_env()?;
+    if !device.is_cuda() {
+        return Ok(o);
+    }
+    let local: usize = std::env::var("LOCAL_WORLD_SIZE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(o.world_size);
+    let gpus = tch::Cuda::device_count().max(1) as usize;
+    if local > gpus {
+        eprintln!("{local} local ranks share {gpus} GPU(s): collectives through the host (Gloo)");
+        return Ok(o.backend(Backend::Gloo));
+    }
+    Ok(o)
+}
+
 fn main() -> Result<(), Error> {
     let mut a = parse_args()?;
     // One GPU per local rank when data-parallel on CUDA (torchrun's LOCAL_RANK).
@@ -388,7 +407,7 @@ fn main() -> Result<(), Error> {
     // Data-parallel when started as one rank of several (torchrun's variables).
     let group = match std::env::var("WORLD_SIZE") {
         Ok(_) => {
-            let g = ProcessGroup::from_env()?;
+            let g = ProcessGroup::new(&group_options(a.device)?)?;
             g.broadcast_variables(&vs)?;
             eprintln!("rank {} of {}", g.rank(), g.size());
             Some(g)

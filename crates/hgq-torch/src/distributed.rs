@@ -1,7 +1,8 @@
 //! Data-parallel training over PyTorch's c10d: the same engine as torch's
-//! `DistributedDataParallel`, from libtorch (a `TCPStore` rendezvous and `ProcessGroupGloo` for
-//! CPU tensors; a timeout on every collective, so that a rank that dies is an error on the
-//! others, not a hang).
+//! `DistributedDataParallel`, from libtorch (a `TCPStore` rendezvous, `ProcessGroupGloo` for
+//! CPU tensors and `ProcessGroupNCCL` for CUDA tensors, as torch.distributed's default
+//! `cpu:gloo,cuda:nccl`; a timeout on every collective, so that a rank that dies is an error on
+//! the others, not a hang).
 //!
 //! A [`ProcessGroup`] joins from torchrun's environment ([`ProcessGroup::from_env`]:
 //! `MASTER_ADDR`, `MASTER_PORT`, `RANK`, `WORLD_SIZE`) or from explicit [`GroupOptions`].
@@ -35,9 +36,17 @@
 //!
 //! Batch normalization uses each rank's own batch statistics (hgq2's `synchronized=False`);
 //! stochastic rounding draws the same stream on every rank (the seed state is broadcast with
-//! the variables). Models on a CUDA device train too: the collectives go through host memory
-//! (Gloo); NCCL is not built (c10d's NCCL header needs CUDA toolkit headers that the wheels do
-//! not ship).
+//! the variables).
+//!
+//! Models on a CUDA device: with [`Backend::Auto`] (the default) a group whose machine has a
+//! CUDA device and whose build has NCCL ([`nccl_available`]) reduces CUDA tensors with NCCL on
+//! the device; otherwise (or with [`Backend::Gloo`]) the gradients go through host memory and
+//! Gloo. Each rank uses its own GPU (NCCL refuses two ranks on one device): torchrun's
+//! `LOCAL_RANK` says which. NCCL is built where `cargo xtask setup` installed the CUDA
+//! headers that c10d's NCCL header needs (two small header wheels beside torch's CUDA
+//! libraries). A collective past the timeout makes NCCL abort its communicators and fail the
+//! collective (`TORCH_NCCL_ASYNC_ERROR_HANDLING=2` unless the environment sets it), so it is
+//! an error here too, not the end of the process.
 use std::ffi::{CString, c_char, c_int, c_void};
 use std::ops::Range;
 use std::sync::Arc;
@@ -60,6 +69,7 @@ unsafe extern "C" {
         size: c_int,
         timeout_ms: i64,
         prefix: *const c_char,
+        nccl: c_int,
         out: *mut *mut c_void,
         err: *mut c_char,
         err_len: usize,
@@ -80,6 +90,50 @@ unsafe extern "C" {
         err_len: usize,
     ) -> c_int;
     fn hgq_dist_barrier(g: *mut c_void, err: *mut c_char, err_len: usize) -> c_int;
+    fn hgq_dist_has_nccl() -> c_int;
+}
+
+/// Whether this build of hgq-torch has c10d's NCCL backend (it needs a CUDA libtorch and the
+/// CUDA headers that `cargo xtask setup` installs beside it). A machine also needs a CUDA
+/// device to use it.
+pub fn nccl_available() -> bool {
+    // SAFETY: a constant of the C++ build.
+    unsafe { hgq_dist_has_nccl() != 0 }
+}
+
+/// The c10d backends of a group. CPU tensors always go through Gloo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// NCCL for CUDA tensors where this build has it ([`nccl_available`]) and the machine has
+    /// a CUDA device, as torch.distributed's default; Gloo alone otherwise.
+    #[default]
+    Auto,
+    /// Gloo alone: CUDA tensors go through host memory.
+    Gloo,
+    /// NCCL for CUDA tensors; joining fails where NCCL or a CUDA device is missing.
+    Nccl,
+}
+
+impl Backend {
+    /// Whether a group of this choice makes an NCCL backend here.
+    fn nccl(self) -> Result<bool> {
+        let here = nccl_available() && tch::Cuda::is_available();
+        match self {
+            Backend::Auto => Ok(here),
+            Backend::Gloo => Ok(false),
+            Backend::Nccl if here => Ok(true),
+            Backend::Nccl => Err(TorchError::Invalid {
+                what: "process group",
+                why: if nccl_available() {
+                    "NCCL asked for, and this machine has no CUDA device".into()
+                } else {
+                    "NCCL asked for, and this build of hgq-torch has none (a CUDA libtorch and \
+                     the CUDA headers of `cargo xtask setup` are needed at build time)"
+                        .into()
+                },
+            }),
+        }
+    }
 }
 
 /// A reduction of an all-reduce.
@@ -116,14 +170,17 @@ pub struct GroupOptions {
     pub world_size: usize,
     /// The longest a rendezvous or a collective may take before it is an error.
     pub timeout: Duration,
-    /// The prefix of the group's keys in the store (torch.distributed's default group uses
-    /// `default_pg/0/`; empty: none).
+    /// The prefix of the group's keys in the store; each backend's keys go under it and then
+    /// `cpu/` or `cuda/`, as torch.distributed does (its default group uses `default_pg/0/`;
+    /// empty: none).
     pub prefix: String,
+    /// The backends to make.
+    pub backend: Backend,
 }
 
 impl GroupOptions {
     /// Rank `rank` of `world_size` at `master_addr:master_port`, a 5-minute timeout, no
-    /// prefix.
+    /// prefix, [`Backend::Auto`].
     pub fn new(
         master_addr: impl Into<String>,
         master_port: u16,
@@ -137,7 +194,14 @@ impl GroupOptions {
             world_size,
             timeout: Duration::from_secs(300),
             prefix: String::new(),
+            backend: Backend::Auto,
         }
+    }
+
+    /// Sets the backends.
+    pub fn backend(mut self, b: Backend) -> Self {
+        self.backend = b;
+        self
     }
 
     /// Sets the timeout of the rendezvous and of every collective.
@@ -205,17 +269,20 @@ impl Drop for Inner {
     }
 }
 
-/// A c10d Gloo process group (CPU tensors). Cheap to clone (a handle).
+/// A c10d process group: Gloo for CPU tensors, NCCL for CUDA tensors where it was made with
+/// NCCL ([`ProcessGroup::has_nccl`]). Cheap to clone (a handle).
 #[derive(Clone)]
 pub struct ProcessGroup {
     inner: Arc<Inner>,
     rank: usize,
     size: usize,
+    nccl: bool,
 }
 
 impl std::fmt::Debug for ProcessGroup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ProcessGroup(rank {} of {})", self.rank, self.size)
+        let b = if self.nccl { "gloo+nccl" } else { "gloo" };
+        write!(f, "ProcessGroup(rank {} of {}, {b})", self.rank, self.size)
     }
 }
 
@@ -253,6 +320,7 @@ impl ProcessGroup {
             what: "process group",
             why: format!("{what} contains a NUL byte"),
         };
+        let nccl = o.backend.nccl()?;
         let host = CString::new(o.master_addr.clone()).map_err(|_| bad("the address"))?;
         let prefix = CString::new(o.prefix.clone()).map_err(|_| bad("the prefix"))?;
         let mut ptr: *mut c_void = std::ptr::null_mut();
@@ -267,6 +335,7 @@ impl ProcessGroup {
                     o.world_size as c_int,
                     timeout_ms,
                     prefix.as_ptr(),
+                    c_int::from(nccl),
                     &mut ptr,
                     err,
                     len,
@@ -277,6 +346,7 @@ impl ProcessGroup {
             inner: Arc::new(Inner { ptr }),
             rank: o.rank,
             size: o.world_size,
+            nccl,
         })
     }
 
@@ -295,12 +365,19 @@ impl ProcessGroup {
         self.size
     }
 
-    fn check(t: &Tensor, what: &'static str) -> Result<()> {
-        if t.device() != tch::Device::Cpu {
+    /// Whether CUDA tensors are reduced with NCCL on their device (else only CPU tensors are
+    /// taken, and the training steps move CUDA gradients through the host).
+    pub fn has_nccl(&self) -> bool {
+        self.nccl
+    }
+
+    fn check(&self, t: &Tensor, what: &'static str) -> Result<()> {
+        let device = t.device();
+        if device != tch::Device::Cpu && !(self.nccl && device.is_cuda()) {
             return Err(TorchError::Device {
                 what,
                 expected: tch::Device::Cpu,
-                got: t.device(),
+                got: device,
             });
         }
         if !t.is_contiguous() {
@@ -312,10 +389,21 @@ impl ProcessGroup {
         Ok(())
     }
 
-    /// In place: `t` (a contiguous CPU tensor, the same shape and kind on every rank) becomes
-    /// the reduction of every rank's.
+    /// The device the collectives of tensors on `device` run on: the device itself where NCCL
+    /// takes it, else the host.
+    fn wire(&self, device: tch::Device) -> tch::Device {
+        if self.nccl && device.is_cuda() {
+            device
+        } else {
+            tch::Device::Cpu
+        }
+    }
+
+    /// In place: `t` (a contiguous tensor, the same shape and kind on every rank; on the CPU,
+    /// or on this rank's CUDA device where the group has NCCL) becomes the reduction of every
+    /// rank's.
     pub fn all_reduce_(&self, t: &Tensor, op: ReduceOp) -> Result<()> {
-        Self::check(t, "all_reduce tensor")?;
+        self.check(t, "all_reduce tensor")?;
         call("all_reduce", |err, len| {
             // SAFETY: a live tensor; the group lives as long as `self`.
             unsafe { hgq_dist_all_reduce(self.inner.ptr, t.as_ptr(), op.code(), err, len) }
@@ -324,7 +412,7 @@ impl ProcessGroup {
 
     /// In place: every rank's `t` becomes rank `root`'s.
     pub fn broadcast_(&self, t: &Tensor, root: usize) -> Result<()> {
-        Self::check(t, "broadcast tensor")?;
+        self.check(t, "broadcast tensor")?;
         if root >= self.size {
             return Err(TorchError::Invalid {
                 what: "broadcast root",
@@ -365,7 +453,7 @@ impl ProcessGroup {
                 .filter(|(_, t)| t.kind() == kind)
                 .map(|(_, t)| t.shallow_clone())
                 .collect();
-            let flat = flatten(&tensors, kind)?;
+            let flat = flatten(&tensors, kind, self.wire(device_of(&tensors)))?;
             self.broadcast_(&flat, 0)?;
             unflatten(&flat, &tensors)?;
         }
@@ -396,17 +484,23 @@ impl ProcessGroup {
             .map(Tensor::shallow_clone)
             .collect();
         // The gradients times the rows, then the rows and which variables have gradients.
-        let scaled = flatten(&gs, Kind::Double)?.f_mul_scalar(local_rows as f64)?;
+        let wire = self.wire(device_of(vars));
+        let scaled = flatten(&gs, Kind::Double, wire)?.f_mul_scalar(local_rows as f64)?;
         let tail = Tensor::from_slice(
             &std::iter::once(local_rows as f64)
                 .chain(defined.iter().copied())
                 .collect::<Vec<_>>(),
-        );
+        )
+        .f_to_device(wire)?;
         let buf = Tensor::f_cat(&[scaled, tail], 0)?;
         self.all_reduce_(&buf, ReduceOp::Sum)?;
         let n = buf.size()[0] - 1 - defined.len() as i64;
-        let total = buf.double_value(&[n]);
-        let counts: Vec<f64> = Vec::try_from(buf.narrow(0, n + 1, defined.len() as i64))?;
+        // One read of the tail (a host synchronization on a device).
+        let tail: Vec<f64> = Vec::try_from(
+            buf.f_narrow(0, n, 1 + defined.len() as i64)?
+                .f_to_device(tch::Device::Cpu)?,
+        )?;
+        let (total, counts) = (tail[0], &tail[1..]);
         if counts
             .iter()
             .zip(&defined)
@@ -542,19 +636,23 @@ impl StateSync for ProcessGroup {
     }
 }
 
-/// The tensors' values in one flat CPU tensor of `kind` (empty for none): Gloo reduces host
-/// memory, so a model on a CUDA device goes through the host here (one copy each way per
-/// step; NCCL, which would keep it on the device, is not built: the wheels lack the CUDA
-/// toolkit headers its c10d header needs).
-fn flatten(ts: &[Tensor], kind: Kind) -> Result<Tensor> {
+/// The device of the first tensor (the host for none): a model's variables live on one.
+fn device_of(ts: &[Tensor]) -> tch::Device {
+    ts.first().map_or(tch::Device::Cpu, Tensor::device)
+}
+
+/// The tensors' values in one flat tensor of `kind` on `wire` (empty for none): the host for
+/// Gloo, so a model on a CUDA device without NCCL goes through the host here (one copy each
+/// way per step), or the CUDA device NCCL reduces on.
+fn flatten(ts: &[Tensor], kind: Kind, wire: tch::Device) -> Result<Tensor> {
     if ts.is_empty() {
-        return Ok(Tensor::zeros([0], (kind, tch::Device::Cpu)));
+        return Ok(Tensor::zeros([0], (kind, wire)));
     }
     let parts: Vec<Tensor> = ts
         .iter()
         .map(|t| {
             Ok(t.f_detach()?
-                .f_to_device(tch::Device::Cpu)?
+                .f_to_device(wire)?
                 .f_to_kind(kind)?
                 .f_reshape([-1])?)
         })

@@ -1,16 +1,18 @@
-//! Data-parallel training over c10d's Gloo process group, with real processes: this test
-//! binary starts copies of itself as the ranks (the `ddp_worker` test, which does nothing
-//! unless `HGQ_DDP_ROLE` is set), each joining through torchrun's variables.
+//! Data-parallel training over c10d's process groups, with real processes: this test binary
+//! starts copies of itself as the ranks (the `ddp_worker` test, which does nothing unless
+//! `HGQ_DDP_ROLE` is set), each joining through torchrun's variables.
 //!
 //! - 2 and 4 ranks train the demo model (64-32-10, WRAP input quantizers) on the same global
 //!   batches as one process (uneven shards at 4 ranks): every variable, the quantizers' too,
 //!   ends within 1e-6 of the one-process run and identical on every rank.
 //! - A rank that dies: the other's next collective is an error within the timeout, not a hang.
+//! - NCCL: asked for where it cannot be, an error; on a CUDA machine (NCCL takes one rank per
+//!   GPU) a rank trains the model on the GPU through NCCL as one process does.
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use hgq_torch::distributed::{GroupOptions, ProcessGroup};
+use hgq_torch::distributed::{Backend, GroupOptions, ProcessGroup, ReduceOp, nccl_available};
 use hgq_torch::hgq_core::CallMode;
 use hgq_torch::layers::{Activation, Functional, MergeOp, QDense, QMerge, Sequential, StepPath};
 use hgq_torch::optim::{Adam, AdamConfig};
@@ -131,17 +133,22 @@ fn ddp_worker() {
         .ok()
         .map(|s| s.parse().unwrap());
     let group = ProcessGroup::from_env().unwrap();
-    let vs = nn::VarStore::new(Device::Cpu);
+    let device = worker_device();
+    assert!(
+        !device.is_cuda() || group.has_nccl(),
+        "NCCL for a model on CUDA"
+    );
+    let vs = nn::VarStore::new(device);
     let m = model(&vs);
     group.broadcast_variables(&vs).unwrap();
     // Variables of two kinds, the int64's rank-0 value one that float64 would round.
-    let other = nn::VarStore::new(Device::Cpu);
+    let other = nn::VarStore::new(device);
     let big = (1i64 << 60) + 1;
     let mine = if group.rank() == 0 { big } else { 7 };
     let count = other.root().zeros_no_train("count", &[2]);
     count
         .shallow_clone()
-        .set_data(&Tensor::from_slice(&[mine, -mine]));
+        .set_data(&Tensor::from_slice(&[mine, -mine]).to_device(device));
     let scale = other.root().zeros_no_train("scale", &[1]);
     let _ = scale.shallow_clone().fill_(mine as f64);
     group.broadcast_variables(&other).unwrap();
@@ -157,17 +164,29 @@ fn ddp_worker() {
         if let Err(e) = group.train_step(
             &m,
             &vs,
-            &x.narrow(0, s, n),
-            &labels.narrow(0, s, n),
+            &x.narrow(0, s, n).to_device(device),
+            &labels.narrow(0, s, n).to_device(device),
             &mut opt,
         ) {
             eprintln!("rank {}: {e}", group.rank());
             std::process::exit(2);
         }
     }
-    let vars = variables(&vs);
+    let vars: Vec<(String, Tensor)> = variables(&vs)
+        .into_iter()
+        .map(|(n, t)| (n, t.to_device(Device::Cpu)))
+        .collect();
     Tensor::write_safetensors(&vars, out.join(format!("rank{}.safetensors", group.rank())))
         .unwrap();
+}
+
+/// The worker's device: `HGQ_DDP_DEVICE=cuda` puts it on GPU `LOCAL_RANK`, else the CPU.
+fn worker_device() -> Device {
+    if std::env::var("HGQ_DDP_DEVICE").as_deref() != Ok("cuda") {
+        return Device::Cpu;
+    }
+    let local: usize = std::env::var("LOCAL_RANK").map_or(0, |s| s.parse().unwrap());
+    Device::Cuda(local)
 }
 
 fn free_port() -> u16 {
@@ -186,6 +205,7 @@ fn spawn(rank: usize, size: usize, port: u16, out: &Path, extra: &[(&str, &str)]
         .env("MASTER_ADDR", "127.0.0.1")
         .env("MASTER_PORT", port.to_string())
         .env("RANK", rank.to_string())
+        .env("LOCAL_RANK", rank.to_string())
         .env("WORLD_SIZE", size.to_string())
         .env("HGQ_DIST_TIMEOUT_S", "20");
     for (k, v) in extra {
@@ -195,14 +215,22 @@ fn spawn(rank: usize, size: usize, port: u16, out: &Path, extra: &[(&str, &str)]
 }
 
 fn one_process() -> Vec<(String, Tensor)> {
-    let vs = nn::VarStore::new(Device::Cpu);
+    one_process_on(Device::Cpu)
+}
+
+fn one_process_on(device: Device) -> Vec<(String, Tensor)> {
+    let vs = nn::VarStore::new(device);
     let m = model(&vs);
     let mut opt = Adam::new(&vs, AdamConfig::default().learning_rate(3e-3)).unwrap();
     for (x, labels) in batches() {
+        let (x, labels) = (x.to_device(device), labels.to_device(device));
         m.train_step_on(StepPath::Autograd, &x, &labels, &mut opt)
             .unwrap();
     }
     variables(&vs)
+        .into_iter()
+        .map(|(n, t)| (n, t.to_device(Device::Cpu)))
+        .collect()
 }
 
 fn data_parallel_matches_one_process(size: usize) {
@@ -301,6 +329,78 @@ fn a_dead_rank_is_an_error_not_a_hang() {
     std::fs::remove_dir_all(&out).ok();
 }
 
+/// NCCL is built where the project's setup installed the CUDA headers beside a CUDA torch
+/// (`cargo xtask setup` does): the build must not drop it silently.
+#[test]
+fn nccl_is_built_beside_a_cuda_torch() {
+    let lib = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/libtorch/lib");
+    let headers = lib.join("../../nvidia/cu13/include/crt/host_config.h");
+    if !lib.join("libtorch_cuda.so").exists() || !headers.exists() {
+        eprintln!("no CUDA torch with the CUDA headers in .venv: not checked");
+        return;
+    }
+    assert!(nccl_available());
+}
+
+/// NCCL where it cannot run is an error at the join; `Auto` without a CUDA device makes Gloo
+/// alone, which refuses CUDA tensors. On a CUDA machine: one rank reduces and broadcasts CUDA
+/// tensors through NCCL on the device.
+#[test]
+fn nccl_where_it_can_run() {
+    let o = |b| {
+        GroupOptions::new("127.0.0.1", free_port(), 0, 1)
+            .timeout(Duration::from_secs(30))
+            .backend(b)
+    };
+    if !tch::Cuda::is_available() || !nccl_available() {
+        let e = ProcessGroup::new(&o(Backend::Nccl))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("NCCL asked for"), "{e}");
+        let g = ProcessGroup::new(&o(Backend::Auto)).unwrap();
+        assert!(!g.has_nccl());
+        return;
+    }
+    let g = ProcessGroup::new(&o(Backend::Nccl)).unwrap();
+    assert!(g.has_nccl());
+    let t = Tensor::from_slice(&[1.5f32, -2.0, 3.0]).to_device(Device::Cuda(0));
+    g.all_reduce_(&t, ReduceOp::Max).unwrap();
+    assert_eq!(t.device(), Device::Cuda(0));
+    assert_eq!(
+        Vec::<f32>::try_from(&t.to_device(Device::Cpu)).unwrap(),
+        [1.5, -2.0, 3.0]
+    );
+    let i = Tensor::from_slice(&[(1i64 << 60) + 1]).to_device(Device::Cuda(0));
+    g.broadcast_(&i, 0).unwrap();
+    assert_eq!(i.int64_value(&[0]), (1i64 << 60) + 1);
+    let gloo = ProcessGroup::new(&o(Backend::Gloo)).unwrap();
+    assert!(!gloo.has_nccl());
+    assert!(
+        gloo.all_reduce_(&t, ReduceOp::Sum).is_err(),
+        "Gloo alone takes no CUDA tensor"
+    );
+}
+
+fn one_process_cuda() -> Vec<(String, Tensor)> {
+    one_process_on(Device::Cuda(0))
+}
+
+/// A rank on the GPU (NCCL: one rank per device, so one rank on a one-GPU machine) trains as
+/// one process on the same GPU does: the variables and the quantizer state broadcast and the
+/// gradients all-reduced through NCCL on the device.
+#[test]
+#[ignore = "needs a CUDA device"]
+fn a_rank_on_cuda_trains_through_nccl() {
+    assert!(tch::Cuda::is_available() && nccl_available());
+    let gpus = tch::Cuda::device_count() as usize;
+    compare(
+        gpus,
+        &[("HGQ_DDP_DEVICE", "cuda")],
+        one_process_cuda,
+        |vs| drop(model(vs)),
+    );
+}
+
 #[test]
 fn bad_groups_are_errors() {
     assert!(ProcessGroup::new(&GroupOptions::new("127.0.0.1", 1, 2, 2)).is_err());
@@ -355,16 +455,12 @@ fn python_torch_distributed_joins_our_group() {
         .unwrap();
     let o = GroupOptions::new("127.0.0.1", port, 0, 2)
         .timeout(Duration::from_secs(30))
-        .prefix("default_pg/0//cpu/");
+        .prefix("default_pg/0/");
     let group = ProcessGroup::new(&o).unwrap();
     let t = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]);
-    group
-        .all_reduce_(&t, hgq_torch::distributed::ReduceOp::Sum)
-        .unwrap();
+    group.all_reduce_(&t, ReduceOp::Sum).unwrap();
     let m = Tensor::from_slice(&[1.0f32, 7.0]);
-    group
-        .all_reduce_(&m, hgq_torch::distributed::ReduceOp::Max)
-        .unwrap();
+    group.all_reduce_(&m, ReduceOp::Max).unwrap();
     let b = Tensor::from_slice(&[0.5f64, 1.5, 2.5]);
     group.broadcast_(&b, 0).unwrap();
     let out = child.wait_with_output().unwrap();

@@ -1,10 +1,16 @@
-// c10d's Gloo process group for hgq-torch's `distributed` module: a TCPStore rendezvous and
-// ProcessGroupGloo from libtorch, collectives with a timeout. Errors come back as messages.
+// c10d's process groups for hgq-torch's `distributed` module: a TCPStore rendezvous,
+// ProcessGroupGloo for CPU tensors and, where the build has NCCL (HGQ_NCCL), ProcessGroupNCCL
+// for CUDA tensors, as torch.distributed's "cpu:gloo,cuda:nccl"; collectives with a timeout.
+// Errors come back as messages.
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#ifdef HGQ_NCCL
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
 
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <string>
@@ -13,9 +19,22 @@ namespace {
 
 struct Group {
   c10::intrusive_ptr<c10d::Store> store;
-  c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
+  c10::intrusive_ptr<c10d::Backend> gloo;
+  // Null where the group has no NCCL backend.
+  c10::intrusive_ptr<c10d::Backend> nccl;
   std::chrono::milliseconds timeout;
 };
+
+// The backend for `t`'s device: NCCL for CUDA tensors, Gloo for CPU ones.
+c10d::Backend& backend_for(Group& g, const at::Tensor& t) {
+  if (!t.is_cuda()) {
+    return *g.gloo;
+  }
+  if (!g.nccl) {
+    throw std::runtime_error("a CUDA tensor, and this group has no NCCL backend");
+  }
+  return *g.nccl;
+}
 
 void set_err(char* err, size_t len, const char* msg) {
   if (err != nullptr && len > 0) {
@@ -57,11 +76,12 @@ void wait(const c10::intrusive_ptr<c10d::Work>& work, std::chrono::milliseconds 
 }  // namespace
 
 // Joins the group: rank 0 serves the TCPStore at host:port, the others connect to it; every
-// rank then makes a Gloo group over the store (under `prefix`, as torch.distributed does for
-// its default group: "default_pg/0/" there), on `iface_host` (the address Gloo binds).
+// rank then makes a Gloo backend over the store and, with `nccl`, an NCCL one, each under
+// `prefix` and its device's name, as torch.distributed does ("default_pg/0/" and then "cpu/"
+// or "cuda/" for its default group).
 extern "C" int hgq_dist_new(const char* host, int port, int rank, int size,
-                            int64_t timeout_ms, const char* prefix, void** out, char* err,
-                            size_t err_len) {
+                            int64_t timeout_ms, const char* prefix, int nccl, void** out,
+                            char* err, size_t err_len) {
   return guarded(err, err_len, [&] {
     auto timeout = std::chrono::milliseconds(timeout_ms);
     c10d::TCPStoreOptions o;
@@ -76,12 +96,40 @@ extern "C" int hgq_dist_new(const char* host, int port, int rank, int size,
     }
     auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
     opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice(false));
-    auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, size, opts);
+    auto cpu_store = c10::make_intrusive<c10d::PrefixStore>("cpu/", store);
+    auto gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(cpu_store, rank, size, opts);
     // As torch.distributed does after making a group (rank 0 sets the sequence number in the
     // store, the others read it): a Python rank waits for it.
-    pg->setSequenceNumberForGroup();
-    *out = new Group{store, pg, timeout};
+    gloo->setSequenceNumberForGroup();
+    c10::intrusive_ptr<c10d::Backend> cuda;
+    if (nccl != 0) {
+#ifdef HGQ_NCCL
+      // A collective past the timeout: abort the communicators and fail the work, which
+      // wait() reports, rather than torch's default of ending the process from the watchdog
+      // (a caller's own setting wins).
+      setenv("TORCH_NCCL_ASYNC_ERROR_HANDLING", "2", 0);
+      auto nopts = c10d::ProcessGroupNCCL::Options::create();
+      nopts->timeout = timeout;
+      auto cuda_store = c10::make_intrusive<c10d::PrefixStore>("cuda/", store);
+      auto pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(cuda_store, rank, size, nopts);
+      pg->setSequenceNumberForGroup();
+      cuda = pg;
+#else
+      throw std::runtime_error("this build of hgq-torch has no NCCL");
+#endif
+    }
+    *out = new Group{store, gloo, cuda, timeout};
   });
+}
+
+// 1 where this build has NCCL (the CUDA toolkit headers that c10d's NCCL header needs were
+// there at build time).
+extern "C" int hgq_dist_has_nccl() {
+#ifdef HGQ_NCCL
+  return 1;
+#else
+  return 0;
+#endif
 }
 
 extern "C" void hgq_dist_free(void* g) { delete static_cast<Group*>(g); }
@@ -95,7 +143,7 @@ extern "C" int hgq_dist_all_reduce(void* g, const at::Tensor* t, int op, char* e
     c10d::AllreduceOptions o;
     o.reduceOp = reduce_op(op);
     o.timeout = group->timeout;
-    wait(group->pg->allreduce(ts, o), group->timeout);
+    wait(backend_for(*group, *t).allreduce(ts, o), group->timeout);
   });
 }
 
@@ -108,7 +156,7 @@ extern "C" int hgq_dist_broadcast(void* g, const at::Tensor* t, int root, char* 
     c10d::BroadcastOptions o;
     o.rootRank = root;
     o.timeout = group->timeout;
-    wait(group->pg->broadcast(ts, o), group->timeout);
+    wait(backend_for(*group, *t).broadcast(ts, o), group->timeout);
   });
 }
 
@@ -117,6 +165,6 @@ extern "C" int hgq_dist_barrier(void* g, char* err, size_t err_len) {
     auto* group = static_cast<Group*>(g);
     c10d::BarrierOptions o;
     o.timeout = group->timeout;
-    wait(group->pg->barrier(o), group->timeout);
+    wait(group->gloo->barrier(o), group->timeout);
   });
 }
