@@ -21,6 +21,9 @@
 //! unpinned against our rows on all threads. Both sides use the reference's statistic, the
 //! fastest of `reps` calls back to back after a warm-up (hgq-bench-torch's `min_ms`).
 //!
+//! `cargo xtask bench --device cuda ...` times the quantizer on a GPU instead (see
+//! `bench_cuda.rs`).
+//!
 //! `cargo xtask bench --step [--reference] [--reference-python PATH] [--json] [--epochs E]
 //! [--filter S] [--path P] [--rounds R]` times something else: the steady-state training step of small QDense MLPs
 //! (hgq-torch's `hgq-bench-step`, on one thread and on all), with `--reference` against hgq2 on
@@ -113,6 +116,20 @@ fn run_core(reps: usize, json: bool) -> Result<(), String> {
 pub fn run(args: &[String]) -> Result<ExitCode, String> {
     if args.iter().any(|a| a == "--step") {
         return crate::step::run(args);
+    }
+    // `--device cuda` is the GPU bench; `--device cpu` is this one.
+    let mut args = args.to_vec();
+    if let Some(p) = args.iter().position(|a| a == "--device") {
+        match args.get(p + 1).map(String::as_str) {
+            Some("cuda") => return crate::bench_cuda::run(&args),
+            Some("cpu") => drop(args.drain(p..p + 2)),
+            other => {
+                return Err(format!(
+                    "--device {}: cpu or cuda",
+                    other.unwrap_or("(missing)")
+                ));
+            }
+        }
     }
     let mut json = false;
     let mut reps = 15;

@@ -14,6 +14,9 @@
 //! - `bench [--json] [--no-torch] [--reference]`: time the kernels (hgq-golden's
 //!   `hgq-bench-core` binary) and hgq-torch's quantizer with autograd (its `hgq-bench-torch`)
 //!   against a plain copy; `--reference`: and against hgq2 on jax, in the same run.
+//! - `bench --device cuda [--reps N] [--rows R,...] [--reference]`: the quantizer on a GPU
+//!   (hgq-torch's `hgq-bench-cuda`) against a device copy; `--reference`: against hgq2 on
+//!   Keras' torch backend with CUDA, in the same run.
 //! - `bench --step [--reference] [--json] [--epochs E] [--filter S] [--path P] [--rounds R]`: the training step of small
 //!   QDense MLPs (hgq-torch's `hgq-bench-step`), one thread and all; `--reference`: against
 //!   hgq2 on jax (`benches/hgq2_step.py`), in the same run.
@@ -22,6 +25,7 @@
 //! - `interop DIR [--inputs FILE]`: an export read back by hgq-torch, hgq2 and hls4ml's
 //!   firmware, all run on the same inputs.
 mod bench;
+mod bench_cuda;
 mod cargo;
 mod demo;
 mod golden;
@@ -50,6 +54,9 @@ fn usage() -> ExitCode {
          bench [--json] [--quick] [--reps N] [--no-torch] [--reference] [--reference-python PATH]\n  \
                                       time kernels against a plain copy of the same bytes\n  \
                                       (--reference: and hgq2 on jax, installed into .venv-ref)\n  \
+         bench --device cuda [--reps N] [--rows R,...] [--json] [--reference] [--reference-python PATH]\n  \
+                                      the quantizer on a GPU against a device copy (--reference:\n  \
+                                      and hgq2 on Keras' torch backend with CUDA)\n  \
          bench --step [--reference] [--reference-python PATH] [--json] [--epochs E] [--filter S] [--path auto|native|autograd] [--rounds R]\n  \
                                       the training step of small QDense MLPs, one thread and all\n  \
                                       (--reference: against hgq2 on jax in the same run)\n  \

@@ -114,7 +114,7 @@ sys.argv = sys.argv[2:]
 w, c = time.perf_counter(), time.process_time()
 runpy.run_path(sys.argv[0], run_name='__main__')
 w, c = time.perf_counter() - w, time.process_time() - c
-print(json.dumps(dict(backend='jax', case='_process', cpu_per_wall=c / w, cpus=len(os.sched_getaffinity(0)))))
+print(json.dumps(dict(backend=os.environ['KERAS_BACKEND'], case='_process', cpu_per_wall=c / w, cpus=len(os.sched_getaffinity(0)))))
 ";
 
 /// What one run of the reference printed.
@@ -161,23 +161,53 @@ pub fn time_step(python: &Path, epochs: usize, filter: &str, cpus: Cpus) -> Resu
     if !filter.is_empty() {
         args.extend(["--filter".to_string(), filter.to_string()]);
     }
-    let stdout = run_wrapped(python, &step_script(), &args, cpus)?;
-    lines(&stdout, "hgq2_step.py")
+    let stdout = run_wrapped(python, &step_script(), &args, cpus, "jax")?;
+    lines(&stdout, "hgq2_step.py", "jax")
 }
 
 /// [`time`] with another script (the tests' stand-in for the reference).
 fn run_script(python: &Path, script: &Path, repeats: usize, cpus: Cpus) -> Result<Run, String> {
     let args = ["--repeats".to_string(), repeats.to_string()];
-    parse(&run_wrapped(python, script, &args, cpus)?)
+    parse(&run_wrapped(python, script, &args, cpus, "jax")?, "jax")
 }
 
-/// Runs `script --threads N ARGS...` on jax through [`WRAPPER`] with the affinity `cpus` asks
-/// for (N = 1 on one CPU, else the number of CPUs allowed); its standard output.
+/// Whether `python` can import the reference on Keras' torch backend and sees a CUDA device.
+pub fn usable_on_cuda(python: &Path) -> bool {
+    Command::new(python)
+        .args([
+            "-c",
+            "import hgq, keras, torch; assert torch.cuda.is_available()",
+        ])
+        .env("KERAS_BACKEND", "torch")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Runs `hgq2_ref.py --device cuda --rows ROWS --repeats REPEATS` on Keras' torch backend
+/// (each repeat between two device synchronizations) and returns what it printed.
+pub fn time_cuda(python: &Path, repeats: usize, rows: usize) -> Result<Run, String> {
+    let args = [
+        "--device".to_string(),
+        "cuda".to_string(),
+        "--rows".to_string(),
+        rows.to_string(),
+        "--repeats".to_string(),
+        repeats.to_string(),
+    ];
+    parse(
+        &run_wrapped(python, &script(), &args, Cpus::All, "torch")?,
+        "torch",
+    )
+}
+
+/// Runs `script --threads N ARGS...` on Keras' `backend` through [`WRAPPER`] with the affinity
+/// `cpus` asks for (N = 1 on one CPU, else the number of CPUs allowed); its standard output.
 fn run_wrapped(
     python: &Path,
     script: &Path,
     args: &[String],
     cpus: Cpus,
+    backend: &str,
 ) -> Result<String, String> {
     let threads = match cpus {
         Cpus::One => 1,
@@ -192,7 +222,7 @@ fn run_wrapped(
         .arg(script)
         .args(["--threads", &threads.to_string()])
         .args(args)
-        .env("KERAS_BACKEND", "jax")
+        .env("KERAS_BACKEND", backend)
         .output()
         .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -209,16 +239,16 @@ fn run_wrapped(
 }
 
 /// The JSON lines of a reference script (`name`) and of the wrapper (other lines, e.g. from
-/// Keras, are skipped); an error if there are none, one names the wrong backend, or the
-/// wrapper's is missing.
-fn lines(stdout: &str, name: &str) -> Result<Lines, String> {
+/// Keras, are skipped); an error if there are none, one names another backend than `backend`,
+/// or the wrapper's is missing.
+fn lines(stdout: &str, name: &str, backend: &str) -> Result<Lines, String> {
     let mut rows = Vec::new();
     let mut process = None;
     for line in stdout.lines().filter(|l| l.trim_start().starts_with('{')) {
         let v = crate::json::parse(line)
             .map_err(|e| format!("{name} printed {line:?}, not JSON: {e}"))?;
-        if v["backend"] != "jax" {
-            return Err(format!("{name} ran on {}, not jax", v["backend"]));
+        if v["backend"] != backend {
+            return Err(format!("{name} ran on {}, not {backend}", v["backend"]));
         }
         if v["case"] == "_process" {
             process = v["cpu_per_wall"].as_f64().zip(v["cpus"].as_u64());
@@ -238,9 +268,9 @@ fn lines(stdout: &str, name: &str) -> Result<Lines, String> {
     })
 }
 
-/// [`lines`] of `hgq2_ref.py`, each with a case and a time.
-fn parse(stdout: &str) -> Result<Run, String> {
-    let l = lines(stdout, "hgq2_ref.py")?;
+/// [`lines`] of `hgq2_ref.py` on `backend`, each with a case and a time.
+fn parse(stdout: &str, backend: &str) -> Result<Run, String> {
+    let l = lines(stdout, "hgq2_ref.py", backend)?;
     let timings = l
         .rows
         .iter()
@@ -269,7 +299,7 @@ mod tests {
             {\"backend\": \"jax\", \"case\": \"copy\", \"elements\": 4194304, \"threads\": 1, \"ms\": 0.7925}\n\
             {\"backend\": \"jax\", \"case\": \"train/per_column\", \"elements\": 4194304, \"threads\": 1, \"ms\": 17.6302}\n\
             {\"backend\": \"jax\", \"case\": \"_process\", \"cpu_per_wall\": 1.01, \"cpus\": 1}\n";
-        let run = parse(out).unwrap();
+        let run = parse(out, "jax").unwrap();
         assert_eq!((run.cpu_per_wall, run.cpus), (1.01, 1));
         assert_eq!(
             run.timings,
@@ -321,10 +351,16 @@ mod tests {
     #[test]
     fn rejects_another_backend_and_empty_output() {
         let torch = "{\"backend\": \"torch\", \"case\": \"copy\", \"ms\": 1.0}\n";
-        assert!(parse(torch).unwrap_err().contains("not jax"));
+        assert!(parse(torch, "jax").unwrap_err().contains("not jax"));
         let unwrapped = "{\"backend\": \"jax\", \"case\": \"copy\", \"ms\": 1.0}\n";
-        assert!(parse(unwrapped).unwrap_err().contains("CPU use"));
-        assert!(parse("nothing\n").unwrap_err().contains("no timings"));
-        assert!(parse("{oops\n").unwrap_err().contains("not JSON"));
+        assert!(parse(unwrapped, "jax").unwrap_err().contains("CPU use"));
+        assert!(
+            parse("nothing\n", "jax")
+                .unwrap_err()
+                .contains("no timings")
+        );
+        assert!(parse("{oops\n", "jax").unwrap_err().contains("not JSON"));
+        let jax = "{\"backend\": \"jax\", \"case\": \"copy\", \"ms\": 1.0}\n";
+        assert!(parse(jax, "torch").unwrap_err().contains("not torch"));
     }
 }
