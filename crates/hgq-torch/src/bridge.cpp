@@ -39,6 +39,11 @@ int hgq_torch_kernel_launch(const uint8_t* call, size_t call_len, int which, con
 }
 
 #ifdef HGQ_TORCH_CUDA
+#include <dlfcn.h>
+
+#include <atomic>
+#include <memory>
+
 // A reference to libtorch_cuda (never called) so the linker keeps it: see build.rs.
 namespace at {
 namespace cuda {
@@ -235,6 +240,79 @@ void write_err(const char* what, char* err, size_t err_len) {
   err[err_len - 1] = 0;
 }
 }  // namespace
+
+#ifdef HGQ_TORCH_CUDA
+namespace {
+// Counts the warnings of libtorch's CUDA sync debug mode ("called a synchronizing CUDA
+// operation") raised on the thread that installed it (a backward's, which the autograd engine
+// replays on the calling thread, included); other warnings go on to the handler it replaced.
+class SyncCounter : public c10::WarningHandler {
+ public:
+  explicit SyncCounter(c10::WarningHandler* prev) : prev(prev) {}
+  void process(const c10::Warning& w) override {
+    if (w.msg().find("synchronizing CUDA operation") != std::string::npos) {
+      count.fetch_add(1);
+    } else if (prev != nullptr) {
+      prev->process(w);
+    }
+  }
+  c10::WarningHandler* prev;
+  std::atomic<int64_t> count{0};
+};
+thread_local std::unique_ptr<SyncCounter> sync_counter;
+
+// libtorch's sync debug state: c10/cuda/CUDAFunctions.h's `WarningState`, one
+// `SyncDebugMode` (an int enum: 0 off, 1 warn, 2 error). That header needs the CUDA toolkit's,
+// so the layout is restated here. `c10::cuda::warning_state()` is an inline function whose
+// static object libc10_cuda exports as a unique symbol; a copy compiled here would be this
+// binary's own (Rust binaries export no symbols), so the shared one is looked up by name.
+enum class SyncDebugMode : int { Disabled = 0, Warn = 1 };
+struct SyncState {
+  SyncDebugMode mode;
+};
+SyncState* sync_state() {
+  return static_cast<SyncState*>(
+      dlsym(RTLD_DEFAULT, "_ZZN3c104cuda13warning_stateEvE14warning_state_"));
+}
+}  // namespace
+#endif
+
+// Starts (on != 0) or stops counting the host synchronizations libtorch reports on CUDA (its
+// sync debug mode, as torch.cuda.set_sync_debug_mode("warn")) on this thread. Returns 0, or 1
+// where this build or libtorch has no CUDA.
+extern "C" int hgq_torch_sync_watch(int on) {
+#ifdef HGQ_TORCH_CUDA
+  auto* state = sync_state();
+  if (state == nullptr) return 1;
+  if (on != 0) {
+    if (!sync_counter) {
+      sync_counter = std::make_unique<SyncCounter>(c10::WarningUtils::get_warning_handler());
+      c10::WarningUtils::set_warning_handler(sync_counter.get());
+    }
+    sync_counter->count.store(0);
+    state->mode = SyncDebugMode::Warn;
+  } else {
+    state->mode = SyncDebugMode::Disabled;
+    if (sync_counter) {
+      c10::WarningUtils::set_warning_handler(sync_counter->prev);
+      sync_counter.reset();
+    }
+  }
+  return 0;
+#else
+  (void)on;
+  return 1;
+#endif
+}
+
+// The synchronizations counted on this thread since the watch started (-1 without a watch).
+extern "C" int64_t hgq_torch_sync_count() {
+#ifdef HGQ_TORCH_CUDA
+  return sync_counter ? sync_counter->count.load() : -1;
+#else
+  return -1;
+#endif
+}
 
 // 1 when this build refers to libtorch_cuda (and so links it), else 0.
 extern "C" int hgq_torch_cuda_linked() {

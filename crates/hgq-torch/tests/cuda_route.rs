@@ -347,3 +347,82 @@ fn the_cuda_bench_runs_on_the_cpu() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
 }
+
+/// The synchronization counter runs here (a CUDA libtorch without a GPU): CPU work reports
+/// none. Where libtorch has no CUDA it is an error.
+#[test]
+fn counting_synchronizations_of_cpu_work_finds_none() {
+    let x = Tensor::ones([8], (Kind::Float, Device::Cpu));
+    match hgq_torch::cuda::count_syncs(|| x.sum(Kind::Float).double_value(&[])) {
+        Ok((sum, n)) => assert_eq!((sum, n), (8.0, 0)),
+        Err(e) => {
+            let lib = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../.venv/libtorch/lib/libtorch_cuda.so");
+            assert!(!lib.exists(), "a CUDA libtorch, and no counter: {e}");
+        }
+    }
+}
+
+/// Issue 24's first item: a training step of the demo's model on CUDA (forward with WRAP
+/// tracking, EBOPs and the loss; backward; Adam; constraints) and a tracing pass make no host
+/// synchronization. Each phase is counted apart, so a failure names where they are.
+#[test]
+#[ignore = "needs CUDA: run with --ignored on a machine with a GPU"]
+fn a_training_step_on_cuda_does_not_synchronize() {
+    use hgq_torch::cuda::count_syncs;
+    use hgq_torch::hgq_core::CallMode;
+    use hgq_torch::layers::{Activation, QDense, Sequential};
+    use hgq_torch::optim::{Adam, AdamConfig};
+    assert!(hgq_torch::cuda_available(), "needs CUDA");
+    let dev = Device::Cuda(0);
+    // The counter itself: one read to the host is one synchronization.
+    let probe = Tensor::ones([4], (Kind::Float, dev));
+    let (_, n) = count_syncs(|| probe.sum(Kind::Float).double_value(&[])).unwrap();
+    assert_eq!(n, 1, "the counter sees a read to the host");
+
+    let vs = tch::nn::VarStore::new(dev);
+    let mut m = Sequential::new();
+    m.add(
+        &vs.root(),
+        QDense::builder(64, 32)
+            .activation(Activation::Relu)
+            .beta(1e-4),
+    )
+    .unwrap();
+    m.add(&vs.root(), QDense::builder(32, 10).beta(1e-4))
+        .unwrap();
+    let mut opt = Adam::new(&vs, AdamConfig::default().learning_rate(3e-3)).unwrap();
+    let x = Tensor::randn([64, 64], (Kind::Float, dev)) * 2.0;
+    let labels = x.narrow(1, 0, 10).argmax(1, false);
+    let mut counts = [0u64; 5];
+    for step in 0..5 {
+        let ((loss, _), forward) = count_syncs(|| {
+            let out = m.forward(&x, CallMode::Training).unwrap();
+            let loss = out.y.cross_entropy_for_logits(&labels) + &out.ebops_loss;
+            (loss, out.y)
+        })
+        .unwrap();
+        opt.zero_grad();
+        let (_, backward) = count_syncs(|| loss.backward()).unwrap();
+        let (_, adam) = count_syncs(|| opt.step().unwrap()).unwrap();
+        let (_, constraints) = count_syncs(|| m.apply_constraints().unwrap()).unwrap();
+        let (_, tracing) = count_syncs(|| m.forward(&x, CallMode::Tracing).unwrap()).unwrap();
+        // The first two steps warm up (kernels compiled, caches filled).
+        if step >= 2 {
+            for (c, n) in counts
+                .iter_mut()
+                .zip([forward, backward, adam, constraints, tracing])
+            {
+                *c += n;
+            }
+        }
+    }
+    eprintln!(
+        "synchronizations in 3 steps: forward {}, backward {}, Adam {}, constraints {}, tracing {}",
+        counts[0], counts[1], counts[2], counts[3], counts[4]
+    );
+    assert_eq!(
+        counts, [0; 5],
+        "forward, backward, Adam, constraints, tracing"
+    );
+}

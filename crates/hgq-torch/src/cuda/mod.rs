@@ -21,9 +21,11 @@ mod driver;
 pub mod host;
 mod nvrtc;
 pub(crate) mod route;
+mod syncs;
 
 pub use nvrtc::Nvrtc;
 pub use route::{KernelSetting, Route, fixed_quantize_kernel, kernel_failure};
+pub use syncs::count_syncs;
 
 use hgq_core::{OverflowMode, RoundMode};
 
