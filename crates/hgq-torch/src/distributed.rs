@@ -254,6 +254,17 @@ impl GroupOptions {
 
 struct Inner {
     ptr: *mut c_void,
+    /// What `average_gradients` has checked of the ranks' variables.
+    agreed: std::sync::Mutex<Agreed>,
+}
+
+/// What the ranks were found to agree on (see [`ProcessGroup::average_gradients`]).
+#[derive(Default)]
+struct Agreed {
+    /// The variables hold the same number of values on every rank.
+    sized: bool,
+    /// Which variables had gradients when this rank last checked that every rank agrees.
+    vars: Option<Vec<bool>>,
 }
 
 // SAFETY: c10d's process groups are used from any thread (torch's own DDP calls them from
@@ -343,7 +354,10 @@ impl ProcessGroup {
             }
         })?;
         Ok(ProcessGroup {
-            inner: Arc::new(Inner { ptr }),
+            inner: Arc::new(Inner {
+                ptr,
+                agreed: std::sync::Mutex::new(Agreed::default()),
+            }),
             rank: o.rank,
             size: o.world_size,
             nccl,
@@ -472,53 +486,106 @@ impl ProcessGroup {
     /// `local_rows` (so a mean loss over uneven shards is the mean over the global batch),
     /// in one flat all-reduce; a variable without a gradient on every rank is left alone, one
     /// without it on some ranks is an error.
+    ///
+    /// The all-reduce holds every variable (zeros for a missing gradient), so ranks whose
+    /// gradients differ still send the same sizes; the first call checks that the ranks'
+    /// variables have the same number of values (one more collective), since a collective of
+    /// different sizes is not an error c10d can report. The check that the ranks agree on
+    /// which variables have gradients reads the all-reduced counts back, a host
+    /// synchronization on a device: it runs where this rank's set differs from the one it
+    /// checked last (the first step, or a model that changed), not every step. A global batch
+    /// of no rows at all then shows as non-finite gradients (0 / 0), which the optimizer
+    /// refuses.
     pub fn average_gradients(&self, vars: &[Tensor], local_rows: usize) -> Result<()> {
         let grads: Vec<Tensor> = vars.iter().map(Tensor::grad).collect();
-        let defined: Vec<f64> = grads
-            .iter()
-            .map(|g| f64::from(u8::from(g.defined())))
-            .collect();
-        let gs: Vec<Tensor> = grads
-            .iter()
-            .filter(|g| g.defined())
-            .map(Tensor::shallow_clone)
-            .collect();
-        // The gradients times the rows, then the rows and which variables have gradients.
+        let mine: Vec<bool> = grads.iter().map(Tensor::defined).collect();
+        let mut agreed = self
+            .inner
+            .agreed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let wire = self.wire(device_of(vars));
-        let scaled = flatten(&gs, Kind::Double, wire)?.f_mul_scalar(local_rows as f64)?;
+        let values: i64 = vars.iter().map(|v| v.numel() as i64).sum();
+        if !agreed.sized {
+            let n = Tensor::from_slice(&[values as f64, -(values as f64)]);
+            self.all_reduce_(&n, ReduceOp::Max)?;
+            let (max, min) = (n.double_value(&[0]), -n.double_value(&[1]));
+            if max != min {
+                return Err(TorchError::Distributed {
+                    what: "average_gradients",
+                    why: format!("the ranks' variables hold {min} to {max} values"),
+                });
+            }
+            agreed.sized = true;
+        }
+        // The gradients (zeros where missing) times the rows, then the rows and which
+        // variables have gradients.
+        let full: Vec<Tensor> = vars
+            .iter()
+            .zip(&grads)
+            .map(|(v, g)| {
+                if g.defined() {
+                    Ok(g.shallow_clone())
+                } else {
+                    Ok(v.f_zeros_like()?)
+                }
+            })
+            .collect::<Result<_>>()?;
+        let scaled = flatten(&full, Kind::Double, wire)?.f_mul_scalar(local_rows as f64)?;
         let tail = Tensor::from_slice(
             &std::iter::once(local_rows as f64)
-                .chain(defined.iter().copied())
+                .chain(mine.iter().map(|&d| f64::from(u8::from(d))))
                 .collect::<Vec<_>>(),
         )
         .f_to_device(wire)?;
         let buf = Tensor::f_cat(&[scaled, tail], 0)?;
         self.all_reduce_(&buf, ReduceOp::Sum)?;
-        let n = buf.size()[0] - 1 - defined.len() as i64;
-        // One read of the tail (a host synchronization on a device).
-        let tail: Vec<f64> = Vec::try_from(
-            buf.f_narrow(0, n, 1 + defined.len() as i64)?
-                .f_to_device(tch::Device::Cpu)?,
-        )?;
-        let (total, counts) = (tail[0], &tail[1..]);
-        if counts
-            .iter()
-            .zip(&defined)
-            .any(|(&c, &d)| (d > 0.0 && c != self.size as f64) || (d == 0.0 && c != 0.0))
-        {
-            return Err(TorchError::Distributed {
-                what: "average_gradients",
-                why: "the ranks' models have gradients for different variables".into(),
-            });
+        // The division by the rows of all ranks on the tensors' device (no read).
+        let avg = buf
+            .f_narrow(0, 0, values)?
+            .f_div(&buf.f_narrow(0, values, 1)?)?;
+        if agreed.vars.as_ref() != Some(&mine) {
+            let tail: Vec<f64> = Vec::try_from(
+                buf.f_narrow(0, values, 1 + mine.len() as i64)?
+                    .f_to_device(tch::Device::Cpu)?,
+            )?;
+            let (total, counts) = (tail[0], &tail[1..]);
+            if counts
+                .iter()
+                .zip(&mine)
+                .any(|(&c, &d)| c != if d { self.size as f64 } else { 0.0 })
+            {
+                return Err(TorchError::Distributed {
+                    what: "average_gradients",
+                    why: "the ranks' models have gradients for different variables".into(),
+                });
+            }
+            if total <= 0.0 {
+                return Err(TorchError::Invalid {
+                    what: "average_gradients",
+                    why: "no rows on any rank".into(),
+                });
+            }
+            agreed.vars = Some(mine.clone());
         }
-        if total <= 0.0 {
-            return Err(TorchError::Invalid {
-                what: "average_gradients",
-                why: "no rows on any rank".into(),
-            });
+        // Back into the gradients that exist (a missing one's zeros stay out).
+        let (with, avg_parts): (Vec<Tensor>, Vec<Tensor>) = {
+            let mut at = 0i64;
+            let mut pairs = (Vec::new(), Vec::new());
+            for ((g, v), &d) in grads.iter().zip(vars).zip(&mine) {
+                let n = v.numel() as i64;
+                if d {
+                    pairs.0.push(g.shallow_clone());
+                    pairs.1.push(avg.f_narrow(0, at, n)?);
+                }
+                at += n;
+            }
+            pairs
+        };
+        if with.is_empty() {
+            return Ok(());
         }
-        let avg = buf.narrow(0, 0, n).f_div_scalar(total)?;
-        unflatten(&avg, &gs)
+        unflatten(&Tensor::f_cat(&avg_parts, 0)?, &with)
     }
 
     /// Installs this group as the quantizers' state sync on this thread (see

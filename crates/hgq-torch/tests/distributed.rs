@@ -472,3 +472,116 @@ fn python_torch_distributed_joins_our_group() {
         "[1.0, 12.0, 23.0, 34.0] [5.0, 7.0] [0.5, 1.5, 2.5]"
     );
 }
+
+/// Two ranks as two threads of this process: `average_gradients` weights each rank's
+/// gradients by its rows; ranks that disagree on which variables have gradients are an error
+/// where a rank's set is new to it (the check reads the counts back, so it runs when the set
+/// changes, not every step); no rows anywhere is an error.
+#[test]
+fn average_gradients_weights_rows_and_checks_the_variables() {
+    let port = free_port();
+    // (rank, this rank's gradients per call: None for a variable without one, rows)
+    type Call = (Vec<Option<f32>>, usize);
+    let run = |rank: usize, calls: Vec<Call>| {
+        std::thread::spawn(move || {
+            let o = GroupOptions::new("127.0.0.1", port, rank, 2)
+                .timeout(Duration::from_secs(20))
+                .backend(Backend::Gloo);
+            let g = ProcessGroup::new(&o).unwrap();
+            calls
+                .into_iter()
+                .map(|(grads, rows)| {
+                    let vars: Vec<Tensor> = grads
+                        .iter()
+                        .map(|_| {
+                            Tensor::zeros([1], (Kind::Float, Device::Cpu)).requires_grad_(true)
+                        })
+                        .collect();
+                    for (v, gv) in vars.iter().zip(&grads) {
+                        if let Some(gv) = gv {
+                            (v * f64::from(*gv)).sum(Kind::Float).backward();
+                        }
+                    }
+                    g.average_gradients(&vars, rows).map(|()| {
+                        vars.iter()
+                            .map(|v| v.grad().defined().then(|| v.grad().double_value(&[0])))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .map(|r| r.map_err(|e| e.to_string()))
+                .collect::<Vec<_>>()
+        })
+    };
+    let r0 = run(
+        0,
+        vec![
+            (vec![Some(1.0), Some(2.0)], 1),
+            (vec![Some(1.0), None], 1),
+            (vec![Some(1.0), None], 3),
+            (vec![Some(1.0), None], 3),
+        ],
+    );
+    let r1 = run(
+        1,
+        vec![
+            (vec![Some(5.0), None], 1),
+            (vec![Some(5.0), None], 1),
+            (vec![Some(5.0), None], 1),
+            (vec![Some(5.0), Some(1.0)], 1),
+        ],
+    );
+    let (r0, r1) = (r0.join().unwrap(), r1.join().unwrap());
+    // First call: the sets differ, both ranks check (their sets are new to them).
+    assert!(
+        r0[0].as_ref().unwrap_err().contains("different variables"),
+        "{:?}",
+        r0[0]
+    );
+    assert!(r1[0].as_ref().unwrap_err().contains("different variables"));
+    // Agreeing sets: the mean over both ranks' rows.
+    assert_eq!(r0[1], Ok(vec![Some(3.0), None]));
+    assert_eq!(r1[1], Ok(vec![Some(3.0), None]));
+    // Uneven rows: (1 x 3 + 5 x 1) / 4.
+    assert_eq!(r0[2], Ok(vec![Some(2.0), None]));
+    assert_eq!(r1[2], Ok(vec![Some(2.0), None]));
+    // Rank 1's set changes: it checks and refuses; rank 0's is the one it checked before.
+    assert!(r1[3].as_ref().unwrap_err().contains("different variables"));
+    assert!(r0[3].is_ok());
+
+    // Models of different sizes: both ranks refuse before the gradients' all-reduce (which
+    // c10d cannot report: Gloo aborts the process on a size mismatch).
+    let port = free_port();
+    let sized = |rank: usize| {
+        std::thread::spawn(move || {
+            let o = GroupOptions::new("127.0.0.1", port, rank, 2)
+                .timeout(Duration::from_secs(20))
+                .backend(Backend::Gloo);
+            let g = ProcessGroup::new(&o).unwrap();
+            let v =
+                Tensor::zeros([1 + rank as i64], (Kind::Float, Device::Cpu)).requires_grad_(true);
+            v.sum(Kind::Float).backward();
+            g.average_gradients(&[v], 1).map_err(|e| e.to_string())
+        })
+    };
+    let (a, b) = (sized(0), sized(1));
+    for r in [a.join().unwrap(), b.join().unwrap()] {
+        assert!(r.unwrap_err().contains("hold 1 to 2 values"));
+    }
+
+    let port = free_port();
+    let none = |rank: usize| {
+        std::thread::spawn(move || {
+            let o = GroupOptions::new("127.0.0.1", port, rank, 2)
+                .timeout(Duration::from_secs(20))
+                .backend(Backend::Gloo);
+            let g = ProcessGroup::new(&o).unwrap();
+            let v = Tensor::zeros([1], (Kind::Float, Device::Cpu)).requires_grad_(true);
+            v.sum(Kind::Float).backward();
+            g.average_gradients(&[v], 0).map_err(|e| e.to_string())
+        })
+    };
+    let (a, b) = (none(0), none(1));
+    for r in [a.join().unwrap(), b.join().unwrap()] {
+        assert!(r.unwrap_err().contains("no rows"));
+    }
+}
