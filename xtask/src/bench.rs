@@ -31,7 +31,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::json::{self, Value};
+use crate::json;
 use crate::reference::{Cpus, Run};
 
 /// The shape of x in hgq-bench-core's work (for the table's heading).
@@ -51,22 +51,15 @@ struct CoreRow {
 
 /// Reads one line of `hgq-bench-core`'s output; `None` for a line that is no JSON object.
 fn core_row(line: &str) -> Result<Option<CoreRow>, String> {
-    if !line.starts_with('{') {
+    let Some(r) = json::Row::read(line, "hgq-bench-core")? else {
         return Ok(None);
-    }
-    let v =
-        json::parse(line).map_err(|e| format!("hgq-bench-core printed {line:?}, not JSON: {e}"))?;
-    let missing = |k: &str| format!("hgq-bench-core printed {line:?}: no {k}");
-    let num = |k: &str| v[k].as_f64().ok_or_else(|| missing(k));
+    };
     Ok(Some(CoreRow {
-        case: v["case"]
-            .as_str()
-            .ok_or_else(|| missing("case"))?
-            .to_string(),
-        threads: v["threads"].as_u64().ok_or_else(|| missing("threads"))?,
-        ms: num("ms")?,
-        copy_ms: num("copy_ms")?,
-        ratio: num("ratio")?,
+        case: r.text("case")?,
+        threads: r.int("threads")?,
+        ms: r.num("ms")?,
+        copy_ms: r.num("copy_ms")?,
+        ratio: r.num("ratio")?,
     }))
 }
 
@@ -219,22 +212,16 @@ fn torch_rows(reps: usize) -> Result<Vec<TorchRow>, String> {
         ["--reps".into(), reps.to_string().into(), "--json".into()],
     )?;
     out.lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| {
-            let v: Value = json::parse(l)
-                .map_err(|e| format!("hgq-bench-torch printed {l:?}, not JSON: {e}"))?;
-            let missing = |k: &str| format!("hgq-bench-torch printed {l:?}: no {k}");
-            let num = |k: &str| v[k].as_f64().ok_or_else(|| missing(k));
+        .filter_map(|l| json::Row::read(l, "hgq-bench-torch").transpose())
+        .map(|r| {
+            let r = r?;
             Ok(TorchRow {
-                case: v["case"]
-                    .as_str()
-                    .ok_or_else(|| missing("case"))?
-                    .to_string(),
-                threads: v["threads"].as_u64().ok_or_else(|| missing("threads"))?,
-                ms: num("ms")?,
-                copy_ms: num("copy_ms")?,
-                ratio: num("ratio")?,
-                min_ms: num("min_ms")?,
+                case: r.text("case")?,
+                threads: r.int("threads")?,
+                ms: r.num("ms")?,
+                copy_ms: r.num("copy_ms")?,
+                ratio: r.num("ratio")?,
+                min_ms: r.num("min_ms")?,
             })
         })
         .collect()

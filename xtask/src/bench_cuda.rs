@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use crate::json::{self, Value};
+use crate::json;
 use crate::reference::Run;
 
 /// One row of `hgq-bench-cuda`.
@@ -31,21 +31,15 @@ struct Row {
 /// Reads `hgq-bench-cuda`'s JSON lines (other lines skipped).
 fn parse_rows(out: &str) -> Result<Vec<Row>, String> {
     out.lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| {
-            let v: Value = json::parse(l)
-                .map_err(|e| format!("hgq-bench-cuda printed {l:?}, not JSON: {e}"))?;
-            let missing = |k: &str| format!("hgq-bench-cuda printed {l:?}: no {k}");
-            let num = |k: &str| v[k].as_f64().ok_or_else(|| missing(k));
+        .filter_map(|l| json::Row::read(l, "hgq-bench-cuda").transpose())
+        .map(|r| {
+            let r = r?;
             Ok(Row {
-                case: v["case"]
-                    .as_str()
-                    .ok_or_else(|| missing("case"))?
-                    .to_string(),
-                rows: v["rows"].as_u64().ok_or_else(|| missing("rows"))?,
-                ms: num("ms")?,
-                copy_ms: num("copy_ms")?,
-                ratio: num("ratio")?,
+                case: r.text("case")?,
+                rows: r.int("rows")?,
+                ms: r.num("ms")?,
+                copy_ms: r.num("copy_ms")?,
+                ratio: r.num("ratio")?,
             })
         })
         .collect()

@@ -7,6 +7,8 @@ use hgq_torch::ops::fixed_quantize_ops;
 use hgq_torch::{Result, fixed_quantize};
 use tch::{Device, Kind, Tensor};
 
+mod common;
+
 /// Reproducible values in [lo, hi).
 fn values(n: i64, seed: i64, lo: f64, hi: f64) -> Tensor {
     let t = Tensor::arange(n, (Kind::Double, Device::Cpu));
@@ -371,7 +373,6 @@ fn counting_synchronizations_of_cpu_work_finds_none() {
 fn a_training_step_on_cuda_does_not_synchronize() {
     use hgq_torch::cuda::count_syncs;
     use hgq_torch::hgq_core::CallMode;
-    use hgq_torch::layers::{Activation, QDense, Sequential};
     use hgq_torch::optim::{Adam, AdamConfig};
     assert!(hgq_torch::cuda_available(), "needs CUDA");
     let dev = Device::Cuda(0);
@@ -381,16 +382,7 @@ fn a_training_step_on_cuda_does_not_synchronize() {
     assert_eq!(n, 1, "the counter sees a read to the host");
 
     let vs = tch::nn::VarStore::new(dev);
-    let mut m = Sequential::new();
-    m.add(
-        &vs.root(),
-        QDense::builder(64, 32)
-            .activation(Activation::Relu)
-            .beta(1e-4),
-    )
-    .unwrap();
-    m.add(&vs.root(), QDense::builder(32, 10).beta(1e-4))
-        .unwrap();
+    let m = common::demo_mlp(&vs);
     let mut opt = Adam::new(&vs, AdamConfig::default().learning_rate(3e-3)).unwrap();
     let x = Tensor::randn([64, 64], (Kind::Float, dev)) * 2.0;
     let labels = x.narrow(1, 0, 10).argmax(1, false);

@@ -22,19 +22,11 @@ const STEPS: i64 = 6;
 /// Not a multiple of 4: the 4-rank shards are uneven (8, 8, 7, 7).
 const BATCH: i64 = 30;
 
+mod common;
+
 fn model(vs: &nn::VarStore) -> Sequential {
     tch::manual_seed(0);
-    let mut m = Sequential::new();
-    m.add(
-        &vs.root(),
-        QDense::builder(64, 32)
-            .activation(Activation::Relu)
-            .beta(1e-4),
-    )
-    .unwrap();
-    m.add(&vs.root(), QDense::builder(32, 10).beta(1e-4))
-        .unwrap();
-    m
+    common::demo_mlp(vs)
 }
 
 /// The global batches, the same in every process.

@@ -64,3 +64,20 @@ pub fn f64s(t: &Tensor) -> Vec<f64> {
 pub fn bits(t: &Tensor) -> Vec<u32> {
     f32s(t).into_iter().map(f32::to_bits).collect()
 }
+
+/// The digits demo's network: 64-32-10 `QDense` (ReLU between; hgq2's default quantizers,
+/// WRAP inputs), beta 1e-4, built in `vs` from torch's generator as it stands.
+pub fn demo_mlp(vs: &tch::nn::VarStore) -> hgq_torch::layers::Sequential {
+    use hgq_torch::layers::{Activation, QDense, Sequential};
+    let mut m = Sequential::new();
+    m.add(
+        &vs.root(),
+        QDense::builder(64, 32)
+            .activation(Activation::Relu)
+            .beta(1e-4),
+    )
+    .unwrap();
+    m.add(&vs.root(), QDense::builder(32, 10).beta(1e-4))
+        .unwrap();
+    m
+}
