@@ -27,17 +27,11 @@ use hgq_torch::quantizer::Quantizer;
 use hgq_torch::{Result, fixed_quantize};
 use tch::{Device, Kind, Tensor, nn};
 
-const COLS: i64 = 4096;
+#[path = "shared/stats.rs"]
+mod stats;
+use stats::median;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        0.5 * (v[n / 2 - 1] + v[n / 2])
-    }
-}
+const COLS: i64 = 4096;
 
 /// Milliseconds of `f`, between two synchronizations of the device (`dev`).
 fn timed(dev: Device, f: &mut impl FnMut() -> Result<()>) -> Result<f64> {

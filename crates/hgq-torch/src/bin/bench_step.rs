@@ -43,6 +43,10 @@ use hgq_torch::layers::{Activation, QDense, Sequential, StepPath};
 use hgq_torch::optim::{Adam, AdamConfig};
 use tch::{Device, Tensor, nn};
 
+#[path = "shared/stats.rs"]
+mod stats;
+use stats::median;
+
 type Error = Box<dyn std::error::Error>;
 
 /// Rows of the data set: the digits demo's training split (80 % of 1797).
@@ -113,16 +117,6 @@ fn data() -> (Tensor, Tensor) {
         Tensor::from_slice(&x).reshape([ROWS as i64, FEATURES as i64]),
         Tensor::from_slice(&y),
     )
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        0.5 * (v[n / 2 - 1] + v[n / 2])
-    }
 }
 
 /// A matrix product `m x k` by `k x n` into a row-major `m x n`, its left operand stored

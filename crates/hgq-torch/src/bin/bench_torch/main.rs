@@ -30,15 +30,9 @@ use std::time::Instant;
 use tch::Tensor;
 use work::{COLS, Case, Layout, Path, ROWS};
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        0.5 * (v[n / 2 - 1] + v[n / 2])
-    }
-}
+#[path = "../shared/stats.rs"]
+mod stats;
+use stats::median;
 
 fn once_ms(f: &mut impl FnMut()) -> f64 {
     let t = Instant::now();
