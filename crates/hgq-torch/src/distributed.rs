@@ -450,10 +450,26 @@ impl ProcessGroup {
     /// Every variable of `vs` (trainable or not: the quantizers' state too) set to rank 0's,
     /// in the order of their names (the same model built on every rank has the same names):
     /// one broadcast per kind of variable, in that kind, so that every value arrives as it is
-    /// (an int64 above 2^53 too).
+    /// (an int64 above 2^53 too). First the ranks compare their variables (names, kinds and
+    /// sizes, one small all-reduce): stores that differ are an error on every rank, not
+    /// values sent to the wrong variables (or a collective of different sizes, which Gloo
+    /// answers by ending the process).
     pub fn broadcast_variables(&self, vs: &nn::VarStore) -> Result<()> {
         let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let sig = Tensor::from_slice(&signature(&vars)?);
+        let both = Tensor::f_cat(&[sig.shallow_clone(), sig.f_neg()?], 0)?;
+        self.all_reduce_(&both, ReduceOp::Max)?;
+        let n = sig.numel() as i64;
+        if !both
+            .f_narrow(0, 0, n)?
+            .equal(&both.f_narrow(0, n, n)?.f_neg()?)
+        {
+            return Err(TorchError::Distributed {
+                what: "broadcast_variables",
+                why: "the ranks' stores hold different variables (names, kinds or sizes)".into(),
+            });
+        }
         let mut kinds: Vec<Kind> = Vec::new();
         for (_, t) in &vars {
             let k = t.f_kind()?;
@@ -701,6 +717,45 @@ impl StateSync for ProcessGroup {
         values.copy_from_slice(&v);
         Ok(())
     }
+}
+
+/// What must be the same on every rank before variables are broadcast: their count, their
+/// values per kind, and a hash of their names, kinds and shapes (62 bits, so that its negation
+/// fits an int64 too).
+fn signature(vars: &[(String, Tensor)]) -> Result<Vec<i64>> {
+    const KINDS: [Kind; 10] = [
+        Kind::Uint8,
+        Kind::Int8,
+        Kind::Int16,
+        Kind::Int,
+        Kind::Int64,
+        Kind::Half,
+        Kind::Float,
+        Kind::Double,
+        Kind::Bool,
+        Kind::BFloat16,
+    ];
+    let mut per_kind = [0i64; KINDS.len() + 1];
+    // FNV-1a over the names, kinds and shapes in order.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for (name, t) in vars {
+        let kind = t.f_kind()?;
+        let at = KINDS.iter().position(|&k| k == kind).unwrap_or(KINDS.len());
+        per_kind[at] += t.numel() as i64;
+        eat(name.as_bytes());
+        eat(&[0, at as u8]);
+        for d in t.size() {
+            eat(&d.to_le_bytes());
+        }
+    }
+    let mut sig = vec![vars.len() as i64, (hash >> 2) as i64];
+    sig.extend(per_kind);
+    Ok(sig)
 }
 
 /// The device of the first tensor (the host for none): a model's variables live on one.

@@ -577,3 +577,44 @@ fn average_gradients_weights_rows_and_checks_the_variables() {
         assert!(r.unwrap_err().contains("no rows"));
     }
 }
+
+/// Stores that differ between ranks (another variable, another size, another name) are an
+/// error on every rank at `broadcast_variables`, and the same stores broadcast rank 0's
+/// values.
+#[test]
+fn broadcast_variables_refuses_different_stores() {
+    // (shape of "a", name of the second variable) per rank
+    let case = |shapes: [(i64, &'static str); 2]| {
+        let port = free_port();
+        let ranks: Vec<_> = shapes
+            .into_iter()
+            .enumerate()
+            .map(|(rank, (n, name))| {
+                std::thread::spawn(move || {
+                    let o = GroupOptions::new("127.0.0.1", port, rank, 2)
+                        .timeout(Duration::from_secs(20))
+                        .backend(Backend::Gloo);
+                    let g = ProcessGroup::new(&o).unwrap();
+                    let vs = nn::VarStore::new(Device::Cpu);
+                    let a = vs.root().zeros_no_train("a", &[n]);
+                    let _ = a.shallow_clone().fill_(rank as f64 + 1.0);
+                    let _ = vs.root().zeros_no_train(name, &[2]);
+                    g.broadcast_variables(&vs)
+                        .map(|()| Vec::<f32>::try_from(&a).unwrap())
+                        .map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        ranks
+            .into_iter()
+            .map(|r| r.join().unwrap())
+            .collect::<Vec<_>>()
+    };
+    let same = case([(3, "b"), (3, "b")]);
+    assert_eq!(same, vec![Ok(vec![1.0; 3]), Ok(vec![1.0; 3])]);
+    for other in [case([(3, "b"), (4, "b")]), case([(3, "b"), (3, "c")])] {
+        for r in other {
+            assert!(r.unwrap_err().contains("different variables"));
+        }
+    }
+}
