@@ -465,64 +465,71 @@ fn python_torch_distributed_joins_our_group() {
     );
 }
 
+/// Runs `f` as ranks 0 and 1 of a Gloo group, two threads of this process; their results in
+/// rank order.
+fn two_threads<R: Send + 'static>(
+    f: impl Fn(&ProcessGroup, usize) -> R + Send + Clone + 'static,
+) -> Vec<R> {
+    let port = free_port();
+    let ranks: Vec<_> = (0..2)
+        .map(|rank| {
+            let f = f.clone();
+            std::thread::spawn(move || {
+                let o = GroupOptions::new("127.0.0.1", port, rank, 2)
+                    .timeout(Duration::from_secs(20))
+                    .backend(Backend::Gloo);
+                f(&ProcessGroup::new(&o).unwrap(), rank)
+            })
+        })
+        .collect();
+    ranks.into_iter().map(|r| r.join().unwrap()).collect()
+}
+
 /// Two ranks as two threads of this process: `average_gradients` weights each rank's
 /// gradients by its rows; ranks that disagree on which variables have gradients are an error
 /// where a rank's set is new to it (the check reads the counts back, so it runs when the set
 /// changes, not every step); no rows anywhere is an error.
 #[test]
 fn average_gradients_weights_rows_and_checks_the_variables() {
-    let port = free_port();
-    // (rank, this rank's gradients per call: None for a variable without one, rows)
-    type Call = (Vec<Option<f32>>, usize);
-    let run = |rank: usize, calls: Vec<Call>| {
-        std::thread::spawn(move || {
-            let o = GroupOptions::new("127.0.0.1", port, rank, 2)
-                .timeout(Duration::from_secs(20))
-                .backend(Backend::Gloo);
-            let g = ProcessGroup::new(&o).unwrap();
-            calls
-                .into_iter()
-                .map(|(grads, rows)| {
-                    let vars: Vec<Tensor> = grads
-                        .iter()
-                        .map(|_| {
-                            Tensor::zeros([1], (Kind::Float, Device::Cpu)).requires_grad_(true)
-                        })
-                        .collect();
-                    for (v, gv) in vars.iter().zip(&grads) {
-                        if let Some(gv) = gv {
-                            (v * f64::from(*gv)).sum(Kind::Float).backward();
-                        }
-                    }
-                    g.average_gradients(&vars, rows).map(|()| {
-                        vars.iter()
-                            .map(|v| v.grad().defined().then(|| v.grad().double_value(&[0])))
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .map(|r| r.map_err(|e| e.to_string()))
-                .collect::<Vec<_>>()
-        })
-    };
-    let r0 = run(
-        0,
+    // Per rank, per call: this rank's gradient of each variable (None: none) and its rows.
+    let calls: [Vec<(Vec<Option<f32>>, usize)>; 2] = [
         vec![
             (vec![Some(1.0), Some(2.0)], 1),
             (vec![Some(1.0), None], 1),
             (vec![Some(1.0), None], 3),
             (vec![Some(1.0), None], 3),
         ],
-    );
-    let r1 = run(
-        1,
         vec![
             (vec![Some(5.0), None], 1),
             (vec![Some(5.0), None], 1),
             (vec![Some(5.0), None], 1),
             (vec![Some(5.0), Some(1.0)], 1),
         ],
-    );
-    let (r0, r1) = (r0.join().unwrap(), r1.join().unwrap());
+    ];
+    let r = two_threads(move |g, rank| {
+        calls[rank]
+            .iter()
+            .map(|(grads, rows)| {
+                let vars: Vec<Tensor> = grads
+                    .iter()
+                    .map(|_| Tensor::zeros([1], (Kind::Float, Device::Cpu)).requires_grad_(true))
+                    .collect();
+                for (v, gv) in vars.iter().zip(grads) {
+                    if let Some(gv) = gv {
+                        (v * f64::from(*gv)).sum(Kind::Float).backward();
+                    }
+                }
+                g.average_gradients(&vars, *rows)
+                    .map(|()| {
+                        vars.iter()
+                            .map(|v| v.grad().defined().then(|| v.grad().double_value(&[0])))
+                            .collect::<Vec<_>>()
+                    })
+                    .map_err(|e| e.to_string())
+            })
+            .collect::<Vec<_>>()
+    });
+    let (r0, r1) = (&r[0], &r[1]);
     // First call: the sets differ, both ranks check (their sets are new to them).
     assert!(
         r0[0].as_ref().unwrap_err().contains("different variables"),
@@ -540,40 +547,19 @@ fn average_gradients_weights_rows_and_checks_the_variables() {
     assert!(r1[3].as_ref().unwrap_err().contains("different variables"));
     assert!(r0[3].is_ok());
 
+    // One rank's variable of `1 + rank * extra` values (its gradient all ones), on `rows` rows.
+    fn one(g: &ProcessGroup, rank: usize, extra: i64, rows: usize) -> Result<(), String> {
+        let v = Tensor::zeros([1 + rank as i64 * extra], (Kind::Float, Device::Cpu))
+            .requires_grad_(true);
+        v.sum(Kind::Float).backward();
+        g.average_gradients(&[v], rows).map_err(|e| e.to_string())
+    }
     // Models of different sizes: both ranks refuse before the gradients' all-reduce (which
-    // c10d cannot report: Gloo aborts the process on a size mismatch).
-    let port = free_port();
-    let sized = |rank: usize| {
-        std::thread::spawn(move || {
-            let o = GroupOptions::new("127.0.0.1", port, rank, 2)
-                .timeout(Duration::from_secs(20))
-                .backend(Backend::Gloo);
-            let g = ProcessGroup::new(&o).unwrap();
-            let v =
-                Tensor::zeros([1 + rank as i64], (Kind::Float, Device::Cpu)).requires_grad_(true);
-            v.sum(Kind::Float).backward();
-            g.average_gradients(&[v], 1).map_err(|e| e.to_string())
-        })
-    };
-    let (a, b) = (sized(0), sized(1));
-    for r in [a.join().unwrap(), b.join().unwrap()] {
+    // c10d cannot report: Gloo ends the process on a size mismatch).
+    for r in two_threads(|g, rank| one(g, rank, 1, 1)) {
         assert!(r.unwrap_err().contains("hold 1 to 2 values"));
     }
-
-    let port = free_port();
-    let none = |rank: usize| {
-        std::thread::spawn(move || {
-            let o = GroupOptions::new("127.0.0.1", port, rank, 2)
-                .timeout(Duration::from_secs(20))
-                .backend(Backend::Gloo);
-            let g = ProcessGroup::new(&o).unwrap();
-            let v = Tensor::zeros([1], (Kind::Float, Device::Cpu)).requires_grad_(true);
-            v.sum(Kind::Float).backward();
-            g.average_gradients(&[v], 0).map_err(|e| e.to_string())
-        })
-    };
-    let (a, b) = (none(0), none(1));
-    for r in [a.join().unwrap(), b.join().unwrap()] {
+    for r in two_threads(|g, rank| one(g, rank, 0, 0)) {
         assert!(r.unwrap_err().contains("no rows"));
     }
 }
@@ -583,32 +569,18 @@ fn average_gradients_weights_rows_and_checks_the_variables() {
 /// values.
 #[test]
 fn broadcast_variables_refuses_different_stores() {
-    // (shape of "a", name of the second variable) per rank
-    let case = |shapes: [(i64, &'static str); 2]| {
-        let port = free_port();
-        let ranks: Vec<_> = shapes
-            .into_iter()
-            .enumerate()
-            .map(|(rank, (n, name))| {
-                std::thread::spawn(move || {
-                    let o = GroupOptions::new("127.0.0.1", port, rank, 2)
-                        .timeout(Duration::from_secs(20))
-                        .backend(Backend::Gloo);
-                    let g = ProcessGroup::new(&o).unwrap();
-                    let vs = nn::VarStore::new(Device::Cpu);
-                    let a = vs.root().zeros_no_train("a", &[n]);
-                    let _ = a.shallow_clone().fill_(rank as f64 + 1.0);
-                    let _ = vs.root().zeros_no_train(name, &[2]);
-                    g.broadcast_variables(&vs)
-                        .map(|()| Vec::<f32>::try_from(&a).unwrap())
-                        .map_err(|e| e.to_string())
-                })
-            })
-            .collect();
-        ranks
-            .into_iter()
-            .map(|r| r.join().unwrap())
-            .collect::<Vec<_>>()
+    // Per rank: the size of "a" and the name of the second variable.
+    let case = |stores: [(i64, &'static str); 2]| {
+        two_threads(move |g, rank| {
+            let (n, name) = stores[rank];
+            let vs = nn::VarStore::new(Device::Cpu);
+            let a = vs.root().zeros_no_train("a", &[n]);
+            let _ = a.shallow_clone().fill_(rank as f64 + 1.0);
+            let _ = vs.root().zeros_no_train(name, &[2]);
+            g.broadcast_variables(&vs)
+                .map(|()| Vec::<f32>::try_from(&a).unwrap())
+                .map_err(|e| e.to_string())
+        })
     };
     let same = case([(3, "b"), (3, "b")]);
     assert_eq!(same, vec![Ok(vec![1.0; 3]), Ok(vec![1.0; 3])]);
