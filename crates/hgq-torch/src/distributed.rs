@@ -547,12 +547,23 @@ impl ProcessGroup {
                 }
             })
             .collect::<Result<_>>()?;
-        let scaled = flatten(&full, Kind::Double, wire)?.f_mul_scalar(local_rows as f64)?;
+        // In float32 where every variable is (as torch's DDP averages in the gradients' type):
+        // half the bytes of float64, and the collectives of larger networks are bandwidth;
+        // float64 otherwise, or where the rows would not be exact in float32.
+        let kind = if vars.iter().all(|v| v.kind() == Kind::Float)
+            && local_rows.saturating_mul(self.size) <= 1 << 24
+        {
+            Kind::Float
+        } else {
+            Kind::Double
+        };
+        let scaled = flatten(&full, kind, wire)?.f_mul_scalar(local_rows as f64)?;
         let tail = Tensor::from_slice(
             &std::iter::once(local_rows as f64)
                 .chain(mine.iter().map(|&d| f64::from(u8::from(d))))
                 .collect::<Vec<_>>(),
         )
+        .f_to_kind(kind)?
         .f_to_device(wire)?;
         let buf = Tensor::f_cat(&[scaled, tail], 0)?;
         self.all_reduce_(&buf, ReduceOp::Sum)?;
@@ -563,7 +574,8 @@ impl ProcessGroup {
         if agreed.vars.as_ref() != Some(&mine) {
             let tail: Vec<f64> = Vec::try_from(
                 buf.f_narrow(0, values, 1 + mine.len() as i64)?
-                    .f_to_device(tch::Device::Cpu)?,
+                    .f_to_device(tch::Device::Cpu)?
+                    .f_to_kind(Kind::Double)?,
             )?;
             let (total, counts) = (tail[0], &tail[1..]);
             if counts
