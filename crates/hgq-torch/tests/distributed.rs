@@ -562,6 +562,20 @@ fn average_gradients_weights_rows_and_checks_the_variables() {
     for r in two_threads(|g, rank| one(g, rank, 0, 0)) {
         assert!(r.unwrap_err().contains("no rows"));
     }
+    // A float64 variable beside a float32 one: averaged in float64, each in its own kind, to
+    // the last bit ((0.1 x 1 + 0.3 x 2) / 3 in float64 is 0.7 / 3).
+    let mixed = two_threads(|g, rank| {
+        let wide = Tensor::zeros([1], (Kind::Double, Device::Cpu)).requires_grad_(true);
+        let narrow = Tensor::zeros([1], (Kind::Float, Device::Cpu)).requires_grad_(true);
+        let gv = [0.1, 0.3][rank];
+        ((&wide * gv).sum(Kind::Double) + (&narrow * gv).sum(Kind::Float)).backward();
+        g.average_gradients(&[wide.shallow_clone(), narrow.shallow_clone()], rank + 1)
+            .unwrap();
+        (wide.grad().double_value(&[0]), narrow.grad().kind())
+    });
+    for (w, k) in mixed {
+        assert_eq!((w, k), ((0.1 * 1.0 + 0.3 * 2.0) / 3.0, Kind::Float));
+    }
 }
 
 /// Stores that differ between ranks (another variable, another size, another name) are an
