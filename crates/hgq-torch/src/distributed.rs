@@ -415,7 +415,9 @@ impl ProcessGroup {
 
     /// In place: `t` (a contiguous tensor, the same shape and kind on every rank; on the CPU,
     /// or on this rank's CUDA device where the group has NCCL) becomes the reduction of every
-    /// rank's.
+    /// rank's. Sizes that differ between ranks are the caller's to rule out: Gloo answers them
+    /// by ending the process, which c10d cannot turn into an error (the model-level calls,
+    /// [`Self::broadcast_variables`] and [`Self::average_gradients`], check first).
     pub fn all_reduce_(&self, t: &Tensor, op: ReduceOp) -> Result<()> {
         self.check(t, "all_reduce tensor")?;
         call("all_reduce", |err, len| {
