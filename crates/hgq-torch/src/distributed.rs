@@ -44,9 +44,10 @@
 //! Gloo. Each rank uses its own GPU (NCCL refuses two ranks on one device): torchrun's
 //! `LOCAL_RANK` says which. NCCL is built where `cargo xtask setup` installed the CUDA
 //! headers that c10d's NCCL header needs (two small header wheels beside torch's CUDA
-//! libraries). A collective past the timeout makes NCCL abort its communicators and fail the
-//! collective (`TORCH_NCCL_ASYNC_ERROR_HANDLING=2` unless the environment sets it), so it is
-//! an error here too, not the end of the process.
+//! libraries). NCCL collectives are ordered on the tensors' stream, not waited for on the
+//! host; one past the timeout makes NCCL's watchdog abort the communicators
+//! (`TORCH_NCCL_ASYNC_ERROR_HANDLING=2` unless the environment sets it), so the next
+//! collective is an error, not the end of the process.
 use std::ffi::{CString, c_char, c_int, c_void};
 use std::ops::Range;
 use std::sync::Arc;
@@ -426,6 +427,21 @@ impl ProcessGroup {
         })
     }
 
+    /// Whether every rank passed the same `values` (one all-reduce of them and their negations
+    /// with MAX; every rank learns the answer).
+    fn same_everywhere(&self, values: &[i64]) -> Result<bool> {
+        let both: Vec<i64> = values
+            .iter()
+            .copied()
+            .chain(values.iter().map(|v| -v))
+            .collect();
+        let t = Tensor::from_slice(&both);
+        self.all_reduce_(&t, ReduceOp::Max)?;
+        let r = Vec::<i64>::try_from(&t)?;
+        let (max, neg_min) = r.split_at(values.len());
+        Ok(max.iter().zip(neg_min).all(|(a, b)| *a == -b))
+    }
+
     /// In place: every rank's `t` becomes rank `root`'s.
     pub fn broadcast_(&self, t: &Tensor, root: usize) -> Result<()> {
         self.check(t, "broadcast tensor")?;
@@ -459,14 +475,7 @@ impl ProcessGroup {
     pub fn broadcast_variables(&self, vs: &nn::VarStore) -> Result<()> {
         let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
-        let sig = Tensor::from_slice(&signature(&vars)?);
-        let both = Tensor::f_cat(&[sig.shallow_clone(), sig.f_neg()?], 0)?;
-        self.all_reduce_(&both, ReduceOp::Max)?;
-        let n = sig.numel() as i64;
-        if !both
-            .f_narrow(0, 0, n)?
-            .equal(&both.f_narrow(0, n, n)?.f_neg()?)
-        {
+        if !self.same_everywhere(&signature(&vars)?)? {
             return Err(TorchError::Distributed {
                 what: "broadcast_variables",
                 why: "the ranks' stores hold different variables (names, kinds or sizes)".into(),
@@ -525,13 +534,14 @@ impl ProcessGroup {
         let wire = self.wire(device_of(vars));
         let values: i64 = vars.iter().map(|v| v.numel() as i64).sum();
         if !agreed.sized {
-            let n = Tensor::from_slice(&[values as f64, -(values as f64)]);
-            self.all_reduce_(&n, ReduceOp::Max)?;
-            let (max, min) = (n.double_value(&[0]), -n.double_value(&[1]));
-            if max != min {
+            let unnamed: Vec<(String, Tensor)> = vars
+                .iter()
+                .map(|v| (String::new(), v.shallow_clone()))
+                .collect();
+            if !self.same_everywhere(&signature(&unnamed)?)? {
                 return Err(TorchError::Distributed {
                     what: "average_gradients",
-                    why: format!("the ranks' variables hold {min} to {max} values"),
+                    why: "the ranks' variables differ (count, kinds or shapes)".into(),
                 });
             }
             agreed.sized = true;
@@ -551,10 +561,9 @@ impl ProcessGroup {
             .collect::<Result<_>>()?;
         // In float32 where every variable is (as torch's DDP averages in the gradients' type):
         // half the bytes of float64, and the collectives of larger networks are bandwidth;
-        // float64 otherwise, or where the rows would not be exact in float32.
-        let kind = if vars.iter().all(|v| v.kind() == Kind::Float)
-            && local_rows.saturating_mul(self.size) <= 1 << 24
-        {
+        // float64 otherwise. The choice depends on the variables alone, which the ranks were
+        // found to share, so every rank sends the same bytes.
+        let kind = if vars.iter().all(|v| v.kind() == Kind::Float) {
             Kind::Float
         } else {
             Kind::Double
@@ -598,24 +607,8 @@ impl ProcessGroup {
             }
             agreed.vars = Some(mine.clone());
         }
-        // Back into the gradients that exist (a missing one's zeros stay out).
-        let (with, avg_parts): (Vec<Tensor>, Vec<Tensor>) = {
-            let mut at = 0i64;
-            let mut pairs = (Vec::new(), Vec::new());
-            for ((g, v), &d) in grads.iter().zip(vars).zip(&mine) {
-                let n = v.numel() as i64;
-                if d {
-                    pairs.0.push(g.shallow_clone());
-                    pairs.1.push(avg.f_narrow(0, at, n)?);
-                }
-                at += n;
-            }
-            pairs
-        };
-        if with.is_empty() {
-            return Ok(());
-        }
-        unflatten(&Tensor::f_cat(&avg_parts, 0)?, &with)
+        // Back into the gradients (a missing one's stand-in zeros take zeros, unused).
+        unflatten(&avg, &full)
     }
 
     /// Installs this group as the quantizers' state sync on this thread (see
@@ -708,13 +701,13 @@ impl ProcessGroup {
     /// hgq2's `trace_minmax` over this rank's `batches`, the tracked state reduced over the
     /// ranks batch by batch (every rank must pass the same number of batches: checked first).
     pub fn trace_minmax(&self, model: &Sequential, batches: &[Tensor]) -> Result<u64> {
-        let n = Tensor::from_slice(&[batches.len() as f64, -(batches.len() as f64)]);
-        self.all_reduce_(&n, ReduceOp::Max)?;
-        let (max, min) = (n.double_value(&[0]), -n.double_value(&[1]));
-        if max != min {
+        if !self.same_everywhere(&[batches.len() as i64])? {
             return Err(TorchError::Invalid {
                 what: "trace_minmax",
-                why: format!("ranks pass {min} to {max} batches (the same number on every rank)"),
+                why: format!(
+                    "this rank passes {} batches, others another number (the same on every rank)",
+                    batches.len()
+                ),
             });
         }
         let _sync = self.sync_quantizers();

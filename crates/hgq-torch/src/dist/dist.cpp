@@ -67,7 +67,16 @@ c10d::ReduceOp reduce_op(int op) {
   }
 }
 
-void wait(const c10::intrusive_ptr<c10d::Work>& work, std::chrono::milliseconds timeout) {
+// Gloo's work (CPU tensors) is waited for on the host, at most the timeout. NCCL's (CUDA
+// tensors) is not: wait() without a timeout only orders the caller's stream after the
+// collective, so no host synchronization; NCCL's watchdog enforces the group's timeout (the
+// communicators aborted, the next collective an error).
+void wait(const c10::intrusive_ptr<c10d::Work>& work, bool on_device,
+          std::chrono::milliseconds timeout) {
+  if (on_device) {
+    work->wait();
+    return;
+  }
   if (!work->wait(timeout)) {
     throw std::runtime_error("collective did not complete within the timeout");
   }
@@ -143,7 +152,7 @@ extern "C" int hgq_dist_all_reduce(void* g, const at::Tensor* t, int op, char* e
     c10d::AllreduceOptions o;
     o.reduceOp = reduce_op(op);
     o.timeout = group->timeout;
-    wait(backend_for(*group, *t).allreduce(ts, o), group->timeout);
+    wait(backend_for(*group, *t).allreduce(ts, o), t->is_cuda(), group->timeout);
   });
 }
 
@@ -156,7 +165,7 @@ extern "C" int hgq_dist_broadcast(void* g, const at::Tensor* t, int root, char* 
     c10d::BroadcastOptions o;
     o.rootRank = root;
     o.timeout = group->timeout;
-    wait(backend_for(*group, *t).broadcast(ts, o), group->timeout);
+    wait(backend_for(*group, *t).broadcast(ts, o), t->is_cuda(), group->timeout);
   });
 }
 
@@ -165,6 +174,6 @@ extern "C" int hgq_dist_barrier(void* g, char* err, size_t err_len) {
     auto* group = static_cast<Group*>(g);
     c10d::BarrierOptions o;
     o.timeout = group->timeout;
-    wait(group->gloo->barrier(o), group->timeout);
+    wait(group->gloo->barrier(o), false, group->timeout);
   });
 }
