@@ -55,7 +55,9 @@ impl TchVar {
     /// at again whenever the variable's version counter moves.
     fn for_pass(&self) -> Tensor {
         let t = &self.tensor;
-        if t.device() != Device::Cpu || t.numel() <= 1 {
+        // A rehearsed CUDA step reads no host memory (`cuda::rehearse`).
+        if t.device() != Device::Cpu || t.numel() <= 1 || crate::cuda::rehearse::route().is_some()
+        {
             return t.shallow_clone();
         }
         let Ok(version) = t.f_internal_version() else {
@@ -176,6 +178,7 @@ fn usize_shape(t: &Tensor) -> Vec<usize> {
 
 /// A reduction of `x` over the dimensions `reduce` (kept), as float32 values on the host.
 fn reduce_on_host(
+    what: &'static str,
     x: &Tensor,
     reduce: &[usize],
     on_host: impl Fn(&DefaultBitwidthMapper, TensorRef<'_, f32>) -> hgq_core::Result<Vec<f32>>,
@@ -197,7 +200,7 @@ fn reduce_on_host(
         let dims: Vec<i64> = reduce.iter().map(|&a| a as i64).collect();
         r.f_amax(dims.as_slice(), true)?
     };
-    crate::quantizer::to_f32_vec(&r)
+    host::read_f32(&r, what)
 }
 
 impl Tch {
@@ -269,12 +272,13 @@ impl Backend for Tch {
     fn all_finite(&self, x: &Tensor) -> Result<bool> {
         match host::slice(x) {
             Some(d) => Ok(d.iter().all(|v| v.is_finite())),
-            None => Ok(bool::try_from(x.f_isfinite()?.f_all()?)?),
+            None => host::read_bool(&x.f_isfinite()?.f_all()?, "finiteness of x"),
         }
     }
 
     fn absmax(&self, x: &Tensor, reduce: &[usize]) -> Result<Vec<f32>> {
         reduce_on_host(
+            "absolute maximum",
             x,
             reduce,
             |m, t| Ok(m.absmax(t)?.0),
@@ -284,6 +288,7 @@ impl Backend for Tch {
 
     fn any_negative(&self, x: &Tensor, reduce: &[usize]) -> Result<Vec<bool>> {
         let v = reduce_on_host(
+            "sign flags",
             x,
             reduce,
             |m, t| {

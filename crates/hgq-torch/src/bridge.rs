@@ -80,6 +80,10 @@ pub(crate) fn bump_version(t: &Tensor) {
 /// A contiguous float32 CPU tensor's memory and element count (`None` for any other tensor;
 /// a null pointer for no elements), from one call into libtorch.
 pub(crate) fn plain_f32(t: &Tensor) -> Option<(*mut f32, usize)> {
+    // A rehearsed CUDA step (`cuda::rehearse`) has no host memory to take.
+    if crate::cuda::rehearse::route().is_some() {
+        return None;
+    }
     let (mut data, mut numel) = (std::ptr::null_mut(), 0i64);
     // SAFETY: `t` is a live tch tensor; the out-pointers are valid for one write each.
     let plain = unsafe { hgq_torch_plain_f32(t.as_ptr(), &mut data, &mut numel) } != 0;

@@ -3,7 +3,7 @@
 //! The small tensors of quantizer and optimizer state (bit widths, their reductions, Adam's
 //! moments) are read and written every step; going through libtorch for them (detach,
 //! convert, copy out, one dispatched operation each) costs more than the values themselves.
-use tch::Tensor;
+use tch::{Device, Kind, Tensor};
 
 /// Whether `t` is a contiguous float32 CPU tensor (its memory is a plain `[f32]`).
 pub(crate) fn is_plain(t: &Tensor) -> bool {
@@ -42,8 +42,47 @@ pub(crate) unsafe fn slice_mut(t: &Tensor) -> Option<&mut [f32]> {
 pub(crate) fn values(t: &Tensor) -> crate::Result<Vec<f32>> {
     match slice(t) {
         Some(s) => Ok(s.to_vec()),
-        None => crate::quantizer::to_f32_vec(t),
+        None => read_f32(t, "quantizer variable"),
     }
+}
+
+/// Counts a read to the host of `what` (see [`crate::cuda::rehearse`]).
+pub(crate) fn note(what: &'static str) {
+    crate::cuda::rehearse::note(what);
+}
+
+/// `t` detached, converted to `kind` on the CPU, contiguous and flat.
+fn to_host(t: &Tensor, kind: Kind) -> crate::Result<Tensor> {
+    Ok(t.f_detach()?
+        .f_to_kind(kind)?
+        .f_to_device(Device::Cpu)?
+        .f_contiguous()?
+        .f_view([-1])?)
+}
+
+/// The values of any tensor as float32 on the CPU: on a device, a read that waits for it
+/// (counted as `what` in a rehearsal).
+pub(crate) fn read_f32(t: &Tensor, what: &'static str) -> crate::Result<Vec<f32>> {
+    note(what);
+    Ok(Vec::<f32>::try_from(&to_host(t, Kind::Float)?)?)
+}
+
+/// [`read_f32`] in float64.
+pub(crate) fn read_f64(t: &Tensor, what: &'static str) -> crate::Result<Vec<f64>> {
+    note(what);
+    Ok(Vec::<f64>::try_from(&to_host(t, Kind::Double)?)?)
+}
+
+/// [`read_f32`] of boolean values.
+pub(crate) fn read_bools(t: &Tensor, what: &'static str) -> crate::Result<Vec<bool>> {
+    note(what);
+    Ok(Vec::<bool>::try_from(&to_host(t, Kind::Bool)?)?)
+}
+
+/// The one boolean value of `t` ([`read_bools`]).
+pub(crate) fn read_bool(t: &Tensor, what: &'static str) -> crate::Result<bool> {
+    note(what);
+    Ok(bool::try_from(t.f_detach()?.f_to_device(Device::Cpu)?)?)
 }
 
 #[cfg(test)]

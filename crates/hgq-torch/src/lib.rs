@@ -184,8 +184,14 @@ pub(crate) fn quantize(
         }
     }
     let narrow = matches!(kind, Kind::Half | Kind::BFloat16);
+    // A rehearsed CUDA step takes the route a CUDA tensor would (the kernel's host build).
+    let rehearsed = cuda::rehearse::route();
+    let kernel = match device {
+        Device::Cuda(_) => cuda::Route::of(x)? == cuda::Route::Kernel,
+        _ => rehearsed == Some(cuda::Route::Kernel),
+    };
     match (device, kind) {
-        (Device::Cpu, Kind::Float | Kind::Half | Kind::BFloat16) => {
+        (Device::Cpu, Kind::Float | Kind::Half | Kind::BFloat16) if rehearsed.is_none() => {
             let xf = if narrow {
                 x.f_to_kind(Kind::Float)?
             } else {
@@ -202,7 +208,7 @@ pub(crate) fn quantize(
             )?;
             Ok(if narrow { y.f_to_kind(kind)? } else { y })
         }
-        (Device::Cuda(_), _) if cuda::Route::of(x)? == cuda::Route::Kernel => {
+        _ if kernel => {
             let xf = if narrow {
                 x.f_to_kind(Kind::Float)?
             } else {

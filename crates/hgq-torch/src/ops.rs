@@ -181,11 +181,11 @@ pub(crate) fn check_bit_widths(q: &FixedPoint, k: &Tensor, i: &Tensor, f: &Tenso
         ],
         0,
     )?
-    .f_to_device(tch::Device::Cpu)?;
-    let flags = Vec::<bool>::try_from(&flags)?;
+    ;
+    let flags = crate::host::read_bools(&flags, "bit-width check")?;
     if flags[0] {
         let all = Tensor::f_broadcast_tensors(&[k, i, f])?;
-        let host = |t: &Tensor| crate::quantizer::to_f64_vec(t);
+        let host = |t: &Tensor| crate::host::read_f64(t, "invalid bit widths");
         q.check_bit_widths(&host(&all[0])?, &host(&all[1])?, &host(&all[2])?)?;
     }
     Ok(flags[1])
@@ -276,8 +276,8 @@ pub fn minifloat_ops(x: &Tensor, p: [&Tensor; 3]) -> Result<Tensor> {
         .try_fold(Tensor::from(false), |acc, t| -> Result<Tensor> {
             Ok(acc.f_logical_or(&t.f_isfinite()?.f_all()?.f_logical_not()?)?)
         })?;
-    if bool::try_from(bad)? {
-        let host = |t: &Tensor| crate::quantizer::to_f64_vec(t);
+    if crate::host::read_bool(&bad, "minifloat bit-width check")? {
+        let host = |t: &Tensor| crate::host::read_f64(t, "invalid bit widths");
         hgq_core::check_minifloat_bit_widths(&host(&m)?, &host(&e)?, &host(&e0)?)?;
     }
     let (m, e, e0) = (m.to_kind(kind), e.to_kind(kind), e0.to_kind(kind));

@@ -416,7 +416,10 @@ fn all_finite_tensors<'a>(ts: impl IntoIterator<Item = &'a Tensor>) -> Result<bo
     if on_device.is_empty() {
         return Ok(true);
     }
-    Ok(bool::try_from(Tensor::f_cat(&on_device, 0)?.f_all()?)?)
+    crate::host::read_bool(
+        &Tensor::f_cat(&on_device, 0)?.f_all()?,
+        "Adam's finiteness check",
+    )
 }
 
 /// Keras' update on raw memory, in Keras' order of operations, then the clip `b`; large

@@ -418,3 +418,52 @@ fn a_training_step_on_cuda_does_not_synchronize() {
         "forward, backward, Adam, constraints, tracing"
     );
 }
+
+/// What a training step of the demo's network reads back to the host on each CUDA route,
+/// rehearsed on the CPU (`cuda::rehearse`), per phase, over three steps after two.
+fn rehearsed_reads(route: Route) -> [hgq_torch::cuda::HostReads; 5] {
+    use hgq_torch::cuda::{HostReads, rehearse};
+    use hgq_torch::hgq_core::CallMode;
+    use hgq_torch::optim::{Adam, AdamConfig};
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let m = common::seeded(3, || common::demo_mlp(&vs));
+    let mut opt = Adam::new(&vs, AdamConfig::default().learning_rate(3e-3)).unwrap();
+    let x = common::seeded(4, || Tensor::randn([64, 64], (Kind::Float, Device::Cpu)) * 2.0);
+    let labels = x.narrow(1, 0, 10).argmax(1, false);
+    let mut counts: [HostReads; 5] = Default::default();
+    for step in 0..5 {
+        let phases = rehearse(route, || {
+            let ((loss, _), forward) = rehearse(route, || {
+                let out = m.forward(&x, CallMode::Training).unwrap();
+                let loss = out.y.cross_entropy_for_logits(&labels) + &out.ebops_loss;
+                (loss, out.y)
+            });
+            opt.zero_grad();
+            let (_, backward) = rehearse(route, || loss.backward());
+            let (_, adam) = rehearse(route, || opt.step().unwrap());
+            let (_, constraints) = rehearse(route, || m.apply_constraints().unwrap());
+            let (_, tracing) = rehearse(route, || m.forward(&x, CallMode::Tracing).unwrap());
+            [forward, backward, adam, constraints, tracing]
+        })
+        .0;
+        if step >= 2 {
+            for (c, p) in counts.iter_mut().zip(phases) {
+                for (what, n) in p.by_what {
+                    *c.by_what.entry(what).or_default() += n;
+                }
+            }
+        }
+    }
+    counts
+}
+
+#[test]
+fn a_rehearsed_cuda_step_reads_back() {
+    for route in [Route::TorchOps, Route::Kernel] {
+        let c = rehearsed_reads(route);
+        eprintln!(
+            "{route:?}: forward {:?}\n backward {:?}\n Adam {:?}\n constraints {:?}\n tracing {:?}",
+            c[0].by_what, c[1].by_what, c[2].by_what, c[3].by_what, c[4].by_what
+        );
+    }
+}

@@ -20,10 +20,12 @@ mod dl;
 mod driver;
 pub mod host;
 mod nvrtc;
+pub(crate) mod rehearse;
 pub(crate) mod route;
 mod syncs;
 
 pub use nvrtc::Nvrtc;
+pub use rehearse::{HostReads, rehearse};
 pub use route::{KernelSetting, Route, fixed_quantize_kernel, kernel_failure};
 pub use syncs::count_syncs;
 

@@ -545,7 +545,10 @@ impl Ebops {
     fn value(&self) -> u32 {
         match self {
             Ebops::Value(v) => *v,
-            Ebops::Pending(t) => ebops_u32(t.double_value(&[])),
+            Ebops::Pending(t) => {
+                crate::host::note("EBOPs");
+                ebops_u32(t.double_value(&[]))
+            }
         }
     }
 }

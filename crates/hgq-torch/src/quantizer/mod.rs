@@ -24,7 +24,7 @@ use hgq_config::QuantizerConfig;
 use hgq_config::convert::{CoreQuantizer, QuantizerSpec};
 use hgq_core::CallMode;
 use hgq_core::quantizer::{self as core, VarName};
-use tch::{Device, Kind, Tensor, nn};
+use tch::{Tensor, nn};
 
 use crate::backend::{Tch, TchStore, TchVar};
 use crate::{Result, TorchError};
@@ -40,24 +40,7 @@ pub(crate) fn rc(v: &Tensor) -> Tensor {
 
 /// The values of a tensor as float32 on the CPU.
 pub(crate) fn to_f32_vec(t: &Tensor) -> Result<Vec<f32>> {
-    let t = t
-        .f_detach()?
-        .f_to_kind(Kind::Float)?
-        .f_to_device(Device::Cpu)?
-        .f_contiguous()?
-        .f_view([-1])?;
-    Ok(Vec::<f32>::try_from(&t)?)
-}
-
-/// The values of a tensor as float64 on the CPU.
-pub(crate) fn to_f64_vec(t: &Tensor) -> Result<Vec<f64>> {
-    let t = t
-        .f_detach()?
-        .f_to_kind(Kind::Double)?
-        .f_to_device(Device::Cpu)?
-        .f_contiguous()?
-        .f_view([-1])?;
-    Ok(Vec::<f64>::try_from(&t)?)
+    crate::host::read_f32(t, "values")
 }
 
 /// The reference's `Quantizer` layer: a quantizer (KBI, KIF, minifloat or dummy: hgq-core's
