@@ -19,7 +19,7 @@ use hgq_golden::{
 use tch::{Device, Kind, Tensor, nn};
 
 use crate::fixed_quantize;
-use crate::quantizer::{Quantizer, to_f32_vec};
+use crate::quantizer::Quantizer;
 
 pub mod reference;
 
@@ -61,7 +61,7 @@ fn tensor(v: &[f32], shape: &[usize], device: Device) -> Result<Tensor, String> 
 }
 
 fn vec_of(t: &Tensor) -> Result<Vec<f32>, String> {
-    to_f32_vec(t).map_err(|e| e.to_string())
+    crate::host::read_f32(t, "values").map_err(|e| e.to_string())
 }
 
 /// A gradient (zeros when autograd left it undefined: the input took no part).

@@ -38,10 +38,6 @@ pub(crate) fn rc(v: &Tensor) -> Tensor {
     d.round() + (v - &d)
 }
 
-/// The values of a tensor as float32 on the CPU.
-pub(crate) fn to_f32_vec(t: &Tensor) -> Result<Vec<f32>> {
-    crate::host::read_f32(t, "values")
-}
 
 /// The reference's `Quantizer` layer: a quantizer (KBI, KIF, minifloat or dummy: hgq-core's
 /// logic on [`Tch`] tensors, its variables in a `VarStore`) with `scaler` (divide before,
