@@ -68,6 +68,11 @@ pub trait Real:
     fn is_integer(self) -> bool {
         !self.is_nan() && self.floor() == self && (self - self) == Self::ZERO
     }
+    /// Whether the value is finite (neither infinite nor NaN).
+    #[allow(clippy::eq_op)]
+    fn is_finite(self) -> bool {
+        (self - self) == Self::ZERO
+    }
     /// torch.maximum: NaN if either is NaN; of equal values (+0 and -0) the first, as torch's
     /// scalar path (`std::max`) does (its SIMD path returns the second: no caller depends on it).
     #[inline(always)]

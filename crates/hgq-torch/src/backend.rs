@@ -9,8 +9,8 @@ use std::sync::Mutex;
 
 use hgq_core::mapper::Axes;
 use hgq_core::quantizer::{
-    Backend, BitWidthArith, BwOp, Constraint, HostVar, OperandOf, Regularizer, Store, VarInit,
-    Variable,
+    Backend, BitWidthArith, BwOp, Constraint, HostVar, OperandOf, Regularizer, Store, TrackRule,
+    VarInit, Variable,
 };
 use hgq_core::shape::check_broadcast;
 use hgq_core::{CoreError, DefaultBitwidthMapper, FixedPoint, TensorRef};
@@ -172,6 +172,22 @@ pub(crate) fn float_kind(what: &'static str, t: &Tensor) -> Result<Kind> {
     }
 }
 
+/// Whether a rehearsed CUDA step runs on this thread ([`crate::cuda::rehearse`]).
+fn rehearsed() -> bool {
+    crate::cuda::rehearse::route().is_some()
+}
+
+/// `x`'s shape with the dimensions `reduce` kept as 1.
+fn kept(x: &Tensor, reduce: &[usize]) -> Vec<i64> {
+    let mut s = x.size();
+    for &d in reduce {
+        if let Some(v) = s.get_mut(d) {
+            *v = 1;
+        }
+    }
+    s
+}
+
 fn usize_shape(t: &Tensor) -> Vec<usize> {
     t.size().iter().map(|&d| d as usize).collect()
 }
@@ -212,9 +228,17 @@ impl Tch {
             } else {
                 v.value.tensor.shallow_clone()
             }),
-            hgq_core::quantizer::Operand::Values(d, s) => Ok(Tensor::f_from_slice(d)?
-                .f_reshape(dims(s).as_slice())?
-                .f_to_device(device)?),
+            hgq_core::quantizer::Operand::Bw(t, s) => {
+                let t = t.f_reshape(dims(s).as_slice())?;
+                if t.device() != device {
+                    return Err(TorchError::Device {
+                        what: "bit widths",
+                        expected: device,
+                        got: t.device(),
+                    });
+                }
+                Ok(t)
+            }
         }
     }
 }
@@ -248,6 +272,7 @@ impl BitWidthArith for Tch {
             BwOp::Exp2(a) => a.f_exp2()?,
             BwOp::Relu(a) => a.f_relu()?,
             BwOp::Positive(a) => a.f_gt(0.0)?.f_to_kind(Kind::Float)?,
+            BwOp::Maximum(a, b) => a.f_detach()?.f_maximum(&b.f_detach()?)?,
         })
     }
 
@@ -354,6 +379,99 @@ impl Backend for Tch {
             }
             Ok(())
         })
+    }
+
+    fn require_finite(&self, x: &Tensor, err: CoreError) -> Result<()> {
+        if x.device() == Device::Cpu && !rehearsed() {
+            return if self.all_finite(x)? {
+                Ok(())
+            } else {
+                Err(err.into())
+            };
+        }
+        // On a device: checked when the host next looks (`deferred::check`); `track_bw`
+        // keeps the integer bits where the data was not finite.
+        let failed = tch::no_grad(|| x.f_isfinite()?.f_all()?.f_logical_not())?;
+        crate::deferred::defer(crate::deferred::Check::TrackingInput, &failed)
+    }
+
+    fn absmax_bw(&self, x: &Tensor, reduce: &[usize]) -> Result<Tensor> {
+        if host::slice(x).is_some() {
+            let v = self.absmax(x, reduce)?;
+            return Ok(Tensor::f_from_slice(&v)?.f_reshape(kept(x, reduce).as_slice())?);
+        }
+        tch::no_grad(|| {
+            let a = x.f_detach()?.f_abs()?.f_to_kind(Kind::Float)?;
+            Ok(if reduce.is_empty() {
+                a
+            } else {
+                let dims: Vec<i64> = reduce.iter().map(|&d| d as i64).collect();
+                a.f_amax(dims.as_slice(), true)?
+            })
+        })
+    }
+
+    fn any_negative_bw(&self, x: &Tensor, reduce: &[usize]) -> Result<Tensor> {
+        if host::slice(x).is_some() {
+            let v: Vec<f32> = self
+                .any_negative(x, reduce)?
+                .into_iter()
+                .map(|n| if n { 1.0 } else { 0.0 })
+                .collect();
+            return Ok(Tensor::f_from_slice(&v)?.f_reshape(kept(x, reduce).as_slice())?);
+        }
+        tch::no_grad(|| {
+            let n = x.f_detach()?.f_lt(0.0)?.f_to_kind(Kind::Float)?;
+            Ok(if reduce.is_empty() {
+                n
+            } else {
+                let dims: Vec<i64> = reduce.iter().map(|&d| d as i64).collect();
+                n.f_amax(dims.as_slice(), true)?
+            })
+        })
+    }
+
+    fn snapshot(&self, v: &TchVar) -> Result<Tensor> {
+        Ok(v.tensor.f_detach_copy()?)
+    }
+
+    fn bw_host(&self, w: &Tensor) -> Result<Vec<f32>> {
+        host::read_f32(w, "bit widths for a collective")
+    }
+
+    fn bw_from_host(&self, values: &[f32], shape: &[usize]) -> Result<Tensor> {
+        Ok(Tensor::f_from_slice(values)?.f_reshape(dims(shape).as_slice())?)
+    }
+
+    fn track_bw(
+        &self,
+        rule: TrackRule,
+        absmax: &Tensor,
+        i: &Tensor,
+        p: &Tensor,
+        decay: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        tch::no_grad(|| crate::ops::track_ops(rule, absmax, i, p, decay))
+    }
+
+    fn assign(&self, v: &mut TchVar, values: &Tensor) -> Result<()> {
+        let t = &v.tensor;
+        if values.numel() != t.numel() {
+            return Err(CoreError::Length {
+                what: "variable values",
+                len: values.numel(),
+                shape: usize_shape(t),
+                expected: t.numel(),
+            }
+            .into());
+        }
+        let src = values
+            .f_reshape(t.size())?
+            .f_to_device(t.device())?
+            .f_to_kind(t.kind())?;
+        // In place through libtorch (the version counter moves, as in `write`).
+        tch::no_grad(|| t.shallow_clone().f_copy_(&src))?;
+        Ok(())
     }
 
     fn fixed(

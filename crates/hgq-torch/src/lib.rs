@@ -19,6 +19,7 @@ pub mod backend;
 mod blas;
 mod bridge;
 pub mod cuda;
+pub mod deferred;
 pub mod distributed;
 #[cfg(feature = "golden")]
 pub mod golden;

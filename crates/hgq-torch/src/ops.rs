@@ -8,6 +8,7 @@
 //! one (like the reference, this turns a rounded `-0.0` into `+0.0`). Bit widths are checked
 //! as hgq-core's passes check them, with hgq-core's errors; seeded stochastic rounding draws
 //! hgq-core's noise (the same counter-based generator, element by element).
+use hgq_core::quantizer::{Constraint, Param, TrackRule};
 use hgq_core::{BitWidths, FixedPoint, OverflowMode, RoundMode, Stochastic};
 use tch::{Kind, Tensor};
 
@@ -257,6 +258,79 @@ pub fn fixed_quantize_ops(
 }
 
 const EPS_K: f64 = 1e-7;
+
+/// hgq-core's [`TrackRule::apply`] on every element, as torch operations on float32 bit-width
+/// values (`decay` broadcast): the new integer bits and their rounding. The same operations in
+/// the same order as the scalar rule (`minimal_i::xb`, `xf`), so that the same values come
+/// out; no gradient.
+///
+/// ```
+/// use hgq_core::quantizer::{Param, TrackRule};
+/// use tch::Tensor;
+/// let rule = TrackRule { param: Param::Kif, symmetric: false, training: true, constraint: None };
+/// let t = |v: &[f32]| Tensor::from_slice(v);
+/// let (i, used) = hgq_torch::ops::track_ops(rule, &t(&[3.0, f32::NAN]), &t(&[5.0, 5.0]),
+///     &t(&[2.0, 2.0]), &t(&[1.0]))?;
+/// assert_eq!(Vec::<f32>::try_from(&i)?, [4.0, 5.0]); // NaN data: the bits kept
+/// assert_eq!(Vec::<f32>::try_from(&used)?, [4.0, 5.0]);
+/// # Ok::<(), hgq_torch::TorchError>(())
+/// ```
+pub fn track_ops(
+    rule: TrackRule,
+    absmax: &Tensor,
+    i: &Tensor,
+    p: &Tensor,
+    decay: &Tensor,
+) -> Result<(Tensor, Tensor)> {
+    let float = |t: &Tensor| t.f_detach()?.f_to_kind(Kind::Float);
+    let (a, i, p) = (float(absmax)?, float(i)?, float(p)?);
+    let decay = float(decay)?.f_to_device(i.device())?;
+    let pr = p.f_round()?;
+    let ir = i.f_round()?;
+    // The integer bits the data needs (a is an absolute maximum: never negative; NaN is
+    // caught by the finiteness test below).
+    let m = match rule.param {
+        Param::Kbi => {
+            // ceil(log2((a + eps) / (1 - 2^-b + eps))); 32 where b <= 0 (asymmetric).
+            let den = pr.f_neg()?.f_exp2()?.f_neg()?.f_add_scalar(1.0)?.f_add_scalar(EPS_K)?;
+            let ip = a.f_add_scalar(EPS_K)?.f_div(&den)?.f_log2()?.f_ceil()?;
+            if rule.symmetric {
+                ip
+            } else {
+                ip.f_where_scalarother(&pr.f_gt(0.0)?, 32.0)?
+            }
+        }
+        // ceil(log2(a + 2^-f)).
+        Param::Kif => a.f_add(&pr.f_neg()?.f_exp2()?)?.f_log2()?.f_ceil()?,
+    };
+    let con = |v: Tensor| -> Result<Tensor> {
+        match rule.constraint {
+            Some(c) => constrained(&v, c),
+            None => Ok(v),
+        }
+    };
+    let v = match (rule.param, rule.training) {
+        (Param::Kbi, true) => con(i.f_sub(&decay)?.f_maximum(&m)?)?,
+        (Param::Kbi, false) => con(ir.f_maximum(&m)?)?,
+        (Param::Kif, true) => i.f_sub(&decay)?.f_maximum(&m)?,
+        (Param::Kif, false) => ir.f_maximum(&con(m)?)?,
+    };
+    // Where the data was not finite, the bits as they were.
+    let v = v.f_where_self(&a.f_isfinite()?, &i)?;
+    let used = v.f_round()?;
+    Ok((v, used))
+}
+
+/// A constraint on a tensor, out of place (hgq-core's [`Constraint::one`] per element).
+fn constrained(t: &Tensor, c: Constraint) -> Result<Tensor> {
+    Ok(match c {
+        Constraint::MinMax { min, max } => t.f_clamp_min(min)?.f_clamp_max(max)?,
+        Constraint::Min(m) => t.f_clamp_min(m)?,
+        Constraint::Max(m) => t.f_clamp_max(m)?,
+        Constraint::Constant(value) => t.f_full_like(value)?,
+        Constraint::NonNeg => t.f_mul(&t.f_ge(0.0)?.f_to_kind(t.kind())?)?,
+    })
+}
 
 /// The minifloat quantizer (SPEC 8) as torch ops with the reference's surrogate gradients,
 /// from raw `m`, `e`, `e0` (used rounded half to even, straight through). float16 and

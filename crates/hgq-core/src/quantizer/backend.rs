@@ -13,35 +13,38 @@ use crate::error::CoreError;
 use crate::real::Real;
 use crate::stateless::FixedPoint;
 
+use super::fixed::TrackRule;
+
 /// A bit-width operand of a pass: a variable (its gradient, where the backend tracks one,
-/// reaches it) or constant values in the variable's shape (no gradient).
+/// reaches it) or bit-width values the logic formed (`W`, the backend's
+/// [`BitWidthArith::Bw`]) in the variable's shape (no gradient).
 #[derive(Debug)]
-pub enum Operand<'a, V, C> {
+pub enum Operand<'a, V, W> {
     /// A quantizer's variable.
     Var(&'a Variable<V>),
-    /// Constant values (row-major) and their shape.
-    Values(&'a [C], &'a [usize]),
+    /// Values the logic formed (WRAP tracking's integer bits) and their shape.
+    Bw(&'a W, &'a [usize]),
 }
 
-impl<V, C> Clone for Operand<'_, V, C> {
+impl<V, W> Clone for Operand<'_, V, W> {
     fn clone(&self) -> Self {
         *self
     }
 }
-impl<V, C> Copy for Operand<'_, V, C> {}
+impl<V, W> Copy for Operand<'_, V, W> {}
 
-impl<V, C> Operand<'_, V, C> {
+impl<V, W> Operand<'_, V, W> {
     /// The variable's name, for a variable operand.
     pub fn name(&self) -> Option<VarName> {
         match self {
             Operand::Var(v) => Some(v.name),
-            Operand::Values(..) => None,
+            Operand::Bw(..) => None,
         }
     }
 }
 
 /// The operand type of a backend.
-pub type OperandOf<'a, B> = Operand<'a, <B as BitWidthArith>::Var, <B as BitWidthArith>::C>;
+pub type OperandOf<'a, B> = Operand<'a, <B as BitWidthArith>::Var, <B as BitWidthArith>::Bw>;
 
 /// The arithmetic of bit widths: what a quantizer's derived properties (`bits`, `props`, the
 /// EBOPs terms) and its regularization losses are computed with. A [`Backend`] has it; so does
@@ -103,6 +106,39 @@ pub trait Backend: BitWidthArith {
     /// Applies a constraint to a variable in place (after an optimizer step).
     fn constrain(&self, v: &mut Self::Var, c: Constraint) -> Result<(), Self::Error>;
 
+    /// WRAP tracking's reads and writes: bit-width values that stay where the backend keeps
+    /// its tensors (a device backend reads nothing back to the host for them).
+    ///
+    /// `err` where `x` has a value that is not finite. A backend that would have to wait for
+    /// its device to know may check later instead (its documentation says when), provided
+    /// that the call's writes leave every bit width whose data was not finite as it was
+    /// ([`TrackRule::apply`] does).
+    fn require_finite(&self, x: &Self::Tensor, err: CoreError) -> Result<(), Self::Error>;
+    /// [`Backend::absmax`] as bit-width values (no gradient).
+    fn absmax_bw(&self, x: &Self::Tensor, reduce: &[usize]) -> Result<Self::Bw, Self::Error>;
+    /// [`Backend::any_negative`] as bit-width values: 1 where any element is negative, else 0
+    /// (no gradient).
+    fn any_negative_bw(&self, x: &Self::Tensor, reduce: &[usize])
+    -> Result<Self::Bw, Self::Error>;
+    /// A variable's values now (no gradient), unchanged by later writes to the variable.
+    fn snapshot(&self, v: &Self::Var) -> Result<Self::Bw, Self::Error>;
+    /// Bit-width values as host values, row-major (for collectives over processes).
+    fn bw_host(&self, w: &Self::Bw) -> Result<Vec<Self::C>, Self::Error>;
+    /// Host values of `shape` as bit-width values (no gradient).
+    fn bw_from_host(&self, values: &[Self::C], shape: &[usize]) -> Result<Self::Bw, Self::Error>;
+    /// [`TrackRule::apply`] on every element (`decay` one value or the bit widths' shape):
+    /// the new integer bits and the integer bits the pass reads.
+    fn track_bw(
+        &self,
+        rule: TrackRule,
+        absmax: &Self::Bw,
+        i: &Self::Bw,
+        p: &Self::Bw,
+        decay: &Self::Bw,
+    ) -> Result<(Self::Bw, Self::Bw), Self::Error>;
+    /// Sets a variable's values (no gradient); `values` has the variable's element count.
+    fn assign(&self, v: &mut Self::Var, values: &Self::Bw) -> Result<(), Self::Error>;
+
     /// The fixed-point pass `q` on `x` with bit widths `k` and `p` (what `p` holds is
     /// `q.bit_widths()`), broadcast to x. In training, gradients reach `x` and the variable
     /// operands `p` (never `k`) as [`FixedPoint::forward_backward`] computes them.
@@ -144,6 +180,8 @@ pub enum BwOp<'a, T> {
     Relu(&'a T),
     /// 1 where `a > 0`, else 0 (no gradient).
     Positive(&'a T),
+    /// `max(a, b)`, NaN-propagating (no gradient).
+    Maximum(&'a T, &'a T),
 }
 
 /// Applies `f` to a backend's bit-width operation (a short way to write `b.bw_op(...)`).
@@ -173,5 +211,11 @@ impl<B: BitWidthArith + ?Sized> Arith<'_, B> {
     }
     pub(crate) fn positive(&self, a: &B::Bw) -> Result<B::Bw, B::Error> {
         self.0.bw_op(BwOp::Positive(a))
+    }
+    pub(crate) fn maximum(&self, a: &B::Bw, b: &B::Bw) -> Result<B::Bw, B::Error> {
+        self.0.bw_op(BwOp::Maximum(a, b))
+    }
+    pub(crate) fn round(&self, a: &B::Bw) -> Result<B::Bw, B::Error> {
+        self.0.bw_op(BwOp::RoundSte(a))
     }
 }

@@ -8,6 +8,7 @@ use std::cell::RefCell;
 use std::sync::Arc;
 
 use super::backend::{Backend, BitWidthArith, BwOp, Operand, OperandOf};
+use super::fixed::TrackRule;
 use super::constraint::{Constraint, Regularizer};
 use super::{Props, Quantizer, QuantizerSpec, Store, VarInit, VarName, Variable};
 use crate::error::{CoreError, Result};
@@ -243,7 +244,7 @@ enum SavedValues<C, V> {
 }
 
 impl<C: Copy, V: HostVar<C>> SavedParam<C, V> {
-    fn of(o: &Operand<'_, V, C>) -> Result<Self> {
+    fn of(o: &Operand<'_, V, Vec<C>>) -> Result<Self> {
         Ok(match o {
             Operand::Var(v) => {
                 let shared = v.value.share().zip(v.value.version());
@@ -256,7 +257,7 @@ impl<C: Copy, V: HostVar<C>> SavedParam<C, V> {
                     var: v.trainable.then_some(v.name),
                 }
             }
-            Operand::Values(d, s) => SavedParam {
+            Operand::Bw(d, s) => SavedParam {
                 values: SavedValues::Copy(d.to_vec()),
                 shape: s.to_vec(),
                 var: None,
@@ -442,15 +443,15 @@ impl<'a, T: Element, V: HostVar<T::C>> Cpu<'a, T, V> {
         (c.dx.take(), std::mem::take(&mut c.grads))
     }
 
-    fn operand<'o>(&self, o: &'o Operand<'o, V, T::C>) -> Result<TensorRef<'o, T::C>> {
+    fn operand<'o>(&self, o: &'o Operand<'o, V, Vec<T::C>>) -> Result<TensorRef<'o, T::C>> {
         match o {
             Operand::Var(v) => TensorRef::new(v.value.host()?, &v.shape),
-            Operand::Values(d, s) => TensorRef::new(d, s),
+            Operand::Bw(d, s) => TensorRef::new(d, s),
         }
     }
 
     /// Stores a pass's gradients: `dx`, and each trainable variable operand's.
-    fn collect(&self, dx: Vec<T>, ops: &[&Operand<'_, V, T::C>], grads: Vec<Vec<T::C>>) {
+    fn collect(&self, dx: Vec<T>, ops: &[&Operand<'_, V, Vec<T::C>>], grads: Vec<Vec<T::C>>) {
         let mut c = self.collected.borrow_mut();
         c.dx = Some(dx);
         for (o, g) in ops.iter().zip(grads) {
@@ -564,6 +565,7 @@ impl<'a, T: Element, V: HostVar<T::C>> BitWidthArith for Cpu<'a, T, V> {
                     T::C::ZERO
                 }
             }),
+            BwOp::Maximum(a, b) => zip(a, b, Real::maximum)?,
         })
     }
 
@@ -628,6 +630,79 @@ impl<'a, T: Element, V: HostVar<T::C>> Backend for Cpu<'a, T, V> {
     fn constrain(&self, v: &mut V, c: Constraint) -> Result<()> {
         c.apply(v.host_mut()?);
         Ok(())
+    }
+
+    fn require_finite(&self, x: &Self::Tensor, err: CoreError) -> Result<()> {
+        if self.all_finite(x)? {
+            Ok(())
+        } else {
+            Err(err)
+        }
+    }
+
+    fn absmax_bw(&self, x: &Self::Tensor, reduce: &[usize]) -> Result<Vec<T::C>> {
+        self.absmax(x, reduce)
+    }
+
+    fn any_negative_bw(&self, x: &Self::Tensor, reduce: &[usize]) -> Result<Vec<T::C>> {
+        Ok(self
+            .any_negative(x, reduce)?
+            .into_iter()
+            .map(|n| if n { T::C::ONE } else { T::C::ZERO })
+            .collect())
+    }
+
+    fn snapshot(&self, v: &V) -> Result<Vec<T::C>> {
+        self.read(v)
+    }
+
+    fn bw_host(&self, w: &Vec<T::C>) -> Result<Vec<T::C>> {
+        Ok(w.clone())
+    }
+
+    fn bw_from_host(&self, values: &[T::C], shape: &[usize]) -> Result<Vec<T::C>> {
+        check_len("bit-width values", values.len(), shape)?;
+        Ok(values.to_vec())
+    }
+
+    fn track_bw(
+        &self,
+        rule: TrackRule,
+        absmax: &Vec<T::C>,
+        i: &Vec<T::C>,
+        p: &Vec<T::C>,
+        decay: &Vec<T::C>,
+    ) -> Result<(Vec<T::C>, Vec<T::C>)> {
+        let n = i.len();
+        for (what, len) in [("absmax", absmax.len()), ("p", p.len())] {
+            if len != n {
+                return Err(CoreError::Length {
+                    what,
+                    len,
+                    shape: vec![n],
+                    expected: n,
+                });
+            }
+        }
+        if decay.len() != 1 && decay.len() != n {
+            return Err(CoreError::Broadcast {
+                from: vec![decay.len()],
+                to: vec![n],
+            });
+        }
+        let d = |j: usize| if decay.len() == 1 { decay[0] } else { decay[j] };
+        // One loop over the bit widths: per-weight bit widths make each array weight-sized.
+        let (mut new_i, mut used) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for j in 0..n {
+            let (v, u) = rule.apply(absmax[j], i[j], p[j], d(j));
+            new_i.push(v);
+            used.push(u);
+        }
+        Ok((new_i, used))
+    }
+
+    fn assign(&self, v: &mut V, values: &Vec<T::C>) -> Result<()> {
+        self.write(v, values)
     }
 
     fn fixed(
@@ -695,7 +770,7 @@ impl<'a, T: Element, V: HostVar<T::C>> Backend for Cpu<'a, T, V> {
             .iter()
             .map(|o| match o {
                 Operand::Var(v) => v.shape.as_slice(),
-                Operand::Values(_, s) => s,
+                Operand::Bw(_, s) => s,
             })
             .collect();
         let pt = [

@@ -423,6 +423,7 @@ impl<C: Real, V: HostVar<C>> BitWidthArith for DualArith<C, V> {
                     .map(|&v| if v > C::ZERO { C::ONE } else { C::ZERO })
                     .collect(),
             ),
+            BwOp::Maximum(a, b) => Dual::constant(zip(&a.value, &b.value, Real::maximum)?),
         })
     }
 

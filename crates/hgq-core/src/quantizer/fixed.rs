@@ -216,17 +216,63 @@ pub struct FixedQuantizer<V> {
 }
 
 /// What a pass reads: `q`, its operands, whether it runs as in training.
-struct Pass<'a, V, C> {
+struct Pass<'a, V, W> {
     q: FixedPoint,
-    k: Operand<'a, V, C>,
-    p: [Operand<'a, V, C>; 2],
+    k: Operand<'a, V, W>,
+    p: [Operand<'a, V, W>; 2],
     training: bool,
 }
 
 /// State a call changes, written only after everything else succeeded.
-struct Commit<C> {
-    i: Option<Vec<C>>,
-    k: Option<Vec<C>>,
+struct Commit<W> {
+    i: W,
+    k: Option<W>,
+}
+
+/// WRAP tracking's update of the integer bits of one bit width (SPEC 4, hgq2's tracking in
+/// `call` and in `trace_minmax`), from the absolute maximum `a` of the data it covers, the raw
+/// `i`, the other raw bit width `p` (KBI's `b`, KIF's `f`) and the decay per step.
+///
+/// ```
+/// use hgq_core::quantizer::{Param, TrackRule};
+/// let rule = TrackRule { param: Param::Kif, symmetric: false, training: true, constraint: None };
+/// // |x| up to 3 with 2 fractional bits needs 2 integer bits; the old 5 decay to 4.
+/// assert_eq!(rule.apply(3.0f32, 5.0, 2.0, 1.0), (4.0, 4.0));
+/// // Data that is not finite leaves the bits as they were.
+/// assert_eq!(rule.apply(f32::INFINITY, 5.0, 2.0, 1.0), (5.0, 5.0));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrackRule {
+    /// KBI (the integer bits the data needs given `b`) or KIF (given `f`).
+    pub param: Param,
+    /// A symmetric overflow mode (the sign takes no value of its own).
+    pub symmetric: bool,
+    /// Training (the old bits decay, never below what the data needs) or tracing (never below
+    /// the old bits rounded).
+    pub training: bool,
+    /// `i`'s constraint, where the reference applies it.
+    pub constraint: Option<Constraint>,
+}
+
+impl TrackRule {
+    /// The new integer bits and the integer bits a pass reads (`rc` of the new ones); where
+    /// `a` is not finite, the raw `i` as it was.
+    #[inline]
+    pub fn apply<C: Real>(&self, a: C, i: C, p: C, decay: C) -> (C, C) {
+        if !a.is_finite() {
+            return (i, rc1(i));
+        }
+        let con = |v: C| self.constraint.map_or(v, |c| c.one(v));
+        let sym = self.symmetric;
+        let v = match (self.param, self.training) {
+            (Param::Kbi, true) => con((i - decay).maximum(minimal_i::xb(a, rc1(p), sym))),
+            (Param::Kbi, false) => con(rc1(i).maximum(minimal_i::xb(a, rc1(p), sym))),
+            // The reference applies no constraint in training.
+            (Param::Kif, true) => (i - decay).maximum(minimal_i::xf(a, rc1(p), sym)),
+            (Param::Kif, false) => rc1(i).maximum(con(minimal_i::xf(a, rc1(p), sym))),
+        };
+        (v, rc1(v))
+    }
 }
 
 impl<V> FixedQuantizer<V> {
@@ -444,84 +490,64 @@ impl<V> FixedQuantizer<V> {
     }
 
     /// Training and tracing of a trainable WRAP quantizer: the rounded input, and the integer
-    /// bits (and, tracing, `k`) the data asks for.
+    /// bits (and, tracing, `k`) the data asks for. Everything it reads and forms stays in the
+    /// backend's bit-width values (a device backend reads nothing back for it).
     #[allow(clippy::type_complexity)]
     fn track<B: Backend<Var = V>>(
         &self,
         b: &B,
         x: &B::Tensor,
         mode: CallMode,
-    ) -> std::result::Result<(B::Tensor, Option<Commit<B::C>>), B::Error> {
+    ) -> std::result::Result<(B::Tensor, Option<Commit<B::Bw>>), B::Error> {
         // Non-finite inputs would poison the integer bits for good.
-        if !b.all_finite(x)? {
-            return Err(CoreError::InvalidParameter {
-                name: "x",
-                value: f64::NAN,
-                why: "a WRAP quantizer tracking its integer bits needs finite inputs",
-            }
-            .into());
-        }
+        let not_finite = CoreError::InvalidParameter {
+            name: "x",
+            value: f64::NAN,
+            why: "a WRAP quantizer tracking its integer bits needs finite inputs",
+        };
+        b.require_finite(x, not_finite)?;
+        let a = Arith(b);
         let spec = self.spec();
-        let sym = spec.overflow.is_symmetric();
         let train = mode == CallMode::Training;
         let round_only =
             FixedPoint::new(spec.round, OverflowMode::Wrap)?.with_stochastic(self.noise(b, mode)?);
         let ivar = self.var(VarName::I);
-        let ic = ivar.constraint;
-        let con = |v: B::C| ic.map_or(v, |c| c.one(v));
-        let i_raw = b.read(&ivar.value)?;
+        let rule = TrackRule {
+            param: self.param(),
+            symmetric: spec.overflow.is_symmetric(),
+            training: train,
+            constraint: ivar.constraint,
+        };
+        let i_raw = b.snapshot(&ivar.value)?;
         let decay = match self.vars.iter().find(|v| v.name == VarName::IDecaySpeed) {
-            Some(d) => b
-                .read(&d.value)?
-                .first()
-                .copied()
-                .unwrap_or(B::C::from_f64(f64::INFINITY)),
-            None => B::C::from_f64(f64::INFINITY),
+            Some(d) => b.snapshot(&d.value)?,
+            None => b.bw_const(f64::INFINITY, &[1])?,
         };
         let bw = self.layout.bw_shape.as_slice();
         let k = Operand::Var(self.var(VarName::K));
+        let k_var = self.var(VarName::K);
         match self.param() {
             Param::Kbi => {
                 let bvar = self.var(VarName::B);
-                // One loop over the bit widths forms the minimal integer bits of x with the
-                // rounded `b`, the new `i` and the `i` the pass reads: per-weight bit widths
-                // make each of these a weight-sized array, and each loop a pass over memory.
-                let absmax = self.absmax(b, x)?;
-                let b_raw = b.read(&bvar.value)?;
-                let (mut new_i, mut i_used) = (
-                    Vec::with_capacity(i_raw.len()),
-                    Vec::with_capacity(i_raw.len()),
-                );
-                for ((&r, &a), &bv) in i_raw.iter().zip(&absmax).zip(&b_raw) {
-                    let m = minimal_i::xb(a, rc1(bv), sym);
-                    let v = if train {
-                        con((r - decay).maximum(m))
-                    } else {
-                        con(rc1(r).maximum(m))
-                    };
-                    new_i.push(v);
-                    i_used.push(rc1(v));
-                }
+                let b_raw = b.snapshot(&bvar.value)?;
+                let absmax = self.absmax_bw(b, x)?;
+                let (new_i, i_used) = b.track_bw(rule, &absmax, &i_raw, &b_raw, &decay)?;
                 let y = if train {
                     // f = rc(b) - i_used: the pass forms it from raw b (its gradient reaches b).
                     let pass = Pass {
                         q: round_only.with_bit_widths(BitWidths::KbiRaw),
                         k,
-                        p: [Operand::Var(bvar), Operand::Values(&i_used, bw)],
+                        p: [Operand::Var(bvar), Operand::Bw(&i_used, bw)],
                         training: true,
                     };
                     run(b, x, pass)?
                 } else {
                     // Tracing: f = b - i_new (unrounded), as the reference.
-                    let f: Vec<B::C> = b_raw
-                        .iter()
-                        .zip(&new_i)
-                        .map(|(&b, &i)| rc1(b) - i)
-                        .collect();
+                    let f = a.sub(&a.round(&b_raw)?, &new_i)?;
                     let pass = Pass {
                         q: round_only,
                         k,
-                        p: [Operand::Values(&i_used, bw), Operand::Values(&f, bw)],
+                        p: [Operand::Bw(&i_used, bw), Operand::Bw(&f, bw)],
                         training: true,
                     };
                     run(b, x, pass)?
@@ -529,72 +555,67 @@ impl<V> FixedQuantizer<V> {
                 let k_new = if train {
                     None
                 } else {
-                    let neg = self.any_k(b, &y)?;
-                    let mut kv = b.read(&self.var(VarName::K).value)?;
-                    for ((kv, n), &bv) in kv.iter_mut().zip(neg).zip(&b_raw) {
-                        if n && rc1(bv) > B::C::ZERO {
-                            *kv = B::C::ONE;
-                        }
-                    }
-                    Some(kv)
+                    // k := 1 where the traced output has a negative value and b > 0.
+                    let neg = self.any_k_bw(b, &y)?;
+                    let signed = a.mul(&neg, &a.positive(&a.round(&b_raw)?)?)?;
+                    Some(a.maximum(&b.snapshot(&k_var.value)?, &signed)?)
                 };
-                Ok((
-                    y,
-                    Some(Commit {
-                        i: Some(new_i),
-                        k: k_new,
-                    }),
-                ))
+                Ok((y, Some(Commit { i: new_i, k: k_new })))
             }
             Param::Kif => {
                 let fvar = self.var(VarName::F);
-                // A copy of the raw i (the variable changes afterwards); the pass rounds it.
+                // The raw i as it is now (the variable changes afterwards); the pass rounds it.
                 let pass = Pass {
                     q: round_only.with_bit_widths(BitWidths::RoundHalfEven),
                     k,
-                    p: [Operand::Values(&i_raw, bw), Operand::Var(fvar)],
+                    p: [Operand::Bw(&i_raw, bw), Operand::Var(fvar)],
                     training: true,
                 };
                 let y = run(b, x, pass)?;
                 // The integer bits of the rounded input (as the reference).
-                let mi = self.minimal_i(b, &y)?;
-                if train {
-                    // The reference applies no constraint here.
-                    let new_i = i_raw
-                        .iter()
-                        .zip(mi)
-                        .map(|(&r, m)| (r - decay).maximum(m))
-                        .collect();
-                    Ok((
-                        y,
-                        Some(Commit {
-                            i: Some(new_i),
-                            k: None,
-                        }),
-                    ))
+                let absmax = self.absmax_bw(b, &y)?;
+                let f_raw = b.snapshot(&fvar.value)?;
+                let (new_i, _) = b.track_bw(rule, &absmax, &i_raw, &f_raw, &decay)?;
+                let k_new = if train {
+                    None
                 } else {
-                    let neg = self.any_k(b, &y)?;
-                    let mut kv = b.read(&self.var(VarName::K).value)?;
-                    for (kv, n) in kv.iter_mut().zip(neg) {
-                        if n {
-                            *kv = B::C::ONE;
-                        }
-                    }
-                    let new_i = i_raw
-                        .iter()
-                        .zip(mi)
-                        .map(|(&r, m)| rc1(r).maximum(con(m)))
-                        .collect();
-                    Ok((
-                        y,
-                        Some(Commit {
-                            i: Some(new_i),
-                            k: Some(kv),
-                        }),
-                    ))
-                }
+                    let neg = self.any_k_bw(b, &y)?;
+                    Some(a.maximum(&b.snapshot(&k_var.value)?, &neg)?)
+                };
+                Ok((y, Some(Commit { i: new_i, k: k_new })))
             }
         }
+    }
+
+    /// [`FixedQuantizer::absmax`] as bit-width values; read to the host only for a
+    /// collective over data-parallel processes.
+    fn absmax_bw<B: Backend<Var = V>>(
+        &self,
+        b: &B,
+        x: &B::Tensor,
+    ) -> std::result::Result<B::Bw, B::Error> {
+        check_input(&self.layout.input_shape, &b.shape(x)?)?;
+        let m = b.absmax_bw(x, &self.layout.homogeneous)?;
+        if !crate::sync::installed() {
+            return Ok(m);
+        }
+        let v = crate::sync::max_over_processes(b.bw_host(&m)?)?;
+        b.bw_from_host(&v, &self.layout.bw_shape)
+    }
+
+    /// [`FixedQuantizer::any_k`] as bit-width values (1 or 0), over the processes as it.
+    fn any_k_bw<B: Backend<Var = V>>(
+        &self,
+        b: &B,
+        x: &B::Tensor,
+    ) -> std::result::Result<B::Bw, B::Error> {
+        check_input(&self.layout.input_shape, &b.shape(x)?)?;
+        let m = b.any_negative_bw(x, &self.layout.homogeneous)?;
+        if !crate::sync::installed() {
+            return Ok(m);
+        }
+        let v = crate::sync::max_over_processes(b.bw_host(&m)?)?;
+        b.bw_from_host(&v, &self.layout.bw_shape)
     }
 
     /// hgq2's `get_minimal_i`: the integer bits `x` needs with the current `b` (KBI) or `f`
@@ -655,13 +676,11 @@ impl<V> FixedQuantizer<V> {
     fn commit<B: Backend<Var = V>>(
         &mut self,
         b: &B,
-        c: Commit<B::C>,
+        c: Commit<B::Bw>,
     ) -> std::result::Result<(), B::Error> {
-        if let Some(i) = c.i {
-            b.write(&mut self.var_mut(VarName::I).value, &i)?;
-        }
+        b.assign(&mut self.var_mut(VarName::I).value, &c.i)?;
         if let Some(k) = c.k {
-            b.write(&mut self.var_mut(VarName::K).value, &k)?;
+            b.assign(&mut self.var_mut(VarName::K).value, &k)?;
         }
         Ok(())
     }
@@ -761,7 +780,7 @@ impl<V> FixedQuantizer<V> {
 fn run<'a, B: Backend>(
     b: &B,
     x: &B::Tensor,
-    pass: Pass<'a, B::Var, B::C>,
+    pass: Pass<'a, B::Var, B::Bw>,
 ) -> std::result::Result<B::Tensor, B::Error> {
     b.fixed(&pass.q, x, pass.k, pass.p, pass.training)
 }

@@ -32,7 +32,7 @@ pub use constraint::{Constraint, Regularizer};
 pub use cpu::{Cpu, CpuQuantizer, CpuStore, CpuTensor, Grads, HostVar, SavedPass};
 pub use dual::{Dual, DualArith};
 pub use dummy::DummyQuantizer;
-pub use fixed::{FixedKind, FixedQuantizer, FixedSpec, KbiSpec, KifSpec, Param};
+pub use fixed::{FixedKind, FixedQuantizer, FixedSpec, KbiSpec, KifSpec, Param, TrackRule};
 pub use float::{FloatQuantizer, FloatSpec};
 
 use crate::error::{CoreError, Result};
