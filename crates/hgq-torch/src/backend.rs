@@ -56,8 +56,7 @@ impl TchVar {
     fn for_pass(&self) -> Tensor {
         let t = &self.tensor;
         // A rehearsed CUDA step reads no host memory (`cuda::rehearse`).
-        if t.device() != Device::Cpu || t.numel() <= 1 || crate::cuda::rehearse::route().is_some()
-        {
+        if t.device() != Device::Cpu || t.numel() <= 1 || crate::cuda::rehearse::route().is_some() {
             return t.shallow_clone();
         }
         let Ok(version) = t.f_internal_version() else {
@@ -172,11 +171,6 @@ pub(crate) fn float_kind(what: &'static str, t: &Tensor) -> Result<Kind> {
     }
 }
 
-/// Whether a rehearsed CUDA step runs on this thread ([`crate::cuda::rehearse`]).
-fn rehearsed() -> bool {
-    crate::cuda::rehearse::route().is_some()
-}
-
 /// `x`'s shape with the dimensions `reduce` kept as 1.
 fn kept(x: &Tensor, reduce: &[usize]) -> Vec<i64> {
     let mut s = x.size();
@@ -272,7 +266,7 @@ impl BitWidthArith for Tch {
             BwOp::Exp2(a) => a.f_exp2()?,
             BwOp::Relu(a) => a.f_relu()?,
             BwOp::Positive(a) => a.f_gt(0.0)?.f_to_kind(Kind::Float)?,
-            BwOp::Maximum(a, b) => a.f_detach()?.f_maximum(&b.f_detach()?)?,
+            BwOp::Maximum(a, b) => crate::ops::maximum(&a.f_detach()?, &b.f_detach()?)?,
         })
     }
 
@@ -382,7 +376,7 @@ impl Backend for Tch {
     }
 
     fn require_finite(&self, x: &Tensor, err: CoreError) -> Result<()> {
-        if x.device() == Device::Cpu && !rehearsed() {
+        if host::on_host(x) {
             return if self.all_finite(x)? {
                 Ok(())
             } else {

@@ -8,6 +8,8 @@
 #include <cstring>
 #include <exception>
 #include <string>
+#include <tuple>
+#include <utility>
 
 extern "C" {
 struct HgqView {
@@ -30,12 +32,13 @@ int hgq_torch_fixed_cpu(const uint8_t* cfg, size_t cfg_len, int training, int bi
 // `cuda::route::Call`) on `stream` of CUDA device `device`, or its host build where `device`
 // is -1 (CPU tensors). which 0: the forward, writes y; 1: the backward for upstream dy, writes
 // dx and the two bit widths' gradients per element of x (ga, gb). The pointers are element
-// arrays of the call's type, n elements for x, y, dy, dx, ga, gb. Returns 0 on success, else
-// writes a NUL-terminated message into err.
+// arrays of the call's type, n elements for x, y, dy, dx, ga, gb. status: the call's status
+// word (an int on x's device) or null. Returns 0 on success, else writes a NUL-terminated
+// message into err.
 int hgq_torch_kernel_launch(const uint8_t* call, size_t call_len, int which, const void* x,
                             const void* k, const void* p1, const void* p2, const void* dy,
-                            void* y, void* dx, void* ga, void* gb, int64_t n, int device,
-                            void* stream, char* err, size_t err_len);
+                            void* y, void* dx, void* ga, void* gb, void* status, int64_t n,
+                            int device, void* stream, char* err, size_t err_len);
 }
 
 #ifdef HGQ_TORCH_CUDA
@@ -155,13 +158,15 @@ void* stream_of(const at::Tensor& x) {
 
 void launch(const std::string& call, int which, const at::Tensor& x, const at::Tensor& k,
             const at::Tensor& p1, const at::Tensor& p2, const void* dy, void* y, void* dx,
-            void* ga, void* gb) {
+            void* ga, void* gb, const at::Tensor& status) {
+  if (call.empty()) return;
   char err[1024];
   err[0] = 0;
   int device = x.is_cuda() ? static_cast<int>(x.device().index()) : -1;
+  void* st = status.numel() > 0 ? status.data_ptr() : nullptr;
   int rc = hgq_torch_kernel_launch(reinterpret_cast<const uint8_t*>(call.data()), call.size(),
                                    which, x.data_ptr(), k.data_ptr(), p1.data_ptr(),
-                                   p2.data_ptr(), dy, y, dx, ga, gb, x.numel(), device,
+                                   p2.data_ptr(), dy, y, dx, ga, gb, st, x.numel(), device,
                                    stream_of(x), err, sizeof err);
   if (rc != 0) {
     err[sizeof err - 1] = 0;
@@ -175,15 +180,21 @@ void launch(const std::string& call, int which, const at::Tensor& x, const at::T
 // sums (db = sum df, di = sum di + -db), for bit widths smaller than x (the kernel applies it
 // per element otherwise). cols > 0: bit widths one per column, whose gradients the backward's
 // kernel sums in the pass into chunks x cols partial sums (summed over the chunks here).
+// status (one int on a device, else empty): the call's status word, which the kernel's checks fill; with
+// wide (the same call computing in double on these float buffers, gated on the status word),
+// each launch runs both programs and only the one the status names does the work.
 struct KernelFn : public torch::autograd::Function<KernelFn> {
   static at::Tensor forward(AutogradContext* ctx, at::Tensor x, at::Tensor k, at::Tensor p1,
-                            at::Tensor p2, std::string call, bool chain_after, int64_t chunks,
-                            int64_t cols) {
+                            at::Tensor p2, at::Tensor status, std::string call,
+                            std::string wide, bool chain_after, int64_t chunks, int64_t cols) {
     at::Tensor y = at::empty_like(x);
     if (x.numel() > 0) {
-      launch(call, 0, x, k, p1, p2, nullptr, y.data_ptr(), nullptr, nullptr, nullptr);
+      launch(call, 0, x, k, p1, p2, nullptr, y.data_ptr(), nullptr, nullptr, nullptr, status);
+      launch(wide, 0, x, k, p1, p2, nullptr, y.data_ptr(), nullptr, nullptr, nullptr, status);
     }
     ctx->save_for_backward({x, k, p1, p2});
+    ctx->saved_data["status"] = status;
+    ctx->saved_data["wide"] = wide;
     ctx->saved_data["call"] = call;
     ctx->saved_data["chain_after"] = chain_after;
     ctx->saved_data["chunks"] = chunks;
@@ -195,42 +206,58 @@ struct KernelFn : public torch::autograd::Function<KernelFn> {
     auto saved = ctx->get_saved_variables();
     const at::Tensor &x = saved[0], &k = saved[1], &p1 = saved[2], &p2 = saved[3];
     std::string call = ctx->saved_data["call"].toStringRef();
+    std::string wide = ctx->saved_data["wide"].toStringRef();
+    at::Tensor status = ctx->saved_data["status"].toTensor();
     bool chain_after = ctx->saved_data["chain_after"].toBool();
     int64_t chunks = ctx->saved_data["chunks"].toInt();
     int64_t cols = ctx->saved_data["cols"].toInt();
     at::Tensor dy = grads[0].to(x.scalar_type()).expand(x.sizes()).contiguous();
     at::Tensor dx = at::empty_like(x);
-    at::Tensor sa, sb;  // the two operands' gradients summed to their shapes
+    // The two operands' gradients from their sums: KBI's chain rule where it runs after them.
+    auto chained = [&](const at::Tensor& sa, const at::Tensor& sb) {
+      if (chain_after) {
+        // The kernel's first output is the formed i's, its second the formed f's.
+        at::Tensor d1 = sb.view(p1.sizes());
+        return std::make_pair(d1, sa.view(p2.sizes()) + d1.neg());
+      }
+      return std::make_pair(sa.view(p1.sizes()), sb.view(p2.sizes()));
+    };
+    at::Tensor dp1, dp2;
     if (cols > 0 && x.numel() > 0) {
       at::Tensor pa = at::empty({chunks, cols}, x.options());
       at::Tensor pb = at::empty({chunks, cols}, x.options());
       launch(call, 2, x, k, p1, p2, dy.data_ptr(), nullptr, dx.data_ptr(), pa.data_ptr(),
-             pb.data_ptr());
-      sa = pa.sum(0).view(p1.sizes());
-      sb = pb.sum(0).view(p2.sizes());
+             pb.data_ptr(), status);
+      std::tie(dp1, dp2) = chained(pa.sum(0), pb.sum(0));
+      if (!wide.empty()) {
+        // The wide program's partial sums are doubles, summed (and chained) in double and
+        // rounded once, as a float64 call's are; the status word picks one on the device.
+        at::Tensor qa = at::empty({chunks, cols}, x.options().dtype(at::kDouble));
+        at::Tensor qb = at::empty({chunks, cols}, x.options().dtype(at::kDouble));
+        launch(wide, 2, x, k, p1, p2, dy.data_ptr(), nullptr, dx.data_ptr(), qa.data_ptr(),
+               qb.data_ptr(), status);
+        at::Tensor is_wide = status.bitwise_and(1).ne(0);
+        auto w = chained(qa.sum(0), qb.sum(0));
+        dp1 = at::where(is_wide, w.first.to(x.scalar_type()), dp1);
+        dp2 = at::where(is_wide, w.second.to(x.scalar_type()), dp2);
+      }
     } else {
       at::Tensor ga = at::empty_like(x);
       at::Tensor gb = at::empty_like(x);
       if (x.numel() > 0) {
+        // Both programs write the same buffers (gradients per element: no sums to round).
         launch(call, 1, x, k, p1, p2, dy.data_ptr(), nullptr, dx.data_ptr(), ga.data_ptr(),
-               gb.data_ptr());
+               gb.data_ptr(), status);
+        launch(wide, 1, x, k, p1, p2, dy.data_ptr(), nullptr, dx.data_ptr(), ga.data_ptr(),
+               gb.data_ptr(), status);
       } else {
         ga.zero_();
         gb.zero_();
       }
-      sa = ga.sum_to_size(p1.sizes());
-      sb = gb.sum_to_size(p2.sizes());
+      std::tie(dp1, dp2) = chained(ga.sum_to_size(p1.sizes()), gb.sum_to_size(p2.sizes()));
     }
-    at::Tensor dp1, dp2;
-    if (chain_after) {
-      // The kernel's first output is the formed i's, its second the formed f's.
-      dp1 = sb.view(p1.sizes());
-      dp2 = sa.view(p2.sizes()) + dp1.neg();
-    } else {
-      dp1 = sa;
-      dp2 = sb;
-    }
-    return {dx, at::Tensor(), dp1, dp2, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {dx,          at::Tensor(), dp1,          dp2,          at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -379,14 +406,19 @@ extern "C" int hgq_torch_fixed_apply(const at::Tensor* x, const at::Tensor* k,
 
 extern "C" int hgq_torch_kernel_apply(const at::Tensor* x, const at::Tensor* k,
                                       const at::Tensor* p1, const at::Tensor* p2,
-                                      const uint8_t* call, size_t call_len, int chain_after,
-                                      int64_t chunks, int64_t cols, at::Tensor** out, char* err,
-                                      size_t err_len) {
+                                      const at::Tensor* status, const uint8_t* call,
+                                      size_t call_len, const uint8_t* wide, size_t wide_len,
+                                      int chain_after, int64_t chunks, int64_t cols,
+                                      at::Tensor** out, char* err, size_t err_len) {
   HGQ_TORCH_TOUCH_CUDA();
   try {
-    at::Tensor y = KernelFn::apply(*x, *k, *p1, *p2,
-                                   std::string(reinterpret_cast<const char*>(call), call_len),
-                                   chain_after != 0, chunks, cols);
+    // No status: an empty tensor (an autograd function's inputs must be defined).
+    at::Tensor st =
+        status != nullptr ? *status : at::empty({0}, x->options().dtype(at::kInt));
+    at::Tensor y = KernelFn::apply(
+        *x, *k, *p1, *p2, st, std::string(reinterpret_cast<const char*>(call), call_len),
+        std::string(reinterpret_cast<const char*>(wide), wide_len), chain_after != 0, chunks,
+        cols);
     *out = new at::Tensor(std::move(y));
     return 0;
   } catch (const std::exception& e) {

@@ -47,8 +47,11 @@ unsafe extern "C" {
         k: *const C_tensor,
         p1: *const C_tensor,
         p2: *const C_tensor,
+        status: *const C_tensor,
         call: *const u8,
         call_len: usize,
+        wide: *const u8,
+        wide_len: usize,
         chain_after: c_int,
         chunks: i64,
         cols: i64,
@@ -154,15 +157,21 @@ pub(crate) fn fixed_apply(
 }
 
 /// `KernelFn::apply(x, k, p1, p2)` (bridge.cpp): contiguous tensors of one float kind on one
-/// device; `call` the bytes `cuda::route` decodes at each launch; `chain_after`, KBI's chain
-/// rule on the summed gradients; `(chunks, cols)`, the partial sums' shape where the backward
-/// sums per-column gradients in the pass (`(0, 0)`: gradients per element).
+/// device; `status`, the call's status word (an int32 on x's device) where the kernel checks
+/// the bit widths; `call` the bytes `cuda::route` decodes at each launch, `wide` those of the
+/// same call in float64 on float32 buffers (empty: none), gated on the status word;
+/// `chain_after`, KBI's chain rule on the summed gradients; `(chunks, cols)`, the partial
+/// sums' shape where the backward sums per-column gradients in the pass (`(0, 0)`: gradients
+/// per element).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn kernel_apply(
     x: &Tensor,
     k: &Tensor,
     p1: &Tensor,
     p2: &Tensor,
+    status: Option<&Tensor>,
     call: &[u8],
+    wide: &[u8],
     chain_after: bool,
     (chunks, cols): (i64, i64),
 ) -> Result<Tensor, TorchError> {
@@ -175,8 +184,11 @@ pub(crate) fn kernel_apply(
             k.as_ptr(),
             p1.as_ptr(),
             p2.as_ptr(),
+            status.map_or(std::ptr::null(), |t| t.as_ptr()),
             call.as_ptr(),
             call.len(),
+            wide.as_ptr(),
+            wide.len(),
             c_int::from(chain_after),
             chunks,
             cols,

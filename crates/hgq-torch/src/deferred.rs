@@ -1,7 +1,8 @@
 //! Checks of device values, read when the host next looks instead of at every step.
 //!
 //! Some errors depend on values that live on a device: an input of a tracking WRAP quantizer
-//! that is not finite, a gradient given to Adam that is not finite. Knowing at once would mean
+//! that is not finite, a gradient given to Adam that is not finite, bit widths that hgq-core
+//! refuses in a call of our CUDA kernel (which checks them as it runs). Knowing at once would mean
 //! waiting for the device at every call (a synchronization per quantizer and step). On tensors
 //! that are not in host memory (CUDA, or a [`crate::cuda::rehearse`]d step) these checks are
 //! computed on the device and kept, per thread, as one flag per kind of check; [`check`] reads
@@ -33,6 +34,8 @@ pub(crate) enum Check {
     TrackingInput,
     /// A gradient given to Adam was not finite.
     AdamGradient,
+    /// Bit widths that hgq-core refuses reached our CUDA kernel (it checks them itself).
+    BitWidths,
 }
 
 impl Check {
@@ -46,6 +49,13 @@ impl Check {
                       it covers were kept)",
             }
             .into(),
+            Check::BitWidths => TorchError::Invalid {
+                what: "bit widths",
+                why: "k not 0 or 1, an i or f that is not finite (or not an integer where \
+                      integers are given), or a type wider than float64 holds: seen by the \
+                      kernel on the device (the call's results are not to be used)"
+                    .into(),
+            },
             Check::AdamGradient => TorchError::NonFinite(
                 "a gradient given to Adam (seen on the device after the step, which left every \
                  variable as it was)",

@@ -5,6 +5,12 @@
 //! convert, copy out, one dispatched operation each) costs more than the values themselves.
 use tch::{Device, Kind, Tensor};
 
+/// Whether `t` is in host memory, where reading it costs no wait: a CPU tensor, outside a
+/// rehearsed CUDA step ([`crate::cuda::rehearse`]).
+pub(crate) fn on_host(t: &Tensor) -> bool {
+    t.device() == Device::Cpu && crate::cuda::rehearse::route().is_none()
+}
+
 /// Whether `t` is a contiguous float32 CPU tensor (its memory is a plain `[f32]`).
 pub(crate) fn is_plain(t: &Tensor) -> bool {
     crate::bridge::plain_f32(t).is_some()

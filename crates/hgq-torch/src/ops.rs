@@ -181,8 +181,7 @@ pub(crate) fn check_bit_widths(q: &FixedPoint, k: &Tensor, i: &Tensor, f: &Tenso
             over(24.0, 100.0)?,
         ],
         0,
-    )?
-    ;
+    )?;
     let flags = crate::host::read_bools(&flags, "bit-width check")?;
     if flags[0] {
         let all = Tensor::f_broadcast_tensors(&[k, i, f])?;
@@ -285,14 +284,22 @@ pub fn track_ops(
     let float = |t: &Tensor| t.f_detach()?.f_to_kind(Kind::Float);
     let (a, i, p) = (float(absmax)?, float(i)?, float(p)?);
     let decay = float(decay)?.f_to_device(i.device())?;
-    let pr = p.f_round()?;
-    let ir = i.f_round()?;
+    // hgq-core's `rc1` in value: round half to even, then `+ (x - x)` (so -0 becomes +0, as
+    // the reference's straight-through form gives).
+    let rc1 = |t: &Tensor| -> Result<Tensor> { Ok(t.f_round()?.f_add(&t.f_sub(t)?)?) };
+    let pr = rc1(&p)?;
+    let ir = rc1(&i)?;
     // The integer bits the data needs (a is an absolute maximum: never negative; NaN is
     // caught by the finiteness test below).
     let m = match rule.param {
         Param::Kbi => {
             // ceil(log2((a + eps) / (1 - 2^-b + eps))); 32 where b <= 0 (asymmetric).
-            let den = pr.f_neg()?.f_exp2()?.f_neg()?.f_add_scalar(1.0)?.f_add_scalar(EPS_K)?;
+            let den = pr
+                .f_neg()?
+                .f_exp2()?
+                .f_neg()?
+                .f_add_scalar(1.0)?
+                .f_add_scalar(EPS_K)?;
             let ip = a.f_add_scalar(EPS_K)?.f_div(&den)?.f_log2()?.f_ceil()?;
             if rule.symmetric {
                 ip
@@ -310,23 +317,42 @@ pub fn track_ops(
         }
     };
     let v = match (rule.param, rule.training) {
-        (Param::Kbi, true) => con(i.f_sub(&decay)?.f_maximum(&m)?)?,
-        (Param::Kbi, false) => con(ir.f_maximum(&m)?)?,
-        (Param::Kif, true) => i.f_sub(&decay)?.f_maximum(&m)?,
-        (Param::Kif, false) => ir.f_maximum(&con(m)?)?,
+        (Param::Kbi, true) => con(maximum(&i.f_sub(&decay)?, &m)?)?,
+        (Param::Kbi, false) => con(maximum(&ir, &m)?)?,
+        (Param::Kif, true) => maximum(&i.f_sub(&decay)?, &m)?,
+        (Param::Kif, false) => maximum(&ir, &con(m)?)?,
     };
-    // Where the data was not finite, the bits as they were.
-    let v = v.f_where_self(&a.f_isfinite()?, &i)?;
-    let used = v.f_round()?;
+    // Where the data or the new bits are not finite, the bits as they were.
+    let v = v.f_where_self(&a.f_isfinite()?.f_logical_and(&v.f_isfinite()?)?, &i)?;
+    let used = rc1(&v)?;
     Ok((v, used))
 }
 
-/// A constraint on a tensor, out of place (hgq-core's [`Constraint::one`] per element).
+/// hgq-core's `Real::maximum`: NaN where either is NaN, else the larger, and of equal values
+/// (+0 and -0) the first (`torch.maximum` may return either zero).
+pub(crate) fn maximum(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let larger = b.f_where_self(&a.f_lt_tensor(b)?, a)?;
+    Ok(b.f_where_self(&b.f_isnan()?, &larger)?)
+}
+
+/// hgq-core's `Real::minimum`: NaN where either is NaN, else the smaller, and of equal values
+/// the second.
+pub(crate) fn minimum(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let smaller = a.f_where_self(&a.f_lt_tensor(b)?, b)?;
+    Ok(a.f_where_self(&a.f_isnan()?, &smaller)?)
+}
+
+/// A constraint on a tensor, out of place (hgq-core's [`Constraint::one`] per element, zeros'
+/// signs included).
 fn constrained(t: &Tensor, c: Constraint) -> Result<Tensor> {
+    let lo = |v: f64| -> Result<Tensor> { maximum(t, &t.f_full_like(v)?) };
     Ok(match c {
-        Constraint::MinMax { min, max } => t.f_clamp_min(min)?.f_clamp_max(max)?,
-        Constraint::Min(m) => t.f_clamp_min(m)?,
-        Constraint::Max(m) => t.f_clamp_max(m)?,
+        Constraint::MinMax { min, max } => {
+            let l = lo(min)?;
+            minimum(&l, &l.f_full_like(max)?)?
+        }
+        Constraint::Min(m) => lo(m)?,
+        Constraint::Max(m) => minimum(t, &t.f_full_like(m)?)?,
         Constraint::Constant(value) => t.f_full_like(value)?,
         Constraint::NonNeg => t.f_mul(&t.f_ge(0.0)?.f_to_kind(t.kind())?)?,
     })
@@ -384,4 +410,76 @@ pub fn minifloat_ops(x: &Tensor, p: [&Tensor; 3]) -> Result<Tensor> {
 /// `+0` whose gradient with respect to `a` is `-1`.
 fn neg_zero_term(a: &Tensor) -> Tensor {
     a.detach() - a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hgq_core::quantizer::Constraint;
+
+    /// [`track_ops`] is hgq-core's [`TrackRule::apply`] bit for bit: every parametrization,
+    /// mode and constraint, on maxima at and around powers of two, zero, subnormals, huge and
+    /// non-finite values, with bit widths across their range.
+    #[test]
+    fn track_ops_is_the_rule() -> Result<()> {
+        let mut a = vec![0.0f32, 1e-40, 1e-7, f32::INFINITY, f32::NAN, 3e38];
+        for e in -30..40 {
+            let p = (e as f32).exp2();
+            a.extend([
+                p,
+                p * (1.0 + f32::EPSILON),
+                p * (1.0 - f32::EPSILON / 2.0),
+                p * 0.75,
+            ]);
+        }
+        let n = a.len();
+        let wave = |j: usize, lo: f32, hi: f32| lo + (hi - lo) * ((j * 7919 % 97) as f32 / 96.0);
+        let i: Vec<f32> = (0..n).map(|j| wave(j, -8.0, 12.0)).collect();
+        let p: Vec<f32> = (0..n).map(|j| wave(j + 3, -2.5, 14.5)).collect();
+        let constraints = [
+            None,
+            Some(Constraint::MinMax {
+                min: -4.0,
+                max: 6.0,
+            }),
+            Some(Constraint::MinMax { min: 0.0, max: 0.0 }),
+            Some(Constraint::Min(0.0)),
+            Some(Constraint::Max(-0.0)),
+            Some(Constraint::NonNeg),
+        ];
+        let mut checked = 0;
+        for param in [Param::Kbi, Param::Kif] {
+            for symmetric in [false, true] {
+                for training in [false, true] {
+                    for constraint in constraints {
+                        for decay in [f32::INFINITY, 0.5] {
+                            let rule = TrackRule {
+                                param,
+                                symmetric,
+                                training,
+                                constraint,
+                            };
+                            let t = Tensor::from_slice;
+                            let (v, u) = track_ops(rule, &t(&a), &t(&i), &t(&p), &t(&[decay]))?;
+                            let (v, u) = (Vec::<f32>::try_from(&v)?, Vec::<f32>::try_from(&u)?);
+                            for j in 0..n {
+                                let (wv, wu) = rule.apply(a[j], i[j], p[j], decay);
+                                assert_eq!(
+                                    (v[j].to_bits(), u[j].to_bits()),
+                                    (wv.to_bits(), wu.to_bits()),
+                                    "{rule:?} a {} i {} p {} decay {decay}",
+                                    a[j],
+                                    i[j],
+                                    p[j]
+                                );
+                            }
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, 96);
+        Ok(())
+    }
 }

@@ -290,8 +290,16 @@ impl Adam {
                 });
             }
         }
-        if !all_finite_tensors(grads.iter().filter(|g| g.defined()))? {
+        let defined = || grads.iter().filter(|g| g.defined());
+        if !host_finite(defined())? {
             return Err(TorchError::NonFinite("a gradient given to Adam"));
+        }
+        // Gradients on a device: checked there, the update kept only where all are finite,
+        // and the error seen when the host next looks (`deferred::check`).
+        let ok = device_finite(defined())?;
+        if let Some(ok) = &ok {
+            let failed = tch::no_grad(|| ok.f_logical_not())?;
+            crate::deferred::defer(crate::deferred::Check::AdamGradient, &failed)?;
         }
         for s in &mut self.slots {
             s.follow_device()?;
@@ -302,7 +310,7 @@ impl Adam {
                 continue;
             }
             if !host::slice(g).is_some_and(|gs| s.update_host(gs, c, None)) {
-                update_ops(s, g, c)?;
+                update_ops(s, g, c, ok.as_ref())?;
             }
         }
         self.iterations += 1;
@@ -396,30 +404,38 @@ impl Adam {
     }
 }
 
-/// Whether every value of every tensor is finite: host tensors by a pass over their memory, the
-/// others (CUDA) reduced on their device and read back together, one synchronization for all
-/// of them rather than one per variable.
-fn all_finite_tensors<'a>(ts: impl IntoIterator<Item = &'a Tensor>) -> Result<bool> {
-    let mut on_device: Vec<Tensor> = Vec::new();
+/// Whether every value of every tensor in host memory is finite (plain float32 memory by a
+/// pass over it; tensors on a device are left to [`device_finite`]).
+fn host_finite<'a>(ts: impl IntoIterator<Item = &'a Tensor>) -> Result<bool> {
     for g in ts {
-        match host::slice(g) {
-            Some(d) if !all_finite(d) => return Ok(false),
-            Some(_) => {}
-            None => {
-                let flag = g.f_isfinite()?.f_all()?.f_reshape([1])?;
-                // One device for the stack (variables may live on several).
-                let to = on_device.first().map_or(flag.device(), Tensor::device);
-                on_device.push(flag.f_to_device(to)?);
-            }
+        let finite = match host::slice(g) {
+            Some(d) => all_finite(d),
+            None if host::on_host(g) => bool::try_from(g.f_isfinite()?.f_all()?)?,
+            None => true,
+        };
+        if !finite {
+            return Ok(false);
         }
     }
-    if on_device.is_empty() {
-        return Ok(true);
+    Ok(true)
+}
+
+/// Whether every value of the tensors on a device is finite, as a boolean tensor on the first
+/// one's device (none without such tensors): computed there, not read here.
+fn device_finite<'a>(ts: impl IntoIterator<Item = &'a Tensor>) -> Result<Option<Tensor>> {
+    let mut flags: Vec<Tensor> = Vec::new();
+    for g in ts {
+        if !host::on_host(g) {
+            let flag = g.f_isfinite()?.f_all()?.f_reshape([1])?;
+            // One device for the stack (variables may live on several).
+            let to = flags.first().map_or(flag.device(), Tensor::device);
+            flags.push(flag.f_to_device(to)?);
+        }
     }
-    crate::host::read_bool(
-        &Tensor::f_cat(&on_device, 0)?.f_all()?,
-        "Adam's finiteness check",
-    )
+    if flags.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Tensor::f_cat(&flags, 0)?.f_all()?))
 }
 
 /// Keras' update on raw memory, in Keras' order of operations, then the clip `b`; large
@@ -477,24 +493,33 @@ fn smallest_normal(kind: tch::Kind) -> f64 {
 }
 
 /// The same update as tensor operations (CUDA, other float kinds).
-fn update_ops(s: &Slot, g: &Tensor, c: Coeffs) -> Result<()> {
+/// Keras' update as torch operations on the variable's device; with `ok` (a boolean on a
+/// device), kept only where it is true (a step whose gradients were not all finite leaves the
+/// variable and its moments as they were).
+fn update_ops(s: &Slot, g: &Tensor, c: Coeffs, ok: Option<&Tensor>) -> Result<()> {
     tch::no_grad(|| -> Result<()> {
         let g = g.f_to_kind(s.m.kind())?;
-        let (mut m, mut v, mut var) = (
-            s.m.shallow_clone(),
-            s.v.shallow_clone(),
-            s.var.shallow_clone(),
-        );
-        let _ = m.f_add_(&((&g - &m) * c.c1 as f64))?;
-        let _ = v.f_add_(&((&g * &g - &v) * c.c2 as f64))?;
+        let m = &s.m + (&g - &s.m) * c.c1 as f64;
+        let v = &s.v + (&g * &g - &s.v) * c.c2 as f64;
         let tiny = smallest_normal(m.kind());
-        for t in [&mut m, &mut v] {
+        let flush = |t: Tensor| -> Result<Tensor> {
             let below = t.f_abs()?.f_lt(tiny)?;
-            let _ = t.f_masked_fill_(&below, 0.0)?;
-        }
+            Ok(t.f_masked_fill(&below, 0.0)?)
+        };
+        let (m, v) = (flush(m)?, flush(v)?);
         let step = (&m * c.alpha as f64) / (v.f_sqrt()? + c.eps as f64);
-        let _ = var.f_sub_(&step.f_to_kind(var.kind())?)?;
-        Ok(())
+        let var = s.var.f_sub(&step.f_to_kind(s.var.kind())?)?;
+        let keep = |new: Tensor, old: &Tensor| -> Result<()> {
+            let new = match ok {
+                Some(ok) => new.f_where_self(&ok.f_to_device(old.device())?, old)?,
+                None => new,
+            };
+            old.shallow_clone().f_copy_(&new)?;
+            Ok(())
+        };
+        keep(m, &s.m)?;
+        keep(v, &s.v)?;
+        keep(var, &s.var)
     })
 }
 
@@ -608,19 +633,33 @@ mod tests {
         }
     }
 
-    /// Tensors that are not plain float32 host memory (here float64, as CUDA ones would be) are
-    /// checked on their device, all in one read.
+    /// Host tensors of any kind are checked at once; tensors on a device (here rehearsed) give
+    /// one flag on the device, not read.
     #[test]
     fn finiteness_of_device_and_host_gradients() -> Result<()> {
         let ok64 = Tensor::from_slice(&[1.0f64, -2.0]);
         let nan64 = Tensor::from_slice(&[1.0f64, f64::NAN]);
         let inf32 = Tensor::from_slice(&[f32::INFINITY]);
         let ok32 = Tensor::from_slice(&[3.0f32]);
-        assert!(all_finite_tensors([&ok64, &ok32, &ok64])?);
-        assert!(!all_finite_tensors([&ok64, &nan64])?);
-        assert!(!all_finite_tensors([&ok32, &inf32, &ok64])?);
-        assert!(!all_finite_tensors([&nan64.f_neg()?, &ok32])?);
-        assert!(all_finite_tensors(std::iter::empty())?);
+        assert!(host_finite([&ok64, &ok32, &ok64])?);
+        assert!(!host_finite([&ok64, &nan64])?);
+        assert!(!host_finite([&ok32, &inf32, &ok64])?);
+        assert!(!host_finite([&nan64.f_neg()?, &ok32])?);
+        assert!(host_finite(std::iter::empty())?);
+        assert!(device_finite([&ok64, &nan64])?.is_none());
+        let route = crate::cuda::Route::TorchOps;
+        let (flags, reads) = crate::cuda::rehearse(route, || -> Result<_> {
+            Ok((
+                host_finite([&nan64, &inf32])?,
+                device_finite([&ok64, &ok32])?,
+                device_finite([&ok32, &inf32, &ok64])?,
+            ))
+        });
+        let (host, ok, bad) = flags?;
+        assert!(host, "rehearsed tensors are not host memory");
+        assert_eq!(reads.total(), 0);
+        assert!(bool::try_from(ok.expect("a flag"))?);
+        assert!(!bool::try_from(bad.expect("a flag"))?);
         Ok(())
     }
 
@@ -655,7 +694,7 @@ mod tests {
             s.v.shallow_clone().copy_(&Tensor::from_slice(&v0));
         }
         assert!(host.update_host(&g, c, None));
-        update_ops(&ops, &Tensor::from_slice(&g), c)?;
+        update_ops(&ops, &Tensor::from_slice(&g), c, None)?;
         for s in [&host, &ops] {
             let m: Vec<f32> = Vec::try_from(&s.m)?;
             let v: Vec<f32> = Vec::try_from(&s.v)?;

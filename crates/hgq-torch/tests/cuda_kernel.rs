@@ -263,6 +263,7 @@ fn compare<T: hgq_core::Element<C = T> + hgq_core::Real>(
         kbi: i32::from(kbi),
         // Element-wise bit widths: gradients stored per element, KBI's chain in the op.
         chain: i32::from(kbi),
+        ..Args::default()
     };
     let mut y = vec![T::from_f64(0.0); n];
     let (mut y2, mut dx, mut ga, mut gb) = (y.clone(), y.clone(), y.clone(), y.clone());

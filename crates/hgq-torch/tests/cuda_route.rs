@@ -419,51 +419,199 @@ fn a_training_step_on_cuda_does_not_synchronize() {
     );
 }
 
-/// What a training step of the demo's network reads back to the host on each CUDA route,
-/// rehearsed on the CPU (`cuda::rehearse`), per phase, over three steps after two.
-fn rehearsed_reads(route: Route) -> [hgq_torch::cuda::HostReads; 5] {
+/// Five training steps of the demo's network (each with a tracing pass after it), on `route`
+/// in a rehearsed CUDA step or (`None`) on the host: what the last three read back to the host
+/// per phase (forward, backward, Adam, constraints, tracing), and the variables after them.
+fn five_steps(route: Option<Route>) -> ([hgq_torch::cuda::HostReads; 5], Vec<(String, Tensor)>) {
     use hgq_torch::cuda::{HostReads, rehearse};
     use hgq_torch::hgq_core::CallMode;
     use hgq_torch::optim::{Adam, AdamConfig};
     let vs = tch::nn::VarStore::new(Device::Cpu);
     let m = common::seeded(3, || common::demo_mlp(&vs));
     let mut opt = Adam::new(&vs, AdamConfig::default().learning_rate(3e-3)).unwrap();
-    let x = common::seeded(4, || Tensor::randn([64, 64], (Kind::Float, Device::Cpu)) * 2.0);
+    let x = common::seeded(4, || {
+        Tensor::randn([64, 64], (Kind::Float, Device::Cpu)) * 2.0
+    });
     let labels = x.narrow(1, 0, 10).argmax(1, false);
+    // On the host: the same closures, nothing counted.
+    let phase = |f: &mut dyn FnMut()| match route {
+        Some(r) => rehearse(r, f).1,
+        None => {
+            f();
+            HostReads::default()
+        }
+    };
     let mut counts: [HostReads; 5] = Default::default();
     for step in 0..5 {
-        let phases = rehearse(route, || {
-            let ((loss, _), forward) = rehearse(route, || {
-                let out = m.forward(&x, CallMode::Training).unwrap();
-                let loss = out.y.cross_entropy_for_logits(&labels) + &out.ebops_loss;
-                (loss, out.y)
-            });
-            opt.zero_grad();
-            let (_, backward) = rehearse(route, || loss.backward());
-            let (_, adam) = rehearse(route, || opt.step().unwrap());
-            let (_, constraints) = rehearse(route, || m.apply_constraints().unwrap());
-            let (_, tracing) = rehearse(route, || m.forward(&x, CallMode::Tracing).unwrap());
-            [forward, backward, adam, constraints, tracing]
-        })
-        .0;
+        let mut loss = None;
+        let forward = phase(&mut || {
+            let out = m.forward(&x, CallMode::Training).unwrap();
+            loss = Some(out.y.cross_entropy_for_logits(&labels) + &out.ebops_loss);
+        });
+        let loss = loss.unwrap();
+        opt.zero_grad();
+        let backward = phase(&mut || loss.backward());
+        let adam = phase(&mut || opt.step().unwrap());
+        let constraints = phase(&mut || m.apply_constraints().unwrap());
+        let tracing = phase(&mut || {
+            m.forward(&x, CallMode::Tracing).unwrap();
+        });
         if step >= 2 {
-            for (c, p) in counts.iter_mut().zip(phases) {
+            for (c, p) in counts
+                .iter_mut()
+                .zip([forward, backward, adam, constraints, tracing])
+            {
                 for (what, n) in p.by_what {
                     *c.by_what.entry(what).or_default() += n;
                 }
             }
         }
     }
-    counts
+    hgq_torch::deferred::check().unwrap();
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    (counts, vars)
 }
 
+/// A training step on CUDA reads nothing back to the host on the kernel route (WRAP tracking,
+/// EBOPs, Adam, constraints and the kernel's checks stay on the device), rehearsed on the
+/// CPU; the torch operations still read the bit-width check's two flags per call. Either
+/// trains what the host trains: the variables after five steps within float32 rounding of
+/// the per-column sums (whose order differs).
 #[test]
-fn a_rehearsed_cuda_step_reads_back() {
-    for route in [Route::TorchOps, Route::Kernel] {
-        let c = rehearsed_reads(route);
-        eprintln!(
-            "{route:?}: forward {:?}\n backward {:?}\n Adam {:?}\n constraints {:?}\n tracing {:?}",
-            c[0].by_what, c[1].by_what, c[2].by_what, c[3].by_what, c[4].by_what
-        );
+fn a_rehearsed_cuda_step_reads_nothing_back() {
+    let (_, host) = five_steps(None);
+    for route in [Route::Kernel, Route::TorchOps] {
+        let (c, vars) = five_steps(Some(route));
+        let reads: Vec<_> = c.iter().map(|p| p.by_what.clone()).collect();
+        match route {
+            Route::Kernel => assert!(c.iter().all(|p| p.total() == 0), "{reads:?}"),
+            Route::TorchOps => {
+                // 6 quantizer calls a step in training and in tracing, 3 steps.
+                assert_eq!(c[0].by_what.len(), 1, "{reads:?}");
+                assert_eq!(c[0].of("bit-width check"), 18, "{reads:?}");
+                assert_eq!(c[4].of("bit-width check"), 18, "{reads:?}");
+                assert!(c[1..4].iter().all(|p| p.total() == 0), "{reads:?}");
+            }
+        }
+        assert_eq!(vars.len(), host.len());
+        for ((name, got), (_, want)) in vars.iter().zip(&host) {
+            assert!(
+                got.allclose(want, 1e-4, 1e-5, false),
+                "{route:?} {name}: {got} against {want}"
+            );
+        }
     }
+}
+
+/// Operands whose type is wider than float32 holds in some elements (k + i + f of 30 bits):
+/// such a call runs in float64.
+fn wide_operands(per_column: bool, kbi: bool, seed: i64) -> Operands {
+    let mut o = operands(
+        if kbi {
+            BitWidths::KbiRaw
+        } else {
+            BitWidths::RoundHalfEven
+        },
+        per_column,
+        Kind::Float,
+        seed,
+    );
+    let n = o.a.numel() as i64;
+    // One bit width of 12 integer and 17 fractional bits (KBI: b = 29, i = 12).
+    let (a, b) = if kbi { (29.0, 12.0) } else { (12.0, 17.0) };
+    let set = |t: &Tensor, v: f64| {
+        let flat = t.reshape([-1]);
+        let _ = flat.narrow(0, n / 2, 1).fill_(v);
+        flat.reshape(t.size())
+    };
+    o.a = set(&o.a, a);
+    o.b = set(&o.b, b);
+    o.x = o.x * 1000.0 / 3.0;
+    o
+}
+
+/// The kernel route in a rehearsed CUDA step (the kernel checks the bit widths and gates the
+/// float64 program on what it found, nothing read back) is the kernel route on the host (the
+/// host checks, then picks the program): every value and gradient bit for bit, narrow types
+/// and wide ones, every quantizer, rule and layout of `against_the_cpu_pass`.
+#[test]
+fn the_route_rehearsed_is_the_route_checked_on_the_host() {
+    use hgq_torch::cuda::rehearse;
+    let mut compared = 0;
+    for (q, training) in quantizers() {
+        for rule in [
+            BitWidths::Integer,
+            BitWidths::RoundHalfEven,
+            BitWidths::KbiRaw,
+        ] {
+            for per_column in [false, true] {
+                for wide in [false, true] {
+                    if wide && rule == BitWidths::Integer {
+                        continue;
+                    }
+                    let q = q.with_bit_widths(rule);
+                    let o = if wide {
+                        wide_operands(per_column, rule == BitWidths::KbiRaw, compared)
+                    } else {
+                        operands(rule, per_column, Kind::Float, compared)
+                    };
+                    let kernel = |x: &Tensor, k: &Tensor, a: &Tensor, b: &Tensor| {
+                        fixed_quantize_kernel(&q, x, k, a, b, training)
+                    };
+                    let want = run(kernel, &o);
+                    let (got, reads) = rehearse(Route::Kernel, || run(kernel, &o));
+                    let what = format!("{q:?} training {training} per column {per_column}");
+                    assert_eq!(reads.total(), 0, "{what}: {reads:?}");
+                    for j in 0..4 {
+                        assert_eq!(bits(&got[j]), bits(&want[j]), "{j}, wide {wide}: {what}");
+                    }
+                    hgq_torch::deferred::check().unwrap();
+                    compared += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(compared, 8 * (3 * 2 + 2 * 2));
+}
+
+/// Bit widths that hgq-core refuses, in a rehearsed CUDA step: no error at the call (the
+/// kernel checks them on the device), the error at the next `deferred::check`, once.
+#[test]
+fn bad_bit_widths_on_a_device_are_seen_at_the_next_check() {
+    use hgq_torch::cuda::rehearse;
+    let q = FixedPoint::new(RoundMode::Rnd, OverflowMode::Sat).unwrap();
+    let x = Tensor::from_slice(&[0.5f32, 1.0]);
+    let (k, f) = (
+        Tensor::from_slice(&[1.0f32, 1.0]),
+        Tensor::from_slice(&[2.0f32, 2.0]),
+    );
+    for bad in [
+        (
+            Tensor::from_slice(&[0.0f32, 2.0]),
+            Tensor::from_slice(&[3.0f32, f32::NAN]),
+        ),
+        (k.shallow_clone(), Tensor::from_slice(&[3.0f32, 2000.0])),
+        (
+            Tensor::from_slice(&[1.0f32, 0.5]),
+            Tensor::from_slice(&[3.0f32, 3.0]),
+        ),
+    ] {
+        let (kk, i) = bad;
+        let (y, reads) = rehearse(Route::Kernel, || {
+            fixed_quantize_kernel(&q, &x, &kk, &i, &f, false)
+        });
+        assert!(y.is_ok(), "{kk} {i}");
+        assert_eq!(reads.total(), 0);
+        assert_eq!(hgq_torch::deferred::pending(), 1);
+        let e = hgq_torch::deferred::check().unwrap_err();
+        assert!(e.to_string().contains("bit widths"), "{e}");
+        hgq_torch::deferred::check().unwrap();
+    }
+    // Good ones leave nothing to report.
+    let (y, _) = rehearse(Route::Kernel, || {
+        fixed_quantize_kernel(&q, &x, &k, &k, &f, false)
+    });
+    assert!(y.is_ok());
+    hgq_torch::deferred::check().unwrap();
 }

@@ -118,8 +118,7 @@ pub trait Backend: BitWidthArith {
     fn absmax_bw(&self, x: &Self::Tensor, reduce: &[usize]) -> Result<Self::Bw, Self::Error>;
     /// [`Backend::any_negative`] as bit-width values: 1 where any element is negative, else 0
     /// (no gradient).
-    fn any_negative_bw(&self, x: &Self::Tensor, reduce: &[usize])
-    -> Result<Self::Bw, Self::Error>;
+    fn any_negative_bw(&self, x: &Self::Tensor, reduce: &[usize]) -> Result<Self::Bw, Self::Error>;
     /// A variable's values now (no gradient), unchanged by later writes to the variable.
     fn snapshot(&self, v: &Self::Var) -> Result<Self::Bw, Self::Error>;
     /// Bit-width values as host values, row-major (for collectives over processes).

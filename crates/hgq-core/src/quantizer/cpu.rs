@@ -8,8 +8,8 @@ use std::cell::RefCell;
 use std::sync::Arc;
 
 use super::backend::{Backend, BitWidthArith, BwOp, Operand, OperandOf};
-use super::fixed::TrackRule;
 use super::constraint::{Constraint, Regularizer};
+use super::fixed::TrackRule;
 use super::{Props, Quantizer, QuantizerSpec, Store, VarInit, VarName, Variable};
 use crate::error::{CoreError, Result};
 use crate::kernels::{Path, Upstream};

@@ -256,11 +256,13 @@ pub struct TrackRule {
 
 impl TrackRule {
     /// The new integer bits and the integer bits a pass reads (`rc` of the new ones); where
-    /// `a` is not finite, the raw `i` as it was.
+    /// `a` or the new bits are not finite (data or bit widths that a pass refuses), the raw
+    /// `i` as it was.
     #[inline]
     pub fn apply<C: Real>(&self, a: C, i: C, p: C, decay: C) -> (C, C) {
+        let keep = (i, rc1(i));
         if !a.is_finite() {
-            return (i, rc1(i));
+            return keep;
         }
         let con = |v: C| self.constraint.map_or(v, |c| c.one(v));
         let sym = self.symmetric;
@@ -271,6 +273,9 @@ impl TrackRule {
             (Param::Kif, true) => (i - decay).maximum(minimal_i::xf(a, rc1(p), sym)),
             (Param::Kif, false) => rc1(i).maximum(con(minimal_i::xf(a, rc1(p), sym))),
         };
+        if !v.is_finite() {
+            return keep;
+        }
         (v, rc1(v))
     }
 }

@@ -4,7 +4,9 @@
 // It is hgq-core's `kernels::fixed` and `ops::FixedOp`, line for line and in the same order of
 // operations, so that every value is the same bits as the CPU pass. The host fixes the modes
 // as macros before this text (`cuda::KernelKey::source`):
-//   HGQ_T      float or double, the element and compute type;
+//   HGQ_T      float or double, the compute type;
+//   HGQ_S      float or double, the type of the buffers (HGQ_T where not given: float
+//              buffers computed in double are the types wider than float32 holds);
 //   HGQ_R      the rounding id (R_TRN .. R_STOCH below);
 //   HGQ_O      the overflow id (O_WRAP .. O_WRAP_SM below);
 //   HGQ_TRAIN  1 in training (WRAP's forward is the rounding alone), else 0.
@@ -26,6 +28,10 @@ static const struct { unsigned x; } blockIdx = {0}, threadIdx = {0}, blockDim = 
 typedef unsigned long long hgq_u64;
 typedef long long hgq_i64;
 typedef HGQ_T T;
+#ifndef HGQ_S
+#define HGQ_S HGQ_T
+#endif
+typedef HGQ_S S;
 
 #define R_TRN 0
 #define R_RND 1
@@ -64,12 +70,25 @@ struct HgqLayout {
 
 // The call's runtime switches (the same for every element).
 struct HgqArgs {
-    hgq_u64 seed;  // stochastic rounding's key
-    int mask;      // zero the output where k + i + f <= 0 (inference only)
-    int kbi;       // the operands are KBI's raw b and i
-    int chain;     // with kbi: return b's and i's gradients (else those of the i and f formed)
+    hgq_u64 seed;    // stochastic rounding's key
+    int mask;        // zero the output where k + i + f <= 0 (inference only)
+    int kbi;         // the operands are KBI's raw b and i
+    int chain;       // with kbi: return b's and i's gradients (else those of the i and f formed)
+    int integer;     // the operands are integer bit widths as they are (else rounded first)
+    hgq_u64 status;  // the address of the call's status word (an int; 0: none)
+    int check;       // 1: this launch checks the bit widths, ORing ST_ bits into the status
+    int gate;        // 0: runs; GATE_NARROW / GATE_WIDE: only when the status says so
 };
 
+// The status word's bits: a type wider than float32 holds (the call runs in double), and bit
+// widths hgq-core refuses (the host reports its error later).
+#define ST_WIDE 1
+#define ST_BAD 2
+#define GATE_NARROW 1
+#define GATE_WIDE 2
+
+HGQ_DEV bool hgq_finite(float v) { return v - v == 0.0f; }
+HGQ_DEV bool hgq_finite(double v) { return v - v == 0.0; }
 HGQ_DEV float hgq_floor(float v) { return floorf(v); }
 HGQ_DEV double hgq_floor(double v) { return floor(v); }
 HGQ_DEV float hgq_rint(float v) { return rintf(v); }
@@ -302,6 +321,55 @@ HGQ_DEV hgq_i64 operand_at(const HgqLayout& L, int q, hgq_i64 j) {
     return off;
 }
 
+// Whether a launch of a gated call is skipped: the status (written by the call's checking
+// launch, earlier on the stream) says the other program computes it.
+HGQ_DEV bool gated_off(const HgqArgs& args) {
+    if (args.gate == 0 || args.status == 0) {
+        return false;
+    }
+    bool wide = (*(const int*)args.status & ST_WIDE) != 0;
+    return wide != (args.gate == GATE_WIDE);
+}
+
+// hgq-core's check of one element's bit widths (`check_bit_widths`, as hgq-torch's torch
+// operations compute it): ST_BAD for k not 0 or 1, bit widths that are not finite (or not
+// integers where they are taken as they are), k + max(i, -f) + f above 53 bits or exponents
+// above 1000; ST_WIDE above 24 bits or exponents above 100 (NaN and infinite sums count 0).
+HGQ_DEV int check_of(T k, T a, T b, T ra, T rb, T i, T f, const HgqArgs& args) {
+    int st = 0;
+    if (!(k == (T)0 || k == (T)1)) {
+        st |= ST_BAD;
+    }
+    if (!hgq_finite(i) || !hgq_finite(f) || (args.integer && (a != ra || b != rb))) {
+        st |= ST_BAD;
+    }
+    T nf = -f;
+    T ip = (i != i || nf != nf) ? i + nf : (i < nf ? nf : i);
+    T bits = k + ip + f;
+    bits = hgq_finite(bits) ? bits : (T)0;
+    T e1 = hgq_abs(f), e2 = hgq_abs(ip + k);
+    T exps = (e1 != e1 || e2 != e2) ? e1 + e2 : (e1 < e2 ? e2 : e1);
+    exps = hgq_finite(exps) ? exps : (T)0;
+    if (bits > (T)53 || exps > (T)1000) {
+        st |= ST_BAD;
+    }
+    if (bits > (T)24 || exps > (T)100) {
+        st |= ST_WIDE;
+    }
+    return st;
+}
+
+HGQ_DEV void report(const HgqArgs& args, int st) {
+    if (st == 0 || args.status == 0) {
+        return;
+    }
+#ifdef HGQ_HOST
+    *(int*)args.status |= st;
+#else
+    atomicOr((int*)args.status, st);
+#endif
+}
+
 // One element: the op's output and its gradients for the two bit-width operands (hgq-core's
 // `FixedOp::apply`, KBI's chain rule included).
 struct Out {
@@ -313,6 +381,9 @@ HGQ_DEV Out element(T x, T k, T a, T b, T g, hgq_i64 j, const HgqArgs& args, boo
     T ra = hgq_rint(a), rb = hgq_rint(b);
     T i = args.kbi ? rb : ra;
     T f = args.kbi ? ra - rb : rb;
+    if (args.check) {
+        report(args, check_of(k, a, b, ra, rb, i, f, args));
+    }
     bool masks = !HGQ_TRAIN && args.mask;
     Derived dv = derive(k, i, f, masks);
 #if HGQ_R == R_STOCH
@@ -335,31 +406,37 @@ HGQ_DEV Out element(T x, T k, T a, T b, T g, hgq_i64 j, const HgqArgs& args, boo
 }
 
 // y = Q(x, k, a, b) over n elements.
-HGQ_GLOBAL void hgq_fixed_forward(const T* x, const T* k, const T* a, const T* b, T* y,
+HGQ_GLOBAL void hgq_fixed_forward(const S* x, const S* k, const S* a, const S* b, S* y,
                                   hgq_i64 n, HgqLayout layout, HgqArgs args) {
+    if (gated_off(args)) {
+        return;
+    }
     hgq_i64 step = (hgq_i64)blockDim.x * gridDim.x;
     for (hgq_i64 j = (hgq_i64)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += step) {
-        Out o = element(x[j], k[operand_at(layout, 0, j)], a[operand_at(layout, 1, j)],
-                        b[operand_at(layout, 2, j)], (T)0, j, args, false);
-        y[j] = o.y;
+        Out o = element((T)x[j], (T)k[operand_at(layout, 0, j)], (T)a[operand_at(layout, 1, j)],
+                        (T)b[operand_at(layout, 2, j)], (T)0, j, args, false);
+        y[j] = (S)o.y;
     }
 }
 
 // The output (where `y` is not null), dx and the two operands' gradients per element of x
 // (the caller sums them over the dimensions an operand broadcasts along) for upstream dy.
-HGQ_GLOBAL void hgq_fixed_backward(const T* x, const T* k, const T* a, const T* b, const T* dy,
-                                   T* y, T* dx, T* ga, T* gb, hgq_i64 n, HgqLayout layout,
+HGQ_GLOBAL void hgq_fixed_backward(const S* x, const S* k, const S* a, const S* b, const S* dy,
+                                   S* y, S* dx, S* ga, S* gb, hgq_i64 n, HgqLayout layout,
                                    HgqArgs args) {
+    if (gated_off(args)) {
+        return;
+    }
     hgq_i64 step = (hgq_i64)blockDim.x * gridDim.x;
     for (hgq_i64 j = (hgq_i64)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += step) {
-        Out o = element(x[j], k[operand_at(layout, 0, j)], a[operand_at(layout, 1, j)],
-                        b[operand_at(layout, 2, j)], dy[j], j, args, true);
+        Out o = element((T)x[j], (T)k[operand_at(layout, 0, j)], (T)a[operand_at(layout, 1, j)],
+                        (T)b[operand_at(layout, 2, j)], (T)dy[j], j, args, true);
         if (y) {
-            y[j] = o.y;
+            y[j] = (S)o.y;
         }
-        dx[j] = o.gx;
-        ga[j] = o.g1;
-        gb[j] = o.g2;
+        dx[j] = (S)o.gx;
+        ga[j] = (S)o.g1;
+        gb[j] = (S)o.g2;
     }
 }
 
@@ -369,10 +446,13 @@ HGQ_GLOBAL void hgq_fixed_backward(const T* x, const T* k, const T* a, const T* 
 // the sums to pa[t], pb[t] (chunks x cols each); the caller sums those over the chunks. The
 // order of every sum depends on the shape alone (not on the device), and a warp reads
 // consecutive columns of a row (coalesced).
-HGQ_GLOBAL void hgq_fixed_backward_cols(const T* x, const T* k, const T* a, const T* b,
-                                        const T* dy, T* dx, T* pa, T* pb, hgq_i64 rows,
+HGQ_GLOBAL void hgq_fixed_backward_cols(const S* x, const S* k, const S* a, const S* b,
+                                        const S* dy, S* dx, T* pa, T* pb, hgq_i64 rows,
                                         hgq_i64 cols, hgq_i64 chunk_rows, HgqLayout layout,
                                         HgqArgs args) {
+    if (gated_off(args)) {
+        return;
+    }
     hgq_i64 chunks = (rows + chunk_rows - 1) / chunk_rows;
     hgq_i64 total = chunks * cols;
     hgq_i64 step = (hgq_i64)blockDim.x * gridDim.x;
@@ -383,8 +463,9 @@ HGQ_GLOBAL void hgq_fixed_backward_cols(const T* x, const T* k, const T* a, cons
         T sa = (T)0, sb = (T)0;
         for (hgq_i64 r = r0; r < r1; ++r) {
             hgq_i64 j = r * cols + c;
-            Out o = element(x[j], k[operand_at(layout, 0, j)], a[c], b[c], dy[j], j, args, true);
-            dx[j] = o.gx;
+            Out o = element((T)x[j], (T)k[operand_at(layout, 0, j)], (T)a[c], (T)b[c], (T)dy[j], j,
+                            args, true);
+            dx[j] = (S)o.gx;
             sa = sa + o.g1;
             sb = sb + o.g2;
         }

@@ -70,6 +70,8 @@ pub struct KernelKey {
     overflow: OverflowMode,
     training: bool,
     elem: Elem,
+    /// The buffers' type (`elem` unless [`KernelKey::stored_as`] says otherwise).
+    store: Elem,
 }
 
 impl KernelKey {
@@ -90,7 +92,15 @@ impl KernelKey {
             overflow,
             training,
             elem,
+            store: elem,
         })
+    }
+
+    /// The same kernel computing in its type on buffers of `store` (float32 buffers computed
+    /// in float64: types wider than float32 holds, rounded to float32 once per value).
+    pub fn stored_as(mut self, store: Elem) -> Self {
+        self.store = store;
+        self
     }
 
     /// The rounding id of `fixed.cu` (its `R_` macros).
@@ -121,9 +131,10 @@ impl KernelKey {
     }
 
     /// The macros that specialize `fixed.cu` for this key, as `(name, value)`.
-    pub fn defines(&self) -> [(&'static str, String); 4] {
+    pub fn defines(&self) -> [(&'static str, String); 5] {
         [
             ("HGQ_T", self.elem.c_type().to_string()),
+            ("HGQ_S", self.store.c_type().to_string()),
             ("HGQ_R", self.round_id().to_string()),
             ("HGQ_O", self.overflow_id().to_string()),
             ("HGQ_TRAIN", u8::from(self.training).to_string()),
@@ -353,7 +364,28 @@ pub struct Args {
     /// With `kbi`: the gradients of `b` and `i` themselves (else those of the `i` and `f`
     /// formed from them).
     pub chain: i32,
+    /// The operands are integer bit widths as they are (hgq-core's `BitWidths::Integer`:
+    /// others are an error), else they are rounded half to even first.
+    pub integer: i32,
+    /// The address of the call's status word (an `i32` on the kernel's device: [`ST_WIDE`],
+    /// [`ST_BAD`]), 0 for none.
+    pub status: u64,
+    /// 1: the launch checks the bit widths as hgq-core does, ORing its findings into the
+    /// status word.
+    pub check: i32,
+    /// 0: the launch runs; [`GATE_NARROW`] or [`GATE_WIDE`]: only when the status word says
+    /// the call's type is narrow (or wide).
+    pub gate: i32,
 }
+
+/// The status word's bit for a type wider than float32 holds (the call runs in float64).
+pub const ST_WIDE: i32 = 1;
+/// The status word's bit for bit widths that hgq-core refuses.
+pub const ST_BAD: i32 = 2;
+/// [`Args::gate`]: run only when the status word has no [`ST_WIDE`].
+pub const GATE_NARROW: i32 = 1;
+/// [`Args::gate`]: run only when the status word has [`ST_WIDE`].
+pub const GATE_WIDE: i32 = 2;
 
 /// A kernel launch's grid: `grid` blocks of `block` threads over a grid-stride loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

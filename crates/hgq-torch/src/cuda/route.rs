@@ -116,6 +116,35 @@ struct Call {
     /// The backward's sums in the pass (bit widths one per column), or `None`: gradients per
     /// element of x, summed by torch.
     columns: Option<Columns>,
+    /// How the call's launches use its status word.
+    role: Role,
+}
+
+/// A call's part in the checks on the device (see [`fixed_quantize_kernel`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// The host checked the bit widths: no status word.
+    Unchecked,
+    /// The forward checks the bit widths into the status word; nothing is gated (float64).
+    Checks,
+    /// As `Checks`, and the backward runs only where the type is narrow (float32 computed
+    /// in float32).
+    Narrow,
+    /// Runs only where the type is wide (float32 buffers computed in float64).
+    Wide,
+}
+
+impl Role {
+    /// The launch's `check` and `gate` (forward or backward).
+    fn args(self, forward: bool) -> (i32, i32) {
+        match self {
+            Role::Unchecked => (0, 0),
+            Role::Checks => (i32::from(forward), 0),
+            Role::Narrow if forward => (1, 0),
+            Role::Narrow => (0, super::GATE_NARROW),
+            Role::Wide => (0, super::GATE_WIDE),
+        }
+    }
 }
 
 /// `Q(x, k, i, f)` through our kernel, differentiable by autograd: the values and gradients of
@@ -139,9 +168,40 @@ pub fn fixed_quantize_kernel(
         kind => return Err(TorchError::Kind { what: "x", kind }),
     };
     crate::check_operands(x, [k, i, f])?;
-    let dims = crate::dims;
     let [k, p1, p2] = crate::params_as(x.device(), kind, [k, i, f])?;
-    if crate::ops::check_bit_widths(q, &k, &p1, &p2)? && elem == Elem::F32 {
+    let n = x.numel() as i64;
+    let kbi = q.bit_widths() == BitWidths::KbiRaw;
+    // Bit widths as large as x (broadcast-compatible, so the same shape) get gradients per
+    // element: KBI's chain rule then runs per element in the kernel, as in hgq-core's pass;
+    // smaller ones are summed first and the rule applied to the sums.
+    let elementwise = p1.numel() == x.numel() && p2.numel() == x.numel();
+    let dims = crate::dims;
+    let layout = Layout::new(&dims(x), [&dims(&k), &dims(&p1), &dims(&p2)])?;
+    // Both bit widths one per column of x (the input quantizers' usual layout; the layout's
+    // reads say so): the backward sums their gradients in the pass.
+    let columns = match (layout.read(1), layout.read(2)) {
+        (Read::Modulo(c), Read::Modulo(c2)) if c == c2 && c > 0 => Some(Columns {
+            rows: n / c,
+            cols: c,
+            chunk_rows: LaunchShape::chunk_rows((n / c) as u64, c as u64) as i64,
+        }),
+        _ => None,
+    };
+    // On a device the kernel checks the bit widths itself (nothing read back: an error is
+    // seen at `deferred::check`), and a float32 call whose type float32 does not hold runs in
+    // float64 by a second program gated on what the check found. Where the backward's sums
+    // would have to be rounded differently in that case (bit widths broadcast otherwise than
+    // per column), and on the host, the host checks first.
+    let on_device = !crate::host::on_host(x);
+    let role = match elem {
+        Elem::F64 if on_device => Role::Checks,
+        Elem::F32 if on_device && (elementwise || columns.is_some()) => Role::Narrow,
+        _ => Role::Unchecked,
+    };
+    if role == Role::Unchecked
+        && crate::ops::check_bit_widths(q, &k, &p1, &p2)?
+        && elem == Elem::F32
+    {
         // A type float32 does not hold: computed in float64, rounded to float32 once.
         let y = fixed_quantize_kernel(q, &x.f_to_kind(Kind::Double)?, &k, &p1, &p2, training)?;
         return Ok(y.f_to_kind(Kind::Float)?);
@@ -157,45 +217,57 @@ pub fn fixed_quantize_kernel(
         training,
         elem,
     )?;
-    let layout = Layout::new(&dims(x), [&dims(&k), &dims(&p1), &dims(&p2)])?;
-    let kbi = q.bit_widths() == BitWidths::KbiRaw;
-    // Bit widths as large as x (broadcast-compatible, so the same shape) get gradients per
-    // element: KBI's chain rule then runs per element in the kernel, as in hgq-core's pass;
-    // smaller ones are summed first and the rule applied to the sums.
-    let elementwise = p1.numel() == x.numel() && p2.numel() == x.numel();
     let args = Args {
         seed: seed.unwrap_or(0),
         mask: i32::from(q.zero_mask() && !training),
         kbi: i32::from(kbi),
         chain: i32::from(kbi && elementwise),
-    };
-    // Both bit widths one per column of x (the input quantizers' usual layout; the layout's
-    // reads say so): the backward sums their gradients in the pass.
-    let n = x.numel() as i64;
-    let columns = match (layout.read(1), layout.read(2)) {
-        (Read::Modulo(c), Read::Modulo(c2)) if c == c2 && c > 0 => Some(Columns {
-            rows: n / c,
-            cols: c,
-            chunk_rows: LaunchShape::chunk_rows((n / c) as u64, c as u64) as i64,
-        }),
-        _ => None,
+        integer: i32::from(q.bit_widths() == BitWidths::Integer),
+        ..Args::default()
     };
     let call = Call {
         key,
         layout,
         args,
         columns,
+        role,
+    };
+    let wide = match role {
+        Role::Narrow => Some(Call {
+            key: KernelKey::new(
+                q.round_mode(),
+                seed.is_some(),
+                q.overflow_mode(),
+                training,
+                Elem::F64,
+            )?
+            .stored_as(Elem::F32),
+            role: Role::Wide,
+            ..call
+        }),
+        _ => None,
+    };
+    let status = match role {
+        Role::Unchecked => None,
+        _ => Some(Tensor::f_zeros([1], (Kind::Int, x.device()))?),
     };
     let (chunks, cols) = columns.map_or((0, 0), |c| (c.chunks(), c.cols));
-    crate::bridge::kernel_apply(
+    let y = crate::bridge::kernel_apply(
         &x.f_contiguous()?,
         &k.f_contiguous()?,
         &p1.f_contiguous()?,
         &p2.f_contiguous()?,
+        status.as_ref(),
         call_bytes(&call),
+        wide.as_ref().map_or(&[][..], call_bytes),
         kbi && !elementwise,
         (chunks, cols),
-    )
+    )?;
+    if let Some(status) = status {
+        let bad = status.f_bitwise_and(i64::from(super::ST_BAD))?.f_ne(0)?;
+        crate::deferred::defer(crate::deferred::Check::BitWidths, &bad)?;
+    }
+    Ok(y)
 }
 
 fn call_bytes(c: &Call) -> &[u8] {
@@ -232,6 +304,7 @@ pub unsafe extern "C" fn hgq_torch_kernel_launch(
     dx: *mut c_void,
     ga: *mut c_void,
     gb: *mut c_void,
+    status: *mut c_void,
     n: i64,
     device: c_int,
     stream: *mut c_void,
@@ -240,8 +313,12 @@ pub unsafe extern "C" fn hgq_torch_kernel_launch(
 ) -> c_int {
     let run = || -> Result<()> {
         // SAFETY: the caller's bytes.
-        let c = unsafe { call_of(call, call_len) }
+        let mut c = unsafe { call_of(call, call_len) }
             .ok_or_else(|| TorchError::Cuda("a kernel call of the wrong size".into()))?;
+        let (check, gate) = c.role.args(which == 0);
+        c.args.status = status as u64;
+        c.args.check = check;
+        c.args.gate = gate;
         let b = Buffers {
             x,
             k,

@@ -38,7 +38,6 @@ pub(crate) fn rc(v: &Tensor) -> Tensor {
     d.round() + (v - &d)
 }
 
-
 /// The reference's `Quantizer` layer: a quantizer (KBI, KIF, minifloat or dummy: hgq-core's
 /// logic on [`Tch`] tensors, its variables in a `VarStore`) with `scaler` (divide before,
 /// multiply after), `qnoise_factor` (in training, only this fraction of the quantization
