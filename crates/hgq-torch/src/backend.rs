@@ -24,6 +24,17 @@ pub struct TchVar {
     tensor: Tensor,
     /// `k` as the CPU pass reads it (see [`TchVar::for_pass`]).
     uniform: Mutex<Option<Uniform>>,
+    /// The values as last read or written here, with the state they belong to: the logic
+    /// reads back what it wrote (the seed counter of S_ modes, every call) without a read
+    /// from the device.
+    known: Mutex<Option<Known>>,
+}
+
+/// A variable's values as of one state of the variable (see [`Uniform::key`]).
+#[derive(Debug)]
+struct Known {
+    key: (usize, i64),
+    values: Vec<f32>,
 }
 
 /// Whether a variable holds one value everywhere, as of one state of the variable.
@@ -41,12 +52,47 @@ impl TchVar {
         TchVar {
             tensor,
             uniform: Mutex::new(None),
+            known: Mutex::new(None),
         }
     }
 
     /// The tensor (in the `VarStore`).
     pub fn tensor(&self) -> &Tensor {
         &self.tensor
+    }
+
+    /// The state key of [`Uniform::key`], where libtorch has a version counter.
+    fn key(&self) -> Option<(usize, i64)> {
+        let version = self.tensor.f_internal_version().ok()?;
+        Some((self.tensor.data_ptr() as usize, version))
+    }
+
+    /// The values, from what was last read or written here if the variable has not changed
+    /// since (else read, and kept).
+    fn values(&self) -> Result<Vec<f32>> {
+        // A poisoned lock only means a panic elsewhere; the key decides what is valid.
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        let key = self.key();
+        if let (Some(k), Some(c)) = (key, known.as_ref())
+            && c.key == k
+        {
+            return Ok(c.values.clone());
+        }
+        let values = host::values(&self.tensor)?;
+        *known = key.map(|key| Known {
+            key,
+            values: values.clone(),
+        });
+        Ok(values)
+    }
+
+    /// Notes `values` as the variable's values now (just written).
+    fn wrote(&self, values: &[f32]) {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        *known = self.key().map(|key| Known {
+            key,
+            values: values.to_vec(),
+        });
     }
 
     /// The variable for a CPU pass that takes no gradient from it: one value of its rank when
@@ -327,7 +373,7 @@ impl Backend for Tch {
     }
 
     fn read(&self, v: &TchVar) -> Result<Vec<f32>> {
-        host::values(&v.tensor)
+        v.values()
     }
 
     fn write(&self, v: &mut TchVar, values: &[f32]) -> Result<()> {
@@ -341,12 +387,11 @@ impl Backend for Tch {
             }
             .into());
         }
-        let src = Tensor::f_from_slice(values)?
-            .f_reshape(t.size())?
-            .f_to_device(t.device())?;
+        let src = host::upload(values, t)?;
         // In place through libtorch: the version counter moves, so a graph that saved the
         // variable refuses a backward over the old values.
         tch::no_grad(|| t.shallow_clone().f_copy_(&src))?;
+        v.wrote(values);
         Ok(())
     }
 

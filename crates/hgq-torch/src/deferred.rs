@@ -12,8 +12,8 @@
 //! (the step is still counted).
 //!
 //! Call [`check`] where the host reads anyway, e.g. with the loss at the end of an epoch;
-//! [`crate::layers::Sequential::trace_minmax`] and [`crate::layers::Sequential::ebops`] check
-//! too. On host tensors these checks run at once, as before.
+//! `trace_minmax` checks before and after tracing (an error found while tracing restores the
+//! variables, as any error of it does). On host tensors these checks run at once.
 //!
 //! ```
 //! // Nothing pending on a thread that ran nothing on a device.

@@ -615,3 +615,60 @@ fn bad_bit_widths_on_a_device_are_seen_at_the_next_check() {
     assert!(y.is_ok());
     hgq_torch::deferred::check().unwrap();
 }
+
+fn variables(vs: &tch::nn::VarStore) -> Vec<(String, Vec<u64>)> {
+    let mut v: Vec<(String, Vec<u64>)> = vs
+        .variables()
+        .into_iter()
+        .map(|(n, t)| (n, bits(&t.to_kind(Kind::Double))))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Data that is not finite, traced on a device (rehearsed): no read back during the calls,
+/// the error from `trace_minmax`'s own check, and every variable as before.
+#[test]
+fn a_trace_of_non_finite_data_on_a_device_is_an_error_that_changes_nothing() {
+    use hgq_torch::cuda::rehearse;
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let m = common::seeded(3, || common::demo_mlp(&vs));
+    let x = common::seeded(4, || Tensor::randn([16, 64], (Kind::Float, Device::Cpu)));
+    let _ = x.get(3).get(5).fill_(f64::NAN);
+    let before = variables(&vs);
+    for route in [Route::Kernel, Route::TorchOps] {
+        let (r, _) = rehearse(route, || m.trace_minmax([&x]));
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("finite"), "{e}");
+        assert_eq!(variables(&vs), before, "{route:?}");
+        assert_eq!(hgq_torch::deferred::pending(), 0);
+    }
+}
+
+/// A gradient that is not finite, given to Adam on a device (rehearsed): the step reads
+/// nothing back and changes no variable; the error at the next check.
+#[test]
+fn a_non_finite_gradient_on_a_device_changes_nothing_and_is_seen_at_the_check() {
+    use hgq_torch::cuda::rehearse;
+    use hgq_torch::optim::{Adam, AdamConfig};
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let w = vs.root().var("w", &[3], tch::nn::Init::Const(0.5));
+    let mut opt = Adam::new(&vs, AdamConfig::default()).unwrap();
+    let good = (&w * Tensor::from_slice(&[1.0f32, 2.0, 3.0])).sum(Kind::Float);
+    let ((), reads) = rehearse(Route::Kernel, || opt.backward_step(&good).unwrap());
+    assert_eq!(reads.total(), 0);
+    hgq_torch::deferred::check().unwrap();
+    let before = variables(&vs);
+    assert_ne!(
+        before[0].1,
+        bits(&Tensor::from_slice(&[0.5f64; 3])),
+        "the good step moved w"
+    );
+    let bad = (&w * Tensor::from_slice(&[1.0f32, f32::NAN, 3.0])).sum(Kind::Float);
+    let ((), reads) = rehearse(Route::Kernel, || opt.backward_step(&bad).unwrap());
+    assert_eq!(reads.total(), 0);
+    assert_eq!(variables(&vs), before);
+    let e = hgq_torch::deferred::check().unwrap_err();
+    assert!(matches!(e, hgq_torch::TorchError::NonFinite(_)), "{e}");
+    hgq_torch::deferred::check().unwrap();
+}

@@ -471,3 +471,42 @@ fn bit_width_gradients_without_autograd_are_autograds() {
         }
     }
 }
+
+/// The seed counter of seeded stochastic rounding, read and advanced by every training call:
+/// on a device (rehearsed here) the logic reads back what it wrote from the values it keeps,
+/// not from the device; the noise and the counter are the host's.
+#[test]
+fn the_seed_counter_is_not_read_back_from_a_device() {
+    use hgq_torch::cuda::{Route, rehearse};
+    let (rows, cols) = (64, 16);
+    let xv: Vec<f32> = data(rows * cols, 5).iter().map(|&v| v as f32).collect();
+    let x = Tensor::from_slice(&xv).view([rows as i64, cols as i64]);
+    let shape = [None, Some(cols)];
+    let (host_vs, dev_vs) = (
+        nn::VarStore::new(Device::Cpu),
+        nn::VarStore::new(Device::Cpu),
+    );
+    let (host_q, dev_q) = (
+        torch_q(&host_vs, srnd_spec(), &shape),
+        torch_q(&dev_vs, srnd_spec(), &shape),
+    );
+    for call in 0..4 {
+        let want = host_q.forward(&x, CallMode::Training).unwrap();
+        for route in [Route::Kernel, Route::TorchOps] {
+            let (got, reads) = rehearse(route, || dev_q.forward(&x, CallMode::Training).unwrap());
+            // The first call reads the counter once; later ones know it.
+            if call > 0 && route == Route::Kernel {
+                assert_eq!(reads.total(), 0, "call {call}: {reads:?}");
+            }
+            assert_eq!(
+                reads.of("quantizer variable"),
+                u64::from(call == 0 && route == Route::Kernel)
+            );
+            // Each route's call advances the counter: compare the Kernel call with the host's.
+            if route == Route::Kernel {
+                assert_eq!(bits(&got), bits(&want), "call {call}");
+            }
+        }
+        let _ = host_q.forward(&x, CallMode::Training).unwrap();
+    }
+}

@@ -60,6 +60,8 @@ pub(crate) fn trace<B>(
             why: "none given: give it the data whose ranges to record".into(),
         });
     }
+    // Errors a device found before (`deferred`) are reported before anything changes.
+    crate::deferred::check()?;
     let saved: Vec<(Tensor, Tensor)> = keras_variables(layers)
         .into_iter()
         .map(|(_, t)| (t.detach().copy(), t))
@@ -69,7 +71,9 @@ pub(crate) fn trace<B>(
         for l in layers {
             l.reset_trace()?;
         }
-        batches.iter().try_for_each(|b| run(b, CallMode::Tracing))
+        batches.iter().try_for_each(|b| run(b, CallMode::Tracing))?;
+        // What the device found while tracing (non-finite data, bad bit widths).
+        crate::deferred::check()
     });
     if let Err(e) = traced {
         tch::no_grad(|| -> Result<()> {
