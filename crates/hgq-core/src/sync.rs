@@ -36,6 +36,13 @@ pub trait StateSync {
     /// the same number of values, in the same order); an error (a process gone, a timeout)
     /// is returned as its message.
     fn max(&self, values: &mut [f64]) -> Result<(), String>;
+
+    /// The sync as [`Any`](std::any::Any), for a backend that reduces its own tensors with it
+    /// (where they live: a device all-reduce instead of a read to the host); `None` by
+    /// default.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
 }
 
 thread_local! {
@@ -73,6 +80,11 @@ impl std::fmt::Debug for SyncGuard {
 pub fn suspend() -> SyncGuard {
     let previous = SYNC.with(|s| s.replace(None));
     SyncGuard { previous }
+}
+
+/// The sync installed on this thread, if any.
+pub fn current() -> Option<Arc<dyn StateSync>> {
+    SYNC.with(|s| s.borrow().clone())
 }
 
 /// Whether a sync is installed on this thread.

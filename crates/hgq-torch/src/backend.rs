@@ -493,6 +493,25 @@ impl Backend for Tch {
         tch::no_grad(|| crate::ops::track_ops(rule, absmax, i, p, decay))
     }
 
+    fn max_over_processes(&self, w: Tensor, shape: &[usize]) -> Result<Tensor> {
+        let Some(sync) = hgq_core::sync::current() else {
+            return Ok(w);
+        };
+        let group = sync
+            .as_any()
+            .and_then(|a| a.downcast_ref::<crate::distributed::ProcessGroup>());
+        if let Some(g) = group
+            && let Some(t) = g.max_on_device(&w)?
+        {
+            return Ok(t);
+        }
+        // Elsewhere through host values (exact: float32 in float64 and back).
+        let mut v: Vec<f64> = self.bw_host(&w)?.into_iter().map(f64::from).collect();
+        sync.max(&mut v).map_err(CoreError::Collective)?;
+        let v: Vec<f32> = v.into_iter().map(|v| v as f32).collect();
+        host::upload(&v, &w.f_reshape(dims(shape).as_slice())?)
+    }
+
     fn assign(&self, v: &mut TchVar, values: &Tensor) -> Result<()> {
         let t = &v.tensor;
         if values.numel() != t.numel() {

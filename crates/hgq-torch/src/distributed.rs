@@ -724,6 +724,24 @@ impl StateSync for ProcessGroup {
         values.copy_from_slice(&v);
         Ok(())
     }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+}
+
+impl ProcessGroup {
+    /// `t`'s maximum over the ranks where the group reduces tensors on `t`'s device (NCCL
+    /// for CUDA tensors; Gloo for a rehearsed step's CPU tensors), without a read to the host;
+    /// `None` where it does not (the caller reduces host values instead).
+    pub(crate) fn max_on_device(&self, t: &Tensor) -> Result<Option<Tensor>> {
+        if crate::host::on_host(t) || self.wire(t.device()) != t.device() {
+            return Ok(None);
+        }
+        let t = t.f_detach_copy()?.f_contiguous()?;
+        self.all_reduce_(&t, ReduceOp::Max)?;
+        Ok(Some(t))
+    }
 }
 
 /// What must be the same on every rank before variables are broadcast: their count, their

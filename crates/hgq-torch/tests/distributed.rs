@@ -604,3 +604,42 @@ fn broadcast_variables_refuses_different_stores() {
         }
     }
 }
+
+/// WRAP tracking of a data-parallel step on a device (rehearsed on the CPU, two ranks as
+/// threads): the ranks' maxima are all-reduced where the tensors live, nothing is read back
+/// to the host, and every rank tracks what one process tracks on all the rows.
+#[test]
+fn tracking_on_a_device_is_reduced_there() {
+    use hgq_torch::cuda::{Route, rehearse};
+    let build = || {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let m = common::seeded(0, || common::demo_mlp(&vs));
+        let x = common::seeded(1, || {
+            Tensor::randn([16, 64], (Kind::Float, Device::Cpu)) * 2.0
+        });
+        (vs, m, x)
+    };
+    let (vs, m, x) = build();
+    m.forward(&x, CallMode::Training).unwrap();
+    let want: Vec<(String, Vec<f32>)> = variables(&vs)
+        .into_iter()
+        .map(|(n, t)| (n, Vec::try_from(t.flatten(0, -1)).unwrap()))
+        .collect();
+    let got = two_threads(move |g, rank| {
+        let (vs, m, x) = build();
+        let shard = x.narrow(0, 8 * rank as i64, 8);
+        let ((), reads) = rehearse(Route::Kernel, || {
+            let _sync = g.sync_quantizers();
+            m.forward(&shard, CallMode::Training).unwrap();
+        });
+        let vars: Vec<(String, Vec<f32>)> = variables(&vs)
+            .into_iter()
+            .map(|(n, t)| (n, Vec::try_from(t.flatten(0, -1)).unwrap()))
+            .collect();
+        (reads.total(), vars)
+    });
+    for (reads, vars) in got {
+        assert_eq!(reads, 0);
+        assert_eq!(vars, want);
+    }
+}

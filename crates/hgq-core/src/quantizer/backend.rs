@@ -137,6 +137,16 @@ pub trait Backend: BitWidthArith {
     ) -> Result<(Self::Bw, Self::Bw), Self::Error>;
     /// Sets a variable's values (no gradient); `values` has the variable's element count.
     fn assign(&self, v: &mut Self::Var, values: &Self::Bw) -> Result<(), Self::Error>;
+    /// `w` (of `shape`), each value the maximum over the data-parallel processes where a
+    /// [`StateSync`](crate::sync::StateSync) is installed on this thread (else `w`): by
+    /// default through host values; a backend may reduce where its values live.
+    fn max_over_processes(&self, w: Self::Bw, shape: &[usize]) -> Result<Self::Bw, Self::Error> {
+        if !crate::sync::installed() {
+            return Ok(w);
+        }
+        let v = crate::sync::max_over_processes(self.bw_host(&w)?)?;
+        self.bw_from_host(&v, shape)
+    }
 
     /// The fixed-point pass `q` on `x` with bit widths `k` and `p` (what `p` holds is
     /// `q.bit_widths()`), broadcast to x. In training, gradients reach `x` and the variable

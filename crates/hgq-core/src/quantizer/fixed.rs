@@ -592,8 +592,8 @@ impl<V> FixedQuantizer<V> {
         }
     }
 
-    /// [`FixedQuantizer::absmax`] as bit-width values; read to the host only for a
-    /// collective over data-parallel processes.
+    /// [`FixedQuantizer::absmax`] as bit-width values, over the data-parallel processes as it
+    /// (where the backend's values live, if it can).
     fn absmax_bw<B: Backend<Var = V>>(
         &self,
         b: &B,
@@ -601,11 +601,7 @@ impl<V> FixedQuantizer<V> {
     ) -> std::result::Result<B::Bw, B::Error> {
         check_input(&self.layout.input_shape, &b.shape(x)?)?;
         let m = b.absmax_bw(x, &self.layout.homogeneous)?;
-        if !crate::sync::installed() {
-            return Ok(m);
-        }
-        let v = crate::sync::max_over_processes(b.bw_host(&m)?)?;
-        b.bw_from_host(&v, &self.layout.bw_shape)
+        b.max_over_processes(m, &self.layout.bw_shape)
     }
 
     /// [`FixedQuantizer::any_k`] as bit-width values (1 or 0), over the processes as it.
@@ -616,11 +612,7 @@ impl<V> FixedQuantizer<V> {
     ) -> std::result::Result<B::Bw, B::Error> {
         check_input(&self.layout.input_shape, &b.shape(x)?)?;
         let m = b.any_negative_bw(x, &self.layout.homogeneous)?;
-        if !crate::sync::installed() {
-            return Ok(m);
-        }
-        let v = crate::sync::max_over_processes(b.bw_host(&m)?)?;
-        b.bw_from_host(&v, &self.layout.bw_shape)
+        b.max_over_processes(m, &self.layout.bw_shape)
     }
 
     /// hgq2's `get_minimal_i`: the integer bits `x` needs with the current `b` (KBI) or `f`
