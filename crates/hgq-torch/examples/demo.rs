@@ -223,18 +223,19 @@ fn load_digits(path: &Path) -> Result<(Vec<f32>, Vec<i64>), Error> {
     Ok((x, y))
 }
 
-fn rows(x: &[f32], y: &[i64], idx: &[usize], device: Device) -> (Tensor, Tensor) {
+fn rows(x: &[f32], y: &[i64], idx: &[usize], device: Device) -> Result<(Tensor, Tensor), Error> {
     let xs: Vec<f32> = idx
         .iter()
         .flat_map(|&i| x[i * 64..(i + 1) * 64].iter().copied())
         .collect();
     let ys: Vec<i64> = idx.iter().map(|&i| y[i]).collect();
-    (
-        Tensor::from_slice(&xs)
-            .reshape([idx.len() as i64, 64])
-            .to_device(device),
-        Tensor::from_slice(&ys).to_device(device),
-    )
+    // On a device: copied from pinned memory without waiting for it (a copy from pageable
+    // memory would wait for the device at every batch).
+    let up = |t: Tensor| hgq_torch::upload(&t, device);
+    Ok((
+        up(Tensor::from_slice(&xs).reshape([idx.len() as i64, 64]))?,
+        up(Tensor::from_slice(&ys))?,
+    ))
 }
 
 /// Mean bits of each quantizer, by Keras path.
@@ -389,7 +390,7 @@ fn main() -> Result<(), Error> {
     rng.shuffle(&mut order);
     let n_train = (n as f64 * 0.8).round() as usize;
     let (train_idx, test_idx) = order.split_at(n_train);
-    let (x_test, y_test) = rows(&x, &y, test_idx, a.device);
+    let (x_test, y_test) = rows(&x, &y, test_idx, a.device)?;
     eprintln!(
         "digits: {n} rows, {} train / {} test; device {:?}; {} epochs, beta {}, seed {}",
         train_idx.len(),
@@ -436,7 +437,7 @@ fn main() -> Result<(), Error> {
         let mut seen = 0usize;
         for batch in idx.chunks(a.batch) {
             let mine = shard(batch);
-            let (xb, yb) = rows(&x, &y, &mine, a.device);
+            let (xb, yb) = rows(&x, &y, &mine, a.device)?;
             let out = match &group {
                 Some(g) => g.train_step(&model, &vs, &xb, &yb, &mut opt)?,
                 // `auto`: the native step on the CPU, autograd on CUDA (Sequential::train_step).
@@ -446,6 +447,9 @@ fn main() -> Result<(), Error> {
             seen += mine.len();
         }
         let (mut loss_sum, mut correct) = sums.read();
+        // What the device found during the epoch (not-finite data or gradients, bad bit
+        // widths), read with the sums.
+        hgq_torch::deferred::check()?;
         if let Some(g) = &group {
             let t = Tensor::from_slice(&[loss_sum, correct as f64, seen as f64]);
             g.all_reduce_(&t, ReduceOp::Sum)?;
@@ -472,8 +476,8 @@ fn main() -> Result<(), Error> {
     // hgq2's trace_minmax over the training data, batches of 1024.
     let batches: Vec<Tensor> = train_idx
         .chunks(1024)
-        .map(|c| rows(&x, &y, &shard(c), a.device).0)
-        .collect();
+        .map(|c| Ok(rows(&x, &y, &shard(c), a.device)?.0))
+        .collect::<Result<_, Error>>()?;
     let ebops = match &group {
         Some(g) => g.trace_minmax(&model, &batches)?,
         None => model.trace_minmax(&batches)?,

@@ -124,6 +124,30 @@ pub fn cuda_available() -> bool {
     cuda_linked() && tch::Cuda::is_available()
 }
 
+/// A host tensor's copy on `device` without waiting for the device: through pinned memory, a
+/// copy ordered on the device's current stream (a copy from pageable memory waits for the
+/// device, a synchronization per batch in a training loop). On the CPU, `t` itself.
+///
+/// ```
+/// use tch::{Device, Tensor};
+/// let x = Tensor::from_slice(&[1.0f32, 2.0]);
+/// let on = hgq_torch::upload(&x, Device::Cpu)?;
+/// assert_eq!(Vec::<f32>::try_from(&on)?, [1.0, 2.0]);
+/// # Ok::<(), hgq_torch::TorchError>(())
+/// ```
+pub fn upload(t: &Tensor, device: Device) -> Result<Tensor> {
+    if t.device() == device {
+        return Ok(t.shallow_clone());
+    }
+    if t.device() != Device::Cpu {
+        return Ok(t.f_to_device(device)?);
+    }
+    let kind = t.f_kind()?;
+    Ok(t.f_contiguous()?
+        .f_pin_memory(device)?
+        .f_to_device_(device, kind, true, false)?)
+}
+
 /// Whether this build links libtorch's CUDA part (the libtorch it was built against has one).
 pub fn cuda_linked() -> bool {
     bridge::cuda_linked()
