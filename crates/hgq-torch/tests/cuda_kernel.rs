@@ -48,7 +48,13 @@ fn every_kernel_compiles_with_nvrtc() {
     // Per element type: training 3 overflows x 8 roundings + WRAP_SM's 3, inference 3 x 7 + 2.
     assert_eq!(keys.len(), 2 * (27 + 23));
     assert!(KernelKey::new(RoundMode::Trn, false, OverflowMode::WrapSm, true, Elem::F32).is_err());
-    for key in keys {
+    // And the float64 programs on float32 buffers (types wider than float32 holds).
+    let all: std::collections::HashSet<KernelKey> = keys
+        .iter()
+        .flat_map(|k| [*k, k.stored_as(Elem::F32)])
+        .collect();
+    assert_eq!(all.len(), 3 * (27 + 23));
+    for key in all {
         let ptx = nvrtc
             .compile(&key.source(), "fixed.cu", 90)
             .unwrap_or_else(|e| panic!("{key:?}: {e}"));
@@ -56,6 +62,8 @@ fn every_kernel_compiles_with_nvrtc() {
             assert!(ptx.contains(&format!(".entry {k}(")), "{key:?}: no {k}");
         }
         assert!(ptx.contains(".target sm_90"), "{key:?}");
+        // The bit-width check's status word, ORed atomically by the failing elements.
+        assert!(ptx.contains(".or.b32"), "{key:?}: no atomic OR");
     }
 }
 
