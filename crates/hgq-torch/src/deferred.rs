@@ -97,6 +97,20 @@ pub(crate) fn defer(check: Check, failed: &Tensor) -> Result<()> {
     })
 }
 
+/// Runs `f` with this thread's pending checks set aside, and returns its result with the
+/// check of what `f` left (the checks pending before are pending again after).
+pub(crate) fn isolated<R>(f: impl FnOnce() -> R) -> (R, Result<()>) {
+    let outer = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    let r = f();
+    let inner = check();
+    PENDING.with(|p| {
+        let mut p = p.borrow_mut();
+        let mine = std::mem::replace(&mut *p, outer);
+        p.extend(mine);
+    });
+    (r, inner)
+}
+
 /// How many kinds of check are waiting on this thread.
 pub fn pending() -> usize {
     PENDING.with(|p| p.borrow().len())

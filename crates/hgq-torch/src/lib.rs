@@ -5,10 +5,11 @@
 //! - [`fixed_quantize`]: the stateless fixed-point quantizer `Q(x, k, i, f)` of SPEC 1-3.
 //!   On CPU it runs hgq-core's fused kernel inside a C++ `torch::autograd::Function`
 //!   (`src/bridge.cpp`), so values are bit-identical to hgq-core and the backward pass uses
-//!   the kernel's gradients. On CUDA it runs [`ops::fixed_quantize_ops`], the same formulas
-//!   written as plain torch ops, differentiated by autograd, or with `HGQ_CUDA_KERNEL=on` our
-//!   kernel ([`cuda`]: the same element op in CUDA C, compiled by NVRTC, launched on torch's
-//!   stream inside an autograd function).
+//!   the kernel's gradients. On CUDA it runs our kernel ([`cuda`]: the same element op in CUDA
+//!   C, compiled by NVRTC, launched on torch's stream inside an autograd function) once its
+//!   check on the device has passed, else [`ops::fixed_quantize_ops`], the same formulas
+//!   written as plain torch ops, differentiated by autograd (`HGQ_CUDA_KERNEL=on`/`off`
+//!   forces one).
 //!
 //! libtorch comes from `cargo xtask setup` (torch==2.11.0 from PyPI, in `.venv`); see
 //! `xtask/src/setup.rs` for how builds and test runs find it.
@@ -160,7 +161,8 @@ pub fn cuda_linked() -> bool {
 ///
 /// On CPU the fused hgq-core kernel runs (bit-identical to `FixedPoint::forward`); on CUDA the
 /// torch-ops version [`ops::fixed_quantize_ops`], or our kernel
-/// ([`cuda::fixed_quantize_kernel`]) where [`cuda::Route`] says so (`HGQ_CUDA_KERNEL=on`). All
+/// ([`cuda::fixed_quantize_kernel`]) where [`cuda::Route`] says so (by default, once
+/// [`cuda::check_kernel`] has passed on the device). All
 /// check the bit widths as hgq-core does.
 ///
 /// ```no_run

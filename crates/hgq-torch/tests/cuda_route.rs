@@ -220,6 +220,11 @@ fn the_route_choice() {
         Route::choose(cuda, Kind::Float, 2, KernelSetting::Off, true),
         Route::TorchOps
     );
+    // The default: the kernel (once its check on the device passed: `Route::of`).
+    assert_eq!(
+        Route::choose(cuda, Kind::Float, 2, KernelSetting::Checked, true),
+        Route::Kernel
+    );
     assert_eq!(
         Route::choose(cuda, Kind::Float, 2, on, false),
         Route::TorchOps
@@ -246,7 +251,7 @@ fn the_route_on_cuda_is_the_cpu_pass() {
     };
     // fixed_quantize takes the kernel where the setting asks for it (scripts/gpu/run.sh does).
     let want_route = match KernelSetting::from_env() {
-        KernelSetting::On => Route::Kernel,
+        KernelSetting::On | KernelSetting::Checked => Route::Kernel,
         KernelSetting::Off => Route::TorchOps,
     };
     assert_eq!(
@@ -413,11 +418,12 @@ fn a_training_step_on_cuda_does_not_synchronize() {
         "synchronizations in 3 steps: forward {}, backward {}, Adam {}, constraints {}, tracing {}",
         counts[0], counts[1], counts[2], counts[3], counts[4]
     );
-    // The kernel route (HGQ_CUDA_KERNEL=on, as scripts/gpu/run.sh sets) reads nothing back;
+    // The kernel route (the default once its check passed; HGQ_CUDA_KERNEL=on forces it, as
+    // scripts/gpu/run.sh does) reads nothing back;
     // the torch operations read the bit-width check's flags once per quantizer call (6 calls
     // a step in training and in tracing), as the rehearsal on the CPU counts.
     let want = match KernelSetting::from_env() {
-        KernelSetting::On => [0; 5],
+        KernelSetting::On | KernelSetting::Checked => [0; 5],
         KernelSetting::Off => [18, 0, 0, 0, 18],
     };
     assert_eq!(
@@ -679,4 +685,13 @@ fn a_non_finite_gradient_on_a_device_changes_nothing_and_is_seen_at_the_check() 
     let e = hgq_torch::deferred::check().unwrap_err();
     assert!(matches!(e, hgq_torch::TorchError::NonFinite(_)), "{e}");
     hgq_torch::deferred::check().unwrap();
+}
+
+/// The kernel's own check against the torch operations (what the default setting runs on a
+/// device before it takes the kernel there) passes on the host build, and leaves nothing
+/// pending on the caller's thread.
+#[test]
+fn the_kernels_check_passes_on_the_host_build() {
+    hgq_torch::cuda::check_kernel(Device::Cpu).unwrap();
+    assert_eq!(hgq_torch::deferred::pending(), 0);
 }

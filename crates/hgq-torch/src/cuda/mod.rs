@@ -26,7 +26,7 @@ mod syncs;
 
 pub use nvrtc::Nvrtc;
 pub use rehearse::{HostReads, rehearse};
-pub use route::{KernelSetting, Route, fixed_quantize_kernel, kernel_failure};
+pub use route::{KernelSetting, Route, check_kernel, fixed_quantize_kernel, kernel_failure};
 pub use syncs::count_syncs;
 
 use hgq_core::{OverflowMode, RoundMode};

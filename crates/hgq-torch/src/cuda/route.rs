@@ -21,15 +21,21 @@ pub enum Route {
 }
 
 /// Whether CUDA calls may take the kernel: the environment variable `HGQ_CUDA_KERNEL`, `on`
-/// (or `1`) for the kernel where it applies; unset or anything else, the torch operations.
-/// Off by default until a GPU has measured the kernel against them (issue 24: "keep whichever
-/// the measurements favour, per case"); the GPU checks (`scripts/gpu/run.sh`) turn it on.
+/// (or `1`) for the kernel where it applies, `off` (or `0`) for the torch operations; unset
+/// (or anything else), the kernel on each device where [`check_kernel`] has passed there (the
+/// first call on a device runs it), else the torch operations.
+///
+/// The kernel is one launch where the torch operations are some forty (the formula's and the
+/// bit-width check's), and it reads nothing back to the host, where the torch operations read
+/// their check's flags at every call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KernelSetting {
     /// The kernel where it applies.
     On,
     /// The torch operations always.
     Off,
+    /// The kernel where it applies and its check on the device has passed (the default).
+    Checked,
 }
 
 impl KernelSetting {
@@ -37,7 +43,8 @@ impl KernelSetting {
     pub fn from_env() -> KernelSetting {
         match std::env::var("HGQ_CUDA_KERNEL").as_deref() {
             Ok("on" | "1") => KernelSetting::On,
-            _ => KernelSetting::Off,
+            Ok("off" | "0") => KernelSetting::Off,
+            _ => KernelSetting::Checked,
         }
     }
 }
@@ -68,7 +75,7 @@ impl Route {
             kind,
             Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
         );
-        if cuda && float && rank <= MAX_DIMS && setting == KernelSetting::On && nvrtc {
+        if cuda && float && rank <= MAX_DIMS && setting != KernelSetting::Off && nvrtc {
             Route::Kernel
         } else {
             Route::TorchOps
@@ -76,21 +83,142 @@ impl Route {
     }
 
     /// [`Route::choose`] for `x` with this process's setting and NVRTC (none once the kernel
-    /// has failed in this process: [`kernel_failure`]).
+    /// has failed in this process: [`kernel_failure`]); with [`KernelSetting::Checked`], the
+    /// kernel only once [`check_kernel`] has passed on x's device (run at the first call there;
+    /// a failure is the kernel's failure).
     pub fn of(x: &Tensor) -> Result<Route> {
         let (device, kind) = (x.device(), x.f_kind()?);
         // NVRTC only where it could matter (loading it is a file search).
         let nvrtc = matches!(device, Device::Cuda(_))
             && kernel_failure().is_none()
             && super::Nvrtc::load().is_ok();
-        Ok(Route::choose(
-            device,
-            kind,
-            x.dim(),
-            KernelSetting::from_env(),
-            nvrtc,
-        ))
+        let setting = KernelSetting::from_env();
+        let route = Route::choose(device, kind, x.dim(), setting, nvrtc);
+        if route == Route::Kernel
+            && setting == KernelSetting::Checked
+            && let Err(why) = checked_on(device)
+        {
+            record_failure(why);
+            return Ok(Route::TorchOps);
+        }
+        Ok(route)
     }
+}
+
+/// [`check_kernel`]'s answer on `device`, run once per device and process.
+fn checked_on(device: Device) -> std::result::Result<(), String> {
+    static CHECKED: std::sync::Mutex<Vec<(Device, std::result::Result<(), String>)>> =
+        std::sync::Mutex::new(Vec::new());
+    // A poisoned lock only means a panic while another thread held it: the list is whole.
+    let mut done = CHECKED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, r)) = done.iter().find(|(d, _)| *d == device) {
+        return r.clone();
+    }
+    let r = check_kernel(device).map_err(|e| format!("the kernel's check on {device:?}: {e}"));
+    done.push((device, r.clone()));
+    r
+}
+
+/// Runs our kernel against the torch operations on `device` (its host build on the CPU) and
+/// says whether they agree: a training call of RND SAT on 4096 float32 values with bit widths
+/// per element and per column (each also with some of a type float32 does not hold), forward
+/// and backward
+/// through autograd; y, dx and the per-element bit widths' gradients bit for bit, the
+/// per-column sums within 1e-5 (their order differs). It reads its results back (once); what
+/// it leaves to [`crate::deferred::check`] is checked here and not mixed with the caller's.
+///
+/// ```
+/// hgq_torch::cuda::check_kernel(tch::Device::Cpu)?; // the host build, where a C++ compiler is
+/// # Ok::<(), hgq_torch::TorchError>(())
+/// ```
+pub fn check_kernel(device: Device) -> Result<()> {
+    let (r, deferred) = crate::deferred::isolated(|| {
+        tch::with_grad(|| {
+            let run = || {
+                for (per_column, wide) in
+                    [(false, false), (false, true), (true, false), (true, true)]
+                {
+                    check_case(device, per_column, wide)?;
+                }
+                Ok(())
+            };
+            match device {
+                Device::Cpu => super::rehearse(Route::Kernel, run).0,
+                _ => run(),
+            }
+        })
+    });
+    r.and(deferred)
+}
+
+/// One case of [`check_kernel`].
+fn check_case(device: Device, per_column: bool, wide: bool) -> Result<()> {
+    let (rows, cols) = (64i64, 64i64);
+    let n = rows * cols;
+    let opts = (Kind::Float, device);
+    // Values spread over a few powers of two, bit widths over their usual ranges.
+    let j = Tensor::f_arange(n, opts)?;
+    let x = j
+        .f_mul_scalar(0.618_034)?
+        .f_frac()?
+        .f_sub_scalar(0.5)?
+        .f_mul_scalar(37.0)?;
+    let bw = if per_column { cols } else { n };
+    let shape: Vec<i64> = if per_column {
+        vec![cols]
+    } else {
+        vec![rows, cols]
+    };
+    let jb = Tensor::f_arange(bw, opts)?;
+    let k = jb.f_remainder(2)?.f_reshape(shape.as_slice())?;
+    let i = jb.f_remainder(7)?.f_sub_scalar(2.0)?;
+    let f = jb.f_remainder(9)?.f_sub_scalar(1.0)?;
+    let (i, f) = if wide {
+        // Some bit widths of 12 + 17 bits: the call runs in float64.
+        let w = jb.f_remainder(11)?.f_eq(0)?;
+        (
+            i.f_where_scalarother(&w.f_logical_not()?, 12.0)?,
+            f.f_where_scalarother(&w.f_logical_not()?, 17.0)?,
+        )
+    } else {
+        (i, f)
+    };
+    let (i, f) = (
+        i.f_reshape(shape.as_slice())?,
+        f.f_reshape(shape.as_slice())?,
+    );
+    let x = x.f_reshape([rows, cols])?;
+    let dy = j
+        .f_mul_scalar(0.377)?
+        .f_frac()?
+        .f_sub_scalar(0.5)?
+        .f_reshape([rows, cols])?;
+    let q = FixedPoint::new(hgq_core::RoundMode::Rnd, hgq_core::OverflowMode::Sat)?
+        .with_bit_widths(BitWidths::Integer);
+    let run = |f_: &dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>| -> Result<[Tensor; 4]> {
+        let leaf =
+            |t: &Tensor| -> Result<Tensor> { Ok(t.f_detach_copy()?.f_set_requires_grad(true)?) };
+        let (x, i, f) = (leaf(&x)?, leaf(&i)?, leaf(&f)?);
+        let y = f_(&x, &i, &f)?;
+        y.f_mul(&dy)?.f_sum(Kind::Float)?.f_backward()?;
+        Ok([y.f_detach()?, x.grad(), i.grad(), f.grad()])
+    };
+    let got = run(&|x, i, f| fixed_quantize_kernel(&q, x, &k, i, f, true))?;
+    let want = run(&|x, i, f| crate::ops::fixed_quantize_ops(&q, x, &k, i, f, true))?;
+    for (at, (g, w)) in got.iter().zip(&want).enumerate() {
+        let same = if per_column && at >= 2 {
+            g.f_allclose(w, 1e-5, 1e-5, false)?
+        } else {
+            g.f_equal(w)?
+        };
+        if !same {
+            let what = ["y", "dx", "the gradient of i", "the gradient of f"][at];
+            return Err(TorchError::Cuda(format!(
+                "{what} differs from the torch operations' (per column {per_column}, wide {wide})"
+            )));
+        }
+    }
+    Ok(())
 }
 
 static FAILURE: OnceLock<String> = OnceLock::new();
