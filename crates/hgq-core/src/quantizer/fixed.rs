@@ -260,21 +260,39 @@ impl TrackRule {
     /// `i` as it was.
     #[inline]
     pub fn apply<C: Real>(&self, a: C, i: C, p: C, decay: C) -> (C, C) {
-        let keep = (i, rc1(i));
+        match (self.param, self.training) {
+            (Param::Kbi, true) => self.apply_as::<C, true, true>(a, i, p, decay),
+            (Param::Kbi, false) => self.apply_as::<C, true, false>(a, i, p, decay),
+            (Param::Kif, true) => self.apply_as::<C, false, true>(a, i, p, decay),
+            (Param::Kif, false) => self.apply_as::<C, false, false>(a, i, p, decay),
+        }
+    }
+
+    /// [`TrackRule::apply`] with the parametrization (`KBI`) and the mode (`TRAIN`) fixed by
+    /// the caller, for loops over many bit widths (one per weight) that should not choose per
+    /// element; `self.param` and `self.training` are not read.
+    #[inline(always)]
+    pub fn apply_as<C: Real, const KBI: bool, const TRAIN: bool>(
+        &self,
+        a: C,
+        i: C,
+        p: C,
+        decay: C,
+    ) -> (C, C) {
         if !a.is_finite() {
-            return keep;
+            return (i, rc1(i));
         }
         let con = |v: C| self.constraint.map_or(v, |c| c.one(v));
         let sym = self.symmetric;
-        let v = match (self.param, self.training) {
-            (Param::Kbi, true) => con((i - decay).maximum(minimal_i::xb(a, rc1(p), sym))),
-            (Param::Kbi, false) => con(rc1(i).maximum(minimal_i::xb(a, rc1(p), sym))),
+        let v = match (KBI, TRAIN) {
+            (true, true) => con((i - decay).maximum(minimal_i::xb(a, rc1(p), sym))),
+            (true, false) => con(rc1(i).maximum(minimal_i::xb(a, rc1(p), sym))),
             // The reference applies no constraint in training.
-            (Param::Kif, true) => (i - decay).maximum(minimal_i::xf(a, rc1(p), sym)),
-            (Param::Kif, false) => rc1(i).maximum(con(minimal_i::xf(a, rc1(p), sym))),
+            (false, true) => (i - decay).maximum(minimal_i::xf(a, rc1(p), sym)),
+            (false, false) => rc1(i).maximum(con(minimal_i::xf(a, rc1(p), sym))),
         };
         if !v.is_finite() {
-            return keep;
+            return (i, rc1(i));
         }
         (v, rc1(v))
     }
