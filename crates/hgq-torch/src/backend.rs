@@ -101,14 +101,13 @@ impl TchVar {
     /// at again whenever the variable's version counter moves.
     fn for_pass(&self) -> Tensor {
         let t = &self.tensor;
-        // A rehearsed CUDA step reads no host memory (`cuda::rehearse`).
-        if t.device() != Device::Cpu || t.numel() <= 1 || crate::cuda::rehearse::route().is_some() {
+        // Off the host (a device, or a rehearsed CUDA step) the pass reads the tensor.
+        if !host::on_host(t) || t.numel() <= 1 {
             return t.shallow_clone();
         }
-        let Ok(version) = t.f_internal_version() else {
+        let Some(key) = self.key() else {
             return t.shallow_clone();
         };
-        let key = (t.data_ptr() as usize, version);
         // A poisoned lock only means another thread panicked while holding it; the cache
         // is rebuilt below when its key does not match.
         let mut cache = self.uniform.lock().unwrap_or_else(|e| e.into_inner());

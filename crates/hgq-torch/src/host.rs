@@ -55,13 +55,10 @@ pub(crate) fn values(t: &Tensor) -> crate::Result<Vec<f32>> {
 /// `values` as a tensor of `like`'s shape, kind and device: on a device, copied from pinned
 /// memory without waiting (a copy from pageable memory would wait for the device).
 pub(crate) fn upload(values: &[f32], like: &Tensor) -> crate::Result<Tensor> {
-    let src = Tensor::f_from_slice(values)?.f_reshape(like.size())?;
-    Ok(match like.device() {
-        Device::Cpu => src.f_to_kind(like.kind())?,
-        device => src
-            .f_pin_memory(device)?
-            .f_to_device_(device, like.kind(), true, false)?,
-    })
+    let src = Tensor::f_from_slice(values)?
+        .f_reshape(like.size())?
+        .f_to_kind(like.kind())?;
+    crate::upload(&src, like.device())
 }
 
 /// Counts a read to the host of `what` (see [`crate::cuda::rehearse`]).
