@@ -174,15 +174,18 @@ impl DefaultBitwidthMapper {
         }
         let n: usize = shape.iter().product();
         let mut out = vec![init; n];
-        // Row-major walk of x, tracking the output offset.
-        let nd = x.shape.len();
+        // Row-major walk of x, tracking the output offset, over x's dimensions with the
+        // neighbours that are reduced alike merged (the same walk in fewer, longer rows: a
+        // `[batch, 8, 8, 1]` input with one bit width per pixel has rows of 64, not of 1).
+        let (walk, kept) = merged(x.shape, &shape);
+        let nd = walk.len();
         let mut ostride = vec![0usize; nd];
         let mut acc = 1;
         for d in (0..nd).rev() {
-            ostride[d] = if shape[d] == 1 { 0 } else { acc };
-            acc *= shape[d];
+            ostride[d] = if kept[d] == 1 { 0 } else { acc };
+            acc *= kept[d];
         }
-        let Some((&last, outer)) = x.shape.split_last() else {
+        let Some((&last, outer)) = walk.split_last() else {
             // A scalar: one element, one output.
             if let (Some(o), Some(&v)) = (out.first_mut(), x.data.first()) {
                 *o = f(*o, v);
@@ -222,6 +225,29 @@ impl DefaultBitwidthMapper {
         });
         Ok((out, shape))
     }
+}
+
+/// `x_shape` and the keep-dims `out_shape` of a reduction over it, with dimensions of 1 left
+/// out and neighbours that are both reduced or both kept multiplied together: the same
+/// row-major walk in as few dimensions as it takes.
+fn merged(x_shape: &[usize], out_shape: &[usize]) -> (Vec<usize>, Vec<usize>) {
+    let (mut walk, mut kept) = (Vec::<usize>::new(), Vec::<usize>::new());
+    for (&n, &o) in x_shape.iter().zip(out_shape) {
+        if n == 1 {
+            continue;
+        }
+        match (walk.last_mut(), kept.last_mut()) {
+            (Some(w), Some(k)) if (*k == 1) == (o == 1) => {
+                *w *= n;
+                *k *= o;
+            }
+            _ => {
+                walk.push(n);
+                kept.push(o);
+            }
+        }
+    }
+    (walk, kept)
 }
 
 /// Resolves negative axes; an axis outside `[0, ndim)` after that is an error.
@@ -339,26 +365,43 @@ mod tests {
         assert!(m.broadcast(&[1.0f32, 2.0], &[1, 1, 2], &[2, 2, 3]).is_err());
     }
 
-    /// The row-wise walk sums what a naive per-element walk sums, for every set of
-    /// homogeneous axes of a 3-D input (the last one among them or not), and a 0-D input.
+    /// The row-wise walk (neighbouring dimensions merged) folds what a naive per-element walk
+    /// folds, in the same order (the fold is not associative), for every set of homogeneous
+    /// axes of inputs with and without dimensions of 1, and a 0-D input.
     #[test]
     fn reduce_matches_a_per_element_walk() {
-        let shape = [3usize, 4, 5];
-        let x: Vec<f64> = (0..60).map(|j| ((j * 37) % 23) as f64 - 11.0).collect();
-        for mask in 0..8u32 {
-            let homo: Vec<isize> = (0..3).filter(|d| mask >> d & 1 == 1).collect();
-            let mut m = DefaultBitwidthMapper::new(Axes::Homogeneous(homo.clone()));
-            m.build(&[Some(3), Some(4), Some(5)]).unwrap();
-            let (got, out_shape) = m
-                .reduce(TensorRef::new(&x, &shape).unwrap(), 0.0, |a, v| a * 0.5 + v)
-                .unwrap();
-            let mut want = vec![0.0; out_shape.iter().product()];
-            for (j, &v) in x.iter().enumerate() {
-                let idx = [j / 20, j / 5 % 4, j % 5];
-                let off = (0..3).fold(0, |o, d| o * out_shape[d] + idx[d] % out_shape[d]);
-                want[off] = want[off] * 0.5 + v;
+        for shape in [
+            vec![3usize, 4, 5],
+            vec![3, 1, 4, 5],
+            vec![1, 3, 4, 1],
+            vec![2, 3, 1, 2, 2],
+            vec![4, 0, 3],
+        ] {
+            let nd = shape.len();
+            let n: usize = shape.iter().product();
+            let x: Vec<f64> = (0..n).map(|j| ((j * 37) % 23) as f64 - 11.0).collect();
+            for mask in 0..1u32 << nd {
+                let homo: Vec<isize> = (0..nd as isize).filter(|d| mask >> d & 1 == 1).collect();
+                let mut m = DefaultBitwidthMapper::new(Axes::Homogeneous(homo.clone()));
+                let known: Vec<Option<usize>> = shape.iter().map(|&d| Some(d)).collect();
+                m.build(&known).unwrap();
+                let (got, out_shape) = m
+                    .reduce(TensorRef::new(&x, &shape).unwrap(), 0.0, |a, v| a * 0.5 + v)
+                    .unwrap();
+                let mut want = vec![0.0; out_shape.iter().product()];
+                for (j, &v) in x.iter().enumerate() {
+                    // x's index of element j, row-major, then its output offset.
+                    let mut idx = vec![0; nd];
+                    let mut r = j;
+                    for d in (0..nd).rev() {
+                        idx[d] = r % shape[d];
+                        r /= shape[d];
+                    }
+                    let off = (0..nd).fold(0, |o, d| o * out_shape[d] + idx[d] % out_shape[d]);
+                    want[off] = want[off] * 0.5 + v;
+                }
+                assert_eq!(got, want, "shape {shape:?}, homogeneous axes {homo:?}");
             }
-            assert_eq!(got, want, "homogeneous axes {homo:?}");
         }
         let mut m = DefaultBitwidthMapper::new(Axes::Homogeneous(vec![]));
         m.build(&[]).unwrap();

@@ -489,6 +489,23 @@ impl Backend for Tch {
         p: &Tensor,
         decay: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
+        // Host values: hgq-core's loop (one pass, where the torch operations are about 25
+        // calls, each with its own dispatch and output, per quantizer call).
+        if let (Some(a), Some(iv), Some(pv), Some(d)) = (
+            host::slice(absmax),
+            host::slice(i),
+            host::slice(p),
+            host::slice(decay),
+        ) && a.len() == iv.len()
+            && pv.len() == iv.len()
+        {
+            let (new_i, used) = rule.apply_all(a, iv, pv, d)?;
+            let shape = i.size();
+            let tensor = |v: &[f32]| -> Result<Tensor> {
+                Ok(Tensor::f_from_slice(v)?.f_reshape(shape.as_slice())?)
+            };
+            return Ok((tensor(&new_i)?, tensor(&used)?));
+        }
         tch::no_grad(|| crate::ops::track_ops(rule, absmax, i, p, decay))
     }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::backend::{Backend, BitWidthArith, BwOp, Operand, OperandOf};
 use super::constraint::{Constraint, Regularizer};
-use super::fixed::{Param, TrackRule};
+use super::fixed::TrackRule;
 use super::{Props, Quantizer, QuantizerSpec, Store, VarInit, VarName, Variable};
 use crate::error::{CoreError, Result};
 use crate::kernels::{Path, Upstream};
@@ -530,34 +530,6 @@ pub(super) fn zip<C: Copy>(a: &[C], b: &[C], f: impl Fn(C, C) -> C) -> Result<Ve
     }
 }
 
-/// `rule` (its parametrization `KBI` and mode `TRAIN` fixed) over the elements of equally long
-/// `a`, `i`, `p`, with `decay` one value or as many: the new integer bits and those a pass
-/// reads (WRAP tracking's loop, the rule inlined in it).
-fn track_loop<C: Real, const KBI: bool, const TRAIN: bool>(
-    rule: &TrackRule,
-    a: &[C],
-    i: &[C],
-    p: &[C],
-    decay: &[C],
-) -> (Vec<C>, Vec<C>) {
-    let n = i.len();
-    // Written whole below (zeroing costs less than a capacity check per push).
-    let (mut new_i, mut used) = (vec![C::ZERO; n], vec![C::ZERO; n]);
-    let out = new_i.iter_mut().zip(used.iter_mut());
-    let ins = a.iter().zip(i).zip(p);
-    match decay {
-        [d] => out.zip(ins).for_each(|((v, u), ((&a, &i), &p))| {
-            (*v, *u) = rule.apply_as::<C, KBI, TRAIN>(a, i, p, *d);
-        }),
-        _ => out
-            .zip(ins.zip(decay))
-            .for_each(|((v, u), (((&a, &i), &p), &d))| {
-                (*v, *u) = rule.apply_as::<C, KBI, TRAIN>(a, i, p, d);
-            }),
-    }
-    (new_i, used)
-}
-
 impl<'a, T: Element, V: HostVar<T::C>> BitWidthArith for Cpu<'a, T, V> {
     type C = T::C;
     type Var = V;
@@ -701,32 +673,7 @@ impl<'a, T: Element, V: HostVar<T::C>> Backend for Cpu<'a, T, V> {
         p: &Vec<T::C>,
         decay: &Vec<T::C>,
     ) -> Result<(Vec<T::C>, Vec<T::C>)> {
-        let n = i.len();
-        for (what, len) in [("absmax", absmax.len()), ("p", p.len())] {
-            if len != n {
-                return Err(CoreError::Length {
-                    what,
-                    len,
-                    shape: vec![n],
-                    expected: n,
-                });
-            }
-        }
-        if decay.len() != 1 && decay.len() != n {
-            return Err(CoreError::Broadcast {
-                from: vec![decay.len()],
-                to: vec![n],
-            });
-        }
-        // One loop over the bit widths (per-weight bit widths make each array weight-sized),
-        // the rule's choices made once for the loop.
-        let (new_i, used) = match (rule.param, rule.training) {
-            (Param::Kbi, true) => track_loop::<_, true, true>(&rule, absmax, i, p, decay),
-            (Param::Kbi, false) => track_loop::<_, true, false>(&rule, absmax, i, p, decay),
-            (Param::Kif, true) => track_loop::<_, false, true>(&rule, absmax, i, p, decay),
-            (Param::Kif, false) => track_loop::<_, false, false>(&rule, absmax, i, p, decay),
-        };
-        Ok((new_i, used))
+        rule.apply_all(absmax, i, p, decay)
     }
 
     fn assign(&self, v: &mut V, values: &Vec<T::C>) -> Result<()> {

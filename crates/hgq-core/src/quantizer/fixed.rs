@@ -296,6 +296,78 @@ impl TrackRule {
         }
         (v, rc1(v))
     }
+
+    /// [`TrackRule::apply`] over equally long `absmax`, `i` and `p` (one element per bit
+    /// width), with `decay` one value or as many: the new integer bits and those a pass reads,
+    /// in one loop whose choices (parametrization, mode) are made once. The host side of
+    /// [`Backend::track_bw`](super::Backend::track_bw) for every backend whose values are on
+    /// the host.
+    ///
+    /// ```
+    /// use hgq_core::quantizer::{Param, TrackRule};
+    /// let rule = TrackRule { param: Param::Kif, symmetric: false, training: true, constraint: None };
+    /// let (i, used) = rule.apply_all(&[3.0f32, 0.5], &[5.0, 5.0], &[2.0, 2.0], &[1.0])?;
+    /// assert_eq!((i, used), (vec![4.0, 4.0], vec![4.0, 4.0]));
+    /// # Ok::<(), hgq_core::CoreError>(())
+    /// ```
+    pub fn apply_all<C: Real>(
+        &self,
+        absmax: &[C],
+        i: &[C],
+        p: &[C],
+        decay: &[C],
+    ) -> Result<(Vec<C>, Vec<C>)> {
+        let n = i.len();
+        for (what, len) in [("absmax", absmax.len()), ("p", p.len())] {
+            if len != n {
+                return Err(CoreError::Length {
+                    what,
+                    len,
+                    shape: vec![n],
+                    expected: n,
+                });
+            }
+        }
+        if decay.len() != 1 && decay.len() != n {
+            return Err(CoreError::Broadcast {
+                from: vec![decay.len()],
+                to: vec![n],
+            });
+        }
+        let (a, p) = (absmax, p);
+        Ok(match (self.param, self.training) {
+            (Param::Kbi, true) => self.apply_loop::<C, true, true>(a, i, p, decay),
+            (Param::Kbi, false) => self.apply_loop::<C, true, false>(a, i, p, decay),
+            (Param::Kif, true) => self.apply_loop::<C, false, true>(a, i, p, decay),
+            (Param::Kif, false) => self.apply_loop::<C, false, false>(a, i, p, decay),
+        })
+    }
+
+    /// The loop of [`TrackRule::apply_all`], the rule inlined in it.
+    fn apply_loop<C: Real, const KBI: bool, const TRAIN: bool>(
+        &self,
+        a: &[C],
+        i: &[C],
+        p: &[C],
+        decay: &[C],
+    ) -> (Vec<C>, Vec<C>) {
+        let n = i.len();
+        // Written whole below (zeroing costs less than a capacity check per push).
+        let (mut new_i, mut used) = (vec![C::ZERO; n], vec![C::ZERO; n]);
+        let out = new_i.iter_mut().zip(used.iter_mut());
+        let ins = a.iter().zip(i).zip(p);
+        match decay {
+            [d] => out.zip(ins).for_each(|((v, u), ((&a, &i), &p))| {
+                (*v, *u) = self.apply_as::<C, KBI, TRAIN>(a, i, p, *d);
+            }),
+            _ => out
+                .zip(ins.zip(decay))
+                .for_each(|((v, u), (((&a, &i), &p), &d))| {
+                    (*v, *u) = self.apply_as::<C, KBI, TRAIN>(a, i, p, d);
+                }),
+        }
+        (new_i, used)
+    }
 }
 
 impl<V> FixedQuantizer<V> {

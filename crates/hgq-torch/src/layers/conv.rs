@@ -463,6 +463,9 @@ impl QConv {
             }
         };
         let strides: Vec<i64> = self.strides.iter().map(|&s| s as i64).collect();
+        if let Some(y) = self.conv_cpu(&xc, &w, &strides, &padding)? {
+            return channels_last(&y, self.rank());
+        }
         let dilation: Vec<i64> = self.dilation.iter().map(|&d| d as i64).collect();
         let zeros = vec![0i64; self.rank()];
         // `_convolution` with TF32 off: libtorch lets cuDNN round float32 operands to TF32 (11
@@ -484,6 +487,47 @@ impl QConv {
             false,
         )?;
         channels_last(&y, self.rank())
+    }
+
+    /// The convolution of channels-first `xc` by `w` (`[out, in, taps...]`) as libtorch's
+    /// im2col and matrix product, where that applies: float32 on the CPU, no dilation, one
+    /// group (a 1-D convolution as a 2-D one of height 1). `None` elsewhere. The sums are
+    /// float32 sums of the same products as oneDNN's (exact where the quantized operands
+    /// leave them exact, as for the outputs the firmware must match).
+    fn conv_cpu(
+        &self,
+        xc: &Tensor,
+        w: &Tensor,
+        strides: &[i64],
+        padding: &[i64],
+    ) -> Result<Option<Tensor>> {
+        let plain = xc.device() == tch::Device::Cpu
+            && w.device() == tch::Device::Cpu
+            && xc.kind() == Kind::Float
+            && w.kind() == Kind::Float
+            && self.groups == 1
+            && self.dilation.iter().all(|&d| d == 1);
+        if !plain {
+            return Ok(None);
+        }
+        // slow_conv2d's backward writes the kernel's gradient in the kernel's layout, which
+        // must be contiguous (the kernel arrives as a permuted view of Keras' layout).
+        let (xc, w) = (&xc.f_contiguous()?, &w.f_contiguous()?);
+        let taps = w.size();
+        Ok(Some(match (self.rank(), &taps[2..], strides, padding) {
+            (2, &[kh, kw], &[sh, sw], &[ph, pw]) => {
+                crate::bridge::thnn_conv2d(xc, w, [kh, kw], [sh, sw], [ph, pw])?
+            }
+            (1, &[k], &[s], &[p]) => crate::bridge::thnn_conv2d(
+                &xc.f_unsqueeze(2)?,
+                &w.f_unsqueeze(2)?,
+                [1, k],
+                [1, s],
+                [0, p],
+            )?
+            .f_squeeze_dim(2)?,
+            _ => return Ok(None),
+        }))
     }
 
     /// EBOPs from the current bit widths (differentiable through them).
