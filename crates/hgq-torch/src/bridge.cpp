@@ -404,26 +404,6 @@ extern "C" int hgq_torch_fixed_apply(const at::Tensor* x, const at::Tensor* k,
   return 1;
 }
 
-// `at::thnn_conv2d` (libtorch's im2col and matrix product, with autograd): float32 CPU
-// convolutions without dilation or groups. For the small inputs HGQ trains, oneDNN's
-// convolution (what `at::_convolution` picks on the CPU) spends most of each call setting up.
-extern "C" int hgq_torch_thnn_conv2d(const at::Tensor* x, const at::Tensor* w,
-                                     const int64_t* kernel, const int64_t* stride,
-                                     const int64_t* padding, at::Tensor** out, char* err,
-                                     size_t err_len) {
-  try {
-    at::Tensor y = at::thnn_conv2d(*x, *w, at::IntArrayRef(kernel, 2), std::nullopt,
-                                   at::IntArrayRef(stride, 2), at::IntArrayRef(padding, 2));
-    *out = new at::Tensor(std::move(y));
-    return 0;
-  } catch (const std::exception& e) {
-    write_err(e.what(), err, err_len);
-  } catch (...) {
-    write_err("unknown C++ exception", err, err_len);
-  }
-  return 1;
-}
-
 extern "C" int hgq_torch_kernel_apply(const at::Tensor* x, const at::Tensor* k,
                                       const at::Tensor* p1, const at::Tensor* p2,
                                       const at::Tensor* status, const uint8_t* call,

@@ -42,16 +42,6 @@ unsafe extern "C" {
         err: *mut c_char,
         err_len: usize,
     ) -> c_int;
-    fn hgq_torch_thnn_conv2d(
-        x: *const C_tensor,
-        w: *const C_tensor,
-        kernel: *const i64,
-        stride: *const i64,
-        padding: *const i64,
-        out: *mut *mut C_tensor,
-        err: *mut c_char,
-        err_len: usize,
-    ) -> c_int;
     fn hgq_torch_kernel_apply(
         x: *const C_tensor,
         k: *const C_tensor,
@@ -119,40 +109,6 @@ fn screen_of(code: c_int) -> Screen {
     } else {
         Screen::Unknown
     }
-}
-
-/// `at::thnn_conv2d(x, w, kernel, None, stride, padding)`: a 2-D convolution (channels
-/// first, no dilation, one group) as libtorch's im2col and matrix product, with autograd.
-pub(crate) fn thnn_conv2d(
-    x: &Tensor,
-    w: &Tensor,
-    kernel: [i64; 2],
-    stride: [i64; 2],
-    padding: [i64; 2],
-) -> Result<Tensor, TorchError> {
-    let mut out: *mut C_tensor = std::ptr::null_mut();
-    let mut err = [0 as c_char; 1024];
-    // SAFETY: live tch tensors, three readable pairs of i64, `err` writable for its length.
-    let rc = unsafe {
-        hgq_torch_thnn_conv2d(
-            x.as_ptr(),
-            w.as_ptr(),
-            kernel.as_ptr(),
-            stride.as_ptr(),
-            padding.as_ptr(),
-            &mut out,
-            err.as_mut_ptr(),
-            err.len(),
-        )
-    };
-    if rc != 0 || out.is_null() {
-        // SAFETY: the C++ side NUL-terminates within the buffer.
-        let msg = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) };
-        let msg = msg.to_string_lossy().into_owned();
-        return Err(TorchError::Tch(tch::TchError::Torch(msg)));
-    }
-    // SAFETY: `out` is a `new torch::Tensor` that we now own.
-    Ok(unsafe { Tensor::from_ptr(out) })
 }
 
 /// `FixedFn::apply(x, k, p1, p2)`: float32, contiguous, CPU tensors (the caller checks);

@@ -298,6 +298,7 @@ impl QConvBuilder {
             kq,
             bq,
             parallelization_factor: self.parallelization_factor,
+            window_index: RefCell::new(None),
         })
     }
 }
@@ -339,6 +340,21 @@ pub struct QConv {
     kq: Named,
     bq: Option<Named>,
     parallelization_factor: Option<usize>,
+    /// [`QConv::window_index`]'s last index and the padded shape it is for.
+    window_index: RefCell<Option<(Vec<i64>, Tensor)>>,
+}
+
+/// Every index of an array of shape `dims`, row-major.
+fn positions(dims: &[usize]) -> impl Iterator<Item = Vec<usize>> + '_ {
+    let total: usize = dims.iter().product();
+    (0..total).map(move |mut j| {
+        let mut at = vec![0; dims.len()];
+        for d in (0..dims.len()).rev() {
+            at[d] = j % dims[d];
+            j /= dims[d];
+        }
+        at
+    })
 }
 
 impl QConv {
@@ -448,6 +464,9 @@ impl QConv {
     /// kernel, as Keras' torch backend computes it: channels first for torch, symmetric
     /// padding given to the convolution, asymmetric padding as zeros around the input.
     fn conv(&self, x: &Tensor, kernel: &Tensor) -> Result<Tensor> {
+        if let Some(y) = self.conv_gather(x, kernel)? {
+            return Ok(y);
+        }
         let w_order: &[i64] = if self.rank() == 1 {
             &[2, 1, 0]
         } else {
@@ -463,9 +482,6 @@ impl QConv {
             }
         };
         let strides: Vec<i64> = self.strides.iter().map(|&s| s as i64).collect();
-        if let Some(y) = self.conv_cpu(&xc, &w, &strides, &padding)? {
-            return channels_last(&y, self.rank());
-        }
         let dilation: Vec<i64> = self.dilation.iter().map(|&d| d as i64).collect();
         let zeros = vec![0i64; self.rank()];
         // `_convolution` with TF32 off: libtorch lets cuDNN round float32 operands to TF32 (11
@@ -489,45 +505,84 @@ impl QConv {
         channels_last(&y, self.rank())
     }
 
-    /// The convolution of channels-first `xc` by `w` (`[out, in, taps...]`) as libtorch's
-    /// im2col and matrix product, where that applies: float32 on the CPU, no dilation, one
-    /// group (a 1-D convolution as a 2-D one of height 1). `None` elsewhere. The sums are
-    /// float32 sums of the same products as oneDNN's (exact where the quantized operands
-    /// leave them exact, as for the outputs the firmware must match).
-    fn conv_cpu(
-        &self,
-        xc: &Tensor,
-        w: &Tensor,
-        strides: &[i64],
-        padding: &[i64],
-    ) -> Result<Option<Tensor>> {
-        let plain = xc.device() == tch::Device::Cpu
-            && w.device() == tch::Device::Cpu
-            && xc.kind() == Kind::Float
-            && w.kind() == Kind::Float
-            && self.groups == 1
-            && self.dilation.iter().all(|&d| d == 1);
-        if !plain {
+    /// The convolution on the CPU as one gather and one matrix product, channels last as
+    /// Keras keeps them: the input's values under every window (`index_select` of the
+    /// flattened, padded samples: im2col for the whole batch at once) times the kernel in
+    /// Keras' layout (`[taps..., channels, filters]`, read as `[taps * channels, filters]`).
+    /// Float32 on the CPU with one group; `None` elsewhere (CUDA, float64, groups: libtorch's
+    /// convolution). For the small inputs HGQ trains this replaces oneDNN's per-call setup and
+    /// the per-sample loop of libtorch's own im2col by three operations and their gradients
+    /// (a matrix product's and a scatter-add). Each output sums the same products as
+    /// `_convolution`'s: exact where the quantized operands make them exact, as for the
+    /// outputs the firmware must match.
+    fn conv_gather(&self, x: &Tensor, kernel: &Tensor) -> Result<Option<Tensor>> {
+        let cpu = |t: &Tensor| t.device() == tch::Device::Cpu && t.kind() == Kind::Float;
+        if !(cpu(x) && cpu(kernel)) || self.groups != 1 {
             return Ok(None);
         }
-        // slow_conv2d's backward writes the kernel's gradient in the kernel's layout, which
-        // must be contiguous (the kernel arrives as a permuted view of Keras' layout).
-        let (xc, w) = (&xc.f_contiguous()?, &w.f_contiguous()?);
-        let taps = w.size();
-        Ok(Some(match (self.rank(), &taps[2..], strides, padding) {
-            (2, &[kh, kw], &[sh, sw], &[ph, pw]) => {
-                crate::bridge::thnn_conv2d(xc, w, [kh, kw], [sh, sw], [ph, pw])?
+        let rank = self.rank();
+        let size = x.size();
+        let (n, channels) = (size[0], size[rank + 1]);
+        let filters = self.filters() as i64;
+        // Zeros around each sample where the padding asks for them (channels last: the pads
+        // of the last axis come first, the channels get none).
+        let x = if self.pads.iter().any(|&(a, b)| a + b > 0) {
+            let pad: Vec<i64> = std::iter::once([0, 0])
+                .chain(self.pads.iter().rev().map(|&(a, b)| [a as i64, b as i64]))
+                .flatten()
+                .collect();
+            x.f_constant_pad_nd(pad.as_slice())?
+        } else {
+            x.shallow_clone()
+        };
+        let per_sample: i64 = x.size()[1..].iter().product();
+        let index = self.window_index(&x.size()[1..=rank])?;
+        let taps = index.size()[0] / (self.output_dims[..rank].iter().product::<usize>() as i64);
+        let cols = x
+            .f_reshape([n, per_sample])?
+            .f_index_select(1, &index)?
+            .f_reshape([-1, taps])?;
+        let k = kernel.f_reshape([taps, filters])?;
+        let mut dims: Vec<i64> = vec![n];
+        dims.extend(self.output_dims[..rank].iter().map(|&d| d as i64));
+        dims.push(filters);
+        debug_assert_eq!(taps % channels.max(1), 0);
+        Ok(Some(cols.f_mm(&k)?.f_reshape(dims.as_slice())?))
+    }
+
+    /// For every output position and every tap of its window (row-major: positions, then
+    /// the window's positions, then channels), the offset of the value it reads in one padded
+    /// channels-last sample of spatial shape `padded`. Made once per shape and kept.
+    fn window_index(&self, padded: &[i64]) -> Result<Tensor> {
+        let mut cache = self.window_index.borrow_mut();
+        if let Some((shape, t)) = cache.as_ref()
+            && shape.as_slice() == padded
+        {
+            return Ok(t.shallow_clone());
+        }
+        let rank = self.rank();
+        let channels = self.base.input_dims[rank] as i64;
+        // Row-major strides of a padded sample `[*padded, channels]`.
+        let mut stride = vec![channels; rank];
+        for d in (0..rank.saturating_sub(1)).rev() {
+            stride[d] = stride[d + 1] * padded[d + 1];
+        }
+        let out = &self.output_dims[..rank];
+        let mut index = Vec::new();
+        for o in positions(out) {
+            for t in positions(&self.kernel_size) {
+                let base: i64 = (0..rank)
+                    .map(|d| {
+                        let at = o[d] * self.strides[d] + t[d] * self.dilation[d];
+                        at as i64 * stride[d]
+                    })
+                    .sum();
+                index.extend((0..channels).map(|c| base + c));
             }
-            (1, &[k], &[s], &[p]) => crate::bridge::thnn_conv2d(
-                &xc.f_unsqueeze(2)?,
-                &w.f_unsqueeze(2)?,
-                [1, k],
-                [1, s],
-                [0, p],
-            )?
-            .f_squeeze_dim(2)?,
-            _ => return Ok(None),
-        }))
+        }
+        let t = Tensor::f_from_slice(&index)?;
+        *cache = Some((padded.to_vec(), t.shallow_clone()));
+        Ok(t)
     }
 
     /// EBOPs from the current bit widths (differentiable through them).
