@@ -522,7 +522,7 @@ impl QConv {
         }
         let rank = self.rank();
         let size = x.size();
-        let (n, channels) = (size[0], size[rank + 1]);
+        let n = size[0];
         let filters = self.filters() as i64;
         // Zeros around each sample where the padding asks for them (channels last: the pads
         // of the last axis come first, the channels get none).
@@ -537,7 +537,8 @@ impl QConv {
         };
         let per_sample: i64 = x.size()[1..].iter().product();
         let index = self.window_index(&x.size()[1..=rank])?;
-        let taps = index.size()[0] / (self.output_dims[..rank].iter().product::<usize>() as i64);
+        // Values under one window: its positions times the channels.
+        let taps = (self.kernel_size.iter().product::<usize>() * self.base.input_dims[rank]) as i64;
         let cols = x
             .f_reshape([n, per_sample])?
             .f_index_select(1, &index)?
@@ -546,7 +547,6 @@ impl QConv {
         let mut dims: Vec<i64> = vec![n];
         dims.extend(self.output_dims[..rank].iter().map(|&d| d as i64));
         dims.push(filters);
-        debug_assert_eq!(taps % channels.max(1), 0);
         Ok(Some(cols.f_mm(&k)?.f_reshape(dims.as_slice())?))
     }
 
