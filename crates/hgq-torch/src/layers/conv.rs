@@ -344,6 +344,10 @@ pub struct QConv {
     window_index: RefCell<Option<(Vec<i64>, Tensor)>>,
 }
 
+/// The most values [`QConv::conv_gather`] gathers for one call (batch x output positions x
+/// window), where it is faster than libtorch's convolution on the CPU.
+const GATHER_MAX: i64 = 3 << 17;
+
 /// Every index of an array of shape `dims`, row-major.
 fn positions(dims: &[usize]) -> impl Iterator<Item = Vec<usize>> + '_ {
     let total: usize = dims.iter().product();
@@ -509,10 +513,11 @@ impl QConv {
     /// Keras keeps them: the input's values under every window (`index_select` of the
     /// flattened, padded samples: im2col for the whole batch at once) times the kernel in
     /// Keras' layout (`[taps..., channels, filters]`, read as `[taps * channels, filters]`).
-    /// Float32 on the CPU with one group; `None` elsewhere (CUDA, float64, groups: libtorch's
-    /// convolution). For the small inputs HGQ trains this replaces oneDNN's per-call setup and
-    /// the per-sample loop of libtorch's own im2col by three operations and their gradients
-    /// (a matrix product's and a scatter-add). Each output sums the same products as
+    /// Float32 on the CPU with one group, up to [`GATHER_MAX`] gathered values; `None`
+    /// elsewhere (CUDA, float64, groups, larger calls: libtorch's convolution). For the small
+    /// inputs HGQ trains this replaces oneDNN's per-call setup and the per-sample loop of
+    /// libtorch's own im2col by three operations and their gradients (a matrix product's and
+    /// a scatter-add). Each output sums the same products as
     /// `_convolution`'s: exact where the quantized operands make them exact, as for the
     /// outputs the firmware must match.
     fn conv_gather(&self, x: &Tensor, kernel: &Tensor) -> Result<Option<Tensor>> {
@@ -521,8 +526,15 @@ impl QConv {
             return Ok(None);
         }
         let rank = self.rank();
-        let size = x.size();
-        let n = size[0];
+        let n = x.size()[0];
+        // Values under one window: its positions times the channels.
+        let taps = (self.kernel_size.iter().product::<usize>() * self.base.input_dims[rank]) as i64;
+        let outputs = self.output_dims[..rank].iter().product::<usize>() as i64;
+        // Past this many gathered values oneDNN's direct convolution is the faster one (its
+        // setup no longer dominates; `benches/RESULTS.md` has the crossover).
+        if n.saturating_mul(outputs).saturating_mul(taps) > GATHER_MAX {
+            return Ok(None);
+        }
         let filters = self.filters() as i64;
         // Zeros around each sample where the padding asks for them (channels last: the pads
         // of the last axis come first, the channels get none).
@@ -537,8 +549,6 @@ impl QConv {
         };
         let per_sample: i64 = x.size()[1..].iter().product();
         let index = self.window_index(&x.size()[1..=rank])?;
-        // Values under one window: its positions times the channels.
-        let taps = (self.kernel_size.iter().product::<usize>() * self.base.input_dims[rank]) as i64;
         let cols = x
             .f_reshape([n, per_sample])?
             .f_index_select(1, &index)?
