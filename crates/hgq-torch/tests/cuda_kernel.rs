@@ -1,8 +1,11 @@
 //! The CUDA kernel's host side, on any machine: every mode's source compiles with NVRTC, and
 //! the same source built as host C++ gives hgq-core's bits (outputs, dx and both bit widths'
 //! gradients) on every mode, bit-width rule, stochastic rounding and the zero mask.
+mod common;
+
 use std::ffi::c_void;
 
+use common::Rng;
 use hgq_core::{
     BitWidths, FixedGrads, FixedPoint, OverflowMode, Path as KernelPath, RoundMode, Stochastic,
     TensorRef,
@@ -111,26 +114,6 @@ fn a_compile_error_returns_nvrtcs_log() {
         .compile("__global__ void k() { undeclared_name(); }", "bad.cu", 90)
         .unwrap_err();
     assert!(e.to_string().contains("undeclared_name"), "{e}");
-}
-
-/// splitmix64: inputs reproducible without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [lo, hi).
-    fn range(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * ((self.next() >> 11) as f64 / (1u64 << 53) as f64)
-    }
-    fn int(&mut self, lo: i64, hi: i64) -> f64 {
-        (lo + (self.next() % (hi - lo + 1) as u64) as i64) as f64
-    }
 }
 
 /// One case's operands, element-wise (each as large as x).

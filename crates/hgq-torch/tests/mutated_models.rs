@@ -6,27 +6,15 @@
 //! The documents are hgq2's own (`tests/data/reference`: every layer kind this crate builds,
 //! in graphs, chains and merges); the mutations are drawn from a fixed seed, so a failure names
 //! a case that reruns the same way (`HGQ_MUTATIONS=N` draws more per document).
+mod common;
+
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
+use common::Rng;
 use hgq_config::PyValue;
 use hgq_torch::hgq_core::CallMode;
 use hgq_torch::layers::Functional;
 use tch::{Device, Kind, Tensor, nn};
-
-/// xorshift64*: small and deterministic.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 /// A step from a value to one inside it.
 #[derive(Clone, Copy)]

@@ -1,7 +1,7 @@
 //! hgq2's `QConv1D` and `QConv2D`: `act(conv(iq(x), kq(kernel)) + bq(bias))`, channels last,
 //! with EBOPs `sum(conv(bits_in, bits_kernel)) + mean(bits_bias) * (input positions) *
 //! filters`, the bias term counted over the input's positions as hgq2 counts it.
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 
 use hgq_config::sequential::{LayerSpec, QConvSpec};
 use hgq_config::{Place, QuantizerConfig};
@@ -298,7 +298,7 @@ impl QConvBuilder {
             kq,
             bq,
             parallelization_factor: self.parallelization_factor,
-            window_index: RefCell::new(None),
+            window_index: OnceCell::new(),
         })
     }
 }
@@ -340,8 +340,8 @@ pub struct QConv {
     kq: Named,
     bq: Option<Named>,
     parallelization_factor: Option<usize>,
-    /// [`QConv::window_index`]'s last index and the padded shape it is for.
-    window_index: RefCell<Option<(Vec<i64>, Tensor)>>,
+    /// [`QConv::window_index`], made at its first call.
+    window_index: OnceCell<Tensor>,
 }
 
 /// The most values [`QConv::conv_gather`] gathers for one call (batch x output positions x
@@ -548,7 +548,7 @@ impl QConv {
             x.shallow_clone()
         };
         let per_sample: i64 = x.size()[1..].iter().product();
-        let index = self.window_index(&x.size()[1..=rank])?;
+        let index = self.window_index()?;
         let cols = x
             .f_reshape([n, per_sample])?
             .f_index_select(1, &index)?
@@ -562,16 +562,16 @@ impl QConv {
 
     /// For every output position and every tap of its window (row-major: positions, then
     /// the window's positions, then channels), the offset of the value it reads in one padded
-    /// channels-last sample of spatial shape `padded`. Made once per shape and kept.
-    fn window_index(&self, padded: &[i64]) -> Result<Tensor> {
-        let mut cache = self.window_index.borrow_mut();
-        if let Some((shape, t)) = cache.as_ref()
-            && shape.as_slice() == padded
-        {
+    /// channels-last sample (every call's samples have the layer's input shape). Made once.
+    fn window_index(&self) -> Result<Tensor> {
+        if let Some(t) = self.window_index.get() {
             return Ok(t.shallow_clone());
         }
         let rank = self.rank();
         let channels = self.base.input_dims[rank] as i64;
+        let padded: Vec<i64> = (0..rank)
+            .map(|d| (self.base.input_dims[d] + self.pads[d].0 + self.pads[d].1) as i64)
+            .collect();
         // Row-major strides of a padded sample `[*padded, channels]`.
         let mut stride = vec![channels; rank];
         for d in (0..rank.saturating_sub(1)).rev() {
@@ -591,7 +591,8 @@ impl QConv {
             }
         }
         let t = Tensor::f_from_slice(&index)?;
-        *cache = Some((padded.to_vec(), t.shallow_clone()));
+        // Set here unless made meanwhile (the same values either way).
+        let _ = self.window_index.set(t.shallow_clone());
         Ok(t)
     }
 

@@ -21,6 +21,30 @@ pub fn seeded<R>(seed: i64, draw: impl FnOnce() -> R) -> R {
     draw()
 }
 
+/// splitmix64: inputs reproducible without a dependency.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [lo, hi).
+    pub fn range(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * ((self.next() >> 11) as f64 / (1u64 << 53) as f64)
+    }
+    pub fn int(&mut self, lo: i64, hi: i64) -> f64 {
+        (lo + (self.next() % (hi - lo + 1) as u64) as i64) as f64
+    }
+    /// Uniform in `0..n` (`n` at least 1).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
 /// The CUDA device. Tests that use it are `#[ignore = "needs CUDA ..."]`, run with `--ignored`
 /// on a machine with a GPU, where a missing device fails the test instead of skipping it.
 pub fn cuda() -> Device {
