@@ -299,6 +299,7 @@ impl QConvBuilder {
             bq,
             parallelization_factor: self.parallelization_factor,
             window_index: OnceCell::new(),
+            native_windows: OnceCell::new(),
         })
     }
 }
@@ -325,13 +326,13 @@ layer_builder!(QConvBuilder);
 /// ```
 #[derive(Debug)]
 pub struct QConv {
-    base: QBase,
+    pub(crate) base: QBase,
     output_dims: Vec<usize>,
     kernel_size: Vec<usize>,
     strides: Vec<usize>,
     padding: Padding,
     /// `(before, after)` per spatial axis.
-    pads: Pads,
+    pub(crate) pads: Pads,
     dilation: Vec<usize>,
     groups: usize,
     activation: Activation,
@@ -342,6 +343,8 @@ pub struct QConv {
     parallelization_factor: Option<usize>,
     /// [`QConv::window_index`], made at its first call.
     window_index: OnceCell<Tensor>,
+    /// The native step's windows, made at its first step.
+    pub(crate) native_windows: OnceCell<Vec<u32>>,
 }
 
 /// The most values [`QConv::conv_gather`] gathers for one call (batch x output positions x

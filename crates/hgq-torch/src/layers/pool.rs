@@ -167,6 +167,7 @@ impl QPoolBuilder {
             padding: self.padding,
             pads,
             like,
+            native_windows: std::cell::OnceCell::new(),
         })
     }
 }
@@ -194,15 +195,17 @@ layer_builder!(QPoolBuilder);
 /// ```
 #[derive(Debug)]
 pub struct QPool {
-    base: QBase,
+    pub(crate) base: QBase,
     kind: PoolKind,
     output_dims: Vec<usize>,
     pool_size: Option<Vec<usize>>,
     strides: Vec<usize>,
     padding: Padding,
-    pads: Pads,
+    pub(crate) pads: Pads,
     /// A tensor of the kind and device the input must have.
     like: Tensor,
+    /// The native step's windows, made at its first step.
+    pub(crate) native_windows: std::cell::OnceCell<Vec<u32>>,
 }
 
 impl QPool {

@@ -4,7 +4,7 @@ use tch::{Kind, Tensor, nn};
 use hgq_config::sequential::ChainModelSpec;
 
 use super::spec::AnyBuilder;
-use super::{Layer, LayerBuilder, Names, QDense, model, native};
+use super::{Layer, LayerBuilder, Names, model, native};
 use crate::optim::Adam;
 use crate::{Result, TorchError};
 
@@ -101,15 +101,6 @@ impl Sequential {
     /// ```
     pub fn layer<T: Layer>(&self, k: usize) -> Option<&T> {
         self.layers.get(k)?.downcast_ref::<T>()
-    }
-
-    /// The layers as `QDense` layers, if every layer is one (what the native step and the
-    /// dense Keras JSON take).
-    pub(crate) fn dense_layers(&self) -> Option<Vec<&QDense>> {
-        self.layers
-            .iter()
-            .map(|l| l.downcast_ref::<QDense>())
-            .collect()
     }
 
     /// Sets every layer's `beta` (layers without EBOPs are left as they are).

@@ -1,0 +1,233 @@
+//! Matrix products of the native step: MKL's `sgemm` through libtorch (else `matrixmultiply`),
+//! split over threads where that pays.
+use rayon::prelude::*;
+
+use crate::{Result, TorchError};
+use hgq_core::scratch;
+
+/// A matrix operand: its values with their row and column strides (a transpose is a stride
+/// swap).
+pub(super) type Operand<'a> = (&'a [f32], usize, usize);
+
+/// `a @ b` (`m x k` by `k x n`) into a row-major `m x n` buffer from [`scratch`], not zeroed
+/// first: a product with `beta = 0` writes every element of its output without reading it
+/// (BLAS's and `matrixmultiply`'s contract, `k = 0` included), so zeroing would be a pass for
+/// nothing.
+pub(super) fn product(
+    dims: (usize, usize, usize),
+    a: Operand<'_>,
+    b: Operand<'_>,
+) -> Result<Vec<f32>> {
+    let mut c = scratch::elements::<f32>(dims.0 * dims.2);
+    gemm(dims, a, b, 0.0, &mut c)?;
+    Ok(c)
+}
+
+/// `c = a @ b + beta * c` for row-major `c` (`m x n`); `a` is `m x k`, `b` is `k x n`.
+pub(super) fn gemm(
+    (m, k, n): (usize, usize, usize),
+    (a, rsa, csa): Operand<'_>,
+    (b, rsb, csb): Operand<'_>,
+    beta: f32,
+    c: &mut [f32],
+) -> Result<()> {
+    let last = |r: usize, rs: usize, cc: usize, cs: usize| (r - 1) * rs + (cc - 1) * cs;
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let fits = c.len() >= m * n
+        && (k == 0 || (a.len() > last(m, rsa, k, csa) && b.len() > last(k, rsb, n, csb)));
+    if !fits {
+        return Err(TorchError::Kernel(format!(
+            "matrix product of {m}x{k} by {k}x{n}: buffers of {}, {}, {}",
+            a.len(),
+            b.len(),
+            c.len()
+        )));
+    }
+    // Products big enough to pay for a fork: blocks of c on the threads of the current rayon
+    // pool, each block a product of its own (each element the same sums in the same order).
+    // Every block packs the whole of one operand again: a split of c's rows packs `b` once
+    // per block, a split of its columns `a`, so the split goes along the side whose other
+    // operand is the smaller one (the columns for a batch of 64 rows by a wide layer).
+    // Inside a team session (the native step on several threads) its spinning threads, from
+    // smaller products on; else rayon's pool.
+    let team = hgq_core::team::width();
+    let (threads, min_macs) = if team > 1 {
+        (team, TEAM_MACS)
+    } else {
+        (rayon::current_num_threads(), PARALLEL_MACS)
+    };
+    let (rows, cols) = if threads < 2 || m * k * n < min_macs {
+        (m, n)
+    } else if m >= n {
+        (m.div_ceil(threads), n)
+    } else {
+        (m, n.div_ceil(threads))
+    };
+    let out = SharedOut(c.as_mut_ptr());
+    // Block j: rows j * rows.. where the rows are split, else columns j * cols.. (one of the
+    // two is split at most, so the other offset is 0).
+    let block = |j: usize| {
+        let (r0, c0) = if cols == n {
+            (j * rows, 0)
+        } else {
+            (0, j * cols)
+        };
+        // SAFETY: the block's rows and columns of a, b and c are in bounds (checked above;
+        // r0 < m and c0 < n, and a split needs k > 0); blocks are disjoint, so no two
+        // threads write the same element of c.
+        unsafe {
+            sgemm_block(
+                (rows.min(m - r0), k, cols.min(n - c0)),
+                (a.as_ptr().add(r0 * rsa), rsa, csa),
+                (b.as_ptr().add(c0 * csb), rsb, csb),
+                beta,
+                out.at(r0 * n + c0),
+                n,
+            );
+        }
+    };
+    match m.div_ceil(rows) * n.div_ceil(cols) {
+        1 => block(0),
+        blocks if team > 1 => hgq_core::team::for_each(blocks, &block),
+        blocks => (0..blocks).into_par_iter().for_each(block),
+    }
+    Ok(())
+}
+
+/// Row-major `c` (`m x n`, rows `ldc` apart) `= a @ b + beta * c`, `a` and `b` at their strides:
+/// MKL's `sgemm` where libtorch brings it (faster on the products of a step), else
+/// `matrixmultiply`.
+///
+/// # Safety
+/// Every element of `a` (`m x k`), `b` (`k x n`) and `c` at these strides is in its buffer, and
+/// no other thread reads or writes the part of `c` this writes.
+unsafe fn sgemm_block(
+    (m, k, n): (usize, usize, usize),
+    (a, rsa, csa): (*const f32, usize, usize),
+    (b, rsb, csb): (*const f32, usize, usize),
+    beta: f32,
+    c: *mut f32,
+    ldc: usize,
+) {
+    // SAFETY: as the caller promises; with beta 0 `c` is written, not read.
+    unsafe {
+        if crate::blas::sgemm((m, k, n), (a, rsa, csa), (b, rsb, csb), beta, c, ldc) {
+            return;
+        }
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a,
+            rsa as isize,
+            csa as isize,
+            b,
+            rsb as isize,
+            csb as isize,
+            beta,
+            c,
+            ldc as isize,
+            1,
+        );
+    }
+}
+
+/// A product's output that the threads of a split write to, each its own block.
+struct SharedOut(*mut f32);
+
+// SAFETY: the threads write disjoint elements (see `gemm`'s blocks).
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// The element `offset` past the start.
+    ///
+    /// # Safety
+    /// `offset` is within the output.
+    unsafe fn at(&self, offset: usize) -> *mut f32 {
+        // SAFETY: as the caller promises.
+        unsafe { self.0.add(offset) }
+    }
+}
+
+/// Multiply-adds from which a matrix product is split over threads: below it, waking the other
+/// workers costs more than half the product (`benches/RESULTS.md` has the measurements).
+const PARALLEL_MACS: usize = 1 << 22;
+
+/// [`PARALLEL_MACS`] for a team's spinning threads, which take work in about a microsecond
+/// (smaller products gain less than the other thread's reads of their operands cost).
+const TEAM_MACS: usize = 1 << 19;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Products split over threads (along the rows, or the columns where `m < n`) give the
+    /// bits of the product in one piece, and those are the plain sums up to float32 rounding;
+    /// a transposed operand (strides swapped) and `beta = 1` included.
+    #[test]
+    fn split_products_are_the_product_in_one_piece() -> Result<()> {
+        /// A team session of two threads on this thread, once no other test's step leads
+        /// one.
+        fn lead_team() -> hgq_core::team::Session {
+            loop {
+                if let Some(s) = hgq_core::team::session(2) {
+                    return s;
+                }
+                std::thread::yield_now();
+            }
+        }
+        let fill = |len: usize, seed: u32| -> Vec<f32> {
+            (0..len)
+                .map(|j| ((j as u32).wrapping_mul(2_654_435_761) ^ seed) % 1000)
+                .map(|v| v as f32 / 500.0 - 1.0)
+                .collect()
+        };
+        let pool = |t| hgq_core::kernels::thread_pool(t).expect("a thread pool");
+        let (single, pool) = (pool(1), pool(2));
+        // (m, k, n): a split of the columns (m < n), of the rows, and one too small to split.
+        for (m, k, n) in [(64, 512, 512), (512, 64, 300), (8, 8, 8)] {
+            let (a, bt) = (fill(m * k, 1), fill(n * k, 2));
+            // b given transposed: stored n x k, read k x n through its strides.
+            let (ao, bo) = ((&a[..], k, 1), (&bt[..], 1, k));
+            let one = single.install(|| product((m, k, n), ao, bo))?;
+            let split = pool.install(|| product((m, k, n), ao, bo))?;
+            assert!(
+                one.iter()
+                    .zip(&split)
+                    .all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{m}x{k}x{n}"
+            );
+            // On the team of a session (the native step's threads): the same bits.
+            let teamed = pool.install(|| {
+                let _team = lead_team();
+                product((m, k, n), ao, bo)
+            })?;
+            assert!(
+                one.iter()
+                    .zip(&teamed)
+                    .all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{m}x{k}x{n} on a team"
+            );
+            let mut acc = fill(m * n, 3);
+            let start = acc.clone();
+            pool.install(|| gemm((m, k, n), ao, bo, 1.0, &mut acc))?;
+            for (r, row) in one.chunks_exact(n).enumerate() {
+                for (j, &v) in row.iter().enumerate() {
+                    let want: f64 = (0..k)
+                        .map(|t| f64::from(a[r * k + t]) * f64::from(bt[j * k + t]))
+                        .sum();
+                    assert!(
+                        (f64::from(v) - want).abs() <= 1e-4 * (k as f64),
+                        "{m}x{k}x{n}"
+                    );
+                    let sum = start[r * n + j] + v;
+                    assert!((acc[r * n + j] - sum).abs() <= 1e-4 * (k as f32));
+                }
+            }
+        }
+        Ok(())
+    }
+}

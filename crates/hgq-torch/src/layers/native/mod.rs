@@ -1,0 +1,689 @@
+//! The training step of a [`Sequential`] without autograd, on the CPU.
+//!
+//! A step of the small networks HGQ trains is a few hundred tiny tensor operations through
+//! autograd; their dispatch, not their arithmetic, is the step's time. Here the same step is
+//! plain loops over the `VarStore`'s memory: per layer the quantizers' fused passes
+//! (hgq-core's kernels, kept for their backward: [`SavedPass`]), one GEMM forward and two
+//! backward (libtorch's MKL, else `matrixmultiply`), the EBOPs and their gradients through the
+//! bit widths ([`Dual`]: the quantizer logic's own arithmetic, differentiated), the cross
+//! entropy, the regularizers, then Keras' Adam and the constraints in place. The quantizer
+//! logic is the one every backend runs (hgq-core's `Quantizer` on its CPU backend, variables
+//! read where the `VarStore` keeps them), so values are those of the autograd step up to the
+//! order of float32 sums in the matrix products.
+use std::sync::Arc;
+
+use hgq_core::quantizer::{Backend, Constraint, Cpu, Dual, Grads, SavedPass};
+use hgq_core::shape::{broadcast_to, sum_to};
+use hgq_core::{CallMode, Path, TensorRef, scratch};
+use tch::{Device, Kind, Tensor};
+
+use super::reshape::check_dims;
+use super::{Ebops, Flatten, Named, QBase, QConv, QDense, QPool, Reshape, Sequential};
+use crate::backend::TchVar;
+use crate::optim::{Adam, HostGrad};
+use crate::{Result, TorchError, host};
+
+mod gemm;
+mod kernel;
+mod loss;
+mod pool;
+mod windows;
+
+use kernel::{KernelLayer, KernelPass};
+use loss::{Labels, cross_entropy};
+use pool::{PoolLayer, PoolPass};
+
+/// Why the native step cannot run on these tensors (`None`: it can).
+pub(super) fn unsupported(model: &Sequential, x: &Tensor, labels: &Tensor) -> Option<String> {
+    if !host::is_plain(x) {
+        return Some("the input is not a contiguous float32 CPU tensor".into());
+    }
+    if labels.device() != Device::Cpu || labels.kind() != Kind::Int64 || !labels.is_contiguous() {
+        return Some("the labels are not a contiguous int64 CPU tensor".into());
+    }
+    plan(model).err()
+}
+
+/// A layer of the native step.
+enum Native<'a> {
+    Kernel(KernelLayer<'a>),
+    Pool(PoolLayer<'a>),
+}
+
+/// What a layer's forward keeps for its backward.
+enum NativePass {
+    // Boxed: passes of hundreds of bytes, moved into the step's list.
+    Kernel(Box<KernelPass>),
+    Pool(Box<PoolPass>),
+}
+
+impl<'a> Native<'a> {
+    fn base(&self) -> &'a QBase {
+        match self {
+            Native::Kernel(l) => l.base,
+            Native::Pool(l) => l.base,
+        }
+    }
+
+    fn quantizers(&self) -> Vec<&'a Named> {
+        match self {
+            Native::Kernel(l) => l.quantizers().into_iter().flatten().collect(),
+            Native::Pool(l) => l.quantizers().into_iter().flatten().collect(),
+        }
+    }
+
+    fn forward(&self, x: Input<'_>, batch: usize) -> Result<(NativePass, f32)> {
+        Ok(match self {
+            Native::Kernel(l) => {
+                let (p, e) = l.forward(x, batch)?;
+                (NativePass::Kernel(Box::new(p)), e)
+            }
+            Native::Pool(l) => {
+                let (p, e) = l.forward(x, batch)?;
+                (NativePass::Pool(Box::new(p)), e)
+            }
+        })
+    }
+
+    fn backward(
+        &self,
+        p: &NativePass,
+        da: Vec<f32>,
+        grads: &mut Vec<VarGrad>,
+        reg: &mut f32,
+    ) -> Result<Vec<f32>> {
+        match (self, p) {
+            (Native::Kernel(l), NativePass::Kernel(p)) => l.backward(p, da, grads, reg),
+            (Native::Pool(l), NativePass::Pool(p)) => l.backward(p, da, grads, reg),
+            _ => Err(TorchError::Kernel(
+                "a layer's backward given another layer's pass".into(),
+            )),
+        }
+    }
+
+    /// Applies the constraints of the variables Adam did not update (and constrain) on host
+    /// memory: those that are not trained (WRAP's `i`, set by the data).
+    fn constrain_untrained(&self) -> Result<()> {
+        let cpu = Cpu::<f32, TchVar>::new();
+        for q in self.quantizers() {
+            let mut inner = q.q.lock();
+            for v in inner.variables_mut().iter_mut().filter(|v| !v.trainable) {
+                if let Some(c) = v.constraint {
+                    cpu.constrain(&mut v.value, c)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl NativePass {
+    /// The layer's output (after its activation).
+    fn output(&self) -> &Arc<Vec<f32>> {
+        match self {
+            NativePass::Kernel(p) => &p.a,
+            NativePass::Pool(p) => &p.a,
+        }
+    }
+
+    fn recycle(self) {
+        match self {
+            NativePass::Kernel(p) => (*p).recycle(),
+            NativePass::Pool(p) => (*p).recycle(),
+        }
+    }
+}
+
+/// The model's layers as the native step runs them, or why it cannot: `QDense` on 2-D
+/// inputs, `QConv` of one group, `QPool` with a window, each with its input quantizer, no
+/// output quantizer, plain EBOPs, its weights and quantizer variables float32 on the CPU; the
+/// `Reshape` and `Flatten` between them are the same memory (channels last), left out. The
+/// last layer gives one row of logits per sample.
+fn plan(model: &Sequential) -> std::result::Result<Vec<Native<'_>>, String> {
+    let mut plan = Vec::new();
+    for l in model.layers() {
+        let name = l.name();
+        let native = if let Some(d) = l.downcast_ref::<QDense>() {
+            if d.base.input_dims.len() != 1 {
+                return Err(format!("{name} takes inputs of more than 2 dimensions"));
+            }
+            if d.parallelization_factor.is_some() {
+                return Err(format!("{name} has a parallelization factor of its own"));
+            }
+            Native::Kernel(KernelLayer::dense(d))
+        } else if let Some(c) = l.downcast_ref::<QConv>() {
+            if c.groups() != 1 {
+                return Err(format!("{name} has {} groups", c.groups()));
+            }
+            Native::Kernel(KernelLayer::conv(c).map_err(|e| e.to_string())?)
+        } else if let Some(p) = l.downcast_ref::<QPool>() {
+            match PoolLayer::new(p).map_err(|e| e.to_string())? {
+                Some(p) => Native::Pool(p),
+                None => return Err(format!("{name} is a global pooling")),
+            }
+        } else if l.downcast_ref::<Reshape>().is_some() || l.downcast_ref::<Flatten>().is_some() {
+            continue;
+        } else {
+            return Err(format!("{name} is a layer the native step does not run"));
+        };
+        check_layer(&native, name)?;
+        plan.push(native);
+    }
+    if plan.is_empty() {
+        return Err("the model has no quantized layer".into());
+    }
+    match model.layers().last().map(|l| l.output_dims()) {
+        Some(d) if d.len() == 1 => Ok(plan),
+        d => Err(format!("the model's output {d:?} is not one row of logits")),
+    }
+}
+
+/// What every layer of the native step needs.
+fn check_layer(l: &Native<'_>, name: &str) -> std::result::Result<(), String> {
+    let base = l.base();
+    if base.oq.is_some() {
+        return Err(format!("{name} has an output quantizer"));
+    }
+    if base.iq.is_none() {
+        return Err(format!("{name} has no input quantizer"));
+    }
+    if !base.enable_ebops || base.ebops_factor != 1.0 {
+        return Err(format!(
+            "{name} has its EBOPs off or scaled (enable_ebops, ebops_factor)"
+        ));
+    }
+    if let Native::Kernel(k) = l {
+        if !base.trainable {
+            return Err(format!("{name} is frozen (trainable=False)"));
+        }
+        if !k.weights().all(host::is_plain) {
+            return Err(format!(
+                "{name}'s kernel or bias is not contiguous float32 CPU"
+            ));
+        }
+    }
+    for q in l.quantizers() {
+        if !q.q.is_bare() {
+            return Err(format!(
+                "{} has a scaler, noise factor or affine map",
+                q.keras_path
+            ));
+        }
+        let inner = q.q.lock();
+        if !inner
+            .variables()
+            .iter()
+            .all(|v| host::is_plain(v.value.tensor()))
+        {
+            return Err(format!("{}'s variables are not float32 CPU", q.keras_path));
+        }
+    }
+    Ok(())
+}
+
+/// A quantizer's pass kept for the backward: its variables as handles to the `VarStore`'s
+/// memory (unchanged until Adam's update, after every backward).
+type Pass = SavedPass<f32, TchVar>;
+
+/// A quantizer's pass on `x` (its shape `shape`), kept for the backward.
+fn quantize(q: &Named, x: &[f32], shape: &[usize]) -> Result<(Vec<f32>, Pass)> {
+    Ok(q.q
+        .lock()
+        .forward_saved(TensorRef::new(x, shape)?, CallMode::Training, Path::Simd)?)
+}
+
+/// A layer's input: the step's batch (the pass that keeps it copies it), or the output of the
+/// layer below, which its pass keeps as it is (the layer below keeps it too).
+#[derive(Clone, Copy)]
+enum Input<'a> {
+    Batch(&'a [f32]),
+    Below(&'a Arc<Vec<f32>>),
+}
+
+/// The input quantizer's pass on a layer's input `x` (its shape `shape`), kept for the
+/// backward.
+fn quantize_input(q: &Named, x: Input<'_>, shape: &[usize]) -> Result<(Vec<f32>, Pass)> {
+    match x {
+        Input::Batch(x) => quantize(q, x, shape),
+        Input::Below(a) => {
+            Ok(q.q
+                .lock()
+                .forward_saved_shared(a, shape, CallMode::Training, Path::Simd)?)
+        }
+    }
+}
+
+/// A quantizer's bit widths with their derivatives (the dual in the bit-width shape, that
+/// shape) and, where the EBOPs read them in a larger shape, broadcast to it.
+struct Bits {
+    broadcast: Option<Vec<f32>>,
+    dual: Dual<f32>,
+    bw_shape: Vec<usize>,
+}
+
+impl Bits {
+    /// The values in the shape the EBOPs read.
+    fn full(&self) -> &[f32] {
+        self.broadcast.as_deref().unwrap_or(&self.dual.value)
+    }
+
+    /// `d`, a gradient in the EBOPs' shape `from`, summed to the bit-width shape.
+    fn reduce(&self, d: Vec<f32>, from: &[usize]) -> Result<Vec<f32>> {
+        if self.broadcast.is_none() {
+            return Ok(d);
+        }
+        Ok(sum_to(&d, from, &self.bw_shape)?)
+    }
+}
+
+fn bits(q: &Named, shape: &[usize]) -> Result<Bits> {
+    let inner = q.q.lock();
+    let dual = inner.bits_dual::<f32>()?;
+    let bw_shape = inner
+        .layout()
+        .map(|l| l.bw_shape.clone())
+        .unwrap_or_default();
+    // Same element count: the same shape (it broadcasts to `shape`), nothing to copy.
+    let broadcast = if dual.value.len() == shape.iter().product::<usize>() {
+        hgq_core::shape::check_broadcast(&bw_shape, shape)?;
+        None
+    } else {
+        Some(broadcast_to(&dual.value, &bw_shape, shape)?)
+    };
+    Ok(Bits {
+        broadcast,
+        dual,
+        bw_shape,
+    })
+}
+
+/// An upstream gradient of a quantizer's bit widths: one value each, or one per row of a
+/// kernel (the same value for every weight of the row).
+enum Upstream {
+    Each(Vec<f32>),
+    Rows(Vec<f32>),
+}
+
+/// A trainable variable, its gradient and the constraint Adam applies after its update.
+type VarGrad = (Tensor, Vec<f32>, Option<Constraint>);
+
+/// A quantizer's trainable variables with their gradients, pushed to `grads`: `g` (its pass's)
+/// plus the EBOPs' through its bit widths (`bits` and their upstream) plus its regularizers'
+/// (their loss added to `reg`), summed in place in this order.
+fn quantizer_grads(
+    q: &Named,
+    mut g: Grads<f32>,
+    ebops: Option<(&Bits, Upstream)>,
+    grads: &mut Vec<VarGrad>,
+    reg: &mut f32,
+) -> Result<()> {
+    let inner = q.q.lock();
+    match ebops {
+        Some((bits, Upstream::Each(up))) => inner.add_trainable_grads(&bits.dual, &up, &mut g)?,
+        Some((bits, Upstream::Rows(rows))) => {
+            bits.dual
+                .backward_add_rows(&rows, &mut g, |name| inner.trains(name))?
+        }
+        None => {}
+    }
+    if let Some(loss) = inner.regularization_loss_and_grads(&mut g)? {
+        *reg += loss;
+    }
+    for v in inner.variables().iter().filter(|v| v.trainable) {
+        let sum = g
+            .take(v.name)
+            .unwrap_or_else(|| vec![0.0f32; v.shape.iter().product()]);
+        grads.push((v.value.tensor().shallow_clone(), sum, v.constraint));
+    }
+    Ok(())
+}
+
+/// A tensor the support check passed that is no longer plain memory.
+fn not_plain(what: &str) -> TorchError {
+    TorchError::Invalid {
+        what: "native training step",
+        why: format!("{what} is not a contiguous float32 CPU tensor"),
+    }
+}
+
+/// One native step: forward, loss, backward, Adam, constraints. Returns the total loss (cross
+/// entropy + EBOPs + regularization) and the correct predictions.
+pub(super) fn step(
+    model: &Sequential,
+    x: &Tensor,
+    labels: &Tensor,
+    opt: &mut Adam,
+) -> Result<(f32, i64)> {
+    let layers = plan(model)
+        .map_err(|why| TorchError::Unsupported(format!("the native training step: {why}")))?;
+    // The step's passes are tens of microseconds each: on several threads they split over a
+    // team that spins for the step's length (and a moment after, for the next step), not
+    // over rayon's workers, which sleep between them.
+    let _team = hgq_core::team::session(rayon::current_num_threads());
+    let g = gradients(model, &layers, x, labels)?;
+    let refs: Vec<HostGrad<'_>> = g
+        .grads
+        .iter()
+        .map(|(var, grad, constraint)| HostGrad {
+            var,
+            grad,
+            constraint: *constraint,
+        })
+        .collect();
+    opt.step_host(&refs)?;
+    drop(refs);
+    for l in &layers {
+        l.constrain_untrained()?;
+    }
+    // The next step's gradients of the same sizes.
+    for (_, grad, _) in g.grads {
+        scratch::give(grad);
+    }
+    Ok((g.loss, g.correct))
+}
+
+/// What the forward and backward of a step give.
+struct StepGrads {
+    loss: f32,
+    correct: i64,
+    /// Every trainable variable with its gradient.
+    grads: Vec<VarGrad>,
+}
+
+/// The forward (state moves as in a training call) and the backward of a step through
+/// `layers`, the [`plan`] of `model`.
+fn gradients(
+    model: &Sequential,
+    layers: &[Native<'_>],
+    x: &Tensor,
+    labels: &Tensor,
+) -> Result<StepGrads> {
+    let size = x.size();
+    let batch = size.first().copied().unwrap_or(0) as usize;
+    if batch == 0 {
+        return Err(TorchError::Invalid {
+            what: "training batch",
+            why: format!("shape {size:?}: no rows"),
+        });
+    }
+    if labels.size() != [batch as i64] {
+        return Err(TorchError::Invalid {
+            what: "labels",
+            why: format!("shape {:?} for a batch of {batch}", labels.size()),
+        });
+    }
+    let (Some(first), Some(last)) = (model.layers().first(), model.layers().last()) else {
+        return Err(TorchError::Unsupported(
+            "the native training step: a model without layers".into(),
+        ));
+    };
+    // Checked before any state moves (the layers' inputs and outputs fit each other: the
+    // model checked them as they were added).
+    check_dims(&size, first.input_dims())?;
+    let classes = last.output_dims().iter().product();
+    let labels = Labels::new(&Vec::try_from(labels)?, classes)?;
+    let x = host::slice(x).ok_or_else(|| not_plain("the input"))?;
+    let mut passes: Vec<NativePass> = Vec::with_capacity(layers.len());
+    let mut total = 0.0f32;
+    for l in layers {
+        // Each layer reads the output the layer below keeps for its backward.
+        let input = passes
+            .last()
+            .map_or(Input::Batch(x), |p| Input::Below(p.output()));
+        let (p, e) = l.forward(input, batch)?;
+        let base = l.base();
+        total += e * base.beta.get() as f32;
+        *base.ebops.borrow_mut() = Ebops::Value(super::ebops_u32(f64::from(e)));
+        passes.push(p);
+    }
+    let logits = passes.last().map_or(x, |p| &p.output()[..]);
+    let (ce, mut da, correct) = cross_entropy(logits, &labels)?;
+    let (mut grads, mut reg) = (Vec::new(), 0.0f32);
+    for (l, p) in layers.iter().zip(&passes).rev() {
+        da = l.backward(p, da, &mut grads, &mut reg)?;
+    }
+    scratch::give(da);
+    // Last layer first: each layer's output is free once the layer above dropped its pass.
+    for p in passes.into_iter().rev() {
+        p.recycle();
+    }
+    Ok(StepGrads {
+        loss: ce + total + reg,
+        correct,
+        grads,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use hgq_config::keras::Regularizer;
+    use hgq_config::{Place, QType, QuantizerConfig};
+    use hgq_core::quantizer::VarName;
+    use hgq_core::{OverflowMode, RoundMode};
+    use tch::nn;
+
+    use super::*;
+    use crate::layers::{Activation, Padding, PoolKind, QDenseBuilder};
+
+    /// The layers of each case: (in, units, activation, what to change of the defaults).
+    fn case(n: usize) -> Vec<QDenseBuilder> {
+        let relu = |b: QDenseBuilder| b.activation(Activation::Relu);
+        let conf = |t, p| QuantizerConfig::builder(t, p);
+        match n {
+            // The demo's layers: hgq2's defaults.
+            0 => vec![relu(QDense::builder(12, 16)), QDense::builder(16, 5)],
+            // KIF SAT weights with regularizers, a per-tensor KBI input, minifloat bias,
+            // a large beta (EBOPs gradients matter).
+            1 => vec![
+                relu(QDense::builder(12, 8))
+                    .beta(1e-2)
+                    .kq(conf(QType::Kif, Place::Weight)
+                        .overflow_mode(OverflowMode::Sat)
+                        .fr(Regularizer::L1(1e-3))
+                        .ir(Regularizer::L2(1e-3))
+                        .build()
+                        .unwrap())
+                    .iq(conf(QType::Kbi, Place::Datalane)
+                        .heterogeneous_axis([])
+                        .round_mode(RoundMode::Rnd)
+                        .build()
+                        .unwrap())
+                    .bq(conf(QType::Float, Place::Bias)
+                        .heterogeneous_axis([0])
+                        .build()
+                        .unwrap()),
+                QDense::builder(8, 3).beta(1e-3),
+            ],
+            // No bias, a dummy input quantizer, three layers.
+            _ => vec![
+                relu(QDense::builder(12, 8).use_bias(false)).iq(conf(
+                    QType::Dummy,
+                    Place::Datalane,
+                )
+                .build()
+                .unwrap()),
+                relu(QDense::builder(8, 8)),
+                QDense::builder(8, 4).use_bias(false),
+            ],
+        }
+    }
+
+    /// Case `n`'s model and the shape of one input sample: the dense cases of [`case`], then
+    /// convolutions and poolings (the CNN demo's layers; 1-D with `same` padding, strides, an
+    /// average pooling and a parallelization factor; 2-D dilated over three channels, no
+    /// bias, a strided max pooling with padding).
+    fn model_of_case(n: usize, vs: &nn::VarStore) -> Result<(Sequential, Vec<i64>)> {
+        let root = vs.root();
+        let mut m = Sequential::new();
+        let relu = Activation::Relu;
+        let input = match n {
+            0..=2 => {
+                for l in case(n) {
+                    m.add(&root, l)?;
+                }
+                vec![12]
+            }
+            3 => {
+                m.add(&root, Reshape::new(&[64], &[8, 8, 1])?)?;
+                m.add(
+                    &root,
+                    QConv::builder_2d([8, 8, 1], 8, [3, 3]).activation(relu),
+                )?;
+                m.add(&root, QPool::builder_2d(PoolKind::Max, [6, 6, 8], [2, 2]))?;
+                m.add(&root, Flatten::new(&[3, 3, 8])?)?;
+                m.add(&root, QDense::builder(72, 10))?;
+                vec![64]
+            }
+            4 => {
+                let conv = QConv::builder_1d([9, 2], 4, 3)
+                    .padding(Padding::Same)
+                    .strides(&[2])
+                    .parallelization_factor(2)
+                    .beta(1e-2)
+                    .activation(relu);
+                m.add(&root, conv)?;
+                let pool = QPool::builder_1d(PoolKind::Average, [5, 4], 2)
+                    .padding(Padding::Same)
+                    .beta(1e-2);
+                m.add(&root, pool)?;
+                m.add(&root, Flatten::new(&[3, 4])?)?;
+                m.add(&root, QDense::builder(12, 3).beta(1e-2))?;
+                vec![9, 2]
+            }
+            _ => {
+                let conv = QConv::builder_2d([6, 7, 3], 5, [2, 3])
+                    .padding(Padding::Same)
+                    .dilation(&[2, 1])
+                    .use_bias(false)
+                    .beta(1e-3)
+                    .activation(relu);
+                m.add(&root, conv)?;
+                let pool = QPool::builder_2d(PoolKind::Max, [6, 7, 5], [2, 2])
+                    .strides(&[1, 2])
+                    .padding(Padding::Same);
+                m.add(&root, pool)?;
+                m.add(&root, Flatten::new(&[6, 4, 5])?)?;
+                m.add(&root, QDense::builder(120, 4))?;
+                vec![6, 7, 3]
+            }
+        };
+        Ok((m, input))
+    }
+
+    fn snapshot(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> = vs
+            .variables()
+            .into_iter()
+            .map(|(n, t)| (n, t.detach().copy()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    fn restore(vs: &nn::VarStore, s: &[(String, Tensor)]) {
+        let vars = vs.variables();
+        tch::no_grad(|| {
+            for (n, t) in s {
+                vars[n].shallow_clone().copy_(t);
+            }
+        });
+    }
+
+    /// A saved pass reads the `VarStore`'s memory at its backward (no copy): the gradients
+    /// of a backward right after the forward, and an error, not gradients of other values,
+    /// once a variable the pass read was written in between.
+    #[test]
+    fn saved_passes_refuse_a_backward_after_a_write() -> Result<()> {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let mut model = Sequential::new();
+        for l in case(0) {
+            model.add(&vs.root(), l)?;
+        }
+        let layer = model.layer::<QDense>(0).expect("a dense layer");
+        let kernel = host::slice(&layer.kernel).ok_or_else(|| not_plain("the kernel"))?;
+        let shape = [layer.in_features, layer.units];
+        let n = kernel.len();
+        let (_, pass) = quantize(&layer.kq, kernel, &shape)?;
+        let mut dx = vec![0.0f32; n];
+        let grads = pass.backward(&vec![1.0; n], &mut dx)?;
+        assert!(grads.b.is_some() && grads.i.is_some());
+        let b = {
+            let inner = layer.kq.q.lock();
+            let v = inner.variables().iter().find(|v| v.name == VarName::B);
+            v.map(|v| v.value.tensor().shallow_clone())
+        }
+        .expect("a KBI quantizer has b");
+        let _ = tch::no_grad(|| b.shallow_clone().f_add_scalar_(1.0))?;
+        let before = dx.clone();
+        assert!(pass.backward(&vec![1.0; n], &mut dx).is_err());
+        assert_eq!(dx, before, "a refused backward writes nothing");
+        Ok(())
+    }
+
+    /// The native forward moves the state as the autograd forward does (bit for bit), gives
+    /// the loss and every trainable variable the gradient autograd gives (float32 sums in
+    /// another order: a relative tolerance), and nothing else.
+    #[test]
+    fn native_gradients_are_autograds() -> Result<()> {
+        // Outputs left partly unwritten would hold NaN.
+        hgq_core::scratch::poison();
+        for n in 0..6 {
+            tch::manual_seed(n as i64);
+            let vs = nn::VarStore::new(Device::Cpu);
+            let (model, input) = model_of_case(n, &vs)?;
+            let classes = model.layers().last().unwrap().output_dims()[0] as i64;
+            let shape: Vec<i64> = std::iter::once(32).chain(input).collect();
+            let x = Tensor::rand(shape.as_slice(), (Kind::Float, Device::Cpu)) * 6.0 - 3.0;
+            let labels = Tensor::randint(classes, [32], (Kind::Int64, Device::Cpu));
+            let before = snapshot(&vs);
+
+            let out = model.forward(&x, CallMode::Training)?;
+            let mut loss = out.y.cross_entropy_for_logits(&labels) + &out.ebops_loss;
+            if model.has_regularization() {
+                loss += model.regularization_loss()?;
+            }
+            loss.backward();
+            let after_autograd = snapshot(&vs);
+            let ebops_autograd = model.ebops();
+
+            restore(&vs, &before);
+            let layers = plan(&model).map_err(TorchError::Unsupported)?;
+            let g = gradients(&model, &layers, &x, &labels)?;
+            let after_native = snapshot(&vs);
+            for ((name, a), (_, b)) in after_autograd.iter().zip(&after_native) {
+                assert!(a.equal(b), "case {n}: {name} after the forward");
+            }
+            assert_eq!(model.ebops(), ebops_autograd, "case {n}: EBOPs");
+            let l = loss.double_value(&[]);
+            assert!(
+                (f64::from(g.loss) - l).abs() <= 1e-6 * l.abs(),
+                "case {n}: loss {} against {l}",
+                g.loss
+            );
+
+            let trainable = vs.trainable_variables();
+            assert_eq!(
+                g.grads.len(),
+                trainable.len(),
+                "case {n}: one gradient each"
+            );
+            for (t, gn, _) in &g.grads {
+                let name = vs
+                    .variables()
+                    .into_iter()
+                    .find(|(_, v)| v.data_ptr() == t.data_ptr())
+                    .map(|(n, _)| n)
+                    .unwrap();
+                let ga = Vec::<f32>::try_from(t.grad().flatten(0, -1)).unwrap();
+                let scale = ga.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+                for (j, (a, b)) in ga.iter().zip(gn).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-4 * scale,
+                        "case {n}: d {name}[{j}]: autograd {a}, native {b}"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}

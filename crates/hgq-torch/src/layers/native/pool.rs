@@ -1,0 +1,251 @@
+//! The native step of `QPool` with a window (max or average, any strides and padding): the
+//! input quantizer's pass, the pooling and its backward, `sum(bits_in)` as its EBOPs.
+use std::sync::Arc;
+
+use hgq_core::scratch;
+
+use super::windows::{self, Geometry, PAD};
+use super::{Bits, Input, Pass, Upstream, VarGrad, bits, quantize_input};
+use crate::layers::{Layer, Named, PoolKind, QBase, QPool};
+use crate::{Result, TorchError};
+
+/// A pooling as the native step runs it.
+pub(super) struct PoolLayer<'a> {
+    pub(super) base: &'a QBase,
+    kind: PoolKind,
+    /// [`windows::offsets`] of the pooling's windows.
+    windows: &'a [u32],
+    /// Positions per window.
+    window: usize,
+    channels: usize,
+}
+
+impl<'a> PoolLayer<'a> {
+    /// A pooling with a window (`None` for a global one: torch's `amax` shares a gradient
+    /// among equal maxima, which this does not).
+    pub(super) fn new(l: &'a QPool) -> Result<Option<Self>> {
+        let Some(window) = l.pool_size() else {
+            return Ok(None);
+        };
+        let rank = l.rank();
+        let dims = &l.base.input_dims;
+        let windows = match l.native_windows.get() {
+            Some(w) => w,
+            None => {
+                let out = l.output_dims();
+                let w = windows::offsets(&Geometry {
+                    spatial: &dims[..rank],
+                    channels: dims[rank],
+                    out: &out[..rank],
+                    window,
+                    strides: l.strides(),
+                    dilation: None,
+                    pads: &l.pads,
+                })?;
+                l.native_windows.get_or_init(|| w)
+            }
+        };
+        Ok(Some(PoolLayer {
+            base: &l.base,
+            kind: l.kind(),
+            windows,
+            window: window.iter().product::<usize>().max(1),
+            channels: dims[rank],
+        }))
+    }
+
+    /// The input quantizer.
+    pub(super) fn quantizers(&self) -> [Option<&'a Named>; 1] {
+        [self.base.iq.as_ref()]
+    }
+
+    fn sample(&self) -> usize {
+        self.base.input_dims.iter().product()
+    }
+
+    fn input_shape(&self, batch: usize) -> Vec<usize> {
+        std::iter::once(batch)
+            .chain(self.base.input_dims.iter().copied())
+            .collect()
+    }
+
+    /// The training forward on host memory and the EBOPs, `sum(bits_in)` of one sample.
+    pub(super) fn forward(&self, x: Input<'_>, batch: usize) -> Result<(PoolPass, f32)> {
+        let iq = self.base.iq.as_ref().ok_or_else(|| {
+            TorchError::Unsupported(format!(
+                "the native training step: {} has no input quantizer",
+                self.base.name
+            ))
+        })?;
+        let (xq, iq_pass) = quantize_input(iq, x, &self.input_shape(batch))?;
+        let (c, sample) = (self.channels, self.sample());
+        let outputs = self.windows.len() / self.window * c;
+        let mut y = scratch::elements::<f32>(batch * outputs);
+        let mut arg = Vec::new();
+        match self.kind {
+            PoolKind::Max => {
+                arg.resize(batch * outputs, 0u32);
+                for ((xs, ys), args) in xq
+                    .chunks_exact(sample)
+                    .zip(y.chunks_exact_mut(outputs))
+                    .zip(arg.chunks_exact_mut(outputs))
+                {
+                    self.max_sample(xs, ys, args);
+                }
+            }
+            PoolKind::Average => {
+                for (xs, ys) in xq.chunks_exact(sample).zip(y.chunks_exact_mut(outputs)) {
+                    self.average_sample(xs, ys);
+                }
+            }
+        }
+        scratch::give(xq);
+        let b_in = bits(iq, &self.input_shape(1))?;
+        // sum(bits_in), in order (integers: exact below 2^24).
+        let e = b_in.full().iter().fold(0.0f32, |s, &v| s + v);
+        let pass = PoolPass {
+            batch,
+            arg,
+            a: Arc::new(y),
+            iq: iq_pass,
+            bits: b_in,
+        };
+        Ok((pass, e))
+    }
+
+    /// One sample's maxima: torch's rule, the first largest value of the window in row-major
+    /// order (a NaN replaces any value before it), its offset kept for the backward; padding
+    /// is not a value.
+    fn max_sample(&self, xs: &[f32], ys: &mut [f32], args: &mut [u32]) {
+        let c = self.channels;
+        for ((window, y), arg) in self
+            .windows
+            .chunks_exact(self.window)
+            .zip(ys.chunks_exact_mut(c))
+            .zip(args.chunks_exact_mut(c))
+        {
+            y.fill(f32::NEG_INFINITY);
+            // Torch starts from the window's first position (the maximum of a window of -inf
+            // alone); a window of padding alone has no value to point at.
+            let taps = window.iter().filter(|&&o| o != PAD);
+            let first = taps.clone().next().copied().unwrap_or(PAD);
+            for (j, a) in arg.iter_mut().enumerate() {
+                *a = if first == PAD { PAD } else { first + j as u32 };
+            }
+            for &off in taps {
+                for (j, (m, a)) in y.iter_mut().zip(arg.iter_mut()).enumerate() {
+                    let at = off + j as u32;
+                    let v = xs[at as usize];
+                    if v > *m || v.is_nan() {
+                        *m = v;
+                        *a = at;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One sample's averages: the window's input values summed in row-major order, divided
+    /// by how many there are (padding is not counted, as Keras' and torch's averages).
+    fn average_sample(&self, xs: &[f32], ys: &mut [f32]) {
+        let c = self.channels;
+        for (window, y) in self
+            .windows
+            .chunks_exact(self.window)
+            .zip(ys.chunks_exact_mut(c))
+        {
+            y.fill(0.0);
+            let mut count = 0u32;
+            for &off in window.iter().filter(|&&o| o != PAD) {
+                let off = off as usize;
+                y.iter_mut()
+                    .zip(&xs[off..off + c])
+                    .for_each(|(s, &v)| *s += v);
+                count += 1;
+            }
+            let n = count.max(1) as f32;
+            y.iter_mut().for_each(|s| *s /= n);
+        }
+    }
+
+    /// The backward for upstream `da` (of the output): `dx` (of the input) and the input
+    /// quantizer's gradients, the EBOPs' and the regularizers' added.
+    pub(super) fn backward(
+        &self,
+        p: &PoolPass,
+        da: Vec<f32>,
+        grads: &mut Vec<VarGrad>,
+        reg: &mut f32,
+    ) -> Result<Vec<f32>> {
+        let (c, sample) = (self.channels, self.sample());
+        let outputs = self.windows.len() / self.window * c;
+        let mut dxq = scratch::elements::<f32>(p.batch * sample);
+        dxq.fill(0.0);
+        match self.kind {
+            PoolKind::Max => {
+                for ((ds, dx), args) in da
+                    .chunks_exact(outputs)
+                    .zip(dxq.chunks_exact_mut(sample))
+                    .zip(p.arg.chunks_exact(outputs))
+                {
+                    for (&d, &a) in ds.iter().zip(args) {
+                        if a != PAD {
+                            dx[a as usize] += d;
+                        }
+                    }
+                }
+            }
+            PoolKind::Average => {
+                for (ds, dx) in da.chunks_exact(outputs).zip(dxq.chunks_exact_mut(sample)) {
+                    for (window, d) in self
+                        .windows
+                        .chunks_exact(self.window)
+                        .zip(ds.chunks_exact(c))
+                    {
+                        let n = window.iter().filter(|&&o| o != PAD).count().max(1) as f32;
+                        for &off in window.iter().filter(|&&o| o != PAD) {
+                            let off = off as usize;
+                            dx[off..off + c]
+                                .iter_mut()
+                                .zip(d)
+                                .for_each(|(s, &g)| *s += g / n);
+                        }
+                    }
+                }
+            }
+        }
+        scratch::give(da);
+        let mut dx = scratch::elements(p.batch * sample);
+        let g = p.iq.backward(&dxq, &mut dx)?;
+        scratch::give(dxq);
+        // d(beta * sum(bits_in)) / dbits_in = beta for each value of a sample.
+        let beta = self.base.beta.get() as f32;
+        let up = p.bits.reduce(vec![beta; sample], &self.input_shape(1))?;
+        if let Some(q) = self.base.iq.as_ref() {
+            super::quantizer_grads(q, g, Some((&p.bits, Upstream::Each(up))), grads, reg)?;
+        }
+        Ok(dx)
+    }
+}
+
+/// What a pooling's forward keeps for its backward.
+pub(super) struct PoolPass {
+    batch: usize,
+    /// Max: the offset in its sample of each output's value.
+    arg: Vec<u32>,
+    /// The output (the next layer's input pass keeps it too).
+    pub(super) a: Arc<Vec<f32>>,
+    iq: Pass,
+    bits: Bits,
+}
+
+impl PoolPass {
+    /// Gives the pass's buffers back to [`scratch`] for the next step.
+    pub(super) fn recycle(self) {
+        self.iq.recycle();
+        scratch::give(self.arg);
+        if let Ok(a) = Arc::try_unwrap(self.a) {
+            scratch::give(a);
+        }
+    }
+}
