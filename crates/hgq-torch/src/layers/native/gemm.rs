@@ -2,7 +2,7 @@
 //! split over threads where that pays.
 use rayon::prelude::*;
 
-use crate::{Result, TorchError};
+use crate::{Result, TorchError, simd};
 use hgq_core::scratch;
 
 /// A matrix operand: its values with their row and column strides (a transpose is a stride
@@ -44,6 +44,10 @@ pub(super) fn gemm(
             b.len(),
             c.len()
         )));
+    }
+    if k.min(n) <= NARROW && m * k * n <= NARROW_MACS {
+        narrow((m, k, n), (a, rsa, csa), (b, rsb, csb), beta, c);
+        return Ok(());
     }
     // Products big enough to pay for a fork: blocks of c on the threads of the current rayon
     // pool, each block a product of its own (each element the same sums in the same order).
@@ -94,6 +98,152 @@ pub(super) fn gemm(
         blocks => (0..blocks).into_par_iter().for_each(block),
     }
     Ok(())
+}
+
+/// The most columns of `b` or inner length of a product that [`narrow`] computes.
+const NARROW: usize = 16;
+
+/// The most multiply-adds of a product that [`narrow`] computes.
+const NARROW_MACS: usize = 1 << 21;
+
+/// Lanes of the vectors [`narrow`] works in.
+const LANES: usize = 8;
+
+/// [`gemm`] of a product with few columns or a short inner length (a convolution's window of
+/// a few taps, its filters, a layer of a few outputs) in plain loops at AVX2's vectors:
+/// `sgemm` spends more on such shapes than their arithmetic (its blocking is made for wide
+/// operands). Each element of `c` is `beta * c` (0 for `beta = 0`) plus the products in the
+/// inner order, rounded after each. The operands' bounds are the caller's (`gemm` checked
+/// them; `c` holds at least `m x n`).
+fn narrow(
+    (m, k, n): (usize, usize, usize),
+    (a, rsa, csa): Operand<'_>,
+    (b, rsb, csb): Operand<'_>,
+    beta: f32,
+    c: &mut [f32],
+) {
+    // Rows of `b` (and of the sums) padded to whole vectors of LANES, zeros in `b`, so that
+    // every update is whole vectors that stay in registers (a loop over a row of 8 or 10
+    // values runs scalar at 16 lanes).
+    let np = n.next_multiple_of(LANES);
+    let mut bp = scratch::elements::<f32>(k * np);
+    for (t, row) in bp.chunks_exact_mut(np).enumerate() {
+        let (head, pad) = row.split_at_mut(n);
+        for (j, v) in head.iter_mut().enumerate() {
+            *v = b[t * rsb + j * csb];
+        }
+        pad.fill(0.0);
+    }
+    // Rows of `n` that are whole vectors: `c` itself; else a padded copy.
+    let padded = np != n;
+    let mut cp = padded.then(|| scratch::elements::<f32>(m * np));
+    let work = match &mut cp {
+        Some(cp) => {
+            for (row, out) in cp.chunks_exact_mut(np).zip(c.chunks_exact(n)) {
+                let (head, pad) = row.split_at_mut(n);
+                head.iter_mut().zip(out).for_each(|(v, &c)| *v = beta * c);
+                pad.fill(0.0);
+            }
+            &mut cp[..]
+        }
+        None => &mut c[..m * n],
+    };
+    // Not `beta * c` for `beta = 0`: `c` is not read (it may hold anything, NaN included).
+    if beta == 0.0 {
+        work.fill(0.0);
+    } else if beta != 1.0 && !padded {
+        work.iter_mut().for_each(|v| *v *= beta);
+    }
+    #[cfg(target_arch = "x86_64")]
+    let done = simd::Level::best() >= simd::Level::Avx2 && {
+        // SAFETY: the CPU has AVX2.
+        unsafe { narrow_avx2((m, np), (a, rsa, csa), &bp, work) };
+        true
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = false;
+    if !done {
+        narrow_loops((m, np), (a, rsa, csa), &bp, work);
+    }
+    scratch::give(bp);
+    if let Some(cp) = cp {
+        for (out, row) in c.chunks_exact_mut(n).zip(cp.chunks_exact(np)) {
+            out.iter_mut().zip(row).for_each(|(o, &v)| *o = v);
+        }
+        scratch::give(cp);
+    }
+}
+
+/// [`narrow_loops`] compiled for AVX2, whose vectors are [`LANES`] wide. The loops are
+/// inlined here (given to `simd::widest` as a closure they stayed a function of their own,
+/// compiled for the baseline's four lanes).
+///
+/// # Safety
+/// The CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn narrow_avx2(dims: (usize, usize), a: Operand<'_>, bp: &[f32], work: &mut [f32]) {
+    narrow_loops(dims, a, bp, work)
+}
+
+/// [`narrow`]'s loops: `a` times the padded `bp` (rows of `np`) added to `work` (`m` rows of
+/// `np`), each sum in the inner order.
+#[inline(always)]
+fn narrow_loops(
+    (m, np): (usize, usize),
+    (a, rsa, csa): Operand<'_>,
+    bp: &[f32],
+    work: &mut [f32],
+) {
+    let (bv, _) = bp.as_chunks::<LANES>();
+    let (cv, _) = work.as_chunks_mut::<LANES>();
+    let w = np / LANES;
+    // A small `c` stays in cache while each row of `b` is added to all of its rows (their
+    // sums independent of each other); a tall one is finished row by row.
+    if m * np <= 1 << 12 {
+        for (t, bt) in bv.chunks_exact(w).enumerate() {
+            for (i, ci) in cv.chunks_exact_mut(w).enumerate() {
+                let ai = a[i * rsa + t * csa];
+                ci.iter_mut().zip(bt).for_each(|(c, b)| axpy(c, ai, b));
+            }
+        }
+        return;
+    }
+    match w {
+        1 => rows::<1>(cv, bv, (a, rsa, csa)),
+        2 => rows::<2>(cv, bv, (a, rsa, csa)),
+        _ => {
+            for (i, ci) in cv.chunks_exact_mut(w).enumerate() {
+                for (t, bt) in bv.chunks_exact(w).enumerate() {
+                    let ai = a[i * rsa + t * csa];
+                    ci.iter_mut().zip(bt).for_each(|(c, b)| axpy(c, ai, b));
+                }
+            }
+        }
+    }
+}
+
+/// `c += a * b`, lane by lane.
+#[inline(always)]
+fn axpy(c: &mut [f32; LANES], a: f32, b: &[f32; LANES]) {
+    for l in 0..LANES {
+        c[l] += a * b[l];
+    }
+}
+
+/// Rows of `W` vectors, each row's sums kept in registers over the inner loop (rows
+/// independent of each other).
+#[inline(always)]
+fn rows<const W: usize>(cv: &mut [[f32; LANES]], bv: &[[f32; LANES]], a: Operand<'_>) {
+    let (a, rsa, csa) = a;
+    for (i, ci) in cv.chunks_exact_mut(W).enumerate() {
+        let mut acc: [[f32; LANES]; W] = std::array::from_fn(|j| ci[j]);
+        for (t, bt) in bv.chunks_exact(W).enumerate() {
+            let ai = a[i * rsa + t * csa];
+            acc.iter_mut().zip(bt).for_each(|(c, b)| axpy(c, ai, b));
+        }
+        ci.copy_from_slice(&acc);
+    }
 }
 
 /// Row-major `c` (`m x n`, rows `ldc` apart) `= a @ b + beta * c`, `a` and `b` at their strides:

@@ -136,10 +136,10 @@ impl<'a> PoolLayer<'a> {
                 for (j, (m, a)) in y.iter_mut().zip(arg.iter_mut()).enumerate() {
                     let at = off + j as u32;
                     let v = xs[at as usize];
-                    if v > *m || v.is_nan() {
-                        *m = v;
-                        *a = at;
-                    }
+                    // Selects, not a branch: which value is largest is data.
+                    let take = v > *m || v.is_nan();
+                    *m = if take { v } else { *m };
+                    *a = if take { at } else { *a };
                 }
             }
         }

@@ -84,6 +84,13 @@ pub(super) fn gather(x: &[f32], offsets: &[u32], channels: usize, sample: usize)
         .chunks_exact(sample)
         .zip(cols.chunks_exact_mut(offsets.len() * channels))
     {
+        if channels == 1 {
+            // One value per tap: read, not copied (a copy of one value is a call).
+            for (&off, o) in offsets.iter().zip(out.iter_mut()) {
+                *o = if off == PAD { 0.0 } else { xs[off as usize] };
+            }
+            continue;
+        }
         for (&off, o) in offsets.iter().zip(out.chunks_exact_mut(channels)) {
             if off == PAD {
                 o.fill(0.0);
