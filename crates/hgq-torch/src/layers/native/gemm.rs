@@ -45,7 +45,7 @@ pub(super) fn gemm(
             c.len()
         )));
     }
-    if k.min(n) <= NARROW && m * k * n <= NARROW_MACS {
+    if k.min(n) <= LANES && m * k * n <= NARROW_MACS {
         narrow((m, k, n), (a, rsa, csa), (b, rsb, csb), beta, c);
         return Ok(());
     }
@@ -100,13 +100,12 @@ pub(super) fn gemm(
     Ok(())
 }
 
-/// The most columns of `b` or inner length of a product that [`narrow`] computes.
-const NARROW: usize = 16;
-
 /// The most multiply-adds of a product that [`narrow`] computes.
 const NARROW_MACS: usize = 1 << 21;
 
-/// Lanes of the vectors [`narrow`] works in.
+/// Lanes of the vectors [`narrow`] works in; it takes products with at most this many
+/// columns or this inner length (wider ones are faster in `sgemm`, with its fused
+/// multiply-adds: `benches/RESULTS.md`).
 const LANES: usize = 8;
 
 /// [`gemm`] of a product with few columns or a short inner length (a convolution's window of
@@ -189,12 +188,7 @@ unsafe fn narrow_avx2(dims: (usize, usize), a: Operand<'_>, bp: &[f32], work: &m
 /// [`narrow`]'s loops: `a` times the padded `bp` (rows of `np`) added to `work` (`m` rows of
 /// `np`), each sum in the inner order.
 #[inline(always)]
-fn narrow_loops(
-    (m, np): (usize, usize),
-    (a, rsa, csa): Operand<'_>,
-    bp: &[f32],
-    work: &mut [f32],
-) {
+fn narrow_loops((m, np): (usize, usize), (a, rsa, csa): Operand<'_>, bp: &[f32], work: &mut [f32]) {
     let (bv, _) = bp.as_chunks::<LANES>();
     let (cv, _) = work.as_chunks_mut::<LANES>();
     let w = np / LANES;
@@ -375,6 +369,64 @@ mod tests {
                     );
                     let sum = start[r * n + j] + v;
                     assert!((acc[r * n + j] - sum).abs() <= 1e-4 * (k as f32));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Products of few columns or a short inner length (`narrow`: a convolution's window, its
+    /// filters) are each element's products summed in the inner order in float32, bit for
+    /// bit, whatever the loop (all of `c` in cache, rows of one, two or more vectors, padded
+    /// or not); `b` transposed; `beta = 1` adds to `c`, `beta = 0` does not read it (NaN).
+    #[test]
+    fn narrow_products_are_the_sums_in_order() -> Result<()> {
+        let fill = |len: usize, seed: u32| -> Vec<f32> {
+            (0..len)
+                .map(|j| ((j as u32).wrapping_mul(2_654_435_761) ^ seed) % 1000)
+                .map(|v| v as f32 / 300.0 - 1.7)
+                .collect()
+        };
+        for (m, k, n) in [
+            (2304, 9, 8),
+            (9, 2304, 8),
+            (300, 8, 13),
+            (50, 4, 40),
+            (600, 3, 30),
+            (7, 5, 3),
+        ] {
+            assert!(k.min(n) <= LANES && m * k * n <= NARROW_MACS);
+            let (a, bt) = (fill(m * k, 5), fill(n * k, 6));
+            for transposed in [false, true] {
+                // b stored k x n, or n x k and read through its strides.
+                let b = if transposed {
+                    bt.clone()
+                } else {
+                    (0..k * n).map(|j| bt[(j % n) * k + j / n]).collect()
+                };
+                let bo = if transposed {
+                    (&b[..], 1, k)
+                } else {
+                    (&b[..], n, 1)
+                };
+                let mut c = vec![f32::NAN; m * n];
+                gemm((m, k, n), (&a, k, 1), bo, 0.0, &mut c)?;
+                let start = fill(m * n, 7);
+                let mut acc = start.clone();
+                gemm((m, k, n), (&a, k, 1), bo, 1.0, &mut acc)?;
+                for i in 0..m {
+                    for j in 0..n {
+                        let mut s = 0.0f32;
+                        let mut s1 = start[i * n + j];
+                        for t in 0..k {
+                            let p = a[i * k + t] * bt[j * k + t];
+                            s += p;
+                            s1 += p;
+                        }
+                        let at = format!("{m}x{k}x{n} [{i}, {j}], transposed {transposed}");
+                        assert_eq!(c[i * n + j].to_bits(), s.to_bits(), "{at}");
+                        assert_eq!(acc[i * n + j].to_bits(), s1.to_bits(), "{at}, beta 1");
+                    }
                 }
             }
         }
