@@ -3,8 +3,10 @@
 //! A step of the small networks HGQ trains is a few hundred tiny tensor operations through
 //! autograd; their dispatch, not their arithmetic, is the step's time. Here the same step is
 //! plain loops over the `VarStore`'s memory: per layer the quantizers' fused passes
-//! (hgq-core's kernels, kept for their backward: [`SavedPass`]), one GEMM forward and two
-//! backward (libtorch's MKL, else `matrixmultiply`), the EBOPs and their gradients through the
+//! (hgq-core's kernels, kept for their backward: [`SavedPass`]), one matrix product forward
+//! and two backward (libtorch's MKL, else `matrixmultiply`; narrow ones in plain loops), a
+//! convolution's windows gathered into the product's rows and its input's gradient scattered
+//! back, poolings, the EBOPs and their gradients through the
 //! bit widths ([`Dual`]: the quantizer logic's own arithmetic, differentiated), the cross
 //! entropy, the regularizers, then Keras' Adam and the constraints in place. The quantizer
 //! logic is the one every backend runs (hgq-core's `Quantizer` on its CPU backend, variables
