@@ -6,7 +6,8 @@ Needs: pip install hgq2==0.2.0 keras jax numpy (`cargo xtask bench --step --refe
 Models (hgq2's default quantizers, EBOPs in the loss with beta0 = 1e-5; Adam(3e-3), sparse
 cross entropy from logits): step/mlp/h{h}/b{batch}: Input(64) -> QDense(h, relu) -> QDense(h, relu)
 -> QDense(10) for h in 16, 32, 128, 512 and batch 64, 1024; step/demo/b64: Input(64) -> QDense(32,
-relu) -> QDense(10), batch 64. Data: 1438 rows x 64 features, 10 classes, drawn from SplitMix64
+relu) -> QDense(10), batch 64; step/cnn/b64: Input(64) -> Reshape(8, 8, 1) -> QConv2D(8, 3x3, relu) ->
+QMaxPooling2D(2x2) -> Flatten -> QDense(10), batch 64. Data: 1438 rows x 64 features, 10 classes, drawn from SplitMix64
 seeded with 0 exactly as hgq-bench-step draws them (per row 64 draws, pixel = draw % 17 / 16, then
 label = draw % 10). `model.fit(x, y, batch_size=B, epochs=E, shuffle=False, verbose=0)` with a
 callback that times each epoch (the loss is read at each epoch's end, which waits for its steps).
@@ -27,7 +28,7 @@ os.environ.setdefault('KERAS_BACKEND', 'jax')
 if a.threads == 1:
     os.environ.setdefault('XLA_FLAGS', '--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1')
 import numpy as np, keras
-from hgq.layers import QDense
+from hgq.layers import QConv2D, QDense, QMaxPooling2D
 
 ROWS, FEATURES, CLASSES, BETA, LR = 1438, 64, 10, 1e-5, 3e-3
 M64 = (1 << 64) - 1
@@ -56,6 +57,7 @@ def data():
 
 CASES = [(f'step/mlp/h{h}/b{b}', [h, h], b) for h in (16, 32, 128, 512) for b in (64, 1024)]
 CASES.append(('step/demo/b64', [32], 64))
+CASES.append(('step/cnn/b64', 'cnn', 64))
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -74,7 +76,11 @@ class EpochTimer(keras.callbacks.Callback):
 def run(hidden, batch, x, y):
     keras.utils.set_random_seed(0)
     layers = [keras.Input((FEATURES,))]
-    layers += [QDense(h, activation='relu', beta0=BETA) for h in hidden]
+    if hidden == 'cnn':  # the CNN demo's model
+        layers += [keras.layers.Reshape((8, 8, 1)), QConv2D(8, (3, 3), activation='relu', beta0=BETA),
+                   QMaxPooling2D((2, 2), beta0=BETA), keras.layers.Flatten()]
+    else:
+        layers += [QDense(h, activation='relu', beta0=BETA) for h in hidden]
     layers.append(QDense(CLASSES, beta0=BETA))
     model = keras.Sequential(layers)
     model.compile(optimizer=keras.optimizers.Adam(LR), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))

@@ -5,7 +5,9 @@
 //! Models (hgq2's default quantizers, QDense's defaults; EBOPs in the loss times beta = 1e-5;
 //! Keras' Adam at 3e-3): `step/mlp/h{h}/b{batch}`, Input(64) -> QDense(h, relu) -> QDense(h,
 //! relu) -> QDense(10), for h in 16, 32, 128, 512 and batch 64 and 1024; `step/demo/b64`, the
-//! digits demo's model, Input(64) -> QDense(32, relu) -> QDense(10), batch 64.
+//! digits demo's model, Input(64) -> QDense(32, relu) -> QDense(10), batch 64; `step/cnn/b64`,
+//! the CNN demo's, Input(64) -> Reshape(8, 8, 1) -> QConv2D(8, 3x3, relu) -> QMaxPooling2D(2x2)
+//! -> Flatten -> QDense(10), batch 64 (without a floor: `products_ms_per_step` is `null`).
 //!
 //! Data: 1438 rows (the digits demo's training split) of 64 features and a label of 10 classes
 //! from SplitMix64 seeded with 0 (per row 64 draws, pixel = draw % 17 / 16 as the digits' 0..16
@@ -39,7 +41,9 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use hgq_torch::layers::{Activation, QDense, Sequential, StepPath};
+use hgq_torch::layers::{
+    Activation, Flatten, PoolKind, QConv, QDense, QPool, Reshape, Sequential, StepPath,
+};
 use hgq_torch::optim::{Adam, AdamConfig};
 use tch::{Device, Tensor, nn};
 
@@ -63,9 +67,17 @@ const LEARNING_RATE: f64 = 3e-3;
 /// One model and batch size.
 struct Case {
     name: String,
-    /// Hidden layers' units (all with relu), in order; a QDense(10) follows.
-    hidden: Vec<usize>,
+    net: Net,
     batch: usize,
+}
+
+/// A case's model.
+enum Net {
+    /// Hidden layers' units (all with relu), in order; a QDense(10) follows.
+    Mlp(Vec<usize>),
+    /// The CNN demo's model: Reshape(8, 8, 1) -> QConv2D(8, 3x3, relu) -> QMaxPooling2D(2x2)
+    /// -> Flatten -> QDense(10).
+    Cnn,
 }
 
 fn cases() -> Vec<Case> {
@@ -74,14 +86,19 @@ fn cases() -> Vec<Case> {
         for batch in [64, 1024] {
             v.push(Case {
                 name: format!("step/mlp/h{h}/b{batch}"),
-                hidden: vec![h, h],
+                net: Net::Mlp(vec![h, h]),
                 batch,
             });
         }
     }
     v.push(Case {
         name: "step/demo/b64".into(),
-        hidden: vec![32],
+        net: Net::Mlp(vec![32]),
+        batch: 64,
+    });
+    v.push(Case {
+        name: "step/cnn/b64".into(),
+        net: Net::Cnn,
         batch: 64,
     });
     v
@@ -213,10 +230,14 @@ fn time_product(p: Product) -> Result<f64, Error> {
     Ok(torch.min(mm))
 }
 
-/// The floor of a case's step in ms: its products alone over an epoch, per step.
-fn products_ms_per_step(case: &Case) -> Result<f64, Error> {
+/// The floor of an MLP case's step in ms: its products alone over an epoch, per step (`None`
+/// for the CNN, whose step is not mostly products).
+fn products_ms_per_step(case: &Case) -> Result<Option<f64>, Error> {
+    let Net::Mlp(hidden) = &case.net else {
+        return Ok(None);
+    };
     let mut widths = vec![FEATURES];
-    widths.extend(&case.hidden);
+    widths.extend(hidden);
     widths.push(CLASSES as usize);
     let (mut epoch, mut steps) = (0.0, 0usize);
     let mut timed: Vec<(Product, f64)> = Vec::new();
@@ -234,7 +255,7 @@ fn products_ms_per_step(case: &Case) -> Result<f64, Error> {
         }
         steps += 1;
     }
-    Ok(epoch * 1e3 / steps as f64)
+    Ok(Some(epoch * 1e3 / steps as f64))
 }
 
 /// What one case measured.
@@ -257,18 +278,29 @@ fn run_case(
     tch::manual_seed(0);
     let vs = nn::VarStore::new(Device::Cpu);
     let mut model = Sequential::new();
-    let mut prev = FEATURES;
-    for &h in &case.hidden {
-        let layer = QDense::builder(prev, h)
-            .activation(Activation::Relu)
-            .beta(BETA);
-        model.add(&vs.root(), layer)?;
-        prev = h;
+    let root = vs.root();
+    match &case.net {
+        Net::Mlp(hidden) => {
+            let mut prev = FEATURES;
+            for &h in hidden {
+                let layer = QDense::builder(prev, h)
+                    .activation(Activation::Relu)
+                    .beta(BETA);
+                model.add(&root, layer)?;
+                prev = h;
+            }
+            model.add(&root, QDense::builder(prev, CLASSES as usize).beta(BETA))?;
+        }
+        Net::Cnn => {
+            model.add(&root, Reshape::new(&[FEATURES], &[8, 8, 1])?)?;
+            let conv = QConv::builder_2d([8, 8, 1], 8, [3, 3]).activation(Activation::Relu);
+            model.add(&root, conv.beta(BETA))?;
+            let pool = QPool::builder_2d(PoolKind::Max, [6, 6, 8], [2, 2]).beta(BETA);
+            model.add(&root, pool)?;
+            model.add(&root, Flatten::new(&[3, 3, 8])?)?;
+            model.add(&root, QDense::builder(72, CLASSES as usize).beta(BETA))?;
+        }
     }
-    model.add(
-        &vs.root(),
-        QDense::builder(prev, CLASSES as usize).beta(BETA),
-    )?;
     let mut opt = Adam::new(&vs, AdamConfig::default().learning_rate(LEARNING_RATE))?;
     let batches: Vec<(Tensor, Tensor, f64)> = (0..ROWS)
         .step_by(case.batch)
@@ -378,7 +410,7 @@ fn main() -> ExitCode {
             let epoch_ms = median(row.epochs_ms[1..].to_vec());
             let floor = if floor {
                 let ms = products_ms_per_step(case).map_err(|e| format!("{}: {e}", case.name))?;
-                round(ms, 4)
+                ms.map_or_else(|| "null".into(), |ms| round(ms, 4))
             } else {
                 "null".into()
             };

@@ -145,6 +145,10 @@ fn plan(model: &Sequential) -> std::result::Result<Vec<Native<'_>>, String> {
     let mut plan = Vec::new();
     for l in model.layers() {
         let name = l.name();
+        // Every loop below takes rows of at least one value.
+        if l.input_dims().contains(&0) || l.output_dims().contains(&0) {
+            return Err(format!("{name} has an empty dimension"));
+        }
         let native = if let Some(d) = l.downcast_ref::<QDense>() {
             if d.base.input_dims.len() != 1 {
                 return Err(format!("{name} takes inputs of more than 2 dimensions"));

@@ -85,13 +85,7 @@ impl<'a> PoolLayer<'a> {
         match self.kind {
             PoolKind::Max => {
                 arg.resize(batch * outputs, 0u32);
-                for ((xs, ys), args) in xq
-                    .chunks_exact(sample)
-                    .zip(y.chunks_exact_mut(outputs))
-                    .zip(arg.chunks_exact_mut(outputs))
-                {
-                    self.max_sample(xs, ys, args);
-                }
+                self.max_all(&xq, &mut y, &mut arg, outputs);
             }
             PoolKind::Average => {
                 for (xs, ys) in xq.chunks_exact(sample).zip(y.chunks_exact_mut(outputs)) {
@@ -113,33 +107,56 @@ impl<'a> PoolLayer<'a> {
         Ok((pass, e))
     }
 
-    /// One sample's maxima: torch's rule, the first largest value of the window in row-major
+    /// Every sample's maxima (`outputs` per sample), at AVX2's vectors where the CPU has
+    /// them (the selects of a channel loop compiled for the baseline are branches).
+    fn max_all(&self, xq: &[f32], y: &mut [f32], arg: &mut [u32], outputs: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if hgq_core::simd::Level::best() >= hgq_core::simd::Level::Avx2 {
+            // SAFETY: the CPU has AVX2.
+            unsafe { self.max_avx2(xq, y, arg, outputs) };
+            return;
+        }
+        self.max_loops(xq, y, arg, outputs);
+    }
+
+    /// [`Self::max_loops`] compiled for AVX2.
+    ///
+    /// # Safety
+    /// The CPU has AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn max_avx2(&self, xq: &[f32], y: &mut [f32], arg: &mut [u32], outputs: usize) {
+        self.max_loops(xq, y, arg, outputs)
+    }
+
+    /// Each sample's maxima: torch's rule, the first largest value of the window in row-major
     /// order (a NaN replaces any value before it), its offset kept for the backward; padding
     /// is not a value.
-    fn max_sample(&self, xs: &[f32], ys: &mut [f32], args: &mut [u32]) {
-        let c = self.channels;
-        for ((window, y), arg) in self
-            .windows
-            .chunks_exact(self.window)
-            .zip(ys.chunks_exact_mut(c))
-            .zip(args.chunks_exact_mut(c))
+    #[inline(always)]
+    fn max_loops(&self, xq: &[f32], y: &mut [f32], arg: &mut [u32], outputs: usize) {
+        let (c, sample) = (self.channels, self.sample().max(1));
+        for ((xs, ys), args) in xq
+            .chunks_exact(sample)
+            .zip(y.chunks_exact_mut(outputs))
+            .zip(arg.chunks_exact_mut(outputs))
         {
-            y.fill(f32::NEG_INFINITY);
-            // Torch starts from the window's first position (the maximum of a window of -inf
-            // alone); a window of padding alone has no value to point at.
-            let taps = window.iter().filter(|&&o| o != PAD);
-            let first = taps.clone().next().copied().unwrap_or(PAD);
-            for (j, a) in arg.iter_mut().enumerate() {
-                *a = if first == PAD { PAD } else { first + j as u32 };
-            }
-            for &off in taps {
-                for (j, (m, a)) in y.iter_mut().zip(arg.iter_mut()).enumerate() {
-                    let at = off + j as u32;
-                    let v = xs[at as usize];
-                    // Selects, not a branch: which value is largest is data.
-                    let take = v > *m || v.is_nan();
-                    *m = if take { v } else { *m };
-                    *a = if take { at } else { *a };
+            for ((window, y), arg) in self
+                .windows
+                .chunks_exact(self.window)
+                .zip(ys.chunks_exact_mut(c))
+                .zip(args.chunks_exact_mut(c))
+            {
+                y.fill(f32::NEG_INFINITY);
+                // Torch starts from the window's first position (the maximum of a window of
+                // -inf alone); a window of padding alone has no value to point at.
+                let taps = window.iter().filter(|&&o| o != PAD);
+                let first = taps.clone().next().copied().unwrap_or(PAD);
+                for (j, a) in arg.iter_mut().enumerate() {
+                    *a = if first == PAD { PAD } else { first + j as u32 };
+                }
+                for &off in taps {
+                    let o = off as usize;
+                    max_update(y, arg, &xs[o..o + c], off);
                 }
             }
         }
@@ -247,5 +264,31 @@ impl PoolPass {
         if let Ok(a) = Arc::try_unwrap(self.a) {
             scratch::give(a);
         }
+    }
+}
+
+/// One tap of a window for every channel: `x` (the tap's channels, the first at offset `at`)
+/// replaces the maxima `y` and their offsets `arg` where it is larger or NaN; whole vectors of
+/// eight channels, then the rest.
+#[inline(always)]
+fn max_update(y: &mut [f32], arg: &mut [u32], x: &[f32], at: u32) {
+    #[inline(always)]
+    fn one(m: &mut f32, a: &mut u32, v: f32, at: u32) {
+        // Selects, not a branch: which value is largest is data.
+        let take = v > *m || v.is_nan();
+        *m = if take { v } else { *m };
+        *a = if take { at } else { *a };
+    }
+    let (yv, yt) = y.as_chunks_mut::<8>();
+    let (av, at_tail) = arg.as_chunks_mut::<8>();
+    let (xv, xt) = x.as_chunks::<8>();
+    for (k, ((y8, a8), x8)) in yv.iter_mut().zip(av.iter_mut()).zip(xv).enumerate() {
+        for l in 0..8 {
+            one(&mut y8[l], &mut a8[l], x8[l], at + (k * 8 + l) as u32);
+        }
+    }
+    let base = at + (xv.len() * 8) as u32;
+    for (l, ((m, a), &v)) in yt.iter_mut().zip(at_tail.iter_mut()).zip(xt).enumerate() {
+        one(m, a, v, base + l as u32);
     }
 }
