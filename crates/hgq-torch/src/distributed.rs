@@ -48,6 +48,7 @@
 //! host; one past the timeout makes NCCL's watchdog abort the communicators
 //! (`TORCH_NCCL_ASYNC_ERROR_HANDLING=2` unless the environment sets it), so the next
 //! collective is an error, not the end of the process.
+use std::collections::HashMap;
 use std::ffi::{CString, c_char, c_int, c_void};
 use std::ops::Range;
 use std::sync::Arc;
@@ -58,7 +59,7 @@ use hgq_core::sync::{StateSync, SyncGuard};
 use tch::{Kind, Tensor, nn};
 use torch_sys::C_tensor;
 
-use crate::layers::{Sequential, StepOutput};
+use crate::layers::{Sequential, StepOutput, native};
 use crate::optim::Adam;
 use crate::{Result, TorchError};
 
@@ -525,6 +526,61 @@ impl ProcessGroup {
     /// refuses.
     pub fn average_gradients(&self, vars: &[Tensor], local_rows: usize) -> Result<()> {
         let grads: Vec<Tensor> = vars.iter().map(Tensor::grad).collect();
+        self.average(vars, &grads, local_rows)
+    }
+
+    /// [`Self::average_gradients`] of the native step's gradients (host memory, in the
+    /// step's order) over the same wire as the autograd step's: in the order of `vs`'s
+    /// trainable variables, so that the ranks add the same variables whichever step each
+    /// ran.
+    fn average_native(
+        &self,
+        vs: &nn::VarStore,
+        g: &mut native::Gradients<'_>,
+        local_rows: usize,
+    ) -> Result<()> {
+        let vars = vs.trainable_variables();
+        let index: HashMap<usize, usize> = vars
+            .iter()
+            .enumerate()
+            .map(|(j, v)| (v.data_ptr() as usize, j))
+            .collect();
+        let mut slots: Vec<Option<&mut Vec<f32>>> = (0..vars.len()).map(|_| None).collect();
+        for (var, grad) in g.grads_mut() {
+            match index.get(&(var.data_ptr() as usize)) {
+                Some(&j) if slots[j].is_none() && grad.len() == vars[j].numel() => {
+                    slots[j] = Some(grad)
+                }
+                _ => {
+                    return Err(TorchError::Invalid {
+                        what: "train_step",
+                        why: "the native step's gradients are not those of the store's \
+                              trainable variables"
+                            .into(),
+                    });
+                }
+            }
+        }
+        let grads: Vec<Tensor> = vars
+            .iter()
+            .zip(&slots)
+            .map(|(v, s)| match s {
+                Some(g) => Ok(Tensor::f_from_slice(g)?.f_reshape(v.size().as_slice())?),
+                None => Ok(Tensor::new()),
+            })
+            .collect::<Result<_>>()?;
+        self.average(&vars, &grads, local_rows)?;
+        for (t, s) in grads.iter().zip(slots) {
+            if let Some(g) = s {
+                let n = g.len();
+                t.f_copy_data(g, n)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The averaging of [`Self::average_gradients`] of `grads` (undefined: none), in place.
+    fn average(&self, vars: &[Tensor], grads: &[Tensor], local_rows: usize) -> Result<()> {
         let mine: Vec<bool> = grads.iter().map(Tensor::defined).collect();
         let mut agreed = self
             .inner
@@ -550,7 +606,7 @@ impl ProcessGroup {
         // variables have gradients.
         let full: Vec<Tensor> = vars
             .iter()
-            .zip(&grads)
+            .zip(grads)
             .map(|(v, g)| {
                 if g.defined() {
                     Ok(g.shallow_clone())
@@ -622,7 +678,10 @@ impl ProcessGroup {
     /// training mode with the quantizers synchronized, the mean cross entropy plus the EBOPs
     /// and regularization losses, the gradients averaged over the ranks (weighted by rows),
     /// one step of `opt` (the same on every rank), the constraints. `vs` is the store `opt`
-    /// trains. Returns this rank's loss and correct count.
+    /// trains. Returns this rank's loss and correct count. The step is the native one where
+    /// [`Sequential::train_step`] would run it ([`crate::layers::StepPath::Auto`]), else
+    /// autograd's; either averages the same variables in the same order, so ranks may differ
+    /// in which one they run.
     pub fn train_step(
         &self,
         model: &Sequential,
@@ -632,6 +691,23 @@ impl ProcessGroup {
         opt: &mut Adam,
     ) -> Result<StepOutput> {
         let rows = usize::try_from(x.size().first().copied().unwrap_or(0)).unwrap_or(0);
+        if native::unsupported(model, x, labels).is_none() {
+            // As `Sequential::train_step`: the native step where it runs (its team of threads
+            // held for the forward and backward, and again for the update).
+            let threads = rayon::current_num_threads();
+            let mut g = {
+                let _sync = self.sync_quantizers();
+                let _team = hgq_core::team::session(threads);
+                native::forward_backward(model, x, labels)?
+            };
+            self.average_native(vs, &mut g, rows)?;
+            let _team = hgq_core::team::session(threads);
+            let (loss, correct) = g.apply(opt)?;
+            return Ok(StepOutput {
+                loss: Tensor::from(loss),
+                correct: Tensor::from(correct),
+            });
+        }
         let mut logits = None;
         let loss = self.train_step_with(vs, rows, opt, || {
             let out = model.forward(x, CallMode::Training)?;

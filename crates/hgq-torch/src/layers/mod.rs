@@ -65,7 +65,7 @@ mod einsum_bn;
 mod functional;
 mod merge;
 mod model;
-mod native;
+pub(crate) mod native;
 mod pool;
 mod reshape;
 mod sequential;

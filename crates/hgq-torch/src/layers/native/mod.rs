@@ -36,7 +36,7 @@ use loss::{Labels, cross_entropy};
 use pool::{PoolLayer, PoolPass};
 
 /// Why the native step cannot run on these tensors (`None`: it can).
-pub(super) fn unsupported(model: &Sequential, x: &Tensor, labels: &Tensor) -> Option<String> {
+pub(crate) fn unsupported(model: &Sequential, x: &Tensor, labels: &Tensor) -> Option<String> {
     if !host::is_plain(x) {
         return Some("the input is not a contiguous float32 CPU tensor".into());
     }
@@ -360,32 +360,62 @@ pub(super) fn step(
     labels: &Tensor,
     opt: &mut Adam,
 ) -> Result<(f32, i64)> {
-    let layers = plan(model)
-        .map_err(|why| TorchError::Unsupported(format!("the native training step: {why}")))?;
     // The step's passes are tens of microseconds each: on several threads they split over a
     // team that spins for the step's length (and a moment after, for the next step), not
     // over rayon's workers, which sleep between them.
     let _team = hgq_core::team::session(rayon::current_num_threads());
+    forward_backward(model, x, labels)?.apply(opt)
+}
+
+/// A native step's forward and backward, its update not applied yet: data-parallel training
+/// averages the gradients over the ranks in between.
+pub(crate) struct Gradients<'m> {
+    layers: Vec<Native<'m>>,
+    g: StepGrads,
+}
+
+/// The forward (state moves as in a training call) and the backward of a native step of
+/// `model` (an error where [`unsupported`] names a reason).
+pub(crate) fn forward_backward<'m>(
+    model: &'m Sequential,
+    x: &Tensor,
+    labels: &Tensor,
+) -> Result<Gradients<'m>> {
+    let layers = plan(model)
+        .map_err(|why| TorchError::Unsupported(format!("the native training step: {why}")))?;
     let g = gradients(model, &layers, x, labels)?;
-    let refs: Vec<HostGrad<'_>> = g
-        .grads
-        .iter()
-        .map(|(var, grad, constraint)| HostGrad {
-            var,
-            grad,
-            constraint: *constraint,
-        })
-        .collect();
-    opt.step_host(&refs)?;
-    drop(refs);
-    for l in &layers {
-        l.constrain_untrained()?;
+    Ok(Gradients { layers, g })
+}
+
+impl Gradients<'_> {
+    /// Every trainable variable with its gradient.
+    pub(crate) fn grads_mut(&mut self) -> impl Iterator<Item = (&Tensor, &mut Vec<f32>)> {
+        self.g.grads.iter_mut().map(|(var, grad, _)| (&*var, grad))
     }
-    // The next step's gradients of the same sizes.
-    for (_, grad, _) in g.grads {
-        scratch::give(grad);
+
+    /// Adam's update with the constraints, then those of the variables Adam does not update.
+    pub(crate) fn apply(self, opt: &mut Adam) -> Result<(f32, i64)> {
+        let Gradients { layers, g } = self;
+        let refs: Vec<HostGrad<'_>> = g
+            .grads
+            .iter()
+            .map(|(var, grad, constraint)| HostGrad {
+                var,
+                grad,
+                constraint: *constraint,
+            })
+            .collect();
+        opt.step_host(&refs)?;
+        drop(refs);
+        for l in &layers {
+            l.constrain_untrained()?;
+        }
+        // The next step's gradients of the same sizes.
+        for (_, grad, _) in g.grads {
+            scratch::give(grad);
+        }
+        Ok((g.loss, g.correct))
     }
-    Ok((g.loss, g.correct))
 }
 
 /// What the forward and backward of a step give.
