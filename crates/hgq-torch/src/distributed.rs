@@ -530,9 +530,8 @@ impl ProcessGroup {
     }
 
     /// [`Self::average_gradients`] of the native step's gradients (host memory, in the
-    /// step's order) over the same wire as the autograd step's: in the order of `vs`'s
-    /// trainable variables, so that the ranks add the same variables whichever step each
-    /// ran.
+    /// step's order), sent as the autograd step sends its own: in the order of `vs`'s
+    /// trainable variables.
     fn average_native(
         &self,
         vs: &nn::VarStore,
@@ -679,9 +678,10 @@ impl ProcessGroup {
     /// and regularization losses, the gradients averaged over the ranks (weighted by rows),
     /// one step of `opt` (the same on every rank), the constraints. `vs` is the store `opt`
     /// trains. Returns this rank's loss and correct count. The step is the native one where
-    /// [`Sequential::train_step`] would run it ([`crate::layers::StepPath::Auto`]), else
-    /// autograd's; either averages the same variables in the same order, so ranks may differ
-    /// in which one they run.
+    /// [`Sequential::train_step`] would run it ([`crate::layers::StepPath::Auto`]) on
+    /// contiguous copies of `x` and `labels`, else autograd's: the choice follows from the
+    /// model and the inputs' kinds and devices, which every rank must share (the two steps'
+    /// quantizer synchronizations are not the same collectives).
     pub fn train_step(
         &self,
         model: &Sequential,
@@ -691,6 +691,8 @@ impl ProcessGroup {
         opt: &mut Adam,
     ) -> Result<StepOutput> {
         let rows = usize::try_from(x.size().first().copied().unwrap_or(0)).unwrap_or(0);
+        // A rank's layout must not decide its step: the ranks' collectives must match.
+        let (x, labels) = (&x.f_contiguous()?, &labels.f_contiguous()?);
         if native::unsupported(model, x, labels).is_none() {
             // As `Sequential::train_step`: the native step where it runs (its team of threads
             // held for the forward and backward, and again for the update).

@@ -153,10 +153,16 @@ fn ddp_worker() {
             std::process::exit(3);
         }
         let (s, n) = (rows.start as i64, rows.len() as i64);
+        let mut x = x.narrow(0, s, n).to_device(device);
+        // Odd ranks' inputs in another layout (transposed: not contiguous).
+        if std::env::var("HGQ_DDP_MIXED").is_ok() && group.rank() % 2 == 1 {
+            x = x.t_().contiguous().t_();
+            assert!(!x.is_contiguous());
+        }
         if let Err(e) = group.train_step(
             &m,
             &vs,
-            &x.narrow(0, s, n).to_device(device),
+            &x,
             &labels.narrow(0, s, n).to_device(device),
             &mut opt,
         ) {
@@ -286,6 +292,15 @@ fn two_ranks_train_as_one_process() {
 #[test]
 fn four_ranks_train_as_one_process() {
     data_parallel_matches_one_process(4);
+}
+
+/// Ranks whose inputs come in other layouts run the same step (the native step and the
+/// autograd step synchronize the quantizers with other collectives) and end as one process.
+#[test]
+fn ranks_with_inputs_in_other_layouts_train_as_one_process() {
+    compare(2, &[("HGQ_DDP_MIXED", "1")], one_process, |vs| {
+        drop(model(vs))
+    });
 }
 
 /// A functional graph (a residual merge) with a loss of its own, through `train_step_with`.
