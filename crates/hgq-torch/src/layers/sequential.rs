@@ -11,10 +11,9 @@ use crate::{Result, TorchError};
 /// How [`Sequential::train_step_on`] computes a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StepPath {
-    /// [`StepPath::Native`] where it runs (float32 CPU tensors; `QDense` on 2-D inputs,
-    /// `QConv` of one group, `QPool` with a window, `Reshape` and `Flatten`; input quantizers
-    /// without scaler, noise factor or affine map, no output quantizers), else
-    /// [`StepPath::Autograd`].
+    /// [`StepPath::Native`] where it runs (float32 CPU tensors; `QDense`, `QConv` of one
+    /// group, `QPool`, `Reshape` and `Flatten`; input quantizers without scaler, noise factor
+    /// or affine map, no output quantizers), else [`StepPath::Autograd`].
     #[default]
     Auto,
     /// Without autograd: hgq-core's passes and gradients, matrix products and Adam in plain

@@ -24,9 +24,11 @@ pub(super) struct KernelLayer<'a> {
     kq: &'a Named,
     bq: Option<&'a Named>,
     relu: bool,
-    /// A convolution's windows ([`windows::offsets`]); `None`: a dense layer.
+    /// A convolution's windows ([`windows::offsets`]); `None`: a dense layer, whose rows are
+    /// its input's (one per position).
     windows: Option<&'a [u32]>,
-    /// Rows of the product per sample: 1 for a dense layer, a convolution's output positions.
+    /// Rows of the product per sample: a dense layer's input positions (1 on 2-D inputs), a
+    /// convolution's output positions.
     positions: usize,
     /// Values per row: the dense layer's inputs, a convolution's taps times channels.
     taps: usize,
@@ -37,16 +39,26 @@ pub(super) struct KernelLayer<'a> {
     /// `[taps, units]`).
     kernel_shape: Vec<usize>,
     /// hgq2's `parallelization_factor / n_parallel` as a pair, where they differ: the factor
-    /// of the products' EBOPs.
+    /// of the EBOPs (of the products alone in a convolution, of the bias's too in a dense
+    /// layer).
     scale: Option<(f32, f32)>,
-    /// What the bias's mean bit width counts for in the EBOPs: the units (dense), the input's
-    /// positions times the filters (hgq2's convolutions).
+    /// The scale multiplies the bias's EBOPs too (hgq2's dense layers).
+    scale_bias: bool,
+    /// What the bias's mean bit width counts for in the EBOPs: the positions times the units
+    /// (a convolution: the input's positions, as hgq2 counts them).
     bias_count: usize,
 }
 
+/// hgq2's `parallelization_factor / n_parallel` where a factor other than `n` was given.
+fn scale_of(pf: Option<usize>, n: usize) -> Option<(f32, f32)> {
+    pf.filter(|&p| p != n).map(|p| (p as f32, n as f32))
+}
+
 impl<'a> KernelLayer<'a> {
-    /// A dense layer on 2-D inputs.
+    /// A dense layer (on the last axis of its input).
     pub(super) fn dense(l: &'a QDense) -> Self {
+        let dims = &l.base.input_dims;
+        let positions: usize = dims[..dims.len().saturating_sub(1)].iter().product();
         KernelLayer {
             base: &l.base,
             kernel: &l.kernel,
@@ -55,13 +67,14 @@ impl<'a> KernelLayer<'a> {
             bq: l.bq.as_ref(),
             relu: l.activation == Activation::Relu,
             windows: None,
-            positions: 1,
+            positions,
             taps: l.in_features,
             channels: l.in_features,
             units: l.units,
             kernel_shape: vec![l.in_features, l.units],
-            scale: None,
-            bias_count: l.units,
+            scale: scale_of(l.parallelization_factor, positions),
+            scale_bias: true,
+            bias_count: positions * l.units,
         }
     }
 
@@ -105,7 +118,8 @@ impl<'a> KernelLayer<'a> {
                 .copied()
                 .chain([dims[rank], l.filters()])
                 .collect(),
-            scale: pf.filter(|&p| p != n).map(|p| (p as f32, n as f32)),
+            scale: scale_of(pf, n),
+            scale_bias: false,
             bias_count: dims[..rank].iter().product::<usize>() * l.filters(),
         })
     }
@@ -190,12 +204,16 @@ impl<'a> KernelLayer<'a> {
         for (&bi, &row) in in_rows.iter().zip(&ker_rows) {
             e += bi * row;
         }
-        if let Some((pf, n)) = self.scale {
-            e = e * pf / n;
+        let scaled = |e: f32| self.scale.map_or(e, |(pf, n)| e * pf / n);
+        if !self.scale_bias {
+            e = scaled(e);
         }
         if let Some(bb) = &b_b {
             let mean = bb.full().iter().sum::<f32>() / units as f32;
             e += mean * self.bias_count as f32;
+        }
+        if self.scale_bias {
+            e = scaled(e);
         }
         let pass = KernelPass {
             batch,
@@ -212,11 +230,15 @@ impl<'a> KernelLayer<'a> {
         Ok((pass, e))
     }
 
-    /// For each row of the kernel, the input's values that meet it summed over the windows:
-    /// the values themselves for a dense layer.
+    /// For each row of the kernel, the input's values that meet it summed over the windows
+    /// (a dense layer: over its input's positions).
     fn window_sums(&self, x: &[f32]) -> Vec<f32> {
         let Some(w) = self.windows else {
-            return x.to_vec();
+            let mut sums = vec![0.0f32; self.taps];
+            for row in x.chunks_exact(self.taps) {
+                sums.iter_mut().zip(row).for_each(|(s, &v)| *s += v);
+            }
+            return sums;
         };
         let c = self.channels;
         let mut sums = vec![0.0f32; self.taps];
@@ -237,7 +259,7 @@ impl<'a> KernelLayer<'a> {
     /// the kernel's rows that meet it.
     fn window_spread(&self, per_row: &[f32]) -> Vec<f32> {
         let Some(w) = self.windows else {
-            return per_row.to_vec();
+            return per_row.repeat(self.positions);
         };
         let c = self.channels;
         let mut d = vec![0.0f32; self.sample()];
@@ -315,7 +337,7 @@ impl<'a> KernelLayer<'a> {
     /// The gradient of `beta * ebops` with respect to each quantizer's bit widths (their
     /// bit-width shapes): d/dbits_in = beta * the kernel's row sums under each input value
     /// (a dense layer: the row sums), d/dbits_kernel = beta * the input's window sums (per
-    /// row), d/dbits_bias = beta * bias_count / units; the products' by hgq2's scale.
+    /// row), d/dbits_bias = beta * bias_count / units; by hgq2's scale where it applies.
     fn ebops_upstream(&self, p: &KernelPass) -> Result<[Option<Upstream>; 3]> {
         let (taps, units) = (self.taps, self.units);
         let beta = self.base.beta.get() as f32;
@@ -328,14 +350,8 @@ impl<'a> KernelLayer<'a> {
                 "a layer pass without its bit widths".into(),
             ));
         };
-        let d_in: Vec<f32> = match self.windows {
-            None => p.ker_rows.iter().map(|&r| g * r).collect(),
-            Some(_) => {
-                let mut d = self.window_spread(&p.ker_rows);
-                d.iter_mut().for_each(|v| *v *= g);
-                d
-            }
-        };
+        let mut d_in = self.window_spread(&p.ker_rows);
+        d_in.iter_mut().for_each(|v| *v *= g);
         let rows: Vec<f32> = p.in_rows.iter().map(|&b| g * b).collect();
         let up_in = b_in.reduce(d_in, &self.input_shape(1))?;
         // Per-weight bit widths take the upstream as one value per row; bit widths shared
@@ -351,7 +367,8 @@ impl<'a> KernelLayer<'a> {
         };
         let up_b = match b_b {
             Some(bb) => {
-                let d = vec![beta * self.bias_count as f32 / units as f32; units];
+                let gb = if self.scale_bias { g } else { beta };
+                let d = vec![gb * self.bias_count as f32 / units as f32; units];
                 Some(Upstream::Each(bb.reduce(d, &[units])?))
             }
             None => None,

@@ -136,8 +136,8 @@ impl NativePass {
     }
 }
 
-/// The model's layers as the native step runs them, or why it cannot: `QDense` on 2-D
-/// inputs, `QConv` of one group, `QPool` with a window, each with its input quantizer, no
+/// The model's layers as the native step runs them, or why it cannot: `QDense`, `QConv` of
+/// one group, `QPool`, each with its input quantizer, no
 /// output quantizer, plain EBOPs, its weights and quantizer variables float32 on the CPU; the
 /// `Reshape` and `Flatten` between them are the same memory (channels last), left out. The
 /// last layer gives one row of logits per sample.
@@ -150,12 +150,6 @@ fn plan(model: &Sequential) -> std::result::Result<Vec<Native<'_>>, String> {
             return Err(format!("{name} has an empty dimension"));
         }
         let native = if let Some(d) = l.downcast_ref::<QDense>() {
-            if d.base.input_dims.len() != 1 {
-                return Err(format!("{name} takes inputs of more than 2 dimensions"));
-            }
-            if d.parallelization_factor.is_some() {
-                return Err(format!("{name} has a parallelization factor of its own"));
-            }
             Native::Kernel(KernelLayer::dense(d))
         } else if let Some(c) = l.downcast_ref::<QConv>() {
             if c.groups() != 1 {
@@ -163,10 +157,7 @@ fn plan(model: &Sequential) -> std::result::Result<Vec<Native<'_>>, String> {
             }
             Native::Kernel(KernelLayer::conv(c).map_err(|e| e.to_string())?)
         } else if let Some(p) = l.downcast_ref::<QPool>() {
-            match PoolLayer::new(p).map_err(|e| e.to_string())? {
-                Some(p) => Native::Pool(p),
-                None => return Err(format!("{name} is a global pooling")),
-            }
+            Native::Pool(PoolLayer::new(p).map_err(|e| e.to_string())?)
         } else if l.downcast_ref::<Reshape>().is_some() || l.downcast_ref::<Flatten>().is_some() {
             continue;
         } else {
@@ -547,7 +538,8 @@ mod tests {
     /// Case `n`'s model and the shape of one input sample: the dense cases of [`case`], then
     /// convolutions and poolings (the CNN demo's layers; 1-D with `same` padding, strides, an
     /// average pooling and a parallelization factor; 2-D dilated over three channels, no
-    /// bias, a strided max pooling with padding).
+    /// bias, a strided max pooling with padding), dense layers over particles with a global
+    /// average (Deep Sets), a global maximum.
     fn model_of_case(n: usize, vs: &nn::VarStore) -> Result<(Sequential, Vec<i64>)> {
         let root = vs.root();
         let mut m = Sequential::new();
@@ -585,6 +577,28 @@ mod tests {
                 m.add(&root, Flatten::new(&[3, 4])?)?;
                 m.add(&root, QDense::builder(12, 3).beta(1e-2))?;
                 vec![9, 2]
+            }
+            6 => {
+                // Deep Sets: dense layers over each of 8 particles, a global average.
+                let dense = |i: usize, o: usize| {
+                    QDense::builder(i, o)
+                        .input_dims(&[8, i])
+                        .activation(relu)
+                        .beta(1e-2)
+                };
+                m.add(&root, dense(3, 16))?;
+                m.add(&root, dense(16, 8).parallelization_factor(2))?;
+                m.add(&root, QPool::global(PoolKind::Average, &[8, 8]).beta(1e-2))?;
+                m.add(&root, QDense::builder(8, 5).beta(1e-2))?;
+                vec![8, 3]
+            }
+            7 => {
+                // A global maximum (equal maxima share the gradient) after a convolution.
+                let conv = QConv::builder_2d([4, 5, 2], 3, [2, 2]).activation(relu);
+                m.add(&root, conv)?;
+                m.add(&root, QPool::global(PoolKind::Max, &[3, 4, 3]))?;
+                m.add(&root, QDense::builder(3, 4))?;
+                vec![4, 5, 2]
             }
             _ => {
                 let conv = QConv::builder_2d([6, 7, 3], 5, [2, 3])
@@ -663,7 +677,7 @@ mod tests {
     fn native_gradients_are_autograds() -> Result<()> {
         // Outputs left partly unwritten would hold NaN.
         hgq_core::scratch::poison();
-        for n in 0..6 {
+        for n in 0..8 {
             tch::manual_seed(n as i64);
             let vs = nn::VarStore::new(Device::Cpu);
             let (model, input) = model_of_case(n, &vs)?;

@@ -1,5 +1,6 @@
-//! The native step of `QPool` with a window (max or average, any strides and padding): the
-//! input quantizer's pass, the pooling and its backward, `sum(bits_in)` as its EBOPs.
+//! The native step of `QPool` (max or average; a window with any strides and padding, or
+//! global): the input quantizer's pass, the pooling and its backward, `sum(bits_in)` as its
+//! EBOPs.
 use std::sync::Arc;
 
 use hgq_core::scratch;
@@ -13,6 +14,8 @@ use crate::{Result, TorchError};
 pub(super) struct PoolLayer<'a> {
     pub(super) base: &'a QBase,
     kind: PoolKind,
+    /// A global pooling: its maximum is torch's `amax`, whose gradient equal maxima share.
+    global: bool,
     /// [`windows::offsets`] of the pooling's windows.
     windows: &'a [u32],
     /// Positions per window.
@@ -21,37 +24,42 @@ pub(super) struct PoolLayer<'a> {
 }
 
 impl<'a> PoolLayer<'a> {
-    /// A pooling with a window (`None` for a global one: torch's `amax` shares a gradient
-    /// among equal maxima, which this does not).
-    pub(super) fn new(l: &'a QPool) -> Result<Option<Self>> {
-        let Some(window) = l.pool_size() else {
-            return Ok(None);
-        };
+    /// A pooling (a global one: one window over all positions).
+    pub(super) fn new(l: &'a QPool) -> Result<Self> {
         let rank = l.rank();
         let dims = &l.base.input_dims;
+        let spatial = &dims[..rank];
+        let window = l.pool_size().unwrap_or(spatial);
         let windows = match l.native_windows.get() {
             Some(w) => w,
             None => {
                 let out = l.output_dims();
+                // A global pooling: one window of every position, without padding.
+                let (ones, zeros) = (vec![1; rank], vec![(0, 0); rank]);
+                let (out, strides, pads) = match l.pool_size() {
+                    Some(_) => (&out[..rank], l.strides(), &l.pads[..]),
+                    None => (&ones[..], &ones[..], &zeros[..]),
+                };
                 let w = windows::offsets(&Geometry {
-                    spatial: &dims[..rank],
+                    spatial,
                     channels: dims[rank],
-                    out: &out[..rank],
+                    out,
                     window,
-                    strides: l.strides(),
+                    strides,
                     dilation: None,
-                    pads: &l.pads,
+                    pads,
                 })?;
                 l.native_windows.get_or_init(|| w)
             }
         };
-        Ok(Some(PoolLayer {
+        Ok(PoolLayer {
             base: &l.base,
             kind: l.kind(),
+            global: l.pool_size().is_none(),
             windows,
             window: window.iter().product::<usize>().max(1),
             channels: dims[rank],
-        }))
+        })
     }
 
     /// The input quantizer.
@@ -93,13 +101,20 @@ impl<'a> PoolLayer<'a> {
                 }
             }
         }
-        scratch::give(xq);
+        // A global maximum's backward finds the values equal to it.
+        let kept = if self.global && self.kind == PoolKind::Max {
+            Some(xq)
+        } else {
+            scratch::give(xq);
+            None
+        };
         let b_in = bits(iq, &self.input_shape(1))?;
         // sum(bits_in), in order (integers: exact below 2^24).
         let e = b_in.full().iter().fold(0.0f32, |s, &v| s + v);
         let pass = PoolPass {
             batch,
             arg,
+            xq: kept,
             a: Arc::new(y),
             iq: iq_pass,
             bits: b_in,
@@ -198,8 +213,26 @@ impl<'a> PoolLayer<'a> {
         let outputs = self.windows.len() / self.window * c;
         let mut dxq = scratch::elements::<f32>(p.batch * sample);
         dxq.fill(0.0);
-        match self.kind {
-            PoolKind::Max => {
+        match (self.kind, &p.xq) {
+            // torch's `amax`: `(d / count) * mask` over the values equal to the maximum.
+            (PoolKind::Max, Some(xq)) => {
+                for (((ds, dx), xs), ys) in da
+                    .chunks_exact(outputs)
+                    .zip(dxq.chunks_exact_mut(sample))
+                    .zip(xq.chunks_exact(sample))
+                    .zip(p.a.chunks_exact(outputs))
+                {
+                    for (j, (&d, &m)) in ds.iter().zip(ys).enumerate() {
+                        let at = |o: u32| o as usize + j;
+                        let count = self.windows.iter().filter(|&&o| xs[at(o)] == m).count();
+                        let g = d / count as f32;
+                        for &o in self.windows {
+                            dx[at(o)] += g * if xs[at(o)] == m { 1.0 } else { 0.0 };
+                        }
+                    }
+                }
+            }
+            (PoolKind::Max, None) => {
                 for ((ds, dx), args) in da
                     .chunks_exact(outputs)
                     .zip(dxq.chunks_exact_mut(sample))
@@ -212,7 +245,7 @@ impl<'a> PoolLayer<'a> {
                     }
                 }
             }
-            PoolKind::Average => {
+            (PoolKind::Average, _) => {
                 for (ds, dx) in da.chunks_exact(outputs).zip(dxq.chunks_exact_mut(sample)) {
                     for (window, d) in self
                         .windows
@@ -250,6 +283,8 @@ pub(super) struct PoolPass {
     batch: usize,
     /// Max: the offset in its sample of each output's value.
     arg: Vec<u32>,
+    /// A global maximum's quantized input.
+    xq: Option<Vec<f32>>,
     /// The output (the next layer's input pass keeps it too).
     pub(super) a: Arc<Vec<f32>>,
     iq: Pass,
@@ -261,6 +296,9 @@ impl PoolPass {
     pub(super) fn recycle(self) {
         self.iq.recycle();
         scratch::give(self.arg);
+        if let Some(xq) = self.xq {
+            scratch::give(xq);
+        }
         if let Ok(a) = Arc::try_unwrap(self.a) {
             scratch::give(a);
         }
