@@ -1,9 +1,9 @@
 //! The native step of the layers with a kernel, `QDense` and `QConv`: rows of quantized
 //! inputs times the quantized kernel, plus the bias, then the activation. A dense layer's rows
-//! are its input's rows; a convolution's are its input's windows (gathered: im2col), times
-//! the kernel in Keras' layout read as `[taps * channels, filters]`. So one forward, one
-//! backward and one EBOPs rule serve both: a dense layer is a convolution with one window
-//! that covers its input.
+//! are its input's positions (one row on 2-D inputs); a convolution's are its input's windows
+//! (gathered: im2col), times the kernel in Keras' layout read as `[taps * channels,
+//! filters]`. So one forward, one backward and one EBOPs rule serve both: a dense layer is a
+//! convolution whose windows are single positions.
 use std::sync::Arc;
 
 use hgq_core::fold::lane_sum;
