@@ -352,7 +352,7 @@ pub struct QConv {
 const GATHER_MAX: i64 = 3 << 17;
 
 /// Every index of an array of shape `dims`, row-major.
-fn positions(dims: &[usize]) -> impl Iterator<Item = Vec<usize>> + '_ {
+pub(crate) fn positions(dims: &[usize]) -> impl Iterator<Item = Vec<usize>> + '_ {
     let total: usize = dims.iter().product();
     (0..total).map(move |mut j| {
         let mut at = vec![0; dims.len()];

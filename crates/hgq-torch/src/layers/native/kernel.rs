@@ -148,16 +148,12 @@ impl<'a> KernelLayer<'a> {
         (self.taps / self.channels.max(1)).max(1)
     }
 
-    /// Values per input sample.
     fn sample(&self) -> usize {
-        self.base.input_dims.iter().product()
+        super::sample(self.base)
     }
 
-    /// The shape of `batch` inputs.
     fn input_shape(&self, batch: usize) -> Vec<usize> {
-        std::iter::once(batch)
-            .chain(self.base.input_dims.iter().copied())
-            .collect()
+        super::input_shape(self.base, batch)
     }
 
     /// The layer's training forward on host memory, and its EBOPs as the autograd step

@@ -335,6 +335,18 @@ fn quantizer_grads(
     Ok(())
 }
 
+/// Values per input sample of a layer.
+fn sample(base: &QBase) -> usize {
+    base.input_dims.iter().product()
+}
+
+/// The shape of `batch` inputs of a layer.
+fn input_shape(base: &QBase, batch: usize) -> Vec<usize> {
+    std::iter::once(batch)
+        .chain(base.input_dims.iter().copied())
+        .collect()
+}
+
 /// A tensor the support check passed that is no longer plain memory.
 fn not_plain(what: &str) -> TorchError {
     TorchError::Invalid {

@@ -68,13 +68,11 @@ impl<'a> PoolLayer<'a> {
     }
 
     fn sample(&self) -> usize {
-        self.base.input_dims.iter().product()
+        super::sample(self.base)
     }
 
     fn input_shape(&self, batch: usize) -> Vec<usize> {
-        std::iter::once(batch)
-            .chain(self.base.input_dims.iter().copied())
-            .collect()
+        super::input_shape(self.base, batch)
     }
 
     /// The training forward on host memory and the EBOPs, `sum(bits_in)` of one sample.

@@ -1,5 +1,6 @@
 //! The windows of convolutions and poolings as offsets into one channels-last sample: the
 //! native step's im2col (a gather of every window's values into rows) and its adjoint.
+use crate::layers::conv::positions;
 use crate::{Result, TorchError};
 
 /// The offset of a tap that reads padding (no value of the sample).
@@ -59,19 +60,6 @@ pub(super) fn offsets(g: &Geometry<'_>) -> Result<Vec<u32>> {
         }
     }
     Ok(index)
-}
-
-/// Every index of an array of shape `dims`, row-major.
-fn positions(dims: &[usize]) -> impl Iterator<Item = Vec<usize>> + '_ {
-    let total: usize = dims.iter().product();
-    (0..total).map(move |mut j| {
-        let mut at = vec![0; dims.len()];
-        for d in (0..dims.len()).rev() {
-            at[d] = j % dims[d];
-            j /= dims[d];
-        }
-        at
-    })
 }
 
 /// The values under every window of every sample of `x` (`batch` samples of `sample`
