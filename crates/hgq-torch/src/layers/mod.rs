@@ -5,7 +5,7 @@
 //! `QSubtract`, `QMultiply`, `QMaximum`, `QMinimum`, `QAveragePow2`) and Keras' [`Flatten`],
 //! [`Reshape`], [`ActivationLayer`] and [`ReLU`]. Models of them: a [`Sequential`] chain, its
 //! training step ([`Sequential::train_step`]: native on float32 CPU chains of `QDense`,
-//! autograd elsewhere), and a [`Functional`] graph (several inputs and outputs, merges); both
+//! `QConv`, `QPool`, `Flatten` and `Reshape`, autograd elsewhere), and a [`Functional`] graph (several inputs and outputs, merges); both
 //! with their Keras JSON (`to_keras_json`, `from_keras_json`: hgq2's `model.to_json()` byte
 //! for byte), their variables by Keras path (`keras_variables`, `load_keras_variables`) and
 //! Keras 3 `.keras` archives (`save_keras`, `load_keras`).
