@@ -319,9 +319,17 @@ fn max_update(y: &mut [f32], arg: &mut [u32], x: &[f32], at: u32) {
     let (av, at_tail) = arg.as_chunks_mut::<8>();
     let (xv, xt) = x.as_chunks::<8>();
     for (k, ((y8, a8), x8)) in yv.iter_mut().zip(av.iter_mut()).zip(xv).enumerate() {
+        // Whole vectors in locals, the comparisons without short circuits: compare and blend
+        // (through the references, each lane a branch).
+        let (mut m, mut a) = (*y8, *a8);
+        let base = at + (k * 8) as u32;
         for l in 0..8 {
-            one(&mut y8[l], &mut a8[l], x8[l], at + (k * 8 + l) as u32);
+            let v = x8[l];
+            let take = (v > m[l]) | v.is_nan();
+            m[l] = if take { v } else { m[l] };
+            a[l] = if take { base + l as u32 } else { a[l] };
         }
+        (*y8, *a8) = (m, a);
     }
     let base = at + (xv.len() * 8) as u32;
     for (l, ((m, a), &v)) in yt.iter_mut().zip(at_tail.iter_mut()).zip(xt).enumerate() {
