@@ -99,6 +99,15 @@ pub(super) fn scatter(d: &[f32], offsets: &[u32], channels: usize, sample: usize
     let mut dx = hgq_core::scratch::elements::<f32>(batch * sample);
     dx.fill(0.0);
     for (ds, out) in d.chunks_exact(row).zip(dx.chunks_exact_mut(sample)) {
+        if channels == 1 {
+            // One value per tap: added, not a loop of one.
+            for (&off, &g) in offsets.iter().zip(ds) {
+                if off != PAD {
+                    out[off as usize] += g;
+                }
+            }
+            continue;
+        }
         for (&off, g) in offsets.iter().zip(ds.chunks_exact(channels)) {
             if off != PAD {
                 let off = off as usize;
@@ -168,6 +177,20 @@ mod tests {
             offsets(&g)?,
             [0, 1, 3, 4, 1, 2, 4, 5, 3, 4, 6, 7, 4, 5, 7, 8]
         );
+        // One channel (read and added per value): the same plain sums, two samples.
+        let off = offsets(&g)?;
+        let x: Vec<f32> = (0..18).map(|v| v as f32 * 0.5).collect();
+        let cols = gather(&x, &off, 1, 9);
+        let want: Vec<f32> = (0..2)
+            .flat_map(|b| off.iter().map(move |&o| (b * 9 + o as usize) as f32 * 0.5))
+            .collect();
+        assert_eq!(cols, want);
+        let dx = scatter(&cols, &off, 1, 9);
+        let mut want = vec![0.0f32; 18];
+        for (j, &v) in cols.iter().enumerate() {
+            want[(j / off.len()) * 9 + off[j % off.len()] as usize] += v;
+        }
+        assert_eq!(dx, want);
         // Axes that disagree: an error, not a panic.
         let bad = Geometry { out: &[2], ..g };
         assert!(offsets(&bad).is_err());
