@@ -693,14 +693,14 @@ impl ProcessGroup {
         let rows = usize::try_from(x.size().first().copied().unwrap_or(0)).unwrap_or(0);
         // A rank's layout must not decide its step: the ranks' collectives must match.
         let (x, labels) = (&x.f_contiguous()?, &labels.f_contiguous()?);
-        if native::unsupported(model, x, labels).is_none() {
+        if let Ok(plan) = native::prepare(model, x, labels) {
             // As `Sequential::train_step`: the native step where it runs (its team of threads
             // held for the forward and backward, and again for the update).
             let threads = rayon::current_num_threads();
             let mut g = {
                 let _sync = self.sync_quantizers();
                 let _team = hgq_core::team::session(threads);
-                native::forward_backward(model, x, labels)?
+                native::forward_backward(model, plan, x, labels)?
             };
             self.average_native(vs, &mut g, rows)?;
             let _team = hgq_core::team::session(threads);

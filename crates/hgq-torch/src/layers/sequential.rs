@@ -169,22 +169,18 @@ impl Sequential {
                 why: "no layers to train".into(),
             });
         }
-        let native = match path {
-            StepPath::Autograd => false,
-            StepPath::Auto => native::unsupported(self, x, labels).is_none(),
-            StepPath::Native => match native::unsupported(self, x, labels) {
-                Some(why) => {
-                    return Err(TorchError::Unsupported(format!(
-                        "the native training step: {why}"
-                    )));
-                }
-                None => true,
-            },
+        // The native step's layers, made once: for the choice and for the step.
+        let plan = match path {
+            StepPath::Autograd => None,
+            StepPath::Auto => native::prepare(self, x, labels).ok(),
+            StepPath::Native => Some(native::prepare(self, x, labels).map_err(|why| {
+                TorchError::Unsupported(format!("the native training step: {why}"))
+            })?),
         };
-        if !native {
+        let Some(plan) = plan else {
             return self.train_step_autograd(x, labels, opt);
-        }
-        let (loss, correct) = native::step(self, x, labels, opt)?;
+        };
+        let (loss, correct) = native::step(self, plan, x, labels, opt)?;
         Ok(StepOutput {
             loss: Tensor::from(loss),
             correct: Tensor::from(correct),

@@ -35,15 +35,23 @@ use kernel::{KernelLayer, KernelPass};
 use loss::{Labels, cross_entropy};
 use pool::{PoolLayer, PoolPass};
 
-/// Why the native step cannot run on these tensors (`None`: it can).
-pub(crate) fn unsupported(model: &Sequential, x: &Tensor, labels: &Tensor) -> Option<String> {
+/// The native step's layers for `model` on these tensors, or why it cannot run on them: made
+/// once per step, for the choice of path and for the step itself.
+pub(crate) struct Plan<'m>(Vec<Native<'m>>);
+
+/// [`Plan`] of a step of `model` on `x` and `labels`.
+pub(crate) fn prepare<'m>(
+    model: &'m Sequential,
+    x: &Tensor,
+    labels: &Tensor,
+) -> std::result::Result<Plan<'m>, String> {
     if !host::is_plain(x) {
-        return Some("the input is not a contiguous float32 CPU tensor".into());
+        return Err("the input is not a contiguous float32 CPU tensor".into());
     }
     if labels.device() != Device::Cpu || labels.kind() != Kind::Int64 || !labels.is_contiguous() {
-        return Some("the labels are not a contiguous int64 CPU tensor".into());
+        return Err("the labels are not a contiguous int64 CPU tensor".into());
     }
-    plan(model).err()
+    plan(model).map(Plan)
 }
 
 /// A layer of the native step.
@@ -67,11 +75,16 @@ impl<'a> Native<'a> {
         }
     }
 
-    fn quantizers(&self) -> Vec<&'a Named> {
-        match self {
-            Native::Kernel(l) => l.quantizers().into_iter().flatten().collect(),
-            Native::Pool(l) => l.quantizers().into_iter().flatten().collect(),
-        }
+    /// The layer's quantizers (no list made: asked for every step).
+    fn quantizers(&self) -> impl Iterator<Item = &'a Named> {
+        let q = match self {
+            Native::Kernel(l) => l.quantizers(),
+            Native::Pool(l) => {
+                let [iq] = l.quantizers();
+                [iq, None, None]
+            }
+        };
+        q.into_iter().flatten()
     }
 
     fn forward(&self, x: Input<'_>, batch: usize) -> Result<(NativePass, f32)> {
@@ -355,10 +368,12 @@ fn not_plain(what: &str) -> TorchError {
     }
 }
 
-/// One native step: forward, loss, backward, Adam, constraints. Returns the total loss (cross
-/// entropy + EBOPs + regularization) and the correct predictions.
+/// One native step of `plan` ([`prepare`]d for these tensors): forward, loss, backward, Adam,
+/// constraints. Returns the total loss (cross entropy + EBOPs + regularization) and the
+/// correct predictions.
 pub(super) fn step(
     model: &Sequential,
+    plan: Plan<'_>,
     x: &Tensor,
     labels: &Tensor,
     opt: &mut Adam,
@@ -367,7 +382,7 @@ pub(super) fn step(
     // team that spins for the step's length (and a moment after, for the next step), not
     // over rayon's workers, which sleep between them.
     let _team = hgq_core::team::session(rayon::current_num_threads());
-    forward_backward(model, x, labels)?.apply(opt)
+    forward_backward(model, plan, x, labels)?.apply(opt)
 }
 
 /// A native step's forward and backward, its update not applied yet: data-parallel training
@@ -378,14 +393,14 @@ pub(crate) struct Gradients<'m> {
 }
 
 /// The forward (state moves as in a training call) and the backward of a native step of
-/// `model` (an error where [`unsupported`] names a reason).
+/// `model` through `plan` ([`prepare`]d for these tensors).
 pub(crate) fn forward_backward<'m>(
     model: &'m Sequential,
+    plan: Plan<'m>,
     x: &Tensor,
     labels: &Tensor,
 ) -> Result<Gradients<'m>> {
-    let layers = plan(model)
-        .map_err(|why| TorchError::Unsupported(format!("the native training step: {why}")))?;
+    let layers = plan.0;
     let g = gradients(model, &layers, x, labels)?;
     Ok(Gradients { layers, g })
 }
