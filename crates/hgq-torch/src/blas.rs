@@ -7,6 +7,10 @@
 //! (`sgemm_`, also as `mkl_blas__sgemm`) and its thread-local thread count; they are looked up
 //! once with `dlsym`, so that a libtorch without them (other systems, other BLAS) links and
 //! runs as before, on `matrixmultiply`.
+//!
+//! The step takes MKL on Intel processors only: on others MKL runs a generic path (on AMD its
+//! `zen` kernels), slower there than `matrixmultiply`'s AVX-512 kernel on the same products.
+//! The choice is fixed per machine, so a step's results stay deterministic on it.
 use std::ffi::{c_char, c_int, c_void};
 use std::sync::OnceLock;
 
@@ -72,15 +76,31 @@ fn lookup() -> Option<Mkl> {
     None
 }
 
-fn mkl() -> Option<&'static Mkl> {
+/// MKL's functions where the process has them.
+fn found() -> Option<&'static Mkl> {
     static MKL: OnceLock<Option<Mkl>> = OnceLock::new();
     MKL.get_or_init(lookup).as_ref()
 }
 
-/// Whether MKL's `sgemm` was found in the process.
-#[cfg(test)]
-fn available() -> bool {
-    mkl().is_some()
+/// MKL where the step takes it: found, on an Intel processor.
+fn mkl() -> Option<&'static Mkl> {
+    static INTEL: OnceLock<bool> = OnceLock::new();
+    found().filter(|_| *INTEL.get_or_init(intel))
+}
+
+/// Whether this is an Intel processor (CPUID's vendor string "GenuineIntel").
+#[cfg(target_arch = "x86_64")]
+fn intel() -> bool {
+    // SAFETY: CPUID's leaf 0 exists on every x86-64 processor.
+    #[allow(unused_unsafe)]
+    let r = unsafe { std::arch::x86_64::__cpuid(0) };
+    // The vendor string is EBX, EDX, ECX in that order, little-endian.
+    [r.ebx, r.edx, r.ecx] == [0x756e_6547, 0x4965_6e69, 0x6c65_746e]
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn intel() -> bool {
+    false
 }
 
 /// A row-major operand (`rows x cols` at strides `rs`, `cs`) for BLAS: read column-major it
@@ -116,9 +136,29 @@ pub(crate) unsafe fn sgemm(
     c: *mut f32,
     ldc: usize,
 ) -> bool {
-    let Some(mkl) = mkl() else {
-        return false;
-    };
+    match mkl() {
+        // SAFETY: the caller's promises, passed on.
+        Some(mkl) => unsafe {
+            mkl_sgemm(mkl, (m, k, n), (a, rsa, csa), (b, rsb, csb), beta, c, ldc)
+        },
+        None => false,
+    }
+}
+
+/// [`sgemm`] on these MKL functions, wherever the processor is from.
+///
+/// # Safety
+/// As [`sgemm`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn mkl_sgemm(
+    mkl: &Mkl,
+    (m, k, n): (usize, usize, usize),
+    (a, rsa, csa): (*const f32, usize, usize),
+    (b, rsb, csb): (*const f32, usize, usize),
+    beta: f32,
+    c: *mut f32,
+    ldc: usize,
+) -> bool {
     // C^T (n x m, column-major, leading dimension ldc) = B^T (n x k) @ A^T (k x m).
     let (Some((tb, ldb)), Some((ta, lda))) = (layout(k, n, rsb, csb), layout(m, k, rsa, csa))
     else {
@@ -159,10 +199,10 @@ mod tests {
     fn mkl_products_are_the_products() {
         // libtorch's x86-64 Linux wheels bring MKL: there the products must take this path.
         #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-        assert!(available(), "MKL's sgemm not found in libtorch");
-        if !available() {
+        assert!(found().is_some(), "MKL's sgemm not found in libtorch");
+        let Some(mkl) = found() else {
             return;
-        }
+        };
         let fill = |len: usize, seed: u32| -> Vec<f32> {
             (0..len)
                 .map(|j| ((j as u32).wrapping_mul(2_654_435_761) ^ seed) % 1000)
@@ -183,7 +223,8 @@ mod tests {
                     let (mut got, mut want) = (start.clone(), start.clone());
                     // SAFETY: the buffers hold these shapes at these strides.
                     let done = unsafe {
-                        sgemm(
+                        mkl_sgemm(
+                            mkl,
                             (m, k, n),
                             (a.as_ptr(), rsa, csa),
                             (b.as_ptr(), rsb, csb),
@@ -226,7 +267,8 @@ mod tests {
         let mut c = vec![7.0f32; 4];
         // SAFETY: every element read or written is in its buffer.
         let done = unsafe {
-            sgemm(
+            mkl_sgemm(
+                mkl,
                 (2, 2, 2),
                 (a.as_ptr(), 1, 1),
                 (b.as_ptr(), 2, 1),

@@ -1,5 +1,5 @@
-//! Matrix products of the native step: MKL's `sgemm` through libtorch (else `matrixmultiply`),
-//! split over threads where that pays.
+//! Matrix products of the native step: MKL's `sgemm` through libtorch on Intel processors,
+//! else `matrixmultiply`; split over threads where that pays.
 use rayon::prelude::*;
 
 use crate::{Result, TorchError, simd};
@@ -241,8 +241,8 @@ fn rows<const W: usize>(cv: &mut [[f32; LANES]], bv: &[[f32; LANES]], a: Operand
 }
 
 /// Row-major `c` (`m x n`, rows `ldc` apart) `= a @ b + beta * c`, `a` and `b` at their strides:
-/// MKL's `sgemm` where libtorch brings it (faster on the products of a step), else
-/// `matrixmultiply`.
+/// MKL's `sgemm` where libtorch brings it on an Intel processor (faster there on the products
+/// of a step), else `matrixmultiply`.
 ///
 /// # Safety
 /// Every element of `a` (`m x k`), `b` (`k x n`) and `c` at these strides is in its buffer, and
