@@ -4,7 +4,7 @@
 //! new, a buffer costs the allocator's bookkeeping (large chunks split and coalesced) and, for a
 //! zeroed one, a pass of stores before the kernel stores every element again. A buffer given
 //! back ([`give`]) is handed out again by the next request of its length on the same thread
-//! ([`elements`], [`reals`]), its old values in it: only outputs that are written whole come
+//! ([`elements`], [`reals`], [`indices`]), its old values in it: only outputs that are written whole come
 //! from here. A thread keeps at most 256 buffers and 256 MiB per element type, those kept
 //! longest freed first. [`poison`] makes every buffer handed out hold NaN from then on, so that
 //! a test sees any element an output left unwritten.
@@ -167,6 +167,12 @@ pub fn reals<C: Real>(len: usize) -> Vec<C> {
     take(len, C::ZERO, C::from_f64(f64::NAN))
 }
 
+/// [`elements`] for indices (offsets of maxima, positions): recycled or new (zeros);
+/// `u32::MAX` in every element where [`poison`]ed.
+pub fn indices(len: usize) -> Vec<u32> {
+    take(len, 0, u32::MAX)
+}
+
 /// Keeps `v` for a later request of its length on this thread (small buffers are freed; past
 /// the thread's limits, those kept longest are freed first).
 pub fn give<T: Copy + 'static>(v: Vec<T>) {
@@ -189,8 +195,11 @@ mod tests {
         // Another length, another type: buffers of their own.
         let shorter: Vec<f32> = elements(4000);
         let other: Vec<f64> = reals(5000);
+        let offsets = indices(5000);
         assert_ne!(shorter.as_ptr(), p);
         assert_ne!(other.as_ptr().cast::<f32>(), p);
+        assert_ne!(offsets.as_ptr().cast::<f32>(), p);
+        assert!(offsets.iter().all(|&j| j == 0 || j == u32::MAX));
         assert!(shorter.iter().all(|&x| x == 0.0 || x.is_nan()));
         let again: Vec<f32> = elements(5000);
         assert_eq!((again.as_ptr(), again.len()), (p, 5000));
@@ -230,5 +239,10 @@ mod tests {
         assert!(v.iter().all(|x| x.is_nan()));
         let h: Vec<half::bf16> = elements(2048);
         assert!(h.iter().all(|x| x.is_nan()));
+        let mut j = indices(2048);
+        assert!(j.iter().all(|&j| j == u32::MAX));
+        j.fill(3);
+        give(j);
+        assert!(indices(2048).iter().all(|&j| j == u32::MAX));
     }
 }

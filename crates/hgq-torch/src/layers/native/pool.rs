@@ -90,7 +90,8 @@ impl<'a> PoolLayer<'a> {
         let mut arg = Vec::new();
         match self.kind {
             PoolKind::Max => {
-                arg.resize(batch * outputs, 0u32);
+                // Written whole: every window's offsets start at its first tap.
+                arg = scratch::indices(batch * outputs);
                 self.max_all(&xq, &mut y, &mut arg, outputs);
             }
             PoolKind::Average => {
