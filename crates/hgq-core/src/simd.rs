@@ -112,6 +112,64 @@ fn avx512<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Defines a function whose body runs compiled for AVX2 where the CPU has it (eight float32
+/// lanes: loops over `[f32; 8]` chunks become whole vectors, selects become blends), and for
+/// the baseline elsewhere.
+///
+/// [`widest`] and [`at`] take a closure, which the compiler inlines into their vector-level
+/// functions only while it is small: a large body stays a function of its own, compiled for
+/// the baseline (four lanes, selects as branches). The body given here is an `#[inline(always)]`
+/// function called from a `#[target_feature(enable = "avx2")]` one, so it is always compiled
+/// at that level. Arguments are plain names with their types (no patterns, no `self`).
+///
+/// ```
+/// hgq_core::simd::avx2_fn! {
+///     /// Each lane's larger value.
+///     fn max_lanes(a: &[[f32; 8]], b: &[[f32; 8]], out: &mut [[f32; 8]]) {
+///         for ((o, x), y) in out.iter_mut().zip(a).zip(b) {
+///             for j in 0..8 {
+///                 o[j] = if x[j] > y[j] { x[j] } else { y[j] };
+///             }
+///         }
+///     }
+/// }
+/// let mut out = [[0.0; 8]];
+/// max_lanes(&[[1.0; 8]], &[[2.0, 0.0, 2.0, 0.0, 2.0, 0.0, 2.0, 0.0]], &mut out);
+/// assert_eq!(out, [[2.0, 1.0, 2.0, 1.0, 2.0, 1.0, 2.0, 1.0]]);
+/// ```
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __simd_avx2_fn {
+    (
+        $(#[$attr:meta])*
+        $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block
+    ) => {
+        $(#[$attr])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            fn body($($arg: $ty),*) $(-> $ret)? $body
+
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2")]
+            #[allow(clippy::too_many_arguments)]
+            fn avx2($($arg: $ty),*) $(-> $ret)? {
+                body($($arg),*)
+            }
+
+            #[cfg(target_arch = "x86_64")]
+            if $crate::simd::Level::best() >= $crate::simd::Level::Avx2 {
+                // SAFETY: the CPU has AVX2.
+                return unsafe { avx2($($arg),*) };
+            }
+            body($($arg),*)
+        }
+    };
+}
+
+#[doc(inline)]
+pub use crate::__simd_avx2_fn as avx2_fn;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -153,17 +153,7 @@ fn narrow(
     } else if beta != 1.0 && !padded {
         work.iter_mut().for_each(|v| *v *= beta);
     }
-    #[cfg(target_arch = "x86_64")]
-    let done = simd::Level::best() >= simd::Level::Avx2 && {
-        // SAFETY: the CPU has AVX2.
-        unsafe { narrow_avx2((m, np), (a, rsa, csa), &bp, work) };
-        true
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let done = false;
-    if !done {
-        narrow_loops((m, np), (a, rsa, csa), &bp, work);
-    }
+    narrow_loops((m, np), (a, rsa, csa), &bp, work);
     scratch::give(bp);
     if let Some(cp) = cp {
         for (out, row) in c.chunks_exact_mut(n).zip(cp.chunks_exact(np)) {
@@ -173,44 +163,34 @@ fn narrow(
     }
 }
 
-/// [`narrow_loops`] compiled for AVX2, whose vectors are [`LANES`] wide. The loops are
-/// inlined here (given to `simd::widest` as a closure they stayed a function of their own,
-/// compiled for the baseline's four lanes).
-///
-/// # Safety
-/// The CPU has AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn narrow_avx2(dims: (usize, usize), a: Operand<'_>, bp: &[f32], work: &mut [f32]) {
-    narrow_loops(dims, a, bp, work)
-}
-
-/// [`narrow`]'s loops: `a` times the padded `bp` (rows of `np`) added to `work` (`m` rows of
-/// `np`), each sum in the inner order.
-#[inline(always)]
-fn narrow_loops((m, np): (usize, usize), (a, rsa, csa): Operand<'_>, bp: &[f32], work: &mut [f32]) {
-    let (bv, _) = bp.as_chunks::<LANES>();
-    let (cv, _) = work.as_chunks_mut::<LANES>();
-    let w = np / LANES;
-    // A small `c` stays in cache while each row of `b` is added to all of its rows (their
-    // sums independent of each other); a tall one is finished row by row.
-    if m * np <= 1 << 12 {
-        for (t, bt) in bv.chunks_exact(w).enumerate() {
-            for (i, ci) in cv.chunks_exact_mut(w).enumerate() {
-                let ai = a[i * rsa + t * csa];
-                ci.iter_mut().zip(bt).for_each(|(c, b)| axpy(c, ai, b));
-            }
-        }
-        return;
-    }
-    match w {
-        1 => rows::<1>(cv, bv, (a, rsa, csa)),
-        2 => rows::<2>(cv, bv, (a, rsa, csa)),
-        _ => {
-            for (i, ci) in cv.chunks_exact_mut(w).enumerate() {
-                for (t, bt) in bv.chunks_exact(w).enumerate() {
+simd::avx2_fn! {
+    /// [`narrow`]'s loops: `a` times the padded `bp` (rows of `np`) added to `work` (`m` rows
+    /// of `np`), each sum in the inner order; at AVX2, whose vectors are [`LANES`] wide.
+    fn narrow_loops(dims: (usize, usize), a: Operand<'_>, bp: &[f32], work: &mut [f32]) {
+        let ((m, np), (a, rsa, csa)) = (dims, a);
+        let (bv, _) = bp.as_chunks::<LANES>();
+        let (cv, _) = work.as_chunks_mut::<LANES>();
+        let w = np / LANES;
+        // A small `c` stays in cache while each row of `b` is added to all of its rows (their
+        // sums independent of each other); a tall one is finished row by row.
+        if m * np <= 1 << 12 {
+            for (t, bt) in bv.chunks_exact(w).enumerate() {
+                for (i, ci) in cv.chunks_exact_mut(w).enumerate() {
                     let ai = a[i * rsa + t * csa];
                     ci.iter_mut().zip(bt).for_each(|(c, b)| axpy(c, ai, b));
+                }
+            }
+            return;
+        }
+        match w {
+            1 => rows::<1>(cv, bv, (a, rsa, csa)),
+            2 => rows::<2>(cv, bv, (a, rsa, csa)),
+            _ => {
+                for (i, ci) in cv.chunks_exact_mut(w).enumerate() {
+                    for (t, bt) in bv.chunks_exact(w).enumerate() {
+                        let ai = a[i * rsa + t * csa];
+                        ci.iter_mut().zip(bt).for_each(|(c, b)| axpy(c, ai, b));
+                    }
                 }
             }
         }

@@ -92,7 +92,7 @@ impl<'a> PoolLayer<'a> {
             PoolKind::Max => {
                 // Written whole: every window's offsets start at its first tap.
                 arg = scratch::indices(batch * outputs);
-                self.max_all(&xq, &mut y, &mut arg, outputs);
+                max_all(self, &xq, &mut y, &mut arg, outputs);
             }
             PoolKind::Average => {
                 for (xs, ys) in xq.chunks_exact(sample).zip(y.chunks_exact_mut(outputs)) {
@@ -119,61 +119,6 @@ impl<'a> PoolLayer<'a> {
             bits: b_in,
         };
         Ok((pass, e))
-    }
-
-    /// Every sample's maxima (`outputs` per sample), at AVX2's vectors where the CPU has
-    /// them (the selects of a channel loop compiled for the baseline are branches).
-    fn max_all(&self, xq: &[f32], y: &mut [f32], arg: &mut [u32], outputs: usize) {
-        #[cfg(target_arch = "x86_64")]
-        if hgq_core::simd::Level::best() >= hgq_core::simd::Level::Avx2 {
-            // SAFETY: the CPU has AVX2.
-            unsafe { self.max_avx2(xq, y, arg, outputs) };
-            return;
-        }
-        self.max_loops(xq, y, arg, outputs);
-    }
-
-    /// [`Self::max_loops`] compiled for AVX2.
-    ///
-    /// # Safety
-    /// The CPU has AVX2.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn max_avx2(&self, xq: &[f32], y: &mut [f32], arg: &mut [u32], outputs: usize) {
-        self.max_loops(xq, y, arg, outputs)
-    }
-
-    /// Each sample's maxima: torch's rule, the first largest value of the window in row-major
-    /// order (a NaN replaces any value before it), its offset kept for the backward; padding
-    /// is not a value.
-    #[inline(always)]
-    fn max_loops(&self, xq: &[f32], y: &mut [f32], arg: &mut [u32], outputs: usize) {
-        let (c, sample) = (self.channels, self.sample().max(1));
-        for ((xs, ys), args) in xq
-            .chunks_exact(sample)
-            .zip(y.chunks_exact_mut(outputs))
-            .zip(arg.chunks_exact_mut(outputs))
-        {
-            for ((window, y), arg) in self
-                .windows
-                .chunks_exact(self.window)
-                .zip(ys.chunks_exact_mut(c))
-                .zip(args.chunks_exact_mut(c))
-            {
-                y.fill(f32::NEG_INFINITY);
-                // Torch starts from the window's first position (the maximum of a window of
-                // -inf alone); a window of padding alone has no value to point at.
-                let taps = window.iter().filter(|&&o| o != PAD);
-                let first = taps.clone().next().copied().unwrap_or(PAD);
-                for (j, a) in arg.iter_mut().enumerate() {
-                    *a = if first == PAD { PAD } else { first + j as u32 };
-                }
-                for &off in taps {
-                    let o = off as usize;
-                    max_update(y, arg, &xs[o..o + c], off);
-                }
-            }
-        }
     }
 
     /// One sample's averages: the window's input values summed in row-major order, divided
@@ -300,6 +245,41 @@ impl PoolPass {
         }
         if let Ok(a) = Arc::try_unwrap(self.a) {
             scratch::give(a);
+        }
+    }
+}
+
+hgq_core::simd::avx2_fn! {
+    /// Every sample's maxima (`outputs` per sample) under torch's rule: the first largest value
+    /// of the window in row-major order (a NaN replaces any value before it), its offset kept
+    /// for the backward; padding is not a value. At AVX2's vectors (the selects of a channel
+    /// loop compiled for the baseline are branches).
+    fn max_all(pool: &PoolLayer<'_>, xq: &[f32], y: &mut [f32], arg: &mut [u32], outputs: usize) {
+        let (c, sample) = (pool.channels, pool.sample().max(1));
+        for ((xs, ys), args) in xq
+            .chunks_exact(sample)
+            .zip(y.chunks_exact_mut(outputs))
+            .zip(arg.chunks_exact_mut(outputs))
+        {
+            for ((window, y), arg) in pool
+                .windows
+                .chunks_exact(pool.window)
+                .zip(ys.chunks_exact_mut(c))
+                .zip(args.chunks_exact_mut(c))
+            {
+                y.fill(f32::NEG_INFINITY);
+                // Torch starts from the window's first position (the maximum of a window of
+                // -inf alone); a window of padding alone has no value to point at.
+                let taps = window.iter().filter(|&&o| o != PAD);
+                let first = taps.clone().next().copied().unwrap_or(PAD);
+                for (j, a) in arg.iter_mut().enumerate() {
+                    *a = if first == PAD { PAD } else { first + j as u32 };
+                }
+                for &off in taps {
+                    let o = off as usize;
+                    max_update(y, arg, &xs[o..o + c], off);
+                }
+            }
         }
     }
 }
