@@ -35,7 +35,7 @@ type SgemmFn = unsafe extern "C" fn(
 /// global one); returns the previous local value.
 type SetThreadsFn = unsafe extern "C" fn(n: c_int) -> c_int;
 
-struct Mkl {
+pub(crate) struct Mkl {
     sgemm: SgemmFn,
     set_threads_local: SetThreadsFn,
 }
@@ -83,7 +83,7 @@ fn found() -> Option<&'static Mkl> {
 }
 
 /// MKL where the step takes it: found, on an Intel processor.
-fn mkl() -> Option<&'static Mkl> {
+pub(crate) fn mkl() -> Option<&'static Mkl> {
     static INTEL: OnceLock<bool> = OnceLock::new();
     found().filter(|_| *INTEL.get_or_init(intel))
 }
@@ -120,37 +120,15 @@ fn layout(rows: usize, cols: usize, rs: usize, cs: usize) -> Option<(c_char, c_i
     Some((t as c_char, c_int::try_from(ld.max(1)).ok()?))
 }
 
-/// Row-major `c` (`m x n`, rows `ldc` apart) `= a @ b + beta * c` on one thread with MKL, `a`
-/// (`m x k`) and `b` (`k x n`) at their strides. Returns `false`, having done nothing, where
-/// MKL is not in the process or cannot take these strides or sizes.
+/// Row-major `c` (`m x n`, rows `ldc` apart) `= a @ b + beta * c` on one thread with these MKL
+/// functions, `a` (`m x k`) and `b` (`k x n`) at their strides. Returns `false`, having done
+/// nothing, where MKL cannot take these strides or sizes.
 ///
 /// # Safety
 /// Every element of `a`, `b` and `c` at these strides is in its buffer, and no other thread
 /// writes the part of `c` this writes. With `beta` 0, `c` is written, not read.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn sgemm(
-    (m, k, n): (usize, usize, usize),
-    (a, rsa, csa): (*const f32, usize, usize),
-    (b, rsb, csb): (*const f32, usize, usize),
-    beta: f32,
-    c: *mut f32,
-    ldc: usize,
-) -> bool {
-    match mkl() {
-        // SAFETY: the caller's promises, passed on.
-        Some(mkl) => unsafe {
-            mkl_sgemm(mkl, (m, k, n), (a, rsa, csa), (b, rsb, csb), beta, c, ldc)
-        },
-        None => false,
-    }
-}
-
-/// [`sgemm`] on these MKL functions, wherever the processor is from.
-///
-/// # Safety
-/// As [`sgemm`].
-#[allow(clippy::too_many_arguments)]
-unsafe fn mkl_sgemm(
     mkl: &Mkl,
     (m, k, n): (usize, usize, usize),
     (a, rsa, csa): (*const f32, usize, usize),
@@ -223,7 +201,7 @@ mod tests {
                     let (mut got, mut want) = (start.clone(), start.clone());
                     // SAFETY: the buffers hold these shapes at these strides.
                     let done = unsafe {
-                        mkl_sgemm(
+                        sgemm(
                             mkl,
                             (m, k, n),
                             (a.as_ptr(), rsa, csa),
@@ -267,7 +245,7 @@ mod tests {
         let mut c = vec![7.0f32; 4];
         // SAFETY: every element read or written is in its buffer.
         let done = unsafe {
-            mkl_sgemm(
+            sgemm(
                 mkl,
                 (2, 2, 2),
                 (a.as_ptr(), 1, 1),

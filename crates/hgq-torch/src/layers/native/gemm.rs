@@ -237,7 +237,10 @@ unsafe fn sgemm_block(
 ) {
     // SAFETY: as the caller promises; with beta 0 `c` is written, not read.
     unsafe {
-        if crate::blas::sgemm((m, k, n), (a, rsa, csa), (b, rsb, csb), beta, c, ldc) {
+        let mkl = crate::blas::mkl();
+        if mkl.is_some_and(|mkl| {
+            crate::blas::sgemm(mkl, (m, k, n), (a, rsa, csa), (b, rsb, csb), beta, c, ldc)
+        }) {
             return;
         }
         matrixmultiply::sgemm(
