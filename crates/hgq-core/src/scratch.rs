@@ -4,9 +4,9 @@
 //! new, a buffer costs the allocator's bookkeeping (large chunks split and coalesced) and, for a
 //! zeroed one, a pass of stores before the kernel stores every element again. A buffer given
 //! back ([`give`]) is handed out again by the next request of its length on the same thread
-//! ([`elements`], [`reals`], [`indices`]), its old values in it: only outputs that are written whole come
-//! from here. A thread keeps at most 256 buffers and 256 MiB per element type, those kept
-//! longest freed first. [`poison`] makes every buffer handed out hold NaN from then on, so that
+//! ([`elements`], [`reals`], [`indices`]), its old values in it: only outputs that are written
+//! whole come from here. A thread keeps at most 256 buffers and 256 MiB per element type, those
+//! kept longest freed first. [`poison`] makes every buffer handed out hold NaN from then on, so that
 //! a test sees any element an output left unwritten.
 //!
 //! ```

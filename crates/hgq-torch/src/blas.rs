@@ -84,8 +84,9 @@ fn found() -> Option<&'static Mkl> {
 
 /// MKL where the step takes it: found, on an Intel processor.
 pub(crate) fn mkl() -> Option<&'static Mkl> {
-    static INTEL: OnceLock<bool> = OnceLock::new();
-    found().filter(|_| *INTEL.get_or_init(intel))
+    // Once: CPUID exits to the hypervisor on a virtual machine.
+    static STEP: OnceLock<Option<&'static Mkl>> = OnceLock::new();
+    *STEP.get_or_init(|| found().filter(|_| intel()))
 }
 
 /// Whether this is an Intel processor (CPUID's vendor string "GenuineIntel").

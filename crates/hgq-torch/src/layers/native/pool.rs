@@ -289,10 +289,12 @@ hgq_core::simd::avx2_fn! {
 /// eight channels, then the rest.
 #[inline(always)]
 fn max_update(y: &mut [f32], arg: &mut [u32], x: &[f32], at: u32) {
+    /// Selects, not a branch (which value is largest is data), and no short circuit: on
+    /// lanes of local arrays this compiles to compare and blend (through references into
+    /// the outputs, each lane was a branch).
     #[inline(always)]
     fn one(m: &mut f32, a: &mut u32, v: f32, at: u32) {
-        // Selects, not a branch: which value is largest is data.
-        let take = v > *m || v.is_nan();
+        let take = (v > *m) | v.is_nan();
         *m = if take { v } else { *m };
         *a = if take { at } else { *a };
     }
@@ -300,15 +302,11 @@ fn max_update(y: &mut [f32], arg: &mut [u32], x: &[f32], at: u32) {
     let (av, at_tail) = arg.as_chunks_mut::<8>();
     let (xv, xt) = x.as_chunks::<8>();
     for (k, ((y8, a8), x8)) in yv.iter_mut().zip(av.iter_mut()).zip(xv).enumerate() {
-        // Whole vectors in locals, the comparisons without short circuits: compare and blend
-        // (through the references, each lane a branch).
+        // Whole vectors in locals.
         let (mut m, mut a) = (*y8, *a8);
         let base = at + (k * 8) as u32;
         for l in 0..8 {
-            let v = x8[l];
-            let take = (v > m[l]) | v.is_nan();
-            m[l] = if take { v } else { m[l] };
-            a[l] = if take { base + l as u32 } else { a[l] };
+            one(&mut m[l], &mut a[l], x8[l], base + l as u32);
         }
         (*y8, *a8) = (m, a);
     }
