@@ -26,8 +26,8 @@
 //! matrix products a step of the model must do (per layer the forward `x @ W`, the kernel's
 //! gradient `x^T @ dz` and the input's `dz @ W^T`, the first layer's included: its input
 //! quantizer's bit widths need it), each timed alone on the same threads (the median of many
-//! calls on data in cache, the faster of libtorch's `mm`, MKL on x86 wheels, and
-//! `matrixmultiply`, which the native step runs), summed over an epoch's batches and divided by
+//! calls on data in cache, the fastest of libtorch's `mm` (MKL on x86 wheels), `matrixmultiply`
+//! and the native step's own product), summed over an epoch's batches and divided by
 //! its steps. A step that did nothing else would take this long, so `jax_ms / products_ms` is
 //! the largest speedup over the reference that the products leave room for.
 //!
@@ -180,8 +180,9 @@ fn median_secs(mut f: impl FnMut() -> Result<(), Error>) -> Result<f64, Error> {
     Ok(median(t))
 }
 
-/// One product's time in seconds: the faster of libtorch's `mm` (into a kept output, the
-/// transposes as views) and `matrixmultiply::sgemm` (the transposes as strides).
+/// One product's time in seconds: the fastest of libtorch's `mm` (into a kept output, the
+/// transposes as views), `matrixmultiply::sgemm` and the native step's product (the transposes
+/// as strides; the step's output buffer given back as the step does).
 fn time_product(p: Product) -> Result<f64, Error> {
     let Product { m, k, n, a_t, b_t } = p;
     let dims = |r: usize, c: usize, t: bool| {
@@ -227,7 +228,12 @@ fn time_product(p: Product) -> Result<f64, Error> {
         }
         Ok(())
     })?;
-    Ok(torch.min(mm))
+    let native = median_secs(|| {
+        let c = hgq_torch::layers::native_product((m, k, n), (&av, rsa, csa), (&bv, rsb, csb))?;
+        hgq_torch::hgq_core::scratch::give(c);
+        Ok(())
+    })?;
+    Ok(torch.min(mm).min(native))
 }
 
 /// The floor of an MLP case's step in ms: its products alone over an epoch, per step (`None`

@@ -66,6 +66,18 @@ mod functional;
 mod merge;
 mod model;
 pub(crate) mod native;
+
+/// The native step's matrix product `a @ b` (`m x k` by `k x n`; each operand its values, row
+/// stride and column stride) into a buffer of `hgq_core::scratch`, computed as a step computes
+/// it: `hgq-bench-step` times a step's products with it (the floor of its step).
+#[doc(hidden)]
+pub fn native_product(
+    dims: (usize, usize, usize),
+    a: native::Operand<'_>,
+    b: native::Operand<'_>,
+) -> crate::Result<Vec<f32>> {
+    native::product(dims, a, b)
+}
 mod pool;
 mod reshape;
 mod sequential;

@@ -7,13 +7,13 @@ use hgq_core::scratch;
 
 /// A matrix operand: its values with their row and column strides (a transpose is a stride
 /// swap).
-pub(super) type Operand<'a> = (&'a [f32], usize, usize);
+pub(crate) type Operand<'a> = (&'a [f32], usize, usize);
 
 /// `a @ b` (`m x k` by `k x n`) into a row-major `m x n` buffer from [`scratch`], not zeroed
 /// first: a product with `beta = 0` writes every element of its output without reading it
 /// (BLAS's and `matrixmultiply`'s contract, `k = 0` included), so zeroing would be a pass for
 /// nothing.
-pub(super) fn product(
+pub(crate) fn product(
     dims: (usize, usize, usize),
     a: Operand<'_>,
     b: Operand<'_>,
@@ -241,6 +241,9 @@ unsafe fn sgemm_block(
         if mkl.is_some_and(|mkl| {
             crate::blas::sgemm(mkl, (m, k, n), (a, rsa, csa), (b, rsb, csb), beta, c, ldc)
         }) {
+            return;
+        }
+        if super::direct::sgemm((m, k, n), (a, rsa, csa), (b, rsb, csb), beta, c, ldc) {
             return;
         }
         matrixmultiply::sgemm(

@@ -25,11 +25,14 @@ use crate::backend::TchVar;
 use crate::optim::{Adam, HostGrad};
 use crate::{Result, TorchError, host};
 
+mod direct;
 mod gemm;
 mod kernel;
 mod loss;
 mod pool;
 mod windows;
+
+pub(crate) use gemm::{Operand, product};
 
 use kernel::{KernelLayer, KernelPass};
 use loss::{Labels, cross_entropy};

@@ -1,0 +1,414 @@
+//! Matrix products computed in registers straight from their operands, without the packed
+//! copies that `matrixmultiply` makes of both operands on every call.
+//!
+//! A step's products are small (a batch of 64 rows by layers of a few hundred), and on them
+//! `matrixmultiply`'s packing costs a third to a half of its kernel's time (`benches/RESULTS.md`).
+//! Here `a` is read in place (one value per row and inner index, broadcast; any strides) and `b`
+//! in place where its rows are contiguous whole vectors, else from a padded row-major copy; a
+//! tile of up to 8 rows by 2 vectors of `c` stays in registers over the inner loop.
+//!
+//! The bits are `matrixmultiply`'s on the same CPU: each element of `c` is a chain of fused
+//! multiply-adds over the inner index, in order, from zero, over blocks of [`KC`] inner indices,
+//! each block's sum then added to `c` (the first block's to `beta * c`, or stored for
+//! `beta = 0`). That is its kernels' order, and this runs only where they fuse (x86-64-v3 and
+//! v4), so a step's results do not depend on which of the two computes a product.
+use std::array;
+
+use pulp::{Simd, WithSimd};
+
+use hgq_core::scratch;
+
+/// Inner indices per block: `matrixmultiply`'s `kc` for float32, whose blocks' sums it adds to
+/// `c` one after the other.
+const KC: usize = 256;
+
+/// A matrix operand by pointer: its first element, its row stride and its column stride.
+pub(super) type RawOperand = (*const f32, usize, usize);
+
+/// `c = a @ b + beta * c` for row-major `c` (`m x n`, rows `ldc` apart), `a` (`m x k`) and `b`
+/// (`k x n`) at their strides, on a CPU that fuses multiply-adds (x86-64-v3 or v4); `false`
+/// (nothing done) elsewhere and for `k = 0`, where the caller computes it otherwise.
+///
+/// # Safety
+/// Every element of `a`, `b` and `c` at these strides is in its buffer, and no other thread
+/// reads or writes the part of `c` this writes. With `beta = 0`, `c` is written, not read.
+pub(super) unsafe fn sgemm(
+    (m, k, n): (usize, usize, usize),
+    a: RawOperand,
+    b: RawOperand,
+    beta: f32,
+    c: *mut f32,
+    ldc: usize,
+) -> bool {
+    if m == 0 || n == 0 || k == 0 {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if let Some(s) = pulp::x86::V4::try_new() {
+            // SAFETY: as the caller promises.
+            unsafe { at(s, (m, k, n), a, b, beta, c, ldc) };
+            return true;
+        }
+        if let Some(s) = pulp::x86::V3::try_new() {
+            // SAFETY: as the caller promises.
+            unsafe { at(s, (m, k, n), a, b, beta, c, ldc) };
+            return true;
+        }
+    }
+    let _ = (a, b, beta, c, ldc);
+    false
+}
+
+/// [`sgemm`] at the level of `s` (one whose multiply-adds fuse), `k > 0`.
+///
+/// # Safety
+/// As [`sgemm`]'s.
+unsafe fn at<S: Simd>(
+    s: S,
+    dims: (usize, usize, usize),
+    a: RawOperand,
+    b: RawOperand,
+    beta: f32,
+    c: *mut f32,
+    ldc: usize,
+) {
+    let (_, k, n) = dims;
+    let product = |b| Product {
+        dims,
+        a,
+        b,
+        beta,
+        c,
+        ldc,
+    };
+    // SAFETY: as the caller promises.
+    unsafe { with_rows(b, (k, n), S::F32_LANES, |b| s.vectorize(product(b))) };
+}
+
+/// Calls `f` with `b` (`k x n`) as contiguous rows of whole vectors of `lanes` (its pointer and
+/// row length): `b` itself where its columns are contiguous and `n` is a whole number of
+/// vectors, else a copy padded with zeros.
+///
+/// # Safety
+/// Every element of `b` at its strides is in its buffer.
+unsafe fn with_rows(
+    (b, rsb, csb): RawOperand,
+    (k, n): (usize, usize),
+    lanes: usize,
+    f: impl FnOnce((*const f32, usize)),
+) {
+    if csb == 1 && n.is_multiple_of(lanes) {
+        return f((b, rsb));
+    }
+    let np = n.next_multiple_of(lanes);
+    let mut rows = scratch::elements::<f32>(k * np);
+    // A few columns at a time over all rows: a transposed `b` (rows 1 apart) is then read
+    // from a few lines of cache at a time, each line for several rows, not one line per
+    // element of a row.
+    const COLUMNS: usize = 16;
+    for j0 in (0..np).step_by(COLUMNS) {
+        let j1 = (j0 + COLUMNS).min(np);
+        for (t, row) in rows.chunks_exact_mut(np).enumerate() {
+            for (j, v) in (j0..j1).zip(&mut row[j0..j1]) {
+                // SAFETY: (t, j) is an element of `b` (t < k, j < n), as the caller promises.
+                *v = if j < n {
+                    unsafe { *b.add(t * rsb + j * csb) }
+                } else {
+                    0.0
+                };
+            }
+        }
+    }
+    f((rows.as_ptr(), np));
+    scratch::give(rows);
+}
+
+/// A product for [`WithSimd`]: `b` as rows of whole vectors (pointer, row length).
+struct Product {
+    dims: (usize, usize, usize),
+    a: RawOperand,
+    b: (*const f32, usize),
+    beta: f32,
+    c: *mut f32,
+    ldc: usize,
+}
+
+impl WithSimd for Product {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        let p = &self;
+        let (m, _, n) = p.dims;
+        let lanes = S::F32_LANES;
+        // A tile's sums stay in registers: at 16 lanes (32 registers) 8 rows of two vectors,
+        // or 16 rows of one where `a`'s columns are contiguous (a transposed operand: each
+        // inner index then reads one whole line of `a`); at 8 lanes (16 registers) 4 rows of
+        // two vectors or 8 of one.
+        let tall = p.a.1 == 1 && lanes >= 16;
+        let eight_wide = lanes >= 16;
+        let np = n.next_multiple_of(lanes);
+        // Panels of two vectors' columns (the last one of one where `np` ends there), each
+        // panel's rows of `b` kept in cache while every tile of rows passes over them.
+        let mut j0 = 0;
+        while j0 < np {
+            let two = np - j0 >= 2 * lanes;
+            let mut i0 = 0;
+            while i0 < m {
+                // SAFETY: the tiles' rows (i0 and the rows returned after it) and columns (the
+                // panel's) are within the product; the buffers' bounds are `sgemm`'s caller's.
+                i0 += unsafe {
+                    match (m - i0, two) {
+                        (16.., _) if tall => {
+                            tile::<S, 16, 1>(s, p, i0, j0);
+                            if two {
+                                tile::<S, 16, 1>(s, p, i0, j0 + lanes);
+                            }
+                            16
+                        }
+                        (8.., true) if eight_wide => tile::<S, 8, 2>(s, p, i0, j0),
+                        (8.., false) => tile::<S, 8, 1>(s, p, i0, j0),
+                        (4.., true) => tile::<S, 4, 2>(s, p, i0, j0),
+                        (4.., false) => tile::<S, 4, 1>(s, p, i0, j0),
+                        (2.., true) => tile::<S, 2, 2>(s, p, i0, j0),
+                        (2.., false) => tile::<S, 2, 1>(s, p, i0, j0),
+                        (_, true) => tile::<S, 1, 2>(s, p, i0, j0),
+                        (_, false) => tile::<S, 1, 1>(s, p, i0, j0),
+                    }
+                };
+            }
+            j0 += if two { 2 * lanes } else { lanes };
+        }
+    }
+}
+
+/// Rows `i0 .. i0 + MR` by the `NV` vectors of columns from `j0` of `c`: per block of [`KC`]
+/// inner indices, the sums in registers (fused multiply-adds in the inner order from zero),
+/// then added to `c` (the first block's to `beta * c`, or stored for `beta = 0`). Columns past
+/// `n` (the padding of `b`'s rows) are computed and not stored. Returns `MR`.
+///
+/// # Safety
+/// The tile's rows and columns are within the product of `p`, whose buffers hold them.
+#[inline(always)]
+unsafe fn tile<S: Simd, const MR: usize, const NV: usize>(
+    s: S,
+    p: &Product,
+    i0: usize,
+    j0: usize,
+) -> usize {
+    let ((_, k, n), (a, rsa, csa), (b, ldb)) = (p.dims, p.a, p.b);
+    let lanes = S::F32_LANES;
+    let zero = s.splat_f32s(0.0);
+    let mut t0 = 0;
+    while t0 < k {
+        let t1 = (t0 + KC).min(k);
+        let mut sums = [[zero; NV]; MR];
+        // SAFETY (this block): elements (i0 + r, t) of `a` and (t, j0 + v * lanes ..) of
+        // `b`'s rows for t < k are in their buffers, as the caller promises.
+        unsafe {
+            let mut at: [*const f32; MR] = array::from_fn(|r| a.add((i0 + r) * rsa + t0 * csa));
+            let mut bt = b.add(t0 * ldb + j0);
+            for _ in t0..t1 {
+                let bv: [S::f32s; NV] =
+                    array::from_fn(|v| bt.add(v * lanes).cast::<S::f32s>().read_unaligned());
+                for (row, ar) in sums.iter_mut().zip(&mut at) {
+                    let av = s.splat_f32s(**ar);
+                    for (sum, &bv) in row.iter_mut().zip(&bv) {
+                        *sum = s.mul_add_f32s(av, bv, *sum);
+                    }
+                    *ar = ar.add(csa);
+                }
+                bt = bt.add(ldb);
+            }
+        }
+        let first = t0 == 0;
+        let beta = s.splat_f32s(p.beta);
+        for (r, row) in sums.iter().enumerate() {
+            for (v, &sum) in row.iter().enumerate() {
+                let j = j0 + v * lanes;
+                let valid = n.saturating_sub(j).min(lanes);
+                if valid == 0 {
+                    continue;
+                }
+                let mask = s.mask_between_m32s(0, valid as u32);
+                // SAFETY: element (i0 + r, j) and the `valid` after it are in `c`, as the
+                // caller promises; masked lanes are neither read nor written.
+                unsafe {
+                    let out = p.c.add((i0 + r) * p.ldc + j);
+                    let total = if first && p.beta == 0.0 {
+                        sum
+                    } else {
+                        let old = s.mask_load_ptr_f32s(mask, out);
+                        let old = if first { s.mul_f32s(old, beta) } else { old };
+                        s.add_f32s(sum, old)
+                    };
+                    s.mask_store_ptr_f32s(mask, out, total);
+                }
+            }
+        }
+        t0 = t1;
+    }
+    MR
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    /// `matrixmultiply::sgemm` on the same operands.
+    #[allow(clippy::too_many_arguments)]
+    fn reference(
+        (m, k, n): (usize, usize, usize),
+        (a, rsa, csa): (&[f32], usize, usize),
+        (b, rsb, csb): (&[f32], usize, usize),
+        beta: f32,
+        c: &mut [f32],
+        ldc: usize,
+    ) {
+        // SAFETY: the test's buffers hold every element at these strides.
+        unsafe {
+            matrixmultiply::sgemm(
+                m,
+                k,
+                n,
+                1.0,
+                a.as_ptr(),
+                rsa as isize,
+                csa as isize,
+                b.as_ptr(),
+                rsb as isize,
+                csb as isize,
+                beta,
+                c.as_mut_ptr(),
+                ldc as isize,
+                1,
+            );
+        }
+    }
+
+    /// Values whose products and sums round (the bits depend on the order of the sums), of
+    /// both signs and many magnitudes.
+    fn fill(len: usize, seed: u64) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let mantissa = (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+                mantissa * ((x >> 8) % 7) as f32 * 0.37
+            })
+            .collect()
+    }
+
+    /// The bits of `matrixmultiply` for every shape a step makes and their edges: rows and
+    /// columns not a whole tile or vector (1 to 37), inner lengths across a block (255, 256,
+    /// 257, 600), each operand plain or transposed, `c` with a row stride past `n`, and
+    /// `beta` 0, 1 and another (`c`'s old values NaN where `beta = 0`: not read); at each
+    /// level this CPU has (x86-64-v4 and v3) and through [`sgemm`]'s choice.
+    #[test]
+    fn the_bits_of_matrixmultiply() {
+        let mut levels = 0;
+        if let Some(s) = pulp::x86::V4::try_new() {
+            check(|d, a, b, beta, c, ldc| unsafe { at(s, d, a, b, beta, c, ldc) });
+            levels += 1;
+        }
+        if let Some(s) = pulp::x86::V3::try_new() {
+            check(|d, a, b, beta, c, ldc| unsafe { at(s, d, a, b, beta, c, ldc) });
+            levels += 1;
+        }
+        if levels > 0 {
+            check(|d, a, b, beta, c, ldc| assert!(unsafe { sgemm(d, a, b, beta, c, ldc) }));
+        }
+    }
+
+    /// Runs `product` (a [`sgemm`] that computes) on the shapes of
+    /// [`the_bits_of_matrixmultiply`] against `matrixmultiply`.
+    fn check(
+        product: impl Fn((usize, usize, usize), RawOperand, RawOperand, f32, *mut f32, usize),
+    ) {
+        let shapes = [
+            (1, 1, 1),
+            (3, 5, 7),
+            (8, 64, 16),
+            (9, 33, 17),
+            (64, 64, 128),
+            (64, 128, 10),
+            (128, 64, 128),
+            (37, 255, 33),
+            (13, 256, 48),
+            (16, 257, 31),
+            (5, 600, 20),
+        ];
+        for (m, k, n) in shapes {
+            for (a_t, b_t) in [(false, false), (true, false), (false, true), (true, true)] {
+                for beta in [0.0f32, 1.0, -0.75] {
+                    let (a, b) = (fill(m * k, 1 + m as u64), fill(k * n, 2 + n as u64));
+                    let (rsa, csa) = if a_t { (1, m) } else { (k, 1) };
+                    let (rsb, csb) = if b_t { (1, k) } else { (n, 1) };
+                    let ldc = n + 3;
+                    let old = fill(m * ldc, 3);
+                    let mut want = old.clone();
+                    let mut got = if beta == 0.0 {
+                        vec![f32::NAN; m * ldc]
+                    } else {
+                        old.clone()
+                    };
+                    reference(
+                        (m, k, n),
+                        (&a, rsa, csa),
+                        (&b, rsb, csb),
+                        beta,
+                        &mut want,
+                        ldc,
+                    );
+                    product(
+                        (m, k, n),
+                        (a.as_ptr(), rsa, csa),
+                        (b.as_ptr(), rsb, csb),
+                        beta,
+                        got.as_mut_ptr(),
+                        ldc,
+                    );
+                    for i in 0..m {
+                        for j in 0..ldc {
+                            let (w, g) = (want[i * ldc + j], got[i * ldc + j]);
+                            if j < n {
+                                assert_eq!(
+                                    w.to_bits(),
+                                    g.to_bits(),
+                                    "{m}x{k}x{n} a_t {a_t} b_t {b_t} beta {beta} at ({i}, {j}): {w} vs {g}"
+                                );
+                            } else if beta != 0.0 {
+                                // Past `n`: untouched.
+                                assert_eq!(g.to_bits(), old[i * ldc + j].to_bits());
+                            } else {
+                                assert!(g.is_nan(), "wrote past n");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `k = 0` is left to the caller (`false`, `c` untouched).
+    #[test]
+    fn an_empty_inner_length_is_refused() {
+        let mut c = [7.0f32; 4];
+        // SAFETY: nothing is read for k = 0; `c` holds 2 x 2.
+        let done = unsafe {
+            sgemm(
+                (2, 0, 2),
+                ([].as_ptr(), 0, 1),
+                ([].as_ptr(), 2, 1),
+                0.0,
+                c.as_mut_ptr(),
+                2,
+            )
+        };
+        assert!(!done);
+        assert_eq!(c, [7.0; 4]);
+    }
+}
