@@ -103,25 +103,107 @@ unsafe fn with_rows(
     }
     let np = n.next_multiple_of(lanes);
     let mut rows = scratch::elements::<f32>(k * np);
-    // A few columns at a time over all rows: a transposed `b` (rows 1 apart) is then read
-    // from a few lines of cache at a time, each line for several rows, not one line per
-    // element of a row.
-    const COLUMNS: usize = 16;
-    for j0 in (0..np).step_by(COLUMNS) {
-        let j1 = (j0 + COLUMNS).min(np);
+    if rsb == 1 {
+        // SAFETY: with rows 1 apart, `b`'s elements lie from its first, (0, 0), to its last,
+        // (k - 1, n - 1), all in its buffer (as the caller promises).
+        let b = unsafe { std::slice::from_raw_parts(b, (n - 1) * csb + k) };
+        transpose(b, csb, k, n, &mut rows);
+    } else {
         for (t, row) in rows.chunks_exact_mut(np).enumerate() {
-            for (j, v) in (j0..j1).zip(&mut row[j0..j1]) {
+            for (j, v) in row[..n].iter_mut().enumerate() {
                 // SAFETY: (t, j) is an element of `b` (t < k, j < n), as the caller promises.
-                *v = if j < n {
-                    unsafe { *b.add(t * rsb + j * csb) }
-                } else {
-                    0.0
-                };
+                *v = unsafe { *b.add(t * rsb + j * csb) };
             }
         }
     }
+    for row in rows.chunks_exact_mut(np) {
+        row[n..].fill(0.0);
+    }
     f((rows.as_ptr(), np));
     scratch::give(rows);
+}
+
+/// `rows` (`k` rows of `rows.len() / k`, the first `n` of each written) = the `k x n` matrix
+/// `b` whose columns are contiguous (column `j` from `b[j * csb]`): blocks of 8 by 8 through
+/// AVX's registers where the CPU has it (each block read as 8 pieces of columns and written as
+/// 8 pieces of rows: a column-major matrix read element by element touches a line of cache per
+/// element, and plain loops over such blocks do not become shuffles), the rest element by
+/// element.
+fn transpose(b: &[f32], csb: usize, k: usize, n: usize, rows: &mut [f32]) {
+    const B: usize = 8;
+    let np = rows.len() / k.max(1);
+    let (mut kb, mut nb) = (0, 0);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx") {
+        (kb, nb) = (k - k % B, n - n % B);
+        for j0 in (0..nb).step_by(B) {
+            for t0 in (0..kb).step_by(B) {
+                let (from, to) = ((j0 * csb + t0)..b.len(), (t0 * np + j0)..rows.len());
+                // SAFETY: the CPU has AVX; the block's 8 columns (j0.., 8 values from t0)
+                // are in `b` ((j0 + 7) * csb + t0 + 7 < (n - 1) * csb + k, the length
+                // `with_rows` gives it) and its 8 rows (t0.., 8 values from j0) in `rows`
+                // (t < k rows of np >= n values).
+                unsafe { transpose8(&b[from], csb, &mut rows[to], np) };
+            }
+        }
+    }
+    // The rows past whole blocks, then the columns past them (everything without AVX).
+    for t in kb..k {
+        for j in 0..nb {
+            rows[t * np + j] = b[j * csb + t];
+        }
+    }
+    for j in nb..n {
+        for t in 0..k {
+            rows[t * np + j] = b[j * csb + t];
+        }
+    }
+}
+
+/// `to`'s 8 rows (`ldt` apart, 8 values each) = the transpose of `from`'s 8 rows (`ldf`
+/// apart, 8 values each): AVX's unpacks, shuffles and lane permutes.
+///
+/// # Safety
+/// The CPU has AVX; `from` holds `7 * ldf + 8` values and `to` `7 * ldt + 8`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn transpose8(from: &[f32], ldf: usize, to: &mut [f32], ldt: usize) {
+    use std::arch::x86_64::*;
+    debug_assert!(from.len() >= 7 * ldf + 8 && to.len() >= 7 * ldt + 8);
+    // SAFETY: the reads and writes are within `from` and `to`, as the caller promises.
+    unsafe {
+        let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(from.as_ptr().add(i * ldf)));
+        // Pairs of rows interleaved, then pairs of pairs, then the 128-bit halves.
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let u1 = _mm256_shuffle_ps::<0xee>(t0, t2);
+        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let u3 = _mm256_shuffle_ps::<0xee>(t1, t3);
+        let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let u5 = _mm256_shuffle_ps::<0xee>(t4, t6);
+        let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let u7 = _mm256_shuffle_ps::<0xee>(t5, t7);
+        let out = [
+            _mm256_permute2f128_ps::<0x20>(u0, u4),
+            _mm256_permute2f128_ps::<0x20>(u1, u5),
+            _mm256_permute2f128_ps::<0x20>(u2, u6),
+            _mm256_permute2f128_ps::<0x20>(u3, u7),
+            _mm256_permute2f128_ps::<0x31>(u0, u4),
+            _mm256_permute2f128_ps::<0x31>(u1, u5),
+            _mm256_permute2f128_ps::<0x31>(u2, u6),
+            _mm256_permute2f128_ps::<0x31>(u3, u7),
+        ];
+        for (i, v) in out.into_iter().enumerate() {
+            _mm256_storeu_ps(to.as_mut_ptr().add(i * ldt), v);
+        }
+    }
 }
 
 /// A product for [`WithSimd`]: `b` as rows of whole vectors (pointer, row length).
@@ -222,34 +304,67 @@ unsafe fn tile<S: Simd, const MR: usize, const NV: usize>(
                 bt = bt.add(ldb);
             }
         }
-        let first = t0 == 0;
-        let beta = s.splat_f32s(p.beta);
-        for (r, row) in sums.iter().enumerate() {
-            for (v, &sum) in row.iter().enumerate() {
-                let j = j0 + v * lanes;
-                let valid = n.saturating_sub(j).min(lanes);
-                if valid == 0 {
-                    continue;
-                }
-                let mask = s.mask_between_m32s(0, valid as u32);
-                // SAFETY: element (i0 + r, j) and the `valid` after it are in `c`, as the
-                // caller promises; masked lanes are neither read nor written.
-                unsafe {
-                    let out = p.c.add((i0 + r) * p.ldc + j);
-                    let total = if first && p.beta == 0.0 {
-                        sum
-                    } else {
-                        let old = s.mask_load_ptr_f32s(mask, out);
-                        let old = if first { s.mul_f32s(old, beta) } else { old };
-                        s.add_f32s(sum, old)
-                    };
-                    s.mask_store_ptr_f32s(mask, out, total);
-                }
+        // SAFETY: the tile is in `c`, as the caller promises.
+        unsafe {
+            if j0 + NV * lanes <= n {
+                store::<S, MR, NV, true>(s, p, &sums, (i0, j0), t0 == 0);
+            } else {
+                store::<S, MR, NV, false>(s, p, &sums, (i0, j0), t0 == 0);
             }
         }
         t0 = t1;
     }
     MR
+}
+
+/// Adds a tile's sums of a block of inner indices to `c` (rows from `i0`, columns from `j0`):
+/// the first block's to `beta * c`, or stores them for `beta = 0`. `WHOLE`: every vector's
+/// columns are within `n` (plain loads and stores; else masked ones, lanes past `n` neither
+/// read nor written).
+///
+/// # Safety
+/// The tile's elements within `n` are in `c`.
+#[inline(always)]
+unsafe fn store<S: Simd, const MR: usize, const NV: usize, const WHOLE: bool>(
+    s: S,
+    p: &Product,
+    sums: &[[S::f32s; NV]; MR],
+    (i0, j0): (usize, usize),
+    first: bool,
+) {
+    let lanes = S::F32_LANES;
+    let beta = s.splat_f32s(p.beta);
+    for (r, row) in sums.iter().enumerate() {
+        for (v, &sum) in row.iter().enumerate() {
+            let j = j0 + v * lanes;
+            let valid = p.dims.2.saturating_sub(j).min(lanes);
+            if !WHOLE && valid == 0 {
+                continue;
+            }
+            let mask = s.mask_between_m32s(0, valid as u32);
+            // SAFETY: element (i0 + r, j) and the `valid` after it are in `c`, as the caller
+            // promises (all `lanes` of them where `WHOLE`).
+            unsafe {
+                let out = p.c.add((i0 + r) * p.ldc + j);
+                let total = if first && p.beta == 0.0 {
+                    sum
+                } else {
+                    let old = if WHOLE {
+                        out.cast::<S::f32s>().read_unaligned()
+                    } else {
+                        s.mask_load_ptr_f32s(mask, out)
+                    };
+                    let old = if first { s.mul_f32s(old, beta) } else { old };
+                    s.add_f32s(sum, old)
+                };
+                if WHOLE {
+                    out.cast::<S::f32s>().write_unaligned(total);
+                } else {
+                    s.mask_store_ptr_f32s(mask, out, total);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(all(test, target_arch = "x86_64"))]
