@@ -136,14 +136,21 @@ fn transpose(b: &[f32], csb: usize, k: usize, n: usize, rows: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx") {
         (kb, nb) = (k - k % B, n - n % B);
-        for j0 in (0..nb).step_by(B) {
-            for t0 in (0..kb).step_by(B) {
-                let (from, to) = ((j0 * csb + t0)..b.len(), (t0 * np + j0)..rows.len());
-                // SAFETY: the CPU has AVX; the block's 8 columns (j0.., 8 values from t0)
-                // are in `b` ((j0 + 7) * csb + t0 + 7 < (n - 1) * csb + k, the length
-                // `with_rows` gives it) and its 8 rows (t0.., 8 values from j0) in `rows`
-                // (t < k rows of np >= n values).
-                unsafe { transpose8(&b[from], csb, &mut rows[to], np) };
+        // Blocks in squares of 2 by 2, so that each side reads and writes whole lines of 16
+        // values (a line half used is gone from cache when the other half is wanted).
+        for j1 in (0..nb).step_by(2 * B) {
+            for t1 in (0..kb).step_by(2 * B) {
+                for j0 in (j1..nb.min(j1 + 2 * B)).step_by(B) {
+                    for t0 in (t1..kb.min(t1 + 2 * B)).step_by(B) {
+                        let from = (j0 * csb + t0)..b.len();
+                        let to = (t0 * np + j0)..rows.len();
+                        // SAFETY: the CPU has AVX; the block's 8 columns (j0.., 8 values from
+                        // t0) are in `b` ((j0 + 7) * csb + t0 + 7 < (n - 1) * csb + k, the
+                        // length `with_rows` gives it) and its 8 rows (t0.., 8 values from
+                        // j0) in `rows` (t < k rows of np >= n values).
+                        unsafe { transpose8(&b[from], csb, &mut rows[to], np) };
+                    }
+                }
             }
         }
     }
