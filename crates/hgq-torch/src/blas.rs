@@ -35,6 +35,10 @@ type SgemmFn = unsafe extern "C" fn(
 /// global one); returns the previous local value.
 type SetThreadsFn = unsafe extern "C" fn(n: c_int) -> c_int;
 
+/// A matrix operand by pointer: its first element, its row stride and its column stride.
+pub(crate) type RawOperand = (*const f32, usize, usize);
+
+/// MKL's functions that the products call, found in the libraries libtorch loaded.
 pub(crate) struct Mkl {
     sgemm: SgemmFn,
     set_threads_local: SetThreadsFn,
@@ -132,8 +136,8 @@ fn layout(rows: usize, cols: usize, rs: usize, cs: usize) -> Option<(c_char, c_i
 pub(crate) unsafe fn sgemm(
     mkl: &Mkl,
     (m, k, n): (usize, usize, usize),
-    (a, rsa, csa): (*const f32, usize, usize),
-    (b, rsb, csb): (*const f32, usize, usize),
+    (a, rsa, csa): RawOperand,
+    (b, rsb, csb): RawOperand,
     beta: f32,
     c: *mut f32,
     ldc: usize,
@@ -165,6 +169,40 @@ pub(crate) unsafe fn sgemm(
         (mkl.set_threads_local)(prev);
     }
     true
+}
+
+/// [`sgemm`]'s product on `matrixmultiply` (any strides and sizes, one thread): what the step
+/// runs where neither MKL nor its own kernel does, and what the tests compare them with.
+///
+/// # Safety
+/// As [`sgemm`]'s.
+pub(crate) unsafe fn matrixmultiply(
+    (m, k, n): (usize, usize, usize),
+    (a, rsa, csa): RawOperand,
+    (b, rsb, csb): RawOperand,
+    beta: f32,
+    c: *mut f32,
+    ldc: usize,
+) {
+    // SAFETY: as the caller promises; strides of Rust buffers fit in isize.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a,
+            rsa as isize,
+            csa as isize,
+            b,
+            rsb as isize,
+            csb as isize,
+            beta,
+            c,
+            ldc as isize,
+            1,
+        );
+    }
 }
 
 #[cfg(test)]
@@ -215,21 +253,13 @@ mod tests {
                     assert!(done, "{m}x{k}x{n} a_t={a_t} b_t={b_t}");
                     // SAFETY: as above.
                     unsafe {
-                        matrixmultiply::sgemm(
-                            m,
-                            k,
-                            n,
-                            1.0,
-                            a.as_ptr(),
-                            rsa as isize,
-                            csa as isize,
-                            b.as_ptr(),
-                            rsb as isize,
-                            csb as isize,
+                        matrixmultiply(
+                            (m, k, n),
+                            (a.as_ptr(), rsa, csa),
+                            (b.as_ptr(), rsb, csb),
                             beta,
                             want.as_mut_ptr(),
-                            n as isize,
-                            1,
+                            n,
                         );
                     }
                     for (j, (g, w)) in got.iter().zip(&want).enumerate() {

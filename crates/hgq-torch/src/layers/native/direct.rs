@@ -5,7 +5,8 @@
 //! `matrixmultiply`'s packing costs a third to a half of its kernel's time (`benches/RESULTS.md`).
 //! Here `a` is read in place (one value per row and inner index, broadcast; any strides) and `b`
 //! in place where its rows are contiguous whole vectors, else from a padded row-major copy; a
-//! tile of up to 8 rows by 2 vectors of `c` stays in registers over the inner loop.
+//! tile of `c` (up to 8 rows by 2 vectors, or 16 rows by 1) stays in registers over the inner
+//! loop.
 //!
 //! The bits are `matrixmultiply`'s on the same CPU: each element of `c` is a chain of fused
 //! multiply-adds over the inner index, in order, from zero, over blocks of [`KC`] inner indices,
@@ -22,8 +23,7 @@ use hgq_core::scratch;
 /// `c` one after the other.
 const KC: usize = 256;
 
-/// A matrix operand by pointer: its first element, its row stride and its column stride.
-pub(super) type RawOperand = (*const f32, usize, usize);
+use crate::blas::RawOperand;
 
 /// `c = a @ b + beta * c` for row-major `c` (`m x n`, rows `ldc` apart), `a` (`m x k`) and `b`
 /// (`k x n`) at their strides, on a CPU that fuses multiply-adds (x86-64-v3 or v4); `false`
@@ -378,8 +378,7 @@ unsafe fn store<S: Simd, const MR: usize, const NV: usize, const WHOLE: bool>(
 mod tests {
     use super::*;
 
-    /// `matrixmultiply::sgemm` on the same operands.
-    #[allow(clippy::too_many_arguments)]
+    /// `matrixmultiply` on the same operands.
     fn reference(
         (m, k, n): (usize, usize, usize),
         (a, rsa, csa): (&[f32], usize, usize),
@@ -390,21 +389,13 @@ mod tests {
     ) {
         // SAFETY: the test's buffers hold every element at these strides.
         unsafe {
-            matrixmultiply::sgemm(
-                m,
-                k,
-                n,
-                1.0,
-                a.as_ptr(),
-                rsa as isize,
-                csa as isize,
-                b.as_ptr(),
-                rsb as isize,
-                csb as isize,
+            crate::blas::matrixmultiply(
+                (m, k, n),
+                (a.as_ptr(), rsa, csa),
+                (b.as_ptr(), rsb, csb),
                 beta,
                 c.as_mut_ptr(),
-                ldc as isize,
-                1,
+                ldc,
             );
         }
     }

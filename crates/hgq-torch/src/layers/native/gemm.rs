@@ -1,7 +1,9 @@
-//! Matrix products of the native step: MKL's `sgemm` through libtorch on Intel processors,
-//! else `matrixmultiply`; split over threads where that pays.
+//! Matrix products of the native step: MKL's `sgemm` through libtorch on Intel processors, else
+//! the step's own kernel in registers (`direct`), else `matrixmultiply`; narrow ones in plain
+//! loops; split over threads where that pays.
 use rayon::prelude::*;
 
+use crate::blas::RawOperand;
 use crate::{Result, TorchError, simd};
 use hgq_core::scratch;
 
@@ -222,15 +224,16 @@ fn rows<const W: usize>(cv: &mut [[f32; LANES]], bv: &[[f32; LANES]], a: Operand
 
 /// Row-major `c` (`m x n`, rows `ldc` apart) `= a @ b + beta * c`, `a` and `b` at their strides:
 /// MKL's `sgemm` where libtorch brings it on an Intel processor (faster there on the products
-/// of a step), else `matrixmultiply`.
+/// of a step), else the step's own kernel ([`direct`](super::direct), on x86-64-v3 and v4), else
+/// `matrixmultiply` (the same bits as the kernel).
 ///
 /// # Safety
 /// Every element of `a` (`m x k`), `b` (`k x n`) and `c` at these strides is in its buffer, and
 /// no other thread reads or writes the part of `c` this writes.
 unsafe fn sgemm_block(
-    (m, k, n): (usize, usize, usize),
-    (a, rsa, csa): (*const f32, usize, usize),
-    (b, rsb, csb): (*const f32, usize, usize),
+    dims: (usize, usize, usize),
+    a: RawOperand,
+    b: RawOperand,
     beta: f32,
     c: *mut f32,
     ldc: usize,
@@ -238,30 +241,12 @@ unsafe fn sgemm_block(
     // SAFETY: as the caller promises; with beta 0 `c` is written, not read.
     unsafe {
         let mkl = crate::blas::mkl();
-        if mkl.is_some_and(|mkl| {
-            crate::blas::sgemm(mkl, (m, k, n), (a, rsa, csa), (b, rsb, csb), beta, c, ldc)
-        }) {
+        if mkl.is_some_and(|mkl| crate::blas::sgemm(mkl, dims, a, b, beta, c, ldc))
+            || super::direct::sgemm(dims, a, b, beta, c, ldc)
+        {
             return;
         }
-        if super::direct::sgemm((m, k, n), (a, rsa, csa), (b, rsb, csb), beta, c, ldc) {
-            return;
-        }
-        matrixmultiply::sgemm(
-            m,
-            k,
-            n,
-            1.0,
-            a,
-            rsa as isize,
-            csa as isize,
-            b,
-            rsb as isize,
-            csb as isize,
-            beta,
-            c,
-            ldc as isize,
-            1,
-        );
+        crate::blas::matrixmultiply(dims, a, b, beta, c, ldc);
     }
 }
 

@@ -4,10 +4,10 @@
 //! autograd; their dispatch, not their arithmetic, is the step's time. Here the same step is
 //! plain loops over the `VarStore`'s memory: per layer the quantizers' fused passes
 //! (hgq-core's kernels, kept for their backward: [`SavedPass`]), one matrix product forward
-//! and two backward (libtorch's MKL, else `matrixmultiply`; narrow ones in plain loops), a
-//! convolution's windows gathered into the product's rows and its input's gradient scattered
-//! back, poolings, the EBOPs and their gradients through the
-//! bit widths ([`Dual`]: the quantizer logic's own arithmetic, differentiated), the cross
+//! and two backward (libtorch's MKL on Intel, else tiles in registers; narrow ones in plain
+//! loops), a convolution's windows gathered into the product's rows and its input's gradient
+//! scattered back, poolings, the EBOPs and their gradients through the bit widths ([`Dual`]:
+//! the quantizer logic's own arithmetic, differentiated), the cross
 //! entropy, the regularizers, then Keras' Adam and the constraints in place. The quantizer
 //! logic is the one every backend runs (hgq-core's `Quantizer` on its CPU backend, variables
 //! read where the `VarStore` keeps them), so values are those of the autograd step up to the
