@@ -5,8 +5,8 @@
 //! `matrixmultiply`'s packing costs a third to a half of its kernel's time (`benches/RESULTS.md`).
 //! Here `a` is read in place (one value per row and inner index, broadcast; any strides) and `b`
 //! in place where its rows are contiguous whole vectors, else from a padded row-major copy; a
-//! tile of `c` (up to 8 rows by 2 vectors, or 16 rows by 1) stays in registers over the inner
-//! loop.
+//! tile of `c` (up to 8 rows by 2 vectors, or 16 rows by 1; 6 by 2 at AVX2) stays in registers
+//! over the inner loop.
 //!
 //! The bits are `matrixmultiply`'s on the same CPU: each element of `c` is a chain of fused
 //! multiply-adds over the inner index, in order, from zero, over blocks of [`KC`] inner indices,
@@ -25,9 +25,16 @@ const KC: usize = 256;
 
 use crate::blas::RawOperand;
 
+/// The most multiply-adds of a product this computes at x86-64-v3 (AVX2: 16 registers, tiles
+/// of 6 rows by 2 vectors), and only with `a`'s rows contiguous: larger products and a
+/// transposed `a` ran faster in `matrixmultiply` (its packed panels), smaller ones here
+/// (`benches/RESULTS.md`).
+const V3_MOST_MACS: usize = 1 << 21;
+
 /// `c = a @ b + beta * c` for row-major `c` (`m x n`, rows `ldc` apart), `a` (`m x k`) and `b`
-/// (`k x n`) at their strides, on a CPU that fuses multiply-adds (x86-64-v3 or v4); `false`
-/// (nothing done) elsewhere and for `k = 0`, where the caller computes it otherwise.
+/// (`k x n`) at their strides, on a CPU that fuses multiply-adds (x86-64-v4, or v3 for products
+/// of at most [`V3_MOST_MACS`] with `a`'s rows contiguous); `false` (nothing done) elsewhere
+/// and for `k = 0`, where the caller computes it otherwise.
 ///
 /// # Safety
 /// Every element of `a`, `b` and `c` at these strides is in its buffer, and no other thread
@@ -50,7 +57,10 @@ pub(super) unsafe fn sgemm(
             unsafe { at(s, (m, k, n), a, b, beta, c, ldc) };
             return true;
         }
-        if let Some(s) = pulp::x86::V3::try_new() {
+        if let Some(s) = pulp::x86::V3::try_new()
+            && m * k * n <= V3_MOST_MACS
+            && a.2 == 1
+        {
             // SAFETY: as the caller promises.
             unsafe { at(s, (m, k, n), a, b, beta, c, ldc) };
             return true;
@@ -233,10 +243,11 @@ impl WithSimd for Product {
         let lanes = S::F32_LANES;
         // A tile's sums stay in registers: at 16 lanes (32 registers) 8 rows of two vectors,
         // or 16 rows of one where `a`'s columns are contiguous (a transposed operand: each
-        // inner index then reads one whole line of `a`); at 8 lanes (16 registers) 4 rows of
-        // two vectors or 8 of one.
-        let tall = p.a.1 == 1 && lanes >= 16;
+        // inner index then reads one whole line of `a`); at 8 lanes (16 registers) 6 rows of
+        // two vectors (twelve sums: fewer leave the two multiply-add units waiting on each
+        // sum's latency) or 8 of one.
         let eight_wide = lanes >= 16;
+        let tall = p.a.1 == 1 && eight_wide;
         let np = n.next_multiple_of(lanes);
         // Panels of two vectors' columns (the last one of one where `np` ends there), each
         // panel's rows of `b` kept in cache while every tile of rows passes over them.
@@ -257,6 +268,7 @@ impl WithSimd for Product {
                             16
                         }
                         (8.., true) if eight_wide => tile::<S, 8, 2>(s, p, i0, j0),
+                        (6.., true) if !eight_wide => tile::<S, 6, 2>(s, p, i0, j0),
                         (8.., false) => tile::<S, 8, 1>(s, p, i0, j0),
                         (4.., true) => tile::<S, 4, 2>(s, p, i0, j0),
                         (4.., false) => tile::<S, 4, 1>(s, p, i0, j0),
@@ -432,7 +444,14 @@ mod tests {
             levels += 1;
         }
         if levels > 0 {
-            check(|d, a, b, beta, c, ldc| assert!(unsafe { sgemm(d, a, b, beta, c, ldc) }));
+            // What the step runs: this kernel where it takes the product (at v4 always),
+            // else `matrixmultiply`.
+            check(|d, a, b, beta, c, ldc| unsafe {
+                if !sgemm(d, a, b, beta, c, ldc) {
+                    assert!(pulp::x86::V4::try_new().is_none(), "refused at v4");
+                    crate::blas::matrixmultiply(d, a, b, beta, c, ldc);
+                }
+            });
         }
     }
 
