@@ -233,6 +233,25 @@ pub fn part_len(n: usize) -> usize {
     n.div_ceil(width()).next_multiple_of(64).max(1)
 }
 
+/// Elements per part of [`copy`], and its least length for the team: parts small enough that a
+/// faster thread takes more of them (a VM's cores run at different speeds from minute to minute).
+const COPY_PART: usize = 1 << 14;
+
+/// `dst.copy_from_slice(src)` in parts over the team where this thread leads one and the copy
+/// is long (a copy of memory from beyond the core's cache runs at what one core draws; two
+/// draw more), else here. `dst` and `src` have the same length.
+pub fn copy<T: Copy + Send + Sync>(dst: &mut [T], src: &[T]) {
+    if width() < 2 || src.len() < COPY_PART || dst.len() != src.len() {
+        dst.copy_from_slice(src);
+        return;
+    }
+    let len = part_len(src.len()).min(COPY_PART);
+    for_each_item(
+        dst.chunks_mut(len).zip(src.chunks(len)).collect(),
+        |(d, s)| d.copy_from_slice(s),
+    );
+}
+
 /// Runs `f(0)`, ..., `f(n - 1)`, each once, on the team where this thread leads one (blocks in
 /// no particular order, on any of its threads), else in order here. Returns when all have
 /// run. A panic in a block ends the call with that panic once no thread runs a block of it
@@ -351,6 +370,24 @@ mod tests {
     }
 
     /// Blocks run on more than one thread when a session is alive (the helpers spin).
+    /// A copy over the team (parts of `COPY_PART` and a shorter last one) and one too short to
+    /// split are `src` element for element; outside a session, too.
+    #[test]
+    fn copies_are_the_source() {
+        let _l = lead();
+        let src: Vec<u32> = (0..3 * COPY_PART as u32 + 17)
+            .map(|j| j.wrapping_mul(2_654_435_761))
+            .collect();
+        for threads in [1, 2] {
+            let _s = session(threads);
+            for len in [0, 5, COPY_PART, src.len()] {
+                let mut dst = vec![0u32; len];
+                copy(&mut dst, &src[..len]);
+                assert_eq!(dst, src[..len], "{threads} threads, {len}");
+            }
+        }
+    }
+
     #[test]
     fn helpers_take_blocks() {
         let _l = lead();

@@ -413,7 +413,7 @@ impl<'a, T: Element, V: HostVar<T::C>> Cpu<'a, T, V> {
                     }
                     _ => {
                         let mut copy = crate::scratch::elements(x.data.len());
-                        copy.copy_from_slice(&x.data);
+                        crate::team::copy(&mut copy, &x.data);
                         SavedInput::Copy(copy)
                     }
                 },
