@@ -246,8 +246,8 @@ impl WithSimd for Product {
         // inner index then reads one whole line of `a`); at 8 lanes (16 registers) 6 rows of
         // two vectors (twelve sums: fewer leave the two multiply-add units waiting on each
         // sum's latency) or 8 of one.
-        let eight_wide = lanes >= 16;
-        let tall = p.a.1 == 1 && eight_wide;
+        let wide = lanes >= 16;
+        let tall = p.a.1 == 1 && wide;
         let np = n.next_multiple_of(lanes);
         // Panels of two vectors' columns (the last one of one where `np` ends there), each
         // panel's rows of `b` kept in cache while every tile of rows passes over them.
@@ -267,8 +267,8 @@ impl WithSimd for Product {
                             }
                             16
                         }
-                        (8.., true) if eight_wide => tile::<S, 8, 2>(s, p, i0, j0),
-                        (6.., true) if !eight_wide => tile::<S, 6, 2>(s, p, i0, j0),
+                        (8.., true) if wide => tile::<S, 8, 2>(s, p, i0, j0),
+                        (6.., true) if !wide => tile::<S, 6, 2>(s, p, i0, j0),
                         (8.., false) => tile::<S, 8, 1>(s, p, i0, j0),
                         (4.., true) => tile::<S, 4, 2>(s, p, i0, j0),
                         (4.., false) => tile::<S, 4, 1>(s, p, i0, j0),
@@ -318,9 +318,10 @@ unsafe fn tile<S: Simd, const MR: usize, const NV: usize>(
                     for (sum, &bv) in row.iter_mut().zip(&bv) {
                         *sum = s.mul_add_f32s(av, bv, *sum);
                     }
-                    *ar = ar.add(csa);
+                    // Past the last inner index this points past `a`, never read: wrapping.
+                    *ar = ar.wrapping_add(csa);
                 }
-                bt = bt.add(ldb);
+                bt = bt.wrapping_add(ldb);
             }
         }
         // SAFETY: the tile is in `c`, as the caller promises.
