@@ -38,6 +38,20 @@ type SetThreadsFn = unsafe extern "C" fn(n: c_int) -> c_int;
 /// A matrix operand by pointer: its first element, its row stride and its column stride.
 pub(crate) type RawOperand = (*const f32, usize, usize);
 
+/// A product by pointers, as `sgemm` takes it: row-major `c` (`m x n`, rows `ldc` apart)
+/// `= a @ b + beta * c`, `a` (`m x k`) and `b` (`k x n`) at their strides. What [`sgemm`],
+/// [`matrixmultiply`] and the native step's own kernel compute.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RawGemm {
+    /// `(m, k, n)`.
+    pub(crate) dims: (usize, usize, usize),
+    pub(crate) a: RawOperand,
+    pub(crate) b: RawOperand,
+    pub(crate) beta: f32,
+    pub(crate) c: *mut f32,
+    pub(crate) ldc: usize,
+}
+
 /// MKL's functions that the products call, found in the libraries libtorch loaded.
 pub(crate) struct Mkl {
     sgemm: SgemmFn,
@@ -125,23 +139,21 @@ fn layout(rows: usize, cols: usize, rs: usize, cs: usize) -> Option<(c_char, c_i
     Some((t as c_char, c_int::try_from(ld.max(1)).ok()?))
 }
 
-/// Row-major `c` (`m x n`, rows `ldc` apart) `= a @ b + beta * c` on one thread with these MKL
-/// functions, `a` (`m x k`) and `b` (`k x n`) at their strides. Returns `false`, having done
-/// nothing, where MKL cannot take these strides or sizes.
+/// `g` on one thread with these MKL functions. Returns `false`, having done nothing, where MKL
+/// cannot take these strides or sizes.
 ///
 /// # Safety
 /// Every element of `a`, `b` and `c` at these strides is in its buffer, and no other thread
 /// writes the part of `c` this writes. With `beta` 0, `c` is written, not read.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn sgemm(
-    mkl: &Mkl,
-    (m, k, n): (usize, usize, usize),
-    (a, rsa, csa): RawOperand,
-    (b, rsb, csb): RawOperand,
-    beta: f32,
-    c: *mut f32,
-    ldc: usize,
-) -> bool {
+pub(crate) unsafe fn sgemm(mkl: &Mkl, g: RawGemm) -> bool {
+    let RawGemm {
+        dims: (m, k, n),
+        a: (a, rsa, csa),
+        b: (b, rsb, csb),
+        beta,
+        c,
+        ldc,
+    } = g;
     // C^T (n x m, column-major, leading dimension ldc) = B^T (n x k) @ A^T (k x m).
     let (Some((tb, ldb)), Some((ta, lda))) = (layout(k, n, rsb, csb), layout(m, k, rsa, csa))
     else {
@@ -171,19 +183,20 @@ pub(crate) unsafe fn sgemm(
     true
 }
 
-/// [`sgemm`]'s product on `matrixmultiply` (any strides and sizes, one thread): what the step
-/// runs where neither MKL nor its own kernel does, and what the tests compare them with.
+/// `g` on `matrixmultiply` (any strides and sizes, one thread): what the step runs where
+/// neither MKL nor its own kernel does, and what the tests compare them with.
 ///
 /// # Safety
 /// As [`sgemm`]'s.
-pub(crate) unsafe fn matrixmultiply(
-    (m, k, n): (usize, usize, usize),
-    (a, rsa, csa): RawOperand,
-    (b, rsb, csb): RawOperand,
-    beta: f32,
-    c: *mut f32,
-    ldc: usize,
-) {
+pub(crate) unsafe fn matrixmultiply(g: RawGemm) {
+    let RawGemm {
+        dims: (m, k, n),
+        a: (a, rsa, csa),
+        b: (b, rsb, csb),
+        beta,
+        c,
+        ldc,
+    } = g;
     // SAFETY: as the caller promises; strides of Rust buffers fit in isize.
     unsafe {
         matrixmultiply::sgemm(
@@ -242,25 +255,27 @@ mod tests {
                     let done = unsafe {
                         sgemm(
                             mkl,
-                            (m, k, n),
-                            (a.as_ptr(), rsa, csa),
-                            (b.as_ptr(), rsb, csb),
-                            beta,
-                            got.as_mut_ptr(),
-                            n,
+                            RawGemm {
+                                dims: (m, k, n),
+                                a: (a.as_ptr(), rsa, csa),
+                                b: (b.as_ptr(), rsb, csb),
+                                beta,
+                                c: got.as_mut_ptr(),
+                                ldc: n,
+                            },
                         )
                     };
                     assert!(done, "{m}x{k}x{n} a_t={a_t} b_t={b_t}");
                     // SAFETY: as above.
                     unsafe {
-                        matrixmultiply(
-                            (m, k, n),
-                            (a.as_ptr(), rsa, csa),
-                            (b.as_ptr(), rsb, csb),
+                        matrixmultiply(RawGemm {
+                            dims: (m, k, n),
+                            a: (a.as_ptr(), rsa, csa),
+                            b: (b.as_ptr(), rsb, csb),
                             beta,
-                            want.as_mut_ptr(),
-                            n,
-                        );
+                            c: want.as_mut_ptr(),
+                            ldc: n,
+                        });
                     }
                     for (j, (g, w)) in got.iter().zip(&want).enumerate() {
                         assert!(
@@ -278,12 +293,14 @@ mod tests {
         let done = unsafe {
             sgemm(
                 mkl,
-                (2, 2, 2),
-                (a.as_ptr(), 1, 1),
-                (b.as_ptr(), 2, 1),
-                0.0,
-                c.as_mut_ptr(),
-                2,
+                RawGemm {
+                    dims: (2, 2, 2),
+                    a: (a.as_ptr(), 1, 1),
+                    b: (b.as_ptr(), 2, 1),
+                    beta: 0.0,
+                    c: c.as_mut_ptr(),
+                    ldc: 2,
+                },
             )
         };
         assert!(!done);

@@ -23,7 +23,7 @@ use hgq_core::scratch;
 /// `c` one after the other.
 const KC: usize = 256;
 
-use crate::blas::RawOperand;
+use crate::blas::{RawGemm, RawOperand};
 
 /// The most multiply-adds of a product this computes at x86-64-v3 (AVX2: 16 registers, tiles
 /// of 6 rows by 2 vectors), and only with `a`'s rows contiguous: larger products and a
@@ -31,22 +31,15 @@ use crate::blas::RawOperand;
 /// (`benches/RESULTS.md`).
 const V3_MOST_MACS: usize = 1 << 21;
 
-/// `c = a @ b + beta * c` for row-major `c` (`m x n`, rows `ldc` apart), `a` (`m x k`) and `b`
-/// (`k x n`) at their strides, on a CPU that fuses multiply-adds (x86-64-v4, or v3 for products
-/// of at most [`V3_MOST_MACS`] with `a`'s rows contiguous); `false` (nothing done) elsewhere
-/// and for `k = 0`, where the caller computes it otherwise.
+/// `g` ([`RawGemm`]: `c = a @ b + beta * c`) on a CPU that fuses multiply-adds (x86-64-v4, or
+/// v3 for products of at most [`V3_MOST_MACS`] with `a`'s rows contiguous); `false` (nothing
+/// done) elsewhere and for `k = 0`, where the caller computes it otherwise.
 ///
 /// # Safety
 /// Every element of `a`, `b` and `c` at these strides is in its buffer, and no other thread
 /// reads or writes the part of `c` this writes. With `beta = 0`, `c` is written, not read.
-pub(super) unsafe fn sgemm(
-    (m, k, n): (usize, usize, usize),
-    a: RawOperand,
-    b: RawOperand,
-    beta: f32,
-    c: *mut f32,
-    ldc: usize,
-) -> bool {
+pub(super) unsafe fn sgemm(g: RawGemm) -> bool {
+    let (m, k, n) = g.dims;
     if m == 0 || n == 0 || k == 0 {
         return false;
     }
@@ -54,19 +47,18 @@ pub(super) unsafe fn sgemm(
     {
         if let Some(s) = pulp::x86::V4::try_new() {
             // SAFETY: as the caller promises.
-            unsafe { at(s, (m, k, n), a, b, beta, c, ldc) };
+            unsafe { at(s, g) };
             return true;
         }
         if let Some(s) = pulp::x86::V3::try_new()
             && m * k * n <= V3_MOST_MACS
-            && a.2 == 1
+            && g.a.2 == 1
         {
             // SAFETY: as the caller promises.
-            unsafe { at(s, (m, k, n), a, b, beta, c, ldc) };
+            unsafe { at(s, g) };
             return true;
         }
     }
-    let _ = (a, b, beta, c, ldc);
     false
 }
 
@@ -74,26 +66,18 @@ pub(super) unsafe fn sgemm(
 ///
 /// # Safety
 /// As [`sgemm`]'s.
-unsafe fn at<S: Simd>(
-    s: S,
-    dims: (usize, usize, usize),
-    a: RawOperand,
-    b: RawOperand,
-    beta: f32,
-    c: *mut f32,
-    ldc: usize,
-) {
-    let (_, k, n) = dims;
+unsafe fn at<S: Simd>(s: S, g: RawGemm) {
+    let (_, k, n) = g.dims;
     let product = |b| Product {
-        dims,
-        a,
+        dims: g.dims,
+        a: g.a,
         b,
-        beta,
-        c,
-        ldc,
+        beta: g.beta,
+        c: g.c,
+        ldc: g.ldc,
     };
     // SAFETY: as the caller promises.
-    unsafe { with_rows(b, (k, n), S::F32_LANES, |b| s.vectorize(product(b))) };
+    unsafe { with_rows(g.b, (k, n), S::F32_LANES, |b| s.vectorize(product(b))) };
 }
 
 /// Calls `f` with `b` (`k x n`) as contiguous rows of whole vectors of `lanes` (its pointer and
@@ -391,28 +375,6 @@ unsafe fn store<S: Simd, const MR: usize, const NV: usize, const WHOLE: bool>(
 mod tests {
     use super::*;
 
-    /// `matrixmultiply` on the same operands.
-    fn reference(
-        (m, k, n): (usize, usize, usize),
-        (a, rsa, csa): (&[f32], usize, usize),
-        (b, rsb, csb): (&[f32], usize, usize),
-        beta: f32,
-        c: &mut [f32],
-        ldc: usize,
-    ) {
-        // SAFETY: the test's buffers hold every element at these strides.
-        unsafe {
-            crate::blas::matrixmultiply(
-                (m, k, n),
-                (a.as_ptr(), rsa, csa),
-                (b.as_ptr(), rsb, csb),
-                beta,
-                c.as_mut_ptr(),
-                ldc,
-            );
-        }
-    }
-
     /// Values whose products and sums round (the bits depend on the order of the sums), of
     /// both signs and many magnitudes.
     fn fill(len: usize, seed: u64) -> Vec<f32> {
@@ -437,20 +399,20 @@ mod tests {
     fn the_bits_of_matrixmultiply() {
         let mut levels = 0;
         if let Some(s) = pulp::x86::V4::try_new() {
-            check(|d, a, b, beta, c, ldc| unsafe { at(s, d, a, b, beta, c, ldc) });
+            check(|g| unsafe { at(s, g) });
             levels += 1;
         }
         if let Some(s) = pulp::x86::V3::try_new() {
-            check(|d, a, b, beta, c, ldc| unsafe { at(s, d, a, b, beta, c, ldc) });
+            check(|g| unsafe { at(s, g) });
             levels += 1;
         }
         if levels > 0 {
             // What the step runs: this kernel where it takes the product (at v4 always),
             // else `matrixmultiply`.
-            check(|d, a, b, beta, c, ldc| unsafe {
-                if !sgemm(d, a, b, beta, c, ldc) {
+            check(|g| unsafe {
+                if !sgemm(g) {
                     assert!(pulp::x86::V4::try_new().is_none(), "refused at v4");
-                    crate::blas::matrixmultiply(d, a, b, beta, c, ldc);
+                    crate::blas::matrixmultiply(g);
                 }
             });
         }
@@ -458,9 +420,7 @@ mod tests {
 
     /// Runs `product` (a [`sgemm`] that computes) on the shapes of
     /// [`the_bits_of_matrixmultiply`] against `matrixmultiply`.
-    fn check(
-        product: impl Fn((usize, usize, usize), RawOperand, RawOperand, f32, *mut f32, usize),
-    ) {
+    fn check(product: impl Fn(RawGemm)) {
         let shapes = [
             (1, 1, 1),
             (3, 5, 7),
@@ -488,22 +448,17 @@ mod tests {
                     } else {
                         old.clone()
                     };
-                    reference(
-                        (m, k, n),
-                        (&a, rsa, csa),
-                        (&b, rsb, csb),
+                    let gemm = |c: &mut Vec<f32>| RawGemm {
+                        dims: (m, k, n),
+                        a: (a.as_ptr(), rsa, csa),
+                        b: (b.as_ptr(), rsb, csb),
                         beta,
-                        &mut want,
+                        c: c.as_mut_ptr(),
                         ldc,
-                    );
-                    product(
-                        (m, k, n),
-                        (a.as_ptr(), rsa, csa),
-                        (b.as_ptr(), rsb, csb),
-                        beta,
-                        got.as_mut_ptr(),
-                        ldc,
-                    );
+                    };
+                    // SAFETY: the buffers hold every element at these strides.
+                    unsafe { crate::blas::matrixmultiply(gemm(&mut want)) };
+                    product(gemm(&mut got));
                     for i in 0..m {
                         for j in 0..ldc {
                             let (w, g) = (want[i * ldc + j], got[i * ldc + j]);
@@ -532,14 +487,14 @@ mod tests {
         let mut c = [7.0f32; 4];
         // SAFETY: nothing is read for k = 0; `c` holds 2 x 2.
         let done = unsafe {
-            sgemm(
-                (2, 0, 2),
-                ([].as_ptr(), 0, 1),
-                ([].as_ptr(), 2, 1),
-                0.0,
-                c.as_mut_ptr(),
-                2,
-            )
+            sgemm(RawGemm {
+                dims: (2, 0, 2),
+                a: ([].as_ptr(), 0, 1),
+                b: ([].as_ptr(), 2, 1),
+                beta: 0.0,
+                c: c.as_mut_ptr(),
+                ldc: 2,
+            })
         };
         assert!(!done);
         assert_eq!(c, [7.0; 4]);

@@ -3,7 +3,7 @@
 //! loops; split over threads where that pays.
 use rayon::prelude::*;
 
-use crate::blas::RawOperand;
+use crate::blas::RawGemm;
 use crate::{Result, TorchError, simd};
 use hgq_core::scratch;
 
@@ -84,14 +84,14 @@ pub(super) fn gemm(
         // r0 < m and c0 < n, and a split needs k > 0); blocks are disjoint, so no two
         // threads write the same element of c.
         unsafe {
-            sgemm_block(
-                (rows.min(m - r0), k, cols.min(n - c0)),
-                (a.as_ptr().add(r0 * rsa), rsa, csa),
-                (b.as_ptr().add(c0 * csb), rsb, csb),
+            sgemm_block(RawGemm {
+                dims: (rows.min(m - r0), k, cols.min(n - c0)),
+                a: (a.as_ptr().add(r0 * rsa), rsa, csa),
+                b: (b.as_ptr().add(c0 * csb), rsb, csb),
                 beta,
-                out.at(r0 * n + c0),
-                n,
-            );
+                c: out.at(r0 * n + c0),
+                ldc: n,
+            });
         }
     };
     match m.div_ceil(rows) * n.div_ceil(cols) {
@@ -222,31 +222,22 @@ fn rows<const W: usize>(cv: &mut [[f32; LANES]], bv: &[[f32; LANES]], a: Operand
     }
 }
 
-/// Row-major `c` (`m x n`, rows `ldc` apart) `= a @ b + beta * c`, `a` and `b` at their strides:
-/// MKL's `sgemm` where libtorch brings it on an Intel processor (faster there on the products
-/// of a step), else the step's own kernel ([`direct`](super::direct), on x86-64-v3 and v4), else
-/// `matrixmultiply` (the same bits as the kernel).
+/// `g` (one block of a product): MKL's `sgemm` where libtorch brings it on an Intel processor
+/// (faster there on the products of a step), else the step's own kernel
+/// ([`direct`](super::direct), on x86-64-v3 and v4), else `matrixmultiply` (the same bits as
+/// the kernel).
 ///
 /// # Safety
 /// Every element of `a` (`m x k`), `b` (`k x n`) and `c` at these strides is in its buffer, and
 /// no other thread reads or writes the part of `c` this writes.
-unsafe fn sgemm_block(
-    dims: (usize, usize, usize),
-    a: RawOperand,
-    b: RawOperand,
-    beta: f32,
-    c: *mut f32,
-    ldc: usize,
-) {
+unsafe fn sgemm_block(g: RawGemm) {
     // SAFETY: as the caller promises; with beta 0 `c` is written, not read.
     unsafe {
         let mkl = crate::blas::mkl();
-        if mkl.is_some_and(|mkl| crate::blas::sgemm(mkl, dims, a, b, beta, c, ldc))
-            || super::direct::sgemm(dims, a, b, beta, c, ldc)
-        {
+        if mkl.is_some_and(|mkl| crate::blas::sgemm(mkl, g)) || super::direct::sgemm(g) {
             return;
         }
-        crate::blas::matrixmultiply(dims, a, b, beta, c, ldc);
+        crate::blas::matrixmultiply(g);
     }
 }
 
