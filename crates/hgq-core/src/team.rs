@@ -369,7 +369,6 @@ mod tests {
         assert_eq!(width(), 1);
     }
 
-    /// Blocks run on more than one thread when a session is alive (the helpers spin).
     /// A copy over the team (parts of `COPY_PART` and a shorter last one) and one too short to
     /// split are `src` element for element; outside a session, too.
     #[test]
@@ -388,6 +387,7 @@ mod tests {
         }
     }
 
+    /// Blocks run on more than one thread when a session is alive (the helpers spin).
     #[test]
     fn helpers_take_blocks() {
         let _l = lead();

@@ -66,6 +66,12 @@ mod functional;
 mod merge;
 mod model;
 pub(crate) mod native;
+mod pool;
+mod reshape;
+mod sequential;
+mod softmax;
+mod spec;
+mod table;
 
 /// The native step's matrix product `a @ b` (`m x k` by `k x n`; each operand its values, row
 /// stride and column stride) into a buffer of `hgq_core::scratch`, computed as a step computes
@@ -78,12 +84,6 @@ pub fn native_product(
 ) -> crate::Result<Vec<f32>> {
     native::product(dims, a, b)
 }
-mod pool;
-mod reshape;
-mod sequential;
-mod softmax;
-mod spec;
-mod table;
 
 pub use activation::{ActivationLayer, ReLU};
 pub use batchnorm::{QBatchNorm, QBatchNormBuilder};
