@@ -21,7 +21,7 @@ use hgq_core::scratch;
 
 /// Inner indices per block: `matrixmultiply`'s `kc` for float32, whose blocks' sums it adds to
 /// `c` one after the other.
-const KC: usize = 256;
+pub(super) const KC: usize = 256;
 
 use crate::blas::{RawGemm, RawOperand};
 
@@ -86,12 +86,12 @@ unsafe fn at<S: Simd>(s: S, g: RawGemm) {
 ///
 /// # Safety
 /// Every element of `b` at its strides is in its buffer.
-unsafe fn with_rows(
+pub(super) unsafe fn with_rows<R>(
     (b, rsb, csb): RawOperand,
     (k, n): (usize, usize),
     lanes: usize,
-    f: impl FnOnce((*const f32, usize)),
-) {
+    f: impl FnOnce((*const f32, usize)) -> R,
+) -> R {
     if csb == 1 && n.is_multiple_of(lanes) {
         return f((b, rsb));
     }
@@ -113,8 +113,9 @@ unsafe fn with_rows(
     for row in rows.chunks_exact_mut(np) {
         row[n..].fill(0.0);
     }
-    f((rows.as_ptr(), np));
+    let out = f((rows.as_ptr(), np));
     scratch::give(rows);
+    out
 }
 
 /// `rows` (`k` rows of `rows.len() / k`, the first `n` of each written) = the `k x n` matrix
@@ -123,7 +124,7 @@ unsafe fn with_rows(
 /// 8 pieces of rows: a column-major matrix read element by element touches a line of cache per
 /// element, and plain loops over such blocks do not become shuffles), the rest element by
 /// element.
-fn transpose(b: &[f32], csb: usize, k: usize, n: usize, rows: &mut [f32]) {
+pub(super) fn transpose(b: &[f32], csb: usize, k: usize, n: usize, rows: &mut [f32]) {
     const B: usize = 8;
     let np = rows.len() / k.max(1);
     let (mut kb, mut nb) = (0, 0);
@@ -208,13 +209,13 @@ unsafe fn transpose8(from: &[f32], ldf: usize, to: &mut [f32], ldt: usize) {
 }
 
 /// A product for [`WithSimd`]: `b` as rows of whole vectors (pointer, row length).
-struct Product {
-    dims: (usize, usize, usize),
-    a: RawOperand,
-    b: (*const f32, usize),
-    beta: f32,
-    c: *mut f32,
-    ldc: usize,
+pub(super) struct Product {
+    pub(super) dims: (usize, usize, usize),
+    pub(super) a: RawOperand,
+    pub(super) b: (*const f32, usize),
+    pub(super) beta: f32,
+    pub(super) c: *mut f32,
+    pub(super) ldc: usize,
 }
 
 impl WithSimd for Product {
@@ -311,9 +312,9 @@ unsafe fn tile<S: Simd, const MR: usize, const NV: usize>(
         // SAFETY: the tile is in `c`, as the caller promises.
         unsafe {
             if j0 + NV * lanes <= n {
-                store::<S, MR, NV, true>(s, p, &sums, (i0, j0), t0 == 0);
+                store::<S, MR, NV, true>(s, p, sums, (i0, j0), t0 == 0);
             } else {
-                store::<S, MR, NV, false>(s, p, &sums, (i0, j0), t0 == 0);
+                store::<S, MR, NV, false>(s, p, sums, (i0, j0), t0 == 0);
             }
         }
         t0 = t1;
@@ -329,10 +330,10 @@ unsafe fn tile<S: Simd, const MR: usize, const NV: usize>(
 /// # Safety
 /// The tile's elements within `n` are in `c`.
 #[inline(always)]
-unsafe fn store<S: Simd, const MR: usize, const NV: usize, const WHOLE: bool>(
+pub(super) unsafe fn store<S: Simd, const MR: usize, const NV: usize, const WHOLE: bool>(
     s: S,
     p: &Product,
-    sums: &[[S::f32s; NV]; MR],
+    sums: [[S::f32s; NV]; MR],
     (i0, j0): (usize, usize),
     first: bool,
 ) {

@@ -1,6 +1,7 @@
-//! Matrix products of the native step: MKL's `sgemm` through libtorch on Intel processors, else
-//! the step's own kernel in registers (`direct`), else `matrixmultiply`; narrow ones in plain
-//! loops; split over threads where that pays.
+//! Matrix products of the native step: over the nonzero values of a mostly zero left operand
+//! (`sparse`), else MKL's `sgemm` through libtorch on Intel processors, else the step's own
+//! kernel in registers (`direct`), else `matrixmultiply`; narrow ones in plain loops; split
+//! over threads where that pays.
 use rayon::prelude::*;
 
 use crate::blas::RawGemm;
@@ -222,8 +223,10 @@ fn rows<const W: usize>(cv: &mut [[f32; LANES]], bv: &[[f32; LANES]], a: Operand
     }
 }
 
-/// `g` (one block of a product): MKL's `sgemm` where libtorch brings it on an Intel processor
-/// (faster there on the products of a step), else the step's own kernel
+/// `g` (one block of a product): over `a`'s nonzero values where it is mostly zeros (a step's
+/// quantized activations and the gradients behind a ReLU: [`sparse`](super::sparse), on x86-64-v3
+/// and v4, the bits of the step's own dense kernel), else MKL's `sgemm` where libtorch brings it on
+/// an Intel processor (faster there on the products of a step), else the step's own kernel
 /// ([`direct`](super::direct), on x86-64-v3 and v4), else `matrixmultiply` (the same bits as
 /// the kernel).
 ///
@@ -233,6 +236,9 @@ fn rows<const W: usize>(cv: &mut [[f32; LANES]], bv: &[[f32; LANES]], a: Operand
 unsafe fn sgemm_block(g: RawGemm) {
     // SAFETY: as the caller promises; with beta 0 `c` is written, not read.
     unsafe {
+        if super::sparse::sgemm(g) {
+            return;
+        }
         let mkl = crate::blas::mkl();
         if mkl.is_some_and(|mkl| crate::blas::sgemm(mkl, g)) || super::direct::sgemm(g) {
             return;

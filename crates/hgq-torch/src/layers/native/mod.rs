@@ -30,6 +30,7 @@ mod gemm;
 mod kernel;
 mod loss;
 mod pool;
+mod sparse;
 mod windows;
 
 pub(crate) use gemm::{Operand, product};
