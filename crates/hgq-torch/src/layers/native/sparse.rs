@@ -31,7 +31,7 @@ const MR: usize = 4;
 /// `m x k` (numerator, denominator), for which a product is computed here: above it the dense
 /// kernel, whose tiles share each vector of `b` between more rows, is faster
 /// (`benches/RESULTS.md`).
-const MOST_LISTED: (usize, usize) = (3, 5);
+const MOST_LISTED: (usize, usize) = (3, 4);
 
 /// The fewest multiply-adds of a product tried here: on smaller ones the scan of `a` and the
 /// copy of `b` cost about what the zeros save (`benches/RESULTS.md`).
