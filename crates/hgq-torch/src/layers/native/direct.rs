@@ -373,8 +373,9 @@ pub(super) unsafe fn store<S: Simd, const MR: usize, const NV: usize, const WHOL
 }
 
 #[cfg(all(test, target_arch = "x86_64"))]
-mod tests {
+pub(super) mod tests {
     use super::*;
+    use crate::layers::native::Operand;
 
     /// Values whose products and sums round (the bits depend on the order of the sums), of
     /// both signs and many magnitudes.
@@ -441,42 +442,57 @@ mod tests {
                     let (a, b) = (fill(m * k, 1 + m as u64), fill(k * n, 2 + n as u64));
                     let (rsa, csa) = if a_t { (1, m) } else { (k, 1) };
                     let (rsb, csb) = if b_t { (1, k) } else { (n, 1) };
-                    let ldc = n + 3;
-                    let old = fill(m * ldc, 3);
-                    let mut want = old.clone();
-                    let mut got = if beta == 0.0 {
-                        vec![f32::NAN; m * ldc]
-                    } else {
-                        old.clone()
-                    };
-                    let gemm = |c: &mut Vec<f32>| RawGemm {
-                        dims: (m, k, n),
-                        a: (a.as_ptr(), rsa, csa),
-                        b: (b.as_ptr(), rsb, csb),
-                        beta,
-                        c: c.as_mut_ptr(),
-                        ldc,
-                    };
-                    // SAFETY: the buffers hold every element at these strides.
-                    unsafe { crate::blas::matrixmultiply(gemm(&mut want)) };
-                    product(gemm(&mut got));
-                    for i in 0..m {
-                        for j in 0..ldc {
-                            let (w, g) = (want[i * ldc + j], got[i * ldc + j]);
-                            if j < n {
-                                assert_eq!(
-                                    w.to_bits(),
-                                    g.to_bits(),
-                                    "{m}x{k}x{n} a_t {a_t} b_t {b_t} beta {beta} at ({i}, {j}): {w} vs {g}"
-                                );
-                            } else if beta != 0.0 {
-                                // Past `n`: untouched.
-                                assert_eq!(g.to_bits(), old[i * ldc + j].to_bits());
-                            } else {
-                                assert!(g.is_nan(), "wrote past n");
-                            }
-                        }
-                    }
+                    let old = fill(m * (n + 3), 3);
+                    let at = format!("{m}x{k}x{n} a_t {a_t} b_t {b_t} beta {beta}");
+                    same_bits_as_matrixmultiply(
+                        (m, k, n),
+                        ((&a, rsa, csa), (&b, rsb, csb)),
+                        (beta, &old),
+                        &product,
+                        &at,
+                    );
+                }
+            }
+        }
+    }
+
+    /// Runs `product` on `c = a @ b + beta * c` for `c` of `m` rows `n + 3` apart starting
+    /// as `old` (NaN where `beta = 0`: not read) and compares it with `matrixmultiply`'s: the
+    /// same bits within `n`, nothing written past it. `at` names the case in a failure.
+    pub(in crate::layers::native) fn same_bits_as_matrixmultiply(
+        (m, k, n): (usize, usize, usize),
+        ((a, rsa, csa), (b, rsb, csb)): (Operand<'_>, Operand<'_>),
+        (beta, old): (f32, &[f32]),
+        product: impl Fn(RawGemm),
+        at: &str,
+    ) {
+        let ldc = n + 3;
+        let mut want = old.to_vec();
+        let mut got = if beta == 0.0 {
+            vec![f32::NAN; m * ldc]
+        } else {
+            old.to_vec()
+        };
+        let gemm = |c: &mut Vec<f32>| RawGemm {
+            dims: (m, k, n),
+            a: (a.as_ptr(), rsa, csa),
+            b: (b.as_ptr(), rsb, csb),
+            beta,
+            c: c.as_mut_ptr(),
+            ldc,
+        };
+        // SAFETY: the buffers hold every element at these strides (the caller's operands).
+        unsafe { crate::blas::matrixmultiply(gemm(&mut want)) };
+        product(gemm(&mut got));
+        for i in 0..m {
+            for j in 0..ldc {
+                let (w, g) = (want[i * ldc + j], got[i * ldc + j]);
+                if j < n {
+                    assert_eq!(w.to_bits(), g.to_bits(), "{at} ({i}, {j}): {w} vs {g}");
+                } else if beta != 0.0 {
+                    assert_eq!(g.to_bits(), old[i * ldc + j].to_bits(), "{at}: past n");
+                } else {
+                    assert!(g.is_nan(), "{at}: wrote past n");
                 }
             }
         }

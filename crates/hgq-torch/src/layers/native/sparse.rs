@@ -566,6 +566,7 @@ unsafe fn tile<S: Simd, const R: usize, const NV: usize>(s: S, q: &Sparse, at: T
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
+    use crate::layers::native::direct::tests::same_bits_as_matrixmultiply;
 
     /// A small generator of uniform values in [0, 1).
     fn uniform(seed: u64) -> impl FnMut() -> f64 {
@@ -650,38 +651,15 @@ mod tests {
                         _ => (k, 1),
                     };
                     let (rsb, csb) = if b_t { (1, k) } else { (n, 1) };
-                    let ldc = n + 3;
-                    let old = matrix((m, ldc), 3, 1.0, |_| true);
-                    let mut want = old.clone();
-                    let mut got = if beta == 0.0 {
-                        vec![f32::NAN; m * ldc]
-                    } else {
-                        old.clone()
-                    };
-                    let gemm = |c: &mut Vec<f32>| RawGemm {
-                        dims: (m, k, n),
-                        a: (a.as_ptr(), rsa, csa),
-                        b: (b.as_ptr(), rsb, csb),
-                        beta,
-                        c: c.as_mut_ptr(),
-                        ldc,
-                    };
-                    // SAFETY: the buffers hold every element at these strides.
-                    unsafe { crate::blas::matrixmultiply(gemm(&mut want)) };
+                    let old = matrix((m, n + 3), 3, 1.0, |_| true);
                     let at = format!("{m}x{k}x{n} a_t {a_t} b_t {b_t} beta {beta}");
-                    assert!(product(gemm(&mut got)), "{at}: refused");
-                    for i in 0..m {
-                        for j in 0..ldc {
-                            let (w, g) = (want[i * ldc + j], got[i * ldc + j]);
-                            if j < n {
-                                assert_eq!(w.to_bits(), g.to_bits(), "{at} ({i}, {j}): {w} vs {g}");
-                            } else if beta != 0.0 {
-                                assert_eq!(g.to_bits(), old[i * ldc + j].to_bits(), "{at}: past n");
-                            } else {
-                                assert!(g.is_nan(), "{at}: wrote past n");
-                            }
-                        }
-                    }
+                    same_bits_as_matrixmultiply(
+                        (m, k, n),
+                        ((&a, rsa, csa), (&b, rsb, csb)),
+                        (beta, &old),
+                        |g| assert!(product(g), "{at}: refused"),
+                        &at,
+                    );
                 }
             }
         }
