@@ -28,9 +28,9 @@ use crate::blas::{RawGemm, RawOperand};
 const MR: usize = 4;
 
 /// The most listed values of `a` (every group's indices times [`MR`]), as a share of its
-/// `m x k` (numerator, denominator), for which a product is computed here: above it the dense
-/// kernel, whose tiles share each vector of `b` between more rows, is faster
-/// (`benches/RESULTS.md`).
+/// `m x k` (numerator, denominator), for which a product is computed here: the tiles run at the
+/// dense kernel's multiply-adds per cycle, but the scan of `a` and the copy of `b` come on top
+/// (a product listed whole took 1.13 times the dense kernel's time; `benches/RESULTS.md`).
 const MOST_LISTED: (usize, usize) = (3, 4);
 
 /// The fewest multiply-adds of a product tried here: on smaller ones the scan of `a` and the
@@ -50,7 +50,10 @@ const LEAST_COLUMNS: usize = 32;
 /// reads or writes the part of `c` this writes. With `beta = 0`, `c` is written, not read.
 pub(super) unsafe fn sgemm(g: RawGemm) -> bool {
     let (m, k, n) = g.dims;
-    if m * k * n < LEAST_MACS || n < LEAST_COLUMNS || u32::try_from(k).is_err() {
+    if m.saturating_mul(k).saturating_mul(n) < LEAST_MACS
+        || n < LEAST_COLUMNS
+        || u32::try_from(k).is_err()
+    {
         return false;
     }
     #[cfg(target_arch = "x86_64")]
