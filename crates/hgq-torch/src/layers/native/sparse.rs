@@ -90,13 +90,9 @@ unsafe fn listing<S: Simd>(s: S, g: RawGemm, most: usize) -> bool {
     let Some(groups) = (unsafe { Groups::of(g.a, (m, k), most) }) else {
         return false;
     };
-    let widest = widest::<S>();
     // SAFETY: as the caller promises.
-    let packed = unsafe {
-        direct::with_rows(g.b, (k, n), S::F32_LANES, |b| {
-            s.vectorize(Pack { b, k, n, widest })
-        })
-    };
+    let packed =
+        unsafe { direct::with_rows(g.b, (k, n), S::F32_LANES, |b| s.vectorize(Pack { b, k, n })) };
     let Some(panels) = packed else {
         groups.give();
         return false;
@@ -105,6 +101,7 @@ unsafe fn listing<S: Simd>(s: S, g: RawGemm, most: usize) -> bool {
         p: Product {
             dims: g.dims,
             a: g.a,
+            // The panels have no one row stride: each tile takes its panel's (`Tile::b`).
             b: (panels.as_ptr(), 0),
             beta: g.beta,
             c: g.c,
@@ -226,7 +223,10 @@ impl Groups {
             (copy.insert(c).as_ptr(), k)
         };
         let count = m.div_ceil(MR);
-        let zeros = vec![0.0f32; if m % MR == 0 { 0 } else { k }];
+        // The last group's rows past `m`: zeros (a recycled buffer, zeroed: only a partial
+        // group reads it).
+        let mut zeros = scratch::elements::<f32>(if m % MR == 0 { 0 } else { k });
+        zeros.fill(0.0);
         let mut listed = 0;
         let mut dense = false;
         for g in 0..count {
@@ -252,6 +252,7 @@ impl Groups {
         if let Some(c) = copy {
             scratch::give(c);
         }
+        scratch::give(zeros);
         dense
     }
 
@@ -404,7 +405,6 @@ struct Pack {
     b: (*const f32, usize),
     k: usize,
     n: usize,
-    widest: usize,
 }
 
 impl WithSimd for Pack {
@@ -412,13 +412,8 @@ impl WithSimd for Pack {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, _: S) -> Option<Vec<f32>> {
-        let Self {
-            b: (b, ldb),
-            k,
-            n,
-            widest,
-        } = self;
-        let lanes = S::F32_LANES;
+        let Self { b: (b, ldb), k, n } = self;
+        let (lanes, widest) = (S::F32_LANES, widest::<S>());
         let np = n.next_multiple_of(lanes);
         let mut panels = scratch::elements::<f32>(k * np);
         // The largest magnitude's bits (infinity's or above: not finite), over the columns
