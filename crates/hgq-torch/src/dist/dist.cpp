@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <mutex>
 #include <string>
 
 namespace {
@@ -65,6 +66,22 @@ c10d::ReduceOp reduce_op(int op) {
     default:
       return c10d::ReduceOp::SUM;
   }
+}
+
+// Gloo's collectives are submitted under this lock, one at a time in the process: at a group's
+// first collective, c10d's flight recorder (one per process) adds the group to a map it does
+// not lock, and two groups of this process doing so from two threads corrupt it (SIGSEGV).
+// Only the submission is serialized, not the wait. NCCL's are not: their first submission
+// joins the communicator, which waits for the other ranks, which may be this process's.
+std::mutex gloo_submit;
+
+template <typename F>
+c10::intrusive_ptr<c10d::Work> submit(bool on_device, F f) {
+  if (on_device) {
+    return f();
+  }
+  std::lock_guard<std::mutex> guard(gloo_submit);
+  return f();
 }
 
 // Gloo's work (CPU tensors) is waited for on the host, at most the timeout. NCCL's (CUDA
@@ -152,7 +169,8 @@ extern "C" int hgq_dist_all_reduce(void* g, const at::Tensor* t, int op, char* e
     c10d::AllreduceOptions o;
     o.reduceOp = reduce_op(op);
     o.timeout = group->timeout;
-    wait(backend_for(*group, *t).allreduce(ts, o), t->is_cuda(), group->timeout);
+    auto& b = backend_for(*group, *t);
+    wait(submit(t->is_cuda(), [&] { return b.allreduce(ts, o); }), t->is_cuda(), group->timeout);
   });
 }
 
@@ -165,7 +183,8 @@ extern "C" int hgq_dist_broadcast(void* g, const at::Tensor* t, int root, char* 
     c10d::BroadcastOptions o;
     o.rootRank = root;
     o.timeout = group->timeout;
-    wait(backend_for(*group, *t).broadcast(ts, o), t->is_cuda(), group->timeout);
+    auto& b = backend_for(*group, *t);
+    wait(submit(t->is_cuda(), [&] { return b.broadcast(ts, o); }), t->is_cuda(), group->timeout);
   });
 }
 
@@ -174,6 +193,6 @@ extern "C" int hgq_dist_barrier(void* g, char* err, size_t err_len) {
     auto* group = static_cast<Group*>(g);
     c10d::BarrierOptions o;
     o.timeout = group->timeout;
-    wait(group->gloo->barrier(o), false, group->timeout);
+    wait(submit(false, [&] { return group->gloo->barrier(o); }), false, group->timeout);
   });
 }
