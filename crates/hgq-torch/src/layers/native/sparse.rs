@@ -90,10 +90,8 @@ unsafe fn listing<S: Simd>(s: S, g: RawGemm, most: usize) -> bool {
     let Some(groups) = (unsafe { Groups::of(g.a, (m, k), most) }) else {
         return false;
     };
-    // SAFETY: as the caller promises.
-    let packed =
-        unsafe { direct::with_rows(g.b, (k, n), S::F32_LANES, |b| s.vectorize(Pack { b, k, n })) };
-    let Some(panels) = packed else {
+    // Pack reads `b` at its strides, all within its buffer (as the caller promises).
+    let Some(panels) = s.vectorize(Pack { b: g.b, k, n }) else {
         groups.give();
         return false;
     };
@@ -396,13 +394,14 @@ unsafe fn union512(rows: [&[f32]; MR], t: &mut [u32], v: &mut [f32]) -> usize {
     union_from(rows, (t, v), whole, at)
 }
 
-/// `b`'s rows of whole vectors (pointer, row length) copied into panels of [`panel_width`]
-/// vectors, each panel's `k` rows contiguous (the panel of columns from `j0` at `k * j0`), for
-/// [`WithSimd`]: `None` where a value is infinite or NaN. A product reads a panel's rows in an
-/// order of its own; contiguous, they do not share the few sets of cache that rows a power of
-/// two apart map to.
+/// `b` (`k x n` at its strides) copied into panels of [`panel_width`] vectors, each panel's
+/// `k` rows contiguous (the panel of columns from `j0` at `k * j0`) and its columns past `n`
+/// zeros, for [`WithSimd`]: `None` where a value is infinite or NaN. A product reads a panel's
+/// rows in an order of its own; contiguous, they do not share the few sets of cache that rows
+/// a power of two apart map to. A `b` whose rows are 1 apart (a transposed kernel) is
+/// transposed into the panels directly, not into rows first.
 struct Pack {
-    b: (*const f32, usize),
+    b: RawOperand,
     k: usize,
     n: usize,
 }
@@ -412,7 +411,11 @@ impl WithSimd for Pack {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, _: S) -> Option<Vec<f32>> {
-        let Self { b: (b, ldb), k, n } = self;
+        let Self {
+            b: (b, rsb, csb),
+            k,
+            n,
+        } = self;
         let (lanes, widest) = (S::F32_LANES, widest::<S>());
         let np = n.next_multiple_of(lanes);
         let mut panels = scratch::elements::<f32>(k * np);
@@ -423,11 +426,27 @@ impl WithSimd for Pack {
         while j0 < np {
             let w = panel_width((np - j0) / lanes, widest) * lanes;
             let within = n.saturating_sub(j0).min(w);
-            for (t, to) in panels[k * j0..][..k * w].chunks_exact_mut(w).enumerate() {
-                // SAFETY: row t of `b`'s rows holds the panel's `w` columns.
-                let from = unsafe { std::slice::from_raw_parts(b.add(t * ldb + j0), w) };
-                to.copy_from_slice(from);
-                most = from[..within]
+            let panel = &mut panels[k * j0..][..k * w];
+            if rsb == 1 && csb != 1 {
+                // SAFETY: with rows 1 apart, the panel's columns of `b` lie from (0, j0) to
+                // (k - 1, j0 + within - 1), all in its buffer (as the caller promises).
+                let cols =
+                    unsafe { std::slice::from_raw_parts(b.add(j0 * csb), (within - 1) * csb + k) };
+                direct::transpose(cols, csb, k, within, panel);
+            }
+            for (t, to) in panel.chunks_exact_mut(w).enumerate() {
+                if csb == 1 {
+                    // SAFETY: row t of `b` holds the panel's `within` columns.
+                    let from = unsafe { std::slice::from_raw_parts(b.add(t * rsb + j0), within) };
+                    to[..within].copy_from_slice(from);
+                } else if rsb != 1 {
+                    for (j, v) in to[..within].iter_mut().enumerate() {
+                        // SAFETY: (t, j0 + j) is an element of `b`, as the caller promises.
+                        *v = unsafe { *b.add(t * rsb + (j0 + j) * csb) };
+                    }
+                }
+                to[within..].fill(0.0);
+                most = to[..within]
                     .iter()
                     .fold(most, |m, x| m.max(x.to_bits() & 0x7fff_ffff));
             }
@@ -619,7 +638,13 @@ mod tests {
             (130, 300, 70),
         ];
         for (m, k, n) in shapes {
-            for (a_t, b_t) in [(false, false), (true, false), (false, true), (true, true)] {
+            // `b` plain (0), transposed (1) or every other element of a matrix twice as
+            // wide (2: neither stride 1).
+            for (a_t, b_l) in [false, true]
+                .into_iter()
+                .flat_map(|t| [(t, 0), (t, 1), (t, 2)])
+            {
+                let b_t = b_l == 1;
                 for beta in [0.0f32, 1.0, -0.75] {
                     // `a` stored m x k, or k x m and read through its strides; a third of
                     // its inner indices alive, 30 % of those nonzero.
@@ -648,9 +673,13 @@ mod tests {
                         (_, true) => (2 * k, 2),
                         _ => (k, 1),
                     };
-                    let (rsb, csb) = if b_t { (1, k) } else { (n, 1) };
+                    let (b, rsb, csb) = match b_l {
+                        0 => (b, n, 1),
+                        1 => (b, 1, k),
+                        _ => (b.iter().flat_map(|&x| [x, f32::NAN]).collect(), 2 * n, 2),
+                    };
                     let old = matrix((m, n + 3), 3, 1.0, |_| true);
-                    let at = format!("{m}x{k}x{n} a_t {a_t} b_t {b_t} beta {beta}");
+                    let at = format!("{m}x{k}x{n} a_t {a_t} b {b_l} beta {beta}");
                     same_bits_as_matrixmultiply(
                         (m, k, n),
                         ((&a, rsa, csa), (&b, rsb, csb)),
