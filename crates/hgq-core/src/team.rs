@@ -341,12 +341,12 @@ pub fn map_items<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::atomic::AtomicU64;
 
     /// Tests that lead a team run one at a time (one leader per process).
-    fn lead() -> std::sync::MutexGuard<'static, ()> {
+    pub(crate) fn lead() -> std::sync::MutexGuard<'static, ()> {
         static LOCK: Mutex<()> = Mutex::new(());
         LOCK.lock().unwrap_or_else(|e| e.into_inner())
     }

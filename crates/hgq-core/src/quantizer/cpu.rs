@@ -5,6 +5,7 @@
 //! variable operands ([`FixedPoint::forward_backward`]); the backend collects them by variable.
 use std::borrow::Cow;
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use super::backend::{Backend, BitWidthArith, BwOp, Operand, OperandOf};
@@ -505,24 +506,56 @@ fn widen<T: Element>(x: &[T]) -> Cow<'_, [T::C]> {
     }
 }
 
-/// `f` of each element (generic, not a `dyn Fn`: the loop is inlined and vectorizes, at the
-/// CPU's widest vectors: [`crate::simd`]).
-pub(super) fn map<C: Copy>(a: &[C], f: impl Fn(C) -> C) -> Vec<C> {
-    crate::simd::widest(|| a.iter().map(|&v| f(v)).collect())
+/// A vector of `n` values, `fill(start, part)` writing the part of them from `start` whole:
+/// over the team's threads in parts where this thread leads one and `n` is long (the bit
+/// widths of a kernel: per-element formulas, the same bits on any thread), else here; at the
+/// CPU's widest vectors ([`crate::simd`]) either way.
+fn build<C: Copy + Send + Sync>(
+    n: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<C>]) + Sync,
+) -> Vec<C> {
+    // Parts of at most this many, so that a faster thread takes more of them.
+    const PART: usize = 1 << 14;
+    let mut out = Vec::with_capacity(n);
+    let spare = &mut out.spare_capacity_mut()[..n];
+    if crate::team::width() > 1 && n >= crate::kernels::TEAM_MIN {
+        let len = crate::team::part_len(n).min(PART);
+        let parts: Vec<_> = spare.chunks_mut(len).enumerate().collect();
+        crate::team::for_each_item(parts, |(j, part)| {
+            crate::simd::widest(|| fill(j * len, part))
+        });
+    } else {
+        crate::simd::widest(|| fill(0, spare));
+    }
+    // SAFETY: `fill` wrote each part whole (every caller below writes one value per slot),
+    // so the first `n` values are initialized.
+    unsafe { out.set_len(n) };
+    out
+}
+
+/// `f` of each element (generic, not a `dyn Fn`: the loop is inlined and vectorizes).
+pub(super) fn map<C: Copy + Send + Sync>(a: &[C], f: impl Fn(C) -> C + Sync) -> Vec<C> {
+    build(a.len(), |start, part| {
+        for (o, &v) in part.iter_mut().zip(&a[start..]) {
+            o.write(f(v));
+        }
+    })
 }
 
 /// `a op b` with a length-1 operand broadcast.
-pub(super) fn zip<C: Copy>(a: &[C], b: &[C], f: impl Fn(C, C) -> C) -> Result<Vec<C>> {
+pub(super) fn zip<C: Copy + Send + Sync>(
+    a: &[C],
+    b: &[C],
+    f: impl Fn(C, C) -> C + Sync,
+) -> Result<Vec<C>> {
     match (a.len(), b.len()) {
-        (n, m) if n == m => Ok(crate::simd::widest(|| {
-            a.iter().zip(b).map(|(&a, &b)| f(a, b)).collect()
+        (n, m) if n == m => Ok(build(n, |start, part| {
+            for ((o, &a), &b) in part.iter_mut().zip(&a[start..]).zip(&b[start..]) {
+                o.write(f(a, b));
+            }
         })),
-        (1, _) => Ok(crate::simd::widest(|| {
-            b.iter().map(|&b| f(a[0], b)).collect()
-        })),
-        (_, 1) => Ok(crate::simd::widest(|| {
-            a.iter().map(|&a| f(a, b[0])).collect()
-        })),
+        (1, _) => Ok(map(b, |b| f(a[0], b))),
+        (_, 1) => Ok(map(a, |a| f(a, b[0]))),
         (n, m) => Err(CoreError::Broadcast {
             from: vec![m],
             to: vec![n],
@@ -1142,5 +1175,38 @@ impl<C: Real + Element<C = C>> CpuQuantizer<C> {
     pub fn reset_trace(&mut self) -> Result<()> {
         let b = self.backend::<C>(None);
         self.q.reset_trace(&b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bit-width arithmetic split over a team (long operands) gives the values of the
+    /// plain per-element loops, at every length around the split and its parts.
+    #[test]
+    fn maps_and_zips_on_a_team_are_the_plain_loops() {
+        let _l = crate::team::tests::lead();
+        let _s = crate::team::session(2).expect("a session on a free team");
+        assert_eq!(crate::team::width(), 2);
+        let t = crate::kernels::TEAM_MIN;
+        for n in [1, 7, t - 1, t, 3 * t + 5, (1 << 16) + 17] {
+            let a: Vec<f32> = (0..n).map(|j| (j as f32 * 0.37).sin() * 9.0).collect();
+            let b: Vec<f32> = (0..n).map(|j| (j as f32 * 0.11).cos() * 5.0).collect();
+            let f = |v: f32| (v * 1.5).exp2() - v;
+            assert_eq!(
+                map(&a, f),
+                a.iter().map(|&v| f(v)).collect::<Vec<_>>(),
+                "{n}"
+            );
+            let g = |x: f32, y: f32| x * y + x;
+            let plain: Vec<f32> = a.iter().zip(&b).map(|(&x, &y)| g(x, y)).collect();
+            assert_eq!(zip(&a, &b, g).unwrap(), plain, "{n}");
+            let first: Vec<f32> = b.iter().map(|&y| g(a[0], y)).collect();
+            assert_eq!(zip(&a[..1], &b, g).unwrap(), first, "{n}");
+            let last: Vec<f32> = a.iter().map(|&x| g(x, b[0])).collect();
+            assert_eq!(zip(&a, &b[..1], g).unwrap(), last, "{n}");
+        }
+        assert!(zip(&[1.0f32, 2.0], &[1.0, 2.0, 3.0], |x, y| x + y).is_err());
     }
 }
