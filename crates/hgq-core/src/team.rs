@@ -233,19 +233,26 @@ pub fn part_len(n: usize) -> usize {
     n.div_ceil(width()).next_multiple_of(64).max(1)
 }
 
-/// Elements per part of [`copy`], and its least length for the team: parts small enough that a
-/// faster thread takes more of them (a VM's cores run at different speeds from minute to minute).
-const COPY_PART: usize = 1 << 14;
+/// The most elements per block of an element-wise pass split over the team ([`block_len`]),
+/// and the least length [`copy`] splits.
+pub const BLOCK: usize = 1 << 14;
+
+/// A length to cut an element-wise pass over `n` elements into: [`part_len`]'s, at most
+/// [`BLOCK`], so that a faster thread takes more blocks (a VM's cores run at different speeds
+/// from minute to minute).
+pub fn block_len(n: usize) -> usize {
+    part_len(n).min(BLOCK)
+}
 
 /// `dst.copy_from_slice(src)` in parts over the team where this thread leads one and the copy
 /// is long (a copy of memory from beyond the core's cache runs at what one core draws; two
 /// draw more), else here. `dst` and `src` have the same length.
 pub fn copy<T: Copy + Send + Sync>(dst: &mut [T], src: &[T]) {
-    if width() < 2 || src.len() < COPY_PART || dst.len() != src.len() {
+    if width() < 2 || src.len() < BLOCK || dst.len() != src.len() {
         dst.copy_from_slice(src);
         return;
     }
-    let len = part_len(src.len()).min(COPY_PART);
+    let len = block_len(src.len());
     for_each_item(
         dst.chunks_mut(len).zip(src.chunks(len)).collect(),
         |(d, s)| d.copy_from_slice(s),
@@ -369,17 +376,17 @@ pub(crate) mod tests {
         assert_eq!(width(), 1);
     }
 
-    /// A copy over the team (parts of `COPY_PART` and a shorter last one) and one too short to
+    /// A copy over the team (parts of `BLOCK` and a shorter last one) and one too short to
     /// split are `src` element for element; outside a session, too.
     #[test]
     fn copies_are_the_source() {
         let _l = lead();
-        let src: Vec<u32> = (0..3 * COPY_PART as u32 + 17)
+        let src: Vec<u32> = (0..3 * BLOCK as u32 + 17)
             .map(|j| j.wrapping_mul(2_654_435_761))
             .collect();
         for threads in [1, 2] {
             let _s = session(threads);
-            for len in [0, 5, COPY_PART, src.len()] {
+            for len in [0, 5, BLOCK, src.len()] {
                 let mut dst = vec![0u32; len];
                 copy(&mut dst, &src[..len]);
                 assert_eq!(dst, src[..len], "{threads} threads, {len}");

@@ -441,13 +441,14 @@ fn device_finite<'a>(ts: impl IntoIterator<Item = &'a Tensor>) -> Result<Option<
 /// Keras' update on raw memory, in Keras' order of operations, then the clip `b`; large
 /// variables in blocks over the current rayon pool's threads (elementwise: the same bits).
 fn update(var: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: Coeffs, b: Bounds) {
-    const BLOCK: usize = 1 << 14;
     // Inside a team session (the native step): from the size on that hgq-core's passes split
-    // at, blocks of at most `BLOCK`, which a faster thread takes more of (one block per thread
-    // left the leader waiting for the other a tenth of its step at h512/b64 on two CPUs).
+    // at, in the team's blocks (`team::block_len`), which a faster thread takes more of (one
+    // block per thread left the leader waiting for the other a tenth of its step at h512/b64
+    // on two CPUs). Outside one, rayon's workers take blocks of the same size.
+    const BLOCK: usize = hgq_core::team::BLOCK;
     let team = hgq_core::team::width();
     if team > 1 && var.len() >= hgq_core::kernels::TEAM_MIN {
-        let len = hgq_core::team::part_len(var.len()).min(BLOCK);
+        let len = hgq_core::team::block_len(var.len());
         let blocks: Vec<_> = var
             .chunks_mut(len)
             .zip(m.chunks_mut(len))

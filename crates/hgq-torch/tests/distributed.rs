@@ -486,6 +486,14 @@ fn python_torch_distributed_joins_our_group() {
     );
 }
 
+/// Rank `rank` of a Gloo group of two at `port` on this machine (a thread of this process).
+fn gloo_rank(port: u16, rank: usize) -> ProcessGroup {
+    let o = GroupOptions::new("127.0.0.1", port, rank, 2)
+        .timeout(Duration::from_secs(20))
+        .backend(Backend::Gloo);
+    ProcessGroup::new(&o).unwrap()
+}
+
 /// Runs `f` as ranks 0 and 1 of a Gloo group, two threads of this process; their results in
 /// rank order.
 fn two_threads<R: Send + 'static>(
@@ -495,12 +503,7 @@ fn two_threads<R: Send + 'static>(
     let ranks: Vec<_> = (0..2)
         .map(|rank| {
             let f = f.clone();
-            std::thread::spawn(move || {
-                let o = GroupOptions::new("127.0.0.1", port, rank, 2)
-                    .timeout(Duration::from_secs(20))
-                    .backend(Backend::Gloo);
-                f(&ProcessGroup::new(&o).unwrap(), rank)
-            })
+            std::thread::spawn(move || f(&gloo_rank(port, rank), rank))
         })
         .collect();
     ranks.into_iter().map(|r| r.join().unwrap()).collect()
@@ -686,10 +689,7 @@ fn groups_on_many_threads_at_once() {
                     std::thread::spawn(move || {
                         // Rank 0 serves the rendezvous: a client before it retries later.
                         std::thread::sleep(Duration::from_millis(20 * rank as u64));
-                        let o = GroupOptions::new("127.0.0.1", port, rank, 2)
-                            .timeout(Duration::from_secs(20))
-                            .backend(Backend::Gloo);
-                        let g = ProcessGroup::new(&o).unwrap();
+                        let g = gloo_rank(port, rank);
                         go.wait();
                         let t = Tensor::from_slice(&[rank as f32 + 1.0]);
                         for _ in 0..3 {

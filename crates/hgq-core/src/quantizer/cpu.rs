@@ -514,12 +514,10 @@ fn build<C: Copy + Send + Sync>(
     n: usize,
     fill: impl Fn(usize, &mut [MaybeUninit<C>]) + Sync,
 ) -> Vec<C> {
-    // Parts of at most this many, so that a faster thread takes more of them.
-    const PART: usize = 1 << 14;
     let mut out = Vec::with_capacity(n);
     let spare = &mut out.spare_capacity_mut()[..n];
     if crate::team::width() > 1 && n >= crate::kernels::TEAM_MIN {
-        let len = crate::team::part_len(n).min(PART);
+        let len = crate::team::block_len(n);
         let parts: Vec<_> = spare.chunks_mut(len).enumerate().collect();
         crate::team::for_each_item(parts, |(j, part)| {
             crate::simd::widest(|| fill(j * len, part))

@@ -97,25 +97,49 @@ pub(super) unsafe fn with_rows<R>(
     }
     let np = n.next_multiple_of(lanes);
     let mut rows = scratch::elements::<f32>(k * np);
-    if rsb == 1 {
-        // SAFETY: with rows 1 apart, `b`'s elements lie from its first, (0, 0), to its last,
-        // (k - 1, n - 1), all in its buffer (as the caller promises).
-        let b = unsafe { std::slice::from_raw_parts(b, (n - 1) * csb + k) };
-        transpose(b, csb, k, n, &mut rows);
-    } else {
-        for (t, row) in rows.chunks_exact_mut(np).enumerate() {
-            for (j, v) in row[..n].iter_mut().enumerate() {
-                // SAFETY: (t, j) is an element of `b` (t < k, j < n), as the caller promises.
-                *v = unsafe { *b.add(t * rsb + j * csb) };
-            }
-        }
-    }
-    for row in rows.chunks_exact_mut(np) {
-        row[n..].fill(0.0);
-    }
+    // SAFETY: `b`'s elements are in its buffer, as the caller promises.
+    unsafe { copy_columns((b, rsb, csb), k, (0, n), &mut rows) };
     let out = f((rows.as_ptr(), np));
     scratch::give(rows);
     out
+}
+
+/// `to` (`k` rows of `to.len() / k`) = the `n` columns of `b` (`k` rows at its strides) from
+/// column `j0`, each row's values past them zeros: rows of contiguous columns copied, a
+/// transposed `b` (rows 1 apart) through [`transpose`], any other element by element.
+///
+/// # Safety
+/// Every element `(t, j)` of `b` at its strides, `t < k` and `j0 <= j < j0 + n`, is in its
+/// buffer.
+pub(super) unsafe fn copy_columns(
+    (b, rsb, csb): RawOperand,
+    k: usize,
+    (j0, n): (usize, usize),
+    to: &mut [f32],
+) {
+    let ld = to.len() / k.max(1);
+    if n > 0 && csb == 1 {
+        for (t, row) in to.chunks_exact_mut(ld).enumerate() {
+            // SAFETY: row t of `b` holds the columns from j0 (as the caller promises).
+            let from = unsafe { std::slice::from_raw_parts(b.add(t * rsb + j0), n) };
+            row[..n].copy_from_slice(from);
+        }
+    } else if n > 0 && rsb == 1 {
+        // SAFETY: with rows 1 apart, the columns lie from (0, j0) to (k - 1, j0 + n - 1), all
+        // in `b`'s buffer (as the caller promises).
+        let cols = unsafe { std::slice::from_raw_parts(b.add(j0 * csb), (n - 1) * csb + k) };
+        transpose(cols, csb, k, n, to);
+    } else {
+        for (t, row) in to.chunks_exact_mut(ld).enumerate() {
+            for (j, v) in row[..n].iter_mut().enumerate() {
+                // SAFETY: (t, j0 + j) is an element of `b`, as the caller promises.
+                *v = unsafe { *b.add(t * rsb + (j0 + j) * csb) };
+            }
+        }
+    }
+    for row in to.chunks_exact_mut(ld) {
+        row[n..].fill(0.0);
+    }
 }
 
 /// `rows` (`k` rows of `rows.len() / k`, the first `n` of each written) = the `k x n` matrix

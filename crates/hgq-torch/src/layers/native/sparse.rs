@@ -399,7 +399,7 @@ unsafe fn union512(rows: [&[f32]; MR], t: &mut [u32], v: &mut [f32]) -> usize {
 /// zeros, for [`WithSimd`]: `None` where a value is infinite or NaN. A product reads a panel's
 /// rows in an order of its own; contiguous, they do not share the few sets of cache that rows
 /// a power of two apart map to. A `b` whose rows are 1 apart (a transposed kernel) is
-/// transposed into the panels directly, not into rows first.
+/// transposed into the panels directly ([`direct::copy_columns`]), not into rows first.
 struct Pack {
     b: RawOperand,
     k: usize,
@@ -411,11 +411,7 @@ impl WithSimd for Pack {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, _: S) -> Option<Vec<f32>> {
-        let Self {
-            b: (b, rsb, csb),
-            k,
-            n,
-        } = self;
+        let Self { b, k, n } = self;
         let (lanes, widest) = (S::F32_LANES, widest::<S>());
         let np = n.next_multiple_of(lanes);
         let mut panels = scratch::elements::<f32>(k * np);
@@ -427,26 +423,10 @@ impl WithSimd for Pack {
             let w = panel_width((np - j0) / lanes, widest) * lanes;
             let within = n.saturating_sub(j0).min(w);
             let panel = &mut panels[k * j0..][..k * w];
-            if rsb == 1 && csb != 1 {
-                // SAFETY: with rows 1 apart, the panel's columns of `b` lie from (0, j0) to
-                // (k - 1, j0 + within - 1), all in its buffer (as the caller promises).
-                let cols =
-                    unsafe { std::slice::from_raw_parts(b.add(j0 * csb), (within - 1) * csb + k) };
-                direct::transpose(cols, csb, k, within, panel);
-            }
-            for (t, to) in panel.chunks_exact_mut(w).enumerate() {
-                if csb == 1 {
-                    // SAFETY: row t of `b` holds the panel's `within` columns.
-                    let from = unsafe { std::slice::from_raw_parts(b.add(t * rsb + j0), within) };
-                    to[..within].copy_from_slice(from);
-                } else if rsb != 1 {
-                    for (j, v) in to[..within].iter_mut().enumerate() {
-                        // SAFETY: (t, j0 + j) is an element of `b`, as the caller promises.
-                        *v = unsafe { *b.add(t * rsb + (j0 + j) * csb) };
-                    }
-                }
-                to[within..].fill(0.0);
-                most = to[..within]
+            // SAFETY: the panel's columns are elements of `b` (as `Pack`'s maker promises).
+            unsafe { direct::copy_columns(b, k, (j0, within), panel) };
+            for row in panel.chunks_exact(w) {
+                most = row[..within]
                     .iter()
                     .fold(most, |m, x| m.max(x.to_bits() & 0x7fff_ffff));
             }
