@@ -39,7 +39,10 @@ pub fn run(
 
 /// Runs `n` copies of the program as the ranks of one data-parallel group on this machine
 /// (torchrun's variables: `MASTER_ADDR`, a free `MASTER_PORT`, `RANK`, `WORLD_SIZE`,
-/// `LOCAL_RANK`), built once first; success when every rank succeeds.
+/// `LOCAL_RANK`), built once first; success when every rank succeeds. Each rank gets its share
+/// of the CPUs as its rayon threads (`RAYON_NUM_THREADS`, unless it is set), as torchrun sets
+/// `OMP_NUM_THREADS`: ranks whose training steps each spin a team over all the CPUs leave
+/// none for the collectives' threads (`benches/RESULTS.md`).
 pub fn run_ranks(
     package: &str,
     target: &[&str],
@@ -59,9 +62,14 @@ pub fn run_ranks(
         .and_then(|l| l.local_addr())
         .map_err(|e| format!("no free port: {e}"))?
         .port();
+    let threads = std::env::var_os("RAYON_NUM_THREADS").unwrap_or_else(|| {
+        let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
+        (cpus / n).max(1).to_string().into()
+    });
     let mut ranks = Vec::new();
     for rank in 0..n {
         let child = command(package, target, args.iter().cloned())
+            .env("RAYON_NUM_THREADS", &threads)
             .env("MASTER_ADDR", "127.0.0.1")
             .env("MASTER_PORT", port.to_string())
             .env("RANK", rank.to_string())

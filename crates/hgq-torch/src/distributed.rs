@@ -34,6 +34,11 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! Several ranks on one machine should share its CPUs, as torchrun's `OMP_NUM_THREADS=1`
+//! does for torch: the native step runs on rayon's threads (a team that spins for the step),
+//! so give each rank its share (`RAYON_NUM_THREADS`, which `cargo xtask demo --nproc` sets),
+//! or the ranks' spinning threads starve the collectives'.
+//!
 //! Batch normalization uses each rank's own batch statistics (hgq2's `synchronized=False`);
 //! stochastic rounding draws the same stream on every rank (the seed state is broadcast with
 //! the variables).
