@@ -233,8 +233,7 @@ pub fn part_len(n: usize) -> usize {
     n.div_ceil(width()).next_multiple_of(64).max(1)
 }
 
-/// The most elements per block of an element-wise pass split over the team ([`block_len`]),
-/// and the least length [`copy`] splits.
+/// The most elements per block of an element-wise pass split over the team ([`block_len`]).
 pub const BLOCK: usize = 1 << 14;
 
 /// A length to cut an element-wise pass over `n` elements into: [`part_len`]'s, at most
@@ -244,15 +243,21 @@ pub fn block_len(n: usize) -> usize {
     part_len(n).min(BLOCK)
 }
 
+/// The blocks' length ([`block_len`]) where an element-wise pass over `n` elements splits over
+/// the team: this thread leads one and `n` is at least
+/// [`TEAM_MIN`](crate::kernels::TEAM_MIN); `None`: it runs on the calling thread.
+pub fn split_len(n: usize) -> Option<usize> {
+    (width() > 1 && n >= crate::kernels::TEAM_MIN).then(|| block_len(n))
+}
+
 /// `dst.copy_from_slice(src)` in parts over the team where this thread leads one and the copy
 /// is long (a copy of memory from beyond the core's cache runs at what one core draws; two
 /// draw more), else here. `dst` and `src` have the same length.
 pub fn copy<T: Copy + Send + Sync>(dst: &mut [T], src: &[T]) {
-    if width() < 2 || src.len() < BLOCK || dst.len() != src.len() {
+    let Some(len) = split_len(src.len()).filter(|_| dst.len() == src.len()) else {
         dst.copy_from_slice(src);
         return;
-    }
-    let len = block_len(src.len());
+    };
     for_each_item(
         dst.chunks_mut(len).zip(src.chunks(len)).collect(),
         |(d, s)| d.copy_from_slice(s),

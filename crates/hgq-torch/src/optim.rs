@@ -446,9 +446,7 @@ fn update(var: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: Coeffs, b
     // block per thread left the leader waiting for the other a tenth of its step at h512/b64
     // on two CPUs). Outside one, rayon's workers take blocks of the same size.
     const BLOCK: usize = hgq_core::team::BLOCK;
-    let team = hgq_core::team::width();
-    if team > 1 && var.len() >= hgq_core::kernels::TEAM_MIN {
-        let len = hgq_core::team::block_len(var.len());
+    if let Some(len) = hgq_core::team::split_len(var.len()) {
         let blocks: Vec<_> = var
             .chunks_mut(len)
             .zip(m.chunks_mut(len))

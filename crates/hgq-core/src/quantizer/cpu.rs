@@ -516,8 +516,7 @@ fn build<C: Copy + Send + Sync>(
 ) -> Vec<C> {
     let mut out = Vec::with_capacity(n);
     let spare = &mut out.spare_capacity_mut()[..n];
-    if crate::team::width() > 1 && n >= crate::kernels::TEAM_MIN {
-        let len = crate::team::block_len(n);
+    if let Some(len) = crate::team::split_len(n) {
         let parts: Vec<_> = spare.chunks_mut(len).enumerate().collect();
         crate::team::for_each_item(parts, |(j, part)| {
             crate::simd::widest(|| fill(j * len, part))
