@@ -24,7 +24,7 @@
 //! // Quantizer calls on this thread now see the synchronized maxima.
 //! drop(guard); // and from here on their own again
 //! ```
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 
 use crate::error::CoreError;
@@ -47,6 +47,7 @@ pub trait StateSync {
 
 thread_local! {
     static SYNC: RefCell<Option<Arc<dyn StateSync>>> = const { RefCell::new(None) };
+    static DEFER: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Installs `sync` on this thread until the guard is dropped (the one before is restored).
@@ -90,6 +91,43 @@ pub fn current() -> Option<Arc<dyn StateSync>> {
 /// Whether a sync is installed on this thread.
 pub fn installed() -> bool {
     SYNC.with(|s| s.borrow().is_some())
+}
+
+/// Defers the collectives of the KIF quantizers' WRAP tracking in training on this thread
+/// until the guard is dropped, while a sync is installed.
+///
+/// A KIF quantizer's output does not depend on the integer bits it tracks (a training call
+/// rounds to its `f` and does not wrap), only its state does, and its bit widths, which the
+/// EBOPs read. So a training step can run every layer's forward first, each tracking quantizer
+/// keeping its own maxima as pending
+/// ([`FixedQuantizer::pending_maxima`](crate::quantizer::FixedQuantizer::pending_maxima)),
+/// reduce all of them in one collective, and hand each quantizer its part
+/// ([`FixedQuantizer::finish_tracking`](crate::quantizer::FixedQuantizer::finish_tracking))
+/// before the EBOPs: one collective per step instead of one per layer, with the same state.
+/// KBI quantizers (whose fractional bits are `b - i`) and tracing still reduce at once.
+#[must_use = "tracking reduces at once again when the guard is dropped"]
+pub fn defer() -> DeferGuard {
+    DeferGuard {
+        previous: DEFER.with(|d| d.replace(true)),
+    }
+}
+
+/// Keeps [`defer`] in force; dropping it restores what was before.
+#[derive(Debug)]
+pub struct DeferGuard {
+    previous: bool,
+}
+
+impl Drop for DeferGuard {
+    fn drop(&mut self) {
+        DEFER.with(|d| d.set(self.previous));
+    }
+}
+
+/// Whether a KIF quantizer's training tracking leaves its maxima pending ([`defer`] with a
+/// sync installed).
+pub(crate) fn deferring() -> bool {
+    DEFER.with(Cell::get) && installed()
 }
 
 /// `values`, each the maximum over the processes when a sync is installed.

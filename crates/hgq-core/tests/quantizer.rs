@@ -743,3 +743,118 @@ fn regularization_in_place_is_the_dual_loss_added() {
         }
     }
 }
+
+/// A second process, as a [`hgq_core::sync::StateSync`]: its maxima are `other`'s.
+struct OtherProcess(Vec<f64>);
+
+impl hgq_core::sync::StateSync for OtherProcess {
+    fn max(&self, values: &mut [f64]) -> Result<(), String> {
+        if values.len() != self.0.len() {
+            return Err(format!(
+                "{} values, the other process {}",
+                values.len(),
+                self.0.len()
+            ));
+        }
+        values
+            .iter_mut()
+            .zip(&self.0)
+            .for_each(|(v, o)| *v = v.max(*o));
+        Ok(())
+    }
+}
+
+/// `sync::defer`: a KIF quantizer's training call under it gives the same output as one that
+/// reduces at once, keeps its state until `finish_tracking`, and then has the same state;
+/// KBI and tracing reduce at once; finishing without pending maxima or with another count is
+/// an error that changes nothing.
+#[test]
+fn deferred_tracking_ends_in_the_state_of_tracking_at_once() {
+    use hgq_core::quantizer::Cpu;
+    use hgq_core::sync::{self, StateSync};
+    use std::sync::Arc;
+    let spec = || {
+        let mut s = KifSpec::new(1.0, 0.0, 3.0, RoundMode::Rnd, OverflowMode::Wrap)
+            .with_axes(Axes::Homogeneous(vec![0]));
+        s.fixed.i_decay_speed = 0.5;
+        QuantizerSpec::Kif(s)
+    };
+    let (rows, features) = (6, 4);
+    let shape = [None, Some(features)];
+    let dims = [rows, features];
+    let mut at_once = CpuQuantizer::<f32>::new(spec(), &shape).unwrap();
+    let mut deferred = CpuQuantizer::<f32>::new(spec(), &shape).unwrap();
+    let mut alone = CpuQuantizer::<f32>::new(spec(), &shape).unwrap();
+    // The other process sees larger values on two features, smaller on the others.
+    let other = Arc::new(OtherProcess(vec![7.0, 0.1, 20.0, 0.0]));
+    let b = Cpu::<f32>::new();
+    let (mut y1, mut y2, mut y3) = (vec![0.0f32; 24], vec![0.0f32; 24], vec![0.0f32; 24]);
+    for step in 0..4u64 {
+        let x = data(rows * features, step, 3.0);
+        let t = TensorRef::new(&x, &dims).unwrap();
+        alone.forward(t, CallMode::Training, &mut y3).unwrap();
+        let _sync = sync::install(other.clone());
+        at_once.forward(t, CallMode::Training, &mut y1).unwrap();
+        let before = deferred.variables().to_vec();
+        {
+            let _defer = sync::defer();
+            deferred.forward(t, CallMode::Training, &mut y2).unwrap();
+        }
+        assert_eq!(y1, y2, "step {step}: the output");
+        assert_eq!(
+            y1, y3,
+            "step {step}: the output does not depend on the other process"
+        );
+        assert_eq!(deferred.variables(), &before[..], "step {step}: state kept");
+        let mut m = deferred.inner().pending_maxima().unwrap().to_vec();
+        assert_eq!(m.len(), features);
+        // Another count is refused and changes nothing.
+        let r = deferred.inner_mut().finish_tracking(&b, &m[1..]);
+        assert!(matches!(r, Err(CoreError::Length { .. })), "{r:?}");
+        assert_eq!(deferred.variables(), &before[..]);
+        other.max(&mut m).unwrap();
+        deferred.inner_mut().finish_tracking(&b, &m).unwrap();
+        assert_eq!(
+            deferred.variables(),
+            at_once.variables(),
+            "step {step}: state"
+        );
+        assert!(deferred.inner().pending_maxima().is_none());
+        // The other process's maxima mattered.
+        assert_ne!(at_once.variables(), alone.variables(), "step {step}");
+    }
+    // Nothing pending: an error, nothing changes.
+    let before = deferred.variables().to_vec();
+    let r = deferred.inner_mut().finish_tracking(&b, &[0.0; 4]);
+    assert!(matches!(r, Err(CoreError::Unsupported(_))), "{r:?}");
+    assert_eq!(deferred.variables(), &before[..]);
+    // Without a sync installed, `defer` changes nothing: the call tracks at once.
+    let x = data(rows * features, 9, 3.0);
+    let t = TensorRef::new(&x, &dims).unwrap();
+    {
+        let _defer = sync::defer();
+        deferred.forward(t, CallMode::Training, &mut y2).unwrap();
+    }
+    assert!(deferred.inner().pending_maxima().is_none());
+    assert_ne!(deferred.variables(), &before[..]);
+    // KBI and tracing reduce at once under `defer`.
+    let kbi = QuantizerSpec::Kbi(
+        KbiSpec::new(1.0, 6.0, 0.0, RoundMode::Rnd, OverflowMode::Wrap)
+            .with_axes(Axes::Homogeneous(vec![0])),
+    );
+    for (spec, mode) in [(kbi, CallMode::Training), (spec(), CallMode::Tracing)] {
+        let mut q = CpuQuantizer::<f32>::new(spec.clone(), &shape).unwrap();
+        let mut r = CpuQuantizer::<f32>::new(spec, &shape).unwrap();
+        let _sync = sync::install(other.clone());
+        r.forward(t, mode, &mut y1).unwrap();
+        let _defer = sync::defer();
+        q.forward(t, mode, &mut y2).unwrap();
+        assert!(q.inner().pending_maxima().is_none(), "{mode:?}");
+        assert_eq!(q.variables(), r.variables(), "{mode:?}");
+        assert_eq!(y1, y2);
+    }
+    // Other kinds never leave any pending and refuse to finish.
+    let mut dummy = CpuQuantizer::<f32>::new(QuantizerSpec::Dummy, &shape).unwrap();
+    assert!(dummy.inner().pending_maxima().is_none());
+    assert!(dummy.inner_mut().finish_tracking(&b, &[]).is_err());
+}

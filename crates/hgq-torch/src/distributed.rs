@@ -57,6 +57,7 @@ use std::collections::HashMap;
 use std::ffi::{CString, c_char, c_int, c_void};
 use std::ops::Range;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hgq_core::CallMode;
@@ -263,6 +264,8 @@ struct Inner {
     ptr: *mut c_void,
     /// What `average_gradients` has checked of the ranks' variables.
     agreed: std::sync::Mutex<Agreed>,
+    /// The collectives this process has started on the group.
+    collectives: AtomicU64,
 }
 
 /// What the ranks were found to agree on (see [`ProcessGroup::average_gradients`]).
@@ -364,6 +367,7 @@ impl ProcessGroup {
             inner: Arc::new(Inner {
                 ptr,
                 agreed: std::sync::Mutex::new(Agreed::default()),
+                collectives: AtomicU64::new(0),
             }),
             rank: o.rank,
             size: o.world_size,
@@ -427,6 +431,7 @@ impl ProcessGroup {
     /// [`Self::broadcast_variables`] and [`Self::average_gradients`], check first).
     pub fn all_reduce_(&self, t: &Tensor, op: ReduceOp) -> Result<()> {
         self.check(t, "all_reduce tensor")?;
+        self.inner.collectives.fetch_add(1, Ordering::Relaxed);
         call("all_reduce", |err, len| {
             // SAFETY: a live tensor; the group lives as long as `self`.
             unsafe { hgq_dist_all_reduce(self.inner.ptr, t.as_ptr(), op.code(), err, len) }
@@ -457,14 +462,25 @@ impl ProcessGroup {
                 why: format!("rank {root} of {}", self.size),
             });
         }
+        self.inner.collectives.fetch_add(1, Ordering::Relaxed);
         call("broadcast", |err, len| {
             // SAFETY: as in all_reduce_.
             unsafe { hgq_dist_broadcast(self.inner.ptr, t.as_ptr(), root as c_int, err, len) }
         })
     }
 
+    /// How many collectives (all-reduces, broadcasts, barriers) this process has started on
+    /// the group, from any clone of it: on one machine each costs about a millisecond of
+    /// Gloo's, so this is what a data-parallel step's overhead is counted in. A native
+    /// training step ([`Self::train_step`]) makes two once the ranks agree on the model: one
+    /// for every layer's tracked integer bits, one for the gradients.
+    pub fn collectives(&self) -> u64 {
+        self.inner.collectives.load(Ordering::Relaxed)
+    }
+
     /// Waits until every rank is here (at most the timeout).
     pub fn barrier(&self) -> Result<()> {
+        self.inner.collectives.fetch_add(1, Ordering::Relaxed);
         call("barrier", |err, len| {
             // SAFETY: the group lives as long as `self`.
             unsafe { hgq_dist_barrier(self.inner.ptr, err, len) }

@@ -4,7 +4,8 @@
 //!
 //! - 2 and 4 ranks train the demo model (64-32-10, WRAP input quantizers) on the same global
 //!   batches as one process (uneven shards at 4 ranks): every variable, the quantizers' too,
-//!   ends within 1e-6 of the one-process run and identical on every rank.
+//!   ends within 1e-6 of the one-process run and identical on every rank; the native step
+//!   makes two collectives per step (the layers' tracking in one, the gradients).
 //! - A rank that dies: the other's next collective is an error within the timeout, not a hang.
 //! - NCCL: asked for where it cannot be, an error; on a CUDA machine (NCCL takes one rank per
 //!   GPU) a rank trains the model on the GPU through NCCL as one process does.
@@ -159,6 +160,7 @@ fn ddp_worker() {
             x = x.t_().contiguous().t_();
             assert!(!x.is_contiguous());
         }
+        let before = group.collectives();
         if let Err(e) = group.train_step(
             &m,
             &vs,
@@ -168,6 +170,13 @@ fn ddp_worker() {
         ) {
             eprintln!("rank {}: {e}", group.rank());
             std::process::exit(2);
+        }
+        // The native step (CPU), once the ranks agreed on the model in the first: one
+        // collective for both layers' tracked integer bits, one for the gradients.
+        let made = group.collectives() - before;
+        if device == Device::Cpu && step > 0 && made != 2 {
+            eprintln!("rank {}: step {step} made {made} collectives", group.rank());
+            std::process::exit(4);
         }
     }
     let vars: Vec<(String, Tensor)> = variables(&vs)

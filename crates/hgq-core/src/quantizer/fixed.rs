@@ -213,6 +213,9 @@ pub struct FixedQuantizer<V> {
     kind: FixedKind,
     layout: Layout,
     vars: Vec<Variable<V>>,
+    /// This process's maxima of a training call's tracking under [`crate::sync::defer`],
+    /// until [`FixedQuantizer::finish_tracking`] makes them the integer bits.
+    pending: Option<Vec<f64>>,
 }
 
 /// What a pass reads: `q`, its operands, whether it runs as in training.
@@ -224,9 +227,11 @@ struct Pass<'a, V, W> {
 }
 
 /// State a call changes, written only after everything else succeeded.
-struct Commit<W> {
-    i: W,
-    k: Option<W>,
+enum Commit<W> {
+    /// The new integer bits and, tracing, the new `k`.
+    Bits { i: W, k: Option<W> },
+    /// This process's maxima, the integer bits left to [`FixedQuantizer::finish_tracking`].
+    Pending(Vec<f64>),
 }
 
 /// WRAP tracking's update of the integer bits of one bit width (SPEC 4, hgq2's tracking in
@@ -427,7 +432,12 @@ impl<V> FixedQuantizer<V> {
             inits.push(init.values(vec![seed, 0.0]));
         }
         let vars = super::make_vars(store, inits)?;
-        Ok(FixedQuantizer { kind, layout, vars })
+        Ok(FixedQuantizer {
+            kind,
+            layout,
+            vars,
+            pending: None,
+        })
     }
 
     /// The spec.
@@ -606,18 +616,9 @@ impl<V> FixedQuantizer<V> {
         let train = mode == CallMode::Training;
         let round_only =
             FixedPoint::new(spec.round, OverflowMode::Wrap)?.with_stochastic(self.noise(b, mode)?);
-        let ivar = self.var(VarName::I);
-        let rule = TrackRule {
-            param: self.param(),
-            symmetric: spec.overflow.is_symmetric(),
-            training: train,
-            constraint: ivar.constraint,
-        };
-        let i_raw = b.snapshot(&ivar.value)?;
-        let decay = match self.vars.iter().find(|v| v.name == VarName::IDecaySpeed) {
-            Some(d) => b.snapshot(&d.value)?,
-            None => b.bw_const(f64::INFINITY, &[1])?,
-        };
+        let rule = self.track_rule(mode);
+        let i_raw = b.snapshot(&self.var(VarName::I).value)?;
+        let decay = self.decay(b)?;
         let bw = self.layout.bw_shape.as_slice();
         let k = Operand::Var(self.var(VarName::K));
         let k_var = self.var(VarName::K);
@@ -655,7 +656,7 @@ impl<V> FixedQuantizer<V> {
                     let signed = a.mul(&neg, &a.positive(&a.round(&b_raw)?)?)?;
                     Some(a.maximum(&b.snapshot(&k_var.value)?, &signed)?)
                 };
-                Ok((y, Some(Commit { i: new_i, k: k_new })))
+                Ok((y, Some(Commit::Bits { i: new_i, k: k_new })))
             }
             Param::Kif => {
                 let fvar = self.var(VarName::F);
@@ -667,6 +668,13 @@ impl<V> FixedQuantizer<V> {
                     training: true,
                 };
                 let y = run(b, x, pass)?;
+                if train && crate::sync::deferring() {
+                    // The output does not depend on the bits the processes agree on: this
+                    // process's maxima wait for the others' (`sync::defer`).
+                    let local = b.absmax_bw(&y, &self.layout.homogeneous)?;
+                    let m = b.bw_host(&local)?.into_iter().map(Real::to_f64).collect();
+                    return Ok((y, Some(Commit::Pending(m))));
+                }
                 // The integer bits of the rounded input (as the reference).
                 let absmax = self.absmax_bw(b, &y)?;
                 let f_raw = b.snapshot(&fvar.value)?;
@@ -677,9 +685,70 @@ impl<V> FixedQuantizer<V> {
                     let neg = self.any_k_bw(b, &y)?;
                     Some(a.maximum(&b.snapshot(&k_var.value)?, &neg)?)
                 };
-                Ok((y, Some(Commit { i: new_i, k: k_new })))
+                Ok((y, Some(Commit::Bits { i: new_i, k: k_new })))
             }
         }
+    }
+
+    /// How tracking in `mode` updates the integer bits.
+    fn track_rule(&self, mode: CallMode) -> TrackRule {
+        TrackRule {
+            param: self.param(),
+            symmetric: self.spec().overflow.is_symmetric(),
+            training: mode == CallMode::Training,
+            constraint: self.var(VarName::I).constraint,
+        }
+    }
+
+    /// The integer bits' decay per step (WRAP's `i_decay_speed`; none: infinite).
+    fn decay<B: Backend<Var = V>>(&self, b: &B) -> std::result::Result<B::Bw, B::Error> {
+        match self.vars.iter().find(|v| v.name == VarName::IDecaySpeed) {
+            Some(d) => b.snapshot(&d.value),
+            None => b.bw_const(f64::INFINITY, &[1]),
+        }
+    }
+
+    /// The maxima of the data that a training call under [`crate::sync::defer`] saw on this
+    /// process (one per bit width, row-major), whose reduction over the processes
+    /// [`Self::finish_tracking`] waits for; `None` when no call left any.
+    pub fn pending_maxima(&self) -> Option<&[f64]> {
+        self.pending.as_deref()
+    }
+
+    /// Completes the tracking of a training call made under [`crate::sync::defer`]: `maxima`,
+    /// its [`Self::pending_maxima`] reduced over the processes, become the integer bits as the
+    /// call would have set them had it reduced them itself (nothing else it read has changed
+    /// since: no call has run in between). With no pending maxima, or another number of them,
+    /// an error, and nothing changes.
+    pub fn finish_tracking<B: Backend<Var = V>>(
+        &mut self,
+        b: &B,
+        maxima: &[f64],
+    ) -> std::result::Result<(), B::Error> {
+        let Some(pending) = &self.pending else {
+            return Err(CoreError::Unsupported(
+                "finish_tracking: no training call left pending maxima (sync::defer)",
+            )
+            .into());
+        };
+        let shape = self.layout.bw_shape.clone();
+        if maxima.len() != pending.len() {
+            return Err(CoreError::Length {
+                what: "reduced tracking maxima",
+                len: maxima.len(),
+                expected: pending.len(),
+                shape,
+            }
+            .into());
+        }
+        let values: Vec<B::C> = maxima.iter().map(|&v| B::C::from_f64(v)).collect();
+        let absmax = b.bw_from_host(&values, &shape)?;
+        let i_raw = b.snapshot(&self.var(VarName::I).value)?;
+        let f_raw = b.snapshot(&self.var(VarName::F).value)?;
+        let decay = self.decay(b)?;
+        let rule = self.track_rule(CallMode::Training);
+        let (new_i, _) = b.track_bw(rule, &absmax, &i_raw, &f_raw, &decay)?;
+        self.commit(b, Commit::Bits { i: new_i, k: None })
     }
 
     /// [`FixedQuantizer::absmax`] as bit-width values, over the data-parallel processes as it
@@ -765,9 +834,15 @@ impl<V> FixedQuantizer<V> {
         b: &B,
         c: Commit<B::Bw>,
     ) -> std::result::Result<(), B::Error> {
-        b.assign(&mut self.var_mut(VarName::I).value, &c.i)?;
-        if let Some(k) = c.k {
-            b.assign(&mut self.var_mut(VarName::K).value, &k)?;
+        match c {
+            Commit::Bits { i, k } => {
+                b.assign(&mut self.var_mut(VarName::I).value, &i)?;
+                if let Some(k) = k {
+                    b.assign(&mut self.var_mut(VarName::K).value, &k)?;
+                }
+                self.pending = None;
+            }
+            Commit::Pending(m) => self.pending = Some(m),
         }
         Ok(())
     }

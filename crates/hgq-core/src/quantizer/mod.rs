@@ -452,6 +452,31 @@ impl<V> Quantizer<V> {
             _ => Ok(()),
         }
     }
+
+    /// [`FixedQuantizer::pending_maxima`]: what a training call under
+    /// [`crate::sync::defer`] left to reduce over the processes (other kinds leave nothing).
+    pub fn pending_maxima(&self) -> Option<&[f64]> {
+        match self {
+            Quantizer::Fixed(q) => q.pending_maxima(),
+            _ => None,
+        }
+    }
+
+    /// [`FixedQuantizer::finish_tracking`]: the reduced maxima become the integer bits (an
+    /// error for kinds that never leave any pending).
+    pub fn finish_tracking<B: Backend<Var = V>>(
+        &mut self,
+        b: &B,
+        maxima: &[f64],
+    ) -> std::result::Result<(), B::Error> {
+        match self {
+            Quantizer::Fixed(q) => q.finish_tracking(b, maxima),
+            _ => Err(CoreError::Unsupported(
+                "finish_tracking: only fixed-point quantizers track their integer bits",
+            )
+            .into()),
+        }
+    }
 }
 
 /// Checks a call's input against the built shape: same rank, known dims equal.

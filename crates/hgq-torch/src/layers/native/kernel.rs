@@ -156,9 +156,9 @@ impl<'a> KernelLayer<'a> {
         super::input_shape(self.base, batch)
     }
 
-    /// The layer's training forward on host memory, and its EBOPs as the autograd step
-    /// computes them (float32).
-    pub(super) fn forward(&self, x: Input<'_>, batch: usize) -> Result<(KernelPass, f32)> {
+    /// The layer's training forward on host memory; its bit widths and EBOPs come after
+    /// ([`Self::ebops`]), once the input quantizer's tracking is finished.
+    pub(super) fn forward(&self, x: Input<'_>, batch: usize) -> Result<KernelPass> {
         let (taps, units) = (self.taps, self.units);
         let iq = self.input_quantizer()?;
         let kernel = host::slice(self.kernel).ok_or_else(|| not_plain("the kernel"))?;
@@ -171,6 +171,9 @@ impl<'a> KernelLayer<'a> {
                 cols
             }
         };
+        // The kernel and bias are the same on every data-parallel process: their tracking
+        // needs no collective.
+        let local = hgq_core::sync::suspend();
         let (kq, kq_pass) = quantize(self.kq, kernel, &self.kernel_shape)?;
         let (bq_v, bq_pass) = match (self.bias, self.bq) {
             (Some(b), Some(bq)) => {
@@ -180,10 +183,32 @@ impl<'a> KernelLayer<'a> {
             }
             _ => (None, None),
         };
+        drop(local);
         let m = batch * self.positions;
         let mut z = product((m, taps, units), (&rows, taps, 1), (&kq, units, 1))?;
         bias_act(&mut z, bq_v.as_deref(), self.relu);
-        let b_in = bits(iq, &self.input_shape(1))?;
+        if let Some(v) = bq_v {
+            scratch::give(v);
+        }
+        Ok(KernelPass {
+            batch,
+            rows,
+            kq,
+            a: Arc::new(z),
+            iq: iq_pass,
+            kq_pass,
+            bq_pass,
+            bits: [None, None, None],
+            ker_rows: Vec::new(),
+            in_rows: Vec::new(),
+        })
+    }
+
+    /// The layer's EBOPs as the autograd step computes them (float32), from its quantizers'
+    /// bit widths now, which `p` keeps for the backward.
+    pub(super) fn ebops(&self, p: &mut KernelPass) -> Result<f32> {
+        let units = self.units;
+        let b_in = bits(self.input_quantizer()?, &self.input_shape(1))?;
         let b_ker = bits(self.kq, &self.kernel_shape)?;
         let b_b = self.bq.map(|bq| bits(bq, &[units])).transpose()?;
         // sum(conv(bits_in, bits_kernel)) (a dense layer: bits_in @ bits_kernel) as the sum
@@ -211,19 +236,10 @@ impl<'a> KernelLayer<'a> {
         if self.scale_bias {
             e = scaled(e);
         }
-        let pass = KernelPass {
-            batch,
-            rows,
-            kq,
-            a: Arc::new(z),
-            iq: iq_pass,
-            kq_pass,
-            bq_pass,
-            bits: [Some(b_in), Some(b_ker), b_b],
-            ker_rows,
-            in_rows,
-        };
-        Ok((pass, e))
+        p.bits = [Some(b_in), Some(b_ker), b_b];
+        p.ker_rows = ker_rows;
+        p.in_rows = in_rows;
+        Ok(e)
     }
 
     /// For each row of the kernel, the input's values that meet it summed over the windows

@@ -91,17 +91,24 @@ impl<'a> Native<'a> {
         q.into_iter().flatten()
     }
 
-    fn forward(&self, x: Input<'_>, batch: usize) -> Result<(NativePass, f32)> {
+    /// The layer's training forward (its EBOPs after it: [`Self::ebops`]).
+    fn forward(&self, x: Input<'_>, batch: usize) -> Result<NativePass> {
         Ok(match self {
-            Native::Kernel(l) => {
-                let (p, e) = l.forward(x, batch)?;
-                (NativePass::Kernel(Box::new(p)), e)
-            }
-            Native::Pool(l) => {
-                let (p, e) = l.forward(x, batch)?;
-                (NativePass::Pool(Box::new(p)), e)
-            }
+            Native::Kernel(l) => NativePass::Kernel(Box::new(l.forward(x, batch)?)),
+            Native::Pool(l) => NativePass::Pool(Box::new(l.forward(x, batch)?)),
         })
+    }
+
+    /// The layer's EBOPs from its quantizers' bit widths now (its input quantizer's tracking
+    /// finished), kept in `p` for the backward.
+    fn ebops(&self, p: &mut NativePass) -> Result<f32> {
+        match (self, p) {
+            (Native::Kernel(l), NativePass::Kernel(p)) => l.ebops(p),
+            (Native::Pool(l), NativePass::Pool(p)) => l.ebops(p),
+            _ => Err(TorchError::Kernel(
+                "a layer's EBOPs given another layer's pass".into(),
+            )),
+        }
     }
 
     fn backward(
@@ -440,6 +447,35 @@ impl Gradients<'_> {
     }
 }
 
+/// Finishes the tracking that the layers' quantizers left pending in the forward
+/// ([`hgq_core::sync::defer`]): their maxima, in the layers' order, reduced over the processes
+/// in one collective.
+fn finish_tracking(layers: &[Native<'_>]) -> Result<()> {
+    let Some(sync) = hgq_core::sync::current() else {
+        return Ok(());
+    };
+    let mut maxima = Vec::new();
+    let mut pending = Vec::new();
+    for q in layers.iter().flat_map(Native::quantizers) {
+        if let Some(m) = q.q.lock().pending_maxima() {
+            maxima.extend_from_slice(m);
+            pending.push((q, m.len()));
+        }
+    }
+    if pending.is_empty() {
+        return Ok(());
+    }
+    sync.max(&mut maxima)
+        .map_err(hgq_core::CoreError::Collective)?;
+    let cpu = Cpu::<f32, TchVar>::new();
+    let mut at = 0;
+    for (q, n) in pending {
+        q.q.lock().finish_tracking(&cpu, &maxima[at..at + n])?;
+        at += n;
+    }
+    Ok(())
+}
+
 /// What the forward and backward of a step give.
 struct StepGrads {
     loss: f32,
@@ -482,17 +518,25 @@ fn gradients(
     let labels = Labels::new(&Vec::try_from(labels)?, classes)?;
     let x = host::slice(x).ok_or_else(|| not_plain("the input"))?;
     let mut passes: Vec<NativePass> = Vec::with_capacity(layers.len());
+    {
+        // Data-parallel: the input quantizers' tracking waits, to be reduced over the
+        // processes in one collective after every layer's forward, not one per layer.
+        let _defer = hgq_core::sync::defer();
+        for l in layers {
+            // Each layer reads the output the layer below keeps for its backward.
+            let input = passes
+                .last()
+                .map_or(Input::Batch(x), |p| Input::Below(p.output()));
+            passes.push(l.forward(input, batch)?);
+        }
+    }
+    finish_tracking(layers)?;
     let mut total = 0.0f32;
-    for l in layers {
-        // Each layer reads the output the layer below keeps for its backward.
-        let input = passes
-            .last()
-            .map_or(Input::Batch(x), |p| Input::Below(p.output()));
-        let (p, e) = l.forward(input, batch)?;
+    for (l, p) in layers.iter().zip(&mut passes) {
+        let e = l.ebops(p)?;
         let base = l.base();
         total += e * base.beta.get() as f32;
         *base.ebops.borrow_mut() = Ebops::Value(super::ebops_u32(f64::from(e)));
-        passes.push(p);
     }
     let logits = passes.last().map_or(x, |p| &p.output()[..]);
     let (ce, mut da, correct) = cross_entropy(logits, &labels)?;

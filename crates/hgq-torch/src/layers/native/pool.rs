@@ -75,14 +75,19 @@ impl<'a> PoolLayer<'a> {
         super::input_shape(self.base, batch)
     }
 
-    /// The training forward on host memory and the EBOPs, `sum(bits_in)` of one sample.
-    pub(super) fn forward(&self, x: Input<'_>, batch: usize) -> Result<(PoolPass, f32)> {
-        let iq = self.base.iq.as_ref().ok_or_else(|| {
+    /// The input quantizer.
+    fn input_quantizer(&self) -> Result<&'a Named> {
+        self.base.iq.as_ref().ok_or_else(|| {
             TorchError::Unsupported(format!(
                 "the native training step: {} has no input quantizer",
                 self.base.name
             ))
-        })?;
+        })
+    }
+
+    /// The training forward on host memory (the EBOPs after it: [`Self::ebops`]).
+    pub(super) fn forward(&self, x: Input<'_>, batch: usize) -> Result<PoolPass> {
+        let iq = self.input_quantizer()?;
         let (xq, iq_pass) = quantize_input(iq, x, &self.input_shape(batch))?;
         let (c, sample) = (self.channels, self.sample());
         let outputs = self.windows.len() / self.window * c;
@@ -107,18 +112,24 @@ impl<'a> PoolLayer<'a> {
             scratch::give(xq);
             None
         };
-        let b_in = bits(iq, &self.input_shape(1))?;
-        // sum(bits_in), in order (integers: exact below 2^24).
-        let e = b_in.full().iter().fold(0.0f32, |s, &v| s + v);
-        let pass = PoolPass {
+        Ok(PoolPass {
             batch,
             arg,
             xq: kept,
             a: Arc::new(y),
             iq: iq_pass,
-            bits: b_in,
-        };
-        Ok((pass, e))
+            bits: None,
+        })
+    }
+
+    /// The EBOPs, `sum(bits_in)` of one sample, from the input quantizer's bit widths now,
+    /// which `p` keeps for the backward.
+    pub(super) fn ebops(&self, p: &mut PoolPass) -> Result<f32> {
+        let b_in = bits(self.input_quantizer()?, &self.input_shape(1))?;
+        // sum(bits_in), in order (integers: exact below 2^24).
+        let e = b_in.full().iter().fold(0.0f32, |s, &v| s + v);
+        p.bits = Some(b_in);
+        Ok(e)
     }
 
     /// One sample's averages: the window's input values summed in row-major order, divided
@@ -209,14 +220,19 @@ impl<'a> PoolLayer<'a> {
             }
         }
         scratch::give(da);
+        let Some(bits) = &p.bits else {
+            return Err(TorchError::Kernel(
+                "a layer pass without its bit widths".into(),
+            ));
+        };
         let mut dx = scratch::elements(p.batch * sample);
         let g = p.iq.backward(&dxq, &mut dx)?;
         scratch::give(dxq);
         // d(beta * sum(bits_in)) / dbits_in = beta for each value of a sample.
         let beta = self.base.beta.get() as f32;
-        let up = p.bits.reduce(vec![beta; sample], &self.input_shape(1))?;
+        let up = bits.reduce(vec![beta; sample], &self.input_shape(1))?;
         if let Some(q) = self.base.iq.as_ref() {
-            super::quantizer_grads(q, g, Some((&p.bits, Upstream::Each(up))), grads, reg)?;
+            super::quantizer_grads(q, g, Some((bits, Upstream::Each(up))), grads, reg)?;
         }
         Ok(dx)
     }
@@ -232,7 +248,8 @@ pub(super) struct PoolPass {
     /// The output (the next layer's input pass keeps it too).
     pub(super) a: Arc<Vec<f32>>,
     iq: Pass,
-    bits: Bits,
+    /// The input quantizer's bit widths, from [`PoolLayer::ebops`].
+    bits: Option<Bits>,
 }
 
 impl PoolPass {
