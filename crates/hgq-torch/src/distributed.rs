@@ -11,7 +11,8 @@
 //! ([`ProcessGroup::shard`]) with [`ProcessGroup::train_step`]: the gradients are averaged over
 //! the ranks (weighted by their rows, in one flat all-reduce) before the optimizer step, and
 //! the quantizers' tracked state (WRAP integer bits, and the sign bits while tracing) is
-//! reduced with MAX inside the forward, where it is formed ([`hgq_core::sync`]), so every rank
+//! reduced with MAX inside the forward ([`hgq_core::sync`]; the native step reduces every
+//! layer's at once after the forward's data passes, [`hgq_core::sync::defer`]), so every rank
 //! holds the same model as one process training on the whole batches would.
 //!
 //! ```no_run
