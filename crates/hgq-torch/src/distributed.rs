@@ -11,9 +11,10 @@
 //! ([`ProcessGroup::shard`]) with [`ProcessGroup::train_step`]: the gradients are averaged over
 //! the ranks (weighted by their rows, in one flat all-reduce) before the optimizer step, and
 //! the quantizers' tracked state (WRAP integer bits, and the sign bits while tracing) is
-//! reduced with MAX inside the forward ([`hgq_core::sync`]; the native step reduces every
-//! layer's at once after the forward's data passes, [`hgq_core::sync::defer`]), so every rank
-//! holds the same model as one process training on the whole batches would.
+//! reduced with MAX ([`hgq_core::sync`]: the autograd step in the forward, where it is formed;
+//! the native step every layer's at once, in the gradients' collective,
+//! [`hgq_core::sync::defer`]), so every rank holds the same model as one process training on the
+//! whole batches would.
 //!
 //! ```no_run
 //! use hgq_torch::distributed::ProcessGroup;
@@ -473,8 +474,8 @@ impl ProcessGroup {
     /// How many collectives (all-reduces, broadcasts, barriers) this process has started on
     /// the group, from any clone of it: on one machine each costs about a millisecond of
     /// Gloo's, so this is what a data-parallel step's overhead is counted in. A native
-    /// training step ([`Self::train_step`]) makes two once the ranks agree on the model: one
-    /// for every layer's tracked integer bits, one for the gradients.
+    /// training step ([`Self::train_step`]) makes one once the ranks agree on the model: the
+    /// gradients and every layer's tracked integer bits together.
     pub fn collectives(&self) -> u64 {
         self.inner.collectives.load(Ordering::Relaxed)
     }
@@ -548,17 +549,19 @@ impl ProcessGroup {
     /// refuses.
     pub fn average_gradients(&self, vars: &[Tensor], local_rows: usize) -> Result<()> {
         let grads: Vec<Tensor> = vars.iter().map(Tensor::grad).collect();
-        self.average(vars, &grads, local_rows)
+        self.average(vars, &grads, local_rows, &mut [])
     }
 
     /// [`Self::average_gradients`] of the native step's gradients (host memory, in the
     /// step's order), sent as the autograd step sends its own: in the order of `vs`'s
-    /// trainable variables.
+    /// trainable variables; in the same collective, `maxima` (the quantizers' pending
+    /// tracking) become their maxima over the ranks.
     fn average_native(
         &self,
         vs: &nn::VarStore,
         g: &mut native::Gradients<'_>,
         local_rows: usize,
+        maxima: &mut [f64],
     ) -> Result<()> {
         let vars = vs.trainable_variables();
         let index: HashMap<usize, usize> = vars
@@ -590,7 +593,7 @@ impl ProcessGroup {
                 None => Ok(Tensor::new()),
             })
             .collect::<Result<_>>()?;
-        self.average(&vars, &grads, local_rows)?;
+        self.average(&vars, &grads, local_rows, maxima)?;
         for (t, s) in grads.iter().zip(slots) {
             if let Some(g) = s {
                 let n = g.len();
@@ -600,8 +603,16 @@ impl ProcessGroup {
         Ok(())
     }
 
-    /// The averaging of [`Self::average_gradients`] of `grads` (undefined: none), in place.
-    fn average(&self, vars: &[Tensor], grads: &[Tensor], local_rows: usize) -> Result<()> {
+    /// The averaging of [`Self::average_gradients`] of `grads` (undefined: none), in place;
+    /// in the same collective `maxima` (the same count on every rank) become their maxima
+    /// over the ranks.
+    fn average(
+        &self,
+        vars: &[Tensor],
+        grads: &[Tensor],
+        local_rows: usize,
+        maxima: &mut [f64],
+    ) -> Result<()> {
         let mine: Vec<bool> = grads.iter().map(Tensor::defined).collect();
         let mut agreed = self
             .inner
@@ -646,9 +657,17 @@ impl ProcessGroup {
             Kind::Double
         };
         let scaled = flatten(&full, kind, wire)?.f_mul_scalar(local_rows as f64)?;
+        // A sum that is a gather: each rank's maxima in a slot of its own, zeros in the
+        // others', so every rank receives all of them exactly (a value plus zeros) and takes
+        // their maximum itself. The native step's maxima are float32 values: exact on either
+        // wire.
+        let m = maxima.len();
+        let mut slots = vec![0.0f64; m * self.size];
+        slots[self.rank * m..(self.rank + 1) * m].copy_from_slice(maxima);
         let tail = Tensor::from_slice(
             &std::iter::once(local_rows as f64)
                 .chain(mine.iter().map(|&d| f64::from(u8::from(d))))
+                .chain(slots)
                 .collect::<Vec<_>>(),
         )
         .f_to_kind(kind)?
@@ -659,6 +678,19 @@ impl ProcessGroup {
         let avg = buf
             .f_narrow(0, 0, values)?
             .f_div(&buf.f_narrow(0, values, 1)?)?;
+        if m > 0 {
+            let at = values + 1 + mine.len() as i64;
+            let all: Vec<f64> = Vec::try_from(
+                buf.f_narrow(0, at, (m * self.size) as i64)?
+                    .f_to_device(tch::Device::Cpu)?
+                    .f_to_kind(Kind::Double)?,
+            )?;
+            for slot in all.chunks_exact(m) {
+                for (v, &o) in maxima.iter_mut().zip(slot) {
+                    *v = v.max(o);
+                }
+            }
+        }
         if agreed.vars.as_ref() != Some(&mine) {
             let tail: Vec<f64> = Vec::try_from(
                 buf.f_narrow(0, values, 1 + mine.len() as i64)?
@@ -719,14 +751,18 @@ impl ProcessGroup {
             // As `Sequential::train_step`: the native step where it runs (its team of threads
             // held for the forward and backward, and again for the update).
             let threads = rayon::current_num_threads();
+            // One collective: the gradients of the data loss averaged, the integer bits every
+            // layer's quantizer tracked reduced; then what is the same on every rank (the
+            // EBOPs and regularizers and their gradients), Adam and the constraints.
             let mut g = {
                 let _sync = self.sync_quantizers();
                 let _team = hgq_core::team::session(threads);
                 native::forward_backward(model, plan, x, labels)?
             };
-            self.average_native(vs, &mut g, rows)?;
+            let mut maxima = g.pending_maxima();
+            self.average_native(vs, &mut g, rows, &mut maxima)?;
             let _team = hgq_core::team::session(threads);
-            let (loss, correct) = g.apply(opt)?;
+            let (loss, correct) = g.finish(Some(&maxima))?.apply(opt)?;
             return Ok(StepOutput {
                 loss: Tensor::from(loss),
                 correct: Tensor::from(correct),

@@ -95,6 +95,18 @@ impl<C> Grads<C> {
         self.slot(name).and_then(Option::take)
     }
 
+    /// Puts a variable's gradient in (replacing any); a variable no gradient is kept for
+    /// (`k`, state) gets it back as the error.
+    pub fn put(&mut self, name: VarName, g: Vec<C>) -> std::result::Result<(), Vec<C>> {
+        match self.slot(name) {
+            Some(slot) => {
+                *slot = Some(g);
+                Ok(())
+            }
+            None => Err(g),
+        }
+    }
+
     /// The gradient of a variable, if it has one.
     pub fn get(&self, name: VarName) -> Option<&[C]> {
         self.iter().find(|(n, _)| *n == name).map(|(_, g)| g)

@@ -12,7 +12,9 @@ use tch::Tensor;
 
 use super::gemm::product;
 use super::windows::{self, Geometry, PAD};
-use super::{Bits, Input, Pass, Upstream, VarGrad, bits, not_plain, quantize, quantize_input};
+use super::{
+    Bits, Input, Pass, Starts, Upstream, VarGrad, bits, not_plain, quantize, quantize_input,
+};
 use crate::layers::{Activation, Layer, Named, QBase, QConv, QDense};
 use crate::{Result, TorchError, host, simd};
 
@@ -289,16 +291,15 @@ impl<'a> KernelLayer<'a> {
         d
     }
 
-    /// The layer's backward for upstream `da` (of its output): `dx` (of its input) and every
-    /// trainable variable's gradient, the EBOPs' (times `beta`) and the regularizers' added;
-    /// the regularization losses (their values and gradients from one pass) added to `reg`.
+    /// The layer's backward of the data loss for upstream `da` (of its output): `dx` (of its
+    /// input), every trainable variable's gradient pushed to `grads`, and where its quantizers'
+    /// variables start there (the EBOPs' and regularizers' terms come in [`Self::extra_grads`]).
     pub(super) fn backward(
         &self,
         p: &KernelPass,
         mut da: Vec<f32>,
         grads: &mut Vec<VarGrad>,
-        reg: &mut f32,
-    ) -> Result<Vec<f32>> {
+    ) -> Result<(Vec<f32>, Starts)> {
         let (taps, units) = (self.taps, self.units);
         let m = p.batch * self.positions;
         let relu = self.relu.then_some(&p.a[..]);
@@ -331,19 +332,43 @@ impl<'a> KernelLayer<'a> {
             g_bq = Some(pass.backward(&db, &mut dbias)?);
             grads.push((b.shallow_clone(), dbias, None));
         }
-        let up = self.ebops_upstream(p)?;
+        let mut starts = [None; 3];
         let pass_grads = [Some(g_iq), Some(g_kq), g_bq];
-        for ((q, g), (bits, up)) in self
+        for ((q, g), at) in self
             .quantizers()
             .into_iter()
             .zip(pass_grads)
-            .zip(p.bits.iter().zip(up))
+            .zip(&mut starts)
         {
             if let (Some(q), Some(g)) = (q, g) {
-                super::quantizer_grads(q, g, bits.as_ref().zip(up), grads, reg)?;
+                *at = Some(super::pass_grads(q, g, grads));
             }
         }
-        Ok(dx)
+        Ok((dx, starts))
+    }
+
+    /// Adds the EBOPs' gradients (times `beta`) and the regularizers' to those of the
+    /// quantizers' variables in `grads` (from `at`, [`Self::backward`]'s); the regularization
+    /// losses (their values and gradients from one pass) to `reg`.
+    pub(super) fn extra_grads(
+        &self,
+        p: &KernelPass,
+        at: Starts,
+        grads: &mut [VarGrad],
+        reg: &mut f32,
+    ) -> Result<()> {
+        let up = self.ebops_upstream(p)?;
+        for ((q, at), (bits, up)) in self
+            .quantizers()
+            .into_iter()
+            .zip(at)
+            .zip(p.bits.iter().zip(up))
+        {
+            if let (Some(q), Some(at)) = (q, at) {
+                super::extra_grads(q, bits.as_ref().zip(up), grads, at, reg)?;
+            }
+        }
+        Ok(())
     }
 
     /// The gradient of `beta * ebops` with respect to each quantizer's bit widths (their

@@ -111,18 +111,41 @@ impl<'a> Native<'a> {
         }
     }
 
+    /// The layer's backward of the data loss for upstream `da`: `dx`, and where its
+    /// quantizers' variables start in `grads` (every trainable variable's gradient pushed).
     fn backward(
         &self,
         p: &NativePass,
         da: Vec<f32>,
         grads: &mut Vec<VarGrad>,
-        reg: &mut f32,
-    ) -> Result<Vec<f32>> {
+    ) -> Result<(Vec<f32>, Starts)> {
         match (self, p) {
-            (Native::Kernel(l), NativePass::Kernel(p)) => l.backward(p, da, grads, reg),
-            (Native::Pool(l), NativePass::Pool(p)) => l.backward(p, da, grads, reg),
+            (Native::Kernel(l), NativePass::Kernel(p)) => l.backward(p, da, grads),
+            (Native::Pool(l), NativePass::Pool(p)) => {
+                let (dx, at) = l.backward(p, da, grads)?;
+                Ok((dx, [at, None, None]))
+            }
             _ => Err(TorchError::Kernel(
                 "a layer's backward given another layer's pass".into(),
+            )),
+        }
+    }
+
+    /// Adds the EBOPs' (times beta) and the regularizers' gradients to those of the layer's
+    /// quantizers' variables (starting at `at` in `grads`); the regularization losses to
+    /// `reg`.
+    fn extra_grads(
+        &self,
+        p: &NativePass,
+        at: Starts,
+        grads: &mut [VarGrad],
+        reg: &mut f32,
+    ) -> Result<()> {
+        match (self, p) {
+            (Native::Kernel(l), NativePass::Kernel(p)) => l.extra_grads(p, at, grads, reg),
+            (Native::Pool(l), NativePass::Pool(p)) => l.extra_grads(p, at[0], grads, reg),
+            _ => Err(TorchError::Kernel(
+                "a layer's gradients given another layer's pass".into(),
             )),
         }
     }
@@ -328,17 +351,40 @@ enum Upstream {
 /// A trainable variable, its gradient and the constraint Adam applies after its update.
 type VarGrad = (Tensor, Vec<f32>, Option<Constraint>);
 
-/// A quantizer's trainable variables with their gradients, pushed to `grads`: `g` (its pass's)
-/// plus the EBOPs' through its bit widths (`bits` and their upstream) plus its regularizers'
+/// A quantizer's trainable variables with its pass's gradients `g` (zeros where it gives none),
+/// pushed to `grads`; returns where they start.
+fn pass_grads(q: &Named, mut g: Grads<f32>, grads: &mut Vec<VarGrad>) -> usize {
+    let at = grads.len();
+    let inner = q.q.lock();
+    for v in inner.variables().iter().filter(|v| v.trainable) {
+        let grad = g
+            .take(v.name)
+            .unwrap_or_else(|| vec![0.0f32; v.shape.iter().product()]);
+        grads.push((v.value.tensor().shallow_clone(), grad, v.constraint));
+    }
+    at
+}
+
+/// Adds to a quantizer's variables' gradients (`grads` from `at`, as [`pass_grads`] pushed
+/// them) the EBOPs' through its bit widths (`bits` and their upstream) and its regularizers'
 /// (their loss added to `reg`), summed in place in this order.
-fn quantizer_grads(
+fn extra_grads(
     q: &Named,
-    mut g: Grads<f32>,
     ebops: Option<(&Bits, Upstream)>,
-    grads: &mut Vec<VarGrad>,
+    grads: &mut [VarGrad],
+    at: usize,
     reg: &mut f32,
 ) -> Result<()> {
     let inner = q.q.lock();
+    let trained = || inner.variables().iter().filter(|v| v.trainable);
+    let mine = grads
+        .get_mut(at..at + trained().count())
+        .ok_or_else(|| TorchError::Kernel("a quantizer's gradients out of place".into()))?;
+    let mut g = Grads::default();
+    for (v, (_, grad, _)) in trained().zip(mine.iter_mut()) {
+        g.put(v.name, std::mem::take(grad))
+            .map_err(|_| TorchError::Kernel(format!("{:?} has no gradient", v.name)))?;
+    }
     match ebops {
         Some((bits, Upstream::Each(up))) => inner.add_trainable_grads(&bits.dual, &up, &mut g)?,
         Some((bits, Upstream::Rows(rows))) => {
@@ -350,11 +396,10 @@ fn quantizer_grads(
     if let Some(loss) = inner.regularization_loss_and_grads(&mut g)? {
         *reg += loss;
     }
-    for v in inner.variables().iter().filter(|v| v.trainable) {
-        let sum = g
+    for (v, (_, grad, _)) in trained().zip(mine.iter_mut()) {
+        *grad = g
             .take(v.name)
             .unwrap_or_else(|| vec![0.0f32; v.shape.iter().product()]);
-        grads.push((v.value.tensor().shallow_clone(), sum, v.constraint));
     }
     Ok(())
 }
@@ -393,18 +438,41 @@ pub(super) fn step(
     // team that spins for the step's length (and a moment after, for the next step), not
     // over rayon's workers, which sleep between them.
     let _team = hgq_core::team::session(rayon::current_num_threads());
-    forward_backward(model, plan, x, labels)?.apply(opt)
+    forward_backward(model, plan, x, labels)?
+        .finish(None)?
+        .apply(opt)
 }
 
-/// A native step's forward and backward, its update not applied yet: data-parallel training
-/// averages the gradients over the ranks in between.
+/// A native step's forward and backward of the data loss, its update not applied yet:
+/// data-parallel training averages these gradients over the ranks, and reduces the integer
+/// bits the layers' quantizers tracked ([`Self::pending_maxima`]) in the same collective, before
+/// [`Self::finish`] adds what is the same on every rank (the EBOPs' and regularizers' terms,
+/// from bit widths that need those integer bits).
 pub(crate) struct Gradients<'m> {
     layers: Vec<Native<'m>>,
-    g: StepGrads,
+    /// Each layer's pass, with where its quantizers' variables start in `grads`.
+    passes: Vec<(NativePass, Starts)>,
+    /// Every trainable variable with its gradient.
+    grads: Vec<VarGrad>,
+    ce: f32,
+    correct: i64,
 }
 
-/// The forward (state moves as in a training call) and the backward of a native step of
-/// `model` through `plan` ([`prepare`]d for these tensors).
+/// Where a layer's quantizers' variables start in a step's gradients (in
+/// [`Native::quantizers`]' places: input, kernel, bias).
+type Starts = [Option<usize>; 3];
+
+/// A native step's gradients, whole: what [`Gradients::finish`] gives.
+pub(crate) struct Update<'m> {
+    layers: Vec<Native<'m>>,
+    grads: Vec<VarGrad>,
+    loss: f32,
+    correct: i64,
+}
+
+/// The forward (state moves as in a training call, but for the integer bits a data-parallel
+/// step's quantizers leave pending: [`hgq_core::sync::defer`]) and the backward of the data
+/// loss of a native step of `model` through `plan` ([`prepare`]d for these tensors).
 pub(crate) fn forward_backward<'m>(
     model: &'m Sequential,
     plan: Plan<'m>,
@@ -412,86 +480,6 @@ pub(crate) fn forward_backward<'m>(
     labels: &Tensor,
 ) -> Result<Gradients<'m>> {
     let layers = plan.0;
-    let g = gradients(model, &layers, x, labels)?;
-    Ok(Gradients { layers, g })
-}
-
-impl Gradients<'_> {
-    /// Every trainable variable with its gradient.
-    pub(crate) fn grads_mut(&mut self) -> impl Iterator<Item = (&Tensor, &mut Vec<f32>)> {
-        self.g.grads.iter_mut().map(|(var, grad, _)| (&*var, grad))
-    }
-
-    /// Adam's update with the constraints, then those of the variables Adam does not update.
-    pub(crate) fn apply(self, opt: &mut Adam) -> Result<(f32, i64)> {
-        let Gradients { layers, g } = self;
-        let refs: Vec<HostGrad<'_>> = g
-            .grads
-            .iter()
-            .map(|(var, grad, constraint)| HostGrad {
-                var,
-                grad,
-                constraint: *constraint,
-            })
-            .collect();
-        opt.step_host(&refs)?;
-        drop(refs);
-        for l in &layers {
-            l.constrain_untrained()?;
-        }
-        // The next step's gradients of the same sizes.
-        for (_, grad, _) in g.grads {
-            scratch::give(grad);
-        }
-        Ok((g.loss, g.correct))
-    }
-}
-
-/// Finishes the tracking that the layers' quantizers left pending in the forward
-/// ([`hgq_core::sync::defer`]): their maxima, in the layers' order, reduced over the processes
-/// in one collective.
-fn finish_tracking(layers: &[Native<'_>]) -> Result<()> {
-    let Some(sync) = hgq_core::sync::current() else {
-        return Ok(());
-    };
-    let mut maxima = Vec::new();
-    let mut pending = Vec::new();
-    for q in layers.iter().flat_map(Native::quantizers) {
-        if let Some(m) = q.q.lock().pending_maxima() {
-            maxima.extend_from_slice(m);
-            pending.push((q, m.len()));
-        }
-    }
-    if pending.is_empty() {
-        return Ok(());
-    }
-    sync.max(&mut maxima)
-        .map_err(hgq_core::CoreError::Collective)?;
-    let cpu = Cpu::<f32, TchVar>::new();
-    let mut at = 0;
-    for (q, n) in pending {
-        q.q.lock().finish_tracking(&cpu, &maxima[at..at + n])?;
-        at += n;
-    }
-    Ok(())
-}
-
-/// What the forward and backward of a step give.
-struct StepGrads {
-    loss: f32,
-    correct: i64,
-    /// Every trainable variable with its gradient.
-    grads: Vec<VarGrad>,
-}
-
-/// The forward (state moves as in a training call) and the backward of a step through
-/// `layers`, the [`plan`] of `model`.
-fn gradients(
-    model: &Sequential,
-    layers: &[Native<'_>],
-    x: &Tensor,
-    labels: &Tensor,
-) -> Result<StepGrads> {
     let size = x.size();
     let batch = size.first().copied().unwrap_or(0) as usize;
     if batch == 0 {
@@ -520,9 +508,9 @@ fn gradients(
     let mut passes: Vec<NativePass> = Vec::with_capacity(layers.len());
     {
         // Data-parallel: the input quantizers' tracking waits, to be reduced over the
-        // processes in one collective after every layer's forward, not one per layer.
+        // processes with the gradients, not in a collective per layer.
         let _defer = hgq_core::sync::defer();
-        for l in layers {
+        for l in &layers {
             // Each layer reads the output the layer below keeps for its backward.
             let input = passes
                 .last()
@@ -530,30 +518,148 @@ fn gradients(
             passes.push(l.forward(input, batch)?);
         }
     }
-    finish_tracking(layers)?;
-    let mut total = 0.0f32;
-    for (l, p) in layers.iter().zip(&mut passes) {
-        let e = l.ebops(p)?;
-        let base = l.base();
-        total += e * base.beta.get() as f32;
-        *base.ebops.borrow_mut() = Ebops::Value(super::ebops_u32(f64::from(e)));
-    }
     let logits = passes.last().map_or(x, |p| &p.output()[..]);
     let (ce, mut da, correct) = cross_entropy(logits, &labels)?;
-    let (mut grads, mut reg) = (Vec::new(), 0.0f32);
-    for (l, p) in layers.iter().zip(&passes).rev() {
-        da = l.backward(p, da, &mut grads, &mut reg)?;
+    let mut grads = Vec::new();
+    let mut starts = vec![[None; 3]; layers.len()];
+    for ((l, p), at) in layers.iter().zip(&passes).zip(&mut starts).rev() {
+        (da, *at) = l.backward(p, da, &mut grads)?;
     }
     scratch::give(da);
-    // Last layer first: each layer's output is free once the layer above dropped its pass.
-    for p in passes.into_iter().rev() {
-        p.recycle();
-    }
-    Ok(StepGrads {
-        loss: ce + total + reg,
-        correct,
+    Ok(Gradients {
+        layers,
+        passes: passes.into_iter().zip(starts).collect(),
         grads,
+        ce,
+        correct,
     })
+}
+
+impl<'m> Gradients<'m> {
+    /// Every trainable variable with its gradient.
+    pub(crate) fn grads_mut(&mut self) -> impl Iterator<Item = (&Tensor, &mut Vec<f32>)> {
+        self.grads.iter_mut().map(|(var, grad, _)| (&*var, grad))
+    }
+
+    /// This process's maxima that the layers' quantizers left for the processes to reduce
+    /// ([`hgq_core::sync::defer`]), in the layers' order; empty where none did.
+    pub(crate) fn pending_maxima(&self) -> Vec<f64> {
+        let mut maxima = Vec::new();
+        for q in self.layers.iter().flat_map(Native::quantizers) {
+            if let Some(m) = q.q.lock().pending_maxima() {
+                maxima.extend_from_slice(m);
+            }
+        }
+        maxima
+    }
+
+    /// The step's gradients, whole: the layers' tracking finished with `maxima` (their
+    /// [`Self::pending_maxima`] reduced over the processes; `None`: reduced here through the
+    /// sync installed on this thread, if any), then each layer's bit widths and EBOPs, and the
+    /// EBOPs' (times beta) and regularizers' gradients added to the variables' in place.
+    pub(crate) fn finish(self, maxima: Option<&[f64]>) -> Result<Update<'m>> {
+        let Gradients {
+            layers,
+            mut passes,
+            mut grads,
+            ce,
+            correct,
+        } = self;
+        finish_tracking(&layers, maxima)?;
+        let mut total = 0.0f32;
+        for (l, (p, _)) in layers.iter().zip(&mut passes) {
+            let e = l.ebops(p)?;
+            let base = l.base();
+            total += e * base.beta.get() as f32;
+            *base.ebops.borrow_mut() = Ebops::Value(super::ebops_u32(f64::from(e)));
+        }
+        // As the backward ran: last layer first.
+        let mut reg = 0.0f32;
+        for (l, (p, at)) in layers.iter().zip(&passes).rev() {
+            l.extra_grads(p, *at, &mut grads, &mut reg)?;
+        }
+        // Last layer first: each layer's output is free once the layer above dropped its pass.
+        for (p, _) in passes.into_iter().rev() {
+            p.recycle();
+        }
+        Ok(Update {
+            layers,
+            grads,
+            loss: ce + total + reg,
+            correct,
+        })
+    }
+}
+
+impl Update<'_> {
+    /// Adam's update with the constraints, then those of the variables Adam does not update.
+    /// Returns the total loss (cross entropy + EBOPs + regularization) and the correct
+    /// predictions.
+    pub(crate) fn apply(self, opt: &mut Adam) -> Result<(f32, i64)> {
+        let Update {
+            layers,
+            grads,
+            loss,
+            correct,
+        } = self;
+        let refs: Vec<HostGrad<'_>> = grads
+            .iter()
+            .map(|(var, grad, constraint)| HostGrad {
+                var,
+                grad,
+                constraint: *constraint,
+            })
+            .collect();
+        opt.step_host(&refs)?;
+        drop(refs);
+        for l in &layers {
+            l.constrain_untrained()?;
+        }
+        // The next step's gradients of the same sizes.
+        for (_, grad, _) in grads {
+            scratch::give(grad);
+        }
+        Ok((loss, correct))
+    }
+}
+
+/// Finishes the tracking that the layers' quantizers left pending in the forward
+/// ([`hgq_core::sync::defer`]) with `maxima`, their maxima in the layers' order reduced over the
+/// processes; `None`: reduced here, in one collective of the sync installed on this thread
+/// (none: this process's own).
+fn finish_tracking(layers: &[Native<'_>], maxima: Option<&[f64]>) -> Result<()> {
+    let mut local = Vec::new();
+    let mut pending = Vec::new();
+    for q in layers.iter().flat_map(Native::quantizers) {
+        if let Some(m) = q.q.lock().pending_maxima() {
+            local.extend_from_slice(m);
+            pending.push((q, m.len()));
+        }
+    }
+    let reduced = match maxima {
+        Some(m) if m.len() != local.len() => {
+            return Err(TorchError::Invalid {
+                what: "reduced tracking maxima",
+                why: format!("{} values for {} pending", m.len(), local.len()),
+            });
+        }
+        Some(m) => m,
+        None if pending.is_empty() => return Ok(()),
+        None => {
+            if let Some(sync) = hgq_core::sync::current() {
+                sync.max(&mut local)
+                    .map_err(hgq_core::CoreError::Collective)?;
+            }
+            &local
+        }
+    };
+    let cpu = Cpu::<f32, TchVar>::new();
+    let mut at = 0;
+    for (q, n) in pending {
+        q.q.lock().finish_tracking(&cpu, &reduced[at..at + n])?;
+        at += n;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -773,7 +879,7 @@ mod tests {
 
             restore(&vs, &before);
             let layers = plan(&model).map_err(TorchError::Unsupported)?;
-            let g = gradients(&model, &layers, &x, &labels)?;
+            let g = forward_backward(&model, Plan(layers), &x, &labels)?.finish(None)?;
             let after_native = snapshot(&vs);
             for ((name, a), (_, b)) in after_autograd.iter().zip(&after_native) {
                 assert!(a.equal(b), "case {n}: {name} after the forward");

@@ -155,15 +155,15 @@ impl<'a> PoolLayer<'a> {
         }
     }
 
-    /// The backward for upstream `da` (of the output): `dx` (of the input) and the input
-    /// quantizer's gradients, the EBOPs' and the regularizers' added.
+    /// The backward of the data loss for upstream `da` (of the output): `dx` (of the input),
+    /// the input quantizer's gradients pushed to `grads` and where they start (the EBOPs'
+    /// and regularizers' terms come in [`Self::extra_grads`]).
     pub(super) fn backward(
         &self,
         p: &PoolPass,
         da: Vec<f32>,
         grads: &mut Vec<VarGrad>,
-        reg: &mut f32,
-    ) -> Result<Vec<f32>> {
+    ) -> Result<(Vec<f32>, Option<usize>)> {
         let (c, sample) = (self.channels, self.sample());
         let outputs = self.windows.len() / self.window * c;
         let mut dxq = scratch::elements::<f32>(p.batch * sample);
@@ -220,21 +220,39 @@ impl<'a> PoolLayer<'a> {
             }
         }
         scratch::give(da);
+        let mut dx = scratch::elements(p.batch * sample);
+        let g = p.iq.backward(&dxq, &mut dx)?;
+        scratch::give(dxq);
+        let at = self
+            .base
+            .iq
+            .as_ref()
+            .map(|q| super::pass_grads(q, g, grads));
+        Ok((dx, at))
+    }
+
+    /// Adds the EBOPs' gradient (times `beta`) and the regularizers' to those of the input
+    /// quantizer's variables in `grads` (from `at`, [`Self::backward`]'s); the regularization
+    /// losses to `reg`.
+    pub(super) fn extra_grads(
+        &self,
+        p: &PoolPass,
+        at: Option<usize>,
+        grads: &mut [VarGrad],
+        reg: &mut f32,
+    ) -> Result<()> {
+        let (Some(q), Some(at)) = (self.base.iq.as_ref(), at) else {
+            return Ok(());
+        };
         let Some(bits) = &p.bits else {
             return Err(TorchError::Kernel(
                 "a layer pass without its bit widths".into(),
             ));
         };
-        let mut dx = scratch::elements(p.batch * sample);
-        let g = p.iq.backward(&dxq, &mut dx)?;
-        scratch::give(dxq);
         // d(beta * sum(bits_in)) / dbits_in = beta for each value of a sample.
         let beta = self.base.beta.get() as f32;
-        let up = bits.reduce(vec![beta; sample], &self.input_shape(1))?;
-        if let Some(q) = self.base.iq.as_ref() {
-            super::quantizer_grads(q, g, Some((bits, Upstream::Each(up))), grads, reg)?;
-        }
-        Ok(dx)
+        let up = bits.reduce(vec![beta; self.sample()], &self.input_shape(1))?;
+        super::extra_grads(q, Some((bits, Upstream::Each(up))), grads, at, reg)
     }
 }
 
