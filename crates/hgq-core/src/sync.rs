@@ -6,7 +6,8 @@
 //! hgq-torch's process group) replaces each quantizer's per-bit-width absolute maxima (and
 //! sign flags) by their maximum over the processes before they become state, so that every
 //! process tracks exactly what one process would on the whole batch. Without one, nothing
-//! changes.
+//! changes. A training step that wants one collective for all of its quantizers, not one
+//! each, runs its forward under [`defer`] and reduces their pending maxima itself.
 //!
 //! ```
 //! use std::sync::Arc;
