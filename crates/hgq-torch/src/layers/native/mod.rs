@@ -544,13 +544,7 @@ impl<'m> Gradients<'m> {
     /// This process's maxima that the layers' quantizers left for the processes to reduce
     /// ([`hgq_core::sync::defer`]), in the layers' order; empty where none did.
     pub(crate) fn pending_maxima(&self) -> Vec<f64> {
-        let mut maxima = Vec::new();
-        for q in self.layers.iter().flat_map(Native::quantizers) {
-            if let Some(m) = q.q.lock().pending_maxima() {
-                maxima.extend_from_slice(m);
-            }
-        }
-        maxima
+        pending(&self.layers).0
     }
 
     /// The step's gradients, whole: the layers' tracking finished with `maxima` (their
@@ -623,19 +617,26 @@ impl Update<'_> {
     }
 }
 
+/// The maxima the layers' quantizers left pending ([`hgq_core::sync::defer`]), in the layers'
+/// order, and the quantizers that left them with how many each.
+fn pending<'a>(layers: &[Native<'a>]) -> (Vec<f64>, Vec<(&'a Named, usize)>) {
+    let mut maxima = Vec::new();
+    let mut from = Vec::new();
+    for q in layers.iter().flat_map(Native::quantizers) {
+        if let Some(m) = q.q.lock().pending_maxima() {
+            maxima.extend_from_slice(m);
+            from.push((q, m.len()));
+        }
+    }
+    (maxima, from)
+}
+
 /// Finishes the tracking that the layers' quantizers left pending in the forward
 /// ([`hgq_core::sync::defer`]) with `maxima`, their maxima in the layers' order reduced over the
 /// processes; `None`: reduced here, in one collective of the sync installed on this thread
 /// (none: this process's own).
 fn finish_tracking(layers: &[Native<'_>], maxima: Option<&[f64]>) -> Result<()> {
-    let mut local = Vec::new();
-    let mut pending = Vec::new();
-    for q in layers.iter().flat_map(Native::quantizers) {
-        if let Some(m) = q.q.lock().pending_maxima() {
-            local.extend_from_slice(m);
-            pending.push((q, m.len()));
-        }
-    }
+    let (mut local, pending) = pending(layers);
     let reduced = match maxima {
         Some(m) if m.len() != local.len() => {
             return Err(TorchError::Invalid {
