@@ -526,7 +526,8 @@ impl ProcessGroup {
     }
 
     /// This rank's rows of a global batch of `rows`: contiguous, in rank order, sizes that
-    /// differ by at most one.
+    /// differ by at most one (with fewer rows than ranks the last ranks get none, which
+    /// [`Self::train_step`] refuses).
     pub fn shard(&self, rows: usize) -> Range<usize> {
         let (base, extra) = (rows / self.size, rows % self.size);
         let start = self.rank * base + self.rank.min(extra);
@@ -735,7 +736,8 @@ impl ProcessGroup {
     /// [`Sequential::train_step`] would run it ([`crate::layers::StepPath::Auto`]) on
     /// contiguous copies of `x` and `labels`, else autograd's: the choice follows from the
     /// model and the inputs' kinds and devices, which every rank must share (the two steps'
-    /// quantizer synchronizations are not the same collectives).
+    /// quantizer synchronizations are not the same collectives). A rank without rows is an
+    /// error there (`Invalid`: no rows), and its peers' collective then fails too.
     pub fn train_step(
         &self,
         model: &Sequential,
