@@ -106,6 +106,40 @@ pub fn installed() -> bool {
 /// ([`FixedQuantizer::finish_tracking`](crate::quantizer::FixedQuantizer::finish_tracking))
 /// before the EBOPs: one collective per step instead of one per layer, with the same state.
 /// KBI quantizers (whose fractional bits are `b - i`) and tracing still reduce at once.
+///
+/// ```
+/// use std::sync::Arc;
+/// use hgq_core::mapper::Axes;
+/// use hgq_core::quantizer::{Cpu, CpuQuantizer, KifSpec, QuantizerSpec};
+/// use hgq_core::sync::{self, StateSync};
+/// use hgq_core::{CallMode, OverflowMode, RoundMode, TensorRef};
+///
+/// /// Another process, which saw values up to 6.
+/// struct Other;
+/// impl StateSync for Other {
+///     fn max(&self, values: &mut [f64]) -> Result<(), String> {
+///         values.iter_mut().for_each(|v| *v = v.max(6.0));
+///         Ok(())
+///     }
+/// }
+/// // One bit width per feature (shared over the batch).
+/// let spec = KifSpec::new(1.0, 0.0, 2.0, RoundMode::Rnd, OverflowMode::Wrap)
+///     .with_axes(Axes::Homogeneous(vec![0]));
+/// let mut q = CpuQuantizer::<f32>::new(QuantizerSpec::Kif(spec), &[None, Some(2)])?;
+/// let (x, mut y) = ([0.5f32, -1.0, 1.5, 0.25], [0.0f32; 4]);
+/// let _sync = sync::install(Arc::new(Other));
+/// {
+///     let _defer = sync::defer();
+///     q.forward(TensorRef::new(&x, &[2, 2])?, CallMode::Training, &mut y)?;
+/// }
+/// assert_eq!(y, [0.5, -1.0, 1.5, 0.25]); // this process's output, whatever the others saw
+/// // The step reduces every quantizer's pending maxima in one collective, then hands them out.
+/// let mut maxima = q.inner().pending_maxima().unwrap_or_default().to_vec();
+/// Other.max(&mut maxima)?;
+/// q.inner_mut().finish_tracking(&Cpu::<f32>::new(), &maxima)?;
+/// assert!(q.inner().pending_maxima().is_none());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[must_use = "tracking reduces at once again when the guard is dropped"]
 pub fn defer() -> DeferGuard {
     DeferGuard {
