@@ -671,8 +671,8 @@ impl<V> FixedQuantizer<V> {
                 if train && crate::sync::deferring() {
                     // The output does not depend on the bits the processes agree on: this
                     // process's maxima wait for the others' (`sync::defer`).
-                    let local = b.absmax_bw(&y, &self.layout.homogeneous)?;
-                    let m = b.bw_host(&local)?.into_iter().map(Real::to_f64).collect();
+                    let local = b.absmax(&y, &self.layout.homogeneous)?;
+                    let m = local.into_iter().map(Real::to_f64).collect();
                     return Ok((y, Some(Commit::Pending(m))));
                 }
                 // The integer bits of the rounded input (as the reference).
